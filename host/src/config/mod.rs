@@ -1,0 +1,522 @@
+//! Configuration: HuJSON text → validated, immutable [`Config`] plus [`Diagnostics`].
+//!
+//! Each section is decoded on its own (with `serde_path_to_error` for the path of a type
+//! error and `serde_ignored` for every unknown key), so one mistake never hides another.
+//! Unknown keys are warnings, except inside `auth`, where a typo such as `secert` would
+//! silently drop a credential: there they are errors.
+
+mod diag;
+mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+pub use diag::{Diagnostic, Diagnostics, JsonPath, Severity};
+pub use types::*;
+
+/// The config `portcullis serve` uses when given none: loopback identity, admin for
+/// `(loopback)`, and the built-in `aperture` connector.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.hujson");
+
+/// Connector IDs the host keeps for itself.
+pub const RESERVED_IDS: &[&str] = &["aperture", "tailscale", "internal"];
+
+/// Labels the host keeps for its own connectors.
+pub const RESERVED_LABELS: &[&str] = &["system"];
+
+/// Longest connector ID: it prefixes tool names, which clients limit in length.
+pub const MAX_ID_LEN: usize = 32;
+
+/// Top-level sections of Aperture's config that Portcullis accepts but does not use
+/// (they configure Aperture's LLM gateway), so a shared file still loads.
+const APERTURE_ONLY_SECTIONS: &[&str] = &[
+    "providers",
+    "quotas",
+    "hooks",
+    "exporters",
+    "auto_cost_basis",
+    "database",
+    "mcp",
+    "temp_grants",
+    "chat_models",
+];
+
+/// Parses and validates a config. `config` is `None` when there are errors.
+pub fn load(text: &str) -> (Option<Config>, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let root = match parse_hujson(text) {
+        Ok(v) => v,
+        Err(msg) => {
+            diags.error("", msg);
+            return (None, diags);
+        }
+    };
+    let config = build(&root, &mut diags);
+    if diags.has_errors() { (None, diags) } else { (config, diags) }
+}
+
+/// HuJSON: JSON plus comments and trailing commas, and nothing else (no JSON5 extras).
+fn parse_hujson(text: &str) -> Result<Value, String> {
+    let opts = jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_trailing_commas: true,
+        allow_loose_object_property_names: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        allow_unary_plus_numbers: false,
+        allow_bare_decimal_point_numbers: false,
+        allow_non_finite_numbers: false,
+        allow_extended_string_escapes: false,
+    };
+    if text.trim().is_empty() {
+        return Err("config must not be empty".into());
+    }
+    jsonc_parser::parse_to_serde_value::<Value>(text, &opts)
+        .map_err(|e| format!("not valid HuJSON: {e}"))
+}
+
+fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
+    let Some(obj) = root.as_object() else {
+        diags.error("", "the config must be a JSON object");
+        return None;
+    };
+    let top = JsonPath::root();
+    for key in obj.keys() {
+        let known = matches!(
+            key.as_str(),
+            "listen" | "identity" | "vault" | "registry" | "egress" | "connectors" | "grants" | "flags"
+        );
+        if APERTURE_ONLY_SECTIONS.contains(&key.as_str()) {
+            diags.warn(
+                top.key(key),
+                format!("section \"{key}\" configures Aperture's LLM gateway; Portcullis ignores it"),
+            );
+        } else if !known {
+            diags.warn(top.key(key), format!("unknown config key \"{key}\""));
+        }
+    }
+
+    let listen = match obj.get("listen") {
+        None => DEFAULT_LISTEN.parse().ok(),
+        Some(v) => match v.as_str().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => Some(addr),
+            _ => {
+                diags.error(top.key("listen"), "expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:8080\"");
+                None
+            }
+        },
+    };
+    let identity: Option<IdentityConfig> = section(obj, "identity", diags);
+    let vault: Option<VaultConfig> = section(obj, "vault", diags);
+    let registry: Option<RegistryConfig> = section(obj, "registry", diags);
+    let egress: Option<EgressConfig> = section(obj, "egress", diags);
+    let flags: Option<BTreeMap<String, Flag>> = section(obj, "flags", diags);
+    if let Some(e) = &egress {
+        if e.allow_loopback {
+            diags.warn(
+                top.key("egress").key("allow_loopback"),
+                "loopback upstreams are allowed: a development and test switch, never for production",
+            );
+        }
+    }
+    let allow_loopback = egress.as_ref().is_some_and(|e| e.allow_loopback);
+    let connectors = connectors(obj.get("connectors"), allow_loopback, diags);
+    let grants = grants(obj.get("grants"), diags);
+
+    Some(Config {
+        listen: listen?,
+        identity: identity?,
+        vault: vault?,
+        registry: registry?,
+        egress: egress?,
+        connectors: connectors?,
+        grants: grants?,
+        flags: flags?,
+    })
+}
+
+/// Decodes `value` as `T`, reporting a type error at its exact path and every ignored
+/// (unknown) key at `unknown` severity. Returns `None` on a type error.
+fn decode<T: DeserializeOwned>(
+    value: &Value,
+    at: &JsonPath,
+    unknown: Severity,
+    diags: &mut Diagnostics,
+    describe_unknown: impl Fn(&str) -> String,
+) -> Option<T> {
+    let mut ignored = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let result: Result<T, _> = serde_ignored::deserialize(de, |p| {
+        let last = match &p {
+            serde_ignored::Path::Map { key, .. } => key.clone(),
+            other => other.to_string(),
+        };
+        ignored.push((at.join_serde(&p), last));
+    });
+    match result {
+        Ok(v) => {
+            for (path, key) in ignored {
+                diags.push(unknown, path, describe_unknown(&key));
+            }
+            Some(v)
+        }
+        Err(e) => {
+            diags.error(at.join_tracked(&track.path()), e.to_string());
+            None
+        }
+    }
+}
+
+/// A top-level section with defaults when absent.
+fn section<T: DeserializeOwned + Default>(
+    obj: &Map<String, Value>,
+    name: &str,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Some(T::default()),
+        Some(v) => decode(v, &JsonPath::root().key(name), Severity::Warning, diags, |k| {
+            format!("unknown config key \"{k}\" in \"{name}\"")
+        }),
+    }
+}
+
+/// Is `id` a valid connector ID (`[a-zA-Z][a-zA-Z0-9]*`, at most 32 characters)?
+pub fn valid_connector_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    id.len() <= MAX_ID_LEN
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+fn connectors(
+    value: Option<&Value>,
+    allow_loopback: bool,
+    diags: &mut Diagnostics,
+) -> Option<BTreeMap<String, Connector>> {
+    let at = JsonPath::root().key("connectors");
+    let mut out = BTreeMap::new();
+    let Some(value) = value else { return Some(out) };
+    let Some(obj) = value.as_object() else {
+        diags.error(&at, "expected an object with a \"servers\" map");
+        return None;
+    };
+    for key in obj.keys().filter(|k| *k != "servers") {
+        diags.warn(at.key(key), format!("unknown config key \"{key}\" in \"connectors\""));
+    }
+    let Some(servers) = obj.get("servers") else { return Some(out) };
+    let Some(servers) = servers.as_object() else {
+        diags.error(at.key("servers"), "expected a map of connector ID to server");
+        return None;
+    };
+    let mut ok = true;
+    for (id, raw) in servers {
+        let here = at.key("servers").key(id);
+        match connector(id, raw, &here, allow_loopback, diags) {
+            Some(c) => {
+                out.insert(id.clone(), c);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn connector(
+    id: &str,
+    raw: &Value,
+    at: &JsonPath,
+    allow_loopback: bool,
+    diags: &mut Diagnostics,
+) -> Option<Connector> {
+    let mut ok = true;
+    if !valid_connector_id(id) {
+        diags.error(
+            at,
+            format!(
+                "connector ID \"{id}\" is invalid: it must start with a letter, contain only letters \
+                 and digits (no \"_\" or \"-\": it prefixes tool names) and have at most {MAX_ID_LEN} characters"
+            ),
+        );
+        ok = false;
+    }
+    if RESERVED_IDS.contains(&id) {
+        diags.error(at, format!("connector ID \"{id}\" is reserved; choose another"));
+        ok = false;
+    }
+    let server: RawServer = decode(raw, at, Severity::Warning, diags, |k| {
+        format!("unknown field \"{k}\" in connector \"{id}\"")
+    })?;
+
+    let url = match &server.url {
+        None => {
+            diags.warn(at.key("url"), format!("connector \"{id}\" has no url; requests to it will fail"));
+            None
+        }
+        Some(u) => match url::Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+                if let Some(reason) = crate::egress::unsafe_url_reason(&parsed, allow_loopback) {
+                    diags.warn(
+                        at.key("url"),
+                        format!("connector \"{id}\" points at {reason}; connections to it will be refused"),
+                    );
+                }
+                if parsed.query().is_some() || parsed.fragment().is_some() {
+                    diags.error(
+                        at.key("url"),
+                        "the url is a base URL: remove its query string and fragment",
+                    );
+                    ok = false;
+                }
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    diags.error(at.key("url"), "put credentials in \"auth\", not in the url");
+                    ok = false;
+                }
+                Some(parsed)
+            }
+            Ok(_) => {
+                diags.error(at.key("url"), format!("\"{u}\" is not an http:// or https:// URL"));
+                ok = false;
+                None
+            }
+            Err(e) => {
+                diags.error(at.key("url"), format!("\"{u}\" is not a valid URL: {e}"));
+                ok = false;
+                None
+            }
+        },
+    };
+
+    if let Some(ctx) = &server.context {
+        if !(ctx.is_string() || ctx.is_object()) {
+            diags.error(at.key("context"), "context must be a string or a JSON object");
+            ok = false;
+        }
+    }
+    for (i, label) in server.labels.iter().enumerate() {
+        if label.is_empty() {
+            diags.error(at.key("labels").index(i), "labels must not be empty");
+            ok = false;
+        } else if RESERVED_LABELS.contains(&label.as_str()) {
+            diags.error(
+                at.key("labels").index(i),
+                format!("the label \"{label}\" is reserved for built-in connectors"),
+            );
+            ok = false;
+        }
+    }
+
+    let auth = match &server.auth {
+        None | Some(Value::Null) => Some(Auth::None),
+        Some(v) => auth(id, v, &at.key("auth"), diags),
+    };
+    if let (Some(Auth::AuthorizationCode(a)), Some(_)) = (&auth, &url) {
+        for (field, u) in [("authorization_url", &a.authorization_url), ("token_url", &a.token_url)] {
+            check_endpoint_url(u, &at.key("auth").key(field), diags);
+        }
+    }
+    if let Some(Auth::ClientCredentials(c)) = &auth {
+        check_endpoint_url(&c.token_url, &at.key("auth").key("token_url"), diags);
+    }
+
+    let auth = auth?;
+    if !ok || diags_for(at, diags) {
+        return None;
+    }
+    Some(Connector {
+        id: id.to_owned(),
+        protocol: server.protocol,
+        url,
+        auth,
+        description: server.description,
+        context: server.context,
+        provider: server.provider.unwrap_or_else(|| "Custom".into()),
+        labels: server.labels,
+    })
+}
+
+/// Were errors reported under `at`? (Decoding helpers report and carry on.)
+fn diags_for(at: &JsonPath, diags: &Diagnostics) -> bool {
+    diags.errors().any(|d| d.path.starts_with(at.as_str()))
+}
+
+fn check_endpoint_url(u: &str, at: &JsonPath, diags: &mut Diagnostics) {
+    match url::Url::parse(u) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {}
+        Ok(_) => diags.error(at, format!("\"{u}\" is not an http:// or https:// URL")),
+        Err(e) => diags.error(at, format!("\"{u}\" is not a valid URL: {e}")),
+    }
+}
+
+/// Decodes `auth` strictly: the `type` picks the field set, and any other field is an
+/// error that names the field, the connector and the fields that type takes.
+fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<Auth> {
+    let Some(obj) = v.as_object() else {
+        diags.error(at, format!("auth of connector \"{id}\" must be an object with a \"type\""));
+        return None;
+    };
+    let Some(ty) = obj.get("type").and_then(Value::as_str) else {
+        diags.error(
+            at.key("type"),
+            format!("auth of connector \"{id}\" needs a \"type\": one of {}", AUTH_TYPES.join(", ")),
+        );
+        return None;
+    };
+    let Some(fields) = auth_fields(ty) else {
+        diags.error(
+            at.key("type"),
+            format!(
+                "connector \"{id}\": unknown auth type \"{ty}\"; expected one of {}",
+                AUTH_TYPES.join(", ")
+            ),
+        );
+        return None;
+    };
+    // Report every unknown field first (serde would stop at the first).
+    let mut bad = false;
+    for key in obj.keys().filter(|k| !fields.contains(&k.as_str())) {
+        diags.error(
+            at.key(key),
+            format!(
+                "unknown field \"{key}\" in auth of connector \"{id}\" (type \"{ty}\" takes: {})",
+                fields.join(", ")
+            ),
+        );
+        bad = true;
+    }
+    // Decode the known fields even when there were unknown ones, so a missing required
+    // field is reported in the same pass.
+    let body: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| *k != "type" && fields.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let body = Value::Object(body);
+    let unknown = |k: &str| format!("unknown field \"{k}\" in auth of connector \"{id}\"");
+    let auth = match ty {
+        "none" => Some(Auth::None),
+        "bearer_token" => decode(&body, at, Severity::Error, diags, unknown).map(Auth::BearerToken),
+        "api_key" => decode(&body, at, Severity::Error, diags, unknown).map(Auth::ApiKey),
+        "basic" => decode(&body, at, Severity::Error, diags, unknown).map(Auth::Basic),
+        "oauth2_client_credentials" => {
+            decode(&body, at, Severity::Error, diags, unknown).map(Auth::ClientCredentials)
+        }
+        "oauth2_authorization_code" => {
+            decode(&body, at, Severity::Error, diags, unknown).map(Auth::AuthorizationCode)
+        }
+        "oauth2_dcr" => decode(&body, at, Severity::Error, diags, unknown).map(Auth::Dcr),
+        _ => None,
+    };
+    if bad {
+        return None;
+    }
+    if let Some(Auth::ApiKey(k)) = &auth {
+        if k.location == KeyLocation::Header && http::HeaderName::try_from(k.name.as_str()).is_err() {
+            diags.error(at.key("name"), format!("\"{}\" is not a valid HTTP header name", k.name));
+            return None;
+        }
+        if k.name.is_empty() {
+            diags.error(at.key("name"), "the API key needs a non-empty name");
+            return None;
+        }
+    }
+    auth
+}
+
+fn grants(value: Option<&Value>, diags: &mut Diagnostics) -> Option<Vec<Grant>> {
+    let at = JsonPath::root().key("grants");
+    let Some(value) = value else { return Some(Vec::new()) };
+    let Some(list) = value.as_array() else {
+        diags.error(&at, "grants must be a list");
+        return None;
+    };
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (i, g) in list.iter().enumerate() {
+        let here = at.index(i);
+        let Some(obj) = g.as_object() else {
+            diags.error(&here, "a grant must be an object with \"src\" and \"app\"");
+            ok = false;
+            continue;
+        };
+        for key in obj.keys() {
+            match key.as_str() {
+                "src" | "app" => {}
+                "dst" | "ip" => diags.warn(
+                    here.key(key),
+                    format!("\"{key}\" belongs in tailnet policy-file grants; config grants always target this host, so it is ignored"),
+                ),
+                _ => diags.warn(here.key(key), format!("unknown field \"{key}\" in grant")),
+            }
+        }
+        let src: Option<Vec<String>> = match obj.get("src") {
+            None => {
+                diags.error(here.key("src"), "a grant needs \"src\": who it applies to");
+                None
+            }
+            Some(v) => decode(v, &here.key("src"), Severity::Warning, diags, |k| format!("unknown key {k}")),
+        };
+        if src.as_ref().is_some_and(Vec::is_empty) {
+            diags.warn(here.key("src"), "empty \"src\": this grant matches nobody");
+        }
+        let mut caps = Vec::new();
+        if let Some(app) = obj.get("app") {
+            let Some(app) = app.as_object() else {
+                diags.error(here.key("app"), "\"app\" must map capability names to lists");
+                ok = false;
+                continue;
+            };
+            // Other capability names are for other applications; Portcullis reads only its own.
+            if let Some(list) = app.get(APERTURE_CAP) {
+                let cap_at = here.key("app").key(APERTURE_CAP);
+                match list.as_array() {
+                    None => {
+                        diags.error(&cap_at, "expected a list of capability objects");
+                        ok = false;
+                    }
+                    Some(items) => {
+                        for (j, item) in items.iter().enumerate() {
+                            let item_at = cap_at.index(j);
+                            if let Some(c) = decode::<Capability>(item, &item_at, Severity::Warning, diags, |k| {
+                                format!("unknown capability field \"{k}\"; it is ignored")
+                            }) {
+                                deprecations(&c, &item_at, diags);
+                                caps.push(c);
+                            } else {
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match src {
+            Some(src) => out.push(Grant { src, caps }),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn deprecations(c: &Capability, at: &JsonPath, diags: &mut Diagnostics) {
+    for (field, cat) in [
+        ("mcp_tools", &c.mcp_tools),
+        ("mcp_resources", &c.mcp_resources),
+        ("mcp_templates", &c.mcp_templates),
+    ] {
+        if cat.is_some() {
+            diags.warn(
+                at.key(field),
+                format!("\"{field}\" is deprecated; write \"connectors\" patterns (\"id/category/resource\") instead"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

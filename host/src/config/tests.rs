@@ -1,0 +1,247 @@
+use super::*;
+
+fn errors(d: &Diagnostics) -> Vec<String> {
+    d.errors().map(ToString::to_string).collect()
+}
+
+fn warnings(d: &Diagnostics) -> Vec<String> {
+    d.warnings().map(ToString::to_string).collect()
+}
+
+macro_rules! seed {
+    ($name:literal) => {
+        include_str!(concat!("../../../tests/fixtures/seeds/", $name, ".json"))
+    };
+}
+
+#[test]
+fn every_seed_example_loads_verbatim() {
+    for (name, text) in [
+        ("001-mcp-bearer-snowflake", seed!("001-mcp-bearer-snowflake")),
+        ("001-mcp-client-credentials-analytics", seed!("001-mcp-client-credentials-analytics")),
+        ("002-http-bearer-github", seed!("002-http-bearer-github")),
+        ("002-http-api-key-weather", seed!("002-http-api-key-weather")),
+        ("002-http-basic-jira", seed!("002-http-basic-jira")),
+        ("002-http-client-credentials-analytics", seed!("002-http-client-credentials-analytics")),
+        ("002-http-github-description-context", seed!("002-http-github-description-context")),
+        ("002-grants-github-aperture", seed!("002-grants-github-aperture")),
+    ] {
+        let (config, diags) = load(text);
+        assert!(config.is_some(), "{name} failed to load:\n{diags}");
+        assert!(!diags.has_errors(), "{name}: {diags}");
+    }
+}
+
+#[test]
+fn seed_connectors_decode_to_the_documented_auth() {
+    let (c, _) = load(seed!("002-http-api-key-weather"));
+    let c = c.expect("loads");
+    let Auth::ApiKey(k) = &c.connectors["weather"].auth else { panic!("api_key") };
+    assert_eq!(k.name, "X-API-Key");
+    assert_eq!(k.location, KeyLocation::Header);
+    assert_eq!(k.secret, SecretRef::Inline("<your-api-key>".into()));
+
+    let (c, _) = load(seed!("001-mcp-client-credentials-analytics"));
+    let c = c.expect("loads");
+    let a = &c.connectors["analytics"];
+    assert_eq!(a.protocol, Protocol::Mcp);
+    let Auth::ClientCredentials(cc) = &a.auth else { panic!("client credentials") };
+    assert_eq!(cc.scopes, vec!["read:data".to_string()]);
+    assert_eq!(a.provider, "Custom");
+
+    let (c, _) = load(seed!("002-http-github-description-context"));
+    let gh = &c.expect("loads").connectors["github"];
+    assert_eq!(gh.description, "GitHub REST API (read-only)");
+    assert!(gh.context.as_ref().is_some_and(serde_json::Value::is_string));
+}
+
+#[test]
+fn embedded_default_loads_clean() {
+    let (c, d) = load(EMBEDDED_DEFAULT);
+    let c = c.expect("default config loads");
+    assert!(d.is_empty(), "{d}");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.identity.mode, IdentityMode::Loopback);
+}
+
+#[test]
+fn hujson_comments_and_trailing_commas_but_not_json5() {
+    let (c, d) = load("// c\n{\"grants\": [], /* x */}\n");
+    assert!(c.is_some(), "{d}");
+    let (c, d) = load("{grants: []}");
+    assert!(c.is_none());
+    assert!(errors(&d)[0].contains("not valid HuJSON"), "{d}");
+    let (c, d) = load("   ");
+    assert!(c.is_none());
+    assert!(errors(&d)[0].contains("must not be empty"));
+}
+
+#[test]
+fn typo_in_auth_is_an_error_naming_field_connector_and_path() {
+    let text = r#"{"connectors": {"servers": {"github": {"protocol": "http",
+        "url": "https://api.github.com",
+        "auth": {"type": "bearer_token", "secert": "x", "tokne": "y"}}}}}"#;
+    let (c, d) = load(text);
+    assert!(c.is_none());
+    let errs = errors(&d);
+    assert!(
+        errs.iter().any(|e| e.contains("connectors.servers.github.auth.secert")
+            && e.contains("unknown field \"secert\"")
+            && e.contains("connector \"github\"")),
+        "{errs:?}"
+    );
+    // Every unknown field is reported, and the missing `secret` too.
+    assert!(errs.iter().any(|e| e.contains("tokne")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("missing field `secret`")), "{errs:?}");
+}
+
+#[test]
+fn every_auth_type_rejects_unknown_fields() {
+    for (ty, fields) in [
+        ("bearer_token", r#""secret": "s""#),
+        ("api_key", r#""secret": "s", "name": "X-Key", "in": "header""#),
+        ("basic", r#""username": "u", "password": "p""#),
+        (
+            "oauth2_client_credentials",
+            r#""client_id": "c", "client_secret": "s", "token_url": "https://a.example/t""#,
+        ),
+        (
+            "oauth2_authorization_code",
+            r#""client_id": "c", "authorization_url": "https://a.example/a", "token_url": "https://a.example/t""#,
+        ),
+        ("oauth2_dcr", r#""scopes": []"#),
+        ("none", r#""#),
+    ] {
+        let sep = if fields.is_empty() { "" } else { "," };
+        let good = format!(
+            r#"{{"connectors": {{"servers": {{"x": {{"protocol": "http", "url": "https://a.example",
+               "auth": {{"type": "{ty}"{sep} {fields}}}}}}}}}}}"#
+        );
+        let (c, d) = load(&good);
+        assert!(c.is_some(), "{ty}: {d}");
+        let bad = good.replacen("\"type\"", "\"bogus\": 1, \"type\"", 1);
+        let (c, d) = load(&bad);
+        assert!(c.is_none(), "{ty} accepted an unknown field");
+        assert!(errors(&d).iter().any(|e| e.contains("connectors.servers.x.auth.bogus")), "{ty}: {d}");
+    }
+}
+
+#[test]
+fn connector_id_rules() {
+    for (id, ok) in [
+        ("github", true),
+        ("Salesforce", true),
+        ("a1", true),
+        ("my_api", false),
+        ("my-api", false),
+        ("1api", false),
+        ("aperture", false),
+        ("tailscale", false),
+        ("internal", false),
+        ("a234567890123456789012345678901234", false),
+    ] {
+        let text = format!(r#"{{"connectors": {{"servers": {{"{id}": {{"protocol": "http", "url": "https://a.example"}}}}}}}}"#);
+        let (c, d) = load(&text);
+        assert_eq!(c.is_some(), ok, "{id}: {d}");
+    }
+}
+
+#[test]
+fn warnings_do_not_block_load_but_are_reported_with_paths() {
+    let text = r#"{
+        "basurl": "x",
+        "flags": {"connectors": {"value": true}},
+        "providers": {},
+        "egress": {"allow_loopback": true, "bogus": 1},
+        "connectors": {"servers": {
+            "nourl": {"protocol": "http"},
+            "meta": {"protocol": "http", "url": "http://169.254.169.254/latest"},
+            "extra": {"protocol": "mcp", "url": "https://a.example", "colour": "red"}
+        }}
+    }"#;
+    let (c, d) = load(text);
+    assert!(c.is_some(), "{d}");
+    let w = warnings(&d);
+    for needle in [
+        "basurl: unknown config key \"basurl\"",
+        "providers: section \"providers\"",
+        "egress.allow_loopback",
+        "egress.bogus",
+        "connectors.servers.nourl.url",
+        "connectors.servers.meta.url",
+        "connectors.servers.extra.colour",
+    ] {
+        assert!(w.iter().any(|x| x.contains(needle)), "missing {needle} in {w:?}");
+    }
+}
+
+#[test]
+fn bad_values_are_errors_reported_together() {
+    let text = r#"{
+        "listen": "nowhere",
+        "identity": {"mode": "magic"},
+        "connectors": {"servers": {
+            "a": {"protocol": "ftp", "url": "https://a.example"},
+            "b": {"protocol": "http", "url": "ftp://a.example"},
+            "c": {"protocol": "http", "url": "https://a.example", "labels": ["system"]},
+            "d": {"protocol": "http", "url": "https://a.example", "auth": {"type": "magic"}},
+            "e": {"protocol": "http", "url": "https://a.example", "auth": {"type": "api_key", "secret": "s", "name": "X", "in": "cookie"}},
+            "f": {"protocol": "http", "url": "https://user:pw@a.example"}
+        }},
+        "grants": [{"app": {}}]
+    }"#;
+    let (c, d) = load(text);
+    assert!(c.is_none());
+    let e = errors(&d);
+    for needle in [
+        "listen:",
+        "identity.mode",
+        "connectors.servers.a.protocol",
+        "connectors.servers.b.url",
+        "connectors.servers.c.labels[0]",
+        "connectors.servers.d.auth.type",
+        "connectors.servers.e.auth.in",
+        "connectors.servers.f.url",
+        "grants[0].src",
+    ] {
+        assert!(e.iter().any(|x| x.contains(needle)), "missing {needle} in {e:?}");
+    }
+}
+
+#[test]
+fn secrets_can_come_from_env_or_vault_and_never_print() {
+    let text = r#"{"connectors": {"servers": {
+        "a": {"protocol": "http", "url": "https://a.example", "auth": {"type": "bearer_token", "secret": {"env": "A_TOKEN"}}},
+        "b": {"protocol": "http", "url": "https://a.example", "auth": {"type": "bearer_token", "secret": "hunter2"}}
+    }}}"#;
+    let (c, d) = load(text);
+    let c = c.expect("loads");
+    assert!(d.is_empty(), "{d}");
+    let Auth::BearerToken(a) = &c.connectors["a"].auth else { panic!() };
+    assert_eq!(a.secret, SecretRef::Env("A_TOKEN".into()));
+    assert!(!format!("{:?}", c.connectors["b"]).contains("hunter2"));
+
+    let (c, d) = load(
+        r#"{"connectors": {"servers": {"a": {"protocol": "http", "url": "https://a.example",
+            "auth": {"type": "bearer_token", "secret": {"env": "A", "vault": "B"}}}}}}"#,
+    );
+    assert!(c.is_none());
+    assert!(errors(&d)[0].contains("connectors.servers.a.auth.secret"), "{d}");
+}
+
+#[test]
+fn grant_capabilities_decode_and_legacy_fields_warn() {
+    let text = r#"{"grants": [
+        {"src": ["group:ai"], "dst": ["x"], "app": {
+            "tailscale.com/cap/aperture": [{"role": "user"}, {"connectors": "github/**"}, {"mcp_tools": "local/*"}],
+            "example.com/cap/other": [{"anything": true}]
+        }}
+    ]}"#;
+    let (c, d) = load(text);
+    let c = c.expect("loads");
+    assert_eq!(c.grants[0].caps.len(), 3);
+    assert_eq!(c.grants[0].caps[1].connectors, vec!["github/**".to_string()]);
+    let w = warnings(&d);
+    assert!(w.iter().any(|x| x.contains("grants[0].dst")), "{w:?}");
+    assert!(w.iter().any(|x| x.contains("mcp_tools") && x.contains("deprecated")), "{w:?}");
+}

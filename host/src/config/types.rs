@@ -1,0 +1,375 @@
+//! Config types. Each section is decoded on its own so one bad section does not hide
+//! problems in another; unknown keys are collected, not silently dropped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole, validated configuration: an immutable snapshot.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub identity: IdentityConfig,
+    pub vault: VaultConfig,
+    pub registry: RegistryConfig,
+    pub egress: EgressConfig,
+    /// Connectors by ID, in ID order.
+    pub connectors: BTreeMap<String, Connector>,
+    pub grants: Vec<Grant>,
+    /// Feature flags (`{"connectors": {"value": true}}`), accepted for compatibility; no effect.
+    pub flags: BTreeMap<String, Flag>,
+}
+
+/// Default listen address when neither config, flag nor environment names one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// tailscaled's LocalAPI socket on Linux.
+pub const DEFAULT_TAILSCALED_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum IdentityMode {
+    /// Ask tailscaled's LocalAPI `whois` about every peer.
+    #[serde(rename = "tailscale")]
+    Tailscale,
+    /// Behind `tailscale serve`: trust `Tailscale-User-*` headers from loopback peers only.
+    #[serde(rename = "serve-headers")]
+    ServeHeaders,
+    /// Local development: loopback callers are `(loopback)`; nobody else gets in.
+    #[serde(rename = "loopback")]
+    Loopback,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct IdentityConfig {
+    pub mode: IdentityMode,
+    /// Path of tailscaled's LocalAPI Unix socket.
+    pub socket: PathBuf,
+    /// How long a whois answer is reused for the same peer address.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            mode: IdentityMode::Tailscale,
+            socket: PathBuf::from(DEFAULT_TAILSCALED_SOCKET),
+            cache_ttl_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct VaultConfig {
+    /// Master key file; default `<data-dir>/master.key`. `PORTCULLIS_MASTER_KEY` wins.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RegistryConfig {
+    /// Provider registry folder; `--registry` / `PORTCULLIS_REGISTRY` win.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct EgressConfig {
+    /// Dev/test only: permit upstreams on loopback addresses. Warned at load.
+    pub allow_loopback: bool,
+    pub connect_timeout_secs: u64,
+    /// Longest silence while reading an upstream response before it is abandoned.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self { allow_loopback: false, connect_timeout_secs: 10, read_timeout_secs: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Mcp,
+}
+
+/// A connector as written in `connectors.servers.<id>`.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub id: String,
+    pub protocol: Protocol,
+    pub url: Option<url::Url>,
+    pub auth: Auth,
+    pub description: String,
+    pub context: Option<serde_json::Value>,
+    pub provider: String,
+    pub labels: Vec<String>,
+}
+
+/// The raw server entry before `auth` is decoded per type.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawServer {
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub auth: Option<serde_json::Value>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub context: Option<serde_json::Value>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// A secret as written in config: inline, or named by environment variable or vault
+/// reference. Never printed: `Debug` masks it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Inline(String),
+    /// `{"env": "NAME"}`: read from the environment when the config is loaded.
+    Env(String),
+    /// `{"vault": "NAME"}`: a secret the host already sealed in its vault.
+    Vault(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("SecretRef::Inline(********)"),
+            Self::Env(name) => write!(f, "SecretRef::Env({name})"),
+            Self::Vault(name) => write!(f, "SecretRef::Vault({name})"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SecretRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, {\"env\": \"VARIABLE\"} or {\"vault\": \"NAME\"}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretRef, E> {
+                Ok(SecretRef::Inline(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+                use serde::de::Error;
+                let mut found: Option<SecretRef> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    let r = match key.as_str() {
+                        "env" => SecretRef::Env(value),
+                        "vault" => SecretRef::Vault(value),
+                        other => return Err(A::Error::unknown_field(other, &["env", "vault"])),
+                    };
+                    if found.replace(r).is_some() {
+                        return Err(A::Error::custom("a secret reference names exactly one of \"env\" or \"vault\""));
+                    }
+                }
+                found.ok_or_else(|| A::Error::custom("a secret reference names one of \"env\" or \"vault\""))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Where an API key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLocation {
+    Header,
+    Query,
+}
+
+/// `auth` of a connector, decoded strictly per `type`.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    BearerToken(BearerToken),
+    ApiKey(ApiKey),
+    Basic(Basic),
+    ClientCredentials(ClientCredentials),
+    AuthorizationCode(AuthorizationCode),
+    Dcr(Dcr),
+}
+
+impl Auth {
+    /// The `type` string as written in config.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::BearerToken(_) => "bearer_token",
+            Self::ApiKey(_) => "api_key",
+            Self::Basic(_) => "basic",
+            Self::ClientCredentials(_) => "oauth2_client_credentials",
+            Self::AuthorizationCode(_) => "oauth2_authorization_code",
+            Self::Dcr(_) => "oauth2_dcr",
+        }
+    }
+
+    /// Per-user schemes need each user's own authorization; the others share one credential.
+    pub fn is_per_user(&self) -> bool {
+        matches!(self, Self::AuthorizationCode(_) | Self::Dcr(_))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BearerToken {
+    pub secret: SecretRef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKey {
+    pub secret: SecretRef,
+    pub name: String,
+    #[serde(rename = "in")]
+    pub location: KeyLocation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Basic {
+    pub username: String,
+    pub password: SecretRef,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretRef,
+    pub token_url: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizationCode {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    pub authorization_url: String,
+    pub token_url: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub auth_params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Dcr {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The fields each auth type accepts, for messages about unknown fields.
+pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
+    Some(match type_name {
+        "none" => &["type"],
+        "bearer_token" => &["type", "secret"],
+        "api_key" => &["type", "secret", "name", "in"],
+        "basic" => &["type", "username", "password"],
+        "oauth2_client_credentials" => &["type", "client_id", "client_secret", "token_url", "scopes"],
+        "oauth2_authorization_code" => &[
+            "type",
+            "client_id",
+            "client_secret",
+            "authorization_url",
+            "token_url",
+            "scopes",
+            "auth_params",
+        ],
+        "oauth2_dcr" => &["type", "scopes"],
+        _ => return None,
+    })
+}
+
+pub(crate) const AUTH_TYPES: &[&str] = &[
+    "none",
+    "bearer_token",
+    "api_key",
+    "basic",
+    "oauth2_client_credentials",
+    "oauth2_authorization_code",
+    "oauth2_dcr",
+];
+
+/// One entry of `grants`.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub src: Vec<String>,
+    /// Values of `app["tailscale.com/cap/aperture"]`, decoded.
+    pub caps: Vec<Capability>,
+}
+
+/// The capability key Portcullis reads, shared with Aperture and the tailnet policy file.
+pub const APERTURE_CAP: &str = "tailscale.com/cap/aperture";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+/// One capability object inside a grant (or delivered by whois).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Capability {
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub connectors: Vec<String>,
+    /// May read `/metrics`.
+    #[serde(default)]
+    pub read_metrics: bool,
+    /// Deprecated Aperture fields, translated to `connectors` patterns.
+    #[serde(default)]
+    pub mcp_tools: Option<String>,
+    #[serde(default)]
+    pub mcp_resources: Option<String>,
+    #[serde(default)]
+    pub mcp_templates: Option<String>,
+    // Aperture LLM-gateway fields: accepted so a shared policy loads, but unused here.
+    #[serde(default)]
+    pub models: Option<serde_json::Value>,
+    #[serde(default)]
+    pub quotas: Option<serde_json::Value>,
+    #[serde(default)]
+    pub send_hooks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub add_headers: Option<serde_json::Value>,
+    #[serde(default)]
+    pub enable_chat_ui: Option<serde_json::Value>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a pattern string or a list of them"))?
+    {
+        OneOrMany::One(s) => Ok(vec![s]),
+        OneOrMany::Many(v) => Ok(v),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Flag {
+    pub value: serde_json::Value,
+}

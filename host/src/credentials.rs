@@ -1,0 +1,395 @@
+//! Credentials: one type per auth scheme, each answering "what goes on this request".
+//!
+//! Secrets are resolved (inline, environment or vault) when a config snapshot is built,
+//! turned into sensitive header values once, and never formatted into logs or errors.
+//! Client-credentials tokens are cached until shortly before expiry, persisted sealed in
+//! the vault so a restart does not re-mint them, and fetched by one request at a time
+//! however many requests are waiting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::config::{self, Auth, KeyLocation, SecretRef};
+use crate::egress::Egress;
+use crate::oauth::{self, ClientAuth, TokenError};
+use crate::vault::{Table, Vault};
+
+/// Why a request could not be given its credential.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialError {
+    #[error("could not obtain an access token for connector \"{connector}\": {source}")]
+    Token { connector: String, source: TokenError },
+    #[error(
+        "connector \"{0}\" uses per-user OAuth, which this Portcullis version does not support yet; \
+         use a shared credential (bearer_token, api_key, basic, oauth2_client_credentials)"
+    )]
+    PerUserUnsupported(String),
+}
+
+/// Resolves a [`SecretRef`] to its value.
+pub fn resolve_secret(r: &SecretRef, vault: &Vault, path: &str) -> anyhow::Result<Zeroizing<String>> {
+    match r {
+        SecretRef::Inline(s) => Ok(Zeroizing::new(s.clone())),
+        SecretRef::Env(name) => std::env::var(name).map(Zeroizing::new).map_err(|_| {
+            anyhow::anyhow!("{path}: environment variable {name} is not set (or not UTF-8); set it or change the config")
+        }),
+        SecretRef::Vault(name) => {
+            let v = vault
+                .get(Table::Secrets, name)?
+                .ok_or_else(|| anyhow::anyhow!("{path}: the vault has no secret named \"{name}\""))?;
+            Ok(Zeroizing::new(String::from_utf8(v.to_vec()).map_err(|_| {
+                anyhow::anyhow!("{path}: vault secret \"{name}\" is not UTF-8")
+            })?))
+        }
+    }
+}
+
+fn sensitive(value: &str, path: &str) -> anyhow::Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| anyhow::anyhow!("{path}: the secret contains characters not allowed in an HTTP header"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// What a connector adds to each request.
+#[derive(Clone)]
+pub enum Credential {
+    None,
+    /// A fixed header: bearer token, basic, or an API key in a header.
+    Header(HeaderName, HeaderValue),
+    /// An API key in the query string.
+    Query { name: String, value: Arc<Zeroizing<String>> },
+    ClientCredentials(Arc<ClientCredentials>),
+    PerUser,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "Credential::None",
+            Self::Header(..) => "Credential::Header(********)",
+            Self::Query { .. } => "Credential::Query(********)",
+            Self::ClientCredentials(_) => "Credential::ClientCredentials",
+            Self::PerUser => "Credential::PerUser",
+        })
+    }
+}
+
+impl Credential {
+    /// Builds the credential for a connector, resolving its secrets now so that a missing
+    /// environment variable fails the config load rather than a request.
+    pub fn build(c: &config::Connector, vault: &Vault, tokens: &TokenSlots) -> anyhow::Result<Self> {
+        let path = |field: &str| format!("connectors.servers.{}.auth.{field}", c.id);
+        Ok(match &c.auth {
+            Auth::None => Self::None,
+            Auth::BearerToken(b) => {
+                let secret = resolve_secret(&b.secret, vault, &path("secret"))?;
+                Self::Header(http::header::AUTHORIZATION, sensitive(&format!("Bearer {}", secret.as_str()), &path("secret"))?)
+            }
+            Auth::Basic(b) => {
+                let password = resolve_secret(&b.password, vault, &path("password"))?;
+                let raw = Zeroizing::new(format!("{}:{}", b.username, password.as_str()));
+                let enc = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()));
+                Self::Header(http::header::AUTHORIZATION, sensitive(&format!("Basic {}", enc.as_str()), &path("password"))?)
+            }
+            Auth::ApiKey(k) => {
+                let secret = resolve_secret(&k.secret, vault, &path("secret"))?;
+                match k.location {
+                    KeyLocation::Header => {
+                        let name = HeaderName::try_from(k.name.as_str())
+                            .map_err(|_| anyhow::anyhow!("{}: not a valid header name", path("name")))?;
+                        Self::Header(name, sensitive(&secret, &path("secret"))?)
+                    }
+                    KeyLocation::Query => Self::Query { name: k.name.clone(), value: Arc::new(secret) },
+                }
+            }
+            Auth::ClientCredentials(cc) => {
+                let secret = resolve_secret(&cc.client_secret, vault, &path("client_secret"))?;
+                let token_url = url::Url::parse(&cc.token_url)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path("token_url")))?;
+                let fingerprint = fingerprint(&[&cc.client_id, token_url.as_str(), &cc.scopes.join(" "), &secret]);
+                Self::ClientCredentials(Arc::new(ClientCredentials {
+                    connector: c.id.clone(),
+                    client_id: cc.client_id.clone(),
+                    client_secret: secret,
+                    token_url,
+                    scopes: cc.scopes.clone(),
+                    slot: tokens.slot(&c.id, &fingerprint),
+                }))
+            }
+            Auth::AuthorizationCode(_) | Auth::Dcr(_) => Self::PerUser,
+        })
+    }
+
+    /// Adds the credential to an outgoing request (after the caller's own credentials
+    /// were stripped). Returns the header it set, so a 401 can invalidate a cached token.
+    pub async fn apply(
+        &self,
+        connector: &str,
+        egress: &Egress,
+        headers: &mut HeaderMap,
+        url: &mut url::Url,
+    ) -> Result<(), CredentialError> {
+        match self {
+            Self::None => {}
+            Self::Header(name, value) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Self::Query { name, value } => {
+                // Drop any caller-supplied parameter of the same name first.
+                let kept: Vec<(String, String)> =
+                    url.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+                let had_query = url.query().is_some();
+                if had_query || !kept.is_empty() {
+                    url.set_query(None);
+                }
+                let mut q = url.query_pairs_mut();
+                for (k, v) in &kept {
+                    q.append_pair(k, v);
+                }
+                q.append_pair(name, value);
+            }
+            Self::ClientCredentials(cc) => {
+                let header = cc.header(egress).await?;
+                headers.insert(http::header::AUTHORIZATION, header);
+            }
+            Self::PerUser => return Err(CredentialError::PerUserUnsupported(connector.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// The upstream rejected the credential (401): forget a cached token so the next
+    /// request mints a new one.
+    pub fn rejected(&self, sent: Option<&HeaderValue>) {
+        if let (Self::ClientCredentials(cc), Some(sent)) = (self, sent) {
+            cc.slot.invalidate(sent);
+        }
+    }
+}
+
+fn fingerprint(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A client-credentials connector's credential.
+pub struct ClientCredentials {
+    connector: String,
+    client_id: String,
+    client_secret: Zeroizing<String>,
+    token_url: url::Url,
+    scopes: Vec<String>,
+    slot: Arc<TokenSlot>,
+}
+
+/// How long a token without `expires_in` is reused.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// A failed token request is not repeated for this long: requests arriving meanwhile get
+/// the same error instead of queueing up to hammer a failing endpoint.
+const FAILURE_HOLD: Duration = Duration::from_secs(2);
+
+/// When to stop using a token that lives `lifetime`: a minute early, or a fifth of its
+/// life early for short-lived tokens.
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 5).min(Duration::from_secs(60))
+}
+
+impl ClientCredentials {
+    async fn header(&self, egress: &Egress) -> Result<HeaderValue, CredentialError> {
+        if let Some(h) = self.slot.fresh() {
+            return Ok(h);
+        }
+        // One token request at a time: later arrivals wait here, then find the new token.
+        let mut fetch = self.slot.fetch.lock().await;
+        if let Some(h) = self.slot.fresh() {
+            return Ok(h);
+        }
+        if let Some((at, err)) = &fetch.last_failure {
+            if at.elapsed() < FAILURE_HOLD {
+                return Err(err.clone());
+            }
+        }
+        let started = Instant::now();
+        let result = oauth::client_credentials(
+            egress,
+            &self.token_url,
+            &self.client_id,
+            &self.client_secret,
+            &self.scopes,
+            ClientAuth::Basic,
+        )
+        .await;
+        match result {
+            Ok(token) => {
+                let lifetime = token.expires_in.unwrap_or(DEFAULT_LIFETIME);
+                let header = sensitive(&format!("Bearer {}", token.access_token.as_str()), "token").map_err(|_| {
+                    CredentialError::Token {
+                        connector: self.connector.clone(),
+                        source: TokenError::BadResponse {
+                            url: self.token_url.to_string(),
+                            detail: "the access token has characters not allowed in a header".into(),
+                        },
+                    }
+                })?;
+                let use_until = started + lifetime.saturating_sub(refresh_margin(lifetime));
+                self.slot.store(header.clone(), use_until);
+                fetch.last_failure = None;
+                self.slot.persist(&token.access_token, SystemTime::now() + lifetime);
+                tracing::info!(connector = %self.connector, expires_in_secs = lifetime.as_secs(), "minted a client-credentials token");
+                Ok(header)
+            }
+            Err(source) => {
+                let err = CredentialError::Token { connector: self.connector.clone(), source };
+                tracing::warn!(connector = %self.connector, error = %err, "token request failed");
+                fetch.last_failure = Some((Instant::now(), err.clone()));
+                Err(err)
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_failure: Option<(Instant, CredentialError)>,
+}
+
+/// One connector's cached token. Outlives config reloads while the connector's
+/// credentials stay the same.
+pub struct TokenSlot {
+    connector: String,
+    fingerprint: String,
+    current: RwLock<Option<(HeaderValue, Instant)>>,
+    fetch: tokio::sync::Mutex<FetchState>,
+    vault: Arc<Vault>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PersistedToken {
+    fingerprint: String,
+    access_token: String,
+    expires_at_unix: u64,
+}
+
+impl TokenSlot {
+    fn fresh(&self) -> Option<HeaderValue> {
+        let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
+        cur.as_ref().filter(|(_, until)| Instant::now() < *until).map(|(h, _)| h.clone())
+    }
+
+    fn store(&self, header: HeaderValue, until: Instant) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((header, until));
+    }
+
+    fn invalidate(&self, sent: &HeaderValue) {
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref().is_some_and(|(h, _)| h == sent) {
+            *cur = None;
+            tracing::info!(connector = %self.connector, "upstream rejected the access token; a new one will be minted");
+        }
+    }
+
+    /// Seals the token into the vault so a restart can reuse it (off the request path).
+    fn persist(&self, token: &str, expires_at: SystemTime) {
+        let record = PersistedToken {
+            fingerprint: self.fingerprint.clone(),
+            access_token: token.to_owned(),
+            expires_at_unix: expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&record).map(Zeroizing::new) else { return };
+        let (vault, connector) = (self.vault.clone(), self.connector.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = vault.put(Table::ClientTokens, &connector, &bytes) {
+                tracing::warn!(connector = %connector, error = %e, "could not persist the access token");
+            }
+        });
+    }
+
+    /// Primes the slot from the vault if a still-valid token for the same credentials is there.
+    fn restore(&self) {
+        let Ok(Some(bytes)) = self.vault.get(Table::ClientTokens, &self.connector) else { return };
+        let Ok(rec) = serde_json::from_slice::<PersistedToken>(&bytes) else { return };
+        let token = Zeroizing::new(rec.access_token.clone());
+        if rec.fingerprint != self.fingerprint {
+            return;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let Some(left) = rec.expires_at_unix.checked_sub(now).map(Duration::from_secs) else { return };
+        let margin = refresh_margin(left.max(Duration::from_secs(1)));
+        if left <= margin {
+            return;
+        }
+        if let Ok(h) = sensitive(&format!("Bearer {}", token.as_str()), "token") {
+            self.store(h, Instant::now() + (left - margin));
+            tracing::info!(connector = %self.connector, "reusing the persisted access token");
+        }
+    }
+}
+
+/// Token slots by connector, kept across config reloads.
+pub struct TokenSlots {
+    slots: Mutex<HashMap<String, Arc<TokenSlot>>>,
+    vault: Arc<Vault>,
+}
+
+impl TokenSlots {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { slots: Mutex::new(HashMap::new()), vault }
+    }
+
+    /// The slot for `connector`; a new, empty one if its credentials changed.
+    fn slot(&self, connector: &str, fingerprint: &str) -> Arc<TokenSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(connector).filter(|s| s.fingerprint == fingerprint) {
+            return s.clone();
+        }
+        let slot = Arc::new(TokenSlot {
+            connector: connector.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            current: RwLock::new(None),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
+            vault: self.vault.clone(),
+        });
+        slot.restore();
+        slots.insert(connector.to_owned(), slot.clone());
+        slot
+    }
+
+    /// Forgets slots of connectors no longer in the config.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_a_minute_or_a_fifth() {
+        assert_eq!(refresh_margin(Duration::from_secs(3600)), Duration::from_secs(60));
+        assert_eq!(refresh_margin(Duration::from_secs(10)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn fingerprint_separates_fields() {
+        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let mut v = HeaderValue::from_static("Bearer hunter2");
+        v.set_sensitive(true);
+        let c = Credential::Header(http::header::AUTHORIZATION, v);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

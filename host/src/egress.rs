@@ -1,0 +1,282 @@
+//! The one outbound HTTP client. Every upstream call (proxy, token endpoints, and later
+//! MCP) goes through [`Egress`], so the SSRF rules live here and nowhere else:
+//!
+//! - every address a name resolves to is checked *after* DNS resolution, on every dial
+//!   (a rebinding name cannot slip a loopback address past a load-time check);
+//! - IP-literal hosts, which skip the resolver, are checked before the request is sent;
+//! - redirects are never followed (a redirect would carry injected credentials, or a
+//!   client secret, to wherever the upstream points);
+//! - system proxy variables are ignored, so `HTTP_PROXY` cannot reroute credentials.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::config::EgressConfig;
+
+/// Why an outbound request failed, in terms a gateway reports to its caller.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// The destination address is not one Portcullis may dial.
+    #[error("refused to connect to {host}: it resolves to {reason}")]
+    Refused { host: String, reason: String },
+    #[error("could not connect to {0}")]
+    Connect(String),
+    #[error("timed out talking to {0}")]
+    Timeout(String),
+    #[error("upstream request to {host} failed: {detail}")]
+    Other { host: String, detail: String },
+}
+
+/// Our resolver's refusal, carried through reqwest's error chain and found again by
+/// [`EgressError::from_reqwest`].
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to {reason}")]
+struct Refusal {
+    host: String,
+    reason: String,
+}
+
+/// Why `ip` must not be dialled, or `None` if it may be.
+///
+/// Refused: loopback (unless the dev switch allows it), link-local (which includes the
+/// cloud metadata address 169.254.169.254), unspecified, multicast and broadcast, and the
+/// well-known metadata addresses that sit inside otherwise-allowed ranges. Allowed:
+/// public addresses, RFC 1918, ULA (fc00::/7) and the tailnet's 100.64.0.0/10.
+pub fn refusal_reason(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_reason(v4, allow_loopback),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4_reason(v4, allow_loopback);
+            }
+            if v6.is_loopback() {
+                return (!allow_loopback).then_some("a loopback address");
+            }
+            if v6.is_unspecified() {
+                return Some("the unspecified address");
+            }
+            if v6.is_multicast() {
+                return Some("a multicast address");
+            }
+            if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                return Some("a link-local address");
+            }
+            // AWS's IPv6 instance metadata endpoint lives inside the ULA range.
+            if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+                return Some("a cloud metadata address");
+            }
+            None
+        }
+    }
+}
+
+fn v4_reason(ip: Ipv4Addr, allow_loopback: bool) -> Option<&'static str> {
+    if ip.is_loopback() {
+        return (!allow_loopback).then_some("a loopback address");
+    }
+    if ip.is_link_local() {
+        return Some(if ip == Ipv4Addr::new(169, 254, 169, 254) {
+            "the cloud metadata address"
+        } else {
+            "a link-local address"
+        });
+    }
+    if ip.octets()[0] == 0 {
+        return Some("an unspecified (0.0.0.0/8) address");
+    }
+    if ip.is_broadcast() || ip.is_multicast() {
+        return Some("a broadcast or multicast address");
+    }
+    // Alibaba Cloud's metadata service sits inside 100.64.0.0/10, which tailnets use.
+    if ip == Ipv4Addr::new(100, 100, 100, 200) {
+        return Some("a cloud metadata address");
+    }
+    None
+}
+
+/// For load-time warnings: why `url` will be refused, if that can be known without DNS
+/// (an IP literal or `localhost`).
+pub fn unsafe_url_reason(url: &url::Url, allow_loopback: bool) -> Option<String> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => refusal_reason(IpAddr::V4(ip), allow_loopback).map(str::to_owned),
+        url::Host::Ipv6(ip) => refusal_reason(IpAddr::V6(ip), allow_loopback).map(str::to_owned),
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            let local = d == "localhost" || d.ends_with(".localhost");
+            (local && !allow_loopback).then(|| "a loopback address (localhost)".to_owned())
+        }
+    }
+}
+
+/// Checks every resolved address; refuses the whole name if any one is unsafe, since a
+/// name that mixes public and internal addresses is a rebinding attempt, not a choice.
+struct SafeResolver {
+    allow_loopback: Arc<AtomicBool>,
+}
+
+impl Resolve for SafeResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_loopback = self.allow_loopback.load(Ordering::Relaxed);
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            for a in &addrs {
+                if let Some(reason) = refusal_reason(a.ip(), allow_loopback) {
+                    return Err(Box::new(Refusal { host: host.clone(), reason: reason.into() }) as _);
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The shared outbound client. Cheap to clone.
+#[derive(Clone)]
+pub struct Egress {
+    client: reqwest::Client,
+    allow_loopback: Arc<AtomicBool>,
+}
+
+impl Egress {
+    pub fn new(cfg: &EgressConfig) -> anyhow::Result<Self> {
+        // reqwest is built without a default crypto provider; install ring once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let allow_loopback = Arc::new(AtomicBool::new(cfg.allow_loopback));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(SafeResolver { allow_loopback: allow_loopback.clone() }))
+            .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs.max(1)))
+            .read_timeout(Duration::from_secs(cfg.read_timeout_secs.max(1)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .referer(false)
+            .build()?;
+        Ok(Self { client, allow_loopback })
+    }
+
+    /// Applies a reloaded config's switches to the live client.
+    pub fn reconfigure(&self, cfg: &EgressConfig) {
+        self.allow_loopback.store(cfg.allow_loopback, Ordering::Relaxed);
+    }
+
+    /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals).
+    pub fn check_url(&self, url: &url::Url) -> Result<(), EgressError> {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(EgressError::Refused { host, reason: format!("a {}: URL", url.scheme()) });
+        }
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal {
+            if let Some(reason) = refusal_reason(ip, self.allow_loopback.load(Ordering::Relaxed)) {
+                return Err(EgressError::Refused { host, reason: reason.into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a request; send it with [`Egress::send`].
+    pub fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Sends a request after checking its URL. Redirect responses come back as they are.
+    pub async fn send(&self, req: reqwest::Request) -> Result<reqwest::Response, EgressError> {
+        self.check_url(req.url())?;
+        let host = req.url().host_str().unwrap_or_default().to_owned();
+        self.client.execute(req).await.map_err(|e| EgressError::from_reqwest(&host, &e))
+    }
+}
+
+impl EgressError {
+    fn from_reqwest(host: &str, e: &reqwest::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(r) = err.downcast_ref::<Refusal>() {
+                return Self::Refused { host: r.host.clone(), reason: r.reason.clone() };
+            }
+            source = err.source();
+        }
+        if e.is_timeout() {
+            Self::Timeout(host.to_owned())
+        } else if e.is_connect() {
+            Self::Connect(format!("{host}: {}", root_cause(e)))
+        } else {
+            Self::Other { host: host.to_owned(), detail: root_cause(e) }
+        }
+    }
+}
+
+/// The innermost error message: reqwest's outer ones say little ("error sending request").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(s: &str, allow_loopback: bool) -> bool {
+        refusal_reason(s.parse().expect("ip"), allow_loopback).is_some()
+    }
+
+    #[test]
+    fn refuses_loopback_link_local_and_metadata() {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "fd00:ec2::254",
+            "100.100.100.200",
+        ] {
+            assert!(refused(ip, false), "{ip} should be refused");
+        }
+    }
+
+    #[test]
+    fn allows_private_ula_tailnet_and_public() {
+        for ip in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "fd7a:115c:a1e0::1", "100.64.0.1", "100.101.102.103", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!refused(ip, false), "{ip} should be allowed");
+        }
+    }
+
+    #[test]
+    fn dev_switch_allows_loopback_only() {
+        assert!(!refused("127.0.0.1", true));
+        assert!(!refused("::1", true));
+        assert!(refused("169.254.169.254", true));
+        assert!(refused("fe80::1", true));
+    }
+
+    #[test]
+    fn load_time_url_check_sees_literals_and_localhost() {
+        let u = |s: &str| url::Url::parse(s).expect("url");
+        assert!(unsafe_url_reason(&u("http://localhost:8080/x"), false).is_some());
+        assert!(unsafe_url_reason(&u("http://[::1]/"), false).is_some());
+        assert!(unsafe_url_reason(&u("http://169.254.169.254/"), true).is_some());
+        assert!(unsafe_url_reason(&u("https://api.github.com"), false).is_none());
+        assert!(unsafe_url_reason(&u("http://localhost/"), true).is_none());
+    }
+}

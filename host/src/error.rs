@@ -1,0 +1,52 @@
+//! The errors the host returns over HTTP: a status and a stable JSON body,
+//! `{"error": {"code": "...", "message": "..."}}`, whose message says what went wrong and
+//! what to do. Codes are part of the API; messages may improve.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code));
+        resp
+    }
+}
+
+/// Marks a response as an error the host produced (for logs and metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);

@@ -1,0 +1,41 @@
+//! Portcullis: a connector gateway between AI agents on a tailnet and the services they
+//! call. It identifies each caller from its tailnet identity, authorizes with grants
+//! (deny by default), and forwards to upstream APIs with the connector's credential
+//! injected, keeping every secret sealed at rest.
+//!
+//! # Layout
+//!
+//! A request flows identity → policy → route → credentials → egress → upstream. Each
+//! stage is one module with a small public surface, and each security rule lives in
+//! exactly one of them:
+//!
+//! - [`config`]: HuJSON parsing and validation into an immutable [`config::Config`], with
+//!   every problem reported at once as a [`config::Diagnostic`] with its JSON path.
+//! - [`identity`]: the [`identity::Caller`] of a request, from tailscaled's LocalAPI
+//!   whois, `tailscale serve` headers, or loopback. Fails closed.
+//! - [`policy`]: grants compiled per config; [`policy::Access::allows`] is the one
+//!   decision function for listing and use.
+//! - [`vault`]: redb + AES-256-GCM; the only place that sees secrets at rest.
+//! - [`credentials`]: what each auth scheme adds to a request; client-credentials token
+//!   caching with single-flight minting.
+//! - [`oauth`]: token endpoint calls (client credentials so far).
+//! - [`egress`]: the one outbound HTTP client; the SSRF rules (checked after DNS, on
+//!   every dial), no redirects, timeouts.
+//! - [`proxy`]: `/v1/connectors/<id>/<path>`.
+//! - [`telemetry`]: request logs (header names only) and Prometheus metrics.
+//! - [`error`]: the stable JSON error body every handler returns.
+//! - [`app`]: wiring: snapshot building and atomic reload, the router, the server.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod credentials;
+pub mod egress;
+pub mod error;
+pub mod identity;
+pub mod oauth;
+pub mod policy;
+pub mod proxy;
+pub mod telemetry;
+pub mod vault;

@@ -1,0 +1,415 @@
+//! Authorization: grants compiled once per config snapshot; deny by default.
+//!
+//! A caller's access is the union of every config grant whose `src` matches them and the
+//! capabilities tailscaled delivered for them (policy-file grants). [`Access::allows`] is
+//! the one decision function: listing and use both ask it, so nothing can be listed that
+//! cannot be used, or used that would not be listed.
+//!
+//! Patterns are `connectorID/category/resource` globs (`*` one segment, `**` any number),
+//! or `label:<name>` for every connector carrying that label. A pattern of just
+//! `connectorID/category` grants the whole category (`github/proxy`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+
+use crate::config::{Capability, Config, Diagnostics, Grant, JsonPath, Role, APERTURE_CAP};
+use crate::identity::{Caller, CallerKind};
+
+/// Categories a pattern may name.
+pub const CATEGORIES: &[&str] = &["tools", "resources", "templates", "proxy"];
+
+/// Connectors that exist without being configured, with their labels.
+pub const BUILTIN_CONNECTORS: &[(&str, &[&str])] = &[("aperture", &["system"])];
+
+/// One compiled grant rule.
+#[derive(Debug, Clone)]
+enum Rule {
+    Glob(GlobMatcher),
+    Label(String),
+}
+
+/// A parsed, checked pattern.
+#[derive(Debug)]
+pub struct PatternError(pub String);
+
+fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
+    if let Some(label) = p.strip_prefix("label:") {
+        if label.is_empty() {
+            return Err(PatternError("\"label:\" needs a label name".into()));
+        }
+        return Ok(Rule::Label(label.to_owned()));
+    }
+    let segs: Vec<&str> = p.split('/').collect();
+    if segs.iter().any(|s| s.is_empty()) {
+        return Err(PatternError(format!("\"{p}\" has an empty segment")));
+    }
+    if segs.len() >= 2 {
+        let cat = segs[1];
+        let is_glob = cat.contains('*') || cat.contains('?') || cat.contains('[') || cat.contains('{');
+        if !is_glob && !CATEGORIES.contains(&cat) {
+            return Err(PatternError(format!(
+                "\"{p}\" names unknown category \"{cat}\"; use one of {}",
+                CATEGORIES.join(", ")
+            )));
+        }
+        // Only proxy paths have more structure; tools, resources and templates are one name.
+        let deep_ok = cat == "proxy" || segs.iter().any(|s| *s == "**");
+        if segs.len() > 3 && !deep_ok {
+            return Err(PatternError(format!(
+                "\"{p}\" has too many segments; patterns are connectorID/category/resource"
+            )));
+        }
+    }
+    let glob: Glob = GlobBuilder::new(p)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| PatternError(format!("\"{p}\" is not a valid pattern: {e}")))?;
+    Ok(Rule::Glob(glob.compile_matcher()))
+}
+
+/// The connector segment of a pattern, when it names one exactly.
+fn named_connector(p: &str) -> Option<&str> {
+    let first = p.split('/').next()?;
+    let literal = !first.is_empty() && !first.contains(['*', '?', '[', '{']);
+    (literal && !p.starts_with("label:")).then_some(first)
+}
+
+#[derive(Debug)]
+struct CompiledGrant {
+    src: Vec<String>,
+    role: Option<Role>,
+    read_metrics: bool,
+    rules: Vec<Rule>,
+}
+
+/// Grants compiled against one config snapshot.
+#[derive(Debug)]
+pub struct Policy {
+    grants: Vec<CompiledGrant>,
+    labels: Arc<HashMap<String, Vec<String>>>,
+}
+
+impl Policy {
+    /// Compiles the config's grants, reporting malformed patterns, patterns naming no
+    /// connector and a config nobody can administer as warnings.
+    pub fn compile(config: &Config, diags: &mut Diagnostics) -> Self {
+        let mut labels: HashMap<String, Vec<String>> =
+            config.connectors.values().map(|c| (c.id.clone(), c.labels.clone())).collect();
+        for (id, ls) in BUILTIN_CONNECTORS {
+            labels.insert((*id).to_owned(), ls.iter().map(|s| (*s).to_owned()).collect());
+        }
+        let mut grants = Vec::with_capacity(config.grants.len());
+        for (i, g) in config.grants.iter().enumerate() {
+            let at = JsonPath::root().key("grants").index(i).key("app").key(APERTURE_CAP);
+            grants.push(compile_grant(g, &at, &labels, diags));
+        }
+        if !grants.iter().any(|g| g.role == Some(Role::Admin)) {
+            diags.warn(
+                "grants",
+                "no grant assigns role \"admin\"; nobody will be able to manage this instance",
+            );
+        }
+        Self { grants, labels: Arc::new(labels) }
+    }
+
+    /// Everything `caller` may do.
+    pub fn access(&self, caller: &Caller) -> Access {
+        let mut access = Access { role: None, read_metrics: false, rules: Vec::new(), labels: self.labels.clone() };
+        for g in self.grants.iter().filter(|g| g.src.iter().any(|s| src_matches(s, caller))) {
+            access.role = access.role.max(g.role);
+            access.read_metrics |= g.read_metrics;
+            access.rules.extend(g.rules.iter().cloned());
+        }
+        // Policy-file grants, delivered by whois. Bad ones are skipped (and logged once
+        // per identity lookup by the caller of this function, not per request).
+        for raw in &caller.caps {
+            if let Ok(cap) = serde_json::from_value::<Capability>(raw.clone()) {
+                access.role = access.role.max(cap.role);
+                access.read_metrics |= cap.read_metrics;
+                for p in patterns_of(&cap) {
+                    if let Ok(rule) = compile_pattern(&p) {
+                        access.rules.push(rule);
+                    }
+                }
+            }
+        }
+        access
+    }
+}
+
+fn compile_grant(
+    g: &Grant,
+    at: &JsonPath,
+    labels: &HashMap<String, Vec<String>>,
+    diags: &mut Diagnostics,
+) -> CompiledGrant {
+    let mut out = CompiledGrant { src: g.src.clone(), role: None, read_metrics: false, rules: Vec::new() };
+    for (j, cap) in g.caps.iter().enumerate() {
+        out.role = out.role.max(cap.role);
+        out.read_metrics |= cap.read_metrics;
+        for p in patterns_of(cap) {
+            let here = at.index(j).key("connectors");
+            match compile_pattern(&p) {
+                Ok(rule) => {
+                    if let Rule::Label(l) = &rule {
+                        if !labels.values().any(|ls| ls.contains(l)) {
+                            diags.warn(&here, format!("pattern \"{p}\": no connector carries label \"{l}\""));
+                        }
+                    } else if let Some(id) = named_connector(&p) {
+                        if !labels.contains_key(id) {
+                            diags.warn(&here, format!("pattern \"{p}\" references connector \"{id}\", which is not declared"));
+                        }
+                    }
+                    out.rules.push(rule);
+                }
+                Err(PatternError(msg)) => {
+                    diags.warn(&here, format!("malformed pattern, ignored: {msg}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A capability's patterns, with the deprecated `mcp_*` fields translated
+/// (`local/search` → `local/tools/search`).
+fn patterns_of(cap: &Capability) -> Vec<String> {
+    let mut out = cap.connectors.clone();
+    for (legacy, cat) in [(&cap.mcp_tools, "tools"), (&cap.mcp_resources, "resources"), (&cap.mcp_templates, "templates")] {
+        if let Some(p) = legacy {
+            out.push(match p.split_once('/') {
+                Some((server, item)) => format!("{server}/{cat}/{item}"),
+                None => format!("{p}/{cat}/**"),
+            });
+        }
+    }
+    out
+}
+
+/// Does a grant's `src` entry match this caller?
+fn src_matches(src: &str, caller: &Caller) -> bool {
+    match src {
+        "*" => true,
+        "(loopback)" => caller.kind == CallerKind::Loopback,
+        s if s.starts_with("tag:") => {
+            // A single tag, or the exact sorted, comma-joined tag string.
+            caller.kind == CallerKind::Tagged && (caller.tags.iter().any(|t| t == s) || caller.login == s)
+        }
+        s if s.starts_with("group:") => caller.groups.iter().any(|g| g == s),
+        // A login name, or a SCIM group named by email.
+        s => caller.kind == CallerKind::User && (caller.login == s || caller.groups.iter().any(|g| g == s)),
+    }
+}
+
+/// One caller's effective access.
+#[derive(Debug, Clone)]
+pub struct Access {
+    role: Option<Role>,
+    read_metrics: bool,
+    rules: Vec<Rule>,
+    labels: Arc<HashMap<String, Vec<String>>>,
+}
+
+impl Access {
+    pub fn is_admin(&self) -> bool {
+        self.role == Some(Role::Admin)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.role
+    }
+
+    pub fn may_read_metrics(&self) -> bool {
+        self.read_metrics || self.is_admin()
+    }
+
+    /// May the caller use `resource` of `category` on `connector`? `resource` may be
+    /// empty (the category as a whole); for `proxy` it is the request path without its
+    /// leading slash.
+    pub fn allows(&self, connector: &str, category: &str, resource: &str) -> bool {
+        let whole = format!("{connector}/{category}");
+        let full = if resource.is_empty() { whole.clone() } else { format!("{whole}/{resource}") };
+        self.rules.iter().any(|r| match r {
+            Rule::Glob(g) => g.is_match(&full) || g.is_match(&whole),
+            Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
+        })
+    }
+
+    /// May the caller use anything at all on `connector`?
+    pub fn any_on(&self, connector: &str) -> bool {
+        CATEGORIES.iter().any(|c| self.allows(connector, c, ""))
+            || self.rules.iter().any(|r| match r {
+                Rule::Glob(g) => {
+                    // e.g. "github/proxy/repos/**" grants something on github.
+                    let s = g.glob().glob();
+                    named_connector(s) == Some(connector)
+                }
+                Rule::Label(_) => false,
+            })
+    }
+}
+
+/// Checks a pattern without compiling a policy (for the admin API and tests).
+pub fn check_pattern(p: &str) -> Result<(), PatternError> {
+    compile_pattern(p).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+
+    fn policy(text: &str) -> (Policy, Diagnostics) {
+        let (c, mut d) = load(text);
+        let c = c.unwrap_or_else(|| panic!("config: {d}"));
+        let p = Policy::compile(&c, &mut d);
+        (p, d)
+    }
+
+    fn user(login: &str, groups: &[&str]) -> Caller {
+        Caller {
+            login: login.into(),
+            kind: CallerKind::User,
+            node: None,
+            tags: vec![],
+            groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+            caps: vec![],
+        }
+    }
+
+    fn tagged(tags: &[&str]) -> Caller {
+        let mut t: Vec<String> = tags.iter().map(|s| (*s).to_owned()).collect();
+        t.sort();
+        Caller { login: t.join(","), kind: CallerKind::Tagged, node: None, tags: t, groups: vec![], caps: vec![] }
+    }
+
+    const CONNECTORS: &str = r#""connectors": {"servers": {
+        "github": {"protocol": "http", "url": "https://api.github.com", "labels": ["dev"]},
+        "local": {"protocol": "mcp", "url": "https://mcp.example"},
+        "jira": {"protocol": "http", "url": "https://x.atlassian.net"}}}"#;
+
+    #[test]
+    fn seed_grant_gives_everyone_github_and_aperture() {
+        let text = format!(
+            "{{{CONNECTORS}, {}",
+            &include_str!("../../tests/fixtures/seeds/002-grants-github-aperture.json").trim()[1..]
+        );
+        let (p, _) = policy(&text);
+        let a = p.access(&user("bob@example.com", &[]));
+        assert!(a.allows("github", "proxy", "user"));
+        assert!(a.allows("github", "proxy", "repos/tailscale/tailscale/pulls"));
+        assert!(a.allows("aperture", "tools", "list_connectors"));
+        assert!(!a.allows("jira", "proxy", "issue"));
+        assert!(!a.is_admin());
+    }
+
+    #[test]
+    fn deny_by_default() {
+        let (p, d) = policy(&format!("{{{CONNECTORS}}}"));
+        assert!(d.warnings().any(|w| w.message.contains("role \"admin\"")));
+        let a = p.access(&user("a@example.com", &[]));
+        assert!(!a.allows("github", "proxy", "user"));
+        assert!(!a.any_on("github"));
+    }
+
+    #[test]
+    fn pattern_shapes() {
+        let grant = |pats: &str| {
+            format!(r#"{{{CONNECTORS}, "grants": [{{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": {pats}}}]}}}}]}}"#)
+        };
+        let u = user("a@example.com", &[]);
+        let (p, _) = policy(&grant(r#"["github/proxy"]"#));
+        let a = p.access(&u);
+        assert!(a.allows("github", "proxy", "a/b/c"));
+        assert!(!a.allows("github", "tools", "x"));
+
+        let (p, _) = policy(&grant(r#"["local/tools/*"]"#));
+        let a = p.access(&u);
+        assert!(a.allows("local", "tools", "search"));
+        assert!(!a.allows("local", "resources", "file"));
+        assert!(!a.allows("local", "tools", ""));
+
+        let (p, _) = policy(&grant(r#"["github/proxy/repos/**"]"#));
+        let a = p.access(&u);
+        assert!(a.allows("github", "proxy", "repos/a/b"));
+        assert!(!a.allows("github", "proxy", "user"));
+        assert!(a.any_on("github"));
+
+        let (p, _) = policy(&grant(r#"["label:dev"]"#));
+        let a = p.access(&u);
+        assert!(a.allows("github", "proxy", "x"));
+        assert!(a.allows("github", "tools", "x"));
+        assert!(!a.allows("jira", "proxy", "x"));
+
+        let (p, _) = policy(&grant(r#"["*/tools/search"]"#));
+        assert!(p.access(&u).allows("local", "tools", "search"));
+    }
+
+    #[test]
+    fn malformed_patterns_warn_and_are_ignored() {
+        let text = format!(
+            r#"{{{CONNECTORS}, "grants": [{{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [
+                {{"connectors": ["github/tool/x", "local/tools/a/b", "nope/**", "label:", "label:missing", "github//x", "github/proxy"]}}]}}}}]}}"#
+        );
+        let (p, d) = policy(&text);
+        let w: Vec<String> = d.warnings().map(ToString::to_string).collect();
+        for needle in ["unknown category \"tool\"", "too many segments", "connector \"nope\"", "needs a label", "label \"missing\"", "empty segment"] {
+            assert!(w.iter().any(|x| x.contains(needle)), "{needle}: {w:?}");
+        }
+        assert!(w.iter().all(|x| x.contains("grants[0].app") || x.contains("role")), "{w:?}");
+        assert!(p.access(&user("a@x", &[])).allows("github", "proxy", "y"));
+    }
+
+    #[test]
+    fn src_matching() {
+        let text = format!(
+            r#"{{{CONNECTORS}, "grants": [
+                {{"src": ["alice@example.com"], "app": {{"tailscale.com/cap/aperture": [{{"role": "admin"}}]}}}},
+                {{"src": ["group:eng"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": ["jira/**"]}}]}}}},
+                {{"src": ["tag:ci"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": ["github/proxy"]}}]}}}},
+                {{"src": ["tag:api,tag:prod"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": ["local/**"]}}]}}}},
+                {{"src": ["(loopback)"], "app": {{"tailscale.com/cap/aperture": [{{"read_metrics": true}}]}}}}
+            ]}}"#
+        );
+        let (p, _) = policy(&text);
+        assert!(p.access(&user("alice@example.com", &[])).is_admin());
+        assert!(!p.access(&user("mallory@example.com", &[])).is_admin());
+        assert!(p.access(&user("bob@example.com", &["group:eng"])).allows("jira", "proxy", "x"));
+        assert!(p.access(&tagged(&["tag:ci", "tag:x"])).allows("github", "proxy", "x"));
+        let ap = p.access(&tagged(&["tag:prod", "tag:api"]));
+        assert!(ap.allows("local", "tools", "t"));
+        assert!(!p.access(&tagged(&["tag:api"])).allows("local", "tools", "t"));
+        // A user whose login looks like a tag string is not that tag.
+        assert!(!p.access(&user("tag:ci", &[])).allows("github", "proxy", "x"));
+        let lb = p.access(&Caller::loopback());
+        assert!(lb.may_read_metrics() && !lb.is_admin());
+    }
+
+    #[test]
+    fn whois_caps_add_to_config_grants() {
+        let (p, _) = policy(&format!("{{{CONNECTORS}}}"));
+        let mut c = user("a@example.com", &[]);
+        c.caps = vec![
+            serde_json::json!({"connectors": ["jira/proxy"]}),
+            serde_json::json!({"role": "admin"}),
+            serde_json::json!("garbage"),
+        ];
+        let a = p.access(&c);
+        assert!(a.allows("jira", "proxy", "x"));
+        assert!(a.is_admin());
+        assert!(!a.allows("github", "proxy", "x"));
+    }
+
+    #[test]
+    fn legacy_fields_translate() {
+        let text = format!(
+            r#"{{{CONNECTORS}, "grants": [{{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [{{"mcp_tools": "local/search"}}]}}}}]}}"#
+        );
+        let (p, _) = policy(&text);
+        let a = p.access(&user("a@x", &[]));
+        assert!(a.allows("local", "tools", "search"));
+        assert!(!a.allows("local", "tools", "other"));
+    }
+}

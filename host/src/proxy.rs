@@ -1,0 +1,410 @@
+//! `ANY /v1/connectors/<id>/<path>`: the HTTP API connector proxy.
+//!
+//! Order of checks, each before any upstream contact: the connector exists (404), the
+//! method is allowed (405), the path is clean (400), the caller holds a grant for
+//! `<id>/proxy/<path>` (403). Then the caller's credentials and identity headers are
+//! stripped, the connector's credential is added, and bodies stream both ways; the
+//! response is cut at 50 MB.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body::Frame;
+
+use crate::app::{App, Connector};
+use crate::config::Protocol;
+use crate::credentials::CredentialError;
+use crate::egress::EgressError;
+use crate::error::ApiError;
+use crate::identity::Caller;
+
+/// Route prefix of the proxy.
+pub const PREFIX: &str = "/v1/connectors/";
+
+/// Largest response body relayed; longer ones are cut (status unchanged).
+pub const MAX_RESPONSE_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Methods that pass. TRACE (it reflects headers, injected credentials included) and
+/// CONNECT (tunnels) never do.
+const ALLOWED: &[Method] =
+    &[Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+
+/// Which connector a response belongs to, for the request log and metrics.
+#[derive(Debug, Clone)]
+pub struct ConnectorTag(pub String);
+
+pub async fn handle(State(app): State<Arc<App>>, Extension(caller): Extension<Arc<Caller>>, req: Request) -> Response {
+    let (id, result) = proxy(&app, &caller, req).await;
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(id) = id {
+        resp.extensions_mut().insert(ConnectorTag(id));
+    }
+    resp
+}
+
+async fn proxy(app: &App, caller: &Caller, req: Request) -> (Option<String>, Result<Response, ApiError>) {
+    let snapshot = app.snapshot();
+    let raw_path = req.uri().path().to_owned();
+    let rest = raw_path.strip_prefix(PREFIX).unwrap_or_default();
+    let (id, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(connector) = snapshot.connectors.get(id).cloned() else {
+        return (
+            None,
+            Err(ApiError::not_found(format!(
+                "no connector \"{id}\" is configured; check the connector ID in the URL (/v1/connectors/<id>/<path>)"
+            ))),
+        );
+    };
+    let tag = Some(connector.id.clone());
+    (tag, forward(app, &snapshot.policy.access(caller), caller, &connector, path, req).await)
+}
+
+async fn forward(
+    app: &App,
+    access: &crate::policy::Access,
+    caller: &Caller,
+    connector: &Connector,
+    path: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let id = connector.id.as_str();
+    if !ALLOWED.contains(req.method()) {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} is not allowed through connectors; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS",
+                req.method()
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        return Ok(resp);
+    }
+    let path = normalize_path(path)?;
+    if !access.allows(id, "proxy", &path) {
+        return Err(ApiError::forbidden(format!(
+            "access denied: {} has no grant for \"{id}/proxy\"; ask an admin for a connectors grant such as \"{id}/proxy\" or \"{id}/**\"",
+            caller.login
+        )));
+    }
+    if connector.protocol != Protocol::Http {
+        return Err(ApiError::not_found(format!(
+            "connector \"{id}\" is an MCP connector; reach it through /v1/mcp"
+        )));
+    }
+    let Some(base) = &connector.url else {
+        return Err(ApiError::bad_gateway(
+            "connector_misconfigured",
+            format!("connector \"{id}\" has no url; an admin must set connectors.servers.{id}.url"),
+        ));
+    };
+    let mut url = join(base, &path, req.uri().query());
+
+    let (parts, body) = req.into_parts();
+    let mut headers = request_headers(&parts.headers);
+    connector
+        .credential
+        .apply(id, &app.egress, &mut headers, &mut url)
+        .await
+        .map_err(|e| credential_error(&e))?;
+    let sent_auth = headers.get(http::header::AUTHORIZATION).cloned();
+
+    let has_body = parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let mut upstream = app.egress.request(parts.method.clone(), url).headers(headers);
+    if has_body {
+        upstream = upstream.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    }
+    let upstream = upstream
+        .build()
+        .map_err(|e| ApiError::bad_request(format!("cannot forward this request: {}", crate::egress::root_cause(&e))))?;
+    let resp = app.egress.send(upstream).await.map_err(|e| egress_error(id, &e))?;
+
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        connector.credential.rejected(sent_auth.as_ref());
+    }
+    Ok(relay(id, parts.method == Method::HEAD, resp))
+}
+
+/// Builds the response for the caller: hop-by-hop and `Set-Cookie` headers removed, body
+/// streamed and capped. Redirects are relayed as they are, never followed.
+fn relay(id: &str, head: bool, resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let mut headers = response_headers(resp.headers());
+    let too_long = resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES);
+    if too_long {
+        // The body will be cut, so the length would be a lie.
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::new(Capped { inner: reqwest::Body::from(resp), left: MAX_RESPONSE_BYTES, connector: id.to_owned() })
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// Cleans the path after `/v1/connectors/<id>/`: empty segments collapse, a trailing
+/// slash is kept (APIs may distinguish it), and `.` or `..` segments, raw or
+/// percent-encoded (even twice), backslash tricks and NUL are refused. Encoded slashes
+/// (`%2F`) stay encoded, as some APIs need them in a segment.
+pub fn normalize_path(path: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| {
+        ApiError::bad_request(format!("the request path is not allowed ({why}); send a plain path below the connector's base URL"))
+    };
+    let trailing = path.ends_with('/');
+    let mut segs = Vec::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        let mut decoded = seg.to_owned();
+        for _ in 0..3 {
+            let next = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
+            if next == decoded {
+                break;
+            }
+            decoded = next;
+        }
+        if decoded.contains('\0') {
+            return Err(bad("NUL byte"));
+        }
+        if decoded.split(['/', '\\']).any(|part| part == "." || part == "..") {
+            return Err(bad("path traversal"));
+        }
+        segs.push(seg);
+    }
+    let mut out = segs.join("/");
+    if trailing && !out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// `base` + `/` + `path` (+ `?query`), with exactly one slash at the join.
+fn join(base: &url::Url, path: &str, query: Option<&str>) -> url::Url {
+    let mut url = base.clone();
+    let joined = format!("{}/{}", base.path().trim_end_matches('/'), path);
+    url.set_path(&joined);
+    url.set_query(query);
+    url
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect()
+}
+
+/// The caller's headers minus credentials, identity and forwarding headers, and the
+/// hop-by-hop set. `Host` is dropped too: the client sets the upstream's.
+pub fn request_headers(incoming: &HeaderMap) -> HeaderMap {
+    let named = connection_named(incoming);
+    let mut out = HeaderMap::with_capacity(incoming.len());
+    for (name, value) in incoming {
+        let n = name.as_str();
+        let strip = HOP_BY_HOP.contains(&n)
+            || named.contains(name)
+            || matches!(n, "authorization" | "cookie" | "host" | "forwarded" | "expect")
+            || n.starts_with("proxy-")
+            || n.starts_with("tailscale-")
+            || n.starts_with("x-forwarded-");
+        if !strip {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The upstream's headers minus `Set-Cookie` and the hop-by-hop set.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let named = connection_named(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if !(HOP_BY_HOP.contains(&n) || named.contains(name) || n == "set-cookie") {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn egress_error(id: &str, e: &EgressError) -> ApiError {
+    match e {
+        EgressError::Refused { .. } => ApiError::bad_gateway(
+            "egress_refused",
+            format!(
+                "connector \"{id}\": {e}. Upstreams on loopback, link-local and metadata addresses are blocked; \
+                 point the connector at a routable address"
+            ),
+        ),
+        EgressError::Connect(_) => ApiError::bad_gateway(
+            "upstream_unreachable",
+            format!("connector \"{id}\": {e}; check the connector's url and that the upstream is running"),
+        ),
+        EgressError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("connector \"{id}\": {e}; the upstream did not answer in time"),
+        ),
+        EgressError::Other { .. } => ApiError::bad_gateway("upstream_error", format!("connector \"{id}\": {e}")),
+    }
+}
+
+fn credential_error(e: &CredentialError) -> ApiError {
+    match e {
+        CredentialError::Token { .. } => ApiError::bad_gateway("credential_unavailable", e.to_string()),
+        CredentialError::PerUserUnsupported(_) => {
+            ApiError::new(StatusCode::NOT_IMPLEMENTED, "per_user_oauth_unsupported", e.to_string())
+        }
+    }
+}
+
+/// A response body cut after `left` bytes. The cut is silent to the caller (the status
+/// was already sent) but logged.
+struct Capped {
+    inner: reqwest::Body,
+    left: u64,
+    connector: String,
+}
+
+impl http_body::Body for Capped {
+    type Data = Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    let len = data.len() as u64;
+                    if len >= self.left {
+                        if len > self.left {
+                            data.truncate(self.left as usize);
+                            tracing::info!(connector = %self.connector, limit_bytes = MAX_RESPONSE_BYTES, "response truncated at the size limit");
+                        }
+                        self.left = 0;
+                    } else {
+                        self.left -= len;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                // Trailers are hop-by-hop metadata of the upstream connection: dropped.
+                Err(_) => Poll::Ready(None),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0 || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut h = self.inner.size_hint();
+        if h.lower() > self.left {
+            return http_body::SizeHint::with_exact(self.left);
+        }
+        if h.upper().is_some_and(|u| u > self.left) {
+            h.set_upper(self.left);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalise() {
+        assert_eq!(normalize_path("user").expect("ok"), "user");
+        assert_eq!(normalize_path("repos//a///b").expect("ok"), "repos/a/b");
+        assert_eq!(normalize_path("repos/a/").expect("ok"), "repos/a/");
+        assert_eq!(normalize_path("").expect("ok"), "");
+        assert_eq!(normalize_path("/").expect("ok"), "");
+        assert_eq!(normalize_path("projects/group%2Fproj").expect("ok"), "projects/group%2Fproj");
+        assert_eq!(normalize_path("a/..b/c..").expect("ok"), "a/..b/c..");
+    }
+
+    #[test]
+    fn traversal_is_refused_in_every_spelling() {
+        for p in ["..", "a/../b", "a/./b", "%2e%2e/x", "%2E%2e", "%252e%252e/x", "a%2F..%2Fb", "a%5C..%5Cb", "..%5Cx", "a%00b"] {
+            assert!(normalize_path(p).is_err(), "{p} should be refused");
+        }
+    }
+
+    #[test]
+    fn join_keeps_one_slash_and_the_query() {
+        let b = url::Url::parse("https://api.example.com/v1/").expect("url");
+        assert_eq!(join(&b, "pulls", Some("state=open&per_page=5")).as_str(), "https://api.example.com/v1/pulls?state=open&per_page=5");
+        let b = url::Url::parse("https://api.example.com").expect("url");
+        assert_eq!(join(&b, "user", None).as_str(), "https://api.example.com/user");
+        assert_eq!(join(&b, "", None).as_str(), "https://api.example.com/");
+    }
+
+    #[test]
+    fn request_header_stripping() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer caller"),
+            ("cookie", "a=b"),
+            ("proxy-authorization", "x"),
+            ("tailscale-user-login", "x"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("host", "portcullis"),
+            ("accept", "application/json"),
+            ("x-request-id", "abc"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        let out = request_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["accept", "x-request-id"]);
+    }
+
+    #[test]
+    fn response_header_stripping() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [("set-cookie", "s=1"), ("connection", "close"), ("transfer-encoding", "chunked"), ("content-type", "application/json"), ("location", "https://x")] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        let out = response_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["content-type", "location"]);
+    }
+}

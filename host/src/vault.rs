@@ -1,0 +1,541 @@
+//! The vault: the only place that sees secrets at rest.
+//!
+//! A redb file (`<data-dir>/portcullis.redb`) whose values are sealed with AES-256-GCM:
+//! a fresh random 96-bit nonce per write, and associated data that binds the record to its
+//! table and key, so a sealed value copied to another record fails to open. The master
+//! key comes from `PORTCULLIS_MASTER_KEY` or a key file created on first start with mode
+//! 0600. `portcullis rotate-key` re-seals every record under a new key in one transaction.
+//!
+//! Record layout: `[version=1][nonce: 12][ciphertext + tag: 16]`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use zeroize::Zeroizing;
+
+/// Environment variable holding the base64 (or hex) master key; wins over the key file.
+pub const MASTER_KEY_ENV: &str = "PORTCULLIS_MASTER_KEY";
+pub const DB_FILE: &str = "portcullis.redb";
+pub const KEY_FILE: &str = "master.key";
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const AAD_DOMAIN: &str = "portcullis/vault/v1";
+const KEY_CHECK: &[u8] = b"portcullis master key check";
+
+/// The vault's tables. Each sealed value is bound to its table's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Internal: the key-check record.
+    Meta,
+    /// Secrets the host owns (inline config secrets moved here on save).
+    Secrets,
+    /// Client-credentials access tokens, per connector.
+    ClientTokens,
+}
+
+impl Table {
+    pub const ALL: &'static [Table] = &[Table::Meta, Table::Secrets, Table::ClientTokens];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Secrets => "secrets",
+            Self::ClientTokens => "client_tokens",
+        }
+    }
+
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("cannot use master key file {path}: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
+    #[error(
+        "master key file {path} is readable by others (mode {mode:o}); run `chmod 600 {path}` and start again"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("the master key is malformed: {0}; it must be 32 bytes in base64 or hex")]
+    BadKey(String),
+    #[error(
+        "the master key does not open this vault ({path}); set the key it was created with \
+         ({MASTER_KEY_ENV} or the key file)"
+    )]
+    WrongKey { path: PathBuf },
+    #[error("the vault {path} is in use by another process (stop `portcullis serve` first)")]
+    Locked { path: PathBuf },
+    #[error("vault storage error: {0}")]
+    Store(String),
+    #[error("the sealed record {table}/{key} cannot be opened (tampered with or moved)")]
+    Corrupt { table: &'static str, key: String },
+}
+
+fn store(e: impl Into<redb::Error>) -> VaultError {
+    VaultError::Store(e.into().to_string())
+}
+
+/// A 256-bit master key, wiped from memory when dropped.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(********)")
+    }
+}
+
+/// Where the master key came from (rotation writes back to the same place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Env,
+    File(PathBuf),
+}
+
+impl MasterKey {
+    pub fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        fill_random(k.as_mut());
+        Self(k)
+    }
+
+    /// Parses base64 (standard, padded or not) or 64 hex digits.
+    pub fn parse(text: &str) -> Result<Self, VaultError> {
+        let t = text.trim();
+        let bytes = Zeroizing::new(if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| VaultError::BadKey(e.to_string()))?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
+                .map_err(|e| VaultError::BadKey(e.to_string()))?
+        });
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::BadKey(format!("it decodes to {} bytes", bytes.len())))?;
+        Ok(Self(Zeroizing::new(arr)))
+    }
+
+    pub fn encode(&self) -> Zeroizing<String> {
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.0.as_ref()))
+    }
+
+    /// The key from `PORTCULLIS_MASTER_KEY`, else from `key_file` (created, 0600, on first
+    /// start). A key file others can read is refused.
+    pub fn load(key_file: &Path) -> Result<(Self, KeySource), VaultError> {
+        if let Ok(v) = std::env::var(MASTER_KEY_ENV) {
+            if !v.trim().is_empty() {
+                return Ok((Self::parse(&v)?, KeySource::Env));
+            }
+        }
+        let io = |source| VaultError::KeyFile { path: key_file.to_owned(), source };
+        match fs::metadata(key_file) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(VaultError::KeyPermissions { path: key_file.to_owned(), mode });
+                }
+                let text = Zeroizing::new(fs::read_to_string(key_file).map_err(io)?);
+                Ok((Self::parse(&text)?, KeySource::File(key_file.to_owned())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                write_key_file(key_file, &key).map_err(io)?;
+                tracing::info!(path = %key_file.display(), "created a new vault master key");
+                Ok((key, KeySource::File(key_file.to_owned())))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// Writes a key file with mode 0600 from the start (never world-readable, even briefly).
+fn write_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(key.encode().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+fn fill_random(buf: &mut [u8]) {
+    // The OS RNG failing is not recoverable for a process that must seal secrets.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(buf).expect("the operating system's random number generator failed");
+}
+
+/// The associated data that binds a sealed value to where it lives.
+fn aad(table: Table, key: &str) -> Vec<u8> {
+    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + table.name().len() + key.len() + 2);
+    a.extend_from_slice(AAD_DOMAIN.as_bytes());
+    a.push(0);
+    a.extend_from_slice(table.name().as_bytes());
+    a.push(0);
+    a.extend_from_slice(key.as_bytes());
+    a
+}
+
+struct Sealer(Aes256Gcm);
+
+impl Sealer {
+    fn new(key: &MasterKey) -> Self {
+        #[allow(clippy::expect_used)] // 32 bytes is always a valid AES-256 key.
+        Self(Aes256Gcm::new_from_slice(key.0.as_ref()).expect("32-byte key"))
+    }
+
+    fn seal(&self, table: Table, key: &str, plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        #[allow(clippy::expect_used)] // Encryption only fails for absurd (> 64 GiB) inputs.
+        let ct = self
+            .0
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad(table, key) })
+            .expect("AES-GCM encryption");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    fn open(&self, table: Table, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let corrupt = || VaultError::Corrupt { table: table.name(), key: key.to_owned() };
+        if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != VERSION {
+            return Err(corrupt());
+        }
+        let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN].try_into().map_err(|_| corrupt())?;
+        self.0
+            .decrypt(&Nonce::from(nonce), Payload { msg: &sealed[1 + NONCE_LEN..], aad: &aad(table, key) })
+            .map(Zeroizing::new)
+            .map_err(|_| corrupt())
+    }
+}
+
+/// The sealed store.
+pub struct Vault {
+    db: redb::Database,
+    sealer: Sealer,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Opens (or creates) the vault in `data_dir` and proves `key` is the right one.
+    pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, VaultError> {
+        fs::create_dir_all(data_dir).map_err(|e| VaultError::Store(format!("{}: {e}", data_dir.display())))?;
+        let path = data_dir.join(DB_FILE);
+        let db = redb::Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => VaultError::Locked { path: path.clone() },
+            other => store(other),
+        })?;
+        let vault = Self { db, sealer: Sealer::new(key), path };
+        vault.ensure_tables()?;
+        vault.check_key()?;
+        Ok(vault)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn ensure_tables(&self) -> Result<(), VaultError> {
+        let tx = self.db.begin_write().map_err(store)?;
+        for t in Table::ALL {
+            tx.open_table(t.def()).map_err(store)?;
+        }
+        tx.commit().map_err(store)
+    }
+
+    fn check_key(&self) -> Result<(), VaultError> {
+        match self.get_raw(Table::Meta, "key_check")? {
+            Some(sealed) => match self.sealer.open(Table::Meta, "key_check", &sealed) {
+                Ok(p) if p.as_slice() == KEY_CHECK => Ok(()),
+                _ => Err(VaultError::WrongKey { path: self.path.clone() }),
+            },
+            None => self.put(Table::Meta, "key_check", KEY_CHECK),
+        }
+    }
+
+    fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        let tx = self.db.begin_read().map_err(store)?;
+        let t = tx.open_table(table.def()).map_err(store)?;
+        Ok(t.get(key).map_err(store)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Seals and stores `plaintext` under `table`/`key`, durably.
+    pub fn put(&self, table: Table, key: &str, plaintext: &[u8]) -> Result<(), VaultError> {
+        let sealed = self.sealer.seal(table, key, plaintext);
+        let tx = self.db.begin_write().map_err(store)?;
+        {
+            let mut t = tx.open_table(table.def()).map_err(store)?;
+            t.insert(key, sealed.as_slice()).map_err(store)?;
+        }
+        tx.commit().map_err(store)
+    }
+
+    /// Opens the record at `table`/`key`, if there is one.
+    pub fn get(&self, table: Table, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        match self.get_raw(table, key)? {
+            Some(sealed) => self.sealer.open(table, key, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn delete(&self, table: Table, key: &str) -> Result<bool, VaultError> {
+        let tx = self.db.begin_write().map_err(store)?;
+        let existed = {
+            let mut t = tx.open_table(table.def()).map_err(store)?;
+            t.remove(key).map_err(store)?.is_some()
+        };
+        tx.commit().map_err(store)?;
+        Ok(existed)
+    }
+
+    pub fn keys(&self, table: Table) -> Result<Vec<String>, VaultError> {
+        let tx = self.db.begin_read().map_err(store)?;
+        let t = tx.open_table(table.def()).map_err(store)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(store)? {
+            let (k, _) = entry.map_err(store)?;
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Re-seals every record under `new` in one write transaction, so a crash leaves
+    /// either all records under the old key or all under the new one. Returns how many
+    /// records were re-sealed.
+    fn reseal_all(&mut self, new: &MasterKey) -> Result<usize, VaultError> {
+        let next = Sealer::new(new);
+        let tx = self.db.begin_write().map_err(store)?;
+        let mut n = 0;
+        for &table in Table::ALL {
+            let mut t = tx.open_table(table.def()).map_err(store)?;
+            let mut records = Vec::new();
+            for entry in t.iter().map_err(store)? {
+                let (k, v) = entry.map_err(store)?;
+                records.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            for (k, sealed) in records {
+                let plain = self.sealer.open(table, &k, &sealed)?;
+                t.insert(k.as_str(), next.seal(table, &k, &plain).as_slice()).map_err(store)?;
+                n += 1;
+            }
+        }
+        tx.commit().map_err(store)?;
+        self.sealer = next;
+        Ok(n)
+    }
+}
+
+/// What `rotate-key` did.
+#[derive(Debug)]
+pub struct Rotation {
+    pub records: usize,
+    /// Set when the key came from the environment: the operator must install it.
+    pub new_env_key: Option<Zeroizing<String>>,
+}
+
+/// `portcullis rotate-key`: a new master key, every record re-sealed under it.
+///
+/// With a key file, the new key is first written beside it (`master.key.next`, 0600),
+/// then the records are re-sealed in one transaction, then the file is renamed over the
+/// old one. [`recover_interrupted_rotation`] finishes or undoes an interrupted run.
+pub fn rotate(data_dir: &Path, key_file: &Path) -> Result<Rotation, VaultError> {
+    recover_interrupted_rotation(data_dir, key_file)?;
+    let (old, source) = MasterKey::load(key_file)?;
+    let mut vault = Vault::open(data_dir, &old)?;
+    let new = MasterKey::generate();
+    match source {
+        KeySource::Env => {
+            let records = vault.reseal_all(&new)?;
+            Ok(Rotation { records, new_env_key: Some(new.encode()) })
+        }
+        KeySource::File(path) => {
+            let next = next_key_path(&path);
+            let _ = fs::remove_file(&next);
+            write_key_file(&next, &new).map_err(|source| VaultError::KeyFile { path: next.clone(), source })?;
+            let records = vault.reseal_all(&new)?;
+            fs::rename(&next, &path).map_err(|source| VaultError::KeyFile { path: path.clone(), source })?;
+            Ok(Rotation { records, new_env_key: None })
+        }
+    }
+}
+
+fn next_key_path(key_file: &Path) -> PathBuf {
+    let mut s = key_file.as_os_str().to_owned();
+    s.push(".next");
+    PathBuf::from(s)
+}
+
+/// If a rotation stopped between re-sealing and renaming, the `.next` key is the one that
+/// opens the vault: install it. If it stopped before re-sealing, discard it.
+pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<(), VaultError> {
+    let next = next_key_path(key_file);
+    if !next.exists() || !data_dir.join(DB_FILE).exists() {
+        return Ok(());
+    }
+    let text = Zeroizing::new(
+        fs::read_to_string(&next).map_err(|source| VaultError::KeyFile { path: next.clone(), source })?,
+    );
+    let opens = match MasterKey::parse(&text) {
+        Ok(k) => Vault::open(data_dir, &k).is_ok(),
+        Err(_) => false,
+    };
+    if opens {
+        fs::rename(&next, key_file).map_err(|source| VaultError::KeyFile { path: key_file.to_owned(), source })?;
+        tracing::warn!(path = %key_file.display(), "completed an interrupted key rotation");
+    } else {
+        let _ = fs::remove_file(&next);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> (tempfile::TempDir, Vault, MasterKey) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = MasterKey::generate();
+        let v = Vault::open(dir.path(), &key).expect("open");
+        (dir, v, key)
+    }
+
+    #[test]
+    fn round_trip_and_no_plaintext_on_disk() {
+        let (dir, v, _) = vault();
+        v.put(Table::Secrets, "github", b"ghp_supersecretvalue123").expect("put");
+        assert_eq!(v.get(Table::Secrets, "github").expect("get").expect("some").as_slice(), b"ghp_supersecretvalue123");
+        drop(v);
+        let raw = fs::read(dir.path().join(DB_FILE)).expect("read db");
+        assert!(!raw.windows(b"ghp_supersecretvalue123".len()).any(|w| w == b"ghp_supersecretvalue123"));
+    }
+
+    #[test]
+    fn fresh_nonce_per_write() {
+        let (_d, v, key) = vault();
+        let s = Sealer::new(&key);
+        assert_ne!(s.seal(Table::Secrets, "k", b"x"), s.seal(Table::Secrets, "k", b"x"));
+        drop(v);
+    }
+
+    #[test]
+    fn sealed_value_moved_to_another_record_fails_to_open() {
+        let (_d, v, _) = vault();
+        v.put(Table::Secrets, "a", b"value-a").expect("put");
+        let sealed = v.get_raw(Table::Secrets, "a").expect("raw").expect("some");
+        let tx = v.db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(Table::Secrets.def()).expect("t");
+            t.insert("b", sealed.as_slice()).expect("insert");
+            let mut t2 = tx.open_table(Table::ClientTokens.def()).expect("t");
+            t2.insert("a", sealed.as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
+        assert!(matches!(v.get(Table::Secrets, "b"), Err(VaultError::Corrupt { .. })));
+        assert!(matches!(v.get(Table::ClientTokens, "a"), Err(VaultError::Corrupt { .. })));
+        assert!(v.get(Table::Secrets, "a").expect("a opens").is_some());
+    }
+
+    #[test]
+    fn wrong_key_is_refused() {
+        let (dir, v, _) = vault();
+        drop(v);
+        let err = Vault::open(dir.path(), &MasterKey::generate()).expect_err("wrong key");
+        assert!(matches!(err, VaultError::WrongKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_file_created_0600_and_loose_permissions_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kf = dir.path().join("sub").join(KEY_FILE);
+        let (k1, src) = MasterKey::load(&kf).expect("created");
+        assert_eq!(src, KeySource::File(kf.clone()));
+        assert_eq!(fs::metadata(&kf).expect("meta").permissions().mode() & 0o777, 0o600);
+        let (k2, _) = MasterKey::load(&kf).expect("reloaded");
+        assert_eq!(k1.0.as_ref(), k2.0.as_ref());
+        fs::set_permissions(&kf, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(MasterKey::load(&kf), Err(VaultError::KeyPermissions { .. })));
+    }
+
+    #[test]
+    fn key_parsing() {
+        let k = MasterKey::generate();
+        assert_eq!(MasterKey::parse(&k.encode()).expect("b64").0.as_ref(), k.0.as_ref());
+        let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(MasterKey::parse(&hex).expect("hex").0.as_ref(), k.0.as_ref());
+        assert!(MasterKey::parse("c2hvcnQ=").is_err());
+        assert!(MasterKey::parse("not base64!").is_err());
+    }
+
+    #[test]
+    fn rotation_reseals_everything_and_old_key_stops_working() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kf = dir.path().join(KEY_FILE);
+        let (old, _) = MasterKey::load(&kf).expect("key");
+        {
+            let v = Vault::open(dir.path(), &old).expect("open");
+            v.put(Table::Secrets, "s", b"one").expect("put");
+            v.put(Table::ClientTokens, "c", b"two").expect("put");
+        }
+        let r = rotate(dir.path(), &kf).expect("rotate");
+        assert_eq!(r.records, 3); // two records and the key check
+        assert!(r.new_env_key.is_none());
+        assert!(!next_key_path(&kf).exists());
+        let (new, _) = MasterKey::load(&kf).expect("new key");
+        assert_ne!(new.0.as_ref(), old.0.as_ref());
+        let v = Vault::open(dir.path(), &new).expect("opens with new key");
+        assert_eq!(v.get(Table::ClientTokens, "c").expect("get").expect("some").as_slice(), b"two");
+        drop(v);
+        assert!(matches!(Vault::open(dir.path(), &old), Err(VaultError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn interrupted_rotation_is_completed_or_discarded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kf = dir.path().join(KEY_FILE);
+        let (old, _) = MasterKey::load(&kf).expect("key");
+        // Interrupted after re-sealing: the .next key opens the vault and is installed.
+        let new = MasterKey::generate();
+        {
+            let mut v = Vault::open(dir.path(), &old).expect("open");
+            v.reseal_all(&new).expect("reseal");
+        }
+        write_key_file(&next_key_path(&kf), &new).expect("write next");
+        recover_interrupted_rotation(dir.path(), &kf).expect("recover");
+        let (loaded, _) = MasterKey::load(&kf).expect("load");
+        assert_eq!(loaded.0.as_ref(), new.0.as_ref());
+        // Interrupted before re-sealing: the stray .next key is discarded.
+        write_key_file(&next_key_path(&kf), &MasterKey::generate()).expect("write next");
+        recover_interrupted_rotation(dir.path(), &kf).expect("recover");
+        assert!(!next_key_path(&kf).exists());
+        assert_eq!(MasterKey::load(&kf).expect("load").0.0.as_ref(), new.0.as_ref());
+    }
+
+    #[test]
+    fn a_second_process_is_told_the_vault_is_in_use() {
+        let (dir, _v, key) = vault();
+        let err = Vault::open(dir.path(), &key).expect_err("locked");
+        assert!(matches!(err, VaultError::Locked { .. }), "{err}");
+    }
+}

@@ -1,0 +1,381 @@
+//! A small closed-loop HTTP/1.1 load generator, reusable by every benchmark.
+//!
+//! Why not `wrk`/`oha`: they are not installable from the registries this project may
+//! use, and keeping the client in-tree means every benchmark measures with the same
+//! hyper stack, the same histogram, and the same bounds.
+//!
+//! Model: `concurrency` workers, each owning one keep-alive connection and issuing one
+//! request at a time (closed loop: a new request only after the previous response body
+//! was fully read). Every phase is bounded twice, by a shared request budget and by a
+//! wall-clock deadline, and each request and connect has its own timeout, so a stuck
+//! target can never hang the benchmark. Latency is recorded per request in an HDR
+//! histogram (nanoseconds, 3 significant digits) and merged across workers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Upper bound for one request (send + full response body).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for establishing one TCP connection + HTTP/1 handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A worker that fails this many requests in a row gives up instead of spinning.
+const MAX_CONSECUTIVE_ERRORS: u32 = 50;
+/// Largest latency the histogram tracks (longer ones are clamped): the request timeout.
+const HISTOGRAM_MAX_NS: u64 = 60_000_000_000;
+
+/// Where to send requests: a loopback address plus the request path.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Origin-form request target, e.g. `/v1/connectors/bench/ping`.
+    pub path: String,
+}
+
+/// One bounded run at a fixed concurrency. Whichever bound is hit first ends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase {
+    pub concurrency: usize,
+    pub max_requests: u64,
+    pub max_duration: Duration,
+}
+
+/// A warm-up phase (results discarded; fills connection pools, caches, JIT-free but
+/// allocator- and branch-predictor-warm paths) followed by the measured phase, on the
+/// same connections.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec {
+    pub warmup: Phase,
+    pub measure: Phase,
+    /// Tokio worker threads for the client. 1 uses a current-thread runtime, which is
+    /// the cheapest client on a small machine where the client competes for cores.
+    pub client_threads: usize,
+}
+
+/// Results of the measured phase. Latencies are in microseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub concurrency: usize,
+    /// Requests answered with 200 (only these are in the latency histogram).
+    pub ok: u64,
+    /// Requests answered with another status.
+    pub bad_status: u64,
+    /// Transport errors and timeouts.
+    pub errors: u64,
+    /// Connections (re)established during the measured phase.
+    pub reconnects: u64,
+    pub elapsed_s: f64,
+    /// Successful requests per second over the phase.
+    pub rps: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Runs `spec` against `target` on a private tokio runtime (so it never shares threads
+/// with servers living in the same process) and returns the measured phase's stats.
+pub fn run(target: &Target, spec: &LoadSpec) -> Result<Stats> {
+    let rt = build_runtime(spec.client_threads)?;
+    rt.block_on(run_async(target, spec))
+}
+
+/// One request on a fresh connection: used to check a target answers correctly before
+/// it is loaded, and for readiness polling.
+pub fn probe(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes)> {
+    let rt = build_runtime(1)?;
+    rt.block_on(async {
+        let uri: Uri = path.parse().with_context(|| format!("invalid path {path:?}"))?;
+        let host = host_header(addr)?;
+        let mut sender = connect(addr).await?;
+        let req = build_request(&uri, &host)?;
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let res = sender.send_request(req).await?;
+            let status = res.status();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        })
+        .await
+        .map_err(|_| anyhow!("request to {addr}{path} timed out"))?
+        .with_context(|| format!("request to {addr}{path}"))
+    })
+}
+
+fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("building load-generator runtime")
+}
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender> {
+    let fut = async {
+        let stream = TcpStream::connect(addr).await?;
+        // Without TCP_NODELAY small requests can sit in Nagle's buffer for ~40 ms.
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            // Ends when the peer closes or the sender is dropped; errors surface on the
+            // sender side.
+            let _ = conn.await;
+        });
+        Ok::<_, std::io::Error>(sender)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| anyhow!("connecting to {addr} timed out"))?
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+fn host_header(addr: SocketAddr) -> Result<HeaderValue> {
+    HeaderValue::from_str(&addr.to_string()).context("building Host header")
+}
+
+fn build_request(uri: &Uri, host: &HeaderValue) -> Result<Request<Empty<Bytes>>> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(uri.clone())
+        .header(HOST, host.clone())
+        .body(Empty::new())
+        .context("building request")
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_NS, 3).context("creating histogram")
+}
+
+/// Shared bounds of one phase.
+struct Budget {
+    issued: AtomicU64,
+    max_requests: u64,
+    deadline: Instant,
+}
+
+impl Budget {
+    /// Claims one request slot; false once either bound is reached or on interrupt.
+    fn take(&self) -> bool {
+        if super::interrupted() || Instant::now() >= self.deadline {
+            return false;
+        }
+        self.issued.fetch_add(1, Ordering::Relaxed) < self.max_requests
+    }
+}
+
+/// Per-worker tallies, merged after the phase.
+struct WorkerOut {
+    hist: Histogram<u64>,
+    ok: u64,
+    bad_status: u64,
+    errors: u64,
+    reconnects: u64,
+    last_error: Option<String>,
+}
+
+async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
+    let uri: Uri = target
+        .path
+        .parse()
+        .with_context(|| format!("invalid path {:?}", target.path))?;
+    let host = host_header(target.addr)?;
+    let max_conc = spec.warmup.concurrency.max(spec.measure.concurrency).max(1);
+
+    // Connect everything up front so connection setup is not part of the measurement.
+    let mut senders: Vec<Option<Sender>> = Vec::with_capacity(max_conc);
+    for _ in 0..max_conc {
+        senders.push(Some(connect(target.addr).await?));
+    }
+
+    let (senders, _) = run_phase(target.addr, &uri, &host, senders, &spec.warmup).await?;
+    super::check_interrupted()?;
+    let (_, stats) = run_phase(target.addr, &uri, &host, senders, &spec.measure).await?;
+    super::check_interrupted()?;
+    Ok(stats)
+}
+
+async fn run_phase(
+    addr: SocketAddr,
+    uri: &Uri,
+    host: &HeaderValue,
+    mut senders: Vec<Option<Sender>>,
+    phase: &Phase,
+) -> Result<(Vec<Option<Sender>>, Stats)> {
+    let concurrency = phase.concurrency.max(1);
+    let start = Instant::now();
+    let budget = Arc::new(Budget {
+        issued: AtomicU64::new(0),
+        max_requests: phase.max_requests,
+        deadline: start + phase.max_duration,
+    });
+
+    let mut tasks = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let sender = senders.get_mut(i).and_then(Option::take);
+        let budget = Arc::clone(&budget);
+        let uri = uri.clone();
+        let host = host.clone();
+        let hist = new_histogram()?;
+        tasks.push(tokio::spawn(worker(addr, uri, host, sender, budget, hist)));
+    }
+
+    let mut total = new_histogram()?;
+    let mut out = WorkerOut {
+        hist: new_histogram()?,
+        ok: 0,
+        bad_status: 0,
+        errors: 0,
+        reconnects: 0,
+        last_error: None,
+    };
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (sender, w) = task.await.context("load worker panicked")?;
+        if let Some(slot) = senders.get_mut(i) {
+            *slot = sender;
+        }
+        total.add(&w.hist).context("merging histograms")?;
+        out.ok += w.ok;
+        out.bad_status += w.bad_status;
+        out.errors += w.errors;
+        out.reconnects += w.reconnects;
+        if w.last_error.is_some() {
+            out.last_error = w.last_error;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let us = |ns: u64| ns as f64 / 1_000.0;
+    let stats = Stats {
+        concurrency,
+        ok: out.ok,
+        bad_status: out.bad_status,
+        errors: out.errors,
+        reconnects: out.reconnects,
+        elapsed_s: elapsed,
+        rps: if elapsed > 0.0 {
+            out.ok as f64 / elapsed
+        } else {
+            0.0
+        },
+        mean_us: total.mean() / 1_000.0,
+        p50_us: us(total.value_at_quantile(0.50)),
+        p90_us: us(total.value_at_quantile(0.90)),
+        p99_us: us(total.value_at_quantile(0.99)),
+        p999_us: us(total.value_at_quantile(0.999)),
+        max_us: us(total.max()),
+        last_error: out.last_error,
+    };
+    Ok((senders, stats))
+}
+
+async fn worker(
+    addr: SocketAddr,
+    uri: Uri,
+    host: HeaderValue,
+    mut sender: Option<Sender>,
+    budget: Arc<Budget>,
+    hist: Histogram<u64>,
+) -> (Option<Sender>, WorkerOut) {
+    let mut out = WorkerOut {
+        hist,
+        ok: 0,
+        bad_status: 0,
+        errors: 0,
+        reconnects: 0,
+        last_error: None,
+    };
+    let mut consecutive_errors = 0u32;
+    while budget.take() {
+        // The server may have closed the connection (e.g. a keep-alive request limit);
+        // reconnect rather than count every later request as an error.
+        let mut conn = match sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => match connect(addr).await {
+                Ok(s) => {
+                    out.reconnects += 1;
+                    s
+                }
+                Err(e) => {
+                    out.errors += 1;
+                    out.last_error = Some(format!("{e:#}"));
+                    consecutive_errors += 1;
+                    if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+                        break;
+                    }
+                    continue;
+                }
+            },
+        };
+        let req = match build_request(&uri, &host) {
+            Ok(r) => r,
+            Err(e) => {
+                out.errors += 1;
+                out.last_error = Some(format!("{e:#}"));
+                break;
+            }
+        };
+        let t0 = Instant::now();
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            conn.ready().await?;
+            let res = conn.send_request(req).await?;
+            let status = res.status();
+            // Read the whole body: latency is time to the last byte, like a real caller.
+            res.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        })
+        .await;
+        let elapsed_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match result {
+            Ok(Ok(status)) if status == StatusCode::OK => {
+                out.hist.saturating_record(elapsed_ns.max(1));
+                out.ok += 1;
+                consecutive_errors = 0;
+                sender = Some(conn);
+            }
+            Ok(Ok(status)) => {
+                out.bad_status += 1;
+                out.last_error = Some(format!("HTTP status {status}"));
+                consecutive_errors += 1;
+                sender = Some(conn);
+            }
+            Ok(Err(e)) => {
+                out.errors += 1;
+                out.last_error = Some(format!("{e}"));
+                consecutive_errors += 1;
+            }
+            Err(_) => {
+                out.errors += 1;
+                out.last_error = Some(format!("request timed out after {REQUEST_TIMEOUT:?}"));
+                consecutive_errors += 1;
+            }
+        }
+        if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+            break;
+        }
+    }
+    (sender, out)
+}

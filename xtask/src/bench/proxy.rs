@@ -1,0 +1,923 @@
+//! `cargo xtask bench proxy`: what does routing a request through Portcullis cost?
+//!
+//! The same tiny upstream is measured three ways, one after another so they never
+//! compete for the (few) cores: directly, through Portcullis's connector proxy, and
+//! through nginx configured as an equivalent, tuned reverse proxy (upstream keep-alive
+//! pool, injected `Authorization` header). Direct gives the floor; nginx gives a
+//! well-known reference for "reasonable proxy overhead" on the same machine, so the
+//! Portcullis numbers can be judged without comparing across machines.
+//!
+//! For each target we record latency at concurrency 1 (the per-request cost an agent
+//! sees) and throughput at high concurrency (how much proxying the box can do).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use super::load::{self, LoadSpec, Phase, Stats, Target};
+use super::{ChildGuard, MachineInfo};
+
+/// Fixed upstream response (~100 bytes of JSON): small enough that the benchmark
+/// measures proxy overhead, not body copying.
+const UPSTREAM_BODY: &str = r#"{"id":42,"name":"portcullis-bench","ok":true,"items":[1,2,3,4,5],"note":"fixed upstream body"}"#;
+/// Secret Portcullis and nginx inject; the upstream counts requests carrying it.
+const SECRET: &str = "bench-secret-token";
+/// Path below the connector prefix that is requested through the proxies.
+const UPSTREAM_PATH: &str = "/items/42?fields=id,name";
+const CONNECTOR_PREFIX: &str = "/v1/connectors/bench";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for `cargo xtask bench proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Do not run `cargo build --release -p portcullis` first.
+    #[arg(long)]
+    no_build: bool,
+    /// Wall-clock cap in seconds for each measured phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    duration: u64,
+    /// Requests in the concurrency-1 latency phase (capped by --duration).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// Concurrent connections in the throughput phase.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency_high: u64,
+    /// Request cap for the throughput phase (capped by --duration).
+    #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests_high: u64,
+    /// Warm-up seconds before each measured phase (results discarded).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
+    warmup: u64,
+    /// Which targets to measure, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,portcullis,nginx")]
+    targets: Vec<TargetKind>,
+    /// Tokio worker threads for the load generator (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    client_threads: u64,
+    /// Tokio worker threads for the upstream server (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    upstream_threads: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not update docs/benchmarks.md (it is only updated when all three targets ran).
+    #[arg(long)]
+    no_docs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum TargetKind {
+    Direct,
+    Portcullis,
+    Nginx,
+}
+
+impl TargetKind {
+    fn label(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct (no proxy)",
+            TargetKind::Portcullis => "Portcullis",
+            TargetKind::Nginx => "nginx",
+        }
+    }
+}
+
+/// Measurements for one target, or why it could not be measured.
+#[derive(Debug)]
+struct TargetResult {
+    kind: TargetKind,
+    outcome: Result<Measured, String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Measured {
+    /// Concurrency-1 phase.
+    latency: Stats,
+    /// High-concurrency phase.
+    throughput: Stats,
+    /// For proxies: whether the upstream saw the injected bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_injected: Option<bool>,
+}
+
+pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
+    super::install_interrupt_handler()?;
+    let machine = MachineInfo::detect();
+    let mut targets = args.targets.clone();
+    targets.dedup();
+    let wants = |k: TargetKind| targets.contains(&k);
+
+    // Preparation failures only disqualify the target concerned, so the others still
+    // produce numbers (useful while the host is under construction).
+    let portcullis_bin = if wants(TargetKind::Portcullis) {
+        Some(prepare_portcullis(root, args.no_build))
+    } else {
+        None
+    };
+    super::check_interrupted()?;
+    let nginx_bin = if wants(TargetKind::Nginx) {
+        Some(ensure_nginx())
+    } else {
+        None
+    };
+    super::check_interrupted()?;
+    let nginx_version = match &nginx_bin {
+        Some(Ok(bin)) => nginx_version(bin),
+        _ => None,
+    };
+
+    let tmp = tempfile::Builder::new()
+        .prefix("portcullis-bench-")
+        .tempdir()
+        .context("creating temp dir")?;
+    let upstream = Upstream::start(usize::try_from(args.upstream_threads).unwrap_or(1))?;
+    eprintln!("bench: upstream listening on {}", upstream.addr);
+
+    let spec_c1 = LoadSpec {
+        warmup: Phase {
+            concurrency: 1,
+            max_requests: args.requests.min(2_000),
+            max_duration: Duration::from_secs(args.warmup),
+        },
+        measure: Phase {
+            concurrency: 1,
+            max_requests: args.requests,
+            max_duration: Duration::from_secs(args.duration),
+        },
+        client_threads: usize::try_from(args.client_threads).unwrap_or(1),
+    };
+    let high = usize::try_from(args.concurrency_high).unwrap_or(64);
+    let spec_high = LoadSpec {
+        warmup: Phase {
+            concurrency: high,
+            max_requests: args.requests_high.min(100_000),
+            max_duration: Duration::from_secs(args.warmup),
+        },
+        measure: Phase {
+            concurrency: high,
+            max_requests: args.requests_high,
+            max_duration: Duration::from_secs(args.duration),
+        },
+        client_threads: spec_c1.client_threads,
+    };
+
+    let mut results = Vec::new();
+    for &kind in &targets {
+        super::check_interrupted()?;
+        eprintln!("bench: measuring {}", kind.label());
+        let outcome = match kind {
+            TargetKind::Direct => {
+                let target = Target {
+                    name: kind.label().into(),
+                    addr: upstream.addr,
+                    path: UPSTREAM_PATH.into(),
+                };
+                measure(&target, &upstream, None, &spec_c1, &spec_high)
+            }
+            TargetKind::Portcullis => match &portcullis_bin {
+                Some(Ok(bin)) => {
+                    let dir = tmp.path().join("portcullis");
+                    start_portcullis(bin, &dir, upstream.addr).and_then(|(mut guard, addr)| {
+                        let target = proxied_target(kind, addr);
+                        let r = measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
+                        guard.stop();
+                        r.map_err(|e| with_log_tail(e, &dir.join("stderr.log")))
+                    })
+                }
+                Some(Err(e)) => Err(anyhow!("{e}")),
+                None => Err(anyhow!("not selected")),
+            },
+            TargetKind::Nginx => match &nginx_bin {
+                Some(Ok(bin)) => {
+                    let dir = tmp.path().join("nginx");
+                    start_nginx(bin, &dir, upstream.addr).and_then(|(mut guard, addr)| {
+                        let target = proxied_target(kind, addr);
+                        let r = measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
+                        guard.stop();
+                        r.map_err(|e| with_log_tail(e, &dir.join("error.log")))
+                    })
+                }
+                Some(Err(e)) => Err(anyhow!("{e}")),
+                None => Err(anyhow!("not selected")),
+            },
+        };
+        super::check_interrupted()?;
+        if let Err(e) = &outcome {
+            eprintln!("bench: {} FAILED: {e:#}", kind.label());
+        }
+        results.push(TargetResult {
+            kind,
+            outcome: outcome.map_err(|e| format!("{e:#}")),
+        });
+    }
+    drop(upstream);
+
+    let report = Report {
+        date: super::utc_now_string(),
+        machine,
+        args: &args,
+        nginx_version,
+        results: &results,
+    };
+    let markdown = report.markdown();
+    println!("{markdown}");
+
+    if let Some(out) = &args.out {
+        let text = serde_json::to_string_pretty(&report.json()).context("serialising results")?;
+        fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("bench: wrote {}", out.display());
+    }
+
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.kind.label())))
+        .collect();
+    let complete = failures.is_empty()
+        && [TargetKind::Direct, TargetKind::Portcullis, TargetKind::Nginx]
+            .iter()
+            .all(|k| results.iter().any(|r| r.kind == *k));
+    if args.no_docs {
+        eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
+    } else if complete {
+        let path = super::write_docs_section(root, "proxy", &markdown)?;
+        eprintln!("bench: updated {}", path.display());
+    } else {
+        eprintln!(
+            "bench: docs/benchmarks.md not updated (needs all three targets measured successfully)"
+        );
+    }
+    if !failures.is_empty() {
+        bail!("some targets failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+fn proxied_target(kind: TargetKind, addr: SocketAddr) -> Target {
+    Target {
+        name: kind.label().into(),
+        addr,
+        path: format!("{CONNECTOR_PREFIX}{UPSTREAM_PATH}"),
+    }
+}
+
+/// Appends the last lines of a child's log to an error, since "bad status" alone rarely
+/// says why a proxy misbehaved.
+fn with_log_tail(err: anyhow::Error, log: &Path) -> anyhow::Error {
+    match log_tail(log, 15) {
+        Some(tail) => err.context(format!("last lines of {}:\n{tail}", log.display())),
+        None => err,
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let all: Vec<&str> = text.lines().collect();
+    if all.is_empty() {
+        return None;
+    }
+    Some(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+/// Checks the target answers exactly like the upstream (and, for proxies, injects the
+/// token), then runs both load phases against it.
+fn measure(
+    target: &Target,
+    upstream: &Upstream,
+    mut proxy: Option<&mut ChildGuard>,
+    spec_c1: &LoadSpec,
+    spec_high: &LoadSpec,
+) -> Result<Measured> {
+    let before = upstream.counters.snapshot();
+    let (status, body) = load::probe(target.addr, &target.path)?;
+    if status != StatusCode::OK || body != UPSTREAM_BODY.as_bytes() {
+        bail!(
+            "GET {} via {} returned {status} with body {:?} (expected 200 and the upstream's fixed body)",
+            target.path,
+            target.name,
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    let after = upstream.counters.snapshot();
+    let auth_injected = proxy
+        .is_some()
+        .then(|| after.authorized > before.authorized);
+    if auth_injected == Some(false) {
+        eprintln!(
+            "bench: WARNING: {} did not forward `Authorization: Bearer {SECRET}` upstream",
+            target.name
+        );
+    }
+
+    let check_alive = |proxy: &mut Option<&mut ChildGuard>| -> Result<()> {
+        if let Some(status) = proxy.as_mut().and_then(|p| p.exited()) {
+            bail!("{} exited during the benchmark ({status})", target.name);
+        }
+        Ok(())
+    };
+    let latency = load::run(target, spec_c1)?;
+    check_alive(&mut proxy)?;
+    eprintln!(
+        "bench:   c=1: {} ok in {:.1}s, p50 {:.1}µs p99 {:.1}µs",
+        latency.ok, latency.elapsed_s, latency.p50_us, latency.p99_us
+    );
+    let throughput = load::run(target, spec_high)?;
+    check_alive(&mut proxy)?;
+    eprintln!(
+        "bench:   c={}: {} ok in {:.1}s, {:.0} req/s",
+        throughput.concurrency, throughput.ok, throughput.elapsed_s, throughput.rps
+    );
+    for s in [&latency, &throughput] {
+        if s.ok == 0 {
+            bail!(
+                "no successful requests at concurrency {} ({})",
+                s.concurrency,
+                s.last_error.as_deref().unwrap_or("no error recorded")
+            );
+        }
+    }
+    Ok(Measured {
+        latency,
+        throughput,
+        auth_injected,
+    })
+}
+
+/// Request counters kept by the upstream.
+#[derive(Debug, Default)]
+struct Counters {
+    total: AtomicU64,
+    authorized: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CounterSnapshot {
+    authorized: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            authorized: self.authorized.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The loopback upstream: a hyper HTTP/1.1 server on its own thread and runtime, so it
+/// neither shares a scheduler with the load generator nor needs an external program.
+/// Stopped (and its thread joined) on drop.
+struct Upstream {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(threads: usize) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding upstream listener")?;
+        listener
+            .set_nonblocking(true)
+            .context("configuring upstream listener")?;
+        let addr = listener.local_addr().context("upstream local address")?;
+        let counters = Arc::new(Counters::default());
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let thread_counters = Arc::clone(&counters);
+        let thread = thread::Builder::new()
+            .name("bench-upstream".into())
+            .spawn(move || {
+                let rt = if threads <= 1 {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build()
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .enable_all()
+                        .build()
+                };
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!(e).context("upstream runtime")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow!(e).context("upstream listener")));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    serve_upstream(listener, thread_counters, shutdown_rx).await;
+                });
+                // Dropping the runtime here cancels all connection tasks.
+            })
+            .context("spawning upstream thread")?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("upstream server did not start"))??;
+        Ok(Self {
+            addr,
+            counters,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_upstream(
+    listener: tokio::net::TcpListener,
+    counters: Arc<Counters>,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let body = Bytes::from_static(UPSTREAM_BODY.as_bytes());
+    let expected_auth = HeaderValue::from_static("Bearer bench-secret-token");
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    eprintln!("bench: upstream accept error: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let counters = Arc::clone(&counters);
+        let body = body.clone();
+        let expected_auth = expected_auth.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                counters.total.fetch_add(1, Ordering::Relaxed);
+                if req.headers().get(AUTHORIZATION) == Some(&expected_auth) {
+                    counters.authorized.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut res = Response::new(Full::new(body.clone()));
+                res.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                async move { Ok::<_, std::convert::Infallible>(res) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A free loopback port. There is a small race between closing this listener and the
+/// child binding it, acceptable for a benchmark on an otherwise idle box.
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr().context("free port address")?.port())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Builds the release host (unless `no_build`) and returns its binary path.
+fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
+    let bin = target_dir(root).join("release").join("portcullis");
+    if !no_build {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("bench: cargo build --release -p portcullis");
+        let status = super::run_interruptible(
+            Command::new(cargo)
+                .args(["build", "--release", "-p", "portcullis"])
+                .current_dir(root),
+            "cargo build --release -p portcullis",
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        if !status.success() {
+            return Err(format!(
+                "`cargo build --release -p portcullis` failed ({status}); see the compiler output above"
+            ));
+        }
+    }
+    if !bin.is_file() {
+        return Err(format!(
+            "{} does not exist; build it with `cargo build --release -p portcullis` (or drop --no-build)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// Writes the config, starts `portcullis serve` and waits for `/healthz`.
+fn start_portcullis(bin: &Path, dir: &Path, upstream: SocketAddr) -> Result<(ChildGuard, SocketAddr)> {
+    fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
+    let config = json!({
+        "identity": {"mode": "loopback"},
+        "egress": {"allow_loopback": true},
+        "connectors": {"servers": {"bench": {
+            "protocol": "http",
+            "url": format!("http://{upstream}"),
+            "auth": {"type": "bearer_token", "secret": SECRET},
+        }}},
+        "grants": [{
+            "src": ["(loopback)"],
+            "app": {"tailscale.com/cap/aperture": [{"role": "admin"}, {"connectors": ["bench/**"]}]},
+        }],
+    });
+    let config_path = dir.join("portcullis.json");
+    fs::write(&config_path, serde_json::to_string_pretty(&config)?)
+        .context("writing portcullis config")?;
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stdout = fs::File::create(dir.join("stdout.log")).context("creating stdout log")?;
+    let stderr = fs::File::create(dir.join("stderr.log")).context("creating stderr log")?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut guard = ChildGuard::new("portcullis", child, "TERM");
+    wait_ready(&mut guard, "portcullis", addr, "/healthz", true)
+        .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
+    Ok((guard, addr))
+}
+
+/// Polls `path` until it answers (200 if `need_ok`, any status otherwise), the child
+/// exits, or [`READY_TIMEOUT`] passes.
+fn wait_ready(
+    guard: &mut ChildGuard,
+    name: &str,
+    addr: SocketAddr,
+    path: &str,
+    need_ok: bool,
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        super::check_interrupted()?;
+        if let Some(status) = guard.exited() {
+            bail!("{name} exited during startup ({status})");
+        }
+        let last = match load::probe(addr, path) {
+            Ok((status, _)) if !need_ok || status == StatusCode::OK => return Ok(()),
+            Ok((status, _)) => format!("GET {path} returned {status}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{name} not ready on {addr} after {READY_TIMEOUT:?}: {last}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Returns the nginx binary, installing it with apt-get if missing (the benchmark is
+/// meant to be a one-command reproduction on a fresh Debian/Ubuntu box).
+fn ensure_nginx() -> Result<PathBuf, String> {
+    if let Some(bin) = super::find_executable("nginx") {
+        return Ok(bin);
+    }
+    if !super::is_root() {
+        return Err("nginx is not installed and this is not root, so it cannot be \
+                    installed automatically; run `sudo apt-get install nginx-light` (or nginx)"
+            .into());
+    }
+    if super::find_executable("apt-get").is_none() {
+        return Err("nginx is not installed and apt-get is not available; install nginx".into());
+    }
+    eprintln!("bench: nginx not found, installing it with apt-get");
+    let apt = |args: &[&str]| {
+        super::run_interruptible(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null()),
+            "apt-get",
+        )
+        .map(|s| s.success())
+        .unwrap_or(false)
+    };
+    if !apt(&["update"]) {
+        eprintln!("bench: apt-get update failed, trying to install anyway");
+    }
+    for package in ["nginx-light", "nginx"] {
+        if apt(&["install", "-y", "--no-install-recommends", package])
+            && let Some(bin) = super::find_executable("nginx")
+        {
+            return Ok(bin);
+        }
+    }
+    Err("could not install nginx with `apt-get install nginx-light` or `apt-get install \
+         nginx`; install it by hand"
+        .into())
+}
+
+fn nginx_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("-v").output().ok()?;
+    // nginx prints its version to stderr: "nginx version: nginx/1.22.1".
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| l.strip_prefix("nginx version: "))
+        .map(|v| v.trim().to_string())
+}
+
+/// nginx as the reference proxy, tuned the way one would in production for this job:
+/// upstream keep-alive pool, no access log, no per-connection request limits (which
+/// would otherwise force reconnects every 1000 requests and penalise nginx unfairly).
+fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, as_root: bool) -> String {
+    let d = dir.display();
+    // Workers would otherwise drop to `nobody`, which cannot enter the 0700 temp dir.
+    let user = if as_root { "user root;\n" } else { "" };
+    format!(
+        r#"# Generated by `cargo xtask bench proxy`.
+{user}daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+
+    upstream bench_upstream {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }}
+
+    server {{
+        listen {listen};
+        location {CONNECTOR_PREFIX}/ {{
+            proxy_pass http://bench_upstream/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer {SECRET}";
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// Writes the config, starts nginx in the foreground (so we own the master process)
+/// and waits until it answers.
+fn start_nginx(bin: &Path, dir: &Path, upstream: SocketAddr) -> Result<(ChildGuard, SocketAddr)> {
+    fs::create_dir_all(dir).context("creating nginx dir")?;
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let conf = dir.join("nginx.conf");
+    fs::write(&conf, nginx_config(dir, addr, upstream, super::is_root()))
+        .context("writing nginx.conf")?;
+    let stderr = fs::File::create(dir.join("stderr.log")).context("creating nginx stderr log")?;
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        // `-e` overrides the compiled-in error log path that nginx opens before reading
+        // the config (/var/log/nginx/error.log), which may not be writable.
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut guard = ChildGuard::new("nginx", child, "QUIT");
+    wait_ready(&mut guard, "nginx", addr, "/", false).map_err(|e| {
+        let e = with_log_tail(e, &dir.join("stderr.log"));
+        with_log_tail(e, &dir.join("error.log"))
+    })?;
+    Ok((guard, addr))
+}
+
+/// Everything needed to render the results.
+struct Report<'a> {
+    date: String,
+    machine: MachineInfo,
+    args: &'a ProxyArgs,
+    nginx_version: Option<String>,
+    results: &'a [TargetResult],
+}
+
+impl Report<'_> {
+    fn measured(&self, kind: TargetKind) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|r| r.kind == kind)
+            .and_then(|r| r.outcome.as_ref().ok())
+    }
+
+    fn markdown(&self) -> String {
+        let a = self.args;
+        let m = &self.machine;
+        let high = a.concurrency_high;
+        let direct = self.measured(TargetKind::Direct);
+        let mut s = String::new();
+        let _ = writeln!(s, "### Proxy overhead (`cargo xtask bench proxy`)\n");
+        let _ = writeln!(s, "- Date: {}", self.date);
+        let _ = writeln!(
+            s,
+            "- Machine: {} × {} (nproc = {}), Linux {}",
+            m.nproc, m.cpu_model, m.nproc, m.kernel
+        );
+        let _ = writeln!(
+            s,
+            "- Request: `GET {CONNECTOR_PREFIX}{UPSTREAM_PATH}` over keep-alive HTTP/1.1, \
+             one connection per concurrent client; upstream is an in-process hyper server \
+             ({} thread{}) answering 200 with a fixed {}-byte JSON body; proxies inject \
+             `Authorization: Bearer …`",
+            a.upstream_threads,
+            if a.upstream_threads == 1 { "" } else { "s" },
+            UPSTREAM_BODY.len()
+        );
+        let _ = writeln!(
+            s,
+            "- Phases per target: {}s warm-up, then concurrency 1 for {} requests (max {}s); \
+             {}s warm-up, then concurrency {high} for {}s (max {} requests)",
+            a.warmup, a.requests, a.duration, a.warmup, a.duration, a.requests_high
+        );
+        let _ = writeln!(
+            s,
+            "- nginx reference: {}, 2 workers, upstream `keepalive 64`, access log off",
+            self.nginx_version.as_deref().unwrap_or("version unknown")
+        );
+        let _ = writeln!(
+            s,
+            "- **Caveat:** the load generator ({} thread{}), the upstream and the proxy all \
+             share the same {} cores, so absolute numbers are pessimistic; compare rows \
+             with each other, not with other machines.\n",
+            a.client_threads,
+            if a.client_threads == 1 { "" } else { "s" },
+            m.nproc
+        );
+        let _ = writeln!(
+            s,
+            "| Target | p50 µs (c=1) | p99 µs (c=1) | mean µs (c=1) | added p50 vs direct | \
+             req/s (c={high}) | p50 µs (c={high}) | p99 µs (c={high}) | errors |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in self.results {
+            match &r.outcome {
+                Ok(x) => {
+                    let added = match (r.kind, direct) {
+                        (TargetKind::Direct, _) => "—".to_string(),
+                        (_, Some(d)) => format!("{:+.1} µs", x.latency.p50_us - d.latency.p50_us),
+                        (_, None) => "n/a".to_string(),
+                    };
+                    let errors = x.latency.errors
+                        + x.latency.bad_status
+                        + x.throughput.errors
+                        + x.throughput.bad_status;
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.1} | {:.1} | {:.1} | {added} | {:.0} | {:.1} | {:.1} | {errors} |",
+                        r.kind.label(),
+                        x.latency.p50_us,
+                        x.latency.p99_us,
+                        x.latency.mean_us,
+                        x.throughput.rps,
+                        x.throughput.p50_us,
+                        x.throughput.p99_us,
+                    );
+                }
+                Err(e) => {
+                    let first = e.lines().next().unwrap_or("failed").replace('|', "\\|");
+                    let _ = writeln!(
+                        s,
+                        "| {} | failed: {first} | | | | | | | |",
+                        r.kind.label()
+                    );
+                }
+            }
+        }
+        s.push('\n');
+        let p = self.measured(TargetKind::Portcullis);
+        let n = self.measured(TargetKind::Nginx);
+        if let Some(d) = direct {
+            for (kind, x) in [(TargetKind::Portcullis, p), (TargetKind::Nginx, n)] {
+                if let Some(x) = x {
+                    let _ = writeln!(
+                        s,
+                        "- {} adds {:+.1} µs at p50 and {:+.1} µs at p99 (concurrency 1) over direct.",
+                        kind.label(),
+                        x.latency.p50_us - d.latency.p50_us,
+                        x.latency.p99_us - d.latency.p99_us
+                    );
+                }
+            }
+        }
+        if let (Some(p), Some(n)) = (p, n)
+            && n.throughput.rps > 0.0
+        {
+            let _ = writeln!(
+                s,
+                "- Throughput ratio Portcullis / nginx at concurrency {high}: **{:.2}×** \
+                 ({:.0} vs {:.0} req/s).",
+                p.throughput.rps / n.throughput.rps,
+                p.throughput.rps,
+                n.throughput.rps
+            );
+        }
+        for r in self.results {
+            if let Ok(x) = &r.outcome
+                && x.auth_injected == Some(false)
+            {
+                let _ = writeln!(
+                    s,
+                    "- Warning: {} did not inject the bearer token upstream.",
+                    r.kind.label()
+                );
+            }
+        }
+        s
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let a = self.args;
+        let targets: Vec<_> = self
+            .results
+            .iter()
+            .map(|r| match &r.outcome {
+                Ok(x) => json!({"target": r.kind, "ok": true, "latency": x.latency,
+                                "throughput": x.throughput, "auth_injected": x.auth_injected}),
+                Err(e) => json!({"target": r.kind, "ok": false, "error": e}),
+            })
+            .collect();
+        let direct = self.measured(TargetKind::Direct);
+        let p = self.measured(TargetKind::Portcullis);
+        let n = self.measured(TargetKind::Nginx);
+        let added = |x: Option<&Measured>| match (x, direct) {
+            (Some(x), Some(d)) => Some(x.latency.p50_us - d.latency.p50_us),
+            _ => None,
+        };
+        let ratio = match (p, n) {
+            (Some(p), Some(n)) if n.throughput.rps > 0.0 => {
+                Some(p.throughput.rps / n.throughput.rps)
+            }
+            _ => None,
+        };
+        json!({
+            "benchmark": "proxy",
+            "date": self.date,
+            "machine": {"nproc": self.machine.nproc, "cpu_model": self.machine.cpu_model,
+                        "kernel": self.machine.kernel},
+            "settings": {"duration_s": a.duration, "requests": a.requests,
+                         "concurrency_high": a.concurrency_high, "requests_high": a.requests_high,
+                         "warmup_s": a.warmup, "client_threads": a.client_threads,
+                         "upstream_threads": a.upstream_threads,
+                         "upstream_body_bytes": UPSTREAM_BODY.len(),
+                         "nginx_version": self.nginx_version},
+            "targets": targets,
+            "summary": {"portcullis_added_p50_us": added(p), "nginx_added_p50_us": added(n),
+                        "rps_ratio_portcullis_over_nginx": ratio},
+        })
+    }
+}
