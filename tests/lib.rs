@@ -1,1 +1,227 @@
-//! placeholder
+//! Harness for Portcullis' end-to-end tests: starts the real `portcullis` binary and the
+//! peers it talks to, all on loopback.
+//!
+//! # Layout
+//!
+//! - [`Host`]: the built binary on an ephemeral port with its own data directory; its
+//!   stderr (the logs) is kept for assertions.
+//! - [`whois`]: a stand-in for tailscaled's LocalAPI that serves the real
+//!   `GET /localapi/v0/whois?addr=` request and JSON shape over a Unix socket.
+//! - [`upstream`]: a loopback HTTP API that echoes what it received, redirects, streams
+//!   large bodies, and counts hits.
+//! - [`oidc`]: the `oidc-provider` peer (npm), a real OAuth 2.0 authorization server.
+//! - [`raw`]: raw HTTP/1.1 requests, for paths a URL library would normalise.
+
+pub mod oidc;
+pub mod raw;
+pub mod upstream;
+pub mod whois;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (tests run with the package directory as cwd).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The `portcullis` binary: `$PORTCULLIS_BIN`, else the one beside this test binary.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PORTCULLIS_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/portcullis
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("portcullis");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p portcullis` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `portcullis serve`.
+pub struct Host {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+/// What to start a host with.
+#[derive(Clone, Default)]
+pub struct HostOptions {
+    pub env: Vec<(String, String)>,
+    /// Reuse this data directory (restart tests) instead of a fresh one.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Host {
+    pub fn start(config: &str) -> Host {
+        Self::start_with(config, HostOptions::default())
+    }
+
+    pub fn start_with(config: &str, opts: HostOptions) -> Host {
+        Self::try_start(config, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a host; `Err` carries its stderr if it exits instead of listening.
+    pub fn try_start(config: &str, opts: HostOptions) -> Result<Host, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("portcullis.hujson");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("stderr.log");
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "info")
+            .env_remove("PORTCULLIS_MASTER_KEY")
+            .env_remove("PORTCULLIS_CONFIG")
+            .env_remove("PORTCULLIS_LISTEN")
+            .env_remove("PORTCULLIS_DATA_DIR")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).expect("log file"));
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn portcullis");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("portcullis listening on http://") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+                let addr = addr.parse().expect("listen addr");
+                return Ok(Host { child: Some(child), addr, dir, config_path, log_path });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("portcullis exited with {status} before listening:\n{log}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("portcullis did not start listening within 30 s".into());
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything the host logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Replaces the config file (atomically, as editors and deploy tools do).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.path().join("portcullis.hujson.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &self.config_path).expect("rename");
+    }
+
+    /// SIGTERM and wait; returns the logs.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.logs()
+    }
+
+    /// Waits until the log contains `needle` (bounded).
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("log never contained {needle:?}:\n{}", self.logs());
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP client that connects from `local` (a 127.0.0.0/8 address), so a whois
+/// stand-in can tell test callers apart.
+pub fn client_from(local: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .local_address(local.parse::<IpAddr>().expect("ip"))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+pub fn client() -> reqwest::Client {
+    client_from("127.0.0.1")
+}
+
+/// The parsed `{"error": {"code", "message"}}` body.
+pub async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    let code = body["error"]["code"].as_str().expect("error.code").to_owned();
+    let message = body["error"]["message"].as_str().expect("error.message").to_owned();
+    (status, code, message)
+}
+
+/// A grant block giving `src` the listed connector patterns (and admin if asked).
+pub fn grant(src: &str, patterns: &[&str], admin: bool) -> serde_json::Value {
+    let mut caps = vec![serde_json::json!({"connectors": patterns})];
+    if admin {
+        caps.push(serde_json::json!({"role": "admin"}));
+    }
+    serde_json::json!({"src": [src], "app": {"tailscale.com/cap/aperture": caps}})
+}

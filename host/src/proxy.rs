@@ -148,7 +148,7 @@ fn relay(id: &str, head: bool, resp: reqwest::Response) -> Response {
     let body = if head {
         Body::empty()
     } else {
-        Body::new(Capped { inner: reqwest::Body::from(resp), left: MAX_RESPONSE_BYTES, connector: id.to_owned() })
+        Body::new(Capped::new(reqwest::Body::from(resp), id))
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -287,11 +287,24 @@ fn credential_error(e: &CredentialError) -> ApiError {
 }
 
 /// A response body cut after `left` bytes. The cut is silent to the caller (the status
-/// was already sent) but logged.
+/// was already sent) but logged. Once the limit is reached, one more frame is awaited to
+/// tell a body that ended exactly there from one that was cut.
 struct Capped {
     inner: reqwest::Body,
     left: u64,
     connector: String,
+    done: bool,
+}
+
+impl Capped {
+    fn new(inner: reqwest::Body, connector: &str) -> Self {
+        Self { inner, left: MAX_RESPONSE_BYTES, connector: connector.to_owned(), done: false }
+    }
+
+    fn truncated(&mut self) {
+        self.done = true;
+        tracing::info!(connector = %self.connector, limit_bytes = MAX_RESPONSE_BYTES, "response truncated at the size limit");
+    }
 }
 
 impl http_body::Body for Capped {
@@ -299,33 +312,43 @@ impl http_body::Body for Capped {
     type Error = reqwest::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.left == 0 {
+        if self.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(mut data) => {
-                    let len = data.len() as u64;
-                    if len >= self.left {
-                        if len > self.left {
-                            data.truncate(self.left as usize);
-                            tracing::info!(connector = %self.connector, limit_bytes = MAX_RESPONSE_BYTES, "response truncated at the size limit");
-                        }
-                        self.left = 0;
-                    } else {
-                        self.left -= len;
-                    }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                // Trailers are hop-by-hop metadata of the upstream connection: dropped.
-                Err(_) => Poll::Ready(None),
-            },
-            other => other,
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        // Trailers are metadata of the upstream connection: dropped.
+        let Ok(mut data) = frame.into_data() else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        if data.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        if self.left == 0 {
+            self.truncated();
+            return Poll::Ready(None);
+        }
+        let len = data.len() as u64;
+        if len > self.left {
+            data.truncate(self.left as usize);
+            self.left = 0;
+            self.truncated();
+        } else {
+            self.left -= len;
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.left == 0 || self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -1,1 +1,28 @@
+//! End-to-end tests: the real `portcullis` binary, driven over HTTP, against real peers
+//! on loopback. One test binary (it links once); a module per area.
 
+mod client_credentials;
+mod config;
+mod identity;
+mod observability;
+mod proxy;
+mod vault;
+
+use serde_json::{Value, json};
+
+/// A config in loopback identity mode with loopback egress allowed (the documented
+/// dev/test switch) and the given connectors and grants.
+pub fn loopback_config(connectors: Value, grants: Value) -> String {
+    json!({
+        "identity": {"mode": "loopback"},
+        "egress": {"allow_loopback": true},
+        "connectors": {"servers": connectors},
+        "grants": grants,
+    })
+    .to_string()
+}
+
+/// `(loopback)` as admin with every connector granted.
+pub fn admin_everything() -> Value {
+    json!([portcullis_e2e::grant("(loopback)", &["**"], true)])
+}

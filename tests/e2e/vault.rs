@@ -1,0 +1,84 @@
+//! The vault as seen from outside: tokens persisted sealed (no plaintext in the database
+//! file), reused after a restart, and still readable after `rotate-key`.
+
+use portcullis_e2e::oidc::{CC_SECRET, Oidc};
+use portcullis_e2e::upstream::Upstream;
+use portcullis_e2e::{Host, HostOptions, client};
+use serde_json::Value;
+
+use crate::client_credentials::cc_connector;
+use crate::{admin_everything, loopback_config};
+
+async fn token_via(host: &Host) -> String {
+    let e: Value = client()
+        .get(host.url("/v1/connectors/analytics/x"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    e["headers"]["authorization"][0].as_str().expect("auth").trim_start_matches("Bearer ").to_owned()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn tokens_are_sealed_survive_restart_and_key_rotation() {
+    let oidc = Oidc::start(3600);
+    let up = Upstream::start().await;
+    let config = loopback_config(cc_connector(&up, &oidc.token_url(), CC_SECRET), admin_everything());
+    let data = tempfile::tempdir().expect("data");
+    let opts = HostOptions { data_dir: Some(data.path().to_path_buf()), ..Default::default() };
+
+    let mut host = Host::start_with(&config, opts.clone());
+    let token = token_via(&host).await;
+    // Persisting happens off the request path; give it a moment, then stop cleanly.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    host.stop();
+
+    let db = std::fs::read(data.path().join("portcullis.redb")).expect("db");
+    assert!(!contains(&db, &token), "access token in plaintext in the database file");
+    assert!(!contains(&db, CC_SECRET), "client secret in the database file");
+    let key = std::fs::metadata(data.path().join("master.key")).expect("key file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+
+    // A restart reuses the sealed token: no new token request.
+    let mut host = Host::start_with(&config, opts.clone());
+    assert_eq!(token_via(&host).await, token);
+    assert_eq!(oidc.token_requests().await, 1);
+    host.stop();
+
+    // Rotate the master key; everything still opens under the new one.
+    let old_key = std::fs::read_to_string(data.path().join("master.key")).expect("key");
+    let out = std::process::Command::new(portcullis_e2e::binary())
+        .arg("rotate-key")
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .output()
+        .expect("rotate-key");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Re-sealed"));
+    assert_ne!(std::fs::read_to_string(data.path().join("master.key")).expect("key"), old_key);
+    let host = Host::start_with(&config, opts.clone());
+    assert_eq!(token_via(&host).await, token);
+    assert_eq!(oidc.token_requests().await, 1);
+}
+
+#[tokio::test]
+async fn wrong_master_key_refuses_to_start() {
+    let data = tempfile::tempdir().expect("data");
+    let opts = HostOptions { data_dir: Some(data.path().to_path_buf()), ..Default::default() };
+    let config = loopback_config(serde_json::json!({}), admin_everything());
+    drop(Host::start_with(&config, opts.clone()));
+    let bad = HostOptions {
+        env: vec![("PORTCULLIS_MASTER_KEY".into(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into())],
+        ..opts
+    };
+    let err = Host::try_start(&config, bad).err().expect("must not start");
+    assert!(err.contains("does not open this vault"), "{err}");
+}

@@ -1,0 +1,129 @@
+//! A loopback upstream API for proxy tests. Every path echoes the request it received as
+//! JSON (method, raw path, raw query, headers, body size), except a few special ones:
+//!
+//! - `/__redirect` → 302 to `/__redirected` (whose hits are counted separately);
+//! - `/__cookie` → 200 with `Set-Cookie` and a `Connection`-named hop-by-hop header;
+//! - `/__big/<n>` → `n` bytes, streamed in 64 KiB chunks without a length;
+//! - `/__status/<code>` → that status;
+//! - `/__slow` → headers at once, then 3 chunks 100 ms apart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+#[derive(Default)]
+pub struct Counters {
+    pub hits: AtomicUsize,
+    pub redirected_hits: AtomicUsize,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counters = Arc::new(Counters::default());
+        let app = axum::Router::new().fallback(handle).with_state(counters.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Upstream { addr, counters, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.counters.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
+    c.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    if path == "/__redirect" {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "/__redirected")
+            .body(Body::empty())
+            .expect("response");
+    }
+    if path == "/__redirected" {
+        c.redirected_hits.fetch_add(1, Ordering::SeqCst);
+    }
+    if path == "/__cookie" {
+        return Response::builder()
+            .header("set-cookie", "session=upstream-secret; HttpOnly")
+            .header("connection", "x-hop-header")
+            .header("x-hop-header", "1")
+            .header("x-kept", "yes")
+            .body(Body::from("cookie"))
+            .expect("response");
+    }
+    if let Some(n) = path.strip_prefix("/__big/").and_then(|n| n.parse::<usize>().ok()) {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let full = n / chunk.len();
+        let rest = n % chunk.len();
+        let stream = futures_util::stream::iter((0..full).map(move |_| chunk.clone()))
+            .chain(futures_util::stream::iter(std::iter::once(Bytes::from(vec![b'x'; rest]))))
+            .map(Ok::<_, std::io::Error>);
+        return Response::new(Body::from_stream(stream));
+    }
+    if let Some(code) = path.strip_prefix("/__status/").and_then(|n| n.parse::<u16>().ok()) {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
+        return (status, axum::Json(json!({"status": code}))).into_response();
+    }
+    if path == "/__slow" {
+        let stream = futures_util::stream::iter(0..3).then(|i| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(Bytes::from(format!("chunk{i};")))
+        });
+        return Response::new(Body::from_stream(stream));
+    }
+    echo(req).await
+}
+
+async fn echo(req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &parts.headers {
+        let entry = headers.entry(k.as_str().to_owned()).or_insert_with(|| json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(json!(v.to_str().unwrap_or("<binary>")));
+        }
+    }
+    let body_text = if bytes.len() <= 4096 { String::from_utf8_lossy(&bytes).into_owned() } else { String::new() };
+    let mut resp = axum::Json(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": bytes.len(),
+        "body": body_text,
+    }))
+    .into_response();
+    resp.headers_mut().insert("x-upstream", HeaderValue::from_static("echo"));
+    resp
+}
