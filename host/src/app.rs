@@ -64,7 +64,10 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the config has errors:\n{0}")]
     Invalid(Diagnostics),
     #[error("{0:#}")]
@@ -87,7 +90,10 @@ pub fn check(text: &str) -> (Option<(Config, Policy)>, Diagnostics) {
 /// The config text `serve` uses: the file, or the embedded default.
 pub fn read_config(path: Option<&Path>) -> Result<String, LoadError> {
     match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| LoadError::Read { path: p.to_owned(), source }),
+        Some(p) => std::fs::read_to_string(p).map_err(|source| LoadError::Read {
+            path: p.to_owned(),
+            source,
+        }),
         None => Ok(config::EMBEDDED_DEFAULT.to_owned()),
     }
 }
@@ -108,7 +114,11 @@ impl App {
         self.snapshot.load_full()
     }
 
-    fn build_snapshot(text: &str, vault: &Vault, tokens: &TokenSlots) -> Result<Snapshot, LoadError> {
+    fn build_snapshot(
+        text: &str,
+        vault: &Vault,
+        tokens: &TokenSlots,
+    ) -> Result<Snapshot, LoadError> {
         let (checked, diagnostics) = check(text);
         let Some((config, policy)) = checked else {
             return Err(LoadError::Invalid(diagnostics));
@@ -130,7 +140,13 @@ impl App {
         }
         tokens.retain(|id| config.connectors.contains_key(id));
         let identity = Identifier::new(&config.identity);
-        Ok(Snapshot { config: Arc::new(config), policy, connectors, identity, diagnostics })
+        Ok(Snapshot {
+            config: Arc::new(config),
+            policy,
+            connectors,
+            identity,
+            diagnostics,
+        })
     }
 
     /// Re-reads the config file and swaps in the new snapshot, or keeps the old one.
@@ -138,8 +154,15 @@ impl App {
         let _one_at_a_time = self.reload_lock.lock().await;
         let text = read_config(self.options.config.as_deref())?;
         let result = Self::build_snapshot(&text, &self.vault, &self.tokens);
-        let outcome = if result.is_ok() { "applied" } else { "rejected" };
-        self.metrics.config_reloads.get_or_create(&crate::telemetry::OutcomeLabels { outcome }).inc();
+        let outcome = if result.is_ok() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        self.metrics
+            .config_reloads
+            .get_or_create(&crate::telemetry::OutcomeLabels { outcome })
+            .inc();
         let snap = result?;
         log_diagnostics(&snap.diagnostics);
         let old = self.snapshot();
@@ -173,9 +196,17 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     }
     let (config, _) = checked.context("config")?;
 
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", opts.data_dir.display()))?;
-    let key_file = config.vault.key_file.clone().unwrap_or_else(|| opts.data_dir.join(vault::KEY_FILE));
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            opts.data_dir.display()
+        )
+    })?;
+    let key_file = config
+        .vault
+        .key_file
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join(vault::KEY_FILE));
     vault::recover_interrupted_rotation(&opts.data_dir, &key_file)?;
     let (key, _) = MasterKey::load(&key_file)?;
     let vault = Arc::new(Vault::open(&opts.data_dir, &key)?);
@@ -186,7 +217,9 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     let snapshot = App::build_snapshot(&text, &vault, &tokens)?;
     log_diagnostics(&snapshot.diagnostics);
     if snapshot.config.egress.allow_loopback {
-        tracing::warn!("egress.allow_loopback is on: upstreams on loopback are reachable (development and tests only)");
+        tracing::warn!(
+            "egress.allow_loopback is on: upstreams on loopback are reachable (development and tests only)"
+        );
     }
     let listen = opts.listen.unwrap_or(snapshot.config.listen);
     let app = Arc::new(App {
@@ -234,10 +267,13 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     if app.options.config.is_some() {
         spawn_reloaders(app.clone())?;
     }
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server error")?;
     tracing::info!("portcullis stopped");
     Ok(())
 }
@@ -275,12 +311,18 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
 
     let path = app.options.config.clone().context("config path")?;
     let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let file_name = path.file_name().map(|n| n.to_owned());
     let fs_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let ours = ev.paths.iter().any(|p| p.file_name() == file_name.as_deref());
+            let ours = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref());
             if ours && (ev.kind.is_modify() || ev.kind.is_create()) {
                 let _ = fs_tx.try_send("file change");
             }
@@ -296,7 +338,10 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
             while rx.try_recv().is_ok() {}
             match app.reload().await {
                 Ok(()) => tracing::info!(trigger = why, "new config in effect"),
-                Err(e) => tracing::error!(trigger = why, "config reload rejected, the previous config keeps serving: {e}"),
+                Err(e) => tracing::error!(
+                    trigger = why,
+                    "config reload rejected, the previous config keeps serving: {e}"
+                ),
             }
         }
     });
@@ -326,9 +371,12 @@ async fn identify(
         Err(IdentityError::Unknown(msg)) => {
             ApiError::unauthenticated(format!("cannot identify the caller: {msg}")).into_response()
         }
-        Err(IdentityError::Unavailable(msg)) => {
-            ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "identity_unavailable", msg).into_response()
-        }
+        Err(IdentityError::Unavailable(msg)) => ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "identity_unavailable",
+            msg,
+        )
+        .into_response(),
     }
 }
 
@@ -351,13 +399,30 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let started = Instant::now();
     let method = req.method().clone();
     let route = route_of(req.uri().path());
-    let header_names = req.headers().keys().map(http::HeaderName::as_str).collect::<Vec<_>>().join(",");
+    let header_names = req
+        .headers()
+        .keys()
+        .map(http::HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    let connector = resp.extensions().get::<ConnectorTag>().map(|t| t.0.as_str()).unwrap_or("");
-    let caller = resp.extensions().get::<CallerTag>().map(|t| t.0.as_str()).unwrap_or("");
-    let error = resp.extensions().get::<ErrorCode>().map(|e| e.0).unwrap_or("");
+    let connector = resp
+        .extensions()
+        .get::<ConnectorTag>()
+        .map(|t| t.0.as_str())
+        .unwrap_or("");
+    let caller = resp
+        .extensions()
+        .get::<CallerTag>()
+        .map(|t| t.0.as_str())
+        .unwrap_or("");
+    let error = resp
+        .extensions()
+        .get::<ErrorCode>()
+        .map(|e| e.0)
+        .unwrap_or("");
     app.metrics.observe(route, connector, status, elapsed);
     if route != "healthz" {
         tracing::info!(
@@ -379,7 +444,10 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Arc<Caller>>) -> Response {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
     if !app.snapshot().policy.access(&caller).may_read_metrics() {
         return ApiError::forbidden(format!(
             "{} may not read metrics; grant role \"admin\" or {{\"read_metrics\": true}}",
@@ -388,7 +456,10 @@ async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Arc<C
         .into_response();
     }
     (
-        [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.metrics.render(),
     )
         .into_response()
@@ -396,7 +467,10 @@ async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Arc<C
 
 /// Who the host thinks the caller is, and their role: the first thing to check when a
 /// grant does not seem to work.
-async fn whoami(State(app): State<Arc<App>>, Extension(caller): Extension<Arc<Caller>>) -> Json<serde_json::Value> {
+async fn whoami(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Json<serde_json::Value> {
     let access = app.snapshot().policy.access(&caller);
     Json(serde_json::json!({
         "login": caller.login,

@@ -24,7 +24,10 @@ use crate::vault::{Table, Vault};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CredentialError {
     #[error("could not obtain an access token for connector \"{connector}\": {source}")]
-    Token { connector: String, source: TokenError },
+    Token {
+        connector: String,
+        source: TokenError,
+    },
     #[error(
         "connector \"{0}\" uses per-user OAuth, which this Portcullis version does not support yet; \
          use a shared credential (bearer_token, api_key, basic, oauth2_client_credentials)"
@@ -33,7 +36,11 @@ pub enum CredentialError {
 }
 
 /// Resolves a [`SecretRef`] to its value.
-pub fn resolve_secret(r: &SecretRef, vault: &Vault, path: &str) -> anyhow::Result<Zeroizing<String>> {
+pub fn resolve_secret(
+    r: &SecretRef,
+    vault: &Vault,
+    path: &str,
+) -> anyhow::Result<Zeroizing<String>> {
     match r {
         SecretRef::Inline(s) => Ok(Zeroizing::new(s.clone())),
         SecretRef::Env(name) => std::env::var(name).map(Zeroizing::new).map_err(|_| {
@@ -51,8 +58,9 @@ pub fn resolve_secret(r: &SecretRef, vault: &Vault, path: &str) -> anyhow::Resul
 }
 
 fn sensitive(value: &str, path: &str) -> anyhow::Result<HeaderValue> {
-    let mut v = HeaderValue::from_str(value)
-        .map_err(|_| anyhow::anyhow!("{path}: the secret contains characters not allowed in an HTTP header"))?;
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        anyhow::anyhow!("{path}: the secret contains characters not allowed in an HTTP header")
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -64,7 +72,10 @@ pub enum Credential {
     /// A fixed header: bearer token, basic, or an API key in a header.
     Header(HeaderName, HeaderValue),
     /// An API key in the query string.
-    Query { name: String, value: Arc<Zeroizing<String>> },
+    Query {
+        name: String,
+        value: Arc<Zeroizing<String>>,
+    },
     ClientCredentials(Arc<ClientCredentials>),
     PerUser,
 }
@@ -84,36 +95,57 @@ impl std::fmt::Debug for Credential {
 impl Credential {
     /// Builds the credential for a connector, resolving its secrets now so that a missing
     /// environment variable fails the config load rather than a request.
-    pub fn build(c: &config::Connector, vault: &Vault, tokens: &TokenSlots) -> anyhow::Result<Self> {
+    pub fn build(
+        c: &config::Connector,
+        vault: &Vault,
+        tokens: &TokenSlots,
+    ) -> anyhow::Result<Self> {
         let path = |field: &str| format!("connectors.servers.{}.auth.{field}", c.id);
         Ok(match &c.auth {
             Auth::None => Self::None,
             Auth::BearerToken(b) => {
                 let secret = resolve_secret(&b.secret, vault, &path("secret"))?;
-                Self::Header(http::header::AUTHORIZATION, sensitive(&format!("Bearer {}", secret.as_str()), &path("secret"))?)
+                Self::Header(
+                    http::header::AUTHORIZATION,
+                    sensitive(&format!("Bearer {}", secret.as_str()), &path("secret"))?,
+                )
             }
             Auth::Basic(b) => {
                 let password = resolve_secret(&b.password, vault, &path("password"))?;
                 let raw = Zeroizing::new(format!("{}:{}", b.username, password.as_str()));
-                let enc = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()));
-                Self::Header(http::header::AUTHORIZATION, sensitive(&format!("Basic {}", enc.as_str()), &path("password"))?)
+                let enc = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
+                );
+                Self::Header(
+                    http::header::AUTHORIZATION,
+                    sensitive(&format!("Basic {}", enc.as_str()), &path("password"))?,
+                )
             }
             Auth::ApiKey(k) => {
                 let secret = resolve_secret(&k.secret, vault, &path("secret"))?;
                 match k.location {
                     KeyLocation::Header => {
-                        let name = HeaderName::try_from(k.name.as_str())
-                            .map_err(|_| anyhow::anyhow!("{}: not a valid header name", path("name")))?;
+                        let name = HeaderName::try_from(k.name.as_str()).map_err(|_| {
+                            anyhow::anyhow!("{}: not a valid header name", path("name"))
+                        })?;
                         Self::Header(name, sensitive(&secret, &path("secret"))?)
                     }
-                    KeyLocation::Query => Self::Query { name: k.name.clone(), value: Arc::new(secret) },
+                    KeyLocation::Query => Self::Query {
+                        name: k.name.clone(),
+                        value: Arc::new(secret),
+                    },
                 }
             }
             Auth::ClientCredentials(cc) => {
                 let secret = resolve_secret(&cc.client_secret, vault, &path("client_secret"))?;
                 let token_url = url::Url::parse(&cc.token_url)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path("token_url")))?;
-                let fingerprint = fingerprint(&[&cc.client_id, token_url.as_str(), &cc.scopes.join(" "), &secret]);
+                let fingerprint = fingerprint(&[
+                    &cc.client_id,
+                    token_url.as_str(),
+                    &cc.scopes.join(" "),
+                    &secret,
+                ]);
                 Self::ClientCredentials(Arc::new(ClientCredentials {
                     connector: c.id.clone(),
                     client_id: cc.client_id.clone(),
@@ -143,8 +175,11 @@ impl Credential {
             }
             Self::Query { name, value } => {
                 // Drop any caller-supplied parameter of the same name first.
-                let kept: Vec<(String, String)> =
-                    url.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k != name)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
                 let had_query = url.query().is_some();
                 if had_query || !kept.is_empty() {
                     url.set_query(None);
@@ -214,10 +249,10 @@ impl ClientCredentials {
         if let Some(h) = self.slot.fresh() {
             return Ok(h);
         }
-        if let Some((at, err)) = &fetch.last_failure {
-            if at.elapsed() < FAILURE_HOLD {
-                return Err(err.clone());
-            }
+        if let Some((at, err)) = &fetch.last_failure
+            && at.elapsed() < FAILURE_HOLD
+        {
+            return Err(err.clone());
         }
         let started = Instant::now();
         let result = oauth::client_credentials(
@@ -232,24 +267,28 @@ impl ClientCredentials {
         match result {
             Ok(token) => {
                 let lifetime = token.expires_in.unwrap_or(DEFAULT_LIFETIME);
-                let header = sensitive(&format!("Bearer {}", token.access_token.as_str()), "token").map_err(|_| {
-                    CredentialError::Token {
+                let header = sensitive(&format!("Bearer {}", token.access_token.as_str()), "token")
+                    .map_err(|_| CredentialError::Token {
                         connector: self.connector.clone(),
                         source: TokenError::BadResponse {
                             url: self.token_url.to_string(),
-                            detail: "the access token has characters not allowed in a header".into(),
+                            detail: "the access token has characters not allowed in a header"
+                                .into(),
                         },
-                    }
-                })?;
+                    })?;
                 let use_until = started + lifetime.saturating_sub(refresh_margin(lifetime));
                 self.slot.store(header.clone(), use_until);
                 fetch.last_failure = None;
-                self.slot.persist(&token.access_token, SystemTime::now() + lifetime);
+                self.slot
+                    .persist(&token.access_token, SystemTime::now() + lifetime);
                 tracing::info!(connector = %self.connector, expires_in_secs = lifetime.as_secs(), "minted a client-credentials token");
                 Ok(header)
             }
             Err(source) => {
-                let err = CredentialError::Token { connector: self.connector.clone(), source };
+                let err = CredentialError::Token {
+                    connector: self.connector.clone(),
+                    source,
+                };
                 tracing::warn!(connector = %self.connector, error = %err, "token request failed");
                 fetch.last_failure = Some((Instant::now(), err.clone()));
                 Err(err)
@@ -283,7 +322,9 @@ struct PersistedToken {
 impl TokenSlot {
     fn fresh(&self) -> Option<HeaderValue> {
         let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
-        cur.as_ref().filter(|(_, until)| Instant::now() < *until).map(|(h, _)| h.clone())
+        cur.as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(h, _)| h.clone())
     }
 
     fn store(&self, header: HeaderValue, until: Instant) {
@@ -303,9 +344,14 @@ impl TokenSlot {
         let record = PersistedToken {
             fingerprint: self.fingerprint.clone(),
             access_token: token.to_owned(),
-            expires_at_unix: expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+            expires_at_unix: expires_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
         };
-        let Ok(bytes) = serde_json::to_vec(&record).map(Zeroizing::new) else { return };
+        let Ok(bytes) = serde_json::to_vec(&record).map(Zeroizing::new) else {
+            return;
+        };
         let (vault, connector) = (self.vault.clone(), self.connector.clone());
         tokio::task::spawn_blocking(move || {
             if let Err(e) = vault.put(Table::ClientTokens, &connector, &bytes) {
@@ -316,14 +362,27 @@ impl TokenSlot {
 
     /// Primes the slot from the vault if a still-valid token for the same credentials is there.
     fn restore(&self) {
-        let Ok(Some(bytes)) = self.vault.get(Table::ClientTokens, &self.connector) else { return };
-        let Ok(rec) = serde_json::from_slice::<PersistedToken>(&bytes) else { return };
+        let Ok(Some(bytes)) = self.vault.get(Table::ClientTokens, &self.connector) else {
+            return;
+        };
+        let Ok(rec) = serde_json::from_slice::<PersistedToken>(&bytes) else {
+            return;
+        };
         let token = Zeroizing::new(rec.access_token.clone());
         if rec.fingerprint != self.fingerprint {
             return;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        let Some(left) = rec.expires_at_unix.checked_sub(now).map(Duration::from_secs) else { return };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let Some(left) = rec
+            .expires_at_unix
+            .checked_sub(now)
+            .map(Duration::from_secs)
+        else {
+            return;
+        };
         let margin = refresh_margin(left.max(Duration::from_secs(1)));
         if left <= margin {
             return;
@@ -343,13 +402,19 @@ pub struct TokenSlots {
 
 impl TokenSlots {
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { slots: Mutex::new(HashMap::new()), vault }
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            vault,
+        }
     }
 
     /// The slot for `connector`; a new, empty one if its credentials changed.
     fn slot(&self, connector: &str, fingerprint: &str) -> Arc<TokenSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = slots.get(connector).filter(|s| s.fingerprint == fingerprint) {
+        if let Some(s) = slots
+            .get(connector)
+            .filter(|s| s.fingerprint == fingerprint)
+        {
             return s.clone();
         }
         let slot = Arc::new(TokenSlot {
@@ -366,7 +431,10 @@ impl TokenSlots {
 
     /// Forgets slots of connectors no longer in the config.
     pub fn retain(&self, live: impl Fn(&str) -> bool) {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live(k));
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live(k));
     }
 }
 
@@ -376,8 +444,14 @@ mod tests {
 
     #[test]
     fn margin_is_a_minute_or_a_fifth() {
-        assert_eq!(refresh_margin(Duration::from_secs(3600)), Duration::from_secs(60));
-        assert_eq!(refresh_margin(Duration::from_secs(10)), Duration::from_secs(2));
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -123,10 +123,14 @@ impl Resolve for SafeResolver {
         let allow_loopback = self.allow_loopback.load(Ordering::Relaxed);
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for a in &addrs {
                 if let Some(reason) = refusal_reason(a.ip(), allow_loopback) {
-                    return Err(Box::new(Refusal { host: host.clone(), reason: reason.into() }) as _);
+                    return Err(Box::new(Refusal {
+                        host: host.clone(),
+                        reason: reason.into(),
+                    }) as _);
                 }
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
@@ -149,7 +153,9 @@ impl Egress {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .dns_resolver(Arc::new(SafeResolver { allow_loopback: allow_loopback.clone() }))
+            .dns_resolver(Arc::new(SafeResolver {
+                allow_loopback: allow_loopback.clone(),
+            }))
             .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs.max(1)))
             .read_timeout(Duration::from_secs(cfg.read_timeout_secs.max(1)))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -157,29 +163,39 @@ impl Egress {
             .tcp_nodelay(true)
             .referer(false)
             .build()?;
-        Ok(Self { client, allow_loopback })
+        Ok(Self {
+            client,
+            allow_loopback,
+        })
     }
 
     /// Applies a reloaded config's switches to the live client.
     pub fn reconfigure(&self, cfg: &EgressConfig) {
-        self.allow_loopback.store(cfg.allow_loopback, Ordering::Relaxed);
+        self.allow_loopback
+            .store(cfg.allow_loopback, Ordering::Relaxed);
     }
 
     /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals).
     pub fn check_url(&self, url: &url::Url) -> Result<(), EgressError> {
         let host = url.host_str().unwrap_or_default().to_owned();
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(EgressError::Refused { host, reason: format!("a {}: URL", url.scheme()) });
+            return Err(EgressError::Refused {
+                host,
+                reason: format!("a {}: URL", url.scheme()),
+            });
         }
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
             _ => None,
         };
-        if let Some(ip) = literal {
-            if let Some(reason) = refusal_reason(ip, self.allow_loopback.load(Ordering::Relaxed)) {
-                return Err(EgressError::Refused { host, reason: reason.into() });
-            }
+        if let Some(ip) = literal
+            && let Some(reason) = refusal_reason(ip, self.allow_loopback.load(Ordering::Relaxed))
+        {
+            return Err(EgressError::Refused {
+                host,
+                reason: reason.into(),
+            });
         }
         Ok(())
     }
@@ -193,7 +209,10 @@ impl Egress {
     pub async fn send(&self, req: reqwest::Request) -> Result<reqwest::Response, EgressError> {
         self.check_url(req.url())?;
         let host = req.url().host_str().unwrap_or_default().to_owned();
-        self.client.execute(req).await.map_err(|e| EgressError::from_reqwest(&host, &e))
+        self.client
+            .execute(req)
+            .await
+            .map_err(|e| EgressError::from_reqwest(&host, &e))
     }
 }
 
@@ -202,7 +221,10 @@ impl EgressError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = source {
             if let Some(r) = err.downcast_ref::<Refusal>() {
-                return Self::Refused { host: r.host.clone(), reason: r.reason.clone() };
+                return Self::Refused {
+                    host: r.host.clone(),
+                    reason: r.reason.clone(),
+                };
             }
             source = err.source();
         }
@@ -211,7 +233,10 @@ impl EgressError {
         } else if e.is_connect() {
             Self::Connect(format!("{host}: {}", root_cause(e)))
         } else {
-            Self::Other { host: host.to_owned(), detail: root_cause(e) }
+            Self::Other {
+                host: host.to_owned(),
+                detail: root_cause(e),
+            }
         }
     }
 }
@@ -257,7 +282,16 @@ mod tests {
 
     #[test]
     fn allows_private_ula_tailnet_and_public() {
-        for ip in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "fd7a:115c:a1e0::1", "100.64.0.1", "100.101.102.103", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "fd7a:115c:a1e0::1",
+            "100.64.0.1",
+            "100.101.102.103",
+            "8.8.8.8",
+            "2606:4700::1111",
+        ] {
             assert!(!refused(ip, false), "{ip} should be allowed");
         }
     }

@@ -94,7 +94,11 @@ impl Identifier {
         self.mode
     }
 
-    pub async fn identify(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Arc<Caller>, IdentityError> {
+    pub async fn identify(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Caller>, IdentityError> {
         match self.mode {
             IdentityMode::Loopback => {
                 if is_loopback(peer.ip()) {
@@ -120,7 +124,10 @@ impl Identifier {
 
     fn cached(&self, peer: SocketAddr) -> Option<Arc<Caller>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(&peer).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, c)| c.clone())
+        cache
+            .get(&peer)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, c)| c.clone())
     }
 
     fn remember(&self, peer: SocketAddr, caller: Arc<Caller>) {
@@ -155,7 +162,9 @@ impl Identifier {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -192,25 +201,48 @@ struct WhoIsUser {
 /// A tagged node is identified by its tags, sorted and comma-joined (`tag:api,tag:prod`);
 /// a user node by its login; a node with neither is refused.
 pub(crate) fn caller_from_whois(w: WhoIs) -> Result<Caller, IdentityError> {
-    let mut tags = w.node.as_ref().and_then(|n| n.tags.clone()).unwrap_or_default();
+    let mut tags = w
+        .node
+        .as_ref()
+        .and_then(|n| n.tags.clone())
+        .unwrap_or_default();
     tags.sort();
     tags.dedup();
     let node = w.node.as_ref().and_then(|n| n.stable_id.clone());
-    let caps = w.cap_map.and_then(|mut m| m.remove(APERTURE_CAP)).unwrap_or_default();
-    let groups = w.user_profile.as_ref().and_then(|u| u.groups.clone()).unwrap_or_default();
+    let caps = w
+        .cap_map
+        .and_then(|mut m| m.remove(APERTURE_CAP))
+        .unwrap_or_default();
+    let groups = w
+        .user_profile
+        .as_ref()
+        .and_then(|u| u.groups.clone())
+        .unwrap_or_default();
     let (login, kind) = if !tags.is_empty() {
         (tags.join(","), CallerKind::Tagged)
     } else {
-        match w.user_profile.and_then(|u| u.login_name).filter(|l| !l.is_empty() && l != "tagged-devices") {
+        match w
+            .user_profile
+            .and_then(|u| u.login_name)
+            .filter(|l| !l.is_empty() && l != "tagged-devices")
+        {
             Some(login) => (login, CallerKind::User),
             None => {
                 return Err(IdentityError::Unknown(
-                    "this tailnet node has neither a user nor tags, so it cannot be identified".into(),
+                    "this tailnet node has neither a user nor tags, so it cannot be identified"
+                        .into(),
                 ));
             }
         }
     };
-    Ok(Caller { login, kind, node, tags, groups, caps })
+    Ok(Caller {
+        login,
+        kind,
+        node,
+        tags,
+        groups,
+        caps,
+    })
 }
 
 /// The most a whois answer may be; real ones are a few kilobytes.
@@ -238,13 +270,19 @@ async fn whois(socket: &std::path::Path, peer: SocketAddr) -> Result<Option<WhoI
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let addr: String =
-            percent_encoding::utf8_percent_encode(&peer.to_string(), percent_encoding::NON_ALPHANUMERIC).to_string();
+        let addr: String = percent_encoding::utf8_percent_encode(
+            &peer.to_string(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
         let req = http::Request::get(format!("/localapi/v0/whois?addr={addr}"))
             .header(http::header::HOST, "local-tailscaled.sock")
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| unavailable(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| unavailable(format!("request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unavailable(format!("request: {e}")))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), WHOIS_MAX_BYTES)
             .collect()
@@ -262,7 +300,9 @@ async fn whois(socket: &std::path::Path, peer: SocketAddr) -> Result<Option<WhoI
             ))),
         }
     };
-    tokio::time::timeout(WHOIS_TIMEOUT, fut).await.map_err(|_| unavailable("timed out".into()))?
+    tokio::time::timeout(WHOIS_TIMEOUT, fut)
+        .await
+        .map_err(|_| unavailable("timed out".into()))?
 }
 
 /// Headers `tailscale serve` sets (after deleting any the client sent).
@@ -296,7 +336,14 @@ fn from_serve_headers(peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, I
         .and_then(|s| serde_json::from_str::<HashMap<String, Vec<serde_json::Value>>>(&s).ok())
         .and_then(|mut m| m.remove(APERTURE_CAP))
         .unwrap_or_default();
-    Ok(Caller { login, kind: CallerKind::User, node: None, tags: Vec::new(), groups: Vec::new(), caps })
+    Ok(Caller {
+        login,
+        kind: CallerKind::User,
+        node: None,
+        tags: Vec::new(),
+        groups: Vec::new(),
+        caps,
+    })
 }
 
 /// Decodes an RFC 2047 Q-encoded word (`=?utf-8?q?...?=`), as tailscale serve sends
@@ -316,7 +363,9 @@ fn decode_rfc2047(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'=', Some(b)) => {
                 out.push(b);
@@ -376,33 +425,70 @@ mod tests {
             serde_json::json!({"Node": {"StableID": "n1"}, "UserProfile": {"LoginName": "tagged-devices"}}),
             serde_json::json!({"Node": {"StableID": "n1"}}),
         ] {
-            assert!(matches!(caller_from_whois(whois_json(v)), Err(IdentityError::Unknown(_))));
+            assert!(matches!(
+                caller_from_whois(whois_json(v)),
+                Err(IdentityError::Unknown(_))
+            ));
         }
     }
 
     #[tokio::test]
     async fn loopback_mode_admits_only_loopback() {
-        let id = Identifier::new(&IdentityConfig { mode: IdentityMode::Loopback, ..Default::default() });
+        let id = Identifier::new(&IdentityConfig {
+            mode: IdentityMode::Loopback,
+            ..Default::default()
+        });
         let h = HeaderMap::new();
         for ok in ["127.0.0.1:5", "[::1]:5", "[::ffff:127.0.0.1]:5"] {
-            assert_eq!(id.identify(ok.parse().expect("addr"), &h).await.expect("ok").login, LOOPBACK);
+            assert_eq!(
+                id.identify(ok.parse().expect("addr"), &h)
+                    .await
+                    .expect("ok")
+                    .login,
+                LOOPBACK
+            );
         }
         for bad in ["100.64.0.1:5", "10.0.0.1:5", "[fd7a::1]:5"] {
-            assert!(matches!(id.identify(bad.parse().expect("addr"), &h).await, Err(IdentityError::Unknown(_))));
+            assert!(matches!(
+                id.identify(bad.parse().expect("addr"), &h).await,
+                Err(IdentityError::Unknown(_))
+            ));
         }
     }
 
     #[tokio::test]
     async fn serve_headers_trusted_only_from_loopback() {
-        let id = Identifier::new(&IdentityConfig { mode: IdentityMode::ServeHeaders, ..Default::default() });
+        let id = Identifier::new(&IdentityConfig {
+            mode: IdentityMode::ServeHeaders,
+            ..Default::default()
+        });
         let mut h = HeaderMap::new();
-        h.insert(SERVE_LOGIN, "=?utf-8?q?j=C3=BCrgen@example.com?=".parse().expect("hv"));
-        h.insert(SERVE_CAPS, r#"{"tailscale.com/cap/aperture":[{"role":"user"}]}"#.parse().expect("hv"));
-        let c = id.identify("127.0.0.1:9".parse().expect("addr"), &h).await.expect("identified");
+        h.insert(
+            SERVE_LOGIN,
+            "=?utf-8?q?j=C3=BCrgen@example.com?=".parse().expect("hv"),
+        );
+        h.insert(
+            SERVE_CAPS,
+            r#"{"tailscale.com/cap/aperture":[{"role":"user"}]}"#
+                .parse()
+                .expect("hv"),
+        );
+        let c = id
+            .identify("127.0.0.1:9".parse().expect("addr"), &h)
+            .await
+            .expect("identified");
         assert_eq!(c.login, "jürgen@example.com");
         assert_eq!(c.caps.len(), 1);
-        assert!(id.identify("100.64.1.1:9".parse().expect("addr"), &h).await.is_err());
-        assert!(id.identify("127.0.0.1:9".parse().expect("addr"), &HeaderMap::new()).await.is_err());
+        assert!(
+            id.identify("100.64.1.1:9".parse().expect("addr"), &h)
+                .await
+                .is_err()
+        );
+        assert!(
+            id.identify("127.0.0.1:9".parse().expect("addr"), &HeaderMap::new())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -414,8 +500,13 @@ mod tests {
             cache_ttl_secs: 10,
         });
         for peer in ["127.0.0.1:1", "100.64.0.1:1"] {
-            let err = id.identify(peer.parse().expect("addr"), &HeaderMap::new()).await;
-            assert!(matches!(err, Err(IdentityError::Unavailable(_))), "{peer}: {err:?}");
+            let err = id
+                .identify(peer.parse().expect("addr"), &HeaderMap::new())
+                .await;
+            assert!(
+                matches!(err, Err(IdentityError::Unavailable(_))),
+                "{peer}: {err:?}"
+            );
         }
     }
 

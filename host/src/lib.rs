@@ -21,7 +21,7 @@
 //! - [`oauth`]: token endpoint calls (client credentials so far).
 //! - [`egress`]: the one outbound HTTP client; the SSRF rules (checked after DNS, on
 //!   every dial), no redirects, timeouts.
-//! - [`proxy`]: `/v1/connectors/<id>/<path>`.
+//! - [`proxy`]: the `/v1/connectors/<id>/<path>` handler.
 //! - [`telemetry`]: request logs (header names only) and Prometheus metrics.
 //! - [`error`]: the stable JSON error body every handler returns.
 //! - [`app`]: wiring: snapshot building and atomic reload, the router, the server.

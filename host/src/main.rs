@@ -13,7 +13,11 @@ use portcullis::{config, telemetry, vault};
 const DEFAULT_DATA_DIR: &str = "portcullis-data";
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Connector gateway for AI agents on a tailnet")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Connector gateway for AI agents on a tailnet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,16 +62,29 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { file, strict } => validate(&file, strict),
         Command::RotateKey { config, data_dir } => rotate_key(config, &data_dir),
-        Command::Serve { config, listen, data_dir, registry } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            registry,
+        } => {
             telemetry::init_logging();
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("portcullis: cannot start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(app::serve(Options { config, listen, data_dir, registry })) {
+            match runtime.block_on(app::serve(Options {
+                config,
+                listen,
+                data_dir,
+                registry,
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e:#}");
@@ -98,12 +115,19 @@ fn validate(file: &PathBuf, strict: bool) -> ExitCode {
         file.display(),
         if failed { "" } else { " — ok" }
     );
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn rotate_key(config_path: Option<PathBuf>, data_dir: &std::path::Path) -> ExitCode {
     let key_file = match app::read_config(config_path.as_deref()).map(|t| config::load(&t)) {
-        Ok((Some(c), _)) => c.vault.key_file.unwrap_or_else(|| data_dir.join(vault::KEY_FILE)),
+        Ok((Some(c), _)) => c
+            .vault
+            .key_file
+            .unwrap_or_else(|| data_dir.join(vault::KEY_FILE)),
         Ok((None, diags)) => {
             eprint!("portcullis: the config has errors:\n{diags}");
             return ExitCode::FAILURE;
@@ -125,7 +149,11 @@ fn rotate_key(config_path: Option<PathBuf>, data_dir: &std::path::Path) -> ExitC
                     );
                     println!("{}", k.as_str());
                 }
-                None => eprintln!("Re-sealed {} record(s) under a new key in {}.", r.records, key_file.display()),
+                None => eprintln!(
+                    "Re-sealed {} record(s) under a new key in {}.",
+                    r.records,
+                    key_file.display()
+                ),
             }
             ExitCode::SUCCESS
         }

@@ -27,7 +27,11 @@ pub enum TokenError {
     #[error("the token endpoint {url} is unreachable: {detail}")]
     Unreachable { url: String, detail: String },
     #[error("the token endpoint {url} refused the request: {error}{description}")]
-    Refused { url: String, error: String, description: String },
+    Refused {
+        url: String,
+        error: String,
+        description: String,
+    },
     #[error("the token endpoint {url} sent an unreadable answer ({detail})")]
     BadResponse { url: String, detail: String },
 }
@@ -40,7 +44,9 @@ pub struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("expires_in", &self.expires_in).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,7 +70,10 @@ enum Transport {
     Body(String),
 }
 
-async fn send(egress: &Egress, req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, Transport> {
+async fn send(
+    egress: &Egress,
+    req: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, Transport> {
     let req = reqwest::Request::try_from(req).map_err(|e| Transport::Body(e.to_string()))?;
     let resp = egress.send(req).await?;
     let status = resp.status();
@@ -94,7 +103,9 @@ struct Http<'a>(&'a Egress);
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Http<'_> {
     type Error = Transport;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, Transport>> + Send + 'c>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, Transport>> + Send + 'c>,
+    >;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(send(self.0, request))
@@ -123,10 +134,12 @@ pub async fn client_credentials(
         .exchange_client_credentials()
         .add_scopes(scopes.iter().cloned().map(Scope::new))
         .request_async(&http);
-    let result = tokio::time::timeout(TOKEN_TIMEOUT, request).await.map_err(|_| TokenError::Unreachable {
-        url: url.clone(),
-        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
-    })?;
+    let result = tokio::time::timeout(TOKEN_TIMEOUT, request)
+        .await
+        .map_err(|_| TokenError::Unreachable {
+            url: url.clone(),
+            detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
+        })?;
     match result {
         Ok(resp) => Ok(Token {
             access_token: zeroize::Zeroizing::new(resp.access_token().secret().clone()),
@@ -138,23 +151,40 @@ pub async fn client_credentials(
 
 fn token_error(
     url: &str,
-    e: oauth2::RequestTokenError<Transport, oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>>,
+    e: oauth2::RequestTokenError<
+        Transport,
+        oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>,
+    >,
 ) -> TokenError {
     use oauth2::RequestTokenError as E;
     let url = url.to_owned();
     match e {
-        E::Request(Transport::Redirect(to)) => {
-            TokenError::Redirect { url, to: if to.is_empty() { String::new() } else { format!(" to {to}") } }
-        }
-        E::Request(Transport::Egress(err)) => TokenError::Unreachable { url, detail: err.to_string() },
+        E::Request(Transport::Redirect(to)) => TokenError::Redirect {
+            url,
+            to: if to.is_empty() {
+                String::new()
+            } else {
+                format!(" to {to}")
+            },
+        },
+        E::Request(Transport::Egress(err)) => TokenError::Unreachable {
+            url,
+            detail: err.to_string(),
+        },
         E::Request(Transport::Body(detail)) => TokenError::BadResponse { url, detail },
         E::ServerResponse(r) => TokenError::Refused {
             url,
             error: r.error().to_string(),
-            description: r.error_description().map(|d| format!(" ({d})")).unwrap_or_default(),
+            description: r
+                .error_description()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default(),
         },
         // The body may hold a token: report only what was wrong with it.
-        E::Parse(err, _body) => TokenError::BadResponse { url, detail: err.path().to_string() + ": " + &err.inner().to_string() },
+        E::Parse(err, _body) => TokenError::BadResponse {
+            url,
+            detail: err.path().to_string() + ": " + &err.inner().to_string(),
+        },
         E::Other(detail) => TokenError::BadResponse { url, detail },
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
-use crate::config::{Capability, Config, Diagnostics, Grant, JsonPath, Role, APERTURE_CAP};
+use crate::config::{APERTURE_CAP, Capability, Config, Diagnostics, Grant, JsonPath, Role};
 use crate::identity::{Caller, CallerKind};
 
 /// Categories a pattern may name.
@@ -47,7 +47,8 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
     }
     if segs.len() >= 2 {
         let cat = segs[1];
-        let is_glob = cat.contains('*') || cat.contains('?') || cat.contains('[') || cat.contains('{');
+        let is_glob =
+            cat.contains('*') || cat.contains('?') || cat.contains('[') || cat.contains('{');
         if !is_glob && !CATEGORIES.contains(&cat) {
             return Err(PatternError(format!(
                 "\"{p}\" names unknown category \"{cat}\"; use one of {}",
@@ -55,7 +56,7 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
             )));
         }
         // Only proxy paths have more structure; tools, resources and templates are one name.
-        let deep_ok = cat == "proxy" || segs.iter().any(|s| *s == "**");
+        let deep_ok = cat == "proxy" || segs.contains(&"**");
         if segs.len() > 3 && !deep_ok {
             return Err(PatternError(format!(
                 "\"{p}\" has too many segments; patterns are connectorID/category/resource"
@@ -95,14 +96,24 @@ impl Policy {
     /// Compiles the config's grants, reporting malformed patterns, patterns naming no
     /// connector and a config nobody can administer as warnings.
     pub fn compile(config: &Config, diags: &mut Diagnostics) -> Self {
-        let mut labels: HashMap<String, Vec<String>> =
-            config.connectors.values().map(|c| (c.id.clone(), c.labels.clone())).collect();
+        let mut labels: HashMap<String, Vec<String>> = config
+            .connectors
+            .values()
+            .map(|c| (c.id.clone(), c.labels.clone()))
+            .collect();
         for (id, ls) in BUILTIN_CONNECTORS {
-            labels.insert((*id).to_owned(), ls.iter().map(|s| (*s).to_owned()).collect());
+            labels.insert(
+                (*id).to_owned(),
+                ls.iter().map(|s| (*s).to_owned()).collect(),
+            );
         }
         let mut grants = Vec::with_capacity(config.grants.len());
         for (i, g) in config.grants.iter().enumerate() {
-            let at = JsonPath::root().key("grants").index(i).key("app").key(APERTURE_CAP);
+            let at = JsonPath::root()
+                .key("grants")
+                .index(i)
+                .key("app")
+                .key(APERTURE_CAP);
             grants.push(compile_grant(g, &at, &labels, diags));
         }
         if !grants.iter().any(|g| g.role == Some(Role::Admin)) {
@@ -111,13 +122,25 @@ impl Policy {
                 "no grant assigns role \"admin\"; nobody will be able to manage this instance",
             );
         }
-        Self { grants, labels: Arc::new(labels) }
+        Self {
+            grants,
+            labels: Arc::new(labels),
+        }
     }
 
     /// Everything `caller` may do.
     pub fn access(&self, caller: &Caller) -> Access {
-        let mut access = Access { role: None, read_metrics: false, rules: Vec::new(), labels: self.labels.clone() };
-        for g in self.grants.iter().filter(|g| g.src.iter().any(|s| src_matches(s, caller))) {
+        let mut access = Access {
+            role: None,
+            read_metrics: false,
+            rules: Vec::new(),
+            labels: self.labels.clone(),
+        };
+        for g in self
+            .grants
+            .iter()
+            .filter(|g| g.src.iter().any(|s| src_matches(s, caller)))
+        {
             access.role = access.role.max(g.role);
             access.read_metrics |= g.read_metrics;
             access.rules.extend(g.rules.iter().cloned());
@@ -145,7 +168,12 @@ fn compile_grant(
     labels: &HashMap<String, Vec<String>>,
     diags: &mut Diagnostics,
 ) -> CompiledGrant {
-    let mut out = CompiledGrant { src: g.src.clone(), role: None, read_metrics: false, rules: Vec::new() };
+    let mut out = CompiledGrant {
+        src: g.src.clone(),
+        role: None,
+        read_metrics: false,
+        rules: Vec::new(),
+    };
     for (j, cap) in g.caps.iter().enumerate() {
         out.role = out.role.max(cap.role);
         out.read_metrics |= cap.read_metrics;
@@ -155,12 +183,15 @@ fn compile_grant(
                 Ok(rule) => {
                     if let Rule::Label(l) = &rule {
                         if !labels.values().any(|ls| ls.contains(l)) {
-                            diags.warn(&here, format!("pattern \"{p}\": no connector carries label \"{l}\""));
+                            diags.warn(
+                                &here,
+                                format!("pattern \"{p}\": no connector carries label \"{l}\""),
+                            );
                         }
-                    } else if let Some(id) = named_connector(&p) {
-                        if !labels.contains_key(id) {
-                            diags.warn(&here, format!("pattern \"{p}\" references connector \"{id}\", which is not declared"));
-                        }
+                    } else if let Some(id) = named_connector(&p)
+                        && !labels.contains_key(id)
+                    {
+                        diags.warn(&here, format!("pattern \"{p}\" references connector \"{id}\", which is not declared"));
                     }
                     out.rules.push(rule);
                 }
@@ -177,7 +208,11 @@ fn compile_grant(
 /// (`local/search` → `local/tools/search`).
 fn patterns_of(cap: &Capability) -> Vec<String> {
     let mut out = cap.connectors.clone();
-    for (legacy, cat) in [(&cap.mcp_tools, "tools"), (&cap.mcp_resources, "resources"), (&cap.mcp_templates, "templates")] {
+    for (legacy, cat) in [
+        (&cap.mcp_tools, "tools"),
+        (&cap.mcp_resources, "resources"),
+        (&cap.mcp_templates, "templates"),
+    ] {
         if let Some(p) = legacy {
             out.push(match p.split_once('/') {
                 Some((server, item)) => format!("{server}/{cat}/{item}"),
@@ -195,11 +230,15 @@ fn src_matches(src: &str, caller: &Caller) -> bool {
         "(loopback)" => caller.kind == CallerKind::Loopback,
         s if s.starts_with("tag:") => {
             // A single tag, or the exact sorted, comma-joined tag string.
-            caller.kind == CallerKind::Tagged && (caller.tags.iter().any(|t| t == s) || caller.login == s)
+            caller.kind == CallerKind::Tagged
+                && (caller.tags.iter().any(|t| t == s) || caller.login == s)
         }
         s if s.starts_with("group:") => caller.groups.iter().any(|g| g == s),
         // A login name, or a SCIM group named by email.
-        s => caller.kind == CallerKind::User && (caller.login == s || caller.groups.iter().any(|g| g == s)),
+        s => {
+            caller.kind == CallerKind::User
+                && (caller.login == s || caller.groups.iter().any(|g| g == s))
+        }
     }
 }
 
@@ -230,7 +269,11 @@ impl Access {
     /// leading slash.
     pub fn allows(&self, connector: &str, category: &str, resource: &str) -> bool {
         let whole = format!("{connector}/{category}");
-        let full = if resource.is_empty() { whole.clone() } else { format!("{whole}/{resource}") };
+        let full = if resource.is_empty() {
+            whole.clone()
+        } else {
+            format!("{whole}/{resource}")
+        };
         self.rules.iter().any(|r| match r {
             Rule::Glob(g) => g.is_match(&full) || g.is_match(&whole),
             Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
@@ -282,7 +325,14 @@ mod tests {
     fn tagged(tags: &[&str]) -> Caller {
         let mut t: Vec<String> = tags.iter().map(|s| (*s).to_owned()).collect();
         t.sort();
-        Caller { login: t.join(","), kind: CallerKind::Tagged, node: None, tags: t, groups: vec![], caps: vec![] }
+        Caller {
+            login: t.join(","),
+            kind: CallerKind::Tagged,
+            node: None,
+            tags: t,
+            groups: vec![],
+            caps: vec![],
+        }
     }
 
     const CONNECTORS: &str = r#""connectors": {"servers": {
@@ -317,7 +367,9 @@ mod tests {
     #[test]
     fn pattern_shapes() {
         let grant = |pats: &str| {
-            format!(r#"{{{CONNECTORS}, "grants": [{{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": {pats}}}]}}}}]}}"#)
+            format!(
+                r#"{{{CONNECTORS}, "grants": [{{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": {pats}}}]}}}}]}}"#
+            )
         };
         let u = user("a@example.com", &[]);
         let (p, _) = policy(&grant(r#"["github/proxy"]"#));
@@ -355,10 +407,21 @@ mod tests {
         );
         let (p, d) = policy(&text);
         let w: Vec<String> = d.warnings().map(ToString::to_string).collect();
-        for needle in ["unknown category \"tool\"", "too many segments", "connector \"nope\"", "needs a label", "label \"missing\"", "empty segment"] {
+        for needle in [
+            "unknown category \"tool\"",
+            "too many segments",
+            "connector \"nope\"",
+            "needs a label",
+            "label \"missing\"",
+            "empty segment",
+        ] {
             assert!(w.iter().any(|x| x.contains(needle)), "{needle}: {w:?}");
         }
-        assert!(w.iter().all(|x| x.contains("grants[0].app") || x.contains("role")), "{w:?}");
+        assert!(
+            w.iter()
+                .all(|x| x.contains("grants[0].app") || x.contains("role")),
+            "{w:?}"
+        );
         assert!(p.access(&user("a@x", &[])).allows("github", "proxy", "y"));
     }
 
@@ -376,13 +439,25 @@ mod tests {
         let (p, _) = policy(&text);
         assert!(p.access(&user("alice@example.com", &[])).is_admin());
         assert!(!p.access(&user("mallory@example.com", &[])).is_admin());
-        assert!(p.access(&user("bob@example.com", &["group:eng"])).allows("jira", "proxy", "x"));
-        assert!(p.access(&tagged(&["tag:ci", "tag:x"])).allows("github", "proxy", "x"));
+        assert!(
+            p.access(&user("bob@example.com", &["group:eng"]))
+                .allows("jira", "proxy", "x")
+        );
+        assert!(
+            p.access(&tagged(&["tag:ci", "tag:x"]))
+                .allows("github", "proxy", "x")
+        );
         let ap = p.access(&tagged(&["tag:prod", "tag:api"]));
         assert!(ap.allows("local", "tools", "t"));
-        assert!(!p.access(&tagged(&["tag:api"])).allows("local", "tools", "t"));
+        assert!(
+            !p.access(&tagged(&["tag:api"]))
+                .allows("local", "tools", "t")
+        );
         // A user whose login looks like a tag string is not that tag.
-        assert!(!p.access(&user("tag:ci", &[])).allows("github", "proxy", "x"));
+        assert!(
+            !p.access(&user("tag:ci", &[]))
+                .allows("github", "proxy", "x")
+        );
         let lb = p.access(&Caller::loopback());
         assert!(lb.may_read_metrics() && !lb.is_admin());
     }

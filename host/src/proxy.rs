@@ -10,10 +10,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::Frame;
@@ -33,14 +33,25 @@ pub const MAX_RESPONSE_BYTES: u64 = 50 * 1024 * 1024;
 
 /// Methods that pass. TRACE (it reflects headers, injected credentials included) and
 /// CONNECT (tunnels) never do.
-const ALLOWED: &[Method] =
-    &[Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+const ALLOWED: &[Method] = &[
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// Which connector a response belongs to, for the request log and metrics.
 #[derive(Debug, Clone)]
 pub struct ConnectorTag(pub String);
 
-pub async fn handle(State(app): State<Arc<App>>, Extension(caller): Extension<Arc<Caller>>, req: Request) -> Response {
+pub async fn handle(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    req: Request,
+) -> Response {
     let (id, result) = proxy(&app, &caller, req).await;
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     if let Some(id) = id {
@@ -49,7 +60,11 @@ pub async fn handle(State(app): State<Arc<App>>, Extension(caller): Extension<Ar
     resp
 }
 
-async fn proxy(app: &App, caller: &Caller, req: Request) -> (Option<String>, Result<Response, ApiError>) {
+async fn proxy(
+    app: &App,
+    caller: &Caller,
+    req: Request,
+) -> (Option<String>, Result<Response, ApiError>) {
     let snapshot = app.snapshot();
     let raw_path = req.uri().path().to_owned();
     let rest = raw_path.strip_prefix(PREFIX).unwrap_or_default();
@@ -63,7 +78,18 @@ async fn proxy(app: &App, caller: &Caller, req: Request) -> (Option<String>, Res
         );
     };
     let tag = Some(connector.id.clone());
-    (tag, forward(app, &snapshot.policy.access(caller), caller, &connector, path, req).await)
+    (
+        tag,
+        forward(
+            app,
+            &snapshot.policy.access(caller),
+            caller,
+            &connector,
+            path,
+            req,
+        )
+        .await,
+    )
 }
 
 async fn forward(
@@ -85,8 +111,10 @@ async fn forward(
             ),
         )
         .into_response();
-        resp.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
         return Ok(resp);
     }
     let path = normalize_path(path)?;
@@ -120,14 +148,24 @@ async fn forward(
 
     let has_body = parts.headers.contains_key(http::header::CONTENT_LENGTH)
         || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let mut upstream = app.egress.request(parts.method.clone(), url).headers(headers);
+    let mut upstream = app
+        .egress
+        .request(parts.method.clone(), url)
+        .headers(headers);
     if has_body {
         upstream = upstream.body(reqwest::Body::wrap_stream(body.into_data_stream()));
     }
-    let upstream = upstream
-        .build()
-        .map_err(|e| ApiError::bad_request(format!("cannot forward this request: {}", crate::egress::root_cause(&e))))?;
-    let resp = app.egress.send(upstream).await.map_err(|e| egress_error(id, &e))?;
+    let upstream = upstream.build().map_err(|e| {
+        ApiError::bad_request(format!(
+            "cannot forward this request: {}",
+            crate::egress::root_cause(&e)
+        ))
+    })?;
+    let resp = app
+        .egress
+        .send(upstream)
+        .await
+        .map_err(|e| egress_error(id, &e))?;
 
     if resp.status() == StatusCode::UNAUTHORIZED {
         connector.credential.rejected(sent_auth.as_ref());
@@ -140,7 +178,9 @@ async fn forward(
 fn relay(id: &str, head: bool, resp: reqwest::Response) -> Response {
     let status = resp.status();
     let mut headers = response_headers(resp.headers());
-    let too_long = resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES);
+    let too_long = resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES);
     if too_long {
         // The body will be cut, so the length would be a lie.
         headers.remove(http::header::CONTENT_LENGTH);
@@ -162,14 +202,18 @@ fn relay(id: &str, head: bool, resp: reqwest::Response) -> Response {
 /// (`%2F`) stay encoded, as some APIs need them in a segment.
 pub fn normalize_path(path: &str) -> Result<String, ApiError> {
     let bad = |why: &str| {
-        ApiError::bad_request(format!("the request path is not allowed ({why}); send a plain path below the connector's base URL"))
+        ApiError::bad_request(format!(
+            "the request path is not allowed ({why}); send a plain path below the connector's base URL"
+        ))
     };
     let trailing = path.ends_with('/');
     let mut segs = Vec::new();
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         let mut decoded = seg.to_owned();
         for _ in 0..3 {
-            let next = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
+            let next = percent_encoding::percent_decode_str(&decoded)
+                .decode_utf8_lossy()
+                .into_owned();
             if next == decoded {
                 break;
             }
@@ -178,7 +222,10 @@ pub fn normalize_path(path: &str) -> Result<String, ApiError> {
         if decoded.contains('\0') {
             return Err(bad("NUL byte"));
         }
-        if decoded.split(['/', '\\']).any(|part| part == "." || part == "..") {
+        if decoded
+            .split(['/', '\\'])
+            .any(|part| part == "." || part == "..")
+        {
             return Err(bad("path traversal"));
         }
         segs.push(seg);
@@ -231,7 +278,10 @@ pub fn request_headers(incoming: &HeaderMap) -> HeaderMap {
         let n = name.as_str();
         let strip = HOP_BY_HOP.contains(&n)
             || named.contains(name)
-            || matches!(n, "authorization" | "cookie" | "host" | "forwarded" | "expect")
+            || matches!(
+                n,
+                "authorization" | "cookie" | "host" | "forwarded" | "expect"
+            )
             || n.starts_with("proxy-")
             || n.starts_with("tailscale-")
             || n.starts_with("x-forwarded-");
@@ -266,23 +316,31 @@ fn egress_error(id: &str, e: &EgressError) -> ApiError {
         ),
         EgressError::Connect(_) => ApiError::bad_gateway(
             "upstream_unreachable",
-            format!("connector \"{id}\": {e}; check the connector's url and that the upstream is running"),
+            format!(
+                "connector \"{id}\": {e}; check the connector's url and that the upstream is running"
+            ),
         ),
         EgressError::Timeout(_) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
             format!("connector \"{id}\": {e}; the upstream did not answer in time"),
         ),
-        EgressError::Other { .. } => ApiError::bad_gateway("upstream_error", format!("connector \"{id}\": {e}")),
+        EgressError::Other { .. } => {
+            ApiError::bad_gateway("upstream_error", format!("connector \"{id}\": {e}"))
+        }
     }
 }
 
 fn credential_error(e: &CredentialError) -> ApiError {
     match e {
-        CredentialError::Token { .. } => ApiError::bad_gateway("credential_unavailable", e.to_string()),
-        CredentialError::PerUserUnsupported(_) => {
-            ApiError::new(StatusCode::NOT_IMPLEMENTED, "per_user_oauth_unsupported", e.to_string())
+        CredentialError::Token { .. } => {
+            ApiError::bad_gateway("credential_unavailable", e.to_string())
         }
+        CredentialError::PerUserUnsupported(_) => ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "per_user_oauth_unsupported",
+            e.to_string(),
+        ),
     }
 }
 
@@ -298,7 +356,12 @@ struct Capped {
 
 impl Capped {
     fn new(inner: reqwest::Body, connector: &str) -> Self {
-        Self { inner, left: MAX_RESPONSE_BYTES, connector: connector.to_owned(), done: false }
+        Self {
+            inner,
+            left: MAX_RESPONSE_BYTES,
+            connector: connector.to_owned(),
+            done: false,
+        }
     }
 
     fn truncated(&mut self) {
@@ -311,7 +374,10 @@ impl http_body::Body for Capped {
     type Data = Bytes;
     type Error = reqwest::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -374,13 +440,27 @@ mod tests {
         assert_eq!(normalize_path("repos/a/").expect("ok"), "repos/a/");
         assert_eq!(normalize_path("").expect("ok"), "");
         assert_eq!(normalize_path("/").expect("ok"), "");
-        assert_eq!(normalize_path("projects/group%2Fproj").expect("ok"), "projects/group%2Fproj");
+        assert_eq!(
+            normalize_path("projects/group%2Fproj").expect("ok"),
+            "projects/group%2Fproj"
+        );
         assert_eq!(normalize_path("a/..b/c..").expect("ok"), "a/..b/c..");
     }
 
     #[test]
     fn traversal_is_refused_in_every_spelling() {
-        for p in ["..", "a/../b", "a/./b", "%2e%2e/x", "%2E%2e", "%252e%252e/x", "a%2F..%2Fb", "a%5C..%5Cb", "..%5Cx", "a%00b"] {
+        for p in [
+            "..",
+            "a/../b",
+            "a/./b",
+            "%2e%2e/x",
+            "%2E%2e",
+            "%252e%252e/x",
+            "a%2F..%2Fb",
+            "a%5C..%5Cb",
+            "..%5Cx",
+            "a%00b",
+        ] {
             assert!(normalize_path(p).is_err(), "{p} should be refused");
         }
     }
@@ -388,9 +468,15 @@ mod tests {
     #[test]
     fn join_keeps_one_slash_and_the_query() {
         let b = url::Url::parse("https://api.example.com/v1/").expect("url");
-        assert_eq!(join(&b, "pulls", Some("state=open&per_page=5")).as_str(), "https://api.example.com/v1/pulls?state=open&per_page=5");
+        assert_eq!(
+            join(&b, "pulls", Some("state=open&per_page=5")).as_str(),
+            "https://api.example.com/v1/pulls?state=open&per_page=5"
+        );
         let b = url::Url::parse("https://api.example.com").expect("url");
-        assert_eq!(join(&b, "user", None).as_str(), "https://api.example.com/user");
+        assert_eq!(
+            join(&b, "user", None).as_str(),
+            "https://api.example.com/user"
+        );
         assert_eq!(join(&b, "", None).as_str(), "https://api.example.com/");
     }
 
@@ -423,7 +509,13 @@ mod tests {
     #[test]
     fn response_header_stripping() {
         let mut h = HeaderMap::new();
-        for (k, v) in [("set-cookie", "s=1"), ("connection", "close"), ("transfer-encoding", "chunked"), ("content-type", "application/json"), ("location", "https://x")] {
+        for (k, v) in [
+            ("set-cookie", "s=1"),
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("location", "https://x"),
+        ] {
             h.append(k, HeaderValue::from_static(v));
         }
         let out = response_headers(&h);

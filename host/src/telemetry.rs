@@ -42,26 +42,60 @@ pub struct Metrics {
 
 fn latency_histogram() -> Histogram {
     // 50 µs … ~100 s.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.5, 16))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.5, 16,
+    ))
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let token_requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register("requests", "Requests handled, by route, connector and status", requests.clone());
-        registry.register("request_duration_seconds", "Time to response headers, by route", duration.clone());
-        registry.register("config_reloads", "Config reload attempts, by outcome", config_reloads.clone());
-        registry.register("token_requests", "Client-credentials token requests, by outcome", token_requests.clone());
-        Arc::new(Self { registry, requests, duration, config_reloads, token_requests })
+        registry.register(
+            "requests",
+            "Requests handled, by route, connector and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to response headers, by route",
+            duration.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reload attempts, by outcome",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "token_requests",
+            "Client-credentials token requests, by outcome",
+            token_requests.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            duration,
+            config_reloads,
+            token_requests,
+        })
     }
 
     pub fn observe(&self, route: &'static str, connector: &str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { route, connector: connector.to_owned(), status }).inc();
-        self.duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                connector: connector.to_owned(),
+                status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
@@ -79,6 +113,13 @@ pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }

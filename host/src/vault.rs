@@ -59,7 +59,10 @@ impl Table {
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     #[error("cannot use master key file {path}: {source}")]
-    KeyFile { path: PathBuf, source: std::io::Error },
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "master key file {path} is readable by others (mode {mode:o}); run `chmod 600 {path}` and start again"
     )]
@@ -110,17 +113,19 @@ impl MasterKey {
     /// Parses base64 (standard, padded or not) or 64 hex digits.
     pub fn parse(text: &str) -> Result<Self, VaultError> {
         let t = text.trim();
-        let bytes = Zeroizing::new(if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            (0..32)
-                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|e| VaultError::BadKey(e.to_string()))?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
-                .map_err(|e| VaultError::BadKey(e.to_string()))?
-        });
+        let bytes = Zeroizing::new(
+            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|e| VaultError::BadKey(e.to_string()))?
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
+                    .map_err(|e| VaultError::BadKey(e.to_string()))?
+            },
+        );
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -135,17 +140,23 @@ impl MasterKey {
     /// The key from `PORTCULLIS_MASTER_KEY`, else from `key_file` (created, 0600, on first
     /// start). A key file others can read is refused.
     pub fn load(key_file: &Path) -> Result<(Self, KeySource), VaultError> {
-        if let Ok(v) = std::env::var(MASTER_KEY_ENV) {
-            if !v.trim().is_empty() {
-                return Ok((Self::parse(&v)?, KeySource::Env));
-            }
+        if let Ok(v) = std::env::var(MASTER_KEY_ENV)
+            && !v.trim().is_empty()
+        {
+            return Ok((Self::parse(&v)?, KeySource::Env));
         }
-        let io = |source| VaultError::KeyFile { path: key_file.to_owned(), source };
+        let io = |source| VaultError::KeyFile {
+            path: key_file.to_owned(),
+            source,
+        };
         match fs::metadata(key_file) {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
-                    return Err(VaultError::KeyPermissions { path: key_file.to_owned(), mode });
+                    return Err(VaultError::KeyPermissions {
+                        path: key_file.to_owned(),
+                        mode,
+                    });
                 }
                 let text = Zeroizing::new(fs::read_to_string(key_file).map_err(io)?);
                 Ok((Self::parse(&text)?, KeySource::File(key_file.to_owned())))
@@ -166,7 +177,11 @@ fn write_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(key.encode().as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
@@ -203,7 +218,13 @@ impl Sealer {
         #[allow(clippy::expect_used)] // Encryption only fails for absurd (> 64 GiB) inputs.
         let ct = self
             .0
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad(table, key) })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad(table, key),
+                },
+            )
             .expect("AES-GCM encryption");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(VERSION);
@@ -212,14 +233,28 @@ impl Sealer {
         out
     }
 
-    fn open(&self, table: Table, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        let corrupt = || VaultError::Corrupt { table: table.name(), key: key.to_owned() };
+    fn open(
+        &self,
+        table: Table,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let corrupt = || VaultError::Corrupt {
+            table: table.name(),
+            key: key.to_owned(),
+        };
         if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != VERSION {
             return Err(corrupt());
         }
         let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN].try_into().map_err(|_| corrupt())?;
         self.0
-            .decrypt(&Nonce::from(nonce), Payload { msg: &sealed[1 + NONCE_LEN..], aad: &aad(table, key) })
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad: &aad(table, key),
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| corrupt())
     }
@@ -234,20 +269,27 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl Vault {
     /// Opens (or creates) the vault in `data_dir` and proves `key` is the right one.
     pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, VaultError> {
-        fs::create_dir_all(data_dir).map_err(|e| VaultError::Store(format!("{}: {e}", data_dir.display())))?;
+        fs::create_dir_all(data_dir)
+            .map_err(|e| VaultError::Store(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let db = redb::Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => VaultError::Locked { path: path.clone() },
             other => store(other),
         })?;
-        let vault = Self { db, sealer: Sealer::new(key), path };
+        let vault = Self {
+            db,
+            sealer: Sealer::new(key),
+            path,
+        };
         vault.ensure_tables()?;
         vault.check_key()?;
         Ok(vault)
@@ -269,7 +311,9 @@ impl Vault {
         match self.get_raw(Table::Meta, "key_check")? {
             Some(sealed) => match self.sealer.open(Table::Meta, "key_check", &sealed) {
                 Ok(p) if p.as_slice() == KEY_CHECK => Ok(()),
-                _ => Err(VaultError::WrongKey { path: self.path.clone() }),
+                _ => Err(VaultError::WrongKey {
+                    path: self.path.clone(),
+                }),
             },
             None => self.put(Table::Meta, "key_check", KEY_CHECK),
         }
@@ -337,7 +381,8 @@ impl Vault {
             }
             for (k, sealed) in records {
                 let plain = self.sealer.open(table, &k, &sealed)?;
-                t.insert(k.as_str(), next.seal(table, &k, &plain).as_slice()).map_err(store)?;
+                t.insert(k.as_str(), next.seal(table, &k, &plain).as_slice())
+                    .map_err(store)?;
                 n += 1;
             }
         }
@@ -368,15 +413,27 @@ pub fn rotate(data_dir: &Path, key_file: &Path) -> Result<Rotation, VaultError> 
     match source {
         KeySource::Env => {
             let records = vault.reseal_all(&new)?;
-            Ok(Rotation { records, new_env_key: Some(new.encode()) })
+            Ok(Rotation {
+                records,
+                new_env_key: Some(new.encode()),
+            })
         }
         KeySource::File(path) => {
             let next = next_key_path(&path);
             let _ = fs::remove_file(&next);
-            write_key_file(&next, &new).map_err(|source| VaultError::KeyFile { path: next.clone(), source })?;
+            write_key_file(&next, &new).map_err(|source| VaultError::KeyFile {
+                path: next.clone(),
+                source,
+            })?;
             let records = vault.reseal_all(&new)?;
-            fs::rename(&next, &path).map_err(|source| VaultError::KeyFile { path: path.clone(), source })?;
-            Ok(Rotation { records, new_env_key: None })
+            fs::rename(&next, &path).map_err(|source| VaultError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Rotation {
+                records,
+                new_env_key: None,
+            })
         }
     }
 }
@@ -395,14 +452,20 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
         return Ok(());
     }
     let text = Zeroizing::new(
-        fs::read_to_string(&next).map_err(|source| VaultError::KeyFile { path: next.clone(), source })?,
+        fs::read_to_string(&next).map_err(|source| VaultError::KeyFile {
+            path: next.clone(),
+            source,
+        })?,
     );
     let opens = match MasterKey::parse(&text) {
         Ok(k) => Vault::open(data_dir, &k).is_ok(),
         Err(_) => false,
     };
     if opens {
-        fs::rename(&next, key_file).map_err(|source| VaultError::KeyFile { path: key_file.to_owned(), source })?;
+        fs::rename(&next, key_file).map_err(|source| VaultError::KeyFile {
+            path: key_file.to_owned(),
+            source,
+        })?;
         tracing::warn!(path = %key_file.display(), "completed an interrupted key rotation");
     } else {
         let _ = fs::remove_file(&next);
@@ -424,18 +487,31 @@ mod tests {
     #[test]
     fn round_trip_and_no_plaintext_on_disk() {
         let (dir, v, _) = vault();
-        v.put(Table::Secrets, "github", b"ghp_supersecretvalue123").expect("put");
-        assert_eq!(v.get(Table::Secrets, "github").expect("get").expect("some").as_slice(), b"ghp_supersecretvalue123");
+        v.put(Table::Secrets, "github", b"ghp_supersecretvalue123")
+            .expect("put");
+        assert_eq!(
+            v.get(Table::Secrets, "github")
+                .expect("get")
+                .expect("some")
+                .as_slice(),
+            b"ghp_supersecretvalue123"
+        );
         drop(v);
         let raw = fs::read(dir.path().join(DB_FILE)).expect("read db");
-        assert!(!raw.windows(b"ghp_supersecretvalue123".len()).any(|w| w == b"ghp_supersecretvalue123"));
+        assert!(
+            !raw.windows(b"ghp_supersecretvalue123".len())
+                .any(|w| w == b"ghp_supersecretvalue123")
+        );
     }
 
     #[test]
     fn fresh_nonce_per_write() {
         let (_d, v, key) = vault();
         let s = Sealer::new(&key);
-        assert_ne!(s.seal(Table::Secrets, "k", b"x"), s.seal(Table::Secrets, "k", b"x"));
+        assert_ne!(
+            s.seal(Table::Secrets, "k", b"x"),
+            s.seal(Table::Secrets, "k", b"x")
+        );
         drop(v);
     }
 
@@ -452,8 +528,14 @@ mod tests {
             t2.insert("a", sealed.as_slice()).expect("insert");
         }
         tx.commit().expect("commit");
-        assert!(matches!(v.get(Table::Secrets, "b"), Err(VaultError::Corrupt { .. })));
-        assert!(matches!(v.get(Table::ClientTokens, "a"), Err(VaultError::Corrupt { .. })));
+        assert!(matches!(
+            v.get(Table::Secrets, "b"),
+            Err(VaultError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            v.get(Table::ClientTokens, "a"),
+            Err(VaultError::Corrupt { .. })
+        ));
         assert!(v.get(Table::Secrets, "a").expect("a opens").is_some());
     }
 
@@ -471,19 +553,31 @@ mod tests {
         let kf = dir.path().join("sub").join(KEY_FILE);
         let (k1, src) = MasterKey::load(&kf).expect("created");
         assert_eq!(src, KeySource::File(kf.clone()));
-        assert_eq!(fs::metadata(&kf).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&kf).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
         let (k2, _) = MasterKey::load(&kf).expect("reloaded");
         assert_eq!(k1.0.as_ref(), k2.0.as_ref());
         fs::set_permissions(&kf, fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(matches!(MasterKey::load(&kf), Err(VaultError::KeyPermissions { .. })));
+        assert!(matches!(
+            MasterKey::load(&kf),
+            Err(VaultError::KeyPermissions { .. })
+        ));
     }
 
     #[test]
     fn key_parsing() {
         let k = MasterKey::generate();
-        assert_eq!(MasterKey::parse(&k.encode()).expect("b64").0.as_ref(), k.0.as_ref());
+        assert_eq!(
+            MasterKey::parse(&k.encode()).expect("b64").0.as_ref(),
+            k.0.as_ref()
+        );
         let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(MasterKey::parse(&hex).expect("hex").0.as_ref(), k.0.as_ref());
+        assert_eq!(
+            MasterKey::parse(&hex).expect("hex").0.as_ref(),
+            k.0.as_ref()
+        );
         assert!(MasterKey::parse("c2hvcnQ=").is_err());
         assert!(MasterKey::parse("not base64!").is_err());
     }
@@ -505,9 +599,18 @@ mod tests {
         let (new, _) = MasterKey::load(&kf).expect("new key");
         assert_ne!(new.0.as_ref(), old.0.as_ref());
         let v = Vault::open(dir.path(), &new).expect("opens with new key");
-        assert_eq!(v.get(Table::ClientTokens, "c").expect("get").expect("some").as_slice(), b"two");
+        assert_eq!(
+            v.get(Table::ClientTokens, "c")
+                .expect("get")
+                .expect("some")
+                .as_slice(),
+            b"two"
+        );
         drop(v);
-        assert!(matches!(Vault::open(dir.path(), &old), Err(VaultError::WrongKey { .. })));
+        assert!(matches!(
+            Vault::open(dir.path(), &old),
+            Err(VaultError::WrongKey { .. })
+        ));
     }
 
     #[test]
@@ -529,7 +632,10 @@ mod tests {
         write_key_file(&next_key_path(&kf), &MasterKey::generate()).expect("write next");
         recover_interrupted_rotation(dir.path(), &kf).expect("recover");
         assert!(!next_key_path(&kf).exists());
-        assert_eq!(MasterKey::load(&kf).expect("load").0.0.as_ref(), new.0.as_ref());
+        assert_eq!(
+            MasterKey::load(&kf).expect("load").0.0.as_ref(),
+            new.0.as_ref()
+        );
     }
 
     #[test]

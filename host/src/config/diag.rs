@@ -52,8 +52,17 @@ impl Diagnostics {
         self.push(Severity::Error, path, message);
     }
 
-    pub fn push(&mut self, severity: Severity, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Diagnostic { severity, path: path.into(), message: message.into() });
+    pub fn push(
+        &mut self,
+        severity: Severity,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.0.push(Diagnostic {
+            severity,
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     pub fn has_errors(&self) -> bool {
@@ -102,7 +111,9 @@ impl JsonPath {
     /// Appends an object key. Keys that are not plain identifiers are quoted.
     pub fn key(&self, key: &str) -> Self {
         let plain = !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         let mut s = self.0.clone();
         if plain {
             if !s.is_empty() {
@@ -126,9 +137,9 @@ impl JsonPath {
             Path::Root => self.clone(),
             Path::Seq { parent, index } => self.join_serde(parent).index(*index),
             Path::Map { parent, key } => self.join_serde(parent).key(key),
-            Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-                self.join_serde(parent)
-            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => self.join_serde(parent),
         }
     }
 
@@ -178,7 +189,9 @@ mod tests {
     fn paths_render_dotted_with_indices_and_quoted_odd_keys() {
         let p = JsonPath::root().key("grants").index(0).key("src");
         assert_eq!(p.as_str(), "grants[0].src");
-        let q = JsonPath::root().key("app").key("tailscale.com/cap/aperture");
+        let q = JsonPath::root()
+            .key("app")
+            .key("tailscale.com/cap/aperture");
         assert_eq!(q.as_str(), "app[\"tailscale.com/cap/aperture\"]");
     }
 

@@ -55,7 +55,11 @@ pub fn load(text: &str) -> (Option<Config>, Diagnostics) {
         }
     };
     let config = build(&root, &mut diags);
-    if diags.has_errors() { (None, diags) } else { (config, diags) }
+    if diags.has_errors() {
+        (None, diags)
+    } else {
+        (config, diags)
+    }
 }
 
 /// HuJSON: JSON plus comments and trailing commas, and nothing else (no JSON5 extras).
@@ -88,12 +92,21 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
     for key in obj.keys() {
         let known = matches!(
             key.as_str(),
-            "listen" | "identity" | "vault" | "registry" | "egress" | "connectors" | "grants" | "flags"
+            "listen"
+                | "identity"
+                | "vault"
+                | "registry"
+                | "egress"
+                | "connectors"
+                | "grants"
+                | "flags"
         );
         if APERTURE_ONLY_SECTIONS.contains(&key.as_str()) {
             diags.warn(
                 top.key(key),
-                format!("section \"{key}\" configures Aperture's LLM gateway; Portcullis ignores it"),
+                format!(
+                    "section \"{key}\" configures Aperture's LLM gateway; Portcullis ignores it"
+                ),
             );
         } else if !known {
             diags.warn(top.key(key), format!("unknown config key \"{key}\""));
@@ -105,7 +118,10 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
         Some(v) => match v.as_str().map(str::parse::<SocketAddr>) {
             Some(Ok(addr)) => Some(addr),
             _ => {
-                diags.error(top.key("listen"), "expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:8080\"");
+                diags.error(
+                    top.key("listen"),
+                    "expected \"ADDRESS:PORT\", e.g. \"127.0.0.1:8080\"",
+                );
                 None
             }
         },
@@ -115,13 +131,13 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
     let registry: Option<RegistryConfig> = section(obj, "registry", diags);
     let egress: Option<EgressConfig> = section(obj, "egress", diags);
     let flags: Option<BTreeMap<String, Flag>> = section(obj, "flags", diags);
-    if let Some(e) = &egress {
-        if e.allow_loopback {
-            diags.warn(
-                top.key("egress").key("allow_loopback"),
-                "loopback upstreams are allowed: a development and test switch, never for production",
-            );
-        }
+    if let Some(e) = &egress
+        && e.allow_loopback
+    {
+        diags.warn(
+            top.key("egress").key("allow_loopback"),
+            "loopback upstreams are allowed: a development and test switch, never for production",
+        );
     }
     let allow_loopback = egress.as_ref().is_some_and(|e| e.allow_loopback);
     let connectors = connectors(obj.get("connectors"), allow_loopback, diags);
@@ -180,9 +196,13 @@ fn section<T: DeserializeOwned + Default>(
 ) -> Option<T> {
     match obj.get(name) {
         None | Some(Value::Null) => Some(T::default()),
-        Some(v) => decode(v, &JsonPath::root().key(name), Severity::Warning, diags, |k| {
-            format!("unknown config key \"{k}\" in \"{name}\"")
-        }),
+        Some(v) => decode(
+            v,
+            &JsonPath::root().key(name),
+            Severity::Warning,
+            diags,
+            |k| format!("unknown config key \"{k}\" in \"{name}\""),
+        ),
     }
 }
 
@@ -207,11 +227,19 @@ fn connectors(
         return None;
     };
     for key in obj.keys().filter(|k| *k != "servers") {
-        diags.warn(at.key(key), format!("unknown config key \"{key}\" in \"connectors\""));
+        diags.warn(
+            at.key(key),
+            format!("unknown config key \"{key}\" in \"connectors\""),
+        );
     }
-    let Some(servers) = obj.get("servers") else { return Some(out) };
+    let Some(servers) = obj.get("servers") else {
+        return Some(out);
+    };
     let Some(servers) = servers.as_object() else {
-        diags.error(at.key("servers"), "expected a map of connector ID to server");
+        diags.error(
+            at.key("servers"),
+            "expected a map of connector ID to server",
+        );
         return None;
     };
     let mut ok = true;
@@ -246,7 +274,10 @@ fn connector(
         ok = false;
     }
     if RESERVED_IDS.contains(&id) {
-        diags.error(at, format!("connector ID \"{id}\" is reserved; choose another"));
+        diags.error(
+            at,
+            format!("connector ID \"{id}\" is reserved; choose another"),
+        );
         ok = false;
     }
     let server: RawServer = decode(raw, at, Severity::Warning, diags, |k| {
@@ -255,11 +286,16 @@ fn connector(
 
     let url = match &server.url {
         None => {
-            diags.warn(at.key("url"), format!("connector \"{id}\" has no url; requests to it will fail"));
+            diags.warn(
+                at.key("url"),
+                format!("connector \"{id}\" has no url; requests to it will fail"),
+            );
             None
         }
         Some(u) => match url::Url::parse(u) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() =>
+            {
                 if let Some(reason) = crate::egress::unsafe_url_reason(&parsed, allow_loopback) {
                     diags.warn(
                         at.key("url"),
@@ -280,7 +316,10 @@ fn connector(
                 Some(parsed)
             }
             Ok(_) => {
-                diags.error(at.key("url"), format!("\"{u}\" is not an http:// or https:// URL"));
+                diags.error(
+                    at.key("url"),
+                    format!("\"{u}\" is not an http:// or https:// URL"),
+                );
                 ok = false;
                 None
             }
@@ -292,11 +331,14 @@ fn connector(
         },
     };
 
-    if let Some(ctx) = &server.context {
-        if !(ctx.is_string() || ctx.is_object()) {
-            diags.error(at.key("context"), "context must be a string or a JSON object");
-            ok = false;
-        }
+    if let Some(ctx) = &server.context
+        && !(ctx.is_string() || ctx.is_object())
+    {
+        diags.error(
+            at.key("context"),
+            "context must be a string or a JSON object",
+        );
+        ok = false;
     }
     for (i, label) in server.labels.iter().enumerate() {
         if label.is_empty() {
@@ -316,7 +358,10 @@ fn connector(
         Some(v) => auth(id, v, &at.key("auth"), diags),
     };
     if let (Some(Auth::AuthorizationCode(a)), Some(_)) = (&auth, &url) {
-        for (field, u) in [("authorization_url", &a.authorization_url), ("token_url", &a.token_url)] {
+        for (field, u) in [
+            ("authorization_url", &a.authorization_url),
+            ("token_url", &a.token_url),
+        ] {
             check_endpoint_url(u, &at.key("auth").key(field), diags);
         }
     }
@@ -357,13 +402,19 @@ fn check_endpoint_url(u: &str, at: &JsonPath, diags: &mut Diagnostics) {
 /// error that names the field, the connector and the fields that type takes.
 fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<Auth> {
     let Some(obj) = v.as_object() else {
-        diags.error(at, format!("auth of connector \"{id}\" must be an object with a \"type\""));
+        diags.error(
+            at,
+            format!("auth of connector \"{id}\" must be an object with a \"type\""),
+        );
         return None;
     };
     let Some(ty) = obj.get("type").and_then(Value::as_str) else {
         diags.error(
             at.key("type"),
-            format!("auth of connector \"{id}\" needs a \"type\": one of {}", AUTH_TYPES.join(", ")),
+            format!(
+                "auth of connector \"{id}\" needs a \"type\": one of {}",
+                AUTH_TYPES.join(", ")
+            ),
         );
         return None;
     };
@@ -416,8 +467,12 @@ fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<A
         return None;
     }
     if let Some(Auth::ApiKey(k)) = &auth {
-        if k.location == KeyLocation::Header && http::HeaderName::try_from(k.name.as_str()).is_err() {
-            diags.error(at.key("name"), format!("\"{}\" is not a valid HTTP header name", k.name));
+        if k.location == KeyLocation::Header && http::HeaderName::try_from(k.name.as_str()).is_err()
+        {
+            diags.error(
+                at.key("name"),
+                format!("\"{}\" is not a valid HTTP header name", k.name),
+            );
             return None;
         }
         if k.name.is_empty() {
@@ -430,7 +485,9 @@ fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<A
 
 fn grants(value: Option<&Value>, diags: &mut Diagnostics) -> Option<Vec<Grant>> {
     let at = JsonPath::root().key("grants");
-    let Some(value) = value else { return Some(Vec::new()) };
+    let Some(value) = value else {
+        return Some(Vec::new());
+    };
     let Some(list) = value.as_array() else {
         diags.error(&at, "grants must be a list");
         return None;
@@ -459,7 +516,9 @@ fn grants(value: Option<&Value>, diags: &mut Diagnostics) -> Option<Vec<Grant>> 
                 diags.error(here.key("src"), "a grant needs \"src\": who it applies to");
                 None
             }
-            Some(v) => decode(v, &here.key("src"), Severity::Warning, diags, |k| format!("unknown key {k}")),
+            Some(v) => decode(v, &here.key("src"), Severity::Warning, diags, |k| {
+                format!("unknown key {k}")
+            }),
         };
         if src.as_ref().is_some_and(Vec::is_empty) {
             diags.warn(here.key("src"), "empty \"src\": this grant matches nobody");
@@ -467,7 +526,10 @@ fn grants(value: Option<&Value>, diags: &mut Diagnostics) -> Option<Vec<Grant>> 
         let mut caps = Vec::new();
         if let Some(app) = obj.get("app") {
             let Some(app) = app.as_object() else {
-                diags.error(here.key("app"), "\"app\" must map capability names to lists");
+                diags.error(
+                    here.key("app"),
+                    "\"app\" must map capability names to lists",
+                );
                 ok = false;
                 continue;
             };
@@ -482,9 +544,13 @@ fn grants(value: Option<&Value>, diags: &mut Diagnostics) -> Option<Vec<Grant>> 
                     Some(items) => {
                         for (j, item) in items.iter().enumerate() {
                             let item_at = cap_at.index(j);
-                            if let Some(c) = decode::<Capability>(item, &item_at, Severity::Warning, diags, |k| {
-                                format!("unknown capability field \"{k}\"; it is ignored")
-                            }) {
+                            if let Some(c) = decode::<Capability>(
+                                item,
+                                &item_at,
+                                Severity::Warning,
+                                diags,
+                                |k| format!("unknown capability field \"{k}\"; it is ignored"),
+                            ) {
                                 deprecations(&c, &item_at, diags);
                                 caps.push(c);
                             } else {

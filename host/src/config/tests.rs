@@ -17,14 +17,32 @@ macro_rules! seed {
 #[test]
 fn every_seed_example_loads_verbatim() {
     for (name, text) in [
-        ("001-mcp-bearer-snowflake", seed!("001-mcp-bearer-snowflake")),
-        ("001-mcp-client-credentials-analytics", seed!("001-mcp-client-credentials-analytics")),
+        (
+            "001-mcp-bearer-snowflake",
+            seed!("001-mcp-bearer-snowflake"),
+        ),
+        (
+            "001-mcp-client-credentials-analytics",
+            seed!("001-mcp-client-credentials-analytics"),
+        ),
         ("002-http-bearer-github", seed!("002-http-bearer-github")),
-        ("002-http-api-key-weather", seed!("002-http-api-key-weather")),
+        (
+            "002-http-api-key-weather",
+            seed!("002-http-api-key-weather"),
+        ),
         ("002-http-basic-jira", seed!("002-http-basic-jira")),
-        ("002-http-client-credentials-analytics", seed!("002-http-client-credentials-analytics")),
-        ("002-http-github-description-context", seed!("002-http-github-description-context")),
-        ("002-grants-github-aperture", seed!("002-grants-github-aperture")),
+        (
+            "002-http-client-credentials-analytics",
+            seed!("002-http-client-credentials-analytics"),
+        ),
+        (
+            "002-http-github-description-context",
+            seed!("002-http-github-description-context"),
+        ),
+        (
+            "002-grants-github-aperture",
+            seed!("002-grants-github-aperture"),
+        ),
     ] {
         let (config, diags) = load(text);
         assert!(config.is_some(), "{name} failed to load:\n{diags}");
@@ -36,7 +54,9 @@ fn every_seed_example_loads_verbatim() {
 fn seed_connectors_decode_to_the_documented_auth() {
     let (c, _) = load(seed!("002-http-api-key-weather"));
     let c = c.expect("loads");
-    let Auth::ApiKey(k) = &c.connectors["weather"].auth else { panic!("api_key") };
+    let Auth::ApiKey(k) = &c.connectors["weather"].auth else {
+        panic!("api_key")
+    };
     assert_eq!(k.name, "X-API-Key");
     assert_eq!(k.location, KeyLocation::Header);
     assert_eq!(k.secret, SecretRef::Inline("<your-api-key>".into()));
@@ -45,14 +65,20 @@ fn seed_connectors_decode_to_the_documented_auth() {
     let c = c.expect("loads");
     let a = &c.connectors["analytics"];
     assert_eq!(a.protocol, Protocol::Mcp);
-    let Auth::ClientCredentials(cc) = &a.auth else { panic!("client credentials") };
+    let Auth::ClientCredentials(cc) = &a.auth else {
+        panic!("client credentials")
+    };
     assert_eq!(cc.scopes, vec!["read:data".to_string()]);
     assert_eq!(a.provider, "Custom");
 
     let (c, _) = load(seed!("002-http-github-description-context"));
     let gh = &c.expect("loads").connectors["github"];
     assert_eq!(gh.description, "GitHub REST API (read-only)");
-    assert!(gh.context.as_ref().is_some_and(serde_json::Value::is_string));
+    assert!(
+        gh.context
+            .as_ref()
+            .is_some_and(serde_json::Value::is_string)
+    );
 }
 
 #[test]
@@ -85,21 +111,28 @@ fn typo_in_auth_is_an_error_naming_field_connector_and_path() {
     assert!(c.is_none());
     let errs = errors(&d);
     assert!(
-        errs.iter().any(|e| e.contains("connectors.servers.github.auth.secert")
-            && e.contains("unknown field \"secert\"")
-            && e.contains("connector \"github\"")),
+        errs.iter()
+            .any(|e| e.contains("connectors.servers.github.auth.secert")
+                && e.contains("unknown field \"secert\"")
+                && e.contains("connector \"github\"")),
         "{errs:?}"
     );
     // Every unknown field is reported, and the missing `secret` too.
     assert!(errs.iter().any(|e| e.contains("tokne")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("missing field `secret`")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("missing field `secret`")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn every_auth_type_rejects_unknown_fields() {
     for (ty, fields) in [
         ("bearer_token", r#""secret": "s""#),
-        ("api_key", r#""secret": "s", "name": "X-Key", "in": "header""#),
+        (
+            "api_key",
+            r#""secret": "s", "name": "X-Key", "in": "header""#,
+        ),
         ("basic", r#""username": "u", "password": "p""#),
         (
             "oauth2_client_credentials",
@@ -122,7 +155,12 @@ fn every_auth_type_rejects_unknown_fields() {
         let bad = good.replacen("\"type\"", "\"bogus\": 1, \"type\"", 1);
         let (c, d) = load(&bad);
         assert!(c.is_none(), "{ty} accepted an unknown field");
-        assert!(errors(&d).iter().any(|e| e.contains("connectors.servers.x.auth.bogus")), "{ty}: {d}");
+        assert!(
+            errors(&d)
+                .iter()
+                .any(|e| e.contains("connectors.servers.x.auth.bogus")),
+            "{ty}: {d}"
+        );
     }
 }
 
@@ -140,7 +178,9 @@ fn connector_id_rules() {
         ("internal", false),
         ("a234567890123456789012345678901234", false),
     ] {
-        let text = format!(r#"{{"connectors": {{"servers": {{"{id}": {{"protocol": "http", "url": "https://a.example"}}}}}}}}"#);
+        let text = format!(
+            r#"{{"connectors": {{"servers": {{"{id}": {{"protocol": "http", "url": "https://a.example"}}}}}}}}"#
+        );
         let (c, d) = load(&text);
         assert_eq!(c.is_some(), ok, "{id}: {d}");
     }
@@ -171,7 +211,10 @@ fn warnings_do_not_block_load_but_are_reported_with_paths() {
         "connectors.servers.meta.url",
         "connectors.servers.extra.colour",
     ] {
-        assert!(w.iter().any(|x| x.contains(needle)), "missing {needle} in {w:?}");
+        assert!(
+            w.iter().any(|x| x.contains(needle)),
+            "missing {needle} in {w:?}"
+        );
     }
 }
 
@@ -204,7 +247,10 @@ fn bad_values_are_errors_reported_together() {
         "connectors.servers.f.url",
         "grants[0].src",
     ] {
-        assert!(e.iter().any(|x| x.contains(needle)), "missing {needle} in {e:?}");
+        assert!(
+            e.iter().any(|x| x.contains(needle)),
+            "missing {needle} in {e:?}"
+        );
     }
 }
 
@@ -217,7 +263,9 @@ fn secrets_can_come_from_env_or_vault_and_never_print() {
     let (c, d) = load(text);
     let c = c.expect("loads");
     assert!(d.is_empty(), "{d}");
-    let Auth::BearerToken(a) = &c.connectors["a"].auth else { panic!() };
+    let Auth::BearerToken(a) = &c.connectors["a"].auth else {
+        panic!()
+    };
     assert_eq!(a.secret, SecretRef::Env("A_TOKEN".into()));
     assert!(!format!("{:?}", c.connectors["b"]).contains("hunter2"));
 
@@ -226,7 +274,10 @@ fn secrets_can_come_from_env_or_vault_and_never_print() {
             "auth": {"type": "bearer_token", "secret": {"env": "A", "vault": "B"}}}}}}"#,
     );
     assert!(c.is_none());
-    assert!(errors(&d)[0].contains("connectors.servers.a.auth.secret"), "{d}");
+    assert!(
+        errors(&d)[0].contains("connectors.servers.a.auth.secret"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -240,8 +291,15 @@ fn grant_capabilities_decode_and_legacy_fields_warn() {
     let (c, d) = load(text);
     let c = c.expect("loads");
     assert_eq!(c.grants[0].caps.len(), 3);
-    assert_eq!(c.grants[0].caps[1].connectors, vec!["github/**".to_string()]);
+    assert_eq!(
+        c.grants[0].caps[1].connectors,
+        vec!["github/**".to_string()]
+    );
     let w = warnings(&d);
     assert!(w.iter().any(|x| x.contains("grants[0].dst")), "{w:?}");
-    assert!(w.iter().any(|x| x.contains("mcp_tools") && x.contains("deprecated")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|x| x.contains("mcp_tools") && x.contains("deprecated")),
+        "{w:?}"
+    );
 }

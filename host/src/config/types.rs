@@ -88,7 +88,11 @@ pub struct EgressConfig {
 
 impl Default for EgressConfig {
     fn default() -> Self {
-        Self { allow_loopback: false, connect_timeout_secs: 10, read_timeout_secs: 300 }
+        Self {
+            allow_loopback: false,
+            connect_timeout_secs: 10,
+            read_timeout_secs: 300,
+        }
     }
 }
 
@@ -165,7 +169,10 @@ impl<'de> Deserialize<'de> for SecretRef {
                 Ok(SecretRef::Inline(v.to_owned()))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SecretRef, A::Error> {
                 use serde::de::Error;
                 let mut found: Option<SecretRef> = None;
                 while let Some(key) = map.next_key::<String>()? {
@@ -176,10 +183,14 @@ impl<'de> Deserialize<'de> for SecretRef {
                         other => return Err(A::Error::unknown_field(other, &["env", "vault"])),
                     };
                     if found.replace(r).is_some() {
-                        return Err(A::Error::custom("a secret reference names exactly one of \"env\" or \"vault\""));
+                        return Err(A::Error::custom(
+                            "a secret reference names exactly one of \"env\" or \"vault\"",
+                        ));
                     }
                 }
-                found.ok_or_else(|| A::Error::custom("a secret reference names one of \"env\" or \"vault\""))
+                found.ok_or_else(|| {
+                    A::Error::custom("a secret reference names one of \"env\" or \"vault\"")
+                })
             }
         }
         d.deserialize_any(V)
@@ -281,7 +292,9 @@ pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
         "bearer_token" => &["type", "secret"],
         "api_key" => &["type", "secret", "name", "in"],
         "basic" => &["type", "username", "password"],
-        "oauth2_client_credentials" => &["type", "client_id", "client_secret", "token_url", "scopes"],
+        "oauth2_client_credentials" => {
+            &["type", "client_id", "client_secret", "token_url", "scopes"]
+        }
         "oauth2_authorization_code" => &[
             "type",
             "client_id",

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every Portcullis test. Works on a fresh machine that has the Rust toolchain:
+# installs what the tests need (Node.js for the oidc-provider peer, its npm packages),
+# then checks formatting and lints, builds the host, and runs unit and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "scripts/test.sh: $*" >&2; exit 1; }
+
+command -v cargo >/dev/null || fail "cargo is not installed; install Rust with rustup (https://rustup.rs)"
+
+# Node.js >= 20.19 runs the oidc-provider test peer (a real OAuth 2.0 server).
+node_ok() {
+  command -v node >/dev/null && command -v npm >/dev/null &&
+    node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=19)?0:1)'
+}
+if ! node_ok; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing Node.js from Debian packages" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  node_ok || fail "Node.js >= 20.19 with npm is required for the OAuth test peer; install it (e.g. apt-get install nodejs npm)"
+fi
+
+echo "==> npm ci (test peers)"
+npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "==> cargo build (the binary the end-to-end tests start)"
+cargo build --quiet -p portcullis
+
+echo "==> cargo test"
+cargo test --workspace
