@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (tests run with the package directory as cwd).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The `portcullis` binary: `$PORTCULLIS_BIN`, else the one beside this test binary.
@@ -35,7 +38,11 @@ pub fn binary() -> PathBuf {
     }
     // target/<profile>/deps/e2e-<hash> → target/<profile>/portcullis
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("portcullis");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("portcullis");
     assert!(
         bin.exists(),
         "{} does not exist: build it first with `cargo build -p portcullis` (the README's test command does)",
@@ -76,7 +83,10 @@ impl Host {
         let config_path = dir.path().join("portcullis.hujson");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("stderr.log");
-        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .arg("--config")
@@ -111,11 +121,19 @@ impl Host {
         loop {
             if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
                 let addr = addr.parse().expect("listen addr");
-                return Ok(Host { child: Some(child), addr, dir, config_path, log_path });
+                return Ok(Host {
+                    child: Some(child),
+                    addr,
+                    dir,
+                    config_path,
+                    log_path,
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("portcullis exited with {status} before listening:\n{log}"));
+                return Err(format!(
+                    "portcullis exited with {status} before listening:\n{log}"
+                ));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -142,7 +160,11 @@ impl Host {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(ok.success(), "kill -{sig} failed");
     }
 
@@ -156,7 +178,10 @@ impl Host {
     /// SIGTERM and wait; returns the logs.
     pub fn stop(&mut self) -> String {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -212,8 +237,14 @@ pub fn client() -> reqwest::Client {
 pub async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();
     let body: serde_json::Value = resp.json().await.expect("JSON error body");
-    let code = body["error"]["code"].as_str().expect("error.code").to_owned();
-    let message = body["error"]["message"].as_str().expect("error.message").to_owned();
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("error.message")
+        .to_owned();
     (status, code, message)
 }
 

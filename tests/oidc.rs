@@ -49,7 +49,10 @@ impl Oidc {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("oidc-provider peer exited with {status}");
             }
-            assert!(Instant::now() < deadline, "oidc-provider peer did not start in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "oidc-provider peer did not start in 30 s"
+            );
         }
     }
 

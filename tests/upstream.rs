@@ -5,7 +5,10 @@
 //! - `/__cookie` → 200 with `Set-Cookie` and a `Connection`-named hop-by-hop header;
 //! - `/__big/<n>` → `n` bytes, streamed in 64 KiB chunks without a length;
 //! - `/__status/<code>` → that status;
-//! - `/__slow` → headers at once, then 3 chunks 100 ms apart.
+//! - `/__slow` → headers at once, then 3 chunks 100 ms apart;
+//! - `/__redirect_query` → 301 to `/moved/?<the request's query>` (as a trailing-slash
+//!   normaliser would);
+//! - `/__sized/<n>` → `n` bytes with a `Content-Length`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,14 +37,22 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let counters = Arc::new(Counters::default());
-        let app = axum::Router::new().fallback(handle).with_state(counters.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(counters.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Upstream { addr, counters, task }
+        Upstream {
+            addr,
+            counters,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -69,6 +80,22 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
             .body(Body::empty())
             .expect("response");
     }
+    if path == "/__redirect_query" {
+        let q = req.uri().query().unwrap_or_default();
+        return Response::builder()
+            .status(StatusCode::MOVED_PERMANENTLY)
+            .header("location", format!("/moved/?{q}"))
+            .header("content-location", format!("/moved/?{q}"))
+            .header("x-kept", "yes")
+            .body(Body::empty())
+            .expect("response");
+    }
+    if let Some(n) = path
+        .strip_prefix("/__sized/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return Response::new(Body::from(vec![b'z'; n]));
+    }
     if path == "/__redirected" {
         c.redirected_hits.fetch_add(1, Ordering::SeqCst);
     }
@@ -81,16 +108,24 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
             .body(Body::from("cookie"))
             .expect("response");
     }
-    if let Some(n) = path.strip_prefix("/__big/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/__big/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let full = n / chunk.len();
         let rest = n % chunk.len();
         let stream = futures_util::stream::iter((0..full).map(move |_| chunk.clone()))
-            .chain(futures_util::stream::iter(std::iter::once(Bytes::from(vec![b'x'; rest]))))
+            .chain(futures_util::stream::iter(std::iter::once(Bytes::from(
+                vec![b'x'; rest],
+            ))))
             .map(Ok::<_, std::io::Error>);
         return Response::new(Body::from_stream(stream));
     }
-    if let Some(code) = path.strip_prefix("/__status/").and_then(|n| n.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .strip_prefix("/__status/")
+        .and_then(|n| n.parse::<u16>().ok())
+    {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
         return (status, axum::Json(json!({"status": code}))).into_response();
     }
@@ -106,15 +141,25 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
 
 async fn echo(req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut headers = serde_json::Map::new();
     for (k, v) in &parts.headers {
-        let entry = headers.entry(k.as_str().to_owned()).or_insert_with(|| json!([]));
+        let entry = headers
+            .entry(k.as_str().to_owned())
+            .or_insert_with(|| json!([]));
         if let Some(list) = entry.as_array_mut() {
             list.push(json!(v.to_str().unwrap_or("<binary>")));
         }
     }
-    let body_text = if bytes.len() <= 4096 { String::from_utf8_lossy(&bytes).into_owned() } else { String::new() };
+    let body_text = if bytes.len() <= 4096 {
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        String::new()
+    };
     let mut resp = axum::Json(json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
@@ -124,6 +169,7 @@ async fn echo(req: Request) -> Response {
         "body": body_text,
     }))
     .into_response();
-    resp.headers_mut().insert("x-upstream", HeaderValue::from_static("echo"));
+    resp.headers_mut()
+        .insert("x-upstream", HeaderValue::from_static("echo"));
     resp
 }

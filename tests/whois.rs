@@ -33,11 +33,18 @@ impl Whois {
         let socket = dir.path().join("tailscaled.sock");
         let listener = tokio::net::UnixListener::bind(&socket).expect("bind unix socket");
         let peers = Arc::new(Mutex::new(Peers::default()));
-        let app = axum::Router::new().route("/localapi/v0/whois", get(whois)).with_state(peers.clone());
+        let app = axum::Router::new()
+            .route("/localapi/v0/whois", get(whois))
+            .with_state(peers.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Whois { socket, peers, _dir: dir, task }
+        Whois {
+            socket,
+            peers,
+            _dir: dir,
+            task,
+        }
     }
 
     /// Answers for `ip` with a user node.
@@ -66,7 +73,11 @@ impl Whois {
     }
 
     pub fn set(&self, ip: &str, answer: Value) {
-        self.peers.lock().expect("lock").by_ip.insert(ip.to_owned(), answer);
+        self.peers
+            .lock()
+            .expect("lock")
+            .by_ip
+            .insert(ip.to_owned(), answer);
     }
 
     pub fn lookups(&self) -> usize {
@@ -86,7 +97,8 @@ async fn whois(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     // tailscaled refuses LocalAPI requests for any other Host, or with Origin/Referer.
-    let host_ok = headers.get("host").and_then(|h| h.to_str().ok()) == Some("local-tailscaled.sock");
+    let host_ok =
+        headers.get("host").and_then(|h| h.to_str().ok()) == Some("local-tailscaled.sock");
     if !host_ok || headers.contains_key("origin") || headers.contains_key("referer") {
         return (StatusCode::FORBIDDEN, "invalid localapi request\n").into_response();
     }

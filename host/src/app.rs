@@ -213,7 +213,8 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     drop(key);
 
     let egress = Egress::new(&config.egress)?;
-    let tokens = TokenSlots::new(vault.clone());
+    let metrics = Metrics::new();
+    let tokens = TokenSlots::new(vault.clone(), metrics.clone());
     let snapshot = App::build_snapshot(&text, &vault, &tokens)?;
     log_diagnostics(&snapshot.diagnostics);
     if snapshot.config.egress.allow_loopback {
@@ -227,7 +228,7 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
         egress,
         vault,
         tokens,
-        metrics: Metrics::new(),
+        metrics,
         options: opts,
         reload_lock: tokio::sync::Mutex::new(()),
     });
@@ -363,6 +364,8 @@ async fn identify(
     match snapshot.identity.identify(peer, req.headers()).await {
         Ok(caller) => {
             let login = caller.login.clone();
+            // Handlers use this same snapshot, so a request sees one config throughout.
+            req.extensions_mut().insert(snapshot.clone());
             req.extensions_mut().insert(caller);
             let mut resp = next.run(req).await;
             resp.extensions_mut().insert(CallerTag(login));
@@ -446,9 +449,10 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn metrics(
     State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
     Extension(caller): Extension<Arc<Caller>>,
 ) -> Response {
-    if !app.snapshot().policy.access(&caller).may_read_metrics() {
+    if !snapshot.policy.access(&caller).may_read_metrics() {
         return ApiError::forbidden(format!(
             "{} may not read metrics; grant role \"admin\" or {{\"read_metrics\": true}}",
             caller.login
@@ -468,10 +472,10 @@ async fn metrics(
 /// Who the host thinks the caller is, and their role: the first thing to check when a
 /// grant does not seem to work.
 async fn whoami(
-    State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
     Extension(caller): Extension<Arc<Caller>>,
 ) -> Json<serde_json::Value> {
-    let access = app.snapshot().policy.access(&caller);
+    let access = snapshot.policy.access(&caller);
     Json(serde_json::json!({
         "login": caller.login,
         "kind": format!("{:?}", caller.kind).to_lowercase(),

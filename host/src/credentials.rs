@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::config::{self, Auth, KeyLocation, SecretRef};
 use crate::egress::Egress;
 use crate::oauth::{self, ClientAuth, TokenError};
+use crate::telemetry::{Metrics, OutcomeLabels};
 use crate::vault::{Table, Vault};
 
 /// Why a request could not be given its credential.
@@ -28,6 +29,8 @@ pub enum CredentialError {
         connector: String,
         source: TokenError,
     },
+    #[error("could not obtain an access token: {0}")]
+    Internal(String),
     #[error(
         "connector \"{0}\" uses per-user OAuth, which this Portcullis version does not support yet; \
          use a shared credential (bearer_token, api_key, basic, oauth2_client_credentials)"
@@ -191,12 +194,41 @@ impl Credential {
                 q.append_pair(name, value);
             }
             Self::ClientCredentials(cc) => {
-                let header = cc.header(egress).await?;
+                let header = ClientCredentials::header(cc, egress).await?;
                 headers.insert(http::header::AUTHORIZATION, header);
             }
             Self::PerUser => return Err(CredentialError::PerUserUnsupported(connector.to_owned())),
         }
         Ok(())
+    }
+
+    /// Removes response headers that would hand a query-string key to the caller (a
+    /// redirect's `Location` echoing the request URL, say). Header credentials never
+    /// travel in URLs, so only query keys need this.
+    pub fn scrub_response(&self, connector: &str, headers: &mut HeaderMap) {
+        let Self::Query { value, .. } = self else {
+            return;
+        };
+        let forms = [
+            value.as_str().to_owned(),
+            url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>(),
+            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        ];
+        let leaking: Vec<HeaderName> = headers
+            .iter()
+            .filter(|(_, v)| {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                forms
+                    .iter()
+                    .any(|f| !f.is_empty() && text.contains(f.as_str()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in leaking {
+            headers.remove(&name);
+            tracing::warn!(connector, header = %name, "removed a response header that contained the connector's API key");
+        }
     }
 
     /// The upstream rejected the credential (401): forget a cached token so the next
@@ -229,6 +261,8 @@ pub struct ClientCredentials {
 
 /// How long a token without `expires_in` is reused.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest a token is reused, whatever `expires_in` says (and a bound for time arithmetic).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// A failed token request is not repeated for this long: requests arriving meanwhile get
 /// the same error instead of queueing up to hammer a failing endpoint.
 const FAILURE_HOLD: Duration = Duration::from_secs(2);
@@ -240,10 +274,19 @@ fn refresh_margin(lifetime: Duration) -> Duration {
 }
 
 impl ClientCredentials {
-    async fn header(&self, egress: &Egress) -> Result<HeaderValue, CredentialError> {
-        if let Some(h) = self.slot.fresh() {
+    async fn header(this: &Arc<Self>, egress: &Egress) -> Result<HeaderValue, CredentialError> {
+        if let Some(h) = this.slot.fresh() {
             return Ok(h);
         }
+        // The token request runs in its own task: a caller that gives up must not cancel
+        // it for everyone else waiting on it.
+        let (this, egress) = (this.clone(), egress.clone());
+        tokio::spawn(async move { this.fetch(&egress).await })
+            .await
+            .unwrap_or_else(|e| Err(CredentialError::Internal(e.to_string())))
+    }
+
+    async fn fetch(&self, egress: &Egress) -> Result<HeaderValue, CredentialError> {
         // One token request at a time: later arrivals wait here, then find the new token.
         let mut fetch = self.slot.fetch.lock().await;
         if let Some(h) = self.slot.fresh() {
@@ -264,9 +307,18 @@ impl ClientCredentials {
             ClientAuth::Basic,
         )
         .await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.slot
+            .metrics
+            .token_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         match result {
             Ok(token) => {
-                let lifetime = token.expires_in.unwrap_or(DEFAULT_LIFETIME);
+                let lifetime = token
+                    .expires_in
+                    .unwrap_or(DEFAULT_LIFETIME)
+                    .min(MAX_LIFETIME);
                 let header = sensitive(&format!("Bearer {}", token.access_token.as_str()), "token")
                     .map_err(|_| CredentialError::Token {
                         connector: self.connector.clone(),
@@ -310,6 +362,7 @@ pub struct TokenSlot {
     current: RwLock<Option<(HeaderValue, Instant)>>,
     fetch: tokio::sync::Mutex<FetchState>,
     vault: Arc<Vault>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -398,13 +451,15 @@ impl TokenSlot {
 pub struct TokenSlots {
     slots: Mutex<HashMap<String, Arc<TokenSlot>>>,
     vault: Arc<Vault>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenSlots {
-    pub fn new(vault: Arc<Vault>) -> Self {
+    pub fn new(vault: Arc<Vault>, metrics: Arc<Metrics>) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             vault,
+            metrics,
         }
     }
 
@@ -423,6 +478,7 @@ impl TokenSlots {
             current: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             vault: self.vault.clone(),
+            metrics: self.metrics.clone(),
         });
         slot.restore();
         slots.insert(connector.to_owned(), slot.clone());

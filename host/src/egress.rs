@@ -50,7 +50,7 @@ pub fn refusal_reason(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> 
     match ip {
         IpAddr::V4(v4) => v4_reason(v4, allow_loopback),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return v4_reason(v4, allow_loopback);
             }
             if v6.is_loopback() {
@@ -72,6 +72,37 @@ pub fn refusal_reason(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> 
             None
         }
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, where the kernel or a translator would
+/// route it there: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, but not
+/// `::` or `::1`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let seg = v6.segments();
+    let low = Ipv4Addr::new(
+        (seg[6] >> 8) as u8,
+        seg[6] as u8,
+        (seg[7] >> 8) as u8,
+        seg[7] as u8,
+    );
+    if seg[..6] == [0; 6] && !(seg[6] == 0 && seg[7] <= 1) {
+        return Some(low);
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low);
+    }
+    if seg[0] == 0x2002 {
+        return Some(Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        ));
+    }
+    None
 }
 
 fn v4_reason(ip: Ipv4Addr, allow_loopback: bool) -> Option<&'static str> {
@@ -200,9 +231,10 @@ impl Egress {
         Ok(())
     }
 
-    /// Starts a request; send it with [`Egress::send`].
-    pub fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::RequestBuilder {
-        self.client.request(method, url)
+    /// A request to fill in and hand to [`Egress::send`]. (A plain `reqwest::Request`
+    /// rather than a builder: it cannot be sent except through `send`, which checks it.)
+    pub fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::Request {
+        reqwest::Request::new(method, url)
     }
 
     /// Sends a request after checking its URL. Redirect responses come back as they are.
@@ -271,6 +303,10 @@ mod tests {
             "::",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::7f00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
             "224.0.0.1",
             "255.255.255.255",
             "fd00:ec2::254",

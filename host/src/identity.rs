@@ -116,7 +116,12 @@ impl Identifier {
                     return Ok(hit);
                 }
                 let caller = Arc::new(self.whois(peer).await?);
-                self.remember(peer, caller.clone());
+                // Loopback peers are never cached: local processes and connections that
+                // tailscaled forwards share 127.0.0.1, and a reused port must not inherit
+                // someone else's identity.
+                if !is_loopback(peer.ip()) {
+                    self.remember(peer, caller.clone());
+                }
                 Ok(caller)
             }
         }

@@ -61,7 +61,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file, strict } => validate(&file, strict),
-        Command::RotateKey { config, data_dir } => rotate_key(config, &data_dir),
+        Command::RotateKey { config, data_dir } => {
+            telemetry::init_logging();
+            rotate_key(config, &data_dir)
+        }
         Command::Serve {
             config,
             listen,
@@ -141,9 +144,15 @@ fn rotate_key(config_path: Option<PathBuf>, data_dir: &std::path::Path) -> ExitC
         Ok(r) => {
             match r.new_env_key {
                 Some(k) => {
+                    let file = r
+                        .pending_key_file
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
                     eprintln!(
                         "Re-sealed {} record(s). The old key came from {}: set it to the new key below \
-                         before the next start, or the vault will not open.",
+                         (also saved, mode 0600, in {file}) before the next start, or the vault will not \
+                         open; then delete that file.",
                         r.records,
                         vault::MASTER_KEY_ENV
                     );

@@ -26,7 +26,9 @@ pub const BUILTIN_CONNECTORS: &[(&str, &[&str])] = &[("aperture", &["system"])];
 /// One compiled grant rule.
 #[derive(Debug, Clone)]
 enum Rule {
-    Glob(GlobMatcher),
+    /// A glob, and for a pattern ending in `/**` also its prefix, since `**` matches zero
+    /// segments too (`github/proxy/**` covers `github/proxy` itself).
+    Glob(GlobMatcher, Option<GlobMatcher>),
     Label(String),
 }
 
@@ -63,11 +65,18 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
             )));
         }
     }
-    let glob: Glob = GlobBuilder::new(p)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| PatternError(format!("\"{p}\" is not a valid pattern: {e}")))?;
-    Ok(Rule::Glob(glob.compile_matcher()))
+    let compile = |p: &str| -> Result<GlobMatcher, PatternError> {
+        let glob: Glob = GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| PatternError(format!("\"{p}\" is not a valid pattern: {e}")))?;
+        Ok(glob.compile_matcher())
+    };
+    let prefix = match p.strip_suffix("/**") {
+        Some(prefix) if !prefix.is_empty() => Some(compile(prefix)?),
+        _ => None,
+    };
+    Ok(Rule::Glob(compile(p)?, prefix))
 }
 
 /// The connector segment of a pattern, when it names one exactly.
@@ -275,7 +284,11 @@ impl Access {
             format!("{whole}/{resource}")
         };
         self.rules.iter().any(|r| match r {
-            Rule::Glob(g) => g.is_match(&full) || g.is_match(&whole),
+            Rule::Glob(g, prefix) => {
+                g.is_match(&full)
+                    || g.is_match(&whole)
+                    || prefix.as_ref().is_some_and(|p| p.is_match(&full))
+            }
             Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
         })
     }
@@ -284,7 +297,7 @@ impl Access {
     pub fn any_on(&self, connector: &str) -> bool {
         CATEGORIES.iter().any(|c| self.allows(connector, c, ""))
             || self.rules.iter().any(|r| match r {
-                Rule::Glob(g) => {
+                Rule::Glob(g, _) => {
                     // e.g. "github/proxy/repos/**" grants something on github.
                     let s = g.glob().glob();
                     named_connector(s) == Some(connector)
@@ -385,9 +398,14 @@ mod tests {
 
         let (p, _) = policy(&grant(r#"["github/proxy/repos/**"]"#));
         let a = p.access(&u);
+        assert!(a.allows("github", "proxy", "repos"));
         assert!(a.allows("github", "proxy", "repos/a/b"));
+        assert!(!a.allows("github", "proxy", "reposx"));
         assert!(!a.allows("github", "proxy", "user"));
         assert!(a.any_on("github"));
+
+        let (p, _) = policy(&grant(r#"["github/proxy/**"]"#));
+        assert!(p.access(&u).allows("github", "proxy", ""));
 
         let (p, _) = policy(&grant(r#"["label:dev"]"#));
         let a = p.access(&u);

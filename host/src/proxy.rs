@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::Frame;
 
-use crate::app::{App, Connector};
+use crate::app::{App, Connector, Snapshot};
 use crate::config::Protocol;
 use crate::credentials::CredentialError;
 use crate::egress::EgressError;
@@ -49,10 +49,11 @@ pub struct ConnectorTag(pub String);
 
 pub async fn handle(
     State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
     Extension(caller): Extension<Arc<Caller>>,
     req: Request,
 ) -> Response {
-    let (id, result) = proxy(&app, &caller, req).await;
+    let (id, result) = proxy(&app, &snapshot, &caller, req).await;
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     if let Some(id) = id {
         resp.extensions_mut().insert(ConnectorTag(id));
@@ -62,10 +63,10 @@ pub async fn handle(
 
 async fn proxy(
     app: &App,
+    snapshot: &Snapshot,
     caller: &Caller,
     req: Request,
 ) -> (Option<String>, Result<Response, ApiError>) {
-    let snapshot = app.snapshot();
     let raw_path = req.uri().path().to_owned();
     let rest = raw_path.strip_prefix(PREFIX).unwrap_or_default();
     let (id, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -118,7 +119,7 @@ async fn forward(
         return Ok(resp);
     }
     let path = normalize_path(path)?;
-    if !access.allows(id, "proxy", &path) {
+    if !access.allows(id, "proxy", &path.grant) {
         return Err(ApiError::forbidden(format!(
             "access denied: {} has no grant for \"{id}/proxy\"; ask an admin for a connectors grant such as \"{id}/proxy\" or \"{id}/**\"",
             caller.login
@@ -135,7 +136,7 @@ async fn forward(
             format!("connector \"{id}\" has no url; an admin must set connectors.servers.{id}.url"),
         ));
     };
-    let mut url = join(base, &path, req.uri().query());
+    let mut url = join(base, &path.forward, req.uri().query());
 
     let (parts, body) = req.into_parts();
     let mut headers = request_headers(&parts.headers);
@@ -146,21 +147,12 @@ async fn forward(
         .map_err(|e| credential_error(&e))?;
     let sent_auth = headers.get(http::header::AUTHORIZATION).cloned();
 
-    let has_body = parts.headers.contains_key(http::header::CONTENT_LENGTH)
-        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let mut upstream = app
-        .egress
-        .request(parts.method.clone(), url)
-        .headers(headers);
-    if has_body {
-        upstream = upstream.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    let mut upstream = app.egress.request(parts.method.clone(), url);
+    *upstream.headers_mut() = headers;
+    // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding.
+    if !http_body::Body::is_end_stream(&body) {
+        *upstream.body_mut() = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
     }
-    let upstream = upstream.build().map_err(|e| {
-        ApiError::bad_request(format!(
-            "cannot forward this request: {}",
-            crate::egress::root_cause(&e)
-        ))
-    })?;
     let resp = app
         .egress
         .send(upstream)
@@ -170,7 +162,9 @@ async fn forward(
     if resp.status() == StatusCode::UNAUTHORIZED {
         connector.credential.rejected(sent_auth.as_ref());
     }
-    Ok(relay(id, parts.method == Method::HEAD, resp))
+    let mut out = relay(id, parts.method == Method::HEAD, resp);
+    connector.credential.scrub_response(id, out.headers_mut());
+    Ok(out)
 }
 
 /// Builds the response for the caller: hop-by-hop and `Set-Cookie` headers removed, body
@@ -196,18 +190,36 @@ fn relay(id: &str, head: bool, resp: reqwest::Response) -> Response {
     out
 }
 
-/// Cleans the path after `/v1/connectors/<id>/`: empty segments collapse, a trailing
-/// slash is kept (APIs may distinguish it), and `.` or `..` segments, raw or
-/// percent-encoded (even twice), backslash tricks and NUL are refused. Encoded slashes
-/// (`%2F`) stay encoded, as some APIs need them in a segment.
-pub fn normalize_path(path: &str) -> Result<String, ApiError> {
+/// A request path, cleaned: what is forwarded, and what grants are checked against.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CleanPath {
+    /// Forwarded to the upstream: empty segments collapsed, the caller's trailing slash
+    /// kept (APIs may distinguish it), percent-encoding untouched (`%2F` inside a
+    /// segment stays encoded, as some APIs need).
+    pub forward: String,
+    /// Checked against `<id>/proxy/<path>` grants: every segment percent-decoded and
+    /// split again at any `/` or `\` that decoding produced, no trailing slash. A
+    /// segment that the upstream might read as two can therefore never slip past a
+    /// one-segment (`*`) grant.
+    pub grant: String,
+}
+
+/// Cleans the path after `/v1/connectors/<id>/`. Refused (400): `.` or `..` segments,
+/// raw or percent-encoded (up to three times), also with `;params` (`..;`, as servlet
+/// containers read it) or hidden behind an encoded separator; raw backslashes (URL
+/// parsers turn them into `/`); NUL.
+pub fn normalize_path(path: &str) -> Result<CleanPath, ApiError> {
     let bad = |why: &str| {
         ApiError::bad_request(format!(
             "the request path is not allowed ({why}); send a plain path below the connector's base URL"
         ))
     };
+    if path.contains('\\') {
+        return Err(bad("backslash"));
+    }
     let trailing = path.ends_with('/');
-    let mut segs = Vec::new();
+    let mut forward = Vec::new();
+    let mut grant: Vec<String> = Vec::new();
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         let mut decoded = seg.to_owned();
         for _ in 0..3 {
@@ -222,19 +234,25 @@ pub fn normalize_path(path: &str) -> Result<String, ApiError> {
         if decoded.contains('\0') {
             return Err(bad("NUL byte"));
         }
-        if decoded
-            .split(['/', '\\'])
-            .any(|part| part == "." || part == "..")
-        {
-            return Err(bad("path traversal"));
+        for part in decoded.split(['/', '\\']) {
+            let bare = part.split(';').next().unwrap_or_default();
+            if bare == "." || bare == ".." {
+                return Err(bad("path traversal"));
+            }
+            if !part.is_empty() {
+                grant.push(part.to_owned());
+            }
         }
-        segs.push(seg);
+        forward.push(seg);
     }
-    let mut out = segs.join("/");
-    if trailing && !out.is_empty() {
-        out.push('/');
+    let mut forward = forward.join("/");
+    if trailing && !forward.is_empty() {
+        forward.push('/');
     }
-    Ok(out)
+    Ok(CleanPath {
+        forward,
+        grant: grant.join("/"),
+    })
 }
 
 /// `base` + `/` + `path` (+ `?query`), with exactly one slash at the join.
@@ -336,6 +354,9 @@ fn credential_error(e: &CredentialError) -> ApiError {
         CredentialError::Token { .. } => {
             ApiError::bad_gateway("credential_unavailable", e.to_string())
         }
+        CredentialError::Internal(_) => {
+            ApiError::bad_gateway("credential_unavailable", e.to_string())
+        }
         CredentialError::PerUserUnsupported(_) => ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "per_user_oauth_unsupported",
@@ -433,18 +454,30 @@ impl http_body::Body for Capped {
 mod tests {
     use super::*;
 
+    fn clean(p: &str) -> (String, String) {
+        let c = normalize_path(p).expect("clean");
+        (c.forward, c.grant)
+    }
+
+    fn both(a: &str, b: &str) -> (String, String) {
+        (a.to_owned(), b.to_owned())
+    }
+
     #[test]
     fn paths_normalise() {
-        assert_eq!(normalize_path("user").expect("ok"), "user");
-        assert_eq!(normalize_path("repos//a///b").expect("ok"), "repos/a/b");
-        assert_eq!(normalize_path("repos/a/").expect("ok"), "repos/a/");
-        assert_eq!(normalize_path("").expect("ok"), "");
-        assert_eq!(normalize_path("/").expect("ok"), "");
+        assert_eq!(clean("user"), both("user", "user"));
+        assert_eq!(clean("repos//a///b"), both("repos/a/b", "repos/a/b"));
+        assert_eq!(clean("repos/a/"), both("repos/a/", "repos/a"));
+        assert_eq!(clean(""), both("", ""));
+        assert_eq!(clean("/"), both("", ""));
+        assert_eq!(clean("a/..b/c..;x"), both("a/..b/c..;x", "a/..b/c..;x"));
+        // Encoded separators are forwarded as sent but checked as the segments they could be.
         assert_eq!(
-            normalize_path("projects/group%2Fproj").expect("ok"),
-            "projects/group%2Fproj"
+            clean("projects/group%2Fproj"),
+            both("projects/group%2Fproj", "projects/group/proj")
         );
-        assert_eq!(normalize_path("a/..b/c..").expect("ok"), "a/..b/c..");
+        assert_eq!(clean("a%5Cb"), both("a%5Cb", "a/b"));
+        assert_eq!(clean("q/caf%C3%A9"), both("q/caf%C3%A9", "q/café"));
     }
 
     #[test]
@@ -460,6 +493,11 @@ mod tests {
             "a%5C..%5Cb",
             "..%5Cx",
             "a%00b",
+            "public/..;/admin",
+            "..;jsessionid=1/x",
+            "%2e%2e%3b/x",
+            "x\\y",
+            "x\\..\\y",
         ] {
             assert!(normalize_path(p).is_err(), "{p} should be refused");
         }

@@ -184,7 +184,16 @@ fn write_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(key.encode().as_bytes())?;
     f.write_all(b"\n")?;
-    f.sync_all()
+    f.sync_all()?;
+    sync_dir(path)
+}
+
+/// Makes a new or renamed directory entry durable (the file's own fsync does not).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)?.sync_all(),
+        _ => fs::File::open(".")?.sync_all(),
+    }
 }
 
 fn fill_random(buf: &mut [u8]) {
@@ -398,6 +407,8 @@ pub struct Rotation {
     pub records: usize,
     /// Set when the key came from the environment: the operator must install it.
     pub new_env_key: Option<Zeroizing<String>>,
+    /// The 0600 file that also holds that key, to delete once it is installed.
+    pub pending_key_file: Option<PathBuf>,
 }
 
 /// `portcullis rotate-key`: a new master key, every record re-sealed under it.
@@ -410,33 +421,44 @@ pub fn rotate(data_dir: &Path, key_file: &Path) -> Result<Rotation, VaultError> 
     let (old, source) = MasterKey::load(key_file)?;
     let mut vault = Vault::open(data_dir, &old)?;
     let new = MasterKey::generate();
+    let key_io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VaultError::KeyFile { path, source }
+    };
     match source {
         KeySource::Env => {
+            // The new key is on disk (0600) before any record is sealed with it, so a
+            // crash cannot leave the vault sealed under a key nobody has.
+            let pending = data_dir.join(ENV_ROTATION_KEY_FILE);
+            let _ = fs::remove_file(&pending);
+            write_key_file(&pending, &new).map_err(key_io(&pending))?;
             let records = vault.reseal_all(&new)?;
             Ok(Rotation {
                 records,
                 new_env_key: Some(new.encode()),
+                pending_key_file: Some(pending),
             })
         }
         KeySource::File(path) => {
             let next = next_key_path(&path);
             let _ = fs::remove_file(&next);
-            write_key_file(&next, &new).map_err(|source| VaultError::KeyFile {
-                path: next.clone(),
-                source,
-            })?;
+            write_key_file(&next, &new).map_err(key_io(&next))?;
             let records = vault.reseal_all(&new)?;
-            fs::rename(&next, &path).map_err(|source| VaultError::KeyFile {
-                path: path.clone(),
-                source,
-            })?;
+            fs::rename(&next, &path)
+                .and_then(|()| sync_dir(&path))
+                .map_err(key_io(&path))?;
             Ok(Rotation {
                 records,
                 new_env_key: None,
+                pending_key_file: None,
             })
         }
     }
 }
+
+/// Where `rotate-key` keeps the new key when the old one came from the environment,
+/// until the operator has installed it.
+pub const ENV_ROTATION_KEY_FILE: &str = "master.key.rotated";
 
 fn next_key_path(key_file: &Path) -> PathBuf {
     let mut s = key_file.as_os_str().to_owned();
@@ -445,7 +467,9 @@ fn next_key_path(key_file: &Path) -> PathBuf {
 }
 
 /// If a rotation stopped between re-sealing and renaming, the `.next` key is the one that
-/// opens the vault: install it. If it stopped before re-sealing, discard it.
+/// opens the vault: install it. If it stopped before re-sealing, the old key still opens
+/// the vault and the `.next` key is discarded. Anything else (the vault locked, an I/O
+/// error) stops here with both keys kept: guessing could destroy the only working key.
 pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<(), VaultError> {
     let next = next_key_path(key_file);
     if !next.exists() || !data_dir.join(DB_FILE).exists() {
@@ -457,20 +481,28 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
             source,
         })?,
     );
-    let opens = match MasterKey::parse(&text) {
-        Ok(k) => Vault::open(data_dir, &k).is_ok(),
-        Err(_) => false,
-    };
-    if opens {
-        fs::rename(&next, key_file).map_err(|source| VaultError::KeyFile {
-            path: key_file.to_owned(),
-            source,
-        })?;
-        tracing::warn!(path = %key_file.display(), "completed an interrupted key rotation");
-    } else {
-        let _ = fs::remove_file(&next);
+    let next_key = MasterKey::parse(&text)?;
+    match Vault::open(data_dir, &next_key) {
+        Ok(_) => {
+            fs::rename(&next, key_file)
+                .and_then(|()| sync_dir(key_file))
+                .map_err(|source| VaultError::KeyFile {
+                    path: key_file.to_owned(),
+                    source,
+                })?;
+            tracing::warn!(path = %key_file.display(), "completed an interrupted key rotation");
+            Ok(())
+        }
+        Err(VaultError::WrongKey { .. }) => {
+            // Only discard it once the current key is proven to open the vault.
+            let (current, _) = MasterKey::load(key_file)?;
+            drop(Vault::open(data_dir, &current)?);
+            let _ = fs::remove_file(&next);
+            tracing::warn!(path = %next.display(), "discarded the key of a rotation that never started re-sealing");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -29,17 +29,27 @@ pub fn cc_connector(up: &Upstream, token_url: &str, secret: &str) -> Value {
 }
 
 async fn authorization(host: &Host) -> String {
-    let resp = client().get(host.url("/v1/connectors/analytics/report")).send().await.expect("req");
+    let resp = client()
+        .get(host.url("/v1/connectors/analytics/report"))
+        .send()
+        .await
+        .expect("req");
     assert_eq!(resp.status(), 200);
     let e: Value = resp.json().await.expect("json");
-    e["headers"]["authorization"][0].as_str().expect("authorization injected").to_owned()
+    e["headers"]["authorization"][0]
+        .as_str()
+        .expect("authorization injected")
+        .to_owned()
 }
 
 #[tokio::test]
 async fn token_minted_once_for_many_concurrent_requests_and_reused() {
     let oidc = Oidc::start(3600);
     let up = Upstream::start().await;
-    let host = Arc::new(Host::start(&loopback_config(cc_connector(&up, &oidc.token_url(), CC_SECRET), admin_everything())));
+    let host = Arc::new(Host::start(&loopback_config(
+        cc_connector(&up, &oidc.token_url(), CC_SECRET),
+        admin_everything(),
+    )));
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let host = host.clone();
@@ -64,7 +74,10 @@ async fn token_minted_once_for_many_concurrent_requests_and_reused() {
 async fn token_renewed_shortly_before_expiry() {
     let oidc = Oidc::start(3);
     let up = Upstream::start().await;
-    let host = Host::start(&loopback_config(cc_connector(&up, &oidc.token_url(), CC_SECRET), admin_everything()));
+    let host = Host::start(&loopback_config(
+        cc_connector(&up, &oidc.token_url(), CC_SECRET),
+        admin_everything(),
+    ));
     let first = authorization(&host).await;
     assert_eq!(authorization(&host).await, first);
     assert_eq!(oidc.token_requests().await, 1);
@@ -78,15 +91,26 @@ async fn token_renewed_shortly_before_expiry() {
 #[tokio::test]
 async fn token_endpoint_down_is_502_without_leaking_the_secret() {
     let up = Upstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let host = Host::start(&loopback_config(
         cc_connector(&up, &format!("http://127.0.0.1:{port}/token"), CC_SECRET),
         admin_everything(),
     ));
-    let resp = client().get(host.url("/v1/connectors/analytics/x")).send().await.expect("req");
+    let resp = client()
+        .get(host.url("/v1/connectors/analytics/x"))
+        .send()
+        .await
+        .expect("req");
     let (s, code, msg) = error_of(resp).await;
     assert_eq!((s, code.as_str()), (502, "credential_unavailable"));
-    assert!(msg.contains("analytics") && msg.contains("unreachable"), "{msg}");
+    assert!(
+        msg.contains("analytics") && msg.contains("unreachable"),
+        "{msg}"
+    );
     assert!(!msg.contains(CC_SECRET));
     assert_eq!(up.hits(), 0);
     assert!(!host.logs().contains(CC_SECRET));
@@ -97,7 +121,9 @@ async fn redirecting_token_endpoint_is_refused_and_never_followed() {
     let oidc = Oidc::start(3600);
     let up = Upstream::start().await;
     // A token URL that redirects to the real endpoint: following it would re-send the secret.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let redirector = listener.local_addr().expect("addr");
     let target = oidc.token_url();
     tokio::spawn(async move {
@@ -111,9 +137,19 @@ async fn redirecting_token_endpoint_is_refused_and_never_followed() {
         cc_connector(&up, &format!("http://{redirector}/oauth2/token"), CC_SECRET),
         admin_everything(),
     ));
-    let (s, code, msg) = error_of(client().get(host.url("/v1/connectors/analytics/x")).send().await.expect("req")).await;
+    let (s, code, msg) = error_of(
+        client()
+            .get(host.url("/v1/connectors/analytics/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (502, "credential_unavailable"));
-    assert!(msg.contains("redirect") && msg.contains("canonical token endpoint"), "{msg}");
+    assert!(
+        msg.contains("redirect") && msg.contains("canonical token endpoint"),
+        "{msg}"
+    );
     assert_eq!(oidc.token_requests().await, 0, "the redirect was followed");
     assert_eq!(up.hits(), 0);
 }
@@ -122,11 +158,41 @@ async fn redirecting_token_endpoint_is_refused_and_never_followed() {
 async fn refused_client_credentials_are_502_with_the_servers_reason() {
     let oidc = Oidc::start(3600);
     let up = Upstream::start().await;
-    let host = Host::start(&loopback_config(cc_connector(&up, &oidc.token_url(), "wrong-secret-value"), admin_everything()));
-    let (s, code, msg) = error_of(client().get(host.url("/v1/connectors/analytics/x")).send().await.expect("req")).await;
+    let host = Host::start(&loopback_config(
+        cc_connector(&up, &oidc.token_url(), "wrong-secret-value"),
+        admin_everything(),
+    ));
+    let (s, code, msg) = error_of(
+        client()
+            .get(host.url("/v1/connectors/analytics/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (502, "credential_unavailable"));
     assert!(msg.contains("invalid_client"), "{msg}");
     assert!(!msg.contains("wrong-secret-value"));
     assert!(!host.logs().contains("wrong-secret-value"));
     assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn upstream_401_discards_the_cached_token() {
+    let oidc = Oidc::start(3600);
+    let up = Upstream::start().await;
+    let host = Host::start(&loopback_config(
+        cc_connector(&up, &oidc.token_url(), CC_SECRET),
+        admin_everything(),
+    ));
+    let first = authorization(&host).await;
+    let resp = client()
+        .get(host.url("/v1/connectors/analytics/__status/401"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401, "the upstream's 401 is relayed");
+    let second = authorization(&host).await;
+    assert_ne!(first, second, "a rejected token was reused");
+    assert_eq!(oidc.token_requests().await, 2);
 }

@@ -21,7 +21,11 @@ fn tailscale_config(socket: &std::path::Path, up: &Upstream, grants: Value) -> S
 }
 
 async fn get(from: &str, host: &Host, path: &str) -> reqwest::Response {
-    client_from(from).get(host.url(path)).send().await.expect("request")
+    client_from(from)
+        .get(host.url(path))
+        .send()
+        .await
+        .expect("request")
 }
 
 #[tokio::test]
@@ -44,23 +48,66 @@ async fn whois_identifies_users_tags_groups_and_policy_caps() {
     ]);
     let host = Host::start(&tailscale_config(&whois.socket, &up, grants));
 
-    let me: Value = get("127.0.0.2", &host, "/api/whoami").await.json().await.expect("json");
+    let me: Value = get("127.0.0.2", &host, "/api/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(me["login"], "alice@example.com");
     assert_eq!(me["role"], "admin");
-    assert_eq!(get("127.0.0.2", &host, "/v1/connectors/api/x").await.status(), 200);
-    assert_eq!(get("127.0.0.2", &host, "/v1/connectors/jira/x").await.status(), 403);
+    assert_eq!(
+        get("127.0.0.2", &host, "/v1/connectors/api/x")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("127.0.0.2", &host, "/v1/connectors/jira/x")
+            .await
+            .status(),
+        403
+    );
 
-    assert_eq!(get("127.0.0.3", &host, "/v1/connectors/jira/x").await.status(), 200);
-    assert_eq!(get("127.0.0.3", &host, "/v1/connectors/api/x").await.status(), 403);
+    assert_eq!(
+        get("127.0.0.3", &host, "/v1/connectors/jira/x")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("127.0.0.3", &host, "/v1/connectors/api/x")
+            .await
+            .status(),
+        403
+    );
 
-    let tag: Value = get("127.0.0.4", &host, "/api/whoami").await.json().await.expect("json");
+    let tag: Value = get("127.0.0.4", &host, "/api/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(tag["login"], "tag:api,tag:prod");
     assert_eq!(tag["kind"], "tagged");
-    assert_eq!(get("127.0.0.4", &host, "/v1/connectors/api/x").await.status(), 200);
+    assert_eq!(
+        get("127.0.0.4", &host, "/v1/connectors/api/x")
+            .await
+            .status(),
+        200
+    );
 
     // Grants from the tailnet policy file arrive in whois' CapMap and add to config grants.
-    assert_eq!(get("127.0.0.5", &host, "/v1/connectors/jira/x").await.status(), 200);
-    assert_eq!(get("127.0.0.5", &host, "/v1/connectors/api/x").await.status(), 403);
+    assert_eq!(
+        get("127.0.0.5", &host, "/v1/connectors/jira/x")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("127.0.0.5", &host, "/v1/connectors/api/x")
+            .await
+            .status(),
+        403
+    );
 }
 
 #[tokio::test]
@@ -72,10 +119,24 @@ async fn unknown_loopback_peer_is_loopback_and_unidentifiable_nodes_are_401() {
     let host = Host::start(&tailscale_config(&whois.socket, &up, grants));
 
     // 127.0.0.9 is unknown to whois (404) but local: it is "(loopback)".
-    let me: Value = get("127.0.0.9", &host, "/api/whoami").await.json().await.expect("json");
+    let me: Value = get("127.0.0.9", &host, "/api/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(me["login"], "(loopback)");
-    assert_eq!(get("127.0.0.9", &host, "/v1/connectors/jira/x").await.status(), 200);
-    assert_eq!(get("127.0.0.9", &host, "/v1/connectors/api/x").await.status(), 403);
+    assert_eq!(
+        get("127.0.0.9", &host, "/v1/connectors/jira/x")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("127.0.0.9", &host, "/v1/connectors/api/x")
+            .await
+            .status(),
+        403
+    );
 
     // A node with neither user nor tags gets nothing.
     let (s, code, msg) = error_of(get("127.0.0.6", &host, "/v1/connectors/jira/x").await).await;
@@ -122,8 +183,17 @@ async fn serve_headers_mode_trusts_headers_from_loopback_only() {
         .expect("req");
     assert_eq!(resp.status(), 200);
     let e: Value = resp.json().await.expect("json");
-    assert!(e["headers"].get("tailscale-user-login").is_none(), "identity header leaked upstream");
-    let (s, code, _) = error_of(c.get(host.url("/v1/connectors/api/x")).send().await.expect("req")).await;
+    assert!(
+        e["headers"].get("tailscale-user-login").is_none(),
+        "identity header leaked upstream"
+    );
+    let (s, code, _) = error_of(
+        c.get(host.url("/v1/connectors/api/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (401, "unauthenticated"));
 }
 
@@ -141,10 +211,47 @@ async fn loopback_mode_and_the_embedded_default() {
     let mut line = String::new();
     let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
-    let addr = line.trim().strip_prefix("portcullis listening on ").expect("ready line").to_owned();
-    let me: Value = client_from("127.0.0.1").get(format!("{addr}/api/whoami")).send().await.expect("req").json().await.expect("json");
+    let addr = line
+        .trim()
+        .strip_prefix("portcullis listening on ")
+        .expect("ready line")
+        .to_owned();
+    let me: Value = client_from("127.0.0.1")
+        .get(format!("{addr}/api/whoami"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(me["login"], "(loopback)");
     assert_eq!(me["role"], "admin");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn loopback_peers_are_never_served_from_the_identity_cache() {
+    // Local processes and tailscaled-forwarded connections share 127.0.0.1: a reused
+    // port must not inherit an earlier caller's identity, whatever the cache TTL.
+    let whois = Whois::start().await;
+    let up = Upstream::start().await;
+    whois.user("127.0.0.7", "erin@example.com", &[], json!({}));
+    let config = tailscale_config(&whois.socket, &up, json!([]))
+        .replace("\"cache_ttl_secs\":0", "\"cache_ttl_secs\":60");
+    assert!(config.contains("\"cache_ttl_secs\":60"));
+    let host = Host::start(&config);
+    let me: Value = get("127.0.0.7", &host, "/api/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["login"], "erin@example.com");
+    whois.user("127.0.0.7", "frank@example.com", &[], json!({}));
+    let me: Value = get("127.0.0.7", &host, "/api/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["login"], "frank@example.com");
 }

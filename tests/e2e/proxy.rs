@@ -22,7 +22,9 @@ async fn forwards_path_and_query_with_bearer_injected_and_caller_credentials_str
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
     let resp = client()
-        .get(host.url("/v1/connectors/api/repos/tailscale/tailscale/pulls?state=open&per_page=5&q=a%20b"))
+        .get(host.url(
+            "/v1/connectors/api/repos/tailscale/tailscale/pulls?state=open&per_page=5&q=a%20b",
+        ))
         .header("authorization", "Bearer caller-token")
         .header("cookie", "sid=caller")
         .header("x-forwarded-for", "6.6.6.6")
@@ -40,8 +42,17 @@ async fn forwards_path_and_query_with_bearer_injected_and_caller_credentials_str
     assert_eq!(e["query"], "state=open&per_page=5&q=a%20b");
     let h = &e["headers"];
     assert_eq!(h["authorization"], json!(["Bearer tok-e2e-123"]));
-    for stripped in ["cookie", "x-forwarded-for", "forwarded", "tailscale-user-login", "proxy-authorization"] {
-        assert!(h.get(stripped).is_none(), "{stripped} reached the upstream: {h}");
+    for stripped in [
+        "cookie",
+        "x-forwarded-for",
+        "forwarded",
+        "tailscale-user-login",
+        "proxy-authorization",
+    ] {
+        assert!(
+            h.get(stripped).is_none(),
+            "{stripped} reached the upstream: {h}"
+        );
     }
     assert_eq!(h["x-request-id"], json!(["r-1"]));
 }
@@ -51,11 +62,20 @@ async fn base_url_path_and_slashes_are_normalised() {
     let up = Upstream::start().await;
     let connectors = json!({"api": {"protocol": "http", "url": format!("{}/v1/", up.url())}});
     let host = Host::start(&loopback_config(connectors, admin_everything()));
-    assert_eq!(echo(&host, "/v1/connectors/api/user").await["path"], "/v1/user");
-    assert_eq!(echo(&host, "/v1/connectors/api//a///b/").await["path"], "/v1/a/b/");
+    assert_eq!(
+        echo(&host, "/v1/connectors/api/user").await["path"],
+        "/v1/user"
+    );
+    assert_eq!(
+        echo(&host, "/v1/connectors/api//a///b/").await["path"],
+        "/v1/a/b/"
+    );
     assert_eq!(echo(&host, "/v1/connectors/api").await["path"], "/v1/");
     assert_eq!(echo(&host, "/v1/connectors/api/").await["path"], "/v1/");
-    assert_eq!(echo(&host, "/v1/connectors/api/projects/group%2Fproj").await["path"], "/v1/projects/group%2Fproj");
+    assert_eq!(
+        echo(&host, "/v1/connectors/api/projects/group%2Fproj").await["path"],
+        "/v1/projects/group%2Fproj"
+    );
 }
 
 #[tokio::test]
@@ -67,13 +87,19 @@ async fn api_key_in_header_and_query_and_basic() {
         "bas": {"protocol": "http", "url": up.url(), "auth": {"type": "basic", "username": "api-user@example.com", "password": "pw:1"}},
     });
     let host = Host::start(&loopback_config(connectors, admin_everything()));
-    assert_eq!(echo(&host, "/v1/connectors/hdr/x").await["headers"]["x-api-key"], json!(["k-123"]));
+    assert_eq!(
+        echo(&host, "/v1/connectors/hdr/x").await["headers"]["x-api-key"],
+        json!(["k-123"])
+    );
     // The caller cannot smuggle its own value for the key's parameter.
     let q = echo(&host, "/v1/connectors/qry/x?a=1&api_key=caller").await;
     assert_eq!(q["query"], "a=1&api_key=k+456");
     let b = echo(&host, "/v1/connectors/bas/x").await;
     use base64::Engine as _;
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("api-user@example.com:pw:1"));
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("api-user@example.com:pw:1")
+    );
     assert_eq!(b["headers"]["authorization"], json!([expected]));
 }
 
@@ -84,8 +110,15 @@ async fn every_allowed_method_passes_with_streamed_bodies() {
     let c = client();
     for m in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
         let resp = c
-            .request(m.parse().expect("method"), host.url("/v1/connectors/api/thing"))
-            .body(if m == "GET" { String::new() } else { format!("body of {m}") })
+            .request(
+                m.parse().expect("method"),
+                host.url("/v1/connectors/api/thing"),
+            )
+            .body(if m == "GET" {
+                String::new()
+            } else {
+                format!("body of {m}")
+            })
             .send()
             .await
             .expect("request");
@@ -96,10 +129,15 @@ async fn every_allowed_method_passes_with_streamed_bodies() {
             assert_eq!(e["body"], format!("body of {m}"));
         }
     }
-    let head = c.head(host.url("/v1/connectors/api/thing")).send().await.expect("head");
+    let head = c
+        .head(host.url("/v1/connectors/api/thing"))
+        .send()
+        .await
+        .expect("head");
     assert_eq!(head.status(), 200);
     // A large request body streams through intact (chunked, no length known up front).
-    let chunks = futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 64 * 1024])));
+    let chunks =
+        futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 64 * 1024])));
     let resp = c
         .post(host.url("/v1/connectors/api/upload"))
         .body(reqwest::Body::wrap_stream(chunks))
@@ -109,7 +147,11 @@ async fn every_allowed_method_passes_with_streamed_bodies() {
     let e: Value = resp.json().await.expect("json");
     assert_eq!(e["body_len"], 64 * 64 * 1024);
     // A slow streamed response arrives whole.
-    let slow = c.get(host.url("/v1/connectors/api/__slow")).send().await.expect("slow");
+    let slow = c
+        .get(host.url("/v1/connectors/api/__slow"))
+        .send()
+        .await
+        .expect("slow");
     assert_eq!(slow.text().await.expect("text"), "chunk0;chunk1;chunk2;");
 }
 
@@ -117,8 +159,15 @@ async fn every_allowed_method_passes_with_streamed_bodies() {
 async fn trace_and_connect_are_405_before_any_upstream_contact() {
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
-    let resp = client().request(reqwest::Method::TRACE, host.url("/v1/connectors/api/x")).send().await.expect("trace");
-    assert_eq!(resp.headers()["allow"], "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+    let resp = client()
+        .request(reqwest::Method::TRACE, host.url("/v1/connectors/api/x"))
+        .send()
+        .await
+        .expect("trace");
+    assert_eq!(
+        resp.headers()["allow"],
+        "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    );
     let (status, code, message) = error_of(resp).await;
     assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
     assert!(message.contains("TRACE"), "{message}");
@@ -153,19 +202,58 @@ async fn unknown_connector_404_no_grant_403_mcp_connector_404() {
     let mut connectors = bearer(&up);
     connectors["other"] = json!({"protocol": "http", "url": up.url()});
     connectors["tools"] = json!({"protocol": "mcp", "url": up.url()});
-    let grants = json!([grant("(loopback)", &["api/proxy/allowed/**", "tools/**"], false)]);
+    let grants = json!([grant(
+        "(loopback)",
+        &["api/proxy/allowed/**", "tools/**"],
+        false
+    )]);
     let host = Host::start(&loopback_config(connectors, grants));
     let c = client();
-    let (s, code, msg) = error_of(c.get(host.url("/v1/connectors/nope/x")).send().await.expect("req")).await;
+    let (s, code, msg) = error_of(
+        c.get(host.url("/v1/connectors/nope/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
     assert!(msg.contains("\"nope\""), "{msg}");
-    let (s, code, msg) = error_of(c.get(host.url("/v1/connectors/other/x")).send().await.expect("req")).await;
+    let (s, code, msg) = error_of(
+        c.get(host.url("/v1/connectors/other/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (403, "forbidden"));
-    assert!(msg.contains("other/proxy") && msg.contains("(loopback)"), "{msg}");
+    assert!(
+        msg.contains("other/proxy") && msg.contains("(loopback)"),
+        "{msg}"
+    );
     // Path-scoped grant: inside allowed, outside denied.
-    assert_eq!(c.get(host.url("/v1/connectors/api/allowed/a/b")).send().await.expect("req").status(), 200);
-    assert_eq!(c.get(host.url("/v1/connectors/api/denied")).send().await.expect("req").status(), 403);
-    let (s, _, msg) = error_of(c.get(host.url("/v1/connectors/tools/x")).send().await.expect("req")).await;
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/allowed/a/b"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/denied"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        403
+    );
+    let (s, _, msg) = error_of(
+        c.get(host.url("/v1/connectors/tools/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!(s, 404);
     assert!(msg.contains("/v1/mcp"), "{msg}");
     assert_eq!(up.hits(), 1);
@@ -175,17 +263,30 @@ async fn unknown_connector_404_no_grant_403_mcp_connector_404() {
 async fn redirects_are_returned_not_followed() {
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
-    let resp = client().get(host.url("/v1/connectors/api/__redirect")).send().await.expect("req");
+    let resp = client()
+        .get(host.url("/v1/connectors/api/__redirect"))
+        .send()
+        .await
+        .expect("req");
     assert_eq!(resp.status(), 302);
     assert_eq!(resp.headers()["location"], "/__redirected");
-    assert_eq!(up.counters.redirected_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        up.counters
+            .redirected_hits
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test]
 async fn set_cookie_and_hop_by_hop_response_headers_are_stripped() {
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
-    let resp = client().get(host.url("/v1/connectors/api/__cookie")).send().await.expect("req");
+    let resp = client()
+        .get(host.url("/v1/connectors/api/__cookie"))
+        .send()
+        .await
+        .expect("req");
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("set-cookie").is_none());
     assert!(resp.headers().get("x-hop-header").is_none());
@@ -197,14 +298,28 @@ async fn responses_over_50_mb_are_cut_with_status_200() {
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
     let limit = 50 * 1024 * 1024;
-    let resp = client().get(host.url(&format!("/v1/connectors/api/__big/{}", limit + 3 * 1024 * 1024 + 17))).send().await.expect("req");
+    let resp = client()
+        .get(host.url(&format!(
+            "/v1/connectors/api/__big/{}",
+            limit + 3 * 1024 * 1024 + 17
+        )))
+        .send()
+        .await
+        .expect("req");
     assert_eq!(resp.status(), 200);
     assert!(resp.content_length().is_none_or(|n| n == limit as u64));
     let body = resp.bytes().await.expect("body");
     assert_eq!(body.len(), limit);
     host.wait_for_log("response truncated").await;
     // Just under the limit passes whole.
-    let body = client().get(host.url("/v1/connectors/api/__big/1000000")).send().await.expect("req").bytes().await.expect("body");
+    let body = client()
+        .get(host.url("/v1/connectors/api/__big/1000000"))
+        .send()
+        .await
+        .expect("req")
+        .bytes()
+        .await
+        .expect("body");
     assert_eq!(body.len(), 1_000_000);
 }
 
@@ -223,9 +338,19 @@ async fn loopback_upstream_refused_by_default_with_502() {
     .to_string();
     let host = Host::start(&config);
     for id in ["api", "named", "meta"] {
-        let (s, code, msg) = error_of(client().get(host.url(&format!("/v1/connectors/{id}/x"))).send().await.expect("req")).await;
+        let (s, code, msg) = error_of(
+            client()
+                .get(host.url(&format!("/v1/connectors/{id}/x")))
+                .send()
+                .await
+                .expect("req"),
+        )
+        .await;
         assert_eq!((s, code.as_str()), (502, "egress_refused"), "{id}: {msg}");
-        assert!(msg.contains("loopback") || msg.contains("metadata"), "{id}: {msg}");
+        assert!(
+            msg.contains("loopback") || msg.contains("metadata"),
+            "{id}: {msg}"
+        );
     }
     assert_eq!(up.hits(), 0);
     // Load-time warnings named them.
@@ -240,9 +365,17 @@ async fn upstream_down_is_502() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let connectors = json!({"down": {"protocol": "http", "url": format!("http://127.0.0.1:{port}")}});
+    let connectors =
+        json!({"down": {"protocol": "http", "url": format!("http://127.0.0.1:{port}")}});
     let host = Host::start(&loopback_config(connectors, admin_everything()));
-    let (s, code, msg) = error_of(client().get(host.url("/v1/connectors/down/x")).send().await.expect("req")).await;
+    let (s, code, msg) = error_of(
+        client()
+            .get(host.url("/v1/connectors/down/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (502, "upstream_unreachable"));
     assert!(msg.contains("\"down\""), "{msg}");
 }
@@ -252,7 +385,11 @@ async fn upstream_statuses_pass_through() {
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
     for code in [201u16, 204, 400, 401, 404, 429, 500, 503] {
-        let resp = client().get(host.url(&format!("/v1/connectors/api/__status/{code}"))).send().await.expect("req");
+        let resp = client()
+            .get(host.url(&format!("/v1/connectors/api/__status/{code}")))
+            .send()
+            .await
+            .expect("req");
         assert_eq!(resp.status().as_u16(), code);
     }
 }
@@ -265,30 +402,222 @@ async fn every_seed_http_connector_behaves_as_documented() {
     let seeds = portcullis_e2e::workspace().join("tests/fixtures/seeds");
     use base64::Engine as _;
     let cases = [
-        ("002-http-bearer-github.json", "github", "authorization", "Bearer <your-github-pat>".to_string()),
-        ("002-http-github-description-context.json", "github", "authorization", "Bearer <your-github-pat>".to_string()),
-        ("002-http-api-key-weather.json", "weather", "x-api-key", "<your-api-key>".to_string()),
+        (
+            "002-http-bearer-github.json",
+            "github",
+            "authorization",
+            "Bearer <your-github-pat>".to_string(),
+        ),
+        (
+            "002-http-github-description-context.json",
+            "github",
+            "authorization",
+            "Bearer <your-github-pat>".to_string(),
+        ),
+        (
+            "002-http-api-key-weather.json",
+            "weather",
+            "x-api-key",
+            "<your-api-key>".to_string(),
+        ),
         (
             "002-http-basic-jira.json",
             "jira",
             "authorization",
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("api-user@example.com:<your-api-token>")),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode("api-user@example.com:<your-api-token>")
+            ),
         ),
     ];
     for (file, id, header, expected) in cases {
-        let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(seeds.join(file)).expect("seed")).expect("json");
-        let original = doc["connectors"]["servers"][id]["url"].as_str().expect("url").to_owned();
-        let base_path = url::Url::parse(&original).expect("url").path().trim_end_matches('/').to_owned();
+        let mut doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(seeds.join(file)).expect("seed"))
+                .expect("json");
+        let original = doc["connectors"]["servers"][id]["url"]
+            .as_str()
+            .expect("url")
+            .to_owned();
+        let base_path = url::Url::parse(&original)
+            .expect("url")
+            .path()
+            .trim_end_matches('/')
+            .to_owned();
         doc["connectors"]["servers"][id]["url"] = json!(format!("{}{}", up.url(), base_path));
         doc["identity"] = json!({"mode": "loopback"});
         doc["egress"] = json!({"allow_loopback": true});
-        let seed_grants: Value =
-            serde_json::from_str(&std::fs::read_to_string(seeds.join("002-grants-github-aperture.json")).expect("g")).expect("json");
+        let seed_grants: Value = serde_json::from_str(
+            &std::fs::read_to_string(seeds.join("002-grants-github-aperture.json")).expect("g"),
+        )
+        .expect("json");
         doc["grants"] = seed_grants["grants"].clone();
-        doc["grants"].as_array_mut().expect("list").push(grant("*", &[&format!("{id}/proxy")], false));
+        doc["grants"].as_array_mut().expect("list").push(grant(
+            "*",
+            &[&format!("{id}/proxy")],
+            false,
+        ));
         let host = Host::start(&doc.to_string());
         let e = echo(&host, &format!("/v1/connectors/{id}/user")).await;
         assert_eq!(e["headers"][header], json!([expected]), "{file}");
         assert_eq!(e["path"], format!("{base_path}/user"), "{file}");
     }
+}
+
+#[tokio::test]
+async fn grants_see_the_segments_an_upstream_could_see() {
+    let up = Upstream::start().await;
+    let grants = json!([grant(
+        "(loopback)",
+        &["api/proxy/repos/*", "api/proxy/public/**"],
+        false
+    )]);
+    let host = Host::start(&loopback_config(bearer(&up), grants));
+    let c = client();
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/repos/one"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/repos/one/"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    // An encoded slash makes two segments for an upstream that decodes it: not covered by `*`.
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/repos/one%2Fsecret"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        403
+    );
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/repos/one%5Csecret"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        403
+    );
+    assert_eq!(
+        c.get(host.url("/v1/connectors/api/public/a%2Fb"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    for (target, want) in [
+        ("/v1/connectors/api/public/..;/admin", 400),
+        ("/v1/connectors/api/repos/x\\secret", 400),
+    ] {
+        let (status, text) = raw::request(host.addr, "GET", target, &[]).await;
+        assert_eq!(status, want, "{target}: {text}");
+    }
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn query_api_key_never_reaches_the_caller_through_a_redirect() {
+    let up = Upstream::start().await;
+    let connectors = json!({"qry": {"protocol": "http", "url": up.url(),
+        "auth": {"type": "api_key", "secret": "k/ey 9", "name": "api_key", "in": "query"}}});
+    let host = Host::start(&loopback_config(connectors, admin_everything()));
+    let resp = client()
+        .get(host.url("/v1/connectors/qry/__redirect_query?page=2"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 301);
+    assert!(
+        resp.headers().get("location").is_none(),
+        "a Location carrying the key was relayed"
+    );
+    assert!(resp.headers().get("content-location").is_none());
+    assert_eq!(resp.headers()["x-kept"], "yes");
+    host.wait_for_log("removed a response header").await;
+    assert!(!host.logs().contains("k/ey"));
+}
+
+#[tokio::test]
+async fn caller_cannot_override_the_injected_key_header() {
+    let up = Upstream::start().await;
+    let connectors = json!({"hdr": {"protocol": "http", "url": up.url(),
+        "auth": {"type": "api_key", "secret": "real-key", "name": "X-API-Key", "in": "header"}}});
+    let host = Host::start(&loopback_config(connectors, admin_everything()));
+    let e: Value = client()
+        .get(host.url("/v1/connectors/hdr/x"))
+        .header("x-api-key", "caller-key")
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(e["headers"]["x-api-key"], json!(["real-key"]));
+}
+
+#[tokio::test]
+async fn connect_is_405() {
+    let up = Upstream::start().await;
+    let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
+    let (status, text) = raw::request(host.addr, "CONNECT", "/v1/connectors/api/x", &[]).await;
+    assert_eq!(status, 405, "{text}");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn http2_request_bodies_without_a_length_are_forwarded() {
+    let up = Upstream::start().await;
+    let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let chunks =
+        futures_util::stream::iter((0..4).map(|i| Ok::<_, std::io::Error>(format!("part{i};"))));
+    let resp = h2
+        .post(host.url("/v1/connectors/api/h2"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let e: Value = resp.json().await.expect("json");
+    assert_eq!(e["body"], "part0;part1;part2;part3;");
+}
+
+#[tokio::test]
+async fn sized_responses_at_and_over_the_limit() {
+    let up = Upstream::start().await;
+    let host = Host::start(&loopback_config(bearer(&up), admin_everything()));
+    let limit = 50 * 1024 * 1024;
+    let resp = client()
+        .get(host.url(&format!("/v1/connectors/api/__sized/{limit}")))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.content_length(), Some(limit as u64));
+    assert_eq!(resp.bytes().await.expect("body").len(), limit);
+    let resp = client()
+        .get(host.url(&format!("/v1/connectors/api/__sized/{}", limit + 4096)))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.content_length().is_none_or(|n| n == limit as u64),
+        "{:?}",
+        resp.content_length()
+    );
+    assert_eq!(resp.bytes().await.expect("body").len(), limit);
 }

@@ -18,20 +18,32 @@ async fn token_via(host: &Host) -> String {
         .json()
         .await
         .expect("json");
-    e["headers"]["authorization"][0].as_str().expect("auth").trim_start_matches("Bearer ").to_owned()
+    e["headers"]["authorization"][0]
+        .as_str()
+        .expect("auth")
+        .trim_start_matches("Bearer ")
+        .to_owned()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test]
 async fn tokens_are_sealed_survive_restart_and_key_rotation() {
     let oidc = Oidc::start(3600);
     let up = Upstream::start().await;
-    let config = loopback_config(cc_connector(&up, &oidc.token_url(), CC_SECRET), admin_everything());
+    let config = loopback_config(
+        cc_connector(&up, &oidc.token_url(), CC_SECRET),
+        admin_everything(),
+    );
     let data = tempfile::tempdir().expect("data");
-    let opts = HostOptions { data_dir: Some(data.path().to_path_buf()), ..Default::default() };
+    let opts = HostOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
 
     let mut host = Host::start_with(&config, opts.clone());
     let token = token_via(&host).await;
@@ -40,8 +52,14 @@ async fn tokens_are_sealed_survive_restart_and_key_rotation() {
     host.stop();
 
     let db = std::fs::read(data.path().join("portcullis.redb")).expect("db");
-    assert!(!contains(&db, &token), "access token in plaintext in the database file");
-    assert!(!contains(&db, CC_SECRET), "client secret in the database file");
+    assert!(
+        !contains(&db, &token),
+        "access token in plaintext in the database file"
+    );
+    assert!(
+        !contains(&db, CC_SECRET),
+        "client secret in the database file"
+    );
     let key = std::fs::metadata(data.path().join("master.key")).expect("key file");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
@@ -61,9 +79,16 @@ async fn tokens_are_sealed_survive_restart_and_key_rotation() {
         .env_remove("PORTCULLIS_MASTER_KEY")
         .output()
         .expect("rotate-key");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Re-sealed"));
-    assert_ne!(std::fs::read_to_string(data.path().join("master.key")).expect("key"), old_key);
+    assert_ne!(
+        std::fs::read_to_string(data.path().join("master.key")).expect("key"),
+        old_key
+    );
     let host = Host::start_with(&config, opts.clone());
     assert_eq!(token_via(&host).await, token);
     assert_eq!(oidc.token_requests().await, 1);
@@ -72,11 +97,17 @@ async fn tokens_are_sealed_survive_restart_and_key_rotation() {
 #[tokio::test]
 async fn wrong_master_key_refuses_to_start() {
     let data = tempfile::tempdir().expect("data");
-    let opts = HostOptions { data_dir: Some(data.path().to_path_buf()), ..Default::default() };
+    let opts = HostOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
     let config = loopback_config(serde_json::json!({}), admin_everything());
     drop(Host::start_with(&config, opts.clone()));
     let bad = HostOptions {
-        env: vec![("PORTCULLIS_MASTER_KEY".into(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into())],
+        env: vec![(
+            "PORTCULLIS_MASTER_KEY".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        )],
         ..opts
     };
     let err = Host::try_start(&config, bad).err().expect("must not start");

@@ -392,6 +392,13 @@ fn diags_for(at: &JsonPath, diags: &Diagnostics) -> bool {
 
 fn check_endpoint_url(u: &str, at: &JsonPath, diags: &mut Diagnostics) {
     match url::Url::parse(u) {
+        Ok(p) if !p.username().is_empty() || p.password().is_some() => {
+            // Never echo it: the userinfo may be a secret.
+            diags.error(
+                at,
+                "remove the credentials from this URL; put them in the auth fields",
+            )
+        }
         Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {}
         Ok(_) => diags.error(at, format!("\"{u}\" is not an http:// or https:// URL")),
         Err(e) => diags.error(at, format!("\"{u}\" is not a valid URL: {e}")),

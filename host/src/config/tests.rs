@@ -303,3 +303,24 @@ fn grant_capabilities_decode_and_legacy_fields_warn() {
         "{w:?}"
     );
 }
+
+#[test]
+fn secret_values_never_appear_in_diagnostics() {
+    let text = r#"{"connectors": {"servers": {
+        "a": {"protocol": "http", "url": "https://a.example", "auth": {"type": "basic", "username": "u", "password": 987654321}},
+        "b": {"protocol": "http", "url": "https://a.example", "auth": {"type": "oauth2_client_credentials",
+              "client_id": "c", "client_secret": "s", "token_url": "https://user:pa55word@auth.example/token"}}
+    }}}"#;
+    let (c, d) = load(text);
+    assert!(c.is_none());
+    let all = d.to_string();
+    assert!(
+        !all.contains("987654321") && !all.contains("pa55word"),
+        "{all}"
+    );
+    assert!(
+        all.contains("connectors.servers.a.auth.password") && all.contains("put it in quotes"),
+        "{all}"
+    );
+    assert!(all.contains("connectors.servers.b.auth.token_url"), "{all}");
+}

@@ -169,6 +169,23 @@ impl<'de> Deserialize<'de> for SecretRef {
                 Ok(SecretRef::Inline(v.to_owned()))
             }
 
+            // serde's default messages quote the value; for a secret, say only what is wrong.
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+                Err(E::custom("a secret must be a string: put it in quotes"))
+            }
+
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
