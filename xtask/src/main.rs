@@ -87,10 +87,19 @@ fn reexec_release(root: &Path) -> Result<()> {
     bench::install_interrupt_handler()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Process::new(cargo)
-        .args(["run", "--release", "--quiet", "--package", "xtask", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .arg("--")
         .args(std::env::args_os().skip(1))
         .env(NO_REEXEC_ENV, "1")
-        .current_dir(root)
+        // Keep the caller's working directory so relative paths (`--out`) mean the same.
         .process_group(0)
         .spawn()
         .context("re-running xtask in release mode")?;

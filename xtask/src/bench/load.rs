@@ -101,7 +101,9 @@ pub fn run(target: &Target, spec: &LoadSpec) -> Result<Stats> {
 pub fn probe(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes)> {
     let rt = build_runtime(1)?;
     rt.block_on(async {
-        let uri: Uri = path.parse().with_context(|| format!("invalid path {path:?}"))?;
+        let uri: Uri = path
+            .parse()
+            .with_context(|| format!("invalid path {path:?}"))?;
         let host = host_header(addr)?;
         let mut sender = connect(addr).await?;
         let req = build_request(&uri, &host)?;

@@ -76,7 +76,10 @@ pub fn install_interrupt_handler() -> Result<()> {
 pub fn run_interruptible(cmd: &mut Command, what: &str) -> Result<ExitStatus> {
     let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
     loop {
-        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {what}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {what}"))?
+        {
             return Ok(status);
         }
         if interrupted() {
@@ -142,8 +145,7 @@ impl ChildGuard {
             return;
         }
         let pid = self.child.id();
-        if send_signal(pid, self.graceful_signal) && self.wait_for_exit(Duration::from_secs(5))
-        {
+        if send_signal(pid, self.graceful_signal) && self.wait_for_exit(Duration::from_secs(5)) {
             return;
         }
         if self.graceful_signal != "TERM"
@@ -224,6 +226,32 @@ impl MachineInfo {
     }
 }
 
+/// Fraction (0..=1) of all CPU time spent busy during `window`, from /proc/stat.
+///
+/// Sampled right before measuring: the benchmark shares a small machine, and a build
+/// or another benchmark running at the same time silently skews every number. (The
+/// load average lags by minutes, e.g. it is still high right after our own build.)
+pub fn cpu_busy_fraction(window: Duration) -> Option<f64> {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is in user).
+        let total: u64 = fields.iter().take(8).sum();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        Some((total, idle))
+    }
+    let (t0, i0) = sample()?;
+    thread::sleep(window);
+    let (t1, i1) = sample()?;
+    let total = t1.checked_sub(t0)?;
+    let idle = i1.checked_sub(i0)?;
+    (total > 0).then(|| (total.saturating_sub(idle)) as f64 / total as f64)
+}
+
 /// Current UTC time as `YYYY-MM-DD HH:MM UTC`, without pulling in a date crate.
 pub fn utc_now_string() -> String {
     let secs = SystemTime::now()
@@ -253,7 +281,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     // d is in 1..=31 and m in 1..=12 by construction.
-    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+    (
+        y,
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
 }
 
 /// Replaces the text between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`

@@ -43,6 +43,8 @@ const SECRET: &str = "bench-secret-token";
 const UPSTREAM_PATH: &str = "/items/42?fields=id,name";
 const CONNECTOR_PREFIX: &str = "/v1/connectors/bench";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// CPU busy fraction before measuring above which results are flagged as skewed.
+const BUSY_WARN: f64 = 0.15;
 
 /// Options for `cargo xtask bench proxy`.
 #[derive(Debug, Args)]
@@ -66,7 +68,12 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
     warmup: u64,
     /// Which targets to measure, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,portcullis,nginx")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,portcullis,nginx"
+    )]
     targets: Vec<TargetKind>,
     /// Tokio worker threads for the load generator (1 = current-thread runtime).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -116,6 +123,10 @@ struct Measured {
     /// For proxies: whether the upstream saw the injected bearer token.
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_injected: Option<bool>,
+    /// Requests the upstream received during both phases (including warm-ups).
+    upstream_requests: u64,
+    /// Connections the upstream accepted during both phases (including warm-ups).
+    upstream_connections: u64,
 }
 
 pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
@@ -148,6 +159,16 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         .prefix("portcullis-bench-")
         .tempdir()
         .context("creating temp dir")?;
+    let cpu_busy_before = super::cpu_busy_fraction(Duration::from_secs(1));
+    if let Some(busy) = cpu_busy_before
+        && busy > BUSY_WARN
+    {
+        eprintln!(
+            "bench: WARNING: the CPUs were {:.0}% busy before starting; other work on this \
+             machine will skew the results",
+            busy * 100.0
+        );
+    }
     let upstream = Upstream::start(usize::try_from(args.upstream_threads).unwrap_or(1))?;
     eprintln!("bench: upstream listening on {}", upstream.addr);
 
@@ -235,6 +256,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         machine,
         args: &args,
         nginx_version,
+        cpu_busy_before,
         results: &results,
     };
     let markdown = report.markdown();
@@ -248,12 +270,21 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
 
     let failures: Vec<String> = results
         .iter()
-        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.kind.label())))
+        .filter_map(|r| {
+            r.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {e}", r.kind.label()))
+        })
         .collect();
     let complete = failures.is_empty()
-        && [TargetKind::Direct, TargetKind::Portcullis, TargetKind::Nginx]
-            .iter()
-            .all(|k| results.iter().any(|r| r.kind == *k));
+        && [
+            TargetKind::Direct,
+            TargetKind::Portcullis,
+            TargetKind::Nginx,
+        ]
+        .iter()
+        .all(|k| results.iter().any(|r| r.kind == *k));
     if args.no_docs {
         eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
     } else if complete {
@@ -282,7 +313,14 @@ fn proxied_target(kind: TargetKind, addr: SocketAddr) -> Target {
 /// says why a proxy misbehaved.
 fn with_log_tail(err: anyhow::Error, log: &Path) -> anyhow::Error {
     match log_tail(log, 15) {
-        Some(tail) => err.context(format!("last lines of {}:\n{tail}", log.display())),
+        // The log lives in the temp dir, which is removed on exit, so inline the tail.
+        Some(tail) => {
+            let file = log.file_name().map(|f| f.to_string_lossy().into_owned());
+            anyhow!(
+                "{err:#}\n    last lines of its {}:\n{tail}",
+                file.as_deref().unwrap_or("log")
+            )
+        }
         None => err,
     }
 }
@@ -318,7 +356,7 @@ fn measure(
     let after = upstream.counters.snapshot();
     let auth_injected = proxy
         .is_some()
-        .then(|| after.authorized > before.authorized);
+        .then_some(after.authorized > before.authorized);
     if auth_injected == Some(false) {
         eprintln!(
             "bench: WARNING: {} did not forward `Authorization: Bearer {SECRET}` upstream",
@@ -332,6 +370,7 @@ fn measure(
         }
         Ok(())
     };
+    let load_start = upstream.counters.snapshot();
     let latency = load::run(target, spec_c1)?;
     check_alive(&mut proxy)?;
     eprintln!(
@@ -344,6 +383,7 @@ fn measure(
         "bench:   c={}: {} ok in {:.1}s, {:.0} req/s",
         throughput.concurrency, throughput.ok, throughput.elapsed_s, throughput.rps
     );
+    let load_end = upstream.counters.snapshot();
     for s in [&latency, &throughput] {
         if s.ok == 0 {
             bail!(
@@ -357,25 +397,34 @@ fn measure(
         latency,
         throughput,
         auth_injected,
+        upstream_requests: load_end.requests - load_start.requests,
+        upstream_connections: load_end.connections - load_start.connections,
     })
 }
 
-/// Request counters kept by the upstream.
+/// Counters kept by the upstream: they show whether a proxy injected the token and
+/// whether it reuses upstream connections (a proxy that reconnects per request pays a
+/// TCP handshake each time, which explains a lot of overhead).
 #[derive(Debug, Default)]
 struct Counters {
-    total: AtomicU64,
+    requests: AtomicU64,
     authorized: AtomicU64,
+    connections: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct CounterSnapshot {
+    requests: u64,
     authorized: u64,
+    connections: u64,
 }
 
 impl Counters {
     fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
             authorized: self.authorized.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
         }
     }
 }
@@ -405,7 +454,9 @@ impl Upstream {
             .name("bench-upstream".into())
             .spawn(move || {
                 let rt = if threads <= 1 {
-                    tokio::runtime::Builder::new_current_thread().enable_all().build()
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
                 } else {
                     tokio::runtime::Builder::new_multi_thread()
                         .worker_threads(threads)
@@ -476,12 +527,13 @@ async fn serve_upstream(
             },
         };
         let _ = stream.set_nodelay(true);
+        counters.connections.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::clone(&counters);
         let body = body.clone();
         let expected_auth = expected_auth.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                counters.total.fetch_add(1, Ordering::Relaxed);
+                counters.requests.fetch_add(1, Ordering::Relaxed);
                 if req.headers().get(AUTHORIZATION) == Some(&expected_auth) {
                     counters.authorized.fetch_add(1, Ordering::Relaxed);
                 }
@@ -540,7 +592,11 @@ fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
 }
 
 /// Writes the config, starts `portcullis serve` and waits for `/healthz`.
-fn start_portcullis(bin: &Path, dir: &Path, upstream: SocketAddr) -> Result<(ChildGuard, SocketAddr)> {
+fn start_portcullis(
+    bin: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
     let config = json!({
         "identity": {"mode": "loopback"},
@@ -617,9 +673,11 @@ fn ensure_nginx() -> Result<PathBuf, String> {
         return Ok(bin);
     }
     if !super::is_root() {
-        return Err("nginx is not installed and this is not root, so it cannot be \
+        return Err(
+            "nginx is not installed and this is not root, so it cannot be \
                     installed automatically; run `sudo apt-get install nginx-light` (or nginx)"
-            .into());
+                .into(),
+        );
     }
     if super::find_executable("apt-get").is_none() {
         return Err("nginx is not installed and apt-get is not available; install nginx".into());
@@ -630,25 +688,29 @@ fn ensure_nginx() -> Result<PathBuf, String> {
             Command::new("apt-get")
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null()),
+                .stdin(Stdio::null())
+                // Keep stdout for the results table only.
+                .stdout(Stdio::from(std::io::stderr())),
             "apt-get",
         )
         .map(|s| s.success())
         .unwrap_or(false)
     };
-    if !apt(&["update"]) {
+    if !apt(&["-q", "update"]) {
         eprintln!("bench: apt-get update failed, trying to install anyway");
     }
     for package in ["nginx-light", "nginx"] {
-        if apt(&["install", "-y", "--no-install-recommends", package])
+        if apt(&["-q", "install", "-y", "--no-install-recommends", package])
             && let Some(bin) = super::find_executable("nginx")
         {
             return Ok(bin);
         }
     }
-    Err("could not install nginx with `apt-get install nginx-light` or `apt-get install \
+    Err(
+        "could not install nginx with `apt-get install nginx-light` or `apt-get install \
          nginx`; install it by hand"
-        .into())
+            .into(),
+    )
 }
 
 fn nginx_version(bin: &Path) -> Option<String> {
@@ -744,6 +806,8 @@ struct Report<'a> {
     machine: MachineInfo,
     args: &'a ProxyArgs,
     nginx_version: Option<String>,
+    /// CPU busy fraction sampled just before the first measurement.
+    cpu_busy_before: Option<f64>,
     results: &'a [TargetResult],
 }
 
@@ -765,12 +829,24 @@ impl Report<'_> {
         let _ = writeln!(s, "- Date: {}", self.date);
         let _ = writeln!(
             s,
-            "- Machine: {} × {} (nproc = {}), Linux {}",
-            m.nproc, m.cpu_model, m.nproc, m.kernel
+            "- Machine: {} × {} (nproc = {}), Linux {}; CPU {} busy in the second before \
+             measuring{}",
+            m.nproc,
+            m.cpu_model,
+            m.nproc,
+            m.kernel,
+            self.cpu_busy_before
+                .map_or_else(|| "?".to_string(), |b| format!("{:.0}%", b * 100.0)),
+            if self.cpu_busy_before.is_some_and(|b| b > BUSY_WARN) {
+                " — **other work was running, results are skewed**"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,
-            "- Request: `GET {CONNECTOR_PREFIX}{UPSTREAM_PATH}` over keep-alive HTTP/1.1, \
+            "- Request: `GET {CONNECTOR_PREFIX}{UPSTREAM_PATH}` (direct: `GET {UPSTREAM_PATH}`) \
+             over keep-alive HTTP/1.1, \
              one connection per concurrent client; upstream is an in-process hyper server \
              ({} thread{}) answering 200 with a fixed {}-byte JSON body; proxies inject \
              `Authorization: Bearer …`",
@@ -793,7 +869,9 @@ impl Report<'_> {
             s,
             "- **Caveat:** the load generator ({} thread{}), the upstream and the proxy all \
              share the same {} cores, so absolute numbers are pessimistic; compare rows \
-             with each other, not with other machines.\n",
+             with each other, not with other machines. At concurrency 1 the cores idle \
+             between requests, so on a VM each hop also pays a wake-up (tens of µs): an idle \
+             machine shows *higher* c=1 latency than a busy one.\n",
             a.client_threads,
             if a.client_threads == 1 { "" } else { "s" },
             m.nproc
@@ -830,11 +908,7 @@ impl Report<'_> {
                 }
                 Err(e) => {
                     let first = e.lines().next().unwrap_or("failed").replace('|', "\\|");
-                    let _ = writeln!(
-                        s,
-                        "| {} | failed: {first} | | | | | | | |",
-                        r.kind.label()
-                    );
+                    let _ = writeln!(s, "| {} | failed: {first} | | | | | | | |", r.kind.label());
                 }
             }
         }
@@ -866,6 +940,26 @@ impl Report<'_> {
                 n.throughput.rps
             );
         }
+        let conns: Vec<String> = self
+            .results
+            .iter()
+            .filter_map(|r| {
+                let x = r.outcome.as_ref().ok()?;
+                Some(format!(
+                    "{} {} for {} requests",
+                    r.kind.label(),
+                    x.upstream_connections,
+                    x.upstream_requests
+                ))
+            })
+            .collect();
+        if !conns.is_empty() {
+            let _ = writeln!(
+                s,
+                "- Upstream connections opened during warm-ups and measurements: {}.",
+                conns.join("; ")
+            );
+        }
         for r in self.results {
             if let Ok(x) = &r.outcome
                 && x.auth_injected == Some(false)
@@ -887,7 +981,9 @@ impl Report<'_> {
             .iter()
             .map(|r| match &r.outcome {
                 Ok(x) => json!({"target": r.kind, "ok": true, "latency": x.latency,
-                                "throughput": x.throughput, "auth_injected": x.auth_injected}),
+                                "throughput": x.throughput, "auth_injected": x.auth_injected,
+                                "upstream_requests": x.upstream_requests,
+                                "upstream_connections": x.upstream_connections}),
                 Err(e) => json!({"target": r.kind, "ok": false, "error": e}),
             })
             .collect();
@@ -909,6 +1005,7 @@ impl Report<'_> {
             "date": self.date,
             "machine": {"nproc": self.machine.nproc, "cpu_model": self.machine.cpu_model,
                         "kernel": self.machine.kernel},
+            "cpu_busy_before_start": self.cpu_busy_before,
             "settings": {"duration_s": a.duration, "requests": a.requests,
                          "concurrency_high": a.concurrency_high, "requests_high": a.requests_high,
                          "warmup_s": a.warmup, "client_threads": a.client_threads,
