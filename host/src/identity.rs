@@ -71,6 +71,8 @@ pub enum IdentityError {
 /// Resolves callers for one config snapshot; caches whois answers briefly per peer.
 pub struct Identifier {
     mode: IdentityMode,
+    /// The `(loopback)` caller, built once: loopback mode answers it on every request.
+    loopback: Arc<Caller>,
     socket: PathBuf,
     ttl: Duration,
     cache: Mutex<HashMap<SocketAddr, (Instant, Arc<Caller>)>>,
@@ -84,6 +86,7 @@ impl Identifier {
     pub fn new(cfg: &IdentityConfig) -> Self {
         Self {
             mode: cfg.mode,
+            loopback: Arc::new(Caller::loopback()),
             socket: cfg.socket.clone(),
             ttl: Duration::from_secs(cfg.cache_ttl_secs),
             cache: Mutex::new(HashMap::new()),
@@ -102,7 +105,7 @@ impl Identifier {
         match self.mode {
             IdentityMode::Loopback => {
                 if is_loopback(peer.ip()) {
-                    Ok(Arc::new(Caller::loopback()))
+                    Ok(self.loopback.clone())
                 } else {
                     Err(IdentityError::Unknown(format!(
                         "identity mode \"loopback\" accepts only local callers; {} is not one",

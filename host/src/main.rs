@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use portcullis::app::{self, Options};
 use portcullis::{config, telemetry, vault};
 
+/// mimalloc: the proxy path allocates many small, short-lived buffers across threads,
+/// where glibc malloc showed up prominently in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Default data directory (vault and key file), relative to the working directory.
 const DEFAULT_DATA_DIR: &str = "portcullis-data";
 

@@ -10,7 +10,6 @@
 //! `connectorID/category` grants the whole category (`github/proxy`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
@@ -98,7 +97,7 @@ struct CompiledGrant {
 #[derive(Debug)]
 pub struct Policy {
     grants: Vec<CompiledGrant>,
-    labels: Arc<HashMap<String, Vec<String>>>,
+    labels: HashMap<String, Vec<String>>,
 }
 
 impl Policy {
@@ -131,19 +130,18 @@ impl Policy {
                 "no grant assigns role \"admin\"; nobody will be able to manage this instance",
             );
         }
-        Self {
-            grants,
-            labels: Arc::new(labels),
-        }
+        Self { grants, labels }
     }
 
     /// Everything `caller` may do.
-    pub fn access(&self, caller: &Caller) -> Access {
+    pub fn access(&self, caller: &Caller) -> Access<'_> {
+        // Borrows the compiled rules: this runs on every request.
         let mut access = Access {
             role: None,
             read_metrics: false,
-            rules: Vec::new(),
-            labels: self.labels.clone(),
+            granted: Vec::new(),
+            extra: Vec::new(),
+            labels: &self.labels,
         };
         for g in self
             .grants
@@ -152,7 +150,7 @@ impl Policy {
         {
             access.role = access.role.max(g.role);
             access.read_metrics |= g.read_metrics;
-            access.rules.extend(g.rules.iter().cloned());
+            access.granted.push(&g.rules);
         }
         // Policy-file grants, delivered by whois. Bad ones are skipped (and logged once
         // per identity lookup by the caller of this function, not per request).
@@ -162,7 +160,7 @@ impl Policy {
                 access.read_metrics |= cap.read_metrics;
                 for p in patterns_of(&cap) {
                     if let Ok(rule) = compile_pattern(&p) {
-                        access.rules.push(rule);
+                        access.extra.push(rule);
                     }
                 }
             }
@@ -253,14 +251,24 @@ fn src_matches(src: &str, caller: &Caller) -> bool {
 
 /// One caller's effective access.
 #[derive(Debug, Clone)]
-pub struct Access {
+pub struct Access<'p> {
     role: Option<Role>,
     read_metrics: bool,
-    rules: Vec<Rule>,
-    labels: Arc<HashMap<String, Vec<String>>>,
+    /// Rules of the config grants that matched, borrowed from the policy.
+    granted: Vec<&'p [Rule]>,
+    /// Rules from the caller's own capabilities (policy-file grants).
+    extra: Vec<Rule>,
+    labels: &'p HashMap<String, Vec<String>>,
 }
 
-impl Access {
+impl Access<'_> {
+    fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.granted
+            .iter()
+            .flat_map(|r| r.iter())
+            .chain(self.extra.iter())
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Some(Role::Admin)
     }
@@ -277,16 +285,20 @@ impl Access {
     /// empty (the category as a whole); for `proxy` it is the request path without its
     /// leading slash.
     pub fn allows(&self, connector: &str, category: &str, resource: &str) -> bool {
-        let whole = format!("{connector}/{category}");
-        let full = if resource.is_empty() {
-            whole.clone()
-        } else {
-            format!("{whole}/{resource}")
-        };
-        self.rules.iter().any(|r| match r {
+        let mut full = String::with_capacity(connector.len() + category.len() + resource.len() + 2);
+        full.push_str(connector);
+        full.push('/');
+        full.push_str(category);
+        let whole_len = full.len();
+        if !resource.is_empty() {
+            full.push('/');
+            full.push_str(resource);
+        }
+        let whole = &full[..whole_len];
+        self.rules().any(|r| match r {
             Rule::Glob(g, prefix) => {
                 g.is_match(&full)
-                    || g.is_match(&whole)
+                    || g.is_match(whole)
                     || prefix.as_ref().is_some_and(|p| p.is_match(&full))
             }
             Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
@@ -296,7 +308,7 @@ impl Access {
     /// May the caller use anything at all on `connector`?
     pub fn any_on(&self, connector: &str) -> bool {
         CATEGORIES.iter().any(|c| self.allows(connector, c, ""))
-            || self.rules.iter().any(|r| match r {
+            || self.rules().any(|r| match r {
                 Rule::Glob(g, _) => {
                     // e.g. "github/proxy/repos/**" grants something on github.
                     let s = g.glob().glob();

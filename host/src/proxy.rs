@@ -95,7 +95,7 @@ async fn proxy(
 
 async fn forward(
     app: &App,
-    access: &crate::policy::Access,
+    access: &crate::policy::Access<'_>,
     caller: &Caller,
     connector: &Connector,
     path: &str,
