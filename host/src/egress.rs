@@ -13,7 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
 
 use crate::config::EgressConfig;
 
@@ -31,8 +38,8 @@ pub enum EgressError {
     Other { host: String, detail: String },
 }
 
-/// Our resolver's refusal, carried through reqwest's error chain and found again by
-/// [`EgressError::from_reqwest`].
+/// Our resolver's refusal, carried through the client's error chain and found again by
+/// [`EgressError::from_client`].
 #[derive(Debug, thiserror::Error)]
 #[error("{host} resolves to {reason}")]
 struct Refusal {
@@ -145,75 +152,92 @@ pub fn unsafe_url_reason(url: &url::Url, allow_loopback: bool) -> Option<String>
 
 /// Checks every resolved address; refuses the whole name if any one is unsafe, since a
 /// name that mixes public and internal addresses is a rebinding attempt, not a choice.
+#[derive(Clone)]
 struct SafeResolver {
     allow_loopback: Arc<AtomicBool>,
 }
 
-impl Resolve for SafeResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for SafeResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let allow_loopback = self.allow_loopback.load(Ordering::Relaxed);
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for a in &addrs {
                 if let Some(reason) = refusal_reason(a.ip(), allow_loopback) {
-                    return Err(Box::new(Refusal {
-                        host: host.clone(),
-                        reason: reason.into(),
-                    }) as _);
+                    return Err(Box::new(Refusal { host: host.clone(), reason: reason.into() }) as BoxError);
                 }
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            Ok(addrs.into_iter())
         })
     }
 }
 
-/// The shared outbound client. Cheap to clone.
+/// Bodies sent upstream: the caller's streamed body, or a small buffered one.
+pub type OutBody = axum::body::Body;
+/// Bodies received from upstream, streamed.
+pub type InBody = hyper::body::Incoming;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<SafeResolver>>;
+
+/// The shared outbound client (hyper over a safe resolver and rustls). Cheap to clone.
 #[derive(Clone)]
 pub struct Egress {
-    client: reqwest::Client,
+    client: Client<Connector, OutBody>,
     allow_loopback: Arc<AtomicBool>,
+    /// Longest wait for response headers, and longest silence within a response body.
+    read_timeout: Duration,
 }
 
 impl Egress {
     pub fn new(cfg: &EgressConfig) -> anyhow::Result<Self> {
-        // reqwest is built without a default crypto provider; install ring once.
+        // Built with ring only; install it as the process default once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let allow_loopback = Arc::new(AtomicBool::new(cfg.allow_loopback));
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(SafeResolver {
-                allow_loopback: allow_loopback.clone(),
-            }))
-            .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs.max(1)))
-            .read_timeout(Duration::from_secs(cfg.read_timeout_secs.max(1)))
+        let mut http = HttpConnector::new_with_resolver(SafeResolver { allow_loopback: allow_loopback.clone() });
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(cfg.connect_timeout_secs.max(1))));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS certificate verification: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .referer(false)
-            .build()?;
-        Ok(Self {
-            client,
-            allow_loopback,
-        })
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Ok(Self { client, allow_loopback, read_timeout: Duration::from_secs(cfg.read_timeout_secs.max(1)) })
     }
 
     /// Applies a reloaded config's switches to the live client.
     pub fn reconfigure(&self, cfg: &EgressConfig) {
-        self.allow_loopback
-            .store(cfg.allow_loopback, Ordering::Relaxed);
+        self.allow_loopback.store(cfg.allow_loopback, Ordering::Relaxed);
+    }
+
+    /// The longest silence tolerated inside a response body.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
     }
 
     /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals).
     pub fn check_url(&self, url: &url::Url) -> Result<(), EgressError> {
         let host = url.host_str().unwrap_or_default().to_owned();
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(EgressError::Refused {
-                host,
-                reason: format!("a {}: URL", url.scheme()),
-            });
+            return Err(EgressError::Refused { host, reason: format!("a {}: URL", url.scheme()) });
         }
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -223,57 +247,59 @@ impl Egress {
         if let Some(ip) = literal
             && let Some(reason) = refusal_reason(ip, self.allow_loopback.load(Ordering::Relaxed))
         {
-            return Err(EgressError::Refused {
-                host,
-                reason: reason.into(),
-            });
+            return Err(EgressError::Refused { host, reason: reason.into() });
         }
         Ok(())
     }
 
-    /// A request to fill in and hand to [`Egress::send`]. (A plain `reqwest::Request`
-    /// rather than a builder: it cannot be sent except through `send`, which checks it.)
-    pub fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::Request {
-        reqwest::Request::new(method, url)
-    }
-
-    /// Sends a request after checking its URL. Redirect responses come back as they are.
-    pub async fn send(&self, req: reqwest::Request) -> Result<reqwest::Response, EgressError> {
-        self.check_url(req.url())?;
-        let host = req.url().host_str().unwrap_or_default().to_owned();
-        self.client
-            .execute(req)
-            .await
-            .map_err(|e| EgressError::from_reqwest(&host, &e))
+    /// Sends `method url` with `headers` and `body` after checking the URL. Redirect
+    /// responses come back as they are; the response body streams.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        url: &url::Url,
+        headers: http::HeaderMap,
+        body: OutBody,
+    ) -> Result<http::Response<InBody>, EgressError> {
+        self.check_url(url)?;
+        let host = url.host_str().unwrap_or_default();
+        let uri = http::Uri::try_from(url.as_str())
+            .map_err(|e| EgressError::Other { host: host.to_owned(), detail: format!("invalid URL: {e}") })?;
+        let mut req = http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
+            Err(_) => Err(EgressError::Timeout(host.to_owned())),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(EgressError::from_client(host, &e)),
+        }
     }
 }
 
 impl EgressError {
-    fn from_reqwest(host: &str, e: &reqwest::Error) -> Self {
+    fn from_client(host: &str, e: &hyper_util::client::legacy::Error) -> Self {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = source {
             if let Some(r) = err.downcast_ref::<Refusal>() {
-                return Self::Refused {
-                    host: r.host.clone(),
-                    reason: r.reason.clone(),
-                };
+                return Self::Refused { host: r.host.clone(), reason: r.reason.clone() };
             }
             source = err.source();
         }
-        if e.is_timeout() {
-            Self::Timeout(host.to_owned())
-        } else if e.is_connect() {
-            Self::Connect(format!("{host}: {}", root_cause(e)))
-        } else {
-            Self::Other {
-                host: host.to_owned(),
-                detail: root_cause(e),
+        let cause = root_cause(e);
+        if e.is_connect() {
+            if cause.contains("timed out") || cause.contains("timeout") {
+                Self::Timeout(host.to_owned())
+            } else {
+                Self::Connect(format!("{host}: {cause}"))
             }
+        } else {
+            Self::Other { host: host.to_owned(), detail: cause }
         }
     }
 }
 
-/// The innermost error message: reqwest's outer ones say little ("error sending request").
+/// The innermost error message: the client's outer ones say little ("client error (Connect)").
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {

@@ -70,12 +70,10 @@ enum Transport {
     Body(String),
 }
 
-async fn send(
-    egress: &Egress,
-    req: oauth2::HttpRequest,
-) -> Result<oauth2::HttpResponse, Transport> {
-    let req = reqwest::Request::try_from(req).map_err(|e| Transport::Body(e.to_string()))?;
-    let resp = egress.send(req).await?;
+async fn send(egress: &Egress, req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, Transport> {
+    let (parts, body) = req.into_parts();
+    let url = url::Url::parse(&parts.uri.to_string()).map_err(|e| Transport::Body(format!("token URL: {e}")))?;
+    let resp = egress.send(parts.method, &url, parts.headers, axum::body::Body::from(body)).await?;
     let status = resp.status();
     if status.is_redirection() {
         let to = resp
@@ -86,15 +84,15 @@ async fn send(
             .unwrap_or_default();
         return Err(Transport::Redirect(to));
     }
-    let headers = resp.headers().clone();
-    let body = http_body_util::Limited::new(reqwest::Body::from(resp), TOKEN_RESPONSE_MAX)
-        .collect()
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(TOKEN_TIMEOUT, http_body_util::Limited::new(body, TOKEN_RESPONSE_MAX).collect())
         .await
+        .map_err(|_| Transport::Body("the answer did not arrive in time".into()))?
         .map_err(|e| Transport::Body(format!("reading the answer: {e}")))?
         .to_bytes();
     let mut out = http::Response::new(body.to_vec());
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = parts.headers;
     Ok(out)
 }
 

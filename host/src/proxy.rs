@@ -8,7 +8,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::future::Future;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Body;
@@ -21,7 +23,7 @@ use http_body::Frame;
 use crate::app::{App, Connector, Snapshot};
 use crate::config::Protocol;
 use crate::credentials::CredentialError;
-use crate::egress::EgressError;
+use crate::egress::{EgressError, InBody};
 use crate::error::ApiError;
 use crate::identity::Caller;
 
@@ -147,45 +149,39 @@ async fn forward(
         .map_err(|e| credential_error(&e))?;
     let sent_auth = headers.get(http::header::AUTHORIZATION).cloned();
 
-    let mut upstream = app.egress.request(parts.method.clone(), url);
-    *upstream.headers_mut() = headers;
-    // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding.
-    if !http_body::Body::is_end_stream(&body) {
-        *upstream.body_mut() = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
-    }
+    // The caller's body streams through as it is: with its Content-Length if it had one,
+    // and not at all for a GET without one.
     let resp = app
         .egress
-        .send(upstream)
+        .send(parts.method.clone(), &url, headers, body)
         .await
         .map_err(|e| egress_error(id, &e))?;
 
     if resp.status() == StatusCode::UNAUTHORIZED {
         connector.credential.rejected(sent_auth.as_ref());
     }
-    let mut out = relay(id, parts.method == Method::HEAD, resp);
+    let mut out = relay(id, parts.method == Method::HEAD, app.egress.read_timeout(), resp);
     connector.credential.scrub_response(id, out.headers_mut());
     Ok(out)
 }
 
 /// Builds the response for the caller: hop-by-hop and `Set-Cookie` headers removed, body
 /// streamed and capped. Redirects are relayed as they are, never followed.
-fn relay(id: &str, head: bool, resp: reqwest::Response) -> Response {
-    let status = resp.status();
-    let mut headers = response_headers(resp.headers());
-    let too_long = resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES);
-    if too_long {
+fn relay(id: &str, head: bool, idle: Duration, resp: http::Response<InBody>) -> Response {
+    let (parts, body) = resp.into_parts();
+    let mut headers = response_headers(&parts.headers);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES) {
         // The body will be cut, so the length would be a lie.
         headers.remove(http::header::CONTENT_LENGTH);
     }
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::new(Capped::new(reqwest::Body::from(resp), id))
-    };
+    let body = if head { Body::empty() } else { Body::new(Capped::new(body, id, idle)) };
     let mut out = Response::new(body);
-    *out.status_mut() = status;
+    *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     out
 }
@@ -365,23 +361,30 @@ fn credential_error(e: &CredentialError) -> ApiError {
     }
 }
 
-/// A response body cut after `left` bytes. The cut is silent to the caller (the status
-/// was already sent) but logged. Once the limit is reached, one more frame is awaited to
-/// tell a body that ended exactly there from one that was cut.
+/// A response body cut after 50 MB and abandoned after `idle` without data. The cut is
+/// silent to the caller (the status was already sent) but logged. Once the limit is
+/// reached, one more frame is awaited to tell a body that ended exactly there from one
+/// that was cut.
 struct Capped {
-    inner: reqwest::Body,
+    inner: InBody,
     left: u64,
     connector: String,
     done: bool,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Capped {
-    fn new(inner: reqwest::Body, connector: &str) -> Self {
+    fn new(inner: InBody, connector: &str, idle: Duration) -> Self {
         Self {
             inner,
             left: MAX_RESPONSE_BYTES,
             connector: connector.to_owned(),
             done: false,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
         }
     }
 
@@ -393,24 +396,30 @@ impl Capped {
 
 impl http_body::Body for Capped {
     type Data = Bytes;
-    type Error = reqwest::Error;
+    type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.done {
             return Poll::Ready(None);
         }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.done = true;
+                    tracing::warn!(connector = %self.connector, "upstream went silent mid-response; response abandoned");
+                    return Poll::Ready(Some(Err("upstream response timed out".into())));
+                }
+                return Poll::Pending;
+            }
             Poll::Ready(None) => {
                 self.done = true;
                 return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(Some(Ok(frame))) => frame,
         };
+        let deadline = tokio::time::Instant::now() + self.idle;
+        self.timer.as_mut().reset(deadline);
         // Trailers are metadata of the upstream connection: dropped.
         let Ok(mut data) = frame.into_data() else {
             self.done = true;
