@@ -233,6 +233,18 @@ pub fn client() -> reqwest::Client {
     client_from("127.0.0.1")
 }
 
+/// `GET url` from 127.0.0.1, parsed as JSON (the echo upstream's answers, `/api/whoami`).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 /// The parsed `{"error": {"code", "message"}}` body.
 pub async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();

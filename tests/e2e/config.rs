@@ -100,14 +100,7 @@ async fn secrets_from_the_environment_are_injected() {
         ..Default::default()
     };
     let host = Host::start_with(&loopback_config(connectors, admin_everything()), opts);
-    let e: serde_json::Value = client()
-        .get(host.url("/v1/connectors/api/x"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let e: serde_json::Value = portcullis_e2e::get_json(&host.url("/v1/connectors/api/x")).await;
     assert_eq!(
         e["headers"]["authorization"],
         json!(["Bearer from-env-777"])

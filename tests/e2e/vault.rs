@@ -3,21 +3,14 @@
 
 use portcullis_e2e::oidc::{CC_SECRET, Oidc};
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, HostOptions, client};
+use portcullis_e2e::{Host, HostOptions};
 use serde_json::Value;
 
 use crate::client_credentials::cc_connector;
 use crate::{admin_everything, loopback_config};
 
 async fn token_via(host: &Host) -> String {
-    let e: Value = client()
-        .get(host.url("/v1/connectors/analytics/x"))
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let e: Value = portcullis_e2e::get_json(&host.url("/v1/connectors/analytics/x")).await;
     e["headers"]["authorization"][0]
         .as_str()
         .expect("auth")
