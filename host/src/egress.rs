@@ -172,10 +172,14 @@ impl tower_service::Service<Name> for SafeResolver {
         let allow_loopback = self.allow_loopback.load(Ordering::Relaxed);
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for a in &addrs {
                 if let Some(reason) = refusal_reason(a.ip(), allow_loopback) {
-                    return Err(Box::new(Refusal { host: host.clone(), reason: reason.into() }) as BoxError);
+                    return Err(Box::new(Refusal {
+                        host: host.clone(),
+                        reason: reason.into(),
+                    }) as BoxError);
                 }
             }
             Ok(addrs.into_iter())
@@ -204,7 +208,9 @@ impl Egress {
         // Built with ring only; install it as the process default once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let allow_loopback = Arc::new(AtomicBool::new(cfg.allow_loopback));
-        let mut http = HttpConnector::new_with_resolver(SafeResolver { allow_loopback: allow_loopback.clone() });
+        let mut http = HttpConnector::new_with_resolver(SafeResolver {
+            allow_loopback: allow_loopback.clone(),
+        });
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(cfg.connect_timeout_secs.max(1))));
@@ -220,12 +226,17 @@ impl Egress {
             .pool_max_idle_per_host(256)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(https);
-        Ok(Self { client, allow_loopback, read_timeout: Duration::from_secs(cfg.read_timeout_secs.max(1)) })
+        Ok(Self {
+            client,
+            allow_loopback,
+            read_timeout: Duration::from_secs(cfg.read_timeout_secs.max(1)),
+        })
     }
 
     /// Applies a reloaded config's switches to the live client.
     pub fn reconfigure(&self, cfg: &EgressConfig) {
-        self.allow_loopback.store(cfg.allow_loopback, Ordering::Relaxed);
+        self.allow_loopback
+            .store(cfg.allow_loopback, Ordering::Relaxed);
     }
 
     /// The longest silence tolerated inside a response body.
@@ -237,7 +248,10 @@ impl Egress {
     pub fn check_url(&self, url: &url::Url) -> Result<(), EgressError> {
         let host = url.host_str().unwrap_or_default().to_owned();
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(EgressError::Refused { host, reason: format!("a {}: URL", url.scheme()) });
+            return Err(EgressError::Refused {
+                host,
+                reason: format!("a {}: URL", url.scheme()),
+            });
         }
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -247,7 +261,10 @@ impl Egress {
         if let Some(ip) = literal
             && let Some(reason) = refusal_reason(ip, self.allow_loopback.load(Ordering::Relaxed))
         {
-            return Err(EgressError::Refused { host, reason: reason.into() });
+            return Err(EgressError::Refused {
+                host,
+                reason: reason.into(),
+            });
         }
         Ok(())
     }
@@ -263,8 +280,10 @@ impl Egress {
     ) -> Result<http::Response<InBody>, EgressError> {
         self.check_url(url)?;
         let host = url.host_str().unwrap_or_default();
-        let uri = http::Uri::try_from(url.as_str())
-            .map_err(|e| EgressError::Other { host: host.to_owned(), detail: format!("invalid URL: {e}") })?;
+        let uri = http::Uri::try_from(url.as_str()).map_err(|e| EgressError::Other {
+            host: host.to_owned(),
+            detail: format!("invalid URL: {e}"),
+        })?;
         let mut req = http::Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -282,7 +301,10 @@ impl EgressError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = source {
             if let Some(r) = err.downcast_ref::<Refusal>() {
-                return Self::Refused { host: r.host.clone(), reason: r.reason.clone() };
+                return Self::Refused {
+                    host: r.host.clone(),
+                    reason: r.reason.clone(),
+                };
             }
             source = err.source();
         }
@@ -294,7 +316,10 @@ impl EgressError {
                 Self::Connect(format!("{host}: {cause}"))
             }
         } else {
-            Self::Other { host: host.to_owned(), detail: cause }
+            Self::Other {
+                host: host.to_owned(),
+                detail: cause,
+            }
         }
     }
 }

@@ -70,10 +70,21 @@ enum Transport {
     Body(String),
 }
 
-async fn send(egress: &Egress, req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, Transport> {
+async fn send(
+    egress: &Egress,
+    req: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, Transport> {
     let (parts, body) = req.into_parts();
-    let url = url::Url::parse(&parts.uri.to_string()).map_err(|e| Transport::Body(format!("token URL: {e}")))?;
-    let resp = egress.send(parts.method, &url, parts.headers, axum::body::Body::from(body)).await?;
+    let url = url::Url::parse(&parts.uri.to_string())
+        .map_err(|e| Transport::Body(format!("token URL: {e}")))?;
+    let resp = egress
+        .send(
+            parts.method,
+            &url,
+            parts.headers,
+            axum::body::Body::from(body),
+        )
+        .await?;
     let status = resp.status();
     if status.is_redirection() {
         let to = resp
@@ -85,11 +96,14 @@ async fn send(egress: &Egress, req: oauth2::HttpRequest) -> Result<oauth2::HttpR
         return Err(Transport::Redirect(to));
     }
     let (parts, body) = resp.into_parts();
-    let body = tokio::time::timeout(TOKEN_TIMEOUT, http_body_util::Limited::new(body, TOKEN_RESPONSE_MAX).collect())
-        .await
-        .map_err(|_| Transport::Body("the answer did not arrive in time".into()))?
-        .map_err(|e| Transport::Body(format!("reading the answer: {e}")))?
-        .to_bytes();
+    let body = tokio::time::timeout(
+        TOKEN_TIMEOUT,
+        http_body_util::Limited::new(body, TOKEN_RESPONSE_MAX).collect(),
+    )
+    .await
+    .map_err(|_| Transport::Body("the answer did not arrive in time".into()))?
+    .map_err(|e| Transport::Body(format!("reading the answer: {e}")))?
+    .to_bytes();
     let mut out = http::Response::new(body.to_vec());
     *out.status_mut() = parts.status;
     *out.headers_mut() = parts.headers;

@@ -6,9 +6,9 @@
 //! stripped, the connector's credential is added, and bodies stream both ways; the
 //! response is cut at 50 MB.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -160,7 +160,12 @@ async fn forward(
     if resp.status() == StatusCode::UNAUTHORIZED {
         connector.credential.rejected(sent_auth.as_ref());
     }
-    let mut out = relay(id, parts.method == Method::HEAD, app.egress.read_timeout(), resp);
+    let mut out = relay(
+        id,
+        parts.method == Method::HEAD,
+        app.egress.read_timeout(),
+        resp,
+    );
     connector.credential.scrub_response(id, out.headers_mut());
     Ok(out)
 }
@@ -179,7 +184,11 @@ fn relay(id: &str, head: bool, idle: Duration, resp: http::Response<InBody>) -> 
         // The body will be cut, so the length would be a lie.
         headers.remove(http::header::CONTENT_LENGTH);
     }
-    let body = if head { Body::empty() } else { Body::new(Capped::new(body, id, idle)) };
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::new(Capped::new(body, id, idle))
+    };
     let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
@@ -398,7 +407,10 @@ impl http_body::Body for Capped {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.done {
             return Poll::Ready(None);
         }
