@@ -87,6 +87,17 @@ pub fn check(text: &str) -> (Option<(Config, Policy)>, Diagnostics) {
     }
 }
 
+/// A config that passed [`check`], with its compiled policy and warnings.
+type Validated = (Config, Policy, Diagnostics);
+
+/// [`check`], as a `Result`: errors become [`LoadError::Invalid`].
+fn validated(text: &str) -> Result<Validated, LoadError> {
+    match check(text) {
+        (Some((config, policy)), diagnostics) => Ok((config, policy, diagnostics)),
+        (None, diagnostics) => Err(LoadError::Invalid(diagnostics)),
+    }
+}
+
 /// The config text `serve` uses: the file, or the embedded default.
 pub fn read_config(path: Option<&Path>) -> Result<String, LoadError> {
     match path {
@@ -114,15 +125,12 @@ impl App {
         self.snapshot.load_full()
     }
 
+    /// Resolves the credentials of an already validated config into a snapshot.
     fn build_snapshot(
-        text: &str,
+        (config, policy, diagnostics): Validated,
         vault: &Vault,
         tokens: &TokenSlots,
     ) -> Result<Snapshot, LoadError> {
-        let (checked, diagnostics) = check(text);
-        let Some((config, policy)) = checked else {
-            return Err(LoadError::Invalid(diagnostics));
-        };
         let mut connectors = HashMap::with_capacity(config.connectors.len());
         for c in config.connectors.values() {
             let credential = Credential::build(c, vault, tokens).map_err(LoadError::Build)?;
@@ -153,7 +161,8 @@ impl App {
     pub async fn reload(&self) -> Result<(), LoadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let text = read_config(self.options.config.as_deref())?;
-        let result = Self::build_snapshot(&text, &self.vault, &self.tokens);
+        let result =
+            validated(&text).and_then(|v| Self::build_snapshot(v, &self.vault, &self.tokens));
         let outcome = if result.is_ok() {
             "applied"
         } else {
@@ -190,11 +199,8 @@ fn log_diagnostics(d: &Diagnostics) {
 pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     let text = read_config(opts.config.as_deref())?;
     // Validate before creating any state, so a bad config leaves nothing behind.
-    let (checked, diags) = check(&text);
-    if checked.is_none() {
-        return Err(LoadError::Invalid(diags).into());
-    }
-    let (config, _) = checked.context("config")?;
+    let checked = validated(&text)?;
+    let config = &checked.0;
 
     std::fs::create_dir_all(&opts.data_dir).with_context(|| {
         format!(
@@ -215,7 +221,7 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     let egress = Egress::new(&config.egress)?;
     let metrics = Metrics::new();
     let tokens = TokenSlots::new(vault.clone(), metrics.clone());
-    let snapshot = App::build_snapshot(&text, &vault, &tokens)?;
+    let snapshot = App::build_snapshot(checked, &vault, &tokens)?;
     log_diagnostics(&snapshot.diagnostics);
     if snapshot.config.egress.allow_loopback {
         tracing::warn!(

@@ -319,11 +319,6 @@ impl Access<'_> {
     }
 }
 
-/// Checks a pattern without compiling a policy (for the admin API and tests).
-pub fn check_pattern(p: &str) -> Result<(), PatternError> {
-    compile_pattern(p).map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

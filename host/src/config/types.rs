@@ -248,11 +248,6 @@ impl Auth {
             Self::Dcr(_) => "oauth2_dcr",
         }
     }
-
-    /// Per-user schemes need each user's own authorization; the others share one credential.
-    pub fn is_per_user(&self) -> bool {
-        matches!(self, Self::AuthorizationCode(_) | Self::Dcr(_))
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
