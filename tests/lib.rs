@@ -233,6 +233,21 @@ pub fn client() -> reqwest::Client {
     client_from("127.0.0.1")
 }
 
+/// `GET url` from 127.0.0.1.
+pub async fn get(url: &str) -> reqwest::Response {
+    client().get(url).send().await.expect("request")
+}
+
+/// The status of `GET url` from 127.0.0.1.
+pub async fn status_of(url: &str) -> u16 {
+    get(url).await.status().as_u16()
+}
+
+/// The status and error body of `GET url` from 127.0.0.1 (see [`error_of`]).
+pub async fn error_at(url: &str) -> (u16, String, String) {
+    error_of(get(url).await).await
+}
+
 /// `GET url` from 127.0.0.1, parsed as JSON (the echo upstream's answers, `/api/whoami`).
 pub async fn get_json(url: &str) -> serde_json::Value {
     client()

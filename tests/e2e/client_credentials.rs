@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use portcullis_e2e::oidc::{CC_CLIENT, CC_SECRET, Oidc};
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, client, error_of};
+use portcullis_e2e::{Host, client, error_at, error_of};
 use serde_json::{Value, json};
 
 use crate::{admin_everything, loopback_config};
@@ -137,14 +137,7 @@ async fn redirecting_token_endpoint_is_refused_and_never_followed() {
         cc_connector(&up, &format!("http://{redirector}/oauth2/token"), CC_SECRET),
         admin_everything(),
     ));
-    let (s, code, msg) = error_of(
-        client()
-            .get(host.url("/v1/connectors/analytics/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, msg) = error_at(&host.url("/v1/connectors/analytics/x")).await;
     assert_eq!((s, code.as_str()), (502, "credential_unavailable"));
     assert!(
         msg.contains("redirect") && msg.contains("canonical token endpoint"),
@@ -162,14 +155,7 @@ async fn refused_client_credentials_are_502_with_the_servers_reason() {
         cc_connector(&up, &oidc.token_url(), "wrong-secret-value"),
         admin_everything(),
     ));
-    let (s, code, msg) = error_of(
-        client()
-            .get(host.url("/v1/connectors/analytics/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, msg) = error_at(&host.url("/v1/connectors/analytics/x")).await;
     assert_eq!((s, code.as_str()), (502, "credential_unavailable"));
     assert!(msg.contains("invalid_client"), "{msg}");
     assert!(!msg.contains("wrong-secret-value"));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, HostOptions, binary, client, workspace};
+use portcullis_e2e::{Host, HostOptions, binary, status_of, workspace};
 use serde_json::json;
 
 use crate::{admin_everything, loopback_config};
@@ -107,20 +107,10 @@ async fn secrets_from_the_environment_are_injected() {
     );
 }
 
-async fn status(host: &Host, path: &str) -> u16 {
-    client()
-        .get(host.url(path))
-        .send()
-        .await
-        .expect("req")
-        .status()
-        .as_u16()
-}
-
 async fn wait_status(host: &Host, path: &str, want: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
-        if status(host, path).await == want {
+        if status_of(&host.url(path)).await == want {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -136,8 +126,8 @@ async fn reload_on_sighup_and_file_change_without_dropping_requests() {
         one.clone(),
         admin_everything(),
     )));
-    assert_eq!(status(&host, "/v1/connectors/a/x").await, 200);
-    assert_eq!(status(&host, "/v1/connectors/b/x").await, 404);
+    assert_eq!(status_of(&host.url("/v1/connectors/a/x")).await, 200);
+    assert_eq!(status_of(&host.url("/v1/connectors/b/x")).await, 404);
 
     // Keep traffic flowing through every reload below; not one request may fail.
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,7 +138,7 @@ async fn reload_on_sighup_and_file_change_without_dropping_requests() {
             // Bounded: stops when told, or after 50 000 requests at most.
             while !stop.load(Ordering::Relaxed) && n < 50_000 {
                 assert_eq!(
-                    status(&host, "/v1/connectors/a/x").await,
+                    status_of(&host.url("/v1/connectors/a/x")).await,
                     200,
                     "request dropped during reload"
                 );
@@ -168,7 +158,7 @@ async fn reload_on_sighup_and_file_change_without_dropping_requests() {
     std::fs::write(&host.config_path, r#"{"connectors": {"servers": {"a": {"protocol": "http", "auth": {"type": "bearer_token", "secert": "x"}}}}}"#)
         .expect("write");
     host.wait_for_log("config reload rejected").await;
-    assert_eq!(status(&host, "/v1/connectors/b/x").await, 200);
+    assert_eq!(status_of(&host.url("/v1/connectors/b/x")).await, 200);
     assert!(host.logs().contains("secert"));
 
     // SIGHUP re-reads the (fixed) file: b disappears again.

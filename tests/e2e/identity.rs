@@ -4,7 +4,7 @@
 
 use portcullis_e2e::upstream::Upstream;
 use portcullis_e2e::whois::Whois;
-use portcullis_e2e::{Host, client_from, error_of, grant};
+use portcullis_e2e::{Host, client_from, error_at, error_of, grant};
 use serde_json::{Value, json};
 
 fn tailscale_config(socket: &std::path::Path, up: &Upstream, grants: Value) -> String {
@@ -187,13 +187,7 @@ async fn serve_headers_mode_trusts_headers_from_loopback_only() {
         e["headers"].get("tailscale-user-login").is_none(),
         "identity header leaked upstream"
     );
-    let (s, code, _) = error_of(
-        c.get(host.url("/v1/connectors/api/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, _) = error_at(&host.url("/v1/connectors/api/x")).await;
     assert_eq!((s, code.as_str()), (401, "unauthenticated"));
 }
 

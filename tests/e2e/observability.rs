@@ -2,7 +2,7 @@
 //! and `/metrics`.
 
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, client, error_of, grant};
+use portcullis_e2e::{Host, client, error_at, grant};
 use serde_json::json;
 
 use crate::loopback_config;
@@ -95,13 +95,6 @@ async fn metrics_in_prometheus_format_for_admins_only() {
         connectors,
         json!([grant("(loopback)", &["api/**"], false)]),
     ));
-    let (s, code, _) = error_of(
-        client()
-            .get(host.url("/metrics"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, _) = error_at(&host.url("/metrics")).await;
     assert_eq!((s, code.as_str()), (403, "forbidden"));
 }

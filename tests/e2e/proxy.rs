@@ -2,7 +2,7 @@
 //! methods, paths, redirects, size limit, streaming, and every failure status.
 
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, client, error_of, grant, raw};
+use portcullis_e2e::{Host, client, error_at, error_of, grant, raw, status_of};
 use serde_json::{Value, json};
 
 use crate::{admin_everything, loopback_config};
@@ -208,23 +208,10 @@ async fn unknown_connector_404_no_grant_403_mcp_connector_404() {
         false
     )]);
     let host = Host::start(&loopback_config(connectors, grants));
-    let c = client();
-    let (s, code, msg) = error_of(
-        c.get(host.url("/v1/connectors/nope/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, msg) = error_at(&host.url("/v1/connectors/nope/x")).await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
     assert!(msg.contains("\"nope\""), "{msg}");
-    let (s, code, msg) = error_of(
-        c.get(host.url("/v1/connectors/other/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, msg) = error_at(&host.url("/v1/connectors/other/x")).await;
     assert_eq!((s, code.as_str()), (403, "forbidden"));
     assert!(
         msg.contains("other/proxy") && msg.contains("(loopback)"),
@@ -232,28 +219,11 @@ async fn unknown_connector_404_no_grant_403_mcp_connector_404() {
     );
     // Path-scoped grant: inside allowed, outside denied.
     assert_eq!(
-        c.get(host.url("/v1/connectors/api/allowed/a/b"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        status_of(&host.url("/v1/connectors/api/allowed/a/b")).await,
         200
     );
-    assert_eq!(
-        c.get(host.url("/v1/connectors/api/denied"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        403
-    );
-    let (s, _, msg) = error_of(
-        c.get(host.url("/v1/connectors/tools/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    assert_eq!(status_of(&host.url("/v1/connectors/api/denied")).await, 403);
+    let (s, _, msg) = error_at(&host.url("/v1/connectors/tools/x")).await;
     assert_eq!(s, 404);
     assert!(msg.contains("/v1/mcp"), "{msg}");
     assert_eq!(up.hits(), 1);
@@ -338,14 +308,7 @@ async fn loopback_upstream_refused_by_default_with_502() {
     .to_string();
     let host = Host::start(&config);
     for id in ["api", "named", "meta"] {
-        let (s, code, msg) = error_of(
-            client()
-                .get(host.url(&format!("/v1/connectors/{id}/x")))
-                .send()
-                .await
-                .expect("req"),
-        )
-        .await;
+        let (s, code, msg) = error_at(&host.url(&format!("/v1/connectors/{id}/x"))).await;
         assert_eq!((s, code.as_str()), (502, "egress_refused"), "{id}: {msg}");
         assert!(
             msg.contains("loopback") || msg.contains("metadata"),
@@ -368,14 +331,7 @@ async fn upstream_down_is_502() {
     let connectors =
         json!({"down": {"protocol": "http", "url": format!("http://127.0.0.1:{port}")}});
     let host = Host::start(&loopback_config(connectors, admin_everything()));
-    let (s, code, msg) = error_of(
-        client()
-            .get(host.url("/v1/connectors/down/x"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, code, msg) = error_at(&host.url("/v1/connectors/down/x")).await;
     assert_eq!((s, code.as_str()), (502, "upstream_unreachable"));
     assert!(msg.contains("\"down\""), "{msg}");
 }
@@ -473,46 +429,25 @@ async fn grants_see_the_segments_an_upstream_could_see() {
         false
     )]);
     let host = Host::start(&loopback_config(bearer(&up), grants));
-    let c = client();
     assert_eq!(
-        c.get(host.url("/v1/connectors/api/repos/one"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        status_of(&host.url("/v1/connectors/api/repos/one")).await,
         200
     );
     assert_eq!(
-        c.get(host.url("/v1/connectors/api/repos/one/"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        status_of(&host.url("/v1/connectors/api/repos/one/")).await,
         200
     );
     // An encoded slash makes two segments for an upstream that decodes it: not covered by `*`.
     assert_eq!(
-        c.get(host.url("/v1/connectors/api/repos/one%2Fsecret"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        status_of(&host.url("/v1/connectors/api/repos/one%2Fsecret")).await,
         403
     );
     assert_eq!(
-        c.get(host.url("/v1/connectors/api/repos/one%5Csecret"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        status_of(&host.url("/v1/connectors/api/repos/one%5Csecret")).await,
         403
     );
     assert_eq!(
-        c.get(host.url("/v1/connectors/api/public/a%2Fb"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        status_of(&host.url("/v1/connectors/api/public/a%2Fb")).await,
         200
     );
     for (target, want) in [
