@@ -26,6 +26,7 @@ use crate::credentials::{Credential, TokenSlots};
 use crate::egress::Egress;
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::{Caller, Identifier, IdentityError};
+use crate::plugins::Plugins;
 use crate::policy::Policy;
 use crate::proxy::{self, ConnectorTag};
 use crate::telemetry::Metrics;
@@ -49,6 +50,10 @@ pub struct Connector {
     pub credential: Credential,
     pub description: String,
     pub context: Option<serde_json::Value>,
+    /// Registry id of the provider plugin; `None` for `"Custom"`.
+    pub provider: Option<String>,
+    /// The connector's `provider_vars`, passed to its plugin.
+    pub provider_vars: Vec<(String, String)>,
 }
 
 /// Everything derived from one config.
@@ -117,7 +122,12 @@ pub struct App {
     pub tokens: TokenSlots,
     pub metrics: Arc<Metrics>,
     pub options: Options,
+    /// The provider registry; rescanned on its own when the folder changes.
+    pub plugins: Arc<Plugins>,
+    /// Post-connect discovery results of shared-credential connectors.
+    pub discoveries: proxy::Discoveries,
     reload_lock: tokio::sync::Mutex<()>,
+    _registry_watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl App {
@@ -143,6 +153,13 @@ impl App {
                     credential,
                     description: c.description.clone(),
                     context: c.context.clone(),
+                    provider: (!c.provider.eq_ignore_ascii_case("custom"))
+                        .then(|| c.provider.clone()),
+                    provider_vars: c
+                        .provider_vars
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 }),
             );
         }
@@ -184,6 +201,7 @@ impl App {
         }
         self.egress.reconfigure(&snap.config.egress);
         self.snapshot.store(Arc::new(snap));
+        self.discoveries.clear();
         tracing::info!("config reloaded");
         Ok(())
     }
@@ -195,8 +213,38 @@ fn log_diagnostics(d: &Diagnostics) {
     }
 }
 
+/// The registry folder: `--registry`/`PORTCULLIS_REGISTRY`, else `registry.dir`, else
+/// `./registry` when it exists. A folder named explicitly must exist.
+fn registry_dir(opts: &Options, config: &Config) -> anyhow::Result<Option<PathBuf>> {
+    let named = opts
+        .registry
+        .clone()
+        .or_else(|| config.registry.dir.clone());
+    match named {
+        Some(dir) if dir.is_dir() => Ok(Some(dir)),
+        Some(dir) => anyhow::bail!(
+            "the provider registry folder {} does not exist; create it, fix --registry / PORTCULLIS_REGISTRY / registry.dir, or leave them unset",
+            dir.display()
+        ),
+        None => {
+            let default = PathBuf::from(DEFAULT_REGISTRY);
+            if default.is_dir() {
+                Ok(Some(default))
+            } else {
+                tracing::info!(
+                    "no provider registry (./{DEFAULT_REGISTRY} does not exist); connectors with a \"provider\" will answer 503 until one is configured"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Registry folder used when none is configured, relative to the working directory.
+pub const DEFAULT_REGISTRY: &str = "registry";
+
 /// Builds the state and router for `opts`. Returns the app and the address to bind.
-pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
+pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     let text = read_config(opts.config.as_deref())?;
     // Validate before creating any state, so a bad config leaves nothing behind.
     let checked = validated(&text)?;
@@ -229,6 +277,17 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
         );
     }
     let listen = opts.listen.unwrap_or(snapshot.config.listen);
+    let registry = registry_dir(&opts, &snapshot.config)?;
+    let plugins = Plugins::open(
+        registry,
+        Some(opts.data_dir.join("plugin-cache")),
+        Some(metrics.clone()),
+    )
+    .await?;
+    let registry_watcher = plugins.watch().unwrap_or_else(|e| {
+        tracing::warn!("the registry folder is not watched ({e}); restart to pick up changes");
+        None
+    });
     let app = Arc::new(App {
         snapshot: ArcSwap::from_pointee(snapshot),
         egress,
@@ -236,7 +295,10 @@ pub fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
         tokens,
         metrics,
         options: opts,
+        plugins,
+        discoveries: proxy::Discoveries::default(),
         reload_lock: tokio::sync::Mutex::new(()),
+        _registry_watcher: registry_watcher,
     });
     let router = router(app.clone());
     Ok((app, listen, router))
@@ -250,6 +312,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/connectors/{id}/{*path}", any(proxy::handle))
         .route("/metrics", get(metrics))
         .route("/api/whoami", get(whoami))
+        .route("/api/registry", get(registry))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()
@@ -261,7 +324,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Runs the server until SIGTERM or SIGINT; reloads on SIGHUP and when the file changes.
 pub async fn serve(opts: Options) -> anyhow::Result<()> {
-    let (app, listen, router) = build(opts)?;
+    let (app, listen, router) = build(opts).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
@@ -492,6 +555,13 @@ async fn whoami(
         "groups": caller.groups,
         "role": access.role(),
     }))
+}
+
+/// The provider registry for the picker: every loaded provider with its defaults, and
+/// every entry that failed to load with the reason. Defaults hold no secrets, so any
+/// identified caller may read them.
+async fn registry(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(crate::plugins::registry_json(&app.plugins))
 }
 
 async fn not_found(req: Request) -> ApiError {

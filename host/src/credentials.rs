@@ -231,6 +231,15 @@ impl Credential {
         }
     }
 
+    /// The header this credential sets, if any: plugins may never set it themselves.
+    pub fn header_name(&self) -> Option<&HeaderName> {
+        match self {
+            Self::Header(name, _) => Some(name),
+            Self::ClientCredentials(_) | Self::PerUser => Some(&http::header::AUTHORIZATION),
+            Self::None | Self::Query { .. } => None,
+        }
+    }
+
     /// The upstream rejected the credential (401): forget a cached token so the next
     /// request mints a new one.
     pub fn rejected(&self, sent: Option<&HeaderValue>) {

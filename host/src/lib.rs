@@ -21,12 +21,17 @@
 //! - [`oauth`]: token endpoint calls (client credentials so far).
 //! - [`egress`]: the one outbound HTTP client; the SSRF rules (checked after DNS, on
 //!   every dial), no redirects, timeouts.
-//! - [`proxy`]: the `/v1/connectors/<id>/<path>` handler.
+//! - [`plugins`]: provider plugins: the Wasm sandbox, the registry folder, and the
+//!   checks on everything a plugin returns.
+//! - [`proxy`]: the `/v1/connectors/<id>/<path>` handler (shaped by the connector's
+//!   provider plugin, if any).
 //! - [`telemetry`]: request logs (header names only) and Prometheus metrics.
 //! - [`error`]: the stable JSON error body every handler returns.
 //! - [`app`]: wiring: snapshot building and atomic reload, the router, the server.
 
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere; the one exception (loading compiled plugin code from
+// the host's private cache) is allowed on that function alone, with its reasoning.
+#![deny(unsafe_code)]
 
 pub mod app;
 pub mod config;
@@ -35,6 +40,7 @@ pub mod egress;
 pub mod error;
 pub mod identity;
 pub mod oauth;
+pub mod plugins;
 pub mod policy;
 pub mod proxy;
 pub mod telemetry;

@@ -20,12 +20,17 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::Frame;
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use crate::app::{App, Connector, Snapshot};
 use crate::config::Protocol;
 use crate::credentials::CredentialError;
 use crate::egress::{EgressError, InBody};
 use crate::error::ApiError;
 use crate::identity::Caller;
+use crate::plugins::{CallError, DiscoveryOutcome, Plugin, Plugins, types, wit_method};
+use types::Hook;
 
 /// Route prefix of the proxy.
 pub const PREFIX: &str = "/v1/connectors/";
@@ -132,26 +137,78 @@ async fn forward(
             "connector \"{id}\" is an MCP connector; reach it through /v1/mcp"
         )));
     }
-    let Some(base) = &connector.url else {
-        return Err(ApiError::bad_gateway(
-            "connector_misconfigured",
-            format!("connector \"{id}\" has no url; an admin must set connectors.servers.{id}.url"),
-        ));
+    let plugin = match &connector.provider {
+        Some(p) => Some(app.plugins.get(p).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                format!(
+                    "connector \"{id}\" uses provider \"{p}\", which is not loaded from the registry; GET /api/registry lists what loaded and why entries failed"
+                ),
+            )
+        })?),
+        None => None,
     };
-    let mut url = join(base, &path.forward, req.uri().query());
+    let base = match (&connector.url, &plugin) {
+        (Some(u), _) => u.clone(),
+        (None, Some(p)) => url::Url::parse(&p.defaults.api_url)
+            .map_err(|e| ApiError::bad_gateway("connector_misconfigured", e.to_string()))?,
+        (None, None) => {
+            return Err(ApiError::bad_gateway(
+                "connector_misconfigured",
+                format!(
+                    "connector \"{id}\" has no url; an admin must set connectors.servers.{id}.url"
+                ),
+            ));
+        }
+    };
 
     let (parts, body) = req.into_parts();
     let mut headers = request_headers(&parts.headers);
+    let query = parts.uri.query();
+    let ctx = match &plugin {
+        Some(p) if p.has(Hook::ShapeRequest) || p.has(Hook::ClassifyResponse) => {
+            Some(connection_context(app, connector, p, &base).await?)
+        }
+        _ => None,
+    };
+    let mut url = match (&plugin, &ctx) {
+        (Some(p), Some(ctx)) if p.has(Hook::ShapeRequest) => {
+            let req = types::OutgoingRequest {
+                method: wit_method(&parts.method).unwrap_or(types::Method::Get),
+                path: format!("/{}", path.forward),
+                query: query.map(str::to_owned),
+                headers: wit_headers(&headers),
+            };
+            let shaped = app
+                .plugins
+                .shape_request(p, ctx.clone(), req)
+                .await
+                .and_then(|s| {
+                    Plugins::check_shaped(p, &base, s, connector.credential.header_name())
+                })
+                .map_err(|e| plugin_error(id, &e))?;
+            shaped.apply_headers(&mut headers);
+            shaped.url
+        }
+        _ => join(&base, &path.forward, query),
+    };
+
     connector
         .credential
         .apply(id, &app.egress, &mut headers, &mut url)
         .await
         .map_err(|e| credential_error(&e))?;
     let sent_auth = headers.get(http::header::AUTHORIZATION).cloned();
+    // A bodiless GET or HEAD can be sent again if the provider says "retry".
+    let resendable = matches!(parts.method, Method::GET | Method::HEAD)
+        && parts.headers.get(http::header::CONTENT_LENGTH).is_none()
+        && parts.headers.get(http::header::TRANSFER_ENCODING).is_none();
+    let retry_headers = resendable.then(|| headers.clone());
 
     // The caller's body streams through as it is: with its Content-Length if it had one,
     // and not at all for a GET without one.
-    let resp = app
+    let mut resp = app
         .egress
         .send(parts.method.clone(), &url, headers, body)
         .await
@@ -159,20 +216,347 @@ async fn forward(
 
     if resp.status() == StatusCode::UNAUTHORIZED {
         connector.credential.rejected(sent_auth.as_ref());
+        app.discoveries.forget(id);
     }
-    let mut out = relay(
-        id,
-        parts.method == Method::HEAD,
-        app.egress.read_timeout(),
-        resp,
-    );
-    connector.credential.scrub_response(id, out.headers_mut());
-    Ok(out)
+    let classifier = match (&plugin, ctx) {
+        (Some(p), Some(ctx)) if p.has(Hook::ClassifyResponse) => Some((p, ctx)),
+        _ => None,
+    };
+    let Some((plugin, ctx)) = classifier else {
+        let mut out = relay(
+            id,
+            parts.method == Method::HEAD,
+            app.egress.read_timeout(),
+            resp,
+            Bytes::new(),
+        );
+        connector.credential.scrub_response(id, out.headers_mut());
+        return Ok(out);
+    };
+
+    let idle = app.egress.read_timeout();
+    let mut retried = false;
+    loop {
+        let limit = plugin.defaults.classify_body_bytes as usize;
+        let (parts_up, body_up) = resp.into_parts();
+        let (prefix, rest) = if limit > 0 && parts.method != Method::HEAD {
+            read_prefix(body_up, limit, idle).await
+        } else {
+            (Bytes::new(), Some(body_up))
+        };
+        let class = app
+            .plugins
+            .classify_response(
+                plugin,
+                ctx.clone(),
+                parts_up.status.as_u16(),
+                wit_headers(&parts_up.headers),
+                prefix.to_vec(),
+            )
+            .await
+            .unwrap_or(types::Classification::Ok);
+        if let (types::Classification::Retry(delay), Some(h), false) =
+            (&class, &retry_headers, retried)
+        {
+            retried = true;
+            let wait = Duration::from_millis(u64::from(delay.unwrap_or(250)).min(2_000));
+            tracing::info!(
+                connector = id,
+                wait_ms = wait.as_millis() as u64,
+                "provider asked for a retry; retrying once"
+            );
+            tokio::time::sleep(wait).await;
+            resp = app
+                .egress
+                .send(parts.method.clone(), &url, h.clone(), Body::empty())
+                .await
+                .map_err(|e| egress_error(id, &e))?;
+            continue;
+        }
+        let upstream = http::Response::from_parts(parts_up, ());
+        let mut out = match rest {
+            Some(body) => relay(
+                id,
+                parts.method == Method::HEAD,
+                idle,
+                upstream.map(|()| body),
+                prefix,
+            ),
+            None => relay_bytes(upstream, prefix),
+        };
+        if let types::Classification::Reauth(_) = &class {
+            connector.credential.rejected(sent_auth.as_ref());
+            app.discoveries.forget(id);
+        }
+        mark(id, &class, out.headers_mut());
+        connector.credential.scrub_response(id, out.headers_mut());
+        return Ok(out);
+    }
+}
+
+/// The connection's variables for the plugin: input defaults, then the connector's
+/// `provider_vars`, then what discovery found (run once and cached).
+async fn connection_context(
+    app: &App,
+    connector: &Connector,
+    plugin: &Arc<Plugin>,
+    base: &url::Url,
+) -> Result<types::Context, ApiError> {
+    let id = connector.id.as_str();
+    let mut variables: Vec<(String, String)> = plugin
+        .defaults
+        .inputs
+        .iter()
+        .filter(|i| !connector.provider_vars.iter().any(|(k, _)| *k == i.name))
+        .filter_map(|i| Some((i.name.clone(), i.default_value.clone()?)))
+        .collect();
+    variables.extend(connector.provider_vars.iter().cloned());
+    let mut ctx = types::Context {
+        connector: id.to_owned(),
+        base_url: base.to_string(),
+        variables,
+    };
+    if !plugin.has(Hook::Discover) {
+        return Ok(ctx);
+    }
+    let key = format!("{id}\n{}\n{:?}", ctx.base_url, ctx.variables);
+    let outcome = app
+        .discoveries
+        .get_or_run(key, || discover(app, connector, plugin, base, &ctx))
+        .await?;
+    match outcome {
+        DiscoveryOutcome::Done(vars) => {
+            ctx.variables.extend(vars);
+            Ok(ctx)
+        }
+        DiscoveryOutcome::Choose(sel) => {
+            let options: Vec<String> = sel
+                .options
+                .iter()
+                .map(|o| format!("\"{}\" ({})", o.value, o.label))
+                .collect();
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "provider_choice_required",
+                format!(
+                    "connector \"{id}\" can reach several {} accounts; an admin must choose one by setting connectors.servers.{id}.provider_vars.{} to one of: {}",
+                    plugin.defaults.display_name,
+                    sel.variable,
+                    options.join(", ")
+                ),
+            ))
+        }
+        DiscoveryOutcome::Failed(why) => Err(ApiError::bad_gateway(
+            "discovery_failed",
+            format!(
+                "connector \"{id}\": {} discovery failed: {why}",
+                plugin.defaults.display_name
+            ),
+        )),
+    }
+}
+
+/// Runs the plugin's discovery with the connector's credential on each request.
+async fn discover(
+    app: &App,
+    connector: &Connector,
+    plugin: &Arc<Plugin>,
+    base: &url::Url,
+    ctx: &types::Context,
+) -> Result<DiscoveryOutcome, ApiError> {
+    let id = connector.id.as_str();
+    let idle = app.egress.read_timeout();
+    app.plugins
+        .run_discovery(
+            plugin,
+            base,
+            ctx,
+            connector.credential.header_name(),
+            |req| async move {
+                let mut headers = req.headers;
+                let mut url = req.url;
+                connector
+                    .credential
+                    .apply(id, &app.egress, &mut headers, &mut url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let body = req.body.map_or_else(Body::empty, Body::from);
+                let resp = app
+                    .egress
+                    .send(req.method, &url, headers, body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let headers = wit_headers(&response_headers(resp.headers()));
+                let (body, rest) = read_prefix(resp.into_body(), DISCOVERY_BODY_BYTES, idle).await;
+                if rest.is_some() {
+                    return Err(format!(
+                        "the response is larger than {DISCOVERY_BODY_BYTES} bytes"
+                    ));
+                }
+                Ok(types::Response {
+                    status,
+                    headers,
+                    body: body.to_vec(),
+                })
+            },
+        )
+        .await
+        .map_err(|e| plugin_error(id, &e))
+}
+
+/// Largest discovery response handed to a plugin.
+const DISCOVERY_BODY_BYTES: usize = 1 << 20;
+
+/// Reads up to `limit` bytes of a body. Returns them and, if the body did not end
+/// within them, the rest (to be relayed after the prefix).
+async fn read_prefix(mut body: InBody, limit: usize, idle: Duration) -> (Bytes, Option<InBody>) {
+    use http_body_util::BodyExt as _;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() <= limit {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return (buf.freeze(), Some(body)),
+            Ok(None) => return (buf.freeze(), None),
+        }
+    }
+    (buf.freeze(), Some(body))
+}
+
+/// Marks a classified response for the agent: `Portcullis-Upstream-Class`, a
+/// `Retry-After` when the provider gave a delay the upstream did not send as a header,
+/// and the provider's error text for failures hidden in a success status.
+fn mark(id: &str, class: &types::Classification, headers: &mut HeaderMap) {
+    let (name, detail) = match class {
+        types::Classification::Ok => return,
+        types::Classification::Retry(_) => ("retry", None),
+        types::Classification::RateLimited(secs) => {
+            if let Some(s) = secs
+                && !headers.contains_key(http::header::RETRY_AFTER)
+            {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*s));
+            }
+            ("rate-limited", None)
+        }
+        types::Classification::Reauth(why) => ("reauth", Some(why)),
+        types::Classification::Failed(why) => ("failed", Some(why)),
+    };
+    headers.insert(UPSTREAM_CLASS, HeaderValue::from_static(name));
+    if let Some(why) = detail {
+        let clean: String = why
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control())
+            .take(200)
+            .collect();
+        if let Ok(v) = HeaderValue::try_from(clean) {
+            headers.insert(UPSTREAM_ERROR, v);
+        }
+        tracing::info!(connector = id, class = name, "upstream reported: {why}");
+    }
+}
+
+/// Response header naming the plugin's classification (absent when `ok`).
+pub const UPSTREAM_CLASS: HeaderName = HeaderName::from_static("portcullis-upstream-class");
+/// Response header with the provider's error text for `failed` and `reauth`.
+pub const UPSTREAM_ERROR: HeaderName = HeaderName::from_static("portcullis-upstream-error");
+
+fn wit_headers(headers: &HeaderMap) -> Vec<types::Header> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn plugin_error(id: &str, e: &CallError) -> ApiError {
+    match e {
+        CallError::Refused { .. } => ApiError::bad_request(format!("connector \"{id}\": {e}")),
+        CallError::Busy { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin_busy",
+            format!("connector \"{id}\": {e}"),
+        ),
+        _ => ApiError::bad_gateway(
+            "plugin_failed",
+            format!("connector \"{id}\": {e}; the request was not sent"),
+        ),
+    }
+}
+
+/// Discovery results per connector (and base URL and variables, so a config change
+/// starts afresh), computed once at a time. Failures and pending choices are kept
+/// briefly so a retrying agent does not hammer the provider.
+#[derive(Default)]
+pub struct Discoveries {
+    entries: std::sync::Mutex<
+        HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, DiscoveryOutcome)>>>>,
+    >,
+}
+
+/// How long a failed or undecided discovery is remembered.
+const DISCOVERY_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl Discoveries {
+    async fn get_or_run<F, Fut>(&self, key: String, run: F) -> Result<DiscoveryOutcome, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<DiscoveryOutcome, ApiError>>,
+    {
+        let slot = {
+            let mut map = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(key).or_default().clone()
+        };
+        let mut entry = slot.lock().await;
+        if let Some((at, outcome)) = entry.as_ref() {
+            let fresh = matches!(outcome, DiscoveryOutcome::Done(_))
+                || at.elapsed() < DISCOVERY_RETRY_AFTER;
+            if fresh {
+                return Ok(outcome.clone());
+            }
+        }
+        let outcome = run().await?;
+        *entry = Some((Instant::now(), outcome.clone()));
+        Ok(outcome)
+    }
+
+    /// Forgets a connector's results (its credential was rejected).
+    pub fn forget(&self, connector: &str) {
+        let prefix = format!("{connector}\n");
+        let mut map = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
 }
 
 /// Builds the response for the caller: hop-by-hop and `Set-Cookie` headers removed, body
 /// streamed and capped. Redirects are relayed as they are, never followed.
-fn relay(id: &str, head: bool, idle: Duration, resp: http::Response<InBody>) -> Response {
+fn relay(
+    id: &str,
+    head: bool,
+    idle: Duration,
+    resp: http::Response<InBody>,
+    prefix: Bytes,
+) -> Response {
     let (parts, body) = resp.into_parts();
     let mut headers = response_headers(&parts.headers);
     let declared = parts
@@ -187,9 +571,20 @@ fn relay(id: &str, head: bool, idle: Duration, resp: http::Response<InBody>) -> 
     let body = if head {
         Body::empty()
     } else {
-        Body::new(Capped::new(body, id, idle))
+        Body::new(Capped::new(body, id, idle, prefix))
     };
     let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// Like [`relay`] for a response whose whole body was already read.
+fn relay_bytes(resp: http::Response<()>, body: Bytes) -> Response {
+    let (parts, ()) = resp.into_parts();
+    let mut headers = response_headers(&parts.headers);
+    headers.remove(http::header::CONTENT_LENGTH);
+    let mut out = Response::new(Body::from(body));
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     out
@@ -376,6 +771,8 @@ fn credential_error(e: &CredentialError) -> ApiError {
 /// that was cut.
 struct Capped {
     inner: InBody,
+    /// Bytes already read from `inner` (to classify the response), sent first.
+    prefix: Option<Bytes>,
     left: u64,
     connector: String,
     done: bool,
@@ -386,9 +783,10 @@ struct Capped {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Capped {
-    fn new(inner: InBody, connector: &str, idle: Duration) -> Self {
+    fn new(inner: InBody, connector: &str, idle: Duration, prefix: Bytes) -> Self {
         Self {
             inner,
+            prefix: (!prefix.is_empty()).then_some(prefix),
             left: MAX_RESPONSE_BYTES,
             connector: connector.to_owned(),
             done: false,
@@ -414,21 +812,25 @@ impl http_body::Body for Capped {
         if self.done {
             return Poll::Ready(None);
         }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => {
-                if self.timer.as_mut().poll(cx).is_ready() {
-                    self.done = true;
-                    tracing::warn!(connector = %self.connector, "upstream went silent mid-response; response abandoned");
-                    return Poll::Ready(Some(Err("upstream response timed out".into())));
+        let frame = if let Some(prefix) = self.prefix.take() {
+            Frame::data(prefix)
+        } else {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        self.done = true;
+                        tracing::warn!(connector = %self.connector, "upstream went silent mid-response; response abandoned");
+                        return Poll::Ready(Some(Err("upstream response timed out".into())));
+                    }
+                    return Poll::Pending;
                 }
-                return Poll::Pending;
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => frame,
             }
-            Poll::Ready(None) => {
-                self.done = true;
-                return Poll::Ready(None);
-            }
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(Some(Ok(frame))) => frame,
         };
         let deadline = tokio::time::Instant::now() + self.idle;
         self.timer.as_mut().reset(deadline);
@@ -456,7 +858,7 @@ impl http_body::Body for Capped {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done || (self.prefix.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

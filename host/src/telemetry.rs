@@ -30,6 +30,13 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+    pub hook: &'static str,
+    pub outcome: &'static str,
+}
+
 /// The host's metrics, registered once per process in their own registry (no globals,
 /// so several hosts can run in one test process).
 pub struct Metrics {
@@ -38,6 +45,7 @@ pub struct Metrics {
     pub duration: Family<RouteLabels, Histogram>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub token_requests: Family<OutcomeLabels, Counter>,
+    pub plugin_calls: Family<PluginLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -56,6 +64,7 @@ impl Metrics {
         );
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let token_requests = Family::<OutcomeLabels, Counter>::default();
+        let plugin_calls = Family::<PluginLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests handled, by route, connector and status",
@@ -76,12 +85,18 @@ impl Metrics {
             "Client-credentials token requests, by outcome",
             token_requests.clone(),
         );
+        registry.register(
+            "plugin_calls",
+            "Provider plugin calls, by plugin, hook and outcome (ok, or why it failed)",
+            plugin_calls.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
             duration,
             config_reloads,
             token_requests,
+            plugin_calls,
         })
     }
 

@@ -2,11 +2,12 @@
 //!
 //! Tasks live here rather than in shell scripts so they are portable, type-checked, and
 //! can reuse the same Rust HTTP stack the gateway itself is built on. Each task is a
-//! clap subcommand; `bench proxy` is the first. Planned siblings (`plugins`,
-//! `bench plugins`, `bench mcp`) slot in as further variants of [`Command`] and
+//! clap subcommand: `plugins` builds the registry, `bench proxy` measures the proxy.
+//! Planned siblings (`bench plugins`, `bench mcp`) slot in as further variants of [`Command`] and
 //! [`BenchCommand`] with their own modules under `bench/`.
 
 mod bench;
+mod plugins;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build the provider plugins and write registry/ (or check it with --check).
+    Plugins(plugins::PluginsArgs),
     /// Benchmarks (results are written to docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
         return reexec_release(&root);
     }
     match cli.command {
+        Command::Plugins(args) => plugins::run(&root, args),
         Command::Bench { what } => match what {
             BenchCommand::Proxy(args) => bench::proxy::run(&root, args),
         },

@@ -284,7 +284,13 @@ fn connector(
         format!("unknown field \"{k}\" in connector \"{id}\"")
     })?;
 
+    let named_provider = server
+        .provider
+        .as_deref()
+        .is_some_and(|p| !p.eq_ignore_ascii_case("custom"));
     let url = match &server.url {
+        // A registry provider pre-fills the URL at runtime.
+        None if named_provider => None,
         None => {
             diags.warn(
                 at.key("url"),
@@ -353,6 +359,31 @@ fn connector(
         }
     }
 
+    for name in server.provider_vars.keys() {
+        let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            diags.error(
+                at.key("provider_vars").key(name),
+                "provider variable names are lower-case letters, digits and '_', starting with a letter",
+            );
+            ok = false;
+        }
+    }
+    if !server.provider_vars.is_empty()
+        && server
+            .provider
+            .as_deref()
+            .is_none_or(|p| p.eq_ignore_ascii_case("custom"))
+    {
+        diags.warn(
+            at.key("provider_vars"),
+            "provider_vars has no effect without a \"provider\" from the registry",
+        );
+    }
+
     let auth = match &server.auth {
         None | Some(Value::Null) => Some(Auth::None),
         Some(v) => auth(id, v, &at.key("auth"), diags),
@@ -381,6 +412,7 @@ fn connector(
         description: server.description,
         context: server.context,
         provider: server.provider.unwrap_or_else(|| "Custom".into()),
+        provider_vars: server.provider_vars,
         labels: server.labels,
     })
 }

@@ -113,6 +113,9 @@ pub struct Connector {
     pub description: String,
     pub context: Option<serde_json::Value>,
     pub provider: String,
+    /// Variables for the provider plugin set before any auth (Salesforce
+    /// `api_version`, Atlassian `site`): `provider_vars` in the config.
+    pub provider_vars: BTreeMap<String, String>,
     pub labels: Vec<String>,
 }
 
@@ -130,6 +133,8 @@ pub(crate) struct RawServer {
     pub context: Option<serde_json::Value>,
     #[serde(default)]
     pub provider: Option<String>,
+    #[serde(default)]
+    pub provider_vars: BTreeMap<String, String>,
     #[serde(default)]
     pub labels: Vec<String>,
 }

@@ -1,0 +1,769 @@
+//! Provider plugins: sandboxed WASI components that supply a provider's defaults and
+//! shape its traffic.
+//!
+//! A plugin is a pure function of its inputs (the WIT world is `wit/provider.wit`). It
+//! returns data and request descriptions; the host performs all I/O and re-checks
+//! everything a plugin returns before acting on it:
+//!
+//! - URLs must stay on the provider's declared hosts (the manifest's `allowed_hosts`)
+//!   or on the connector's own configured host ([`Plugins::check_shaped`]);
+//! - plugins may not set credential headers: credentials are added after shaping;
+//! - tokens never enter a plugin: token responses are redacted ([`redact_tokens`]).
+//!
+//! # Layout
+//!
+//! - [`manifest`]: `plugin.toml`.
+//! - [`runtime`]: engine, per-call store with limits, the generated bindings.
+//! - [`registry`]: scanning the registry folder into a [`Catalog`].
+//! - [`harness`]: fixtures run through the real runtime (used by the SDK's `testing`).
+
+pub mod harness;
+pub mod manifest;
+pub mod registry;
+pub mod runtime;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub use registry::{Catalog, Plugin, Problem};
+use runtime::{Call, Reply};
+pub use runtime::{CallError, Runtime, types};
+
+/// Longest URL a plugin may return.
+const MAX_URL_BYTES: usize = 16 * 1024;
+/// Most headers a plugin may set, and the longest value.
+const MAX_SET_HEADERS: usize = 64;
+const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+/// Most discovery round trips before the host gives up.
+pub const MAX_DISCOVERY_STEPS: u32 = 8;
+/// Quiet period after a registry change before rescanning.
+const RESCAN_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Headers a plugin may never set: credentials and framing belong to the host.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+/// The loaded registry and the runtime behind it.
+pub struct Plugins {
+    runtime: Arc<Runtime>,
+    dir: Option<PathBuf>,
+    catalog: ArcSwap<Catalog>,
+    scan_lock: tokio::sync::Mutex<()>,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugins {
+    /// Opens the registry at `dir` (none: no providers) and scans it once.
+    /// `cache_dir` keeps compiled components between starts.
+    pub async fn open(
+        dir: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+        metrics: Option<Arc<crate::telemetry::Metrics>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let runtime = Runtime::new(cache_dir)?;
+        let plugins = Arc::new(Self {
+            runtime,
+            dir,
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            scan_lock: tokio::sync::Mutex::new(()),
+            metrics,
+        });
+        plugins.rescan().await;
+        Ok(plugins)
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
+    /// Scans the registry folder again and swaps the result in; in-flight calls keep the
+    /// plugins they started with.
+    pub async fn rescan(&self) {
+        let Some(dir) = &self.dir else { return };
+        let _one = self.scan_lock.lock().await;
+        let catalog = registry::scan(&self.runtime, dir).await;
+        tracing::info!(
+            loaded = catalog.plugins.len(),
+            skipped = catalog.problems.len(),
+            dir = %dir.display(),
+            "provider registry scanned"
+        );
+        self.catalog.store(Arc::new(catalog));
+    }
+
+    /// Rescans whenever something under the registry folder changes (debounced).
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
+        use notify::Watcher as _;
+        let Some(dir) = self.dir.clone() else {
+            return Ok(None);
+        };
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if ev.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Debounce: copying a component in triggers many events.
+                loop {
+                    match tokio::time::timeout(RESCAN_DEBOUNCE, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let Some(plugins) = me.upgrade() else { return };
+                plugins.rescan().await;
+            }
+        });
+        Ok(Some(watcher))
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// The plugin for a connector's `provider` (case-insensitive: configs say
+    /// `"Salesforce"` as often as `"salesforce"`).
+    pub fn get(&self, provider: &str) -> Option<Arc<Plugin>> {
+        let catalog = self.catalog.load();
+        catalog.plugins.get(provider).cloned().or_else(|| {
+            catalog
+                .plugins
+                .iter()
+                .find(|(id, _)| id.eq_ignore_ascii_case(provider))
+                .map(|(_, p)| p.clone())
+        })
+    }
+
+    pub async fn shape_request(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        req: types::OutgoingRequest,
+    ) -> Result<types::ShapedRequest, CallError> {
+        match self.call(plugin, Call::ShapeRequest(ctx, req)).await? {
+            Reply::ShapeRequest(r) => r.map_err(|e| refused(plugin, &e)),
+            _ => Err(wrong_reply(plugin)),
+        }
+    }
+
+    /// `body` must already be redacted ([`redact_tokens`]).
+    pub async fn read_token_response(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        status: u16,
+        body: String,
+    ) -> Result<Result<types::TokenInfo, types::TokenError>, CallError> {
+        match self
+            .call(plugin, Call::ReadTokenResponse(ctx, status, body))
+            .await?
+        {
+            Reply::ReadTokenResponse(r) => Ok(r),
+            _ => Err(wrong_reply(plugin)),
+        }
+    }
+
+    pub async fn discover(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        state: String,
+        last: Option<types::Response>,
+    ) -> Result<types::Discovery, CallError> {
+        match self.call(plugin, Call::Discover(ctx, state, last)).await? {
+            Reply::Discover(d) => Ok(d),
+            _ => Err(wrong_reply(plugin)),
+        }
+    }
+
+    pub async fn classify_response(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        status: u16,
+        headers: Vec<types::Header>,
+        body: Vec<u8>,
+    ) -> Result<types::Classification, CallError> {
+        match self
+            .call(plugin, Call::ClassifyResponse(ctx, status, headers, body))
+            .await?
+        {
+            Reply::ClassifyResponse(c) => Ok(c),
+            _ => Err(wrong_reply(plugin)),
+        }
+    }
+
+    pub async fn list_tools(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+    ) -> Result<Vec<types::Tool>, CallError> {
+        match self.call(plugin, Call::ListTools(ctx)).await? {
+            Reply::ListTools(t) => Ok(t),
+            _ => Err(wrong_reply(plugin)),
+        }
+    }
+
+    pub async fn build_tool_call(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        name: String,
+        arguments: String,
+    ) -> Result<types::ToolRequest, CallError> {
+        match self
+            .call(plugin, Call::BuildToolCall(ctx, name, arguments))
+            .await?
+        {
+            Reply::BuildToolCall(r) => r.map_err(|e| refused(plugin, &e)),
+            _ => Err(wrong_reply(plugin)),
+        }
+    }
+
+    async fn call(&self, plugin: &Plugin, call: Call) -> Result<Reply, CallError> {
+        let hook = call.hook();
+        let result = self.runtime.call(&plugin.prepared, call).await;
+        if let Err(e) = &result {
+            tracing::warn!(plugin = %plugin.id(), hook, kind = e.kind(), "plugin call failed: {e}");
+        }
+        if let Some(m) = &self.metrics {
+            m.plugin_calls
+                .get_or_create(&crate::telemetry::PluginLabels {
+                    plugin: plugin.id().to_owned(),
+                    hook,
+                    outcome: result.as_ref().map_or_else(CallError::kind, |_| "ok"),
+                })
+                .inc();
+        }
+        result
+    }
+
+    /// Checks a shaped request before the host acts on it. `base` is the connector's
+    /// configured URL; `credential_header` the header its credential uses.
+    pub fn check_shaped(
+        plugin: &Plugin,
+        base: &url::Url,
+        shaped: types::ShapedRequest,
+        credential_header: Option<&HeaderName>,
+    ) -> Result<Shaped, CallError> {
+        let invalid = |detail: String| CallError::Invalid {
+            plugin: plugin.prepared.id().clone(),
+            detail,
+        };
+        let url = check_url(plugin, base, &shaped.url).map_err(invalid)?;
+        let set = check_headers(plugin, &shaped.set_headers, credential_header)?;
+        let mut remove = Vec::with_capacity(shaped.remove_headers.len());
+        for name in &shaped.remove_headers {
+            remove.push(
+                HeaderName::try_from(name.as_str())
+                    .map_err(|_| invalid(format!("\"{}\" is not a header name", clip(name))))?,
+            );
+        }
+        Ok(Shaped {
+            url,
+            set,
+            remove,
+            grant: shaped.grant,
+        })
+    }
+
+    /// A URL a plugin asked the host to call (discovery, tools): same host rules.
+    pub fn check_request_url(
+        plugin: &Plugin,
+        base: &url::Url,
+        raw: &str,
+    ) -> Result<url::Url, CallError> {
+        check_url(plugin, base, raw).map_err(|detail| CallError::Invalid {
+            plugin: plugin.prepared.id().clone(),
+            detail,
+        })
+    }
+}
+
+/// Checks headers a plugin wants sent: valid, bounded, and never a credential or
+/// framing header (the host adds credentials after shaping).
+fn check_headers(
+    plugin: &Plugin,
+    headers: &[types::Header],
+    credential_header: Option<&HeaderName>,
+) -> Result<HeaderMap, CallError> {
+    let invalid = |detail: String| CallError::Invalid {
+        plugin: plugin.prepared.id().clone(),
+        detail,
+    };
+    if headers.len() > MAX_SET_HEADERS {
+        return Err(invalid(format!(
+            "{} headers set; at most {MAX_SET_HEADERS}",
+            headers.len()
+        )));
+    }
+    let mut set = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| invalid(format!("\"{}\" is not a header name", clip(name))))?;
+        if FORBIDDEN_HEADERS.contains(&name.as_str())
+            || name.as_str().starts_with("proxy-")
+            || credential_header == Some(&name)
+        {
+            return Err(invalid(format!(
+                "it set the credential or framing header \"{name}\"; credentials are added by the host"
+            )));
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(invalid(format!(
+                "header \"{name}\" is {} bytes; at most {MAX_HEADER_VALUE_BYTES}",
+                value.len()
+            )));
+        }
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| invalid(format!("header \"{name}\" has a value not allowed in HTTP")))?;
+        set.append(name, value);
+    }
+    Ok(set)
+}
+
+/// How post-connect discovery ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoveryOutcome {
+    Done(Vec<(String, String)>),
+    /// A person must choose (several Atlassian sites).
+    Choose(types::Selection),
+    Failed(String),
+}
+
+/// A request discovery wants made, checked: the host adds the credential and sends it.
+#[derive(Debug)]
+pub struct CheckedRequest {
+    pub method: http::Method,
+    pub url: url::Url,
+    pub headers: HeaderMap,
+    pub body: Option<Vec<u8>>,
+    pub grant: Option<String>,
+}
+
+impl Plugins {
+    /// Runs the plugin's discovery step machine; `send` performs each request (with the
+    /// connection's credential) and returns the response, or why it failed.
+    pub async fn run_discovery<F, Fut>(
+        &self,
+        plugin: &Plugin,
+        base: &url::Url,
+        ctx: &types::Context,
+        credential_header: Option<&HeaderName>,
+        mut send: F,
+    ) -> Result<DiscoveryOutcome, CallError>
+    where
+        F: FnMut(CheckedRequest) -> Fut,
+        Fut: std::future::Future<Output = Result<types::Response, String>>,
+    {
+        let mut state = String::new();
+        let mut last = None;
+        for _ in 0..MAX_DISCOVERY_STEPS {
+            match self
+                .discover(plugin, ctx.clone(), state, last.take())
+                .await?
+            {
+                types::Discovery::Next((req, next)) => {
+                    let url = Self::check_request_url(plugin, base, &req.url)?;
+                    let headers = check_headers(plugin, &req.headers, credential_header)?;
+                    let checked = CheckedRequest {
+                        method: method_of(req.method),
+                        url,
+                        headers,
+                        body: req.body,
+                        grant: req.grant,
+                    };
+                    match send(checked).await {
+                        Ok(resp) => last = Some(resp),
+                        Err(e) => {
+                            return Ok(DiscoveryOutcome::Failed(format!(
+                                "a discovery request failed: {e}"
+                            )));
+                        }
+                    }
+                    state = next;
+                }
+                types::Discovery::Done(vars) => return Ok(DiscoveryOutcome::Done(vars)),
+                types::Discovery::Choose(sel) => return Ok(DiscoveryOutcome::Choose(sel)),
+                types::Discovery::Fail(why) => return Ok(DiscoveryOutcome::Failed(why)),
+            }
+        }
+        Ok(DiscoveryOutcome::Failed(format!(
+            "discovery did not finish within {MAX_DISCOVERY_STEPS} requests"
+        )))
+    }
+}
+
+/// The WIT method as an HTTP method.
+pub fn method_of(m: types::Method) -> http::Method {
+    match m {
+        types::Method::Get => http::Method::GET,
+        types::Method::Head => http::Method::HEAD,
+        types::Method::Post => http::Method::POST,
+        types::Method::Put => http::Method::PUT,
+        types::Method::Patch => http::Method::PATCH,
+        types::Method::Delete => http::Method::DELETE,
+        types::Method::Options => http::Method::OPTIONS,
+    }
+}
+
+/// An HTTP method as the WIT method; `None` for methods connectors never forward.
+pub fn wit_method(m: &http::Method) -> Option<types::Method> {
+    Some(match *m {
+        http::Method::GET => types::Method::Get,
+        http::Method::HEAD => types::Method::Head,
+        http::Method::POST => types::Method::Post,
+        http::Method::PUT => types::Method::Put,
+        http::Method::PATCH => types::Method::Patch,
+        http::Method::DELETE => types::Method::Delete,
+        http::Method::OPTIONS => types::Method::Options,
+        _ => return None,
+    })
+}
+
+/// The tokens of one grant, read by the host from a token response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GrantTokens {
+    pub name: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<u64>,
+    pub scope: Option<String>,
+}
+
+/// Reads each declared grant from a token response (the RFC 6749 layout when the
+/// plugin declares none). At least one grant must be present.
+pub fn extract_grants(
+    json: &serde_json::Value,
+    grants: &[types::TokenGrant],
+) -> Result<Vec<GrantTokens>, String> {
+    let standard;
+    let grants = if grants.is_empty() {
+        standard = [types::TokenGrant {
+            name: "default".to_owned(),
+            access_token: "/access_token".to_owned(),
+            refresh_token: Some("/refresh_token".to_owned()),
+            expires_in: Some("/expires_in".to_owned()),
+            scope: Some("/scope".to_owned()),
+            required: true,
+        }];
+        &standard[..]
+    } else {
+        grants
+    };
+    let text = |p: &Option<String>| -> Option<String> {
+        let v = json.pointer(p.as_deref()?)?;
+        match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        }
+    };
+    let mut out = Vec::new();
+    for g in grants {
+        let access = json
+            .pointer(&g.access_token)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty());
+        let Some(access) = access else {
+            if g.required {
+                return Err(format!(
+                    "the token response has no access token for grant \"{}\" (at {})",
+                    g.name, g.access_token
+                ));
+            }
+            continue;
+        };
+        let expires_in = g
+            .expires_in
+            .as_deref()
+            .and_then(|p| json.pointer(p))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                    .or_else(|| v.as_str()?.trim().parse().ok())
+            });
+        out.push(GrantTokens {
+            name: g.name.clone(),
+            access_token: access.to_owned(),
+            refresh_token: text(&g.refresh_token),
+            expires_in,
+            scope: text(&g.scope),
+        });
+    }
+    if out.is_empty() {
+        return Err("the token response has no access token".to_owned());
+    }
+    Ok(out)
+}
+
+/// A shaped request, checked.
+#[derive(Debug)]
+pub struct Shaped {
+    pub url: url::Url,
+    pub set: HeaderMap,
+    pub remove: Vec<HeaderName>,
+    pub grant: Option<String>,
+}
+
+impl Shaped {
+    /// Applies the header changes to the outgoing headers.
+    pub fn apply_headers(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for name in self.set.keys() {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A URL is acceptable when it is on the connector's own configured origin (the
+/// operator chose it) or is https on one of the provider's declared hosts.
+fn check_url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Url, String> {
+    if raw.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "a URL of {} bytes; at most {MAX_URL_BYTES}",
+            raw.len()
+        ));
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("\"{}\" is not a URL: {e}", clip(raw)))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("a URL with credentials in it".to_owned());
+    }
+    let host = url.host_str().unwrap_or_default();
+    let same_origin = url.scheme() == base.scheme()
+        && url.host() == base.host()
+        && url.port_or_known_default() == base.port_or_known_default();
+    if same_origin {
+        return Ok(url);
+    }
+    if url.scheme() != "https" {
+        return Err(format!("\"{}\" is not https", clip(raw)));
+    }
+    if !plugin.manifest.allows_host(host) {
+        return Err(format!(
+            "\"{}\" is outside the provider's declared hosts ({}) and the connector's URL",
+            clip(raw),
+            plugin.manifest.capabilities.allowed_hosts.join(", ")
+        ));
+    }
+    Ok(url)
+}
+
+fn clip(s: &str) -> String {
+    if s.len() <= 120 {
+        return s.to_owned();
+    }
+    let mut cut = 120;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+fn refused(plugin: &Plugin, e: &types::PluginError) -> CallError {
+    let detail = match e {
+        types::PluginError::InvalidInput(m) => m.clone(),
+        types::PluginError::Unsupported(m) => format!("unsupported: {m}"),
+        types::PluginError::Internal(m) => format!("internal error: {m}"),
+    };
+    CallError::Refused {
+        plugin: plugin.prepared.id().clone(),
+        detail,
+    }
+}
+
+fn wrong_reply(plugin: &Plugin) -> CallError {
+    CallError::Trap {
+        plugin: plugin.prepared.id().clone(),
+        detail: "the runtime returned a reply for a different call".to_owned(),
+    }
+}
+
+/// Replaces every token in a token response with `"[redacted]"` before a plugin sees
+/// it: the values at the plugin's declared grant pointers, and any member named like a
+/// token anywhere in the document.
+pub fn redact_tokens(json: &mut serde_json::Value, grants: &[types::TokenGrant]) {
+    const TOKEN_KEYS: &[&str] = &[
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "client_secret",
+        "registration_access_token",
+    ];
+    for g in grants {
+        for p in std::iter::once(&g.access_token).chain(g.refresh_token.iter()) {
+            if let Some(v) = json.pointer_mut(p) {
+                *v = serde_json::Value::String("[redacted]".to_owned());
+            }
+        }
+    }
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    if TOKEN_KEYS.contains(&k.as_str()) && !child.is_null() {
+                        *child = serde_json::Value::String("[redacted]".to_owned());
+                    } else {
+                        walk(child);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(json);
+}
+
+/// The registry as the picker and `GET /api/registry` show it.
+pub fn registry_json(plugins: &Plugins) -> serde_json::Value {
+    let catalog = plugins.catalog();
+    let providers: Vec<serde_json::Value> =
+        catalog.plugins.values().map(|p| provider_json(p)).collect();
+    serde_json::json!({
+        "dir": plugins.dir().map(|d| d.display().to_string()),
+        "wit": format!("{}@{}", runtime::PLUGIN_INTERFACE, runtime::SUPPORTED_WIT),
+        "providers": providers,
+        "errors": catalog.problems,
+    })
+}
+
+fn provider_json(p: &Plugin) -> serde_json::Value {
+    let d = &p.defaults;
+    let hooks: Vec<&str> = d
+        .hooks
+        .iter()
+        .map(|h| match h {
+            types::Hook::ShapeRequest => "shape-request",
+            types::Hook::ReadTokenResponse => "read-token-response",
+            types::Hook::Discover => "discover",
+            types::Hook::ClassifyResponse => "classify-response",
+            types::Hook::Tools => "tools",
+        })
+        .collect();
+    // A connector object the picker can drop into `connectors.servers`: the ID defaults
+    // to the display name's first word ("Salesforce"), which also names the callback URL.
+    let connector_id: String = d
+        .display_name
+        .split_whitespace()
+        .next()
+        .unwrap_or(&d.id)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let auth = match &d.oauth {
+        Some(o) => {
+            let params: serde_json::Map<String, serde_json::Value> = o
+                .auth_params
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            serde_json::json!({
+                "type": "oauth2_authorization_code",
+                "client_id": "",
+                "client_secret": "",
+                "authorization_url": o.authorization_url,
+                "token_url": o.token_url,
+                "scopes": o.scopes,
+                "auth_params": params,
+            })
+        }
+        None => serde_json::json!({"type": "bearer_token", "secret": ""}),
+    };
+    let oauth = d.oauth.as_ref().map(|o| {
+        serde_json::json!({
+            "authorization_url": o.authorization_url,
+            "token_url": o.token_url,
+            "revocation_url": o.revocation_url,
+            "scopes": o.scopes,
+            "scope_separator": o.scope_separator,
+            "auth_params": o.auth_params.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "user_scope_param": o.user_scope_param,
+            "pkce": match o.pkce {
+                types::PkcePolicy::Required => "required",
+                types::PkcePolicy::Supported => "supported",
+                types::PkcePolicy::Unsupported => "unsupported",
+            },
+            "client_auth": match o.client_auth {
+                types::ClientAuth::Basic => "client_secret_basic",
+                types::ClientAuth::Post => "client_secret_post",
+            },
+            "rotates_refresh_token": o.refresh.rotates_refresh_token,
+            "keeps_refresh_token": o.refresh.keeps_refresh_token,
+            "dynamic_registration": o.dynamic_registration,
+        })
+    });
+    serde_json::json!({
+        "id": d.id,
+        "name": d.display_name,
+        "description": d.description,
+        "docs_url": d.docs_url,
+        "version": p.manifest.version,
+        "sha256": p.sha256,
+        "status": "loaded",
+        "allowed_hosts": p.manifest.capabilities.allowed_hosts,
+        "hooks": hooks,
+        "inputs": d.inputs.iter().map(|i| serde_json::json!({
+            "name": i.name, "description": i.description, "default": i.default_value,
+        })).collect::<Vec<_>>(),
+        "url": d.api_url,
+        "mcp_url": d.mcp_url,
+        "oauth": oauth,
+        "connector": {
+            "id": connector_id,
+            "server": {
+                "protocol": "http",
+                "url": d.api_url,
+                "provider": d.id,
+                "description": d.description,
+                "auth": auth,
+            },
+        },
+    })
+}

@@ -1,0 +1,227 @@
+//! The registry folder: `registry/<id>/plugin.toml` + the component.
+//!
+//! Scanned at start and whenever the folder changes. Each entry is checked (manifest,
+//! hash, WIT version, link, `defaults()` and its URLs against the declared hosts); a bad
+//! entry becomes a [`Problem`] — logged, shown by `GET /api/registry` — and is skipped.
+//! Nothing in the registry can stop the host from starting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+
+use super::manifest::Manifest;
+use super::runtime::{Call, Prepared, Reply, Runtime, types};
+
+/// Largest component file read.
+const MAX_COMPONENT_BYTES: u64 = 32 << 20;
+/// Largest response-body prefix a plugin may ask to classify.
+pub const MAX_CLASSIFY_BYTES: u32 = 64 * 1024;
+
+/// A loaded provider.
+pub struct Plugin {
+    pub manifest: Manifest,
+    pub defaults: types::ProviderDefaults,
+    pub sha256: String,
+    pub(super) prepared: Prepared,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.manifest.id)
+            .field("version", &self.manifest.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    pub fn has(&self, hook: types::Hook) -> bool {
+        self.defaults.hooks.contains(&hook)
+    }
+}
+
+/// A registry entry that did not load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    /// The entry's folder name.
+    pub entry: String,
+    pub message: String,
+}
+
+/// One scan's result.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub plugins: BTreeMap<String, Arc<Plugin>>,
+    pub problems: Vec<Problem>,
+}
+
+/// Scans `dir`. Entries are folders; files at the top level are ignored.
+pub async fn scan(runtime: &Arc<Runtime>, dir: &Path) -> Catalog {
+    let mut catalog = Catalog::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            catalog.problems.push(Problem {
+                entry: String::new(),
+                message: format!("cannot read the registry folder {}: {e}", dir.display()),
+            });
+            return catalog;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for path in dirs {
+        let entry = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if entry.starts_with('.') {
+            continue;
+        }
+        match load_entry(runtime, &path, &entry).await {
+            Ok(plugin) => {
+                tracing::info!(
+                    plugin = %plugin.manifest.id,
+                    version = %plugin.manifest.version,
+                    "provider plugin loaded"
+                );
+                catalog.plugins.insert(entry, Arc::new(plugin));
+            }
+            Err(message) => {
+                tracing::warn!(entry = %entry, "provider plugin skipped: {message}");
+                catalog.problems.push(Problem { entry, message });
+            }
+        }
+    }
+    catalog
+}
+
+async fn load_entry(runtime: &Arc<Runtime>, dir: &Path, entry: &str) -> Result<Plugin, String> {
+    let manifest_path = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| format!("cannot read {}: {e}", manifest_path.display()))?;
+    let manifest = Manifest::parse(&text, entry)?;
+    let wasm_path = manifest.component_path(dir)?;
+    let wasm = read_capped(&wasm_path)?;
+    load(runtime, manifest, wasm)
+        .await
+        .map_err(|e| format!("{}: {e}", wasm_path.display()))
+}
+
+/// Loads a component whose manifest is already parsed: hash check, compile, link,
+/// `defaults()`, and the defaults checked against the manifest.
+pub async fn load(
+    runtime: &Arc<Runtime>,
+    manifest: Manifest,
+    wasm: Vec<u8>,
+) -> Result<Plugin, String> {
+    let sha256 = hex::encode(Sha256::digest(&wasm));
+    if !sha256.eq_ignore_ascii_case(&manifest.component.sha256) {
+        return Err(format!(
+            "the component does not match its manifest: sha256 is {sha256}, plugin.toml says {}; the file is corrupt or was replaced — rebuild with `cargo xtask plugins` or restore it",
+            manifest.component.sha256
+        ));
+    }
+    // Compiling is CPU-bound (Cranelift); keep it off the async workers.
+    let rt = runtime.clone();
+    let id = manifest.id.clone();
+    let limits = manifest.limits;
+    let hash = sha256.clone();
+    let prepared = tokio::task::spawn_blocking(move || rt.prepare(&id, &wasm, &hash, limits))
+        .await
+        .map_err(|e| format!("compiling the component failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let defaults = match runtime.call(&prepared, Call::Defaults).await {
+        Ok(Reply::Defaults(d)) => d,
+        Ok(_) => return Err("defaults() returned the wrong reply".to_owned()),
+        Err(e) => return Err(format!("defaults() failed: {e}")),
+    };
+    check_defaults(&manifest, &defaults)?;
+    Ok(Plugin {
+        manifest,
+        defaults,
+        sha256,
+        prepared,
+    })
+}
+
+fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(format!(
+            "{} is {} bytes; components over {MAX_COMPONENT_BYTES} bytes are refused",
+            path.display(),
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// `defaults()` must agree with the manifest: same id, every URL https on a declared host.
+fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), String> {
+    if d.id != m.id {
+        return Err(format!(
+            "defaults().id is \"{}\" but plugin.toml says \"{}\"",
+            d.id, m.id
+        ));
+    }
+    let mut urls = vec![("api-url", d.api_url.as_str())];
+    if let Some(u) = &d.mcp_url {
+        urls.push(("mcp-url", u));
+    }
+    if let Some(o) = &d.oauth {
+        urls.push(("authorization-url", &o.authorization_url));
+        urls.push(("token-url", &o.token_url));
+        if let Some(u) = &o.revocation_url {
+            urls.push(("revocation-url", u));
+        }
+        if o.scope_separator.is_empty() || o.scope_separator.len() > 3 {
+            return Err("defaults().oauth.scope-separator must be 1 to 3 characters".to_owned());
+        }
+        for g in &o.grants {
+            let pointers = std::iter::once(&g.access_token)
+                .chain(g.refresh_token.iter())
+                .chain(g.expires_in.iter())
+                .chain(g.scope.iter());
+            for p in pointers {
+                if !p.is_empty() && !p.starts_with('/') {
+                    return Err(format!(
+                        "defaults().oauth.grants[{}]: \"{p}\" is not a JSON pointer",
+                        g.name
+                    ));
+                }
+            }
+        }
+    }
+    for (field, raw) in urls {
+        let url = url::Url::parse(raw)
+            .map_err(|e| format!("defaults().{field} \"{raw}\" is not a URL: {e}"))?;
+        if url.scheme() != "https" {
+            return Err(format!("defaults().{field} \"{raw}\" must use https"));
+        }
+        let host = url.host_str().unwrap_or_default();
+        if !m.allows_host(host) {
+            return Err(format!(
+                "defaults().{field} host \"{host}\" is not in the manifest's allowed_hosts"
+            ));
+        }
+    }
+    if d.classify_body_bytes > MAX_CLASSIFY_BYTES {
+        return Err(format!(
+            "defaults().classify-body-bytes is {}; at most {MAX_CLASSIFY_BYTES}",
+            d.classify_body_bytes
+        ));
+    }
+    Ok(())
+}

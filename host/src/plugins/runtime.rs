@@ -1,0 +1,580 @@
+//! The sandbox: one wasmtime [`Engine`], a fresh [`Store`] per call.
+//!
+//! - The engine uses the pooling allocator when the address space allows it (slots are
+//!   reused with copy-on-write memory images, so instantiation is microseconds) and
+//!   epoch interruption driven by a ticker thread.
+//! - Each plugin is compiled once ([`Runtime::prepare`]) into an `InstancePre`;
+//!   compiled code is cached on disk keyed by the component's SHA-256 and the engine's
+//!   compatibility hash.
+//! - Each call gets its own store: a memory cap, a wall-clock deadline, no filesystem,
+//!   network, environment or inherited stdio. A trap, a loop or a memory bomb ends that
+//!   store and fails that call only; nothing carries over to the next call.
+//! - A semaphore sized to the pool bounds concurrent calls.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::manifest::Limits;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "provider",
+    exports: { default: async },
+    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+});
+
+pub use exports::portcullis::provider::plugin::Guest;
+pub use portcullis::provider::types;
+
+/// The WIT package and interface every plugin must export, and the versions this host
+/// runs. Within 0.x only the same minor is compatible.
+pub const PLUGIN_INTERFACE: &str = "portcullis:provider/plugin";
+pub const SUPPORTED_WIT: &str = "0.1.x";
+const SUPPORTED_MAJOR_MINOR: (u64, u64) = (0, 1);
+
+/// Concurrent plugin calls (and pool slots).
+const POOL_SLOTS: u32 = 128;
+/// Epoch tick: deadlines are enforced to about this granularity.
+const TICK: Duration = Duration::from_millis(5);
+/// How long a call waits for a free slot before failing as busy.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Captured guest stderr (panic messages), per call.
+const STDERR_BYTES: usize = 4096;
+/// Log lines a single call may emit; the rest are dropped with one notice.
+const LOG_LINES_PER_CALL: u32 = 32;
+/// Longest log line kept.
+const LOG_LINE_BYTES: usize = 2048;
+
+/// Why a plugin call failed. The call fails; the plugin and the host keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin \"{plugin}\" ran past its {limit_ms} ms deadline and was stopped")]
+    Timeout { plugin: Arc<str>, limit_ms: u32 },
+    #[error(
+        "plugin \"{plugin}\" tried to use more than its {limit_mb} MiB memory limit and was stopped"
+    )]
+    Memory { plugin: Arc<str>, limit_mb: u32 },
+    #[error("plugin \"{plugin}\" crashed: {detail}")]
+    Trap { plugin: Arc<str>, detail: String },
+    #[error("plugin \"{plugin}\" is busy ({POOL_SLOTS} calls in flight); try again")]
+    Busy { plugin: Arc<str> },
+    #[error("plugin \"{plugin}\" returned something the host refuses: {detail}")]
+    Invalid { plugin: Arc<str>, detail: String },
+    #[error("plugin \"{plugin}\" refused: {detail}")]
+    Refused { plugin: Arc<str>, detail: String },
+}
+
+impl CallError {
+    /// Short kind for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::Memory { .. } => "memory",
+            Self::Trap { .. } => "trap",
+            Self::Busy { .. } => "busy",
+            Self::Invalid { .. } => "invalid",
+            Self::Refused { .. } => "refused",
+        }
+    }
+}
+
+/// Why a component could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    #[error(
+        "built against {found}; this host supports {PLUGIN_INTERFACE}@{SUPPORTED_WIT}: rebuild the plugin with a matching portcullis-sdk, or upgrade Portcullis"
+    )]
+    UnsupportedWit { found: String },
+    #[error("does not export {PLUGIN_INTERFACE}@{SUPPORTED_WIT}; exports found: {found}")]
+    NotAPlugin { found: String },
+    #[error("cannot be linked: {0}")]
+    Link(String),
+}
+
+/// Store data: WASI state with nothing granted, the memory limiter, the deadline.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    plugin: Arc<str>,
+    deadline: Instant,
+    log_lines: u32,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl portcullis::provider::types::Host for State {}
+
+impl portcullis::provider::log::Host for State {
+    fn log(&mut self, level: portcullis::provider::log::Level, message: String) {
+        use portcullis::provider::log::Level;
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            if self.log_lines == LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(target: "plugin", plugin = %self.plugin, "more than {LOG_LINES_PER_CALL} log lines in one call; dropping the rest");
+            }
+            return;
+        }
+        let mut msg = message;
+        if msg.len() > LOG_LINE_BYTES {
+            let mut cut = LOG_LINE_BYTES;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+            msg.push('…');
+        }
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "plugin", plugin, "{msg}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin, "{msg}"),
+            Level::Info => tracing::info!(target: "plugin", plugin, "{msg}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin, "{msg}"),
+            Level::Error => tracing::error!(target: "plugin", plugin, "{msg}"),
+        }
+    }
+}
+
+/// Caps linear memory per store and remembers that it did, so the error can say so.
+struct Limiter {
+    max_memory: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.denied = true;
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes reached",
+                self.max_memory
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct Prepared {
+    pre: ProviderPre<State>,
+    id: Arc<str>,
+    limits: Limits,
+}
+
+impl Prepared {
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+/// One call into a plugin.
+#[derive(Debug)]
+pub enum Call {
+    Defaults,
+    ShapeRequest(types::Context, types::OutgoingRequest),
+    ReadTokenResponse(types::Context, u16, String),
+    Discover(types::Context, String, Option<types::Response>),
+    ClassifyResponse(types::Context, u16, Vec<types::Header>, Vec<u8>),
+    ListTools(types::Context),
+    BuildToolCall(types::Context, String, String),
+}
+
+impl Call {
+    /// The hook's WIT name, for logs and metrics.
+    pub fn hook(&self) -> &'static str {
+        match self {
+            Self::Defaults => "defaults",
+            Self::ShapeRequest(..) => "shape-request",
+            Self::ReadTokenResponse(..) => "read-token-response",
+            Self::Discover(..) => "discover",
+            Self::ClassifyResponse(..) => "classify-response",
+            Self::ListTools(..) => "list-tools",
+            Self::BuildToolCall(..) => "build-tool-call",
+        }
+    }
+}
+
+/// What the call returned (one variant per [`Call`]).
+#[derive(Debug)]
+pub enum Reply {
+    Defaults(types::ProviderDefaults),
+    ShapeRequest(Result<types::ShapedRequest, types::PluginError>),
+    ReadTokenResponse(Result<types::TokenInfo, types::TokenError>),
+    Discover(types::Discovery),
+    ClassifyResponse(types::Classification),
+    ListTools(Vec<types::Tool>),
+    BuildToolCall(Result<types::ToolRequest, types::PluginError>),
+}
+
+/// The engine, linker and call slots; shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    permits: Arc<Semaphore>,
+    cache_dir: Option<PathBuf>,
+    pooling: bool,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling if the address space allows, on-demand otherwise) and
+    /// starts the epoch ticker. `cache_dir` holds compiled code; `None` disables it.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+        let (engine, pooling) = match Engine::new(&config(true)) {
+            Ok(e) => (e, true),
+            Err(e) => {
+                tracing::info!(
+                    "the pooling allocator is unavailable ({e:#}); plugins use on-demand allocation"
+                );
+                (
+                    Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("{e:#}"))?,
+                    false,
+                )
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        Provider::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("linking the provider world: {e:#}"))?;
+        let cache_dir = cache_dir.and_then(|d| match private_dir(&d) {
+            Ok(()) => Some(d),
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), "compiled-plugin cache disabled: {e:#}");
+                None
+            }
+        });
+        spawn_ticker(&engine);
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            permits: Arc::new(Semaphore::new(POOL_SLOTS as usize)),
+            cache_dir,
+            pooling,
+        }))
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles (or loads from the cache) and links a component whose bytes hash to
+    /// `sha256`, checking that it exports a supported WIT version.
+    pub fn prepare(
+        &self,
+        id: &str,
+        wasm: &[u8],
+        sha256: &str,
+        limits: Limits,
+    ) -> Result<Prepared, PrepareError> {
+        let component = self.compile(wasm, sha256)?;
+        check_wit_version(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let pre = ProviderPre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        Ok(Prepared {
+            pre,
+            id: Arc::from(id),
+            limits,
+        })
+    }
+
+    fn compile(&self, wasm: &[u8], sha256: &str) -> Result<Component, PrepareError> {
+        let cached = self.cache_dir.as_ref().map(|dir| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+        });
+        if let Some(path) = cached.as_deref().filter(|p| p.is_file()) {
+            match load_cached(&self.engine, path) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "ignoring a cached compiled plugin: {e:#}")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
+        if let Some(path) = cached {
+            if let Err(e) = store_cached(&component, &path) {
+                tracing::warn!(file = %path.display(), "cannot cache a compiled plugin: {e:#}");
+            }
+        }
+        Ok(component)
+    }
+
+    /// Runs one call in a fresh store with the plugin's memory cap and deadline.
+    pub async fn call(&self, p: &Prepared, call: Call) -> Result<Reply, CallError> {
+        let _permit = match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(CallError::Busy {
+                    plugin: p.id.clone(),
+                });
+            }
+        };
+        let budget = Duration::from_millis(u64::from(p.limits.timeout_ms));
+        let stderr = MemoryOutputPipe::new(STDERR_BYTES);
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: Limiter {
+                    max_memory: p.limits.max_memory_mb as usize * 1024 * 1024,
+                    denied: false,
+                },
+                plugin: p.id.clone(),
+                deadline: Instant::now() + budget,
+                log_lines: 0,
+                stderr,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        let run = run(&p.pre, &mut store, call);
+        // The epoch callback stops a looping guest; this backstops a host-side stall.
+        let outcome = tokio::time::timeout(budget + TICK * 4, run).await;
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Err(_) => Err(CallError::Timeout {
+                plugin: p.id.clone(),
+                limit_ms: p.limits.timeout_ms,
+            }),
+            Ok(Err(e)) => Err(call_error(e, store.data(), p)),
+        }
+    }
+}
+
+async fn run(
+    pre: &ProviderPre<State>,
+    store: &mut Store<State>,
+    call: Call,
+) -> wasmtime::Result<Reply> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let g = instance.portcullis_provider_plugin();
+    Ok(match call {
+        Call::Defaults => Reply::Defaults(g.call_defaults(&mut *store).await?),
+        Call::ShapeRequest(ctx, req) => {
+            Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
+        }
+        Call::ReadTokenResponse(ctx, status, body) => Reply::ReadTokenResponse(
+            g.call_read_token_response(&mut *store, &ctx, status, &body)
+                .await?,
+        ),
+        Call::Discover(ctx, state, last) => Reply::Discover(
+            g.call_discover(&mut *store, &ctx, &state, last.as_ref())
+                .await?,
+        ),
+        Call::ClassifyResponse(ctx, status, headers, body) => Reply::ClassifyResponse(
+            g.call_classify_response(&mut *store, &ctx, status, &headers, &body)
+                .await?,
+        ),
+        Call::ListTools(ctx) => Reply::ListTools(g.call_list_tools(&mut *store, &ctx).await?),
+        Call::BuildToolCall(ctx, name, args) => Reply::BuildToolCall(
+            g.call_build_tool_call(&mut *store, &ctx, &name, &args)
+                .await?,
+        ),
+    })
+}
+
+/// Turns a wasmtime error into what happened, in words an operator can act on.
+fn call_error(e: wasmtime::Error, state: &State, p: &Prepared) -> CallError {
+    let plugin = p.id.clone();
+    if state.limiter.denied {
+        return CallError::Memory {
+            plugin,
+            limit_mb: p.limits.max_memory_mb,
+        };
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return CallError::Timeout {
+            plugin,
+            limit_ms: p.limits.timeout_ms,
+        };
+    }
+    // A Rust guest prints its panic message to stderr before trapping.
+    let stderr = state.stderr.contents();
+    let panic = String::from_utf8_lossy(&stderr);
+    let panic = panic.trim();
+    let detail = match e.downcast_ref::<Trap>() {
+        Some(trap) if !panic.is_empty() => format!("{trap}: {panic}"),
+        Some(trap) => trap.to_string(),
+        None => format!("{e:#}"),
+    };
+    CallError::Trap { plugin, detail }
+}
+
+fn config(pooling: bool) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        // Plugin stacks stay small; deep recursion traps instead of growing.
+        .max_wasm_stack(512 * 1024)
+        .async_stack_size(2 * 1024 * 1024);
+    if pooling {
+        let mut p = PoolingAllocationConfig::default();
+        p.total_component_instances(POOL_SLOTS)
+            .total_core_instances(8 * POOL_SLOTS)
+            .total_memories(2 * POOL_SLOTS)
+            .total_tables(8 * POOL_SLOTS)
+            .total_stacks(POOL_SLOTS)
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_memory_size((super::manifest::MAX_MEMORY_MB as usize) << 20);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    cfg
+}
+
+/// Advances the engine's epoch every [`TICK`] for as long as the engine lives.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(
+            "cannot start the plugin deadline ticker ({e}); looping plugins are stopped only by the host-side timeout"
+        );
+    }
+}
+
+/// Reads the WIT version from the component's exports.
+fn check_wit_version(engine: &Engine, component: &Component) -> Result<(), PrepareError> {
+    let ty = component.component_type();
+    let mut names = Vec::new();
+    for (name, item) in ty.exports(engine) {
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            names.push(name.to_owned());
+            continue;
+        }
+        if let Some(version) = name
+            .strip_prefix(PLUGIN_INTERFACE)
+            .and_then(|v| v.strip_prefix('@'))
+        {
+            let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+            let (major, minor) = (parts.next().flatten(), parts.next().flatten());
+            if (major, minor) == (Some(SUPPORTED_MAJOR_MINOR.0), Some(SUPPORTED_MAJOR_MINOR.1)) {
+                return Ok(());
+            }
+            return Err(PrepareError::UnsupportedWit {
+                found: name.to_owned(),
+            });
+        }
+        names.push(name.to_owned());
+    }
+    Err(PrepareError::NotAPlugin {
+        found: if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        },
+    })
+}
+
+/// Creates the cache folder with mode 0700, or checks that an existing one is private:
+/// compiled code is loaded without validation, so only this host may write it.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is readable or writable by other users; chmod 700 it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads compiled code this host wrote earlier.
+#[allow(unsafe_code)]
+fn load_cached(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: `deserialize_file` trusts its input to be code wasmtime produced. The file
+    // lives in this host's private (0700, checked in `private_dir`) cache folder and was
+    // written by `store_cached` from a component compiled here; wasmtime still checks
+    // its version and engine compatibility and fails cleanly on a mismatch.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// Writes compiled code atomically (temp file + rename) with mode 0600.
+fn store_cached(component: &Component, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bytes = component
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

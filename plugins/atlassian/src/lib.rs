@@ -1,0 +1,233 @@
+//! Atlassian Cloud (Jira and Confluence), OAuth 2.0 (3LO).
+//!
+//! Facts (sources in `shared/research/providers.md` §2.2):
+//! - OAuth at `auth.atlassian.com/{authorize,oauth/token}` with `audience=api.atlassian.com`
+//!   and `prompt=consent`; `offline_access` is what yields a refresh token.
+//! - Refresh tokens rotate, always: each refresh returns a new one and invalidates the
+//!   old (90 days idle, 365 days absolute). No public per-token revocation endpoint.
+//! - API calls go to `https://api.atlassian.com/ex/{jira|confluence}/{cloudId}/...`. The
+//!   cloud id comes from `GET /oauth/token/accessible-resources`, which lists every site
+//!   the token can see — possibly several, with different scopes. Never silently take
+//!   the first: with several sites and no `site` chosen, discovery asks for a choice.
+//! - Agents write product-relative paths: `/jira/rest/api/3/myself`,
+//!   `/confluence/wiki/rest/api/space`; the plugin inserts `ex/<product>/<cloudId>`.
+
+use portcullis_sdk::prelude::*;
+use serde_json::Value;
+
+struct Atlassian;
+
+const STEP_RESOURCES: &str = "accessible-resources";
+
+impl Provider for Atlassian {
+    fn defaults() -> Defaults {
+        let mut oauth = OauthDefaults::new(
+            "https://auth.atlassian.com/authorize",
+            "https://auth.atlassian.com/oauth/token",
+        );
+        oauth.scopes = vec![
+            "offline_access".into(),
+            "read:jira-work".into(),
+            "write:jira-work".into(),
+            "read:jira-user".into(),
+            "read:confluence-content.all".into(),
+        ];
+        oauth.auth_params = vec![
+            ("audience".into(), "api.atlassian.com".into()),
+            ("prompt".into(), "consent".into()),
+        ];
+        oauth.client_auth = ClientAuth::Post;
+        oauth.grants = vec![TokenGrant::standard("default")];
+        oauth.refresh = RefreshPolicy {
+            rotates_refresh_token: true,
+            keeps_refresh_token: false,
+        };
+
+        let mut d = Defaults::new("atlassian", "Atlassian", "https://api.atlassian.com");
+        d.description = "Jira and Confluence Cloud REST APIs for the user's Atlassian site.".into();
+        d.docs_url =
+            Some("https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/".into());
+        d.mcp_url = Some("https://mcp.atlassian.com/v1/mcp".into());
+        d.oauth = Some(oauth);
+        d.inputs = vec![Input {
+            name: "site".into(),
+            description: "Which Atlassian site to use when the account sees several: its subdomain (acme for acme.atlassian.net) or its name".into(),
+            default_value: None,
+        }];
+        d.hooks = vec![Hook::ShapeRequest, Hook::Discover, Hook::ClassifyResponse];
+        d
+    }
+
+    fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
+        let path = req.path.as_str();
+        let product_path = ["jira", "confluence"].iter().find_map(|p| {
+            let rest = path.strip_prefix('/')?.strip_prefix(p)?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((*p, rest))
+        });
+        let shaped_path = match product_path {
+            Some((product, rest)) => {
+                let cloud = ctx.var("cloud_id").ok_or_else(|| {
+                    PluginError::InvalidInput(
+                        "no Atlassian site is selected yet (cloud_id unknown); the host runs discovery first".into(),
+                    )
+                })?;
+                format!("/ex/{product}/{cloud}{rest}")
+            }
+            // Already absolute within api.atlassian.com (`/ex/...`, `/oauth/...`, `/me`).
+            None => req.path.clone(),
+        };
+        Ok(ShapedRequest::to(portcullis_sdk::join_url(
+            &ctx.base_url,
+            &shaped_path,
+            req.query.as_deref(),
+        )))
+    }
+
+    fn discover(ctx: &Context, state: &str, last: Option<Response>) -> Discovery {
+        let Some(resp) = last else {
+            let url =
+                portcullis_sdk::join_url(&ctx.base_url, "/oauth/token/accessible-resources", None);
+            return Discovery::Next((Request::get(url), STEP_RESOURCES.into()));
+        };
+        if state != STEP_RESOURCES {
+            return Discovery::Fail(format!("unexpected discovery state \"{state}\""));
+        }
+        if resp.status == 401 || resp.status == 403 {
+            return Discovery::Fail(format!(
+                "accessible-resources answered HTTP {}: the token was rejected; reconnect",
+                resp.status
+            ));
+        }
+        if resp.status != 200 {
+            return Discovery::Fail(format!(
+                "accessible-resources answered HTTP {}",
+                resp.status
+            ));
+        }
+        let sites: Vec<Value> = match serde_json::from_slice::<Value>(&resp.body) {
+            Ok(Value::Array(items)) => items,
+            _ => {
+                return Discovery::Fail(
+                    "accessible-resources did not return a list of sites".into(),
+                );
+            }
+        };
+        let sites: Vec<Site> = sites.iter().filter_map(Site::from_json).collect();
+        if sites.is_empty() {
+            return Discovery::Fail(
+                "the token can see no Atlassian site: check the app's scopes and that the user picked a site at consent".into(),
+            );
+        }
+        let chosen: Vec<&Site> = match ctx.var("site").map(str::trim).filter(|s| !s.is_empty()) {
+            Some(hint) => {
+                let exact: Vec<&Site> = sites
+                    .iter()
+                    .filter(|s| s.subdomain().eq_ignore_ascii_case(hint) || s.id == hint)
+                    .collect();
+                if exact.is_empty() {
+                    let hint_lc = hint.to_lowercase();
+                    sites
+                        .iter()
+                        .filter(|s| s.name.to_lowercase().contains(&hint_lc))
+                        .collect()
+                } else {
+                    exact
+                }
+            }
+            None => sites.iter().collect(),
+        };
+        match chosen.as_slice() {
+            [site] => {
+                portcullis_sdk::info!("using Atlassian site {} ({})", site.name, site.url);
+                Discovery::Done(site.variables())
+            }
+            [] => Discovery::Fail(format!(
+                "no Atlassian site matches site \"{}\"; the token sees: {}",
+                ctx.var("site").unwrap_or_default(),
+                sites
+                    .iter()
+                    .map(|s| s.subdomain())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            several => Discovery::Choose(Selection {
+                variable: "site".into(),
+                options: several
+                    .iter()
+                    .map(|s| Choice {
+                        value: s.subdomain().to_owned(),
+                        label: format!("{} ({})", s.name, s.url),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    fn classify_response(
+        _ctx: &Context,
+        status: u16,
+        headers: &[Header],
+        _body: &[u8],
+    ) -> Classification {
+        portcullis_sdk::classify_by_status(status, headers)
+    }
+}
+
+struct Site {
+    id: String,
+    name: String,
+    url: String,
+    scopes: Vec<String>,
+}
+
+impl Site {
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(Self {
+            id: v.get("id")?.as_str()?.to_owned(),
+            name: v
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            url: v
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
+            scopes: v
+                .get("scopes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// `acme` for `https://acme.atlassian.net`.
+    fn subdomain(&self) -> &str {
+        let host = self.url.split("://").nth(1).unwrap_or(&self.url);
+        host.split('.').next().unwrap_or(host)
+    }
+
+    fn variables(&self) -> Vec<Variable> {
+        let mut products = Vec::new();
+        if self.scopes.iter().any(|s| s.contains("jira")) {
+            products.push("jira");
+        }
+        if self.scopes.iter().any(|s| s.contains("confluence")) {
+            products.push("confluence");
+        }
+        vec![
+            ("cloud_id".into(), self.id.clone()),
+            ("site_url".into(), self.url.clone()),
+            ("site_name".into(), self.name.clone()),
+            ("products".into(), products.join(",")),
+        ]
+    }
+}
+
+portcullis_sdk::export_provider!(Atlassian);
