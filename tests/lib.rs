@@ -9,9 +9,12 @@
 //!   `GET /localapi/v0/whois?addr=` request and JSON shape over a Unix socket.
 //! - [`upstream`]: a loopback HTTP API that echoes what it received, redirects, streams
 //!   large bodies, and counts hits.
+//! - [`fixture`]: a scripted upstream standing in for a provider's API (recorded
+//!   responses per path, every request kept).
 //! - [`oidc`]: the `oidc-provider` peer (npm), a real OAuth 2.0 authorization server.
 //! - [`raw`]: raw HTTP/1.1 requests, for paths a URL library would normalise.
 
+pub mod fixture;
 pub mod oidc;
 pub mod raw;
 pub mod upstream;

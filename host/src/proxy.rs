@@ -29,7 +29,7 @@ use crate::credentials::CredentialError;
 use crate::egress::{EgressError, InBody};
 use crate::error::ApiError;
 use crate::identity::Caller;
-use crate::plugins::{CallError, DiscoveryOutcome, Plugin, Plugins, types, wit_method};
+use crate::plugins::{CallError, DiscoveryOutcome, Plugin, types, wit_method};
 use types::Hook;
 
 /// Route prefix of the proxy.
@@ -182,11 +182,14 @@ async fn forward(
             };
             let shaped = app
                 .plugins
-                .shape_request(p, ctx.clone(), req)
+                .shape_checked(
+                    p,
+                    ctx.clone(),
+                    req,
+                    &base,
+                    connector.credential.header_name(),
+                )
                 .await
-                .and_then(|s| {
-                    Plugins::check_shaped(p, &base, s, connector.credential.header_name())
-                })
                 .map_err(|e| plugin_error(id, &e))?;
             shaped.apply_headers(&mut headers);
             shaped.url

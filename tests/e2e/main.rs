@@ -5,6 +5,7 @@ mod client_credentials;
 mod config;
 mod identity;
 mod observability;
+mod plugins;
 mod proxy;
 mod vault;
 

@@ -181,6 +181,35 @@ impl Plugins {
         }
     }
 
+    /// [`Plugins::shape_request`] followed by [`Plugins::check_shaped`]; a result the
+    /// host refuses is logged and counted like a failed call.
+    pub async fn shape_checked(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        req: types::OutgoingRequest,
+        base: &url::Url,
+        credential_header: Option<&HeaderName>,
+    ) -> Result<Shaped, CallError> {
+        let shaped = self.shape_request(plugin, ctx, req).await?;
+        Self::check_shaped(plugin, base, shaped, credential_header).inspect_err(|e| {
+            tracing::warn!(plugin = %plugin.id(), hook = "shape-request", kind = e.kind(), "{e}");
+            self.count(plugin, "shape-request", e.kind());
+        })
+    }
+
+    fn count(&self, plugin: &Plugin, hook: &'static str, outcome: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.plugin_calls
+                .get_or_create(&crate::telemetry::PluginLabels {
+                    plugin: plugin.id().to_owned(),
+                    hook,
+                    outcome,
+                })
+                .inc();
+        }
+    }
+
     /// `body` must already be redacted ([`redact_tokens`]).
     pub async fn read_token_response(
         &self,
@@ -261,15 +290,11 @@ impl Plugins {
         if let Err(e) = &result {
             tracing::warn!(plugin = %plugin.id(), hook, kind = e.kind(), "plugin call failed: {e}");
         }
-        if let Some(m) = &self.metrics {
-            m.plugin_calls
-                .get_or_create(&crate::telemetry::PluginLabels {
-                    plugin: plugin.id().to_owned(),
-                    hook,
-                    outcome: result.as_ref().map_or_else(CallError::kind, |_| "ok"),
-                })
-                .inc();
-        }
+        self.count(
+            plugin,
+            hook,
+            result.as_ref().map_or_else(CallError::kind, |_| "ok"),
+        );
         result
     }
 

