@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Portcullis test. Works on a fresh machine that has the Rust toolchain:
-# installs what the tests need (Node.js for the oidc-provider peer, its npm packages),
-# then checks formatting and lints, builds the host, and runs unit and end-to-end tests.
+# installs what the tests need (the wasm32-wasip2 target, Node.js for the oidc-provider
+# peer, its npm packages), then checks formatting and lints, rebuilds the provider
+# plugins and checks registry/ is what the source builds to, builds the host, and runs
+# unit and end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,16 @@ npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check
+(cd plugins && cargo fmt --all --check)
+(cd sdk && cargo fmt --check)
+
+# Adds the wasm32-wasip2 target if missing, builds every plugin reproducibly, and fails
+# if registry/ differs from what the source builds to.
+echo "==> cargo xtask plugins --check"
+cargo xtask plugins --check
+
+echo "==> cargo clippy (plugins, wasm32-wasip2)"
+(cd plugins && cargo clippy --quiet --locked --target wasm32-wasip2 --workspace -- -D warnings)
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -499,10 +499,11 @@ fn plugin_error(id: &str, e: &CallError) -> ApiError {
 /// briefly so a retrying agent does not hammer the provider.
 #[derive(Default)]
 pub struct Discoveries {
-    entries: std::sync::Mutex<
-        HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, DiscoveryOutcome)>>>>,
-    >,
+    entries: std::sync::Mutex<HashMap<String, Arc<DiscoverySlot>>>,
 }
+
+/// One connector's discovery: locked while it runs, so concurrent requests wait for it.
+type DiscoverySlot = tokio::sync::Mutex<Option<(Instant, DiscoveryOutcome)>>;
 
 /// How long a failed or undecided discovery is remembered.
 const DISCOVERY_RETRY_AFTER: Duration = Duration::from_secs(30);

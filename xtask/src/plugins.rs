@@ -79,15 +79,6 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
     Ok(())
 }
 
-/// The test-only plugins (a misbehaving one, one from a future WIT version), built by
-/// [`run`] alongside the providers.
-pub fn test_plugin(root: &Path, name: &str) -> PathBuf {
-    root.join("plugins/target")
-        .join(TARGET)
-        .join("release")
-        .join(format!("portcullis_test_{name}.wasm"))
-}
-
 fn ensure_target() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])

@@ -383,11 +383,11 @@ fn normalize(mut v: Value) -> Value {
         match v {
             Value::Object(map) => {
                 for (k, child) in map.iter_mut() {
-                    if k == "body" {
-                        if let Some(bytes) = as_bytes(child) {
-                            *child = parse_or_string(&bytes);
-                            continue;
-                        }
+                    if k == "body"
+                        && let Some(bytes) = as_bytes(child)
+                    {
+                        *child = parse_or_string(&bytes);
+                        continue;
                     }
                     walk(child);
                 }

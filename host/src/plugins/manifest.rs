@@ -182,7 +182,7 @@ allowed_hosts = ["api.acme.example", "*.acme.example"]
 
     #[test]
     fn parses_a_good_manifest() {
-        let m = Manifest::parse(GOOD, "acme").unwrap();
+        let m = Manifest::parse(GOOD, "acme").expect("good manifest");
         assert_eq!(m.limits.timeout_ms, 50);
         assert!(m.allows_host("api.acme.example"));
         assert!(m.allows_host("eu.acme.example"));
@@ -199,40 +199,40 @@ allowed_hosts = ["api.acme.example", "*.acme.example"]
     fn rejects_mismatches_and_bad_fields() {
         assert!(
             Manifest::parse(GOOD, "other")
-                .unwrap_err()
+                .expect_err("must be refused")
                 .contains("does not match its folder")
         );
         let typo = GOOD.replace("version = \"1.0.0\"", "version = \"1.0.0\"\nversoin = 2");
         assert!(
             Manifest::parse(&typo, "acme")
-                .unwrap_err()
+                .expect_err("must be refused")
                 .contains("versoin")
         );
         let bad_host = GOOD.replace("\"api.acme.example\",", "\"https://api.acme.example/\",");
         assert!(
             Manifest::parse(&bad_host, "acme")
-                .unwrap_err()
+                .expect_err("must be refused")
                 .contains("allowed_hosts")
         );
         let bad_hash = GOOD.replace("sha256 = \"0000", "sha256 = \"zz00");
         assert!(
             Manifest::parse(&bad_hash, "acme")
-                .unwrap_err()
+                .expect_err("must be refused")
                 .contains("sha256")
         );
         let future = GOOD.replace("schema_version = 1", "schema_version = 9");
         assert!(
             Manifest::parse(&future, "acme")
-                .unwrap_err()
+                .expect_err("must be refused")
                 .contains("schema_version 9")
         );
     }
 
     #[test]
     fn component_path_stays_inside_the_folder() {
-        let mut m = Manifest::parse(GOOD, "acme").unwrap();
+        let mut m = Manifest::parse(GOOD, "acme").expect("good manifest");
         let dir = Path::new("/reg/acme");
-        assert_eq!(m.component_path(dir).unwrap(), dir.join("plugin.wasm"));
+        assert_eq!(m.component_path(dir).expect("plain name"), dir.join("plugin.wasm"));
         for bad in ["../x.wasm", "/etc/passwd", "a/b.wasm", ".."] {
             m.component.path = bad.to_owned();
             assert!(m.component_path(dir).is_err(), "{bad}");

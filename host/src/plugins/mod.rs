@@ -12,9 +12,9 @@
 //!
 //! # Layout
 //!
-//! - [`manifest`]: `plugin.toml`.
+//! - [`manifest`] reads and checks `plugin.toml`.
 //! - [`runtime`]: engine, per-call store with limits, the generated bindings.
-//! - [`registry`]: scanning the registry folder into a [`Catalog`].
+//! - [`registry`]: scanning the registry folder into a `Catalog`.
 //! - [`harness`]: fixtures run through the real runtime (used by the SDK's `testing`).
 
 pub mod harness;

@@ -142,7 +142,7 @@ pub async fn load(
         .map_err(|e| format!("compiling the component failed: {e}"))?
         .map_err(|e| e.to_string())?;
     let defaults = match runtime.call(&prepared, Call::Defaults).await {
-        Ok(Reply::Defaults(d)) => d,
+        Ok(Reply::Defaults(d)) => *d,
         Ok(_) => return Err("defaults() returned the wrong reply".to_owned()),
         Err(e) => return Err(format!("defaults() failed: {e}")),
     };

@@ -236,7 +236,7 @@ impl Call {
 /// What the call returned (one variant per [`Call`]).
 #[derive(Debug)]
 pub enum Reply {
-    Defaults(types::ProviderDefaults),
+    Defaults(Box<types::ProviderDefaults>),
     ShapeRequest(Result<types::ShapedRequest, types::PluginError>),
     ReadTokenResponse(Result<types::TokenInfo, types::TokenError>),
     Discover(types::Discovery),
@@ -336,10 +336,10 @@ impl Runtime {
         }
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
-        if let Some(path) = cached {
-            if let Err(e) = store_cached(&component, &path) {
-                tracing::warn!(file = %path.display(), "cannot cache a compiled plugin: {e:#}");
-            }
+        if let Some(path) = cached
+            && let Err(e) = store_cached(&component, &path)
+        {
+            tracing::warn!(file = %path.display(), "cannot cache a compiled plugin: {e:#}");
         }
         Ok(component)
     }
@@ -403,7 +403,7 @@ async fn run(
     let instance = pre.instantiate_async(&mut *store).await?;
     let g = instance.portcullis_provider_plugin();
     Ok(match call {
-        Call::Defaults => Reply::Defaults(g.call_defaults(&mut *store).await?),
+        Call::Defaults => Reply::Defaults(Box::new(g.call_defaults(&mut *store).await?)),
         Call::ShapeRequest(ctx, req) => {
             Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
         }
