@@ -222,7 +222,7 @@ async fn forward(
         app.discoveries.forget(id);
     }
     let classifier = match (&plugin, ctx) {
-        (Some(p), Some(ctx)) if p.has(Hook::ClassifyResponse) => Some((p, ctx)),
+        (Some(p), Some(ctx)) if p.classifies(resp.status().as_u16()) => Some((p, ctx)),
         _ => None,
     };
     let Some((plugin, ctx)) = classifier else {
@@ -241,23 +241,27 @@ async fn forward(
     let mut retried = false;
     loop {
         let limit = plugin.defaults.classify_body_bytes as usize;
+        let wanted = plugin.classifies(resp.status().as_u16());
         let (parts_up, body_up) = resp.into_parts();
-        let (prefix, rest) = if limit > 0 && parts.method != Method::HEAD {
+        let (prefix, rest) = if wanted && limit > 0 && parts.method != Method::HEAD {
             read_prefix(body_up, limit, idle).await
         } else {
             (Bytes::new(), Some(body_up))
         };
-        let class = app
-            .plugins
-            .classify_response(
-                plugin,
-                ctx.clone(),
-                parts_up.status.as_u16(),
-                wit_headers(&parts_up.headers),
-                prefix.to_vec(),
-            )
-            .await
-            .unwrap_or(types::Classification::Ok);
+        let class = if wanted {
+            app.plugins
+                .classify_response(
+                    plugin,
+                    ctx.clone(),
+                    parts_up.status.as_u16(),
+                    wit_headers(&parts_up.headers),
+                    prefix.to_vec(),
+                )
+                .await
+                .unwrap_or(types::Classification::Ok)
+        } else {
+            types::Classification::Ok
+        };
         if let (types::Classification::Retry(delay), Some(h), false) =
             (&class, &retry_headers, retried)
         {

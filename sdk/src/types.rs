@@ -26,6 +26,7 @@ impl ProviderDefaults {
             inputs: Vec::new(),
             hooks: Vec::new(),
             classify_body_bytes: 0,
+            classify_statuses: Vec::new(),
         }
     }
 }

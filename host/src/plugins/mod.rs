@@ -774,6 +774,7 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
         "status": "loaded",
         "allowed_hosts": p.manifest.capabilities.allowed_hosts,
         "hooks": hooks,
+        "classify_statuses": d.classify_statuses,
         "inputs": d.inputs.iter().map(|i| serde_json::json!({
             "name": i.name, "description": i.description, "default": i.default_value,
         })).collect::<Vec<_>>(),

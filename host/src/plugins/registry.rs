@@ -44,6 +44,17 @@ impl Plugin {
     pub fn has(&self, hook: types::Hook) -> bool {
         self.defaults.hooks.contains(&hook)
     }
+
+    /// Whether a response with this status goes to `classify-response`.
+    pub fn classifies(&self, status: u16) -> bool {
+        self.has(types::Hook::ClassifyResponse)
+            && (self.defaults.classify_statuses.is_empty()
+                || self
+                    .defaults
+                    .classify_statuses
+                    .iter()
+                    .any(|(lo, hi)| (*lo..=*hi).contains(&status)))
+    }
 }
 
 /// A registry entry that did not load.

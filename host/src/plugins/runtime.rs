@@ -45,6 +45,13 @@ const SUPPORTED_MAJOR_MINOR: (u64, u64) = (0, 1);
 
 /// Concurrent plugin calls (and pool slots).
 const POOL_SLOTS: u32 = 128;
+/// Pool slots returned before their pages are released in one batch.
+const DECOMMIT_BATCH: usize = 16;
+/// Bytes of each linear memory reset with `memset` (and kept resident) instead of
+/// `madvise`. Plugins built with the SDK's 64 KiB stack touch little beyond this, so a
+/// reused slot takes no page faults; measured in docs/benchmarks.md.
+const KEEP_RESIDENT_MEMORY: usize = 256 * 1024;
+const KEEP_RESIDENT_TABLE: usize = 16 * 1024;
 /// Epoch tick: deadlines are enforced to about this granularity.
 const TICK: Duration = Duration::from_millis(5);
 /// How long a call waits for a free slot before failing as busy.
@@ -471,7 +478,13 @@ fn config(pooling: bool) -> Config {
             .total_stacks(POOL_SLOTS)
             .max_memories_per_component(2)
             .max_tables_per_component(8)
-            .max_memory_size((super::manifest::MAX_MEMORY_MB as usize) << 20);
+            .max_memory_size((super::manifest::MAX_MEMORY_MB as usize) << 20)
+            // Returning a slot to the pool costs a madvise and a TLB shootdown across
+            // threads, and reusing it page faults; resetting the small part a call
+            // touches with memset and batching the rest takes both off the hot path.
+            .decommit_batch_size(DECOMMIT_BATCH)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     cfg

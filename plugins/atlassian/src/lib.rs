@@ -55,6 +55,8 @@ impl Provider for Atlassian {
             default_value: None,
         }];
         d.hooks = vec![Hook::ShapeRequest, Hook::Discover, Hook::ClassifyResponse];
+        // Only errors need a closer look.
+        d.classify_statuses = vec![(400, 599)];
         d
     }
 

@@ -67,6 +67,8 @@ impl Provider for Google {
             Some("https://developers.google.com/identity/protocols/oauth2/web-server".into());
         d.oauth = Some(oauth);
         d.hooks = vec![Hook::ShapeRequest, Hook::ClassifyResponse];
+        // Only errors need a closer look.
+        d.classify_statuses = vec![(400, 599)];
         d.classify_body_bytes = 8 * 1024;
         d
     }

@@ -59,6 +59,8 @@ impl Provider for Salesforce {
             Hook::ReadTokenResponse,
             Hook::ClassifyResponse,
         ];
+        // Only errors need a closer look.
+        d.classify_statuses = vec![(400, 599)];
         d.classify_body_bytes = 4096;
         d
     }

@@ -11,6 +11,8 @@ impl Provider for Chaos {
         let mut d = Defaults::new("chaos", "Chaos (test)", "https://chaos.invalid");
         d.description = "Misbehaves on purpose; for the sandbox tests only.".to_owned();
         d.hooks = vec![Hook::ShapeRequest, Hook::ClassifyResponse];
+        // Only errors need a closer look.
+        d.classify_statuses = vec![(400, 599)];
         d
     }
 

@@ -1,0 +1,100 @@
+//! Cost of one plugin call as the proxy makes it: a fresh store, instantiate, call,
+//! drop. Run by `cargo xtask bench plugins` (release build); prints one JSON object.
+//!
+//! `plugin_bench <registry-dir> <plugin-id> <calls-per-level> <concurrency>...`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::plugins::{Plugins, types};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [dir, id, calls, levels @ ..] = args.as_slice() else {
+        anyhow::bail!("usage: plugin_bench <registry-dir> <plugin-id> <calls> <concurrency>...");
+    };
+    let calls: usize = calls.parse()?;
+    let levels: Vec<usize> = levels
+        .iter()
+        .map(|l| l.parse())
+        .collect::<Result<_, _>>()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let plugins = Plugins::open(Some(dir.into()), None, None).await?;
+        let plugin = plugins
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("plugin {id} did not load from {dir}"))?;
+        let ctx = types::Context {
+            connector: "bench".into(),
+            base_url: plugin.defaults.api_url.clone(),
+            variables: vec![("instance_url".into(), "https://acme.my.salesforce.com".into())],
+        };
+        let req = types::OutgoingRequest {
+            method: types::Method::Get,
+            path: "/sobjects/Account/001xx000003DGb2AAG".into(),
+            query: Some("fields=Name,Industry".into()),
+            headers: vec![
+                ("accept".into(), "application/json".into()),
+                ("user-agent".into(), "bench/1".into()),
+            ],
+        };
+        let mut out = Vec::new();
+        for &c in &levels {
+            // Warm up (pool slots, caches), then measure.
+            run(&plugins, &plugin, &ctx, &req, c, calls / 10).await?;
+            let (elapsed, mut lat) = run(&plugins, &plugin, &ctx, &req, c, calls).await?;
+            lat.sort_unstable();
+            let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+            out.push(serde_json::json!({
+                "concurrency": c,
+                "calls": lat.len(),
+                "calls_per_sec": lat.len() as f64 / elapsed.as_secs_f64(),
+                "p50_us": pct(0.50),
+                "p99_us": pct(0.99),
+                "mean_us": lat.iter().map(Duration::as_secs_f64).sum::<f64>() / lat.len() as f64 * 1e6,
+            }));
+        }
+        println!(
+            "{}",
+            serde_json::json!({"plugin": id, "pooling": plugins.runtime().pooling(), "levels": out})
+        );
+        anyhow::Ok(())
+    })
+}
+
+async fn run(
+    plugins: &Arc<Plugins>,
+    plugin: &Arc<portcullis::plugins::Plugin>,
+    ctx: &types::Context,
+    req: &types::OutgoingRequest,
+    concurrency: usize,
+    calls: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let started = Instant::now();
+    let per_task = calls.div_ceil(concurrency);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (plugins, plugin, ctx, req) = (plugins.clone(), plugin.clone(), ctx.clone(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let t = Instant::now();
+                plugins.shape_request(&plugin, ctx.clone(), req.clone()).await?;
+                lat.push(t.elapsed());
+                // Interleave with the other tasks, as requests waiting on I/O would.
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::with_capacity(calls);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((started.elapsed(), all))
+}
