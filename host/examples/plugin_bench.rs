@@ -17,15 +17,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: plugin_bench <registry-dir> <plugin-id> <calls> <concurrency>...");
     };
     let calls: usize = calls.parse()?;
-    let levels: Vec<usize> = levels
-        .iter()
-        .map(|l| l.parse())
-        .collect::<Result<_, _>>()?;
+    let levels: Vec<usize> = levels.iter().map(|l| l.parse()).collect::<Result<_, _>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let plugins = Plugins::open(Some(dir.into()), None, None).await?;
+        let plugins = Plugins::open(Some(dir.into()), std::env::var_os("PC_CACHE").map(Into::into), None).await?;
         let plugin = plugins
             .get(id)
             .ok_or_else(|| anyhow::anyhow!("plugin {id} did not load from {dir}"))?;
@@ -79,12 +76,15 @@ async fn run(
     let per_task = calls.div_ceil(concurrency);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (plugins, plugin, ctx, req) = (plugins.clone(), plugin.clone(), ctx.clone(), req.clone());
+        let (plugins, plugin, ctx, req) =
+            (plugins.clone(), plugin.clone(), ctx.clone(), req.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_task);
             for _ in 0..per_task {
                 let t = Instant::now();
-                plugins.shape_request(&plugin, ctx.clone(), req.clone()).await?;
+                plugins
+                    .shape_request(&plugin, ctx.clone(), req.clone())
+                    .await?;
                 lat.push(t.elapsed());
                 // Interleave with the other tasks, as requests waiting on I/O would.
                 tokio::task::yield_now().await;

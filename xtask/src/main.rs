@@ -38,6 +38,8 @@ enum Command {
 enum BenchCommand {
     /// Proxy overhead: direct upstream vs. through Portcullis vs. through nginx.
     Proxy(bench::proxy::ProxyArgs),
+    /// Provider-plugin call cost (instantiate + call + drop) per verified provider.
+    Plugins(bench::plugins::PluginsArgs),
 }
 
 /// Set in the re-executed child so it does not re-execute again; also lets a developer
@@ -57,6 +59,7 @@ fn main() -> Result<()> {
         Command::Plugins(args) => plugins::run(&root, args),
         Command::Bench { what } => match what {
             BenchCommand::Proxy(args) => bench::proxy::run(&root, args),
+            BenchCommand::Plugins(args) => bench::plugins::run(&root, args),
         },
     }
 }

@@ -232,7 +232,10 @@ allowed_hosts = ["api.acme.example", "*.acme.example"]
     fn component_path_stays_inside_the_folder() {
         let mut m = Manifest::parse(GOOD, "acme").expect("good manifest");
         let dir = Path::new("/reg/acme");
-        assert_eq!(m.component_path(dir).expect("plain name"), dir.join("plugin.wasm"));
+        assert_eq!(
+            m.component_path(dir).expect("plain name"),
+            dir.join("plugin.wasm")
+        );
         for bad in ["../x.wasm", "/etc/passwd", "a/b.wasm", ".."] {
             m.component.path = bad.to_owned();
             assert!(m.component_path(dir).is_err(), "{bad}");

@@ -72,7 +72,7 @@ pub struct ProxyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,nginx"
+        default_value = "direct,portcullis,portcullis-plugin,nginx"
     )]
     targets: Vec<TargetKind>,
     /// Tokio worker threads for the load generator (1 = current-thread runtime).
@@ -94,6 +94,8 @@ pub struct ProxyArgs {
 enum TargetKind {
     Direct,
     Portcullis,
+    /// Portcullis with the connector shaped by a verified provider plugin (Google).
+    PortcullisPlugin,
     Nginx,
 }
 
@@ -102,6 +104,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct (no proxy)",
             TargetKind::Portcullis => "Portcullis",
+            TargetKind::PortcullisPlugin => "Portcullis + provider plugin",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -138,7 +141,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
 
     // Preparation failures only disqualify the target concerned, so the others still
     // produce numbers (useful while the host is under construction).
-    let portcullis_bin = if wants(TargetKind::Portcullis) {
+    let portcullis_bin = if wants(TargetKind::Portcullis) || wants(TargetKind::PortcullisPlugin) {
         Some(prepare_portcullis(root, args.no_build))
     } else {
         None
@@ -213,15 +216,24 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                 };
                 measure(&target, &upstream, None, &spec_c1, &spec_high)
             }
-            TargetKind::Portcullis => match &portcullis_bin {
+            TargetKind::Portcullis | TargetKind::PortcullisPlugin => match &portcullis_bin {
                 Some(Ok(bin)) => {
-                    let dir = tmp.path().join("portcullis");
-                    start_portcullis(bin, &dir, upstream.addr).and_then(|(mut guard, addr)| {
-                        let target = proxied_target(kind, addr);
-                        let r = measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
-                        guard.stop();
-                        r.map_err(|e| with_log_tail(e, &dir.join("stderr.log")))
-                    })
+                    let with_plugin = kind == TargetKind::PortcullisPlugin;
+                    let dir = tmp.path().join(if with_plugin {
+                        "portcullis-plugin"
+                    } else {
+                        "portcullis"
+                    });
+                    let registry = with_plugin.then(|| root.join("registry"));
+                    start_portcullis(bin, &dir, upstream.addr, registry.as_deref()).and_then(
+                        |(mut guard, addr)| {
+                            let target = proxied_target(kind, addr);
+                            let r =
+                                measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
+                            guard.stop();
+                            r.map_err(|e| with_log_tail(e, &dir.join("stderr.log")))
+                        },
+                    )
                 }
                 Some(Err(e)) => Err(anyhow!("{e}")),
                 None => Err(anyhow!("not selected")),
@@ -556,16 +568,9 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr().context("free port address")?.port())
 }
 
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"))
-}
-
 /// Builds the release host (unless `no_build`) and returns its binary path.
 fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
-    let bin = target_dir(root).join("release").join("portcullis");
+    let bin = super::target_dir(root).join("release").join("portcullis");
     if !no_build {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         eprintln!("bench: cargo build --release -p portcullis");
@@ -592,20 +597,28 @@ fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
 }
 
 /// Writes the config, starts `portcullis serve` and waits for `/healthz`.
+/// With `registry`, the connector names the Google provider plugin: every request is
+/// shaped by it (the bench path is no Google API, so the URL stays the same) and error
+/// statuses would be classified.
 fn start_portcullis(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    registry: Option<&Path>,
 ) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
+    let mut connector = json!({
+        "protocol": "http",
+        "url": format!("http://{upstream}"),
+        "auth": {"type": "bearer_token", "secret": SECRET},
+    });
+    if registry.is_some() {
+        connector["provider"] = json!("google");
+    }
     let config = json!({
         "identity": {"mode": "loopback"},
         "egress": {"allow_loopback": true},
-        "connectors": {"servers": {"bench": {
-            "protocol": "http",
-            "url": format!("http://{upstream}"),
-            "auth": {"type": "bearer_token", "secret": SECRET},
-        }}},
+        "connectors": {"servers": {"bench": connector}},
         "grants": [{
             "src": ["(loopback)"],
             "app": {"tailscale.com/cap/aperture": [{"role": "admin"}, {"connectors": ["bench/**"]}]},
@@ -618,7 +631,12 @@ fn start_portcullis(
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let stdout = fs::File::create(dir.join("stdout.log")).context("creating stdout log")?;
     let stderr = fs::File::create(dir.join("stderr.log")).context("creating stderr log")?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    match registry {
+        Some(r) => cmd.env("PORTCULLIS_REGISTRY", r),
+        None => cmd.env_remove("PORTCULLIS_REGISTRY"),
+    };
+    let child = cmd
         .arg("serve")
         .arg("--config")
         .arg(&config_path)
@@ -927,6 +945,20 @@ impl Report<'_> {
                     );
                 }
             }
+        }
+        if let (Some(p), Some(pp)) = (p, self.measured(TargetKind::PortcullisPlugin))
+            && p.throughput.rps > 0.0
+        {
+            let _ = writeln!(
+                s,
+                "- Provider plugin cost (Google plugin shaping every request): {:+.1} µs at p50 \
+                 (concurrency 1); throughput {:.0} vs {:.0} req/s at concurrency {high} \
+                 (**{:+.1}%**).",
+                pp.latency.p50_us - p.latency.p50_us,
+                pp.throughput.rps,
+                p.throughput.rps,
+                (pp.throughput.rps / p.throughput.rps - 1.0) * 100.0
+            );
         }
         if let (Some(p), Some(n)) = (p, n)
             && n.throughput.rps > 0.0
