@@ -255,7 +255,7 @@ async fn forward(
                     ctx.clone(),
                     parts_up.status.as_u16(),
                     wit_headers(&parts_up.headers),
-                    prefix.to_vec(),
+                    prefix[..prefix.len().min(limit)].to_vec(),
                 )
                 .await
                 .unwrap_or(types::Classification::Ok)

@@ -137,17 +137,20 @@ impl Harness {
         })?;
         let mut text = std::fs::read_to_string(manifest)
             .with_context(|| format!("cannot read {}", manifest.display()))?;
-        if !text.contains("[component]") {
+        let parsed = toml::from_str::<toml::Value>(&text)
+            .with_context(|| format!("{} is not valid TOML", manifest.display()))?;
+        if parsed.get("component").is_none() {
             use sha2::Digest as _;
             let sha = hex::encode(sha2::Sha256::digest(&wasm));
             text.push_str(&format!(
                 "\n[component]\npath = \"plugin.wasm\"\nsha256 = \"{sha}\"\n"
             ));
         }
-        let id = toml::from_str::<toml::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let id = parsed
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
         let manifest = Manifest::parse(&text, &id).map_err(anyhow::Error::msg)?;
         let plugins = Plugins::open(None, None, None).await?;
         let plugin = super::registry::load(plugins.runtime(), manifest, wasm)

@@ -793,3 +793,80 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn grant(name: &str, prefix: &str, required: bool) -> types::TokenGrant {
+        types::TokenGrant {
+            name: name.to_owned(),
+            access_token: format!("{prefix}/access_token"),
+            refresh_token: Some(format!("{prefix}/refresh_token")),
+            expires_in: Some(format!("{prefix}/expires_in")),
+            scope: Some(format!("{prefix}/scope")),
+            required,
+        }
+    }
+
+    #[test]
+    fn tokens_are_redacted_at_declared_pointers_and_by_name_anywhere() {
+        let mut body = json!({
+            "ok": true,
+            "access_token": "xoxb-1",
+            "authed_user": {"id": "U1", "access_token": "xoxp-1", "refresh_token": "r-1"},
+            "nested": [{"id_token": "eyJ"}],
+            "custom_token_field": "tok-2",
+            "instance_url": "https://acme.my.salesforce.com",
+        });
+        let grants = [
+            grant("bot", "", false),
+            types::TokenGrant {
+                access_token: "/custom_token_field".to_owned(),
+                ..grant("other", "", false)
+            },
+        ];
+        redact_tokens(&mut body, &grants);
+        let text = body.to_string();
+        for secret in ["xoxb-1", "xoxp-1", "r-1", "eyJ", "tok-2"] {
+            assert!(!text.contains(secret), "{secret} survived: {text}");
+        }
+        assert_eq!(body["instance_url"], "https://acme.my.salesforce.com");
+        assert_eq!(body["authed_user"]["id"], "U1");
+    }
+
+    #[test]
+    fn grants_are_read_by_pointer_with_optional_ones_skipped() {
+        let body = json!({
+            "authed_user": {"access_token": "xoxp-1", "expires_in": "43200", "scope": ["a", "b"]},
+        });
+        let got = extract_grants(
+            &body,
+            &[
+                grant("bot", "", false),
+                grant("user", "/authed_user", false),
+            ],
+        )
+        .expect("user grant");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "user");
+        assert_eq!(got[0].expires_in, Some(43200));
+        assert_eq!(got[0].scope.as_deref(), Some("a b"));
+        assert_eq!(got[0].refresh_token, None);
+    }
+
+    #[test]
+    fn a_missing_required_grant_or_no_grant_at_all_is_an_error() {
+        let body = json!({"token_type": "Bearer"});
+        let e = extract_grants(&body, &[grant("default", "", true)]).expect_err("required");
+        assert!(e.contains("grant \"default\""), "{e}");
+        let e = extract_grants(&body, &[grant("bot", "", false)]).expect_err("none found");
+        assert!(e.contains("no access token"), "{e}");
+        // No declared grants: the RFC 6749 layout.
+        let ok = extract_grants(&json!({"access_token": "a", "expires_in": 3599.0}), &[])
+            .expect("standard");
+        assert_eq!(ok[0].expires_in, Some(3599));
+    }
+}
