@@ -52,4 +52,4 @@ cargo test --workspace
 # The SDK as a plugin author uses it: build the template's component, then run its
 # fixtures through the real host runtime with `cargo test`.
 echo "==> plugin template (sdk/template)"
-(cd sdk/template && cargo build --quiet --target wasm32-wasip2 --release && cargo test --quiet)
+(cd sdk/template && cargo build --quiet --locked --target wasm32-wasip2 --release && cargo test --quiet --locked)

@@ -2,8 +2,11 @@
 //! writes the registry (`registry/<id>/plugin.wasm` + `plugin.toml` with its hash).
 //!
 //! Builds are reproducible: the toolchain is pinned (`rust-toolchain.toml`), the lock
-//! file is used as is, and `--remap-path-prefix` removes the checkout and cargo-home
-//! paths from the output, so the same source gives the same bytes on any machine.
+//! file is used as is, `--remap-path-prefix` removes the checkout and cargo-home paths
+//! from the output, and the build runs on a copy of the source files only (what git
+//! tracks or would track), so build output, caches and other ignored files in a working
+//! tree cannot change the bytes — they measurably did. The same source gives the same
+//! bytes in any checkout.
 //! `--check` rebuilds and fails if the committed registry differs from what the source
 //! builds to, which keeps registry and source in step in CI.
 
@@ -103,14 +106,67 @@ fn ensure_target() -> Result<()> {
     Ok(())
 }
 
+/// Copies the source files (tracked, or untracked but not ignored) into a fresh staging
+/// folder and returns it. Outside a git checkout, builds in place.
+fn stage(root: &Path) -> Result<PathBuf> {
+    let listed = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output();
+    let listed = match listed {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => {
+            eprintln!(
+                "xtask: not a git checkout; building the plugins in place (the output may not match CI byte for byte)"
+            );
+            return Ok(root.to_owned());
+        }
+    };
+    // Outside the checkout, at a fixed place: builds from inside this working tree came
+    // out different from builds of fresh clones elsewhere.
+    let staging = std::env::temp_dir().join("portcullis-plugin-source");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot clear {}", staging.display()))?;
+    }
+    for rel in listed.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(rel).context("a non-UTF-8 file name")?);
+        let from = root.join(rel);
+        if !from.is_file() {
+            continue; // deleted in the working tree
+        }
+        let to = staging.join(rel);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(staging)
+}
+
+/// Builds into a fresh folder, then copies the components to `plugins/target` (where
+/// the tests look for the test-only plugins).
 fn build(root: &Path) -> Result<()> {
+    let source = stage(root)?;
+    let target = std::env::temp_dir().join("portcullis-plugin-target");
+    if target.exists() {
+        std::fs::remove_dir_all(&target)
+            .with_context(|| format!("cannot clear {}", target.display()))?;
+    }
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .context("cannot find the cargo home (set CARGO_HOME)")?;
     let remap = [
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
-        format!("--remap-path-prefix={}=/portcullis", root.display()),
+        format!("--remap-path-prefix={}=/portcullis", source.display()),
         // A small shadow stack keeps the pages a call touches few and close together,
         // which is what makes resetting a pooled instance cheap (see the runtime).
         format!("-Clink-arg=-zstack-size={GUEST_STACK}"),
@@ -118,7 +174,7 @@ fn build(root: &Path) -> Result<()> {
     .join("\u{1f}");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .current_dir(root.join("plugins"))
+        .current_dir(source.join("plugins"))
         .args([
             "build",
             "--locked",
@@ -128,13 +184,25 @@ fn build(root: &Path) -> Result<()> {
             "--workspace",
         ])
         .env("CARGO_ENCODED_RUSTFLAGS", remap)
-        // The plugins have their own workspace and target folder.
-        .env_remove("CARGO_TARGET_DIR")
+        // A fresh target folder every time: reusing one across builds changed the
+        // bytes of the linked components.
+        .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
         .status()
         .context("running cargo build for the plugins")?;
     if !status.success() {
         bail!("building the plugins failed (see the compiler output above)");
+    }
+    let built = target.join(TARGET).join("release");
+    let out = root.join("plugins/target").join(TARGET).join("release");
+    std::fs::create_dir_all(&out)?;
+    for entry in std::fs::read_dir(&built)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm")
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, out.join(name))?;
+        }
     }
     Ok(())
 }

@@ -65,7 +65,7 @@ struct Case {
     #[serde(default)]
     discover: Option<DiscoverCase>,
     #[serde(default)]
-    classify_response: Option<ClassifyCase>,
+    classify_response: Option<RecordedResponse>,
     #[serde(default)]
     list_tools: Option<bool>,
     #[serde(default)]
@@ -89,19 +89,10 @@ struct DiscoverCase {
     responses: Vec<RecordedResponse>,
 }
 
+/// A response as recorded: replayed to discovery, or classified.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordedResponse {
-    status: u16,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-    #[serde(default)]
-    body: Value,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClassifyCase {
     status: u16,
     #[serde(default)]
     headers: Vec<(String, String)>,
