@@ -34,8 +34,8 @@ wasmtime::component::bindgen!({
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 
+pub use self::portcullis::provider::types;
 pub use exports::portcullis::provider::plugin::Guest;
-pub use portcullis::provider::types;
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -131,11 +131,11 @@ impl WasiView for State {
     }
 }
 
-impl portcullis::provider::types::Host for State {}
+impl self::portcullis::provider::types::Host for State {}
 
-impl portcullis::provider::log::Host for State {
-    fn log(&mut self, level: portcullis::provider::log::Level, message: String) {
-        use portcullis::provider::log::Level;
+impl self::portcullis::provider::log::Host for State {
+    fn log(&mut self, level: self::portcullis::provider::log::Level, message: String) {
+        use self::portcullis::provider::log::Level;
         self.log_lines += 1;
         if self.log_lines > LOG_LINES_PER_CALL {
             if self.log_lines == LOG_LINES_PER_CALL + 1 {
