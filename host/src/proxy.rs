@@ -207,7 +207,10 @@ async fn forward(
     let resendable = matches!(parts.method, Method::GET | Method::HEAD)
         && parts.headers.get(http::header::CONTENT_LENGTH).is_none()
         && parts.headers.get(http::header::TRANSFER_ENCODING).is_none();
-    let retry_headers = resendable.then(|| headers.clone());
+    let classifying = plugin
+        .as_ref()
+        .is_some_and(|p| p.has(Hook::ClassifyResponse));
+    let retry_headers = (resendable && classifying).then(|| headers.clone());
 
     // The caller's body streams through as it is: with its Content-Length if it had one,
     // and not at all for a GET without one.

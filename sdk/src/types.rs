@@ -163,6 +163,16 @@ pub fn classify_by_status(status: u16, headers: &[Header]) -> Classification {
 /// (`invalid_grant` means the user must connect again); anything else carries no extra
 /// variables.
 pub fn standard_token_response(status: u16, body: &str) -> Result<TokenInfo, TokenError> {
+    token_json(status, body)?;
+    Ok(TokenInfo {
+        variables: Vec::new(),
+        expires_in: None,
+    })
+}
+
+/// A successful token response as JSON, for plugins that read more from it; the same
+/// checks as [`standard_token_response`].
+pub fn token_json(status: u16, body: &str) -> Result<serde_json::Value, TokenError> {
     let json: serde_json::Value = serde_json::from_str(body).map_err(|e| {
         TokenError::Provider(format!(
             "the token response (HTTP {status}) is not JSON: {e}"
@@ -176,10 +186,7 @@ pub fn standard_token_response(status: u16, body: &str) -> Result<TokenInfo, Tok
             "the token endpoint answered HTTP {status}"
         )));
     }
-    Ok(TokenInfo {
-        variables: Vec::new(),
-        expires_in: None,
-    })
+    Ok(json)
 }
 
 /// An RFC 6749 error object (`{"error": "...", "error_description": "..."}`), if `json`

@@ -164,15 +164,6 @@ impl Provider for Atlassian {
             }),
         }
     }
-
-    fn classify_response(
-        _ctx: &Context,
-        status: u16,
-        headers: &[Header],
-        _body: &[u8],
-    ) -> Classification {
-        portcullis_sdk::classify_by_status(status, headers)
-    }
 }
 
 struct Site {

@@ -88,9 +88,7 @@ impl Provider for Salesforce {
         status: u16,
         body: &str,
     ) -> Result<TokenInfo, TokenError> {
-        portcullis_sdk::standard_token_response(status, body)?;
-        let json: serde_json::Value = serde_json::from_str(body)
-            .map_err(|e| TokenError::Provider(format!("token response is not JSON: {e}")))?;
+        let json = portcullis_sdk::token_json(status, body)?;
         let mut variables = Vec::new();
         match json.get("instance_url").and_then(|v| v.as_str()) {
             Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
