@@ -18,10 +18,12 @@ use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get, post};
 use axum::{Extension, Json, Router};
 
+use crate::admin;
 use crate::config::{self, Config, Diagnostics, Protocol};
+use crate::connections::{Connections, PerUser};
 use crate::credentials::{Credential, TokenSlots};
 use crate::egress::Egress;
 use crate::error::{ApiError, ErrorCode};
@@ -124,8 +126,10 @@ pub struct App {
     pub options: Options,
     /// The provider registry; rescanned on its own when the folder changes.
     pub plugins: Arc<Plugins>,
-    /// Post-connect discovery results of shared-credential connectors.
+    /// Post-connect discovery results (per connector, and per user for per-user ones).
     pub discoveries: proxy::Discoveries,
+    /// Per-user OAuth connections.
+    pub connections: Arc<Connections>,
     reload_lock: tokio::sync::Mutex<()>,
     _registry_watcher: Option<notify::RecommendedWatcher>,
 }
@@ -200,11 +204,74 @@ impl App {
             );
         }
         self.egress.reconfigure(&snap.config.egress);
+        let gone = removed_connections(&old, &snap);
         self.snapshot.store(Arc::new(snap));
         self.discoveries.clear();
+        if !gone.is_empty() {
+            // Removing a connector (or changing its OAuth client) ends every user's
+            // authorization on it, revoked with the client it was made with.
+            let connections = self.connections.clone();
+            tokio::spawn(async move {
+                for pu in gone {
+                    tracing::info!(connector = %pu.connector, "connector removed or changed: revoking every user's tokens");
+                    connections.revoke_all(&pu).await;
+                }
+            });
+        }
         tracing::info!("config reloaded");
         Ok(())
     }
+}
+
+/// Per-user connections of `old` that no connector of `new` uses any more.
+fn removed_connections(old: &Snapshot, new: &Snapshot) -> Vec<Arc<PerUser>> {
+    let live: std::collections::HashSet<&str> = per_user_connectors(new)
+        .map(|p| p.connection.as_str())
+        .collect();
+    let mut gone: Vec<Arc<PerUser>> = Vec::new();
+    for pu in per_user_connectors(old) {
+        if !live.contains(pu.connection.as_str())
+            && !gone.iter().any(|g| g.connection == pu.connection)
+        {
+            gone.push(pu.clone());
+        }
+    }
+    gone
+}
+
+/// The per-user OAuth settings of every connector in a snapshot.
+pub fn per_user_connectors(s: &Snapshot) -> impl Iterator<Item = &Arc<PerUser>> {
+    s.connectors.values().filter_map(|c| match &c.credential {
+        Credential::PerUser(pu) => Some(pu),
+        _ => None,
+    })
+}
+
+/// How often stored connections are checked for a due refresh.
+const REFRESH_TICK: Duration = Duration::from_secs(1);
+/// How often abandoned authorizations are purged.
+const PURGE_EVERY: u32 = 300;
+
+/// Background refresh of per-user tokens before they expire, and the purge of
+/// authorizations never completed.
+fn spawn_refresher(app: &Arc<App>) {
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u32 = 0;
+        loop {
+            tick.tick().await;
+            let Some(app) = weak.upgrade() else { return };
+            let live: Vec<Arc<PerUser>> = per_user_connectors(&app.snapshot()).cloned().collect();
+            app.connections.refresh_due(&live).await;
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(PURGE_EVERY) {
+                let connections = app.connections.clone();
+                let _ = tokio::task::spawn_blocking(move || connections.purge_pending()).await;
+            }
+        }
+    });
 }
 
 fn log_diagnostics(d: &Diagnostics) {
@@ -288,6 +355,12 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         tracing::warn!("the registry folder is not watched ({e}); restart to pick up changes");
         None
     });
+    let connections = Arc::new(Connections::open(
+        vault.clone(),
+        egress.clone(),
+        plugins.clone(),
+        metrics.clone(),
+    ));
     let app = Arc::new(App {
         snapshot: ArcSwap::from_pointee(snapshot),
         egress,
@@ -297,9 +370,11 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         options: opts,
         plugins,
         discoveries: proxy::Discoveries::default(),
+        connections,
         reload_lock: tokio::sync::Mutex::new(()),
         _registry_watcher: registry_watcher,
     });
+    spawn_refresher(&app);
     let router = router(app.clone());
     Ok((app, listen, router))
 }
@@ -313,6 +388,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/whoami", get(whoami))
         .route("/api/registry", get(registry))
+        .route("/api/connectors", get(admin::list))
+        .route("/api/connectors/{id}/connect", post(admin::connect))
+        .route("/api/connectors/{id}/connection", delete(admin::disconnect))
+        .route("/aperture/auth/{id}/callback", get(admin::callback))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()

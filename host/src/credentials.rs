@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::config::{self, Auth, KeyLocation, SecretRef};
+use crate::connections::PerUser;
 use crate::egress::Egress;
 use crate::oauth::{self, ClientAuth, TokenError};
 use crate::telemetry::{Metrics, OutcomeLabels};
@@ -31,11 +32,6 @@ pub enum CredentialError {
     },
     #[error("could not obtain an access token: {0}")]
     Internal(String),
-    #[error(
-        "connector \"{0}\" uses per-user OAuth, which this Portcullis version does not support yet; \
-         use a shared credential (bearer_token, api_key, basic, oauth2_client_credentials)"
-    )]
-    PerUserUnsupported(String),
 }
 
 /// Resolves a [`SecretRef`] to its value.
@@ -80,7 +76,8 @@ pub enum Credential {
         value: Arc<Zeroizing<String>>,
     },
     ClientCredentials(Arc<ClientCredentials>),
-    PerUser,
+    /// Per-user OAuth: the token depends on the caller ([`crate::connections`]).
+    PerUser(Arc<PerUser>),
 }
 
 impl std::fmt::Debug for Credential {
@@ -90,7 +87,7 @@ impl std::fmt::Debug for Credential {
             Self::Header(..) => "Credential::Header(********)",
             Self::Query { .. } => "Credential::Query(********)",
             Self::ClientCredentials(_) => "Credential::ClientCredentials",
-            Self::PerUser => "Credential::PerUser",
+            Self::PerUser(_) => "Credential::PerUser",
         })
     }
 }
@@ -158,7 +155,11 @@ impl Credential {
                     slot: tokens.slot(&c.id, &fingerprint),
                 }))
             }
-            Auth::AuthorizationCode(_) | Auth::Dcr(_) => Self::PerUser,
+            Auth::AuthorizationCode(_) | Auth::Dcr(_) => {
+                Self::PerUser(Arc::new(PerUser::build(c, vault)?.ok_or_else(|| {
+                    anyhow::anyhow!("{}: not a per-user auth type", path("type"))
+                })?))
+            }
         })
     }
 
@@ -197,7 +198,11 @@ impl Credential {
                 let header = ClientCredentials::header(cc, egress).await?;
                 headers.insert(http::header::AUTHORIZATION, header);
             }
-            Self::PerUser => return Err(CredentialError::PerUserUnsupported(connector.to_owned())),
+            Self::PerUser(_) => {
+                return Err(CredentialError::Internal(format!(
+                    "connector \"{connector}\" uses per-user OAuth; its token depends on the caller"
+                )));
+            }
         }
         Ok(())
     }
@@ -235,7 +240,7 @@ impl Credential {
     pub fn header_name(&self) -> Option<&HeaderName> {
         match self {
             Self::Header(name, _) => Some(name),
-            Self::ClientCredentials(_) | Self::PerUser => Some(&http::header::AUTHORIZATION),
+            Self::ClientCredentials(_) | Self::PerUser(_) => Some(&http::header::AUTHORIZATION),
             Self::None | Self::Query { .. } => None,
         }
     }

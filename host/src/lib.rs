@@ -18,7 +18,12 @@
 //! - [`vault`]: redb + AES-256-GCM; the only place that sees secrets at rest.
 //! - [`credentials`]: what each auth scheme adds to a request; client-credentials token
 //!   caching with single-flight minting.
-//! - [`oauth`]: token endpoint calls (client credentials so far).
+//! - [`connections`]: per-user OAuth (authorization code + PKCE, dynamic client
+//!   registration): connect, callback, sealed per-user tokens, single-flight refresh,
+//!   status, disconnect and revocation.
+//! - [`oauth`]: OAuth endpoint calls (token, revocation, registration, metadata).
+//! - [`admin`]: `/api/connectors` (the caller's view with status), connect and
+//!   disconnect, and the OAuth callback pages.
 //! - [`egress`]: the one outbound HTTP client; the SSRF rules (checked after DNS, on
 //!   every dial), no redirects, timeouts.
 //! - [`plugins`]: provider plugins: the Wasm sandbox, the registry folder, and the
@@ -33,8 +38,10 @@
 // the host's private cache) is allowed on that function alone, with its reasoning.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod egress;
 pub mod error;

@@ -1,6 +1,9 @@
-//! OAuth 2.0 token endpoint calls, made with the `oauth2` crate over the host's egress
-//! client. A token endpoint that answers with a redirect is refused outright: following
-//! it would hand the client secret to wherever the redirect points.
+//! OAuth 2.0 endpoint calls over the host's egress client: the client-credentials grant
+//! (with the `oauth2` crate), and the raw token, revocation (RFC 7009), registration
+//! (RFC 7591) and metadata (RFC 8414, RFC 9728) requests of per-user connections, whose
+//! token responses a provider plugin may read in its own layout. An endpoint that
+//! answers with a redirect is refused outright: following it would hand the client
+//! secret (or a token) to wherever the redirect points.
 
 use std::time::Duration;
 
@@ -77,13 +80,20 @@ async fn send(
     let (parts, body) = req.into_parts();
     let url = url::Url::parse(&parts.uri.to_string())
         .map_err(|e| Transport::Body(format!("token URL: {e}")))?;
+    exchange(egress, parts.method, &url, parts.headers, body).await
+}
+
+/// One request to an OAuth endpoint: redirects refused, the answer read whole (bounded
+/// in size and time).
+async fn exchange(
+    egress: &Egress,
+    method: http::Method,
+    url: &url::Url,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+) -> Result<oauth2::HttpResponse, Transport> {
     let resp = egress
-        .send(
-            parts.method,
-            &url,
-            parts.headers,
-            axum::body::Body::from(body),
-        )
+        .send(method, url, headers, axum::body::Body::from(body))
         .await?;
     let status = resp.status();
     if status.is_redirection() {
@@ -198,5 +208,418 @@ fn token_error(
             detail: err.path().to_string() + ": " + &err.inner().to_string(),
         },
         E::Other(detail) => TokenError::BadResponse { url, detail },
+    }
+}
+
+/// A per-user connection's OAuth client, as its provider's endpoints see it.
+#[derive(Clone)]
+pub struct Client {
+    pub id: String,
+    /// `None` for a public (PKCE-only) client: the id then goes in the form body.
+    pub secret: Option<std::sync::Arc<zeroize::Zeroizing<String>>>,
+    pub auth: ClientAuth,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "********"))
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Adds the client's authentication to a form request (RFC 6749 §2.3.1).
+    fn authenticate(&self, headers: &mut http::HeaderMap, form: &mut Vec<(String, String)>) {
+        use base64::Engine as _;
+        match (&self.secret, self.auth) {
+            (Some(secret), ClientAuth::Basic) => {
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                let raw = zeroize::Zeroizing::new(format!("{}:{}", enc(&self.id), enc(secret)));
+                let b64 = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
+                );
+                if let Ok(mut v) = http::HeaderValue::try_from(format!("Basic {}", b64.as_str())) {
+                    v.set_sensitive(true);
+                    headers.insert(http::header::AUTHORIZATION, v);
+                }
+            }
+            (Some(secret), ClientAuth::Body) => {
+                form.push(("client_id".into(), self.id.clone()));
+                form.push(("client_secret".into(), secret.as_str().to_owned()));
+            }
+            (None, _) => form.push(("client_id".into(), self.id.clone())),
+        }
+    }
+}
+
+/// A token endpoint's answer: its status and its body as JSON (a form-encoded body,
+/// as some older providers send, converted to an object of strings).
+pub struct TokenAnswer {
+    pub status: u16,
+    pub json: serde_json::Value,
+}
+
+impl TokenAnswer {
+    /// The RFC 6749 §5.2 error code, if the answer is an error.
+    pub fn error(&self) -> Option<(&str, Option<&str>)> {
+        let code = self.json.get("error")?.as_str()?;
+        Some((
+            code,
+            self.json.get("error_description").and_then(|d| d.as_str()),
+        ))
+    }
+}
+
+fn form_body(form: &[(String, String)]) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form {
+        ser.append_pair(k, v);
+    }
+    zeroize::Zeroizing::new(ser.finish().into_bytes())
+}
+
+fn transport_error(url: &url::Url, e: Transport) -> TokenError {
+    let url = url.as_str().to_owned();
+    match e {
+        Transport::Redirect(to) => TokenError::Redirect {
+            url,
+            to: if to.is_empty() {
+                String::new()
+            } else {
+                format!(" to {to}")
+            },
+        },
+        Transport::Egress(err) => TokenError::Unreachable {
+            url,
+            detail: err.to_string(),
+        },
+        Transport::Body(detail) => TokenError::BadResponse { url, detail },
+    }
+}
+
+/// POSTs a form to an OAuth endpoint with the client's authentication.
+async fn post_form(
+    egress: &Egress,
+    url: &url::Url,
+    client: &Client,
+    mut form: Vec<(String, String)>,
+) -> Result<oauth2::HttpResponse, TokenError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    client.authenticate(&mut headers, &mut form);
+    let body = form_body(&form);
+    tokio::time::timeout(
+        TOKEN_TIMEOUT,
+        exchange(egress, http::Method::POST, url, headers, body.to_vec()),
+    )
+    .await
+    .map_err(|_| TokenError::Unreachable {
+        url: url.to_string(),
+        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
+    })?
+    .map_err(|e| transport_error(url, e))
+}
+
+/// Sends a token request (`authorization_code` or `refresh_token` grant) and returns the
+/// answer whatever its status: reading it is the provider's business (a plugin may).
+/// Only an unreadable answer is an error here.
+pub async fn token_request(
+    egress: &Egress,
+    token_url: &url::Url,
+    client: &Client,
+    params: Vec<(String, String)>,
+) -> Result<TokenAnswer, TokenError> {
+    let resp = post_form(egress, token_url, client, params).await?;
+    let status = resp.status().as_u16();
+    let form = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let json = if form {
+        serde_json::Value::Object(
+            url::form_urlencoded::parse(resp.body())
+                .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                .collect(),
+        )
+    } else {
+        serde_json::from_slice(resp.body()).map_err(|e| TokenError::BadResponse {
+            url: token_url.to_string(),
+            // Never the body: it may hold a token.
+            detail: format!("HTTP {status}, not JSON ({e})"),
+        })?
+    };
+    Ok(TokenAnswer { status, json })
+}
+
+/// Revokes a token (RFC 7009). Servers answer 200 even for tokens already dead.
+pub async fn revoke(
+    egress: &Egress,
+    revocation_url: &url::Url,
+    client: &Client,
+    token: &str,
+    hint: &str,
+) -> Result<(), TokenError> {
+    let resp = post_form(
+        egress,
+        revocation_url,
+        client,
+        vec![
+            ("token".into(), token.to_owned()),
+            ("token_type_hint".into(), hint.to_owned()),
+        ],
+    )
+    .await?;
+    if resp.status().is_success() {
+        return Ok(());
+    }
+    let json: serde_json::Value = serde_json::from_slice(resp.body()).unwrap_or_default();
+    Err(TokenError::Refused {
+        url: revocation_url.to_string(),
+        error: json
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map_or_else(|| format!("HTTP {}", resp.status().as_u16()), str::to_owned),
+        description: json
+            .get("error_description")
+            .and_then(|d| d.as_str())
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+    })
+}
+
+/// Registers a client (RFC 7591) and returns the server's client information.
+pub async fn register(
+    egress: &Egress,
+    registration_url: &url::Url,
+    metadata: &serde_json::Value,
+) -> Result<serde_json::Value, TokenError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(metadata).unwrap_or_default();
+    let resp = tokio::time::timeout(
+        TOKEN_TIMEOUT,
+        exchange(egress, http::Method::POST, registration_url, headers, body),
+    )
+    .await
+    .map_err(|_| TokenError::Unreachable {
+        url: registration_url.to_string(),
+        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
+    })?
+    .map_err(|e| transport_error(registration_url, e))?;
+    let status = resp.status().as_u16();
+    let json: serde_json::Value =
+        serde_json::from_slice(resp.body()).map_err(|e| TokenError::BadResponse {
+            url: registration_url.to_string(),
+            detail: format!("HTTP {status}, not JSON ({e})"),
+        })?;
+    if !resp.status().is_success() {
+        return Err(TokenError::Refused {
+            url: registration_url.to_string(),
+            error: json
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+            description: json
+                .get("error_description")
+                .and_then(|d| d.as_str())
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default(),
+        });
+    }
+    Ok(json)
+}
+
+/// GETs a metadata document. `Ok(None)` when the server has none there (4xx).
+pub async fn metadata(
+    egress: &Egress,
+    url: &url::Url,
+) -> Result<Option<serde_json::Value>, TokenError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let resp = tokio::time::timeout(
+        TOKEN_TIMEOUT,
+        exchange(egress, http::Method::GET, url, headers, Vec::new()),
+    )
+    .await
+    .map_err(|_| TokenError::Unreachable {
+        url: url.to_string(),
+        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
+    })?;
+    let resp = match resp {
+        Ok(r) => r,
+        // A metadata location that redirects is treated as absent.
+        Err(Transport::Redirect(_)) => return Ok(None),
+        Err(e) => return Err(transport_error(url, e)),
+    };
+    if resp.status().is_client_error() {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        return Err(TokenError::BadResponse {
+            url: url.to_string(),
+            detail: format!("HTTP {}", resp.status().as_u16()),
+        });
+    }
+    serde_json::from_slice(resp.body())
+        .map(Some)
+        .map_err(|e| TokenError::BadResponse {
+            url: url.to_string(),
+            detail: format!("not JSON ({e})"),
+        })
+}
+
+/// Where RFC 8414 (and OpenID Connect Discovery) put an issuer's metadata, in the order
+/// to try them.
+pub fn authorization_server_metadata_urls(issuer: &url::Url) -> Vec<url::Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut out = Vec::new();
+    let mut at = |p: String| {
+        let mut u = issuer.clone();
+        u.set_path(&p);
+        u.set_query(None);
+        u.set_fragment(None);
+        out.push(u);
+    };
+    at(format!("/.well-known/oauth-authorization-server{path}"));
+    at(format!("/.well-known/openid-configuration{path}"));
+    if !path.is_empty() {
+        at(format!("{path}/.well-known/openid-configuration"));
+    }
+    out
+}
+
+/// Where RFC 9728 puts a resource's protected-resource metadata, in the order to try.
+pub fn protected_resource_metadata_urls(resource: &url::Url) -> Vec<url::Url> {
+    let path = resource.path().trim_end_matches('/');
+    let mut out = Vec::new();
+    for p in [
+        format!("/.well-known/oauth-protected-resource{path}"),
+        "/.well-known/oauth-protected-resource".to_owned(),
+    ] {
+        let mut u = resource.clone();
+        u.set_path(&p);
+        u.set_query(None);
+        u.set_fragment(None);
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_locations_follow_the_rfcs() {
+        let u = |s: &str| url::Url::parse(s).expect("url");
+        let got: Vec<String> = authorization_server_metadata_urls(&u("https://as.example/tenant1"))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "https://as.example/.well-known/oauth-authorization-server/tenant1",
+                "https://as.example/.well-known/openid-configuration/tenant1",
+                "https://as.example/tenant1/.well-known/openid-configuration",
+            ]
+        );
+        assert_eq!(
+            authorization_server_metadata_urls(&u("https://as.example/")).len(),
+            2
+        );
+        let got: Vec<String> =
+            protected_resource_metadata_urls(&u("https://mcp.example/v1/mcp?x=1"))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        assert_eq!(
+            got,
+            [
+                "https://mcp.example/.well-known/oauth-protected-resource/v1/mcp",
+                "https://mcp.example/.well-known/oauth-protected-resource",
+            ]
+        );
+    }
+
+    #[test]
+    fn client_authentication_forms() {
+        let secret = Some(std::sync::Arc::new(zeroize::Zeroizing::new(
+            "s3:cr&t".to_owned(),
+        )));
+        let mut h = http::HeaderMap::new();
+        let mut form = Vec::new();
+        Client {
+            id: "app id".into(),
+            secret: secret.clone(),
+            auth: ClientAuth::Basic,
+        }
+        .authenticate(&mut h, &mut form);
+        assert!(form.is_empty());
+        let v = h[http::header::AUTHORIZATION]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(v.trim_start_matches("Basic "))
+            .expect("b64");
+        assert_eq!(decoded, b"app+id:s3%3Acr%26t");
+
+        let mut h = http::HeaderMap::new();
+        Client {
+            id: "a".into(),
+            secret,
+            auth: ClientAuth::Body,
+        }
+        .authenticate(&mut h, &mut form);
+        assert!(h.is_empty());
+        assert_eq!(form.len(), 2);
+        let mut form = Vec::new();
+        Client {
+            id: "public".into(),
+            secret: None,
+            auth: ClientAuth::Basic,
+        }
+        .authenticate(&mut h, &mut form);
+        assert_eq!(form, [("client_id".to_owned(), "public".to_owned())]);
+        assert!(
+            !format!(
+                "{:?}",
+                Client {
+                    id: "x".into(),
+                    secret: Some(std::sync::Arc::new(zeroize::Zeroizing::new(
+                        "hunter2".into()
+                    ))),
+                    auth: ClientAuth::Basic
+                }
+            )
+            .contains("hunter2")
+        );
     }
 }

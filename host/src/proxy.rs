@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use crate::app::{App, Connector, Snapshot};
 use crate::config::Protocol;
-use crate::credentials::CredentialError;
+use crate::connections::ConnError;
+use crate::credentials::{Credential, CredentialError};
 use crate::egress::{EgressError, InBody};
 use crate::error::ApiError;
 use crate::identity::Caller;
@@ -168,10 +169,11 @@ async fn forward(
     let query = parts.uri.query();
     let ctx = match &plugin {
         Some(p) if p.has(Hook::ShapeRequest) || p.has(Hook::ClassifyResponse) => {
-            Some(connection_context(app, connector, p, &base).await?)
+            Some(connection_context(app, connector, caller, p, &base).await?)
         }
         _ => None,
     };
+    let mut grant = None;
     let mut url = match (&plugin, &ctx) {
         (Some(p), Some(ctx)) if p.has(Hook::ShapeRequest) => {
             let req = types::OutgoingRequest {
@@ -192,25 +194,36 @@ async fn forward(
                 .await
                 .map_err(|e| plugin_error(id, &e))?;
             shaped.apply_headers(&mut headers);
+            grant = shaped.grant;
             shaped.url
         }
         _ => join(&base, &path.forward, query),
     };
 
-    connector
-        .credential
-        .apply(id, &app.egress, &mut headers, &mut url)
-        .await
-        .map_err(|e| credential_error(&e))?;
-    let sent_auth = headers.get(http::header::AUTHORIZATION).cloned();
-    // A bodiless GET or HEAD can be sent again if the provider says "retry".
+    add_credential(
+        app,
+        connector,
+        caller,
+        grant.as_deref(),
+        &mut headers,
+        &mut url,
+    )
+    .await?;
+    let mut sent_auth = headers.get(http::header::AUTHORIZATION).cloned();
+    // A bodiless GET or HEAD can be sent again if the provider says "retry", or with a
+    // refreshed per-user token after a 401.
     let resendable = matches!(parts.method, Method::GET | Method::HEAD)
         && parts.headers.get(http::header::CONTENT_LENGTH).is_none()
         && parts.headers.get(http::header::TRANSFER_ENCODING).is_none();
     let classifying = plugin
         .as_ref()
         .is_some_and(|p| p.has(Hook::ClassifyResponse));
-    let retry_headers = (resendable && classifying).then(|| headers.clone());
+    let per_user = match &connector.credential {
+        Credential::PerUser(pu) => Some(pu),
+        _ => None,
+    };
+    let mut retry_headers =
+        (resendable && (classifying || per_user.is_some())).then(|| headers.clone());
 
     // The caller's body streams through as it is: with its Content-Length if it had one,
     // and not at all for a GET without one.
@@ -223,6 +236,27 @@ async fn forward(
     if resp.status() == StatusCode::UNAUTHORIZED {
         connector.credential.rejected(sent_auth.as_ref());
         app.discoveries.forget(id);
+        if let (Some(pu), Some(sent)) = (per_user, &sent_auth) {
+            app.connections.rejected(pu, &caller.login, sent);
+            // Refresh now and send once more, when the request can be repeated.
+            if let Some(h) = retry_headers.as_mut() {
+                let header = app
+                    .connections
+                    .authorize(pu, &caller.login, grant.as_deref())
+                    .await
+                    .map_err(|e| conn_error(&e))?;
+                if Some(&header) != sent_auth.as_ref() {
+                    h.insert(http::header::AUTHORIZATION, header.clone());
+                    sent_auth = Some(header);
+                    tracing::info!(connector = id, "retrying once with the refreshed token");
+                    resp = app
+                        .egress
+                        .send(parts.method.clone(), &url, h.clone(), Body::empty())
+                        .await
+                        .map_err(|e| egress_error(id, &e))?;
+                }
+            }
+        }
     }
     let classifier = match (&plugin, ctx) {
         (Some(p), Some(ctx)) if p.classifies(resp.status().as_u16()) => Some((p, ctx)),
@@ -296,6 +330,9 @@ async fn forward(
         };
         if let types::Classification::Reauth(_) = &class {
             connector.credential.rejected(sent_auth.as_ref());
+            if let (Some(pu), Some(sent)) = (per_user, &sent_auth) {
+                app.connections.rejected(pu, &caller.login, sent);
+            }
             app.discoveries.forget(id);
         }
         mark(id, &class, out.headers_mut());
@@ -309,6 +346,7 @@ async fn forward(
 async fn connection_context(
     app: &App,
     connector: &Connector,
+    caller: &Caller,
     plugin: &Arc<Plugin>,
     base: &url::Url,
 ) -> Result<types::Context, ApiError> {
@@ -321,6 +359,14 @@ async fn connection_context(
         .filter_map(|i| Some((i.name.clone(), i.default_value.clone()?)))
         .collect();
     variables.extend(connector.provider_vars.iter().cloned());
+    // A per-user connection's variables come from that user's token responses.
+    let user = match &connector.credential {
+        Credential::PerUser(pu) => {
+            variables.extend(app.connections.variables(pu, &caller.login));
+            Some(caller.login.as_str())
+        }
+        _ => None,
+    };
     let mut ctx = types::Context {
         connector: id.to_owned(),
         base_url: base.to_string(),
@@ -329,10 +375,10 @@ async fn connection_context(
     if !plugin.has(Hook::Discover) {
         return Ok(ctx);
     }
-    let key = format!("{id}\n{}\n{:?}", ctx.base_url, ctx.variables);
+    let key = format!("{id}\n{}\n{:?}\n{user:?}", ctx.base_url, ctx.variables);
     let outcome = app
         .discoveries
-        .get_or_run(key, || discover(app, connector, plugin, base, &ctx))
+        .get_or_run(key, || discover(app, connector, caller, plugin, base, &ctx))
         .await?;
     match outcome {
         DiscoveryOutcome::Done(vars) => {
@@ -370,6 +416,7 @@ async fn connection_context(
 async fn discover(
     app: &App,
     connector: &Connector,
+    caller: &Caller,
     plugin: &Arc<Plugin>,
     base: &url::Url,
     ctx: &types::Context,
@@ -385,11 +432,16 @@ async fn discover(
             |req| async move {
                 let mut headers = req.headers;
                 let mut url = req.url;
-                connector
-                    .credential
-                    .apply(id, &app.egress, &mut headers, &mut url)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                add_credential(
+                    app,
+                    connector,
+                    caller,
+                    req.grant.as_deref(),
+                    &mut headers,
+                    &mut url,
+                )
+                .await
+                .map_err(|e| e.message)?;
                 let body = req.body.map_or_else(Body::empty, Body::from);
                 let resp = app
                     .egress
@@ -768,12 +820,52 @@ fn credential_error(e: &CredentialError) -> ApiError {
         CredentialError::Internal(_) => {
             ApiError::bad_gateway("credential_unavailable", e.to_string())
         }
-        CredentialError::PerUserUnsupported(_) => ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "per_user_oauth_unsupported",
-            e.to_string(),
-        ),
     }
+}
+
+/// Adds the connector's credential to an outgoing request: the shared one, or the
+/// calling user's own token (never anyone else's) for per-user OAuth.
+async fn add_credential(
+    app: &App,
+    connector: &Connector,
+    caller: &Caller,
+    grant: Option<&str>,
+    headers: &mut HeaderMap,
+    url: &mut url::Url,
+) -> Result<(), ApiError> {
+    match &connector.credential {
+        Credential::PerUser(pu) => {
+            let header = app
+                .connections
+                .authorize(pu, &caller.login, grant)
+                .await
+                .map_err(|e| conn_error(&e))?;
+            headers.insert(http::header::AUTHORIZATION, header);
+            Ok(())
+        }
+        c => c
+            .apply(&connector.id, &app.egress, headers, url)
+            .await
+            .map_err(|e| credential_error(&e)),
+    }
+}
+
+/// The HTTP error for a per-user credential that cannot be used.
+pub fn conn_error(e: &ConnError) -> ApiError {
+    let (status, code) = match e {
+        ConnError::NeedsAuth { .. }
+        | ConnError::Misconfigured { .. }
+        | ConnError::NoSuchGrant { .. } => (StatusCode::UNAUTHORIZED, "needs_auth"),
+        ConnError::RefreshFailed { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "token_refresh_failed")
+        }
+        ConnError::ProviderUnavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
+        }
+        ConnError::Setup { .. } => (StatusCode::BAD_GATEWAY, "connector_misconfigured"),
+        ConnError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 /// A response body cut after 50 MB and abandoned after `idle` without data. The cut is

@@ -46,6 +46,14 @@ pub struct Metrics {
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub token_requests: Family<OutcomeLabels, Counter>,
     pub plugin_calls: Family<PluginLabels, Counter>,
+    /// Per-user OAuth token endpoint calls, by kind (code, refresh) and outcome.
+    pub user_token_requests: Family<UserTokenLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserTokenLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -65,6 +73,7 @@ impl Metrics {
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let token_requests = Family::<OutcomeLabels, Counter>::default();
         let plugin_calls = Family::<PluginLabels, Counter>::default();
+        let user_token_requests = Family::<UserTokenLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests handled, by route, connector and status",
@@ -90,6 +99,11 @@ impl Metrics {
             "Provider plugin calls, by plugin, hook and outcome (ok, or why it failed)",
             plugin_calls.clone(),
         );
+        registry.register(
+            "user_token_requests",
+            "Per-user OAuth token requests, by kind (code, refresh) and outcome (ok, needs_auth, failed)",
+            user_token_requests.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -97,6 +111,7 @@ impl Metrics {
             config_reloads,
             token_requests,
             plugin_calls,
+            user_token_requests,
         })
     }
 

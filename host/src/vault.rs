@@ -38,16 +38,32 @@ pub enum Table {
     Secrets,
     /// Client-credentials access tokens, per connector.
     ClientTokens,
+    /// Per-user OAuth tokens, per (connection, user).
+    UserTokens,
+    /// Authorizations in progress (PKCE verifier, caller), per state hash; 15 minutes.
+    OAuthPending,
+    /// Dynamically registered OAuth clients, per connector.
+    OAuthClients,
 }
 
 impl Table {
-    pub const ALL: &'static [Table] = &[Table::Meta, Table::Secrets, Table::ClientTokens];
+    pub const ALL: &'static [Table] = &[
+        Table::Meta,
+        Table::Secrets,
+        Table::ClientTokens,
+        Table::UserTokens,
+        Table::OAuthPending,
+        Table::OAuthClients,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Meta => "meta",
             Self::Secrets => "secrets",
             Self::ClientTokens => "client_tokens",
+            Self::UserTokens => "user_tokens",
+            Self::OAuthPending => "oauth_pending",
+            Self::OAuthClients => "oauth_clients",
         }
     }
 

@@ -97,6 +97,7 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
                 | "vault"
                 | "registry"
                 | "egress"
+                | "public_url"
                 | "connectors"
                 | "grants"
                 | "flags"
@@ -139,6 +140,7 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
             "loopback upstreams are allowed: a development and test switch, never for production",
         );
     }
+    let public_url = public_url(obj.get("public_url"), &top.key("public_url"), diags);
     let allow_loopback = egress.as_ref().is_some_and(|e| e.allow_loopback);
     let connectors = connectors(obj.get("connectors"), allow_loopback, diags);
     let grants = grants(obj.get("grants"), diags);
@@ -149,10 +151,40 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
         vault: vault?,
         registry: registry?,
         egress: egress?,
+        public_url: public_url?,
         connectors: connectors?,
         grants: grants?,
         flags: flags?,
     })
+}
+
+/// `public_url`: an http(s) origin, optionally with a path prefix, and nothing else.
+fn public_url(
+    v: Option<&Value>,
+    at: &JsonPath,
+    diags: &mut Diagnostics,
+) -> Option<Option<url::Url>> {
+    let Some(v) = v else { return Some(None) };
+    let parsed = v.as_str().map(url::Url::parse);
+    match parsed {
+        Some(Ok(u))
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none() =>
+        {
+            Some(Some(u))
+        }
+        _ => {
+            diags.error(
+                at,
+                "expected the host's external URL, e.g. \"https://ai.example.ts.net\" (no query, fragment or credentials)",
+            );
+            None
+        }
+    }
 }
 
 /// Decodes `value` as `T`, reporting a type error at its exact path and every ignored
@@ -392,7 +424,10 @@ fn connector(
         for (field, u) in [
             ("authorization_url", &a.authorization_url),
             ("token_url", &a.token_url),
-        ] {
+        ]
+        .into_iter()
+        .chain(a.revocation_url.as_ref().map(|u| ("revocation_url", u)))
+        {
             check_endpoint_url(u, &at.key("auth").key(field), diags);
         }
     }

@@ -16,6 +16,9 @@ pub struct Config {
     pub vault: VaultConfig,
     pub registry: RegistryConfig,
     pub egress: EgressConfig,
+    /// The URL agents and browsers reach this host at (`https://ai.example.ts.net`).
+    /// OAuth redirect URIs are built from it; without it, from the request's `Host`.
+    pub public_url: Option<url::Url>,
     /// Connectors by ID, in ID order.
     pub connectors: BTreeMap<String, Connector>,
     pub grants: Vec<Grant>,
@@ -294,6 +297,10 @@ pub struct AuthorizationCode {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub auth_params: BTreeMap<String, String>,
+    /// RFC 7009 revocation endpoint (a Portcullis addition; the provider's plugin
+    /// supplies one when this is absent).
+    #[serde(default)]
+    pub revocation_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -320,6 +327,7 @@ pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
             "token_url",
             "scopes",
             "auth_params",
+            "revocation_url",
         ],
         "oauth2_dcr" => &["type", "scopes"],
         _ => return None,

@@ -1,0 +1,279 @@
+//! The caller-facing connector API and the OAuth callback pages:
+//!
+//! - `GET /api/connectors`: every connector with the caller's status on it
+//!   (`No access`, `Needs auth`, `Ready`, `Misconfigured`);
+//! - `POST /api/connectors/<id>/connect`: starts a per-user authorization and returns
+//!   `{"auth_url": ...}`;
+//! - `DELETE /api/connectors/<id>/connection`: deletes (and revokes) the caller's tokens;
+//! - `GET /aperture/auth/<id>/callback`: completes an authorization in the browser and
+//!   answers with a page that says what happened and what to do.
+//!
+//! Every route sits behind the identity layer: a connection always belongs to the
+//! identified caller, and nobody can act on another user's.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+
+use crate::app::{App, Connector, Snapshot};
+use crate::connections::{CallbackQuery, PENDING_TTL, PerUser, Status};
+use crate::credentials::Credential;
+use crate::error::ApiError;
+use crate::identity::Caller;
+use crate::proxy::{ConnectorTag, conn_error};
+
+/// Where a connector's OAuth callback lives, under the host's URL.
+pub fn callback_path(id: &str) -> String {
+    format!("/aperture/auth/{id}/callback")
+}
+
+fn per_user(c: &Connector) -> Option<&Arc<PerUser>> {
+    match &c.credential {
+        Credential::PerUser(pu) => Some(pu),
+        _ => None,
+    }
+}
+
+/// The URL browsers reach this host at: `public_url` from the config, else the
+/// request's `Host` over plain HTTP (the tailnet already encrypts).
+fn host_url(snapshot: &Snapshot, headers: &HeaderMap) -> Result<String, ApiError> {
+    if let Some(u) = &snapshot.config.public_url {
+        return Ok(u.as_str().trim_end_matches('/').to_owned());
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "the request has no usable Host header to build the OAuth redirect URI from; send one, or set public_url in the config",
+            )
+        })?;
+    Ok(format!("http://{host}"))
+}
+
+/// `GET /api/connectors`: the caller's view, with status.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    let access = snapshot.policy.access(&caller);
+    let base = host_url(&snapshot, &headers).ok();
+    let mut ids: Vec<&String> = snapshot.connectors.keys().collect();
+    ids.sort();
+    let list: Vec<serde_json::Value> = ids
+        .into_iter()
+        .filter_map(|id| snapshot.connectors.get(id))
+        .map(|c| {
+            let pu = per_user(c);
+            let status = if !access.any_on(&c.id) {
+                Status::NoAccess
+            } else if let Some(pu) = pu {
+                app.connections.status(pu, &caller.login)
+            } else {
+                Status::Ready
+            };
+            let conf = snapshot.config.connectors.get(&c.id);
+            let mut v = json!({
+                "id": c.id,
+                "description": c.description,
+                "protocol": c.protocol,
+                "provider": conf.map(|k| k.provider.as_str()).unwrap_or("Custom"),
+                "auth_type": conf.map(|k| k.auth.type_name()).unwrap_or("none"),
+                "per_user": pu.is_some(),
+                "status": status,
+            });
+            if pu.is_some() {
+                if let Some(b) = &base {
+                    v["redirect_uri"] = json!(format!("{b}{}", callback_path(&c.id)));
+                }
+                v["connect"] = json!(format!("/api/connectors/{}/connect", c.id));
+            }
+            v
+        })
+        .collect();
+    Json(json!({ "connectors": list }))
+}
+
+fn find<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Arc<Connector>, ApiError> {
+    snapshot.connectors.get(id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no connector \"{id}\" is configured; GET /api/connectors lists the connectors"
+        ))
+    })
+}
+
+fn must_be_per_user(c: &Connector) -> Result<&Arc<PerUser>, ApiError> {
+    per_user(c).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_per_user",
+            format!(
+                "connector \"{}\" uses a credential shared by every user; there is nothing to connect or disconnect",
+                c.id
+            ),
+        )
+    })
+}
+
+/// `POST /api/connectors/<id>/connect` → `{"auth_url": ...}`.
+pub async fn connect(
+    State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let c = find(&snapshot, &id)?;
+        if !snapshot.policy.access(&caller).any_on(&c.id) {
+            return Err(ApiError::forbidden(format!(
+                "access denied: {} has no grant on \"{}\"; ask an admin for a connectors grant such as \"{}/**\"",
+                caller.login, c.id, c.id
+            )));
+        }
+        let pu = must_be_per_user(c)?;
+        // One authorization serves every connector sharing the connection, so it asks
+        // for all their scopes.
+        let mut scopes: Vec<String> = Vec::new();
+        for other in snapshot.connectors.values().filter_map(|o| per_user(o)) {
+            if other.connection == pu.connection {
+                for s in &other.scopes {
+                    if !scopes.contains(s) {
+                        scopes.push(s.clone());
+                    }
+                }
+            }
+        }
+        // Keep the connector's own order first.
+        scopes.sort_by_key(|s| pu.scopes.iter().position(|p| p == s).unwrap_or(usize::MAX));
+        let redirect = format!("{}{}", host_url(&snapshot, &headers)?, callback_path(&c.id));
+        let url = app
+            .connections
+            .connect(pu, &scopes, &caller.login, &redirect)
+            .await
+            .map_err(|e| conn_error(&e))?;
+        Ok(Json(json!({
+            "auth_url": url.as_str(),
+            "expires_in": PENDING_TTL.as_secs(),
+        })))
+    }
+    .await;
+    tagged(&id, result)
+}
+
+/// `DELETE /api/connectors/<id>/connection`: the caller's own tokens only.
+pub async fn disconnect(
+    State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let c = find(&snapshot, &id)?;
+        let pu = must_be_per_user(c)?;
+        let had = app.connections.disconnect(pu, &caller.login).await;
+        app.discoveries.forget(&c.id);
+        Ok(Json(json!({
+            "disconnected": had,
+            "status": if snapshot.policy.access(&caller).any_on(&c.id) {
+                Status::NeedsAuth
+            } else {
+                Status::NoAccess
+            },
+        })))
+    }
+    .await;
+    tagged(&id, result)
+}
+
+fn tagged(id: &str, result: Result<Json<serde_json::Value>, ApiError>) -> Response {
+    let mut resp = result.map_or_else(IntoResponse::into_response, IntoResponse::into_response);
+    resp.extensions_mut().insert(ConnectorTag(id.to_owned()));
+    resp
+}
+
+/// `GET /aperture/auth/<id>/callback`: the browser comes back from the provider.
+pub async fn callback(
+    State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let lookup = |cid: &str| {
+        snapshot
+            .connectors
+            .get(cid)
+            .and_then(|c| per_user(c).cloned())
+    };
+    let result = app
+        .connections
+        .callback(&id, &caller.login, &q, lookup)
+        .await;
+    let mut resp = match result {
+        Ok(()) => {
+            app.discoveries.forget(&id);
+            page(
+                StatusCode::OK,
+                "Connected",
+                &format!(
+                    "{} is connected for {}. You can close this tab; your agents can use the connector now.",
+                    id, caller.login
+                ),
+            )
+        }
+        Err(e) => page(e.status(), "Connection failed", &e.to_string()),
+    };
+    resp.extensions_mut().insert(ConnectorTag(id));
+    resp
+}
+
+/// A small self-contained page; `message` is escaped.
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · Portcullis</title>\
+         <style>body{{font:16px system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem}}</style></head>\
+         <body><h1>{t}</h1><p>{m}</p><p><a href=\"/ui/\">Back to Portcullis</a></p></body></html>",
+        t = html_escape::encode_text(title),
+        m = html_escape::encode_text(message),
+    );
+    (
+        status,
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (http::header::CACHE_CONTROL, "no-store"),
+            (http::header::REFERRER_POLICY, "no-referrer"),
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_escape_what_they_show() {
+        let resp = page(StatusCode::BAD_REQUEST, "Oops", "<script>alert(1)</script>");
+        assert_eq!(resp.status(), 400);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("&lt;script&gt;"), "{text}");
+        assert!(!text.contains("<script>"), "{text}");
+    }
+}

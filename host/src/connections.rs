@@ -1,0 +1,1407 @@
+//! Per-user OAuth connections (`oauth2_authorization_code`, `oauth2_dcr`): connect,
+//! callback, sealed token storage, refresh, status and disconnect.
+//!
+//! A *connection* is one user's authorization at one OAuth client. Connectors of the
+//! same registry provider with the same client (client id and token URL) share it, so a
+//! Google authorization serves a Gmail and a Drive connector alike; other connectors
+//! have a connection of their own. Tokens are stored sealed per (connection, user) and
+//! cached in memory; nothing here ever formats a token into a log line or an error.
+//!
+//! Refresh is single-flight per (connection, user): one task holds the slot's lock,
+//! re-reads the tokens after acquiring it (another request may have refreshed them
+//! already), and stores a rotated refresh token before anyone can use it. `invalid_grant`
+//! ends the connection (the user must connect again); anything else backs off and
+//! keeps the tokens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::config::{self, Auth};
+use crate::credentials::resolve_secret;
+use crate::egress::Egress;
+use crate::oauth::{self, ClientAuth, TokenError};
+use crate::plugins::{self, Plugin, Plugins, types};
+use crate::telemetry::{Metrics, UserTokenLabels};
+use crate::vault::{Table, Vault};
+
+/// How long a started authorization may take before its callback is refused.
+pub const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
+/// Longest a token is trusted without a refresh, whatever `expires_in` says.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// First wait after a failed refresh; doubles per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Authorize-request parameters the host sets itself; `auth_params` cannot replace them.
+const RESERVED_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "state",
+    "scope",
+    "code_challenge",
+    "code_challenge_method",
+    "resource",
+];
+
+/// The connection status a caller sees for a connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    #[serde(rename = "No access")]
+    NoAccess,
+    #[serde(rename = "Needs auth")]
+    NeedsAuth,
+    #[serde(rename = "Ready")]
+    Ready,
+    /// Connected, but without a refresh token: the provider was not asked for offline
+    /// access, so the connection dies with its access token.
+    #[serde(rename = "Misconfigured")]
+    Misconfigured,
+}
+
+/// Why a per-user credential could not be used or obtained.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnError {
+    #[error(
+        "you have not connected \"{connector}\" yet (or the provider ended the connection); connect it first: POST /api/connectors/{connector}/connect, or Connect on the dashboard's Connectors page"
+    )]
+    NeedsAuth { connector: String },
+    #[error(
+        "your \"{connector}\" connection has no refresh token and its access token expired; ask an admin to enable offline access for the connector, then reconnect"
+    )]
+    Misconfigured { connector: String },
+    #[error(
+        "refreshing your \"{connector}\" token failed ({detail}); Portcullis keeps your connection and retries in {retry_secs}s"
+    )]
+    RefreshFailed {
+        connector: String,
+        detail: String,
+        retry_secs: u64,
+    },
+    #[error(
+        "connector \"{connector}\" uses provider \"{provider}\", which is not loaded from the registry; GET /api/registry lists what loaded and why entries failed"
+    )]
+    ProviderUnavailable { connector: String, provider: String },
+    #[error("connector \"{connector}\": {detail}")]
+    Setup { connector: String, detail: String },
+    #[error(
+        "your \"{connector}\" connection has no \"{grant}\" token; reconnect and approve the scopes that grant it"
+    )]
+    NoSuchGrant { connector: String, grant: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A per-user connector's OAuth settings, resolved from the config when the snapshot is
+/// built. Secrets are resolved then too, so a missing one fails the load.
+pub struct PerUser {
+    pub connector: String,
+    /// The connection key: connectors with the same key share users' tokens.
+    pub connection: String,
+    pub provider: Option<String>,
+    pub scopes: Vec<String>,
+    pub auth_params: Vec<(String, String)>,
+    kind: Kind,
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connector, built once per config load"
+)]
+enum Kind {
+    Code {
+        client: oauth::Client,
+        authorization_url: url::Url,
+        token_url: url::Url,
+        revocation_url: Option<url::Url>,
+    },
+    /// The client is registered at the server the connector's URL names (RFC 7591).
+    Dcr { url: Option<url::Url> },
+}
+
+impl std::fmt::Debug for PerUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerUser")
+            .field("connector", &self.connector)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PerUser {
+    /// `None` for connectors whose credential is shared by every user.
+    pub fn build(c: &config::Connector, vault: &Vault) -> anyhow::Result<Option<Self>> {
+        let provider = (!c.provider.eq_ignore_ascii_case("custom")).then(|| c.provider.clone());
+        let path = |field: &str| format!("connectors.servers.{}.auth.{field}", c.id);
+        let parse = |field: &str, u: &str| {
+            url::Url::parse(u).map_err(|e| anyhow::anyhow!("{}: {e}", path(field)))
+        };
+        let (kind, scopes, auth_params, connection) = match &c.auth {
+            Auth::AuthorizationCode(a) => {
+                let secret = a
+                    .client_secret
+                    .as_ref()
+                    .map(|s| resolve_secret(s, vault, &path("client_secret")))
+                    .transpose()?;
+                let token_url = parse("token_url", &a.token_url)?;
+                // One authorization per user serves every connector of the same
+                // provider and OAuth client.
+                let connection = match &provider {
+                    Some(p) => format!("{}|{}|{}", p.to_ascii_lowercase(), a.client_id, token_url),
+                    None => format!("connector|{}", c.id),
+                };
+                let kind = Kind::Code {
+                    client: oauth::Client {
+                        id: a.client_id.clone(),
+                        secret: secret.map(Arc::new),
+                        auth: ClientAuth::Basic,
+                    },
+                    authorization_url: parse("authorization_url", &a.authorization_url)?,
+                    token_url,
+                    revocation_url: a
+                        .revocation_url
+                        .as_deref()
+                        .map(|u| parse("revocation_url", u))
+                        .transpose()?,
+                };
+                let params = a
+                    .auth_params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (kind, a.scopes.clone(), params, connection)
+            }
+            Auth::Dcr(d) => (
+                Kind::Dcr { url: c.url.clone() },
+                d.scopes.clone(),
+                Vec::new(),
+                format!("dcr|{}", c.id),
+            ),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self {
+            connector: c.id.clone(),
+            connection,
+            provider,
+            scopes,
+            auth_params,
+            kind,
+        }))
+    }
+}
+
+/// Everything one token, authorize or revocation request needs: the config merged with
+/// the provider plugin's defaults (and, for DCR, the registration).
+struct Flow {
+    client: oauth::Client,
+    authorization_url: url::Url,
+    token_url: url::Url,
+    revocation_url: Option<url::Url>,
+    /// RFC 8707 resource indicator (DCR with protected-resource metadata).
+    resource: Option<String>,
+    pkce: bool,
+    separator: String,
+    user_scope_param: Option<String>,
+    grants: Vec<types::TokenGrant>,
+    plugin: Option<Arc<Plugin>>,
+    base_url: String,
+}
+
+/// One grant's tokens as stored (sealed) in the vault.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredGrant {
+    name: String,
+    access_token: String,
+    refresh_token: Option<String>,
+    /// Unix milliseconds; `None` when the provider gave no lifetime at all.
+    expires_at: Option<u64>,
+    /// When to refresh: a little before `expires_at`.
+    refresh_at: Option<u64>,
+    scope: Option<String>,
+}
+
+/// A user's tokens on one connection.
+#[derive(Clone, Serialize, Deserialize)]
+struct Tokens {
+    grants: Vec<StoredGrant>,
+    /// What the provider's plugin kept from the token response (Salesforce
+    /// `instance_url`); re-read on every refresh.
+    variables: Vec<(String, String)>,
+    /// The connector the user connected through.
+    connector: String,
+    connected_at: u64,
+    refreshed_at: Option<u64>,
+}
+
+impl Tokens {
+    fn has_refresh_token(&self) -> bool {
+        self.grants.iter().any(|g| g.refresh_token.is_some())
+    }
+
+    fn expires(&self) -> bool {
+        self.grants.iter().any(|g| g.expires_at.is_some())
+    }
+
+    /// The grant a request asked for, else the first one.
+    fn grant(&self, name: Option<&str>) -> Option<&StoredGrant> {
+        match name {
+            Some(n) => self.grants.iter().find(|g| g.name == n),
+            None => self.grants.first(),
+        }
+    }
+
+    /// The earliest time any grant wants refreshing.
+    fn refresh_at(&self) -> Option<u64> {
+        self.grants.iter().filter_map(|g| g.refresh_at).min()
+    }
+}
+
+/// An authorization in progress, stored sealed under the hash of its `state`.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    connector: String,
+    connection: String,
+    user: String,
+    verifier: Option<String>,
+    redirect_uri: String,
+    created_at: u64,
+}
+
+/// A dynamically registered client, stored sealed per connector.
+#[derive(Clone, Serialize, Deserialize)]
+struct Registration {
+    /// The connector URL and redirect URI it was registered for; either changing
+    /// means registering again.
+    resource_url: String,
+    redirect_uri: String,
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    revocation_endpoint: Option<String>,
+    resource: Option<String>,
+    client_id: String,
+    client_secret: Option<String>,
+    auth_method: String,
+}
+
+/// The callback's query (RFC 6749 §4.1.2).
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// Why a callback failed: each becomes a page that says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error(
+        "This authorization link is unknown or was already used. Go back to the Connectors page and choose Connect again."
+    )]
+    UnknownState,
+    #[error(
+        "This authorization expired: it must be completed within 15 minutes. Go back to the Connectors page and choose Connect again."
+    )]
+    Expired,
+    #[error(
+        "This authorization was started for connector \"{0}\", not this one. Start again from the Connectors page."
+    )]
+    WrongConnector(String),
+    #[error(
+        "This authorization was started by another user. Sign in as the user who chose Connect, or start again from the Connectors page."
+    )]
+    WrongCaller,
+    #[error(
+        "The provider did not authorize the connection: {error}{description}. Check the scopes and the OAuth application's settings, then choose Connect again."
+    )]
+    Denied { error: String, description: String },
+    #[error("The callback has no authorization code. Start again from the Connectors page.")]
+    NoCode,
+    #[error("Connector \"{0}\" is no longer configured for per-user OAuth.")]
+    ConnectorGone(String),
+    #[error(
+        "The provider refused the authorization code: {0}. Choose Connect again; if it keeps failing, ask an admin to check the connector's client ID, secret and token URL."
+    )]
+    Exchange(String),
+    #[error("{0}")]
+    Setup(ConnError),
+    #[error(
+        "Portcullis could not store the connection: {0}. Try again, or ask an admin to check the host's logs."
+    )]
+    Internal(String),
+}
+
+impl CallbackError {
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::WrongCaller => S::FORBIDDEN,
+            Self::ConnectorGone(_) => S::NOT_FOUND,
+            Self::Exchange(_) | Self::Setup(_) => S::BAD_GATEWAY,
+            Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+            _ => S::BAD_REQUEST,
+        }
+    }
+}
+
+/// The outcome of reading a token response.
+enum Read {
+    Ok(Tokens),
+    /// The grant is dead (`invalid_grant`): the user must connect again.
+    Dead(String),
+    /// Anything else: keep what we have and try again later.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct RefreshState {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// One (connection, user): its tokens in memory and the lock refreshes take.
+struct Slot {
+    tokens: RwLock<Option<Arc<Tokens>>>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<Tokens>> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, t: Option<Arc<Tokens>>) {
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+}
+
+/// Every user's connections.
+pub struct Connections {
+    vault: Arc<Vault>,
+    egress: Egress,
+    plugins: Arc<Plugins>,
+    metrics: Arc<Metrics>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// One registration at a time, so concurrent first connects register once.
+    registering: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn token_key(connection: &str, user: &str) -> String {
+    format!("{connection}\n{user}")
+}
+
+fn state_key(state: &str) -> String {
+    hex::encode(Sha256::digest(state.as_bytes()))
+}
+
+fn random_token() -> String {
+    let mut buf = [0u8; 32];
+    getrandom::fill(&mut buf).unwrap_or_else(|e| panic!("the OS random source failed: {e}"));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+impl Connections {
+    /// Opens the store and loads every stored connection (for background refresh).
+    pub fn open(
+        vault: Arc<Vault>,
+        egress: Egress,
+        plugins: Arc<Plugins>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let this = Self {
+            vault,
+            egress,
+            plugins,
+            metrics,
+            slots: Mutex::new(HashMap::new()),
+            registering: tokio::sync::Mutex::new(()),
+        };
+        match this.vault.keys(Table::UserTokens) {
+            Ok(keys) => {
+                for k in keys {
+                    this.slot(&k);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list stored connections"),
+        }
+        this
+    }
+
+    /// The slot for a token key, loaded from the vault the first time.
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(key) {
+            return s.clone();
+        }
+        let stored = match self.vault.get(Table::UserTokens, key) {
+            Ok(Some(bytes)) => serde_json::from_slice::<Tokens>(&bytes).ok().map(Arc::new),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read a stored connection");
+                None
+            }
+        };
+        let slot = Arc::new(Slot {
+            tokens: RwLock::new(stored),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+        });
+        slots.insert(key.to_owned(), slot.clone());
+        slot
+    }
+
+    /// Seals and stores tokens, then makes them current. Awaited before the tokens are
+    /// used, so a rotated refresh token is on disk before its predecessor is forgotten.
+    async fn store(&self, key: &str, tokens: Tokens) -> Result<Arc<Tokens>, ConnError> {
+        let bytes = Zeroizing::new(
+            serde_json::to_vec(&tokens).map_err(|e| ConnError::Internal(e.to_string()))?,
+        );
+        let (vault, k) = (self.vault.clone(), key.to_owned());
+        let written = tokio::task::spawn_blocking(move || vault.put(Table::UserTokens, &k, &bytes))
+            .await
+            .map_err(|e| ConnError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(|e| ConnError::Internal(e.to_string())));
+        let tokens = Arc::new(tokens);
+        // Even if the disk write failed, the provider may already have retired the old
+        // refresh token: keep the new one in memory rather than lose both.
+        self.slot(key).set(Some(tokens.clone()));
+        written?;
+        Ok(tokens)
+    }
+
+    async fn forget(&self, key: &str) {
+        self.slot(key).set(None);
+        let (vault, k) = (self.vault.clone(), key.to_owned());
+        let deleted =
+            tokio::task::spawn_blocking(move || vault.delete(Table::UserTokens, &k)).await;
+        if !matches!(deleted, Ok(Ok(_))) {
+            tracing::warn!("could not delete a stored connection");
+        }
+    }
+
+    /// The caller's status on a per-user connector they are granted.
+    pub fn status(&self, pu: &PerUser, user: &str) -> Status {
+        match self.slot(&token_key(&pu.connection, user)).current() {
+            None => Status::NeedsAuth,
+            Some(t) if !t.has_refresh_token() && t.expires() => Status::Misconfigured,
+            Some(_) => Status::Ready,
+        }
+    }
+
+    /// Variables the provider's plugin kept from the user's token responses.
+    pub fn variables(&self, pu: &PerUser, user: &str) -> Vec<(String, String)> {
+        self.slot(&token_key(&pu.connection, user))
+            .current()
+            .map(|t| t.variables.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `Authorization` header for `user`'s request through `pu`, refreshing first if
+    /// the token is due. `grant` picks one of several tokens (Slack's `user`).
+    pub async fn authorize(
+        self: &Arc<Self>,
+        pu: &Arc<PerUser>,
+        user: &str,
+        grant: Option<&str>,
+    ) -> Result<HeaderValue, ConnError> {
+        let key = token_key(&pu.connection, user);
+        let cur = self
+            .slot(&key)
+            .current()
+            .ok_or_else(|| ConnError::NeedsAuth {
+                connector: pu.connector.clone(),
+            })?;
+        let now = now_ms();
+        let g = cur.grant(grant).ok_or_else(|| ConnError::NoSuchGrant {
+            connector: pu.connector.clone(),
+            grant: grant.unwrap_or_default().to_owned(),
+        })?;
+        let tokens = if g.refresh_at.is_none_or(|at| now < at) {
+            cur
+        } else {
+            self.refresh(pu.clone(), user.to_owned(), Some(cur)).await?
+        };
+        let g = tokens.grant(grant).ok_or_else(|| ConnError::NoSuchGrant {
+            connector: pu.connector.clone(),
+            grant: grant.unwrap_or_default().to_owned(),
+        })?;
+        bearer(&g.access_token).ok_or_else(|| {
+            ConnError::Internal("the access token has characters not allowed in a header".into())
+        })
+    }
+
+    /// The upstream answered 401 to `sent`: if that is still the current token, mark it
+    /// due so the next use refreshes it.
+    pub fn rejected(&self, pu: &PerUser, user: &str, sent: &HeaderValue) {
+        let slot = self.slot(&token_key(&pu.connection, user));
+        let mut guard = slot.tokens.write().unwrap_or_else(|p| p.into_inner());
+        let Some(cur) = guard.as_ref() else { return };
+        let hit = cur
+            .grants
+            .iter()
+            .position(|g| bearer(&g.access_token).is_some_and(|b| b == sent));
+        if let Some(i) = hit {
+            let mut t = (**cur).clone();
+            t.grants[i].refresh_at = Some(0);
+            *guard = Some(Arc::new(t));
+            tracing::info!(connector = %pu.connector, user, "upstream rejected the access token; it will be refreshed");
+        }
+    }
+
+    /// Refreshes (single-flight) in a task of its own, so a caller that gives up does not
+    /// cancel the refresh for everyone waiting on it. `seen` is the tokens the caller
+    /// found due; if another request replaced them meanwhile, those are returned.
+    async fn refresh(
+        self: &Arc<Self>,
+        pu: Arc<PerUser>,
+        user: String,
+        seen: Option<Arc<Tokens>>,
+    ) -> Result<Arc<Tokens>, ConnError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.refresh_now(&pu, &user, seen).await })
+            .await
+            .unwrap_or_else(|e| Err(ConnError::Internal(e.to_string())))
+    }
+
+    async fn refresh_now(
+        &self,
+        pu: &PerUser,
+        user: &str,
+        seen: Option<Arc<Tokens>>,
+    ) -> Result<Arc<Tokens>, ConnError> {
+        let key = token_key(&pu.connection, user);
+        let slot = self.slot(&key);
+        let mut state = slot.refresh.lock().await;
+        let needs_auth = || ConnError::NeedsAuth {
+            connector: pu.connector.clone(),
+        };
+        let cur = slot.current().ok_or_else(needs_auth)?;
+        let now = now_ms();
+        let due = cur.refresh_at().is_some_and(|at| now >= at);
+        let replaced = seen.as_ref().is_some_and(|s| !Arc::ptr_eq(s, &cur));
+        if !due || replaced {
+            return Ok(cur);
+        }
+        let usable = cur
+            .grants
+            .iter()
+            .all(|g| g.expires_at.is_none_or(|at| now < at));
+        if let Some(at) = state.retry_at
+            && Instant::now() < at
+        {
+            if usable {
+                return Ok(cur);
+            }
+            return Err(ConnError::RefreshFailed {
+                connector: pu.connector.clone(),
+                detail: state.last_error.clone().unwrap_or_default(),
+                retry_secs: at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    .max(1),
+            });
+        }
+        let Some(refresh_token) = cur
+            .grants
+            .iter()
+            .find_map(|g| g.refresh_token.clone())
+            .map(Zeroizing::new)
+        else {
+            if usable {
+                return Ok(cur);
+            }
+            return Err(ConnError::Misconfigured {
+                connector: pu.connector.clone(),
+            });
+        };
+        let flow = self.flow(pu, None).await?;
+        let mut params = vec![
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            (
+                "refresh_token".to_owned(),
+                refresh_token.as_str().to_owned(),
+            ),
+        ];
+        if let Some(r) = &flow.resource {
+            params.push(("resource".into(), r.clone()));
+        }
+        let read =
+            match oauth::token_request(&self.egress, &flow.token_url, &flow.client, params).await {
+                Ok(answer) => self.read(&flow, pu, answer).await,
+                Err(e @ TokenError::Redirect { .. }) => Read::Failed(e.to_string()),
+                Err(e) => Read::Failed(e.to_string()),
+            };
+        let outcome = match &read {
+            Read::Ok(_) => "ok",
+            Read::Dead(_) => "needs_auth",
+            Read::Failed(_) => "failed",
+        };
+        self.metrics
+            .user_token_requests
+            .get_or_create(&UserTokenLabels {
+                kind: "refresh",
+                outcome,
+            })
+            .inc();
+        match read {
+            Read::Ok(mut fresh) => {
+                // A refresh response without a refresh token keeps the old one (Google);
+                // a grant the response left out keeps its old tokens.
+                for g in &mut fresh.grants {
+                    if g.refresh_token.is_none()
+                        && let Some(old) = cur.grants.iter().find(|o| o.name == g.name)
+                    {
+                        g.refresh_token = old.refresh_token.clone();
+                    }
+                }
+                for old in &cur.grants {
+                    if !fresh.grants.iter().any(|g| g.name == old.name) {
+                        fresh.grants.push(old.clone());
+                    }
+                }
+                if fresh.variables.is_empty() {
+                    fresh.variables = cur.variables.clone();
+                }
+                fresh.connector = cur.connector.clone();
+                fresh.connected_at = cur.connected_at;
+                fresh.refreshed_at = Some(now_ms());
+                *state = RefreshState::default();
+                let stored = self.store(&key, fresh).await;
+                if let Err(e) = &stored {
+                    tracing::error!(connector = %pu.connector, user, error = %e, "refreshed tokens could not be written to the vault; they are kept in memory");
+                }
+                tracing::info!(connector = %pu.connector, user, "refreshed the access token");
+                Ok(slot.current().ok_or_else(needs_auth)?)
+            }
+            Read::Dead(why) => {
+                tracing::warn!(connector = %pu.connector, user, reason = %why, "the provider ended the connection; the user must connect again");
+                self.forget(&key).await;
+                *state = RefreshState::default();
+                Err(needs_auth())
+            }
+            Read::Failed(why) => {
+                state.failures = state.failures.saturating_add(1);
+                let wait = FIRST_BACKOFF
+                    .saturating_mul(1 << state.failures.saturating_sub(1).min(16))
+                    .min(MAX_BACKOFF);
+                state.retry_at = Some(Instant::now() + wait);
+                state.last_error = Some(why.clone());
+                tracing::warn!(connector = %pu.connector, user, error = %why, retry_secs = wait.as_secs(), "token refresh failed; keeping the tokens and retrying later");
+                if usable {
+                    return Ok(cur);
+                }
+                Err(ConnError::RefreshFailed {
+                    connector: pu.connector.clone(),
+                    detail: why,
+                    retry_secs: wait.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Refreshes every stored connection that is due, for connectors still configured.
+    /// Runs from the host's background ticker.
+    pub async fn refresh_due(self: &Arc<Self>, live: &[Arc<PerUser>]) {
+        let by_connection: HashMap<&str, &Arc<PerUser>> =
+            live.iter().map(|p| (p.connection.as_str(), p)).collect();
+        let due: Vec<(Arc<PerUser>, String)> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let now = now_ms();
+            slots
+                .iter()
+                .filter(|(_, s)| {
+                    s.current().is_some_and(|t| {
+                        t.has_refresh_token() && t.refresh_at().is_some_and(|at| now >= at)
+                    })
+                })
+                .filter_map(|(k, _)| {
+                    let (conn, user) = k.split_once('\n')?;
+                    Some(((*by_connection.get(conn)?).clone(), user.to_owned()))
+                })
+                .collect()
+        };
+        for (pu, user) in due {
+            // Errors are logged by the refresh itself; a request will see them too.
+            let _ = self.refresh(pu, user, None).await;
+        }
+    }
+
+    /// The flow for `pu`: config, plugin defaults and (for DCR) the registration, which
+    /// is made when `redirect_uri` is given and none fits.
+    async fn flow(&self, pu: &PerUser, redirect_uri: Option<&str>) -> Result<Flow, ConnError> {
+        let plugin = match &pu.provider {
+            Some(p) => Some(
+                self.plugins
+                    .get(p)
+                    .ok_or_else(|| ConnError::ProviderUnavailable {
+                        connector: pu.connector.clone(),
+                        provider: p.clone(),
+                    })?,
+            ),
+            None => None,
+        };
+        let oauth_defaults = plugin.as_ref().and_then(|p| p.defaults.oauth.clone());
+        let setup = |detail: String| ConnError::Setup {
+            connector: pu.connector.clone(),
+            detail,
+        };
+        let (client, authorization_url, token_url, revocation_url, resource, base_url) = match &pu
+            .kind
+        {
+            Kind::Code {
+                client,
+                authorization_url,
+                token_url,
+                revocation_url,
+            } => {
+                let mut client = client.clone();
+                if let Some(o) = &oauth_defaults {
+                    client.auth = match o.client_auth {
+                        types::ClientAuth::Basic => ClientAuth::Basic,
+                        types::ClientAuth::Post => ClientAuth::Body,
+                    };
+                }
+                let revocation = revocation_url.clone().or_else(|| {
+                    oauth_defaults
+                        .as_ref()
+                        .and_then(|o| o.revocation_url.as_deref())
+                        .and_then(|u| url::Url::parse(u).ok())
+                });
+                let base = plugin
+                    .as_ref()
+                    .map(|p| p.defaults.api_url.clone())
+                    .unwrap_or_default();
+                (
+                    client,
+                    authorization_url.clone(),
+                    token_url.clone(),
+                    revocation,
+                    None,
+                    base,
+                )
+            }
+            Kind::Dcr { url } => {
+                let resource_url = url
+                    .clone()
+                    .or_else(|| {
+                        let d = &plugin.as_ref()?.defaults;
+                        url::Url::parse(d.mcp_url.as_deref().unwrap_or(&d.api_url)).ok()
+                    })
+                    .ok_or_else(|| setup("oauth2_dcr needs the connector's url, where the authorization server is discovered".into()))?;
+                let reg = self.registration(pu, &resource_url, redirect_uri).await?;
+                let parse = |what: &str, u: &str| {
+                    url::Url::parse(u).map_err(|e| {
+                        setup(format!("the registered {what} \"{u}\" is not a URL: {e}"))
+                    })
+                };
+                let client = oauth::Client {
+                    id: reg.client_id.clone(),
+                    secret: reg
+                        .client_secret
+                        .clone()
+                        .map(|s| Arc::new(Zeroizing::new(s))),
+                    auth: if reg.auth_method == "client_secret_post" {
+                        ClientAuth::Body
+                    } else {
+                        ClientAuth::Basic
+                    },
+                };
+                (
+                    client,
+                    parse("authorization endpoint", &reg.authorization_endpoint)?,
+                    parse("token endpoint", &reg.token_endpoint)?,
+                    reg.revocation_endpoint
+                        .as_deref()
+                        .and_then(|u| url::Url::parse(u).ok()),
+                    reg.resource.clone(),
+                    resource_url.to_string(),
+                )
+            }
+        };
+        let (pkce, separator, user_scope_param, grants) = match &oauth_defaults {
+            Some(o) => (
+                o.pkce != types::PkcePolicy::Unsupported,
+                o.scope_separator.clone(),
+                o.user_scope_param.clone(),
+                o.grants.clone(),
+            ),
+            None => (true, " ".to_owned(), None, Vec::new()),
+        };
+        Ok(Flow {
+            client,
+            authorization_url,
+            token_url,
+            revocation_url,
+            resource,
+            pkce,
+            separator,
+            user_scope_param,
+            grants,
+            plugin,
+            base_url,
+        })
+    }
+
+    /// The DCR client for `pu`: the stored registration if it fits, else (when
+    /// connecting) a new one from the server's metadata.
+    async fn registration(
+        &self,
+        pu: &PerUser,
+        resource_url: &url::Url,
+        redirect_uri: Option<&str>,
+    ) -> Result<Registration, ConnError> {
+        let load = || -> Option<Registration> {
+            let bytes = self.vault.get(Table::OAuthClients, &pu.connector).ok()??;
+            serde_json::from_slice(&bytes).ok()
+        };
+        let fits = |r: &Registration| {
+            r.resource_url == resource_url.as_str()
+                && redirect_uri.is_none_or(|u| u == r.redirect_uri)
+        };
+        if let Some(r) = load().filter(|r| fits(r)) {
+            return Ok(r);
+        }
+        let Some(redirect_uri) = redirect_uri else {
+            return Err(ConnError::NeedsAuth {
+                connector: pu.connector.clone(),
+            });
+        };
+        let _one = self.registering.lock().await;
+        if let Some(r) = load().filter(|r| fits(r)) {
+            return Ok(r);
+        }
+        let reg = self.register(pu, resource_url, redirect_uri).await?;
+        let bytes = Zeroizing::new(
+            serde_json::to_vec(&reg).map_err(|e| ConnError::Internal(e.to_string()))?,
+        );
+        self.vault
+            .put(Table::OAuthClients, &pu.connector, &bytes)
+            .map_err(|e| ConnError::Internal(e.to_string()))?;
+        tracing::info!(connector = %pu.connector, issuer = %reg.issuer, "registered an OAuth client (dynamic client registration)");
+        Ok(reg)
+    }
+
+    /// Discovers the authorization server (RFC 9728, then RFC 8414 / OpenID Connect
+    /// Discovery) and registers a client there (RFC 7591).
+    async fn register(
+        &self,
+        pu: &PerUser,
+        resource_url: &url::Url,
+        redirect_uri: &str,
+    ) -> Result<Registration, ConnError> {
+        let fail = |detail: String| ConnError::Setup {
+            connector: pu.connector.clone(),
+            detail,
+        };
+        let mut issuer = None;
+        let mut resource = None;
+        for u in oauth::protected_resource_metadata_urls(resource_url) {
+            if let Some(prm) = oauth::metadata(&self.egress, &u)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+            {
+                issuer = prm
+                    .get("authorization_servers")
+                    .and_then(|a| a.get(0))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned);
+                resource = prm
+                    .get("resource")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned);
+                break;
+            }
+        }
+        let issuer = match issuer {
+            Some(i) => url::Url::parse(&i).map_err(|e| {
+                fail(format!(
+                    "the protected-resource metadata names \"{i}\" as authorization server: {e}"
+                ))
+            })?,
+            None => {
+                let mut origin = resource_url.clone();
+                origin.set_path("/");
+                origin.set_query(None);
+                origin.set_fragment(None);
+                origin
+            }
+        };
+        let mut meta = None;
+        for u in oauth::authorization_server_metadata_urls(&issuer) {
+            if let Some(m) = oauth::metadata(&self.egress, &u)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+            {
+                meta = Some(m);
+                break;
+            }
+        }
+        let meta = meta.ok_or_else(|| {
+            fail(format!(
+                "no authorization server metadata found for {issuer} (RFC 8414 or OpenID Connect discovery); use oauth2_authorization_code with a client registered by hand"
+            ))
+        })?;
+        let field = |name: &str| meta.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        // RFC 8414 §3.3: the metadata must be about the issuer it was fetched for.
+        let claimed = field("issuer").unwrap_or_default();
+        if claimed.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
+            return Err(fail(format!(
+                "the authorization server metadata claims issuer \"{claimed}\" but was fetched for \"{issuer}\"; refusing it (RFC 8414 §3.3)"
+            )));
+        }
+        let registration_endpoint = field("registration_endpoint").ok_or_else(|| {
+            fail(format!(
+                "{issuer} does not offer dynamic client registration; use oauth2_authorization_code with a client registered by hand"
+            ))
+        })?;
+        let authorization_endpoint = field("authorization_endpoint")
+            .ok_or_else(|| fail(format!("{issuer}'s metadata has no authorization_endpoint")))?;
+        let token_endpoint = field("token_endpoint")
+            .ok_or_else(|| fail(format!("{issuer}'s metadata has no token_endpoint")))?;
+        if let Some(methods) = meta
+            .get("code_challenge_methods_supported")
+            .and_then(|m| m.as_array())
+            && !methods.iter().any(|m| m == "S256")
+        {
+            return Err(fail(format!("{issuer} does not support PKCE with S256")));
+        }
+        let reg_url = url::Url::parse(&registration_endpoint)
+            .map_err(|e| fail(format!("registration_endpoint: {e}")))?;
+        let request = serde_json::json!({
+            "client_name": "Portcullis",
+            "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        });
+        let info = oauth::register(&self.egress, &reg_url, &request)
+            .await
+            .map_err(|e| fail(format!("dynamic client registration failed: {e}")))?;
+        let client_id = info
+            .get("client_id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| fail("the registration response has no client_id".into()))?
+            .to_owned();
+        Ok(Registration {
+            resource_url: resource_url.to_string(),
+            redirect_uri: redirect_uri.to_owned(),
+            issuer: issuer.to_string(),
+            authorization_endpoint,
+            token_endpoint,
+            revocation_endpoint: field("revocation_endpoint"),
+            resource,
+            client_id,
+            client_secret: info
+                .get("client_secret")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            auth_method: info
+                .get("token_endpoint_auth_method")
+                .and_then(|v| v.as_str())
+                .unwrap_or("none")
+                .to_owned(),
+        })
+    }
+
+    /// Reads a token endpoint answer: the plugin's `read-token-response` (on a redacted
+    /// copy) decides success and keeps variables; the host reads the tokens themselves.
+    async fn read(&self, flow: &Flow, pu: &PerUser, answer: oauth::TokenAnswer) -> Read {
+        let mut lifetime_default = None;
+        let mut variables = Vec::new();
+        match flow
+            .plugin
+            .as_ref()
+            .filter(|p| p.has(types::Hook::ReadTokenResponse))
+        {
+            Some(p) => {
+                let mut redacted = answer.json.clone();
+                plugins::redact_tokens(&mut redacted, &flow.grants);
+                let ctx = types::Context {
+                    connector: pu.connector.clone(),
+                    base_url: flow.base_url.clone(),
+                    variables: Vec::new(),
+                };
+                match self
+                    .plugins
+                    .read_token_response(p, ctx, answer.status, redacted.to_string())
+                    .await
+                {
+                    Ok(Ok(info)) => {
+                        lifetime_default = info.expires_in;
+                        variables = info.variables;
+                    }
+                    Ok(Err(types::TokenError::InvalidGrant(m))) => return Read::Dead(m),
+                    Ok(Err(types::TokenError::Provider(m))) => return Read::Failed(m),
+                    Err(e) => return Read::Failed(e.to_string()),
+                }
+            }
+            None => {
+                if let Some((code, desc)) = answer.error() {
+                    let text = format!(
+                        "{code}{}",
+                        desc.map(|d| format!(" ({d})")).unwrap_or_default()
+                    );
+                    return if code == "invalid_grant" {
+                        Read::Dead(text)
+                    } else {
+                        Read::Failed(text)
+                    };
+                }
+                if !(200..300).contains(&answer.status) {
+                    return Read::Failed(format!("HTTP {}", answer.status));
+                }
+            }
+        }
+        let grants = match plugins::extract_grants(&answer.json, &flow.grants) {
+            Ok(g) => g,
+            Err(e) => return Read::Failed(e),
+        };
+        let now = now_ms();
+        let grants = grants
+            .into_iter()
+            .map(|g| {
+                let life = g
+                    .expires_in
+                    .or(lifetime_default)
+                    .map(|s| Duration::from_secs(s).min(MAX_LIFETIME));
+                StoredGrant {
+                    name: g.name,
+                    access_token: g.access_token,
+                    refresh_token: g.refresh_token,
+                    expires_at: life.map(|l| now + l.as_millis() as u64),
+                    refresh_at: life.map(|l| now + (l - margin(l)).as_millis() as u64),
+                    scope: g.scope,
+                }
+            })
+            .collect();
+        Read::Ok(Tokens {
+            grants,
+            variables,
+            connector: pu.connector.clone(),
+            connected_at: now,
+            refreshed_at: None,
+        })
+    }
+
+    /// Starts an authorization for `user`: stores the pending state (with the PKCE
+    /// verifier, sealed) and returns the provider's authorize URL. `scopes` is the union
+    /// over the connectors sharing the connection.
+    pub async fn connect(
+        &self,
+        pu: &PerUser,
+        scopes: &[String],
+        user: &str,
+        redirect_uri: &str,
+    ) -> Result<url::Url, ConnError> {
+        let flow = self.flow(pu, Some(redirect_uri)).await?;
+        let state = random_token();
+        let pkce = flow.pkce.then(oauth2::PkceCodeChallenge::new_random_sha256);
+        let pending = Pending {
+            connector: pu.connector.clone(),
+            connection: pu.connection.clone(),
+            user: user.to_owned(),
+            verifier: pkce.as_ref().map(|(_, v)| v.secret().clone()),
+            redirect_uri: redirect_uri.to_owned(),
+            created_at: now_ms(),
+        };
+        let bytes = Zeroizing::new(
+            serde_json::to_vec(&pending).map_err(|e| ConnError::Internal(e.to_string()))?,
+        );
+        self.vault
+            .put(Table::OAuthPending, &state_key(&state), &bytes)
+            .map_err(|e| ConnError::Internal(e.to_string()))?;
+
+        let (user_scopes, app_scopes): (Vec<&str>, Vec<&str>) = scopes
+            .iter()
+            .map(String::as_str)
+            .partition(|s| flow.user_scope_param.is_some() && s.starts_with("user:"));
+        let mut url = flow.authorization_url.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code");
+            q.append_pair("client_id", &flow.client.id);
+            q.append_pair("redirect_uri", redirect_uri);
+            if !app_scopes.is_empty() {
+                q.append_pair("scope", &app_scopes.join(&flow.separator));
+            }
+            if let Some(param) = &flow.user_scope_param
+                && !user_scopes.is_empty()
+            {
+                let list: Vec<&str> = user_scopes.iter().map(|s| &s["user:".len()..]).collect();
+                q.append_pair(param, &list.join(&flow.separator));
+            }
+            q.append_pair("state", &state);
+            if let Some((challenge, _)) = &pkce {
+                q.append_pair("code_challenge", challenge.as_str());
+                q.append_pair("code_challenge_method", "S256");
+            }
+            if let Some(r) = &flow.resource {
+                q.append_pair("resource", r);
+            }
+            for (k, v) in &pu.auth_params {
+                if RESERVED_PARAMS.contains(&k.as_str()) {
+                    tracing::warn!(connector = %pu.connector, param = %k, "auth_params cannot set a parameter Portcullis sets itself; ignored");
+                    continue;
+                }
+                q.append_pair(k, v);
+            }
+        }
+        tracing::info!(connector = %pu.connector, user, "authorization started");
+        Ok(url)
+    }
+
+    /// Completes an authorization: checks the state (known, unused, unexpired, for this
+    /// connector and this caller), exchanges the code and stores the tokens. Returns the
+    /// connector ID the authorization was for.
+    pub async fn callback(
+        &self,
+        connector: &str,
+        user: &str,
+        q: &CallbackQuery,
+        find: impl Fn(&str) -> Option<Arc<PerUser>>,
+    ) -> Result<(), CallbackError> {
+        let state = q.state.as_deref().ok_or(CallbackError::UnknownState)?;
+        let key = state_key(state);
+        let bytes = self
+            .vault
+            .get(Table::OAuthPending, &key)
+            .map_err(|e| CallbackError::Internal(e.to_string()))?
+            .ok_or(CallbackError::UnknownState)?;
+        let pending: Pending =
+            serde_json::from_slice(&bytes).map_err(|e| CallbackError::Internal(e.to_string()))?;
+        let age = Duration::from_millis(now_ms().saturating_sub(pending.created_at));
+        if age > PENDING_TTL {
+            let _ = self.vault.delete(Table::OAuthPending, &key);
+            return Err(CallbackError::Expired);
+        }
+        if pending.connector != connector {
+            return Err(CallbackError::WrongConnector(pending.connector));
+        }
+        if pending.user != user {
+            // Kept: the user who started it may still finish it.
+            tracing::warn!(
+                connector,
+                user,
+                "an authorization callback came from a caller other than the one who started it; refused"
+            );
+            return Err(CallbackError::WrongCaller);
+        }
+        // Single use from here on: a replayed callback finds nothing.
+        self.vault
+            .delete(Table::OAuthPending, &key)
+            .map_err(|e| CallbackError::Internal(e.to_string()))?;
+        if let Some(error) = &q.error {
+            let clean =
+                |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(300).collect() };
+            return Err(CallbackError::Denied {
+                error: clean(error),
+                description: q
+                    .error_description
+                    .as_deref()
+                    .map(|d| format!(" ({})", clean(d)))
+                    .unwrap_or_default(),
+            });
+        }
+        let code = q
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or(CallbackError::NoCode)?;
+        let pu = find(&pending.connector)
+            .filter(|p| p.connection == pending.connection)
+            .ok_or_else(|| CallbackError::ConnectorGone(pending.connector.clone()))?;
+        let flow = self.flow(&pu, None).await.map_err(CallbackError::Setup)?;
+        let mut params = vec![
+            ("grant_type".to_owned(), "authorization_code".to_owned()),
+            ("code".to_owned(), code.to_owned()),
+            ("redirect_uri".to_owned(), pending.redirect_uri.clone()),
+        ];
+        if let Some(v) = &pending.verifier {
+            params.push(("code_verifier".into(), v.clone()));
+        }
+        if let Some(r) = &flow.resource {
+            params.push(("resource".into(), r.clone()));
+        }
+        let read =
+            match oauth::token_request(&self.egress, &flow.token_url, &flow.client, params).await {
+                Ok(answer) => self.read(&flow, &pu, answer).await,
+                Err(e) => Read::Failed(e.to_string()),
+            };
+        let outcome = match &read {
+            Read::Ok(_) => "ok",
+            Read::Dead(_) => "needs_auth",
+            Read::Failed(_) => "failed",
+        };
+        self.metrics
+            .user_token_requests
+            .get_or_create(&UserTokenLabels {
+                kind: "code",
+                outcome,
+            })
+            .inc();
+        let tokens = match read {
+            Read::Ok(t) => t,
+            Read::Dead(why) | Read::Failed(why) => {
+                tracing::warn!(connector, user, error = %why, "the authorization code exchange failed");
+                return Err(CallbackError::Exchange(why));
+            }
+        };
+        let tkey = token_key(&pu.connection, user);
+        // A new authorization replaces the old one; a refresh of the old one in flight
+        // must not overwrite it, so take the slot's refresh lock.
+        let slot = self.slot(&tkey);
+        let mut state = slot.refresh.lock().await;
+        self.store(&tkey, tokens)
+            .await
+            .map_err(|e| CallbackError::Internal(e.to_string()))?;
+        *state = RefreshState::default();
+        tracing::info!(connector, user, "connected");
+        Ok(())
+    }
+
+    /// Deletes `user`'s tokens on `pu`'s connection and revokes them at the provider when
+    /// it has a revocation endpoint. Returns whether there was a connection.
+    pub async fn disconnect(&self, pu: &PerUser, user: &str) -> bool {
+        let key = token_key(&pu.connection, user);
+        let slot = self.slot(&key);
+        let mut state = slot.refresh.lock().await;
+        let Some(tokens) = slot.current() else {
+            return false;
+        };
+        self.forget(&key).await;
+        *state = RefreshState::default();
+        drop(state);
+        self.revoke(pu, user, &tokens).await;
+        tracing::info!(connector = %pu.connector, user, "disconnected");
+        true
+    }
+
+    /// Revokes every user's tokens on `pu`'s connection (the connector was removed or
+    /// changed its OAuth client) and deletes them.
+    pub async fn revoke_all(&self, pu: &PerUser) {
+        let prefix = format!("{}\n", pu.connection);
+        let keys: Vec<String> = match self.vault.keys(Table::UserTokens) {
+            Ok(k) => k.into_iter().filter(|k| k.starts_with(&prefix)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list stored connections");
+                return;
+            }
+        };
+        for key in keys {
+            let user = key[prefix.len()..].to_owned();
+            self.disconnect(pu, &user).await;
+        }
+        if matches!(pu.kind, Kind::Dcr { .. }) {
+            let _ = self.vault.delete(Table::OAuthClients, &pu.connector);
+        }
+    }
+
+    async fn revoke(&self, pu: &PerUser, user: &str, tokens: &Tokens) {
+        let flow = match self.flow(pu, None).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(connector = %pu.connector, user, error = %e, "tokens deleted but not revoked");
+                return;
+            }
+        };
+        let Some(url) = &flow.revocation_url else {
+            tracing::info!(connector = %pu.connector, user, "the provider has no revocation endpoint; tokens deleted here only");
+            return;
+        };
+        // The refresh token first: revoking it ends the whole grant at most servers.
+        for g in &tokens.grants {
+            let pairs = g
+                .refresh_token
+                .iter()
+                .map(|t| (t.as_str(), "refresh_token"))
+                .chain(std::iter::once((g.access_token.as_str(), "access_token")));
+            for (token, hint) in pairs {
+                if let Err(e) = oauth::revoke(&self.egress, url, &flow.client, token, hint).await {
+                    tracing::warn!(connector = %pu.connector, user, error = %e, "revocation failed; the token was deleted here");
+                }
+            }
+        }
+    }
+
+    /// Deletes authorizations that were never completed.
+    pub fn purge_pending(&self) {
+        let Ok(keys) = self.vault.keys(Table::OAuthPending) else {
+            return;
+        };
+        let now = now_ms();
+        for k in keys {
+            let expired = match self.vault.get(Table::OAuthPending, &k) {
+                Ok(Some(b)) => serde_json::from_slice::<Pending>(&b)
+                    .map(|p| Duration::from_millis(now.saturating_sub(p.created_at)) > PENDING_TTL)
+                    .unwrap_or(true),
+                _ => false,
+            };
+            if expired {
+                let _ = self.vault.delete(Table::OAuthPending, &k);
+            }
+        }
+    }
+}
+
+/// Refresh this long before expiry: a minute, or a fifth of the life of short tokens.
+fn margin(lifetime: Duration) -> Duration {
+    (lifetime / 5).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_have_the_documented_spellings() {
+        let s = serde_json::to_value([
+            Status::NoAccess,
+            Status::NeedsAuth,
+            Status::Ready,
+            Status::Misconfigured,
+        ])
+        .expect("json");
+        assert_eq!(
+            s,
+            serde_json::json!(["No access", "Needs auth", "Ready", "Misconfigured"])
+        );
+    }
+
+    #[test]
+    fn state_is_random_and_stored_by_hash() {
+        let (a, b) = (random_token(), random_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert_ne!(state_key(&a), a);
+        assert_eq!(state_key(&a), state_key(&a));
+    }
+
+    #[test]
+    fn refresh_margin() {
+        assert_eq!(margin(Duration::from_secs(3600)), Duration::from_secs(60));
+        assert_eq!(margin(Duration::from_secs(10)), Duration::from_secs(2));
+    }
+}
