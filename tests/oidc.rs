@@ -18,6 +18,8 @@ pub struct Oidc {
 impl Oidc {
     /// Starts the peer; `access_ttl` is the lifetime of the access tokens it issues.
     pub fn start(access_ttl: u64) -> Oidc {
+        // The helpers below build their own clients.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let peers = crate::workspace().join("tests").join("peers");
         assert!(
             peers.join("node_modules").join("oidc-provider").exists(),
@@ -69,6 +71,135 @@ impl Oidc {
             .await
             .expect("json");
         v["total"].as_u64().expect("total")
+    }
+}
+
+/// The confidential auth-code client's secret, used here only to introspect tokens.
+pub const WEB_CLIENT: &str = "portcullis-web";
+pub const WEB_SECRET: &str = "web-secret-abcdef123456";
+
+impl Oidc {
+    /// Adds (or replaces) a client at runtime, e.g. once the host's callback URL is known.
+    pub async fn add_client(&self, metadata: serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/__test/clients", self.issuer))
+            .json(&metadata)
+            .send()
+            .await
+            .expect("peer admin");
+        assert_eq!(
+            resp.status(),
+            201,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Per-route request counts (`token`, `registration`, `revocation`, ...).
+    pub async fn route_hits(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/__test/requests", self.issuer))
+            .await
+            .expect("peer admin")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Token-endpoint requests with this grant type since start or the last reset.
+    pub async fn grants_of(&self, grant_type: &str) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/__test/token-requests", self.issuer))
+            .await
+            .expect("peer admin")
+            .json()
+            .await
+            .expect("json");
+        v["by_grant_type"][grant_type].as_u64().unwrap_or(0)
+    }
+
+    pub async fn reset(&self) {
+        reqwest::Client::new()
+            .post(format!("{}/__test/reset", self.issuer))
+            .send()
+            .await
+            .expect("peer admin");
+    }
+
+    /// Plays the user's browser from the authorize URL through the peer's login and
+    /// consent pages to the redirect back to Portcullis, which it returns unvisited.
+    pub async fn authorize(&self, auth_url: &str, account: &str) -> String {
+        let browser = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .expect("client");
+        let absolute = |loc: &str| {
+            if loc.starts_with('/') {
+                format!("{}{loc}", self.issuer)
+            } else {
+                loc.to_owned()
+            }
+        };
+        let mut url = auth_url.to_owned();
+        for _ in 0..12 {
+            let resp = browser.get(&url).send().await.expect("authorize step");
+            let status = resp.status();
+            let Some(loc) = resp.headers().get("location") else {
+                panic!(
+                    "authorize step {url} answered {status} without a redirect: {}",
+                    resp.text().await.unwrap_or_default()
+                );
+            };
+            let loc = absolute(loc.to_str().expect("ascii location"));
+            if !loc.starts_with(&format!("{}/interaction/", self.issuer)) {
+                return loc;
+            }
+            let page = browser
+                .get(&loc)
+                .send()
+                .await
+                .expect("page")
+                .text()
+                .await
+                .unwrap_or_default();
+            let form: Vec<(&str, &str)> = if page.contains("name=\"login\"") {
+                vec![("prompt", "login"), ("login", account), ("password", "any")]
+            } else {
+                vec![("prompt", "consent")]
+            };
+            let resp = browser
+                .post(&loc)
+                .form(&form)
+                .send()
+                .await
+                .expect("interaction");
+            url = absolute(
+                resp.headers()
+                    .get("location")
+                    .expect("interaction redirect")
+                    .to_str()
+                    .expect("ascii"),
+            );
+        }
+        panic!("the authorization did not come back to the client");
+    }
+
+    /// Introspects a token: `(active, sub)`.
+    pub async fn introspect(&self, token: &str) -> (bool, Option<String>) {
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(WEB_CLIENT, Some(WEB_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection")
+            .json()
+            .await
+            .expect("json");
+        (
+            v["active"].as_bool().unwrap_or(false),
+            v["sub"].as_str().map(str::to_owned),
+        )
     }
 }
 

@@ -5,6 +5,7 @@ mod client_credentials;
 mod config;
 mod identity;
 mod observability;
+mod per_user;
 mod plugins;
 mod proxy;
 mod vault;

@@ -1,0 +1,902 @@
+//! Per-user OAuth (`oauth2_authorization_code`, `oauth2_dcr`) against a real
+//! authorization server (`oidc-provider`): connect → callback → proxied call → expiry →
+//! refresh → restart → disconnect → revoked; one refresh for many concurrent requests;
+//! every bad callback; dynamic registration; removal revoking every user's tokens. The
+//! provider quirks run against fixture token endpoints through the real plugins.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::fixture::{Canned, Fixture};
+use portcullis_e2e::oidc::Oidc;
+use portcullis_e2e::upstream::Upstream;
+use portcullis_e2e::whois::Whois;
+use portcullis_e2e::{Host, HostOptions, client, client_from, error_of, grant, workspace};
+use serde_json::{Value, json};
+
+const ALICE: &str = "127.0.0.2";
+const BOB: &str = "127.0.0.3";
+
+fn tailnet_config(socket: &std::path::Path, connectors: Value) -> String {
+    json!({
+        "identity": {"mode": "tailscale", "socket": socket, "cache_ttl_secs": 0},
+        "egress": {"allow_loopback": true},
+        "connectors": {"servers": connectors},
+        "grants": [
+            grant("alice@example.com", &["notes/**", "wiki/**"], false),
+            grant("bob@example.com", &["notes/**", "wiki/**"], false),
+        ],
+    })
+    .to_string()
+}
+
+/// A connector for the peer's client `client_id` (registered at runtime by [`client_for`]).
+fn notes_connector(oidc: &Oidc, up: &Upstream, client_id: &str) -> Value {
+    json!({
+        "protocol": "http",
+        "url": up.url(),
+        "description": "Notes API",
+        "auth": {
+            "type": "oauth2_authorization_code",
+            "client_id": client_id,
+            "client_secret": "notes-secret-0123456789",
+            "authorization_url": format!("{}/auth", oidc.issuer),
+            "token_url": format!("{}/token", oidc.issuer),
+            "revocation_url": format!("{}/token/revocation", oidc.issuer),
+            "scopes": ["openid", "offline_access", "read:data"],
+            "auth_params": {"prompt": "consent"},
+        },
+    })
+}
+
+/// Registers the confidential client the host's connector uses, with its callback URL.
+async fn client_for(oidc: &Oidc, host: &Host, client_id: &str, id: &str) {
+    oidc.add_client(json!({
+        "client_id": client_id,
+        "client_secret": "notes-secret-0123456789",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": [host.url(&format!("/aperture/auth/{id}/callback"))],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "scope": "openid offline_access read:data",
+    }))
+    .await;
+}
+
+async fn users() -> Whois {
+    let whois = Whois::start().await;
+    whois.user(ALICE, "alice@example.com", &[], json!({}));
+    whois.user(BOB, "bob@example.com", &[], json!({}));
+    whois
+}
+
+async fn status(host: &Host, from: &str, id: &str) -> String {
+    let v: Value = client_from(from)
+        .get(host.url("/api/connectors"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    v["connectors"]
+        .as_array()
+        .expect("connectors")
+        .iter()
+        .find(|c| c["id"] == id)
+        .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+async fn start_connect(host: &Host, from: &str, id: &str) -> String {
+    let resp = client_from(from)
+        .post(host.url(&format!("/api/connectors/{id}/connect")))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    v["auth_url"].as_str().expect("auth_url").to_owned()
+}
+
+/// Connect → the user's browser at the provider → callback, as `from`.
+async fn connect_as(host: &Host, oidc: &Oidc, from: &str, account: &str, id: &str) {
+    let auth_url = start_connect(host, from, id).await;
+    let back = oidc.authorize(&auth_url, account).await;
+    let resp = client_from(from).get(&back).send().await.expect("callback");
+    let status = resp.status();
+    let page = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Connected"), "{page}");
+}
+
+/// The bearer token the echo upstream received for `from`'s request.
+async fn token_sent(host: &Host, from: &str, path: &str) -> String {
+    let resp = client_from(from)
+        .get(host.url(path))
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let v: Value = resp.json().await.expect("echo");
+    v["headers"]["authorization"][0]
+        .as_str()
+        .expect("authorization injected")
+        .strip_prefix("Bearer ")
+        .expect("bearer")
+        .to_owned()
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test]
+async fn connect_call_refresh_restart_disconnect_against_a_real_authorization_server() {
+    let oidc = Oidc::start(4);
+    let up = Upstream::start().await;
+    let whois = users().await;
+    let config = tailnet_config(
+        &whois.socket,
+        json!({"notes": notes_connector(&oidc, &up, "notes-app")}),
+    );
+    let mut host = Host::start(&config);
+    client_for(&oidc, &host, "notes-app", "notes").await;
+
+    assert_eq!(status(&host, ALICE, "notes").await, "Needs auth");
+    let (code, err, msg) = error_of(
+        client_from(ALICE)
+            .get(host.url("/v1/connectors/notes/items"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!((code, err.as_str()), (401, "needs_auth"), "{msg}");
+    assert!(msg.contains("/api/connectors/notes/connect"), "{msg}");
+    assert_eq!(up.hits(), 0, "nothing reaches the upstream without a token");
+
+    // The authorize URL: PKCE S256, state, scopes, auth_params, our callback.
+    let auth_url = start_connect(&host, ALICE, "notes").await;
+    assert_eq!(
+        query_param(&auth_url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(&auth_url, "code_challenge").map(|c| c.len()),
+        Some(43)
+    );
+    assert_eq!(query_param(&auth_url, "prompt").as_deref(), Some("consent"));
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("openid offline_access read:data")
+    );
+    assert_eq!(
+        query_param(&auth_url, "redirect_uri"),
+        Some(host.url("/aperture/auth/notes/callback"))
+    );
+    let back = oidc.authorize(&auth_url, "alice").await;
+    let page = client_from(ALICE)
+        .get(&back)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(page.status(), 200);
+    assert_eq!(status(&host, ALICE, "notes").await, "Ready");
+
+    // Alice's calls carry Alice's token; Bob has none and gets none of hers.
+    let alice_token = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
+    assert_eq!(
+        oidc.introspect(&alice_token).await,
+        (true, Some("alice".into()))
+    );
+    assert_eq!(status(&host, BOB, "notes").await, "Needs auth");
+    let resp = client_from(BOB)
+        .get(host.url("/v1/connectors/notes/items"))
+        .send()
+        .await
+        .expect("bob");
+    assert_eq!(resp.status(), 401);
+    connect_as(&host, &oidc, BOB, "bob", "notes").await;
+    let bob_token = token_sent(&host, BOB, "/v1/connectors/notes/items").await;
+    assert_ne!(bob_token, alice_token);
+    assert_eq!(
+        oidc.introspect(&bob_token).await,
+        (true, Some("bob".into()))
+    );
+    assert_eq!(
+        token_sent(&host, ALICE, "/v1/connectors/notes/items").await,
+        alice_token,
+        "Alice still gets her own token"
+    );
+
+    // Expiry: the token is refreshed (in the background or on use) and rotated.
+    let refreshes = oidc.grants_of("refresh_token").await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let renewed = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
+    assert_ne!(renewed, alice_token, "a new access token after expiry");
+    assert_eq!(
+        oidc.introspect(&renewed).await,
+        (true, Some("alice".into()))
+    );
+    assert!(oidc.grants_of("refresh_token").await > refreshes);
+
+    // A restart loses nothing: the tokens were sealed in the vault.
+    let data = host.data_dir();
+    let logs = host.stop();
+    for secret in [&alice_token, &bob_token, &renewed] {
+        assert!(!logs.contains(secret.as_str()), "a token was logged");
+    }
+    let raw = std::fs::read(data.join("portcullis.redb")).expect("vault file");
+    assert!(
+        !raw.windows(renewed.len()).any(|w| w == renewed.as_bytes()),
+        "tokens are sealed at rest"
+    );
+    let host = Host::start_with(
+        &config,
+        HostOptions {
+            data_dir: Some(data),
+            ..HostOptions::default()
+        },
+    );
+    assert_eq!(status(&host, ALICE, "notes").await, "Ready");
+    let after_restart = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
+    assert_eq!(
+        oidc.introspect(&after_restart).await,
+        (true, Some("alice".into()))
+    );
+
+    // Disconnect: deleted here, revoked at the provider; Bob is untouched.
+    let resp = client_from(ALICE)
+        .delete(host.url("/api/connectors/notes/connection"))
+        .send()
+        .await
+        .expect("disconnect");
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["disconnected"], true);
+    assert_eq!(status(&host, ALICE, "notes").await, "Needs auth");
+    assert_eq!(
+        oidc.introspect(&after_restart).await.0,
+        false,
+        "revoked at the provider"
+    );
+    let resp = client_from(ALICE)
+        .get(host.url("/v1/connectors/notes/items"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(status(&host, BOB, "notes").await, "Ready");
+    assert!(oidc.route_hits().await["revocation"].as_u64().unwrap_or(0) >= 1);
+    // Disconnecting again is harmless.
+    let v: Value = client_from(ALICE)
+        .delete(host.url("/api/connectors/notes/connection"))
+        .send()
+        .await
+        .expect("again")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["disconnected"], false);
+}
+
+#[tokio::test]
+async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
+    let oidc = Oidc::start(6);
+    let up = Upstream::start().await;
+    let whois = users().await;
+    let host = Arc::new(Host::start(&tailnet_config(
+        &whois.socket,
+        json!({"notes": notes_connector(&oidc, &up, "notes-burst")}),
+    )));
+    client_for(&oidc, &host, "notes-burst", "notes").await;
+    connect_as(&host, &oidc, ALICE, "alice", "notes").await;
+    let connected = Instant::now();
+    let first = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
+    oidc.reset().await;
+    // The token is due 4.8 s after it was issued (a fifth of its life early).
+    tokio::time::sleep(Duration::from_millis(4_850).saturating_sub(connected.elapsed())).await;
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            token_sent(&host, ALICE, "/v1/connectors/notes/items").await
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        seen.insert(t.await.expect("task"));
+    }
+    assert_eq!(
+        oidc.grants_of("refresh_token").await,
+        1,
+        "one refresh for everyone"
+    );
+    assert!(!seen.contains(&first) || seen.len() <= 2);
+    let now = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
+    assert_ne!(now, first);
+    assert_eq!(oidc.introspect(&now).await.0, true);
+}
+
+#[tokio::test]
+async fn bad_callbacks_are_refused_with_a_page_that_says_what_to_do() {
+    let oidc = Oidc::start(3600);
+    let up = Upstream::start().await;
+    let whois = users().await;
+    let host = Host::start(&tailnet_config(
+        &whois.socket,
+        json!({"notes": notes_connector(&oidc, &up, "notes-cb")}),
+    ));
+    client_for(&oidc, &host, "notes-cb", "notes").await;
+    let page = |resp: reqwest::Response| async move {
+        let s = resp.status().as_u16();
+        let ct = resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(ct.starts_with("text/html"), "{ct}");
+        (s, resp.text().await.unwrap_or_default())
+    };
+
+    // Unknown state.
+    let (s, text) = page(
+        client_from(ALICE)
+            .get(host.url("/aperture/auth/notes/callback?code=x&state=forged"))
+            .send()
+            .await
+            .expect("cb"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(text.contains("unknown or was already used"), "{text}");
+
+    // The wrong caller: Bob cannot finish Alice's authorization (and does not burn it).
+    let auth_url = start_connect(&host, ALICE, "notes").await;
+    let back = oidc.authorize(&auth_url, "alice").await;
+    let (s, text) = page(client_from(BOB).get(&back).send().await.expect("cb")).await;
+    assert_eq!(s, 403);
+    assert!(text.contains("another user"), "{text}");
+    assert_eq!(status(&host, BOB, "notes").await, "Needs auth");
+    // The wrong connector in the path.
+    let wrong = back.replace("/auth/notes/", "/auth/wiki/");
+    let (s, _) = page(client_from(ALICE).get(&wrong).send().await.expect("cb")).await;
+    assert_eq!(s, 400);
+    // Alice finishes; a replay of the same callback is refused.
+    let (s, text) = page(client_from(ALICE).get(&back).send().await.expect("cb")).await;
+    assert_eq!(s, 200, "{text}");
+    let (s, text) = page(client_from(ALICE).get(&back).send().await.expect("replay")).await;
+    assert_eq!(s, 400);
+    assert!(text.contains("already used"), "{text}");
+    assert_eq!(status(&host, ALICE, "notes").await, "Ready");
+
+    // The provider reports an error (the user denied consent).
+    let auth_url = start_connect(&host, BOB, "notes").await;
+    let state = query_param(&auth_url, "state").expect("state");
+    let (s, text) = page(
+        client_from(BOB)
+            .get(host.url(&format!(
+                "/aperture/auth/notes/callback?error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E&state={state}"
+            )))
+            .send()
+            .await
+            .expect("cb"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        text.contains("access_denied") && text.contains("&lt;b&gt;no"),
+        "{text}"
+    );
+    // A code the provider does not know: the exchange fails, nothing is stored.
+    let auth_url = start_connect(&host, BOB, "notes").await;
+    let state = query_param(&auth_url, "state").expect("state");
+    let (s, text) = page(
+        client_from(BOB)
+            .get(host.url(&format!(
+                "/aperture/auth/notes/callback?code=bogus&state={state}"
+            )))
+            .send()
+            .await
+            .expect("cb"),
+    )
+    .await;
+    assert_eq!(s, 502);
+    assert!(text.contains("invalid_grant"), "{text}");
+    assert_eq!(status(&host, BOB, "notes").await, "Needs auth");
+
+    // Connect needs a grant, a known connector, and a per-user one.
+    let resp = client_from(ALICE)
+        .post(host.url("/api/connectors/nope/connect"))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(resp.status(), 404);
+    // 127.0.0.1 is "(loopback)" here, which holds no grant on the connector.
+    let resp = client()
+        .post(host.url("/api/connectors/notes/connect"))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(resp.status(), 403, "no grant, no connection");
+}
+
+#[tokio::test]
+async fn dynamic_registration_registers_once_then_each_user_connects() {
+    let oidc = Oidc::start(3600);
+    let whois = users().await;
+    // The resource server names its authorization server (RFC 9728).
+    let api = Fixture::start().await;
+    api.json(
+        "/.well-known/oauth-protected-resource",
+        200,
+        json!({"resource": "urn:portcullis:test", "authorization_servers": [oidc.issuer]}),
+    );
+    api.json("/v1/whoami", 200, json!({"ok": true}));
+    let host = Host::start(&tailnet_config(
+        &whois.socket,
+        json!({"wiki": {"protocol": "http", "url": format!("{}/v1", api.url()),
+            "auth": {"type": "oauth2_dcr", "scopes": ["openid", "offline_access", "read:data"]}}}),
+    ));
+    assert_eq!(status(&host, ALICE, "wiki").await, "Needs auth");
+    connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
+    connect_as(&host, &oidc, BOB, "bob", "wiki").await;
+    assert_eq!(
+        oidc.route_hits().await["registration"].as_u64(),
+        Some(1),
+        "one registration per connector"
+    );
+    for (from, who) in [(ALICE, "alice"), (BOB, "bob")] {
+        let resp = client_from(from)
+            .get(host.url("/v1/connectors/wiki/whoami"))
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(resp.status(), 200);
+        let seen = api.seen_at("/v1/whoami");
+        let token = seen.last().expect("seen").headers["authorization"]
+            .strip_prefix("Bearer ")
+            .expect("bearer")
+            .to_owned();
+        assert_eq!(oidc.introspect(&token).await, (true, Some(who.into())));
+    }
+    // The registration survives a restart; the authorize URL carries the resource.
+    let auth_url = start_connect(&host, ALICE, "wiki").await;
+    assert_eq!(
+        query_param(&auth_url, "resource").as_deref(),
+        Some("urn:portcullis:test")
+    );
+    assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(1));
+}
+
+#[tokio::test]
+async fn removing_a_connector_revokes_every_users_tokens() {
+    let oidc = Oidc::start(3600);
+    let up = Upstream::start().await;
+    let whois = users().await;
+    let host = Host::start(&tailnet_config(
+        &whois.socket,
+        json!({"notes": notes_connector(&oidc, &up, "notes-rm")}),
+    ));
+    client_for(&oidc, &host, "notes-rm", "notes").await;
+    connect_as(&host, &oidc, ALICE, "alice", "notes").await;
+    connect_as(&host, &oidc, BOB, "bob", "notes").await;
+    let a = token_sent(&host, ALICE, "/v1/connectors/notes/x").await;
+    let b = token_sent(&host, BOB, "/v1/connectors/notes/x").await;
+    host.write_config(&tailnet_config(&whois.socket, json!({})));
+    host.wait_for_log("revoking every user's tokens").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (oidc.introspect(&a).await.0 || oidc.introspect(&b).await.0) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(oidc.introspect(&a).await.0, false);
+    assert_eq!(oidc.introspect(&b).await.0, false);
+}
+
+/// A registry folder with copies of the given verified providers.
+fn registry(providers: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("registry dir");
+    for id in providers {
+        let from = workspace().join("registry").join(id);
+        let to = dir.path().join(id);
+        std::fs::create_dir_all(&to).expect("entry");
+        for f in ["plugin.toml", "plugin.wasm"] {
+            std::fs::copy(from.join(f), to.join(f)).expect("copy registry entry");
+        }
+    }
+    dir
+}
+
+/// A per-user connector of `provider` whose OAuth endpoints are the fixture's.
+fn fixture_connector(provider: &str, fx: &Fixture, scopes: &[&str]) -> Value {
+    json!({
+        "protocol": "http",
+        "url": fx.url(),
+        "provider": provider,
+        "auth": {
+            "type": "oauth2_authorization_code",
+            "client_id": format!("{provider}-client"),
+            "client_secret": "fixture-secret",
+            "authorization_url": format!("{}/authorize", fx.url()),
+            "token_url": format!("{}/token", fx.url()),
+            "scopes": scopes,
+        },
+    })
+}
+
+fn fixture_host(reg: &std::path::Path, connectors: Value) -> Host {
+    Host::start_with(
+        &crate::loopback_config(connectors, crate::admin_everything()),
+        HostOptions {
+            env: vec![("PORTCULLIS_REGISTRY".into(), reg.display().to_string())],
+            ..HostOptions::default()
+        },
+    )
+}
+
+/// Connects `(loopback)` through a fixture token endpoint: the code is whatever the
+/// fixture accepts. Returns the callback's status and page.
+async fn fixture_connect(host: &Host, id: &str) -> (u16, String) {
+    let auth_url = start_connect(host, "127.0.0.1", id).await;
+    let state = query_param(&auth_url, "state").expect("state");
+    let resp = client()
+        .get(host.url(&format!(
+            "/aperture/auth/{id}/callback?code=fixture-code&state={state}"
+        )))
+        .send()
+        .await
+        .expect("callback");
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
+}
+
+fn form(body: &str) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test]
+async fn invalid_grant_means_needs_auth_and_transient_failures_keep_the_tokens() {
+    let reg = registry(&[]);
+    let fx = Fixture::start().await;
+    fx.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600, "token_type": "Bearer"})),
+            Canned::json(503, json!({"error": "temporarily_unavailable"})),
+            Canned::json(400, json!({"error": "invalid_grant", "error_description": "refresh token revoked"})),
+        ],
+    );
+    fx.json("/api/me", 401, json!({"error": "expired"}));
+    let mut c = fixture_connector("Custom", &fx, &["read"]);
+    c.as_object_mut().expect("obj").remove("provider");
+    let host = fixture_host(reg.path(), json!({"crm": c}));
+    assert_eq!(fixture_connect(&host, "crm").await.0, 200);
+    let exchange = form(&fx.seen_at("/token")[0].body);
+    assert_eq!(exchange["grant_type"], "authorization_code");
+    assert_eq!(exchange["code"], "fixture-code");
+    assert_eq!(
+        exchange["code_verifier"].len(),
+        43,
+        "the PKCE verifier is sent"
+    );
+    assert!(fx.seen_at("/token")[0].headers["authorization"].starts_with("Basic "));
+
+    // 401 → refresh fails transiently (503) → the tokens are kept, the upstream's 401
+    // relayed, and no second attempt is made with the same token.
+    let resp = client()
+        .get(host.url("/v1/connectors/crm/api/me"))
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.expect("upstream body");
+    assert_eq!(body["error"], "expired", "the upstream's own answer");
+    assert_eq!(status(&host, "127.0.0.1", "crm").await, "Ready");
+    assert_eq!(fx.seen_at("/api/me").len(), 1);
+    assert_eq!(form(&fx.seen_at("/token")[1].body)["refresh_token"], "rt-1");
+    host.wait_for_log("token refresh failed; keeping the tokens")
+        .await;
+    // Within the back-off nothing hammers the token endpoint.
+    client()
+        .get(host.url("/v1/connectors/crm/api/me"))
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(fx.seen_at("/token").len(), 2);
+
+    // invalid_grant on the next refresh (after the back-off) → Needs auth.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let resp = client()
+        .get(host.url("/v1/connectors/crm/api/me"))
+        .send()
+        .await
+        .expect("me");
+    let (s, code, msg) = error_of(resp).await;
+    assert_eq!((s, code.as_str()), (401, "needs_auth"), "{msg}");
+    assert_eq!(status(&host, "127.0.0.1", "crm").await, "Needs auth");
+    assert!(!host.logs().contains("rt-1") && !host.logs().contains("at-1"));
+}
+
+#[tokio::test]
+async fn salesforce_instance_url_and_atlassian_rotation_and_cloud_id_per_user() {
+    let reg = registry(&["salesforce", "atlassian"]);
+    let sf = Fixture::start().await;
+    // No expires_in (Salesforce never sends one); instance_url on code and on refresh.
+    sf.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "00D!sf-1", "refresh_token": "5Aep-sf", "instance_url": format!("{}/org1", sf.url()), "id": "https://login.salesforce.com/id/00D/005", "token_type": "Bearer", "issued_at": "1700000000000", "signature": "x"})),
+            Canned::json(200, json!({"access_token": "00D!sf-2", "instance_url": format!("{}/org2", sf.url()), "id": "https://login.salesforce.com/id/00D/005", "token_type": "Bearer", "issued_at": "1700000000001", "signature": "y"})),
+        ],
+    );
+    sf.on(
+        "/org1/services/data/v63.0/limits",
+        vec![
+            Canned::json(401, json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])),
+            Canned::json(200, json!({"org": 1})),
+        ],
+    );
+    sf.json("/org2/services/data/v63.0/limits", 200, json!({"org": 2}));
+
+    let atl = Fixture::start().await;
+    atl.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "atl-1", "refresh_token": "atl-r1", "expires_in": 3600, "scope": "read:jira-work offline_access"})),
+            Canned::json(200, json!({"access_token": "atl-2", "refresh_token": "atl-r2", "expires_in": 3600})),
+            Canned::json(200, json!({"access_token": "atl-3", "refresh_token": "atl-r3", "expires_in": 3600})),
+        ],
+    );
+    atl.json(
+        "/oauth/token/accessible-resources",
+        200,
+        json!([{"id": "cafe-0001", "name": "Acme", "url": "https://acme.atlassian.net", "scopes": ["read:jira-work"], "avatarUrl": "https://example.invalid/a.png"}]),
+    );
+    atl.on(
+        "/ex/jira/cafe-0001/rest/api/3/myself",
+        vec![
+            Canned::json(200, json!({"displayName": "Mia"})),
+            Canned::json(401, json!({"code": 401, "message": "Unauthorized"})),
+            Canned::json(200, json!({"displayName": "Mia"})),
+            Canned::json(401, json!({"code": 401, "message": "Unauthorized"})),
+            Canned::json(200, json!({"displayName": "Mia"})),
+        ],
+    );
+    let mut atl_conn = fixture_connector("atlassian", &atl, &["read:jira-work", "offline_access"]);
+    atl_conn["auth"]["auth_params"] = json!({"audience": "api.atlassian.com", "prompt": "consent"});
+    let host = fixture_host(
+        reg.path(),
+        json!({
+            "sf": fixture_connector("salesforce", &sf, &["api", "refresh_token"]),
+            "jira": atl_conn,
+        }),
+    );
+
+    // Salesforce: instance_url from the token response; a 401 refreshes and retries;
+    // the refreshed instance_url is used from then on, the old refresh token kept.
+    assert_eq!(fixture_connect(&host, "sf").await.0, 200);
+    let v: Value = client()
+        .get(host.url("/v1/connectors/sf/limits"))
+        .send()
+        .await
+        .expect("sf")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["org"], 1);
+    assert_eq!(
+        sf.seen_at("/org1/services/data/v63.0/limits")[1].headers["authorization"],
+        "Bearer 00D!sf-2"
+    );
+    let v: Value = client()
+        .get(host.url("/v1/connectors/sf/limits"))
+        .send()
+        .await
+        .expect("sf")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["org"], 2, "instance_url re-read on refresh");
+    assert_eq!(
+        status(&host, "127.0.0.1", "sf").await,
+        "Ready",
+        "the refresh token was kept"
+    );
+
+    // Atlassian: auth_params on the authorize URL; cloud id discovered with the user's
+    // token; each refresh uses the refresh token the previous one returned.
+    let auth_url = start_connect(&host, "127.0.0.1", "jira").await;
+    assert_eq!(
+        query_param(&auth_url, "audience").as_deref(),
+        Some("api.atlassian.com")
+    );
+    assert_eq!(fixture_connect(&host, "jira").await.0, 200);
+    for _ in 0..3 {
+        let v: Value = client()
+            .get(host.url("/v1/connectors/jira/jira/rest/api/3/myself"))
+            .send()
+            .await
+            .expect("jira")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["displayName"], "Mia");
+    }
+    let discovery = atl.seen_at("/oauth/token/accessible-resources");
+    assert_eq!(discovery[0].headers["authorization"], "Bearer atl-1");
+    let refreshes: Vec<String> = atl.seen_at("/token")[1..]
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(
+        refreshes,
+        ["atl-r1", "atl-r2"],
+        "the rotated refresh token is used next"
+    );
+}
+
+#[tokio::test]
+async fn slack_bot_and_user_tokens_ok_false_and_a_google_connection_shared_by_two_connectors() {
+    let reg = registry(&["slack", "google"]);
+    let slack = Fixture::start().await;
+    slack.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"ok": false, "error": "invalid_code"})),
+            Canned::json(200, json!({"ok": true, "access_token": "xoxb-bot", "token_type": "bot", "scope": "channels:read",
+                "team": {"id": "T1", "name": "Acme"},
+                "authed_user": {"id": "U1", "scope": "search:read", "access_token": "xoxp-user", "token_type": "user"}})),
+        ],
+    );
+    slack.json(
+        "/conversations.list",
+        200,
+        json!({"ok": true, "channels": []}),
+    );
+    let host_reg = reg.path();
+
+    let google = Fixture::start().await;
+    google.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "ya29.one", "refresh_token": "1//keep", "expires_in": 3599, "scope": "https://www.googleapis.com/auth/gmail.readonly https://www.googleapis.com/auth/drive.readonly", "token_type": "Bearer"})),
+            // Google's refresh answers carry no refresh token: the old one is kept.
+            Canned::json(200, json!({"access_token": "ya29.two", "expires_in": 3599, "token_type": "Bearer"})),
+            Canned::json(200, json!({"access_token": "ya29.three", "expires_in": 3599, "token_type": "Bearer"})),
+        ],
+    );
+    google.on(
+        "/gmail/v1/users/me/profile",
+        vec![
+            Canned::json(
+                401,
+                json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}}),
+            ),
+            Canned::json(200, json!({"emailAddress": "mia@example.com"})),
+        ],
+    );
+    google.on(
+        "/drive/v3/about",
+        vec![
+            Canned::json(
+                401,
+                json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}}),
+            ),
+            Canned::json(200, json!({"user": {"displayName": "Mia"}})),
+        ],
+    );
+    let mut gmail = fixture_connector(
+        "google",
+        &google,
+        &["https://www.googleapis.com/auth/gmail.readonly"],
+    );
+    gmail["auth"]["client_id"] = json!("google-shared");
+    let mut drive = fixture_connector(
+        "google",
+        &google,
+        &["https://www.googleapis.com/auth/drive.readonly"],
+    );
+    drive["auth"]["client_id"] = json!("google-shared");
+    let host = fixture_host(
+        host_reg,
+        json!({
+            "slack": fixture_connector("slack", &slack, &["channels:read", "user:search:read"]),
+            "gmail": gmail,
+            "drive": drive,
+        }),
+    );
+
+    // Slack: no PKCE; app and user scopes in their own parameters, comma-separated.
+    let auth_url = start_connect(&host, "127.0.0.1", "slack").await;
+    assert_eq!(query_param(&auth_url, "code_challenge"), None);
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("channels:read")
+    );
+    assert_eq!(
+        query_param(&auth_url, "user_scope").as_deref(),
+        Some("search:read")
+    );
+    // ok:false inside a 200 is a failed exchange.
+    let (s, page) = fixture_connect(&host, "slack").await;
+    assert_eq!(s, 502, "{page}");
+    assert!(page.contains("invalid_code"), "{page}");
+    assert_eq!(status(&host, "127.0.0.1", "slack").await, "Needs auth");
+    assert_eq!(fixture_connect(&host, "slack").await.0, 200);
+    client()
+        .get(host.url("/v1/connectors/slack/conversations.list"))
+        .send()
+        .await
+        .expect("bot");
+    client()
+        .get(host.url("/v1/connectors/slack/conversations.list"))
+        .header("x-slack-token", "user")
+        .send()
+        .await
+        .expect("user");
+    let seen = slack.seen_at("/conversations.list");
+    assert_eq!(seen[0].headers["authorization"], "Bearer xoxb-bot");
+    assert_eq!(seen[1].headers["authorization"], "Bearer xoxp-user");
+    assert!(!seen[1].headers.contains_key("x-slack-token"));
+
+    // Google: one connection for Gmail and Drive; the authorization asks for both scopes.
+    assert_eq!(status(&host, "127.0.0.1", "drive").await, "Needs auth");
+    let auth_url = start_connect(&host, "127.0.0.1", "gmail").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some(
+            "https://www.googleapis.com/auth/gmail.readonly https://www.googleapis.com/auth/drive.readonly"
+        )
+    );
+    assert_eq!(fixture_connect(&host, "gmail").await.0, 200);
+    assert_eq!(
+        status(&host, "127.0.0.1", "drive").await,
+        "Ready",
+        "shared connection"
+    );
+    let v: Value = client()
+        .get(host.url("/v1/connectors/gmail/gmail/v1/users/me/profile"))
+        .send()
+        .await
+        .expect("gmail")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["emailAddress"], "mia@example.com");
+    let v: Value = client()
+        .get(host.url("/v1/connectors/drive/drive/v3/about"))
+        .send()
+        .await
+        .expect("drive")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["user"]["displayName"], "Mia");
+    let refreshes: Vec<String> = google.seen_at("/token")[1..]
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(
+        refreshes,
+        ["1//keep", "1//keep"],
+        "the kept refresh token is reused"
+    );
+    assert_eq!(
+        google.seen_at("/drive/v3/about")[1].headers["authorization"],
+        "Bearer ya29.three"
+    );
+}
