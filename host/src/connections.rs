@@ -553,6 +553,12 @@ impl Connections {
         })
     }
 
+    #[cfg(test)]
+    fn authorize_cached(&self, pu: &PerUser, user: &str) -> Option<HeaderValue> {
+        let t = self.slot(&token_key(&pu.connection, user)).current()?;
+        bearer(&t.grant(None)?.access_token)
+    }
+
     /// The upstream answered 401 to `sent`: if that is still the current token, mark it
     /// due so the next use refreshes it.
     pub fn rejected(&self, pu: &PerUser, user: &str, sent: &HeaderValue) {
@@ -1397,6 +1403,143 @@ mod tests {
         assert_eq!(a.len(), 43);
         assert_ne!(state_key(&a), a);
         assert_eq!(state_key(&a), state_key(&a));
+    }
+
+    async fn connections() -> (tempfile::TempDir, Arc<Connections>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let vault =
+            Arc::new(Vault::open(dir.path(), &crate::vault::MasterKey::generate()).expect("vault"));
+        let egress = Egress::new(&config::EgressConfig::default()).expect("egress");
+        let plugins = Plugins::open(None, None, None).await.expect("plugins");
+        let c = Connections::open(vault, egress, plugins, Metrics::new());
+        (dir, Arc::new(c))
+    }
+
+    fn per_user(id: &str) -> Arc<PerUser> {
+        let (cfg, diags) = config::load(&format!(
+            r#"{{"connectors": {{"servers": {{"{id}": {{"protocol": "http", "url": "https://api.example.com",
+                "auth": {{"type": "oauth2_authorization_code", "client_id": "c",
+                  "authorization_url": "https://as.example.com/a", "token_url": "https://as.example.com/t"}}}}}}}}}}"#
+        ));
+        let cfg = cfg.unwrap_or_else(|| panic!("{diags}"));
+        let dir = tempfile::tempdir().expect("tmp");
+        let vault = Vault::open(dir.path(), &crate::vault::MasterKey::generate()).expect("vault");
+        Arc::new(
+            PerUser::build(&cfg.connectors[id], &vault)
+                .expect("build")
+                .expect("per-user"),
+        )
+    }
+
+    fn pending(c: &Connections, state: &str, user: &str, age: Duration) {
+        let p = Pending {
+            connector: "notes".into(),
+            connection: "connector|notes".into(),
+            user: user.into(),
+            verifier: Some("v".into()),
+            redirect_uri: "http://h/aperture/auth/notes/callback".into(),
+            created_at: now_ms() - age.as_millis() as u64,
+        };
+        c.vault
+            .put(
+                Table::OAuthPending,
+                &state_key(state),
+                &serde_json::to_vec(&p).expect("json"),
+            )
+            .expect("put");
+    }
+
+    fn query(state: &str) -> CallbackQuery {
+        CallbackQuery {
+            code: Some("code".into()),
+            state: Some(state.into()),
+            ..CallbackQuery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_authorization_is_refused_and_forgotten() {
+        let (_d, c) = connections().await;
+        pending(&c, "old", "alice", PENDING_TTL + Duration::from_secs(1));
+        let pu = per_user("notes");
+        let find = |_: &str| Some(pu.clone());
+        let e = c.callback("notes", "alice", &query("old"), find).await;
+        assert!(matches!(e, Err(CallbackError::Expired)), "{e:?}");
+        let again = c.callback("notes", "alice", &query("old"), find).await;
+        assert!(
+            matches!(again, Err(CallbackError::UnknownState)),
+            "{again:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_callers_callback_is_refused_without_consuming_the_state() {
+        let (_d, c) = connections().await;
+        pending(&c, "s1", "alice", Duration::ZERO);
+        let pu = per_user("notes");
+        let find = |_: &str| Some(pu.clone());
+        let e = c.callback("notes", "mallory", &query("s1"), find).await;
+        assert!(matches!(e, Err(CallbackError::WrongCaller)), "{e:?}");
+        assert_eq!(e.expect_err("err").status(), http::StatusCode::FORBIDDEN);
+        let e = c.callback("other", "alice", &query("s1"), find).await;
+        assert!(matches!(e, Err(CallbackError::WrongConnector(_))), "{e:?}");
+        // Still there for Alice: the provider's refusal is reported, then it is gone.
+        let mut q = query("s1");
+        q.error = Some("access_denied".into());
+        let e = c.callback("notes", "alice", &q, find).await;
+        assert!(matches!(e, Err(CallbackError::Denied { .. })), "{e:?}");
+        let e = c.callback("notes", "alice", &q, find).await;
+        assert!(matches!(e, Err(CallbackError::UnknownState)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn status_follows_the_stored_tokens() {
+        let (_d, c) = connections().await;
+        let pu = per_user("notes");
+        assert_eq!(c.status(&pu, "alice"), Status::NeedsAuth);
+        let grant = |refresh: Option<&str>, expires: Option<u64>| StoredGrant {
+            name: "default".into(),
+            access_token: "at".into(),
+            refresh_token: refresh.map(str::to_owned),
+            expires_at: expires,
+            refresh_at: expires,
+            scope: None,
+        };
+        let tokens = |g: StoredGrant| Tokens {
+            grants: vec![g],
+            variables: Vec::new(),
+            connector: "notes".into(),
+            connected_at: now_ms(),
+            refreshed_at: None,
+        };
+        let key = token_key(&pu.connection, "alice");
+        c.store(&key, tokens(grant(None, Some(now_ms() + 60_000))))
+            .await
+            .expect("store");
+        assert_eq!(c.status(&pu, "alice"), Status::Misconfigured);
+        c.store(&key, tokens(grant(None, None)))
+            .await
+            .expect("store");
+        assert_eq!(
+            c.status(&pu, "alice"),
+            Status::Ready,
+            "a token that never expires"
+        );
+        c.store(&key, tokens(grant(Some("rt"), Some(now_ms() + 60_000))))
+            .await
+            .expect("store");
+        assert_eq!(c.status(&pu, "alice"), Status::Ready);
+        assert_eq!(c.status(&pu, "bob"), Status::NeedsAuth, "per user");
+        // Survives a reopen of the store (the vault, not memory, is the truth).
+        let again = Connections::open(
+            c.vault.clone(),
+            c.egress.clone(),
+            c.plugins.clone(),
+            Metrics::new(),
+        );
+        assert_eq!(again.status(&pu, "alice"), Status::Ready);
+        let header = again.authorize_cached(&pu, "alice");
+        assert!(header.is_some());
     }
 
     #[test]

@@ -265,9 +265,8 @@ async fn connect_call_refresh_restart_disconnect_against_a_real_authorization_se
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["disconnected"], true);
     assert_eq!(status(&host, ALICE, "notes").await, "Needs auth");
-    assert_eq!(
-        oidc.introspect(&after_restart).await.0,
-        false,
+    assert!(
+        !oidc.introspect(&after_restart).await.0,
         "revoked at the provider"
     );
     let resp = client_from(ALICE)
@@ -325,7 +324,7 @@ async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
     assert!(!seen.contains(&first) || seen.len() <= 2);
     let now = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
     assert_ne!(now, first);
-    assert_eq!(oidc.introspect(&now).await.0, true);
+    assert!(oidc.introspect(&now).await.0);
 }
 
 #[tokio::test]
@@ -499,8 +498,8 @@ async fn removing_a_connector_revokes_every_users_tokens() {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(oidc.introspect(&a).await.0, false);
-    assert_eq!(oidc.introspect(&b).await.0, false);
+    assert!(!oidc.introspect(&a).await.0, "Alice's tokens revoked");
+    assert!(!oidc.introspect(&b).await.0, "Bob's tokens revoked");
 }
 
 /// A registry folder with copies of the given verified providers.

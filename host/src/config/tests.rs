@@ -324,3 +324,39 @@ fn secret_values_never_appear_in_diagnostics() {
     );
     assert!(all.contains("connectors.servers.b.auth.token_url"), "{all}");
 }
+
+#[test]
+fn public_url_and_revocation_url_are_checked() {
+    let (c, d) = load(r#"{"public_url": "https://ai.example.ts.net"}"#);
+    assert!(errors(&d).is_empty(), "{d}");
+    assert_eq!(
+        c.expect("config").public_url.map(|u| u.to_string()),
+        Some("https://ai.example.ts.net/".to_owned())
+    );
+    for bad in [
+        r#""ftp://x""#,
+        r#""https://u:p@x""#,
+        r#""https://x/?a=1""#,
+        r#"42"#,
+    ] {
+        let (c, d) = load(&format!(r#"{{"public_url": {bad}}}"#));
+        assert!(c.is_none(), "{bad}");
+        assert!(
+            errors(&d).iter().any(|e| e.contains("public_url")),
+            "{bad}: {d}"
+        );
+    }
+    let (c, d) = load(
+        r#"{"connectors": {"servers": {"notes": {"protocol": "http", "url": "https://api.example.com",
+            "auth": {"type": "oauth2_authorization_code", "client_id": "c",
+              "authorization_url": "https://as.example.com/a", "token_url": "https://as.example.com/t",
+              "revocation_url": "not a url"}}}}}"#,
+    );
+    assert!(c.is_none());
+    assert!(
+        errors(&d)
+            .iter()
+            .any(|e| e.contains("connectors.servers.notes.auth.revocation_url")),
+        "{d}"
+    );
+}
