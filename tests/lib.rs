@@ -34,6 +34,20 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// A registry folder holding copies of the given verified providers' entries.
+pub fn registry_copy(providers: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("registry dir");
+    for id in providers {
+        let from = workspace().join("registry").join(id);
+        let to = dir.path().join(id);
+        std::fs::create_dir_all(&to).expect("entry");
+        for f in ["plugin.toml", "plugin.wasm"] {
+            std::fs::copy(from.join(f), to.join(f)).expect("copy registry entry");
+        }
+    }
+    dir
+}
+
 /// The `portcullis` binary: `$PORTCULLIS_BIN`, else the one beside this test binary.
 pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("PORTCULLIS_BIN") {

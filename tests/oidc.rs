@@ -62,15 +62,19 @@ impl Oidc {
         format!("{}/token", self.issuer)
     }
 
-    /// Token-endpoint requests the peer has seen.
-    pub async fn token_requests(&self) -> u64 {
-        let v: serde_json::Value = reqwest::get(format!("{}/__test/token-requests", self.issuer))
+    /// The peer's token-endpoint statistics (see `server.mjs`).
+    async fn token_stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/__test/token-requests", self.issuer))
             .await
             .expect("peer admin")
             .json()
             .await
-            .expect("json");
-        v["total"].as_u64().expect("total")
+            .expect("json")
+    }
+
+    /// Token-endpoint requests the peer has seen.
+    pub async fn token_requests(&self) -> u64 {
+        self.token_stats().await["total"].as_u64().expect("total")
     }
 }
 
@@ -107,13 +111,9 @@ impl Oidc {
 
     /// Token-endpoint requests with this grant type since start or the last reset.
     pub async fn grants_of(&self, grant_type: &str) -> u64 {
-        let v: serde_json::Value = reqwest::get(format!("{}/__test/token-requests", self.issuer))
-            .await
-            .expect("peer admin")
-            .json()
-            .await
-            .expect("json");
-        v["by_grant_type"][grant_type].as_u64().unwrap_or(0)
+        self.token_stats().await["by_grant_type"][grant_type]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     pub async fn reset(&self) {

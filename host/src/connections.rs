@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 use crate::config::{self, Auth};
 use crate::credentials::resolve_secret;
 use crate::egress::Egress;
-use crate::oauth::{self, ClientAuth, TokenError};
+use crate::oauth::{self, ClientAuth};
 use crate::plugins::{self, Plugin, Plugins, types};
 use crate::telemetry::{Metrics, UserTokenLabels};
 use crate::vault::{Table, Vault};
@@ -291,7 +291,7 @@ struct Registration {
 }
 
 /// The callback's query (RFC 6749 §4.1.2).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct CallbackQuery {
     pub code: Option<String>,
     pub state: Option<String>,
@@ -644,34 +644,14 @@ impl Connections {
             });
         };
         let flow = self.flow(pu, None).await?;
-        let mut params = vec![
+        let params = vec![
             ("grant_type".to_owned(), "refresh_token".to_owned()),
             (
                 "refresh_token".to_owned(),
                 refresh_token.as_str().to_owned(),
             ),
         ];
-        if let Some(r) = &flow.resource {
-            params.push(("resource".into(), r.clone()));
-        }
-        let read =
-            match oauth::token_request(&self.egress, &flow.token_url, &flow.client, params).await {
-                Ok(answer) => self.read(&flow, pu, answer).await,
-                Err(e @ TokenError::Redirect { .. }) => Read::Failed(e.to_string()),
-                Err(e) => Read::Failed(e.to_string()),
-            };
-        let outcome = match &read {
-            Read::Ok(_) => "ok",
-            Read::Dead(_) => "needs_auth",
-            Read::Failed(_) => "failed",
-        };
-        self.metrics
-            .user_token_requests
-            .get_or_create(&UserTokenLabels {
-                kind: "refresh",
-                outcome,
-            })
-            .inc();
+        let read = self.exchange(&flow, pu, "refresh", params).await;
         match read {
             Read::Ok(mut fresh) => {
                 // A refresh response without a refresh token keeps the old one (Google);
@@ -1032,6 +1012,34 @@ impl Connections {
         })
     }
 
+    /// One token request (`kind` is `code` or `refresh`, for the metrics), read.
+    async fn exchange(
+        &self,
+        flow: &Flow,
+        pu: &PerUser,
+        kind: &'static str,
+        mut params: Vec<(String, String)>,
+    ) -> Read {
+        if let Some(r) = &flow.resource {
+            params.push(("resource".into(), r.clone()));
+        }
+        let read =
+            match oauth::token_request(&self.egress, &flow.token_url, &flow.client, params).await {
+                Ok(answer) => self.read(flow, pu, answer).await,
+                Err(e) => Read::Failed(e.to_string()),
+            };
+        let outcome = match &read {
+            Read::Ok(_) => "ok",
+            Read::Dead(_) => "needs_auth",
+            Read::Failed(_) => "failed",
+        };
+        self.metrics
+            .user_token_requests
+            .get_or_create(&UserTokenLabels { kind, outcome })
+            .inc();
+        read
+    }
+
     /// Reads a token endpoint answer: the plugin's `read-token-response` (on a redacted
     /// copy) decides success and keeps variables; the host reads the tokens themselves.
     async fn read(&self, flow: &Flow, pu: &PerUser, answer: oauth::TokenAnswer) -> Read {
@@ -1248,26 +1256,7 @@ impl Connections {
         if let Some(v) = &pending.verifier {
             params.push(("code_verifier".into(), v.clone()));
         }
-        if let Some(r) = &flow.resource {
-            params.push(("resource".into(), r.clone()));
-        }
-        let read =
-            match oauth::token_request(&self.egress, &flow.token_url, &flow.client, params).await {
-                Ok(answer) => self.read(&flow, &pu, answer).await,
-                Err(e) => Read::Failed(e.to_string()),
-            };
-        let outcome = match &read {
-            Read::Ok(_) => "ok",
-            Read::Dead(_) => "needs_auth",
-            Read::Failed(_) => "failed",
-        };
-        self.metrics
-            .user_token_requests
-            .get_or_create(&UserTokenLabels {
-                kind: "code",
-                outcome,
-            })
-            .inc();
+        let read = self.exchange(&flow, &pu, "code", params).await;
         let tokens = match read {
             Read::Ok(t) => t,
             Read::Dead(why) | Read::Failed(why) => {

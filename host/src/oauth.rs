@@ -386,18 +386,23 @@ pub async fn revoke(
         return Ok(());
     }
     let json: serde_json::Value = serde_json::from_slice(resp.body()).unwrap_or_default();
-    Err(TokenError::Refused {
-        url: revocation_url.to_string(),
+    Err(refused(revocation_url, resp.status().as_u16(), &json))
+}
+
+/// An endpoint's RFC 6749 §5.2 style error answer (or just its status).
+fn refused(url: &url::Url, status: u16, json: &serde_json::Value) -> TokenError {
+    TokenError::Refused {
+        url: url.to_string(),
         error: json
             .get("error")
             .and_then(|e| e.as_str())
-            .map_or_else(|| format!("HTTP {}", resp.status().as_u16()), str::to_owned),
+            .map_or_else(|| format!("HTTP {status}"), str::to_owned),
         description: json
             .get("error_description")
             .and_then(|d| d.as_str())
             .map(|d| format!(" ({d})"))
             .unwrap_or_default(),
-    })
+    }
 }
 
 /// Registers a client (RFC 7591) and returns the server's client information.
@@ -433,18 +438,7 @@ pub async fn register(
             detail: format!("HTTP {status}, not JSON ({e})"),
         })?;
     if !resp.status().is_success() {
-        return Err(TokenError::Refused {
-            url: registration_url.to_string(),
-            error: json
-                .get("error")
-                .and_then(|e| e.as_str())
-                .map_or_else(|| format!("HTTP {status}"), str::to_owned),
-            description: json
-                .get("error_description")
-                .and_then(|d| d.as_str())
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default(),
-        });
+        return Err(refused(registration_url, status, &json));
     }
     Ok(json)
 }

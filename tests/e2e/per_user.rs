@@ -11,7 +11,7 @@ use portcullis_e2e::fixture::{Canned, Fixture};
 use portcullis_e2e::oidc::Oidc;
 use portcullis_e2e::upstream::Upstream;
 use portcullis_e2e::whois::Whois;
-use portcullis_e2e::{Host, HostOptions, client, client_from, error_of, grant, workspace};
+use portcullis_e2e::{Host, HostOptions, client, client_from, error_of, grant, registry_copy};
 use serde_json::{Value, json};
 
 const ALICE: &str = "127.0.0.2";
@@ -337,7 +337,9 @@ async fn bad_callbacks_are_refused_with_a_page_that_says_what_to_do() {
         json!({"notes": notes_connector(&oidc, &up, "notes-cb")}),
     ));
     client_for(&oidc, &host, "notes-cb", "notes").await;
-    let page = |resp: reqwest::Response| async move {
+    // The callback's status and HTML page, as `from`.
+    let page = |from: &'static str, url: String| async move {
+        let resp = client_from(from).get(&url).send().await.expect("callback");
         let s = resp.status().as_u16();
         let ct = resp.headers()["content-type"]
             .to_str()
@@ -346,34 +348,28 @@ async fn bad_callbacks_are_refused_with_a_page_that_says_what_to_do() {
         assert!(ct.starts_with("text/html"), "{ct}");
         (s, resp.text().await.unwrap_or_default())
     };
+    let callback = |query: String| host.url(&format!("/aperture/auth/notes/callback?{query}"));
 
     // Unknown state.
-    let (s, text) = page(
-        client_from(ALICE)
-            .get(host.url("/aperture/auth/notes/callback?code=x&state=forged"))
-            .send()
-            .await
-            .expect("cb"),
-    )
-    .await;
+    let (s, text) = page(ALICE, callback("code=x&state=forged".into())).await;
     assert_eq!(s, 400);
     assert!(text.contains("unknown or was already used"), "{text}");
 
     // The wrong caller: Bob cannot finish Alice's authorization (and does not burn it).
     let auth_url = start_connect(&host, ALICE, "notes").await;
     let back = oidc.authorize(&auth_url, "alice").await;
-    let (s, text) = page(client_from(BOB).get(&back).send().await.expect("cb")).await;
+    let (s, text) = page(BOB, back.clone()).await;
     assert_eq!(s, 403);
     assert!(text.contains("another user"), "{text}");
     assert_eq!(status(&host, BOB, "notes").await, "Needs auth");
     // The wrong connector in the path.
     let wrong = back.replace("/auth/notes/", "/auth/wiki/");
-    let (s, _) = page(client_from(ALICE).get(&wrong).send().await.expect("cb")).await;
+    let (s, _) = page(ALICE, wrong.clone()).await;
     assert_eq!(s, 400);
     // Alice finishes; a replay of the same callback is refused.
-    let (s, text) = page(client_from(ALICE).get(&back).send().await.expect("cb")).await;
+    let (s, text) = page(ALICE, back.clone()).await;
     assert_eq!(s, 200, "{text}");
-    let (s, text) = page(client_from(ALICE).get(&back).send().await.expect("replay")).await;
+    let (s, text) = page(ALICE, back.clone()).await;
     assert_eq!(s, 400);
     assert!(text.contains("already used"), "{text}");
     assert_eq!(status(&host, ALICE, "notes").await, "Ready");
@@ -382,13 +378,10 @@ async fn bad_callbacks_are_refused_with_a_page_that_says_what_to_do() {
     let auth_url = start_connect(&host, BOB, "notes").await;
     let state = query_param(&auth_url, "state").expect("state");
     let (s, text) = page(
-        client_from(BOB)
-            .get(host.url(&format!(
-                "/aperture/auth/notes/callback?error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E&state={state}"
-            )))
-            .send()
-            .await
-            .expect("cb"),
+        BOB,
+        callback(format!(
+            "error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E&state={state}"
+        )),
     )
     .await;
     assert_eq!(s, 400);
@@ -399,16 +392,7 @@ async fn bad_callbacks_are_refused_with_a_page_that_says_what_to_do() {
     // A code the provider does not know: the exchange fails, nothing is stored.
     let auth_url = start_connect(&host, BOB, "notes").await;
     let state = query_param(&auth_url, "state").expect("state");
-    let (s, text) = page(
-        client_from(BOB)
-            .get(host.url(&format!(
-                "/aperture/auth/notes/callback?code=bogus&state={state}"
-            )))
-            .send()
-            .await
-            .expect("cb"),
-    )
-    .await;
+    let (s, text) = page(BOB, callback(format!("code=bogus&state={state}"))).await;
     assert_eq!(s, 502);
     assert!(text.contains("invalid_grant"), "{text}");
     assert_eq!(status(&host, BOB, "notes").await, "Needs auth");
@@ -502,20 +486,6 @@ async fn removing_a_connector_revokes_every_users_tokens() {
     assert!(!oidc.introspect(&b).await.0, "Bob's tokens revoked");
 }
 
-/// A registry folder with copies of the given verified providers.
-fn registry(providers: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("registry dir");
-    for id in providers {
-        let from = workspace().join("registry").join(id);
-        let to = dir.path().join(id);
-        std::fs::create_dir_all(&to).expect("entry");
-        for f in ["plugin.toml", "plugin.wasm"] {
-            std::fs::copy(from.join(f), to.join(f)).expect("copy registry entry");
-        }
-    }
-    dir
-}
-
 /// A per-user connector of `provider` whose OAuth endpoints are the fixture's.
 fn fixture_connector(provider: &str, fx: &Fixture, scopes: &[&str]) -> Value {
     json!({
@@ -569,7 +539,7 @@ fn form(body: &str) -> std::collections::HashMap<String, String> {
 
 #[tokio::test]
 async fn invalid_grant_means_needs_auth_and_transient_failures_keep_the_tokens() {
-    let reg = registry(&[]);
+    let reg = registry_copy(&[]);
     let fx = Fixture::start().await;
     fx.on(
         "/token",
@@ -632,7 +602,7 @@ async fn invalid_grant_means_needs_auth_and_transient_failures_keep_the_tokens()
 
 #[tokio::test]
 async fn salesforce_instance_url_and_atlassian_rotation_and_cloud_id_per_user() {
-    let reg = registry(&["salesforce", "atlassian"]);
+    let reg = registry_copy(&["salesforce", "atlassian"]);
     let sf = Fixture::start().await;
     // No expires_in (Salesforce never sends one); instance_url on code and on refresh.
     sf.on(
@@ -750,7 +720,7 @@ async fn salesforce_instance_url_and_atlassian_rotation_and_cloud_id_per_user() 
 
 #[tokio::test]
 async fn slack_bot_and_user_tokens_ok_false_and_a_google_connection_shared_by_two_connectors() {
-    let reg = registry(&["slack", "google"]);
+    let reg = registry_copy(&["slack", "google"]);
     let slack = Fixture::start().await;
     slack.on(
         "/token",

@@ -51,15 +51,7 @@ fn add_entry(dir: &Path, id: &str, manifest: &str, wasm: &[u8], hash: Option<&st
 /// A registry folder with copies of the given verified providers (and the chaos plugin
 /// when asked).
 fn registry(providers: &[&str], chaos: bool) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("registry dir");
-    for id in providers {
-        let from = workspace().join("registry").join(id);
-        let to = dir.path().join(id);
-        std::fs::create_dir_all(&to).expect("entry");
-        for f in ["plugin.toml", "plugin.wasm"] {
-            std::fs::copy(from.join(f), to.join(f)).expect("copy registry entry");
-        }
-    }
+    let dir = portcullis_e2e::registry_copy(providers);
     if chaos {
         let manifest =
             std::fs::read_to_string(workspace().join("plugins/testing/chaos/plugin.toml"))
