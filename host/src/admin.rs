@@ -219,14 +219,25 @@ pub async fn callback(
         .callback(&id, &caller.login, &q, lookup)
         .await;
     let mut resp = match result {
-        Ok(()) => {
+        Ok(Status::Misconfigured) => {
+            app.discoveries.forget(&id);
+            page(
+                StatusCode::OK,
+                "Connected, without offline access",
+                &format!(
+                    "{id} is connected for {}, but the provider gave no refresh token, so the connection ends when the access token expires. Ask your admin to enable offline access for the connector (scopes or auth_params), then choose Reconnect.",
+                    caller.login
+                ),
+            )
+        }
+        Ok(_) => {
             app.discoveries.forget(&id);
             page(
                 StatusCode::OK,
                 "Connected",
                 &format!(
-                    "{} is connected for {}. You can close this tab; your agents can use the connector now.",
-                    id, caller.login
+                    "{id} is connected for {}. You can close this tab; your agents can use the connector now.",
+                    caller.login
                 ),
             )
         }

@@ -729,10 +729,14 @@ impl Connections {
                 })
                 .collect()
         };
+        // Concurrently: one slow token endpoint must not hold up everyone else's.
+        // Errors are logged by the refresh itself; a request will see them too.
+        let mut running = tokio::task::JoinSet::new();
         for (pu, user) in due {
-            // Errors are logged by the refresh itself; a request will see them too.
-            let _ = self.refresh(pu, user, None).await;
+            let this = self.clone();
+            running.spawn(async move { this.refresh_now(&pu, &user, None).await });
         }
+        while running.join_next().await.is_some() {}
     }
 
     /// The flow for `pu`: config, plugin defaults and (for DCR) the registration, which
@@ -1196,7 +1200,7 @@ impl Connections {
         user: &str,
         q: &CallbackQuery,
         find: impl Fn(&str) -> Option<Arc<PerUser>>,
-    ) -> Result<(), CallbackError> {
+    ) -> Result<Status, CallbackError> {
         let state = q.state.as_deref().ok_or(CallbackError::UnknownState)?;
         let key = state_key(state);
         let bytes = self
@@ -1264,6 +1268,16 @@ impl Connections {
                 return Err(CallbackError::Exchange(why));
             }
         };
+        let status = if !tokens.has_refresh_token() && tokens.expires() {
+            tracing::warn!(
+                connector,
+                user,
+                "connected without a refresh token: the connection ends when the access token expires; enable offline access for the connector"
+            );
+            Status::Misconfigured
+        } else {
+            Status::Ready
+        };
         let tkey = token_key(&pu.connection, user);
         // A new authorization replaces the old one; a refresh of the old one in flight
         // must not overwrite it, so take the slot's refresh lock.
@@ -1274,7 +1288,7 @@ impl Connections {
             .map_err(|e| CallbackError::Internal(e.to_string()))?;
         *state = RefreshState::default();
         tracing::info!(connector, user, "connected");
-        Ok(())
+        Ok(status)
     }
 
     /// Deletes `user`'s tokens on `pu`'s connection and revokes them at the provider when

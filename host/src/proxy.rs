@@ -865,7 +865,11 @@ pub fn conn_error(e: &ConnError) -> ApiError {
         ConnError::Setup { .. } => (StatusCode::BAD_GATEWAY, "connector_misconfigured"),
         ConnError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
-    ApiError::new(status, code, e.to_string())
+    let err = ApiError::new(status, code, e.to_string());
+    match e {
+        ConnError::RefreshFailed { retry_secs, .. } => err.retry_after(*retry_secs),
+        _ => err,
+    }
 }
 
 /// A response body cut after 50 MB and abandoned after `idle` without data. The cut is

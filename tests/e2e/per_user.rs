@@ -869,3 +869,76 @@ async fn slack_bot_and_user_tokens_ok_false_and_a_google_connection_shared_by_tw
         "Bearer ya29.three"
     );
 }
+
+#[tokio::test]
+async fn no_refresh_token_is_misconfigured_and_a_failing_refresh_of_an_expired_token_says_when_to_retry()
+ {
+    let reg = registry_copy(&[]);
+    let offline = Fixture::start().await;
+    offline.json(
+        "/token",
+        200,
+        json!({"access_token": "short-lived", "expires_in": 1, "token_type": "Bearer"}),
+    );
+    let flaky = Fixture::start().await;
+    flaky.on(
+        "/token",
+        vec![
+            Canned::json(
+                200,
+                json!({"access_token": "at-x", "refresh_token": "rt-x", "expires_in": 1}),
+            ),
+            Canned::json(500, json!({"error": "server_error"})),
+        ],
+    );
+    let custom = |fx: &Fixture| {
+        let mut c = fixture_connector("Custom", fx, &["read"]);
+        c.as_object_mut().expect("obj").remove("provider");
+        c
+    };
+    let host = fixture_host(
+        reg.path(),
+        json!({"offline": custom(&offline), "flaky": custom(&flaky)}),
+    );
+
+    let (s, page) = fixture_connect(&host, "offline").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("without offline access"), "{page}");
+    assert_eq!(status(&host, "127.0.0.1", "offline").await, "Misconfigured");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (s, code, msg) = error_of(
+        client()
+            .get(host.url("/v1/connectors/offline/x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (401, "needs_auth"));
+    assert!(msg.contains("offline access"), "{msg}");
+
+    assert_eq!(fixture_connect(&host, "flaky").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let resp = client()
+        .get(host.url("/v1/connectors/flaky/x"))
+        .send()
+        .await
+        .expect("req");
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (s, code, _) = error_of(resp).await;
+    assert_eq!((s, code.as_str()), (503, "token_refresh_failed"));
+    assert!(retry.is_some_and(|r| (1..=300).contains(&r)), "{retry:?}");
+    assert_eq!(
+        status(&host, "127.0.0.1", "flaky").await,
+        "Ready",
+        "tokens kept"
+    );
+    assert!(
+        flaky.seen_at("/x").is_empty(),
+        "nothing sent with an expired token"
+    );
+}
