@@ -237,6 +237,10 @@ struct Tokens {
     connector: String,
     connected_at: u64,
     refreshed_at: Option<u64>,
+    /// The OAuth client the tokens were issued to (a DCR connector may have several
+    /// registrations, one per redirect URI).
+    #[serde(default)]
+    client_id: Option<String>,
 }
 
 impl Tokens {
@@ -643,7 +647,7 @@ impl Connections {
                 connector: pu.connector.clone(),
             });
         };
-        let flow = self.flow(pu, None).await?;
+        let flow = self.flow(pu, None, cur.client_id.as_deref()).await?;
         let params = vec![
             ("grant_type".to_owned(), "refresh_token".to_owned()),
             (
@@ -740,8 +744,14 @@ impl Connections {
     }
 
     /// The flow for `pu`: config, plugin defaults and (for DCR) the registration, which
-    /// is made when `redirect_uri` is given and none fits.
-    async fn flow(&self, pu: &PerUser, redirect_uri: Option<&str>) -> Result<Flow, ConnError> {
+    /// is made when `redirect_uri` is given and none fits. `client_id` picks the DCR
+    /// registration existing tokens were issued to.
+    async fn flow(
+        &self,
+        pu: &PerUser,
+        redirect_uri: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<Flow, ConnError> {
         let plugin = match &pu.provider {
             Some(p) => Some(
                 self.plugins
@@ -801,7 +811,9 @@ impl Connections {
                         url::Url::parse(d.mcp_url.as_deref().unwrap_or(&d.api_url)).ok()
                     })
                     .ok_or_else(|| setup("oauth2_dcr needs the connector's url, where the authorization server is discovered".into()))?;
-                let reg = self.registration(pu, &resource_url, redirect_uri).await?;
+                let reg = self
+                    .registration(pu, &resource_url, redirect_uri, client_id)
+                    .await?;
                 let parse = |what: &str, u: &str| {
                     url::Url::parse(u).map_err(|e| {
                         setup(format!("the registered {what} \"{u}\" is not a URL: {e}"))
@@ -855,23 +867,32 @@ impl Connections {
         })
     }
 
-    /// The DCR client for `pu`: the stored registration if it fits, else (when
-    /// connecting) a new one from the server's metadata.
+    /// The DCR client for `pu`: the stored registration that fits (the redirect URI of a
+    /// connect, the client a user's tokens were issued to), else (when connecting) a new
+    /// one from the server's metadata.
     async fn registration(
         &self,
         pu: &PerUser,
         resource_url: &url::Url,
         redirect_uri: Option<&str>,
+        client_id: Option<&str>,
     ) -> Result<Registration, ConnError> {
+        // Registrations are kept per redirect URI: one made for another host name must
+        // not replace the client other users' tokens were issued to.
         let load = || -> Option<Registration> {
-            let bytes = self.vault.get(Table::OAuthClients, &pu.connector).ok()??;
-            serde_json::from_slice(&bytes).ok()
+            let prefix = format!("{}\n", pu.connector);
+            let keys = self.vault.keys(Table::OAuthClients).ok()?;
+            keys.iter()
+                .filter(|k| k.starts_with(&prefix))
+                .filter_map(|k| self.vault.get(Table::OAuthClients, k).ok()?)
+                .filter_map(|b| serde_json::from_slice::<Registration>(&b).ok())
+                .find(|r| {
+                    r.resource_url == resource_url.as_str()
+                        && redirect_uri.is_none_or(|u| u == r.redirect_uri)
+                        && client_id.is_none_or(|c| c == r.client_id)
+                })
         };
-        let fits = |r: &Registration| {
-            r.resource_url == resource_url.as_str()
-                && redirect_uri.is_none_or(|u| u == r.redirect_uri)
-        };
-        if let Some(r) = load().filter(|r| fits(r)) {
+        if let Some(r) = load() {
             return Ok(r);
         }
         let Some(redirect_uri) = redirect_uri else {
@@ -880,7 +901,7 @@ impl Connections {
             });
         };
         let _one = self.registering.lock().await;
-        if let Some(r) = load().filter(|r| fits(r)) {
+        if let Some(r) = load() {
             return Ok(r);
         }
         let reg = self.register(pu, resource_url, redirect_uri).await?;
@@ -888,7 +909,11 @@ impl Connections {
             serde_json::to_vec(&reg).map_err(|e| ConnError::Internal(e.to_string()))?,
         );
         self.vault
-            .put(Table::OAuthClients, &pu.connector, &bytes)
+            .put(
+                Table::OAuthClients,
+                &format!("{}\n{redirect_uri}", pu.connector),
+                &bytes,
+            )
             .map_err(|e| ConnError::Internal(e.to_string()))?;
         tracing::info!(connector = %pu.connector, issuer = %reg.issuer, "registered an OAuth client (dynamic client registration)");
         Ok(reg)
@@ -1121,6 +1146,7 @@ impl Connections {
             connector: pu.connector.clone(),
             connected_at: now,
             refreshed_at: None,
+            client_id: Some(flow.client.id.clone()),
         })
     }
 
@@ -1134,7 +1160,7 @@ impl Connections {
         user: &str,
         redirect_uri: &str,
     ) -> Result<url::Url, ConnError> {
-        let flow = self.flow(pu, Some(redirect_uri)).await?;
+        let flow = self.flow(pu, Some(redirect_uri), None).await?;
         let state = random_token();
         let pkce = flow.pkce.then(oauth2::PkceCodeChallenge::new_random_sha256);
         let pending = Pending {
@@ -1251,7 +1277,10 @@ impl Connections {
         let pu = find(&pending.connector)
             .filter(|p| p.connection == pending.connection)
             .ok_or_else(|| CallbackError::ConnectorGone(pending.connector.clone()))?;
-        let flow = self.flow(&pu, None).await.map_err(CallbackError::Setup)?;
+        let flow = self
+            .flow(&pu, Some(&pending.redirect_uri), None)
+            .await
+            .map_err(CallbackError::Setup)?;
         let mut params = vec![
             ("grant_type".to_owned(), "authorization_code".to_owned()),
             ("code".to_owned(), code.to_owned()),
@@ -1324,12 +1353,17 @@ impl Connections {
             self.disconnect(pu, &user).await;
         }
         if matches!(pu.kind, Kind::Dcr { .. }) {
-            let _ = self.vault.delete(Table::OAuthClients, &pu.connector);
+            let prefix = format!("{}\n", pu.connector);
+            for k in self.vault.keys(Table::OAuthClients).unwrap_or_default() {
+                if k.starts_with(&prefix) {
+                    let _ = self.vault.delete(Table::OAuthClients, &k);
+                }
+            }
         }
     }
 
     async fn revoke(&self, pu: &PerUser, user: &str, tokens: &Tokens) {
-        let flow = match self.flow(pu, None).await {
+        let flow = match self.flow(pu, None, tokens.client_id.as_deref()).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(connector = %pu.connector, user, error = %e, "tokens deleted but not revoked");
@@ -1514,6 +1548,7 @@ mod tests {
             connector: "notes".into(),
             connected_at: now_ms(),
             refreshed_at: None,
+            client_id: None,
         };
         let key = token_key(&pu.connection, "alice");
         c.store(&key, tokens(grant(None, Some(now_ms() + 60_000))))

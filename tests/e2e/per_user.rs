@@ -452,13 +452,58 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
             .to_owned();
         assert_eq!(oidc.introspect(&token).await, (true, Some(who.into())));
     }
-    // The registration survives a restart; the authorize URL carries the resource.
+    // The authorize URL carries the resource indicator from the metadata.
     let auth_url = start_connect(&host, ALICE, "wiki").await;
     assert_eq!(
         query_param(&auth_url, "resource").as_deref(),
         Some("urn:portcullis:test")
     );
     assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(1));
+
+    // Alice connects again under another host name: a second registration, which must
+    // not take Bob's client away from his tokens.
+    let port = host.addr.port();
+    let resp = client_from(ALICE)
+        .post(host.url("/api/connectors/wiki/connect"))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await
+        .expect("connect");
+    let v: Value = resp.json().await.expect("json");
+    let auth_url = v["auth_url"].as_str().expect("auth_url");
+    let back = oidc
+        .authorize(auth_url, "alice")
+        .await
+        .replace("localhost:", "127.0.0.1:");
+    let resp = client_from(ALICE)
+        .get(&back)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(2));
+    // Bob's token is rejected once: his refresh uses the client it was issued to.
+    api.on(
+        "/v1/whoami",
+        vec![
+            Canned::json(401, json!({"error": "invalid_token"})),
+            Canned::json(200, json!({"ok": true})),
+        ],
+    );
+    let refreshes = oidc.grants_of("refresh_token").await;
+    let resp = client_from(BOB)
+        .get(host.url("/v1/connectors/wiki/whoami"))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(oidc.grants_of("refresh_token").await, refreshes + 1);
+    let seen = api.seen_at("/v1/whoami");
+    let token = seen.last().expect("seen").headers["authorization"]
+        .strip_prefix("Bearer ")
+        .expect("bearer")
+        .to_owned();
+    assert_eq!(oidc.introspect(&token).await, (true, Some("bob".into())));
 }
 
 #[tokio::test]
