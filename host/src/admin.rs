@@ -45,7 +45,11 @@ fn host_url(snapshot: &Snapshot, headers: &HeaderMap) -> Result<String, ApiError
     if let Some(u) = &snapshot.config.public_url {
         return Ok(u.as_str().trim_end_matches('/').to_owned());
     }
-    let host = headers
+    Ok(format!("http://{}", request_host(headers)?))
+}
+
+fn request_host(headers: &HeaderMap) -> Result<http::uri::Authority, ApiError> {
+    headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
@@ -53,8 +57,39 @@ fn host_url(snapshot: &Snapshot, headers: &HeaderMap) -> Result<String, ApiError
             ApiError::bad_request(
                 "the request has no usable Host header to build the OAuth redirect URI from; send one, or set public_url in the config",
             )
-        })?;
-    Ok(format!("http://{host}"))
+        })
+}
+
+/// The redirect URI for a connect. A dynamically registered client gets whatever
+/// redirect URI Portcullis registers, so for DCR the `Host` header alone is not
+/// trusted (a forged one would send another user's code elsewhere): it must be
+/// `public_url` or the address the host is bound to. Providers with a hand-registered
+/// client check the redirect URI themselves.
+fn redirect_uri(
+    app: &App,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    pu: &PerUser,
+    id: &str,
+) -> Result<String, ApiError> {
+    if pu.is_dcr() && snapshot.config.public_url.is_none() {
+        let host = request_host(headers)?;
+        let bound = app.bound.get().map(ToString::to_string);
+        if bound.as_deref() != Some(host.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "public_url_required",
+                format!(
+                    "connector \"{id}\" registers its OAuth client dynamically, so its callback URL must be fixed: an admin must set public_url in the config (this request came for host \"{host}\")"
+                ),
+            ));
+        }
+    }
+    Ok(format!(
+        "{}{}",
+        host_url(snapshot, headers)?,
+        callback_path(id)
+    ))
 }
 
 /// `GET /api/connectors`: the caller's view, with status.
@@ -154,7 +189,7 @@ pub async fn connect(
         }
         // Keep the connector's own order first.
         scopes.sort_by_key(|s| pu.scopes.iter().position(|p| p == s).unwrap_or(usize::MAX));
-        let redirect = format!("{}{}", host_url(&snapshot, &headers)?, callback_path(&c.id));
+        let redirect = redirect_uri(&app, &snapshot, &headers, pu, &c.id)?;
         let url = app
             .connections
             .connect(pu, &scopes, &caller.login, &redirect)
@@ -166,7 +201,7 @@ pub async fn connect(
         })))
     }
     .await;
-    tagged(&id, result)
+    tagged(&snapshot, &id, result)
 }
 
 /// `DELETE /api/connectors/<id>/connection`: the caller's own tokens only.
@@ -191,12 +226,20 @@ pub async fn disconnect(
         })))
     }
     .await;
-    tagged(&id, result)
+    tagged(&snapshot, &id, result)
 }
 
-fn tagged(id: &str, result: Result<Json<serde_json::Value>, ApiError>) -> Response {
+/// Tags the response with the connector for logs and metrics, if it is a configured one
+/// (an ID from the URL alone would let anyone mint metric series).
+fn tagged(
+    snapshot: &Snapshot,
+    id: &str,
+    result: Result<Json<serde_json::Value>, ApiError>,
+) -> Response {
     let mut resp = result.map_or_else(IntoResponse::into_response, IntoResponse::into_response);
-    resp.extensions_mut().insert(ConnectorTag(id.to_owned()));
+    if snapshot.connectors.contains_key(id) {
+        resp.extensions_mut().insert(ConnectorTag(id.to_owned()));
+    }
     resp
 }
 
@@ -243,7 +286,9 @@ pub async fn callback(
         }
         Err(e) => page(e.status(), "Connection failed", &e.to_string()),
     };
-    resp.extensions_mut().insert(ConnectorTag(id));
+    if snapshot.connectors.contains_key(&id) {
+        resp.extensions_mut().insert(ConnectorTag(id));
+    }
     resp
 }
 

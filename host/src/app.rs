@@ -130,6 +130,8 @@ pub struct App {
     pub discoveries: proxy::Discoveries,
     /// Per-user OAuth connections.
     pub connections: Arc<Connections>,
+    /// The address the server is bound to (known once `serve` has bound it).
+    pub bound: std::sync::OnceLock<SocketAddr>,
     reload_lock: tokio::sync::Mutex<()>,
     _registry_watcher: Option<notify::RecommendedWatcher>,
 }
@@ -371,6 +373,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         plugins,
         discoveries: proxy::Discoveries::default(),
         connections,
+        bound: std::sync::OnceLock::new(),
         reload_lock: tokio::sync::Mutex::new(()),
         _registry_watcher: registry_watcher,
     });
@@ -408,6 +411,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
     let local = listener.local_addr()?;
+    let _ = app.bound.set(local);
     tracing::info!(addr = %local, mode = ?app.snapshot().config.identity.mode, "portcullis listening");
     // A plain line on stdout for scripts and tests that wait for readiness.
     println!("portcullis listening on http://{local}");

@@ -135,6 +135,11 @@ impl std::fmt::Debug for PerUser {
 }
 
 impl PerUser {
+    /// Is the OAuth client registered dynamically (`oauth2_dcr`)?
+    pub fn is_dcr(&self) -> bool {
+        matches!(self.kind, Kind::Dcr { .. })
+    }
+
     /// `None` for connectors whose credential is shared by every user.
     pub fn build(c: &config::Connector, vault: &Vault) -> anyhow::Result<Option<Self>> {
         let provider = (!c.provider.eq_ignore_ascii_case("custom")).then(|| c.provider.clone());
@@ -154,7 +159,7 @@ impl PerUser {
                 // provider and OAuth client.
                 let connection = match &provider {
                     Some(p) => format!("{}|{}|{}", p.to_ascii_lowercase(), a.client_id, token_url),
-                    None => format!("connector|{}", c.id),
+                    None => format!("connector|{}|{}|{}", c.id, a.client_id, token_url),
                 };
                 let kind = Kind::Code {
                     client: oauth::Client {
@@ -181,7 +186,11 @@ impl PerUser {
                 Kind::Dcr { url: c.url.clone() },
                 d.scopes.clone(),
                 Vec::new(),
-                format!("dcr|{}", c.id),
+                format!(
+                    "dcr|{}|{}",
+                    c.id,
+                    c.url.as_ref().map(url::Url::as_str).unwrap_or_default()
+                ),
             ),
             _ => return Ok(None),
         };
@@ -260,9 +269,24 @@ impl Tokens {
         }
     }
 
-    /// The earliest time any grant wants refreshing.
-    fn refresh_at(&self) -> Option<u64> {
-        self.grants.iter().filter_map(|g| g.refresh_at).min()
+    /// The grants that are due for a refresh and can have one.
+    fn due(&self, now: u64) -> Vec<usize> {
+        self.grants
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.refresh_token.is_some() && g.refresh_at.is_some_and(|at| now >= at))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Same access tokens (a refresh in between would have changed them).
+    fn same_tokens(&self, other: &Tokens) -> bool {
+        self.grants.len() == other.grants.len()
+            && self
+                .grants
+                .iter()
+                .zip(&other.grants)
+                .all(|(a, b)| a.access_token == b.access_token)
     }
 }
 
@@ -397,8 +421,9 @@ pub struct Connections {
     plugins: Arc<Plugins>,
     metrics: Arc<Metrics>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    /// One registration at a time, so concurrent first connects register once.
-    registering: tokio::sync::Mutex<()>,
+    /// One registration at a time per connector, so concurrent first connects register
+    /// once (and one unreachable server holds up only its own connector).
+    registering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -442,7 +467,7 @@ impl Connections {
             plugins,
             metrics,
             slots: Mutex::new(HashMap::new()),
-            registering: tokio::sync::Mutex::new(()),
+            registering: Mutex::new(HashMap::new()),
         };
         match this.vault.keys(Table::UserTokens) {
             Ok(keys) => {
@@ -457,24 +482,50 @@ impl Connections {
 
     /// The slot for a token key, loaded from the vault the first time.
     fn slot(&self, key: &str) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = slots.get(key) {
-            return s.clone();
+        if let Some(s) = self.cached(key) {
+            return s;
         }
-        let stored = match self.vault.get(Table::UserTokens, key) {
+        // Read outside the map's lock: other users' requests need not wait for the disk.
+        let stored = self.load(key);
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(key.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    tokens: RwLock::new(stored),
+                    refresh: tokio::sync::Mutex::new(RefreshState::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn load(&self, key: &str) -> Option<Arc<Tokens>> {
+        match self.vault.get(Table::UserTokens, key) {
             Ok(Some(bytes)) => serde_json::from_slice::<Tokens>(&bytes).ok().map(Arc::new),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read a stored connection");
                 None
             }
-        };
-        let slot = Arc::new(Slot {
-            tokens: RwLock::new(stored),
-            refresh: tokio::sync::Mutex::new(RefreshState::default()),
-        });
-        slots.insert(key.to_owned(), slot.clone());
-        slot
+        }
+    }
+
+    /// The current tokens without creating a slot (status lists ask for every user).
+    fn peek(&self, key: &str) -> Option<Arc<Tokens>> {
+        match self.cached(key) {
+            Some(s) => s.current(),
+            None => self.load(key).inspect(|_| {
+                self.slot(key);
+            }),
+        }
     }
 
     /// Seals and stores tokens, then makes them current. Awaited before the tokens are
@@ -508,7 +559,7 @@ impl Connections {
 
     /// The caller's status on a per-user connector they are granted.
     pub fn status(&self, pu: &PerUser, user: &str) -> Status {
-        match self.slot(&token_key(&pu.connection, user)).current() {
+        match self.peek(&token_key(&pu.connection, user)) {
             None => Status::NeedsAuth,
             Some(t) if !t.has_refresh_token() && t.expires() => Status::Misconfigured,
             Some(_) => Status::Ready,
@@ -517,8 +568,7 @@ impl Connections {
 
     /// Variables the provider's plugin kept from the user's token responses.
     pub fn variables(&self, pu: &PerUser, user: &str) -> Vec<(String, String)> {
-        self.slot(&token_key(&pu.connection, user))
-            .current()
+        self.peek(&token_key(&pu.connection, user))
             .map(|t| t.variables.clone())
             .unwrap_or_default()
     }
@@ -552,6 +602,28 @@ impl Connections {
             connector: pu.connector.clone(),
             grant: grant.unwrap_or_default().to_owned(),
         })?;
+        if g.expires_at.is_some_and(|at| now_ms() >= at) {
+            // Still expired: never send a token the upstream will refuse.
+            if g.refresh_token.is_none() {
+                return Err(ConnError::Misconfigured {
+                    connector: pu.connector.clone(),
+                });
+            }
+            let slot = self.slot(&key);
+            let state = slot.refresh.lock().await;
+            return Err(ConnError::RefreshFailed {
+                connector: pu.connector.clone(),
+                detail: state
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "no answer yet".into()),
+                retry_secs: state
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()).as_secs())
+                    .unwrap_or(1)
+                    .max(1),
+            });
+        }
         bearer(&g.access_token).ok_or_else(|| {
             ConnError::Internal("the access token has characters not allowed in a header".into())
         })
@@ -564,20 +636,33 @@ impl Connections {
     }
 
     /// The upstream answered 401 to `sent`: if that is still the current token, mark it
-    /// due so the next use refreshes it.
-    pub fn rejected(&self, pu: &PerUser, user: &str, sent: &HeaderValue) {
-        let slot = self.slot(&token_key(&pu.connection, user));
-        let mut guard = slot.tokens.write().unwrap_or_else(|p| p.into_inner());
-        let Some(cur) = guard.as_ref() else { return };
-        let hit = cur
-            .grants
-            .iter()
-            .position(|g| bearer(&g.access_token).is_some_and(|b| b == sent));
-        if let Some(i) = hit {
-            let mut t = (**cur).clone();
-            t.grants[i].refresh_at = Some(0);
-            *guard = Some(Arc::new(t));
-            tracing::info!(connector = %pu.connector, user, "upstream rejected the access token; it will be refreshed");
+    /// due so the next use refreshes it. A token that cannot be refreshed is dead: the
+    /// connection ends and the user is asked to connect again.
+    pub async fn rejected(&self, pu: &PerUser, user: &str, sent: &HeaderValue) {
+        let key = token_key(&pu.connection, user);
+        let slot = self.slot(&key);
+        let dead = {
+            let mut guard = slot.tokens.write().unwrap_or_else(|p| p.into_inner());
+            let Some(cur) = guard.as_ref() else { return };
+            let hit = cur
+                .grants
+                .iter()
+                .position(|g| bearer(&g.access_token).is_some_and(|b| b == sent));
+            let Some(i) = hit else { return };
+            if cur.grants[i].refresh_token.is_some() {
+                let mut t = (**cur).clone();
+                t.grants[i].refresh_at = Some(0);
+                *guard = Some(Arc::new(t));
+                tracing::info!(connector = %pu.connector, user, "upstream rejected the access token; it will be refreshed");
+                false
+            } else {
+                true
+            }
+        };
+        if dead {
+            tracing::warn!(connector = %pu.connector, user, "upstream rejected an access token that cannot be refreshed; the user must connect again");
+            let _state = slot.refresh.lock().await;
+            self.forget(&key).await;
         }
     }
 
@@ -610,106 +695,85 @@ impl Connections {
         };
         let cur = slot.current().ok_or_else(needs_auth)?;
         let now = now_ms();
-        let due = cur.refresh_at().is_some_and(|at| now >= at);
-        let replaced = seen.as_ref().is_some_and(|s| !Arc::ptr_eq(s, &cur));
-        if !due || replaced {
+        let due = cur.due(now);
+        let replaced = seen.as_ref().is_some_and(|s| !s.same_tokens(&cur));
+        if due.is_empty() || replaced {
             return Ok(cur);
         }
-        let usable = cur
-            .grants
-            .iter()
-            .all(|g| g.expires_at.is_none_or(|at| now < at));
-        if let Some(at) = state.retry_at
-            && Instant::now() < at
-        {
-            if usable {
-                return Ok(cur);
-            }
-            return Err(ConnError::RefreshFailed {
-                connector: pu.connector.clone(),
-                detail: state.last_error.clone().unwrap_or_default(),
-                retry_secs: at
-                    .saturating_duration_since(Instant::now())
-                    .as_secs()
-                    .max(1),
-            });
+        if state.retry_at.is_some_and(|at| Instant::now() < at) {
+            // Backing off; the caller decides whether the old token is still usable.
+            return Ok(cur);
         }
-        let Some(refresh_token) = cur
-            .grants
-            .iter()
-            .find_map(|g| g.refresh_token.clone())
-            .map(Zeroizing::new)
-        else {
-            if usable {
-                return Ok(cur);
-            }
-            return Err(ConnError::Misconfigured {
-                connector: pu.connector.clone(),
-            });
-        };
         let flow = self.flow(pu, None, cur.client_id.as_deref()).await?;
-        let params = vec![
-            ("grant_type".to_owned(), "refresh_token".to_owned()),
-            (
-                "refresh_token".to_owned(),
-                refresh_token.as_str().to_owned(),
-            ),
-        ];
-        let read = self.exchange(&flow, pu, "refresh", params).await;
-        match read {
-            Read::Ok(mut fresh) => {
-                // A refresh response without a refresh token keeps the old one (Google);
-                // a grant the response left out keeps its old tokens.
-                for g in &mut fresh.grants {
-                    if g.refresh_token.is_none()
-                        && let Some(old) = cur.grants.iter().find(|o| o.name == g.name)
-                    {
-                        g.refresh_token = old.refresh_token.clone();
+        // Each due grant with its own refresh token (Slack's bot and user tokens rotate
+        // separately).
+        let mut next = (*cur).clone();
+        let mut refreshed = false;
+        for i in due {
+            let old = &cur.grants[i];
+            let Some(refresh_token) = old.refresh_token.clone().map(Zeroizing::new) else {
+                continue;
+            };
+            let params = vec![
+                ("grant_type".to_owned(), "refresh_token".to_owned()),
+                (
+                    "refresh_token".to_owned(),
+                    refresh_token.as_str().to_owned(),
+                ),
+            ];
+            match self.exchange(&flow, pu, "refresh", params).await {
+                Read::Ok(fresh) => {
+                    // The grant by name, else the response's own (standard) layout.
+                    let Some(mut got) = fresh
+                        .grants
+                        .iter()
+                        .find(|g| g.name == old.name)
+                        .or(fresh.grants.first())
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    got.name = old.name.clone();
+                    // A refresh answer without a refresh token keeps the old one (Google).
+                    if got.refresh_token.is_none() {
+                        got.refresh_token = old.refresh_token.clone();
                     }
-                }
-                for old in &cur.grants {
-                    if !fresh.grants.iter().any(|g| g.name == old.name) {
-                        fresh.grants.push(old.clone());
+                    next.grants[i] = got;
+                    if !fresh.variables.is_empty() {
+                        next.variables = fresh.variables;
                     }
+                    refreshed = true;
                 }
-                if fresh.variables.is_empty() {
-                    fresh.variables = cur.variables.clone();
+                Read::Dead(why) => {
+                    tracing::warn!(connector = %pu.connector, user, reason = %why, "the provider ended the connection; the user must connect again");
+                    self.forget(&key).await;
+                    *state = RefreshState::default();
+                    return Err(needs_auth());
                 }
-                fresh.connector = cur.connector.clone();
-                fresh.connected_at = cur.connected_at;
-                fresh.refreshed_at = Some(now_ms());
-                *state = RefreshState::default();
-                let stored = self.store(&key, fresh).await;
-                if let Err(e) = &stored {
-                    tracing::error!(connector = %pu.connector, user, error = %e, "refreshed tokens could not be written to the vault; they are kept in memory");
+                Read::Failed(why) => {
+                    state.failures = state.failures.saturating_add(1);
+                    let wait = FIRST_BACKOFF
+                        .saturating_mul(1 << state.failures.saturating_sub(1).min(16))
+                        .min(MAX_BACKOFF);
+                    state.retry_at = Some(Instant::now() + wait);
+                    state.last_error = Some(why.clone());
+                    tracing::warn!(connector = %pu.connector, user, error = %why, retry_secs = wait.as_secs(), "token refresh failed; keeping the tokens and retrying later");
+                    break;
                 }
-                tracing::info!(connector = %pu.connector, user, "refreshed the access token");
-                Ok(slot.current().ok_or_else(needs_auth)?)
-            }
-            Read::Dead(why) => {
-                tracing::warn!(connector = %pu.connector, user, reason = %why, "the provider ended the connection; the user must connect again");
-                self.forget(&key).await;
-                *state = RefreshState::default();
-                Err(needs_auth())
-            }
-            Read::Failed(why) => {
-                state.failures = state.failures.saturating_add(1);
-                let wait = FIRST_BACKOFF
-                    .saturating_mul(1 << state.failures.saturating_sub(1).min(16))
-                    .min(MAX_BACKOFF);
-                state.retry_at = Some(Instant::now() + wait);
-                state.last_error = Some(why.clone());
-                tracing::warn!(connector = %pu.connector, user, error = %why, retry_secs = wait.as_secs(), "token refresh failed; keeping the tokens and retrying later");
-                if usable {
-                    return Ok(cur);
-                }
-                Err(ConnError::RefreshFailed {
-                    connector: pu.connector.clone(),
-                    detail: why,
-                    retry_secs: wait.as_secs(),
-                })
             }
         }
+        if !refreshed {
+            return Ok(cur);
+        }
+        next.refreshed_at = Some(now_ms());
+        if state.retry_at.is_none() {
+            *state = RefreshState::default();
+        }
+        if let Err(e) = self.store(&key, next).await {
+            tracing::error!(connector = %pu.connector, user, error = %e, "refreshed tokens could not be written to the vault; they are kept in memory");
+        }
+        tracing::info!(connector = %pu.connector, user, "refreshed the access token");
+        slot.current().ok_or_else(needs_auth)
     }
 
     /// Refreshes every stored connection that is due, for connectors still configured.
@@ -722,11 +786,7 @@ impl Connections {
             let now = now_ms();
             slots
                 .iter()
-                .filter(|(_, s)| {
-                    s.current().is_some_and(|t| {
-                        t.has_refresh_token() && t.refresh_at().is_some_and(|at| now >= at)
-                    })
-                })
+                .filter(|(_, s)| s.current().is_some_and(|t| !t.due(now).is_empty()))
                 .filter_map(|(k, _)| {
                     let (conn, user) = k.split_once('\n')?;
                     Some(((*by_connection.get(conn)?).clone(), user.to_owned()))
@@ -900,7 +960,14 @@ impl Connections {
                 connector: pu.connector.clone(),
             });
         };
-        let _one = self.registering.lock().await;
+        let lock = self
+            .registering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pu.connector.clone())
+            .or_default()
+            .clone();
+        let _one = lock.lock().await;
         if let Some(r) = load() {
             return Ok(r);
         }
@@ -1002,6 +1069,28 @@ impl Connections {
             && !methods.iter().any(|m| m == "S256")
         {
             return Err(fail(format!("{issuer} does not support PKCE with S256")));
+        }
+        // Endpoints must be web URLs, and https when the issuer is (no downgrade, and no
+        // `javascript:` authorize URL handed to a browser).
+        for (name, value) in [
+            ("authorization_endpoint", &authorization_endpoint),
+            ("token_endpoint", &token_endpoint),
+            ("registration_endpoint", &registration_endpoint),
+        ]
+        .into_iter()
+        .chain(
+            field("revocation_endpoint")
+                .as_ref()
+                .map(|r| ("revocation_endpoint", r)),
+        ) {
+            let ok = url::Url::parse(value).is_ok_and(|u| {
+                u.scheme() == "https" || (u.scheme() == "http" && issuer.scheme() == "http")
+            });
+            if !ok {
+                return Err(fail(format!(
+                    "{issuer}'s metadata has an unacceptable {name} \"{value}\" (it must be an https URL)"
+                )));
+            }
         }
         let reg_url = url::Url::parse(&registration_endpoint)
             .map_err(|e| fail(format!("registration_endpoint: {e}")))?;

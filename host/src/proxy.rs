@@ -237,7 +237,7 @@ async fn forward(
         connector.credential.rejected(sent_auth.as_ref());
         app.discoveries.forget(id);
         if let (Some(pu), Some(sent)) = (per_user, &sent_auth) {
-            app.connections.rejected(pu, &caller.login, sent);
+            app.connections.rejected(pu, &caller.login, sent).await;
             // Refresh now and send once more, when the request can be repeated.
             if let Some(h) = retry_headers.as_mut() {
                 let header = app
@@ -331,7 +331,7 @@ async fn forward(
         if let types::Classification::Reauth(_) = &class {
             connector.credential.rejected(sent_auth.as_ref());
             if let (Some(pu), Some(sent)) = (per_user, &sent_auth) {
-                app.connections.rejected(pu, &caller.login, sent);
+                app.connections.rejected(pu, &caller.login, sent).await;
             }
             app.discoveries.forget(id);
         }

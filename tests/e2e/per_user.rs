@@ -460,29 +460,20 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
     );
     assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(1));
 
-    // Alice connects again under another host name: a second registration, which must
-    // not take Bob's client away from his tokens.
+    // A connect under a forged host name is refused: a dynamically registered client
+    // would accept any redirect URI, and the code would go there.
     let port = host.addr.port();
     let resp = client_from(ALICE)
         .post(host.url("/api/connectors/wiki/connect"))
-        .header("host", format!("localhost:{port}"))
+        .header("host", format!("evil.example:{port}"))
         .send()
         .await
         .expect("connect");
-    let v: Value = resp.json().await.expect("json");
-    let auth_url = v["auth_url"].as_str().expect("auth_url");
-    let back = oidc
-        .authorize(auth_url, "alice")
-        .await
-        .replace("localhost:", "127.0.0.1:");
-    let resp = client_from(ALICE)
-        .get(&back)
-        .send()
-        .await
-        .expect("callback");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(2));
-    // Bob's token is rejected once: his refresh uses the client it was issued to.
+    let (s, code, msg) = error_of(resp).await;
+    assert_eq!((s, code.as_str()), (400, "public_url_required"), "{msg}");
+    assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(1));
+    // Bob's token is rejected once: it is refreshed with the registered client and the
+    // request sent again.
     api.on(
         "/v1/whoami",
         vec![
@@ -961,6 +952,16 @@ async fn no_refresh_token_is_misconfigured_and_a_failing_refresh_of_an_expired_t
     .await;
     assert_eq!((s, code.as_str()), (401, "needs_auth"));
     assert!(msg.contains("offline access"), "{msg}");
+    // An upstream 401 for a token that cannot be refreshed ends the connection.
+    offline.json("/x", 401, json!({"error": "revoked"}));
+    assert_eq!(fixture_connect(&host, "offline").await.0, 200);
+    let resp = client()
+        .get(host.url("/v1/connectors/offline/x"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401, "the upstream's answer is relayed");
+    assert_eq!(status(&host, "127.0.0.1", "offline").await, "Needs auth");
 
     assert_eq!(fixture_connect(&host, "flaky").await.0, 200);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
