@@ -63,6 +63,35 @@ async fn client_for(oidc: &Oidc, host: &Host, client_id: &str, id: &str) {
     .await;
 }
 
+/// The authorization server, an echo upstream, Alice and Bob on the tailnet, and a host
+/// with a `notes` connector for the peer's client `client_id`.
+struct Notes {
+    oidc: Oidc,
+    up: Upstream,
+    whois: Whois,
+    config: String,
+    host: Host,
+}
+
+async fn notes(access_ttl: u64, client_id: &str) -> Notes {
+    let oidc = Oidc::start(access_ttl);
+    let up = Upstream::start().await;
+    let whois = users().await;
+    let config = tailnet_config(
+        &whois.socket,
+        json!({"notes": notes_connector(&oidc, &up, client_id)}),
+    );
+    let host = Host::start(&config);
+    client_for(&oidc, &host, client_id, "notes").await;
+    Notes {
+        oidc,
+        up,
+        whois,
+        config,
+        host,
+    }
+}
+
 async fn users() -> Whois {
     let whois = Whois::start().await;
     whois.user(ALICE, "alice@example.com", &[], json!({}));
@@ -142,15 +171,13 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn connect_call_refresh_restart_disconnect_against_a_real_authorization_server() {
-    let oidc = Oidc::start(4);
-    let up = Upstream::start().await;
-    let whois = users().await;
-    let config = tailnet_config(
-        &whois.socket,
-        json!({"notes": notes_connector(&oidc, &up, "notes-app")}),
-    );
-    let mut host = Host::start(&config);
-    client_for(&oidc, &host, "notes-app", "notes").await;
+    let Notes {
+        oidc,
+        up,
+        whois: _whois,
+        config,
+        mut host,
+    } = notes(4, "notes-app").await;
 
     assert_eq!(status(&host, ALICE, "notes").await, "Needs auth");
     let (code, err, msg) = error_of(
@@ -291,14 +318,14 @@ async fn connect_call_refresh_restart_disconnect_against_a_real_authorization_se
 
 #[tokio::test]
 async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
-    let oidc = Oidc::start(6);
-    let up = Upstream::start().await;
-    let whois = users().await;
-    let host = Arc::new(Host::start(&tailnet_config(
-        &whois.socket,
-        json!({"notes": notes_connector(&oidc, &up, "notes-burst")}),
-    )));
-    client_for(&oidc, &host, "notes-burst", "notes").await;
+    let Notes {
+        oidc,
+        up: _up,
+        whois: _whois,
+        host,
+        ..
+    } = notes(6, "notes-burst").await;
+    let host = Arc::new(host);
     connect_as(&host, &oidc, ALICE, "alice", "notes").await;
     let connected = Instant::now();
     let first = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
@@ -329,14 +356,13 @@ async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
 
 #[tokio::test]
 async fn bad_callbacks_are_refused_with_a_page_that_says_what_to_do() {
-    let oidc = Oidc::start(3600);
-    let up = Upstream::start().await;
-    let whois = users().await;
-    let host = Host::start(&tailnet_config(
-        &whois.socket,
-        json!({"notes": notes_connector(&oidc, &up, "notes-cb")}),
-    ));
-    client_for(&oidc, &host, "notes-cb", "notes").await;
+    let Notes {
+        oidc,
+        up: _up,
+        whois: _whois,
+        host,
+        ..
+    } = notes(3600, "notes-cb").await;
     // The callback's status and HTML page, as `from`.
     let page = |from: &'static str, url: String| async move {
         let resp = client_from(from).get(&url).send().await.expect("callback");
@@ -499,14 +525,13 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
 
 #[tokio::test]
 async fn removing_a_connector_revokes_every_users_tokens() {
-    let oidc = Oidc::start(3600);
-    let up = Upstream::start().await;
-    let whois = users().await;
-    let host = Host::start(&tailnet_config(
-        &whois.socket,
-        json!({"notes": notes_connector(&oidc, &up, "notes-rm")}),
-    ));
-    client_for(&oidc, &host, "notes-rm", "notes").await;
+    let Notes {
+        oidc,
+        up: _up,
+        whois,
+        host,
+        ..
+    } = notes(3600, "notes-rm").await;
     connect_as(&host, &oidc, ALICE, "alice", "notes").await;
     connect_as(&host, &oidc, BOB, "bob", "notes").await;
     let a = token_sent(&host, ALICE, "/v1/connectors/notes/x").await;
