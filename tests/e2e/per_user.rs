@@ -11,7 +11,9 @@ use portcullis_e2e::fixture::{Canned, Fixture};
 use portcullis_e2e::oidc::Oidc;
 use portcullis_e2e::upstream::Upstream;
 use portcullis_e2e::whois::Whois;
-use portcullis_e2e::{Host, HostOptions, client, client_from, error_of, grant, registry_copy};
+use portcullis_e2e::{
+    Host, HostOptions, client, client_from, error_of, get_json, grant, registry_copy,
+};
 use serde_json::{Value, json};
 
 const ALICE: &str = "127.0.0.2";
@@ -719,27 +721,13 @@ async fn salesforce_instance_url_and_atlassian_rotation_and_cloud_id_per_user() 
     // Salesforce: instance_url from the token response; a 401 refreshes and retries;
     // the refreshed instance_url is used from then on, the old refresh token kept.
     assert_eq!(fixture_connect(&host, "sf").await.0, 200);
-    let v: Value = client()
-        .get(host.url("/v1/connectors/sf/limits"))
-        .send()
-        .await
-        .expect("sf")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&host.url("/v1/connectors/sf/limits")).await;
     assert_eq!(v["org"], 1);
     assert_eq!(
         sf.seen_at("/org1/services/data/v63.0/limits")[1].headers["authorization"],
         "Bearer 00D!sf-2"
     );
-    let v: Value = client()
-        .get(host.url("/v1/connectors/sf/limits"))
-        .send()
-        .await
-        .expect("sf")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&host.url("/v1/connectors/sf/limits")).await;
     assert_eq!(v["org"], 2, "instance_url re-read on refresh");
     assert_eq!(
         status(&host, "127.0.0.1", "sf").await,
@@ -756,14 +744,7 @@ async fn salesforce_instance_url_and_atlassian_rotation_and_cloud_id_per_user() 
     );
     assert_eq!(fixture_connect(&host, "jira").await.0, 200);
     for _ in 0..3 {
-        let v: Value = client()
-            .get(host.url("/v1/connectors/jira/jira/rest/api/3/myself"))
-            .send()
-            .await
-            .expect("jira")
-            .json()
-            .await
-            .expect("json");
+        let v = get_json(&host.url("/v1/connectors/jira/jira/rest/api/3/myself")).await;
         assert_eq!(v["displayName"], "Mia");
     }
     let discovery = atl.seen_at("/oauth/token/accessible-resources");
@@ -898,23 +879,9 @@ async fn slack_bot_and_user_tokens_ok_false_and_a_google_connection_shared_by_tw
         "Ready",
         "shared connection"
     );
-    let v: Value = client()
-        .get(host.url("/v1/connectors/gmail/gmail/v1/users/me/profile"))
-        .send()
-        .await
-        .expect("gmail")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&host.url("/v1/connectors/gmail/gmail/v1/users/me/profile")).await;
     assert_eq!(v["emailAddress"], "mia@example.com");
-    let v: Value = client()
-        .get(host.url("/v1/connectors/drive/drive/v3/about"))
-        .send()
-        .await
-        .expect("drive")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&host.url("/v1/connectors/drive/drive/v3/about")).await;
     assert_eq!(v["user"]["displayName"], "Mia");
     let refreshes: Vec<String> = google.seen_at("/token")[1..]
         .iter()
