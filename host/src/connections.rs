@@ -486,7 +486,11 @@ impl Connections {
             return s;
         }
         // Read outside the map's lock: other users' requests need not wait for the disk.
-        let stored = self.load(key);
+        self.insert(key, self.load(key))
+    }
+
+    /// The slot for `key`, created with `stored` unless another request made it first.
+    fn insert(&self, key: &str, stored: Option<Arc<Tokens>>) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .entry(key.to_owned())
@@ -522,9 +526,11 @@ impl Connections {
     fn peek(&self, key: &str) -> Option<Arc<Tokens>> {
         match self.cached(key) {
             Some(s) => s.current(),
-            None => self.load(key).inspect(|_| {
-                self.slot(key);
-            }),
+            // Only connected users get a slot; the loaded tokens are not read twice.
+            None => {
+                let stored = self.load(key)?;
+                self.insert(key, Some(stored)).current()
+            }
         }
     }
 

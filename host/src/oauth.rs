@@ -320,16 +320,25 @@ async fn post_form(
     );
     client.authenticate(&mut headers, &mut form);
     let body = form_body(&form);
-    tokio::time::timeout(
-        TOKEN_TIMEOUT,
-        exchange(egress, http::Method::POST, url, headers, body.to_vec()),
-    )
-    .await
-    .map_err(|_| TokenError::Unreachable {
-        url: url.to_string(),
-        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
-    })?
-    .map_err(|e| transport_error(url, e))
+    timed_exchange(egress, http::Method::POST, url, headers, body.to_vec())
+        .await?
+        .map_err(|e| transport_error(url, e))
+}
+
+/// [`exchange`] within [`TOKEN_TIMEOUT`]; the outer error is the timeout.
+async fn timed_exchange(
+    egress: &Egress,
+    method: http::Method,
+    url: &url::Url,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+) -> Result<Result<oauth2::HttpResponse, Transport>, TokenError> {
+    tokio::time::timeout(TOKEN_TIMEOUT, exchange(egress, method, url, headers, body))
+        .await
+        .map_err(|_| TokenError::Unreachable {
+            url: url.to_string(),
+            detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
+        })
 }
 
 /// Sends a token request (`authorization_code` or `refresh_token` grant) and returns the
@@ -421,16 +430,9 @@ pub async fn register(
         http::HeaderValue::from_static("application/json"),
     );
     let body = serde_json::to_vec(metadata).unwrap_or_default();
-    let resp = tokio::time::timeout(
-        TOKEN_TIMEOUT,
-        exchange(egress, http::Method::POST, registration_url, headers, body),
-    )
-    .await
-    .map_err(|_| TokenError::Unreachable {
-        url: registration_url.to_string(),
-        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
-    })?
-    .map_err(|e| transport_error(registration_url, e))?;
+    let resp = timed_exchange(egress, http::Method::POST, registration_url, headers, body)
+        .await?
+        .map_err(|e| transport_error(registration_url, e))?;
     let status = resp.status().as_u16();
     let json: serde_json::Value =
         serde_json::from_slice(resp.body()).map_err(|e| TokenError::BadResponse {
@@ -453,16 +455,7 @@ pub async fn metadata(
         http::header::ACCEPT,
         http::HeaderValue::from_static("application/json"),
     );
-    let resp = tokio::time::timeout(
-        TOKEN_TIMEOUT,
-        exchange(egress, http::Method::GET, url, headers, Vec::new()),
-    )
-    .await
-    .map_err(|_| TokenError::Unreachable {
-        url: url.to_string(),
-        detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
-    })?;
-    let resp = match resp {
+    let resp = match timed_exchange(egress, http::Method::GET, url, headers, Vec::new()).await? {
         Ok(r) => r,
         // A metadata location that redirects is treated as absent.
         Err(Transport::Redirect(_)) => return Ok(None),
