@@ -215,6 +215,7 @@ pub async fn disconnect(
         let c = find(&snapshot, &id)?;
         let pu = must_be_per_user(c)?;
         let had = app.connections.disconnect(pu, &caller.login).await;
+        app.mcp.forget_user(&id, &caller.login);
         app.discoveries.forget(&c.id);
         Ok(Json(json!({
             "disconnected": had,
@@ -286,6 +287,8 @@ pub async fn callback(
         }
         Err(e) => page(e.status(), "Connection failed", &e.to_string()),
     };
+    // The caller's MCP tools of this connector appear now.
+    app.mcp.forget_user(&id, &caller.login);
     if snapshot.connectors.contains_key(&id) {
         resp.extensions_mut().insert(ConnectorTag(id));
     }

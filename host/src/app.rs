@@ -132,6 +132,8 @@ pub struct App {
     pub connections: Arc<Connections>,
     /// The address the server is bound to (known once `serve` has bound it).
     pub bound: std::sync::OnceLock<SocketAddr>,
+    /// Upstream MCP sessions, catalogs, and open `/v1/mcp` sessions.
+    pub mcp: crate::mcp::Hub,
     reload_lock: tokio::sync::Mutex<()>,
     _registry_watcher: Option<notify::RecommendedWatcher>,
 }
@@ -209,6 +211,7 @@ impl App {
         let gone = removed_connections(&old, &snap);
         self.snapshot.store(Arc::new(snap));
         self.discoveries.clear();
+        self.mcp.sync(self);
         if !gone.is_empty() {
             // Removing a connector (or changing its OAuth client) ends every user's
             // authorization on it, revoked with the client it was made with.
@@ -374,10 +377,12 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         discoveries: proxy::Discoveries::default(),
         connections,
         bound: std::sync::OnceLock::new(),
+        mcp: crate::mcp::Hub::new(),
         reload_lock: tokio::sync::Mutex::new(()),
         _registry_watcher: registry_watcher,
     });
     spawn_refresher(&app);
+    crate::mcp::start(&app);
     let router = router(app.clone());
     Ok((app, listen, router))
 }
@@ -395,6 +400,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/connectors/{id}/connect", post(admin::connect))
         .route("/api/connectors/{id}/connection", delete(admin::disconnect))
         .route("/aperture/auth/{id}/callback", get(admin::callback))
+        .route(
+            crate::mcp::ENDPOINT,
+            any(crate::mcp::handle).with_state(crate::mcp::Entry::new(app.clone())),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()

@@ -207,6 +207,28 @@ impl Credential {
         Ok(())
     }
 
+    /// A digest of what the credential sends, to tell whether a reloaded connector still
+    /// authenticates the same way (an upstream session can then be kept).
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Self::None => "none".into(),
+            Self::Header(name, value) => fingerprint(&[
+                "header",
+                name.as_str(),
+                &String::from_utf8_lossy(value.as_bytes()),
+            ]),
+            Self::Query { name, value } => fingerprint(&["query", name, value]),
+            Self::ClientCredentials(cc) => fingerprint(&[
+                "client_credentials",
+                &cc.client_id,
+                cc.token_url.as_str(),
+                &cc.scopes.join(" "),
+                &cc.client_secret,
+            ]),
+            Self::PerUser(pu) => fingerprint(&["per_user", &pu.connection]),
+        }
+    }
+
     /// Removes response headers that would hand a query-string key to the caller (a
     /// redirect's `Location` echoing the request URL, say). Header credentials never
     /// travel in URLs, so only query keys need this.

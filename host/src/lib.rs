@@ -28,6 +28,10 @@
 //!   every dial), no redirects, timeouts.
 //! - [`plugins`]: provider plugins: the Wasm sandbox, the registry folder, and the
 //!   checks on everything a plugin returns.
+//! - [`mcp`]: the aggregated MCP endpoint `/v1/mcp`: upstream MCP sessions through
+//!   egress with the connector's credential, catalogs discovered in the background or
+//!   per user, grant-filtered listing and calls, `list_changed` to open sessions, and
+//!   the built-in `aperture` tools.
 //! - [`proxy`]: the `/v1/connectors/<id>/<path>` handler (shaped by the connector's
 //!   provider plugin, if any).
 //! - [`telemetry`]: request logs (header names only) and Prometheus metrics.
@@ -46,6 +50,7 @@ pub mod credentials;
 pub mod egress;
 pub mod error;
 pub mod identity;
+pub mod mcp;
 pub mod oauth;
 pub mod plugins;
 pub mod policy;

@@ -283,7 +283,8 @@ impl Access<'_> {
 
     /// May the caller use `resource` of `category` on `connector`? `resource` may be
     /// empty (the category as a whole); for `proxy` it is the request path without its
-    /// leading slash.
+    /// leading slash. Other categories name one thing (a tool, a resource URI, a URI
+    /// template): a `/` in it is matched as `%2F`, so that `*` covers the whole name.
     pub fn allows(&self, connector: &str, category: &str, resource: &str) -> bool {
         let mut full = String::with_capacity(connector.len() + category.len() + resource.len() + 2);
         full.push_str(connector);
@@ -292,7 +293,13 @@ impl Access<'_> {
         let whole_len = full.len();
         if !resource.is_empty() {
             full.push('/');
-            full.push_str(resource);
+            if category == "proxy" {
+                full.push_str(resource);
+            } else {
+                // Tools, resources and templates are one name each, even a URI with
+                // slashes: `local/resources/*` must cover `file:///a/b`.
+                full.push_str(&resource.replace('/', "%2F"));
+            }
         }
         let whole = &full[..whole_len];
         self.rules().any(|r| match r {

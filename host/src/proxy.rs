@@ -91,7 +91,7 @@ async fn proxy(
         tag,
         forward(
             app,
-            &snapshot.policy.access(caller),
+            Some(&snapshot.policy.access(caller)),
             caller,
             &connector,
             path,
@@ -101,9 +101,11 @@ async fn proxy(
     )
 }
 
+/// Sends `req` to the connector. `access` is checked for a proxy grant; `None` means
+/// the caller was authorized for this request otherwise (a plugin tool's grant).
 async fn forward(
     app: &App,
-    access: &crate::policy::Access<'_>,
+    access: Option<&crate::policy::Access<'_>>,
     caller: &Caller,
     connector: &Connector,
     path: &str,
@@ -127,7 +129,7 @@ async fn forward(
         return Ok(resp);
     }
     let path = normalize_path(path)?;
-    if !access.allows(id, "proxy", &path.grant) {
+    if access.is_some_and(|a| !a.allows(id, "proxy", &path.grant)) {
         return Err(ApiError::forbidden(format!(
             "access denied: {} has no grant for \"{id}/proxy\"; ask an admin for a connectors grant such as \"{id}/proxy\" or \"{id}/**\"",
             caller.login
@@ -341,9 +343,81 @@ async fn forward(
     }
 }
 
+/// Runs a request a plugin tool built (`build-tool-call`) through the proxy path with
+/// the caller's credential. The caller's tool grant was checked by the MCP layer.
+pub async fn tool_request(
+    app: &App,
+    caller: &Caller,
+    connector: &Connector,
+    tr: types::ToolRequest,
+) -> Result<Response, ApiError> {
+    let method = match tr.method {
+        types::Method::Get => Method::GET,
+        types::Method::Head => Method::HEAD,
+        types::Method::Post => Method::POST,
+        types::Method::Put => Method::PUT,
+        types::Method::Patch => Method::PATCH,
+        types::Method::Delete => Method::DELETE,
+        types::Method::Options => Method::OPTIONS,
+    };
+    let path = tr.path.trim_start_matches('/');
+    let mut uri = format!("{PREFIX}{}/{path}", connector.id);
+    if let Some(q) = tr.query.as_deref().filter(|q| !q.is_empty()) {
+        uri.push('?');
+        uri.push_str(q);
+    }
+    let mut req = Request::new(tr.body.map(Body::from).unwrap_or_else(Body::empty));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri.parse().map_err(|_| {
+        ApiError::bad_gateway(
+            "plugin_error",
+            format!("connector \"{}\": the plugin built an unusable tool request path", connector.id),
+        )
+    })?;
+    for (name, value) in tr.headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            req.headers_mut().append(n, v);
+        }
+    }
+    forward(app, None, caller, connector, path, req).await
+}
+
+/// The plugin context without discovery: input defaults, `provider_vars`, and the
+/// caller's token variables for a per-user connector. Enough to list a plugin's tools.
+pub fn plugin_context(
+    app: &App,
+    connector: &Connector,
+    user: Option<&str>,
+    plugin: &Plugin,
+) -> Option<types::Context> {
+    let base = match &connector.url {
+        Some(u) => u.to_string(),
+        None => url::Url::parse(&plugin.defaults.api_url).ok()?.to_string(),
+    };
+    let mut variables: Vec<(String, String)> = plugin
+        .defaults
+        .inputs
+        .iter()
+        .filter(|i| !connector.provider_vars.iter().any(|(k, _)| *k == i.name))
+        .filter_map(|i| Some((i.name.clone(), i.default_value.clone()?)))
+        .collect();
+    variables.extend(connector.provider_vars.iter().cloned());
+    if let (Credential::PerUser(pu), Some(user)) = (&connector.credential, user) {
+        variables.extend(app.connections.variables(pu, user));
+    }
+    Some(types::Context {
+        connector: connector.id.clone(),
+        base_url: base,
+        variables,
+    })
+}
+
 /// The connection's variables for the plugin: input defaults, then the connector's
 /// `provider_vars`, then what discovery found (run once and cached).
-async fn connection_context(
+pub async fn connection_context(
     app: &App,
     connector: &Connector,
     caller: &Caller,

@@ -97,6 +97,7 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
                 | "vault"
                 | "registry"
                 | "egress"
+                | "mcp"
                 | "public_url"
                 | "connectors"
                 | "grants"
@@ -131,6 +132,15 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
     let vault: Option<VaultConfig> = section(obj, "vault", diags);
     let registry: Option<RegistryConfig> = section(obj, "registry", diags);
     let egress: Option<EgressConfig> = section(obj, "egress", diags);
+    let mcp: Option<McpConfig> = section(obj, "mcp", diags);
+    if let Some(m) = &mcp
+        && m.poll_interval_secs == 0
+    {
+        diags.error(
+            top.key("mcp").key("poll_interval_secs"),
+            "must be at least 1 (seconds between catalog polls)",
+        );
+    }
     let flags: Option<BTreeMap<String, Flag>> = section(obj, "flags", diags);
     if let Some(e) = &egress
         && e.allow_loopback
@@ -151,6 +161,7 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
         vault: vault?,
         registry: registry?,
         egress: egress?,
+        mcp: mcp.filter(|m| m.poll_interval_secs > 0)?,
         public_url: public_url?,
         connectors: connectors?,
         grants: grants?,

@@ -16,6 +16,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub registry: RegistryConfig,
     pub egress: EgressConfig,
+    pub mcp: McpConfig,
     /// The URL agents and browsers reach this host at (`https://ai.example.ts.net`).
     /// OAuth redirect URIs are built from it; without it, from the request's `Host`.
     pub public_url: Option<url::Url>,
@@ -95,6 +96,30 @@ impl Default for EgressConfig {
             allow_loopback: false,
             connect_timeout_secs: 10,
             read_timeout_secs: 300,
+        }
+    }
+}
+
+/// The aggregated MCP endpoint `/v1/mcp` and its upstream sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// `Host` values `/v1/mcp` answers (a DNS-rebinding guard): host names, or
+    /// `host:port`. Absent: loopback names, the listen address and `public_url`'s host.
+    /// An empty list turns the check off.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// How often shared-credential MCP servers are asked for their catalogs again.
+    pub poll_interval_secs: u64,
+    /// A user's upstream session on a per-user connector closes after this long unused.
+    pub idle_session_secs: u64,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: None,
+            poll_interval_secs: 5,
+            idle_session_secs: 1800,
         }
     }
 }

@@ -1,0 +1,588 @@
+//! The aggregated MCP endpoint `/v1/mcp`: one MCP server in front of every granted MCP
+//! connector, the built-in `aperture` connector and the tools of provider plugins.
+//!
+//! # Layout
+//!
+//! - [`upstream`]: rmcp's client over the egress client, with the connector's credential
+//!   on every request; one [`upstream::Session`] per shared connector, or per (user,
+//!   connector) for per-user OAuth.
+//! - `catalog` (this file): [`Hub`] keeps the upstreams and their catalogs. Shared
+//!   connectors are discovered in the background (at start, on reload, every
+//!   `mcp.poll_interval_secs`, and at once on the upstream's `list_changed`); per-user ones
+//!   on the user's first request, then again when stale.
+//! - `server`: the rmcp [`rmcp::ServerHandler`] that names, filters and routes, and the
+//!   HTTP entry that serves sessionless requests statelessly and keeps sessions to the
+//!   caller that opened them.
+//! - `builtin`: `aperture_list_connectors` and plugin tools run through the HTTP proxy.
+//!
+//! Names: tools `<id>_<tool>`, resources `<id>-<uri>`, templates `<id>-<uriTemplate>`.
+//! Connector IDs have neither `_` nor `-`, so the first one splits a name unambiguously.
+//! [`visible`] is the one grant decision for listing and for use.
+
+mod builtin;
+mod server;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{Resource, ResourceTemplate, Tool};
+use tokio::sync::Notify;
+
+use crate::app::{App, Connector, Snapshot};
+use crate::config::Protocol;
+use crate::connections::Status;
+use crate::credentials::Credential;
+use crate::identity::Caller;
+use crate::policy::Access;
+use upstream::{Auth, EgressHttp, Listener, Listing, Session};
+
+pub use server::{ENDPOINT, Entry, handle};
+
+/// What an MCP name refers to, as grants see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tool,
+    Resource,
+    Template,
+}
+
+impl Kind {
+    fn category(self) -> &'static str {
+        match self {
+            Self::Tool => "tools",
+            Self::Resource => "resources",
+            Self::Template => "templates",
+        }
+    }
+
+    fn separator(self) -> char {
+        match self {
+            Self::Tool => '_',
+            Self::Resource | Self::Template => '-',
+        }
+    }
+}
+
+/// The grant decision for one upstream name, used by listing and by calls alike.
+pub fn visible(access: &Access<'_>, connector: &str, kind: Kind, name: &str) -> bool {
+    access.allows(connector, kind.category(), name)
+}
+
+/// `<connector><sep><name>`.
+pub fn prefixed(connector: &str, kind: Kind, name: &str) -> String {
+    let mut s = String::with_capacity(connector.len() + 1 + name.len());
+    s.push_str(connector);
+    s.push(kind.separator());
+    s.push_str(name);
+    s
+}
+
+/// Splits an aggregated name into connector and upstream name.
+pub fn split(kind: Kind, full: &str) -> Option<(&str, &str)> {
+    full.split_once(kind.separator())
+        .filter(|(id, rest)| crate::config::valid_connector_id(id) && !rest.is_empty())
+}
+
+/// SEP-986: 1 to 128 characters from `[A-Za-z0-9_.-]`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Keeps the tools whose prefixed names are valid, logging the others once per listing.
+fn usable(connector: &str, mut listing: Listing) -> Listing {
+    listing.tools.retain(|t| {
+        let ok = valid_tool_name(&prefixed(connector, Kind::Tool, &t.name));
+        if !ok {
+            tracing::warn!(
+                connector,
+                tool = %t.name.chars().take(200).collect::<String>(),
+                "upstream tool left out: its prefixed name is not a valid MCP tool name (1-128 of A-Z a-z 0-9 _ . -)"
+            );
+        }
+        ok
+    });
+    listing
+}
+
+/// One upstream MCP server as one identity sees it (the connector's shared credential,
+/// or one user's token).
+pub struct Upstream {
+    connector: Arc<Connector>,
+    /// URL and credential fingerprint: a reload that changes neither keeps the session.
+    key: String,
+    http: EgressHttp,
+    url: url::Url,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    listing: RwLock<Arc<Listing>>,
+    state: Mutex<UpstreamState>,
+    /// Rings when the upstream announced a change.
+    wake: Arc<Notify>,
+    hub_changed: Arc<Notify>,
+    /// The refresher task of a shared connector, stopped when the upstream goes.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    loaded_at: Option<Instant>,
+    failing: Option<String>,
+    last_used: Option<Instant>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+    }
+}
+
+impl Upstream {
+    fn new(app: &App, hub: &Hub, connector: Arc<Connector>, auth: Auth) -> Option<Arc<Self>> {
+        let url = connector.url.clone()?;
+        let key = format!("{url}\n{}", connector.credential.fingerprint());
+        Some(Arc::new(Self {
+            http: EgressHttp {
+                egress: app.egress.clone(),
+                connector: connector.id.as_str().into(),
+                auth,
+            },
+            connector,
+            key,
+            url,
+            session: tokio::sync::Mutex::new(None),
+            listing: RwLock::new(Arc::default()),
+            state: Mutex::default(),
+            wake: Arc::new(Notify::new()),
+            hub_changed: hub.changed.clone(),
+            task: Mutex::new(None),
+        }))
+    }
+
+    fn listing(&self) -> Arc<Listing> {
+        self.listing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, UpstreamState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live session, opened now if there is none or it broke.
+    async fn session(&self) -> anyhow::Result<Arc<Session>> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let wake = self.wake.clone();
+        let listener = Listener {
+            on_change: Arc::new(move || wake.notify_one()),
+        };
+        let s = Arc::new(Session::open(self.http.clone(), &self.url, listener).await?);
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Forgets `broken` (if it is still the current session) so the next use reconnects.
+    async fn reset(&self, broken: &Arc<Session>) {
+        let mut guard = self.session.lock().await;
+        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
+            *guard = None;
+        }
+    }
+
+    async fn close(&self) {
+        if let Some(s) = self.session.lock().await.take()
+            && let Ok(s) = Arc::try_unwrap(s)
+        {
+            s.close().await;
+        }
+    }
+
+    /// Runs `op` on the session; a broken connection gets one more try on a new one.
+    async fn with_session<T, F, Fut>(&self, op: F) -> anyhow::Result<T>
+    where
+        F: Fn(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, rmcp::service::ServiceError>>,
+    {
+        self.state().last_used = Some(Instant::now());
+        let s = self.session().await?;
+        match op(s.clone()).await {
+            Err(e) if upstream::is_broken_connection(&e) => {
+                tracing::info!(connector = %self.connector.id, "upstream MCP connection broke ({e}); retrying once on a new session");
+                self.reset(&s).await;
+                let s = self.session().await?;
+                op(s).await.map_err(anyhow::Error::from)
+            }
+            other => other.map_err(anyhow::Error::from),
+        }
+    }
+
+    /// Asks the upstream for its catalog. A failure empties the catalog and logs why
+    /// (once per new reason); success after failure logs the recovery.
+    async fn refresh(&self) {
+        let id = self.connector.id.as_str();
+        let result = self.with_session(|s| async move { s.list().await }).await;
+        let new = match result {
+            Ok(listing) => {
+                let was = self.state().failing.take();
+                if was.is_some() {
+                    tracing::info!(connector = id, "MCP server reachable again; its tools are listed again");
+                }
+                usable(id, listing)
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                {
+                    let mut st = self.state();
+                    if st.failing.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(connector = id, error = %why, "MCP server discovery failed; its tool list is empty until it recovers");
+                    }
+                    st.failing = Some(why);
+                }
+                self.session.lock().await.take();
+                Listing::default()
+            }
+        };
+        self.state().loaded_at = Some(Instant::now());
+        let changed = {
+            let mut cur = self.listing.write().unwrap_or_else(|p| p.into_inner());
+            let changed = !same(&cur, &new);
+            if changed {
+                *cur = Arc::new(new);
+            }
+            changed
+        };
+        if changed {
+            self.hub_changed.notify_one();
+        }
+    }
+}
+
+fn same(a: &Listing, b: &Listing) -> bool {
+    let j = |l: &Listing| {
+        (
+            serde_json::to_value(&l.tools).ok(),
+            serde_json::to_value(&l.resources).ok(),
+            serde_json::to_value(&l.templates).ok(),
+        )
+    };
+    j(a) == j(b)
+}
+
+/// The upstreams and their catalogs, and the open client sessions to tell about changes.
+pub struct Hub {
+    shared: Mutex<HashMap<String, Arc<Upstream>>>,
+    users: Mutex<HashMap<(String, String), Arc<Upstream>>>,
+    /// Rings when any catalog or the config changed; the notifier then checks sessions.
+    changed: Arc<Notify>,
+    sessions: server::Sessions,
+    plugin_tools: Mutex<HashMap<String, Arc<Vec<Tool>>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            shared: Mutex::default(),
+            users: Mutex::default(),
+            changed: Arc::new(Notify::new()),
+            sessions: server::Sessions::default(),
+            plugin_tools: Mutex::default(),
+        }
+    }
+
+    /// Something that decides what callers see changed (config, a user's connection).
+    pub fn changed(&self) {
+        self.plugin_tools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.changed.notify_one();
+    }
+
+    /// Brings the shared upstreams in line with the current config: new and changed
+    /// connectors are discovered now, removed ones closed. Per-user sessions of removed or
+    /// changed connectors close too.
+    pub fn sync(&self, app: &App) {
+        let snap = app.snapshot();
+        let poll = Duration::from_secs(snap.config.mcp.poll_interval_secs);
+        let mut started = Vec::new();
+        let mut gone = Vec::new();
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut want: HashMap<String, Arc<Connector>> = snap
+                .connectors
+                .values()
+                .filter(|c| c.protocol == Protocol::Mcp && !matches!(c.credential, Credential::PerUser(_)))
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect();
+            shared.retain(|id, up| {
+                let keep = want.get(id).is_some_and(|c| {
+                    c.url.as_ref().map(|u| format!("{u}\n{}", c.credential.fingerprint()))
+                        == Some(up.key.clone())
+                });
+                if keep {
+                    want.remove(id);
+                } else {
+                    gone.push(up.clone());
+                }
+                keep
+            });
+            for (id, c) in want {
+                let auth = Auth::Shared(c.credential.clone());
+                let Some(up) = Upstream::new(app, self, c, auth) else {
+                    tracing::warn!(connector = %id, "MCP connector has no url; it lists nothing until an admin sets one");
+                    continue;
+                };
+                shared.insert(id, up.clone());
+                started.push(up);
+            }
+        }
+        {
+            let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            users.retain(|(id, _), up| {
+                let keep = snap.connectors.get(id).is_some_and(|c| {
+                    c.url.as_ref().map(|u| format!("{u}\n{}", c.credential.fingerprint()))
+                        == Some(up.key.clone())
+                });
+                if !keep {
+                    gone.push(up.clone());
+                }
+                keep
+            });
+        }
+        for up in gone {
+            tokio::spawn(async move { up.close().await });
+        }
+        for up in started {
+            let weak = Arc::downgrade(&up);
+            let task = tokio::spawn(async move {
+                loop {
+                    let Some(up) = weak.upgrade() else { return };
+                    up.refresh().await;
+                    let wake = up.wake.clone();
+                    drop(up);
+                    tokio::select! {
+                        () = tokio::time::sleep(poll) => {}
+                        () = wake.notified() => {}
+                    }
+                }
+            });
+            *up.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        }
+        self.changed();
+    }
+
+    /// The upstream for `caller` on `connector`: the shared one, or the caller's own for a
+    /// per-user connector whose connection is ready (created, and its catalog loaded, on
+    /// first use).
+    async fn upstream(
+        &self,
+        app: &App,
+        connector: &Arc<Connector>,
+        caller: &Caller,
+        load: bool,
+    ) -> Option<Arc<Upstream>> {
+        let Credential::PerUser(pu) = &connector.credential else {
+            return self
+                .shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&connector.id)
+                .cloned();
+        };
+        if app.connections.status(pu, &caller.login) != Status::Ready {
+            return None;
+        }
+        let key = (connector.id.clone(), caller.login.clone());
+        let existing = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let up = match existing {
+            Some(up) => up,
+            None if !load => return None,
+            None => {
+                let auth = Auth::User {
+                    connections: app.connections.clone(),
+                    per_user: pu.clone(),
+                    login: caller.login.as_str().into(),
+                };
+                let up = Upstream::new(app, self, connector.clone(), auth)?;
+                self.users
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key)
+                    .or_insert(up)
+                    .clone()
+            }
+        };
+        if load {
+            let (loaded, stale) = {
+                let st = up.state();
+                let poll = Duration::from_secs(app.snapshot().config.mcp.poll_interval_secs);
+                (
+                    st.loaded_at.is_some(),
+                    st.loaded_at.is_none_or(|t| t.elapsed() >= poll),
+                )
+            };
+            if !loaded {
+                up.refresh().await;
+            } else if stale || take_wake(&up.wake) {
+                let bg = up.clone();
+                tokio::spawn(async move { bg.refresh().await });
+            }
+        }
+        Some(up)
+    }
+
+    /// `login` disconnected from `connector`: its upstream session ends now.
+    pub fn forget_user(&self, connector: &str, login: &str) {
+        let gone = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(connector.to_owned(), login.to_owned()));
+        if let Some(up) = gone {
+            tokio::spawn(async move { up.close().await });
+        }
+        self.changed();
+    }
+
+    /// Closes per-user sessions nobody used for `idle`.
+    async fn close_idle(&self, idle: Duration) {
+        let gone: Vec<Arc<Upstream>> = {
+            let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            let mut gone = Vec::new();
+            users.retain(|_, up| {
+                let keep = up.state().last_used.is_some_and(|t| t.elapsed() < idle);
+                if !keep {
+                    gone.push(up.clone());
+                }
+                keep
+            });
+            gone
+        };
+        for up in gone {
+            up.close().await;
+        }
+    }
+}
+
+/// Consumes a pending wake-up, if any, without waiting.
+fn take_wake(n: &Notify) -> bool {
+    use futures_util::FutureExt as _;
+    n.notified().now_or_never().is_some()
+}
+
+/// What one caller sees: every item already prefixed and filtered by grants.
+#[derive(Default)]
+pub struct View {
+    pub tools: Vec<Tool>,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
+}
+
+/// Builds `caller`'s view. With `load`, per-user catalogs not yet fetched are fetched now.
+pub async fn view(app: &App, snap: &Snapshot, caller: &Caller, load: bool) -> View {
+    let access = snap.policy.access(caller);
+    let mut v = View::default();
+    builtin::tools(app, snap, &access, &mut v.tools).await;
+    let mut ids: Vec<&Arc<Connector>> = snap
+        .connectors
+        .values()
+        .filter(|c| c.protocol == Protocol::Mcp && access.any_on(&c.id))
+        .collect();
+    ids.sort_by(|a, b| a.id.cmp(&b.id));
+    for c in ids {
+        let Some(up) = app.mcp.upstream(app, c, caller, load).await else {
+            continue;
+        };
+        let l = up.listing();
+        let id = c.id.as_str();
+        for t in &l.tools {
+            if visible(&access, id, Kind::Tool, &t.name) {
+                let mut t = t.clone();
+                t.name = prefixed(id, Kind::Tool, &t.name).into();
+                v.tools.push(t);
+            }
+        }
+        for r in &l.resources {
+            if visible(&access, id, Kind::Resource, &r.uri) {
+                let mut r = r.clone();
+                r.uri = prefixed(id, Kind::Resource, &r.uri);
+                v.resources.push(r);
+            }
+        }
+        for t in &l.templates {
+            if visible(&access, id, Kind::Template, &t.uri_template) {
+                let mut t = t.clone();
+                t.uri_template = prefixed(id, Kind::Template, &t.uri_template);
+                v.templates.push(t);
+            }
+        }
+    }
+    v
+}
+
+/// Starts the background work: catalog sync now, session notifications, idle cleanup.
+pub fn start(app: &Arc<App>) {
+    app.mcp.sync(app);
+    server::spawn_notifier(app);
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(app) = weak.upgrade() else { return };
+            let idle = Duration::from_secs(app.snapshot().config.mcp.idle_session_secs);
+            app.mcp.close_idle(idle).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_at_the_first_separator() {
+        assert_eq!(split(Kind::Tool, "github_search_code"), Some(("github", "search_code")));
+        assert_eq!(
+            split(Kind::Resource, "local-file:///a-b"),
+            Some(("local", "file:///a-b"))
+        );
+        assert_eq!(split(Kind::Tool, "_x"), None);
+        assert_eq!(split(Kind::Tool, "github_"), None);
+        assert_eq!(split(Kind::Tool, "nounderscore"), None);
+        assert_eq!(split(Kind::Tool, "9lives_x"), None);
+        assert_eq!(prefixed("a", Kind::Template, "t://{x}"), "a-t://{x}");
+    }
+
+    #[test]
+    fn tool_names_follow_sep_986() {
+        assert!(valid_tool_name("snowflake_query"));
+        assert!(valid_tool_name("a.b-c_D9"));
+        assert!(!valid_tool_name(""));
+        assert!(!valid_tool_name("has space"));
+        assert!(!valid_tool_name("slash/name"));
+        assert!(!valid_tool_name("ünicode"));
+        assert!(valid_tool_name(&"x".repeat(128)));
+        assert!(!valid_tool_name(&"x".repeat(129)));
+    }
+}

@@ -1,0 +1,535 @@
+//! The MCP server agents talk to, and its HTTP entry.
+
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ErrorData, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ResourceContents, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, ServiceError};
+use rmcp::transport::StreamableHttpServerConfig;
+use rmcp::transport::streamable_http_server::StreamableHttpService;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+
+use super::{Kind, builtin, prefixed, split, view, visible};
+use crate::app::{App, Snapshot};
+use crate::config::Config;
+use crate::credentials::Credential;
+use crate::identity::Caller;
+
+/// Where the aggregated endpoint is mounted.
+pub const ENDPOINT: &str = "/v1/mcp";
+/// Largest request body `/v1/mcp` accepts.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The rmcp handler: one per session (or per sessionless request).
+#[derive(Clone)]
+pub struct Aggregator {
+    app: Arc<App>,
+}
+
+/// Who is asking, from the HTTP request rmcp hands to the handler.
+struct Who {
+    caller: Arc<Caller>,
+    snap: Arc<Snapshot>,
+    base_url: String,
+}
+
+fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
+    let parts = ext
+        .get::<http::request::Parts>()
+        .ok_or_else(|| ErrorData::internal_error("the request lost its HTTP context", None))?;
+    let caller = parts
+        .extensions
+        .get::<Arc<Caller>>()
+        .cloned()
+        .ok_or_else(|| ErrorData::invalid_request("the caller is not identified", None))?;
+    let snap = parts
+        .extensions
+        .get::<Arc<Snapshot>>()
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("no config snapshot for the request", None))?;
+    let base_url = match &snap.config.public_url {
+        Some(u) => u.as_str().trim_end_matches('/').to_owned(),
+        None => {
+            let host = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    };
+    Ok(Who {
+        caller,
+        snap,
+        base_url,
+    })
+}
+
+fn not_available(kind: &str, name: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!(
+            "{kind} \"{name}\" is not available to you: it does not exist, its server is unreachable, or you have no grant for it; list them again, or ask an admin for a connectors grant"
+        ),
+        None,
+    )
+}
+
+fn upstream_error(connector: &str, e: anyhow::Error) -> ErrorData {
+    match e.downcast::<ServiceError>() {
+        // The upstream's own JSON-RPC error passes through as it is.
+        Ok(ServiceError::McpError(e)) => e,
+        Ok(e) => ErrorData::internal_error(
+            format!("connector \"{connector}\": the MCP server call failed: {e}"),
+            None,
+        ),
+        Err(e) => ErrorData::internal_error(
+            format!("connector \"{connector}\": could not reach the MCP server: {e:#}"),
+            None,
+        ),
+    }
+}
+
+impl Aggregator {
+    /// The upstream for a call, or why there is none.
+    async fn upstream_for(
+        &self,
+        w: &Who,
+        id: &str,
+    ) -> Result<Arc<super::Upstream>, ErrorData> {
+        let c = w
+            .snap
+            .connectors
+            .get(id)
+            .filter(|c| c.protocol == crate::config::Protocol::Mcp)
+            .ok_or_else(|| not_available("connector", id))?;
+        match self.app.mcp.upstream(&self.app, c, &w.caller, true).await {
+            Some(up) => Ok(up),
+            None if matches!(c.credential, Credential::PerUser(_)) => Err(ErrorData::invalid_request(
+                format!(
+                    "connector \"{id}\" needs your authorization first: connect it in the dashboard or with POST /api/connectors/{id}/connect"
+                ),
+                None,
+            )),
+            None => Err(not_available("connector", id)),
+        }
+    }
+}
+
+impl rmcp::ServerHandler for Aggregator {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("portcullis", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Portcullis gateway: tools are named <connector>_<tool>, resources <connector>-<uri>. Call aperture_list_connectors to find the HTTP APIs you can reach through the gateway.",
+        )
+    }
+
+    async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
+        let Ok(w) = who(&cx.extensions) else { return };
+        let session = Arc::new(ClientSession {
+            caller: w.caller.clone(),
+            peer: cx.peer.clone(),
+            seen: Mutex::new(None),
+        });
+        let v = view(&self.app, &w.snap, &w.caller, false).await;
+        *session.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Seen::of(&v));
+        self.app.mcp.sessions.add(session);
+    }
+
+    async fn list_tools(
+        &self,
+        _page: Option<PaginatedRequestParams>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let v = view(&self.app, &w.snap, &w.caller, true).await;
+        Ok(ListToolsResult::with_all_items(v.tools))
+    }
+
+    async fn call_tool(
+        &self,
+        mut req: CallToolRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let full = req.name.to_string();
+        let (id, tool) = split(Kind::Tool, &full).ok_or_else(|| not_available("tool", &full))?;
+        let access = w.snap.policy.access(&w.caller);
+        if !visible(&access, id, Kind::Tool, tool) {
+            tracing::info!(caller = %w.caller.login, tool = %full, "tool call refused: no grant");
+            return Err(not_available("tool", &full));
+        }
+        if let Some(r) = builtin::call(
+            &self.app,
+            &w.snap,
+            &w.caller,
+            &w.base_url,
+            id,
+            tool,
+            req.arguments.as_ref(),
+        )
+        .await
+        {
+            return Ok(CallToolResponse::Complete(r));
+        }
+        let up = self.upstream_for(&w, id).await?;
+        if !up.listing().tools.iter().any(|t| t.name == tool) {
+            return Err(not_available("tool", &full));
+        }
+        req.name = tool.to_owned().into();
+        up.with_session(|s| {
+            let req = req.clone();
+            async move { s.call_tool(req).await }
+        })
+        .await
+        .map_err(|e| upstream_error(id, e))
+    }
+
+    async fn list_resources(
+        &self,
+        _page: Option<PaginatedRequestParams>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let v = view(&self.app, &w.snap, &w.caller, true).await;
+        Ok(ListResourcesResult::with_all_items(v.resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _page: Option<PaginatedRequestParams>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let v = view(&self.app, &w.snap, &w.caller, true).await;
+        Ok(ListResourceTemplatesResult::with_all_items(v.templates))
+    }
+
+    async fn read_resource(
+        &self,
+        mut req: ReadResourceRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let full = req.uri.clone();
+        let (id, uri) =
+            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", &full))?;
+        let access = w.snap.policy.access(&w.caller);
+        let up = self.upstream_for(&w, id).await?;
+        let listing = up.listing();
+        // A listed, granted resource; or a URI one of the granted templates produces.
+        let allowed = (listing.resources.iter().any(|r| r.uri == uri)
+            && visible(&access, id, Kind::Resource, uri))
+            || listing.templates.iter().any(|t| {
+                let fixed = t.uri_template.split('{').next().unwrap_or_default();
+                t.uri_template.contains('{')
+                    && uri.starts_with(fixed)
+                    && visible(&access, id, Kind::Template, &t.uri_template)
+            });
+        if !allowed {
+            tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
+            return Err(not_available("resource", &full));
+        }
+        req.uri = uri.to_owned();
+        let resp = up
+            .with_session(|s| {
+                let req = req.clone();
+                async move { s.read_resource(req).await }
+            })
+            .await
+            .map_err(|e| upstream_error(id, e))?;
+        Ok(match resp {
+            ReadResourceResponse::Complete(mut r) => {
+                for c in &mut r.contents {
+                    if let ResourceContents::TextResourceContents { uri, .. }
+                    | ResourceContents::BlobResourceContents { uri, .. } = c
+                    {
+                        *uri = prefixed(id, Kind::Resource, uri);
+                    }
+                }
+                ReadResourceResponse::Complete(r)
+            }
+            other => other,
+        })
+    }
+}
+
+/// An open client session, told when its caller's visible catalog changes.
+pub struct ClientSession {
+    caller: Arc<Caller>,
+    peer: Peer<RoleServer>,
+    seen: Mutex<Option<Seen>>,
+}
+
+/// Digests of what a session last saw.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    tools: u64,
+    resources: u64,
+}
+
+impl Seen {
+    fn of(v: &super::View) -> Self {
+        let digest = |x: serde_json::Result<Vec<u8>>| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            x.unwrap_or_default().hash(&mut h);
+            h.finish()
+        };
+        Self {
+            tools: digest(serde_json::to_vec(&v.tools)),
+            resources: digest(serde_json::to_vec(&(&v.resources, &v.templates))),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    open: Mutex<Vec<Arc<ClientSession>>>,
+}
+
+impl Sessions {
+    fn add(&self, s: Arc<ClientSession>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|s| !s.peer.is_transport_closed());
+        open.push(s);
+    }
+
+    fn live(&self) -> Vec<Arc<ClientSession>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|s| !s.peer.is_transport_closed());
+        open.clone()
+    }
+}
+
+/// Tells open sessions when what their caller sees changed.
+pub fn spawn_notifier(app: &Arc<App>) {
+    let weak = Arc::downgrade(app);
+    let changed = app.mcp.changed.clone();
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            // Let a burst of changes (a reload touching many connectors) settle.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(app) = weak.upgrade() else { return };
+            let snap = app.snapshot();
+            for s in app.mcp.sessions.live() {
+                let now = Seen::of(&view(&app, &snap, &s.caller, false).await);
+                let before = s
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(now);
+                let Some(before) = before else { continue };
+                if before.tools != now.tools {
+                    tracing::debug!(caller = %s.caller.login, "telling a session its tools changed");
+                    let _ = s.peer.notify_tool_list_changed().await;
+                }
+                if before.resources != now.resources {
+                    let _ = s.peer.notify_resource_list_changed().await;
+                }
+            }
+        }
+    });
+}
+
+type Sessionful = StreamableHttpService<Aggregator, LocalSessionManager>;
+type Stateless = StreamableHttpService<Aggregator, NeverSessionManager>;
+
+/// The two rmcp services for one `allowed_hosts` setting.
+struct Services {
+    hosts: Vec<String>,
+    sessionful: Sessionful,
+    stateless: Stateless,
+}
+
+/// `/v1/mcp`: requests in a session (and `initialize`) go to the session-keeping service;
+/// a sessionless request such as a bare `tools/list` from curl is served statelessly.
+/// A session belongs to the caller who opened it.
+pub struct Entry {
+    app: Arc<App>,
+    manager: Arc<LocalSessionManager>,
+    services: ArcSwap<Services>,
+    owners: Mutex<HashMap<String, String>>,
+}
+
+/// The `Host` values accepted: configured, or loopback names, the listen address and
+/// `public_url`'s host.
+pub fn allowed_hosts(config: &Config) -> Vec<String> {
+    if let Some(h) = &config.mcp.allowed_hosts {
+        return h.clone();
+    }
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    if !config.listen.ip().is_unspecified() {
+        hosts.push(config.listen.ip().to_string());
+    }
+    if let Some(h) = config.public_url.as_ref().and_then(|u| u.host_str()) {
+        hosts.push(h.trim_matches(['[', ']']).to_owned());
+    }
+    hosts.dedup();
+    hosts
+}
+
+impl Entry {
+    pub fn new(app: Arc<App>) -> Arc<Self> {
+        let manager = Arc::new(LocalSessionManager::default());
+        let services = ArcSwap::from_pointee(Self::build(&app, &manager, allowed_hosts(&app.snapshot().config)));
+        Arc::new(Self {
+            app,
+            manager,
+            services,
+            owners: Mutex::default(),
+        })
+    }
+
+    fn build(app: &Arc<App>, manager: &Arc<LocalSessionManager>, hosts: Vec<String>) -> Services {
+        let config = |legacy: bool| {
+            let c = StreamableHttpServerConfig::default()
+                .with_legacy_session_mode(legacy)
+                .with_json_response(!legacy)
+                .with_max_request_body_bytes(MAX_REQUEST_BYTES);
+            if hosts.is_empty() {
+                c.disable_allowed_hosts()
+            } else {
+                c.with_allowed_hosts(hosts.clone())
+            }
+        };
+        let factory = {
+            let app = app.clone();
+            move || Ok(Aggregator { app: app.clone() })
+        };
+        Services {
+            sessionful: StreamableHttpService::new(factory.clone(), manager.clone(), config(true)),
+            stateless: StreamableHttpService::new(
+                factory,
+                Arc::new(NeverSessionManager::default()),
+                config(false),
+            ),
+            hosts,
+        }
+    }
+
+    fn services(&self) -> Arc<Services> {
+        let hosts = allowed_hosts(&self.app.snapshot().config);
+        let cur = self.services.load_full();
+        if cur.hosts == hosts {
+            return cur;
+        }
+        let fresh = Arc::new(Self::build(&self.app, &self.manager, hosts));
+        self.services.store(fresh.clone());
+        fresh
+    }
+
+    fn owner(&self, id: &str) -> Option<String> {
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Forgets owners of sessions the manager no longer has.
+    async fn prune(&self) {
+        let live: std::collections::HashSet<String> = self
+            .manager
+            .sessions
+            .read()
+            .await
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+}
+
+fn session_id(req: &Request) -> Option<String> {
+    req.headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The axum handler for `/v1/mcp`.
+pub async fn handle(
+    State(entry): State<Arc<Entry>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    req: Request,
+) -> Response {
+    let services = entry.services();
+    let session = session_id(&req);
+    if let Some(id) = &session {
+        // Another caller's session is not theirs to use: answer as for an unknown one.
+        if entry.owner(id).is_some_and(|o| o != caller.login) {
+            tracing::warn!(caller = %caller.login, "refused a request in another caller's MCP session");
+            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+        }
+        return services.sessionful.handle(req).await.map(Body::new);
+    }
+    if req.method() != http::Method::POST {
+        return services.sessionful.handle(req).await.map(Body::new);
+    }
+    // Peek at the method: only `initialize` opens a session.
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large: MCP requests are limited to 4 MiB",
+            )
+                .into_response();
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        method: Option<String>,
+    }
+    let initialize = serde_json::from_slice::<Peek>(&bytes)
+        .ok()
+        .and_then(|p| p.method)
+        .is_some_and(|m| m == "initialize");
+    let req = Request::from_parts(parts, Body::from(bytes));
+    if !initialize {
+        return services.stateless.handle(req).await.map(Body::new);
+    }
+    let resp = services.sessionful.handle(req).await;
+    if let Some(id) = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        entry.prune().await;
+        entry
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), caller.login.clone());
+    }
+    resp.map(Body::new)
+}
