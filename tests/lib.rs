@@ -15,6 +15,7 @@
 //! - [`raw`]: raw HTTP/1.1 requests, for paths a URL library would normalise.
 
 pub mod fixture;
+pub mod mcp_server;
 pub mod oidc;
 pub mod raw;
 pub mod upstream;
@@ -299,4 +300,32 @@ pub fn grant(src: &str, patterns: &[&str], admin: bool) -> serde_json::Value {
         caps.push(serde_json::json!({"role": "admin"}));
     }
     serde_json::json!({"src": [src], "app": {"tailscale.com/cap/aperture": caps}})
+}
+
+/// An MCP agent built with rmcp's client, counting `notifications/tools/list_changed`.
+#[derive(Clone, Default)]
+pub struct Agent {
+    pub tools_changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl rmcp::ClientHandler for Agent {
+    async fn on_tool_list_changed(
+        &self,
+        _cx: rmcp::service::NotificationContext<rmcp::service::RoleClient>,
+    ) {
+        self.tools_changed.notify_one();
+    }
+}
+
+/// Connects an rmcp agent to `url` (streamable HTTP).
+pub async fn mcp_agent(
+    url: &str,
+) -> rmcp::service::RunningService<rmcp::service::RoleClient, Agent> {
+    use rmcp::ServiceExt as _;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.to_owned());
+    Agent::default()
+        .serve(transport)
+        .await
+        .expect("the MCP agent connects and initializes")
 }

@@ -371,7 +371,10 @@ pub async fn tool_request(
     *req.uri_mut() = uri.parse().map_err(|_| {
         ApiError::bad_gateway(
             "plugin_error",
-            format!("connector \"{}\": the plugin built an unusable tool request path", connector.id),
+            format!(
+                "connector \"{}\": the plugin built an unusable tool request path",
+                connector.id
+            ),
         )
     })?;
     for (name, value) in tr.headers {

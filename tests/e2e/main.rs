@@ -4,6 +4,7 @@
 mod client_credentials;
 mod config;
 mod identity;
+mod mcp;
 mod observability;
 mod per_user;
 mod plugins;

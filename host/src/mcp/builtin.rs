@@ -186,7 +186,9 @@ fn list_connectors(snap: &Snapshot, caller: &Caller, base_url: &str) -> CallTool
         "Base URL: {base}\nMake requests to {{Base URL}}/v1/connectors/{{id}}/{{path}}\n\n"
     ));
     if http.is_empty() {
-        out.push_str("No HTTP connectors are available to you. Ask an admin for a connectors grant.\n");
+        out.push_str(
+            "No HTTP connectors are available to you. Ask an admin for a connectors grant.\n",
+        );
         return CallToolResult::success(vec![Content::text(out)]);
     }
     out.push_str("Available connectors:\n");
@@ -196,7 +198,10 @@ fn list_connectors(snap: &Snapshot, caller: &Caller, base_url: &str) -> CallTool
             id = c.id
         ));
         if let Some(u) = &c.url {
-            out.push_str(&format!("- Upstream: {}\n", u.as_str().trim_end_matches('/')));
+            out.push_str(&format!(
+                "- Upstream: {}\n",
+                u.as_str().trim_end_matches('/')
+            ));
         }
         if !c.description.is_empty() {
             out.push_str(&format!("- Description: {}\n", c.description));

@@ -234,7 +234,10 @@ impl Upstream {
             Ok(listing) => {
                 let was = self.state().failing.take();
                 if was.is_some() {
-                    tracing::info!(connector = id, "MCP server reachable again; its tools are listed again");
+                    tracing::info!(
+                        connector = id,
+                        "MCP server reachable again; its tools are listed again"
+                    );
                 }
                 usable(id, listing)
             }
@@ -326,12 +329,16 @@ impl Hub {
             let mut want: HashMap<String, Arc<Connector>> = snap
                 .connectors
                 .values()
-                .filter(|c| c.protocol == Protocol::Mcp && !matches!(c.credential, Credential::PerUser(_)))
+                .filter(|c| {
+                    c.protocol == Protocol::Mcp && !matches!(c.credential, Credential::PerUser(_))
+                })
                 .map(|c| (c.id.clone(), c.clone()))
                 .collect();
             shared.retain(|id, up| {
                 let keep = want.get(id).is_some_and(|c| {
-                    c.url.as_ref().map(|u| format!("{u}\n{}", c.credential.fingerprint()))
+                    c.url
+                        .as_ref()
+                        .map(|u| format!("{u}\n{}", c.credential.fingerprint()))
                         == Some(up.key.clone())
                 });
                 if keep {
@@ -355,7 +362,9 @@ impl Hub {
             let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
             users.retain(|(id, _), up| {
                 let keep = snap.connectors.get(id).is_some_and(|c| {
-                    c.url.as_ref().map(|u| format!("{u}\n{}", c.credential.fingerprint()))
+                    c.url
+                        .as_ref()
+                        .map(|u| format!("{u}\n{}", c.credential.fingerprint()))
                         == Some(up.key.clone())
                 });
                 if !keep {
@@ -562,7 +571,10 @@ mod tests {
 
     #[test]
     fn names_split_at_the_first_separator() {
-        assert_eq!(split(Kind::Tool, "github_search_code"), Some(("github", "search_code")));
+        assert_eq!(
+            split(Kind::Tool, "github_search_code"),
+            Some(("github", "search_code"))
+        );
         assert_eq!(
             split(Kind::Resource, "local-file:///a-b"),
             Some(("local", "file:///a-b"))

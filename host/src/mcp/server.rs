@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ErrorData, Implementation, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ResourceContents, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, ErrorData, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ResourceContents, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, ServiceError};
 use rmcp::transport::StreamableHttpServerConfig;
@@ -105,11 +106,7 @@ fn upstream_error(connector: &str, e: anyhow::Error) -> ErrorData {
 
 impl Aggregator {
     /// The upstream for a call, or why there is none.
-    async fn upstream_for(
-        &self,
-        w: &Who,
-        id: &str,
-    ) -> Result<Arc<super::Upstream>, ErrorData> {
+    async fn upstream_for(&self, w: &Who, id: &str) -> Result<Arc<super::Upstream>, ErrorData> {
         let c = w
             .snap
             .connectors
@@ -118,12 +115,14 @@ impl Aggregator {
             .ok_or_else(|| not_available("connector", id))?;
         match self.app.mcp.upstream(&self.app, c, &w.caller, true).await {
             Some(up) => Ok(up),
-            None if matches!(c.credential, Credential::PerUser(_)) => Err(ErrorData::invalid_request(
-                format!(
-                    "connector \"{id}\" needs your authorization first: connect it in the dashboard or with POST /api/connectors/{id}/connect"
-                ),
-                None,
-            )),
+            None if matches!(c.credential, Credential::PerUser(_)) => {
+                Err(ErrorData::invalid_request(
+                    format!(
+                        "connector \"{id}\" needs your authorization first: connect it in the dashboard or with POST /api/connectors/{id}/connect"
+                    ),
+                    None,
+                ))
+            }
             None => Err(not_available("connector", id)),
         }
     }
@@ -396,7 +395,11 @@ pub fn allowed_hosts(config: &Config) -> Vec<String> {
 impl Entry {
     pub fn new(app: Arc<App>) -> Arc<Self> {
         let manager = Arc::new(LocalSessionManager::default());
-        let services = ArcSwap::from_pointee(Self::build(&app, &manager, allowed_hosts(&app.snapshot().config)));
+        let services = ArcSwap::from_pointee(Self::build(
+            &app,
+            &manager,
+            allowed_hosts(&app.snapshot().config),
+        ));
         Arc::new(Self {
             app,
             manager,

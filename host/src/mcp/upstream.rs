@@ -18,9 +18,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
 use rmcp::ServiceExt as _;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, ClientJsonRpcMessage,
-    Implementation, ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceTemplate,
-    ServerJsonRpcMessage, Tool,
+    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig,
+    ClientJsonRpcMessage, Implementation, ReadResourceRequestParams, ReadResourceResponse,
+    Resource, ResourceTemplate, ServerJsonRpcMessage, Tool,
 };
 use rmcp::service::{NotificationContext, RoleClient, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -156,7 +156,9 @@ fn base_headers(
             name.as_str(),
             "accept" | "mcp-session-id" | "last-event-id" | "authorization"
         ) {
-            return Err(StreamableHttpError::ReservedHeaderConflict(name.to_string()));
+            return Err(StreamableHttpError::ReservedHeaderConflict(
+                name.to_string(),
+            ));
         }
         h.insert(name, value);
     }
@@ -439,7 +441,11 @@ pub struct Listing {
 
 impl Session {
     /// Opens a session (the `initialize` handshake) over streamable HTTP.
-    pub async fn open(http: EgressHttp, url: &url::Url, listener: Listener) -> anyhow::Result<Self> {
+    pub async fn open(
+        http: EgressHttp,
+        url: &url::Url,
+        listener: Listener,
+    ) -> anyhow::Result<Self> {
         let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
             .max_sse_event_size(MAX_MESSAGE_BYTES);
         let transport = StreamableHttpClientTransport::with_client(http, config);

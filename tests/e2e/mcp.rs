@@ -1,0 +1,463 @@
+//! `/v1/mcp` with rmcp on both sides: an rmcp MCP server as the upstream (behind bearer,
+//! API-key and client-credentials connectors) and rmcp's client as the agent. Naming and
+//! prefix stripping, grants at list and call time, discovery failure and recovery,
+//! `list_changed`, large results, and the seed's bare curl request.
+
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::fixture::Fixture;
+use portcullis_e2e::mcp_server::{Expect, McpServer};
+use portcullis_e2e::{Host, client, grant, mcp_agent};
+use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
+use serde_json::{Value, json};
+
+use crate::loopback_config;
+
+fn bearer(id: &str, server: &McpServer, secret: &str) -> Value {
+    json!({id: {
+        "protocol": "mcp",
+        "url": server.url(),
+        "auth": {"type": "bearer_token", "secret": secret},
+    }})
+}
+
+fn config(connectors: Value, grants: Value, poll_secs: u64) -> String {
+    let mut c: Value = serde_json::from_str(&loopback_config(connectors, grants)).expect("json");
+    c["mcp"] = json!({"poll_interval_secs": poll_secs});
+    c.to_string()
+}
+
+fn everything() -> Value {
+    json!([grant("(loopback)", &["**"], true)])
+}
+
+fn names(tools: &[rmcp::model::Tool]) -> Vec<String> {
+    tools.iter().map(|t| t.name.to_string()).collect()
+}
+
+/// Lists tools until `pred` holds (discovery runs in the background), for at most 15 s.
+async fn tools_until(
+    agent: &rmcp::service::Peer<rmcp::service::RoleClient>,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = names(&agent.list_all_tools().await.expect("tools/list"));
+        if pred(&now) || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn call(name: &str, args: Value) -> CallToolRequestParams {
+    let mut p = CallToolRequestParams::new(name.to_owned());
+    if let Value::Object(m) = args {
+        p = p.with_arguments(m);
+    }
+    p
+}
+
+fn text_of(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn tools_resources_and_templates_are_prefixed_and_forwarded_stripped() {
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer tok-1".into(),
+    ))
+    .await;
+    let host = Host::start(&config(bearer("notes", &up, "tok-1"), everything(), 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    for expected in [
+        "aperture_list_connectors",
+        "notes_echo",
+        "notes_big",
+        "notes_secret",
+        "notes_add_tool",
+    ] {
+        assert!(
+            tools.contains(&expected.to_owned()),
+            "{expected} missing from {tools:?}"
+        );
+    }
+    assert!(
+        !tools.iter().any(|t| t.contains(' ')),
+        "invalid names are left out: {tools:?}"
+    );
+    host.wait_for_log("upstream tool left out").await;
+
+    let r = agent
+        .call_tool(call("notes_echo", json!({"text": "hi"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "echo: hi");
+    assert_eq!(up.calls(), ["echo"], "the prefix is stripped upstream");
+
+    let resources = agent.list_all_resources().await.expect("resources/list");
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        ["notes-mem://notes/readme", "notes-mem://private/keys"]
+    );
+    let templates = agent
+        .list_all_resource_templates()
+        .await
+        .expect("templates");
+    assert_eq!(templates[0].uri_template, "notes-mem://notes/{id}");
+
+    let read = |uri: &str| {
+        let agent = agent.clone();
+        let uri = uri.to_owned();
+        async move {
+            agent
+                .read_resource(ReadResourceRequestParams::new(uri))
+                .await
+        }
+    };
+    let r = read("notes-mem://notes/readme").await.expect("read");
+    let json = serde_json::to_value(&r).expect("ser");
+    assert_eq!(json["contents"][0]["uri"], "notes-mem://notes/readme");
+    assert_eq!(
+        json["contents"][0]["text"],
+        "contents of mem://notes/readme"
+    );
+    let r = read("notes-mem://notes/42")
+        .await
+        .expect("a URI from the granted template");
+    assert_eq!(
+        serde_json::to_value(&r).expect("ser")["contents"][0]["text"],
+        "contents of mem://notes/42"
+    );
+    assert!(read("other-mem://x").await.is_err(), "unknown connector");
+
+    // Ask Portcullis about its HTTP connectors: none here.
+    let r = agent
+        .call_tool(call("aperture_list_connectors", json!({})))
+        .await
+        .expect("builtin");
+    assert!(
+        text_of(&r).starts_with("Aperture HTTP API Connectors"),
+        "{}",
+        text_of(&r)
+    );
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn grants_decide_listing_and_calls_alike() {
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer tok-1".into(),
+    ))
+    .await;
+    let grants = json!([grant(
+        "(loopback)",
+        &[
+            "notes/tools/echo",
+            "notes/tools/add_*",
+            "notes/resources/mem:%2F%2Fnotes%2F*"
+        ],
+        false
+    )]);
+    let host = Host::start(&config(bearer("notes", &up, "tok-1"), grants, 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    assert_eq!(
+        tools,
+        ["notes_echo", "notes_add_tool"],
+        "no aperture grant, no secret grant"
+    );
+
+    let err = agent
+        .call_tool(call("notes_secret", json!({})))
+        .await
+        .expect_err("an ungranted tool by its exact name is refused");
+    assert!(err.to_string().contains("not available"), "{err}");
+    assert!(
+        agent
+            .call_tool(call("aperture_list_connectors", json!({})))
+            .await
+            .is_err()
+    );
+    assert!(
+        !up.calls().contains(&"secret".to_owned()),
+        "never reached the upstream"
+    );
+
+    let resources = agent.list_all_resources().await.expect("resources");
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, ["notes-mem://notes/readme"]);
+    assert!(
+        agent
+            .list_all_resource_templates()
+            .await
+            .expect("templates")
+            .is_empty()
+    );
+    let read = |uri: &str| agent.read_resource(ReadResourceRequestParams::new(uri.to_owned()));
+    assert!(read("notes-mem://notes/readme").await.is_ok());
+    assert!(
+        read("notes-mem://private/keys").await.is_err(),
+        "not granted"
+    );
+    assert!(
+        read("notes-mem://notes/42").await.is_err(),
+        "templates not granted"
+    );
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn api_key_and_client_credentials_connectors_list_and_call() {
+    let keyed = McpServer::start(Expect::Header("x-api-key".into(), "k-123".into())).await;
+    let cc = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer cc-token".into(),
+    ))
+    .await;
+    let tokens = Fixture::start().await;
+    tokens.json(
+        "/oauth2/token",
+        200,
+        json!({"access_token": "cc-token", "token_type": "Bearer", "expires_in": 3600}),
+    );
+    let connectors = json!({
+        "keyed": {"protocol": "mcp", "url": keyed.url(),
+                  "auth": {"type": "api_key", "secret": "k-123", "name": "X-Api-Key", "in": "header"}},
+        "analytics": {"protocol": "mcp", "url": cc.url(),
+                  "auth": {"type": "oauth2_client_credentials", "client_id": "aperture-analytics",
+                           "client_secret": "secret-example",
+                           "token_url": format!("{}/oauth2/token", tokens.url()),
+                           "scopes": ["read:data"]}},
+    });
+    let host = Host::start(&config(connectors, everything(), 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&agent, |t| {
+        t.contains(&"keyed_echo".into()) && t.contains(&"analytics_echo".into())
+    })
+    .await;
+    assert!(
+        tools.contains(&"keyed_echo".into()) && tools.contains(&"analytics_echo".into()),
+        "{tools:?}"
+    );
+    let r = agent
+        .call_tool(call("analytics_echo", json!({"text": "cc"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "echo: cc");
+    let r = agent
+        .call_tool(call("keyed_echo", json!({"text": "key"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "echo: key");
+    assert_eq!(
+        tokens.seen_at("/oauth2/token").len(),
+        1,
+        "one token serves discovery and calls"
+    );
+    let logs = host.logs();
+    assert!(
+        !logs.contains("k-123") && !logs.contains("cc-token") && !logs.contains("secret-example")
+    );
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_lists_nothing_then_recovers() {
+    let mut up = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({"notes": {"protocol": "mcp", "url": up.url()}});
+    let host = Host::start(&config(connectors, everything(), 1));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    assert!(tools.contains(&"notes_echo".into()), "{tools:?}");
+
+    up.stop().await;
+    let tools = tools_until(&agent, |t| !t.iter().any(|n| n.starts_with("notes_"))).await;
+    assert_eq!(
+        tools,
+        ["aperture_list_connectors"],
+        "an unreachable server's tools go away"
+    );
+    host.wait_for_log("MCP server discovery failed").await;
+    let err = agent
+        .call_tool(call("notes_echo", json!({})))
+        .await
+        .expect_err("unavailable");
+    assert!(err.to_string().contains("not available"), "{err}");
+
+    up.restart().await;
+    let tools = tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    assert!(tools.contains(&"notes_echo".into()), "recovered: {tools:?}");
+    host.wait_for_log("reachable again").await;
+    let r = agent
+        .call_tool(call("notes_echo", json!({"text": "back"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "echo: back");
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_rejected_credential_leaves_the_list_empty_and_says_why_in_the_log() {
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer right".into(),
+    ))
+    .await;
+    let host = Host::start(&config(bearer("notes", &up, "wrong"), everything(), 60));
+    host.wait_for_log("MCP server discovery failed").await;
+    let logs = host.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("MCP server discovery failed"))
+        .expect("log line");
+    assert!(line.contains("notes"), "names the connector: {line}");
+    assert!(!logs.contains("wrong"), "the secret stays out of the logs");
+    assert!(up.rejected() > 0);
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    assert_eq!(
+        names(&agent.list_all_tools().await.expect("list")),
+        ["aperture_list_connectors"]
+    );
+    // Its status is about authorization, not health: still listed as usable.
+    let view = portcullis_e2e::get_json(&host.url("/api/connectors")).await;
+    let notes = view["connectors"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["id"] == "notes"))
+        .cloned()
+        .expect("notes listed");
+    assert_eq!(notes["status"], "Ready", "{notes}");
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn upstream_list_changed_reaches_open_sessions() {
+    let up = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({"notes": {"protocol": "mcp", "url": up.url()}});
+    let host = Host::start(&config(connectors, everything(), 600));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    let changed = agent.service().tools_changed.clone();
+    let r = agent
+        .call_tool(call("notes_add_tool", json!({"name": "fresh"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "added");
+    // Each notification sends the agent to list again, as clients do; the new tool must
+    // show up that way well before the next poll (ten minutes away).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tools = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, changed.notified())
+            .await
+            .expect("notifications/tools/list_changed arrives");
+        let tools = names(&agent.list_all_tools().await.expect("list"));
+        if tools.contains(&"notes_fresh".into()) {
+            break tools;
+        }
+    };
+    assert!(tools.contains(&"notes_fresh".into()), "{tools:?}");
+    let r = agent
+        .call_tool(call("notes_fresh", json!({})))
+        .await
+        .expect("call new tool");
+    assert_eq!(text_of(&r), "fresh ran");
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn large_results_and_restarted_upstreams() {
+    let mut up = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({"notes": {"protocol": "mcp", "url": up.url()}});
+    let host = Host::start(&config(connectors, everything(), 600));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    tools_until(&agent, |t| t.contains(&"notes_big".into())).await;
+    let r = agent
+        .call_tool(call("notes_big", json!({"bytes": 6_000_000})))
+        .await
+        .expect("big");
+    let text = text_of(&r);
+    assert_eq!(text.len(), 6_000_000);
+    assert!(text.bytes().all(|b| b == b'x'));
+
+    // The upstream restarts and forgets its sessions: the next call still works.
+    up.stop().await;
+    up.restart().await;
+    let r = agent
+        .call_tool(call("notes_echo", json!({"text": "again"})))
+        .await
+        .expect("after restart");
+    assert_eq!(text_of(&r), "echo: again");
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer sk-example-token".into(),
+    ))
+    .await;
+    let host = Host::start(&config(
+        bearer("snowflake", &up, "sk-example-token"),
+        everything(),
+        60,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let tools = loop {
+        let resp = client()
+            .post(host.url("/v1/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers().get("mcp-session-id").is_none(),
+            "served statelessly"
+        );
+        let body: Value = resp.json().await.expect("a plain JSON answer");
+        let tools: Vec<String> = body["result"]["tools"]
+            .as_array()
+            .expect("tools array")
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if tools.iter().any(|t| t == "snowflake_echo") || Instant::now() > deadline {
+            break tools;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(tools.contains(&"snowflake_echo".into()), "{tools:?}");
+
+    // Without both media types the request is refused, as the transport requires.
+    let resp = client()
+        .post(host.url("/v1/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 406);
+    // A Host the config does not allow is refused (DNS-rebinding guard).
+    let resp = client()
+        .post(host.url("/v1/mcp"))
+        .header("host", "evil.example")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 403);
+}
