@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Portcullis test. Works on a fresh machine that has the Rust toolchain:
 # installs what the tests need (the wasm32-wasip2 target, Node.js for the oidc-provider
-# peer, its npm packages), then checks formatting and lints, rebuilds the provider
+# and MCP server-everything peers, their npm packages, the Python MCP SDK in a venv), then checks formatting and lints, rebuilds the provider
 # plugins and checks registry/ is what the source builds to, builds the host, and runs
 # unit and end-to-end tests.
 set -euo pipefail
@@ -26,6 +26,21 @@ fi
 
 echo "==> npm ci (test peers)"
 npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
+
+# Python 3 with venv runs the official Python MCP SDK as an agent in the MCP tests.
+py_ok() { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }
+if ! py_ok; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing Python 3 venv from Debian packages" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  py_ok || fail "Python 3 with venv is required for the MCP agent test peer; install it (e.g. apt-get install python3 python3-venv)"
+fi
+echo "==> pip install (Python MCP SDK peer, in target/pyvenv)"
+[ -x target/pyvenv/bin/python ] || python3 -m venv target/pyvenv
+target/pyvenv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/mcp/requirements.txt ||
+  fail "could not install the Python MCP SDK from PyPI (tests/peers/mcp/requirements.txt)"
+export PORTCULLIS_TEST_PYTHON="$PWD/target/pyvenv/bin/python"
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

@@ -17,6 +17,7 @@
 pub mod fixture;
 pub mod mcp_server;
 pub mod oidc;
+pub mod peers_mcp;
 pub mod raw;
 pub mod upstream;
 pub mod whois;

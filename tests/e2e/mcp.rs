@@ -461,3 +461,106 @@ async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
         .expect("post");
     assert_eq!(resp.status(), 403);
 }
+
+#[tokio::test]
+async fn python_sdk_agent_through_portcullis_to_server_everything() {
+    use portcullis_e2e::peers_mcp::{Everything, python_agent};
+    let everything = Everything::start();
+    let connectors = json!({"demo": {
+        "protocol": "mcp",
+        "url": everything.url(),
+        "auth": {"type": "bearer_token", "secret": "demo-token"},
+    }});
+    let grants = json!([grant(
+        "(loopback)",
+        &[
+            "demo/tools/echo",
+            "demo/tools/get-sum",
+            "demo/resources/*",
+            "demo/templates/*"
+        ],
+        false
+    )]);
+    let host = Host::start(&config(connectors, grants, 60));
+    let rust_agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&rust_agent, |t| t.contains(&"demo_echo".into())).await;
+    assert_eq!(
+        tools,
+        ["demo_echo", "demo_get-sum"],
+        "only granted tools are listed"
+    );
+    rust_agent.cancel().await.expect("close");
+
+    let results = python_agent(
+        &host.url("/v1/mcp"),
+        json!([
+            {"op": "list_tools"},
+            {"op": "call_tool", "name": "demo_echo", "arguments": {"message": "through the gateway"}},
+            {"op": "call_tool", "name": "demo_get-sum", "arguments": {"a": 2, "b": 3}},
+            {"op": "call_tool", "name": "demo_get-env", "arguments": {}},
+            {"op": "list_resources"},
+            {"op": "list_templates"},
+            {"op": "read_resource", "uri": "demo-demo://resource/dynamic/text/7"},
+        ]),
+    )
+    .await;
+    let tools: Vec<&str> = results[0]["ok"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(tools, ["demo_echo", "demo_get-sum"]);
+    assert_eq!(
+        results[1]["ok"]["content"][0]["text"],
+        "Echo: through the gateway"
+    );
+    assert!(
+        results[2]["ok"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains('5'),
+        "{}",
+        results[2]
+    );
+    assert!(
+        results[3]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not available"),
+        "an ungranted tool is refused: {}",
+        results[3]
+    );
+    let uris: Vec<&str> = results[4]["ok"]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .collect();
+    assert!(
+        uris.contains(&"demo-demo://resource/static/document/features.md"),
+        "{uris:?}"
+    );
+    let templates: Vec<&str> = results[5]["ok"]["resourceTemplates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|r| r["uriTemplate"].as_str())
+        .collect();
+    assert!(
+        templates.contains(&"demo-demo://resource/dynamic/text/{resourceId}"),
+        "{templates:?}"
+    );
+    assert_eq!(
+        results[6]["ok"]["contents"][0]["uri"],
+        "demo-demo://resource/dynamic/text/7"
+    );
+    assert!(
+        results[6]["ok"]["contents"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Resource 7"),
+        "{}",
+        results[6]
+    );
+}

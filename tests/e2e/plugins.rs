@@ -679,3 +679,94 @@ async fn google_paths_are_shaped_per_api_and_body_rate_limits_get_retry_after() 
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.headers()["portcullis-upstream-class"], "rate-limited");
 }
+
+#[tokio::test]
+async fn plugin_tools_are_mcp_tools_run_through_the_proxy_with_the_connector_credential() {
+    let reg = registry(&["slack"], false);
+    let up = Fixture::start().await;
+    up.json(
+        "/conversations.list",
+        200,
+        json!({"ok": true, "channels": [{"id": "C1", "name": "general"}], "response_metadata": {"next_cursor": ""}}),
+    );
+    let host = host_with(
+        reg.path(),
+        json!({
+            "slack": bearer_connector("slack", &up.url(), json!({"description": "Team chat"})),
+            "github": {"protocol": "http", "url": "https://api.github.com", "description": "GitHub REST API (read-only)",
+                       "context": "Use this connector to look up repository metadata and pull request status."},
+        }),
+    );
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let tools: Vec<String> = agent
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for t in [
+        "aperture_list_connectors",
+        "slack_list_channels",
+        "slack_read_channel",
+        "slack_post_message",
+    ] {
+        assert!(tools.contains(&t.to_owned()), "{t} missing: {tools:?}");
+    }
+    let mut p = rmcp::model::CallToolRequestParams::new("slack_list_channels");
+    p = p.with_arguments(json!({"limit": 5}).as_object().cloned().expect("object"));
+    let r = agent.call_tool(p).await.expect("call");
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let text: String = r
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect();
+    assert!(text.contains("general"), "{text}");
+    let seen = &up.seen_at("/conversations.list")[0];
+    assert_eq!(seen.headers["authorization"], "Bearer tok-provider-1");
+    assert!(
+        seen.query
+            .as_deref()
+            .unwrap_or_default()
+            .contains("limit=5"),
+        "{seen:?}"
+    );
+
+    // A bad argument is the plugin's to refuse, as a tool error the model can read.
+    let p = rmcp::model::CallToolRequestParams::new("slack_read_channel");
+    let r = agent.call_tool(p).await.expect("call");
+    assert_eq!(r.is_error, Some(true));
+
+    let r = agent
+        .call_tool(rmcp::model::CallToolRequestParams::new(
+            "aperture_list_connectors",
+        ))
+        .await
+        .expect("list connectors");
+    let text: String = r
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect();
+    let base = host.url("");
+    let base = base.trim_end_matches('/');
+    for line in [
+        "Aperture HTTP API Connectors".to_owned(),
+        format!("Base URL: {base}"),
+        "## github".to_owned(),
+        format!("- Endpoint: {base}/v1/connectors/github/"),
+        "- Upstream: https://api.github.com".to_owned(),
+        "- Description: GitHub REST API (read-only)".to_owned(),
+        "- Context: Use this connector to look up repository metadata and pull request status."
+            .to_owned(),
+        "## slack".to_owned(),
+        "- Description: Team chat".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    agent.cancel().await.expect("close");
+}

@@ -1,0 +1,108 @@
+//! The MCP peers from the official SDKs' ecosystems: `@modelcontextprotocol/server-everything`
+//! (npm, the reference MCP server) as an upstream, and the Python `mcp` SDK as an agent
+//! (`tests/peers/mcp/agent.py`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// server-everything in streamable HTTP mode on a loopback port; killed on drop.
+pub struct Everything {
+    child: Child,
+    pub port: u16,
+}
+
+impl Everything {
+    pub fn start() -> Everything {
+        let peers = crate::workspace().join("tests").join("peers");
+        let entry =
+            peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+        assert!(
+            entry.exists(),
+            "server-everything is not installed: run `npm ci --prefix tests/peers` (the README's test command does)"
+        );
+        // It takes its port from PORT and cannot report one it was given as 0.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut child = Command::new("node")
+            .arg(entry)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node (is Node.js installed?)");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on port") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Everything { child, port };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("server-everything exited with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server-everything did not start in 30 s"
+            );
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
+impl Drop for Everything {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("PORTCULLIS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace().join("target/pyvenv/bin/python"))
+}
+
+/// Runs the Python SDK agent against `url` with `ops`; returns its `results` array.
+pub async fn python_agent(url: &str, ops: Value) -> Vec<Value> {
+    let py = python();
+    assert!(
+        py.exists(),
+        "the Python MCP SDK venv is missing at {}: run scripts/test.sh (the README's test command) or set PORTCULLIS_TEST_PYTHON",
+        py.display()
+    );
+    let script = crate::workspace().join("tests/peers/mcp/agent.py");
+    let out = tokio::process::Command::new(py)
+        .arg(script)
+        .arg(url)
+        .arg(ops.to_string())
+        .output()
+        .await
+        .expect("run the Python agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python agent failed ({}): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).expect("agent output is JSON");
+    v["results"].as_array().cloned().expect("results")
+}
