@@ -69,7 +69,11 @@ impl rmcp::ServerHandler for Handler {
     }
 
     async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
-        self.shared.peers.lock().unwrap().push(cx.peer.clone());
+        self.shared
+            .peers
+            .lock()
+            .expect("lock")
+            .push(cx.peer.clone());
     }
 
     async fn list_tools(
@@ -96,7 +100,7 @@ impl rmcp::ServerHandler for Handler {
             ),
             Tool::new("has space", "An invalid MCP tool name", schema(json!({}))),
         ];
-        for name in self.shared.extra_tools.lock().unwrap().iter() {
+        for name in self.shared.extra_tools.lock().expect("lock").iter() {
             tools.push(Tool::new(
                 name.clone(),
                 "Added at run time",
@@ -112,7 +116,7 @@ impl rmcp::ServerHandler for Handler {
         _cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = req.name.to_string();
-        self.shared.calls.lock().unwrap().push(name.clone());
+        self.shared.calls.lock().expect("lock").push(name.clone());
         let arg = |k: &str| req.arguments.as_ref().and_then(|a| a.get(k)).cloned();
         let result = match name.as_str() {
             "echo" => text(format!(
@@ -130,8 +134,8 @@ impl rmcp::ServerHandler for Handler {
                 let new = arg("name")
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "added".into());
-                self.shared.extra_tools.lock().unwrap().push(new);
-                let peers: Vec<_> = self.shared.peers.lock().unwrap().clone();
+                self.shared.extra_tools.lock().expect("lock").push(new);
+                let peers: Vec<_> = self.shared.peers.lock().expect("lock").clone();
                 for p in peers {
                     let _ = p.notify_tool_list_changed().await;
                 }
@@ -142,7 +146,7 @@ impl rmcp::ServerHandler for Handler {
                     .shared
                     .extra_tools
                     .lock()
-                    .unwrap()
+                    .expect("lock")
                     .iter()
                     .any(|t| t == other) =>
             {
@@ -299,7 +303,7 @@ impl McpServer {
 
     /// Names of tools called so far, as the server received them.
     pub fn calls(&self) -> Vec<String> {
-        self.shared.calls.lock().unwrap().clone()
+        self.shared.calls.lock().expect("lock").clone()
     }
 
     pub fn rejected(&self) -> usize {
