@@ -201,7 +201,8 @@ async fn unknown_connector_404_no_grant_403_mcp_connector_404() {
     let up = Upstream::start().await;
     let mut connectors = bearer(&up);
     connectors["other"] = json!({"protocol": "http", "url": up.url()});
-    connectors["tools"] = json!({"protocol": "mcp", "url": up.url()});
+    // An MCP connector elsewhere: its background discovery must not count as proxy hits.
+    connectors["tools"] = json!({"protocol": "mcp", "url": "http://127.0.0.1:9/mcp"});
     let grants = json!([grant(
         "(loopback)",
         &["api/proxy/allowed/**", "tools/**"],
