@@ -428,27 +428,16 @@ pub async fn connection_context(
     base: &url::Url,
 ) -> Result<types::Context, ApiError> {
     let id = connector.id.as_str();
-    let mut variables: Vec<(String, String)> = plugin
-        .defaults
-        .inputs
-        .iter()
-        .filter(|i| !connector.provider_vars.iter().any(|(k, _)| *k == i.name))
-        .filter_map(|i| Some((i.name.clone(), i.default_value.clone()?)))
-        .collect();
-    variables.extend(connector.provider_vars.iter().cloned());
     // A per-user connection's variables come from that user's token responses.
-    let user = match &connector.credential {
-        Credential::PerUser(pu) => {
-            variables.extend(app.connections.variables(pu, &caller.login));
-            Some(caller.login.as_str())
-        }
-        _ => None,
-    };
-    let mut ctx = types::Context {
-        connector: id.to_owned(),
-        base_url: base.to_string(),
-        variables,
-    };
+    let user =
+        matches!(connector.credential, Credential::PerUser(_)).then_some(caller.login.as_str());
+    let mut ctx = plugin_context(app, connector, user, plugin).ok_or_else(|| {
+        ApiError::bad_gateway(
+            "connector_misconfigured",
+            format!("connector \"{id}\" has no usable url"),
+        )
+    })?;
+    ctx.base_url = base.to_string();
     if !plugin.has(Hook::Discover) {
         return Ok(ctx);
     }
