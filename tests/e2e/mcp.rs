@@ -50,6 +50,23 @@ async fn tools_until(
     }
 }
 
+/// A bare JSON-RPC POST to `/v1/mcp`, as curl sends it (no session).
+async fn post_raw(host: &Host, host_header: Option<&str>, accept: &str) -> reqwest::Response {
+    let mut req = client()
+        .post(host.url("/v1/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", accept);
+    if let Some(h) = host_header {
+        req = req.header("host", h);
+    }
+    req.body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+        .send()
+        .await
+        .expect("post")
+}
+
+const BOTH: &str = "application/json, text/event-stream";
+
 fn call(name: &str, args: Value) -> CallToolRequestParams {
     let mut p = CallToolRequestParams::new(name.to_owned());
     if let Value::Object(m) = args {
@@ -412,14 +429,7 @@ async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
     ));
     let deadline = Instant::now() + Duration::from_secs(15);
     let tools = loop {
-        let resp = client()
-            .post(host.url("/v1/mcp"))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
-            .send()
-            .await
-            .expect("post");
+        let resp = post_raw(&host, None, BOTH).await;
         assert_eq!(resp.status(), 200);
         assert!(
             resp.headers().get("mcp-session-id").is_none(),
@@ -440,25 +450,10 @@ async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
     assert!(tools.contains(&"snowflake_echo".into()), "{tools:?}");
 
     // Without both media types the request is refused, as the transport requires.
-    let resp = client()
-        .post(host.url("/v1/mcp"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
-        .send()
-        .await
-        .expect("post");
+    let resp = post_raw(&host, None, "application/json").await;
     assert_eq!(resp.status(), 406);
     // A Host the config does not allow is refused (DNS-rebinding guard).
-    let resp = client()
-        .post(host.url("/v1/mcp"))
-        .header("host", "evil.example")
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
-        .send()
-        .await
-        .expect("post");
+    let resp = post_raw(&host, Some("evil.example"), BOTH).await;
     assert_eq!(resp.status(), 403);
 }
 

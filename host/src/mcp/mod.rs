@@ -257,7 +257,7 @@ impl Upstream {
         self.state().loaded_at = Some(Instant::now());
         let changed = {
             let mut cur = self.listing.write().unwrap_or_else(|p| p.into_inner());
-            let changed = !same(&cur, &new);
+            let changed = **cur != new;
             if changed {
                 *cur = Arc::new(new);
             }
@@ -267,17 +267,6 @@ impl Upstream {
             self.hub_changed.notify_one();
         }
     }
-}
-
-fn same(a: &Listing, b: &Listing) -> bool {
-    let j = |l: &Listing| {
-        (
-            serde_json::to_value(&l.tools).ok(),
-            serde_json::to_value(&l.resources).ok(),
-            serde_json::to_value(&l.templates).ok(),
-        )
-    };
-    j(a) == j(b)
 }
 
 /// The upstreams and their catalogs, and the open client sessions to tell about changes.

@@ -355,9 +355,10 @@ pub fn spawn_notifier(app: &Arc<App>) {
 type Sessionful = StreamableHttpService<Aggregator, LocalSessionManager>;
 type Stateless = StreamableHttpService<Aggregator, NeverSessionManager>;
 
-/// The two rmcp services for one `allowed_hosts` setting.
+/// The two rmcp services for one config snapshot.
 struct Services {
-    hosts: Vec<String>,
+    /// The config these were built for (its `mcp.allowed_hosts` and `public_url`).
+    config: Arc<Config>,
     sessionful: Sessionful,
     stateless: Stateless,
 }
@@ -395,11 +396,8 @@ pub fn allowed_hosts(config: &Config) -> Vec<String> {
 impl Entry {
     pub fn new(app: Arc<App>) -> Arc<Self> {
         let manager = Arc::new(LocalSessionManager::default());
-        let services = ArcSwap::from_pointee(Self::build(
-            &app,
-            &manager,
-            allowed_hosts(&app.snapshot().config),
-        ));
+        let services =
+            ArcSwap::from_pointee(Self::build(&app, &manager, app.snapshot().config.clone()));
         Arc::new(Self {
             app,
             manager,
@@ -408,8 +406,9 @@ impl Entry {
         })
     }
 
-    fn build(app: &Arc<App>, manager: &Arc<LocalSessionManager>, hosts: Vec<String>) -> Services {
-        let config = |legacy: bool| {
+    fn build(app: &Arc<App>, manager: &Arc<LocalSessionManager>, config: Arc<Config>) -> Services {
+        let hosts = allowed_hosts(&config);
+        let settings = |legacy: bool| {
             let c = StreamableHttpServerConfig::default()
                 .with_legacy_session_mode(legacy)
                 .with_json_response(!legacy)
@@ -425,23 +424,29 @@ impl Entry {
             move || Ok(Aggregator { app: app.clone() })
         };
         Services {
-            sessionful: StreamableHttpService::new(factory.clone(), manager.clone(), config(true)),
+            sessionful: StreamableHttpService::new(
+                factory.clone(),
+                manager.clone(),
+                settings(true),
+            ),
             stateless: StreamableHttpService::new(
                 factory,
                 Arc::new(NeverSessionManager::default()),
-                config(false),
+                settings(false),
             ),
-            hosts,
+            config,
         }
     }
 
+    /// The services for the current config, rebuilt once per reload (sessions live in
+    /// the shared manager and survive).
     fn services(&self) -> Arc<Services> {
-        let hosts = allowed_hosts(&self.app.snapshot().config);
+        let config = self.app.snapshot().config.clone();
         let cur = self.services.load_full();
-        if cur.hosts == hosts {
+        if Arc::ptr_eq(&cur.config, &config) {
             return cur;
         }
-        let fresh = Arc::new(Self::build(&self.app, &self.manager, hosts));
+        let fresh = Arc::new(Self::build(&self.app, &self.manager, config));
         self.services.store(fresh.clone());
         fresh
     }

@@ -52,6 +52,8 @@ pub enum UpstreamError {
     Rejected(u16),
     #[error("reading the upstream response failed: {0}")]
     Body(String),
+    #[error("the MCP server URL is not usable: {0}")]
+    Url(String),
 }
 
 /// How a request to the upstream is authorized.
@@ -88,7 +90,7 @@ impl EgressHttp {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<http::Response<InBody>, UpstreamError> {
-        let url = url::Url::parse(uri).map_err(|e| UpstreamError::Body(e.to_string()))?;
+        let url = url::Url::parse(uri).map_err(|e| UpstreamError::Url(e.to_string()))?;
         let mut retried = false;
         loop {
             let mut h = headers.clone();
@@ -186,6 +188,14 @@ fn is_type(h: &HeaderMap, mime: &str) -> bool {
                 .next()
                 .is_some_and(|e| e.trim().eq_ignore_ascii_case(mime))
         })
+}
+
+fn unexpected_type(h: &HeaderMap) -> StreamableHttpError<UpstreamError> {
+    StreamableHttpError::UnexpectedContentType(
+        h.get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    )
 }
 
 /// The status as an rmcp error, for answers that are neither a message nor a stream.
@@ -333,12 +343,7 @@ impl StreamableHttpClient for EgressHttp {
             if !expects_reply {
                 return Ok(StreamableHttpPostResponse::Accepted);
             }
-            let ct = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            return Err(StreamableHttpError::UnexpectedContentType(ct));
+            return Err(unexpected_type(resp.headers()));
         }
         let body = read_limited(resp.into_body(), MAX_MESSAGE_BYTES)
             .await
@@ -391,12 +396,7 @@ impl StreamableHttpClient for EgressHttp {
             return Err(status_error(&resp));
         }
         if !is_type(resp.headers(), "text/event-stream") {
-            let ct = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            return Err(StreamableHttpError::UnexpectedContentType(ct));
+            return Err(unexpected_type(resp.headers()));
         }
         Ok(sse(resp.into_body()))
     }
@@ -432,7 +432,7 @@ pub struct Session {
 }
 
 /// A connector's catalog as its upstream lists it (names not yet prefixed).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Listing {
     pub tools: Vec<Tool>,
     pub resources: Vec<Resource>,
