@@ -9,14 +9,30 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// server-everything in streamable HTTP mode on a loopback port; killed on drop.
+/// server-everything on a loopback port, in streamable HTTP mode or in the legacy
+/// HTTP+SSE mode (MCP 2024-11-05); killed on drop.
 pub struct Everything {
     child: Child,
     pub port: u16,
+    mode: Mode,
+}
+
+/// Which transport server-everything serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Streamable HTTP at `/mcp`.
+    Streamable,
+    /// HTTP+SSE: the event stream at `/sse`, messages posted to `/message`.
+    LegacySse,
 }
 
 impl Everything {
     pub fn start() -> Everything {
+        Self::start_on(Mode::Streamable, None)
+    }
+
+    /// Starts it in `mode`, on `port` or a free one.
+    pub fn start_on(mode: Mode, port: Option<u16>) -> Everything {
         let peers = crate::workspace().join("tests").join("peers");
         let entry =
             peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
@@ -25,13 +41,19 @@ impl Everything {
             "server-everything is not installed: run `npm ci --prefix tests/peers` (the README's test command does)"
         );
         // It takes its port from PORT and cannot report one it was given as 0.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        });
+        let (arg, ready) = match mode {
+            Mode::Streamable => ("streamableHttp", "listening on port"),
+            Mode::LegacySse => ("sse", "running on port"),
+        };
         let mut child = Command::new("node")
             .arg(entry)
-            .arg("streamableHttp")
+            .arg(arg)
             .env("PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -42,7 +64,7 @@ impl Everything {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on port") {
+                if line.contains(ready) {
                     let _ = tx.send(());
                 }
             }
@@ -50,7 +72,7 @@ impl Everything {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Everything { child, port };
+                return Everything { child, port, mode };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("server-everything exited with {status}");
@@ -63,7 +85,16 @@ impl Everything {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
+        match self.mode {
+            Mode::Streamable => format!("http://127.0.0.1:{}/mcp", self.port),
+            Mode::LegacySse => format!("http://127.0.0.1:{}/sse", self.port),
+        }
+    }
+
+    /// Stops it; a later [`Everything::start_on`] with the same port brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -559,3 +559,74 @@ async fn python_sdk_agent_through_portcullis_to_server_everything() {
         results[6]
     );
 }
+
+#[tokio::test]
+async fn a_legacy_http_sse_server_is_reached_through_the_fallback() {
+    use portcullis_e2e::peers_mcp::{Everything, Mode};
+    // server-everything's HTTP+SSE mode (MCP 2024-11-05): a POST to /sse is refused with
+    // 404, which sends Portcullis to the event stream and the endpoint it names.
+    let mut legacy = Everything::start_on(Mode::LegacySse, None);
+    let connectors = json!({"old": {
+        "protocol": "mcp",
+        "url": legacy.url(),
+        "auth": {"type": "bearer_token", "secret": "legacy-token"},
+    }});
+    let grants = json!([grant(
+        "(loopback)",
+        &[
+            "old/tools/echo",
+            "old/tools/get-sum",
+            "old/resources/**",
+            "old/templates/**"
+        ],
+        false
+    )]);
+    let host = Host::start(&config(connectors, grants, 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&agent, |t| t.contains(&"old_echo".into())).await;
+    assert_eq!(
+        tools,
+        ["old_echo", "old_get-sum"],
+        "granted tools, prefixed"
+    );
+    host.wait_for_log("trying LegacySse").await;
+
+    let r = agent
+        .call_tool(call("old_echo", json!({"message": "over SSE"})))
+        .await
+        .expect("call over the legacy transport");
+    assert_eq!(text_of(&r), "Echo: over SSE");
+    let r = agent
+        .call_tool(call("old_get-sum", json!({"a": 40, "b": 2})))
+        .await
+        .expect("second call on the same session");
+    assert!(text_of(&r).contains("42"), "{}", text_of(&r));
+    let read = agent
+        .read_resource(ReadResourceRequestParams::new(
+            "old-demo://resource/dynamic/text/3",
+        ))
+        .await
+        .expect("resource from a template");
+    let json = serde_json::to_value(&read).expect("json");
+    assert_eq!(
+        json["contents"][0]["uri"],
+        "old-demo://resource/dynamic/text/3"
+    );
+
+    // The server restarts and its event stream ends: the next call opens a new session,
+    // straight over HTTP+SSE this time.
+    let port = legacy.port;
+    legacy.stop();
+    let _legacy = Everything::start_on(Mode::LegacySse, Some(port));
+    let r = agent
+        .call_tool(call("old_echo", json!({"message": "again"})))
+        .await
+        .expect("call after the server restarted");
+    assert_eq!(text_of(&r), "Echo: again");
+    assert_eq!(
+        host.logs().matches("trying LegacySse").count(),
+        1,
+        "the transport that worked is remembered"
+    );
+    agent.cancel().await.expect("close");
+}

@@ -5,7 +5,8 @@
 //!
 //! - [`upstream`]: rmcp's client over the egress client, with the connector's credential
 //!   on every request; one [`upstream::Session`] per shared connector, or per (user,
-//!   connector) for per-user OAuth.
+//!   connector) for per-user OAuth. Streamable HTTP first; a server that refuses it
+//!   with a 4xx gets `legacy`, the HTTP+SSE transport of MCP 2024-11-05.
 //! - `catalog` (this file): [`Hub`] keeps the upstreams and their catalogs. Shared
 //!   connectors are discovered in the background (at start, on reload, every
 //!   `mcp.poll_interval_secs`, and at once on the upstream's `list_changed`); per-user ones
@@ -20,6 +21,7 @@
 //! [`visible`] is the one grant decision for listing and for use.
 
 mod builtin;
+mod legacy;
 mod server;
 pub mod upstream;
 
@@ -36,7 +38,7 @@ use crate::connections::Status;
 use crate::credentials::Credential;
 use crate::identity::Caller;
 use crate::policy::Access;
-use upstream::{Auth, EgressHttp, Listener, Listing, Session};
+use upstream::{Auth, EgressHttp, Flavor, Listener, Listing, Session};
 
 pub use server::{ENDPOINT, Entry, handle};
 
@@ -118,6 +120,8 @@ pub struct Upstream {
     http: EgressHttp,
     url: url::Url,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// The transport that worked last, tried first on the next connect.
+    flavor: Mutex<Flavor>,
     listing: RwLock<Arc<Listing>>,
     state: Mutex<UpstreamState>,
     /// Rings when the upstream announced a change.
@@ -147,15 +151,12 @@ impl Upstream {
         let url = connector.url.clone()?;
         let key = format!("{url}\n{}", connector.credential.fingerprint());
         Some(Arc::new(Self {
-            http: EgressHttp {
-                egress: app.egress.clone(),
-                connector: connector.id.as_str().into(),
-                auth,
-            },
+            http: EgressHttp::new(app.egress.clone(), connector.id.as_str().into(), auth),
             connector,
             key,
             url,
             session: tokio::sync::Mutex::new(None),
+            flavor: Mutex::new(Flavor::Streamable),
             listing: RwLock::new(Arc::default()),
             state: Mutex::default(),
             wake: Arc::new(Notify::new()),
@@ -185,7 +186,9 @@ impl Upstream {
         let listener = Listener {
             on_change: Arc::new(move || wake.notify_one()),
         };
-        let s = Arc::new(Session::open(self.http.clone(), &self.url, listener).await?);
+        let preferred = *self.flavor.lock().unwrap_or_else(|p| p.into_inner());
+        let s = Arc::new(Session::open(self.http.clone(), &self.url, listener, preferred).await?);
+        *self.flavor.lock().unwrap_or_else(|p| p.into_inner()) = s.flavor();
         *guard = Some(s.clone());
         Ok(s)
     }

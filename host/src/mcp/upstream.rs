@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,8 +20,8 @@ use http_body_util::BodyExt as _;
 use rmcp::ServiceExt as _;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig,
-    ClientJsonRpcMessage, Implementation, ReadResourceRequestParams, ReadResourceResponse,
-    Resource, ResourceTemplate, ServerJsonRpcMessage, Tool,
+    ClientJsonRpcMessage, ClientRequest, Implementation, ReadResourceRequestParams,
+    ReadResourceResponse, Resource, ResourceTemplate, ServerJsonRpcMessage, Tool,
 };
 use rmcp::service::{NotificationContext, RoleClient, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -33,6 +34,8 @@ use sse_stream::{Sse, SseStream};
 use crate::connections::{ConnError, Connections, PerUser};
 use crate::credentials::{Credential, CredentialError};
 use crate::egress::{Egress, EgressError, InBody};
+
+use super::legacy::LegacySse;
 
 /// Largest upstream JSON body or SSE event accepted (a tool result, a catalog page).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -54,6 +57,10 @@ pub enum UpstreamError {
     Body(String),
     #[error("the MCP server URL is not usable: {0}")]
     Url(String),
+    #[error("the MCP server answered HTTP {0}")]
+    Status(u16),
+    #[error("legacy HTTP+SSE transport: {0}")]
+    Legacy(String),
 }
 
 /// How a request to the upstream is authorized.
@@ -72,25 +79,37 @@ pub enum Auth {
 /// rmcp's HTTP client, implemented on the egress client with the connector's credential.
 #[derive(Clone)]
 pub struct EgressHttp {
-    pub egress: Egress,
-    pub connector: Arc<str>,
-    pub auth: Auth,
+    egress: Egress,
+    pub(super) connector: Arc<str>,
+    auth: Auth,
+    /// Set while a session is being opened: the status of a 4xx answer to `initialize`
+    /// other than an authorization failure, which marks a server without streamable
+    /// HTTP (the specification's cue to try the legacy HTTP+SSE transport).
+    init_refused: Option<Arc<AtomicU16>>,
 }
 
 type Upstream<E> = Result<E, StreamableHttpError<UpstreamError>>;
 
 impl EgressHttp {
+    pub fn new(egress: Egress, connector: Arc<str>, auth: Auth) -> Self {
+        Self {
+            egress,
+            connector,
+            auth,
+            init_refused: None,
+        }
+    }
+
     /// Sends one request with the credential; on a 401 the credential is invalidated (or
     /// the user's token refreshed) and the request sent once more. Every MCP message is
     /// ours to repeat: a 401 means the upstream did not act on it.
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
-        uri: &str,
+        url: &url::Url,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<http::Response<InBody>, UpstreamError> {
-        let url = url::Url::parse(uri).map_err(|e| UpstreamError::Url(e.to_string()))?;
         let mut retried = false;
         loop {
             let mut h = headers.clone();
@@ -174,13 +193,21 @@ fn base_headers(
     Ok(h)
 }
 
+fn parse(uri: &str) -> Upstream<url::Url> {
+    url::Url::parse(uri).map_err(|e| StreamableHttpError::Client(UpstreamError::Url(e.to_string())))
+}
+
+fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
+    matches!(message, ClientJsonRpcMessage::Request(r) if matches!(r.request, ClientRequest::InitializeRequest(_)))
+}
+
 fn session_header(h: &HeaderMap) -> Option<String> {
     h.get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
 
-fn is_type(h: &HeaderMap, mime: &str) -> bool {
+pub(super) fn is_type(h: &HeaderMap, mime: &str) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
@@ -216,7 +243,7 @@ fn status_error(resp: &http::Response<InBody>) -> StreamableHttpError<UpstreamEr
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
-async fn read_limited(body: InBody, limit: usize) -> Result<Bytes, UpstreamError> {
+pub(super) async fn read_limited(body: InBody, limit: usize) -> Result<Bytes, UpstreamError> {
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -230,7 +257,7 @@ async fn read_limited(body: InBody, limit: usize) -> Result<Bytes, UpstreamError
 
 /// The body as a stream of bytes, failing once an SSE event grows past
 /// [`MAX_MESSAGE_BYTES`] (a server that never ends an event must not fill memory).
-fn sse(body: InBody) -> futures_util::stream::BoxStream<'static, Result<Sse, SseError>> {
+pub(super) fn sse(body: InBody) -> futures_util::stream::BoxStream<'static, Result<Sse, SseError>> {
     let bytes = http_body_util::BodyStream::new(body)
         .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())));
     SseStream::from_bytes_stream(EventLimit {
@@ -306,10 +333,17 @@ impl StreamableHttpClient for EgressHttp {
         );
         let body = Bytes::from(serde_json::to_vec(&message)?);
         let resp = self
-            .send(Method::POST, &uri, headers, body)
+            .send(Method::POST, &parse(&uri)?, headers, body)
             .await
             .map_err(StreamableHttpError::Client)?;
         let status = resp.status();
+        if let Some(refused) = &self.init_refused
+            && status.is_client_error()
+            && !matches!(status.as_u16(), 401 | 403 | 407 | 429)
+            && is_initialize(&message)
+        {
+            refused.store(status.as_u16(), Ordering::Relaxed);
+        }
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Ok(StreamableHttpPostResponse::Accepted);
         }
@@ -364,7 +398,7 @@ impl StreamableHttpClient for EgressHttp {
     ) -> Upstream<()> {
         let headers = base_headers("application/json", Some(&session_id), custom_headers)?;
         let resp = self
-            .send(Method::DELETE, &uri, headers, Bytes::new())
+            .send(Method::DELETE, &parse(&uri)?, headers, Bytes::new())
             .await
             .map_err(StreamableHttpError::Client)?;
         if resp.status().is_success() || resp.status() == StatusCode::METHOD_NOT_ALLOWED {
@@ -386,7 +420,7 @@ impl StreamableHttpClient for EgressHttp {
             headers.insert("last-event-id", id);
         }
         let resp = self
-            .send(Method::GET, &uri, headers, Bytes::new())
+            .send(Method::GET, &parse(&uri)?, headers, Bytes::new())
             .await
             .map_err(StreamableHttpError::Client)?;
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
@@ -426,9 +460,19 @@ impl rmcp::ClientHandler for Listener {
     }
 }
 
+/// How a session reaches its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Streamable HTTP (MCP 2025-03-26 and later): the one tried first.
+    Streamable,
+    /// HTTP+SSE (MCP 2024-11-05): for servers that refuse a streamable `initialize`.
+    LegacySse,
+}
+
 /// One live upstream MCP session.
 pub struct Session {
     service: RunningService<RoleClient, Listener>,
+    flavor: Flavor,
 }
 
 /// A connector's catalog as its upstream lists it (names not yet prefixed).
@@ -440,20 +484,83 @@ pub struct Listing {
 }
 
 impl Session {
-    /// Opens a session (the `initialize` handshake) over streamable HTTP.
+    /// Opens a session (the `initialize` handshake), first over `preferred` (the flavour
+    /// that worked last time, else streamable HTTP). A server that answers it with a
+    /// 4xx other than an authorization failure is tried once with the other flavour,
+    /// as the MCP specification's backwards-compatibility section describes.
     pub async fn open(
         http: EgressHttp,
         url: &url::Url,
         listener: Listener,
+        preferred: Flavor,
     ) -> anyhow::Result<Self> {
-        let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
-            .max_sse_event_size(MAX_MESSAGE_BYTES);
-        let transport = StreamableHttpClientTransport::with_client(http, config);
-        let service = listener
-            .serve(transport)
+        let (first, wrong_flavor) = Self::open_as(preferred, &http, url, listener.clone()).await;
+        let Err(e) = first else { return first };
+        let Some(status) = wrong_flavor else {
+            return Err(e);
+        };
+        let other = match preferred {
+            Flavor::Streamable => Flavor::LegacySse,
+            Flavor::LegacySse => Flavor::Streamable,
+        };
+        tracing::info!(
+            connector = %http.connector,
+            "MCP server answered HTTP {status} to {preferred:?}; trying {other:?}"
+        );
+        Self::open_as(other, &http, url, listener)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", describe_init(&e)))?;
-        Ok(Self { service })
+            .0
+            .map_err(|second| anyhow::anyhow!("{preferred:?}: {e:#}; {other:?}: {second:#}"))
+    }
+
+    /// One attempt; on failure, also the status that says the server may speak the
+    /// other flavour.
+    async fn open_as(
+        flavor: Flavor,
+        http: &EgressHttp,
+        url: &url::Url,
+        listener: Listener,
+    ) -> (anyhow::Result<Self>, Option<u16>) {
+        let init =
+            |e: rmcp::service::ClientInitializeError| anyhow::anyhow!("{}", describe_init(&e));
+        match flavor {
+            Flavor::Streamable => {
+                let refused = Arc::new(AtomicU16::new(0));
+                let mut probe = http.clone();
+                probe.init_refused = Some(refused.clone());
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .max_sse_event_size(MAX_MESSAGE_BYTES);
+                let transport = StreamableHttpClientTransport::with_client(probe, config);
+                match listener.serve(transport).await {
+                    Ok(service) => (Ok(Self { service, flavor }), None),
+                    Err(e) => {
+                        let status = refused.load(Ordering::Relaxed);
+                        (Err(init(e)), (status != 0).then_some(status))
+                    }
+                }
+            }
+            Flavor::LegacySse => {
+                let wait = http.egress.read_timeout();
+                let transport = match LegacySse::connect(http.clone(), url, wait).await {
+                    Ok(t) => t,
+                    Err(UpstreamError::Status(s))
+                        if (400..500).contains(&s) && !matches!(s, 401 | 403 | 407 | 429) =>
+                    {
+                        return (Err(UpstreamError::Status(s).into()), Some(s));
+                    }
+                    Err(e) => return (Err(e.into()), None),
+                };
+                match listener.serve(transport).await {
+                    Ok(service) => (Ok(Self { service, flavor }), None),
+                    Err(e) => (Err(init(e)), None),
+                }
+            }
+        }
+    }
+
+    /// The flavour this session speaks.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
     }
 
     /// Lists everything the upstream offers, following cursors. An upstream without
