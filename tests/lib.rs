@@ -322,9 +322,20 @@ impl rmcp::ClientHandler for Agent {
 pub async fn mcp_agent(
     url: &str,
 ) -> rmcp::service::RunningService<rmcp::service::RoleClient, Agent> {
+    mcp_agent_from(url, "127.0.0.1").await
+}
+
+/// [`mcp_agent`] connecting from `local` (a 127.0.0.0/8 address a whois stand-in knows).
+pub async fn mcp_agent_from(
+    url: &str,
+    local: &str,
+) -> rmcp::service::RunningService<rmcp::service::RoleClient, Agent> {
     use rmcp::ServiceExt as _;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.to_owned());
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        client_from(local),
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()),
+    );
     Agent::default()
         .serve(transport)
         .await

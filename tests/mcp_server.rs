@@ -1,7 +1,7 @@
 //! An MCP server built with rmcp (the Rust SDK), standing in for a remote MCP upstream:
 //! streamable HTTP on loopback behind a credential check, with tools, a resource, a
-//! resource template, a tool with an invalid name, a large result, and a tool list that
-//! tests can change (announced with `notifications/tools/list_changed`). It can be stopped
+//! resource template, a tool with an invalid name, a large result, per-user tokens checked
+//! by introspection at a real authorization server, and a tool list that tests can change (announced with `notifications/tools/list_changed`). It can be stopped
 //! and started again on the same port.
 
 use std::net::SocketAddr;
@@ -28,8 +28,20 @@ use serde_json::{Map, Value, json};
 pub enum Expect {
     /// `(header name, exact value)`, e.g. `("authorization", "Bearer t")`.
     Header(String, String),
+    /// A bearer token that the authorization server's introspection endpoint (RFC 7662,
+    /// `url`, asked with the client's basic credentials) says is active, as a resource
+    /// server checks per-user tokens. `echo` then names the token's subject.
+    Introspect {
+        url: String,
+        client: String,
+        secret: String,
+    },
     Nothing,
 }
+
+/// The subject of the request's token, for `echo` to name.
+#[derive(Clone, Debug)]
+struct Subject(String);
 
 #[derive(Default)]
 struct Shared {
@@ -113,14 +125,20 @@ impl rmcp::ServerHandler for Handler {
     async fn call_tool(
         &self,
         req: CallToolRequestParams,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = req.name.to_string();
         self.shared.calls.lock().expect("lock").push(name.clone());
         let arg = |k: &str| req.arguments.as_ref().and_then(|a| a.get(k)).cloned();
+        let subject = cx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Subject>())
+            .map(|s| format!(" (for {})", s.0))
+            .unwrap_or_default();
         let result = match name.as_str() {
             "echo" => text(format!(
-                "echo: {}",
+                "echo: {}{subject}",
                 arg("text")
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default()
@@ -202,21 +220,65 @@ impl rmcp::ServerHandler for Handler {
 
 async fn check(
     State((expect, shared)): State<(Expect, Arc<Shared>)>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    if let Expect::Header(name, value) = &expect {
-        let got = req
-            .headers()
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok());
-        if got != Some(value.as_str()) {
-            shared.rejected.fetch_add(1, Ordering::SeqCst);
-            return (http::StatusCode::UNAUTHORIZED, "bad credential").into_response();
+    let header = |req: &Request, name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let accepted = match &expect {
+        Expect::Nothing => true,
+        Expect::Header(name, value) => header(&req, name).as_deref() == Some(value.as_str()),
+        Expect::Introspect {
+            url,
+            client,
+            secret,
+        } => {
+            let token = header(&req, "authorization")
+                .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
+            let subject = match token {
+                Some(token) => introspect(url, client, secret, &token).await,
+                None => None,
+            };
+            let known = subject.is_some();
+            if let Some(sub) = subject {
+                req.extensions_mut().insert(Subject(sub));
+            }
+            known
         }
+    };
+    if !accepted {
+        shared.rejected.fetch_add(1, Ordering::SeqCst);
+        return (
+            http::StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer error=\"invalid_token\"")],
+            "bad credential",
+        )
+            .into_response();
     }
     next.run(req).await
+}
+
+/// The subject of an active token, or `None`.
+async fn introspect(url: &str, client: &str, secret: &str, token: &str) -> Option<String> {
+    let v: Value = reqwest::Client::new()
+        .post(url)
+        .basic_auth(client, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    if v["active"].as_bool() != Some(true) {
+        return None;
+    }
+    v["sub"].as_str().map(str::to_owned)
 }
 
 /// The running test server.

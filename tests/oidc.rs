@@ -184,6 +184,15 @@ impl Oidc {
         panic!("the authorization did not come back to the client");
     }
 
+    /// What a resource server needs to check this server's tokens.
+    pub fn introspection(&self) -> crate::mcp_server::Expect {
+        crate::mcp_server::Expect::Introspect {
+            url: format!("{}/token/introspection", self.issuer),
+            client: WEB_CLIENT.into(),
+            secret: WEB_SECRET.into(),
+        }
+    }
+
     /// Introspects a token: `(active, sub)`.
     pub async fn introspect(&self, token: &str) -> (bool, Option<String>) {
         let v: serde_json::Value = reqwest::Client::new()

@@ -980,3 +980,100 @@ async fn no_refresh_token_is_misconfigured_and_a_failing_refresh_of_an_expired_t
         "nothing sent with an expired token"
     );
 }
+
+/// The text of a tool result.
+fn result_text(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+fn tool_names(tools: &[rmcp::model::Tool]) -> Vec<String> {
+    tools.iter().map(|t| t.name.to_string()).collect()
+}
+
+fn echo(text: &str) -> rmcp::model::CallToolRequestParams {
+    let Value::Object(args) = json!({"text": text}) else {
+        unreachable!()
+    };
+    rmcp::model::CallToolRequestParams::new("wiki_echo").with_arguments(args)
+}
+
+#[tokio::test]
+async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
+    use portcullis_e2e::mcp_agent_from;
+    use portcullis_e2e::mcp_server::McpServer;
+    // The upstream is a resource server: it accepts only tokens the authorization server
+    // says are active, and `echo` names whose token it was.
+    let oidc = Oidc::start(4);
+    let up = McpServer::start(oidc.introspection()).await;
+    let whois = users().await;
+    let mut wiki = notes_connector(&oidc, &Upstream::start().await, "wiki-app");
+    wiki["protocol"] = json!("mcp");
+    wiki["url"] = json!(up.url());
+    let host = Host::start(&tailnet_config(&whois.socket, json!({"wiki": wiki})));
+    client_for(&oidc, &host, "wiki-app", "wiki").await;
+    let mcp = host.url("/v1/mcp");
+
+    // Not connected: the connector's tools are not listed, and a call says what to do.
+    let alice = mcp_agent_from(&mcp, ALICE).await;
+    let listed = tool_names(&alice.list_all_tools().await.expect("list"));
+    assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
+    let err = alice
+        .call_tool(echo("hi"))
+        .await
+        .expect_err("needs authorization");
+    assert!(
+        err.to_string().contains("/api/connectors/wiki/connect"),
+        "{err}"
+    );
+    assert_eq!(
+        up.rejected(),
+        0,
+        "nothing reached the upstream without a token"
+    );
+
+    // Connected: the catalog loads on Alice's first request, and calls carry her token.
+    connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
+    let listed = tool_names(&alice.list_all_tools().await.expect("list"));
+    assert!(listed.contains(&"wiki_echo".to_owned()), "{listed:?}");
+    let r = alice.call_tool(echo("hi")).await.expect("alice calls");
+    assert_eq!(result_text(&r), "echo: hi (for alice)");
+
+    // Bob sees none of it until he connects; then his calls carry his own token.
+    let bob = mcp_agent_from(&mcp, BOB).await;
+    let listed = tool_names(&bob.list_all_tools().await.expect("list"));
+    assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
+    connect_as(&host, &oidc, BOB, "bob", "wiki").await;
+    let r = bob.call_tool(echo("yo")).await.expect("bob calls");
+    assert_eq!(result_text(&r), "echo: yo (for bob)");
+    let r = alice.call_tool(echo("again")).await.expect("alice again");
+    assert_eq!(result_text(&r), "echo: again (for alice)");
+
+    // Expiry: the upstream refuses the old token; the session carries a refreshed one.
+    let refreshes = oidc.grants_of("refresh_token").await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let r = alice.call_tool(echo("later")).await.expect("after expiry");
+    assert_eq!(result_text(&r), "echo: later (for alice)");
+    assert!(oidc.grants_of("refresh_token").await > refreshes);
+
+    // Disconnect: Alice's tools go from her list, her calls are refused; Bob keeps his.
+    let resp = client_from(ALICE)
+        .delete(host.url("/api/connectors/wiki/connection"))
+        .send()
+        .await
+        .expect("disconnect");
+    assert_eq!(resp.status(), 200);
+    let listed = tool_names(&alice.list_all_tools().await.expect("list"));
+    assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
+    let err = alice
+        .call_tool(echo("gone"))
+        .await
+        .expect_err("disconnected");
+    assert!(err.to_string().contains("connect"), "{err}");
+    let r = bob.call_tool(echo("still")).await.expect("bob unaffected");
+    assert_eq!(result_text(&r), "echo: still (for bob)");
+    alice.cancel().await.expect("close");
+    bob.cancel().await.expect("close");
+}
