@@ -2,9 +2,9 @@
 //!
 //! Tasks live here rather than in shell scripts so they are portable, type-checked, and
 //! can reuse the same Rust HTTP stack the gateway itself is built on. Each task is a
-//! clap subcommand: `plugins` builds the registry, `bench proxy` measures the proxy.
-//! Planned siblings (`bench plugins`, `bench mcp`) slot in as further variants of [`Command`] and
-//! [`BenchCommand`] with their own modules under `bench/`.
+//! clap subcommand: `plugins` builds the registry; `bench proxy`, `bench plugins` and
+//! `bench mcp` measure the proxy, provider plugins and the aggregated MCP endpoint, each
+//! in its own module under `bench/`.
 
 mod bench;
 mod plugins;
@@ -40,6 +40,8 @@ enum BenchCommand {
     Proxy(bench::proxy::ProxyArgs),
     /// Provider-plugin call cost (instantiate + call + drop) per verified provider.
     Plugins(bench::plugins::PluginsArgs),
+    /// MCP `tools/call`: direct to an upstream vs. through Portcullis's `/v1/mcp`.
+    Mcp(bench::mcp::McpArgs),
 }
 
 /// Set in the re-executed child so it does not re-execute again; also lets a developer
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
         Command::Bench { what } => match what {
             BenchCommand::Proxy(args) => bench::proxy::run(&root, args),
             BenchCommand::Plugins(args) => bench::plugins::run(&root, args),
+            BenchCommand::Mcp(args) => bench::mcp::run(&root, args),
         },
     }
 }

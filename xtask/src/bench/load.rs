@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -35,13 +35,51 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 50;
 /// Largest latency the histogram tracks (longer ones are clamped): the request timeout.
 const HISTOGRAM_MAX_NS: u64 = 60_000_000_000;
 
-/// Where to send requests: a loopback address plus the request path.
+/// Where to send requests: a loopback address plus the request path, and for a POST
+/// its body and headers.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
     pub addr: SocketAddr,
     /// Origin-form request target, e.g. `/v1/connectors/bench/ping`.
     pub path: String,
+    /// `Some` sends this body as a POST; `None` sends a GET.
+    pub body: Option<Bytes>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A 200 only counts as a success if its body contains this (an MCP server answers
+    /// a failed call with 200 and a JSON-RPC error).
+    pub expect: Option<Bytes>,
+}
+
+impl Target {
+    /// `GET path`.
+    pub fn get(name: impl Into<String>, addr: SocketAddr, path: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            addr,
+            path: path.into(),
+            body: None,
+            headers: Vec::new(),
+            expect: None,
+        }
+    }
+
+    /// `POST path` with `body` and `headers`; successes must contain `expect`.
+    pub fn post(
+        name: impl Into<String>,
+        addr: SocketAddr,
+        path: impl Into<String>,
+        body: Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        expect: Bytes,
+    ) -> Self {
+        Self {
+            body: Some(body),
+            headers,
+            expect: Some(expect),
+            ..Self::get(name, addr, path)
+        }
+    }
 }
 
 /// One bounded run at a fixed concurrency. Whichever bound is hit first ends it.
@@ -68,9 +106,10 @@ pub struct LoadSpec {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Stats {
     pub concurrency: usize,
-    /// Requests answered with 200 (only these are in the latency histogram).
+    /// Requests answered with 200 and the expected body (only these are in the latency
+    /// histogram).
     pub ok: u64,
-    /// Requests answered with another status.
+    /// Requests answered with another status, or without the expected body.
     pub bad_status: u64,
     /// Transport errors and timeouts.
     pub errors: u64,
@@ -99,14 +138,20 @@ pub fn run(target: &Target, spec: &LoadSpec) -> Result<Stats> {
 /// One request on a fresh connection: used to check a target answers correctly before
 /// it is loaded, and for readiness polling.
 pub fn probe(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes)> {
+    probe_target(&Target::get("probe", addr, path))
+}
+
+/// [`probe`] for any target (a POST with its body and headers).
+pub fn probe_target(target: &Target) -> Result<(StatusCode, Bytes)> {
     let rt = build_runtime(1)?;
     rt.block_on(async {
+        let (addr, path) = (target.addr, &target.path);
         let uri: Uri = path
             .parse()
             .with_context(|| format!("invalid path {path:?}"))?;
         let host = host_header(addr)?;
         let mut sender = connect(addr).await?;
-        let req = build_request(&uri, &host)?;
+        let req = build_request(target, &uri, &host)?;
         tokio::time::timeout(REQUEST_TIMEOUT, async {
             let res = sender.send_request(req).await?;
             let status = res.status();
@@ -133,7 +178,7 @@ fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .context("building load-generator runtime")
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Result<Sender> {
     let fut = async {
@@ -160,13 +205,26 @@ fn host_header(addr: SocketAddr) -> Result<HeaderValue> {
     HeaderValue::from_str(&addr.to_string()).context("building Host header")
 }
 
-fn build_request(uri: &Uri, host: &HeaderValue) -> Result<Request<Empty<Bytes>>> {
-    Request::builder()
-        .method(Method::GET)
+fn build_request(target: &Target, uri: &Uri, host: &HeaderValue) -> Result<Request<Full<Bytes>>> {
+    let method = if target.body.is_some() {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let mut req = Request::builder()
+        .method(method)
         .uri(uri.clone())
-        .header(HOST, host.clone())
-        .body(Empty::new())
+        .header(HOST, host.clone());
+    for (name, value) in &target.headers {
+        req = req.header(name, value);
+    }
+    req.body(Full::new(target.body.clone().unwrap_or_default()))
         .context("building request")
+}
+
+/// Whether `haystack` contains `needle` (the expected marker in a response body).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn new_histogram() -> Result<Histogram<u64>> {
@@ -214,15 +272,16 @@ async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
         senders.push(Some(connect(target.addr).await?));
     }
 
-    let (senders, _) = run_phase(target.addr, &uri, &host, senders, &spec.warmup).await?;
+    let target = Arc::new(target.clone());
+    let (senders, _) = run_phase(&target, &uri, &host, senders, &spec.warmup).await?;
     super::check_interrupted()?;
-    let (_, stats) = run_phase(target.addr, &uri, &host, senders, &spec.measure).await?;
+    let (_, stats) = run_phase(&target, &uri, &host, senders, &spec.measure).await?;
     super::check_interrupted()?;
     Ok(stats)
 }
 
 async fn run_phase(
-    addr: SocketAddr,
+    target: &Arc<Target>,
     uri: &Uri,
     host: &HeaderValue,
     mut senders: Vec<Option<Sender>>,
@@ -243,7 +302,10 @@ async fn run_phase(
         let uri = uri.clone();
         let host = host.clone();
         let hist = new_histogram()?;
-        tasks.push(tokio::spawn(worker(addr, uri, host, sender, budget, hist)));
+        let target = Arc::clone(target);
+        tasks.push(tokio::spawn(worker(
+            target, uri, host, sender, budget, hist,
+        )));
     }
 
     let mut total = new_histogram()?;
@@ -295,7 +357,7 @@ async fn run_phase(
 }
 
 async fn worker(
-    addr: SocketAddr,
+    target: Arc<Target>,
     uri: Uri,
     host: HeaderValue,
     mut sender: Option<Sender>,
@@ -316,7 +378,7 @@ async fn worker(
         // reconnect rather than count every later request as an error.
         let mut conn = match sender.take() {
             Some(s) if !s.is_closed() => s,
-            _ => match connect(addr).await {
+            _ => match connect(target.addr).await {
                 Ok(s) => {
                     out.reconnects += 1;
                     s
@@ -332,7 +394,7 @@ async fn worker(
                 }
             },
         };
-        let req = match build_request(&uri, &host) {
+        let req = match build_request(&target, &uri, &host) {
             Ok(r) => r,
             Err(e) => {
                 out.errors += 1;
@@ -346,21 +408,26 @@ async fn worker(
             let res = conn.send_request(req).await?;
             let status = res.status();
             // Read the whole body: latency is time to the last byte, like a real caller.
-            res.into_body().collect().await?;
-            Ok::<_, hyper::Error>(status)
+            let body = res.into_body().collect().await?.to_bytes();
+            let expected = target.expect.as_ref().is_none_or(|e| contains(&body, e));
+            Ok::<_, hyper::Error>((status, expected))
         })
         .await;
         let elapsed_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match result {
-            Ok(Ok(status)) if status == StatusCode::OK => {
+            Ok(Ok((status, true))) if status == StatusCode::OK => {
                 out.hist.saturating_record(elapsed_ns.max(1));
                 out.ok += 1;
                 consecutive_errors = 0;
                 sender = Some(conn);
             }
-            Ok(Ok(status)) => {
+            Ok(Ok((status, expected))) => {
                 out.bad_status += 1;
-                out.last_error = Some(format!("HTTP status {status}"));
+                out.last_error = Some(if expected {
+                    format!("HTTP status {status}")
+                } else {
+                    "the response body lacks the expected content".to_owned()
+                });
                 consecutive_errors += 1;
                 sender = Some(conn);
             }

@@ -6,7 +6,9 @@
 //! (which set a flag that the load loops and waits poll, so the stack unwinds through
 //! the guards instead of the process dying with children left behind).
 
+pub mod host;
 pub mod load;
+pub mod mcp;
 pub mod plugins;
 pub mod proxy;
 
@@ -194,6 +196,230 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A loopback server on its own thread and tokio runtime, so it neither shares a
+/// scheduler with the load generator nor needs an external program. Stopped (and its
+/// thread joined) on drop.
+#[derive(Debug)]
+pub struct ServerThread {
+    pub addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Binds a free loopback port and runs `serve(listener, shutdown)` on `threads`
+    /// worker threads (1 = a current-thread runtime); `serve` returns once `shutdown`
+    /// fires.
+    pub fn start<F, Fut>(name: &str, threads: usize, serve: F) -> Result<Self>
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .with_context(|| format!("binding {name}"))?;
+        listener
+            .set_nonblocking(true)
+            .with_context(|| format!("configuring {name}"))?;
+        let addr = listener.local_addr().context("local address")?;
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let what = name.to_owned();
+        let thread = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let rt = if threads <= 1 {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .enable_all()
+                        .build()
+                };
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::from(e).context(what)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            let _ = ready_tx.send(Ok(()));
+                            serve(l, shutdown_rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow::Error::from(e).context(what)));
+                        }
+                    }
+                });
+                // Dropping the runtime here cancels all connection tasks.
+            })
+            .with_context(|| format!("spawning {name}"))?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow::anyhow!("{name} did not start"))??;
+        Ok(Self {
+            addr,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Options every load benchmark takes, flattened into its own (which adds the
+/// high-concurrency settings, whose defaults differ per benchmark, and its targets).
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Do not run `cargo build --release -p portcullis` first.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Wall-clock cap in seconds for each measured phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub duration: u64,
+    /// Requests in the concurrency-1 latency phase (capped by --duration).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Warm-up seconds before each measured phase (results discarded).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub warmup: u64,
+    /// Tokio worker threads for the load generator (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub client_threads: u64,
+    /// Tokio worker threads for the upstream server (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub upstream_threads: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Do not update docs/benchmarks.md (it is only updated when every target ran).
+    #[arg(long)]
+    pub no_docs: bool,
+}
+
+impl LoadArgs {
+    /// The concurrency-1 phase, and the phase at concurrency `high` capped at
+    /// `requests_high` requests; each after its warm-up.
+    pub fn specs(&self, high: u64, requests_high: u64) -> (load::LoadSpec, load::LoadSpec) {
+        let phase = |concurrency: u64, requests: u64| load::LoadSpec {
+            warmup: load::Phase {
+                concurrency: usize::try_from(concurrency).unwrap_or(1),
+                max_requests: requests.min(2_000 * concurrency),
+                max_duration: Duration::from_secs(self.warmup),
+            },
+            measure: load::Phase {
+                concurrency: usize::try_from(concurrency).unwrap_or(1),
+                max_requests: requests,
+                max_duration: Duration::from_secs(self.duration),
+            },
+            client_threads: usize::try_from(self.client_threads).unwrap_or(1),
+        };
+        (phase(1, self.requests), phase(high, requests_high))
+    }
+
+    /// The upstream's worker threads.
+    pub fn upstream_threads(&self) -> usize {
+        usize::try_from(self.upstream_threads).unwrap_or(1)
+    }
+
+    /// The report lines on phases and on sharing the machine (`what`: "requests", "calls").
+    pub fn method_lines(&self, high: u64, requests_high: u64, what: &str, nproc: usize) -> String {
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
+        format!(
+            "- Phases per target: {w}s warm-up, then concurrency 1 for {} {what} (max {}s); \
+             {w}s warm-up, then concurrency {high} for {}s (max {requests_high} {what})\n\
+             - **Caveat:** the load generator ({} thread{}), the upstream ({} thread{}) and \
+             the proxy all share the same {nproc} cores, so absolute numbers are \
+             pessimistic; compare rows with each other, not with other machines. At \
+             concurrency 1 the cores idle between requests, so on a VM each hop also pays a \
+             wake-up (tens of µs): an idle machine shows *higher* c=1 latency than a busy \
+             one.\n",
+            self.requests,
+            self.duration,
+            self.duration,
+            self.client_threads,
+            plural(self.client_threads),
+            self.upstream_threads,
+            plural(self.upstream_threads),
+            w = self.warmup,
+        )
+    }
+
+    /// The settings as JSON, for `--out`.
+    pub fn settings(&self, high: u64, requests_high: u64) -> serde_json::Value {
+        serde_json::json!({"duration_s": self.duration, "requests": self.requests,
+                           "concurrency_high": high, "requests_high": requests_high,
+                           "warmup_s": self.warmup, "client_threads": self.client_threads,
+                           "upstream_threads": self.upstream_threads})
+    }
+
+    /// Prints the report, writes `--out`, updates the `section` of docs/benchmarks.md
+    /// when `complete` (every target measured), and fails if any target did.
+    pub fn finish(
+        &self,
+        root: &Path,
+        section: &str,
+        markdown: &str,
+        json: &serde_json::Value,
+        failures: &[String],
+        complete: bool,
+    ) -> Result<()> {
+        println!("{markdown}");
+        if let Some(out) = &self.out {
+            let text = serde_json::to_string_pretty(json).context("serialising results")?;
+            fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("bench: wrote {}", out.display());
+        }
+        if self.no_docs {
+            eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
+        } else if complete && failures.is_empty() {
+            let path = write_docs_section(root, section, markdown)?;
+            eprintln!("bench: updated {}", path.display());
+        } else {
+            eprintln!(
+                "bench: docs/benchmarks.md not updated (needs every target measured successfully)"
+            );
+        }
+        if !failures.is_empty() {
+            bail!("some targets failed:\n  {}", failures.join("\n  "));
+        }
+        Ok(())
+    }
+}
+
+/// CPU busy fraction before measuring above which results are flagged as skewed.
+pub const BUSY_WARN: f64 = 0.15;
+
+/// Samples how busy the CPUs are just before measuring, warning when other work runs.
+pub fn busy_before() -> Option<f64> {
+    let busy = cpu_busy_fraction(Duration::from_secs(1));
+    if let Some(b) = busy
+        && b > BUSY_WARN
+    {
+        eprintln!(
+            "bench: WARNING: the CPUs were {:.0}% busy before starting; other work on this \
+             machine will skew the results",
+            b * 100.0
+        );
+    }
+    busy
+}
+
 /// What the numbers were measured on; benchmark results are meaningless without it.
 #[derive(Debug, Clone)]
 pub struct MachineInfo {
@@ -203,6 +429,24 @@ pub struct MachineInfo {
 }
 
 impl MachineInfo {
+    /// The report lines naming the date, this machine and how busy it was.
+    pub fn header(&self, date: &str, busy: Option<f64>) -> String {
+        format!(
+            "- Date: {date}\n- Machine: {} × {} (nproc = {}), Linux {}; CPU {} busy in the \
+             second before measuring{}\n",
+            self.nproc,
+            self.cpu_model,
+            self.nproc,
+            self.kernel,
+            busy.map_or_else(|| "?".to_string(), |b| format!("{:.0}%", b * 100.0)),
+            if busy.is_some_and(|b| b > BUSY_WARN) {
+                " — **other work was running, results are skewed**"
+            } else {
+                ""
+            }
+        )
+    }
+
     pub fn detect() -> Self {
         let nproc = thread::available_parallelism()
             .map(|n| n.get())

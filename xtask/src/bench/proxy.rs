@@ -12,13 +12,12 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -31,8 +30,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use super::load::{self, LoadSpec, Phase, Stats, Target};
-use super::{ChildGuard, MachineInfo};
+use super::host::{free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_log_tail};
+use super::load::{self, LoadSpec, Stats, Target};
+use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// Fixed upstream response (~100 bytes of JSON): small enough that the benchmark
 /// measures proxy overhead, not body copying.
@@ -42,31 +42,18 @@ const SECRET: &str = "bench-secret-token";
 /// Path below the connector prefix that is requested through the proxies.
 const UPSTREAM_PATH: &str = "/items/42?fields=id,name";
 const CONNECTOR_PREFIX: &str = "/v1/connectors/bench";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// CPU busy fraction before measuring above which results are flagged as skewed.
-const BUSY_WARN: f64 = 0.15;
 
 /// Options for `cargo xtask bench proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Do not run `cargo build --release -p portcullis` first.
-    #[arg(long)]
-    no_build: bool,
-    /// Wall-clock cap in seconds for each measured phase.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    duration: u64,
-    /// Requests in the concurrency-1 latency phase (capped by --duration).
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-    requests: u64,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Concurrent connections in the throughput phase.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     concurrency_high: u64,
     /// Request cap for the throughput phase (capped by --duration).
     #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..))]
     requests_high: u64,
-    /// Warm-up seconds before each measured phase (results discarded).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
-    warmup: u64,
     /// Which targets to measure, in this order.
     #[arg(
         long,
@@ -75,18 +62,6 @@ pub struct ProxyArgs {
         default_value = "direct,portcullis,portcullis-plugin,nginx"
     )]
     targets: Vec<TargetKind>,
-    /// Tokio worker threads for the load generator (1 = current-thread runtime).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
-    client_threads: u64,
-    /// Tokio worker threads for the upstream server (1 = current-thread runtime).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
-    upstream_threads: u64,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Do not update docs/benchmarks.md (it is only updated when all three targets ran).
-    #[arg(long)]
-    no_docs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -142,7 +117,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
     // Preparation failures only disqualify the target concerned, so the others still
     // produce numbers (useful while the host is under construction).
     let portcullis_bin = if wants(TargetKind::Portcullis) || wants(TargetKind::PortcullisPlugin) {
-        Some(prepare_portcullis(root, args.no_build))
+        Some(prepare_portcullis(root, args.load.no_build))
     } else {
         None
     };
@@ -162,46 +137,11 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         .prefix("portcullis-bench-")
         .tempdir()
         .context("creating temp dir")?;
-    let cpu_busy_before = super::cpu_busy_fraction(Duration::from_secs(1));
-    if let Some(busy) = cpu_busy_before
-        && busy > BUSY_WARN
-    {
-        eprintln!(
-            "bench: WARNING: the CPUs were {:.0}% busy before starting; other work on this \
-             machine will skew the results",
-            busy * 100.0
-        );
-    }
-    let upstream = Upstream::start(usize::try_from(args.upstream_threads).unwrap_or(1))?;
+    let cpu_busy_before = super::busy_before();
+    let upstream = Upstream::start(args.load.upstream_threads())?;
     eprintln!("bench: upstream listening on {}", upstream.addr);
 
-    let spec_c1 = LoadSpec {
-        warmup: Phase {
-            concurrency: 1,
-            max_requests: args.requests.min(2_000),
-            max_duration: Duration::from_secs(args.warmup),
-        },
-        measure: Phase {
-            concurrency: 1,
-            max_requests: args.requests,
-            max_duration: Duration::from_secs(args.duration),
-        },
-        client_threads: usize::try_from(args.client_threads).unwrap_or(1),
-    };
-    let high = usize::try_from(args.concurrency_high).unwrap_or(64);
-    let spec_high = LoadSpec {
-        warmup: Phase {
-            concurrency: high,
-            max_requests: args.requests_high.min(100_000),
-            max_duration: Duration::from_secs(args.warmup),
-        },
-        measure: Phase {
-            concurrency: high,
-            max_requests: args.requests_high,
-            max_duration: Duration::from_secs(args.duration),
-        },
-        client_threads: spec_c1.client_threads,
-    };
+    let (spec_c1, spec_high) = args.load.specs(args.concurrency_high, args.requests_high);
 
     let mut results = Vec::new();
     for &kind in &targets {
@@ -209,11 +149,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         eprintln!("bench: measuring {}", kind.label());
         let outcome = match kind {
             TargetKind::Direct => {
-                let target = Target {
-                    name: kind.label().into(),
-                    addr: upstream.addr,
-                    path: UPSTREAM_PATH.into(),
-                };
+                let target = Target::get(kind.label(), upstream.addr, UPSTREAM_PATH);
                 measure(&target, &upstream, None, &spec_c1, &spec_high)
             }
             TargetKind::Portcullis | TargetKind::PortcullisPlugin => match &portcullis_bin {
@@ -272,78 +208,36 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         results: &results,
     };
     let markdown = report.markdown();
-    println!("{markdown}");
-
-    if let Some(out) = &args.out {
-        let text = serde_json::to_string_pretty(&report.json()).context("serialising results")?;
-        fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("bench: wrote {}", out.display());
-    }
-
     let failures: Vec<String> = results
         .iter()
         .filter_map(|r| {
-            r.outcome
-                .as_ref()
-                .err()
-                .map(|e| format!("{}: {e}", r.kind.label()))
+            let e = r.outcome.as_ref().err()?;
+            Some(format!("{}: {e}", r.kind.label()))
         })
         .collect();
-    let complete = failures.is_empty()
-        && [
-            TargetKind::Direct,
-            TargetKind::Portcullis,
-            TargetKind::Nginx,
-        ]
-        .iter()
-        .all(|k| results.iter().any(|r| r.kind == *k));
-    if args.no_docs {
-        eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
-    } else if complete {
-        let path = super::write_docs_section(root, "proxy", &markdown)?;
-        eprintln!("bench: updated {}", path.display());
-    } else {
-        eprintln!(
-            "bench: docs/benchmarks.md not updated (needs all three targets measured successfully)"
-        );
-    }
-    if !failures.is_empty() {
-        bail!("some targets failed:\n  {}", failures.join("\n  "));
-    }
-    Ok(())
+    let complete = [
+        TargetKind::Direct,
+        TargetKind::Portcullis,
+        TargetKind::Nginx,
+    ]
+    .iter()
+    .all(|k| results.iter().any(|r| r.kind == *k));
+    args.load.finish(
+        root,
+        "proxy",
+        &markdown,
+        &report.json(),
+        &failures,
+        complete,
+    )
 }
 
 fn proxied_target(kind: TargetKind, addr: SocketAddr) -> Target {
-    Target {
-        name: kind.label().into(),
+    Target::get(
+        kind.label(),
         addr,
-        path: format!("{CONNECTOR_PREFIX}{UPSTREAM_PATH}"),
-    }
-}
-
-/// Appends the last lines of a child's log to an error, since "bad status" alone rarely
-/// says why a proxy misbehaved.
-fn with_log_tail(err: anyhow::Error, log: &Path) -> anyhow::Error {
-    match log_tail(log, 15) {
-        // The log lives in the temp dir, which is removed on exit, so inline the tail.
-        Some(tail) => {
-            let file = log.file_name().map(|f| f.to_string_lossy().into_owned());
-            anyhow!(
-                "{err:#}\n    last lines of its {}:\n{tail}",
-                file.as_deref().unwrap_or("log")
-            )
-        }
-        None => err,
-    }
-}
-
-fn log_tail(path: &Path, lines: usize) -> Option<String> {
-    let text = fs::read_to_string(path).ok()?;
-    let all: Vec<&str> = text.lines().collect();
-    if all.is_empty() {
-        return None;
-    }
-    Some(all[all.len().saturating_sub(lines)..].join("\n"))
+        format!("{CONNECTOR_PREFIX}{UPSTREAM_PATH}"),
+    )
 }
 
 /// Checks the target answers exactly like the upstream (and, for proxies, injects the
@@ -441,81 +335,26 @@ impl Counters {
     }
 }
 
-/// The loopback upstream: a hyper HTTP/1.1 server on its own thread and runtime, so it
-/// neither shares a scheduler with the load generator nor needs an external program.
-/// Stopped (and its thread joined) on drop.
+/// The loopback upstream: a hyper HTTP/1.1 server on its own thread (see
+/// [`ServerThread`]).
 struct Upstream {
     addr: SocketAddr,
     counters: Arc<Counters>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl Upstream {
     fn start(threads: usize) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding upstream listener")?;
-        listener
-            .set_nonblocking(true)
-            .context("configuring upstream listener")?;
-        let addr = listener.local_addr().context("upstream local address")?;
         let counters = Arc::new(Counters::default());
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let thread_counters = Arc::clone(&counters);
-        let thread = thread::Builder::new()
-            .name("bench-upstream".into())
-            .spawn(move || {
-                let rt = if threads <= 1 {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                } else {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(threads)
-                        .enable_all()
-                        .build()
-                };
-                let rt = match rt {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow!(e).context("upstream runtime")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(anyhow!(e).context("upstream listener")));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    serve_upstream(listener, thread_counters, shutdown_rx).await;
-                });
-                // Dropping the runtime here cancels all connection tasks.
-            })
-            .context("spawning upstream thread")?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("upstream server did not start"))??;
+        let c = Arc::clone(&counters);
+        let server = ServerThread::start("bench-upstream", threads, move |listener, shutdown| {
+            serve_upstream(listener, c, shutdown)
+        })?;
         Ok(Self {
-            addr,
+            addr: server.addr,
             counters,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            _server: server,
         })
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -561,43 +400,7 @@ async fn serve_upstream(
     }
 }
 
-/// A free loopback port. There is a small race between closing this listener and the
-/// child binding it, acceptable for a benchmark on an otherwise idle box.
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr().context("free port address")?.port())
-}
-
-/// Builds the release host (unless `no_build`) and returns its binary path.
-fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
-    let bin = super::target_dir(root).join("release").join("portcullis");
-    if !no_build {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        eprintln!("bench: cargo build --release -p portcullis");
-        let status = super::run_interruptible(
-            Command::new(cargo)
-                .args(["build", "--release", "-p", "portcullis"])
-                .current_dir(root),
-            "cargo build --release -p portcullis",
-        )
-        .map_err(|e| format!("{e:#}"))?;
-        if !status.success() {
-            return Err(format!(
-                "`cargo build --release -p portcullis` failed ({status}); see the compiler output above"
-            ));
-        }
-    }
-    if !bin.is_file() {
-        return Err(format!(
-            "{} does not exist; build it with `cargo build --release -p portcullis` (or drop --no-build)",
-            bin.display()
-        ));
-    }
-    Ok(bin)
-}
-
-/// Writes the config, starts `portcullis serve` and waits for `/healthz`.
-/// With `registry`, the connector names the Google provider plugin: every request is
+/// Starts Portcullis with one HTTP connector to the upstream. With `registry`, the connector names the Google provider plugin: every request is
 /// shaped by it (the bench path is no Google API, so the URL stays the same) and error
 /// statuses would be classified.
 fn start_portcullis(
@@ -606,7 +409,6 @@ fn start_portcullis(
     upstream: SocketAddr,
     registry: Option<&Path>,
 ) -> Result<(ChildGuard, SocketAddr)> {
-    fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
     let mut connector = json!({
         "protocol": "http",
         "url": format!("http://{upstream}"),
@@ -624,64 +426,7 @@ fn start_portcullis(
             "app": {"tailscale.com/cap/aperture": [{"role": "admin"}, {"connectors": ["bench/**"]}]},
         }],
     });
-    let config_path = dir.join("portcullis.json");
-    fs::write(&config_path, serde_json::to_string_pretty(&config)?)
-        .context("writing portcullis config")?;
-    let port = free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let stdout = fs::File::create(dir.join("stdout.log")).context("creating stdout log")?;
-    let stderr = fs::File::create(dir.join("stderr.log")).context("creating stderr log")?;
-    let mut cmd = Command::new(bin);
-    match registry {
-        Some(r) => cmd.env("PORTCULLIS_REGISTRY", r),
-        None => cmd.env_remove("PORTCULLIS_REGISTRY"),
-    };
-    let child = cmd
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("PORTCULLIS_MASTER_KEY")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut guard = ChildGuard::new("portcullis", child, "TERM");
-    wait_ready(&mut guard, "portcullis", addr, "/healthz", true)
-        .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
-    Ok((guard, addr))
-}
-
-/// Polls `path` until it answers (200 if `need_ok`, any status otherwise), the child
-/// exits, or [`READY_TIMEOUT`] passes.
-fn wait_ready(
-    guard: &mut ChildGuard,
-    name: &str,
-    addr: SocketAddr,
-    path: &str,
-    need_ok: bool,
-) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        super::check_interrupted()?;
-        if let Some(status) = guard.exited() {
-            bail!("{name} exited during startup ({status})");
-        }
-        let last = match load::probe(addr, path) {
-            Ok((status, _)) if !need_ok || status == StatusCode::OK => return Ok(()),
-            Ok((status, _)) => format!("GET {path} returned {status}"),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("{name} not ready on {addr} after {READY_TIMEOUT:?}: {last}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    spawn_portcullis(bin, dir, &config, registry)
 }
 
 /// Returns the nginx binary, installing it with apt-get if missing (the benchmark is
@@ -844,23 +589,7 @@ impl Report<'_> {
         let direct = self.measured(TargetKind::Direct);
         let mut s = String::new();
         let _ = writeln!(s, "### Proxy overhead (`cargo xtask bench proxy`)\n");
-        let _ = writeln!(s, "- Date: {}", self.date);
-        let _ = writeln!(
-            s,
-            "- Machine: {} × {} (nproc = {}), Linux {}; CPU {} busy in the second before \
-             measuring{}",
-            m.nproc,
-            m.cpu_model,
-            m.nproc,
-            m.kernel,
-            self.cpu_busy_before
-                .map_or_else(|| "?".to_string(), |b| format!("{:.0}%", b * 100.0)),
-            if self.cpu_busy_before.is_some_and(|b| b > BUSY_WARN) {
-                " — **other work was running, results are skewed**"
-            } else {
-                ""
-            }
-        );
+        s.push_str(&m.header(&self.date, self.cpu_busy_before));
         let _ = writeln!(
             s,
             "- Request: `GET {CONNECTOR_PREFIX}{UPSTREAM_PATH}` (direct: `GET {UPSTREAM_PATH}`) \
@@ -868,32 +597,24 @@ impl Report<'_> {
              one connection per concurrent client; upstream is an in-process hyper server \
              ({} thread{}) answering 200 with a fixed {}-byte JSON body; proxies inject \
              `Authorization: Bearer …`",
-            a.upstream_threads,
-            if a.upstream_threads == 1 { "" } else { "s" },
+            a.load.upstream_threads,
+            if a.load.upstream_threads == 1 {
+                ""
+            } else {
+                "s"
+            },
             UPSTREAM_BODY.len()
-        );
-        let _ = writeln!(
-            s,
-            "- Phases per target: {}s warm-up, then concurrency 1 for {} requests (max {}s); \
-             {}s warm-up, then concurrency {high} for {}s (max {} requests)",
-            a.warmup, a.requests, a.duration, a.warmup, a.duration, a.requests_high
         );
         let _ = writeln!(
             s,
             "- nginx reference: {}, 2 workers, upstream `keepalive 64`, access log off",
             self.nginx_version.as_deref().unwrap_or("version unknown")
         );
-        let _ = writeln!(
-            s,
-            "- **Caveat:** the load generator ({} thread{}), the upstream and the proxy all \
-             share the same {} cores, so absolute numbers are pessimistic; compare rows \
-             with each other, not with other machines. At concurrency 1 the cores idle \
-             between requests, so on a VM each hop also pays a wake-up (tens of µs): an idle \
-             machine shows *higher* c=1 latency than a busy one.\n",
-            a.client_threads,
-            if a.client_threads == 1 { "" } else { "s" },
-            m.nproc
+        s.push_str(
+            &a.load
+                .method_lines(high, a.requests_high, "requests", m.nproc),
         );
+        s.push('\n');
         let _ = writeln!(
             s,
             "| Target | p50 µs (c=1) | p99 µs (c=1) | mean µs (c=1) | added p50 vs direct | \
@@ -1008,6 +729,9 @@ impl Report<'_> {
 
     fn json(&self) -> serde_json::Value {
         let a = self.args;
+        let mut settings = a.load.settings(a.concurrency_high, a.requests_high);
+        settings["upstream_body_bytes"] = json!(UPSTREAM_BODY.len());
+        settings["nginx_version"] = json!(self.nginx_version);
         let targets: Vec<_> = self
             .results
             .iter()
@@ -1038,12 +762,7 @@ impl Report<'_> {
             "machine": {"nproc": self.machine.nproc, "cpu_model": self.machine.cpu_model,
                         "kernel": self.machine.kernel},
             "cpu_busy_before_start": self.cpu_busy_before,
-            "settings": {"duration_s": a.duration, "requests": a.requests,
-                         "concurrency_high": a.concurrency_high, "requests_high": a.requests_high,
-                         "warmup_s": a.warmup, "client_threads": a.client_threads,
-                         "upstream_threads": a.upstream_threads,
-                         "upstream_body_bytes": UPSTREAM_BODY.len(),
-                         "nginx_version": self.nginx_version},
+            "settings": settings,
             "targets": targets,
             "summary": {"portcullis_added_p50_us": added(p), "nginx_added_p50_us": added(n),
                         "rps_ratio_portcullis_over_nginx": ratio},

@@ -1,0 +1,147 @@
+//! Starting the programs a benchmark measures: a release `portcullis serve` with a
+//! generated config, readiness polling, and the log tail that explains a failure.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use hyper::StatusCode;
+
+use super::ChildGuard;
+use super::load;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Appends the last lines of a child's log to an error, since "bad status" alone rarely
+/// says why a proxy misbehaved.
+pub fn with_log_tail(err: anyhow::Error, log: &Path) -> anyhow::Error {
+    match log_tail(log, 15) {
+        // The log lives in the temp dir, which is removed on exit, so inline the tail.
+        Some(tail) => {
+            let file = log.file_name().map(|f| f.to_string_lossy().into_owned());
+            anyhow!(
+                "{err:#}\n    last lines of its {}:\n{tail}",
+                file.as_deref().unwrap_or("log")
+            )
+        }
+        None => err,
+    }
+}
+
+pub fn log_tail(path: &Path, lines: usize) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let all: Vec<&str> = text.lines().collect();
+    if all.is_empty() {
+        return None;
+    }
+    Some(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+/// A free loopback port. There is a small race between closing this listener and the
+/// child binding it, acceptable for a benchmark on an otherwise idle box.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr().context("free port address")?.port())
+}
+
+/// Builds the release host (unless `no_build`) and returns its binary path.
+pub fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
+    let bin = super::target_dir(root).join("release").join("portcullis");
+    if !no_build {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("bench: cargo build --release -p portcullis");
+        let status = super::run_interruptible(
+            Command::new(cargo)
+                .args(["build", "--release", "-p", "portcullis"])
+                .current_dir(root),
+            "cargo build --release -p portcullis",
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        if !status.success() {
+            return Err(format!(
+                "`cargo build --release -p portcullis` failed ({status}); see the compiler output above"
+            ));
+        }
+    }
+    if !bin.is_file() {
+        return Err(format!(
+            "{} does not exist; build it with `cargo build --release -p portcullis` (or drop --no-build)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// Writes `config`, starts `portcullis serve` with `dir` for its data and logs
+/// (`stderr.log`), and waits for `/healthz`. With `registry`, provider plugins load from
+/// there; without, none do.
+pub fn spawn_portcullis(
+    bin: &Path,
+    dir: &Path,
+    config: &serde_json::Value,
+    registry: Option<&Path>,
+) -> Result<(ChildGuard, SocketAddr)> {
+    fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
+    let config_path = dir.join("portcullis.json");
+    fs::write(&config_path, serde_json::to_string_pretty(&config)?)
+        .context("writing portcullis config")?;
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stdout = fs::File::create(dir.join("stdout.log")).context("creating stdout log")?;
+    let stderr = fs::File::create(dir.join("stderr.log")).context("creating stderr log")?;
+    let mut cmd = Command::new(bin);
+    match registry {
+        Some(r) => cmd.env("PORTCULLIS_REGISTRY", r),
+        None => cmd.env_remove("PORTCULLIS_REGISTRY"),
+    };
+    let child = cmd
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut guard = ChildGuard::new("portcullis", child, "TERM");
+    wait_ready(&mut guard, "portcullis", addr, "/healthz", true)
+        .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
+    Ok((guard, addr))
+}
+
+/// Polls `path` until it answers (200 if `need_ok`, any status otherwise), the child
+/// exits, or [`READY_TIMEOUT`] passes.
+pub fn wait_ready(
+    guard: &mut ChildGuard,
+    name: &str,
+    addr: SocketAddr,
+    path: &str,
+    need_ok: bool,
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        super::check_interrupted()?;
+        if let Some(status) = guard.exited() {
+            bail!("{name} exited during startup ({status})");
+        }
+        let last = match load::probe(addr, path) {
+            Ok((status, _)) if !need_ok || status == StatusCode::OK => return Ok(()),
+            Ok((status, _)) => format!("GET {path} returned {status}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{name} not ready on {addr} after {READY_TIMEOUT:?}: {last}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,573 @@
+//! `cargo xtask bench mcp`: what does a `tools/call` through `/v1/mcp` cost?
+//!
+//! One trivial upstream tool is called two ways, one after the other so they never
+//! compete for the cores: directly at the upstream, and through Portcullis's aggregated
+//! endpoint (`bench_ping`, prefix stripped, bearer token injected, forwarded over the
+//! connector's upstream session). Both are the same bare JSON-RPC POST an agent sends
+//! without a session, answered with plain JSON, so the difference is what Portcullis
+//! adds: identity, grants, routing, and its own rmcp client and server.
+//!
+//! The upstream is an rmcp server in this process on its own thread and runtime,
+//! serving streamable HTTP statelessly and refusing requests without the bearer token
+//! (so a Portcullis that forgot to inject it fails every call).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use hyper::StatusCode;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::transport::StreamableHttpServerConfig;
+use rmcp::transport::streamable_http_server::StreamableHttpService;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use serde_json::json;
+
+use super::host::{prepare_portcullis, spawn_portcullis, with_log_tail};
+use super::load::{self, LoadSpec, Stats, Target};
+use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
+
+/// The token Portcullis injects and the upstream demands.
+const SECRET: &str = "bench-mcp-token";
+/// The upstream tool's fixed answer; a call only counts when the body carries it.
+const PONG: &str = "pong";
+/// How long Portcullis may take to discover the upstream's tool.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Aims from the MCP issue, reported next to the numbers.
+const AIM_ADDED_P50_US: f64 = 300.0;
+const AIM_CALLS_PER_S: f64 = 5_000.0;
+
+/// Options for `cargo xtask bench mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Concurrent agents in the throughput phase.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency_high: u64,
+    /// Call cap for the throughput phase (capped by --duration).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests_high: u64,
+    /// Which targets to measure, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,portcullis"
+    )]
+    targets: Vec<TargetKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum TargetKind {
+    Direct,
+    Portcullis,
+}
+
+impl TargetKind {
+    fn label(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct to the upstream",
+            TargetKind::Portcullis => "through Portcullis /v1/mcp",
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Measured {
+    latency: Stats,
+    throughput: Stats,
+    /// `tools/call` requests the upstream answered during both phases and warm-ups.
+    upstream_calls: u64,
+}
+
+#[derive(Debug)]
+struct TargetResult {
+    kind: TargetKind,
+    outcome: Result<Measured, String>,
+}
+
+pub fn run(root: &Path, args: McpArgs) -> Result<()> {
+    super::install_interrupt_handler()?;
+    let machine = MachineInfo::detect();
+    let mut targets = args.targets.clone();
+    targets.dedup();
+    let portcullis_bin = targets
+        .contains(&TargetKind::Portcullis)
+        .then(|| prepare_portcullis(root, args.load.no_build));
+    super::check_interrupted()?;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("portcullis-bench-mcp-")
+        .tempdir()
+        .context("creating temp dir")?;
+    let cpu_busy_before = super::busy_before();
+    let upstream = Upstream::start(args.load.upstream_threads())?;
+    eprintln!("bench: upstream MCP server on http://{}/mcp", upstream.addr);
+
+    let (spec_c1, spec_high) = args.load.specs(args.concurrency_high, args.requests_high);
+
+    let mut results = Vec::new();
+    for &kind in &targets {
+        super::check_interrupted()?;
+        eprintln!("bench: measuring {}", kind.label());
+        let outcome = match kind {
+            TargetKind::Direct => {
+                let target = call_target(kind, upstream.addr, "/mcp", "ping", true);
+                measure(&target, &upstream, None, &spec_c1, &spec_high)
+            }
+            TargetKind::Portcullis => match &portcullis_bin {
+                Some(Ok(bin)) => {
+                    let dir = tmp.path().join("portcullis");
+                    let log = dir.join("stderr.log");
+                    start_portcullis(bin, &dir, upstream.addr).and_then(|(mut guard, addr)| {
+                        let target = call_target(kind, addr, "/v1/mcp", "bench_ping", false);
+                        let r = measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
+                        guard.stop();
+                        r.map_err(|e| with_log_tail(e, &log))
+                    })
+                }
+                Some(Err(e)) => Err(anyhow!("{e}")),
+                None => Err(anyhow!("not selected")),
+            },
+        };
+        super::check_interrupted()?;
+        if let Err(e) = &outcome {
+            eprintln!("bench: {} FAILED: {e:#}", kind.label());
+        }
+        results.push(TargetResult {
+            kind,
+            outcome: outcome.map_err(|e| format!("{e:#}")),
+        });
+    }
+    drop(upstream);
+
+    let report = Report {
+        date: super::utc_now_string(),
+        machine,
+        args: &args,
+        cpu_busy_before,
+        results: &results,
+    };
+    let markdown = report.markdown();
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|r| {
+            let e = r.outcome.as_ref().err()?;
+            Some(format!("{}: {e}", r.kind.label()))
+        })
+        .collect();
+    let complete = [TargetKind::Direct, TargetKind::Portcullis]
+        .iter()
+        .all(|k| results.iter().any(|r| r.kind == *k));
+    args.load
+        .finish(root, "mcp", &markdown, &report.json(), &failures, complete)
+}
+
+/// The JSON-RPC body of one call, as an agent without a session sends it.
+fn call_body(tool: &str) -> Bytes {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": tool, "arguments": {}}});
+    Bytes::from(body.to_string())
+}
+
+/// A `tools/call` POST; `with_token` sends the upstream's bearer token itself (direct).
+fn call_target(
+    kind: TargetKind,
+    addr: SocketAddr,
+    path: &str,
+    tool: &str,
+    with_token: bool,
+) -> Target {
+    let mut headers = vec![
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        ),
+    ];
+    if with_token {
+        headers.push((
+            hyper::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer bench-mcp-token"),
+        ));
+    }
+    Target::post(
+        kind.label(),
+        addr,
+        path,
+        call_body(tool),
+        headers,
+        Bytes::from_static(PONG.as_bytes()),
+    )
+}
+
+fn start_portcullis(
+    bin: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> Result<(ChildGuard, SocketAddr)> {
+    let config = json!({
+        "identity": {"mode": "loopback"},
+        "egress": {"allow_loopback": true},
+        "connectors": {"servers": {"bench": {
+            "protocol": "mcp",
+            "url": format!("http://{upstream}/mcp"),
+            "auth": {"type": "bearer_token", "secret": SECRET},
+        }}},
+        "grants": [{
+            "src": ["(loopback)"],
+            "app": {"tailscale.com/cap/aperture": [{"connectors": ["bench/**"]}]},
+        }],
+    });
+    let (mut guard, addr) = spawn_portcullis(bin, dir, &config, None)?;
+    // Discovery runs in the background after start: wait until the tool is listed.
+    let list = Target::post(
+        "tools/list",
+        addr,
+        "/v1/mcp",
+        Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+        vec![
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            ),
+        ],
+        Bytes::new(),
+    );
+    let deadline = Instant::now() + DISCOVERY_TIMEOUT;
+    loop {
+        super::check_interrupted()?;
+        if let Some(status) = guard.exited() {
+            bail!("portcullis exited during startup ({status})");
+        }
+        if let Ok((StatusCode::OK, body)) = load::probe_target(&list)
+            && String::from_utf8_lossy(&body).contains("\"bench_ping\"")
+        {
+            return Ok((guard, addr));
+        }
+        if Instant::now() >= deadline {
+            bail!("portcullis did not list bench_ping within {DISCOVERY_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Checks one call answers `pong`, then runs both load phases.
+fn measure(
+    target: &Target,
+    upstream: &Upstream,
+    mut proxy: Option<&mut ChildGuard>,
+    spec_c1: &LoadSpec,
+    spec_high: &LoadSpec,
+) -> Result<Measured> {
+    let (status, body) = load::probe_target(target)?;
+    let text = String::from_utf8_lossy(&body);
+    if status != StatusCode::OK || !text.contains(PONG) {
+        bail!(
+            "tools/call via {} returned {status} with body {:?} (expected 200 and `{PONG}`)",
+            target.name,
+            text.chars().take(300).collect::<String>()
+        );
+    }
+    let mut check_alive = || -> Result<()> {
+        if let Some(status) = proxy.as_mut().and_then(|p| p.exited()) {
+            bail!("{} exited during the benchmark ({status})", target.name);
+        }
+        Ok(())
+    };
+    let calls_before = upstream.calls.load(Ordering::Relaxed);
+    let latency = load::run(target, spec_c1)?;
+    check_alive()?;
+    eprintln!(
+        "bench:   c=1: {} ok in {:.1}s, p50 {:.1}µs p99 {:.1}µs",
+        latency.ok, latency.elapsed_s, latency.p50_us, latency.p99_us
+    );
+    let throughput = load::run(target, spec_high)?;
+    check_alive()?;
+    eprintln!(
+        "bench:   c={}: {} ok in {:.1}s, {:.0} calls/s",
+        throughput.concurrency, throughput.ok, throughput.elapsed_s, throughput.rps
+    );
+    for s in [&latency, &throughput] {
+        if s.ok == 0 {
+            bail!(
+                "no successful calls at concurrency {} ({})",
+                s.concurrency,
+                s.last_error.as_deref().unwrap_or("no error recorded")
+            );
+        }
+    }
+    Ok(Measured {
+        latency,
+        throughput,
+        upstream_calls: upstream.calls.load(Ordering::Relaxed) - calls_before,
+    })
+}
+
+/// The upstream MCP server's one tool.
+#[derive(Clone)]
+struct Ping {
+    calls: Arc<AtomicU64>,
+}
+
+impl rmcp::ServerHandler for Ping {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _page: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema = json!({"type": "object", "properties": {}});
+        let schema = match schema {
+            serde_json::Value::Object(m) => Arc::new(m),
+            _ => Arc::default(),
+        };
+        Ok(ListToolsResult::with_all_items(vec![Tool::new(
+            "ping",
+            "Answers pong.",
+            schema,
+        )]))
+    }
+
+    async fn call_tool(
+        &self,
+        req: CallToolRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if req.name != "ping" {
+            return Err(ErrorData::invalid_params("no such tool", None));
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Ok(CallToolResponse::Complete(CallToolResult::success(vec![
+            ContentBlock::text(PONG),
+        ])))
+    }
+}
+
+/// The upstream: rmcp's streamable HTTP server, stateless with JSON answers, behind a
+/// bearer-token check, on its own thread (see [`ServerThread`]).
+struct Upstream {
+    addr: SocketAddr,
+    calls: Arc<AtomicU64>,
+    _server: ServerThread,
+}
+
+impl Upstream {
+    fn start(threads: usize) -> Result<Self> {
+        let calls = Arc::new(AtomicU64::new(0));
+        let handler = Ping {
+            calls: calls.clone(),
+        };
+        let server = ServerThread::start(
+            "bench-mcp-upstream",
+            threads,
+            move |listener, shutdown| async move {
+                let svc = StreamableHttpService::new(
+                    move || Ok(handler.clone()),
+                    Arc::new(NeverSessionManager::default()),
+                    StreamableHttpServerConfig::default()
+                        .with_legacy_session_mode(false)
+                        .with_json_response(true),
+                );
+                let app = axum::Router::new()
+                    .nest_service("/mcp", svc)
+                    .layer(axum::middleware::from_fn(require_token));
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = shutdown.await;
+                    })
+                    .await;
+            },
+        )?;
+        Ok(Self {
+            addr: server.addr,
+            calls,
+            _server: server,
+        })
+    }
+}
+
+/// 401 for a request without the bench token.
+async fn require_token(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let expected = HeaderValue::from_static("Bearer bench-mcp-token");
+    if req.headers().get(hyper::header::AUTHORIZATION) != Some(&expected) {
+        let mut resp = axum::response::Response::new(axum::body::Body::from("missing token"));
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        return resp;
+    }
+    next.run(req).await
+}
+
+struct Report<'a> {
+    date: String,
+    machine: MachineInfo,
+    args: &'a McpArgs,
+    cpu_busy_before: Option<f64>,
+    results: &'a [TargetResult],
+}
+
+impl Report<'_> {
+    fn measured(&self, kind: TargetKind) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|r| r.kind == kind)
+            .and_then(|r| r.outcome.as_ref().ok())
+    }
+
+    fn markdown(&self) -> String {
+        let a = self.args;
+        let m = &self.machine;
+        let high = a.concurrency_high;
+        let mut s = String::new();
+        let _ = writeln!(s, "### MCP `tools/call` (`cargo xtask bench mcp`)\n");
+        s.push_str(&m.header(&self.date, self.cpu_busy_before));
+        let _ = writeln!(
+            s,
+            "- Call: a sessionless JSON-RPC `tools/call` POST with \
+             `Accept: application/json, text/event-stream`, answered with plain JSON, over \
+             keep-alive HTTP/1.1 (one connection per concurrent agent). Direct: `ping` at the \
+             upstream with the bearer token. Through Portcullis: `bench_ping` at `/v1/mcp` \
+             (loopback identity, a `bench/**` grant); Portcullis strips the prefix, injects \
+             the token and forwards on its upstream MCP session."
+        );
+        let _ = writeln!(
+            s,
+            "- Upstream: rmcp {} streamable HTTP server in the benchmark process, \
+             stateless with JSON answers, one tool answering `pong`.",
+            rmcp_version(),
+        );
+        s.push_str(&a.load.method_lines(high, a.requests_high, "calls", m.nproc));
+        s.push_str("- A call counts only if it answered 200 with `pong` in the body.\n\n");
+        let _ = writeln!(
+            s,
+            "| Target | concurrency | calls/s | p50 µs | p90 µs | p99 µs | max µs | failed |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in self.results {
+            match &r.outcome {
+                Ok(x) => {
+                    for st in [&x.latency, &x.throughput] {
+                        let _ = writeln!(
+                            s,
+                            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                            r.kind.label(),
+                            st.concurrency,
+                            st.rps,
+                            st.p50_us,
+                            st.p90_us,
+                            st.p99_us,
+                            st.max_us,
+                            st.errors + st.bad_status
+                        );
+                    }
+                }
+                Err(e) => {
+                    let first = e.lines().next().unwrap_or("failed").replace('|', "\\|");
+                    let _ = writeln!(s, "| {} | failed: {first} | | | | | | |", r.kind.label());
+                }
+            }
+        }
+        s.push('\n');
+        if let (Some(d), Some(p)) = (
+            self.measured(TargetKind::Direct),
+            self.measured(TargetKind::Portcullis),
+        ) {
+            for (d, p) in [(&d.latency, &p.latency), (&d.throughput, &p.throughput)] {
+                let _ = writeln!(
+                    s,
+                    "- Concurrency {}: Portcullis adds {:+.1} µs at p50 and {:+.1} µs at p99; \
+                     {:.0} vs {:.0} calls/s ({:.2}× direct).",
+                    d.concurrency,
+                    p.p50_us - d.p50_us,
+                    p.p99_us - d.p99_us,
+                    p.rps,
+                    d.rps,
+                    if d.rps > 0.0 { p.rps / d.rps } else { 0.0 }
+                );
+            }
+            let added = p.latency.p50_us - d.latency.p50_us;
+            let _ = writeln!(
+                s,
+                "- Aims: under {AIM_ADDED_P50_US:.0} µs added at p50 (concurrency 1): **{}** \
+                 ({added:+.1} µs); at least {AIM_CALLS_PER_S:.0} calls/s through Portcullis \
+                 (concurrency {high}): **{}** ({:.0}).",
+                if added < AIM_ADDED_P50_US {
+                    "met"
+                } else {
+                    "missed"
+                },
+                if p.throughput.rps >= AIM_CALLS_PER_S {
+                    "met"
+                } else {
+                    "missed"
+                },
+                p.throughput.rps
+            );
+            let _ = writeln!(
+                s,
+                "- Upstream `tools/call`s answered, warm-ups included: direct {}, through \
+                 Portcullis {}.",
+                d.upstream_calls, p.upstream_calls
+            );
+        }
+        s
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let a = self.args;
+        let mut settings = a.load.settings(a.concurrency_high, a.requests_high);
+        settings["rmcp"] = json!(rmcp_version());
+        let targets: Vec<_> = self
+            .results
+            .iter()
+            .map(|r| match &r.outcome {
+                Ok(x) => json!({"target": r.kind, "ok": true, "latency": x.latency,
+                                "throughput": x.throughput, "upstream_calls": x.upstream_calls}),
+                Err(e) => json!({"target": r.kind, "ok": false, "error": e}),
+            })
+            .collect();
+        json!({
+            "benchmark": "mcp",
+            "date": self.date,
+            "machine": {"nproc": self.machine.nproc, "cpu_model": self.machine.cpu_model,
+                        "kernel": self.machine.kernel},
+            "cpu_busy_before_start": self.cpu_busy_before,
+            "settings": settings,
+            "targets": targets,
+        })
+    }
+}
+
+/// The rmcp release in use: the workspace locks one, for Portcullis and this upstream.
+fn rmcp_version() -> String {
+    let lock = super::super::workspace_root()
+        .ok()
+        .and_then(|r| fs::read_to_string(r.join("Cargo.lock")).ok())
+        .unwrap_or_default();
+    lock.split("[[package]]")
+        .find(|p| p.contains("name = \"rmcp\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_owned())
+        .unwrap_or_else(|| "?".into())
+}
