@@ -13,8 +13,12 @@
 //!   responses per path, every request kept).
 //! - [`oidc`]: the `oidc-provider` peer (npm), a real OAuth 2.0 authorization server.
 //! - [`raw`]: raw HTTP/1.1 requests, for paths a URL library would normalise.
+//! - [`mcp_server`]: an rmcp MCP server (streamable HTTP) as an upstream;
+//!   [`legacy_server`]: a minimal one on the legacy HTTP+SSE transport that checks the
+//!   token on every request; [`peers_mcp`]: server-everything and the Python SDK agent.
 
 pub mod fixture;
+pub mod legacy_server;
 pub mod mcp_server;
 pub mod oidc;
 pub mod peers_mcp;

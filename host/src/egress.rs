@@ -213,6 +213,9 @@ impl Egress {
         });
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Long-lived streams (an MCP server's event stream) must notice a peer or a NAT
+        // that silently dropped them; idle pooled connections are checked the same way.
+        http.set_keepalive(Some(Duration::from_secs(30)));
         http.set_connect_timeout(Some(Duration::from_secs(cfg.connect_timeout_secs.max(1))));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()

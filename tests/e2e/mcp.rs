@@ -630,3 +630,44 @@ async fn a_legacy_http_sse_server_is_reached_through_the_fallback() {
     );
     agent.cancel().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_legacy_server_gets_the_credential_on_every_request_and_never_another_origin() {
+    use portcullis_e2e::legacy_server::LegacyServer;
+    use std::sync::atomic::Ordering::SeqCst;
+    let good = LegacyServer::start("legacy-secret", None).await;
+    // This one names an endpoint on `elsewhere`, another origin.
+    let elsewhere = LegacyServer::start("legacy-secret", None).await;
+    let tricky = LegacyServer::start("legacy-secret", Some(elsewhere.base())).await;
+    let connectors = json!({
+        "old": {"protocol": "mcp", "url": good.url(),
+                "auth": {"type": "bearer_token", "secret": "legacy-secret"}},
+        "tricky": {"protocol": "mcp", "url": tricky.url(),
+                   "auth": {"type": "bearer_token", "secret": "legacy-secret"}},
+    });
+    let host = Host::start(&config(connectors, everything(), 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tools_until(&agent, |t| t.contains(&"old_whoami".into())).await;
+    assert!(tools.contains(&"old_whoami".into()), "{tools:?}");
+    let r = agent
+        .call_tool(call("old_whoami", json!({})))
+        .await
+        .expect("call over HTTP+SSE");
+    assert_eq!(text_of(&r), "legacy whoami ran");
+    // The event stream and every post (initialize, initialized, tools/list, the call)
+    // carried the token; the streamable attempt before them did too.
+    assert_eq!(good.seen.rejected.load(SeqCst), 0);
+    assert!(good.seen.authorized.load(SeqCst) >= 5);
+
+    host.wait_for_log("another origin").await;
+    assert!(
+        !tools.iter().any(|t| t.starts_with("tricky_")),
+        "a server naming a foreign endpoint lists nothing: {tools:?}"
+    );
+    assert_eq!(
+        elsewhere.seen.requests.load(SeqCst),
+        0,
+        "nothing, and no credential, went to the other origin"
+    );
+    agent.cancel().await.expect("close");
+}

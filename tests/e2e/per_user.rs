@@ -1071,7 +1071,10 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
         .call_tool(echo("gone"))
         .await
         .expect_err("disconnected");
-    assert!(err.to_string().contains("connect"), "{err}");
+    assert!(
+        err.to_string().contains("/api/connectors/wiki/connect"),
+        "{err}"
+    );
     let r = bob.call_tool(echo("still")).await.expect("bob unaffected");
     assert_eq!(result_text(&r), "echo: still (for bob)");
     alice.cancel().await.expect("close");

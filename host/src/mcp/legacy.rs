@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::upstream::{EgressHttp, UpstreamError, is_type, read_limited, sse};
 
-/// Largest error body read to explain a refused message.
-const MAX_ERROR_BODY: usize = 4 * 1024;
+/// Largest acknowledgement body read (to explain a refused message).
+const MAX_ACK_BODY: usize = 4 * 1024;
+/// Longest wait for the acknowledgement's body once its headers came.
+const ACK_BODY_WAIT: Duration = Duration::from_secs(5);
 
 /// An open HTTP+SSE session with one upstream.
 pub struct LegacySse {
@@ -40,12 +42,9 @@ pub struct LegacySse {
 }
 
 impl LegacySse {
-    /// Opens the event stream at `url` and waits (up to `wait`) for the `endpoint` event.
-    pub async fn connect(
-        http: EgressHttp,
-        url: &url::Url,
-        wait: Duration,
-    ) -> Result<Self, UpstreamError> {
+    /// Opens the event stream at `url` and waits for the `endpoint` event (the caller
+    /// bounds the wait: [`super::OPEN_TIMEOUT`]).
+    pub async fn connect(http: EgressHttp, url: &url::Url) -> Result<Self, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -65,24 +64,19 @@ impl LegacySse {
             ));
         }
         let mut events = sse(resp.into_body());
-        let endpoint = tokio::time::timeout(wait, async {
-            while let Some(ev) = events.next().await {
-                let ev = ev.map_err(|e| UpstreamError::Body(e.to_string()))?;
-                if ev.event.as_deref() == Some("endpoint") {
-                    return Ok(ev.data.unwrap_or_default());
-                }
+        let mut endpoint = None;
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|e| UpstreamError::Body(e.to_string()))?;
+            if ev.event.as_deref() == Some("endpoint") {
+                endpoint = Some(ev.data.unwrap_or_default());
+                break;
             }
-            Err(UpstreamError::Legacy(
+        }
+        let endpoint = endpoint.ok_or_else(|| {
+            UpstreamError::Legacy(
                 "the event stream ended before the server named its message endpoint".into(),
-            ))
-        })
-        .await
-        .map_err(|_| {
-            UpstreamError::Legacy(format!(
-                "the server sent no `endpoint` event within {} s",
-                wait.as_secs()
-            ))
-        })??;
+            )
+        })?;
         let endpoint = message_endpoint(url, endpoint.trim())?;
         Ok(Self {
             http,
@@ -95,6 +89,11 @@ impl LegacySse {
 
 /// Resolves the `endpoint` event's URI against the stream URL, refusing another origin.
 fn message_endpoint(stream: &url::Url, endpoint: &str) -> Result<url::Url, UpstreamError> {
+    if endpoint.is_empty() {
+        return Err(UpstreamError::Legacy(
+            "the server's `endpoint` event is empty; it names no URL to post messages to".into(),
+        ));
+    }
     let resolved = stream.join(endpoint).map_err(|e| {
         UpstreamError::Legacy(format!("the server's message endpoint is not a URL: {e}"))
     })?;
@@ -133,8 +132,11 @@ impl Transport<RoleClient> for LegacySse {
             );
             let resp = http.send(Method::POST, &endpoint, headers, body).await?;
             let status = resp.status();
-            // The answer travels on the event stream; the body is only an acknowledgement.
-            let ack = read_limited(resp.into_body(), MAX_ERROR_BODY).await;
+            // The answer travels on the event stream; the body is only an acknowledgement,
+            // read (briefly) so the connection can serve the next message.
+            let ack =
+                tokio::time::timeout(ACK_BODY_WAIT, read_limited(resp.into_body(), MAX_ACK_BODY))
+                    .await;
             if status.is_success() {
                 return Ok(());
             }
@@ -149,6 +151,7 @@ impl Transport<RoleClient> for LegacySse {
             }
             let detail = ack
                 .ok()
+                .and_then(Result::ok)
                 .map(|b| {
                     String::from_utf8_lossy(&b)
                         .chars()
@@ -222,6 +225,8 @@ mod tests {
             "https://mcp.example.com/v1/messages?s=1"
         );
         assert!(message_endpoint(&stream, "https://mcp.example.com/m").is_ok());
+        let err = message_endpoint(&stream, "").expect_err("empty");
+        assert!(err.to_string().contains("empty"), "{err}");
         for other in [
             "https://evil.example.net/m",
             "http://mcp.example.com/m",

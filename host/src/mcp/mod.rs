@@ -111,6 +111,11 @@ fn usable(connector: &str, mut listing: Listing) -> Listing {
     listing
 }
 
+/// Longest wait to open an upstream session (the `initialize` handshake, and over
+/// HTTP+SSE the `endpoint` event). The upstream's session lock is held meanwhile, so
+/// callers of a server that hangs wait this long, not the whole read timeout.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One upstream MCP server as one identity sees it (the connector's shared credential,
 /// or one user's token).
 pub struct Upstream {
@@ -187,7 +192,22 @@ impl Upstream {
             on_change: Arc::new(move || wake.notify_one()),
         };
         let preferred = *self.flavor.lock().unwrap_or_else(|p| p.into_inner());
-        let s = Arc::new(Session::open(self.http.clone(), &self.url, listener, preferred).await?);
+        let open = Session::open(self.http.clone(), &self.url, listener, preferred);
+        let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "the MCP server did not complete the initialize handshake within {} s",
+                OPEN_TIMEOUT.as_secs()
+            )),
+        };
+        let s = match opened {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                // The server may have changed transport: start from streamable HTTP again.
+                *self.flavor.lock().unwrap_or_else(|p| p.into_inner()) = Flavor::Streamable;
+                return Err(e.context("could not open a session with the MCP server"));
+            }
+        };
         *self.flavor.lock().unwrap_or_else(|p| p.into_inner()) = s.flavor();
         *guard = Some(s.clone());
         Ok(s)
@@ -209,7 +229,10 @@ impl Upstream {
         }
     }
 
-    /// Runs `op` on the session; a broken connection gets one more try on a new one.
+    /// Runs `op` on the session; a connection that broke before the server took the
+    /// message gets one more try on a new session (see [`upstream::worth_retrying`]).
+    /// An answer that does not come within the egress read timeout fails the request and
+    /// sends the next one to a new session (a silent server or event stream is broken).
     async fn with_session<T, F, Fut>(&self, op: F) -> anyhow::Result<T>
     where
         F: Fn(Arc<Session>) -> Fut,
@@ -217,14 +240,40 @@ impl Upstream {
     {
         self.state().last_used = Some(Instant::now());
         let s = self.session().await?;
-        match op(s.clone()).await {
-            Err(e) if upstream::is_broken_connection(&e) => {
+        match self.answer(&s, op(s.clone())).await? {
+            Err(e) if upstream::worth_retrying(&e, s.flavor()) => {
                 tracing::info!(connector = %self.connector.id, "upstream MCP connection broke ({e}); retrying once on a new session");
                 self.reset(&s).await;
                 let s = self.session().await?;
-                op(s).await.map_err(anyhow::Error::from)
+                let answer = self.answer(&s, op(s.clone())).await?;
+                answer.map_err(anyhow::Error::from)
+            }
+            Err(rmcp::service::ServiceError::TransportClosed) => {
+                self.reset(&s).await;
+                Err(anyhow::anyhow!(
+                    "the MCP server's event stream closed before it answered; the call may have run, so it was not repeated"
+                ))
             }
             other => other.map_err(anyhow::Error::from),
+        }
+    }
+
+    /// Waits for `answer` up to the egress read timeout.
+    async fn answer<T>(
+        &self,
+        s: &Arc<Session>,
+        answer: impl std::future::Future<Output = T>,
+    ) -> anyhow::Result<T> {
+        let limit = self.http.read_timeout();
+        match tokio::time::timeout(limit, answer).await {
+            Ok(a) => Ok(a),
+            Err(_) => {
+                self.reset(s).await;
+                Err(anyhow::anyhow!(
+                    "the MCP server did not answer within {} s (egress.read_timeout_secs)",
+                    limit.as_secs()
+                ))
+            }
         }
     }
 

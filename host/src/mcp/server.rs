@@ -97,10 +97,7 @@ fn upstream_error(connector: &str, e: anyhow::Error) -> ErrorData {
             format!("connector \"{connector}\": the MCP server call failed: {e}"),
             None,
         ),
-        Err(e) => ErrorData::internal_error(
-            format!("connector \"{connector}\": could not reach the MCP server: {e:#}"),
-            None,
-        ),
+        Err(e) => ErrorData::internal_error(format!("connector \"{connector}\": {e:#}"), None),
     }
 }
 

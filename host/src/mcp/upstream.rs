@@ -91,6 +91,11 @@ pub struct EgressHttp {
 type Upstream<E> = Result<E, StreamableHttpError<UpstreamError>>;
 
 impl EgressHttp {
+    /// The longest wait for an upstream answer.
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.egress.read_timeout()
+    }
+
     pub fn new(egress: Egress, connector: Arc<str>, auth: Auth) -> Self {
         Self {
             egress,
@@ -260,20 +265,63 @@ pub(super) async fn read_limited(body: InBody, limit: usize) -> Result<Bytes, Up
 pub(super) fn sse(body: InBody) -> futures_util::stream::BoxStream<'static, Result<Sse, SseError>> {
     let bytes = http_body_util::BodyStream::new(body)
         .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())));
-    SseStream::from_bytes_stream(EventLimit {
-        inner: bytes,
-        since_boundary: 0,
-        newline: false,
-    })
-    .boxed()
+    SseStream::from_bytes_stream(EventLimit::new(bytes)).boxed()
 }
 
-/// Counts bytes since the last blank line (the end of an SSE event).
+/// Counts bytes since the last blank line (the end of an SSE event). Lines end with
+/// CRLF, LF or a lone CR, as the SSE format allows.
 struct EventLimit<S> {
     inner: S,
     since_boundary: usize,
-    /// The previous byte ended a line (`\r` is treated as part of the line ending).
+    /// The previous byte ended a line.
     newline: bool,
+    /// The previous byte was a CR (a following LF belongs to the same line ending).
+    cr: bool,
+}
+
+impl<S> EventLimit<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            since_boundary: 0,
+            newline: false,
+            cr: false,
+        }
+    }
+
+    fn tally(&mut self, chunk: &[u8]) -> Result<(), std::io::Error> {
+        for &b in chunk {
+            let line_end = match b {
+                b'\n' if self.cr => {
+                    self.cr = false;
+                    continue;
+                }
+                b'\n' => true,
+                b'\r' => {
+                    self.cr = true;
+                    true
+                }
+                _ => {
+                    self.cr = false;
+                    false
+                }
+            };
+            if !line_end {
+                self.newline = false;
+                self.since_boundary += 1;
+            } else if self.newline {
+                self.since_boundary = 0;
+            } else {
+                self.newline = true;
+            }
+        }
+        if self.since_boundary > MAX_MESSAGE_BYTES {
+            return Err(std::io::Error::other(
+                "an upstream SSE event is larger than 16 MiB",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<S, E> Stream for EventLimit<S>
@@ -285,25 +333,10 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                for &b in chunk.iter() {
-                    match b {
-                        b'\r' => {}
-                        b'\n' if self.newline => self.since_boundary = 0,
-                        b'\n' => self.newline = true,
-                        _ => {
-                            self.newline = false;
-                            self.since_boundary += 1;
-                        }
-                    }
-                }
-                if self.since_boundary > MAX_MESSAGE_BYTES {
-                    return Poll::Ready(Some(Err(std::io::Error::other(
-                        "an upstream SSE event is larger than 16 MiB",
-                    ))));
-                }
-                Poll::Ready(Some(Ok(chunk)))
-            }
+            Poll::Ready(Some(Ok(chunk))) => match self.as_mut().get_mut().tally(&chunk) {
+                Ok(()) => Poll::Ready(Some(Ok(chunk))),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
@@ -540,8 +573,7 @@ impl Session {
                 }
             }
             Flavor::LegacySse => {
-                let wait = http.egress.read_timeout();
-                let transport = match LegacySse::connect(http.clone(), url, wait).await {
+                let transport = match LegacySse::connect(http.clone(), url).await {
                     Ok(t) => t,
                     Err(UpstreamError::Status(s))
                         if (400..500).contains(&s) && !matches!(s, 401 | 403 | 407 | 429) =>
@@ -625,13 +657,16 @@ fn optional<T>(r: Result<Vec<T>, ServiceError>) -> Result<Vec<T>, ServiceError> 
     }
 }
 
-/// Whether an error means the connection broke (worth one more try on a new session)
-/// rather than an answer from the upstream.
-pub fn is_broken_connection(e: &ServiceError) -> bool {
-    matches!(
-        e,
-        ServiceError::TransportSend(_) | ServiceError::TransportClosed
-    )
+/// Whether a failed request may be sent again on a new session: the connection broke
+/// rather than the upstream answering. Over HTTP+SSE the server acknowledges a message
+/// before it answers on the event stream, so a stream that closes while a request waits
+/// may have lost the answer to a call that ran: only a failed send is repeated there.
+pub fn worth_retrying(e: &ServiceError, flavor: Flavor) -> bool {
+    match e {
+        ServiceError::TransportSend(_) => true,
+        ServiceError::TransportClosed => flavor == Flavor::Streamable,
+        _ => false,
+    }
 }
 
 fn describe_init(e: &rmcp::service::ClientInitializeError) -> String {
@@ -646,4 +681,44 @@ fn describe_init(e: &rmcp::service::ClientInitializeError) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit() -> EventLimit<futures_util::stream::Empty<Result<Bytes, std::io::Error>>> {
+        EventLimit::new(futures_util::stream::empty())
+    }
+
+    #[test]
+    fn events_end_at_a_blank_line_whatever_the_line_endings() {
+        for sep in ["\n", "\r\n", "\r"] {
+            let mut l = limit();
+            let event = format!("data: {}{sep}{sep}", "x".repeat(1000));
+            for _ in 0..(MAX_MESSAGE_BYTES / 1000 + 10) {
+                l.tally(event.as_bytes())
+                    .expect("many small events never add up");
+            }
+            assert!(l.since_boundary < 1010, "{sep:?}: {}", l.since_boundary);
+        }
+    }
+
+    #[test]
+    fn one_event_past_the_limit_fails() {
+        let mut l = limit();
+        let line = format!("data: {}\r\n", "x".repeat(1024 * 1024));
+        let mut failed = false;
+        for _ in 0..17 {
+            failed |= l.tally(line.as_bytes()).is_err();
+        }
+        assert!(
+            failed,
+            "17 MiB of lines without a blank one is one oversized event"
+        );
+        // A CRLF pair is one line ending, not a blank line.
+        let mut l = limit();
+        l.tally(b"data: a\r\n").expect("small");
+        assert!(l.newline && l.since_boundary > 0);
+    }
 }
