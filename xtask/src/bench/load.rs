@@ -423,7 +423,7 @@ async fn worker(
             }
             Ok(Ok((status, expected))) => {
                 out.bad_status += 1;
-                out.last_error = Some(if expected {
+                out.last_error = Some(if status != StatusCode::OK || expected {
                     format!("HTTP status {status}")
                 } else {
                     "the response body lacks the expected content".to_owned()

@@ -41,8 +41,10 @@ use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// The token Portcullis injects and the upstream demands.
 const SECRET: &str = "bench-mcp-token";
-/// The upstream tool's fixed answer; a call only counts when the body carries it.
+/// The upstream tool's fixed answer.
 const PONG: &str = "pong";
+/// A call only counts when the body carries the answer as its text content.
+const PONG_CONTENT: &str = r#""text":"pong""#;
 /// How long Portcullis may take to discover the upstream's tool.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Aims from the MCP issue, reported next to the numbers.
@@ -103,8 +105,7 @@ struct TargetResult {
 pub fn run(root: &Path, args: McpArgs) -> Result<()> {
     super::install_interrupt_handler()?;
     let machine = MachineInfo::detect();
-    let mut targets = args.targets.clone();
-    targets.dedup();
+    let targets = super::unique(&args.targets);
     let portcullis_bin = targets
         .contains(&TargetKind::Portcullis)
         .then(|| prepare_portcullis(root, args.load.no_build));
@@ -211,7 +212,7 @@ fn call_target(
         path,
         call_body(tool),
         headers,
-        Bytes::from_static(PONG.as_bytes()),
+        Bytes::from_static(PONG_CONTENT.as_bytes()),
     )
 }
 
@@ -277,7 +278,7 @@ fn measure(
 ) -> Result<Measured> {
     let (status, body) = load::probe_target(target)?;
     let text = String::from_utf8_lossy(&body);
-    if status != StatusCode::OK || !text.contains(PONG) {
+    if status != StatusCode::OK || !text.contains(PONG_CONTENT) {
         bail!(
             "tools/call via {} returned {status} with body {:?} (expected 200 and `{PONG}`)",
             target.name,

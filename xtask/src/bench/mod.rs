@@ -316,10 +316,11 @@ impl LoadArgs {
     /// The concurrency-1 phase, and the phase at concurrency `high` capped at
     /// `requests_high` requests; each after its warm-up.
     pub fn specs(&self, high: u64, requests_high: u64) -> (load::LoadSpec, load::LoadSpec) {
-        let phase = |concurrency: u64, requests: u64| load::LoadSpec {
+        // Warm-ups are bounded by time; the request caps only keep them short.
+        let phase = |concurrency: u64, requests: u64, warmup_cap: u64| load::LoadSpec {
             warmup: load::Phase {
                 concurrency: usize::try_from(concurrency).unwrap_or(1),
-                max_requests: requests.min(2_000 * concurrency),
+                max_requests: requests.min(warmup_cap),
                 max_duration: Duration::from_secs(self.warmup),
             },
             measure: load::Phase {
@@ -329,7 +330,10 @@ impl LoadArgs {
             },
             client_threads: usize::try_from(self.client_threads).unwrap_or(1),
         };
-        (phase(1, self.requests), phase(high, requests_high))
+        (
+            phase(1, self.requests, 2_000),
+            phase(high, requests_high, 100_000),
+        )
     }
 
     /// The upstream's worker threads.
@@ -400,6 +404,17 @@ impl LoadArgs {
         }
         Ok(())
     }
+}
+
+/// `targets` without repeats, in their first order.
+pub fn unique<T: PartialEq + Copy>(targets: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(targets.len());
+    for t in targets {
+        if !out.contains(t) {
+            out.push(*t);
+        }
+    }
+    out
 }
 
 /// CPU busy fraction before measuring above which results are flagged as skewed.
@@ -580,6 +595,11 @@ pub fn write_docs_section(root: &Path, name: &str, body: &str) -> Result<std::pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_keeps_first_order() {
+        assert_eq!(unique(&[3, 1, 3, 2, 1]), vec![3, 1, 2]);
+    }
 
     #[test]
     fn civil_dates() {

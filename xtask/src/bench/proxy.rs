@@ -110,8 +110,7 @@ struct Measured {
 pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
     super::install_interrupt_handler()?;
     let machine = MachineInfo::detect();
-    let mut targets = args.targets.clone();
-    targets.dedup();
+    let targets = super::unique(&args.targets);
     let wants = |k: TargetKind| targets.contains(&k);
 
     // Preparation failures only disqualify the target concerned, so the others still
