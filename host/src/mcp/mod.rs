@@ -124,9 +124,7 @@ pub struct Upstream {
     key: String,
     http: EgressHttp,
     url: url::Url,
-    session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    /// The transport that worked last, tried first on the next connect.
-    flavor: Mutex<Flavor>,
+    session: tokio::sync::Mutex<Slot>,
     listing: RwLock<Arc<Listing>>,
     state: Mutex<UpstreamState>,
     /// Rings when the upstream announced a change.
@@ -134,6 +132,22 @@ pub struct Upstream {
     hub_changed: Arc<Notify>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
     task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// The live session, and the transport to try first when opening the next one.
+struct Slot {
+    live: Option<Arc<Session>>,
+    /// The transport that worked last.
+    flavor: Flavor,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            live: None,
+            flavor: Flavor::Streamable,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -160,8 +174,7 @@ impl Upstream {
             connector,
             key,
             url,
-            session: tokio::sync::Mutex::new(None),
-            flavor: Mutex::new(Flavor::Streamable),
+            session: tokio::sync::Mutex::default(),
             listing: RwLock::new(Arc::default()),
             state: Mutex::default(),
             wake: Arc::new(Notify::new()),
@@ -183,16 +196,15 @@ impl Upstream {
 
     /// The live session, opened now if there is none or it broke.
     async fn session(&self) -> anyhow::Result<Arc<Session>> {
-        let mut guard = self.session.lock().await;
-        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.live.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
         let wake = self.wake.clone();
         let listener = Listener {
             on_change: Arc::new(move || wake.notify_one()),
         };
-        let preferred = *self.flavor.lock().unwrap_or_else(|p| p.into_inner());
-        let open = Session::open(self.http.clone(), &self.url, listener, preferred);
+        let open = Session::open(self.http.clone(), &self.url, listener, slot.flavor);
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!(
@@ -204,25 +216,25 @@ impl Upstream {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 // The server may have changed transport: start from streamable HTTP again.
-                *self.flavor.lock().unwrap_or_else(|p| p.into_inner()) = Flavor::Streamable;
+                slot.flavor = Flavor::Streamable;
                 return Err(e.context("could not open a session with the MCP server"));
             }
         };
-        *self.flavor.lock().unwrap_or_else(|p| p.into_inner()) = s.flavor();
-        *guard = Some(s.clone());
+        slot.flavor = s.flavor();
+        slot.live = Some(s.clone());
         Ok(s)
     }
 
     /// Forgets `broken` (if it is still the current session) so the next use reconnects.
     async fn reset(&self, broken: &Arc<Session>) {
-        let mut guard = self.session.lock().await;
-        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
-            *guard = None;
+        let mut slot = self.session.lock().await;
+        if slot.live.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
+            slot.live = None;
         }
     }
 
     async fn close(&self) {
-        if let Some(s) = self.session.lock().await.take()
+        if let Some(s) = self.session.lock().await.live.take()
             && let Ok(s) = Arc::try_unwrap(s)
         {
             s.close().await;
@@ -302,7 +314,7 @@ impl Upstream {
                     }
                     st.failing = Some(why);
                 }
-                self.session.lock().await.take();
+                self.session.lock().await.live.take();
                 Listing::default()
             }
         };

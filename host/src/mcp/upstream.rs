@@ -202,6 +202,12 @@ fn parse(uri: &str) -> Upstream<url::Url> {
     url::Url::parse(uri).map_err(|e| StreamableHttpError::Client(UpstreamError::Url(e.to_string())))
 }
 
+/// Whether a status answering a session's opening request says the server may speak
+/// the other transport: a 4xx that is not about authorization or rate.
+fn other_transport(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 407 | 429)
+}
+
 fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
     matches!(message, ClientJsonRpcMessage::Request(r) if matches!(r.request, ClientRequest::InitializeRequest(_)))
 }
@@ -371,8 +377,7 @@ impl StreamableHttpClient for EgressHttp {
             .map_err(StreamableHttpError::Client)?;
         let status = resp.status();
         if let Some(refused) = &self.init_refused
-            && status.is_client_error()
-            && !matches!(status.as_u16(), 401 | 403 | 407 | 429)
+            && other_transport(status.as_u16())
             && is_initialize(&message)
         {
             refused.store(status.as_u16(), Ordering::Relaxed);
@@ -575,9 +580,7 @@ impl Session {
             Flavor::LegacySse => {
                 let transport = match LegacySse::connect(http.clone(), url).await {
                     Ok(t) => t,
-                    Err(UpstreamError::Status(s))
-                        if (400..500).contains(&s) && !matches!(s, 401 | 403 | 407 | 429) =>
-                    {
+                    Err(UpstreamError::Status(s)) if other_transport(s) => {
                         return (Err(UpstreamError::Status(s).into()), Some(s));
                     }
                     Err(e) => return (Err(e.into()), None),

@@ -41,6 +41,19 @@ pub fn log_tail(path: &Path, lines: usize) -> Option<String> {
     Some(all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
+/// Runs `measure` against a child that `started` (a proxy listening at its address),
+/// then stops it; a failure carries the last lines of the child's `log`.
+pub fn with_child<M>(
+    started: Result<(ChildGuard, SocketAddr)>,
+    log: &Path,
+    measure: impl FnOnce(SocketAddr, &mut ChildGuard) -> Result<M>,
+) -> Result<M> {
+    let (mut guard, addr) = started?;
+    let r = measure(addr, &mut guard);
+    guard.stop();
+    r.map_err(|e| with_log_tail(e, log))
+}
+
 /// A free loopback port. There is a small race between closing this listener and the
 /// child binding it, acceptable for a benchmark on an otherwise idle box.
 pub fn free_port() -> Result<u16> {

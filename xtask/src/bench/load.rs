@@ -135,6 +135,46 @@ pub fn run(target: &Target, spec: &LoadSpec) -> Result<Stats> {
     rt.block_on(run_async(target, spec))
 }
 
+/// Runs the concurrency-1 phase, then the high-concurrency one, against `target`,
+/// failing if `proxy` (the program behind it, if any) exited or a phase had no success.
+/// `unit` names a request in the progress lines ("req", "calls").
+pub fn run_both(
+    target: &Target,
+    mut proxy: Option<&mut super::ChildGuard>,
+    spec_c1: &LoadSpec,
+    spec_high: &LoadSpec,
+    unit: &str,
+) -> Result<(Stats, Stats)> {
+    let mut check_alive = || -> Result<()> {
+        if let Some(status) = proxy.as_mut().and_then(|p| p.exited()) {
+            anyhow::bail!("{} exited during the benchmark ({status})", target.name);
+        }
+        Ok(())
+    };
+    let latency = run(target, spec_c1)?;
+    check_alive()?;
+    eprintln!(
+        "bench:   c=1: {} ok in {:.1}s, p50 {:.1}µs p99 {:.1}µs",
+        latency.ok, latency.elapsed_s, latency.p50_us, latency.p99_us
+    );
+    let throughput = run(target, spec_high)?;
+    check_alive()?;
+    eprintln!(
+        "bench:   c={}: {} ok in {:.1}s, {:.0} {unit}/s",
+        throughput.concurrency, throughput.ok, throughput.elapsed_s, throughput.rps
+    );
+    for s in [&latency, &throughput] {
+        if s.ok == 0 {
+            anyhow::bail!(
+                "nothing succeeded at concurrency {} ({})",
+                s.concurrency,
+                s.last_error.as_deref().unwrap_or("no error recorded")
+            );
+        }
+    }
+    Ok((latency, throughput))
+}
+
 /// One request on a fresh connection: used to check a target answers correctly before
 /// it is loaded, and for readiness polling.
 pub fn probe(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes)> {

@@ -35,7 +35,7 @@ use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use serde_json::json;
 
-use super::host::{prepare_portcullis, spawn_portcullis, with_log_tail};
+use super::host::{prepare_portcullis, spawn_portcullis, with_child};
 use super::load::{self, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
@@ -96,11 +96,7 @@ struct Measured {
     upstream_calls: u64,
 }
 
-#[derive(Debug)]
-struct TargetResult {
-    kind: TargetKind,
-    outcome: Result<Measured, String>,
-}
+type TargetResult = super::TargetResult<TargetKind, Measured>;
 
 pub fn run(root: &Path, args: McpArgs) -> Result<()> {
     super::install_interrupt_handler()?;
@@ -133,26 +129,21 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
             TargetKind::Portcullis => match &portcullis_bin {
                 Some(Ok(bin)) => {
                     let dir = tmp.path().join("portcullis");
-                    let log = dir.join("stderr.log");
-                    start_portcullis(bin, &dir, upstream.addr).and_then(|(mut guard, addr)| {
-                        let target = call_target(kind, addr, "/v1/mcp", "bench_ping", false);
-                        let r = measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
-                        guard.stop();
-                        r.map_err(|e| with_log_tail(e, &log))
-                    })
+                    with_child(
+                        start_portcullis(bin, &dir, upstream.addr),
+                        &dir.join("stderr.log"),
+                        |addr, guard| {
+                            let target = call_target(kind, addr, "/v1/mcp", "bench_ping", false);
+                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                        },
+                    )
                 }
                 Some(Err(e)) => Err(anyhow!("{e}")),
                 None => Err(anyhow!("not selected")),
             },
         };
         super::check_interrupted()?;
-        if let Err(e) = &outcome {
-            eprintln!("bench: {} FAILED: {e:#}", kind.label());
-        }
-        results.push(TargetResult {
-            kind,
-            outcome: outcome.map_err(|e| format!("{e:#}")),
-        });
+        super::record(&mut results, kind, kind.label(), outcome);
     }
     drop(upstream);
 
@@ -164,16 +155,11 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         results: &results,
     };
     let markdown = report.markdown();
-    let failures: Vec<String> = results
-        .iter()
-        .filter_map(|r| {
-            let e = r.outcome.as_ref().err()?;
-            Some(format!("{}: {e}", r.kind.label()))
-        })
-        .collect();
-    let complete = [TargetKind::Direct, TargetKind::Portcullis]
-        .iter()
-        .all(|k| results.iter().any(|r| r.kind == *k));
+    let (failures, complete) = super::summary(
+        &results,
+        |k| k.label(),
+        &[TargetKind::Direct, TargetKind::Portcullis],
+    );
     args.load
         .finish(root, "mcp", &markdown, &report.json(), &failures, complete)
 }
@@ -272,7 +258,7 @@ fn start_portcullis(
 fn measure(
     target: &Target,
     upstream: &Upstream,
-    mut proxy: Option<&mut ChildGuard>,
+    proxy: Option<&mut ChildGuard>,
     spec_c1: &LoadSpec,
     spec_high: &LoadSpec,
 ) -> Result<Measured> {
@@ -285,34 +271,8 @@ fn measure(
             text.chars().take(300).collect::<String>()
         );
     }
-    let mut check_alive = || -> Result<()> {
-        if let Some(status) = proxy.as_mut().and_then(|p| p.exited()) {
-            bail!("{} exited during the benchmark ({status})", target.name);
-        }
-        Ok(())
-    };
     let calls_before = upstream.calls.load(Ordering::Relaxed);
-    let latency = load::run(target, spec_c1)?;
-    check_alive()?;
-    eprintln!(
-        "bench:   c=1: {} ok in {:.1}s, p50 {:.1}µs p99 {:.1}µs",
-        latency.ok, latency.elapsed_s, latency.p50_us, latency.p99_us
-    );
-    let throughput = load::run(target, spec_high)?;
-    check_alive()?;
-    eprintln!(
-        "bench:   c={}: {} ok in {:.1}s, {:.0} calls/s",
-        throughput.concurrency, throughput.ok, throughput.elapsed_s, throughput.rps
-    );
-    for s in [&latency, &throughput] {
-        if s.ok == 0 {
-            bail!(
-                "no successful calls at concurrency {} ({})",
-                s.concurrency,
-                s.last_error.as_deref().unwrap_or("no error recorded")
-            );
-        }
-    }
+    let (latency, throughput) = load::run_both(target, proxy, spec_c1, spec_high, "calls")?;
     Ok(Measured {
         latency,
         throughput,

@@ -406,6 +406,48 @@ impl LoadArgs {
     }
 }
 
+/// Measurements for one target, or why it could not be measured.
+#[derive(Debug)]
+pub struct TargetResult<K, M> {
+    pub kind: K,
+    pub outcome: Result<M, String>,
+}
+
+/// Records one target's outcome, saying at once when it failed.
+pub fn record<K, M>(
+    results: &mut Vec<TargetResult<K, M>>,
+    kind: K,
+    label: &str,
+    outcome: Result<M>,
+) {
+    if let Err(e) = &outcome {
+        eprintln!("bench: {label} FAILED: {e:#}");
+    }
+    results.push(TargetResult {
+        kind,
+        outcome: outcome.map_err(|e| format!("{e:#}")),
+    });
+}
+
+/// The failures as `label: error` lines, and whether every `required` target ran.
+pub fn summary<K: PartialEq, M>(
+    results: &[TargetResult<K, M>],
+    label: impl Fn(&K) -> &'static str,
+    required: &[K],
+) -> (Vec<String>, bool) {
+    let failures = results
+        .iter()
+        .filter_map(|r| {
+            let e = r.outcome.as_ref().err()?;
+            Some(format!("{}: {e}", label(&r.kind)))
+        })
+        .collect();
+    let complete = required
+        .iter()
+        .all(|k| results.iter().any(|r| r.kind == *k));
+    (failures, complete)
+}
+
 /// `targets` without repeats, in their first order.
 pub fn unique<T: PartialEq + Copy>(targets: &[T]) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(targets.len());

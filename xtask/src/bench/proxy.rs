@@ -30,7 +30,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use super::host::{free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_log_tail};
+use super::host::{
+    free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_child, with_log_tail,
+};
 use super::load::{self, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
@@ -85,12 +87,7 @@ impl TargetKind {
     }
 }
 
-/// Measurements for one target, or why it could not be measured.
-#[derive(Debug)]
-struct TargetResult {
-    kind: TargetKind,
-    outcome: Result<Measured, String>,
-}
+type TargetResult = super::TargetResult<TargetKind, Measured>;
 
 #[derive(Debug, serde::Serialize)]
 struct Measured {
@@ -160,13 +157,12 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                         "portcullis"
                     });
                     let registry = with_plugin.then(|| root.join("registry"));
-                    start_portcullis(bin, &dir, upstream.addr, registry.as_deref()).and_then(
-                        |(mut guard, addr)| {
+                    with_child(
+                        start_portcullis(bin, &dir, upstream.addr, registry.as_deref()),
+                        &dir.join("stderr.log"),
+                        |addr, guard| {
                             let target = proxied_target(kind, addr);
-                            let r =
-                                measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
-                            guard.stop();
-                            r.map_err(|e| with_log_tail(e, &dir.join("stderr.log")))
+                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
                         },
                     )
                 }
@@ -176,25 +172,21 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
             TargetKind::Nginx => match &nginx_bin {
                 Some(Ok(bin)) => {
                     let dir = tmp.path().join("nginx");
-                    start_nginx(bin, &dir, upstream.addr).and_then(|(mut guard, addr)| {
-                        let target = proxied_target(kind, addr);
-                        let r = measure(&target, &upstream, Some(&mut guard), &spec_c1, &spec_high);
-                        guard.stop();
-                        r.map_err(|e| with_log_tail(e, &dir.join("error.log")))
-                    })
+                    with_child(
+                        start_nginx(bin, &dir, upstream.addr),
+                        &dir.join("error.log"),
+                        |addr, guard| {
+                            let target = proxied_target(kind, addr);
+                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                        },
+                    )
                 }
                 Some(Err(e)) => Err(anyhow!("{e}")),
                 None => Err(anyhow!("not selected")),
             },
         };
         super::check_interrupted()?;
-        if let Err(e) = &outcome {
-            eprintln!("bench: {} FAILED: {e:#}", kind.label());
-        }
-        results.push(TargetResult {
-            kind,
-            outcome: outcome.map_err(|e| format!("{e:#}")),
-        });
+        super::record(&mut results, kind, kind.label(), outcome);
     }
     drop(upstream);
 
@@ -207,20 +199,15 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         results: &results,
     };
     let markdown = report.markdown();
-    let failures: Vec<String> = results
-        .iter()
-        .filter_map(|r| {
-            let e = r.outcome.as_ref().err()?;
-            Some(format!("{}: {e}", r.kind.label()))
-        })
-        .collect();
-    let complete = [
-        TargetKind::Direct,
-        TargetKind::Portcullis,
-        TargetKind::Nginx,
-    ]
-    .iter()
-    .all(|k| results.iter().any(|r| r.kind == *k));
+    let (failures, complete) = super::summary(
+        &results,
+        |k| k.label(),
+        &[
+            TargetKind::Direct,
+            TargetKind::Portcullis,
+            TargetKind::Nginx,
+        ],
+    );
     args.load.finish(
         root,
         "proxy",
@@ -244,7 +231,7 @@ fn proxied_target(kind: TargetKind, addr: SocketAddr) -> Target {
 fn measure(
     target: &Target,
     upstream: &Upstream,
-    mut proxy: Option<&mut ChildGuard>,
+    proxy: Option<&mut ChildGuard>,
     spec_c1: &LoadSpec,
     spec_high: &LoadSpec,
 ) -> Result<Measured> {
@@ -269,35 +256,9 @@ fn measure(
         );
     }
 
-    let check_alive = |proxy: &mut Option<&mut ChildGuard>| -> Result<()> {
-        if let Some(status) = proxy.as_mut().and_then(|p| p.exited()) {
-            bail!("{} exited during the benchmark ({status})", target.name);
-        }
-        Ok(())
-    };
     let load_start = upstream.counters.snapshot();
-    let latency = load::run(target, spec_c1)?;
-    check_alive(&mut proxy)?;
-    eprintln!(
-        "bench:   c=1: {} ok in {:.1}s, p50 {:.1}µs p99 {:.1}µs",
-        latency.ok, latency.elapsed_s, latency.p50_us, latency.p99_us
-    );
-    let throughput = load::run(target, spec_high)?;
-    check_alive(&mut proxy)?;
-    eprintln!(
-        "bench:   c={}: {} ok in {:.1}s, {:.0} req/s",
-        throughput.concurrency, throughput.ok, throughput.elapsed_s, throughput.rps
-    );
+    let (latency, throughput) = load::run_both(target, proxy, spec_c1, spec_high, "req")?;
     let load_end = upstream.counters.snapshot();
-    for s in [&latency, &throughput] {
-        if s.ok == 0 {
-            bail!(
-                "no successful requests at concurrency {} ({})",
-                s.concurrency,
-                s.last_error.as_deref().unwrap_or("no error recorded")
-            );
-        }
-    }
     Ok(Measured {
         latency,
         throughput,
