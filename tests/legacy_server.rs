@@ -3,8 +3,9 @@
 //! names where to `POST` messages; answers arrive as `message` events. It can name an
 //! endpoint on another origin, to show Portcullis never follows one there.
 //!
-//! Only what an upstream needs to show: `initialize`, `tools/list` (one tool, `whoami`)
-//! and `tools/call`. server-everything covers the rest of the protocol in its SSE mode.
+//! Only what an upstream needs to show: `initialize`, `tools/list` and `tools/call` of
+//! two tools: `whoami` answers, `vanish` accepts the call and then closes the event
+//! stream without answering. server-everything covers the rest of the protocol.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ pub struct Seen {
     pub rejected: AtomicUsize,
     /// Every request, whatever it carried.
     pub requests: AtomicUsize,
+    /// `tools/call` messages received.
+    pub calls: AtomicUsize,
 }
 
 struct Shared {
@@ -137,8 +140,19 @@ async fn message(
     let Ok(msg) = serde_json::from_str::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "not JSON").into_response();
     };
+    let method = msg["method"].as_str().unwrap_or_default();
+    if method == "tools/call" {
+        shared.seen.calls.fetch_add(1, Ordering::SeqCst);
+        if msg["params"]["name"] == "vanish" {
+            // Accepted, and the stream (with its answer) goes away.
+            if let Some(id) = q.get("session") {
+                shared.sessions.lock().expect("lock").remove(id);
+            }
+            return (StatusCode::ACCEPTED, "Accepted").into_response();
+        }
+    }
     if let Some(id) = msg.get("id").cloned() {
-        let reply = match msg["method"].as_str().unwrap_or_default() {
+        let reply = match method {
             "initialize" => json!({"jsonrpc": "2.0", "id": id, "result": {
                 "protocolVersion": "2024-11-05",
                 "capabilities": {"tools": {}},
@@ -146,6 +160,7 @@ async fn message(
             }}),
             "tools/list" => json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
                 {"name": "whoami", "description": "Says it ran", "inputSchema": {"type": "object"}},
+                {"name": "vanish", "description": "Never answers", "inputSchema": {"type": "object"}},
             ]}}),
             "tools/call" => json!({"jsonrpc": "2.0", "id": id, "result": {
                 "content": [{"type": "text", "text": "legacy whoami ran"}],

@@ -1,8 +1,10 @@
 //! An MCP server built with rmcp (the Rust SDK), standing in for a remote MCP upstream:
 //! streamable HTTP on loopback behind a credential check, with tools, a resource, a
-//! resource template, a tool with an invalid name, a large result, per-user tokens checked
-//! by introspection at a real authorization server, and a tool list that tests can change (announced with `notifications/tools/list_changed`). It can be stopped
-//! and started again on the same port.
+//! resource template, a tool with an invalid name, a large result, a slow tool, per-user
+//! tokens checked
+//! by introspection at a real authorization server, and a tool list that tests can change
+//! (announced with `notifications/tools/list_changed`). It can be stopped and started
+//! again on the same port.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,6 +108,11 @@ impl rmcp::ServerHandler for Handler {
             ),
             Tool::new("secret", "Only for the trusted", schema(json!({}))),
             Tool::new(
+                "sleep",
+                "Answers after `ms` milliseconds",
+                schema(json!({"ms": {"type": "integer"}})),
+            ),
+            Tool::new(
                 "add_tool",
                 "Adds a tool named `name`",
                 schema(json!({"name": {"type": "string"}})),
@@ -148,6 +155,11 @@ impl rmcp::ServerHandler for Handler {
                 text("x".repeat(n))
             }
             "secret" => text("the secret tool ran"),
+            "sleep" => {
+                let ms = arg("ms").and_then(|v| v.as_u64()).unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                text("slept")
+            }
             "add_tool" => {
                 let new = arg("name")
                     .and_then(|v| v.as_str().map(str::to_owned))
@@ -265,20 +277,10 @@ async fn check(
 
 /// The subject of an active token, or `None`.
 async fn introspect(url: &str, client: &str, secret: &str, token: &str) -> Option<String> {
-    let v: Value = reqwest::Client::new()
-        .post(url)
-        .basic_auth(client, Some(secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    if v["active"].as_bool() != Some(true) {
-        return None;
+    match crate::oidc::introspect(url, client, secret, token).await {
+        Ok((true, sub)) => sub,
+        _ => None,
     }
-    v["sub"].as_str().map(str::to_owned)
 }
 
 /// The running test server.

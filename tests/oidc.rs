@@ -195,21 +195,33 @@ impl Oidc {
 
     /// Introspects a token: `(active, sub)`.
     pub async fn introspect(&self, token: &str) -> (bool, Option<String>) {
-        let v: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/token/introspection", self.issuer))
-            .basic_auth(WEB_CLIENT, Some(WEB_SECRET))
-            .form(&[("token", token)])
-            .send()
+        let url = format!("{}/token/introspection", self.issuer);
+        introspect(&url, WEB_CLIENT, WEB_SECRET, token)
             .await
             .expect("introspection")
-            .json()
-            .await
-            .expect("json");
-        (
-            v["active"].as_bool().unwrap_or(false),
-            v["sub"].as_str().map(str::to_owned),
-        )
     }
+}
+
+/// Asks an RFC 7662 introspection endpoint about `token` with the client's basic
+/// credentials: `(active, sub)`.
+pub async fn introspect(
+    url: &str,
+    client: &str,
+    secret: &str,
+    token: &str,
+) -> reqwest::Result<(bool, Option<String>)> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .basic_auth(client, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((
+        v["active"].as_bool().unwrap_or(false),
+        v["sub"].as_str().map(str::to_owned),
+    ))
 }
 
 impl Drop for Oidc {

@@ -639,11 +639,14 @@ async fn a_legacy_server_gets_the_credential_on_every_request_and_never_another_
     // This one names an endpoint on `elsewhere`, another origin.
     let elsewhere = LegacyServer::start("legacy-secret", None).await;
     let tricky = LegacyServer::start("legacy-secret", Some(elsewhere.base())).await;
+    let strict = LegacyServer::start("legacy-secret", None).await;
     let connectors = json!({
         "old": {"protocol": "mcp", "url": good.url(),
                 "auth": {"type": "bearer_token", "secret": "legacy-secret"}},
         "tricky": {"protocol": "mcp", "url": tricky.url(),
                    "auth": {"type": "bearer_token", "secret": "legacy-secret"}},
+        "wrong": {"protocol": "mcp", "url": strict.url(),
+                  "auth": {"type": "bearer_token", "secret": "not-the-token"}},
     });
     let host = Host::start(&config(connectors, everything(), 60));
     let agent = mcp_agent(&host.url("/v1/mcp")).await;
@@ -668,6 +671,77 @@ async fn a_legacy_server_gets_the_credential_on_every_request_and_never_another_
         elsewhere.seen.requests.load(SeqCst),
         0,
         "nothing, and no credential, went to the other origin"
+    );
+
+    // A rejected credential: the stream is refused, nothing is listed, the log says why.
+    assert!(!tools.iter().any(|t| t.starts_with("wrong_")), "{tools:?}");
+    let logs = host.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("discovery failed") && l.contains("wrong")),
+        "{logs}"
+    );
+    assert!(strict.seen.rejected.load(SeqCst) > 0);
+    assert_eq!(strict.seen.authorized.load(SeqCst), 0);
+
+    // Accepted, then the stream closed without an answer: an error that says the call
+    // may have run, and it is not sent again.
+    let calls = good.seen.calls.load(SeqCst);
+    let err = agent
+        .call_tool(call("old_vanish", json!({})))
+        .await
+        .expect_err("no answer");
+    assert!(err.to_string().contains("not repeated"), "{err}");
+    assert_eq!(good.seen.calls.load(SeqCst), calls + 1, "sent exactly once");
+    let r = agent
+        .call_tool(call("old_whoami", json!({})))
+        .await
+        .expect("the next call opens a new session");
+    assert_eq!(text_of(&r), "legacy whoami ran");
+
+    let logs = host.logs();
+    assert!(
+        !logs.contains("legacy-secret") && !logs.contains("not-the-token"),
+        "no credential in the logs"
+    );
+    assert!(!err.to_string().contains("legacy-secret"));
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn an_answer_slower_than_the_read_timeout_fails_and_the_next_call_works() {
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer slow-token".into(),
+    ))
+    .await;
+    let mut c: Value = serde_json::from_str(&config(
+        bearer("notes", &up, "slow-token"),
+        everything(),
+        60,
+    ))
+    .expect("json");
+    c["egress"]["read_timeout_secs"] = json!(1);
+    let host = Host::start(&c.to_string());
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    tools_until(&agent, |t| t.contains(&"notes_sleep".into())).await;
+    let err = agent
+        .call_tool(call("notes_sleep", json!({"ms": 3000})))
+        .await
+        .expect_err("too slow");
+    assert!(
+        err.to_string().contains("did not answer within 1 s"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("slow-token"), "{err}");
+    let r = agent
+        .call_tool(call("notes_echo", json!({"text": "still here"})))
+        .await
+        .expect("a fresh session answers");
+    assert_eq!(text_of(&r), "echo: still here");
+    assert!(
+        !host.logs().contains("slow-token"),
+        "no credential in the logs"
     );
     agent.cancel().await.expect("close");
 }
