@@ -329,6 +329,29 @@ pub async fn mcp_agent(
     mcp_agent_from(url, "127.0.0.1").await
 }
 
+/// An rmcp agent speaking MCP 2026-07-28: `server/discover` instead of `initialize`, no
+/// session, every request self-contained, notifications through `subscriptions/listen`.
+pub async fn mcp_agent_stateless(
+    url: &str,
+) -> rmcp::service::RunningService<rmcp::service::RoleClient, Agent> {
+    use rmcp::model::ProtocolVersion;
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        client_from("127.0.0.1"),
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()),
+    );
+    Agent::default()
+        .serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("the MCP agent discovers the server")
+}
+
 /// [`mcp_agent`] connecting from `local` (a 127.0.0.0/8 address a whois stand-in knows).
 pub async fn mcp_agent_from(
     url: &str,

@@ -17,6 +17,8 @@ pub struct Oidc {
 
 impl Oidc {
     /// Starts the peer; `access_ttl` is the lifetime of the access tokens it issues.
+    /// A peer that has not said it is ready in 30 s (seen once under heavy load, never
+    /// reproduced) is killed and a fresh one started, once.
     pub fn start(access_ttl: u64) -> Oidc {
         // The helpers below build their own clients.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -25,6 +27,16 @@ impl Oidc {
             peers.join("node_modules").join("oidc-provider").exists(),
             "the oidc-provider peer is not installed: run `npm ci --prefix tests/peers` (the README's test command does)"
         );
+        match Self::try_start(&peers, access_ttl) {
+            Ok(oidc) => oidc,
+            Err(e) => {
+                eprintln!("{e}; starting a fresh oidc-provider peer");
+                Self::try_start(&peers, access_ttl).unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
+
+    fn try_start(peers: &std::path::Path, access_ttl: u64) -> Result<Oidc, String> {
         let mut child = Command::new("node")
             .arg(peers.join("oidc").join("server.mjs"))
             .env("OIDC_ACCESS_TTL", access_ttl.to_string())
@@ -35,6 +47,11 @@ impl Oidc {
             .spawn()
             .expect("spawn node (is Node.js installed?)");
         let stdout = child.stdout.take().expect("stdout");
+        // From here on the peer is killed on every way out, a panic included.
+        let mut oidc = Oidc {
+            child,
+            issuer: String::new(),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -46,15 +63,15 @@ impl Oidc {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(issuer) = rx.recv_timeout(Duration::from_millis(100)) {
-                return Oidc { child, issuer };
+                oidc.issuer = issuer;
+                return Ok(oidc);
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = oidc.child.try_wait() {
                 panic!("oidc-provider peer exited with {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "oidc-provider peer did not start in 30 s"
-            );
+            if Instant::now() >= deadline {
+                return Err("oidc-provider peer did not start in 30 s".into());
+            }
         }
     }
 

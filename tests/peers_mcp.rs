@@ -69,12 +69,14 @@ impl Everything {
                 }
             }
         });
+        // From here on the server is killed on every way out, a panic included.
+        let mut me = Everything { child, port, mode };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Everything { child, port, mode };
+                return me;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = me.child.try_wait() {
                 panic!("server-everything exited with {status}");
             }
             assert!(

@@ -262,6 +262,7 @@ pub async fn callback(
         .connections
         .callback(&id, &caller.login, &q, lookup)
         .await;
+    let connected = result.is_ok();
     let mut resp = match result {
         Ok(Status::Misconfigured) => {
             app.discoveries.forget(&id);
@@ -287,8 +288,11 @@ pub async fn callback(
         }
         Err(e) => page(e.status(), "Connection failed", &e.to_string()),
     };
-    // The caller's MCP tools of this connector appear now.
-    app.mcp.forget_user(&id, &caller.login);
+    // The caller's MCP tools of this connector (and of the others on the connection)
+    // load now, and open MCP sessions are told.
+    if connected {
+        app.mcp.connected(&app, &caller, &id);
+    }
     if snapshot.connectors.contains_key(&id) {
         resp.extensions_mut().insert(ConnectorTag(id));
     }

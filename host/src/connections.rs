@@ -424,6 +424,9 @@ pub struct Connections {
     /// One registration at a time per connector, so concurrent first connects register
     /// once (and one unreachable server holds up only its own connector).
     registering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Rings when a user connected or a connection ended (disconnect, dead grant,
+    /// revocation), so what depends on who is connected (MCP catalogs) can follow.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 fn now_ms() -> u64 {
@@ -468,6 +471,7 @@ impl Connections {
             metrics,
             slots: Mutex::new(HashMap::new()),
             registering: Mutex::new(HashMap::new()),
+            changed: Arc::new(tokio::sync::Notify::new()),
         };
         match this.vault.keys(Table::UserTokens) {
             Ok(keys) => {
@@ -553,8 +557,14 @@ impl Connections {
         Ok(tokens)
     }
 
+    /// Rings whenever a user connects or a connection ends.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
     async fn forget(&self, key: &str) {
         self.slot(key).set(None);
+        self.changed.notify_one();
         let (vault, k) = (self.vault.clone(), key.to_owned());
         let deleted =
             tokio::task::spawn_blocking(move || vault.delete(Table::UserTokens, &k)).await;
@@ -1411,6 +1421,7 @@ impl Connections {
             .await
             .map_err(|e| CallbackError::Internal(e.to_string()))?;
         *state = RefreshState::default();
+        self.changed.notify_one();
         tracing::info!(connector, user, "connected");
         Ok(status)
     }

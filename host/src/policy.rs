@@ -79,6 +79,14 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
 }
 
 /// The connector segment of a pattern, when it names one exactly.
+/// Does one `/`-free segment of a grant pattern match `value`?
+fn segment_matches(pattern: &str, value: &str) -> bool {
+    if !pattern.contains(['*', '?', '[', '{']) {
+        return pattern == value;
+    }
+    globset::Glob::new(pattern).is_ok_and(|g| g.compile_matcher().is_match(value))
+}
+
 fn named_connector(p: &str) -> Option<&str> {
     let first = p.split('/').next()?;
     let literal = !first.is_empty() && !first.contains(['*', '?', '[', '{']);
@@ -312,6 +320,26 @@ impl Access<'_> {
         })
     }
 
+    /// May the caller use anything of `category` on `connector`, the whole category or
+    /// part of it (`github/proxy/repos/**`)?
+    pub fn any_in(&self, connector: &str, category: &str) -> bool {
+        self.allows(connector, category, "")
+            || self.rules().any(|r| match r {
+                Rule::Glob(g, _) => {
+                    // `github/proxy/repos/**`, `*/proxy/public/**`: the first two
+                    // segments decide.
+                    let mut parts = g.glob().glob().splitn(3, '/');
+                    let (Some(c), Some(cat)) = (parts.next(), parts.next()) else {
+                        return false;
+                    };
+                    !c.starts_with("label:")
+                        && segment_matches(c, connector)
+                        && segment_matches(cat, category)
+                }
+                Rule::Label(_) => false,
+            })
+    }
+
     /// May the caller use anything at all on `connector`?
     pub fn any_on(&self, connector: &str) -> bool {
         CATEGORIES.iter().any(|c| self.allows(connector, c, ""))
@@ -409,6 +437,11 @@ mod tests {
         assert!(a.allows("local", "tools", "search"));
         assert!(!a.allows("local", "resources", "file"));
         assert!(!a.allows("local", "tools", ""));
+        assert!(a.any_in("local", "tools"));
+        assert!(
+            !a.any_in("local", "proxy"),
+            "a tool grant is no proxy grant"
+        );
 
         let (p, _) = policy(&grant(r#"["github/proxy/repos/**"]"#));
         let a = p.access(&u);
@@ -417,6 +450,14 @@ mod tests {
         assert!(!a.allows("github", "proxy", "reposx"));
         assert!(!a.allows("github", "proxy", "user"));
         assert!(a.any_on("github"));
+        assert!(a.any_in("github", "proxy"));
+        assert!(!a.any_in("github", "tools"));
+        assert!(!a.any_in("jira", "proxy"));
+
+        let (p, _) = policy(&grant(r#"["*/proxy/public/**"]"#));
+        let a = p.access(&u);
+        assert!(a.any_in("github", "proxy"));
+        assert!(!a.any_in("github", "tools"));
 
         let (p, _) = policy(&grant(r#"["github/proxy/**"]"#));
         assert!(p.access(&u).allows("github", "proxy", ""));

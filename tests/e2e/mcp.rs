@@ -153,6 +153,17 @@ async fn tools_resources_and_templates_are_prefixed_and_forwarded_stripped() {
         "contents of mem://notes/42"
     );
     assert!(read("other-mem://x").await.is_err(), "unknown connector");
+    // A template grant covers exactly what the template makes: one `{id}`, no more
+    // segments, no way around through dot segments.
+    for uri in [
+        "notes-mem://notes/a/b",
+        "notes-mem://notes/../private/keys",
+        "notes-mem://notes/%2e%2e",
+        "notes-mem://elsewhere/42",
+    ] {
+        let err = read(uri).await.expect_err(uri);
+        assert!(err.to_string().contains("not available"), "{uri}: {err}");
+    }
 
     // Ask Portcullis about its HTTP connectors: none here.
     let r = agent
@@ -228,6 +239,70 @@ async fn grants_decide_listing_and_calls_alike() {
         read("notes-mem://notes/42").await.is_err(),
         "templates not granted"
     );
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_template_grant_reads_what_the_template_makes_but_no_listed_resource() {
+    let up = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({"notes": {"protocol": "mcp", "url": up.url()}});
+    let grants = json!([grant(
+        "(loopback)",
+        &["notes/tools/echo", "notes/templates/*"],
+        false
+    )]);
+    let host = Host::start(&config(connectors, grants, 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    let read = |uri: &str| agent.read_resource(ReadResourceRequestParams::new(uri.to_owned()));
+    let r = read("notes-mem://notes/42")
+        .await
+        .expect("made by the template");
+    assert_eq!(
+        serde_json::to_value(&r).expect("ser")["contents"][0]["text"],
+        "contents of mem://notes/42"
+    );
+    // `mem://notes/readme` is listed: it needs its own grant, under any spelling.
+    for uri in ["notes-mem://notes/readme", "notes-mem://notes/readm%65"] {
+        let err = read(uri).await.expect_err(uri);
+        assert!(err.to_string().contains("not available"), "{uri}: {err}");
+    }
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn aperture_list_connectors_names_what_the_proxy_lets_you_reach() {
+    let connectors = json!({
+        "github": {"protocol": "http", "url": "https://api.github.com", "description": "GitHub"},
+        "jira": {"protocol": "http", "url": "https://jira.example.com"},
+        "stripe": {"protocol": "http", "url": "https://api.stripe.com/v1"},
+    });
+    let grants = json!([grant(
+        "(loopback)",
+        &["aperture/**", "github/proxy/repos/**", "jira/tools/*"],
+        false
+    )]);
+    let host = Host::start(&config(connectors, grants, 60));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    let r = agent
+        .call_tool(call("aperture_list_connectors", json!({})))
+        .await
+        .expect("builtin");
+    let text = text_of(&r);
+    assert!(
+        text.lines().any(|l| l == "## github"),
+        "a partial proxy grant is a proxy grant:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "- Upstream: https://api.github.com"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("## jira"),
+        "a tool grant does not open the proxy:\n{text}"
+    );
+    assert!(!text.contains("## stripe"), "not granted:\n{text}");
     agent.cancel().await.expect("close");
 }
 
@@ -386,6 +461,109 @@ async fn upstream_list_changed_reaches_open_sessions() {
         .await
         .expect("call new tool");
     assert_eq!(text_of(&r), "fresh ran");
+    agent.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn python_sdk_agent_hears_list_changed_and_gets_large_results() {
+    use portcullis_e2e::peers_mcp::python_agent;
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer tok-1".into(),
+    ))
+    .await;
+    let host = Host::start(&config(bearer("notes", &up, "tok-1"), everything(), 600));
+    let rust_agent = mcp_agent(&host.url("/v1/mcp")).await;
+    tools_until(&rust_agent, |t| t.contains(&"notes_echo".into())).await;
+    rust_agent.cancel().await.expect("close");
+
+    // Sessions are answered over SSE (rmcp), and the Python SDK refuses SSE events over
+    // 1 MiB, even straight from an upstream; the rmcp agent's 6 MB case is in
+    // `large_results_and_restarted_upstreams`.
+    const BIG: usize = 1_000_000;
+    let results = python_agent(
+        &host.url("/v1/mcp"),
+        json!([
+            {"op": "call_tool", "name": "notes_big", "arguments": {"bytes": BIG}},
+            {"op": "call_tool", "name": "notes_add_tool", "arguments": {"name": "pyfresh"}},
+            {"op": "wait_tools_changed", "timeout": 10},
+            {"op": "list_tools"},
+            {"op": "call_tool", "name": "notes_pyfresh", "arguments": {}},
+        ]),
+    )
+    .await;
+    let big = results[0]["ok"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        big.len(),
+        BIG,
+        "a 1 MB result arrives whole: {}",
+        results[0].to_string().chars().take(300).collect::<String>()
+    );
+    assert!(big.bytes().all(|b| b == b'x'));
+    assert!(
+        results[2]["ok"]["count"].as_u64().is_some_and(|n| n >= 1),
+        "notifications/tools/list_changed reached the Python SDK: {}",
+        results[2]
+    );
+    let tools: Vec<&str> = results[3]["ok"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(tools.contains(&"notes_pyfresh"), "{tools:?}");
+    assert_eq!(
+        results[4]["ok"]["content"][0]["text"], "pyfresh ran",
+        "{}",
+        results[4]
+    );
+}
+
+#[tokio::test]
+async fn a_2026_07_28_agent_lists_calls_and_listens_for_changes_without_a_session() {
+    use rmcp::model::SubscriptionFilter;
+    let up = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({"notes": {"protocol": "mcp", "url": up.url()}});
+    let host = Host::start(&config(connectors, everything(), 600));
+    let agent = portcullis_e2e::mcp_agent_stateless(&host.url("/v1/mcp")).await;
+    tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+    let r = agent
+        .call_tool(call("notes_echo", json!({"text": "no session"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "echo: no session");
+
+    let mut sub = agent
+        .peer()
+        .listen(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .resources_list_changed()
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen is acknowledged");
+    assert_eq!(sub.acknowledged().tools_list_changed, Some(true));
+    let r = agent
+        .call_tool(call("notes_add_tool", json!({"name": "heard"})))
+        .await
+        .expect("call");
+    assert_eq!(text_of(&r), "added");
+    let note = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the subscription stays open");
+    assert!(
+        matches!(
+            note,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{note:?}"
+    );
+    let tools = names(&agent.list_all_tools().await.expect("list"));
+    assert!(tools.contains(&"notes_heard".into()), "{tools:?}");
     agent.cancel().await.expect("close");
 }
 

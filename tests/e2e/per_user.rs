@@ -989,6 +989,12 @@ fn result_text(r: &rmcp::model::CallToolResult) -> String {
         .collect()
 }
 
+/// Forgets a notification that arrived before the step under test.
+fn drain(n: &tokio::sync::Notify) {
+    use futures_util::FutureExt as _;
+    let _ = n.notified().now_or_never();
+}
+
 fn tool_names(tools: &[rmcp::model::Tool]) -> Vec<String> {
     tools.iter().map(|t| t.name.to_string()).collect()
 }
@@ -1012,7 +1018,13 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     let mut wiki = notes_connector(&oidc, &Upstream::start().await, "wiki-app");
     wiki["protocol"] = json!("mcp");
     wiki["url"] = json!(up.url());
-    let host = Host::start(&tailnet_config(&whois.socket, json!({"wiki": wiki})));
+    // Catalogs are never re-read for age in this test (ten minutes), so each
+    // notification below comes from the event under test.
+    let mut config: Value =
+        serde_json::from_str(&tailnet_config(&whois.socket, json!({"wiki": wiki})))
+            .expect("config");
+    config["mcp"] = json!({"poll_interval_secs": 600});
+    let host = Host::start(&config.to_string());
     client_for(&oidc, &host, "wiki-app", "wiki").await;
     let mcp = host.url("/v1/mcp");
 
@@ -1034,8 +1046,14 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
         "nothing reached the upstream without a token"
     );
 
-    // Connected: the catalog loads on Alice's first request, and calls carry her token.
+    // Connected: the catalog loads at once and Alice's open session is told, before she
+    // lists again; calls carry her token.
+    let alice_changed = alice.service().tools_changed.clone();
+    drain(&alice_changed);
     connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
+    tokio::time::timeout(Duration::from_secs(10), alice_changed.notified())
+        .await
+        .expect("connecting sends notifications/tools/list_changed to Alice's session");
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(listed.contains(&"wiki_echo".to_owned()), "{listed:?}");
     let r = alice.call_tool(echo("hi")).await.expect("alice calls");
@@ -1051,6 +1069,23 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     let r = alice.call_tool(echo("again")).await.expect("alice again");
     assert_eq!(result_text(&r), "echo: again (for alice)");
 
+    // The upstream's own list_changed on Alice's session reloads her catalog and reaches
+    // her open session, before she lists again.
+    drain(&alice_changed);
+    let Value::Object(args) = json!({"name": "fresh"}) else {
+        unreachable!()
+    };
+    let add = rmcp::model::CallToolRequestParams::new("wiki_add_tool").with_arguments(args);
+    assert_eq!(
+        result_text(&alice.call_tool(add).await.expect("add")),
+        "added"
+    );
+    tokio::time::timeout(Duration::from_secs(10), alice_changed.notified())
+        .await
+        .expect("an upstream list_changed on a per-user session reaches the client");
+    let listed = tool_names(&alice.list_all_tools().await.expect("list"));
+    assert!(listed.contains(&"wiki_fresh".to_owned()), "{listed:?}");
+
     // Expiry: the upstream refuses the old token; the session carries a refreshed one.
     let refreshes = oidc.grants_of("refresh_token").await;
     tokio::time::sleep(Duration::from_millis(4_500)).await;
@@ -1058,13 +1093,18 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     assert_eq!(result_text(&r), "echo: later (for alice)");
     assert!(oidc.grants_of("refresh_token").await > refreshes);
 
-    // Disconnect: Alice's tools go from her list, her calls are refused; Bob keeps his.
+    // Disconnect: Alice is told, her tools go from her list, her calls are refused; Bob
+    // keeps his.
+    drain(&alice_changed);
     let resp = client_from(ALICE)
         .delete(host.url("/api/connectors/wiki/connection"))
         .send()
         .await
         .expect("disconnect");
     assert_eq!(resp.status(), 200);
+    tokio::time::timeout(Duration::from_secs(10), alice_changed.notified())
+        .await
+        .expect("disconnecting sends notifications/tools/list_changed");
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
     let err = alice

@@ -695,6 +695,9 @@ async fn plugin_tools_are_mcp_tools_run_through_the_proxy_with_the_connector_cre
             "slack": bearer_connector("slack", &up.url(), json!({"description": "Team chat"})),
             "github": {"protocol": "http", "url": "https://api.github.com", "description": "GitHub REST API (read-only)",
                        "context": "Use this connector to look up repository metadata and pull request status."},
+            // No url: the provider's default API is the upstream.
+            "team": {"protocol": "http", "provider": "slack",
+                     "auth": {"type": "bearer_token", "secret": "tok-provider-2"}},
         }),
     );
     let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
@@ -762,6 +765,8 @@ async fn plugin_tools_are_mcp_tools_run_through_the_proxy_with_the_connector_cre
             .to_owned(),
         "## slack".to_owned(),
         "- Description: Team chat".to_owned(),
+        "## team".to_owned(),
+        "- Upstream: https://slack.com/api".to_owned(),
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -121,7 +121,7 @@ pub async fn call(
     arguments: Option<&Map<String, Value>>,
 ) -> Option<CallToolResult> {
     if connector == APERTURE {
-        return (name == LIST_CONNECTORS).then(|| list_connectors(snap, caller, base_url));
+        return (name == LIST_CONNECTORS).then(|| list_connectors(app, snap, caller, base_url));
     }
     let c = snap.connectors.get(connector)?;
     if c.protocol != Protocol::Http {
@@ -165,14 +165,15 @@ pub async fn call(
     })
 }
 
-/// `aperture_list_connectors`: the caller's HTTP connectors in the layout of Aperture's
-/// connector guide, so prompts written for it keep working.
-fn list_connectors(snap: &Snapshot, caller: &Caller, base_url: &str) -> CallToolResult {
+/// `aperture_list_connectors`: the HTTP connectors the caller may reach through the proxy
+/// (a `proxy` grant, whole or partial), in the layout of Aperture's connector guide, so
+/// prompts written for it keep working.
+fn list_connectors(app: &App, snap: &Snapshot, caller: &Caller, base_url: &str) -> CallToolResult {
     let access = snap.policy.access(caller);
     let mut http: Vec<&Arc<Connector>> = snap
         .connectors
         .values()
-        .filter(|c| c.protocol == Protocol::Http && access.any_on(&c.id))
+        .filter(|c| c.protocol == Protocol::Http && access.any_in(&c.id, "proxy"))
         .collect();
     http.sort_by(|a, b| a.id.cmp(&b.id));
     let base = base_url.trim_end_matches('/');
@@ -197,11 +198,13 @@ fn list_connectors(snap: &Snapshot, caller: &Caller, base_url: &str) -> CallTool
             "\n## {id}\n- Endpoint: {base}/v1/connectors/{id}/\n",
             id = c.id
         ));
-        if let Some(u) = &c.url {
-            out.push_str(&format!(
-                "- Upstream: {}\n",
-                u.as_str().trim_end_matches('/')
-            ));
+        // The connector's URL, or the API its provider plugin defaults to.
+        let upstream = c.url.as_ref().map(|u| u.to_string()).or_else(|| {
+            let p = app.plugins.get(c.provider.as_deref()?)?;
+            Some(p.defaults.api_url.clone())
+        });
+        if let Some(u) = upstream.filter(|u| !u.is_empty()) {
+            out.push_str(&format!("- Upstream: {}\n", u.trim_end_matches('/')));
         }
         if !c.description.is_empty() {
             out.push_str(&format!("- Description: {}\n", c.description));

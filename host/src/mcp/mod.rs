@@ -15,6 +15,7 @@
 //!   HTTP entry that serves sessionless requests statelessly and keeps sessions to the
 //!   caller that opened them.
 //! - `builtin`: `aperture_list_connectors` and plugin tools run through the HTTP proxy.
+//! - `template`: RFC 6570 matching, for reads of URIs a granted resource template makes.
 //!
 //! Names: tools `<id>_<tool>`, resources `<id>-<uri>`, templates `<id>-<uriTemplate>`.
 //! Connector IDs have neither `_` nor `-`, so the first one splits a name unambiguously.
@@ -23,9 +24,11 @@
 mod builtin;
 mod legacy;
 mod server;
+mod template;
 pub mod upstream;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -95,20 +98,33 @@ pub fn valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// Keeps the tools whose prefixed names are valid, logging the others once per listing.
-fn usable(connector: &str, mut listing: Listing) -> Listing {
+/// Keeps the tools whose prefixed names are valid. The others are logged when they
+/// first appear, not on every poll; `left_out` holds the names dropped last time.
+fn usable(connector: &str, mut listing: Listing, left_out: &mut Vec<String>) -> Listing {
+    let mut dropped = Vec::new();
     listing.tools.retain(|t| {
         let ok = valid_tool_name(&prefixed(connector, Kind::Tool, &t.name));
         if !ok {
-            tracing::warn!(
-                connector,
-                tool = %t.name.chars().take(200).collect::<String>(),
-                "upstream tool left out: its prefixed name is not a valid MCP tool name (1-128 of A-Z a-z 0-9 _ . -)"
-            );
+            if !left_out.iter().any(|n| *n == *t.name) {
+                tracing::warn!(
+                    connector,
+                    tool = %t.name.chars().take(200).collect::<String>(),
+                    "upstream tool left out: its prefixed name is not a valid MCP tool name (1-128 of A-Z a-z 0-9 _ . -)"
+                );
+            }
+            dropped.push(t.name.to_string());
         }
         ok
     });
+    *left_out = dropped;
     listing
+}
+
+/// What identifies an upstream across reloads: its URL and credential fingerprint. A
+/// reload that changes neither keeps the session.
+fn upstream_key(c: &Connector) -> Option<String> {
+    let url = c.url.as_ref()?;
+    Some(format!("{url}\n{}", c.credential.fingerprint()))
 }
 
 /// Longest wait to open an upstream session (the `initialize` handshake, and over
@@ -155,6 +171,8 @@ struct UpstreamState {
     loaded_at: Option<Instant>,
     failing: Option<String>,
     last_used: Option<Instant>,
+    /// Tool names left out of the last listing (already logged).
+    left_out: Vec<String>,
 }
 
 impl Drop for Upstream {
@@ -168,7 +186,7 @@ impl Drop for Upstream {
 impl Upstream {
     fn new(app: &App, hub: &Hub, connector: Arc<Connector>, auth: Auth) -> Option<Arc<Self>> {
         let url = connector.url.clone()?;
-        let key = format!("{url}\n{}", connector.credential.fingerprint());
+        let key = upstream_key(&connector)?;
         Some(Arc::new(Self {
             http: EgressHttp::new(app.egress.clone(), connector.id.as_str().into(), auth),
             connector,
@@ -303,7 +321,10 @@ impl Upstream {
                         "MCP server reachable again; its tools are listed again"
                     );
                 }
-                usable(id, listing)
+                let mut left_out = std::mem::take(&mut self.state().left_out);
+                let listing = usable(id, listing, &mut left_out);
+                self.state().left_out = left_out;
+                listing
             }
             Err(e) => {
                 let why = format!("{e:#}");
@@ -333,6 +354,35 @@ impl Upstream {
     }
 }
 
+/// Keeps `up`'s catalog current: on the upstream's `list_changed`, and every `poll`
+/// (read each time, so a reload's new interval applies) when given. Stops when the
+/// upstream is dropped, or aborted through `up.task`.
+fn spawn_refresher(up: &Arc<Upstream>, poll: Option<Arc<AtomicU64>>, now: bool) {
+    let weak = Arc::downgrade(up);
+    let wake = up.wake.clone();
+    let task = tokio::spawn(async move {
+        let mut wait = !now;
+        loop {
+            if wait {
+                match &poll {
+                    Some(p) => {
+                        let every = Duration::from_secs(p.load(Ordering::Relaxed).max(1));
+                        tokio::select! {
+                            () = tokio::time::sleep(every) => {}
+                            () = wake.notified() => {}
+                        }
+                    }
+                    None => wake.notified().await,
+                }
+            }
+            wait = true;
+            let Some(up) = weak.upgrade() else { return };
+            up.refresh().await;
+        }
+    });
+    *up.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+}
+
 /// The upstreams and their catalogs, and the open client sessions to tell about changes.
 pub struct Hub {
     shared: Mutex<HashMap<String, Arc<Upstream>>>,
@@ -341,6 +391,8 @@ pub struct Hub {
     changed: Arc<Notify>,
     sessions: server::Sessions,
     plugin_tools: Mutex<HashMap<String, Arc<Vec<Tool>>>>,
+    /// `mcp.poll_interval_secs` of the current config, read by the refreshers.
+    poll: Arc<AtomicU64>,
 }
 
 impl Default for Hub {
@@ -357,6 +409,7 @@ impl Hub {
             changed: Arc::new(Notify::new()),
             sessions: server::Sessions::default(),
             plugin_tools: Mutex::default(),
+            poll: Arc::new(AtomicU64::new(5)),
         }
     }
 
@@ -374,7 +427,8 @@ impl Hub {
     /// changed connectors close too.
     pub fn sync(&self, app: &App) {
         let snap = app.snapshot();
-        let poll = Duration::from_secs(snap.config.mcp.poll_interval_secs);
+        self.poll
+            .store(snap.config.mcp.poll_interval_secs, Ordering::Relaxed);
         let mut started = Vec::new();
         let mut gone = Vec::new();
         {
@@ -388,12 +442,9 @@ impl Hub {
                 .map(|c| (c.id.clone(), c.clone()))
                 .collect();
             shared.retain(|id, up| {
-                let keep = want.get(id).is_some_and(|c| {
-                    c.url
-                        .as_ref()
-                        .map(|u| format!("{u}\n{}", c.credential.fingerprint()))
-                        == Some(up.key.clone())
-                });
+                let keep = want
+                    .get(id)
+                    .is_some_and(|c| upstream_key(c).as_ref() == Some(&up.key));
                 if keep {
                     want.remove(id);
                 } else {
@@ -414,12 +465,10 @@ impl Hub {
         {
             let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
             users.retain(|(id, _), up| {
-                let keep = snap.connectors.get(id).is_some_and(|c| {
-                    c.url
-                        .as_ref()
-                        .map(|u| format!("{u}\n{}", c.credential.fingerprint()))
-                        == Some(up.key.clone())
-                });
+                let keep = snap
+                    .connectors
+                    .get(id)
+                    .is_some_and(|c| upstream_key(c).as_ref() == Some(&up.key));
                 if !keep {
                     gone.push(up.clone());
                 }
@@ -430,20 +479,7 @@ impl Hub {
             tokio::spawn(async move { up.close().await });
         }
         for up in started {
-            let weak = Arc::downgrade(&up);
-            let task = tokio::spawn(async move {
-                loop {
-                    let Some(up) = weak.upgrade() else { return };
-                    up.refresh().await;
-                    let wake = up.wake.clone();
-                    drop(up);
-                    tokio::select! {
-                        () = tokio::time::sleep(poll) => {}
-                        () = wake.notified() => {}
-                    }
-                }
-            });
-            *up.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+            spawn_refresher(&up, Some(self.poll.clone()), true);
         }
         self.changed();
     }
@@ -470,28 +506,35 @@ impl Hub {
             return None;
         }
         let key = (connector.id.clone(), caller.login.clone());
+        let wanted = upstream_key(connector);
         let existing = self
             .users
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+            .filter(|up| Some(&up.key) == wanted.as_ref())
             .cloned();
         let up = match existing {
             Some(up) => up,
             None if !load => return None,
             None => {
-                let auth = Auth::User {
-                    connections: app.connections.clone(),
-                    per_user: pu.clone(),
-                    login: caller.login.as_str().into(),
-                };
-                let up = Upstream::new(app, self, connector.clone(), auth)?;
-                self.users
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(key)
-                    .or_insert(up)
-                    .clone()
+                let fresh = self.user_upstream(app, connector, pu, &caller.login)?;
+                let (adopted, old) = self.adopt(app, key, &fresh, false);
+                if let Some(old) = old {
+                    tokio::spawn(async move { old.close().await });
+                }
+                match adopted {
+                    Some(up) => {
+                        if Arc::ptr_eq(&up, &fresh) {
+                            // Loaded below; afterwards its own `list_changed` reloads it.
+                            spawn_refresher(&up, None, false);
+                        }
+                        up
+                    }
+                    // The request carries a config a reload replaced: this upstream
+                    // serves it alone and goes with it.
+                    None => fresh,
+                }
             }
         };
         if load {
@@ -505,12 +548,168 @@ impl Hub {
             };
             if !loaded {
                 up.refresh().await;
-            } else if stale || take_wake(&up.wake) {
+            } else if stale {
                 let bg = up.clone();
                 tokio::spawn(async move { bg.refresh().await });
             }
         }
         Some(up)
+    }
+
+    /// A new upstream for `login` on a per-user connector (not yet in the map).
+    fn user_upstream(
+        &self,
+        app: &App,
+        connector: &Arc<Connector>,
+        pu: &Arc<crate::connections::PerUser>,
+        login: &str,
+    ) -> Option<Arc<Upstream>> {
+        let auth = Auth::User {
+            connections: app.connections.clone(),
+            per_user: pu.clone(),
+            login: login.into(),
+        };
+        Upstream::new(app, self, connector.clone(), auth)
+    }
+
+    /// Puts `fresh` in the map as `key`'s upstream if it was built for the config in
+    /// force: a request or a load racing a reload may carry the old one. The snapshot is
+    /// read under the map's lock, and a reload stores its snapshot before [`Hub::sync`]
+    /// prunes the map under that lock, so a stale upstream is either refused here or
+    /// pruned there. With `replace`, an upstream already there for the same config gives
+    /// way (a new authorization); without, it stays and is returned. Returns the
+    /// upstream now in the map (`None`: `fresh` is for a replaced config) and the one
+    /// that gave way.
+    fn adopt(
+        &self,
+        app: &App,
+        key: (String, String),
+        fresh: &Arc<Upstream>,
+        replace: bool,
+    ) -> (Option<Arc<Upstream>>, Option<Arc<Upstream>>) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let current = app
+            .snapshot()
+            .connectors
+            .get(&key.0)
+            .and_then(|c| upstream_key(c));
+        if current.as_ref() != Some(&fresh.key) {
+            return (None, None);
+        }
+        match users.get(&key) {
+            Some(up) if up.key == fresh.key && !replace => (Some(up.clone()), None),
+            _ => {
+                let old = users.insert(key, fresh.clone());
+                (Some(fresh.clone()), old)
+            }
+        }
+    }
+
+    /// `caller` has just connected `connector`. Every per-user MCP connector on that
+    /// connection they have a grant on gets a new upstream session under the new
+    /// authorization, its catalog loaded now, so open client sessions are told about the
+    /// tools at once instead of on their next listing. A session from an earlier
+    /// authorization serves until the new catalog is in, then closes.
+    pub fn connected(&self, app: &Arc<App>, caller: &Caller, connector: &str) {
+        let snap = app.snapshot();
+        let Some(Credential::PerUser(pu)) = snap.connectors.get(connector).map(|c| &c.credential)
+        else {
+            return;
+        };
+        if app.connections.status(pu, &caller.login) != Status::Ready {
+            self.changed();
+            return;
+        }
+        let access = snap.policy.access(caller);
+        for c in snap.connectors.values() {
+            let Credential::PerUser(other) = &c.credential else {
+                continue;
+            };
+            if c.protocol != Protocol::Mcp
+                || other.connection != pu.connection
+                || !access.any_on(&c.id)
+            {
+                continue;
+            }
+            let Some(fresh) = self.user_upstream(app, c, other, &caller.login) else {
+                continue;
+            };
+            let app = app.clone();
+            let key = (c.id.clone(), caller.login.clone());
+            let pu = other.clone();
+            tokio::spawn(async move {
+                fresh.refresh().await;
+                let ready = |app: &App| app.connections.status(&pu, &key.1) == Status::Ready;
+                // A failed load does not push out a working session of the same config.
+                let working_old = fresh.state().failing.is_some()
+                    && app
+                        .mcp
+                        .users
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&key)
+                        .is_some_and(|old| old.key == fresh.key && old.state().failing.is_none());
+                if working_old || !ready(&app) {
+                    fresh.close().await;
+                    return;
+                }
+                let (adopted, old) = app.mcp.adopt(&app, key.clone(), &fresh, true);
+                if adopted.is_none() {
+                    // A reload while loading changed the connector.
+                    fresh.close().await;
+                    return;
+                }
+                spawn_refresher(&fresh, None, false);
+                app.mcp.changed();
+                if let Some(old) = old {
+                    old.close().await;
+                }
+                // A disconnect between the check above and the adoption.
+                if !ready(&app) {
+                    app.mcp.reconcile_users(&app);
+                }
+            });
+        }
+    }
+
+    /// Closes the per-user sessions whose connection ended (disconnect, a dead grant,
+    /// revocation) or whose connector is no longer per-user, and has client sessions
+    /// told what they lost.
+    fn reconcile_users(&self, app: &App) {
+        let snap = app.snapshot();
+        let entries: Vec<((String, String), Arc<Upstream>)> = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, up)| (k.clone(), up.clone()))
+            .collect();
+        // Statuses are read outside the map's lock: one may need the vault.
+        let ended: Vec<((String, String), Arc<Upstream>)> = entries
+            .into_iter()
+            .filter(
+                |((id, login), _)| match snap.connectors.get(id).map(|c| &c.credential) {
+                    Some(Credential::PerUser(pu)) => {
+                        app.connections.status(pu, login) != Status::Ready
+                    }
+                    _ => true,
+                },
+            )
+            .collect();
+        let gone: Vec<Arc<Upstream>> = {
+            let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            ended
+                .into_iter()
+                .filter_map(|(k, up)| {
+                    let same = users.get(&k).is_some_and(|cur| Arc::ptr_eq(cur, &up));
+                    if same { users.remove(&k) } else { None }
+                })
+                .collect()
+        };
+        for up in gone {
+            tokio::spawn(async move { up.close().await });
+        }
+        self.changed();
     }
 
     /// `login` disconnected from `connector`: its upstream session ends now.
@@ -544,12 +743,6 @@ impl Hub {
             up.close().await;
         }
     }
-}
-
-/// Consumes a pending wake-up, if any, without waiting.
-fn take_wake(n: &Notify) -> bool {
-    use futures_util::FutureExt as _;
-    n.notified().now_or_never().is_some()
 }
 
 /// What one caller sees: every item already prefixed and filtered by grants.
@@ -602,10 +795,27 @@ pub async fn view(app: &App, snap: &Snapshot, caller: &Caller, load: bool) -> Vi
     v
 }
 
-/// Starts the background work: catalog sync now, session notifications, idle cleanup.
+/// Runs `on_change` each time `changes` rings, for as long as the app lives.
+fn follow(app: &Arc<App>, changes: Arc<Notify>, on_change: fn(&App)) {
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        loop {
+            changes.notified().await;
+            let Some(app) = weak.upgrade() else { return };
+            on_change(&app);
+        }
+    });
+}
+
+/// Starts the background work: catalog sync now, session notifications (on catalog,
+/// config, connection and registry changes), idle cleanup.
 pub fn start(app: &Arc<App>) {
     app.mcp.sync(app);
     server::spawn_notifier(app);
+    follow(app, app.connections.changes(), |app| {
+        app.mcp.reconcile_users(app)
+    });
+    follow(app, app.plugins.changes(), |app| app.mcp.changed());
     let weak = Arc::downgrade(app);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,14 +17,18 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ErrorData, Implementation,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ResourceContents, ServerCapabilities,
-    ServerConfig,
+    ServerConfig, SubscriptionFilter,
 };
-use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, ServiceError};
+use rmcp::service::{
+    NotificationContext, Peer, RequestContext, RoleServer, ServiceError, SubscriptionContext,
+    SubscriptionSink,
+};
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 
+use super::template::{UriTemplate, normalize};
 use super::{Kind, builtin, prefixed, split, view, visible};
 use crate::app::{App, Snapshot};
 use crate::config::Config;
@@ -32,6 +37,8 @@ use crate::identity::Caller;
 
 /// Where the aggregated endpoint is mounted.
 pub const ENDPOINT: &str = "/v1/mcp";
+/// Longest a notification to one client may take to be queued.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request body `/v1/mcp` accepts.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -102,6 +109,16 @@ fn upstream_error(connector: &str, e: anyhow::Error) -> ErrorData {
 }
 
 impl Aggregator {
+    /// Registers a client to be told when what `w.caller` sees changes, from now on.
+    async fn watch(&self, w: &Who, channel: Channel) {
+        let v = view(&self.app, &w.snap, &w.caller, false).await;
+        self.app.mcp.sessions.add(Arc::new(ClientSession {
+            caller: w.caller.clone(),
+            channel,
+            seen: Mutex::new(Some(Seen::of(&v))),
+        }));
+    }
+
     /// The upstream for a call, or why there is none.
     async fn upstream_for(&self, w: &Who, id: &str) -> Result<Arc<super::Upstream>, ErrorData> {
         let c = w
@@ -143,14 +160,35 @@ impl rmcp::ServerHandler for Aggregator {
 
     async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
         let Ok(w) = who(&cx.extensions) else { return };
-        let session = Arc::new(ClientSession {
-            caller: w.caller.clone(),
-            peer: cx.peer.clone(),
-            seen: Mutex::new(None),
-        });
-        let v = view(&self.app, &w.snap, &w.caller, false).await;
-        *session.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Seen::of(&v));
-        self.app.mcp.sessions.add(session);
+        self.watch(&w, Channel::Session(cx.peer.clone())).await;
+    }
+
+    /// MCP 2026-07-28 has no sessions: a client that wants to hear about changes keeps a
+    /// `subscriptions/listen` request open. Both list-changed kinds are offered.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .resources_list_changed()
+                .build(),
+        )
+    }
+
+    async fn listen(&self, cx: SubscriptionContext) -> Result<(), ErrorData> {
+        let w = who(&cx.request_context().extensions)?;
+        let open = Arc::new(AtomicBool::new(true));
+        let channel = Channel::Subscription {
+            sink: cx.sink().clone(),
+            open: open.clone(),
+        };
+        self.watch(&w, channel).await;
+        cx.cancelled().await;
+        open.store(false, Ordering::Relaxed);
+        tracing::debug!(caller = %w.caller.login, "MCP subscription ended");
+        Ok(())
     }
 
     async fn list_tools(
@@ -232,22 +270,39 @@ impl rmcp::ServerHandler for Aggregator {
         let (id, uri) =
             split(Kind::Resource, &full).ok_or_else(|| not_available("resource", &full))?;
         let access = w.snap.policy.access(&w.caller);
-        let up = self.upstream_for(&w, id).await?;
-        let listing = up.listing();
-        // A listed, granted resource; or a URI one of the granted templates produces.
-        let allowed = (listing.resources.iter().any(|r| r.uri == uri)
-            && visible(&access, id, Kind::Resource, uri))
-            || listing.templates.iter().any(|t| {
-                let fixed = t.uri_template.split('{').next().unwrap_or_default();
-                t.uri_template.contains('{')
-                    && uri.starts_with(fixed)
-                    && visible(&access, id, Kind::Template, &t.uri_template)
-            });
-        if !allowed {
-            tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
+        // Like a tool call: no upstream is touched (or named) without a grant on it.
+        if !access.any_on(id) {
+            tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused: no grant");
             return Err(not_available("resource", &full));
         }
-        req.uri = uri.to_owned();
+        let up = self.upstream_for(&w, id).await?;
+        let listing = up.listing();
+        // A listed resource needs its own grant; any other URI needs a grant on a
+        // template that produces it. Compared after normalizing percent-encoding, so
+        // another spelling of a listed resource is that resource.
+        let wanted = normalize(uri);
+        let allowed = if let Some(r) = listing
+            .resources
+            .iter()
+            .find(|r| r.uri == uri || normalize(&r.uri) == wanted)
+        {
+            visible(&access, id, Kind::Resource, &r.uri).then(|| r.uri.clone())
+        } else {
+            listing
+                .templates
+                .iter()
+                .any(|t| {
+                    visible(&access, id, Kind::Template, &t.uri_template)
+                        && UriTemplate::parse(&t.uri_template)
+                            .is_some_and(|tpl| tpl.matches(&wanted))
+                })
+                .then_some(wanted)
+        };
+        let Some(upstream_uri) = allowed else {
+            tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
+            return Err(not_available("resource", &full));
+        };
+        req.uri = upstream_uri;
         let resp = up
             .with_session(|s| {
                 let req = req.clone();
@@ -271,11 +326,56 @@ impl rmcp::ServerHandler for Aggregator {
     }
 }
 
-/// An open client session, told when its caller's visible catalog changes.
+/// A client to tell when its caller's visible catalog changes.
 pub struct ClientSession {
     caller: Arc<Caller>,
-    peer: Peer<RoleServer>,
+    channel: Channel,
     seen: Mutex<Option<Seen>>,
+}
+
+/// Where a client hears about changes.
+enum Channel {
+    /// A session (MCP before 2026-07-28): its standalone event stream.
+    Session(Peer<RoleServer>),
+    /// An open `subscriptions/listen` request (MCP 2026-07-28), until it ends.
+    Subscription {
+        sink: SubscriptionSink,
+        open: Arc<AtomicBool>,
+    },
+}
+
+impl Channel {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Session(peer) => peer.is_transport_closed(),
+            Self::Subscription { open, .. } => !open.load(Ordering::Relaxed),
+        }
+    }
+
+    // A failed send means the client went away meanwhile; it is pruned on the next pass.
+    // A client that does not read its stream may hold a send up: it gets
+    // `NOTIFY_TIMEOUT`, not the other clients' notifications.
+    async fn tools_changed(&self) {
+        let send = async {
+            match self {
+                Self::Session(peer) => drop(peer.notify_tool_list_changed().await),
+                Self::Subscription { sink, .. } => drop(sink.notify_tool_list_changed().await),
+            }
+        };
+        let _ = tokio::time::timeout(NOTIFY_TIMEOUT, send).await;
+    }
+
+    async fn resources_changed(&self) {
+        let send = async {
+            match self {
+                Self::Session(peer) => drop(peer.notify_resource_list_changed().await),
+                Self::Subscription { sink, .. } => {
+                    drop(sink.notify_resource_list_changed().await);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(NOTIFY_TIMEOUT, send).await;
+    }
 }
 
 /// Digests of what a session last saw.
@@ -307,13 +407,13 @@ pub struct Sessions {
 impl Sessions {
     fn add(&self, s: Arc<ClientSession>) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|s| !s.peer.is_transport_closed());
+        open.retain(|s| !s.channel.is_closed());
         open.push(s);
     }
 
     fn live(&self) -> Vec<Arc<ClientSession>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|s| !s.peer.is_transport_closed());
+        open.retain(|s| !s.channel.is_closed());
         open.clone()
     }
 }
@@ -339,10 +439,10 @@ pub fn spawn_notifier(app: &Arc<App>) {
                 let Some(before) = before else { continue };
                 if before.tools != now.tools {
                     tracing::debug!(caller = %s.caller.login, "telling a session its tools changed");
-                    let _ = s.peer.notify_tool_list_changed().await;
+                    s.channel.tools_changed().await;
                 }
                 if before.resources != now.resources {
-                    let _ = s.peer.notify_resource_list_changed().await;
+                    s.channel.resources_changed().await;
                 }
             }
         }

@@ -65,6 +65,8 @@ pub struct Plugins {
     catalog: ArcSwap<Catalog>,
     scan_lock: tokio::sync::Mutex<()>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
+    /// Rings after each rescan, so what plugins contribute (MCP tools) is re-read.
+    rescanned: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -90,6 +92,7 @@ impl Plugins {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             scan_lock: tokio::sync::Mutex::new(()),
             metrics,
+            rescanned: Arc::new(tokio::sync::Notify::new()),
         });
         plugins.rescan().await;
         Ok(plugins)
@@ -116,6 +119,12 @@ impl Plugins {
             "provider registry scanned"
         );
         self.catalog.store(Arc::new(catalog));
+        self.rescanned.notify_one();
+    }
+
+    /// Rings after every rescan of the registry.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.rescanned.clone()
     }
 
     /// Rescans whenever something under the registry folder changes (debounced).

@@ -14,6 +14,9 @@ OPS_JSON is a JSON list of operations, run in order on one session:
     {"op": "list_resources"}
     {"op": "list_templates"}
     {"op": "read_resource", "uri": "demo://resource/static/document/features.md"}
+    {"op": "wait_tools_changed", "timeout": 10}
+        waits for a notifications/tools/list_changed that arrived after the previous
+        wait (or the session's start); the result is {"count": <how many so far>}
 
 Prints one JSON object on stdout: {"results": [...]}, one entry per operation,
 either {"ok": <result>} or {"error": "<message>"} (plus "code" for MCP errors);
@@ -25,7 +28,7 @@ import json
 import sys
 
 import anyio
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -44,8 +47,29 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def perform(session: ClientSession, op: dict):
+class Notices:
+    """Counts the notifications the gateway sends on this session."""
+
+    def __init__(self) -> None:
+        self.tools_changed = 0
+        self.waited_for = 0
+
+    async def handler(self, message) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            self.tools_changed += 1
+
+    async def wait_tools_changed(self, timeout: float) -> dict:
+        with anyio.fail_after(timeout):
+            while self.tools_changed <= self.waited_for:
+                await anyio.sleep(0.05)
+        self.waited_for = self.tools_changed
+        return {"count": self.tools_changed}
+
+
+async def perform(session: ClientSession, notices: Notices, op: dict):
     kind = op.get("op")
+    if kind == "wait_tools_changed":
+        return await notices.wait_tools_changed(float(op.get("timeout", 10)))
     if kind == "list_tools":
         return await session.list_tools()
     if kind == "call_tool":
@@ -61,16 +85,24 @@ async def perform(session: ClientSession, op: dict):
 
 async def run(url: str, ops: list, state: dict) -> None:
     results = state["results"]
+    notices = Notices()
     async with streamable_http_client(url) as (read, write):
-        async with ClientSession(read, write, read_timeout_seconds=TIMEOUT_SECONDS) as session:
+        async with ClientSession(
+            read, write, read_timeout_seconds=TIMEOUT_SECONDS, message_handler=notices.handler
+        ) as session:
             await session.initialize()
             state["initialized"] = True
             for op in ops:
                 try:
-                    result = await perform(session, op)
-                    results.append({"ok": result.model_dump(mode="json", by_alias=True, exclude_none=True)})
+                    result = await perform(session, notices, op)
+                    if isinstance(result, dict):
+                        results.append({"ok": result})
+                    else:
+                        results.append({"ok": result.model_dump(mode="json", by_alias=True, exclude_none=True)})
                 except MCPError as exc:
                     results.append({"error": exc.message, "code": exc.code})
+                except TimeoutError:
+                    results.append({"error": "timed out"})
                 except Exception as exc:
                     results.append({"error": describe(exc)})
 
