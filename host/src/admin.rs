@@ -214,8 +214,9 @@ pub async fn disconnect(
     let result = async {
         let c = find(&snapshot, &id)?;
         let pu = must_be_per_user(c)?;
+        // Ending the connection also ends the caller's MCP sessions on it (the hub
+        // follows `Connections::changes`).
         let had = app.connections.disconnect(pu, &caller.login).await;
-        app.mcp.forget_user(&id, &caller.login);
         app.discoveries.forget(&c.id);
         Ok(Json(json!({
             "disconnected": had,

@@ -13,12 +13,13 @@ use serde_json::{Value, json};
 
 use crate::loopback_config;
 
-fn bearer(id: &str, server: &McpServer, secret: &str) -> Value {
-    json!({id: {
-        "protocol": "mcp",
-        "url": server.url(),
-        "auth": {"type": "bearer_token", "secret": secret},
-    }})
+/// `{id: connector}`: an MCP connector at `url` with a bearer token.
+fn bearer(id: &str, url: &str, secret: &str) -> Value {
+    json!({id: bearer_connector(url, secret)})
+}
+
+fn bearer_connector(url: &str, secret: &str) -> Value {
+    json!({"protocol": "mcp", "url": url, "auth": {"type": "bearer_token", "secret": secret}})
 }
 
 fn config(connectors: Value, grants: Value, poll_secs: u64) -> String {
@@ -89,7 +90,11 @@ async fn tools_resources_and_templates_are_prefixed_and_forwarded_stripped() {
         "Bearer tok-1".into(),
     ))
     .await;
-    let host = Host::start(&config(bearer("notes", &up, "tok-1"), everything(), 60));
+    let host = Host::start(&config(
+        bearer("notes", &up.url(), "tok-1"),
+        everything(),
+        60,
+    ));
     let agent = mcp_agent(&host.url("/v1/mcp")).await;
     let tools = tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
     for expected in [
@@ -194,7 +199,7 @@ async fn grants_decide_listing_and_calls_alike() {
         ],
         false
     )]);
-    let host = Host::start(&config(bearer("notes", &up, "tok-1"), grants, 60));
+    let host = Host::start(&config(bearer("notes", &up.url(), "tok-1"), grants, 60));
     let agent = mcp_agent(&host.url("/v1/mcp")).await;
     let tools = tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
     assert_eq!(
@@ -403,7 +408,11 @@ async fn a_rejected_credential_leaves_the_list_empty_and_says_why_in_the_log() {
         "Bearer right".into(),
     ))
     .await;
-    let host = Host::start(&config(bearer("notes", &up, "wrong"), everything(), 60));
+    let host = Host::start(&config(
+        bearer("notes", &up.url(), "wrong"),
+        everything(),
+        60,
+    ));
     host.wait_for_log("MCP server discovery failed").await;
     let logs = host.logs();
     let line = logs
@@ -472,7 +481,11 @@ async fn python_sdk_agent_hears_list_changed_and_gets_large_results() {
         "Bearer tok-1".into(),
     ))
     .await;
-    let host = Host::start(&config(bearer("notes", &up, "tok-1"), everything(), 600));
+    let host = Host::start(&config(
+        bearer("notes", &up.url(), "tok-1"),
+        everything(),
+        600,
+    ));
     let rust_agent = mcp_agent(&host.url("/v1/mcp")).await;
     tools_until(&rust_agent, |t| t.contains(&"notes_echo".into())).await;
     rust_agent.cancel().await.expect("close");
@@ -601,7 +614,7 @@ async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
     ))
     .await;
     let host = Host::start(&config(
-        bearer("snowflake", &up, "sk-example-token"),
+        bearer("snowflake", &up.url(), "sk-example-token"),
         everything(),
         60,
     ));
@@ -639,11 +652,7 @@ async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
 async fn python_sdk_agent_through_portcullis_to_server_everything() {
     use portcullis_e2e::peers_mcp::{Everything, python_agent};
     let everything = Everything::start();
-    let connectors = json!({"demo": {
-        "protocol": "mcp",
-        "url": everything.url(),
-        "auth": {"type": "bearer_token", "secret": "demo-token"},
-    }});
+    let connectors = bearer("demo", &everything.url(), "demo-token");
     let grants = json!([grant(
         "(loopback)",
         &[
@@ -744,11 +753,7 @@ async fn a_legacy_http_sse_server_is_reached_through_the_fallback() {
     // server-everything's HTTP+SSE mode (MCP 2024-11-05): a POST to /sse is refused with
     // 404, which sends Portcullis to the event stream and the endpoint it names.
     let mut legacy = Everything::start_on(Mode::LegacySse, None);
-    let connectors = json!({"old": {
-        "protocol": "mcp",
-        "url": legacy.url(),
-        "auth": {"type": "bearer_token", "secret": "legacy-token"},
-    }});
+    let connectors = bearer("old", &legacy.url(), "legacy-token");
     let grants = json!([grant(
         "(loopback)",
         &[
@@ -819,12 +824,9 @@ async fn a_legacy_server_gets_the_credential_on_every_request_and_never_another_
     let tricky = LegacyServer::start("legacy-secret", Some(elsewhere.base())).await;
     let strict = LegacyServer::start("legacy-secret", None).await;
     let connectors = json!({
-        "old": {"protocol": "mcp", "url": good.url(),
-                "auth": {"type": "bearer_token", "secret": "legacy-secret"}},
-        "tricky": {"protocol": "mcp", "url": tricky.url(),
-                   "auth": {"type": "bearer_token", "secret": "legacy-secret"}},
-        "wrong": {"protocol": "mcp", "url": strict.url(),
-                  "auth": {"type": "bearer_token", "secret": "not-the-token"}},
+        "old": bearer_connector(&good.url(), "legacy-secret"),
+        "tricky": bearer_connector(&tricky.url(), "legacy-secret"),
+        "wrong": bearer_connector(&strict.url(), "not-the-token"),
     });
     let host = Host::start(&config(connectors, everything(), 60));
     let agent = mcp_agent(&host.url("/v1/mcp")).await;
@@ -894,7 +896,7 @@ async fn an_answer_slower_than_the_read_timeout_fails_and_the_next_call_works() 
     ))
     .await;
     let mut c: Value = serde_json::from_str(&config(
-        bearer("notes", &up, "slow-token"),
+        bearer("notes", &up.url(), "slow-token"),
         everything(),
         60,
     ))

@@ -989,6 +989,16 @@ fn result_text(r: &rmcp::model::CallToolResult) -> String {
         .collect()
 }
 
+/// Waits up to 10 s for a `notifications/tools/list_changed`; `what` says which.
+async fn heard(n: &tokio::sync::Notify, what: &str) {
+    if tokio::time::timeout(Duration::from_secs(10), n.notified())
+        .await
+        .is_err()
+    {
+        panic!("no notifications/tools/list_changed within 10 s: {what}");
+    }
+}
+
 /// Forgets a notification that arrived before the step under test.
 fn drain(n: &tokio::sync::Notify) {
     use futures_util::FutureExt as _;
@@ -1051,9 +1061,11 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     let alice_changed = alice.service().tools_changed.clone();
     drain(&alice_changed);
     connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
-    tokio::time::timeout(Duration::from_secs(10), alice_changed.notified())
-        .await
-        .expect("connecting sends notifications/tools/list_changed to Alice's session");
+    heard(
+        &alice_changed,
+        "connecting sends notifications/tools/list_changed to Alice's session",
+    )
+    .await;
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(listed.contains(&"wiki_echo".to_owned()), "{listed:?}");
     let r = alice.call_tool(echo("hi")).await.expect("alice calls");
@@ -1080,9 +1092,11 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
         result_text(&alice.call_tool(add).await.expect("add")),
         "added"
     );
-    tokio::time::timeout(Duration::from_secs(10), alice_changed.notified())
-        .await
-        .expect("an upstream list_changed on a per-user session reaches the client");
+    heard(
+        &alice_changed,
+        "an upstream list_changed on a per-user session reaches the client",
+    )
+    .await;
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(listed.contains(&"wiki_fresh".to_owned()), "{listed:?}");
 
@@ -1102,9 +1116,11 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
         .await
         .expect("disconnect");
     assert_eq!(resp.status(), 200);
-    tokio::time::timeout(Duration::from_secs(10), alice_changed.notified())
-        .await
-        .expect("disconnecting sends notifications/tools/list_changed");
+    heard(
+        &alice_changed,
+        "disconnecting sends notifications/tools/list_changed",
+    )
+    .await;
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
     let err = alice

@@ -506,13 +506,17 @@ impl Hub {
             return None;
         }
         let key = (connector.id.clone(), caller.login.clone());
-        let wanted = upstream_key(connector);
+        // Built for this very connector (the usual case, no hashing), or for an equal
+        // one from an earlier reload.
         let existing = self
             .users
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            .filter(|up| Some(&up.key) == wanted.as_ref())
+            .filter(|up| {
+                Arc::ptr_eq(&up.connector, connector)
+                    || upstream_key(connector).as_ref() == Some(&up.key)
+            })
             .cloned();
         let up = match existing {
             Some(up) => up,
@@ -616,8 +620,9 @@ impl Hub {
         else {
             return;
         };
+        // Not Ready (connected without offline access): nothing to load; the
+        // connection's change reaches `reconcile_users` anyway.
         if app.connections.status(pu, &caller.login) != Status::Ready {
-            self.changed();
             return;
         }
         let access = snap.policy.access(caller);
@@ -707,19 +712,6 @@ impl Hub {
                 .collect()
         };
         for up in gone {
-            tokio::spawn(async move { up.close().await });
-        }
-        self.changed();
-    }
-
-    /// `login` disconnected from `connector`: its upstream session ends now.
-    pub fn forget_user(&self, connector: &str, login: &str) {
-        let gone = self
-            .users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(connector.to_owned(), login.to_owned()));
-        if let Some(up) = gone {
             tokio::spawn(async move { up.close().await });
         }
         self.changed();

@@ -41,14 +41,21 @@ pub fn log_tail(path: &Path, lines: usize) -> Option<String> {
     Some(all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
-/// Runs `measure` against a child that `started` (a proxy listening at its address),
-/// then stops it; a failure carries the last lines of the child's `log`.
+/// Starts a child from its `prepared` binary (a proxy listening at the address `start`
+/// returns), runs `measure` against it, then stops it; a failure carries the last lines
+/// of the child's `log`. A binary that could not be prepared fails this target only.
 pub fn with_child<M>(
-    started: Result<(ChildGuard, SocketAddr)>,
+    prepared: &Option<Result<PathBuf, String>>,
+    start: impl FnOnce(&Path) -> Result<(ChildGuard, SocketAddr)>,
     log: &Path,
     measure: impl FnOnce(SocketAddr, &mut ChildGuard) -> Result<M>,
 ) -> Result<M> {
-    let (mut guard, addr) = started?;
+    let bin = match prepared {
+        Some(Ok(bin)) => bin,
+        Some(Err(e)) => bail!("{e}"),
+        None => bail!("not selected"),
+    };
+    let (mut guard, addr) = start(bin)?;
     let r = measure(addr, &mut guard);
     guard.stop();
     r.map_err(|e| with_log_tail(e, log))

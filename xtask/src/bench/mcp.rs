@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hyper::StatusCode;
@@ -126,21 +126,18 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
                 let target = call_target(kind, upstream.addr, "/mcp", "ping", true);
                 measure(&target, &upstream, None, &spec_c1, &spec_high)
             }
-            TargetKind::Portcullis => match &portcullis_bin {
-                Some(Ok(bin)) => {
-                    let dir = tmp.path().join("portcullis");
-                    with_child(
-                        start_portcullis(bin, &dir, upstream.addr),
-                        &dir.join("stderr.log"),
-                        |addr, guard| {
-                            let target = call_target(kind, addr, "/v1/mcp", "bench_ping", false);
-                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
-                        },
-                    )
-                }
-                Some(Err(e)) => Err(anyhow!("{e}")),
-                None => Err(anyhow!("not selected")),
-            },
+            TargetKind::Portcullis => {
+                let dir = tmp.path().join("portcullis");
+                with_child(
+                    &portcullis_bin,
+                    |bin| start_portcullis(bin, &dir, upstream.addr),
+                    &dir.join("stderr.log"),
+                    |addr, guard| {
+                        let target = call_target(kind, addr, "/v1/mcp", "bench_ping", false);
+                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                    },
+                )
+            }
         };
         super::check_interrupted()?;
         super::record(&mut results, kind, kind.label(), outcome);

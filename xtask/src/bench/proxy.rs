@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use http_body_util::Full;
@@ -148,42 +148,36 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                 let target = Target::get(kind.label(), upstream.addr, UPSTREAM_PATH);
                 measure(&target, &upstream, None, &spec_c1, &spec_high)
             }
-            TargetKind::Portcullis | TargetKind::PortcullisPlugin => match &portcullis_bin {
-                Some(Ok(bin)) => {
-                    let with_plugin = kind == TargetKind::PortcullisPlugin;
-                    let dir = tmp.path().join(if with_plugin {
-                        "portcullis-plugin"
-                    } else {
-                        "portcullis"
-                    });
-                    let registry = with_plugin.then(|| root.join("registry"));
-                    with_child(
-                        start_portcullis(bin, &dir, upstream.addr, registry.as_deref()),
-                        &dir.join("stderr.log"),
-                        |addr, guard| {
-                            let target = proxied_target(kind, addr);
-                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
-                        },
-                    )
-                }
-                Some(Err(e)) => Err(anyhow!("{e}")),
-                None => Err(anyhow!("not selected")),
-            },
-            TargetKind::Nginx => match &nginx_bin {
-                Some(Ok(bin)) => {
-                    let dir = tmp.path().join("nginx");
-                    with_child(
-                        start_nginx(bin, &dir, upstream.addr),
-                        &dir.join("error.log"),
-                        |addr, guard| {
-                            let target = proxied_target(kind, addr);
-                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
-                        },
-                    )
-                }
-                Some(Err(e)) => Err(anyhow!("{e}")),
-                None => Err(anyhow!("not selected")),
-            },
+            TargetKind::Portcullis | TargetKind::PortcullisPlugin => {
+                let with_plugin = kind == TargetKind::PortcullisPlugin;
+                let dir = tmp.path().join(if with_plugin {
+                    "portcullis-plugin"
+                } else {
+                    "portcullis"
+                });
+                let registry = with_plugin.then(|| root.join("registry"));
+                with_child(
+                    &portcullis_bin,
+                    |bin| start_portcullis(bin, &dir, upstream.addr, registry.as_deref()),
+                    &dir.join("stderr.log"),
+                    |addr, guard| {
+                        let target = proxied_target(kind, addr);
+                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                    },
+                )
+            }
+            TargetKind::Nginx => {
+                let dir = tmp.path().join("nginx");
+                with_child(
+                    &nginx_bin,
+                    |bin| start_nginx(bin, &dir, upstream.addr),
+                    &dir.join("error.log"),
+                    |addr, guard| {
+                        let target = proxied_target(kind, addr);
+                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                    },
+                )
+            }
         };
         super::check_interrupted()?;
         super::record(&mut results, kind, kind.label(), outcome);
