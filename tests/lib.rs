@@ -307,6 +307,26 @@ pub fn grant(src: &str, patterns: &[&str], admin: bool) -> serde_json::Value {
     serde_json::json!({"src": [src], "app": {"tailscale.com/cap/aperture": caps}})
 }
 
+/// A loopback port that refuses connections while this lives. It is bound but never
+/// listens, so no server another test starts meanwhile can take it (a port found free
+/// and let go can be, and then answers in its place).
+pub struct RefusedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn refused_port() -> RefusedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    RefusedPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// An MCP agent built with rmcp's client, counting `notifications/tools/list_changed`.
 #[derive(Clone, Default)]
 pub struct Agent {

@@ -91,13 +91,13 @@ async fn token_renewed_shortly_before_expiry() {
 #[tokio::test]
 async fn token_endpoint_down_is_502_without_leaking_the_secret() {
     let up = Upstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let down = portcullis_e2e::refused_port();
     let host = Host::start(&loopback_config(
-        cc_connector(&up, &format!("http://127.0.0.1:{port}/token"), CC_SECRET),
+        cc_connector(
+            &up,
+            &format!("http://127.0.0.1:{}/token", down.port),
+            CC_SECRET,
+        ),
         admin_everything(),
     ));
     let resp = client()

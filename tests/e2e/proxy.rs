@@ -325,12 +325,9 @@ async fn loopback_upstream_refused_by_default_with_502() {
 
 #[tokio::test]
 async fn upstream_down_is_502() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let down = portcullis_e2e::refused_port();
     let connectors =
-        json!({"down": {"protocol": "http", "url": format!("http://127.0.0.1:{port}")}});
+        json!({"down": {"protocol": "http", "url": format!("http://127.0.0.1:{}", down.port)}});
     let host = Host::start(&loopback_config(connectors, admin_everything()));
     let (s, code, msg) = error_at(&host.url("/v1/connectors/down/x")).await;
     assert_eq!((s, code.as_str()), (502, "upstream_unreachable"));
