@@ -17,6 +17,7 @@
 //!   [`legacy_server`]: a minimal one on the legacy HTTP+SSE transport that checks the
 //!   token on every request; [`peers_mcp`]: server-everything and the Python SDK agent.
 
+pub mod expiry;
 pub mod fixture;
 pub mod legacy_server;
 pub mod mcp_server;

@@ -53,6 +53,7 @@ struct Shared {
     calls: Mutex<Vec<String>>,
     requests: AtomicUsize,
     rejected: AtomicUsize,
+    expiry: crate::expiry::TokenExpiry,
 }
 
 #[derive(Clone)]
@@ -242,6 +243,12 @@ async fn check(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    if !shared
+        .expiry
+        .admit(header(&req, "authorization").as_deref())
+    {
+        return crate::expiry::TokenExpiry::refusal();
+    }
     let accepted = match &expect {
         Expect::Nothing => true,
         Expect::Header(name, value) => header(&req, name).as_deref() == Some(value.as_str()),
@@ -368,6 +375,11 @@ impl McpServer {
     /// Names of tools called so far, as the server received them.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().expect("lock").clone()
+    }
+
+    /// The upstream's view of token expiry (see [`crate::expiry`]).
+    pub fn expiry(&self) -> &crate::expiry::TokenExpiry {
+        &self.shared.expiry
     }
 
     pub fn rejected(&self) -> usize {

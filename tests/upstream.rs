@@ -9,6 +9,8 @@
 //! - `/__redirect_query` → 301 to `/moved/?<the request's query>` (as a trailing-slash
 //!   normaliser would);
 //! - `/__sized/<n>` → `n` bytes with a `Content-Length`.
+//!
+//! Bearer tokens made to expire ([`Counters::expiry`]) are refused with a 401.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use serde_json::json;
 pub struct Counters {
     pub hits: AtomicUsize,
     pub redirected_hits: AtomicUsize,
+    /// Refuses bearer tokens once they are made to expire (nothing expires by itself).
+    pub expiry: crate::expiry::TokenExpiry,
 }
 
 pub struct Upstream {
@@ -72,6 +76,13 @@ impl Drop for Upstream {
 
 async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
     c.hits.fetch_add(1, Ordering::SeqCst);
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if !c.expiry.admit(authorization) {
+        return crate::expiry::TokenExpiry::refusal();
+    }
     let path = req.uri().path().to_owned();
     if path == "/__redirect" {
         return Response::builder()

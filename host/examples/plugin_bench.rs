@@ -80,10 +80,15 @@ async fn run(
             (plugins.clone(), plugin.clone(), ctx.clone(), req.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_task);
+            let base = url::Url::parse(&ctx.base_url)?;
             for _ in 0..per_task {
                 let t = Instant::now();
+                let bounds = portcullis::plugins::Bounds {
+                    base: &base,
+                    credential_header: None,
+                };
                 plugins
-                    .shape_request(&plugin, ctx.clone(), req.clone())
+                    .shape(&plugin, ctx.clone(), req.clone(), bounds)
                     .await?;
                 lat.push(t.elapsed());
                 // Interleave with the other tasks, as requests waiting on I/O would.

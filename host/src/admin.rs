@@ -15,17 +15,18 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
-use crate::app::{App, Connector, Snapshot};
 use crate::connections::{CallbackQuery, PENDING_TTL, PerUser, Status};
-use crate::credentials::Credential;
+use crate::connector::Connector;
 use crate::error::ApiError;
 use crate::identity::Caller;
-use crate::proxy::{ConnectorTag, conn_error};
+use crate::outbound::connection_error as conn_error;
+use crate::proxy::ConnectorTag;
+use crate::state::{App, Snapshot};
 
 /// Where a connector's OAuth callback lives, under the host's URL.
 pub fn callback_path(id: &str) -> String {
@@ -33,10 +34,7 @@ pub fn callback_path(id: &str) -> String {
 }
 
 fn per_user(c: &Connector) -> Option<&Arc<PerUser>> {
-    match &c.credential {
-        Credential::PerUser(pu) => Some(pu),
-        _ => None,
-    }
+    c.per_user()
 }
 
 /// The URL browsers reach this host at: `public_url` from the config, else the
@@ -217,7 +215,6 @@ pub async fn disconnect(
         // Ending the connection also ends the caller's MCP sessions on it (the hub
         // follows `Connections::changes`).
         let had = app.connections.disconnect(pu, &caller.login).await;
-        app.discoveries.forget(&c.id);
         Ok(Json(json!({
             "disconnected": had,
             "status": if snapshot.policy.access(&caller).any_on(&c.id) {
@@ -265,34 +262,28 @@ pub async fn callback(
         .await;
     let connected = result.is_ok();
     let mut resp = match result {
-        Ok(Status::Misconfigured) => {
-            app.discoveries.forget(&id);
-            page(
-                StatusCode::OK,
-                "Connected, without offline access",
-                &format!(
-                    "{id} is connected for {}, but the provider gave no refresh token, so the connection ends when the access token expires. Ask your admin to enable offline access for the connector (scopes or auth_params), then choose Reconnect.",
-                    caller.login
-                ),
-            )
-        }
-        Ok(_) => {
-            app.discoveries.forget(&id);
-            page(
-                StatusCode::OK,
-                "Connected",
-                &format!(
-                    "{id} is connected for {}. You can close this tab; your agents can use the connector now.",
-                    caller.login
-                ),
-            )
-        }
+        Ok(Status::Misconfigured) => page(
+            StatusCode::OK,
+            "Connected, without offline access",
+            &format!(
+                "{id} is connected for {}, but the provider gave no refresh token, so the connection ends when the access token expires. Ask your admin to enable offline access for the connector (scopes or auth_params), then choose Reconnect.",
+                caller.login
+            ),
+        ),
+        Ok(_) => page(
+            StatusCode::OK,
+            "Connected",
+            &format!(
+                "{id} is connected for {}. You can close this tab; your agents can use the connector now.",
+                caller.login
+            ),
+        ),
         Err(e) => page(e.status(), "Connection failed", &e.to_string()),
     };
     // The caller's MCP tools of this connector (and of the others on the connection)
     // load now, and open MCP sessions are told.
     if connected {
-        app.mcp.connected(&app, &caller, &id);
+        app.connected(caller.clone(), &id);
     }
     if snapshot.connectors.contains_key(&id) {
         resp.extensions_mut().insert(ConnectorTag(id));
@@ -323,6 +314,63 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `GET /healthz`: readiness, with no identity (probes come from outside the tailnet).
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /metrics`: Prometheus metrics, for `admin` or `read_metrics`.
+pub async fn metrics(
+    State(app): State<Arc<App>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
+    if !snapshot.policy.access(&caller).may_read_metrics() {
+        return ApiError::forbidden(format!(
+            "{} may not read metrics; grant role \"admin\" or {{\"read_metrics\": true}}",
+            caller.login
+        ))
+        .into_response();
+    }
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Who the host thinks the caller is, and their role: the first thing to check when a
+/// grant does not seem to work.
+pub async fn whoami(
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Json<serde_json::Value> {
+    let access = snapshot.policy.access(&caller);
+    Json(serde_json::json!({
+        "login": caller.login,
+        "kind": format!("{:?}", caller.kind).to_lowercase(),
+        "node": caller.node,
+        "tags": caller.tags,
+        "groups": caller.groups,
+        "role": access.role(),
+    }))
+}
+
+/// The provider registry for the picker: every loaded provider with its defaults, and
+/// every entry that failed to load with the reason. Defaults hold no secrets, so any
+/// identified caller may read them.
+pub async fn registry(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(crate::plugins::registry_json(&app.plugins))
+}
+
+/// Everything else.
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("nothing is served at {}", req.uri().path()))
 }
 
 #[cfg(test)]

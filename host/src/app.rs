@@ -1,12 +1,10 @@
-//! Wiring: builds the state from config, owns the server, reloads and shutdown.
+//! Wiring: builds the state from config, the router and its request plumbing (the
+//! request log, identity before everything), the server, reloads and shutdown. Nothing
+//! below this module imports it.
 //!
-//! Everything derived from the config lives in an immutable [`Snapshot`] swapped
-//! atomically on reload: a request holds the snapshot it started with until it ends, so a
-//! reload never drops or half-applies a request. A config that fails to load is logged and
-//! the old snapshot keeps serving. State that must outlive reloads (vault, egress client,
-//! token caches, metrics) lives in [`App`].
+//! A reload builds a new [`Snapshot`] and puts it in force with [`App::install`]; a
+//! config that fails to load is logged and the old snapshot keeps serving.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,58 +12,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
-use axum::{Extension, Json, Router};
 
 use crate::admin;
-use crate::config::{self, Config, Diagnostics, Protocol};
-use crate::connections::{Connections, PerUser};
-use crate::credentials::{Credential, TokenSlots};
+use crate::config::{self, Config, Diagnostics};
+use crate::connections::Connections;
+use crate::credentials::TokenSlots;
 use crate::egress::Egress;
 use crate::error::{ApiError, ErrorCode};
-use crate::identity::{Caller, Identifier, IdentityError};
+use crate::identity::IdentityError;
 use crate::plugins::Plugins;
 use crate::policy::Policy;
 use crate::proxy::{self, ConnectorTag};
+use crate::state::Parts;
+pub use crate::state::{App, Options, Snapshot};
 use crate::telemetry::Metrics;
 use crate::vault::{self, MasterKey, Vault};
-
-/// Where `serve` gets its settings; flags and environment win over the config file.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub config: Option<PathBuf>,
-    pub listen: Option<SocketAddr>,
-    pub data_dir: PathBuf,
-    pub registry: Option<PathBuf>,
-}
-
-/// A connector ready to serve requests.
-#[derive(Debug)]
-pub struct Connector {
-    pub id: String,
-    pub protocol: Protocol,
-    pub url: Option<url::Url>,
-    pub credential: Credential,
-    pub description: String,
-    pub context: Option<serde_json::Value>,
-    /// Registry id of the provider plugin; `None` for `"Custom"`.
-    pub provider: Option<String>,
-    /// The connector's `provider_vars`, passed to its plugin.
-    pub provider_vars: Vec<(String, String)>,
-}
-
-/// Everything derived from one config.
-pub struct Snapshot {
-    pub config: Arc<Config>,
-    pub policy: Policy,
-    pub connectors: HashMap<String, Arc<Connector>>,
-    pub identity: Identifier,
-    pub diagnostics: Diagnostics,
-}
 
 /// Why a config could not become a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -116,140 +82,33 @@ pub fn read_config(path: Option<&Path>) -> Result<String, LoadError> {
     }
 }
 
-/// Long-lived state.
-pub struct App {
-    snapshot: ArcSwap<Snapshot>,
-    pub egress: Egress,
-    pub vault: Arc<Vault>,
-    pub tokens: TokenSlots,
-    pub metrics: Arc<Metrics>,
-    pub options: Options,
-    /// The provider registry; rescanned on its own when the folder changes.
-    pub plugins: Arc<Plugins>,
-    /// Post-connect discovery results (per connector, and per user for per-user ones).
-    pub discoveries: proxy::Discoveries,
-    /// Per-user OAuth connections.
-    pub connections: Arc<Connections>,
-    /// The address the server is bound to (known once `serve` has bound it).
-    pub bound: std::sync::OnceLock<SocketAddr>,
-    /// Upstream MCP sessions, catalogs, and open `/v1/mcp` sessions.
-    pub mcp: crate::mcp::Hub,
-    reload_lock: tokio::sync::Mutex<()>,
-    _registry_watcher: Option<notify::RecommendedWatcher>,
+/// Re-reads the config file and puts the new snapshot in force, or keeps the old one.
+pub async fn reload(app: &App) -> Result<(), LoadError> {
+    let _one_at_a_time = app.config_lock.lock().await;
+    let text = read_config(app.options.config.as_deref())?;
+    let result = validated(&text).and_then(|v| build_snapshot(v, &app.vault, &app.tokens));
+    let outcome = if result.is_ok() {
+        "applied"
+    } else {
+        "rejected"
+    };
+    app.metrics
+        .config_reloads
+        .get_or_create(&crate::telemetry::OutcomeLabels { outcome })
+        .inc();
+    let snap = result?;
+    log_diagnostics(&snap.diagnostics);
+    app.install(snap);
+    tracing::info!("config reloaded");
+    Ok(())
 }
 
-impl App {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Resolves the credentials of an already validated config into a snapshot.
-    fn build_snapshot(
-        (config, policy, diagnostics): Validated,
-        vault: &Vault,
-        tokens: &TokenSlots,
-    ) -> Result<Snapshot, LoadError> {
-        let mut connectors = HashMap::with_capacity(config.connectors.len());
-        for c in config.connectors.values() {
-            let credential = Credential::build(c, vault, tokens).map_err(LoadError::Build)?;
-            connectors.insert(
-                c.id.clone(),
-                Arc::new(Connector {
-                    id: c.id.clone(),
-                    protocol: c.protocol,
-                    url: c.url.clone(),
-                    credential,
-                    description: c.description.clone(),
-                    context: c.context.clone(),
-                    provider: (!c.provider.eq_ignore_ascii_case("custom"))
-                        .then(|| c.provider.clone()),
-                    provider_vars: c
-                        .provider_vars
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                }),
-            );
-        }
-        tokens.retain(|id| config.connectors.contains_key(id));
-        let identity = Identifier::new(&config.identity);
-        Ok(Snapshot {
-            config: Arc::new(config),
-            policy,
-            connectors,
-            identity,
-            diagnostics,
-        })
-    }
-
-    /// Re-reads the config file and swaps in the new snapshot, or keeps the old one.
-    pub async fn reload(&self) -> Result<(), LoadError> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let text = read_config(self.options.config.as_deref())?;
-        let result =
-            validated(&text).and_then(|v| Self::build_snapshot(v, &self.vault, &self.tokens));
-        let outcome = if result.is_ok() {
-            "applied"
-        } else {
-            "rejected"
-        };
-        self.metrics
-            .config_reloads
-            .get_or_create(&crate::telemetry::OutcomeLabels { outcome })
-            .inc();
-        let snap = result?;
-        log_diagnostics(&snap.diagnostics);
-        let old = self.snapshot();
-        if old.config.listen != snap.config.listen && self.options.listen.is_none() {
-            tracing::warn!(
-                old = %old.config.listen,
-                new = %snap.config.listen,
-                "the listen address changed; it takes effect at the next restart"
-            );
-        }
-        self.egress.reconfigure(&snap.config.egress);
-        let gone = removed_connections(&old, &snap);
-        self.snapshot.store(Arc::new(snap));
-        self.discoveries.clear();
-        self.mcp.sync(self);
-        if !gone.is_empty() {
-            // Removing a connector (or changing its OAuth client) ends every user's
-            // authorization on it, revoked with the client it was made with.
-            let connections = self.connections.clone();
-            tokio::spawn(async move {
-                for pu in gone {
-                    tracing::info!(connector = %pu.connector, "connector removed or changed: revoking every user's tokens");
-                    connections.revoke_all(&pu).await;
-                }
-            });
-        }
-        tracing::info!("config reloaded");
-        Ok(())
-    }
-}
-
-/// Per-user connections of `old` that no connector of `new` uses any more.
-fn removed_connections(old: &Snapshot, new: &Snapshot) -> Vec<Arc<PerUser>> {
-    let live: std::collections::HashSet<&str> = per_user_connectors(new)
-        .map(|p| p.connection.as_str())
-        .collect();
-    let mut gone: Vec<Arc<PerUser>> = Vec::new();
-    for pu in per_user_connectors(old) {
-        if !live.contains(pu.connection.as_str())
-            && !gone.iter().any(|g| g.connection == pu.connection)
-        {
-            gone.push(pu.clone());
-        }
-    }
-    gone
-}
-
-/// The per-user OAuth settings of every connector in a snapshot.
-pub fn per_user_connectors(s: &Snapshot) -> impl Iterator<Item = &Arc<PerUser>> {
-    s.connectors.values().filter_map(|c| match &c.credential {
-        Credential::PerUser(pu) => Some(pu),
-        _ => None,
-    })
+fn build_snapshot(
+    (config, policy, diagnostics): Validated,
+    vault: &Vault,
+    tokens: &TokenSlots,
+) -> Result<Snapshot, LoadError> {
+    Snapshot::build(config, policy, diagnostics, vault, tokens).map_err(LoadError::Build)
 }
 
 /// How often stored connections are checked for a due refresh.
@@ -268,7 +127,7 @@ fn spawn_refresher(app: &Arc<App>) {
         loop {
             tick.tick().await;
             let Some(app) = weak.upgrade() else { return };
-            let live: Vec<Arc<PerUser>> = per_user_connectors(&app.snapshot()).cloned().collect();
+            let live: Vec<_> = app.snapshot().per_user().cloned().collect();
             app.connections.refresh_due(&live).await;
             n = n.wrapping_add(1);
             if n.is_multiple_of(PURGE_EVERY) {
@@ -341,7 +200,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
     let egress = Egress::new(&config.egress)?;
     let metrics = Metrics::new();
     let tokens = TokenSlots::new(vault.clone(), metrics.clone());
-    let snapshot = App::build_snapshot(checked, &vault, &tokens)?;
+    let snapshot = build_snapshot(checked, &vault, &tokens)?;
     log_diagnostics(&snapshot.diagnostics);
     if snapshot.config.egress.allow_loopback {
         tracing::warn!(
@@ -366,48 +225,44 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         plugins.clone(),
         metrics.clone(),
     ));
-    let app = Arc::new(App {
-        snapshot: ArcSwap::from_pointee(snapshot),
+    let app = Arc::new(App::new(Parts {
+        snapshot,
         egress,
         vault,
         tokens,
         metrics,
         options: opts,
         plugins,
-        discoveries: proxy::Discoveries::default(),
         connections,
-        bound: std::sync::OnceLock::new(),
-        mcp: crate::mcp::Hub::new(),
-        reload_lock: tokio::sync::Mutex::new(()),
-        _registry_watcher: registry_watcher,
-    });
+        registry_watcher,
+    }));
     spawn_refresher(&app);
-    crate::mcp::start(&app);
-    let router = router(app.clone());
+    let mcp = crate::mcp::Gateway::start(app.clone());
+    let router = router(app.clone(), mcp);
     Ok((app, listen, router))
 }
 
 /// The HTTP surface.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
     let identified = Router::new()
         .route("/v1/connectors/{id}", any(proxy::handle))
         .route("/v1/connectors/{id}/", any(proxy::handle))
         .route("/v1/connectors/{id}/{*path}", any(proxy::handle))
-        .route("/metrics", get(metrics))
-        .route("/api/whoami", get(whoami))
-        .route("/api/registry", get(registry))
+        .route("/metrics", get(admin::metrics))
+        .route("/api/whoami", get(admin::whoami))
+        .route("/api/registry", get(admin::registry))
         .route("/api/connectors", get(admin::list))
         .route("/api/connectors/{id}/connect", post(admin::connect))
         .route("/api/connectors/{id}/connection", delete(admin::disconnect))
         .route("/aperture/auth/{id}/callback", get(admin::callback))
         .route(
             crate::mcp::ENDPOINT,
-            any(crate::mcp::handle).with_state(crate::mcp::Entry::new(app.clone())),
+            any(crate::mcp::handle).with_state(crate::mcp::Entry::new(mcp)),
         )
-        .fallback(not_found)
+        .fallback(admin::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(admin::healthz))
         .merge(identified)
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
@@ -498,7 +353,7 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
             // Editors write in bursts: wait for quiet, then reload once.
             tokio::time::sleep(Duration::from_millis(200)).await;
             while rx.try_recv().is_ok() {}
-            match app.reload().await {
+            match reload(&app).await {
                 Ok(()) => tracing::info!(trigger = why, "new config in effect"),
                 Err(e) => tracing::error!(
                     trigger = why,
@@ -604,58 +459,4 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         );
     }
     resp
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
-}
-
-async fn metrics(
-    State(app): State<Arc<App>>,
-    Extension(snapshot): Extension<Arc<Snapshot>>,
-    Extension(caller): Extension<Arc<Caller>>,
-) -> Response {
-    if !snapshot.policy.access(&caller).may_read_metrics() {
-        return ApiError::forbidden(format!(
-            "{} may not read metrics; grant role \"admin\" or {{\"read_metrics\": true}}",
-            caller.login
-        ))
-        .into_response();
-    }
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
-}
-
-/// Who the host thinks the caller is, and their role: the first thing to check when a
-/// grant does not seem to work.
-async fn whoami(
-    Extension(snapshot): Extension<Arc<Snapshot>>,
-    Extension(caller): Extension<Arc<Caller>>,
-) -> Json<serde_json::Value> {
-    let access = snapshot.policy.access(&caller);
-    Json(serde_json::json!({
-        "login": caller.login,
-        "kind": format!("{:?}", caller.kind).to_lowercase(),
-        "node": caller.node,
-        "tags": caller.tags,
-        "groups": caller.groups,
-        "role": access.role(),
-    }))
-}
-
-/// The provider registry for the picker: every loaded provider with its defaults, and
-/// every entry that failed to load with the reason. Defaults hold no secrets, so any
-/// identified caller may read them.
-async fn registry(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(crate::plugins::registry_json(&app.plugins))
-}
-
-async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!("nothing is served at {}", req.uri().path()))
 }

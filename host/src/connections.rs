@@ -24,11 +24,11 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::config::{self, Auth};
-use crate::credentials::resolve_secret;
 use crate::egress::Egress;
 use crate::oauth::{self, ClientAuth};
 use crate::plugins::{self, Plugin, Plugins, types};
 use crate::telemetry::{Metrics, UserTokenLabels};
+use crate::vault::resolve_secret;
 use crate::vault::{Table, Vault};
 
 /// How long a started authorization may take before its callback is refused.
@@ -426,7 +426,7 @@ pub struct Connections {
     registering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Rings when a user connected or a connection ended (disconnect, dead grant,
     /// revocation), so what depends on who is connected (MCP catalogs) can follow.
-    changed: Arc<tokio::sync::Notify>,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -471,7 +471,7 @@ impl Connections {
             metrics,
             slots: Mutex::new(HashMap::new()),
             registering: Mutex::new(HashMap::new()),
-            changed: Arc::new(tokio::sync::Notify::new()),
+            changed: tokio::sync::watch::Sender::new(0),
         };
         match this.vault.keys(Table::UserTokens) {
             Ok(keys) => {
@@ -557,14 +557,19 @@ impl Connections {
         Ok(tokens)
     }
 
-    /// Rings whenever a user connects or a connection ends.
-    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
-        self.changed.clone()
+    /// Changes whenever a user connects or a connection ends; each subscriber (MCP
+    /// catalogs, the discovery cache) follows its own receiver.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn ring(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn forget(&self, key: &str) {
         self.slot(key).set(None);
-        self.changed.notify_one();
+        self.ring();
         let (vault, k) = (self.vault.clone(), key.to_owned());
         let deleted =
             tokio::task::spawn_blocking(move || vault.delete(Table::UserTokens, &k)).await;
@@ -1194,7 +1199,7 @@ impl Connections {
                 };
                 match self
                     .plugins
-                    .read_token_response(p, ctx, answer.status, redacted.to_string())
+                    .read_token(p, ctx, answer.status, redacted.to_string())
                     .await
                 {
                     Ok(Ok(info)) => {
@@ -1421,7 +1426,7 @@ impl Connections {
             .await
             .map_err(|e| CallbackError::Internal(e.to_string()))?;
         *state = RefreshState::default();
-        self.changed.notify_one();
+        self.ring();
         tracing::info!(connector, user, "connected");
         Ok(status)
     }

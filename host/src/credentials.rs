@@ -15,12 +15,12 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::config::{self, Auth, KeyLocation, SecretRef};
-use crate::connections::PerUser;
+use crate::config::{self, Auth, KeyLocation};
+use crate::connections::{ConnError, Connections, PerUser};
 use crate::egress::Egress;
 use crate::oauth::{self, ClientAuth, TokenError};
 use crate::telemetry::{Metrics, OutcomeLabels};
-use crate::vault::{Table, Vault};
+use crate::vault::{Table, Vault, resolve_secret};
 
 /// Why a request could not be given its credential.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,30 +30,11 @@ pub enum CredentialError {
         connector: String,
         source: TokenError,
     },
+    /// The caller's own token (per-user OAuth) cannot be used.
+    #[error(transparent)]
+    PerUser(#[from] ConnError),
     #[error("could not obtain an access token: {0}")]
     Internal(String),
-}
-
-/// Resolves a [`SecretRef`] to its value.
-pub fn resolve_secret(
-    r: &SecretRef,
-    vault: &Vault,
-    path: &str,
-) -> anyhow::Result<Zeroizing<String>> {
-    match r {
-        SecretRef::Inline(s) => Ok(Zeroizing::new(s.clone())),
-        SecretRef::Env(name) => std::env::var(name).map(Zeroizing::new).map_err(|_| {
-            anyhow::anyhow!("{path}: environment variable {name} is not set (or not UTF-8); set it or change the config")
-        }),
-        SecretRef::Vault(name) => {
-            let v = vault
-                .get(Table::Secrets, name)?
-                .ok_or_else(|| anyhow::anyhow!("{path}: the vault has no secret named \"{name}\""))?;
-            Ok(Zeroizing::new(String::from_utf8(v.to_vec()).map_err(|_| {
-                anyhow::anyhow!("{path}: vault secret \"{name}\" is not UTF-8")
-            })?))
-        }
-    }
 }
 
 fn sensitive(value: &str, path: &str) -> anyhow::Result<HeaderValue> {
@@ -163,9 +144,9 @@ impl Credential {
         })
     }
 
-    /// Adds the credential to an outgoing request (after the caller's own credentials
-    /// were stripped). Returns the header it set, so a 401 can invalidate a cached token.
-    pub async fn apply(
+    /// Adds a shared credential to an outgoing request. Per-user credentials go through
+    /// [`Credentials::apply`], which knows the caller.
+    async fn apply_shared(
         &self,
         connector: &str,
         egress: &Egress,
@@ -266,12 +247,76 @@ impl Credential {
             Self::None | Self::Query { .. } => None,
         }
     }
+}
 
-    /// The upstream rejected the credential (401): forget a cached token so the next
-    /// request mints a new one.
-    pub fn rejected(&self, sent: Option<&HeaderValue>) {
-        if let (Self::ClientCredentials(cc), Some(sent)) = (self, sent) {
-            cc.slot.invalidate(sent);
+/// Puts any connector's credential on a request, shared or per-user, through one code
+/// path; and when an upstream rejects one, makes the next [`Credentials::apply`] get a
+/// new one (a fresh client-credentials token, a refreshed user token). Every outbound
+/// call asks this, so no caller special-cases an auth scheme.
+#[derive(Clone)]
+pub struct Credentials {
+    egress: Egress,
+    connections: Arc<Connections>,
+}
+
+impl Credentials {
+    pub fn new(egress: Egress, connections: Arc<Connections>) -> Self {
+        Self {
+            egress,
+            connections,
+        }
+    }
+
+    /// Adds the credential to an outgoing request (after the caller's own credentials
+    /// were stripped): the shared one, or `user`'s own token, never anyone else's, for
+    /// per-user OAuth. `grant` picks one of a connection's tokens (Slack's `user`).
+    /// Returns the `Authorization` value sent, so a 401 can be matched to its token.
+    pub async fn apply(
+        &self,
+        connector: &str,
+        credential: &Credential,
+        user: Option<&str>,
+        grant: Option<&str>,
+        headers: &mut HeaderMap,
+        url: &mut url::Url,
+    ) -> Result<Option<HeaderValue>, CredentialError> {
+        match credential {
+            Credential::PerUser(pu) => {
+                let user = user.ok_or_else(|| {
+                    CredentialError::Internal(format!(
+                        "connector \"{connector}\" uses per-user OAuth; its token depends on the caller"
+                    ))
+                })?;
+                let header = self.connections.authorize(pu, user, grant).await?;
+                headers.insert(http::header::AUTHORIZATION, header);
+            }
+            shared => {
+                shared
+                    .apply_shared(connector, &self.egress, headers, url)
+                    .await?
+            }
+        }
+        Ok(headers.get(http::header::AUTHORIZATION).cloned())
+    }
+
+    /// The upstream answered 401 to a request that carried `sent`: a cached token is
+    /// forgotten (client credentials) or marked due (per-user), so the next
+    /// [`Credentials::apply`] gets a new one. A static credential stays as it is.
+    pub async fn rejected(
+        &self,
+        credential: &Credential,
+        user: Option<&str>,
+        sent: Option<&HeaderValue>,
+    ) {
+        let Some(sent) = sent else { return };
+        match credential {
+            Credential::ClientCredentials(cc) => cc.slot.invalidate(sent),
+            Credential::PerUser(pu) => {
+                if let Some(user) = user {
+                    self.connections.rejected(pu, user, sent).await;
+                }
+            }
+            Credential::None | Credential::Header(..) | Credential::Query { .. } => {}
         }
     }
 }

@@ -22,7 +22,27 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::EgressConfig;
+/// The config's `egress` section (its own type here, so the client depends on nothing
+/// above it).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Dev/test only: permit upstreams on loopback addresses. Warned at load.
+    pub allow_loopback: bool,
+    pub connect_timeout_secs: u64,
+    /// Longest silence while reading an upstream response before it is abandoned.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            allow_loopback: false,
+            connect_timeout_secs: 10,
+            read_timeout_secs: 300,
+        }
+    }
+}
 
 /// Why an outbound request failed, in terms a gateway reports to its caller.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +224,7 @@ pub struct Egress {
 }
 
 impl Egress {
-    pub fn new(cfg: &EgressConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &Settings) -> anyhow::Result<Self> {
         // Built with ring only; install it as the process default once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let allow_loopback = Arc::new(AtomicBool::new(cfg.allow_loopback));
@@ -237,7 +257,7 @@ impl Egress {
     }
 
     /// Applies a reloaded config's switches to the live client.
-    pub fn reconfigure(&self, cfg: &EgressConfig) {
+    pub fn reconfigure(&self, cfg: &Settings) {
         self.allow_loopback
             .store(cfg.allow_loopback, Ordering::Relaxed);
     }

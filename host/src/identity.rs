@@ -22,27 +22,8 @@ use crate::config::{APERTURE_CAP, IdentityConfig, IdentityMode};
 /// The identity loopback callers get when nothing else is known about them.
 pub const LOOPBACK: &str = "(loopback)";
 
-/// An identified caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Login name, the sorted comma-joined tags of a tagged node, or `(loopback)`.
-    pub login: String,
-    pub kind: CallerKind,
-    /// Stable node ID, when tailscaled told us.
-    pub node: Option<String>,
-    pub tags: Vec<String>,
-    /// Groups the user belongs to (only with visible groups enabled for this host).
-    pub groups: Vec<String>,
-    /// `tailscale.com/cap/aperture` values granted by the tailnet policy file.
-    pub caps: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallerKind {
-    User,
-    Tagged,
-    Loopback,
-}
+use crate::policy::Capabilities;
+pub use crate::policy::{Caller, CallerKind};
 
 impl Caller {
     pub fn loopback() -> Self {
@@ -52,7 +33,7 @@ impl Caller {
             node: None,
             tags: Vec::new(),
             groups: Vec::new(),
-            caps: Vec::new(),
+            caps: Capabilities::default(),
         }
     }
 }
@@ -217,10 +198,11 @@ pub(crate) fn caller_from_whois(w: WhoIs) -> Result<Caller, IdentityError> {
     tags.sort();
     tags.dedup();
     let node = w.node.as_ref().and_then(|n| n.stable_id.clone());
-    let caps = w
-        .cap_map
-        .and_then(|mut m| m.remove(APERTURE_CAP))
-        .unwrap_or_default();
+    let caps = Capabilities::compile(
+        w.cap_map
+            .and_then(|mut m| m.remove(APERTURE_CAP))
+            .unwrap_or_default(),
+    );
     let groups = w
         .user_profile
         .as_ref()
@@ -337,13 +319,15 @@ fn from_serve_headers(peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, I
                     .into(),
             )
         })?;
-    let caps = headers
-        .get(SERVE_CAPS)
-        .and_then(|v| v.to_str().ok())
-        .map(decode_rfc2047)
-        .and_then(|s| serde_json::from_str::<HashMap<String, Vec<serde_json::Value>>>(&s).ok())
-        .and_then(|mut m| m.remove(APERTURE_CAP))
-        .unwrap_or_default();
+    let caps = Capabilities::compile(
+        headers
+            .get(SERVE_CAPS)
+            .and_then(|v| v.to_str().ok())
+            .map(decode_rfc2047)
+            .and_then(|s| serde_json::from_str::<HashMap<String, Vec<serde_json::Value>>>(&s).ok())
+            .and_then(|mut m| m.remove(APERTURE_CAP))
+            .unwrap_or_default(),
+    );
     Ok(Caller {
         login,
         kind: CallerKind::User,

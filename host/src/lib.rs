@@ -5,38 +5,45 @@
 //!
 //! # Layout
 //!
-//! A request flows identity → policy → route → credentials → egress → upstream. Each
-//! stage is one module with a small public surface, and each security rule lives in
-//! exactly one of them:
+//! A request flows identity → policy → route → front door → outbound → upstream:
+//!
+//! ```text
+//! request ─► app (log, identify) ─► proxy | mcp | admin ─► outbound ─► egress ─► upstream
+//!                  identity            policy (grants)      shape ─► credential ─► classify
+//! ```
+//!
+//! Each stage is one module with a small public surface, and each security rule lives in
+//! exactly one of them (named in brackets):
 //!
 //! - [`config`]: HuJSON parsing and validation into an immutable [`config::Config`], with
 //!   every problem reported at once as a [`config::Diagnostic`] with its JSON path.
-//! - [`identity`]: the [`identity::Caller`] of a request, from tailscaled's LocalAPI
-//!   whois, `tailscale serve` headers, or loopback. Fails closed.
-//! - [`policy`]: grants compiled per config; [`policy::Access::allows`] is the one
-//!   decision function for listing and use.
-//! - [`vault`]: redb + AES-256-GCM; the only place that sees secrets at rest.
-//! - [`credentials`]: what each auth scheme adds to a request; client-credentials token
-//!   caching with single-flight minting.
+//! - [`identity`]: who is calling, from tailscaled's LocalAPI whois, `tailscale serve`
+//!   headers, or loopback; fails closed. [identity]
+//! - [`policy`]: the [`policy::Caller`] and grants compiled once (config grants per
+//!   config, a caller's own capabilities per identity); [`policy::Access::allows`] is the
+//!   one decision for listing and use. [policy]
+//! - [`state`]: the shared state handlers read: [`state::App`] and the config
+//!   [`state::Snapshot`], with [`connector::Connector`]s ready to serve.
+//! - Front doors, thin over `outbound` and `policy`: [`proxy`]
+//!   (`/v1/connectors/<id>/<path>`), [`mcp`] (`/v1/mcp`: aggregation, upstream sessions,
+//!   built-in and plugin tools), [`admin`] (`/api/*`, the OAuth callback pages).
+//! - [`outbound`]: the one pipeline every upstream call takes: shape (provider plugin) →
+//!   credential → egress → 401 handling → classify, and the discovery cache.
+//! - [`headers`]: what is stripped from callers and upstream answers, and refused from
+//!   plugins. [header hygiene]
+//! - [`credentials`]: what each auth scheme adds, shared or per-user, and what a
+//!   rejection does; client-credentials tokens with single-flight minting.
 //! - [`connections`]: per-user OAuth (authorization code + PKCE, dynamic client
-//!   registration): connect, callback, sealed per-user tokens, single-flight refresh,
-//!   status, disconnect and revocation.
-//! - [`oauth`]: OAuth endpoint calls (token, revocation, registration, metadata).
-//! - [`admin`]: `/api/connectors` (the caller's view with status), connect and
-//!   disconnect, and the OAuth callback pages.
-//! - [`egress`]: the one outbound HTTP client; the SSRF rules (checked after DNS, on
-//!   every dial), no redirects, timeouts.
-//! - [`plugins`]: provider plugins: the Wasm sandbox, the registry folder, and the
-//!   checks on everything a plugin returns.
-//! - [`mcp`]: the aggregated MCP endpoint `/v1/mcp`: upstream MCP sessions through
-//!   egress with the connector's credential, catalogs discovered in the background or
-//!   per user, grant-filtered listing and calls, `list_changed` to open sessions, and
-//!   the built-in `aperture` tools.
-//! - [`proxy`]: the `/v1/connectors/<id>/<path>` handler (shaped by the connector's
-//!   provider plugin, if any).
+//!   registration): connect, callback, sealed tokens, single-flight refresh, status,
+//!   disconnect, revocation. [`oauth`]: the OAuth endpoint calls.
+//! - [`egress`]: the one outbound HTTP client; addresses checked after DNS on every dial,
+//!   no redirects, timeouts. [egress]
+//! - [`plugins`]: the Wasm sandbox, the registry folder, and the check on every hook's
+//!   output (`plugins::output`). [plugin output]
+//! - [`vault`]: redb + AES-256-GCM; the only place that sees secrets at rest. [vault]
 //! - [`telemetry`]: request logs (header names only) and Prometheus metrics.
 //! - [`error`]: the stable JSON error body every handler returns.
-//! - [`app`]: wiring: snapshot building and atomic reload, the router, the server.
+//! - [`app`]: wiring only: builds the state, the router, reloads, the server.
 
 // `unsafe` is denied everywhere; the one exception (loading compiled plugin code from
 // the host's private cache) is allowed on that function alone, with its reasoning.
@@ -46,14 +53,18 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod connections;
+pub mod connector;
 pub mod credentials;
 pub mod egress;
 pub mod error;
+pub mod headers;
 pub mod identity;
 pub mod mcp;
 pub mod oauth;
+pub mod outbound;
 pub mod plugins;
 pub mod policy;
 pub mod proxy;
+pub mod state;
 pub mod telemetry;
 pub mod vault;

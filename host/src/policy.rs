@@ -8,13 +8,102 @@
 //! Patterns are `connectorID/category/resource` globs (`*` one segment, `**` any number),
 //! or `label:<name>` for every connector carrying that label. A pattern of just
 //! `connectorID/category` grants the whole category (`github/proxy`).
+//!
+//! Every pattern is compiled once: config grants when a config is loaded, a caller's
+//! own capabilities when its identity is established (they travel with the [`Caller`],
+//! which the identity cache keeps). The [`Caller`] is defined here, as the subject of
+//! every decision; `identity` builds it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
 use crate::config::{APERTURE_CAP, Capability, Config, Diagnostics, Grant, JsonPath, Role};
-use crate::identity::{Caller, CallerKind};
+
+/// An identified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Login name, the sorted comma-joined tags of a tagged node, or `(loopback)`.
+    pub login: String,
+    pub kind: CallerKind,
+    /// Stable node ID, when tailscaled told us.
+    pub node: Option<String>,
+    pub tags: Vec<String>,
+    /// Groups the user belongs to (only with visible groups enabled for this host).
+    pub groups: Vec<String>,
+    /// `tailscale.com/cap/aperture` values granted by the tailnet policy file, compiled.
+    pub caps: Capabilities,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    User,
+    Tagged,
+    Loopback,
+}
+
+/// A caller's own capabilities (policy-file grants delivered by whois or `tailscale
+/// serve`), compiled once when the identity is established. Malformed ones are skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    raw: Arc<[serde_json::Value]>,
+    role: Option<Role>,
+    read_metrics: bool,
+    rules: Arc<[Rule]>,
+}
+
+impl PartialEq for Capabilities {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Capabilities {}
+
+impl Capabilities {
+    pub fn compile(raw: Vec<serde_json::Value>) -> Self {
+        let mut role = None;
+        let mut read_metrics = false;
+        let mut rules = Vec::new();
+        for value in &raw {
+            match serde_json::from_value::<Capability>(value.clone()) {
+                Ok(cap) => {
+                    role = role.max(cap.role);
+                    read_metrics |= cap.read_metrics;
+                    for p in patterns_of(&cap) {
+                        match compile_pattern(&p) {
+                            Ok(rule) => rules.push(rule),
+                            Err(PatternError(why)) => {
+                                tracing::warn!(
+                                    "a capability from the tailnet policy file is ignored: {why}"
+                                )
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("a capability from the tailnet policy file is ignored: {e}")
+                }
+            }
+        }
+        Self {
+            raw: raw.into(),
+            role,
+            read_metrics,
+            rules: rules.into(),
+        }
+    }
+
+    /// How many capability values were delivered (malformed ones included).
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
 
 /// Categories a pattern may name.
 pub const CATEGORIES: &[&str] = &["tools", "resources", "templates", "proxy"];
@@ -25,10 +114,54 @@ pub const BUILTIN_CONNECTORS: &[(&str, &[&str])] = &[("aperture", &["system"])];
 /// One compiled grant rule.
 #[derive(Debug, Clone)]
 enum Rule {
-    /// A glob, and for a pattern ending in `/**` also its prefix, since `**` matches zero
-    /// segments too (`github/proxy/**` covers `github/proxy` itself).
-    Glob(GlobMatcher, Option<GlobMatcher>),
+    Glob(Box<GlobRule>),
     Label(String),
+}
+
+/// A `connectorID/category/resource` pattern, compiled whole and by its first two
+/// segments (for "anything in this category" and "anything on this connector").
+#[derive(Debug, Clone)]
+struct GlobRule {
+    whole: GlobMatcher,
+    /// For a pattern ending in `/**`, its prefix: `**` matches zero segments too
+    /// (`github/proxy/**` covers `github/proxy` itself).
+    prefix: Option<GlobMatcher>,
+    connector: Segment,
+    category: Option<Segment>,
+}
+
+/// One `/`-free segment of a pattern.
+#[derive(Debug, Clone)]
+enum Segment {
+    Literal(String),
+    Glob(GlobMatcher),
+}
+
+impl Segment {
+    fn compile(s: &str) -> Self {
+        if !s.contains(['*', '?', '[', '{']) {
+            return Self::Literal(s.to_owned());
+        }
+        match Glob::new(s) {
+            Ok(g) => Self::Glob(g.compile_matcher()),
+            // Cannot happen for a pattern whose whole compiled; match nothing then.
+            Err(_) => Self::Literal(String::new()),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Literal(l) => l == value,
+            Self::Glob(g) => g.is_match(value),
+        }
+    }
+
+    fn literal(&self) -> Option<&str> {
+        match self {
+            Self::Literal(l) => Some(l),
+            Self::Glob(_) => None,
+        }
+    }
 }
 
 /// A parsed, checked pattern.
@@ -75,18 +208,15 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
         Some(prefix) if !prefix.is_empty() => Some(compile(prefix)?),
         _ => None,
     };
-    Ok(Rule::Glob(compile(p)?, prefix))
+    Ok(Rule::Glob(Box::new(GlobRule {
+        whole: compile(p)?,
+        prefix,
+        connector: Segment::compile(segs[0]),
+        category: segs.get(1).map(|c| Segment::compile(c)),
+    })))
 }
 
 /// The connector segment of a pattern, when it names one exactly.
-/// Does one `/`-free segment of a grant pattern match `value`?
-fn segment_matches(pattern: &str, value: &str) -> bool {
-    if !pattern.contains(['*', '?', '[', '{']) {
-        return pattern == value;
-    }
-    globset::Glob::new(pattern).is_ok_and(|g| g.compile_matcher().is_match(value))
-}
-
 fn named_connector(p: &str) -> Option<&str> {
     let first = p.split('/').next()?;
     let literal = !first.is_empty() && !first.contains(['*', '?', '[', '{']);
@@ -148,7 +278,7 @@ impl Policy {
             role: None,
             read_metrics: false,
             granted: Vec::new(),
-            extra: Vec::new(),
+            own: caller.caps.rules.clone(),
             labels: &self.labels,
         };
         for g in self
@@ -160,19 +290,9 @@ impl Policy {
             access.read_metrics |= g.read_metrics;
             access.granted.push(&g.rules);
         }
-        // Policy-file grants, delivered by whois. Bad ones are skipped (and logged once
-        // per identity lookup by the caller of this function, not per request).
-        for raw in &caller.caps {
-            if let Ok(cap) = serde_json::from_value::<Capability>(raw.clone()) {
-                access.role = access.role.max(cap.role);
-                access.read_metrics |= cap.read_metrics;
-                for p in patterns_of(&cap) {
-                    if let Ok(rule) = compile_pattern(&p) {
-                        access.extra.push(rule);
-                    }
-                }
-            }
-        }
+        // Policy-file grants, delivered by whois and compiled with the identity.
+        access.role = access.role.max(caller.caps.role);
+        access.read_metrics |= caller.caps.read_metrics;
         access
     }
 }
@@ -264,8 +384,8 @@ pub struct Access<'p> {
     read_metrics: bool,
     /// Rules of the config grants that matched, borrowed from the policy.
     granted: Vec<&'p [Rule]>,
-    /// Rules from the caller's own capabilities (policy-file grants).
-    extra: Vec<Rule>,
+    /// The caller's own rules, shared with its identity.
+    own: Arc<[Rule]>,
     labels: &'p HashMap<String, Vec<String>>,
 }
 
@@ -274,7 +394,7 @@ impl Access<'_> {
         self.granted
             .iter()
             .flat_map(|r| r.iter())
-            .chain(self.extra.iter())
+            .chain(self.own.iter())
     }
 
     pub fn is_admin(&self) -> bool {
@@ -311,10 +431,10 @@ impl Access<'_> {
         }
         let whole = &full[..whole_len];
         self.rules().any(|r| match r {
-            Rule::Glob(g, prefix) => {
-                g.is_match(&full)
-                    || g.is_match(whole)
-                    || prefix.as_ref().is_some_and(|p| p.is_match(&full))
+            Rule::Glob(g) => {
+                g.whole.is_match(&full)
+                    || g.whole.is_match(whole)
+                    || g.prefix.as_ref().is_some_and(|p| p.is_match(&full))
             }
             Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
         })
@@ -325,16 +445,11 @@ impl Access<'_> {
     pub fn any_in(&self, connector: &str, category: &str) -> bool {
         self.allows(connector, category, "")
             || self.rules().any(|r| match r {
-                Rule::Glob(g, _) => {
-                    // `github/proxy/repos/**`, `*/proxy/public/**`: the first two
-                    // segments decide.
-                    let mut parts = g.glob().glob().splitn(3, '/');
-                    let (Some(c), Some(cat)) = (parts.next(), parts.next()) else {
-                        return false;
-                    };
-                    !c.starts_with("label:")
-                        && segment_matches(c, connector)
-                        && segment_matches(cat, category)
+                // `github/proxy/repos/**`, `*/proxy/public/**`: the first two segments
+                // decide.
+                Rule::Glob(g) => {
+                    g.connector.matches(connector)
+                        && g.category.as_ref().is_some_and(|c| c.matches(category))
                 }
                 Rule::Label(_) => false,
             })
@@ -344,11 +459,8 @@ impl Access<'_> {
     pub fn any_on(&self, connector: &str) -> bool {
         CATEGORIES.iter().any(|c| self.allows(connector, c, ""))
             || self.rules().any(|r| match r {
-                Rule::Glob(g, _) => {
-                    // e.g. "github/proxy/repos/**" grants something on github.
-                    let s = g.glob().glob();
-                    named_connector(s) == Some(connector)
-                }
+                // e.g. "github/proxy/repos/**" grants something on github.
+                Rule::Glob(g) => g.connector.literal() == Some(connector),
                 Rule::Label(_) => false,
             })
     }
@@ -373,7 +485,7 @@ mod tests {
             node: None,
             tags: vec![],
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),
-            caps: vec![],
+            caps: Capabilities::default(),
         }
     }
 
@@ -386,7 +498,7 @@ mod tests {
             node: None,
             tags: t,
             groups: vec![],
-            caps: vec![],
+            caps: Capabilities::default(),
         }
     }
 
@@ -539,11 +651,11 @@ mod tests {
     fn whois_caps_add_to_config_grants() {
         let (p, _) = policy(&format!("{{{CONNECTORS}}}"));
         let mut c = user("a@example.com", &[]);
-        c.caps = vec![
+        c.caps = Capabilities::compile(vec![
             serde_json::json!({"connectors": ["jira/proxy"]}),
             serde_json::json!({"role": "admin"}),
             serde_json::json!("garbage"),
-        ];
+        ]);
         let a = p.access(&c);
         assert!(a.allows("jira", "proxy", "x"));
         assert!(a.is_admin());

@@ -521,6 +521,29 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
     }
 }
 
+/// Resolves a secret reference (inline, environment or vault) to its value, for building
+/// a connector's credential. `path` names the config field in errors; values never do.
+pub fn resolve_secret(
+    r: &crate::config::SecretRef,
+    vault: &Vault,
+    path: &str,
+) -> anyhow::Result<Zeroizing<String>> {
+    match r {
+        crate::config::SecretRef::Inline(s) => Ok(Zeroizing::new(s.clone())),
+        crate::config::SecretRef::Env(name) => std::env::var(name).map(Zeroizing::new).map_err(|_| {
+            anyhow::anyhow!("{path}: environment variable {name} is not set (or not UTF-8); set it or change the config")
+        }),
+        crate::config::SecretRef::Vault(name) => {
+            let v = vault
+                .get(Table::Secrets, name)?
+                .ok_or_else(|| anyhow::anyhow!("{path}: the vault has no secret named \"{name}\""))?;
+            Ok(Zeroizing::new(String::from_utf8(v.to_vec()).map_err(|_| {
+                anyhow::anyhow!("{path}: vault secret \"{name}\" is not UTF-8")
+            })?))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

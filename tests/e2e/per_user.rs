@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portcullis_e2e::expiry::TokenExpiry;
 use portcullis_e2e::fixture::{Canned, Fixture};
 use portcullis_e2e::oidc::Oidc;
 use portcullis_e2e::upstream::Upstream;
@@ -1135,4 +1136,78 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     assert_eq!(result_text(&r), "echo: still (for bob)");
     alice.cancel().await.expect("close");
     bob.cancel().await.expect("close");
+}
+
+/// The upstream decides that every token it has seen has expired, before the host
+/// thinks so (the tokens live an hour here), and `call` goes through the host once: the
+/// host must take the upstream's 401, refresh the user's token exactly once and send the
+/// same request again with the new token. Shared by the HTTP proxy's and the MCP
+/// upstream's tests, which take the same pipeline for it.
+async fn upstream_expires_the_token<F>(oidc: &Oidc, expiry: &TokenExpiry, call: F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let refreshes = oidc.grants_of("refresh_token").await;
+    let rejected = expiry.rejected();
+    expiry.expire_seen();
+    call.await;
+    assert!(
+        expiry.rejected() > rejected,
+        "the expired token was sent and refused first"
+    );
+    assert_eq!(
+        oidc.grants_of("refresh_token").await,
+        refreshes + 1,
+        "exactly one refresh"
+    );
+}
+
+#[tokio::test]
+async fn a_token_the_upstream_says_expired_is_refreshed_and_the_proxied_request_resent() {
+    let n = notes(3600, "notes-resend").await;
+    connect_as(&n.host, &n.oidc, ALICE, "alice", "notes").await;
+    let first = token_sent(&n.host, ALICE, "/v1/connectors/notes/items").await;
+    let mut second = String::new();
+    upstream_expires_the_token(&n.oidc, &n.up.counters.expiry, async {
+        second = token_sent(&n.host, ALICE, "/v1/connectors/notes/items").await;
+    })
+    .await;
+    assert_ne!(first, second, "the resent request carried the new token");
+    assert!(n.oidc.introspect(&second).await.0);
+    // A request with a body streams once: the 401 reaches the agent, and the next
+    // request uses the token refreshed for it.
+    n.up.counters.expiry.expire_seen();
+    let resp = client_from(ALICE)
+        .post(n.host.url("/v1/connectors/notes/items"))
+        .body("{\"title\": \"x\"}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 401);
+    let third = token_sent(&n.host, ALICE, "/v1/connectors/notes/items").await;
+    assert_ne!(third, second);
+}
+
+#[tokio::test]
+async fn a_token_the_upstream_says_expired_is_refreshed_and_the_mcp_message_resent() {
+    use portcullis_e2e::mcp_agent_from;
+    use portcullis_e2e::mcp_server::McpServer;
+    let oidc = Oidc::start(3600);
+    let up = McpServer::start(oidc.introspection()).await;
+    let whois = users().await;
+    let mut wiki = notes_connector(&oidc, &Upstream::start().await, "wiki-resend");
+    wiki["protocol"] = json!("mcp");
+    wiki["url"] = json!(up.url());
+    let host = Host::start(&tailnet_config(&whois.socket, json!({"wiki": wiki})));
+    client_for(&oidc, &host, "wiki-resend", "wiki").await;
+    connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
+    let alice = mcp_agent_from(&host.url("/v1/mcp"), ALICE).await;
+    let r = alice.call_tool(echo("before")).await.expect("call");
+    assert_eq!(result_text(&r), "echo: before (for alice)");
+    upstream_expires_the_token(&oidc, up.expiry(), async {
+        let r = alice.call_tool(echo("after")).await.expect("resent");
+        assert_eq!(result_text(&r), "echo: after (for alice)");
+    })
+    .await;
+    alice.cancel().await.expect("close");
 }

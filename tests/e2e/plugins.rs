@@ -775,3 +775,88 @@ async fn plugin_tools_are_mcp_tools_run_through_the_proxy_with_the_connector_cre
     }
     agent.cancel().await.expect("close");
 }
+
+fn call_params(name: &str) -> rmcp::model::CallToolRequestParams {
+    rmcp::model::CallToolRequestParams::new(name.to_owned())
+}
+
+fn call_text(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Plugin tools take the whole outbound pipeline and the same output check as every
+/// other hook: a tool whose request sets a credential header, or tries to leave the
+/// connector's origin, is refused before anything is sent; a plain one is shaped by the
+/// plugin and carries the connector's credential. The chaos plugin implements the tools
+/// hook without listing it anywhere, so these calls also show that an implemented hook
+/// is called.
+#[tokio::test]
+async fn plugin_tools_are_checked_like_every_hook_and_take_the_pipeline() {
+    let reg = registry(&[], true);
+    let up = Fixture::start().await;
+    up.json("/fine", 200, json!({"ok": true}));
+    let host = host_with(
+        reg.path(),
+        json!({"chaos": bearer_connector("chaos", &up.url(), json!({}))}),
+    );
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let names: Vec<String> = agent
+        .list_all_tools()
+        .await
+        .expect("list")
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for want in ["chaos_fine", "chaos_leak_header", "chaos_escape"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+
+    let fine = agent
+        .call_tool(call_params("chaos_fine"))
+        .await
+        .expect("fine");
+    assert_ne!(fine.is_error, Some(true), "{}", call_text(&fine));
+    assert!(call_text(&fine).contains("\"ok\""), "{}", call_text(&fine));
+    let seen = up.seen_at("/fine");
+    let last = seen
+        .last()
+        .expect("the tool's request reached the upstream");
+    assert_eq!(last.query.as_deref(), Some("q=1"));
+    assert_eq!(
+        last.headers.get("x-tool").map(String::as_str),
+        Some("chaos")
+    );
+    assert_eq!(
+        last.headers.get("x-shaped-by").map(String::as_str),
+        Some("chaos"),
+        "tool requests are shaped like proxied ones"
+    );
+    assert_eq!(
+        last.headers.get("authorization").map(String::as_str),
+        Some("Bearer tok-provider-1")
+    );
+
+    for (tool, why) in [
+        (
+            "chaos_leak_header",
+            "credential or framing header \"authorization\"",
+        ),
+        ("chaos_escape", "not a plain path below the connector"),
+    ] {
+        let r = agent.call_tool(call_params(tool)).await.expect(tool);
+        assert_eq!(r.is_error, Some(true), "{tool}: {}", call_text(&r));
+        let text = call_text(&r);
+        assert!(text.contains(why), "{tool}: {text}");
+        assert!(!text.contains("tok-provider-1"), "{tool}: {text}");
+    }
+    assert!(
+        up.seen().iter().all(|s| s.path == "/fine"),
+        "a refused tool request reached the upstream: {:?}",
+        up.seen()
+    );
+    agent.cancel().await.expect("close");
+}

@@ -80,25 +80,8 @@ pub struct RegistryConfig {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct EgressConfig {
-    /// Dev/test only: permit upstreams on loopback addresses. Warned at load.
-    pub allow_loopback: bool,
-    pub connect_timeout_secs: u64,
-    /// Longest silence while reading an upstream response before it is abandoned.
-    pub read_timeout_secs: u64,
-}
-
-impl Default for EgressConfig {
-    fn default() -> Self {
-        Self {
-            allow_loopback: false,
-            connect_timeout_secs: 10,
-            read_timeout_secs: 300,
-        }
-    }
-}
+/// The `egress` section: owned by the egress client, which is its only reader.
+pub use crate::egress::Settings as EgressConfig;
 
 /// The aggregated MCP endpoint `/v1/mcp` and its upstream sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -1,5 +1,6 @@
 //! Tools the host runs itself: the built-in `aperture` connector, and the tools provider
-//! plugins define for HTTP connectors (run through the HTTP proxy path).
+//! plugins define for HTTP connectors (run through the outbound pipeline with the
+//! caller's credential).
 
 use std::sync::Arc;
 
@@ -7,19 +8,20 @@ use http_body_util::BodyExt as _;
 use rmcp::model::{CallToolResult, ContentBlock as Content, Tool, ToolAnnotations};
 use serde_json::{Map, Value};
 
-use super::{Kind, prefixed, visible};
-use crate::app::{App, Connector, Snapshot};
+use super::{Gateway, Kind, prefixed, visible};
 use crate::config::Protocol;
+use crate::connector::Connector;
 use crate::identity::Caller;
 use crate::plugins::types::Hook;
 use crate::policy::Access;
+use crate::state::Snapshot;
 
 /// The built-in connector's ID.
 pub const APERTURE: &str = "aperture";
 const LIST_CONNECTORS: &str = "list_connectors";
 
 /// Largest plugin-tool response passed back to the agent.
-const MAX_TOOL_RESPONSE: usize = super::upstream::MAX_MESSAGE_BYTES;
+const MAX_TOOL_RESPONSE: usize = super::transport::MAX_MESSAGE_BYTES;
 
 fn object_schema(v: Value) -> Arc<Map<String, Value>> {
     match v {
@@ -29,7 +31,7 @@ fn object_schema(v: Value) -> Arc<Map<String, Value>> {
 }
 
 /// Adds the built-in and plugin tools `access` may see.
-pub async fn tools(app: &App, snap: &Snapshot, access: &Access<'_>, out: &mut Vec<Tool>) {
+pub async fn tools(app: &Gateway, snap: &Snapshot, access: &Access<'_>, out: &mut Vec<Tool>) {
     if visible(access, APERTURE, Kind::Tool, LIST_CONNECTORS) {
         let mut t = Tool::new(
             prefixed(APERTURE, Kind::Tool, LIST_CONNECTORS),
@@ -58,7 +60,7 @@ pub async fn tools(app: &App, snap: &Snapshot, access: &Access<'_>, out: &mut Ve
 
 /// A provider plugin's tools for `connector` (cached until the config or registry
 /// changes). A plugin's listing does not depend on the caller.
-async fn plugin_tools(app: &App, c: &Connector) -> Arc<Vec<Tool>> {
+async fn plugin_tools(app: &Gateway, c: &Connector) -> Arc<Vec<Tool>> {
     let Some(plugin) = c.provider.as_deref().and_then(|p| app.plugins.get(p)) else {
         return Arc::default();
     };
@@ -67,7 +69,7 @@ async fn plugin_tools(app: &App, c: &Connector) -> Arc<Vec<Tool>> {
     }
     let key = format!("{}\n{:p}", c.id, Arc::as_ptr(&plugin));
     if let Some(t) = app
-        .mcp
+        .hub
         .plugin_tools
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -75,10 +77,10 @@ async fn plugin_tools(app: &App, c: &Connector) -> Arc<Vec<Tool>> {
     {
         return t.clone();
     }
-    let Some(ctx) = crate::proxy::plugin_context(app, c, None, &plugin) else {
+    let Some(ctx) = app.outbound.plugin_context(c, None, &plugin) else {
         return Arc::default();
     };
-    let listed = match app.plugins.list_tools(&plugin, ctx).await {
+    let listed = match app.plugins.tools(&plugin, ctx).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(connector = %c.id, "the provider plugin could not list its tools: {e}");
@@ -95,14 +97,13 @@ async fn plugin_tools(app: &App, c: &Connector) -> Arc<Vec<Tool>> {
             ok
         })
         .map(|t| {
-            let schema = serde_json::from_str(&t.input_schema).unwrap_or(Value::Null);
-            let mut tool = Tool::new(t.name, t.description, object_schema(schema));
+            let mut tool = Tool::new(t.name, t.description, Arc::new(t.input_schema));
             tool.annotations = Some(ToolAnnotations::new().read_only(t.read_only));
             tool
         })
         .collect();
     let tools = Arc::new(tools);
-    app.mcp
+    app.hub
         .plugin_tools
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -112,7 +113,7 @@ async fn plugin_tools(app: &App, c: &Connector) -> Arc<Vec<Tool>> {
 
 /// Runs a tool of a non-MCP connector: `None` when `connector` has no such tool.
 pub async fn call(
-    app: &App,
+    app: &Gateway,
     snap: &Snapshot,
     caller: &Caller,
     base_url: &str,
@@ -131,19 +132,14 @@ pub async fn call(
         return None;
     }
     let plugin = c.provider.as_deref().and_then(|p| app.plugins.get(p))?;
-    let args = Value::Object(arguments.cloned().unwrap_or_default()).to_string();
-    let ctx = crate::proxy::plugin_context(app, c, Some(&caller.login), &plugin)?;
-    let request = match app
-        .plugins
-        .build_tool_call(&plugin, ctx, name.to_owned(), args)
+    let args = Value::Object(arguments.cloned().unwrap_or_default());
+    let resp = match app
+        .outbound
+        .tool_call(c, &caller.login, &plugin, name, &args)
         .await
     {
-        Ok(r) => r,
+        Ok(r) => r.response,
         Err(e) => return Some(CallToolResult::error(vec![Content::text(e.to_string())])),
-    };
-    let resp = match crate::proxy::tool_request(app, caller, c, request).await {
-        Ok(r) => r,
-        Err(e) => return Some(CallToolResult::error(vec![Content::text(e.message)])),
     };
     let status = resp.status();
     let body = match http_body_util::Limited::new(resp.into_body(), MAX_TOOL_RESPONSE)
@@ -168,7 +164,12 @@ pub async fn call(
 /// `aperture_list_connectors`: the HTTP connectors the caller may reach through the proxy
 /// (a `proxy` grant, whole or partial), in the layout of Aperture's connector guide, so
 /// prompts written for it keep working.
-fn list_connectors(app: &App, snap: &Snapshot, caller: &Caller, base_url: &str) -> CallToolResult {
+fn list_connectors(
+    app: &Gateway,
+    snap: &Snapshot,
+    caller: &Caller,
+    base_url: &str,
+) -> CallToolResult {
     let access = snap.policy.access(caller);
     let mut http: Vec<&Arc<Connector>> = snap
         .connectors

@@ -4,7 +4,7 @@
 //! The client holds one `GET` open as an event stream; the server's first event,
 //! `endpoint`, names the URL to `POST` messages to, and every answer arrives on the
 //! stream as a `message` event. rmcp ships no client for it, so this is an rmcp
-//! [`Transport`] over the same [`EgressHttp`] as streamable HTTP: the same egress
+//! [`Transport`] over the same [`UpstreamHttp`] as streamable HTTP: the same egress
 //! checks, the connector's credential on every request, and a fresh token on a 401.
 //!
 //! The endpoint must have the stream's origin: a server cannot send our credential to
@@ -23,7 +23,7 @@ use rmcp::transport::streamable_http_client::SseError;
 use sse_stream::Sse;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{EgressHttp, UpstreamError, is_type, read_limited, sse};
+use super::transport::{UpstreamError, UpstreamHttp, is_type, read_limited, sse};
 
 /// Largest acknowledgement body read (to explain a refused message).
 const MAX_ACK_BODY: usize = 4 * 1024;
@@ -32,7 +32,7 @@ const ACK_BODY_WAIT: Duration = Duration::from_secs(5);
 
 /// An open HTTP+SSE session with one upstream.
 pub struct LegacySse {
-    http: EgressHttp,
+    http: UpstreamHttp,
     /// Where messages are posted (the `endpoint` event, resolved against the stream URL).
     endpoint: url::Url,
     events: BoxStream<'static, Result<Sse, SseError>>,
@@ -44,7 +44,7 @@ pub struct LegacySse {
 impl LegacySse {
     /// Opens the event stream at `url` and waits for the `endpoint` event (the caller
     /// bounds the wait: [`super::OPEN_TIMEOUT`]).
-    pub async fn connect(http: EgressHttp, url: &url::Url) -> Result<Self, UpstreamError> {
+    pub async fn connect(http: UpstreamHttp, url: &url::Url) -> Result<Self, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -174,7 +174,7 @@ impl Transport<RoleClient> for LegacySse {
             let ev = match ev {
                 Ok(ev) => ev,
                 Err(e) => {
-                    tracing::info!(connector = %self.http.connector, "legacy SSE stream broke: {e}");
+                    tracing::info!(connector = %self.http.connector.id, "legacy SSE stream broke: {e}");
                     return None;
                 }
             };
@@ -186,7 +186,7 @@ impl Transport<RoleClient> for LegacySse {
             match serde_json::from_str(&data) {
                 Ok(msg) => return Some(msg),
                 Err(e) => tracing::warn!(
-                    connector = %self.http.connector,
+                    connector = %self.http.connector.id,
                     "legacy SSE server sent a message that is not JSON-RPC ({e}); ignored"
                 ),
             }

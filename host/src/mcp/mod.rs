@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`upstream`]: rmcp's client over the egress client, with the connector's credential
-//!   on every request; one [`upstream::Session`] per shared connector, or per (user,
+//! - `transport`: rmcp's HTTP client over the outbound pipeline, so every upstream MCP
+//!   message carries the connector's (or the user's) credential, renewed on a 401.
+//! - [`upstream`]: one [`upstream::Session`] per shared connector, or per (user,
 //!   connector) for per-user OAuth. Streamable HTTP first; a server that refuses it
 //!   with a 4xx gets `legacy`, the HTTP+SSE transport of MCP 2024-11-05.
 //! - `catalog` (this file): [`Hub`] keeps the upstreams and their catalogs. Shared
@@ -25,6 +26,7 @@ mod builtin;
 mod legacy;
 mod server;
 mod template;
+mod transport;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -35,13 +37,44 @@ use std::time::{Duration, Instant};
 use rmcp::model::{Resource, ResourceTemplate, Tool};
 use tokio::sync::Notify;
 
-use crate::app::{App, Connector, Snapshot};
 use crate::config::Protocol;
 use crate::connections::Status;
+use crate::connector::Connector;
 use crate::credentials::Credential;
 use crate::identity::Caller;
 use crate::policy::Access;
-use upstream::{Auth, EgressHttp, Flavor, Listener, Listing, Session};
+use crate::state::App;
+use crate::state::Snapshot;
+use transport::UpstreamHttp;
+use upstream::{Flavor, Listener, Listing, Session};
+
+/// The MCP side of the gateway: the shared state, and the [`Hub`] of upstream sessions
+/// and open client sessions. Reads of the shared state go through to [`App`].
+pub struct Gateway {
+    pub app: Arc<App>,
+    pub hub: Hub,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+impl Gateway {
+    /// Starts the MCP side: catalogs now, and the background work that follows configs,
+    /// connections, the registry and idle sessions.
+    pub fn start(app: Arc<App>) -> Arc<Self> {
+        let gw = Arc::new(Self {
+            app,
+            hub: Hub::new(),
+        });
+        start(&gw);
+        gw
+    }
+}
 
 pub use server::{ENDPOINT, Entry, handle};
 
@@ -138,7 +171,7 @@ pub struct Upstream {
     connector: Arc<Connector>,
     /// URL and credential fingerprint: a reload that changes neither keeps the session.
     key: String,
-    http: EgressHttp,
+    http: UpstreamHttp,
     url: url::Url,
     session: tokio::sync::Mutex<Slot>,
     listing: RwLock<Arc<Listing>>,
@@ -184,11 +217,17 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    fn new(app: &App, hub: &Hub, connector: Arc<Connector>, auth: Auth) -> Option<Arc<Self>> {
+    /// The upstream of `connector` as `user` sees it (`None`: the shared credential).
+    fn new(app: &Gateway, connector: Arc<Connector>, user: Option<&str>) -> Option<Arc<Self>> {
         let url = connector.url.clone()?;
         let key = upstream_key(&connector)?;
+        let hub = &app.hub;
         Some(Arc::new(Self {
-            http: EgressHttp::new(app.egress.clone(), connector.id.as_str().into(), auth),
+            http: UpstreamHttp::new(
+                app.outbound.clone(),
+                connector.clone(),
+                user.map(Into::into),
+            ),
             connector,
             key,
             url,
@@ -425,7 +464,7 @@ impl Hub {
     /// Brings the shared upstreams in line with the current config: new and changed
     /// connectors are discovered now, removed ones closed. Per-user sessions of removed or
     /// changed connectors close too.
-    pub fn sync(&self, app: &App) {
+    pub fn sync(&self, app: &Gateway) {
         let snap = app.snapshot();
         self.poll
             .store(snap.config.mcp.poll_interval_secs, Ordering::Relaxed);
@@ -453,8 +492,7 @@ impl Hub {
                 keep
             });
             for (id, c) in want {
-                let auth = Auth::Shared(c.credential.clone());
-                let Some(up) = Upstream::new(app, self, c, auth) else {
+                let Some(up) = Upstream::new(app, c, None) else {
                     tracing::warn!(connector = %id, "MCP connector has no url; it lists nothing until an admin sets one");
                     continue;
                 };
@@ -489,7 +527,7 @@ impl Hub {
     /// first use).
     async fn upstream(
         &self,
-        app: &App,
+        app: &Gateway,
         connector: &Arc<Connector>,
         caller: &Caller,
         load: bool,
@@ -522,7 +560,7 @@ impl Hub {
             Some(up) => up,
             None if !load => return None,
             None => {
-                let fresh = self.user_upstream(app, connector, pu, &caller.login)?;
+                let fresh = self.user_upstream(app, connector, &caller.login)?;
                 let (adopted, old) = self.adopt(app, key, &fresh, false);
                 if let Some(old) = old {
                     tokio::spawn(async move { old.close().await });
@@ -563,17 +601,11 @@ impl Hub {
     /// A new upstream for `login` on a per-user connector (not yet in the map).
     fn user_upstream(
         &self,
-        app: &App,
+        app: &Gateway,
         connector: &Arc<Connector>,
-        pu: &Arc<crate::connections::PerUser>,
         login: &str,
     ) -> Option<Arc<Upstream>> {
-        let auth = Auth::User {
-            connections: app.connections.clone(),
-            per_user: pu.clone(),
-            login: login.into(),
-        };
-        Upstream::new(app, self, connector.clone(), auth)
+        Upstream::new(app, connector.clone(), Some(login))
     }
 
     /// Puts `fresh` in the map as `key`'s upstream if it was built for the config in
@@ -586,7 +618,7 @@ impl Hub {
     /// that gave way.
     fn adopt(
         &self,
-        app: &App,
+        app: &Gateway,
         key: (String, String),
         fresh: &Arc<Upstream>,
         replace: bool,
@@ -614,7 +646,7 @@ impl Hub {
     /// authorization, its catalog loaded now, so open client sessions are told about the
     /// tools at once instead of on their next listing. A session from an earlier
     /// authorization serves until the new catalog is in, then closes.
-    pub fn connected(&self, app: &Arc<App>, caller: &Caller, connector: &str) {
+    pub fn connected(&self, app: &Arc<Gateway>, caller: &Caller, connector: &str) {
         let snap = app.snapshot();
         let Some(Credential::PerUser(pu)) = snap.connectors.get(connector).map(|c| &c.credential)
         else {
@@ -636,7 +668,7 @@ impl Hub {
             {
                 continue;
             }
-            let Some(fresh) = self.user_upstream(app, c, other, &caller.login) else {
+            let Some(fresh) = self.user_upstream(app, c, &caller.login) else {
                 continue;
             };
             let app = app.clone();
@@ -644,11 +676,11 @@ impl Hub {
             let pu = other.clone();
             tokio::spawn(async move {
                 fresh.refresh().await;
-                let ready = |app: &App| app.connections.status(&pu, &key.1) == Status::Ready;
+                let ready = |app: &Gateway| app.connections.status(&pu, &key.1) == Status::Ready;
                 // A failed load does not push out a working session of the same config.
                 let working_old = fresh.state().failing.is_some()
                     && app
-                        .mcp
+                        .hub
                         .users
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -658,20 +690,20 @@ impl Hub {
                     fresh.close().await;
                     return;
                 }
-                let (adopted, old) = app.mcp.adopt(&app, key.clone(), &fresh, true);
+                let (adopted, old) = app.hub.adopt(&app, key.clone(), &fresh, true);
                 if adopted.is_none() {
                     // A reload while loading changed the connector.
                     fresh.close().await;
                     return;
                 }
                 spawn_refresher(&fresh, None, false);
-                app.mcp.changed();
+                app.hub.changed();
                 if let Some(old) = old {
                     old.close().await;
                 }
                 // A disconnect between the check above and the adoption.
                 if !ready(&app) {
-                    app.mcp.reconcile_users(&app);
+                    app.hub.reconcile_users(&app);
                 }
             });
         }
@@ -680,7 +712,7 @@ impl Hub {
     /// Closes the per-user sessions whose connection ended (disconnect, a dead grant,
     /// revocation) or whose connector is no longer per-user, and has client sessions
     /// told what they lost.
-    fn reconcile_users(&self, app: &App) {
+    fn reconcile_users(&self, app: &Gateway) {
         let snap = app.snapshot();
         let entries: Vec<((String, String), Arc<Upstream>)> = self
             .users
@@ -746,7 +778,7 @@ pub struct View {
 }
 
 /// Builds `caller`'s view. With `load`, per-user catalogs not yet fetched are fetched now.
-pub async fn view(app: &App, snap: &Snapshot, caller: &Caller, load: bool) -> View {
+pub async fn view(app: &Gateway, snap: &Snapshot, caller: &Caller, load: bool) -> View {
     let access = snap.policy.access(caller);
     let mut v = View::default();
     builtin::tools(app, snap, &access, &mut v.tools).await;
@@ -757,7 +789,7 @@ pub async fn view(app: &App, snap: &Snapshot, caller: &Caller, load: bool) -> Vi
         .collect();
     ids.sort_by(|a, b| a.id.cmp(&b.id));
     for c in ids {
-        let Some(up) = app.mcp.upstream(app, c, caller, load).await else {
+        let Some(up) = app.hub.upstream(app, c, caller, load).await else {
             continue;
         };
         let l = up.listing();
@@ -787,8 +819,8 @@ pub async fn view(app: &App, snap: &Snapshot, caller: &Caller, load: bool) -> Vi
     v
 }
 
-/// Runs `on_change` each time `changes` rings, for as long as the app lives.
-fn follow(app: &Arc<App>, changes: Arc<Notify>, on_change: fn(&App)) {
+/// Runs `on_change` each time `changes` rings, for as long as the gateway lives.
+fn follow(app: &Arc<Gateway>, changes: Arc<Notify>, on_change: fn(&Arc<Gateway>)) {
     let weak = Arc::downgrade(app);
     tokio::spawn(async move {
         loop {
@@ -799,15 +831,49 @@ fn follow(app: &Arc<App>, changes: Arc<Notify>, on_change: fn(&App)) {
     });
 }
 
-/// Starts the background work: catalog sync now, session notifications (on catalog,
-/// config, connection and registry changes), idle cleanup.
-pub fn start(app: &Arc<App>) {
-    app.mcp.sync(app);
-    server::spawn_notifier(app);
-    follow(app, app.connections.changes(), |app| {
-        app.mcp.reconcile_users(app)
+/// Runs `on_change` each time `changes` moves on, for as long as the gateway lives.
+fn follow_watch(
+    app: &Arc<Gateway>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    on_change: fn(&Arc<Gateway>),
+) {
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(app) = weak.upgrade() else { return };
+            on_change(&app);
+        }
     });
-    follow(app, app.plugins.changes(), |app| app.mcp.changed());
+}
+
+/// Starts the background work: catalog sync now, session notifications (on catalog,
+/// config, connection and registry changes), per-user catalogs loaded as users connect,
+/// idle cleanup.
+fn start(app: &Arc<Gateway>) {
+    app.hub.sync(app);
+    server::spawn_notifier(app);
+    follow_watch(app, app.configs(), |app| {
+        app.hub.sync(app);
+        app.hub.changed();
+    });
+    follow_watch(app, app.connections.changes(), |app| {
+        app.hub.reconcile_users(app)
+    });
+    follow(app, app.plugins.changes(), |app| app.hub.changed());
+    let weak = Arc::downgrade(app);
+    let mut made = app.connections_made();
+    tokio::spawn(async move {
+        loop {
+            match made.recv().await {
+                Ok(c) => {
+                    let Some(app) = weak.upgrade() else { return };
+                    app.hub.connected(&app, &c.caller, &c.connector);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let weak = Arc::downgrade(app);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -815,7 +881,7 @@ pub fn start(app: &Arc<App>) {
             tick.tick().await;
             let Some(app) = weak.upgrade() else { return };
             let idle = Duration::from_secs(app.snapshot().config.mcp.idle_session_secs);
-            app.mcp.close_idle(idle).await;
+            app.hub.close_idle(idle).await;
         }
     });
 }

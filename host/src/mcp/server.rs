@@ -29,11 +29,11 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 
 use super::template::{UriTemplate, normalize};
-use super::{Kind, builtin, prefixed, split, view, visible};
-use crate::app::{App, Snapshot};
+use super::{Gateway, Kind, builtin, prefixed, split, view, visible};
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::identity::Caller;
+use crate::state::Snapshot;
 
 /// Where the aggregated endpoint is mounted.
 pub const ENDPOINT: &str = "/v1/mcp";
@@ -45,7 +45,7 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// The rmcp handler: one per session (or per sessionless request).
 #[derive(Clone)]
 pub struct Aggregator {
-    app: Arc<App>,
+    app: Arc<Gateway>,
 }
 
 /// Who is asking, from the HTTP request rmcp hands to the handler.
@@ -112,7 +112,7 @@ impl Aggregator {
     /// Registers a client to be told when what `w.caller` sees changes, from now on.
     async fn watch(&self, w: &Who, channel: Channel) {
         let v = view(&self.app, &w.snap, &w.caller, false).await;
-        self.app.mcp.sessions.add(Arc::new(ClientSession {
+        self.app.hub.sessions.add(Arc::new(ClientSession {
             caller: w.caller.clone(),
             channel,
             seen: Mutex::new(Some(Seen::of(&v))),
@@ -127,7 +127,7 @@ impl Aggregator {
             .get(id)
             .filter(|c| c.protocol == crate::config::Protocol::Mcp)
             .ok_or_else(|| not_available("connector", id))?;
-        match self.app.mcp.upstream(&self.app, c, &w.caller, true).await {
+        match self.app.hub.upstream(&self.app, c, &w.caller, true).await {
             Some(up) => Ok(up),
             None if matches!(c.credential, Credential::PerUser(_)) => {
                 Err(ErrorData::invalid_request(
@@ -419,9 +419,9 @@ impl Sessions {
 }
 
 /// Tells open sessions when what their caller sees changed.
-pub fn spawn_notifier(app: &Arc<App>) {
+pub fn spawn_notifier(app: &Arc<Gateway>) {
     let weak = Arc::downgrade(app);
-    let changed = app.mcp.changed.clone();
+    let changed = app.hub.changed.clone();
     tokio::spawn(async move {
         loop {
             changed.notified().await;
@@ -429,7 +429,7 @@ pub fn spawn_notifier(app: &Arc<App>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let Some(app) = weak.upgrade() else { return };
             let snap = app.snapshot();
-            for s in app.mcp.sessions.live() {
+            for s in app.hub.sessions.live() {
                 let now = Seen::of(&view(&app, &snap, &s.caller, false).await);
                 let before = s
                     .seen
@@ -464,7 +464,7 @@ struct Services {
 /// a sessionless request such as a bare `tools/list` from curl is served statelessly.
 /// A session belongs to the caller who opened it.
 pub struct Entry {
-    app: Arc<App>,
+    app: Arc<Gateway>,
     manager: Arc<LocalSessionManager>,
     services: ArcSwap<Services>,
     owners: Mutex<HashMap<String, String>>,
@@ -491,7 +491,7 @@ pub fn allowed_hosts(config: &Config) -> Vec<String> {
 }
 
 impl Entry {
-    pub fn new(app: Arc<App>) -> Arc<Self> {
+    pub fn new(app: Arc<Gateway>) -> Arc<Self> {
         let manager = Arc::new(LocalSessionManager::default());
         let services =
             ArcSwap::from_pointee(Self::build(&app, &manager, app.snapshot().config.clone()));
@@ -503,7 +503,11 @@ impl Entry {
         })
     }
 
-    fn build(app: &Arc<App>, manager: &Arc<LocalSessionManager>, config: Arc<Config>) -> Services {
+    fn build(
+        app: &Arc<Gateway>,
+        manager: &Arc<LocalSessionManager>,
+        config: Arc<Config>,
+    ) -> Services {
         let hosts = allowed_hosts(&config);
         let settings = |legacy: bool| {
             let c = StreamableHttpServerConfig::default()

@@ -19,6 +19,7 @@
 
 pub mod harness;
 pub mod manifest;
+pub mod output;
 pub mod registry;
 pub mod runtime;
 
@@ -27,36 +28,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use output::{Bounds, CheckedRequest, CheckedTool, Shaped, ToolCall};
 pub use registry::{Catalog, Plugin, Problem};
 use runtime::{Call, Reply};
 pub use runtime::{CallError, Runtime, types};
 
-/// Longest URL a plugin may return.
-const MAX_URL_BYTES: usize = 16 * 1024;
-/// Most headers a plugin may set, and the longest value.
-const MAX_SET_HEADERS: usize = 64;
-const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 /// Most discovery round trips before the host gives up.
 pub const MAX_DISCOVERY_STEPS: u32 = 8;
 /// Quiet period after a registry change before rescanning.
 const RESCAN_DEBOUNCE: Duration = Duration::from_millis(300);
-
-/// Headers a plugin may never set: credentials and framing belong to the host.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "keep-alive",
-];
 
 /// The loaded registry and the runtime behind it.
 pub struct Plugins {
@@ -178,7 +159,8 @@ impl Plugins {
         })
     }
 
-    pub async fn shape_request(
+    /// The raw hook; everything outside `plugins` gets [`Plugins::shape`].
+    pub(super) async fn shape_request(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
@@ -190,20 +172,33 @@ impl Plugins {
         }
     }
 
-    /// [`Plugins::shape_request`] followed by [`Plugins::check_shaped`]; a result the
-    /// host refuses is logged and counted like a failed call.
-    pub async fn shape_checked(
+    /// Shapes one request and checks the result ([`output`]); a result the host refuses
+    /// is logged and counted like a failed call.
+    pub async fn shape(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
         req: types::OutgoingRequest,
-        base: &url::Url,
-        credential_header: Option<&HeaderName>,
+        bounds: Bounds<'_>,
     ) -> Result<Shaped, CallError> {
         let shaped = self.shape_request(plugin, ctx, req).await?;
-        Self::check_shaped(plugin, base, shaped, credential_header).inspect_err(|e| {
-            tracing::warn!(plugin = %plugin.id(), hook = "shape-request", kind = e.kind(), "{e}");
-            self.count(plugin, "shape-request", e.kind());
+        self.checked(
+            plugin,
+            "shape-request",
+            output::shaped(plugin, bounds, shaped),
+        )
+    }
+
+    /// Logs and counts a refused output.
+    fn checked<T>(
+        &self,
+        plugin: &Plugin,
+        hook: &'static str,
+        result: Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        result.inspect_err(|e| {
+            tracing::warn!(plugin = %plugin.id(), hook, kind = e.kind(), "{e}");
+            self.count(plugin, hook, e.kind());
         })
     }
 
@@ -219,8 +214,8 @@ impl Plugins {
         }
     }
 
-    /// `body` must already be redacted ([`redact_tokens`]).
-    pub async fn read_token_response(
+    /// The raw hook; everything outside `plugins` gets [`Plugins::read_token`].
+    pub(super) async fn read_token_response(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
@@ -236,7 +231,29 @@ impl Plugins {
         }
     }
 
-    pub async fn discover(
+    /// Reads the non-token parts of a token response, checked. `body` must already be
+    /// redacted ([`redact_tokens`]).
+    pub async fn read_token(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        status: u16,
+        body: String,
+    ) -> Result<Result<types::TokenInfo, types::TokenError>, CallError> {
+        match self.read_token_response(plugin, ctx, status, body).await? {
+            Ok(mut info) => {
+                info.variables = self.checked(
+                    plugin,
+                    "read-token-response",
+                    output::variables(plugin, info.variables),
+                )?;
+                Ok(Ok(info))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn discover(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
@@ -249,7 +266,22 @@ impl Plugins {
         }
     }
 
-    pub async fn classify_response(
+    /// What a response means, with the plugin's delay and texts bounded.
+    pub async fn classify(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        status: u16,
+        headers: Vec<types::Header>,
+        body: Vec<u8>,
+    ) -> Result<types::Classification, CallError> {
+        self.classify_response(plugin, ctx, status, headers, body)
+            .await
+            .map(output::classification)
+    }
+
+    /// The raw hook; everything outside `plugins` gets [`Plugins::classify`].
+    pub(super) async fn classify_response(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
@@ -266,7 +298,18 @@ impl Plugins {
         }
     }
 
-    pub async fn list_tools(
+    /// The plugin's tools, each checked; those that fail are left out and logged.
+    pub async fn tools(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+    ) -> Result<Vec<CheckedTool>, CallError> {
+        let listed = self.list_tools(plugin, ctx).await?;
+        self.checked(plugin, "list-tools", output::tools(plugin, listed))
+    }
+
+    /// The raw hook; everything outside `plugins` gets [`Plugins::tools`].
+    pub(super) async fn list_tools(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
@@ -277,7 +320,25 @@ impl Plugins {
         }
     }
 
-    pub async fn build_tool_call(
+    /// Turns a tool call into a checked request below the connector.
+    pub async fn tool_call(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        name: String,
+        arguments: String,
+        bounds: Bounds<'_>,
+    ) -> Result<ToolCall, CallError> {
+        let req = self.build_tool_call(plugin, ctx, name, arguments).await?;
+        self.checked(
+            plugin,
+            "build-tool-call",
+            output::tool_call(plugin, bounds, req),
+        )
+    }
+
+    /// The raw hook; everything outside `plugins` gets [`Plugins::tool_call`].
+    pub(super) async fn build_tool_call(
         &self,
         plugin: &Plugin,
         ctx: types::Context,
@@ -307,88 +368,22 @@ impl Plugins {
         result
     }
 
-    /// Checks a shaped request before the host acts on it. `base` is the connector's
-    /// configured URL; `credential_header` the header its credential uses.
-    pub fn check_shaped(
+    /// Checks a shaped request the way [`Plugins::shape`] does (for the fixture harness).
+    pub(super) fn check_shaped(
         plugin: &Plugin,
         base: &url::Url,
         shaped: types::ShapedRequest,
-        credential_header: Option<&HeaderName>,
+        credential_header: Option<&http::HeaderName>,
     ) -> Result<Shaped, CallError> {
-        let invalid = |detail: String| CallError::Invalid {
-            plugin: plugin.prepared.id().clone(),
-            detail,
-        };
-        let url = check_url(plugin, base, &shaped.url).map_err(invalid)?;
-        let set = check_headers(plugin, &shaped.set_headers, credential_header)?;
-        let mut remove = Vec::with_capacity(shaped.remove_headers.len());
-        for name in &shaped.remove_headers {
-            remove.push(
-                HeaderName::try_from(name.as_str())
-                    .map_err(|_| invalid(format!("\"{}\" is not a header name", clip(name))))?,
-            );
-        }
-        Ok(Shaped {
-            url,
-            set,
-            remove,
-            grant: shaped.grant,
-        })
+        output::shaped(
+            plugin,
+            Bounds {
+                base,
+                credential_header,
+            },
+            shaped,
+        )
     }
-
-    /// A URL a plugin asked the host to call (discovery, tools): same host rules.
-    pub fn check_request_url(
-        plugin: &Plugin,
-        base: &url::Url,
-        raw: &str,
-    ) -> Result<url::Url, CallError> {
-        check_url(plugin, base, raw).map_err(|detail| CallError::Invalid {
-            plugin: plugin.prepared.id().clone(),
-            detail,
-        })
-    }
-}
-
-/// Checks headers a plugin wants sent: valid, bounded, and never a credential or
-/// framing header (the host adds credentials after shaping).
-fn check_headers(
-    plugin: &Plugin,
-    headers: &[types::Header],
-    credential_header: Option<&HeaderName>,
-) -> Result<HeaderMap, CallError> {
-    let invalid = |detail: String| CallError::Invalid {
-        plugin: plugin.prepared.id().clone(),
-        detail,
-    };
-    if headers.len() > MAX_SET_HEADERS {
-        return Err(invalid(format!(
-            "{} headers set; at most {MAX_SET_HEADERS}",
-            headers.len()
-        )));
-    }
-    let mut set = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name = HeaderName::try_from(name.as_str())
-            .map_err(|_| invalid(format!("\"{}\" is not a header name", clip(name))))?;
-        if FORBIDDEN_HEADERS.contains(&name.as_str())
-            || name.as_str().starts_with("proxy-")
-            || credential_header == Some(&name)
-        {
-            return Err(invalid(format!(
-                "it set the credential or framing header \"{name}\"; credentials are added by the host"
-            )));
-        }
-        if value.len() > MAX_HEADER_VALUE_BYTES {
-            return Err(invalid(format!(
-                "header \"{name}\" is {} bytes; at most {MAX_HEADER_VALUE_BYTES}",
-                value.len()
-            )));
-        }
-        let value = HeaderValue::try_from(value.as_str())
-            .map_err(|_| invalid(format!("header \"{name}\" has a value not allowed in HTTP")))?;
-        set.append(name, value);
-    }
-    Ok(set)
 }
 
 /// How post-connect discovery ended.
@@ -400,16 +395,6 @@ pub enum DiscoveryOutcome {
     Failed(String),
 }
 
-/// A request discovery wants made, checked: the host adds the credential and sends it.
-#[derive(Debug)]
-pub struct CheckedRequest {
-    pub method: http::Method,
-    pub url: url::Url,
-    pub headers: HeaderMap,
-    pub body: Option<Vec<u8>>,
-    pub grant: Option<String>,
-}
-
 impl Plugins {
     /// Runs the plugin's discovery step machine; `send` performs each request (with the
     /// connection's credential) and returns the response, or why it failed.
@@ -418,7 +403,7 @@ impl Plugins {
         plugin: &Plugin,
         base: &url::Url,
         ctx: &types::Context,
-        credential_header: Option<&HeaderName>,
+        credential_header: Option<&http::HeaderName>,
         mut send: F,
     ) -> Result<DiscoveryOutcome, CallError>
     where
@@ -433,15 +418,12 @@ impl Plugins {
                 .await?
             {
                 types::Discovery::Next((req, next)) => {
-                    let url = Self::check_request_url(plugin, base, &req.url)?;
-                    let headers = check_headers(plugin, &req.headers, credential_header)?;
-                    let checked = CheckedRequest {
-                        method: method_of(req.method),
-                        url,
-                        headers,
-                        body: req.body,
-                        grant: req.grant,
+                    let bounds = Bounds {
+                        base,
+                        credential_header,
                     };
+                    let checked =
+                        self.checked(plugin, "discover", output::request(plugin, bounds, req))?;
                     match send(checked).await {
                         Ok(resp) => last = Some(resp),
                         Err(e) => {
@@ -452,7 +434,10 @@ impl Plugins {
                     }
                     state = next;
                 }
-                types::Discovery::Done(vars) => return Ok(DiscoveryOutcome::Done(vars)),
+                types::Discovery::Done(vars) => {
+                    let vars = self.checked(plugin, "discover", output::variables(plugin, vars))?;
+                    return Ok(DiscoveryOutcome::Done(vars));
+                }
                 types::Discovery::Choose(sel) => return Ok(DiscoveryOutcome::Choose(sel)),
                 types::Discovery::Fail(why) => return Ok(DiscoveryOutcome::Failed(why)),
             }
@@ -570,74 +555,6 @@ pub fn extract_grants(
         return Err("the token response has no access token".to_owned());
     }
     Ok(out)
-}
-
-/// A shaped request, checked.
-#[derive(Debug)]
-pub struct Shaped {
-    pub url: url::Url,
-    pub set: HeaderMap,
-    pub remove: Vec<HeaderName>,
-    pub grant: Option<String>,
-}
-
-impl Shaped {
-    /// Applies the header changes to the outgoing headers.
-    pub fn apply_headers(&self, headers: &mut HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for name in self.set.keys() {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-}
-
-/// A URL is acceptable when it is on the connector's own configured origin (the
-/// operator chose it) or is https on one of the provider's declared hosts.
-fn check_url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Url, String> {
-    if raw.len() > MAX_URL_BYTES {
-        return Err(format!(
-            "a URL of {} bytes; at most {MAX_URL_BYTES}",
-            raw.len()
-        ));
-    }
-    let url = url::Url::parse(raw).map_err(|e| format!("\"{}\" is not a URL: {e}", clip(raw)))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("a URL with credentials in it".to_owned());
-    }
-    let host = url.host_str().unwrap_or_default();
-    let same_origin = url.scheme() == base.scheme()
-        && url.host() == base.host()
-        && url.port_or_known_default() == base.port_or_known_default();
-    if same_origin {
-        return Ok(url);
-    }
-    if url.scheme() != "https" {
-        return Err(format!("\"{}\" is not https", clip(raw)));
-    }
-    if !plugin.manifest.allows_host(host) {
-        return Err(format!(
-            "\"{}\" is outside the provider's declared hosts ({}) and the connector's URL",
-            clip(raw),
-            plugin.manifest.capabilities.allowed_hosts.join(", ")
-        ));
-    }
-    Ok(url)
-}
-
-fn clip(s: &str) -> String {
-    if s.len() <= 120 {
-        return s.to_owned();
-    }
-    let mut cut = 120;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
 }
 
 fn refused(plugin: &Plugin, e: &types::PluginError) -> CallError {

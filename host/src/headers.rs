@@ -1,0 +1,173 @@
+//! The one header policy: what the host removes from a caller's request before it goes
+//! upstream, what it removes from an upstream's answer before the caller sees it, and
+//! which headers a provider plugin may never set.
+//!
+//! Every outbound path (the HTTP proxy, MCP upstream sessions, plugin tools, discovery)
+//! and every plugin hook's output is filtered here and nowhere else, so the lists below
+//! are the whole rule.
+
+use http::{HeaderMap, HeaderName};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, not the message,
+/// so they are removed in both directions.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A caller's headers that never reach an upstream: its own credentials (the connector's
+/// are added later), its identity on the tailnet, forwarding claims, and what the client
+/// sets for the upstream itself.
+fn caller_only(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "cookie" | "host" | "forwarded" | "expect"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("tailscale-")
+        || name.starts_with("x-forwarded-")
+}
+
+/// Headers a plugin may never set: credentials and framing belong to the host.
+fn host_only(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || matches!(
+            name,
+            "authorization" | "cookie" | "host" | "content-length" | "set-cookie"
+        )
+        || name.starts_with("proxy-")
+        || name.starts_with("tailscale-")
+}
+
+/// The headers a `Connection` header names: hop-by-hop for this message only.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect()
+}
+
+fn filtered(headers: &HeaderMap, strip: impl Fn(&str) -> bool) -> HeaderMap {
+    let named = connection_named(headers);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let n = name.as_str();
+        if !(HOP_BY_HOP.contains(&n) || named.contains(name) || strip(n)) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// A caller's headers as they may go upstream: without credentials, identity and
+/// forwarding headers, `Host`, `Expect` and the hop-by-hop set.
+pub fn from_caller(incoming: &HeaderMap) -> HeaderMap {
+    filtered(incoming, caller_only)
+}
+
+/// An upstream's headers as the caller may see them: without `Set-Cookie` (the host is
+/// one origin for many upstreams) and the hop-by-hop set.
+pub fn from_upstream(upstream: &HeaderMap) -> HeaderMap {
+    filtered(upstream, |n| n == "set-cookie")
+}
+
+/// Why a plugin may not set `name`, or `None` if it may. `credential` is the header the
+/// connector's own credential uses (an API key header, say), which is the host's too.
+pub fn refused_from_plugin(name: &HeaderName, credential: Option<&HeaderName>) -> Option<String> {
+    (host_only(name.as_str()) || credential == Some(name)).then(|| {
+        format!(
+            "it set the credential or framing header \"{name}\"; credentials are added by the host"
+        )
+    })
+}
+
+/// Headers the host sets on an upstream MCP request itself, which nothing handed to the
+/// MCP client (rmcp's custom headers) may replace.
+pub fn reserved_for_mcp(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "accept" | "mcp-session-id" | "last-event-id" | "authorization"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(HeaderName::as_str).collect()
+    }
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn caller_headers_lose_credentials_identity_and_hop_by_hop() {
+        let h = map(&[
+            ("authorization", "Bearer caller"),
+            ("cookie", "a=b"),
+            ("proxy-authorization", "x"),
+            ("tailscale-user-login", "x"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("host", "portcullis"),
+            ("accept", "application/json"),
+            ("x-request-id", "abc"),
+        ]);
+        assert_eq!(names(&from_caller(&h)), vec!["accept", "x-request-id"]);
+    }
+
+    #[test]
+    fn upstream_headers_lose_cookies_and_hop_by_hop() {
+        let h = map(&[
+            ("set-cookie", "s=1"),
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("location", "https://x"),
+        ]);
+        assert_eq!(names(&from_upstream(&h)), vec!["content-type", "location"]);
+    }
+
+    #[test]
+    fn plugins_may_not_set_credentials_or_framing() {
+        let key = HeaderName::from_static("x-api-key");
+        for n in [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "tailscale-user-login",
+        ] {
+            let name = HeaderName::from_static(n);
+            assert!(refused_from_plugin(&name, None).is_some(), "{n}");
+        }
+        assert!(refused_from_plugin(&key, Some(&key)).is_some());
+        assert!(refused_from_plugin(&key, None).is_none());
+        assert!(refused_from_plugin(&HeaderName::from_static("x-api-version"), None).is_none());
+    }
+}

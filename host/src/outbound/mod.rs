@@ -1,0 +1,577 @@
+//! The one outbound pipeline. Every call to an upstream, whoever starts it (the HTTP
+//! proxy, an MCP upstream session over either transport, a plugin tool, a discovery
+//! step), goes through the same stages, each a small function:
+//!
+//! ```text
+//! Exchange ─► shape (provider plugin, paths only) ─► credential ─► egress
+//!          ─► 401? credential rejected, resend once if the body can be replayed
+//!          ─► classify (provider plugin) ─► retry once if the provider says so
+//!          ─► response headers filtered, query keys scrubbed ─► Reply
+//! ```
+//!
+//! Nothing else adds credentials, filters headers or talks to [`Egress`]: handlers
+//! describe the request and relay the [`Reply`].
+//!
+//! # Layout
+//!
+//! - this file: [`Outbound`], the [`Exchange`] it sends and the [`Reply`] it returns.
+//! - `discovery`: the plugin context and post-connect discovery, and the cache of its
+//!   results (invalidated here and nowhere else).
+//! - [`path`]: cleaning a path below a connector (traversal refused, grant form).
+//! - `body`: [`UpstreamBody`], a response body with the bytes already read in front.
+//! - `error`: [`Error`], which says which stage failed and whether a replay is safe.
+
+mod body;
+mod discovery;
+mod error;
+pub mod path;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+pub use body::UpstreamBody;
+pub use error::{Error, Stage, connection_error};
+
+use crate::connections::Connections;
+use crate::connector::Connector;
+use crate::credentials::Credentials;
+use crate::egress::{Egress, InBody};
+use crate::error::ApiError;
+use crate::plugins::{Bounds, Plugin, Plugins, types, wit_method};
+use discovery::Discoveries;
+use types::{Classification, Hook};
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A path below the connector's base URL (no leading slash, already cleaned with
+    /// [`path::normalize_path`]) and query, as an agent or a plugin tool names it. The
+    /// provider plugin, if any, shapes and classifies it.
+    Path { path: String, query: Option<String> },
+    /// An absolute URL the host chose itself (an MCP endpoint, a checked discovery step):
+    /// sent as it is.
+    Url(url::Url),
+}
+
+/// A request body.
+#[derive(Debug)]
+pub enum Payload {
+    Empty,
+    /// Held in memory: can be sent again after a 401 or a provider's "retry".
+    Bytes(Bytes),
+    /// Streamed from the caller: sent once.
+    Stream(Body),
+}
+
+impl Payload {
+    /// The same body again, if it can be replayed.
+    fn replay(&self) -> Option<Payload> {
+        match self {
+            Self::Empty => Some(Self::Empty),
+            Self::Bytes(b) => Some(Self::Bytes(b.clone())),
+            Self::Stream(_) => None,
+        }
+    }
+
+    fn into_body(self) -> Body {
+        match self {
+            Self::Empty => Body::empty(),
+            Self::Bytes(b) => Body::from(b),
+            Self::Stream(b) => b,
+        }
+    }
+}
+
+/// One outbound call.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    pub connector: &'a Connector,
+    /// Whose call this is: the identified caller's login, or `None` for the host's own
+    /// work (a shared MCP connector's catalog). Per-user credentials need it.
+    pub user: Option<&'a str>,
+    pub method: Method,
+    pub target: Target,
+    /// Headers to send; a caller's have been through [`crate::headers::from_caller`].
+    pub headers: HeaderMap,
+    pub body: Payload,
+}
+
+/// The upstream's answer, its headers already filtered for the caller.
+#[derive(Debug)]
+pub struct Reply {
+    pub response: http::Response<UpstreamBody>,
+    /// What the provider plugin made of it (`Ok` without one).
+    pub class: Classification,
+}
+
+/// Response header naming the plugin's classification (absent when `ok`).
+pub const UPSTREAM_CLASS: HeaderName = HeaderName::from_static("portcullis-upstream-class");
+/// Response header with the provider's error text for `failed` and `reauth`.
+pub const UPSTREAM_ERROR: HeaderName = HeaderName::from_static("portcullis-upstream-error");
+
+/// The pipeline and the narrow runtime it needs.
+pub struct Outbound {
+    egress: Egress,
+    plugins: Arc<Plugins>,
+    connections: Arc<Connections>,
+    credentials: Credentials,
+    discoveries: Discoveries,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+/// A plugin and the context its hooks get for this call.
+type Classifier = (Arc<Plugin>, types::Context);
+
+/// Whose credential a request carries: the connector's, for `user`, the token `grant`.
+#[derive(Clone, Copy)]
+struct Auth<'a> {
+    connector: &'a Connector,
+    user: Option<&'a str>,
+    grant: Option<&'a str>,
+}
+
+impl Outbound {
+    /// Builds the pipeline, and has discovery results forgotten whenever a connection
+    /// starts or ends (a new user token can reach other accounts).
+    pub fn new(egress: Egress, plugins: Arc<Plugins>, connections: Arc<Connections>) -> Arc<Self> {
+        let this = Arc::new(Self {
+            credentials: Credentials::new(egress.clone(), connections.clone()),
+            egress,
+            plugins,
+            connections: connections.clone(),
+            discoveries: Discoveries::default(),
+        });
+        let weak = Arc::downgrade(&this);
+        let mut changes = connections.changes();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(this) = weak.upgrade() else { return };
+                this.discoveries.clear();
+            }
+        });
+        this
+    }
+
+    pub fn egress(&self) -> &Egress {
+        &self.egress
+    }
+
+    /// A new config is in force: discovery starts afresh.
+    pub fn config_changed(&self) {
+        self.discoveries.clear();
+    }
+
+    /// The connector's provider plugin: `None` for a Custom connector, an error when the
+    /// provider it names is not loaded.
+    pub fn plugin(&self, c: &Connector) -> Result<Option<Arc<Plugin>>, Error> {
+        let Some(p) = &c.provider else {
+            return Ok(None);
+        };
+        self.plugins.get(p).map(Some).ok_or_else(|| {
+            Error::connector(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                format!(
+                    "connector \"{}\" uses provider \"{p}\", which is not loaded from the registry; GET /api/registry lists what loaded and why entries failed",
+                    c.id
+                ),
+            ))
+        })
+    }
+
+    /// Sends one request through every stage.
+    pub async fn send(&self, x: Exchange<'_>) -> Result<Reply, Error> {
+        let Exchange {
+            connector: c,
+            user,
+            method,
+            target,
+            mut headers,
+            body,
+        } = x;
+        let (url, grant, classifier) = match target {
+            Target::Url(url) => (url, None, None),
+            Target::Path { path, query } => {
+                self.shape(c, user, &method, &path, query, &mut headers)
+                    .await?
+            }
+        };
+        // A provider's "retry" is honoured for requests that are safe to repeat.
+        let retry = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+            .then(|| body.replay().map(|b| (b, headers.clone())))
+            .flatten()
+            .filter(|_| classifier.is_some());
+        let (resp, sent) = self
+            .deliver(
+                c,
+                user,
+                grant.as_deref(),
+                method.clone(),
+                &url,
+                headers,
+                body,
+            )
+            .await?;
+        self.classify(
+            c,
+            user,
+            &method,
+            &url,
+            grant.as_deref(),
+            classifier,
+            retry,
+            resp,
+            sent,
+        )
+        .await
+    }
+
+    /// Shape stage: the plugin maps the path to a URL (and headers, and which token
+    /// grant); without a shaping plugin the path is joined to the base URL. Returns the
+    /// plugin and context when the response is to be classified.
+    async fn shape(
+        &self,
+        c: &Connector,
+        user: Option<&str>,
+        method: &Method,
+        path: &str,
+        query: Option<String>,
+        headers: &mut HeaderMap,
+    ) -> Result<(url::Url, Option<String>, Option<Classifier>), Error> {
+        let plugin = self.plugin(c)?;
+        let base = base_url(c, plugin.as_deref())?;
+        let Some(p) = plugin.filter(|p| p.has(Hook::ShapeRequest) || p.has(Hook::ClassifyResponse))
+        else {
+            return Ok((path::join(&base, path, query.as_deref()), None, None));
+        };
+        let ctx = self.context(c, user, &p, &base).await?;
+        if !p.has(Hook::ShapeRequest) {
+            return Ok((
+                path::join(&base, path, query.as_deref()),
+                None,
+                Some((p, ctx)),
+            ));
+        }
+        let req = types::OutgoingRequest {
+            method: wit_method(method).unwrap_or(types::Method::Get),
+            path: format!("/{path}"),
+            query,
+            headers: wit_headers(headers),
+        };
+        let bounds = Bounds {
+            base: &base,
+            credential_header: c.credential.header_name(),
+        };
+        let shaped = self
+            .plugins
+            .shape(&p, ctx.clone(), req, bounds)
+            .await
+            .map_err(|e| Error::plugin(&c.id, &e))?;
+        shaped.apply_headers(headers);
+        Ok((shaped.url, shaped.grant, Some((p, ctx))))
+    }
+
+    /// Credential and egress stages, with the one rule for a rejected credential: the
+    /// credential is told (a cached token forgotten, a user token marked due), discovery
+    /// results for the connector forgotten, and a replayable request sent once more if
+    /// the credential is now a different one. A 401 means the upstream did not act on the
+    /// request, so the resend is safe for any method. Returns the response and the
+    /// `Authorization` value it answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        c: &Connector,
+        user: Option<&str>,
+        grant: Option<&str>,
+        method: Method,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: Payload,
+    ) -> Result<(http::Response<InBody>, Option<HeaderValue>), Error> {
+        let auth = Auth {
+            connector: c,
+            user,
+            grant,
+        };
+        let again = body.replay().map(|b| (b, headers.clone()));
+        let (first, headers, sent) = self.authorize(auth, url, headers).await?;
+        let resp = self
+            .transmit(c, method.clone(), &first, headers, body)
+            .await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok((resp, sent));
+        }
+        self.credentials
+            .rejected(&c.credential, user, sent.as_ref())
+            .await;
+        self.discoveries.forget(&c.id);
+        let Some((body, headers)) = again else {
+            return Ok((resp, sent));
+        };
+        let (url, headers, now) = self.authorize(auth, url, headers).await?;
+        if now == sent {
+            return Ok((resp, sent));
+        }
+        tracing::info!(connector = %c.id, "upstream answered 401; sending once more with the new credential");
+        let resp = self.transmit(c, method, &url, headers, body).await?;
+        Ok((resp, now))
+    }
+
+    /// Credential stage: the URL and headers with the credential on them, and the
+    /// `Authorization` value set.
+    async fn authorize(
+        &self,
+        auth: Auth<'_>,
+        url: &url::Url,
+        mut headers: HeaderMap,
+    ) -> Result<(url::Url, HeaderMap, Option<HeaderValue>), Error> {
+        let c = auth.connector;
+        let mut url = url.clone();
+        let sent = self
+            .credentials
+            .apply(
+                &c.id,
+                &c.credential,
+                auth.user,
+                auth.grant,
+                &mut headers,
+                &mut url,
+            )
+            .await
+            .map_err(|e| Error::credential(&e))?;
+        Ok((url, headers, sent))
+    }
+
+    /// Egress stage.
+    async fn transmit(
+        &self,
+        c: &Connector,
+        method: Method,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: Payload,
+    ) -> Result<http::Response<InBody>, Error> {
+        self.egress
+            .send(method, url, headers, body.into_body())
+            .await
+            .map_err(|e| Error::egress(&c.id, &e))
+    }
+
+    /// Classify stage: the provider plugin reads the status, headers and the first bytes
+    /// of the body; a transient failure of a repeatable request is retried once after the
+    /// delay it names, a rejected token is reported like a 401, and the class is marked
+    /// on the answer for the agent.
+    #[allow(clippy::too_many_arguments)]
+    async fn classify(
+        &self,
+        c: &Connector,
+        user: Option<&str>,
+        method: &Method,
+        url: &url::Url,
+        grant: Option<&str>,
+        classifier: Option<Classifier>,
+        mut retry: Option<(Payload, HeaderMap)>,
+        mut resp: http::Response<InBody>,
+        mut sent: Option<HeaderValue>,
+    ) -> Result<Reply, Error> {
+        let idle = self.egress.read_timeout();
+        let Some((plugin, ctx)) = classifier.filter(|(p, _)| p.classifies(resp.status().as_u16()))
+        else {
+            let (parts, body) = resp.into_parts();
+            return Ok(self.finish(c, parts, UpstreamBody::stream(body), Classification::Ok));
+        };
+        loop {
+            let limit = plugin.defaults.classify_body_bytes as usize;
+            let wanted = plugin.classifies(resp.status().as_u16());
+            let (parts, body) = resp.into_parts();
+            let body = UpstreamBody::stream(body);
+            let (prefix, rest) = if wanted && limit > 0 && method != Method::HEAD {
+                body.read_prefix(limit, idle).await
+            } else {
+                (Bytes::new(), Some(body))
+            };
+            let class = if wanted {
+                self.plugins
+                    .classify(
+                        &plugin,
+                        ctx.clone(),
+                        parts.status.as_u16(),
+                        wit_headers(&parts.headers),
+                        prefix[..prefix.len().min(limit)].to_vec(),
+                    )
+                    .await
+                    .unwrap_or(Classification::Ok)
+            } else {
+                Classification::Ok
+            };
+            if let Classification::Retry(delay) = &class
+                && let Some((body, headers)) = retry.take()
+            {
+                let wait = Duration::from_millis(u64::from(delay.unwrap_or(250)));
+                tracing::info!(
+                    connector = %c.id,
+                    wait_ms = wait.as_millis() as u64,
+                    "provider asked for a retry; retrying once"
+                );
+                tokio::time::sleep(wait).await;
+                (resp, sent) = self
+                    .deliver(c, user, grant, method.clone(), url, headers, body)
+                    .await?;
+                continue;
+            }
+            if let Classification::Reauth(_) = &class {
+                self.credentials
+                    .rejected(&c.credential, user, sent.as_ref())
+                    .await;
+                self.discoveries.forget(&c.id);
+            }
+            let body = match rest {
+                Some(rest) => rest.after(prefix),
+                None => UpstreamBody::new(prefix, None),
+            };
+            return Ok(self.finish(c, parts, body, class));
+        }
+    }
+
+    /// The answer as the caller may see it: the header policy applied, a query-string
+    /// key scrubbed from anything that echoes it, the classification marked.
+    fn finish(
+        &self,
+        c: &Connector,
+        mut parts: http::response::Parts,
+        body: UpstreamBody,
+        class: Classification,
+    ) -> Reply {
+        parts.headers = crate::headers::from_upstream(&parts.headers);
+        mark(&c.id, &class, &mut parts.headers);
+        c.credential.scrub_response(&c.id, &mut parts.headers);
+        Reply {
+            response: http::Response::from_parts(parts, body),
+            class,
+        }
+    }
+
+    /// Runs a provider plugin's tool for `user`: the plugin builds the request
+    /// (checked: a plain path below the connector, allowed headers, bounded body), which
+    /// then takes the whole pipeline with the user's credential. The caller's tool grant
+    /// was checked by the MCP layer.
+    pub async fn tool_call(
+        &self,
+        c: &Connector,
+        user: &str,
+        plugin: &Arc<Plugin>,
+        name: &str,
+        arguments: &serde_json::Value,
+    ) -> Result<Reply, Error> {
+        let base = base_url(c, Some(plugin))?;
+        let ctx = self
+            .plugin_context(c, Some(user), plugin)
+            .ok_or_else(|| misconfigured(&c.id))?;
+        let bounds = Bounds {
+            base: &base,
+            credential_header: c.credential.header_name(),
+        };
+        let call = self
+            .plugins
+            .tool_call(plugin, ctx, name.to_owned(), arguments.to_string(), bounds)
+            .await
+            .map_err(|e| Error::plugin(&c.id, &e))?;
+        let clean = path::normalize_path(call.path.trim_start_matches('/')).map_err(|e| {
+            Error::plugin(
+                &c.id,
+                &crate::plugins::CallError::Invalid {
+                    plugin: plugin.id().into(),
+                    detail: format!("the tool request path is not usable: {}", e.message),
+                },
+            )
+        })?;
+        self.send(Exchange {
+            connector: c,
+            user: Some(user),
+            method: call.method,
+            target: Target::Path {
+                path: clean.forward,
+                query: call.query,
+            },
+            headers: call.headers,
+            body: call
+                .body
+                .map_or(Payload::Empty, |b| Payload::Bytes(b.into())),
+        })
+        .await
+    }
+}
+
+/// The connector's `url`, else its provider's default API URL.
+fn base_url(c: &Connector, plugin: Option<&Plugin>) -> Result<url::Url, Error> {
+    match (&c.url, plugin) {
+        (Some(u), _) => Ok(u.clone()),
+        (None, Some(p)) => url::Url::parse(&p.defaults.api_url).map_err(|e| {
+            Error::connector(ApiError::bad_gateway(
+                "connector_misconfigured",
+                e.to_string(),
+            ))
+        }),
+        (None, None) => Err(misconfigured(&c.id)),
+    }
+}
+
+fn misconfigured(id: &str) -> Error {
+    Error::connector(ApiError::bad_gateway(
+        "connector_misconfigured",
+        format!("connector \"{id}\" has no url; an admin must set connectors.servers.{id}.url"),
+    ))
+}
+
+/// Marks a classified response for the agent: `Portcullis-Upstream-Class`, a
+/// `Retry-After` when the provider gave a delay the upstream did not send as a header,
+/// and the provider's error text for failures hidden in a success status.
+fn mark(id: &str, class: &Classification, headers: &mut HeaderMap) {
+    let (name, detail) = match class {
+        Classification::Ok => return,
+        Classification::Retry(_) => ("retry", None),
+        Classification::RateLimited(secs) => {
+            if let Some(s) = secs
+                && !headers.contains_key(http::header::RETRY_AFTER)
+            {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*s));
+            }
+            ("rate-limited", None)
+        }
+        Classification::Reauth(why) => ("reauth", Some(why)),
+        Classification::Failed(why) => ("failed", Some(why)),
+    };
+    headers.insert(UPSTREAM_CLASS, HeaderValue::from_static(name));
+    if let Some(why) = detail {
+        let clean: String = why
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control())
+            .take(200)
+            .collect();
+        if let Ok(v) = HeaderValue::try_from(clean) {
+            headers.insert(UPSTREAM_ERROR, v);
+        }
+        tracing::info!(connector = id, class = name, "upstream reported: {why}");
+    }
+}
+
+fn wit_headers(headers: &HeaderMap) -> Vec<types::Header> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,396 @@
+//! The one check on plugin output. Every hook's result passes through here before it
+//! leaves this module, so the host never acts on anything a plugin returned unchecked:
+//!
+//! - URLs stay on the connector's own origin or are https on the provider's declared
+//!   hosts, with no credentials in them;
+//! - headers are valid, bounded, and never a credential or framing header
+//!   ([`crate::headers::refused_from_plugin`]);
+//! - tool requests name a plain path below the connector, never another origin;
+//! - bodies, variables, tool listings and texts are bounded.
+//!
+//! The checks live beside the runtime rather than in the outbound pipeline because
+//! checking at the sandbox boundary is what makes "every hook" true by construction:
+//! the raw hook calls are private to `plugins`, and only checked values are public.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{CallError, Plugin, types};
+
+/// Longest URL a plugin may return.
+const MAX_URL_BYTES: usize = 16 * 1024;
+/// Most headers a plugin may set, and the longest value.
+const MAX_SET_HEADERS: usize = 64;
+const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+/// Largest request body a plugin may have the host send (a tool call, a discovery step).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Most variables a token response or discovery may set, and their sizes.
+const MAX_VARIABLES: usize = 32;
+const MAX_VARIABLE_NAME: usize = 64;
+const MAX_VARIABLE_VALUE: usize = 2048;
+/// Most tools one plugin may list, and the size of each one's texts.
+const MAX_TOOLS: usize = 256;
+const MAX_TOOL_DESCRIPTION: usize = 4096;
+const MAX_TOOL_SCHEMA: usize = 64 * 1024;
+/// Longest text a plugin may report (a classification's reason).
+const MAX_REASON: usize = 1024;
+/// Longest retry delay a plugin may ask for, in milliseconds.
+const MAX_RETRY_MS: u32 = 2_000;
+
+/// What a plugin's output is checked against: the connector's base URL (its origin is
+/// always allowed) and the header its credential uses (never settable by the plugin).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds<'a> {
+    pub base: &'a url::Url,
+    pub credential_header: Option<&'a HeaderName>,
+}
+
+fn invalid(plugin: &Plugin, detail: String) -> CallError {
+    CallError::Invalid {
+        plugin: plugin.prepared.id().clone(),
+        detail,
+    }
+}
+
+/// A shaped request, checked.
+#[derive(Debug)]
+pub struct Shaped {
+    pub url: url::Url,
+    pub set: HeaderMap,
+    pub remove: Vec<HeaderName>,
+    pub grant: Option<String>,
+}
+
+impl Shaped {
+    /// Applies the header changes to the outgoing headers.
+    pub fn apply_headers(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for name in self.set.keys() {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+pub(super) fn shaped(
+    plugin: &Plugin,
+    bounds: Bounds<'_>,
+    shaped: types::ShapedRequest,
+) -> Result<Shaped, CallError> {
+    let url = url(plugin, bounds.base, &shaped.url)?;
+    let set = headers(plugin, &shaped.set_headers, bounds.credential_header)?;
+    let mut remove = Vec::with_capacity(shaped.remove_headers.len());
+    for name in &shaped.remove_headers {
+        remove
+            .push(HeaderName::try_from(name.as_str()).map_err(|_| {
+                invalid(plugin, format!("\"{}\" is not a header name", clip(name)))
+            })?);
+    }
+    Ok(Shaped {
+        url,
+        set,
+        remove,
+        grant: shaped.grant,
+    })
+}
+
+/// A request a plugin asked the host to make (a discovery step), checked: the host adds
+/// the credential and sends it.
+#[derive(Debug)]
+pub struct CheckedRequest {
+    pub method: http::Method,
+    pub url: url::Url,
+    pub headers: HeaderMap,
+    pub body: Option<Vec<u8>>,
+    pub grant: Option<String>,
+}
+
+pub(super) fn request(
+    plugin: &Plugin,
+    bounds: Bounds<'_>,
+    req: types::Request,
+) -> Result<CheckedRequest, CallError> {
+    Ok(CheckedRequest {
+        method: super::method_of(req.method),
+        url: url(plugin, bounds.base, &req.url)?,
+        headers: headers(plugin, &req.headers, bounds.credential_header)?,
+        body: body(plugin, req.body)?,
+        grant: req.grant,
+    })
+}
+
+/// A tool call as a request below the connector, checked.
+#[derive(Debug)]
+pub struct ToolCall {
+    pub method: http::Method,
+    /// A plain path below the connector's base URL, starting with `/`.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Option<Vec<u8>>,
+}
+
+pub(super) fn tool_call(
+    plugin: &Plugin,
+    bounds: Bounds<'_>,
+    req: types::ToolRequest,
+) -> Result<ToolCall, CallError> {
+    let path = &req.path;
+    if path.len() > MAX_URL_BYTES {
+        return Err(invalid(
+            plugin,
+            format!(
+                "a tool path of {} bytes; at most {MAX_URL_BYTES}",
+                path.len()
+            ),
+        ));
+    }
+    // A tool request is relative to the connector: `//host/...` (a network-path
+    // reference) or `scheme:...` would name another origin, `?`/`#` belong elsewhere.
+    let foreign = path.starts_with("//")
+        || path.starts_with("\\\\")
+        || path.contains(['?', '#'])
+        || path
+            .split('/')
+            .next()
+            .is_some_and(|first| first.contains(':'));
+    if foreign || !path.starts_with('/') {
+        return Err(invalid(
+            plugin,
+            format!(
+                "the tool request path \"{}\" is not a plain path below the connector (it must start with one \"/\")",
+                clip(path)
+            ),
+        ));
+    }
+    if let Some(q) = &req.query
+        && q.len() > MAX_URL_BYTES
+    {
+        return Err(invalid(
+            plugin,
+            format!("a tool query of {} bytes; at most {MAX_URL_BYTES}", q.len()),
+        ));
+    }
+    Ok(ToolCall {
+        method: super::method_of(req.method),
+        path: req.path,
+        query: req.query.filter(|q| !q.is_empty()),
+        headers: headers(plugin, &req.headers, bounds.credential_header)?,
+        body: body(plugin, req.body)?,
+    })
+}
+
+/// A plugin tool, checked: a usable name, bounded texts, and an input schema that is a
+/// JSON object.
+#[derive(Debug, Clone)]
+pub struct CheckedTool {
+    pub name: String,
+    pub description: String,
+    pub input_schema: serde_json::Map<String, serde_json::Value>,
+    pub read_only: bool,
+}
+
+/// Keeps the tools that pass; each one left out is logged with why. A listing longer
+/// than the bound fails whole (the plugin is broken, not one tool).
+pub(super) fn tools(
+    plugin: &Plugin,
+    listed: Vec<types::Tool>,
+) -> Result<Vec<CheckedTool>, CallError> {
+    if listed.len() > MAX_TOOLS {
+        return Err(invalid(
+            plugin,
+            format!("{} tools listed; at most {MAX_TOOLS}", listed.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(listed.len());
+    for t in listed {
+        let why = if t.name.is_empty()
+            || t.name.len() > 128
+            || !t
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            Some("not a valid tool name (1-128 of A-Z a-z 0-9 _ . -)".to_owned())
+        } else if t.description.len() > MAX_TOOL_DESCRIPTION {
+            Some(format!("a description over {MAX_TOOL_DESCRIPTION} bytes"))
+        } else if t.input_schema.len() > MAX_TOOL_SCHEMA {
+            Some(format!("an input schema over {MAX_TOOL_SCHEMA} bytes"))
+        } else {
+            None
+        };
+        let schema = match (why, serde_json::from_str(&t.input_schema)) {
+            (None, Ok(serde_json::Value::Object(m))) => Ok(m),
+            (None, Ok(_)) => Err("an input schema that is not a JSON object".to_owned()),
+            (None, Err(e)) => Err(format!("an input schema that is not JSON ({e})")),
+            (Some(why), _) => Err(why),
+        };
+        match schema {
+            Ok(input_schema) => out.push(CheckedTool {
+                name: t.name,
+                description: t.description,
+                input_schema,
+                read_only: t.read_only,
+            }),
+            Err(why) => tracing::warn!(
+                plugin = %plugin.id(),
+                tool = %clip(&t.name),
+                "plugin tool left out: {why}"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Variables a token response or discovery set: bounded, printable.
+pub(super) fn variables(
+    plugin: &Plugin,
+    vars: Vec<types::Variable>,
+) -> Result<Vec<types::Variable>, CallError> {
+    if vars.len() > MAX_VARIABLES {
+        return Err(invalid(
+            plugin,
+            format!("{} variables; at most {MAX_VARIABLES}", vars.len()),
+        ));
+    }
+    for (name, value) in &vars {
+        if name.is_empty() || name.len() > MAX_VARIABLE_NAME || name.chars().any(char::is_control) {
+            return Err(invalid(
+                plugin,
+                format!(
+                    "the variable name \"{}\" is empty, too long or has control characters",
+                    clip(name)
+                ),
+            ));
+        }
+        if value.len() > MAX_VARIABLE_VALUE || value.chars().any(char::is_control) {
+            return Err(invalid(
+                plugin,
+                format!(
+                    "variable \"{name}\" is over {MAX_VARIABLE_VALUE} bytes or has control characters"
+                ),
+            ));
+        }
+    }
+    Ok(vars)
+}
+
+/// A classification with its delay and texts bounded.
+pub(super) fn classification(c: types::Classification) -> types::Classification {
+    use types::Classification as C;
+    match c {
+        C::Retry(ms) => C::Retry(Some(ms.unwrap_or(250).min(MAX_RETRY_MS))),
+        C::Reauth(why) => C::Reauth(clip_to(&why, MAX_REASON)),
+        C::Failed(why) => C::Failed(clip_to(&why, MAX_REASON)),
+        other => other,
+    }
+}
+
+/// A URL is acceptable when it is on the connector's own configured origin (the
+/// operator chose it) or is https on one of the provider's declared hosts.
+pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Url, CallError> {
+    if raw.len() > MAX_URL_BYTES {
+        return Err(invalid(
+            plugin,
+            format!("a URL of {} bytes; at most {MAX_URL_BYTES}", raw.len()),
+        ));
+    }
+    let url = url::Url::parse(raw)
+        .map_err(|e| invalid(plugin, format!("\"{}\" is not a URL: {e}", clip(raw))))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(plugin, "a URL with credentials in it".to_owned()));
+    }
+    let same_origin = url.scheme() == base.scheme()
+        && url.host() == base.host()
+        && url.port_or_known_default() == base.port_or_known_default();
+    if same_origin {
+        return Ok(url);
+    }
+    if url.scheme() != "https" {
+        return Err(invalid(plugin, format!("\"{}\" is not https", clip(raw))));
+    }
+    if !plugin
+        .manifest
+        .allows_host(url.host_str().unwrap_or_default())
+    {
+        return Err(invalid(
+            plugin,
+            format!(
+                "\"{}\" is outside the provider's declared hosts ({}) and the connector's URL",
+                clip(raw),
+                plugin.manifest.capabilities.allowed_hosts.join(", ")
+            ),
+        ));
+    }
+    Ok(url)
+}
+
+/// Headers a plugin wants sent: valid, bounded, and allowed by the header policy.
+pub(super) fn headers(
+    plugin: &Plugin,
+    headers: &[types::Header],
+    credential_header: Option<&HeaderName>,
+) -> Result<HeaderMap, CallError> {
+    if headers.len() > MAX_SET_HEADERS {
+        return Err(invalid(
+            plugin,
+            format!("{} headers set; at most {MAX_SET_HEADERS}", headers.len()),
+        ));
+    }
+    let mut set = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| invalid(plugin, format!("\"{}\" is not a header name", clip(name))))?;
+        if let Some(why) = crate::headers::refused_from_plugin(&name, credential_header) {
+            return Err(invalid(plugin, why));
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(invalid(
+                plugin,
+                format!(
+                    "header \"{name}\" is {} bytes; at most {MAX_HEADER_VALUE_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+        let value = HeaderValue::try_from(value.as_str()).map_err(|_| {
+            invalid(
+                plugin,
+                format!("header \"{name}\" has a value not allowed in HTTP"),
+            )
+        })?;
+        set.append(name, value);
+    }
+    Ok(set)
+}
+
+fn body(plugin: &Plugin, body: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, CallError> {
+    match body {
+        Some(b) if b.len() > MAX_BODY_BYTES => Err(invalid(
+            plugin,
+            format!(
+                "a request body of {} bytes; at most {MAX_BODY_BYTES}",
+                b.len()
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+pub(super) fn clip(s: &str) -> String {
+    clip_to(s, 120)
+}
