@@ -151,7 +151,7 @@ impl Credential {
         connector: &str,
         egress: &Egress,
         headers: &mut HeaderMap,
-        url: &mut url::Url,
+        url: &mut std::borrow::Cow<'_, url::Url>,
     ) -> Result<(), CredentialError> {
         match self {
             Self::None => {}
@@ -159,6 +159,7 @@ impl Credential {
                 headers.insert(name.clone(), value.clone());
             }
             Self::Query { name, value } => {
+                let url = url.to_mut();
                 // Drop any caller-supplied parameter of the same name first.
                 let kept: Vec<(String, String)> = url
                     .query_pairs()
@@ -239,6 +240,12 @@ impl Credential {
         }
     }
 
+    /// Whether a rejection can lead to a different credential (a new client-credentials
+    /// token, a refreshed user token), so that a request is worth sending again.
+    pub fn renewable(&self) -> bool {
+        matches!(self, Self::ClientCredentials(_) | Self::PerUser(_))
+    }
+
     /// The header this credential sets, if any: plugins may never set it themselves.
     pub fn header_name(&self) -> Option<&HeaderName> {
         match self {
@@ -278,7 +285,7 @@ impl Credentials {
         user: Option<&str>,
         grant: Option<&str>,
         headers: &mut HeaderMap,
-        url: &mut url::Url,
+        url: &mut std::borrow::Cow<'_, url::Url>,
     ) -> Result<Option<HeaderValue>, CredentialError> {
         match credential {
             Credential::PerUser(pu) => {

@@ -272,13 +272,12 @@ impl Policy {
     }
 
     /// Everything `caller` may do.
-    pub fn access(&self, caller: &Caller) -> Access<'_> {
+    pub fn access<'a>(&'a self, caller: &'a Caller) -> Access<'a> {
         // Borrows the compiled rules: this runs on every request.
         let mut access = Access {
             role: None,
             read_metrics: false,
             granted: Vec::new(),
-            own: caller.caps.rules.clone(),
             labels: &self.labels,
         };
         for g in self
@@ -293,6 +292,7 @@ impl Policy {
         // Policy-file grants, delivered by whois and compiled with the identity.
         access.role = access.role.max(caller.caps.role);
         access.read_metrics |= caller.caps.read_metrics;
+        access.granted.push(&caller.caps.rules);
         access
     }
 }
@@ -382,19 +382,15 @@ fn src_matches(src: &str, caller: &Caller) -> bool {
 pub struct Access<'p> {
     role: Option<Role>,
     read_metrics: bool,
-    /// Rules of the config grants that matched, borrowed from the policy.
+    /// Rules of the config grants that matched, borrowed from the policy, and the
+    /// caller's own, borrowed from the caller.
     granted: Vec<&'p [Rule]>,
-    /// The caller's own rules, shared with its identity.
-    own: Arc<[Rule]>,
     labels: &'p HashMap<String, Vec<String>>,
 }
 
 impl Access<'_> {
     fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.granted
-            .iter()
-            .flat_map(|r| r.iter())
-            .chain(self.own.iter())
+        self.granted.iter().flat_map(|r| r.iter())
     }
 
     pub fn is_admin(&self) -> bool {
@@ -514,7 +510,8 @@ mod tests {
             &include_str!("../../tests/fixtures/seeds/002-grants-github-aperture.json").trim()[1..]
         );
         let (p, _) = policy(&text);
-        let a = p.access(&user("bob@example.com", &[]));
+        let bob = user("bob@example.com", &[]);
+        let a = p.access(&bob);
         assert!(a.allows("github", "proxy", "user"));
         assert!(a.allows("github", "proxy", "repos/tailscale/tailscale/pulls"));
         assert!(a.allows("aperture", "tools", "list_connectors"));
@@ -526,7 +523,8 @@ mod tests {
     fn deny_by_default() {
         let (p, d) = policy(&format!("{{{CONNECTORS}}}"));
         assert!(d.warnings().any(|w| w.message.contains("role \"admin\"")));
-        let a = p.access(&user("a@example.com", &[]));
+        let someone = user("a@example.com", &[]);
+        let a = p.access(&someone);
         assert!(!a.allows("github", "proxy", "user"));
         assert!(!a.any_on("github"));
     }
@@ -632,7 +630,8 @@ mod tests {
             p.access(&tagged(&["tag:ci", "tag:x"]))
                 .allows("github", "proxy", "x")
         );
-        let ap = p.access(&tagged(&["tag:prod", "tag:api"]));
+        let api = tagged(&["tag:prod", "tag:api"]);
+        let ap = p.access(&api);
         assert!(ap.allows("local", "tools", "t"));
         assert!(
             !p.access(&tagged(&["tag:api"]))
@@ -643,7 +642,8 @@ mod tests {
             !p.access(&user("tag:ci", &[]))
                 .allows("github", "proxy", "x")
         );
-        let lb = p.access(&Caller::loopback());
+        let loopback = Caller::loopback();
+        let lb = p.access(&loopback);
         assert!(lb.may_read_metrics() && !lb.is_admin());
     }
 
@@ -668,7 +668,8 @@ mod tests {
             r#"{{{CONNECTORS}, "grants": [{{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [{{"mcp_tools": "local/search"}}]}}}}]}}"#
         );
         let (p, _) = policy(&text);
-        let a = p.access(&user("a@x", &[]));
+        let ax = user("a@x", &[]);
+        let a = p.access(&ax);
         assert!(a.allows("local", "tools", "search"));
         assert!(!a.allows("local", "tools", "other"));
     }

@@ -12,27 +12,36 @@
 //!
 //! struct Acme;
 //!
+//! #[portcullis_sdk::provider]
 //! impl Provider for Acme {
 //!     fn defaults() -> Defaults {
-//!         Defaults::new("acme", "Acme", "https://api.acme.example")
+//!         Defaults::new("https://api.acme.example")
+//!     }
+//!
+//!     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
+//!         let path = format!("/v2{}", req.path);
+//!         Ok(ShapedRequest::join(&ctx.base_url, &path, req.query.as_deref()))
 //!     }
 //! }
-//!
-//! portcullis_sdk::export_provider!(Acme);
 //! ```
 //!
 //! # Layout
 //!
 //! - [`Provider`]: the trait; every hook but [`Provider::defaults`] has a default that
 //!   does what the host would do without a plugin.
-//! - [`export_provider!`]: exports a `Provider` as the component's `plugin` interface.
-//! - [`types`]: the WIT types (`Defaults`, `Context`, `ShapedRequest`, ...) with
-//!   constructors and helpers.
+//! - [`provider`]: the attribute that exports a `Provider`. A hook is active because
+//!   the impl defines it: the attribute derives the hook list the host reads, and takes
+//!   the plugin's id, name and description from the crate's `plugin.toml`.
+//! - [`types`]: what hooks take and return, with builders: [`Defaults`], [`Tool`] and
+//!   [`Args`] (JSON as `serde_json::Value`), [`Classification`] and [`TokenInfo`]
+//!   (times as [`std::time::Duration`]), headers through [`WithHeaders`].
+//! - [`url`]: [`join_url`] and [`percent_encode`].
 //! - [`log`]: `info!`, `warn!`, ... into the host's log, tagged with the plugin id.
-//! - `testing` (feature `harness`, native only): run the built component through the
-//!   real host runtime against recorded fixtures.
+//! - `testing` (feature `harness`, native only): build the component and run it through
+//!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.0`; see `wit/provider.wit`.
+//! The WIT world is `portcullis:provider@0.1.0`; see `wit/provider.wit`. The SDK's own
+//! types convert to the wire types in [`wit`] at the component boundary.
 
 // Lets the generated bindings name this crate by the path plugin crates use.
 extern crate self as portcullis_sdk;
@@ -55,39 +64,63 @@ pub use bitflags as __bitflags;
 #[doc(hidden)]
 pub use wit_bindgen::rt as __rt;
 
+#[doc(hidden)]
+pub mod export;
 pub mod log;
 pub mod types;
+pub mod url;
 
 #[cfg(all(feature = "harness", not(target_arch = "wasm32")))]
 pub use portcullis::plugins::harness as testing;
 
+/// Exports a provider: put it on your `impl Provider for YourType` block.
+///
+/// - The hooks the host calls are the hook methods the block defines; there is no list
+///   to keep in step. `list_tools` and `build_tool_call` come as a pair.
+/// - The plugin's id, name and description come from `plugin.toml` next to the crate's
+///   `Cargo.toml` (the registry manifest), read at compile time: `defaults()` cannot
+///   disagree with it. A missing or invalid manifest is a build error.
+/// - Forgetting the attribute is a build error too (the trait's hook list is missing).
+pub use portcullis_sdk_macros::provider;
 pub use types::*;
+pub use url::{join_url, percent_encode};
 
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::Provider;
     pub use crate::types::*;
+    pub use crate::url::{join_url, percent_encode};
+    pub use std::time::Duration;
 }
 
 /// The WIT version this SDK builds against.
 pub const WIT_VERSION: &str = "0.1.0";
 
-/// A provider. Implement [`Provider::defaults`] and the hooks your provider needs, list
-/// those hooks in [`Defaults::hooks`], and export the type with [`export_provider!`].
+/// A provider. Implement [`Provider::defaults`] and the hooks your provider needs, and
+/// put [`macro@provider`] on the impl: it exports the type and tells the host which hooks
+/// the impl defines.
 ///
 /// The defaults below are what the host does without a plugin, so a hook you do not
-/// override behaves exactly like a connector with no provider.
+/// define behaves exactly like a connector with no provider (and the host does not
+/// call the plugin for it).
 pub trait Provider {
-    /// What the picker shows and pre-fills. Called once at load.
+    /// The identity in `plugin.toml` and the hooks this impl defines, written by
+    /// [`macro@provider`]. Missing means the attribute is missing: add
+    /// `#[portcullis_sdk::provider]` to the impl.
+    #[doc(hidden)]
+    const FROM_PROVIDER_ATTRIBUTE: export::Derived;
+
+    /// What the picker shows and pre-fills. Called once at load. The id, name and
+    /// description are `plugin.toml`'s.
     fn defaults() -> Defaults;
 
     /// Shapes one proxied request: the default sends it to `base-url` + path + query.
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
-        Ok(ShapedRequest::to(join_url(
+        Ok(ShapedRequest::join(
             &ctx.base_url,
             &req.path,
             req.query.as_deref(),
-        )))
+        ))
     }
 
     /// Reads the non-token parts of a token response (tokens are redacted).
@@ -119,84 +152,12 @@ pub trait Provider {
         Vec::new()
     }
 
-    /// Turns a tool call into an API request.
+    /// Turns a tool call into an API request; `args` is the call's JSON object.
     fn build_tool_call(
         _ctx: &Context,
         name: &str,
-        _arguments: &str,
+        _args: &Args,
     ) -> Result<ToolRequest, PluginError> {
-        Err(PluginError::InvalidInput(format!(
-            "unknown tool \"{name}\""
-        )))
+        Err(types::unknown_tool(name))
     }
-}
-
-/// Exports a [`Provider`] as this component's `portcullis:provider/plugin` interface.
-#[macro_export]
-macro_rules! export_provider {
-    ($provider:ty) => {
-        #[doc(hidden)]
-        pub struct __PortcullisPlugin;
-
-        impl $crate::bindings::exports::portcullis::provider::plugin::Guest for __PortcullisPlugin {
-            fn defaults() -> $crate::Defaults {
-                <$provider as $crate::Provider>::defaults()
-            }
-            fn shape_request(
-                ctx: $crate::Context,
-                req: $crate::OutgoingRequest,
-            ) -> ::core::result::Result<$crate::ShapedRequest, $crate::PluginError> {
-                <$provider as $crate::Provider>::shape_request(&ctx, req)
-            }
-            fn read_token_response(
-                ctx: $crate::Context,
-                status: u16,
-                body: ::std::string::String,
-            ) -> ::core::result::Result<$crate::TokenInfo, $crate::TokenError> {
-                <$provider as $crate::Provider>::read_token_response(&ctx, status, &body)
-            }
-            fn discover(
-                ctx: $crate::Context,
-                state: ::std::string::String,
-                last: ::core::option::Option<$crate::Response>,
-            ) -> $crate::Discovery {
-                <$provider as $crate::Provider>::discover(&ctx, &state, last)
-            }
-            fn classify_response(
-                ctx: $crate::Context,
-                status: u16,
-                headers: ::std::vec::Vec<$crate::Header>,
-                body: ::std::vec::Vec<u8>,
-            ) -> $crate::Classification {
-                <$provider as $crate::Provider>::classify_response(&ctx, status, &headers, &body)
-            }
-            fn list_tools(ctx: $crate::Context) -> ::std::vec::Vec<$crate::Tool> {
-                <$provider as $crate::Provider>::list_tools(&ctx)
-            }
-            fn build_tool_call(
-                ctx: $crate::Context,
-                name: ::std::string::String,
-                arguments: ::std::string::String,
-            ) -> ::core::result::Result<$crate::ToolRequest, $crate::PluginError> {
-                <$provider as $crate::Provider>::build_tool_call(&ctx, &name, &arguments)
-            }
-        }
-
-        $crate::bindings::__export_world!(__PortcullisPlugin with_types_in $crate::bindings);
-    };
-}
-
-/// `base` + `path` (+ `?query`), with exactly one `/` at the join.
-pub fn join_url(base: &str, path: &str, query: Option<&str>) -> String {
-    let mut url = String::with_capacity(base.len() + path.len() + 2);
-    url.push_str(base.trim_end_matches('/'));
-    if !path.starts_with('/') {
-        url.push('/');
-    }
-    url.push_str(path);
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
 }

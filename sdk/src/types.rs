@@ -1,33 +1,100 @@
-//! The WIT types, with constructors and helpers so plugins read as provider facts rather
+//! What hooks take and return, with builders so plugins read as provider facts rather
 //! than plumbing.
+//!
+//! Most types are the WIT records themselves. Five are the SDK's own, converted at the
+//! component boundary, so an author works with typed values where the wire has text
+//! or mixed units: [`Defaults`] (no identity or hook list: those are derived),
+//! [`Tool`] and [`Args`] (JSON as `serde_json::Value`, JSON text on the wire),
+//! [`Classification`] and [`TokenInfo`] (times as [`Duration`]; the wire has retry
+//! delays in milliseconds, rate limits and token lifetimes in seconds).
+
+use std::fmt::Display;
+use std::ops::{Deref, RangeInclusive};
+use std::time::Duration;
+
+use serde_json::Value;
 
 pub use crate::bindings::portcullis::provider::types::{
-    Choice, Classification, ClientAuth, Context, Discovery, Header, Hook, Input, Method,
-    OauthDefaults, OutgoingRequest, PkcePolicy, PluginError, ProviderDefaults, RefreshPolicy,
-    Request, Response, Selection, ShapedRequest, TokenError, TokenGrant, TokenInfo, Tool,
-    ToolRequest, Variable,
+    Choice, ClientAuth, Context, Discovery, Header, Hook, Input, Method, OauthDefaults,
+    OutgoingRequest, PkcePolicy, PluginError, RefreshPolicy, Request, Response, Selection,
+    ShapedRequest, TokenError, TokenGrant, ToolRequest, Variable,
 };
 
-/// What [`crate::Provider::defaults`] returns.
-pub type Defaults = ProviderDefaults;
+/// The wire types the SDK's own types convert to; plugins do not need them.
+pub mod wit {
+    pub use crate::bindings::portcullis::provider::types::{
+        Classification, ProviderDefaults, TokenInfo, Tool,
+    };
+}
 
-impl ProviderDefaults {
-    /// Defaults with no OAuth, no inputs and no hooks; fill in the rest with struct update
-    /// syntax or by assigning fields.
-    pub fn new(id: &str, display_name: &str, api_url: &str) -> Self {
+/// What [`crate::Provider::defaults`] returns: what the picker pre-fills and what the
+/// host needs to run the provider. The id, display name and description are the
+/// manifest's and the hook list is derived from the impl; the export adds them.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// API base URL, pre-filled as an HTTP connector's `url`.
+    pub api_url: String,
+    pub docs_url: Option<String>,
+    /// The provider's remote MCP server, when it has one.
+    pub mcp_url: Option<String>,
+    pub oauth: Option<OauthDefaults>,
+    /// Variables an operator sets in `provider_vars`.
+    pub inputs: Vec<Input>,
+    /// How many bytes of a response body `classify_response` sees (0: none).
+    pub classify_body_bytes: u32,
+    /// Statuses `classify_response` is called for; empty means every response.
+    pub classify_statuses: Vec<RangeInclusive<u16>>,
+}
+
+impl Defaults {
+    /// No OAuth, no inputs, every status classified with no body.
+    pub fn new(api_url: impl Into<String>) -> Self {
         Self {
-            id: id.to_owned(),
-            display_name: display_name.to_owned(),
-            description: String::new(),
+            api_url: api_url.into(),
             docs_url: None,
-            api_url: api_url.to_owned(),
             mcp_url: None,
             oauth: None,
             inputs: Vec::new(),
-            hooks: Vec::new(),
             classify_body_bytes: 0,
             classify_statuses: Vec::new(),
         }
+    }
+
+    pub fn docs_url(mut self, url: impl Into<String>) -> Self {
+        self.docs_url = Some(url.into());
+        self
+    }
+
+    pub fn mcp_url(mut self, url: impl Into<String>) -> Self {
+        self.mcp_url = Some(url.into());
+        self
+    }
+
+    pub fn oauth(mut self, oauth: OauthDefaults) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// Adds an input (`Input::new(name, description)`).
+    pub fn input(mut self, input: Input) -> Self {
+        self.inputs.push(input);
+        self
+    }
+
+    /// Calls `classify_response` only for these statuses (`[400..=599]` for errors
+    /// only); each status skipped saves a plugin call per request.
+    pub fn classify_statuses(
+        mut self,
+        ranges: impl IntoIterator<Item = RangeInclusive<u16>>,
+    ) -> Self {
+        self.classify_statuses = ranges.into_iter().collect();
+        self
+    }
+
+    /// How much of a response body `classify_response` sees.
+    pub fn classify_body_bytes(mut self, bytes: u32) -> Self {
+        self.classify_body_bytes = bytes;
+        self
     }
 }
 
@@ -53,6 +120,63 @@ impl OauthDefaults {
             dynamic_registration: false,
         }
     }
+
+    pub fn revocation_url(mut self, url: &str) -> Self {
+        self.revocation_url = Some(url.to_owned());
+        self
+    }
+
+    /// Default scopes, pre-filled as editable chips.
+    pub fn scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `","` for Slack; `" "` (the default) for most providers.
+    pub fn scope_separator(mut self, separator: &str) -> Self {
+        self.scope_separator = separator.to_owned();
+        self
+    }
+
+    /// Adds an authorize-request parameter (`audience`, `access_type`, `prompt`).
+    pub fn auth_param(mut self, name: &str, value: &str) -> Self {
+        self.auth_params.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The parameter for user scopes (Slack `user_scope`).
+    pub fn user_scope_param(mut self, name: &str) -> Self {
+        self.user_scope_param = Some(name.to_owned());
+        self
+    }
+
+    pub fn pkce(mut self, policy: PkcePolicy) -> Self {
+        self.pkce = policy;
+        self
+    }
+
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = auth;
+        self
+    }
+
+    /// Adds a token grant: where one token sits in a token response.
+    pub fn grant(mut self, grant: TokenGrant) -> Self {
+        self.grants.push(grant);
+        self
+    }
+
+    /// Each refresh returns a new refresh token and invalidates the old (Atlassian).
+    pub fn rotates_refresh_token(mut self) -> Self {
+        self.refresh.rotates_refresh_token = true;
+        self
+    }
+
+    /// A refresh response without a refresh token keeps the old one (Google).
+    pub fn keeps_refresh_token(mut self) -> Self {
+        self.refresh.keeps_refresh_token = true;
+        self
+    }
 }
 
 impl TokenGrant {
@@ -72,6 +196,35 @@ impl TokenGrant {
             required: true,
         }
     }
+
+    /// A response may lack this grant.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+
+    /// The response never says when the token expires (Salesforce): the lifetime comes
+    /// from [`TokenInfo::expires_in`].
+    pub fn without_expires_in(mut self) -> Self {
+        self.expires_in = None;
+        self
+    }
+}
+
+impl Input {
+    /// An input with no default.
+    pub fn new(name: &str, description: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            default_value: None,
+        }
+    }
+
+    pub fn default_value(mut self, value: &str) -> Self {
+        self.default_value = Some(value.to_owned());
+        self
+    }
 }
 
 impl Context {
@@ -81,6 +234,43 @@ impl Context {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Header building for the request descriptions a plugin returns
+/// ([`ShapedRequest`], [`ToolRequest`], [`Request`]). Names are lower-cased, as the
+/// WIT expects.
+///
+/// ```ignore
+/// ShapedRequest::join(&ctx.base_url, &req.path, None).header("accept", "application/json")
+/// ```
+pub trait WithHeaders: Sized {
+    #[doc(hidden)]
+    fn header_list(&mut self) -> &mut Vec<Header>;
+
+    /// Sets header `name` to `value`.
+    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.header_list()
+            .push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+impl WithHeaders for ShapedRequest {
+    fn header_list(&mut self) -> &mut Vec<Header> {
+        &mut self.set_headers
+    }
+}
+
+impl WithHeaders for ToolRequest {
+    fn header_list(&mut self) -> &mut Vec<Header> {
+        &mut self.headers
+    }
+}
+
+impl WithHeaders for Request {
+    fn header_list(&mut self) -> &mut Vec<Header> {
+        &mut self.headers
     }
 }
 
@@ -94,44 +284,200 @@ impl ShapedRequest {
             grant: None,
         }
     }
+
+    /// Send to `base` + `path` (+ `?query`); see [`crate::join_url`].
+    pub fn join(base: &str, path: &str, query: Option<&str>) -> Self {
+        Self::to(crate::join_url(base, path, query))
+    }
+
+    /// Do not forward the agent's header `name`.
+    pub fn remove_header(mut self, name: &str) -> Self {
+        self.remove_headers.push(name.to_ascii_lowercase());
+        self
+    }
+
+    /// Inject the token of this grant (Slack `user`) instead of the first.
+    pub fn grant(mut self, grant: &str) -> Self {
+        self.grant = Some(grant.to_owned());
+        self
+    }
 }
 
 impl ToolRequest {
-    pub fn get(path: &str, query: Option<String>) -> Self {
+    /// A request to `path` (relative to the connector) with no query, headers or body.
+    pub fn new(method: Method, path: &str) -> Self {
         Self {
-            method: Method::Get,
+            method,
             path: path.to_owned(),
-            query,
+            query: None,
             headers: Vec::new(),
             body: None,
         }
     }
 
-    /// A POST with a JSON body.
-    pub fn post_json(path: &str, body: &serde_json::Value) -> Self {
-        Self {
-            method: Method::Post,
-            path: path.to_owned(),
-            query: None,
-            headers: vec![(
-                "content-type".to_owned(),
-                "application/json; charset=utf-8".to_owned(),
-            )],
-            body: Some(body.to_string().into_bytes()),
+    pub fn get(path: &str) -> Self {
+        Self::new(Method::Get, path)
+    }
+
+    pub fn post(path: &str) -> Self {
+        Self::new(Method::Post, path)
+    }
+
+    /// Adds `name=value` to the query, percent-encoded.
+    pub fn query(mut self, name: &str, value: impl Display) -> Self {
+        crate::url::push_query_pair(&mut self.query, name, &value.to_string());
+        self
+    }
+
+    /// Adds `name=value` when there is a value.
+    pub fn query_opt(self, name: &str, value: Option<impl Display>) -> Self {
+        match value {
+            Some(v) => self.query(name, v),
+            None => self,
         }
+    }
+
+    /// A JSON body, with its content type.
+    pub fn json(mut self, body: &Value) -> Self {
+        self.body = Some(body.to_string().into_bytes());
+        self.header("content-type", "application/json; charset=utf-8")
     }
 }
 
 impl Request {
-    /// A GET the host authenticates with the connection's first grant.
+    /// A GET asking for JSON, which the host authenticates with the connection's first
+    /// grant.
     pub fn get(url: String) -> Self {
         Self {
             method: Method::Get,
             url,
-            headers: vec![("accept".to_owned(), "application/json".to_owned())],
+            headers: Vec::new(),
             body: None,
             grant: None,
         }
+        .header("accept", "application/json")
+    }
+
+    /// Authenticate with this grant instead of the first.
+    pub fn grant(mut self, grant: &str) -> Self {
+        self.grant = Some(grant.to_owned());
+        self
+    }
+}
+
+/// A tool the provider offers on top of its HTTP API, listed to agents as
+/// `<connector>_<name>`.
+#[derive(Clone, Debug)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub input_schema: Value,
+    /// Reading only: MCP clients may run it without asking.
+    pub read_only: bool,
+}
+
+impl Tool {
+    /// A tool that may change things; see [`Tool::read_only`].
+    pub fn new(name: &str, description: &str, input_schema: Value) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            input_schema,
+            read_only: false,
+        }
+    }
+
+    /// The tool only reads.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+}
+
+/// A tool call's arguments: the JSON object the agent sent. Derefs to
+/// [`serde_json::Value`]; the helpers return the errors a model can act on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Args(Value);
+
+impl Args {
+    /// Parses the arguments text the host sends.
+    pub fn parse(json: &str) -> Result<Self, PluginError> {
+        serde_json::from_str(json)
+            .map(Self)
+            .map_err(|e| PluginError::InvalidInput(format!("arguments are not JSON: {e}")))
+    }
+
+    /// A string argument.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(Value::as_str)
+    }
+
+    /// A string argument that must be there: `"key" is required` otherwise.
+    pub fn require_str(&self, key: &str) -> Result<&str, PluginError> {
+        self.str(key)
+            .ok_or_else(|| PluginError::InvalidInput(format!("\"{key}\" is required")))
+    }
+
+    /// A non-negative integer argument.
+    pub fn u64(&self, key: &str) -> Option<u64> {
+        self.0.get(key).and_then(Value::as_u64)
+    }
+}
+
+impl Deref for Args {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl From<Value> for Args {
+    fn from(v: Value) -> Self {
+        Self(v)
+    }
+}
+
+/// The error for a tool this provider does not have.
+pub fn unknown_tool(name: &str) -> PluginError {
+    PluginError::InvalidInput(format!("unknown tool \"{name}\""))
+}
+
+/// What an upstream response means, beyond its status.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Classification {
+    Ok,
+    /// Transient failure: retry, after this long if known.
+    Retry(Option<Duration>),
+    /// Rate limited: retry after this long, if known.
+    RateLimited(Option<Duration>),
+    /// The token was rejected or revoked: refresh, or ask the user to re-connect.
+    Reauth(String),
+    /// The provider reported a failure inside a success status (Slack `ok:false`).
+    Failed(String),
+}
+
+/// What a token response says besides the tokens.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenInfo {
+    /// Variables to keep (Salesforce `instance_url`, Slack `team_id`); re-read on
+    /// every refresh.
+    pub variables: Vec<Variable>,
+    /// The token's lifetime when the response has no `expires_in` (Salesforce).
+    pub expires_in: Option<Duration>,
+}
+
+impl TokenInfo {
+    /// Keeps a variable.
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.variables.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn expires_in(mut self, lifetime: Duration) -> Self {
+        self.expires_in = Some(lifetime);
+        self
     }
 }
 
@@ -143,18 +489,20 @@ pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// `Retry-After` in seconds, when it is a number.
-pub fn retry_after_secs(headers: &[Header]) -> Option<u32> {
-    header(headers, "retry-after").and_then(|v| v.trim().parse().ok())
+/// `Retry-After`, when it is a number of seconds.
+pub fn retry_after(headers: &[Header]) -> Option<Duration> {
+    header(headers, "retry-after")
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_secs)
 }
 
 /// The host's generic reading of a response: 429 rate limited, 401 re-auth, 502/503/504
 /// retryable, everything else fine.
 pub fn classify_by_status(status: u16, headers: &[Header]) -> Classification {
     match status {
-        429 => Classification::RateLimited(retry_after_secs(headers)),
+        429 => Classification::RateLimited(retry_after(headers)),
         401 => Classification::Reauth("the provider rejected the token (401)".to_owned()),
-        502..=504 => Classification::Retry(retry_after_secs(headers).map(|s| s * 1000)),
+        502..=504 => Classification::Retry(retry_after(headers)),
         _ => Classification::Ok,
     }
 }
@@ -164,16 +512,13 @@ pub fn classify_by_status(status: u16, headers: &[Header]) -> Classification {
 /// variables.
 pub fn standard_token_response(status: u16, body: &str) -> Result<TokenInfo, TokenError> {
     token_json(status, body)?;
-    Ok(TokenInfo {
-        variables: Vec::new(),
-        expires_in: None,
-    })
+    Ok(TokenInfo::default())
 }
 
 /// A successful token response as JSON, for plugins that read more from it; the same
 /// checks as [`standard_token_response`].
-pub fn token_json(status: u16, body: &str) -> Result<serde_json::Value, TokenError> {
-    let json: serde_json::Value = serde_json::from_str(body).map_err(|e| {
+pub fn token_json(status: u16, body: &str) -> Result<Value, TokenError> {
+    let json: Value = serde_json::from_str(body).map_err(|e| {
         TokenError::Provider(format!(
             "the token response (HTTP {status}) is not JSON: {e}"
         ))
@@ -191,7 +536,7 @@ pub fn token_json(status: u16, body: &str) -> Result<serde_json::Value, TokenErr
 
 /// An RFC 6749 error object (`{"error": "...", "error_description": "..."}`), if `json`
 /// is one.
-pub fn oauth_error(json: &serde_json::Value) -> Option<TokenError> {
+pub fn oauth_error(json: &Value) -> Option<TokenError> {
     let code = json.get("error")?.as_str()?;
     let text = match json.get("error_description").and_then(|d| d.as_str()) {
         Some(d) => format!("{code}: {d}"),

@@ -9,6 +9,10 @@
 //! bytes in any checkout.
 //! `--check` rebuilds and fails if the committed registry differs from what the source
 //! builds to, which keeps registry and source in step in CI.
+//!
+//! It also keeps `sdk/template/Cargo.lock` on the root `Cargo.lock`'s versions (the
+//! template's test shares the workspace's build folder, so every crate both use builds
+//! once): the plain command realigns it, `--check` fails when it has drifted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,7 +86,115 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
             stale.join(", ")
         );
     }
+    template_lock(root, args.check)
+}
+
+/// Checks (`check`) or realigns `sdk/template/Cargo.lock` against the root `Cargo.lock`:
+/// every crate both use must have the root's version.
+fn template_lock(root: &Path, check: bool) -> Result<()> {
+    let root_lock =
+        std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
+    let path = root.join("sdk/template/Cargo.lock");
+    let read =
+        || std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()));
+    let before = read()?;
+    if check {
+        let drift = lock_drift(&root_lock, &before);
+        if !drift.is_empty() {
+            bail!(
+                "sdk/template/Cargo.lock has other versions than Cargo.lock ({}); run `cargo xtask plugins` to realign it",
+                drift.join(", ")
+            );
+        }
+        return Ok(());
+    }
+    // Seed it with the root's packages plus the template's own (the SDK, the wasm-side
+    // crates); cargo keeps what the template uses, at those versions.
+    let (head, root_packages) = lock_packages(&root_lock);
+    let known: Vec<(&str, &str)> = root_packages.iter().filter_map(|p| lock_key(p)).collect();
+    let own = lock_packages(&before)
+        .1
+        .into_iter()
+        .filter(|p| lock_key(p).is_some_and(|k| !known.contains(&k)));
+    let seed: Vec<&str> = root_packages.iter().copied().chain(own).collect();
+    std::fs::write(
+        &path,
+        format!("{head}\n[[package]]\n{}\n", seed.join("\n\n[[package]]\n")),
+    )?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(root.join("sdk/template/Cargo.toml"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running cargo metadata for sdk/template")?;
+    let after = read()?;
+    let drift = lock_drift(&root_lock, &after);
+    if !status.success() || !drift.is_empty() {
+        bail!(
+            "could not realign sdk/template/Cargo.lock with Cargo.lock ({})",
+            drift.join(", ")
+        );
+    }
+    if after != before {
+        println!("sdk/template/Cargo.lock: realigned with Cargo.lock");
+    }
     Ok(())
+}
+
+/// Registry crates of `template` at another version than the root lock has, where the
+/// root's version would do (semver-compatible): those are built twice for nothing.
+fn lock_drift(root: &str, template: &str) -> Vec<String> {
+    let root: Vec<(&str, &str)> = lock_packages(root)
+        .1
+        .iter()
+        .filter_map(|p| lock_key(p))
+        .collect();
+    lock_packages(template)
+        .1
+        .into_iter()
+        .filter(|p| p.contains("\nsource = "))
+        .filter_map(lock_key)
+        .filter(|(name, version)| {
+            root.iter().any(|(n, v)| {
+                n == name && v != version && semver_family(v) == semver_family(version)
+            })
+        })
+        .map(|(name, version)| format!("{name} {version}"))
+        .collect()
+}
+
+/// The part of a version that semver-compatible versions share: `1` of `1.2.3`, `0.4` of
+/// `0.4.1`, `0.0.3` of `0.0.3`.
+fn semver_family(version: &str) -> &str {
+    let core = version.split(['+', '-']).next().unwrap_or(version);
+    let parts: Vec<&str> = core.splitn(3, '.').collect();
+    let keep = match parts.as_slice() {
+        ["0", "0", _] => 3,
+        ["0", ..] => 2,
+        _ => 1,
+    };
+    let len = parts.iter().take(keep).map(|p| p.len()).sum::<usize>() + keep - 1;
+    &core[..len.min(core.len())]
+}
+
+/// A lock file's header and its `[[package]]` entries.
+fn lock_packages(lock: &str) -> (&str, Vec<&str>) {
+    let mut parts = lock.split("\n[[package]]\n");
+    let head = parts.next().unwrap_or_default();
+    (head, parts.map(str::trim_end).collect())
+}
+
+/// An entry's name and version.
+fn lock_key(package: &str) -> Option<(&str, &str)> {
+    let field = |key: &str| {
+        package.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(" = \"")?
+                .strip_suffix('"')
+        })
+    };
+    Some((field("name")?, field("version")?))
 }
 
 fn ensure_target() -> Result<()> {
@@ -209,4 +321,40 @@ fn build(root: &Path) -> Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: &str = "source = \"registry+https://github.com/rust-lang/crates.io-index\"";
+
+    fn lock(packages: &[(&str, &str)]) -> String {
+        let mut s = String::from("version = 4\n");
+        for (name, version) in packages {
+            s.push_str(&format!(
+                "\n[[package]]\nname = \"{name}\"\nversion = \"{version}\"\n{REG}\n"
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn only_a_version_the_root_could_have_shared_is_drift() {
+        let root = lock(&[
+            ("serde", "1.0.229"),
+            ("wasmparser", "0.254.2"),
+            ("toml", "1.2.1+spec-1.1.0"),
+        ]);
+        let template = lock(&[
+            ("serde", "1.0.228"),         // the root's 1.0.229 would do
+            ("wasmparser", "0.262.0"),    // another 0.x series: needed as it is
+            ("toml", "1.2.1+spec-1.1.0"), // the same
+            ("wit-bindgen", "0.63.0"),    // the root has none
+        ]);
+        assert_eq!(lock_drift(&root, &template), ["serde 1.0.228"]);
+        assert_eq!(semver_family("0.262.0"), "0.262");
+        assert_eq!(semver_family("0.0.3"), "0.0.3");
+        assert_eq!(semver_family("1.2.1+spec-1.1.0"), "1");
+    }
 }

@@ -26,6 +26,7 @@ mod discovery;
 mod error;
 pub mod path;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,10 +207,10 @@ impl Outbound {
             }
         };
         // A provider's "retry" is honoured for requests that are safe to repeat.
-        let retry = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
-            .then(|| body.replay().map(|b| (b, headers.clone())))
-            .flatten()
-            .filter(|_| classifier.is_some());
+        let retry = (classifier.is_some()
+            && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS))
+        .then(|| body.replay().map(|b| (b, headers.clone())))
+        .flatten();
         let (resp, sent) = self
             .deliver(
                 c,
@@ -302,7 +303,12 @@ impl Outbound {
             user,
             grant,
         };
-        let again = body.replay().map(|b| (b, headers.clone()));
+        // Only a credential that can change is worth a second try.
+        let again = c
+            .credential
+            .renewable()
+            .then(|| body.replay().map(|b| (b, headers.clone())))
+            .flatten();
         let (first, headers, sent) = self.authorize(auth, url, headers).await?;
         let resp = self
             .transmit(c, method.clone(), &first, headers, body)
@@ -327,15 +333,15 @@ impl Outbound {
     }
 
     /// Credential stage: the URL and headers with the credential on them, and the
-    /// `Authorization` value set.
-    async fn authorize(
+    /// `Authorization` value set. The URL is copied only for a key in the query.
+    async fn authorize<'u>(
         &self,
         auth: Auth<'_>,
-        url: &url::Url,
+        url: &'u url::Url,
         mut headers: HeaderMap,
-    ) -> Result<(url::Url, HeaderMap, Option<HeaderValue>), Error> {
+    ) -> Result<(Cow<'u, url::Url>, HeaderMap, Option<HeaderValue>), Error> {
         let c = auth.connector;
-        let mut url = url.clone();
+        let mut url = Cow::Borrowed(url);
         let sent = self
             .credentials
             .apply(
@@ -512,15 +518,17 @@ impl Outbound {
 }
 
 /// The connector's `url`, else its provider's default API URL.
-fn base_url(c: &Connector, plugin: Option<&Plugin>) -> Result<url::Url, Error> {
+fn base_url<'c>(c: &'c Connector, plugin: Option<&Plugin>) -> Result<Cow<'c, url::Url>, Error> {
     match (&c.url, plugin) {
-        (Some(u), _) => Ok(u.clone()),
-        (None, Some(p)) => url::Url::parse(&p.defaults.api_url).map_err(|e| {
-            Error::connector(ApiError::bad_gateway(
-                "connector_misconfigured",
-                e.to_string(),
-            ))
-        }),
+        (Some(u), _) => Ok(Cow::Borrowed(u)),
+        (None, Some(p)) => url::Url::parse(&p.defaults.api_url)
+            .map(Cow::Owned)
+            .map_err(|e| {
+                Error::connector(ApiError::bad_gateway(
+                    "connector_misconfigured",
+                    e.to_string(),
+                ))
+            }),
         (None, None) => Err(misconfigured(&c.id)),
     }
 }

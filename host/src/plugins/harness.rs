@@ -1,32 +1,63 @@
-//! Fixture tests for a built plugin, through the real runtime and the host's own checks.
+//! Fixture tests for a plugin, through the real runtime and the host's own checks
+//! (re-exported to plugin authors as `portcullis_sdk::testing`).
 //!
-//! A fixture file (`fixtures/*.json`) holds cases; each calls one hook with recorded
-//! input and states what must come back. Expectations are matched as a subset: every
-//! member written in `expect` must be present and equal; members left out are not
-//! checked. Bodies (`body` as bytes) are shown as JSON when they parse, else as text.
+//! [`run_fixtures`] takes a plugin crate's folder, builds its component with cargo
+//! (`cargo build --target wasm32-wasip2 --release`, so a stale `.wasm` can never pass:
+//! cargo rebuilds whatever changed), loads it with the crate's `plugin.toml`, and runs
+//! every `fixtures/*.json` file. [`Harness::load`] loads a given component file as it is
+//! (a registry entry), without building anything.
+//!
+//! # Fixture files
+//!
+//! A fixture file is a JSON object; every key below is checked (an unknown one is an
+//! error, so a typo cannot silently skip a check):
 //!
 //! ```json
 //! {
-//!   "context": {"connector": "sf", "base_url": "https://acme.my.salesforce.com", "variables": []},
+//!   "context": {"connector": "sf", "base_url": "https://acme.my.salesforce.com", "variables": [["api_version", "62.0"]]},
 //!   "cases": [
 //!     {"name": "versioned data path",
 //!      "shape_request": {"method": "Get", "path": "/sobjects/Account", "query": null, "headers": []},
-//!      "expect": {"Ok": {"url": "https://acme.my.salesforce.com/services/data/v63.0/sobjects/Account"}}}
+//!      "expect": {"Ok": {"url": "https://acme.my.salesforce.com/services/data/v62.0/sobjects/Account"}}},
+//!     {"name": "a dead refresh token",
+//!      "read_token_response": {"status": 400, "body": {"error": "invalid_grant"}},
+//!      "expect": {"result": {"Err": {"InvalidGrant": "invalid_grant"}}}}
 //!   ]
 //! }
 //! ```
 //!
-//! Hooks: `defaults` (`true`), `shape_request`, `read_token_response`
-//! (`{"status", "body"}` with the raw provider JSON; the harness redacts tokens exactly as
-//! the host does and also reports the tokens it read as `grants`), `discover`
-//! (`{"responses": [...]}` replayed in order; the result has `requests` and `outcome`),
-//! `classify_response` (`{"status", "headers", "body"}`), `list_tools`, and
-//! `build_tool_call` (`{"name", "arguments"}`). A case may override `context`.
-//! Set `"error": "text"` instead of `expect` when the call must fail with a message
-//! containing `text` (the host's checks included: URLs off the declared hosts,
-//! credential headers, traps, deadlines).
+//! - `context` (optional): the hook context for every case: `connector` (any name),
+//!   `base_url` (the connector's URL) and `variables` (`[name, value]` pairs). Without
+//!   one, cases run with connector `test`, the plugin's `api_url` and no variables.
+//! - `cases`: each has a `name`, an optional `context` of its own, **exactly one** hook
+//!   to call, and either `expect` or `error`.
+//!
+//! Hooks, with their input and what `expect` is matched against:
+//!
+//! | Key | Input | Output |
+//! |---|---|---|
+//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...) |
+//! | `shape_request` | `{"method": "Get", "path", "query", "headers": [[n, v]]}` | `{"Ok": {"url", "set_headers", "remove_headers", "grant"}}` |
+//! | `read_token_response` | `{"status", "body"}`, the provider's raw JSON: the harness redacts tokens as the host does | `{"result": {"Ok": {"variables", "expires_in"}}}` (or `"Err"` with `{"InvalidGrant": text}` or `{"Provider": text}`) and `"grants"`: the tokens the host read at the declared pointers |
+//! | `discover` | `{"responses": [{"status", "headers", "body"}, ...]}`, replayed in order | `{"requests": [{"method", "url", "grant"}], "outcome": ...}`, the outcome `{"Done": vars}`, `{"Choose": selection}` or `{"Failed": text}` |
+//! | `classify_response` | `{"status", "headers", "body"}` | `"Ok"`, `{"Retry": ms}`, `{"RateLimited": secs}`, `{"Reauth": text}`, `{"Failed": text}` (wire units) |
+//! | `list_tools` | `true` | `[{"name", "description", "input_schema", "read_only"}]` (schemas as JSON) |
+//! | `build_tool_call` | `{"name", "arguments": {...}}` | `{"Ok": {"method", "path", "query", "headers", "body"}}` |
+//!
+//! - `expect` is matched as a subset: every member written must be present and equal;
+//!   members left out are not checked; lists must have the same length. Enum values are
+//!   written as in the WIT bindings (`"Get"`, `"ShapeRequest"`, `"Supported"`).
+//! - Bodies are shown as JSON when they parse, else as text; recorded bodies are sent as
+//!   they are when a string, else as JSON text.
+//! - `"error": "text"` instead of `expect`: the call must fail with a message containing
+//!   `text`. The host's checks count: URLs off the declared hosts, credential headers,
+//!   tool paths outside the connector, traps, deadlines and memory limits.
+//!
+//! A failing case names the file, the case, the JSON path where the output differs, and
+//! the whole actual output.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -76,6 +107,24 @@ struct Case {
     error: Option<String>,
 }
 
+impl Case {
+    /// The hooks this case names.
+    fn hooks(&self) -> Vec<&'static str> {
+        [
+            ("defaults", self.defaults == Some(true)),
+            ("shape_request", self.shape_request.is_some()),
+            ("read_token_response", self.read_token_response.is_some()),
+            ("discover", self.discover.is_some()),
+            ("classify_response", self.classify_response.is_some()),
+            ("list_tools", self.list_tools == Some(true)),
+            ("build_tool_call", self.build_tool_call.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(hook, named)| named.then_some(hook))
+        .collect()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenCase {
@@ -115,8 +164,20 @@ pub struct CaseResult {
     pub failure: Option<String>,
 }
 
+/// The target plugins are built for.
+const TARGET: &str = "wasm32-wasip2";
+
 impl Harness {
-    /// Loads a built component with the manifest from its source folder. A manifest
+    /// Builds the plugin crate in `dir` ([`build`]) and loads its component with the
+    /// crate's `plugin.toml`.
+    pub async fn for_crate(dir: &Path) -> anyhow::Result<Self> {
+        let owned = dir.to_owned();
+        let component = tokio::task::spawn_blocking(move || build(&owned)).await??;
+        Self::load(&component, &dir.join("plugin.toml")).await
+    }
+
+    /// Loads a built component, exactly the given file (nothing is rebuilt), with the
+    /// manifest from its source folder or registry entry. A manifest
     /// without a `[component]` section (as in a plugin's source tree) gets one for the
     /// given file.
     pub async fn load(component: &Path, manifest: &Path) -> anyhow::Result<Self> {
@@ -209,12 +270,21 @@ impl Harness {
         let p = &self.plugins;
         let plugin = &*self.plugin;
         let e = |e: super::CallError| e.to_string();
+        let named = case.hooks();
+        if named.len() > 1 {
+            return Err(format!(
+                "case \"{}\" names {} hooks ({}); a case calls exactly one",
+                case.name,
+                named.len(),
+                named.join(", ")
+            ));
+        }
+        let base = || url::Url::parse(&ctx.base_url).map_err(|e| format!("context.base_url: {e}"));
         if case.defaults == Some(true) {
             return Ok(normalize(to_json(&plugin.defaults)));
         }
         if let Some(req) = &case.shape_request {
-            let base =
-                url::Url::parse(&ctx.base_url).map_err(|e| format!("context.base_url: {e}"))?;
+            let base = base()?;
             let shaped = p.shape_request(plugin, ctx, req.clone()).await.map_err(e)?;
             Plugins::check_shaped(plugin, &base, shaped.clone(), None).map_err(e)?;
             return Ok(json!({ "Ok": normalize(to_json(&shaped)) }));
@@ -230,7 +300,7 @@ impl Harness {
             let mut redacted = t.body.clone();
             super::redact_tokens(&mut redacted, &grants);
             let info = p
-                .read_token_response(plugin, ctx, t.status, redacted.to_string())
+                .read_token(plugin, ctx, t.status, redacted.to_string())
                 .await
                 .map_err(e)?;
             return Ok(json!({
@@ -239,8 +309,7 @@ impl Harness {
             }));
         }
         if let Some(d) = &case.discover {
-            let base =
-                url::Url::parse(&ctx.base_url).map_err(|e| format!("context.base_url: {e}"))?;
+            let base = base()?;
             let mut recorded = d.responses.iter();
             let mut requests = Vec::new();
             let outcome = p
@@ -282,24 +351,32 @@ impl Harness {
             return Ok(to_json(&class));
         }
         if case.list_tools == Some(true) {
-            let tools = p.list_tools(plugin, ctx).await.map_err(e)?;
-            let tools: Vec<Value> = tools
-                .iter()
+            // What the host offers: the tools that pass its checks.
+            let tools = p.tools(plugin, ctx).await.map_err(e)?;
+            let tools = tools
+                .into_iter()
                 .map(|t| {
-                    let mut v = to_json(t);
-                    if let Some(schema) = v.get_mut("input_schema") {
-                        *schema = parse_or_string(schema.as_str().unwrap_or_default().as_bytes());
-                    }
-                    v
+                    json!({
+                        "name": t.name,
+                        "description": t.description,
+                        "input_schema": t.input_schema,
+                        "read_only": t.read_only,
+                    })
                 })
                 .collect();
             return Ok(Value::Array(tools));
         }
         if let Some(t) = &case.build_tool_call {
+            let base = base()?;
+            let bounds = super::Bounds {
+                base: &base,
+                credential_header: None,
+            };
             let req = p
                 .build_tool_call(plugin, ctx, t.name.clone(), t.arguments.to_string())
                 .await
                 .map_err(e)?;
+            super::output::tool_call(plugin, bounds, req.clone()).map_err(e)?;
             return Ok(json!({ "Ok": normalize(to_json(&req)) }));
         }
         Err(format!("case \"{}\" names no hook to call", case.name))
@@ -415,21 +492,76 @@ fn body_bytes(v: &Value) -> Vec<u8> {
     }
 }
 
-/// For `#[test]`s: loads `component` with `manifest`, runs every fixture in `fixtures`,
-/// and panics with a report naming each failed case.
-pub fn run_fixtures(
-    component: impl AsRef<Path>,
-    manifest: impl AsRef<Path>,
-    fixtures: impl AsRef<Path>,
-) {
+/// Builds the plugin crate in `dir` for `wasm32-wasip2` in release mode and returns its
+/// component's path. Cargo rebuilds whatever changed since the last build, so the
+/// component is always the one the sources build to. The build runs in `dir` (its
+/// `.cargo/config.toml` applies) and honours `CARGO_TARGET_DIR`.
+pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+    let manifest = dir.join("Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(dir)
+        .args(["build", "--quiet", "--release", "--target", TARGET])
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .output()
+        .with_context(|| format!("cannot run cargo to build {}", dir.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!(
+            "building the component failed. In {} run:\n    cargo build --target {TARGET} --release\n(add the target first if it is missing: `rustup target add {TARGET}`)\n\n{stderr}",
+            dir.display()
+        );
+    }
+    let manifest = manifest
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", manifest.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let component = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|msg| {
+            msg["reason"] == "compiler-artifact"
+                && msg["manifest_path"]
+                    .as_str()
+                    .and_then(|p| Path::new(p).canonicalize().ok())
+                    .is_some_and(|p| p == manifest)
+        })
+        .flat_map(|msg| match &msg["filenames"] {
+            Value::Array(files) => files.clone(),
+            _ => Vec::new(),
+        })
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "wasm"));
+    component.with_context(|| {
+        format!(
+            "cargo built {} but no component came out: a plugin crate is a `cdylib` ([lib] crate-type = [\"cdylib\"])",
+            dir.display()
+        )
+    })
+}
+
+/// For `#[test]`s: builds the plugin crate in `dir` ([`build`]), loads its component
+/// with `dir/plugin.toml`, runs every fixture in `dir/fixtures`, and panics with a
+/// report naming each failed case.
+///
+/// ```ignore
+/// #[test]
+/// fn fixtures() {
+///     portcullis_sdk::testing::run_fixtures(env!("CARGO_MANIFEST_DIR"));
+/// }
+/// ```
+pub fn run_fixtures(dir: impl AsRef<Path>) {
+    let dir = dir.as_ref();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime for the harness");
     let results = rt.block_on(async {
-        let h = Harness::load(component.as_ref(), manifest.as_ref()).await?;
-        h.run_dir(fixtures.as_ref()).await
+        let h = Harness::for_crate(dir).await?;
+        h.run_dir(&dir.join("fixtures")).await
     });
     let results = match results {
         Ok(r) => r,

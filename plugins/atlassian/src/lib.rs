@@ -19,45 +19,35 @@ struct Atlassian;
 
 const STEP_RESOURCES: &str = "accessible-resources";
 
+#[portcullis_sdk::provider]
 impl Provider for Atlassian {
     fn defaults() -> Defaults {
-        let mut oauth = OauthDefaults::new(
+        let oauth = OauthDefaults::new(
             "https://auth.atlassian.com/authorize",
             "https://auth.atlassian.com/oauth/token",
-        );
-        oauth.scopes = vec![
-            "offline_access".into(),
-            "read:jira-work".into(),
-            "write:jira-work".into(),
-            "read:jira-user".into(),
-            "read:confluence-content.all".into(),
-        ];
-        oauth.auth_params = vec![
-            ("audience".into(), "api.atlassian.com".into()),
-            ("prompt".into(), "consent".into()),
-        ];
-        oauth.client_auth = ClientAuth::Post;
-        oauth.grants = vec![TokenGrant::standard("default")];
-        oauth.refresh = RefreshPolicy {
-            rotates_refresh_token: true,
-            keeps_refresh_token: false,
-        };
-
-        let mut d = Defaults::new("atlassian", "Atlassian", "https://api.atlassian.com");
-        d.description = "Jira and Confluence Cloud REST APIs for the user's Atlassian site.".into();
-        d.docs_url =
-            Some("https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/".into());
-        d.mcp_url = Some("https://mcp.atlassian.com/v1/mcp".into());
-        d.oauth = Some(oauth);
-        d.inputs = vec![Input {
-            name: "site".into(),
-            description: "Which Atlassian site to use when the account sees several: its subdomain (acme for acme.atlassian.net) or its name".into(),
-            default_value: None,
-        }];
-        d.hooks = vec![Hook::ShapeRequest, Hook::Discover, Hook::ClassifyResponse];
-        // Only errors need a closer look.
-        d.classify_statuses = vec![(400, 599)];
-        d
+        )
+        .scopes([
+            "offline_access",
+            "read:jira-work",
+            "write:jira-work",
+            "read:jira-user",
+            "read:confluence-content.all",
+        ])
+        .auth_param("audience", "api.atlassian.com")
+        .auth_param("prompt", "consent")
+        .client_auth(ClientAuth::Post)
+        .grant(TokenGrant::standard("default"))
+        .rotates_refresh_token();
+        Defaults::new("https://api.atlassian.com")
+            .docs_url("https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/")
+            .mcp_url("https://mcp.atlassian.com/v1/mcp")
+            .oauth(oauth)
+            .input(Input::new(
+                "site",
+                "Which Atlassian site to use when the account sees several: its subdomain (acme for acme.atlassian.net) or its name",
+            ))
+            // Only errors need a closer look.
+            .classify_statuses([400..=599])
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
@@ -78,43 +68,35 @@ impl Provider for Atlassian {
             // Already absolute within api.atlassian.com (`/ex/...`, `/oauth/...`, `/me`).
             None => req.path.clone(),
         };
-        Ok(ShapedRequest::to(portcullis_sdk::join_url(
+        Ok(ShapedRequest::join(
             &ctx.base_url,
             &shaped_path,
             req.query.as_deref(),
-        )))
+        ))
     }
 
     fn discover(ctx: &Context, state: &str, last: Option<Response>) -> Discovery {
         let Some(resp) = last else {
-            let url =
-                portcullis_sdk::join_url(&ctx.base_url, "/oauth/token/accessible-resources", None);
+            let url = join_url(&ctx.base_url, "/oauth/token/accessible-resources", None);
             return Discovery::Next((Request::get(url), STEP_RESOURCES.into()));
         };
         if state != STEP_RESOURCES {
             return Discovery::Fail(format!("unexpected discovery state \"{state}\""));
         }
-        if resp.status == 401 || resp.status == 403 {
-            return Discovery::Fail(format!(
-                "accessible-resources answered HTTP {}: the token was rejected; reconnect",
-                resp.status
-            ));
-        }
-        if resp.status != 200 {
-            return Discovery::Fail(format!(
-                "accessible-resources answered HTTP {}",
-                resp.status
-            ));
-        }
-        let sites: Vec<Value> = match serde_json::from_slice::<Value>(&resp.body) {
-            Ok(Value::Array(items)) => items,
-            _ => {
-                return Discovery::Fail(
-                    "accessible-resources did not return a list of sites".into(),
-                );
+        match resp.status {
+            200 => {}
+            401 | 403 => {
+                return Discovery::Fail(format!(
+                    "accessible-resources answered HTTP {}: the token was rejected; reconnect",
+                    resp.status
+                ));
             }
+            other => return Discovery::Fail(format!("accessible-resources answered HTTP {other}")),
+        }
+        let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&resp.body) else {
+            return Discovery::Fail("accessible-resources did not return a list of sites".into());
         };
-        let sites: Vec<Site> = sites.iter().filter_map(Site::from_json).collect();
+        let sites: Vec<Site> = items.iter().filter_map(Site::from_json).collect();
         if sites.is_empty() {
             return Discovery::Fail(
                 "the token can see no Atlassian site: check the app's scopes and that the user picked a site at consent".into(),
@@ -164,39 +146,46 @@ impl Provider for Atlassian {
             }),
         }
     }
+
+    /// Atlassian's errors say nothing the status does not: 401 re-auth, 429 rate
+    /// limited (with `Retry-After`), 502–504 retry.
+    fn classify_response(
+        _ctx: &Context,
+        status: u16,
+        headers: &[Header],
+        _body: &[u8],
+    ) -> Classification {
+        portcullis_sdk::classify_by_status(status, headers)
+    }
 }
 
 struct Site {
     id: String,
     name: String,
     url: String,
-    scopes: Vec<String>,
+    /// The products the token's scopes reach there: `jira,confluence`.
+    products: String,
 }
 
 impl Site {
     fn from_json(v: &Value) -> Option<Self> {
+        let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default();
+        let scopes: Vec<&str> = v
+            .get("scopes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let products: Vec<&str> = ["jira", "confluence"]
+            .into_iter()
+            .filter(|p| scopes.iter().any(|s| s.contains(p)))
+            .collect();
         Some(Self {
             id: v.get("id")?.as_str()?.to_owned(),
-            name: v
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            url: v
-                .get("url")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_owned(),
-            scopes: v
-                .get("scopes")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            name: text("name").to_owned(),
+            url: text("url").trim_end_matches('/').to_owned(),
+            products: products.join(","),
         })
     }
 
@@ -207,20 +196,11 @@ impl Site {
     }
 
     fn variables(&self) -> Vec<Variable> {
-        let mut products = Vec::new();
-        if self.scopes.iter().any(|s| s.contains("jira")) {
-            products.push("jira");
-        }
-        if self.scopes.iter().any(|s| s.contains("confluence")) {
-            products.push("confluence");
-        }
         vec![
             ("cloud_id".into(), self.id.clone()),
             ("site_url".into(), self.url.clone()),
             ("site_name".into(), self.name.clone()),
-            ("products".into(), products.join(",")),
+            ("products".into(), self.products.clone()),
         ]
     }
 }
-
-portcullis_sdk::export_provider!(Atlassian);

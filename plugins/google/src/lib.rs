@@ -34,75 +34,55 @@ const APIS: &[(&str, &str, bool)] = &[
 
 struct Google;
 
+#[portcullis_sdk::provider]
 impl Provider for Google {
     fn defaults() -> Defaults {
-        let mut oauth = OauthDefaults::new(
+        let oauth = OauthDefaults::new(
             "https://accounts.google.com/o/oauth2/v2/auth",
             "https://oauth2.googleapis.com/token",
-        );
-        oauth.revocation_url = Some("https://oauth2.googleapis.com/revoke".into());
-        oauth.scopes = vec![
-            "openid".into(),
-            "email".into(),
-            "https://www.googleapis.com/auth/gmail.readonly".into(),
-            "https://www.googleapis.com/auth/drive.readonly".into(),
-            "https://www.googleapis.com/auth/calendar.readonly".into(),
-        ];
-        oauth.auth_params = vec![
-            ("access_type".into(), "offline".into()),
-            ("prompt".into(), "consent".into()),
-        ];
-        oauth.client_auth = ClientAuth::Post;
-        oauth.grants = vec![TokenGrant::standard("default")];
-        oauth.refresh = RefreshPolicy {
-            rotates_refresh_token: false,
-            keeps_refresh_token: true,
-        };
-
-        let mut d = Defaults::new("google", "Google Workspace", DEFAULT_BASE);
-        d.description =
-            "Gmail, Drive, Calendar, Sheets, Docs and People APIs through one Google connection."
-                .into();
-        d.docs_url =
-            Some("https://developers.google.com/identity/protocols/oauth2/web-server".into());
-        d.oauth = Some(oauth);
-        d.hooks = vec![Hook::ShapeRequest, Hook::ClassifyResponse];
-        // Only errors need a closer look.
-        d.classify_statuses = vec![(400, 599)];
-        d.classify_body_bytes = 8 * 1024;
-        d
+        )
+        .revocation_url("https://oauth2.googleapis.com/revoke")
+        .scopes([
+            "openid",
+            "email",
+            "https://www.googleapis.com/auth/gmail.readonly",
+            "https://www.googleapis.com/auth/drive.readonly",
+            "https://www.googleapis.com/auth/calendar.readonly",
+        ])
+        .auth_param("access_type", "offline")
+        .auth_param("prompt", "consent")
+        .client_auth(ClientAuth::Post)
+        .grant(TokenGrant::standard("default"))
+        .keeps_refresh_token();
+        Defaults::new(DEFAULT_BASE)
+            .docs_url("https://developers.google.com/identity/protocols/oauth2/web-server")
+            .oauth(oauth)
+            // Only errors need a closer look.
+            .classify_statuses([400..=599])
+            .classify_body_bytes(8 * 1024)
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
         let trimmed = req.path.trim_start_matches('/');
-        let (first, rest) = match trimmed.split_once('/') {
-            Some((f, r)) => (f, r),
-            None => (trimmed, ""),
-        };
+        let (first, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        // A connector pointed elsewhere keeps every request on its URL.
         let custom_base = ctx.base_url.trim_end_matches('/') != DEFAULT_BASE;
         let (host, path) = match APIS.iter().find(|(name, _, _)| *name == first) {
-            Some((_, host, keep)) => {
-                let path = if *keep {
+            Some((_, host, keep)) => (
+                if custom_base {
+                    ctx.base_url.as_str()
+                } else {
+                    host
+                },
+                if *keep {
                     req.path.clone()
                 } else {
                     format!("/{rest}")
-                };
-                (
-                    if custom_base {
-                        ctx.base_url.as_str()
-                    } else {
-                        *host
-                    },
-                    path,
-                )
-            }
+                },
+            ),
             None => (ctx.base_url.as_str(), req.path.clone()),
         };
-        Ok(ShapedRequest::to(portcullis_sdk::join_url(
-            host,
-            &path,
-            req.query.as_deref(),
-        )))
+        Ok(ShapedRequest::join(host, &path, req.query.as_deref()))
     }
 
     fn classify_response(
@@ -132,11 +112,9 @@ impl Provider for Google {
                 || message.contains("Rate Limit Exceeded")
                 || message.contains("rate limit exceeded");
             if limited {
-                return Classification::RateLimited(portcullis_sdk::retry_after_secs(headers));
+                return Classification::RateLimited(portcullis_sdk::retry_after(headers));
             }
         }
         portcullis_sdk::classify_by_status(status, headers)
     }
 }
-
-portcullis_sdk::export_provider!(Google);

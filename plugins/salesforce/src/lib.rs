@@ -20,49 +20,37 @@ const API_VERSION: &str = "63.0";
 
 /// Salesforce sessions last two hours unless the org admin changes it; the token
 /// response does not say. An earlier expiry shows up as a 401, which refreshes.
-const SESSION_SECS: u64 = 2 * 60 * 60;
+const SESSION: Duration = Duration::from_secs(2 * 60 * 60);
 
 struct Salesforce;
 
+#[portcullis_sdk::provider]
 impl Provider for Salesforce {
     fn defaults() -> Defaults {
-        let mut oauth = OauthDefaults::new(
-            "https://login.salesforce.com/services/oauth2/authorize",
-            "https://login.salesforce.com/services/oauth2/token",
-        );
-        oauth.revocation_url = Some("https://login.salesforce.com/services/oauth2/revoke".into());
-        oauth.scopes = vec!["api".into(), "refresh_token".into()];
-        oauth.auth_params = vec![("prompt".into(), "consent".into())];
-        oauth.client_auth = ClientAuth::Post;
-        let mut grant = TokenGrant::standard("default");
-        grant.expires_in = None;
-        oauth.grants = vec![grant];
-        oauth.refresh = RefreshPolicy {
-            rotates_refresh_token: false,
-            keeps_refresh_token: true,
-        };
-
-        let mut d = Defaults::new("salesforce", "Salesforce", "https://login.salesforce.com");
-        d.description =
-            "Salesforce REST API: records, SOQL queries and metadata for each user's org.".into();
-        d.docs_url = Some(
-            "https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/".into(),
-        );
-        d.oauth = Some(oauth);
-        d.inputs = vec![Input {
-            name: "api_version".into(),
-            description: "REST API version used for paths that do not start with /services/".into(),
-            default_value: Some(API_VERSION.into()),
-        }];
-        d.hooks = vec![
-            Hook::ShapeRequest,
-            Hook::ReadTokenResponse,
-            Hook::ClassifyResponse,
-        ];
-        // Only errors need a closer look.
-        d.classify_statuses = vec![(400, 599)];
-        d.classify_body_bytes = 4096;
-        d
+        let login = "https://login.salesforce.com";
+        let oauth = OauthDefaults::new(
+            &format!("{login}/services/oauth2/authorize"),
+            &format!("{login}/services/oauth2/token"),
+        )
+        .revocation_url(&format!("{login}/services/oauth2/revoke"))
+        .scopes(["api", "refresh_token"])
+        .auth_param("prompt", "consent")
+        .client_auth(ClientAuth::Post)
+        .grant(TokenGrant::standard("default").without_expires_in())
+        .keeps_refresh_token();
+        Defaults::new(login)
+            .docs_url("https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/")
+            .oauth(oauth)
+            .input(
+                Input::new(
+                    "api_version",
+                    "REST API version used for paths that do not start with /services/",
+                )
+                .default_value(API_VERSION),
+            )
+            // Only errors need a closer look.
+            .classify_statuses([400..=599])
+            .classify_body_bytes(4096)
     }
 
     /// The org's instance URL (from the latest token response) wins over the configured
@@ -76,11 +64,7 @@ impl Provider for Salesforce {
             let version = version.trim_start_matches('v');
             format!("/services/data/v{version}{}", req.path)
         };
-        Ok(ShapedRequest::to(portcullis_sdk::join_url(
-            base,
-            &path,
-            req.query.as_deref(),
-        )))
+        Ok(ShapedRequest::join(base, &path, req.query.as_deref()))
     }
 
     fn read_token_response(
@@ -89,13 +73,9 @@ impl Provider for Salesforce {
         body: &str,
     ) -> Result<TokenInfo, TokenError> {
         let json = portcullis_sdk::token_json(status, body)?;
-        let mut variables = Vec::new();
-        match json.get("instance_url").and_then(|v| v.as_str()) {
+        let info = match json.get("instance_url").and_then(|v| v.as_str()) {
             Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-                variables.push((
-                    "instance_url".to_owned(),
-                    url.trim_end_matches('/').to_owned(),
-                ));
+                TokenInfo::default().var("instance_url", url.trim_end_matches('/'))
             }
             Some(other) => {
                 return Err(TokenError::Provider(format!(
@@ -107,14 +87,12 @@ impl Provider for Salesforce {
                     "the token response has no instance_url; Salesforce always sends one, so this is not a Salesforce token endpoint".into(),
                 ));
             }
-        }
-        if let Some(id) = json.get("id").and_then(|v| v.as_str()) {
-            variables.push(("identity_url".to_owned(), id.to_owned()));
-        }
-        Ok(TokenInfo {
-            variables,
-            expires_in: Some(SESSION_SECS),
-        })
+        };
+        let info = match json.get("id").and_then(|v| v.as_str()) {
+            Some(id) => info.var("identity_url", id),
+            None => info,
+        };
+        Ok(info.expires_in(SESSION))
     }
 
     fn classify_response(
@@ -136,5 +114,3 @@ impl Provider for Salesforce {
         }
     }
 }
-
-portcullis_sdk::export_provider!(Salesforce);

@@ -32,66 +32,43 @@ const REAUTH_ERRORS: &[&str] = &[
     "no_permission",
 ];
 
+#[portcullis_sdk::provider]
 impl Provider for Slack {
     fn defaults() -> Defaults {
-        let mut oauth = OauthDefaults::new(
+        let oauth = OauthDefaults::new(
             "https://slack.com/oauth/v2/authorize",
             "https://slack.com/api/oauth.v2.access",
-        );
-        oauth.scopes = vec![
-            "channels:read".into(),
-            "channels:history".into(),
-            "chat:write".into(),
-            "users:read".into(),
-        ];
-        oauth.scope_separator = ",".into();
-        oauth.user_scope_param = Some("user_scope".into());
-        oauth.pkce = PkcePolicy::Unsupported;
-        oauth.client_auth = ClientAuth::Basic;
-        let mut bot = TokenGrant::standard("bot");
-        bot.required = false;
-        let mut user = TokenGrant::at("user", "/authed_user");
-        user.required = false;
-        oauth.grants = vec![bot, user];
-        oauth.refresh = RefreshPolicy {
-            rotates_refresh_token: true,
-            keeps_refresh_token: false,
-        };
-
-        let mut d = Defaults::new("slack", "Slack", "https://slack.com/api");
-        d.description =
-            "Slack Web API: channels, messages and users of the installing workspace.".into();
-        d.docs_url = Some("https://docs.slack.dev/reference/methods".into());
-        d.mcp_url = Some("https://mcp.slack.com/mcp".into());
-        d.oauth = Some(oauth);
-        d.hooks = vec![
-            Hook::ShapeRequest,
-            Hook::ReadTokenResponse,
-            Hook::ClassifyResponse,
-            Hook::Tools,
-        ];
-        d.classify_body_bytes = 16 * 1024;
-        d
+        )
+        .scopes([
+            "channels:read",
+            "channels:history",
+            "chat:write",
+            "users:read",
+        ])
+        .scope_separator(",")
+        .user_scope_param("user_scope")
+        .pkce(PkcePolicy::Unsupported)
+        .client_auth(ClientAuth::Basic)
+        .grant(TokenGrant::standard("bot").optional())
+        .grant(TokenGrant::at("user", "/authed_user").optional())
+        .rotates_refresh_token();
+        Defaults::new("https://slack.com/api")
+            .docs_url("https://docs.slack.dev/reference/methods")
+            .mcp_url("https://mcp.slack.com/mcp")
+            .oauth(oauth)
+            .classify_body_bytes(16 * 1024)
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
-        let grant = match portcullis_sdk::header(&req.headers, TOKEN_HEADER).map(str::trim) {
-            None | Some("bot") => None,
-            Some("user") => Some("user".to_owned()),
-            Some(other) => {
-                return Err(PluginError::InvalidInput(format!(
-                    "{TOKEN_HEADER} must be \"bot\" or \"user\", not \"{other}\""
-                )));
-            }
-        };
-        let mut shaped = ShapedRequest::to(portcullis_sdk::join_url(
-            &ctx.base_url,
-            &req.path,
-            req.query.as_deref(),
-        ));
-        shaped.remove_headers.push(TOKEN_HEADER.into());
-        shaped.grant = grant;
-        Ok(shaped)
+        let shaped = ShapedRequest::join(&ctx.base_url, &req.path, req.query.as_deref())
+            .remove_header(TOKEN_HEADER);
+        match portcullis_sdk::header(&req.headers, TOKEN_HEADER).map(str::trim) {
+            None | Some("bot") => Ok(shaped),
+            Some("user") => Ok(shaped.grant("user")),
+            Some(other) => Err(PluginError::InvalidInput(format!(
+                "{TOKEN_HEADER} must be \"bot\" or \"user\", not \"{other}\""
+            ))),
+        }
     }
 
     fn read_token_response(
@@ -117,22 +94,22 @@ impl Provider for Slack {
                 _ => TokenError::Provider(format!("Slack: {code}")),
             });
         }
-        let mut variables = Vec::new();
-        let mut keep = |name: &str, pointer: &str| {
-            if let Some(v) = json.pointer(pointer).and_then(Value::as_str) {
-                variables.push((name.to_owned(), v.to_owned()));
-            }
-        };
-        keep("team_id", "/team/id");
-        keep("team_name", "/team/name");
-        keep("enterprise_id", "/enterprise/id");
-        keep("bot_user_id", "/bot_user_id");
-        keep("app_id", "/app_id");
-        keep("authed_user_id", "/authed_user/id");
-        Ok(TokenInfo {
-            variables,
-            expires_in: None,
-        })
+        let kept = [
+            ("team_id", "/team/id"),
+            ("team_name", "/team/name"),
+            ("enterprise_id", "/enterprise/id"),
+            ("bot_user_id", "/bot_user_id"),
+            ("app_id", "/app_id"),
+            ("authed_user_id", "/authed_user/id"),
+        ];
+        Ok(kept
+            .iter()
+            .fold(TokenInfo::default(), |info, (name, pointer)| {
+                match json.pointer(pointer).and_then(Value::as_str) {
+                    Some(v) => info.var(name, v),
+                    None => info,
+                }
+            }))
     }
 
     fn classify_response(
@@ -142,7 +119,7 @@ impl Provider for Slack {
         body: &[u8],
     ) -> Classification {
         if status == 429 {
-            return Classification::RateLimited(portcullis_sdk::retry_after_secs(headers));
+            return Classification::RateLimited(portcullis_sdk::retry_after(headers));
         }
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             return portcullis_sdk::classify_by_status(status, headers);
@@ -156,7 +133,7 @@ impl Provider for Slack {
             .unwrap_or("unknown_error");
         match code {
             "ratelimited" | "rate_limited" => {
-                Classification::RateLimited(portcullis_sdk::retry_after_secs(headers))
+                Classification::RateLimited(portcullis_sdk::retry_after(headers))
             }
             c if REAUTH_ERRORS.contains(&c) => Classification::Reauth(format!("Slack: {c}")),
             "internal_error" | "service_unavailable" | "fatal_error" | "request_timeout" => {
@@ -167,27 +144,28 @@ impl Provider for Slack {
     }
 
     fn list_tools(_ctx: &Context) -> Vec<Tool> {
+        let limit = |default: u32| json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": default});
         vec![
-            tool(
+            Tool::new(
                 "list_channels",
                 "List public channels in the workspace (name, id, topic, member count).",
                 json!({"type": "object", "properties": {
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    "limit": limit(100),
                     "cursor": {"type": "string", "description": "next_cursor from a previous call"}
                 }}),
-                true,
-            ),
-            tool(
+            )
+            .read_only(),
+            Tool::new(
                 "read_channel",
                 "Read recent messages of a channel, newest first.",
                 json!({"type": "object", "required": ["channel"], "properties": {
                     "channel": {"type": "string", "description": "channel id, e.g. C0123456"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20},
+                    "limit": limit(20),
                     "cursor": {"type": "string"}
                 }}),
-                true,
-            ),
-            tool(
+            )
+            .read_only(),
+            Tool::new(
                 "post_message",
                 "Post a message to a channel, optionally as a thread reply.",
                 json!({"type": "object", "required": ["channel", "text"], "properties": {
@@ -195,105 +173,49 @@ impl Provider for Slack {
                     "text": {"type": "string"},
                     "thread_ts": {"type": "string", "description": "ts of the parent message"}
                 }}),
-                false,
             ),
-            tool(
+            Tool::new(
                 "list_users",
                 "List the workspace's members (id, name, real name).",
                 json!({"type": "object", "properties": {
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    "limit": limit(100),
                     "cursor": {"type": "string"}
                 }}),
-                true,
-            ),
+            )
+            .read_only(),
         ]
     }
 
     fn build_tool_call(
         _ctx: &Context,
         name: &str,
-        arguments: &str,
+        args: &Args,
     ) -> Result<ToolRequest, PluginError> {
-        let args: Value = serde_json::from_str(arguments)
-            .map_err(|e| PluginError::InvalidInput(format!("arguments are not JSON: {e}")))?;
-        let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_owned);
-        let required = |key: &str| {
-            text(key).ok_or_else(|| PluginError::InvalidInput(format!("\"{key}\" is required")))
-        };
-        let query = |pairs: &[(&str, Option<String>)]| {
-            let q: Vec<String> = pairs
-                .iter()
-                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
-                .collect();
-            (!q.is_empty()).then(|| q.join("&"))
-        };
-        let limit = |default: u64| {
-            Some(
-                args.get("limit")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(default)
-                    .clamp(1, 1000)
-                    .to_string(),
-            )
-        };
+        let limit = |default: u64| args.u64("limit").unwrap_or(default).clamp(1, 1000);
         Ok(match name {
-            "list_channels" => ToolRequest::get(
-                "/conversations.list",
-                query(&[
-                    ("types", Some("public_channel".into())),
-                    ("exclude_archived", Some("true".into())),
-                    ("limit", limit(100)),
-                    ("cursor", text("cursor")),
-                ]),
-            ),
-            "read_channel" => ToolRequest::get(
-                "/conversations.history",
-                query(&[
-                    ("channel", Some(required("channel")?)),
-                    ("limit", limit(20)),
-                    ("cursor", text("cursor")),
-                ]),
-            ),
+            "list_channels" => ToolRequest::get("/conversations.list")
+                .query("types", "public_channel")
+                .query("exclude_archived", "true")
+                .query("limit", limit(100))
+                .query_opt("cursor", args.str("cursor")),
+            "read_channel" => ToolRequest::get("/conversations.history")
+                .query("channel", args.require_str("channel")?)
+                .query("limit", limit(20))
+                .query_opt("cursor", args.str("cursor")),
             "post_message" => {
-                let mut body = json!({"channel": required("channel")?, "text": required("text")?});
-                if let Some(ts) = text("thread_ts") {
-                    body["thread_ts"] = Value::String(ts);
+                let mut body = json!({
+                    "channel": args.require_str("channel")?,
+                    "text": args.require_str("text")?,
+                });
+                if let Some(ts) = args.str("thread_ts") {
+                    body["thread_ts"] = ts.into();
                 }
-                ToolRequest::post_json("/chat.postMessage", &body)
+                ToolRequest::post("/chat.postMessage").json(&body)
             }
-            "list_users" => ToolRequest::get(
-                "/users.list",
-                query(&[("limit", limit(100)), ("cursor", text("cursor"))]),
-            ),
-            other => {
-                return Err(PluginError::InvalidInput(format!(
-                    "unknown tool \"{other}\""
-                )));
-            }
+            "list_users" => ToolRequest::get("/users.list")
+                .query("limit", limit(100))
+                .query_opt("cursor", args.str("cursor")),
+            other => return Err(portcullis_sdk::unknown_tool(other)),
         })
     }
 }
-
-fn tool(name: &str, description: &str, schema: Value, read_only: bool) -> Tool {
-    Tool {
-        name: name.into(),
-        description: description.into(),
-        input_schema: schema.to_string(),
-        read_only,
-    }
-}
-
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
-fn encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-portcullis_sdk::export_provider!(Slack);

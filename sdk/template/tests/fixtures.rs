@@ -1,12 +1,7 @@
-//! Runs `fixtures/*.json` against the built component through the real host runtime.
-//! Build the component first: `cargo build --target wasm32-wasip2 --release`.
+//! Builds the component (`cargo build --target wasm32-wasip2 --release`, so a stale one
+//! cannot pass) and runs `fixtures/*.json` against it through the real host runtime.
 
 #[test]
 fn fixtures() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    portcullis_sdk::testing::run_fixtures(
-        format!("{root}/target/wasm32-wasip2/release/portcullis_provider_acme.wasm"),
-        format!("{root}/plugin.toml"),
-        format!("{root}/fixtures"),
-    );
+    portcullis_sdk::testing::run_fixtures(env!("CARGO_MANIFEST_DIR"));
 }
