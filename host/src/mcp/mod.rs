@@ -15,7 +15,8 @@
 //! - `server`: the rmcp [`rmcp::ServerHandler`] that names, filters and routes, and the
 //!   HTTP entry that serves sessionless requests statelessly and keeps sessions to the
 //!   caller that opened them.
-//! - `builtin`: `aperture_list_connectors` and plugin tools run through the HTTP proxy.
+//! - `builtin`: `aperture_list_connectors`, and plugin tools run through the outbound
+//!   pipeline with the caller's credential.
 //! - `template`: RFC 6570 matching, for reads of URIs a granted resource template makes.
 //!
 //! Names: tools `<id>_<tool>`, resources `<id>-<uri>`, templates `<id>-<uriTemplate>`.
