@@ -64,12 +64,12 @@ cargo build --quiet --workspace
 echo "==> cargo test"
 cargo test --workspace
 
-# The SDK as a plugin author uses it: build the template's component, then run its
-# fixtures through the real host runtime with `cargo test`.
-echo "==> plugin template (sdk/template)"
-(export CARGO_TARGET_DIR="$PWD/target" && cd sdk/template && cargo build --quiet --locked --target wasm32-wasip2 --release && cargo test --quiet --locked)
-
 # The `#[portcullis_sdk::provider]` attribute's own tests (hooks derived from the methods,
 # identity from plugin.toml, the mistakes it turns into build errors).
 echo "==> sdk macros"
-(export CARGO_TARGET_DIR="$PWD/target" && cd sdk && cargo test --quiet -p portcullis-sdk-macros)
+(export CARGO_TARGET_DIR="$PWD/target" && cd sdk && cargo test --quiet --lib -p portcullis-sdk-macros)
+
+# The SDK as a plugin author uses it: build the template's component, then run its
+# fixtures through the real host runtime with `cargo test`.
+echo "==> plugin template (sdk/template)"
+(export CARGO_TARGET_DIR="$PWD/target" && cd sdk/template && cargo build --quiet --locked --target wasm32-wasip2 --release && cargo test --quiet --locked --test fixtures)
