@@ -33,10 +33,6 @@ pub fn callback_path(id: &str) -> String {
     format!("/aperture/auth/{id}/callback")
 }
 
-fn per_user(c: &Connector) -> Option<&Arc<PerUser>> {
-    c.per_user()
-}
-
 /// The URL browsers reach this host at: `public_url` from the config, else the
 /// request's `Host` over plain HTTP (the tailnet already encrypts).
 fn host_url(snapshot: &Snapshot, headers: &HeaderMap) -> Result<String, ApiError> {
@@ -105,7 +101,7 @@ pub async fn list(
         .into_iter()
         .filter_map(|id| snapshot.connectors.get(id))
         .map(|c| {
-            let pu = per_user(c);
+            let pu = c.per_user();
             let status = if !access.any_on(&c.id) {
                 Status::NoAccess
             } else if let Some(pu) = pu {
@@ -144,7 +140,7 @@ fn find<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Arc<Connector>, ApiE
 }
 
 fn must_be_per_user(c: &Connector) -> Result<&Arc<PerUser>, ApiError> {
-    per_user(c).ok_or_else(|| {
+    c.per_user().ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "not_per_user",
@@ -176,7 +172,7 @@ pub async fn connect(
         // One authorization serves every connector sharing the connection, so it asks
         // for all their scopes.
         let mut scopes: Vec<String> = Vec::new();
-        for other in snapshot.connectors.values().filter_map(|o| per_user(o)) {
+        for other in snapshot.connectors.values().filter_map(|o| o.per_user()) {
             if other.connection == pu.connection {
                 for s in &other.scopes {
                     if !scopes.contains(s) {
@@ -254,7 +250,7 @@ pub async fn callback(
         snapshot
             .connectors
             .get(cid)
-            .and_then(|c| per_user(c).cloned())
+            .and_then(|c| c.per_user().cloned())
     };
     let result = app
         .connections

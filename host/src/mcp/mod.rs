@@ -561,7 +561,7 @@ impl Hub {
             Some(up) => up,
             None if !load => return None,
             None => {
-                let fresh = self.user_upstream(app, connector, &caller.login)?;
+                let fresh = Upstream::new(app, connector.clone(), Some(&caller.login))?;
                 let (adopted, old) = self.adopt(app, key, &fresh, false);
                 if let Some(old) = old {
                     tokio::spawn(async move { old.close().await });
@@ -597,16 +597,6 @@ impl Hub {
             }
         }
         Some(up)
-    }
-
-    /// A new upstream for `login` on a per-user connector (not yet in the map).
-    fn user_upstream(
-        &self,
-        app: &Gateway,
-        connector: &Arc<Connector>,
-        login: &str,
-    ) -> Option<Arc<Upstream>> {
-        Upstream::new(app, connector.clone(), Some(login))
     }
 
     /// Puts `fresh` in the map as `key`'s upstream if it was built for the config in
@@ -669,7 +659,7 @@ impl Hub {
             {
                 continue;
             }
-            let Some(fresh) = self.user_upstream(app, c, &caller.login) else {
+            let Some(fresh) = Upstream::new(app, c.clone(), Some(&caller.login)) else {
                 continue;
             };
             let app = app.clone();

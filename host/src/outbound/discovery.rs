@@ -187,16 +187,13 @@ impl Outbound {
                     let body = req
                         .body
                         .map_or(super::Payload::Empty, |b| super::Payload::Bytes(b.into()));
+                    let auth = super::Auth {
+                        connector,
+                        user,
+                        grant: req.grant.as_deref(),
+                    };
                     let (resp, _) = self
-                        .deliver(
-                            connector,
-                            user,
-                            req.grant.as_deref(),
-                            req.method,
-                            &req.url,
-                            req.headers,
-                            body,
-                        )
+                        .deliver(auth, req.method, &req.url, req.headers, body)
                         .await
                         .map_err(|e| e.to_string())?;
                     let (parts, body) = resp.into_parts();

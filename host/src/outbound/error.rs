@@ -59,15 +59,6 @@ impl Error {
         self.api.code
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.api.status
-    }
-
-    /// The HTTP answer for the caller.
-    pub fn to_api(&self) -> ApiError {
-        self.api.clone()
-    }
-
     pub(super) fn plugin(id: &str, e: &CallError) -> Self {
         let api = match e {
             CallError::Refused { .. } => ApiError::bad_request(format!("connector \"{id}\": {e}")),

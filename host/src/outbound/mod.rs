@@ -134,10 +134,10 @@ type Classifier = (Arc<Plugin>, types::Context);
 
 /// Whose credential a request carries: the connector's, for `user`, the token `grant`.
 #[derive(Clone, Copy)]
-struct Auth<'a> {
-    connector: &'a Connector,
-    user: Option<&'a str>,
-    grant: Option<&'a str>,
+pub(super) struct Auth<'a> {
+    pub(super) connector: &'a Connector,
+    pub(super) user: Option<&'a str>,
+    pub(super) grant: Option<&'a str>,
 }
 
 impl Outbound {
@@ -211,29 +211,16 @@ impl Outbound {
             && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS))
         .then(|| body.replay().map(|b| (b, headers.clone())))
         .flatten();
-        let (resp, sent) = self
-            .deliver(
-                c,
-                user,
-                grant.as_deref(),
-                method.clone(),
-                &url,
-                headers,
-                body,
-            )
-            .await?;
-        self.classify(
-            c,
+        let auth = Auth {
+            connector: c,
             user,
-            &method,
-            &url,
-            grant.as_deref(),
-            classifier,
-            retry,
-            resp,
-            sent,
-        )
-        .await
+            grant: grant.as_deref(),
+        };
+        let (resp, sent) = self
+            .deliver(auth, method.clone(), &url, headers, body)
+            .await?;
+        self.classify(auth, &method, &url, classifier, retry, resp, sent)
+            .await
     }
 
     /// Shape stage: the plugin maps the path to a URL (and headers, and which token
@@ -287,22 +274,15 @@ impl Outbound {
     /// the credential is now a different one. A 401 means the upstream did not act on the
     /// request, so the resend is safe for any method. Returns the response and the
     /// `Authorization` value it answered.
-    #[allow(clippy::too_many_arguments)]
     async fn deliver(
         &self,
-        c: &Connector,
-        user: Option<&str>,
-        grant: Option<&str>,
+        auth: Auth<'_>,
         method: Method,
         url: &url::Url,
         headers: HeaderMap,
         body: Payload,
     ) -> Result<(http::Response<InBody>, Option<HeaderValue>), Error> {
-        let auth = Auth {
-            connector: c,
-            user,
-            grant,
-        };
+        let c = auth.connector;
         // Only a credential that can change is worth a second try.
         let again = c
             .credential
@@ -317,7 +297,7 @@ impl Outbound {
             return Ok((resp, sent));
         }
         self.credentials
-            .rejected(&c.credential, user, sent.as_ref())
+            .rejected(&c.credential, auth.user, sent.as_ref())
             .await;
         self.discoveries.forget(&c.id);
         let Some((body, headers)) = again else {
@@ -379,16 +359,15 @@ impl Outbound {
     #[allow(clippy::too_many_arguments)]
     async fn classify(
         &self,
-        c: &Connector,
-        user: Option<&str>,
+        auth: Auth<'_>,
         method: &Method,
         url: &url::Url,
-        grant: Option<&str>,
         classifier: Option<Classifier>,
         mut retry: Option<(Payload, HeaderMap)>,
         mut resp: http::Response<InBody>,
         mut sent: Option<HeaderValue>,
     ) -> Result<Reply, Error> {
+        let c = auth.connector;
         let idle = self.egress.read_timeout();
         let Some((plugin, ctx)) = classifier.filter(|(p, _)| p.classifies(resp.status().as_u16()))
         else {
@@ -430,13 +409,13 @@ impl Outbound {
                 );
                 tokio::time::sleep(wait).await;
                 (resp, sent) = self
-                    .deliver(c, user, grant, method.clone(), url, headers, body)
+                    .deliver(auth, method.clone(), url, headers, body)
                     .await?;
                 continue;
             }
             if let Classification::Reauth(_) = &class {
                 self.credentials
-                    .rejected(&c.credential, user, sent.as_ref())
+                    .rejected(&c.credential, auth.user, sent.as_ref())
                     .await;
                 self.discoveries.forget(&c.id);
             }
