@@ -16,100 +16,25 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, put};
 
 use crate::admin;
-use crate::config::{self, Config, Diagnostics};
+use crate::config;
+use crate::configure::{
+    ConfigFile, HostSurroundings, Trigger, VaultView, build_snapshot, log_diagnostics, reload,
+    validated,
+};
 use crate::connections::Connections;
 use crate::credentials::TokenSlots;
 use crate::egress::Egress;
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::IdentityError;
 use crate::plugins::Plugins;
-use crate::policy::Policy;
 use crate::proxy::{self, ConnectorTag};
 use crate::state::Parts;
 pub use crate::state::{App, Options, Snapshot};
 use crate::telemetry::Metrics;
-use crate::vault::{self, MasterKey, Vault};
-
-/// Why a config could not become a snapshot.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the config has errors:\n{0}")]
-    Invalid(Diagnostics),
-    #[error("{0:#}")]
-    Build(anyhow::Error),
-}
-
-/// Validates a config completely (structure, then grants against its connectors) without
-/// touching the vault or network: what `portcullis validate` runs.
-pub fn check(text: &str) -> (Option<(Config, Policy)>, Diagnostics) {
-    let (config, mut diags) = config::load(text);
-    match config {
-        Some(c) => {
-            let policy = Policy::compile(&c, &mut diags);
-            (Some((c, policy)), diags)
-        }
-        None => (None, diags),
-    }
-}
-
-/// A config that passed [`check`], with its compiled policy and warnings.
-type Validated = (Config, Policy, Diagnostics);
-
-/// [`check`], as a `Result`: errors become [`LoadError::Invalid`].
-fn validated(text: &str) -> Result<Validated, LoadError> {
-    match check(text) {
-        (Some((config, policy)), diagnostics) => Ok((config, policy, diagnostics)),
-        (None, diagnostics) => Err(LoadError::Invalid(diagnostics)),
-    }
-}
-
-/// The config text `serve` uses: the file, or the embedded default.
-pub fn read_config(path: Option<&Path>) -> Result<String, LoadError> {
-    match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| LoadError::Read {
-            path: p.to_owned(),
-            source,
-        }),
-        None => Ok(config::EMBEDDED_DEFAULT.to_owned()),
-    }
-}
-
-/// Re-reads the config file and puts the new snapshot in force, or keeps the old one.
-pub async fn reload(app: &App) -> Result<(), LoadError> {
-    let _one_at_a_time = app.config_lock.lock().await;
-    let text = read_config(app.options.config.as_deref())?;
-    let result = validated(&text).and_then(|v| build_snapshot(v, &app.vault, &app.tokens));
-    let outcome = if result.is_ok() {
-        "applied"
-    } else {
-        "rejected"
-    };
-    app.metrics
-        .config_reloads
-        .get_or_create(&crate::telemetry::OutcomeLabels { outcome })
-        .inc();
-    let snap = result?;
-    log_diagnostics(&snap.diagnostics);
-    app.install(snap);
-    tracing::info!("config reloaded");
-    Ok(())
-}
-
-fn build_snapshot(
-    (config, policy, diagnostics): Validated,
-    vault: &Vault,
-    tokens: &TokenSlots,
-) -> Result<Snapshot, LoadError> {
-    Snapshot::build(config, policy, diagnostics, vault, tokens).map_err(LoadError::Build)
-}
+use crate::vault;
 
 /// How often stored connections are checked for a due refresh.
 const REFRESH_TICK: Duration = Duration::from_secs(1);
@@ -138,19 +63,13 @@ fn spawn_refresher(app: &Arc<App>) {
     });
 }
 
-fn log_diagnostics(d: &Diagnostics) {
-    for w in d.warnings() {
-        tracing::warn!(path = %w.path, "config: {}", w.message);
-    }
-}
-
 /// The registry folder: `--registry`/`PORTCULLIS_REGISTRY`, else `registry.dir`, else
 /// `./registry` when it exists. A folder named explicitly must exist.
-fn registry_dir(opts: &Options, config: &Config) -> anyhow::Result<Option<PathBuf>> {
-    let named = opts
-        .registry
-        .clone()
-        .or_else(|| config.registry.dir.clone());
+pub fn registry_dir(
+    opts: &Options,
+    configured: Option<PathBuf>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let named = opts.registry.clone().or(configured);
     match named {
         Some(dir) if dir.is_dir() => Ok(Some(dir)),
         Some(dir) => anyhow::bail!(
@@ -176,29 +95,46 @@ pub const DEFAULT_REGISTRY: &str = "registry";
 
 /// Builds the state and router for `opts`. Returns the app and the address to bind.
 pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
-    let text = read_config(opts.config.as_deref())?;
-    // Validate before creating any state, so a bad config leaves nothing behind.
-    let checked = validated(&text)?;
-    let config = &checked.0;
+    let file = ConfigFile::for_options(&opts);
+    let current = file.read()?;
+    let settings: config::Peeked = config::peek(&current.text);
+    let metrics = Metrics::new();
 
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            opts.data_dir.display()
-        )
-    })?;
-    let key_file = config
+    // The registry first: the validator checks every connector's provider against it.
+    let registry = registry_dir(&opts, settings.registry.dir.clone())?;
+    let plugins = Plugins::open(
+        registry,
+        Some(opts.data_dir.join("plugin-cache")),
+        Some(metrics.clone()),
+    )
+    .await?;
+    let key_file = settings
         .vault
         .key_file
         .clone()
         .unwrap_or_else(|| opts.data_dir.join(vault::KEY_FILE));
-    vault::recover_interrupted_rotation(&opts.data_dir, &key_file)?;
-    let (key, _) = MasterKey::load(&key_file)?;
-    let vault = Arc::new(Vault::open(&opts.data_dir, &key)?);
-    drop(key);
+    // An existing vault is opened to check vault references against it; a new one is
+    // created only once the config is known to be good, so a bad one leaves no key behind.
+    let existing = if opts.data_dir.join(vault::DB_FILE).exists() {
+        Some(Arc::new(vault::open(&opts.data_dir, &key_file)?))
+    } else {
+        None
+    };
+    let checked = validated(
+        &current.text,
+        &HostSurroundings {
+            vault: existing
+                .as_deref()
+                .map_or(VaultView::Empty, VaultView::Open),
+            plugins: Some(&plugins),
+        },
+    )?;
+    let vault = match existing {
+        Some(v) => v,
+        None => Arc::new(vault::open(&opts.data_dir, &key_file)?),
+    };
 
-    let egress = Egress::new(&config.egress)?;
-    let metrics = Metrics::new();
+    let egress = Egress::new(&checked.0.egress)?;
     let tokens = TokenSlots::new(vault.clone(), metrics.clone());
     let snapshot = build_snapshot(checked, &vault, &tokens)?;
     log_diagnostics(&snapshot.diagnostics);
@@ -208,13 +144,6 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         );
     }
     let listen = opts.listen.unwrap_or(snapshot.config.listen);
-    let registry = registry_dir(&opts, &snapshot.config)?;
-    let plugins = Plugins::open(
-        registry,
-        Some(opts.data_dir.join("plugin-cache")),
-        Some(metrics.clone()),
-    )
-    .await?;
     let registry_watcher = plugins.watch().unwrap_or_else(|e| {
         tracing::warn!("the registry folder is not watched ({e}); restart to pick up changes");
         None
@@ -235,6 +164,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         plugins,
         connections,
         registry_watcher,
+        config_hash: current.hash,
     }));
     spawn_refresher(&app);
     let mcp = crate::mcp::Gateway::start(app.clone());
@@ -254,6 +184,26 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .route("/api/connectors", get(admin::list))
         .route("/api/connectors/{id}/connect", post(admin::connect))
         .route("/api/connectors/{id}/connection", delete(admin::disconnect))
+        .route(
+            "/api/config",
+            get(admin::config::get).put(admin::config::put),
+        )
+        .route("/api/config:validate", post(admin::config::validate))
+        .route(
+            "/api/config/connectors",
+            post(admin::config::add_from_template),
+        )
+        .route(
+            "/api/config/connectors/{id}",
+            get(admin::config::get_connector)
+                .put(admin::config::put_connector)
+                .delete(admin::config::delete_connector),
+        )
+        .route("/api/secrets", get(admin::secrets::list))
+        .route(
+            "/api/secrets/{name}",
+            put(admin::secrets::put).delete(admin::secrets::delete),
+        )
         .route("/aperture/auth/{id}/callback", get(admin::callback))
         .route(
             crate::mcp::ENDPOINT,
@@ -281,9 +231,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     println!("portcullis listening on http://{local}");
     let _ = std::io::stdout().flush();
 
-    if app.options.config.is_some() {
-        spawn_reloaders(app.clone())?;
-    }
+    spawn_reloaders(app.clone())?;
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -316,17 +264,17 @@ async fn shutdown_signal() {
 /// that replace the file by renaming are seen too), both trigger a reload.
 fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
     use notify::Watcher as _;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Trigger>(8);
 
     let hup = tx.clone();
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
-            let _ = hup.send("SIGHUP").await;
+            let _ = hup.send(Trigger::Always).await;
         }
     });
 
-    let path = app.options.config.clone().context("config path")?;
+    let path = ConfigFile::for_options(&app.options).path().to_path_buf();
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let dir = path
         .parent()
@@ -341,7 +289,7 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
                 .iter()
                 .any(|p| p.file_name() == file_name.as_deref());
             if ours && (ev.kind.is_modify() || ev.kind.is_create()) {
-                let _ = fs_tx.try_send("file change");
+                let _ = fs_tx.try_send(Trigger::FileChanged);
             }
         }
     })?;
@@ -352,11 +300,17 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
         while let Some(why) = rx.recv().await {
             // Editors write in bursts: wait for quiet, then reload once.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            match reload(&app).await {
-                Ok(()) => tracing::info!(trigger = why, "new config in effect"),
+            let mut trigger = why;
+            while let Ok(also) = rx.try_recv() {
+                if also == Trigger::Always {
+                    trigger = also;
+                }
+            }
+            match reload(&app, trigger).await {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(?trigger, "new config in effect"),
                 Err(e) => tracing::error!(
-                    trigger = why,
+                    ?trigger,
                     "config reload rejected, the previous config keeps serving: {e}"
                 ),
             }

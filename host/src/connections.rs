@@ -69,7 +69,7 @@ pub enum Status {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnError {
     #[error(
-        "you have not connected \"{connector}\" yet (or the provider ended the connection); connect it first: POST /api/connectors/{connector}/connect, or Connect on the dashboard's Connectors page"
+        "you have not connected \"{connector}\" yet (or the provider ended the connection); connect it first: POST /api/connectors/{connector}/connect and open the auth_url it returns in your browser"
     )]
     NeedsAuth { connector: String },
     #[error(
@@ -1564,7 +1564,7 @@ mod tests {
     }
 
     fn per_user(id: &str) -> Arc<PerUser> {
-        let (cfg, diags) = config::load(&format!(
+        let (cfg, diags) = config::load_permissive(&format!(
             r#"{{"connectors": {{"servers": {{"{id}": {{"protocol": "http", "url": "https://api.example.com",
                 "auth": {{"type": "oauth2_authorization_code", "client_id": "c",
                   "authorization_url": "https://as.example.com/a", "token_url": "https://as.example.com/t"}}}}}}}}}}"#

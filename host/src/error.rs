@@ -12,6 +12,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header, when trying again later will help.
     pub retry_after: Option<u64>,
+    /// More fields of the error object (`diagnostics`, `hash`): what a program needs to
+    /// act on the error.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -21,7 +24,17 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            details: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a field to the error object.
+    pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Self {
+        self.details.insert(
+            key.to_owned(),
+            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        );
+        self
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -52,7 +65,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = self.details;
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        let body = serde_json::json!({ "error": error });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

@@ -51,13 +51,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod commands;
 pub mod config;
+pub mod configure;
 pub mod connections;
 pub mod connector;
 pub mod credentials;
 pub mod egress;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod identity;
 pub mod mcp;
 pub mod oauth;

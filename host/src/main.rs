@@ -1,4 +1,4 @@
-//! The `portcullis` command: `serve`, `validate`, `rotate-key`.
+//! The `portcullis` command: `serve`, `validate`, `rotate-key`, `secret`, `connector`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use portcullis::app::{self, Options};
-use portcullis::{config, telemetry, vault};
+use portcullis::{commands, config, telemetry, vault};
 
 /// mimalloc: the proxy path allocates many small, short-lived buffers across threads,
 /// where glibc malloc showed up prominently in profiles.
@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (with the embedded default config when none is given).
+    /// Run the gateway (the saved config in the data directory, else the embedded
+    /// default, when no --config is given).
     Serve {
         /// Config file (HuJSON). Reloaded on SIGHUP and when it changes.
         #[arg(long, env = "PORTCULLIS_CONFIG")]
@@ -38,19 +39,27 @@ enum Command {
         /// Address to listen on, overriding the config's `listen`.
         #[arg(long, env = "PORTCULLIS_LISTEN", value_name = "ADDR:PORT")]
         listen: Option<SocketAddr>,
-        /// Where the vault and its key file live.
+        /// Where the vault, its key file and the saved config live.
         #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// Provider registry folder.
         #[arg(long, env = "PORTCULLIS_REGISTRY")]
         registry: Option<PathBuf>,
     },
-    /// Check a config file and print every problem; exits 1 on errors.
+    /// Check a config file and print every problem; exits 1 on errors. Checks secret
+    /// references against the environment and the vault, and providers against the
+    /// registry, as `serve` does.
     Validate {
         file: PathBuf,
         /// Treat warnings as errors too (as saving through the admin API does).
         #[arg(long)]
         strict: bool,
+        /// Where the vault is, to check {"vault": NAME} references.
+        #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Provider registry folder, to check connectors' providers.
+        #[arg(long, env = "PORTCULLIS_REGISTRY")]
+        registry: Option<PathBuf>,
     },
     /// Re-seal every vault record under a new master key. Stop `serve` first.
     RotateKey {
@@ -60,15 +69,131 @@ enum Command {
         #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Named vault secrets, referred to in the config as {"vault": "NAME"}. Stop `serve`
+    /// first, or use the admin API (/api/secrets) while it runs.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+        #[command(flatten)]
+        place: PlaceArgs,
+    },
+    /// Connectors in the saved config.
+    Connector {
+        #[command(subcommand)]
+        action: ConnectorAction,
+        #[command(flatten)]
+        place: PlaceArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Store a secret; its value is read from standard input.
+    Set { name: String },
+    /// List secrets: names, when they were set and what uses them (never values).
+    List,
+    /// Remove a secret the config no longer refers to.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConnectorAction {
+    /// Add a connector pre-filled from a registry provider's defaults (URLs, scopes,
+    /// auth_params), validated and saved like an admin API save.
+    Add {
+        /// Registry provider id (`portcullis serve` lists them at /api/registry).
+        #[arg(long)]
+        provider: String,
+        /// Connector ID (default: the provider's name, e.g. Slack); it is part of the
+        /// OAuth redirect URI.
+        #[arg(long)]
+        id: Option<String>,
+        /// `http` (the provider's API) or `mcp` (its MCP server).
+        #[arg(long, value_parser = ["http", "mcp"])]
+        protocol: Option<String>,
+        /// The OAuth application's client ID.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Read the client secret (or a token, for a provider without OAuth) from
+        /// standard input; it goes into the vault.
+        #[arg(long)]
+        client_secret_stdin: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct PlaceArgs {
+    /// Config file; default: the saved config in the data directory.
+    #[arg(long, env = "PORTCULLIS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR, global = true)]
+    data_dir: PathBuf,
+    #[arg(long, env = "PORTCULLIS_REGISTRY", global = true)]
+    registry: Option<PathBuf>,
+}
+
+impl From<PlaceArgs> for commands::Place {
+    fn from(p: PlaceArgs) -> Self {
+        Self {
+            config: p.config,
+            data_dir: p.data_dir,
+            registry: p.registry,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { file, strict } => validate(&file, strict),
+        Command::Validate {
+            file,
+            strict,
+            data_dir,
+            registry,
+        } => {
+            let place = commands::Place {
+                config: None,
+                data_dir,
+                registry,
+            };
+            run(async move { commands::validate(&file, strict, &place).await })
+        }
         Command::RotateKey { config, data_dir } => {
             telemetry::init_logging();
             rotate_key(config, &data_dir)
+        }
+        Command::Secret { action, place } => {
+            let place = commands::Place::from(place);
+            let done = match action {
+                SecretAction::Set { name } => commands::secret_set(&name, &place),
+                SecretAction::List => commands::secret_list(&place),
+                SecretAction::Rm { name } => commands::secret_rm(&name, &place),
+            };
+            report(done.map(|()| true))
+        }
+        Command::Connector { action, place } => {
+            let place = commands::Place::from(place);
+            let ConnectorAction::Add {
+                provider,
+                id,
+                protocol,
+                client_id,
+                client_secret_stdin,
+            } = action;
+            let req = commands::AddConnector {
+                provider,
+                id,
+                protocol: protocol.map(|p| {
+                    if p == "mcp" {
+                        config::Protocol::Mcp
+                    } else {
+                        config::Protocol::Http
+                    }
+                }),
+                client_id,
+                secret_from_stdin: client_secret_stdin,
+            };
+            run(async move { commands::connector_add(req, &place).await.map(|()| true) })
         }
         Command::Serve {
             config,
@@ -77,69 +202,49 @@ fn main() -> ExitCode {
             registry,
         } => {
             telemetry::init_logging();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("portcullis: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(app::serve(Options {
+            let opts = Options {
                 config,
                 listen,
                 data_dir,
                 registry,
-            })) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("portcullis: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            };
+            run(async move { app::serve(opts).await.map(|()| true) })
         }
     }
 }
 
-fn validate(file: &PathBuf, strict: bool) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
+/// Runs `work` on a multi-threaded runtime and turns its outcome into an exit code.
+fn run(work: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => report(rt.block_on(work)),
         Err(e) => {
-            eprintln!("portcullis: cannot read {}: {e}", file.display());
-            return ExitCode::FAILURE;
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
         }
-    };
-    let (_, diags) = app::check(&text);
-    for d in diags.iter() {
-        println!("{}: {d}", file.display());
     }
-    let errors = diags.errors().count();
-    let warnings = diags.warnings().count();
-    let failed = errors > 0 || (strict && warnings > 0);
-    println!(
-        "{}: {errors} error(s), {warnings} warning(s){}",
-        file.display(),
-        if failed { "" } else { " — ok" }
-    );
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+}
+
+fn report(outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn rotate_key(config_path: Option<PathBuf>, data_dir: &std::path::Path) -> ExitCode {
-    let key_file = match app::read_config(config_path.as_deref()).map(|t| config::load(&t)) {
-        Ok((Some(c), _)) => c
+    let file = portcullis::configure::ConfigFile::new(config_path.as_deref(), data_dir);
+    let key_file = match file.read() {
+        Ok(current) => config::peek::<config::Peeked>(&current.text)
             .vault
             .key_file
             .unwrap_or_else(|| data_dir.join(vault::KEY_FILE)),
-        Ok((None, diags)) => {
-            eprint!("portcullis: the config has errors:\n{diags}");
-            return ExitCode::FAILURE;
-        }
         Err(e) => {
             eprintln!("portcullis: {e}");
             return ExitCode::FAILURE;

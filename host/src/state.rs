@@ -19,6 +19,7 @@ use crate::connections::{Connections, PerUser};
 use crate::connector::Connector;
 use crate::credentials::TokenSlots;
 use crate::egress::Egress;
+use crate::health::Health;
 use crate::identity::{Caller, Identifier};
 use crate::outbound::Outbound;
 use crate::plugins::Plugins;
@@ -100,10 +101,14 @@ pub struct App {
     pub connections: Arc<Connections>,
     /// The one pipeline for every upstream call.
     pub outbound: Arc<Outbound>,
+    /// What the host last saw of each connector's upstream.
+    pub health: Arc<Health>,
     /// The address the server is bound to (known once `serve` has bound it).
     pub bound: OnceLock<SocketAddr>,
     /// Serialises config changes (reloads, saves).
     pub config_lock: tokio::sync::Mutex<()>,
+    /// Hash of the config text in force (what a save must name).
+    config_hash: std::sync::Mutex<String>,
     /// Rescans the registry when its folder changes; stops when dropped.
     _registry_watcher: Option<notify::RecommendedWatcher>,
 }
@@ -119,11 +124,19 @@ pub struct Parts {
     pub plugins: Arc<Plugins>,
     pub connections: Arc<Connections>,
     pub registry_watcher: Option<notify::RecommendedWatcher>,
+    /// Hash of the config text the snapshot was built from.
+    pub config_hash: String,
 }
 
 impl App {
     pub fn new(p: Parts) -> Self {
-        let outbound = Outbound::new(p.egress.clone(), p.plugins.clone(), p.connections.clone());
+        let health = Arc::new(Health::default());
+        let outbound = Outbound::new(
+            p.egress.clone(),
+            p.plugins.clone(),
+            p.connections.clone(),
+            health.clone(),
+        );
         Self {
             snapshot: ArcSwap::from_pointee(p.snapshot),
             configs: tokio::sync::watch::Sender::new(0),
@@ -136,8 +149,10 @@ impl App {
             plugins: p.plugins,
             connections: p.connections,
             outbound,
+            health,
             bound: OnceLock::new(),
             config_lock: tokio::sync::Mutex::new(()),
+            config_hash: std::sync::Mutex::new(p.config_hash),
             _registry_watcher: p.registry_watcher,
         }
     }
@@ -151,7 +166,7 @@ impl App {
     /// connections no connector uses any more are revoked (removing a connector, or
     /// changing its OAuth client, ends every user's authorization on it, revoked with
     /// the client it was made with). Callers hold [`App::config_lock`].
-    pub fn install(&self, snap: Snapshot) {
+    pub fn install(&self, snap: Snapshot, config_hash: String) {
         let old = self.snapshot();
         if old.config.listen != snap.config.listen && self.options.listen.is_none() {
             tracing::warn!(
@@ -162,7 +177,12 @@ impl App {
         }
         self.egress.reconfigure(&snap.config.egress);
         let gone = removed_connections(&old, &snap);
+        self.health.retain(|id| snap.connectors.contains_key(id));
         self.snapshot.store(Arc::new(snap));
+        *self
+            .config_hash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config_hash;
         self.outbound.config_changed();
         self.configs.send_modify(|n| *n = n.wrapping_add(1));
         if !gone.is_empty() {
@@ -174,6 +194,14 @@ impl App {
                 }
             });
         }
+    }
+
+    /// Hash of the config text in force.
+    pub fn config_hash(&self) -> String {
+        self.config_hash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes whenever a new config is put in force.

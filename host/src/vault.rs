@@ -36,6 +36,8 @@ pub enum Table {
     Meta,
     /// Secrets the host owns (inline config secrets moved here on save).
     Secrets,
+    /// When each secret was last set (Unix seconds), for listings that never show values.
+    SecretTimes,
     /// Client-credentials access tokens, per connector.
     ClientTokens,
     /// Per-user OAuth tokens, per (connection, user).
@@ -50,6 +52,7 @@ impl Table {
     pub const ALL: &'static [Table] = &[
         Table::Meta,
         Table::Secrets,
+        Table::SecretTimes,
         Table::ClientTokens,
         Table::UserTokens,
         Table::OAuthPending,
@@ -60,6 +63,7 @@ impl Table {
         match self {
             Self::Meta => "meta",
             Self::Secrets => "secrets",
+            Self::SecretTimes => "secret_times",
             Self::ClientTokens => "client_tokens",
             Self::UserTokens => "user_tokens",
             Self::OAuthPending => "oauth_pending",
@@ -390,6 +394,53 @@ impl Vault {
         Ok(out)
     }
 
+    /// Sets a named secret (`{"vault": NAME}`) and when it was set, in one transaction.
+    pub fn set_secret(&self, name: &str, value: &[u8]) -> Result<(), VaultError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let tx = self.db.begin_write().map_err(store)?;
+        for (table, plain) in [
+            (Table::Secrets, value),
+            (Table::SecretTimes, now.as_bytes()),
+        ] {
+            let sealed = self.sealer.seal(table, name, plain);
+            let mut t = tx.open_table(table.def()).map_err(store)?;
+            t.insert(name, sealed.as_slice()).map_err(store)?;
+        }
+        tx.commit().map_err(store)
+    }
+
+    /// Removes a named secret; `false` if there was none.
+    pub fn remove_secret(&self, name: &str) -> Result<bool, VaultError> {
+        let tx = self.db.begin_write().map_err(store)?;
+        let existed = {
+            let mut t = tx.open_table(Table::Secrets.def()).map_err(store)?;
+            t.remove(name).map_err(store)?.is_some()
+        };
+        tx.open_table(Table::SecretTimes.def())
+            .map_err(store)?
+            .remove(name)
+            .map_err(store)?;
+        tx.commit().map_err(store)?;
+        Ok(existed)
+    }
+
+    /// Every named secret with when it was set (Unix seconds; `None` for secrets stored
+    /// before times were kept). Never a value.
+    pub fn secret_names(&self) -> Result<Vec<(String, Option<u64>)>, VaultError> {
+        self.keys(Table::Secrets)?
+            .into_iter()
+            .map(|name| {
+                let at = self
+                    .get(Table::SecretTimes, &name)?
+                    .and_then(|t| std::str::from_utf8(&t).ok()?.parse().ok());
+                Ok((name, at))
+            })
+            .collect()
+    }
+
     /// Re-seals every record under `new` in one write transaction, so a crash leaves
     /// either all records under the old key or all under the new one. Returns how many
     /// records were re-sealed.
@@ -521,6 +572,16 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
     }
 }
 
+/// Opens the vault in `data_dir` with the key from the environment or `key_file`:
+/// creates the folder and the key on first use, and finishes an interrupted rotation.
+pub fn open(data_dir: &Path, key_file: &Path) -> Result<Vault, VaultError> {
+    fs::create_dir_all(data_dir)
+        .map_err(|e| VaultError::Store(format!("cannot create {}: {e}", data_dir.display())))?;
+    recover_interrupted_rotation(data_dir, key_file)?;
+    let (key, _) = MasterKey::load(key_file)?;
+    Vault::open(data_dir, &key)
+}
+
 /// Resolves a secret reference (inline, environment or vault) to its value, for building
 /// a connector's credential. `path` names the config field in errors; values never do.
 pub fn resolve_secret(
@@ -573,6 +634,29 @@ mod tests {
             !raw.windows(b"ghp_supersecretvalue123".len())
                 .any(|w| w == b"ghp_supersecretvalue123")
         );
+    }
+
+    #[test]
+    fn named_secrets_list_names_and_times_never_values() {
+        let (dir, v, _) = vault();
+        v.set_secret("github_pat", b"ghp_listedvalue").expect("set");
+        let names = v.secret_names().expect("names");
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[0].0, "github_pat");
+        assert!(names[0].1.is_some_and(|t| t > 1_700_000_000));
+        assert_eq!(
+            v.get(Table::Secrets, "github_pat")
+                .expect("get")
+                .expect("some")
+                .as_slice(),
+            b"ghp_listedvalue"
+        );
+        assert!(v.remove_secret("github_pat").expect("rm"));
+        assert!(!v.remove_secret("github_pat").expect("rm again"));
+        assert!(v.secret_names().expect("names").is_empty());
+        drop(v);
+        let raw = fs::read(dir.path().join(DB_FILE)).expect("read db");
+        assert!(!raw.windows(15).any(|w| w == b"ghp_listedvalue"));
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn validate_reports_every_problem_with_paths_and_fails_on_errors() {
     let (ok, out) = validate(&[file.to_str().expect("utf8")]);
     assert!(!ok);
     assert!(out.contains("error: connectors.servers.github.auth.secert: unknown field \"secert\" in auth of connector \"github\""), "{out}");
-    assert!(out.contains("missing field `secret`"), "{out}");
+    assert!(out.contains("missing field \"secret\""), "{out}");
     assert!(out.contains("connectors.servers.my_api"), "{out}");
     assert!(out.contains("warning: basurl"), "{out}");
 
@@ -172,4 +172,226 @@ async fn reload_on_sighup_and_file_change_without_dropping_requests() {
     stop.store(true, Ordering::Relaxed);
     let served = traffic.await.expect("traffic task");
     assert!(served > 0);
+}
+
+/// Configs `serve` would refuse: `validate` must refuse each too, at the same path.
+/// (What each one breaks, then the path both must name.)
+fn broken_corpus() -> Vec<(&'static str, String, &'static str)> {
+    let server = |s: serde_json::Value| {
+        json!({"identity": {"mode": "loopback"}, "connectors": {"servers": {"x": s}}}).to_string()
+    };
+    vec![
+        (
+            "an unset environment variable",
+            server(json!({"protocol": "http", "url": "https://a.example.com",
+                "auth": {"type": "bearer_token", "secret": {"env": "PORTCULLIS_TEST_NEVER_SET"}}})),
+            "connectors.servers.x.auth.secret",
+        ),
+        (
+            "a relative authorization_url",
+            server(json!({"protocol": "http",
+                "auth": {"type": "oauth2_authorization_code", "client_id": "c", "scopes": [],
+                         "authorization_url": "/authorize", "token_url": "https://as.example.com/t"}})),
+            "connectors.servers.x.auth.authorization_url",
+        ),
+        (
+            "an unknown provider",
+            server(json!({"protocol": "http", "url": "https://slack.com/api", "provider": "slak"})),
+            "connectors.servers.x.provider",
+        ),
+        (
+            "an empty client id",
+            server(json!({"protocol": "http", "url": "https://a.example.com",
+                "auth": {"type": "oauth2_client_credentials", "client_id": "", "client_secret": "s",
+                         "token_url": "https://as.example.com/t"}})),
+            "connectors.servers.x.auth.client_id",
+        ),
+        (
+            "a missing token_url",
+            server(json!({"protocol": "http", "url": "https://a.example.com",
+                "auth": {"type": "oauth2_authorization_code", "client_id": "c", "scopes": [],
+                         "authorization_url": "https://as.example.com/a"}})),
+            "connectors.servers.x.auth.token_url",
+        ),
+        (
+            "a vault secret that does not exist",
+            server(json!({"protocol": "http", "url": "https://a.example.com",
+                "auth": {"type": "bearer_token", "secret": {"vault": "never_set"}}})),
+            "connectors.servers.x.auth.secret",
+        ),
+        (
+            "a timeout out of range",
+            json!({"identity": {"mode": "loopback"}, "egress": {"read_timeout_secs": 18446744073709551615u64}}).to_string(),
+            "egress.read_timeout_secs",
+        ),
+        (
+            "a duplicate key",
+            r#"{"identity": {"mode": "loopback"}, "listen": "127.0.0.1:1", "listen": "127.0.0.1:2"}"#.to_owned(),
+            "listen",
+        ),
+    ]
+}
+
+#[test]
+fn validate_and_serve_agree_on_a_corpus_of_broken_configs() {
+    let reg = portcullis_e2e::registry_copy(&["slack"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    // A vault that exists (and lacks the secret the corpus names), as serve's would.
+    let data = dir.path().join("data");
+    let (ok, out) = cli(&["secret", "set", "unrelated"], &data, "value");
+    assert!(ok, "{out}");
+    for (what, text, path) in broken_corpus() {
+        let file = dir.path().join("broken.hujson");
+        std::fs::write(&file, &text).expect("write");
+        let out = Command::new(binary())
+            .arg("validate")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--registry")
+            .arg(reg.path())
+            .env_remove("PORTCULLIS_MASTER_KEY")
+            .output()
+            .expect("validate");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "validate passed {what}:\n{said}");
+        assert!(
+            said.contains(&format!("error: {path}:")),
+            "validate on {what}:\n{said}"
+        );
+        let err = Host::try_start(
+            &text,
+            HostOptions {
+                env: vec![(
+                    "PORTCULLIS_REGISTRY".into(),
+                    reg.path().display().to_string(),
+                )],
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap_or_else(|| panic!("serve started with {what}"));
+        assert!(
+            err.contains(&format!("error: {path}:")),
+            "serve on {what}:\n{err}"
+        );
+    }
+}
+
+fn cli(args: &[&str], data: &std::path::Path, stdin: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(binary())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_manages_secrets_and_adds_connectors_from_templates_into_the_saved_config() {
+    let reg = portcullis_e2e::registry_copy(&["slack"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let registry = ["--registry", reg.path().to_str().expect("utf8")];
+
+    let (ok, out) = cli(&["secret", "set", "gh_pat"], &data, "ghp_from_cli_42\n");
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["secret", "list"], &data, "");
+    assert!(ok, "{out}");
+    assert!(out.contains("gh_pat\tset_at="), "{out}");
+    assert!(!out.contains("ghp_from_cli_42"), "{out}");
+    let (ok, out) = cli(&["secret", "set", "bad name"], &data, "x");
+    assert!(!ok && out.contains("not a valid secret name"), "{out}");
+
+    // Without a client ID the template is refused, naming what to give.
+    let mut args = vec!["connector", "add", "--provider", "slack"];
+    args.extend(registry);
+    let (ok, out) = cli(&args, &data, "");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("client_id") && out.contains("--client-id"),
+        "{out}"
+    );
+
+    args.extend(["--client-id", "123.456", "--client-secret-stdin"]);
+    let (ok, out) = cli(&args, &data, "slack_cli_secret\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("/aperture/auth/Slack/callback"), "{out}");
+    let saved = std::fs::read_to_string(data.join("portcullis.hujson")).expect("saved config");
+    assert!(
+        saved.contains("https://slack.com/oauth/v2/authorize"),
+        "{saved}"
+    );
+    assert!(
+        saved.contains(r#""vault": "Slack_client_secret""#),
+        "{saved}"
+    );
+    assert!(!saved.contains("slack_cli_secret"), "{saved}");
+
+    // `serve` with no --config picks the saved config up.
+    let up = Upstream::start().await;
+    let _ = up;
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(registry)
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("listening line");
+    let addr = line
+        .trim()
+        .trim_start_matches("portcullis listening on ")
+        .to_owned();
+    let list = portcullis_e2e::get_json(&format!("{addr}/api/connectors")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(list["connectors"][0]["id"], "Slack", "{list}");
+    // Deny by default: (loopback) is admin, but nobody is granted the new connector yet.
+    assert_eq!(list["connectors"][0]["status"], "No access", "{list}");
+
+    // A secret in use is not removed; an unused one is.
+    let (ok, out) = cli(&["secret", "rm", "Slack_client_secret"], &data, "");
+    assert!(
+        !ok && out.contains("in use by connectors.servers.Slack.auth.client_secret"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["secret", "rm", "gh_pat"], &data, "");
+    assert!(ok, "{out}");
+    for secret in ["ghp_from_cli_42", "slack_cli_secret"] {
+        let leaked = std::fs::read_dir(&data)
+            .expect("data")
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .any(|e| {
+                std::fs::read(e.path())
+                    .is_ok_and(|b| b.windows(secret.len()).any(|w| w == secret.as_bytes()))
+            });
+        assert!(!leaked, "{secret} in plaintext in the data directory");
+    }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `portcullis` binary, driven over HTTP, against real peers
 //! on loopback. One test binary (it links once); a module per area.
 
+mod admin_api;
 mod client_credentials;
 mod config;
 mod identity;

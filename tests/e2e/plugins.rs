@@ -167,18 +167,35 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
     assert_eq!(sf["connector"]["id"], "Salesforce");
     assert_eq!(sf["status"], "loaded");
     assert_eq!(sf["sha256"].as_str().map(str::len), Some(64));
-    // The picker's connector object is a valid config entry as it stands.
-    let picked = json!({"Salesforce": sf["connector"]["server"].clone()});
-    let check = std::process::Command::new(portcullis_e2e::binary())
-        .arg("validate")
-        .arg(write_temp(&loopback_config(picked, admin_everything())))
-        .output()
-        .expect("validate");
+    // The picker's connector object is a valid config entry once the operator's client
+    // ID and secret are in, and says what is missing before.
+    let validate = |server: &Value| {
+        let picked = json!({"Salesforce": server});
+        let data = tempfile::tempdir().expect("tmp");
+        let out = std::process::Command::new(portcullis_e2e::binary())
+            .arg("validate")
+            .arg(write_temp(&loopback_config(picked, admin_everything())))
+            .arg("--registry")
+            .arg(reg.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .expect("validate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let mut server = sf["connector"]["server"].clone();
+    let (ok, out) = validate(&server);
     assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
+        !ok && out.contains("auth.client_id: client_id is empty"),
+        "{out}"
     );
+    server["auth"]["client_id"] = json!("3MVG9-client");
+    server["auth"]["client_secret"] = json!("client-secret");
+    let (ok, out) = validate(&server);
+    assert!(ok, "{out}");
 }
 
 fn write_temp(text: &str) -> PathBuf {
@@ -305,23 +322,40 @@ async fn the_registry_is_rescanned_when_an_entry_is_added() {
     }
 }
 
+/// A provider that leaves the registry while its connector is configured: the config
+/// was valid when it loaded (an unknown provider is refused at load), so requests answer
+/// 503 and the connector's health says why.
 #[tokio::test]
-async fn a_connector_whose_provider_is_not_loaded_answers_503() {
-    let reg = registry(&[], false);
+async fn a_connector_whose_provider_is_no_longer_loaded_answers_503() {
+    let reg = registry(&["salesforce"], false);
     let up = Fixture::start().await;
     let host = host_with(
         reg.path(),
         json!({"sf": bearer_connector("salesforce", &up.url(), json!({}))}),
     );
-    let resp = client()
-        .get(host.url("/v1/connectors/sf/limits"))
-        .send()
-        .await
-        .expect("request");
-    let (status, code, msg) = error_of(resp).await;
+    std::fs::remove_dir_all(reg.path().join("salesforce")).expect("remove entry");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (status, code, msg) = loop {
+        let resp = client()
+            .get(host.url("/v1/connectors/sf/limits"))
+            .send()
+            .await
+            .expect("request");
+        if resp.status() == 503 {
+            break error_of(resp).await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!((status, code.as_str()), (503, "provider_unavailable"));
     assert!(msg.contains("GET /api/registry"), "{msg}");
-    assert!(up.seen().is_empty(), "nothing may reach the upstream");
+    let list = get_json(&host.url("/api/connectors")).await;
+    let health = &list["connectors"][0]["health"];
+    assert_eq!(health["state"], "failing", "{list}");
+    assert_eq!(health["checks"]["provider"]["ok"], false, "{list}");
 }
 
 /// Each misbehaving call fails alone, with a clear error, before anything is sent; a

@@ -1,8 +1,9 @@
 //! Diagnostics: every problem found in a config, with its severity and JSON path.
 //!
 //! Validation never stops at the first problem: an operator fixing a config wants the
-//! whole list at once. Warnings let a config load (logged), but fail a save or a
-//! `validate --strict`; errors always fail.
+//! whole list at once. Notices say what a deliberate setting does (logged, never fatal);
+//! warnings let a config load (logged), but fail a save or a `validate --strict`; errors
+//! always fail.
 
 use std::fmt;
 
@@ -10,6 +11,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// A deliberate setting worth knowing about (`egress.allow_loopback`): logged, never
+    /// fatal.
+    Notice,
     /// Logged at load; fatal on save and on `validate --strict`.
     Warning,
     /// Always fatal.
@@ -27,6 +31,7 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = match self.severity {
+            Severity::Notice => "notice",
             Severity::Warning => "warning",
             Severity::Error => "error",
         };
@@ -46,6 +51,10 @@ pub struct Diagnostics(Vec<Diagnostic>);
 impl Diagnostics {
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.push(Severity::Warning, path, message);
+    }
+
+    pub fn notice(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Notice, path, message);
     }
 
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -71,6 +80,15 @@ impl Diagnostics {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Would a save refuse this config (an error or a warning)?
+    pub fn fails_save(&self) -> bool {
+        self.0.iter().any(|d| d.severity >= Severity::Warning)
+    }
+
+    pub fn notices(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.severity == Severity::Notice)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {

@@ -6,15 +6,20 @@
 //! silently drop a credential: there they are errors.
 
 mod diag;
+pub mod edit;
+mod surroundings;
 mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use diag::{Diagnostic, Diagnostics, JsonPath, Severity};
+#[cfg(test)]
+pub use surroundings::Fixture;
+pub use surroundings::{FromTemplate, OAuthTemplate, Provider, ProviderTemplate, Surroundings};
 pub use types::*;
 
 /// The config `portcullis serve` uses when given none: loopback identity, admin for
@@ -39,13 +44,29 @@ const APERTURE_ONLY_SECTIONS: &[&str] = &[
     "exporters",
     "auto_cost_basis",
     "database",
-    "mcp",
     "temp_grants",
     "chat_models",
 ];
 
-/// Parses and validates a config. `config` is `None` when there are errors.
-pub fn load(text: &str) -> (Option<Config>, Diagnostics) {
+/// [`load`] where every secret reference resolves and no provider exists: for tests
+/// about something else.
+#[cfg(test)]
+pub fn load_permissive(text: &str) -> (Option<Config>, Diagnostics) {
+    load(
+        text,
+        &Fixture {
+            permissive: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// The one validator: parses a config and checks everything that could make it unusable
+/// (structure, values and their bounds, and every reference into `env`: secrets,
+/// providers), reporting every problem at once. `config` is `None` when there are errors.
+///
+/// `validate`, `serve`, reloads and saves all come here; they differ only in `env`.
+pub fn load(text: &str, env: &dyn Surroundings) -> (Option<Config>, Diagnostics) {
     let mut diags = Diagnostics::default();
     let root = match parse_hujson(text) {
         Ok(v) => v,
@@ -54,7 +75,8 @@ pub fn load(text: &str) -> (Option<Config>, Diagnostics) {
             return (None, diags);
         }
     };
-    let config = build(&root, &mut diags);
+    find_duplicate_keys(text, &mut diags);
+    let config = build(&root, env, &mut diags);
     if diags.has_errors() {
         (None, diags)
     } else {
@@ -63,27 +85,114 @@ pub fn load(text: &str) -> (Option<Config>, Diagnostics) {
 }
 
 /// HuJSON: JSON plus comments and trailing commas, and nothing else (no JSON5 extras).
-fn parse_hujson(text: &str) -> Result<Value, String> {
-    let opts = jsonc_parser::ParseOptions {
-        allow_comments: true,
-        allow_trailing_commas: true,
-        allow_loose_object_property_names: false,
-        allow_missing_commas: false,
-        allow_single_quoted_strings: false,
-        allow_hexadecimal_numbers: false,
-        allow_unary_plus_numbers: false,
-        allow_bare_decimal_point_numbers: false,
-        allow_non_finite_numbers: false,
-        allow_extended_string_escapes: false,
-    };
+pub(crate) const HUJSON: jsonc_parser::ParseOptions = jsonc_parser::ParseOptions {
+    allow_comments: true,
+    allow_trailing_commas: true,
+    allow_loose_object_property_names: false,
+    allow_missing_commas: false,
+    allow_single_quoted_strings: false,
+    allow_hexadecimal_numbers: false,
+    allow_unary_plus_numbers: false,
+    allow_bare_decimal_point_numbers: false,
+    allow_non_finite_numbers: false,
+    allow_extended_string_escapes: false,
+};
+
+/// Parses HuJSON text into a JSON value.
+pub fn parse_hujson(text: &str) -> Result<Value, String> {
     if text.trim().is_empty() {
         return Err("config must not be empty".into());
     }
-    jsonc_parser::parse_to_serde_value::<Value>(text, &opts)
+    jsonc_parser::parse_to_serde_value::<Value>(text, &HUJSON)
         .map_err(|e| format!("not valid HuJSON: {e}"))
 }
 
-fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
+/// Settings read before the config is validated (where the registry and the vault key
+/// are), leniently: `T`'s defaults when the text does not decode (the validator then
+/// reports why). Unknown keys are ignored.
+pub fn peek<T: DeserializeOwned + Default>(text: &str) -> T {
+    parse_hujson(text)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// The settings [`peek`] is for: where the registry and the vault key are.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Peeked {
+    pub registry: RegistryConfig,
+    pub vault: VaultConfig,
+}
+
+/// Duplicate keys are errors: a JSON parser keeps the last one, so an earlier value an
+/// operator believes in would silently lose. (Also for JSON the admin API receives.)
+pub fn duplicate_keys(text: &str) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    find_duplicate_keys(text, &mut diags);
+    diags
+}
+
+fn find_duplicate_keys(text: &str, diags: &mut Diagnostics) {
+    fn walk(node: &jsonc_parser::cst::CstNode, at: &JsonPath, diags: &mut Diagnostics) {
+        if let Some(obj) = node.as_object() {
+            let mut seen = HashSet::new();
+            for prop in obj.properties() {
+                let Some(name) = prop.name().and_then(|n| n.decoded_value().ok()) else {
+                    continue;
+                };
+                let here = at.key(&name);
+                if !seen.insert(name.clone()) {
+                    diags.error(
+                        &here,
+                        format!("duplicate key \"{name}\": only the last one would count; remove or rename the other"),
+                    );
+                }
+                if let Some(v) = prop.value() {
+                    walk(&v, &here, diags);
+                }
+            }
+        } else if let Some(list) = node.as_array() {
+            for (i, el) in list.elements().iter().enumerate() {
+                walk(el, &at.index(i), diags);
+            }
+        }
+    }
+    if let Ok(root) = jsonc_parser::cst::CstRootNode::parse(text, &HUJSON)
+        && let Some(v) = root.value()
+    {
+        walk(&v, &JsonPath::root(), diags);
+    }
+}
+
+/// The bounds of every number in the config: `(section, key, min, max)`.
+/// Outside them a value is an error, not clamped: a typo of a few zeros should be seen.
+pub const BOUNDS: &[(&str, &str, u64, u64)] = &[
+    ("identity", "cache_ttl_secs", 0, 3600),
+    ("egress", "connect_timeout_secs", 1, 300),
+    ("egress", "read_timeout_secs", 1, 3600),
+    ("mcp", "poll_interval_secs", 1, 86_400),
+    ("mcp", "idle_session_secs", 1, 604_800),
+];
+
+fn bounds(root: &Map<String, Value>, diags: &mut Diagnostics) {
+    for (section, key, min, max) in BOUNDS {
+        let Some(v) = root.get(*section).and_then(|s| s.get(*key)) else {
+            continue;
+        };
+        // Type errors are the decoder's to report.
+        if let Some(n) = v.as_u64()
+            && !(*min..=*max).contains(&n)
+        {
+            diags.error(
+                JsonPath::root().key(section).key(key),
+                format!("{n} is out of range: {key} takes {min} to {max}"),
+            );
+        }
+    }
+}
+
+fn build(root: &Value, env: &dyn Surroundings, diags: &mut Diagnostics) -> Option<Config> {
     let Some(obj) = root.as_object() else {
         diags.error("", "the config must be a JSON object");
         return None;
@@ -133,26 +242,19 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
     let registry: Option<RegistryConfig> = section(obj, "registry", diags);
     let egress: Option<EgressConfig> = section(obj, "egress", diags);
     let mcp: Option<McpConfig> = section(obj, "mcp", diags);
-    if let Some(m) = &mcp
-        && m.poll_interval_secs == 0
-    {
-        diags.error(
-            top.key("mcp").key("poll_interval_secs"),
-            "must be at least 1 (seconds between catalog polls)",
-        );
-    }
+    bounds(obj, diags);
     let flags: Option<BTreeMap<String, Flag>> = section(obj, "flags", diags);
     if let Some(e) = &egress
         && e.allow_loopback
     {
-        diags.warn(
+        diags.notice(
             top.key("egress").key("allow_loopback"),
             "loopback upstreams are allowed: a development and test switch, never for production",
         );
     }
     let public_url = public_url(obj.get("public_url"), &top.key("public_url"), diags);
     let allow_loopback = egress.as_ref().is_some_and(|e| e.allow_loopback);
-    let connectors = connectors(obj.get("connectors"), allow_loopback, diags);
+    let connectors = connectors(obj.get("connectors"), allow_loopback, env, diags);
     let grants = grants(obj.get("grants"), diags);
 
     Some(Config {
@@ -161,7 +263,7 @@ fn build(root: &Value, diags: &mut Diagnostics) -> Option<Config> {
         vault: vault?,
         registry: registry?,
         egress: egress?,
-        mcp: mcp.filter(|m| m.poll_interval_secs > 0)?,
+        mcp: mcp?,
         public_url: public_url?,
         connectors: connectors?,
         grants: grants?,
@@ -260,6 +362,7 @@ pub fn valid_connector_id(id: &str) -> bool {
 fn connectors(
     value: Option<&Value>,
     allow_loopback: bool,
+    env: &dyn Surroundings,
     diags: &mut Diagnostics,
 ) -> Option<BTreeMap<String, Connector>> {
     let at = JsonPath::root().key("connectors");
@@ -288,7 +391,7 @@ fn connectors(
     let mut ok = true;
     for (id, raw) in servers {
         let here = at.key("servers").key(id);
-        match connector(id, raw, &here, allow_loopback, diags) {
+        match connector(id, raw, &here, allow_loopback, env, diags) {
             Some(c) => {
                 out.insert(id.clone(), c);
             }
@@ -303,6 +406,7 @@ fn connector(
     raw: &Value,
     at: &JsonPath,
     allow_loopback: bool,
+    env: &dyn Surroundings,
     diags: &mut Diagnostics,
 ) -> Option<Connector> {
     let mut ok = true;
@@ -327,17 +431,34 @@ fn connector(
         format!("unknown field \"{k}\" in connector \"{id}\"")
     })?;
 
-    let named_provider = server
-        .provider
-        .as_deref()
-        .is_some_and(|p| !p.eq_ignore_ascii_case("custom"));
+    let template = match server.provider.as_deref() {
+        None => None,
+        Some(p) if p.eq_ignore_ascii_case("custom") => None,
+        Some(p) => match env.provider(p) {
+            Provider::Loaded(t) => Some(t),
+            problem => {
+                diags.error(at.key("provider"), provider_problem(p, problem));
+                ok = false;
+                None
+            }
+        },
+    };
     let url = match &server.url {
-        // A registry provider pre-fills the URL at runtime.
-        None if named_provider => None,
         None => {
+            let default = template
+                .as_ref()
+                .map(|t| match (server.protocol, &t.mcp_url) {
+                    (Protocol::Mcp, Some(u)) => u.as_str(),
+                    _ => t.api_url.as_str(),
+                });
             diags.warn(
                 at.key("url"),
-                format!("connector \"{id}\" has no url; requests to it will fail"),
+                match default {
+                    Some(u) => format!(
+                        "connector \"{id}\" has no url; add the provider's: \"url\": \"{u}\""
+                    ),
+                    None => format!("connector \"{id}\" has no url; requests to it will fail"),
+                },
             );
             None
         }
@@ -428,22 +549,42 @@ fn connector(
     }
 
     let auth = match &server.auth {
-        None | Some(Value::Null) => Some(Auth::None),
-        Some(v) => auth(id, v, &at.key("auth"), diags),
-    };
-    if let (Some(Auth::AuthorizationCode(a)), Some(_)) = (&auth, &url) {
-        for (field, u) in [
-            ("authorization_url", &a.authorization_url),
-            ("token_url", &a.token_url),
-        ]
-        .into_iter()
-        .chain(a.revocation_url.as_ref().map(|u| ("revocation_url", u)))
-        {
-            check_endpoint_url(u, &at.key("auth").key(field), diags);
+        None | Some(Value::Null) => {
+            if let Some(t) = &template
+                && t.oauth.is_some()
+            {
+                diags.warn(
+                    at.key("auth"),
+                    format!(
+                        "connector \"{id}\" has no auth; provider {} signs users in with OAuth: \"auth\": {}",
+                        t.id,
+                        t.connector(server.protocol)["auth"]
+                    ),
+                );
+            }
+            Some(Auth::None)
         }
+        Some(v) => auth(id, v, &at.key("auth"), template.as_deref(), diags),
+    };
+    match &auth {
+        Some(Auth::AuthorizationCode(a)) => {
+            for (field, u) in [
+                ("authorization_url", &a.authorization_url),
+                ("token_url", &a.token_url),
+            ]
+            .into_iter()
+            .chain(a.revocation_url.as_ref().map(|u| ("revocation_url", u)))
+            {
+                check_endpoint_url(u, &at.key("auth").key(field), diags);
+            }
+        }
+        Some(Auth::ClientCredentials(c)) => {
+            check_endpoint_url(&c.token_url, &at.key("auth").key("token_url"), diags);
+        }
+        _ => {}
     }
-    if let Some(Auth::ClientCredentials(c)) = &auth {
-        check_endpoint_url(&c.token_url, &at.key("auth").key("token_url"), diags);
+    if let Some(a) = &auth {
+        check_secrets(a, &at.key("auth"), env, diags);
     }
 
     let auth = auth?;
@@ -461,6 +602,77 @@ fn connector(
         provider_vars: server.provider_vars,
         labels: server.labels,
     })
+}
+
+/// What is wrong with a connector's `provider`, and what to do.
+fn provider_problem(name: &str, problem: Provider) -> String {
+    match problem {
+        Provider::Loaded(_) => String::new(),
+        Provider::Broken(why) => format!(
+            "provider \"{name}\" is in the registry but did not load ({why}); fix or replace it (GET /api/registry lists registry problems)"
+        ),
+        Provider::Unknown { known } if known.is_empty() => format!(
+            "unknown provider \"{name}\": the registry has no providers; write \"Custom\" for a connector without one"
+        ),
+        Provider::Unknown { known } => format!(
+            "unknown provider \"{name}\"; the registry has: {} (or write \"Custom\" for a connector without one)",
+            known.join(", ")
+        ),
+        Provider::NoRegistry => format!(
+            "provider \"{name}\" needs the provider registry, and none is loaded: point --registry, PORTCULLIS_REGISTRY or registry.dir at it, or write \"Custom\""
+        ),
+    }
+}
+
+/// Every secret of a connector must resolve to a usable value now, not at the first
+/// request. Values are never quoted in a message.
+fn check_secrets(auth: &Auth, at: &JsonPath, env: &dyn Surroundings, diags: &mut Diagnostics) {
+    for (field, secret, in_header) in auth.secrets() {
+        let here = at.key(field);
+        let value = match secret {
+            SecretRef::Inline(v) => Some(zeroize::Zeroizing::new(v.clone())),
+            SecretRef::Env(name) => {
+                let v = env.env(name);
+                if v.is_none() {
+                    diags.error(
+                        &here,
+                        format!(
+                            "environment variable {name} is not set (or not UTF-8): set it where Portcullis runs, or keep the secret in the vault (`portcullis secret set NAME`, then {{\"vault\": \"NAME\"}})"
+                        ),
+                    );
+                }
+                v
+            }
+            SecretRef::Vault(name) => match env.vault(name) {
+                Ok(Some(v)) => Some(v),
+                Ok(None) => {
+                    diags.error(
+                        &here,
+                        format!(
+                            "the vault has no secret named \"{name}\": add it with `portcullis secret set {name}` or PUT /api/secrets/{name}"
+                        ),
+                    );
+                    None
+                }
+                Err(why) => {
+                    diags.warn(
+                        &here,
+                        format!("vault secret \"{name}\" was not checked: {why}"),
+                    );
+                    None
+                }
+            },
+        };
+        let Some(value) = value else { continue };
+        if value.is_empty() {
+            diags.error(&here, "the secret is empty: set its value");
+        } else if in_header && value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            diags.error(
+                &here,
+                "the secret contains a line break or another control character, so it cannot be sent in a header; check how it was copied",
+            );
+        }
+    }
 }
 
 /// Were errors reported under `at`? (Decoding helpers report and carry on.)
@@ -484,8 +696,15 @@ fn check_endpoint_url(u: &str, at: &JsonPath, diags: &mut Diagnostics) {
 }
 
 /// Decodes `auth` strictly: the `type` picks the field set, and any other field is an
-/// error that names the field, the connector and the fields that type takes.
-fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<Auth> {
+/// error that names the field, the connector and the fields that type takes. Every
+/// missing field is reported at once, with the provider's default when there is one.
+fn auth(
+    id: &str,
+    v: &Value,
+    at: &JsonPath,
+    template: Option<&ProviderTemplate>,
+    diags: &mut Diagnostics,
+) -> Option<Auth> {
     let Some(obj) = v.as_object() else {
         diags.error(
             at,
@@ -513,8 +732,9 @@ fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<A
         );
         return None;
     };
-    // Report every unknown field first (serde would stop at the first).
+    // Report every unknown and every missing field first (serde would stop at the first).
     let mut bad = false;
+    let mut missing = false;
     for key in obj.keys().filter(|k| !fields.contains(&k.as_str())) {
         diags.error(
             at.key(key),
@@ -525,8 +745,31 @@ fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<A
         );
         bad = true;
     }
-    // Decode the known fields even when there were unknown ones, so a missing required
-    // field is reported in the same pass.
+    for field in required_auth_fields(ty)
+        .iter()
+        .filter(|f| !obj.contains_key(**f))
+    {
+        let hint = match template.and_then(|t| t.auth_default(field).map(|d| (t, d))) {
+            Some((t, default)) => format!("; provider {}'s: \"{field}\": {default}", t.id),
+            None => format!(
+                " (type \"{ty}\" needs: {})",
+                required_auth_fields(ty).join(", ")
+            ),
+        };
+        diags.error(
+            at.key(field),
+            format!("missing field \"{field}\" in auth of connector \"{id}\"{hint}"),
+        );
+        missing = true;
+    }
+    if ty == "oauth2_authorization_code" {
+        oauth_defaults_missing(id, obj, at, template, diags);
+    }
+    if missing {
+        return None;
+    }
+    // Decode the known fields even when there were unknown ones, so a bad value is
+    // reported in the same pass.
     let body: Map<String, Value> = obj
         .iter()
         .filter(|(k, _)| *k != "type" && fields.contains(&k.as_str()))
@@ -547,25 +790,78 @@ fn auth(id: &str, v: &Value, at: &JsonPath, diags: &mut Diagnostics) -> Option<A
         }
         "oauth2_dcr" => decode(&body, at, Severity::Error, diags, unknown).map(Auth::Dcr),
         _ => None,
+    }?;
+    let mut ok = !bad;
+    let client_id = match &auth {
+        Auth::ClientCredentials(c) => Some(&c.client_id),
+        Auth::AuthorizationCode(a) => Some(&a.client_id),
+        _ => None,
     };
-    if bad {
-        return None;
+    if client_id.is_some_and(|c| c.trim().is_empty()) {
+        diags.error(
+            at.key("client_id"),
+            "client_id is empty: paste the client ID of the OAuth application registered at the provider",
+        );
+        ok = false;
     }
-    if let Some(Auth::ApiKey(k)) = &auth {
-        if k.location == KeyLocation::Header && http::HeaderName::try_from(k.name.as_str()).is_err()
+    if let Auth::ApiKey(k) = &auth {
+        if k.name.is_empty() {
+            diags.error(at.key("name"), "the API key needs a non-empty name");
+            ok = false;
+        } else if k.location == KeyLocation::Header
+            && http::HeaderName::try_from(k.name.as_str()).is_err()
         {
             diags.error(
                 at.key("name"),
                 format!("\"{}\" is not a valid HTTP header name", k.name),
             );
-            return None;
-        }
-        if k.name.is_empty() {
-            diags.error(at.key("name"), "the API key needs a non-empty name");
-            return None;
+            ok = false;
         }
     }
-    auth
+    ok.then_some(auth)
+}
+
+/// Per-user OAuth without `scopes` asks for nothing, and without a provider's
+/// `auth_params` may get no refresh token: say so, with the defaults to paste.
+fn oauth_defaults_missing(
+    id: &str,
+    obj: &Map<String, Value>,
+    at: &JsonPath,
+    template: Option<&ProviderTemplate>,
+    diags: &mut Diagnostics,
+) {
+    let oauth = template.and_then(|t| t.oauth.as_ref().map(|o| (t, o)));
+    if !obj.contains_key("scopes") {
+        match oauth {
+            Some((t, o)) if !o.scopes.is_empty() => diags.error(
+                at.key("scopes"),
+                format!(
+                    "connector \"{id}\" has no scopes, so users would authorize nothing; provider {}'s: \"scopes\": {}",
+                    t.id,
+                    serde_json::json!(o.scopes)
+                ),
+            ),
+            _ => diags.warn(
+                at.key("scopes"),
+                format!(
+                    "connector \"{id}\" has no scopes: the authorization asks for none (write \"scopes\": [] if that is meant)"
+                ),
+            ),
+        }
+    }
+    if let Some((t, o)) = oauth
+        && !o.auth_params.is_empty()
+        && !obj.contains_key("auth_params")
+    {
+        diags.warn(
+            at.key("auth_params"),
+            format!(
+                "connector \"{id}\" has no auth_params; provider {} needs them for refresh tokens: \"auth_params\": {}",
+                t.id,
+                serde_json::json!(o.auth_params)
+            ),
+        );
+    }
 }
 
 fn grants(value: Option<&Value>, diags: &mut Diagnostics) -> Option<Vec<Grant>> {

@@ -1,5 +1,10 @@
 use super::*;
 
+/// Most tests are about the config's own text: every reference resolves.
+fn load(text: &str) -> (Option<Config>, Diagnostics) {
+    load_permissive(text)
+}
+
 fn errors(d: &Diagnostics) -> Vec<String> {
     d.errors().map(ToString::to_string).collect()
 }
@@ -120,7 +125,7 @@ fn typo_in_auth_is_an_error_naming_field_connector_and_path() {
     // Every unknown field is reported, and the missing `secret` too.
     assert!(errs.iter().any(|e| e.contains("tokne")), "{errs:?}");
     assert!(
-        errs.iter().any(|e| e.contains("missing field `secret`")),
+        errs.iter().any(|e| e.contains("missing field \"secret\"")),
         "{errs:?}"
     );
 }
@@ -205,7 +210,6 @@ fn warnings_do_not_block_load_but_are_reported_with_paths() {
     for needle in [
         "basurl: unknown config key \"basurl\"",
         "providers: section \"providers\"",
-        "egress.allow_loopback",
         "egress.bogus",
         "connectors.servers.nourl.url",
         "connectors.servers.meta.url",
@@ -216,6 +220,12 @@ fn warnings_do_not_block_load_but_are_reported_with_paths() {
             "missing {needle} in {w:?}"
         );
     }
+    // A deliberate switch is a notice: logged, but it fails neither a save nor --strict.
+    assert!(
+        d.notices()
+            .any(|n| n.path == "egress.allow_loopback" && n.to_string().starts_with("notice:")),
+        "{d}"
+    );
 }
 
 #[test]
@@ -358,5 +368,195 @@ fn public_url_and_revocation_url_are_checked() {
             .iter()
             .any(|e| e.contains("connectors.servers.notes.auth.revocation_url")),
         "{d}"
+    );
+}
+
+fn slack() -> ProviderTemplate {
+    ProviderTemplate {
+        id: "slack".into(),
+        name: "Slack".into(),
+        description: "Slack workspace".into(),
+        api_url: "https://slack.com/api".into(),
+        mcp_url: None,
+        oauth: Some(OAuthTemplate {
+            authorization_url: "https://slack.com/oauth/v2/authorize".into(),
+            token_url: "https://slack.com/api/oauth.v2.access".into(),
+            scopes: vec!["channels:read".into(), "chat:write".into()],
+            auth_params: [("team".to_owned(), "T1".to_owned())].into(),
+        }),
+        vars: Default::default(),
+    }
+}
+
+fn with_slack() -> Fixture {
+    Fixture {
+        providers: [("slack".to_owned(), slack())].into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_provider_connector_lacking_fields_gets_every_one_listed_with_the_default_to_paste() {
+    let text = r#"{"connectors": {"servers": {"team": {"protocol": "http", "provider": "slack",
+        "auth": {"type": "oauth2_authorization_code", "client_id": "c"}}}}}"#;
+    let (c, d) = super::load(text, &with_slack());
+    assert!(c.is_none());
+    let all = d.to_string();
+    for want in [
+        "connectors.servers.team.auth.authorization_url: missing field \"authorization_url\"",
+        "\"https://slack.com/oauth/v2/authorize\"",
+        "connectors.servers.team.auth.token_url: missing field \"token_url\"",
+        "\"https://slack.com/api/oauth.v2.access\"",
+        "connectors.servers.team.auth.scopes",
+        "[\"channels:read\",\"chat:write\"]",
+        "connectors.servers.team.auth.auth_params",
+        "connectors.servers.team.url",
+        "\"url\": \"https://slack.com/api\"",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn providers_must_be_known_and_loaded() {
+    let text = r#"{"connectors": {"servers": {"team": {"protocol": "http", "provider": "slak",
+        "url": "https://slack.com/api"}}}}"#;
+    let (c, d) = super::load(text, &with_slack());
+    assert!(c.is_none());
+    assert!(
+        d.to_string()
+            .contains("unknown provider \"slak\"; the registry has: slack"),
+        "{d}"
+    );
+    let broken = Fixture {
+        broken: Some("the component does not match its manifest".into()),
+        ..Default::default()
+    };
+    let (c, d) = super::load(text, &broken);
+    assert!(c.is_none());
+    assert!(
+        d.to_string()
+            .contains("did not load (the component does not match"),
+        "{d}"
+    );
+    // "Custom" needs no registry.
+    let custom = text.replace("slak", "Custom");
+    let (c, d) = super::load(&custom, &Fixture::default());
+    assert!(c.is_some(), "{d}");
+}
+
+#[test]
+fn a_template_filled_with_client_credentials_validates_clean() {
+    let t = slack();
+    let (id, server) = t
+        .fill(&FromTemplate {
+            provider: "slack".into(),
+            id: None,
+            protocol: None,
+            client_id: Some("123.456".into()),
+            client_secret: Some("s3cret".into()),
+            secret: None,
+            scopes: None,
+            provider_vars: Default::default(),
+            description: None,
+        })
+        .expect("an http connector");
+    assert_eq!(id, "Slack");
+    let text =
+        serde_json::json!({"connectors": {"servers": {id.clone(): server.clone()}}}).to_string();
+    let (c, d) = super::load(&text, &with_slack());
+    let c = c.unwrap_or_else(|| panic!("{d}"));
+    assert!(d.is_empty(), "{d}");
+    let Auth::AuthorizationCode(a) = &c.connectors["Slack"].auth else {
+        panic!("oauth")
+    };
+    assert_eq!(a.scopes, ["channels:read", "chat:write"]);
+    assert_eq!(a.auth_params["team"], "T1");
+    // Without a client ID the same template says what to paste.
+    let mut empty = server;
+    empty["auth"]["client_id"] = serde_json::json!("");
+    let text = serde_json::json!({"connectors": {"servers": {"Slack": empty}}}).to_string();
+    let (c, d) = super::load(&text, &with_slack());
+    assert!(c.is_none());
+    assert!(d.to_string().contains("client_id is empty"), "{d}");
+}
+
+#[test]
+fn secret_references_must_resolve_and_vault_trouble_is_a_warning() {
+    let text = r#"{"connectors": {"servers": {
+        "a": {"protocol": "http", "url": "https://a.example.com", "auth": {"type": "bearer_token", "secret": {"env": "PORTCULLIS_TEST_UNSET_VAR"}}},
+        "b": {"protocol": "http", "url": "https://b.example.com", "auth": {"type": "bearer_token", "secret": {"vault": "nope"}}},
+        "c": {"protocol": "http", "url": "https://c.example.com", "auth": {"type": "bearer_token", "secret": ""}},
+        "d": {"protocol": "http", "url": "https://d.example.com", "auth": {"type": "bearer_token", "secret": {"vault": "multi"}}}
+    }}}"#;
+    let env = Fixture {
+        vault: [("multi".to_owned(), "line1\nline2".to_owned())].into(),
+        ..Default::default()
+    };
+    let (c, d) = super::load(text, &env);
+    assert!(c.is_none());
+    let all = d.to_string();
+    for want in [
+        "connectors.servers.a.auth.secret: environment variable PORTCULLIS_TEST_UNSET_VAR is not set",
+        "connectors.servers.b.auth.secret: the vault has no secret named \"nope\"",
+        "connectors.servers.c.auth.secret: the secret is empty",
+        "connectors.servers.d.auth.secret: the secret contains a line break",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert!(!all.contains("line1"), "a value leaked: {all}");
+    let in_use = Fixture {
+        vault_error: Some("the vault is in use".into()),
+        ..Default::default()
+    };
+    let only_b = r#"{"connectors": {"servers": {"b": {"protocol": "http", "url": "https://b.example.com",
+        "auth": {"type": "bearer_token", "secret": {"vault": "nope"}}}}}}"#;
+    let (c, d) = super::load(only_b, &in_use);
+    assert!(c.is_some(), "{d}");
+    assert!(
+        warnings(&d)
+            .iter()
+            .any(|w| w.contains("was not checked: the vault is in use")),
+        "{d}"
+    );
+}
+
+#[test]
+fn duplicate_keys_and_out_of_range_numbers_are_errors() {
+    let text = r#"{"identity": {"mode": "loopback"}, "identity": {"mode": "tailscale"},
+        "egress": {"read_timeout_secs": 18446744073709551615, "connect_timeout_secs": 0},
+        "mcp": {"poll_interval_secs": 0}}"#;
+    let (c, d) = load(text);
+    assert!(c.is_none());
+    let all = d.to_string();
+    for want in [
+        "identity: duplicate key \"identity\"",
+        "egress.read_timeout_secs: 18446744073709551615 is out of range: read_timeout_secs takes 1 to 3600",
+        "egress.connect_timeout_secs: 0 is out of range",
+        "mcp.poll_interval_secs: 0 is out of range",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn oauth_endpoints_are_checked_even_without_a_connector_url() {
+    let text = r#"{"connectors": {"servers": {"x": {"protocol": "http",
+        "auth": {"type": "oauth2_authorization_code", "client_id": "c", "scopes": [],
+                 "authorization_url": "/authorize", "token_url": "ftp://as.example.com/t"}}}}}"#;
+    let (c, d) = load(text);
+    assert!(c.is_none());
+    let all = d.to_string();
+    assert!(
+        all.contains(
+            "connectors.servers.x.auth.authorization_url: \"/authorize\" is not a valid URL"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "connectors.servers.x.auth.token_url: \"ftp://as.example.com/t\" is not an http"
+        ),
+        "{all}"
     );
 }

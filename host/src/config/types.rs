@@ -252,6 +252,23 @@ pub enum Auth {
 }
 
 impl Auth {
+    /// Each secret with its field name (one of [`secret_fields`]) and whether it is
+    /// sent in a header (where control characters cannot go).
+    pub fn secrets(&self) -> Vec<(&'static str, &SecretRef, bool)> {
+        match self {
+            Self::None | Self::Dcr(_) => vec![],
+            Self::BearerToken(b) => vec![("secret", &b.secret, true)],
+            Self::ApiKey(k) => vec![("secret", &k.secret, k.location == KeyLocation::Header)],
+            Self::Basic(b) => vec![("password", &b.password, true)],
+            Self::ClientCredentials(c) => vec![("client_secret", &c.client_secret, false)],
+            Self::AuthorizationCode(a) => a
+                .client_secret
+                .iter()
+                .map(|s| ("client_secret", s, false))
+                .collect(),
+        }
+    }
+
     /// The `type` string as written in config.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -340,6 +357,29 @@ pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
         "oauth2_dcr" => &["type", "scopes"],
         _ => return None,
     })
+}
+
+/// The fields each auth type cannot do without.
+pub(crate) fn required_auth_fields(type_name: &str) -> &'static [&'static str] {
+    match type_name {
+        "bearer_token" => &["secret"],
+        "api_key" => &["secret", "name", "in"],
+        "basic" => &["username", "password"],
+        "oauth2_client_credentials" => &["client_id", "client_secret", "token_url"],
+        "oauth2_authorization_code" => &["client_id", "authorization_url", "token_url"],
+        _ => &[],
+    }
+}
+
+/// The `auth` fields of each type that hold a secret: masked when the config is read
+/// back, moved into the vault when it is saved.
+pub fn secret_fields(type_name: &str) -> &'static [&'static str] {
+    match type_name {
+        "bearer_token" | "api_key" => &["secret"],
+        "basic" => &["password"],
+        "oauth2_client_credentials" | "oauth2_authorization_code" => &["client_secret"],
+        _ => &[],
+    }
 }
 
 pub(crate) const AUTH_TYPES: &[&str] = &[

@@ -182,6 +182,9 @@ pub struct Upstream {
     hub_changed: Arc<Notify>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Whose view this is (`None`: the shared credential's), for health reports.
+    user: Option<String>,
+    health: Arc<crate::health::Health>,
 }
 
 /// The live session, and the transport to try first when opening the next one.
@@ -238,6 +241,8 @@ impl Upstream {
             wake: Arc::new(Notify::new()),
             hub_changed: hub.changed.clone(),
             task: Mutex::new(None),
+            user: user.map(Into::into),
+            health: app.health.clone(),
         }))
     }
 
@@ -352,6 +357,16 @@ impl Upstream {
     async fn refresh(&self) {
         let id = self.connector.id.as_str();
         let result = self.with_session(|s| async move { s.list().await }).await;
+        let report = match &result {
+            Ok(listing) => Ok(Some(listing.tools.len())),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        self.health.record(
+            id,
+            self.user.as_deref(),
+            crate::health::Check::McpCatalog,
+            report.as_ref().map(|t| *t).map_err(String::as_str),
+        );
         let new = match result {
             Ok(listing) => {
                 let was = self.state().failing.take();

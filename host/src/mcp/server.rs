@@ -132,7 +132,7 @@ impl Aggregator {
             None if matches!(c.credential, Credential::PerUser(_)) => {
                 Err(ErrorData::invalid_request(
                     format!(
-                        "connector \"{id}\" needs your authorization first: connect it in the dashboard or with POST /api/connectors/{id}/connect"
+                        "connector \"{id}\" needs your authorization first: POST /api/connectors/{id}/connect and open the auth_url it returns in your browser"
                     ),
                     None,
                 ))

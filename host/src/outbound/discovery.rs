@@ -13,6 +13,7 @@ use http::StatusCode;
 use super::{Error, Outbound, UpstreamBody};
 use crate::connector::Connector;
 use crate::error::ApiError;
+use crate::health::Check;
 use crate::plugins::{DiscoveryOutcome, Plugin, types};
 use types::Hook;
 
@@ -133,8 +134,23 @@ impl Outbound {
         let outcome = self
             .discoveries
             .get_or_run(key, || self.discover(connector, user, plugin, base, &ctx))
-            .await?;
-        match outcome {
+            .await;
+        let report = match &outcome {
+            Ok(DiscoveryOutcome::Done(_)) => Ok(None),
+            Ok(DiscoveryOutcome::Choose(sel)) => Err(format!(
+                "several accounts are reachable; set provider_vars.{} to choose one",
+                sel.variable
+            )),
+            Ok(DiscoveryOutcome::Failed(why)) => Err(why.clone()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.health.record(
+            id,
+            user,
+            Check::Discovery,
+            report.as_ref().map(|t| *t).map_err(String::as_str),
+        );
+        match outcome? {
             DiscoveryOutcome::Done(vars) => {
                 ctx.variables.extend(vars);
                 Ok(ctx)

@@ -42,6 +42,7 @@ use crate::connector::Connector;
 use crate::credentials::Credentials;
 use crate::egress::{Egress, InBody};
 use crate::error::ApiError;
+use crate::health::Health;
 use crate::plugins::{Bounds, Plugin, Plugins, types, wit_method};
 use discovery::Discoveries;
 use types::{Classification, Hook};
@@ -121,6 +122,8 @@ pub struct Outbound {
     connections: Arc<Connections>,
     credentials: Credentials,
     discoveries: Discoveries,
+    /// Where discovery results are reported.
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -143,13 +146,19 @@ pub(super) struct Auth<'a> {
 impl Outbound {
     /// Builds the pipeline, and has discovery results forgotten whenever a connection
     /// starts or ends (a new user token can reach other accounts).
-    pub fn new(egress: Egress, plugins: Arc<Plugins>, connections: Arc<Connections>) -> Arc<Self> {
+    pub fn new(
+        egress: Egress,
+        plugins: Arc<Plugins>,
+        connections: Arc<Connections>,
+        health: Arc<Health>,
+    ) -> Arc<Self> {
         let this = Arc::new(Self {
             credentials: Credentials::new(egress.clone(), connections.clone()),
             egress,
             plugins,
             connections: connections.clone(),
             discoveries: Discoveries::default(),
+            health,
         });
         let weak = Arc::downgrade(&this);
         let mut changes = connections.changes();

@@ -627,6 +627,7 @@ pub fn registry_json(plugins: &Plugins) -> serde_json::Value {
 
 fn provider_json(p: &Plugin) -> serde_json::Value {
     let d = &p.defaults;
+    let template = p.template();
     let hooks: Vec<&str> = d
         .hooks
         .iter()
@@ -638,35 +639,6 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
             types::Hook::Tools => "tools",
         })
         .collect();
-    // A connector object the picker can drop into `connectors.servers`: the ID defaults
-    // to the display name's first word ("Salesforce"), which also names the callback URL.
-    let connector_id: String = d
-        .display_name
-        .split_whitespace()
-        .next()
-        .unwrap_or(&d.id)
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let auth = match &d.oauth {
-        Some(o) => {
-            let params: serde_json::Map<String, serde_json::Value> = o
-                .auth_params
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            serde_json::json!({
-                "type": "oauth2_authorization_code",
-                "client_id": "",
-                "client_secret": "",
-                "authorization_url": o.authorization_url,
-                "token_url": o.token_url,
-                "scopes": o.scopes,
-                "auth_params": params,
-            })
-        }
-        None => serde_json::json!({"type": "bearer_token", "secret": ""}),
-    };
     let oauth = d.oauth.as_ref().map(|o| {
         serde_json::json!({
             "authorization_url": o.authorization_url,
@@ -707,15 +679,12 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
         "url": d.api_url,
         "mcp_url": d.mcp_url,
         "oauth": oauth,
+        // What the picker drops into `connectors.servers` (the client ID and secret
+        // are the operator's to fill in); POST /api/config/connectors saves it.
         "connector": {
-            "id": connector_id,
-            "server": {
-                "protocol": "http",
-                "url": d.api_url,
-                "provider": d.id,
-                "description": d.description,
-                "auth": auth,
-            },
+            "id": template.connector_id(),
+            "server": template.connector(crate::config::Protocol::Http),
+            "mcp_server": d.mcp_url.is_some().then(|| template.connector(crate::config::Protocol::Mcp)),
         },
     })
 }

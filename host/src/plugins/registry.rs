@@ -45,6 +45,29 @@ impl Plugin {
         self.defaults.hooks.contains(&hook)
     }
 
+    /// What this provider pre-fills in a connector, in config terms.
+    pub fn template(&self) -> crate::config::ProviderTemplate {
+        let d = &self.defaults;
+        crate::config::ProviderTemplate {
+            id: d.id.clone(),
+            name: d.display_name.clone(),
+            description: d.description.clone(),
+            api_url: d.api_url.clone(),
+            mcp_url: d.mcp_url.clone(),
+            oauth: d.oauth.as_ref().map(|o| crate::config::OAuthTemplate {
+                authorization_url: o.authorization_url.clone(),
+                token_url: o.token_url.clone(),
+                scopes: o.scopes.clone(),
+                auth_params: o.auth_params.iter().cloned().collect(),
+            }),
+            vars: d
+                .inputs
+                .iter()
+                .filter_map(|i| Some((i.name.clone(), i.default_value.clone()?)))
+                .collect(),
+        }
+    }
+
     /// Whether a response with this status goes to `classify-response`.
     pub fn classifies(&self, status: u16) -> bool {
         self.has(types::Hook::ClassifyResponse)

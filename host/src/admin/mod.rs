@@ -10,6 +10,17 @@
 //!
 //! Every route sits behind the identity layer: a connection always belongs to the
 //! identified caller, and nobody can act on another user's.
+//!
+//! # Layout
+//!
+//! - this file: the caller-facing routes above, `whoami`, `registry`, `metrics`, `healthz`;
+//! - [`config`]: the config admin API (`/api/config`, `/api/config/connectors`);
+//! - [`secrets`]: the write-only secrets API (`/api/secrets`).
+//!
+//! Writes and the config itself need role `admin` ([`require_admin`]).
+
+pub mod config;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -33,9 +44,20 @@ pub fn callback_path(id: &str) -> String {
     format!("/aperture/auth/{id}/callback")
 }
 
+/// The config and secrets APIs are for admins only.
+pub fn require_admin(snapshot: &Snapshot, caller: &Caller) -> Result<(), ApiError> {
+    if snapshot.policy.access(caller).is_admin() {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "{} is not an admin; the config and secrets APIs need a grant with {{\"role\": \"admin\"}}",
+        caller.login
+    )))
+}
+
 /// The URL browsers reach this host at: `public_url` from the config, else the
 /// request's `Host` over plain HTTP (the tailnet already encrypts).
-fn host_url(snapshot: &Snapshot, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn host_url(snapshot: &Snapshot, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(u) = &snapshot.config.public_url {
         return Ok(u.as_str().trim_end_matches('/').to_owned());
     }
@@ -118,6 +140,7 @@ pub async fn list(
                 "auth_type": conf.map(|k| k.auth.type_name()).unwrap_or("none"),
                 "per_user": pu.is_some(),
                 "status": status,
+                "health": health(&app, c, &caller),
             });
             if pu.is_some() {
                 if let Some(b) = &base {
@@ -129,6 +152,44 @@ pub async fn list(
         })
         .collect();
     Json(json!({ "connectors": list }))
+}
+
+/// What the host last saw of a connector's upstream, as this caller uses it: each check
+/// with its result, and `state` (`ok`, `failing`, or `unknown` before any check ran).
+fn health(app: &App, c: &Connector, caller: &Caller) -> serde_json::Value {
+    use crate::health::Check;
+    let user = c.per_user().map(|_| caller.login.as_str());
+    let mut checks = serde_json::Map::new();
+    if let Some(p) = &c.provider {
+        let loaded = app.plugins.get(p).is_some();
+        checks.insert(
+            "provider".into(),
+            if loaded {
+                json!({"ok": true})
+            } else {
+                json!({"ok": false, "error": format!("provider \"{p}\" is not loaded; GET /api/registry says why")})
+            },
+        );
+    }
+    if c.protocol == crate::config::Protocol::Mcp && c.url.is_none() {
+        checks.insert(
+            "mcp".into(),
+            json!({"ok": false, "error": "the connector has no url"}),
+        );
+    } else if let Some(probe) = app.health.get(&c.id, user, Check::McpCatalog) {
+        checks.insert("mcp".into(), json!(probe));
+    }
+    if let Some(probe) = app.health.get(&c.id, user, Check::Discovery) {
+        checks.insert("discovery".into(), json!(probe));
+    }
+    let state = if checks.values().any(|v| v["ok"] == false) {
+        "failing"
+    } else if checks.is_empty() {
+        "unknown"
+    } else {
+        "ok"
+    };
+    json!({"state": state, "checks": checks})
 }
 
 fn find<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Arc<Connector>, ApiError> {
@@ -292,7 +353,7 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · Portcullis</title>\
          <style>body{{font:16px system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem}}</style></head>\
-         <body><h1>{t}</h1><p>{m}</p><p><a href=\"/ui/\">Back to Portcullis</a></p></body></html>",
+         <body><h1>{t}</h1><p>{m}</p><p><a href=\"/api/connectors\">Your connectors</a></p></body></html>",
         t = html_escape::encode_text(title),
         m = html_escape::encode_text(message),
     );
