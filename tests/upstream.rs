@@ -4,11 +4,15 @@
 //! - `/__redirect` → 302 to `/__redirected` (whose hits are counted separately);
 //! - `/__cookie` → 200 with `Set-Cookie` and a `Connection`-named hop-by-hop header;
 //! - `/__big/<n>` → `n` bytes, streamed in 64 KiB chunks without a length;
-//! - `/__status/<code>` → that status;
+//! - `/__status/<code>` → that status (JSON body); `/__text_status/<code>` → that status
+//!   with a plain-text body;
 //! - `/__slow` → headers at once, then 3 chunks 100 ms apart;
 //! - `/__redirect_query` → 301 to `/moved/?<the request's query>` (as a trailing-slash
-//!   normaliser would);
-//! - `/__sized/<n>` → `n` bytes with a `Content-Length`.
+//!   normaliser would); `/__redirect_requoted` → 301 with the query re-encoded the way
+//!   other servers write it (lower-case percent-hex, `/` left unescaped);
+//! - `/__sized/<n>` → `n` bytes with a `Content-Length`;
+//! - `/__cors` → 200 with the CORS headers a public API sends (`Access-Control-Allow-Origin:
+//!   *` and friends), as GitHub's does.
 //!
 //! Bearer tokens made to expire ([`Counters::expiry`]) are refused with a 401.
 
@@ -107,6 +111,16 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
     {
         return Response::new(Body::from(vec![b'z'; n]));
     }
+    if path == "/__cors" {
+        return Response::builder()
+            .header("access-control-allow-origin", "*")
+            .header("access-control-allow-credentials", "true")
+            .header("access-control-expose-headers", "x-kept")
+            .header("timing-allow-origin", "*")
+            .header("x-kept", "yes")
+            .body(Body::from("cors"))
+            .expect("response");
+    }
     if path == "/__redirected" {
         c.redirected_hits.fetch_add(1, Ordering::SeqCst);
     }
@@ -139,6 +153,34 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
     {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
         return (status, axum::Json(json!({"status": code}))).into_response();
+    }
+    if path == "/__redirect_requoted" {
+        let q = req.uri().query().unwrap_or_default();
+        let decoded: String = url::form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let requoted: String = decoded
+            .bytes()
+            .map(|b| match b {
+                b'/' | b'=' | b'&' => (b as char).to_string(),
+                b if b.is_ascii_alphanumeric() => (b as char).to_string(),
+                b => format!("%{b:02x}"),
+            })
+            .collect();
+        return Response::builder()
+            .status(StatusCode::MOVED_PERMANENTLY)
+            .header("location", format!("/moved/?{requoted}"))
+            .header("x-kept", "yes")
+            .body(Body::empty())
+            .expect("response");
+    }
+    if let Some(code) = path
+        .strip_prefix("/__text_status/")
+        .and_then(|n| n.parse::<u16>().ok())
+    {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
+        return (status, format!("upstream says {code}")).into_response();
     }
     if path == "/__slow" {
         let stream = futures_util::stream::iter(0..3).then(|i| async move {

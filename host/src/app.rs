@@ -63,36 +63,6 @@ fn spawn_refresher(app: &Arc<App>) {
     });
 }
 
-/// The registry folder: `--registry`/`PORTCULLIS_REGISTRY`, else `registry.dir`, else
-/// `./registry` when it exists. A folder named explicitly must exist.
-pub fn registry_dir(
-    opts: &Options,
-    configured: Option<PathBuf>,
-) -> anyhow::Result<Option<PathBuf>> {
-    let named = opts.registry.clone().or(configured);
-    match named {
-        Some(dir) if dir.is_dir() => Ok(Some(dir)),
-        Some(dir) => anyhow::bail!(
-            "the provider registry folder {} does not exist; create it, fix --registry / PORTCULLIS_REGISTRY / registry.dir, or leave them unset",
-            dir.display()
-        ),
-        None => {
-            let default = PathBuf::from(DEFAULT_REGISTRY);
-            if default.is_dir() {
-                Ok(Some(default))
-            } else {
-                tracing::info!(
-                    "no provider registry (./{DEFAULT_REGISTRY} does not exist); connectors with a \"provider\" will answer 503 until one is configured"
-                );
-                Ok(None)
-            }
-        }
-    }
-}
-
-/// Registry folder used when none is configured, relative to the working directory.
-pub const DEFAULT_REGISTRY: &str = "registry";
-
 /// Builds the state and router for `opts`. Returns the app and the address to bind.
 pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
     let file = ConfigFile::for_options(&opts);
@@ -101,7 +71,8 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
     let metrics = Metrics::new();
 
     // The registry first: the validator checks every connector's provider against it.
-    let registry = registry_dir(&opts, settings.registry.dir.clone())?;
+    let registry =
+        crate::plugins::registry_dir(opts.registry.clone(), settings.registry.dir.clone())?;
     let plugins = Plugins::open(
         registry,
         Some(opts.data_dir.join("plugin-cache")),
@@ -214,6 +185,11 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(admin::healthz))
         .merge(identified)
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::browser::defend,
+        ))
+        .layer(middleware::from_fn(crate::error::json_errors))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }

@@ -16,7 +16,6 @@ use zeroize::Zeroizing;
 use crate::config::{self, FromTemplate, Protocol, edit};
 use crate::configure::{self, ConfigFile, Edit, HostSurroundings, SaveError, VaultView};
 use crate::plugins::Plugins;
-use crate::state::Options;
 use crate::vault::{self, Vault, VaultError};
 
 /// Where a command finds the config, the data directory and the registry.
@@ -47,11 +46,7 @@ impl Place {
             return Ok(None);
         }
         let peeked: config::Peeked = config::peek(text);
-        let opts = Options {
-            registry: self.registry.clone(),
-            ..Options::default()
-        };
-        let dir = crate::app::registry_dir(&opts, peeked.registry.dir)?;
+        let dir = crate::plugins::registry_dir(self.registry.clone(), peeked.registry.dir)?;
         // Reuse the host's compiled components when its data directory is here.
         let cache = self
             .data_dir

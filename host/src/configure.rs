@@ -124,7 +124,7 @@ impl ConfigFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| SAVED_CONFIG.to_owned());
-        std::fs::create_dir_all(&dir)
+        crate::vault::private_dir(&dir)
             .with_context(|| format!("cannot create the folder {}", dir.display()))?;
         let old_mode = std::fs::metadata(&target).ok().map(|m| m.permissions());
         if let Some(previous) = previous {
@@ -147,6 +147,8 @@ fn write_synced(path: &Path, text: &str, mode: Option<std::fs::Permissions>) -> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.saving"));
+    // A temporary file left by a crash keeps its mode when reopened: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -249,7 +251,7 @@ fn check_as(
     if !managed {
         diags.warn(
             "grants",
-            "no grant assigns role \"admin\"; nobody will be able to manage this instance",
+            "no grant assigns role \"admin\": unless the tailnet policy file gives someone the role, nobody can manage this instance",
         );
     }
     (Some((c, policy)), diags)
@@ -473,10 +475,7 @@ pub fn prepare(
 
     // Validate with the secrets still inline, exactly as they will resolve.
     let (checked, diags) = check_as(&edit::pretty(&new), env, saver);
-    let Some((_, policy)) = checked.filter(|_| !diags.fails_save()) else {
-        return Err(SaveError::Invalid(diags));
-    };
-    if let Some(saver) = saver
+    if let (Some((_, policy)), Some(saver)) = (&checked, saver)
         && !policy.access(saver).is_admin()
     {
         return Err(SaveError::LockedOut(format!(
@@ -484,6 +483,9 @@ pub fn prepare(
             saver.login
         )));
     }
+    let Some((_, policy)) = checked.filter(|_| !diags.fails_save()) else {
+        return Err(SaveError::Invalid(diags));
+    };
     // Names any field refers to, before or after, are never overwritten by a moved secret.
     let mut taken: std::collections::BTreeSet<String> = edit::vault_references(&new)
         .into_iter()

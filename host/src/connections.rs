@@ -1167,6 +1167,16 @@ impl Connections {
                 Ok(answer) => self.read(flow, pu, answer).await,
                 Err(e) => Read::Failed(e.to_string()),
             };
+        // An endpoint that echoes the request would hand back the client's secret.
+        let clean = |m: String| match &flow.client.secret {
+            Some(secret) => crate::redact::known(&m, Some(&flow.client.id), &[secret.as_str()]),
+            None => m,
+        };
+        let read = match read {
+            Read::Dead(m) => Read::Dead(clean(m)),
+            Read::Failed(m) => Read::Failed(clean(m)),
+            ok => ok,
+        };
         let outcome = match &read {
             Read::Ok(_) => "ok",
             Read::Dead(_) => "needs_auth",
@@ -1206,8 +1216,12 @@ impl Connections {
                         lifetime_default = info.expires_in;
                         variables = info.variables;
                     }
-                    Ok(Err(types::TokenError::InvalidGrant(m))) => return Read::Dead(m),
-                    Ok(Err(types::TokenError::Provider(m))) => return Read::Failed(m),
+                    Ok(Err(types::TokenError::InvalidGrant(m))) => {
+                        return Read::Dead(crate::redact::text(&m));
+                    }
+                    Ok(Err(types::TokenError::Provider(m))) => {
+                        return Read::Failed(crate::redact::text(&m));
+                    }
                     Err(e) => return Read::Failed(e.to_string()),
                 }
             }
@@ -1368,8 +1382,9 @@ impl Connections {
             .delete(Table::OAuthPending, &key)
             .map_err(|e| CallbackError::Internal(e.to_string()))?;
         if let Some(error) = &q.error {
-            let clean =
-                |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(300).collect() };
+            let clean = |s: &str| -> String {
+                crate::redact::text(&s.chars().filter(|c| !c.is_control()).collect::<String>())
+            };
             return Err(CallbackError::Denied {
                 error: clean(error),
                 description: q

@@ -218,20 +218,9 @@ impl Credential {
         let Self::Query { value, .. } = self else {
             return;
         };
-        let forms = [
-            value.as_str().to_owned(),
-            url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>(),
-            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-                .to_string(),
-        ];
         let leaking: Vec<HeaderName> = headers
             .iter()
-            .filter(|(_, v)| {
-                let text = String::from_utf8_lossy(v.as_bytes());
-                forms
-                    .iter()
-                    .any(|f| !f.is_empty() && text.contains(f.as_str()))
-            })
+            .filter(|(_, v)| reveals(&String::from_utf8_lossy(v.as_bytes()), value))
             .map(|(k, _)| k.clone())
             .collect();
         for name in leaking {
@@ -254,6 +243,34 @@ impl Credential {
             Self::None | Self::Query { .. } => None,
         }
     }
+}
+
+/// Does `text` carry `secret` in any URL encoding: as is, percent-encoded in either case
+/// with any characters left unescaped, form-encoded (`+` for space), or encoded again?
+/// Decoding the text and comparing, rather than encoding the secret a few ways, finds
+/// every spelling.
+fn reveals(text: &str, secret: &str) -> bool {
+    let decode = |t: &str| {
+        percent_encoding::percent_decode_str(t)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    if secret.is_empty() {
+        return false;
+    }
+    let mut t = text.to_owned();
+    // Each round undoes one layer of encoding; three cover every proxy seen echoing URLs.
+    for _ in 0..3 {
+        if t.contains(secret) || decode(&t.replace('+', " ")).contains(secret) {
+            return true;
+        }
+        let next = decode(&t);
+        if next == t {
+            return false;
+        }
+        t = next;
+    }
+    t.contains(secret)
 }
 
 /// Puts any connector's credential on a request, shared or per-user, through one code
@@ -585,6 +602,23 @@ impl TokenSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_key_is_found_in_every_encoding_an_upstream_may_echo() {
+        let key = "k/1 2+3é";
+        for echoed in [
+            "https://api.example.com/x?key=k/1 2+3é",
+            "https://api.example.com/x?key=k%2F1%202%2B3%C3%A9",
+            "https://api.example.com/x?key=k%2f1%202%2b3%c3%a9",
+            "https://api.example.com/x?key=k/1%202%2B3%C3%A9",
+            "https://api.example.com/x?key=k%2F1+2%2B3%C3%A9",
+            "https://api.example.com/x?key=k%252F1%25202%252B3%25C3%25A9",
+        ] {
+            assert!(reveals(echoed, key), "{echoed}");
+        }
+        assert!(!reveals("https://api.example.com/x?key=other", key));
+        assert!(!reveals("anything", ""));
+    }
 
     #[test]
     fn margin_is_a_minute_or_a_fifth() {

@@ -102,8 +102,10 @@ pub fn refusal_reason(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> 
 }
 
 /// The IPv4 address an IPv6 address stands for, where the kernel or a translator would
-/// route it there: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, but not
-/// `::` or `::1`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`).
+/// route it there: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`,
+/// RFC 2765), IPv4-compatible (`::a.b.c.d`, but not `::` or `::1`), NAT64 (`64:ff9b::/96`,
+/// and the local-use `64:ff9b:1::/48` of RFC 8215 with the address in its last 32 bits)
+/// and 6to4 (`2002:AABB:CCDD::/48`).
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
@@ -118,7 +120,10 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if seg[..6] == [0; 6] && !(seg[6] == 0 && seg[7] <= 1) {
         return Some(low);
     }
-    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || seg[..6] == [0, 0, 0, 0, 0xffff, 0]
+        || seg[..3] == [0x64, 0xff9b, 1]
+    {
         return Some(low);
     }
     if seg[0] == 0x2002 {
@@ -380,6 +385,10 @@ mod tests {
             "::7f00:1",
             "64:ff9b::7f00:1",
             "64:ff9b::a9fe:a9fe",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1:abcd::a9fe:a9fe",
             "2002:7f00:1::1",
             "224.0.0.1",
             "255.255.255.255",

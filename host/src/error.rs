@@ -82,3 +82,89 @@ impl IntoResponse for ApiError {
 /// Marks a response as an error the host produced (for logs and metrics).
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
+
+/// Marks a response whose status and body are an upstream's, relayed as they came.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed;
+
+/// Longest body of a framework rejection read to word its JSON error.
+const MAX_REJECTION_BYTES: usize = 4096;
+
+/// Every error the host answers has the JSON shape, including the ones its framework
+/// and the MCP transport produce in plain text (a malformed path, a method a route does
+/// not take, an MCP request without the media types it needs): those are rewritten
+/// here, keeping their status and headers. Upstream answers ([`Relayed`]) and the HTML
+/// pages of the OAuth callback pass untouched.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let ours = resp.extensions().get::<ErrorCode>().is_some();
+    let relayed = resp.extensions().get::<Relayed>().is_some();
+    let typed = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || ours || relayed || typed {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let said = axum::body::to_bytes(body, MAX_REJECTION_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = parts
+                .headers
+                .get(http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .map(|a| format!("; it takes {a}"))
+                .unwrap_or_default();
+            (
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}{allow}"),
+            )
+        }
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            or(said, format!("nothing is served at {path}")),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            or(said, "the request body is too large".into()),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            or(
+                said,
+                "the request body's Content-Type is not one this route takes".into(),
+            ),
+        ),
+        StatusCode::NOT_ACCEPTABLE => (
+            "not_acceptable",
+            or(
+                said,
+                "the Accept header names no type this route answers with".into(),
+            ),
+        ),
+        s if s.is_server_error() => (
+            "internal",
+            or(said, "the host failed to answer; see its log".into()),
+        ),
+        _ => ("bad_request", or(said, "the request is malformed".into())),
+    };
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.remove(http::header::CONTENT_TYPE);
+    let mut fixed = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        fixed.headers_mut().insert(name.clone(), value.clone());
+    }
+    fixed
+}
+
+fn or(said: String, fallback: String) -> String {
+    if said.is_empty() { fallback } else { said }
+}

@@ -75,9 +75,13 @@ pub fn from_caller(incoming: &HeaderMap) -> HeaderMap {
 }
 
 /// An upstream's headers as the caller may see them: without `Set-Cookie` (the host is
-/// one origin for many upstreams) and the hop-by-hop set.
+/// one origin for many upstreams), without CORS headers (an upstream's
+/// `Access-Control-Allow-Origin: *` would let any web page read answers made with the
+/// browser user's identity; [`crate::browser`] decides CORS) and the hop-by-hop set.
 pub fn from_upstream(upstream: &HeaderMap) -> HeaderMap {
-    filtered(upstream, |n| n == "set-cookie")
+    filtered(upstream, |n| {
+        n == "set-cookie" || n.starts_with("access-control-") || n == "timing-allow-origin"
+    })
 }
 
 /// Why a plugin may not set `name`, or `None` if it may. `credential` is the header the

@@ -15,8 +15,13 @@
 //! Each stage is one module with a small public surface, and each security rule lives in
 //! exactly one of them (named in brackets):
 //!
-//! - [`config`]: HuJSON parsing and validation into an immutable [`config::Config`], with
-//!   every problem reported at once as a [`config::Diagnostic`] with its JSON path.
+//! - [`browser`]: before identity, the Host allow-list (DNS rebinding), cross-site
+//!   browser requests refused, preflights answered here. [browser defence]
+//! - [`config`]: HuJSON parsing and the one validator into an immutable
+//!   [`config::Config`], with every problem reported at once as a [`config::Diagnostic`]
+//!   with its JSON path; masking secrets and editing the operator's text (`config::edit`).
+//! - [`configure`]: where the config lives, reloads and saves (admin API and command
+//!   line) through that validator; [`commands`]: the command-line tools.
 //! - [`identity`]: who is calling, from tailscaled's LocalAPI whois, `tailscale serve`
 //!   headers, or loopback; fails closed. [identity]
 //! - [`policy`]: the [`policy::Caller`] and grants compiled once (config grants per
@@ -41,8 +46,9 @@
 //! - [`plugins`]: the Wasm sandbox, the registry folder, and the check on every hook's
 //!   output (`plugins::output`). [plugin output]
 //! - [`vault`]: redb + AES-256-GCM; the only place that sees secrets at rest. [vault]
-//! - [`telemetry`]: request logs (header names only) and Prometheus metrics.
-//! - [`error`]: the stable JSON error body every handler returns.
+//! - [`telemetry`]: request logs (header names only) and Prometheus metrics;
+//!   [`health`]: what the host last saw of each connector's upstream.
+//! - [`error`]: the stable JSON error body every answer of the host's own uses.
 //! - [`app`]: wiring only: builds the state, the router, reloads, the server.
 
 // `unsafe` is denied everywhere; the one exception (loading compiled plugin code from
@@ -51,6 +57,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod browser;
 pub mod commands;
 pub mod config;
 pub mod configure;
@@ -68,6 +75,7 @@ pub mod outbound;
 pub mod plugins;
 pub mod policy;
 pub mod proxy;
+pub mod redact;
 pub mod state;
 pub mod telemetry;
 pub mod vault;

@@ -39,6 +39,33 @@ pub enum TokenError {
     BadResponse { url: String, detail: String },
 }
 
+impl TokenError {
+    /// This error with every spelling of the client's secret removed from its text.
+    pub fn without(self, client_id: &str, secret: &str) -> Self {
+        let clean = |s: String| crate::redact::known(&s, Some(client_id), &[secret]);
+        match self {
+            Self::Redirect { url, to } => Self::Redirect { url, to: clean(to) },
+            Self::Unreachable { url, detail } => Self::Unreachable {
+                url,
+                detail: clean(detail),
+            },
+            Self::Refused {
+                url,
+                error,
+                description,
+            } => Self::Refused {
+                url,
+                error: clean(error),
+                description: clean(description),
+            },
+            Self::BadResponse { url, detail } => Self::BadResponse {
+                url,
+                detail: clean(detail),
+            },
+        }
+    }
+}
+
 /// A freshly minted access token.
 pub struct Token {
     pub access_token: zeroize::Zeroizing<String>,
@@ -167,7 +194,8 @@ pub async fn client_credentials(
             access_token: zeroize::Zeroizing::new(resp.access_token().secret().clone()),
             expires_in: resp.expires_in(),
         }),
-        Err(e) => Err(token_error(&url, e)),
+        // An endpoint that echoes the request would hand back the client's secret.
+        Err(e) => Err(token_error(&url, e).without(client_id, client_secret)),
     }
 }
 
@@ -196,10 +224,10 @@ fn token_error(
         E::Request(Transport::Body(detail)) => TokenError::BadResponse { url, detail },
         E::ServerResponse(r) => TokenError::Refused {
             url,
-            error: r.error().to_string(),
+            error: crate::redact::text(r.error().as_ref()),
             description: r
                 .error_description()
-                .map(|d| format!(" ({d})"))
+                .map(|d| format!(" ({})", crate::redact::text(d)))
                 .unwrap_or_default(),
         },
         // The body may hold a token: report only what was wrong with it.
@@ -265,12 +293,16 @@ pub struct TokenAnswer {
 }
 
 impl TokenAnswer {
-    /// The RFC 6749 §5.2 error code, if the answer is an error.
-    pub fn error(&self) -> Option<(&str, Option<&str>)> {
+    /// The RFC 6749 §5.2 error code and description, if the answer is an error, with
+    /// anything credential-like removed ([`crate::redact`]).
+    pub fn error(&self) -> Option<(String, Option<String>)> {
         let code = self.json.get("error")?.as_str()?;
         Some((
-            code,
-            self.json.get("error_description").and_then(|d| d.as_str()),
+            crate::redact::text(code),
+            self.json
+                .get("error_description")
+                .and_then(|d| d.as_str())
+                .map(crate::redact::text),
         ))
     }
 }
@@ -405,11 +437,11 @@ fn refused(url: &url::Url, status: u16, json: &serde_json::Value) -> TokenError 
         error: json
             .get("error")
             .and_then(|e| e.as_str())
-            .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+            .map_or_else(|| format!("HTTP {status}"), crate::redact::text),
         description: json
             .get("error_description")
             .and_then(|d| d.as_str())
-            .map(|d| format!(" ({d})"))
+            .map(|d| format!(" ({})", crate::redact::text(d)))
             .unwrap_or_default(),
     }
 }

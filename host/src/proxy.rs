@@ -22,7 +22,7 @@ use http::{HeaderValue, Method, StatusCode};
 use http_body::Frame;
 
 use crate::config::Protocol;
-use crate::error::ApiError;
+use crate::error::{ApiError, Relayed};
 use crate::identity::Caller;
 use crate::outbound::path::normalize_path;
 use crate::outbound::{Exchange, Payload, Target, UpstreamBody};
@@ -65,9 +65,13 @@ pub async fn handle(
         ))
         .into_response();
     };
-    let mut resp = forward(&app, &snapshot, &caller, connector, path, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let mut resp = match forward(&app, &snapshot, &caller, connector, path, req).await {
+        Ok(mut upstream) => {
+            upstream.extensions_mut().insert(Relayed);
+            upstream
+        }
+        Err(e) => e.into_response(),
+    };
     resp.extensions_mut()
         .insert(ConnectorTag(connector.id.clone()));
     resp

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub policy: Policy,
     pub connectors: HashMap<String, Arc<Connector>>,
     pub identity: Identifier,
+    /// The browser defence's rules for this config.
+    pub browser: crate::browser::Rules,
     pub diagnostics: Diagnostics,
 }
 
@@ -61,7 +63,9 @@ impl Snapshot {
         }
         tokens.retain(|id| config.connectors.contains_key(id));
         let identity = Identifier::new(&config.identity);
+        let browser = crate::browser::Rules::new(&config);
         Ok(Self {
+            browser,
             config: Arc::new(config),
             policy,
             connectors,

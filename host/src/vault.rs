@@ -195,7 +195,7 @@ impl MasterKey {
 /// Writes a key file with mode 0600 from the start (never world-readable, even briefly).
 fn write_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        private_dir(dir)?;
     }
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -307,13 +307,16 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Opens (or creates) the vault in `data_dir` and proves `key` is the right one.
     pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, VaultError> {
-        fs::create_dir_all(data_dir)
+        private_dir(data_dir)
             .map_err(|e| VaultError::Store(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let db = redb::Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => VaultError::Locked { path: path.clone() },
             other => store(other),
         })?;
+        // Sealed, but nobody else's to read either (nor to learn its size or changes).
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| VaultError::Store(format!("{}: {e}", path.display())))?;
         let vault = Self {
             db,
             sealer: Sealer::new(key),
@@ -572,10 +575,23 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
     }
 }
 
+/// Creates `dir` (and its parents) as needed; folders created here are 0700, since what
+/// goes in them (vault, key, saved config, compiled plugins) is the host's alone.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Opens the vault in `data_dir` with the key from the environment or `key_file`:
 /// creates the folder and the key on first use, and finishes an interrupted rotation.
 pub fn open(data_dir: &Path, key_file: &Path) -> Result<Vault, VaultError> {
-    fs::create_dir_all(data_dir)
+    private_dir(data_dir)
         .map_err(|e| VaultError::Store(format!("cannot create {}: {e}", data_dir.display())))?;
     recover_interrupted_rotation(data_dir, key_file)?;
     let (key, _) = MasterKey::load(key_file)?;

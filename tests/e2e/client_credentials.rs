@@ -182,3 +182,33 @@ async fn upstream_401_discards_the_cached_token() {
     assert_ne!(first, second, "a rejected token was reused");
     assert_eq!(oidc.token_requests().await, 2);
 }
+
+/// A token endpoint whose error echoes the request it got: the client's credentials in
+/// the Authorization header, the secret in a form field. Neither may reach the caller or
+/// the log.
+#[tokio::test]
+async fn a_token_endpoint_echoing_the_request_leaks_no_credential() {
+    use base64::Engine as _;
+    let secret = "echoed-cc-secret-42";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{CC_CLIENT}:{secret}"));
+    let as_ = portcullis_e2e::fixture::Fixture::start().await;
+    as_.json(
+        "/token",
+        401,
+        json!({"error": "invalid_client",
+               "error_description": format!("no client for Authorization: Basic {basic} (client_secret={secret}; raw {secret})")}),
+    );
+    let up = Upstream::start().await;
+    let host = Host::start(&loopback_config(
+        cc_connector(&up, &format!("{}/token", as_.url()), secret),
+        admin_everything(),
+    ));
+    let (status, _, message) = error_at(&host.url("/v1/connectors/analytics/report")).await;
+    assert_eq!(status, 502, "{message}");
+    assert!(message.contains("invalid_client"), "{message}");
+    for leak in [basic.as_str(), secret] {
+        assert!(!message.contains(leak), "{message}");
+        assert!(!host.logs().contains(leak), "logged");
+    }
+    assert_eq!(up.hits(), 0);
+}

@@ -2,8 +2,10 @@
 //! on loopback. One test binary (it links once); a module per area.
 
 mod admin_api;
+mod browser;
 mod client_credentials;
 mod config;
+mod errors;
 mod identity;
 mod mcp;
 mod observability;

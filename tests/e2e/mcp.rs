@@ -643,9 +643,11 @@ async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
     // Without both media types the request is refused, as the transport requires.
     let resp = post_raw(&host, None, "application/json").await;
     assert_eq!(resp.status(), 406);
-    // A Host the config does not allow is refused (DNS-rebinding guard).
+    // A Host the config does not allow is refused (DNS-rebinding guard), in JSON.
     let resp = post_raw(&host, Some("evil.example"), BOTH).await;
-    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.status(), 421);
+    let body: serde_json::Value = resp.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "unknown_host");
 }
 
 #[tokio::test]

@@ -489,13 +489,23 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
     );
     assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(1));
 
-    // A connect under a forged host name is refused: a dynamically registered client
-    // would accept any redirect URI, and the code would go there.
+    // A connect under a forged host name is refused before anything else (the browser
+    // defence); under another of the host's own names too, because a dynamically
+    // registered client would accept any redirect URI and the code would go there: only
+    // public_url or the bound address may build it.
     let port = host.addr.port();
-    let resp = client_from(ALICE)
-        .post(host.url("/api/connectors/wiki/connect"))
-        .header("host", format!("evil.example:{port}"))
-        .send()
+    let connect_as_host = |name: String| {
+        client_from(ALICE)
+            .post(host.url("/api/connectors/wiki/connect"))
+            .header("host", name)
+            .send()
+    };
+    let resp = connect_as_host(format!("evil.example:{port}"))
+        .await
+        .expect("connect");
+    let (s, code, msg) = error_of(resp).await;
+    assert_eq!((s, code.as_str()), (421, "unknown_host"), "{msg}");
+    let resp = connect_as_host(format!("localhost:{port}"))
         .await
         .expect("connect");
     let (s, code, msg) = error_of(resp).await;

@@ -478,6 +478,15 @@ async fn query_api_key_never_reaches_the_caller_through_a_redirect() {
     assert_eq!(resp.headers()["x-kept"], "yes");
     host.wait_for_log("removed a response header").await;
     assert!(!host.logs().contains("k/ey"));
+    // However the upstream spells it (lower-case hex, `/` unescaped), it is found.
+    let resp = client()
+        .get(host.url("/v1/connectors/qry/__redirect_requoted?page=2"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 301);
+    assert!(resp.headers().get("location").is_none(), "{resp:?}");
+    assert_eq!(resp.headers()["x-kept"], "yes");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use portcullis_e2e::oidc::{CC_SECRET, Oidc};
 use portcullis_e2e::upstream::Upstream;
 use portcullis_e2e::{Host, HostOptions};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::client_credentials::cc_connector;
 use crate::{admin_everything, loopback_config};
@@ -105,4 +105,30 @@ async fn wrong_master_key_refuses_to_start() {
     };
     let err = Host::try_start(&config, bad).err().expect("must not start");
     assert!(err.contains("does not open this vault"), "{err}");
+}
+
+#[test]
+fn the_data_directory_and_everything_in_it_are_the_hosts_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("nested/data");
+    let host = Host::start_with(
+        &loopback_config(json!({}), admin_everything()),
+        HostOptions {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        },
+    );
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&dir.path().join("nested")), 0o700);
+    assert_eq!(mode(&data.join("portcullis.redb")), 0o600);
+    assert_eq!(mode(&data.join("master.key")), 0o600);
+    drop(host);
 }

@@ -206,6 +206,7 @@ fn build(root: &Value, env: &dyn Surroundings, diags: &mut Diagnostics) -> Optio
                 | "vault"
                 | "registry"
                 | "egress"
+                | "http"
                 | "mcp"
                 | "public_url"
                 | "connectors"
@@ -242,6 +243,8 @@ fn build(root: &Value, env: &dyn Surroundings, diags: &mut Diagnostics) -> Optio
     let registry: Option<RegistryConfig> = section(obj, "registry", diags);
     let egress: Option<EgressConfig> = section(obj, "egress", diags);
     let mcp: Option<McpConfig> = section(obj, "mcp", diags);
+    let http: Option<HttpConfig> = section(obj, "http", diags);
+    let http = http.and_then(|h| http_section(h, mcp.as_ref(), diags));
     bounds(obj, diags);
     let flags: Option<BTreeMap<String, Flag>> = section(obj, "flags", diags);
     if let Some(e) = &egress
@@ -263,12 +266,55 @@ fn build(root: &Value, env: &dyn Surroundings, diags: &mut Diagnostics) -> Optio
         vault: vault?,
         registry: registry?,
         egress: egress?,
+        http: http?,
         mcp: mcp?,
         public_url: public_url?,
         connectors: connectors?,
         grants: grants?,
         flags: flags?,
     })
+}
+
+/// `http`: origins must be origins; `mcp.allowed_hosts` (which guarded only `/v1/mcp`)
+/// still counts, with a warning to move it.
+fn http_section(
+    mut http: HttpConfig,
+    mcp: Option<&McpConfig>,
+    diags: &mut Diagnostics,
+) -> Option<HttpConfig> {
+    let at = JsonPath::root().key("http");
+    if let Some(old) = mcp.and_then(|m| m.allowed_hosts.clone()) {
+        diags.warn(
+            JsonPath::root().key("mcp").key("allowed_hosts"),
+            "mcp.allowed_hosts is deprecated: move it to http.allowed_hosts, which guards every route",
+        );
+        http.allowed_hosts.get_or_insert_with(Vec::new).extend(old);
+    }
+    if http.allowed_hosts.as_ref().is_some_and(Vec::is_empty) {
+        diags.warn(
+            at.key("allowed_hosts"),
+            "an empty list turns the DNS-rebinding guard off: any web page whose name points here can use its visitors' tailnet identity",
+        );
+    }
+    let mut ok = true;
+    for (i, o) in http.cors_origins.iter().enumerate() {
+        let origin = url::Url::parse(o).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+        });
+        if origin.is_none() {
+            diags.error(
+                at.key("cors_origins").index(i),
+                format!("\"{o}\" is not an origin: write scheme, host and port only, e.g. \"https://tools.example.com\" (no \"*\", no path)"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(http)
 }
 
 /// `public_url`: an http(s) origin, optionally with a path prefix, and nothing else.
@@ -488,13 +534,16 @@ fn connector(
             Ok(_) => {
                 diags.error(
                     at.key("url"),
-                    format!("\"{u}\" is not an http:// or https:// URL"),
+                    format!("\"{}\" is not an http:// or https:// URL", shown(u)),
                 );
                 ok = false;
                 None
             }
             Err(e) => {
-                diags.error(at.key("url"), format!("\"{u}\" is not a valid URL: {e}"));
+                diags.error(
+                    at.key("url"),
+                    format!("\"{}\" is not a valid URL: {e}", shown(u)),
+                );
                 ok = false;
                 None
             }
@@ -675,6 +724,29 @@ fn check_secrets(auth: &Auth, at: &JsonPath, env: &dyn Surroundings, diags: &mut
     }
 }
 
+/// A URL as messages show it: with any user name and password replaced, since a URL
+/// someone wrote into the config may carry credentials.
+fn shown(u: &str) -> String {
+    if let Ok(mut parsed) = url::Url::parse(u)
+        && (!parsed.username().is_empty() || parsed.password().is_some())
+    {
+        let _ = parsed.set_username("***");
+        let _ = parsed.set_password(None);
+        return parsed.to_string();
+    }
+    // Unparsable: cut whatever sits between "://" and an "@" before the path.
+    match u.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => u.to_owned(),
+            }
+        }
+        None => u.to_owned(),
+    }
+}
+
 /// Were errors reported under `at`? (Decoding helpers report and carry on.)
 fn diags_for(at: &JsonPath, diags: &Diagnostics) -> bool {
     diags.errors().any(|d| d.path.starts_with(at.as_str()))
@@ -690,8 +762,11 @@ fn check_endpoint_url(u: &str, at: &JsonPath, diags: &mut Diagnostics) {
             )
         }
         Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {}
-        Ok(_) => diags.error(at, format!("\"{u}\" is not an http:// or https:// URL")),
-        Err(e) => diags.error(at, format!("\"{u}\" is not a valid URL: {e}")),
+        Ok(_) => diags.error(
+            at,
+            format!("\"{}\" is not an http:// or https:// URL", shown(u)),
+        ),
+        Err(e) => diags.error(at, format!("\"{}\" is not a valid URL: {e}", shown(u))),
     }
 }
 

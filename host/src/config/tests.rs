@@ -560,3 +560,20 @@ fn oauth_endpoints_are_checked_even_without_a_connector_url() {
         "{all}"
     );
 }
+
+#[test]
+fn urls_in_messages_never_show_their_credentials() {
+    let text = r#"{"connectors": {"servers": {
+        "a": {"protocol": "http", "url": "ftp://user:PASSWORD1@a.example.com/"},
+        "b": {"protocol": "http", "url": "http://user:PASSWORD2@[bad/"},
+        "c": {"protocol": "http", "url": "https://c.example.com",
+              "auth": {"type": "oauth2_client_credentials", "client_id": "c", "client_secret": "s",
+                       "token_url": "ftp://id:PASSWORD3@as.example.com/t"}}
+    }}}"#;
+    let (_, d) = load(text);
+    let all = d.to_string();
+    assert!(d.has_errors(), "{all}");
+    for secret in ["PASSWORD1", "PASSWORD2", "PASSWORD3"] {
+        assert!(!all.contains(secret), "{secret} shown:\n{all}");
+    }
+}

@@ -16,6 +16,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub registry: RegistryConfig,
     pub egress: EgressConfig,
+    pub http: HttpConfig,
     pub mcp: McpConfig,
     /// The URL agents and browsers reach this host at (`https://ai.example.ts.net`).
     /// OAuth redirect URIs are built from it; without it, from the request's `Host`.
@@ -83,13 +84,23 @@ pub struct RegistryConfig {
 /// The `egress` section: owned by the egress client, which is its only reader.
 pub use crate::egress::Settings as EgressConfig;
 
+/// What the host answers to, for browsers ([`crate::browser`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Names (or `name:port`) the host answers to besides loopback names, IP addresses
+    /// and `public_url`'s host: the DNS-rebinding guard. An empty list turns it off.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Web origins (`https://tools.example.com`) whose pages may call the host from a
+    /// browser with the browser user's identity. None by default.
+    pub cors_origins: Vec<String>,
+}
+
 /// The aggregated MCP endpoint `/v1/mcp` and its upstream sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct McpConfig {
-    /// `Host` values `/v1/mcp` answers (a DNS-rebinding guard): host names, or
-    /// `host:port`. Absent: loopback names, the listen address and `public_url`'s host.
-    /// An empty list turns the check off.
+    /// Deprecated: `http.allowed_hosts`, which covers every route.
     pub allowed_hosts: Option<Vec<String>>,
     /// How often shared-credential MCP servers are asked for their catalogs again.
     pub poll_interval_secs: u64,

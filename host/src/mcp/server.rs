@@ -454,7 +454,7 @@ type Stateless = StreamableHttpService<Aggregator, NeverSessionManager>;
 
 /// The two rmcp services for one config snapshot.
 struct Services {
-    /// The config these were built for (its `mcp.allowed_hosts` and `public_url`).
+    /// The config these were built for.
     config: Arc<Config>,
     sessionful: Sessionful,
     stateless: Stateless,
@@ -468,26 +468,6 @@ pub struct Entry {
     manager: Arc<LocalSessionManager>,
     services: ArcSwap<Services>,
     owners: Mutex<HashMap<String, String>>,
-}
-
-/// The `Host` values accepted: configured, or loopback names, the listen address and
-/// `public_url`'s host.
-pub fn allowed_hosts(config: &Config) -> Vec<String> {
-    if let Some(h) = &config.mcp.allowed_hosts {
-        return h.clone();
-    }
-    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    if !config.listen.ip().is_unspecified() {
-        hosts.push(config.listen.ip().to_string());
-    }
-    if let Some(h) = config.public_url.as_ref().and_then(|u| u.host_str()) {
-        hosts.push(h.trim_matches(['[', ']']).to_owned());
-    }
-    hosts.dedup();
-    hosts
 }
 
 impl Entry {
@@ -508,17 +488,13 @@ impl Entry {
         manager: &Arc<LocalSessionManager>,
         config: Arc<Config>,
     ) -> Services {
-        let hosts = allowed_hosts(&config);
+        // The Host check is the browser defence's, for every route ([`crate::browser`]).
         let settings = |legacy: bool| {
-            let c = StreamableHttpServerConfig::default()
+            StreamableHttpServerConfig::default()
                 .with_legacy_session_mode(legacy)
                 .with_json_response(!legacy)
-                .with_max_request_body_bytes(MAX_REQUEST_BYTES);
-            if hosts.is_empty() {
-                c.disable_allowed_hosts()
-            } else {
-                c.with_allowed_hosts(hosts.clone())
-            }
+                .with_max_request_body_bytes(MAX_REQUEST_BYTES)
+                .disable_allowed_hosts()
         };
         let factory = {
             let app = app.clone();

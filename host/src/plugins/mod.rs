@@ -39,6 +39,36 @@ pub const MAX_DISCOVERY_STEPS: u32 = 8;
 /// Quiet period after a registry change before rescanning.
 const RESCAN_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// The registry folder: `--registry`/`PORTCULLIS_REGISTRY`, else `registry.dir`, else
+/// `./registry` when it exists. A folder named explicitly must exist.
+pub fn registry_dir(
+    flag: Option<PathBuf>,
+    configured: Option<PathBuf>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let named = flag.or(configured);
+    match named {
+        Some(dir) if dir.is_dir() => Ok(Some(dir)),
+        Some(dir) => anyhow::bail!(
+            "the provider registry folder {} does not exist; create it, fix --registry / PORTCULLIS_REGISTRY / registry.dir, or leave them unset",
+            dir.display()
+        ),
+        None => {
+            let default = PathBuf::from(DEFAULT_REGISTRY);
+            if default.is_dir() {
+                Ok(Some(default))
+            } else {
+                tracing::info!(
+                    "no provider registry (./{DEFAULT_REGISTRY} does not exist); a connector naming a provider is refused until one is configured"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Registry folder used when none is configured, relative to the working directory.
+pub const DEFAULT_REGISTRY: &str = "registry";
+
 /// The loaded registry and the runtime behind it.
 pub struct Plugins {
     runtime: Arc<Runtime>,

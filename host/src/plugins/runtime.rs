@@ -545,13 +545,8 @@ fn check_wit_version(engine: &Engine, component: &Component) -> Result<(), Prepa
 /// Creates the cache folder with mode 0700, or checks that an existing one is private:
 /// compiled code is loaded without validation, so only this host may write it.
 fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
+    use std::os::unix::fs::PermissionsExt as _;
+    crate::vault::private_dir(dir)?;
     let meta = std::fs::metadata(dir)?;
     if meta.permissions().mode() & 0o077 != 0 {
         anyhow::bail!(
