@@ -1039,11 +1039,15 @@ impl Connections {
             }
         }
         let issuer = match issuer {
-            Some(i) => url::Url::parse(&i).map_err(|e| {
-                fail(format!(
-                    "the protected-resource metadata names \"{i}\" as authorization server: {e}"
-                ))
-            })?,
+            Some(i) => {
+                let named = url::Url::parse(&i).map_err(|e| {
+                    fail(format!(
+                        "the protected-resource metadata names \"{i}\" as authorization server: {e}"
+                    ))
+                })?;
+                oauth::check_issuer(&named, resource_url).map_err(fail)?;
+                named
+            }
             None => {
                 let mut origin = resource_url.clone();
                 origin.set_path("/");

@@ -10,7 +10,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use std::future::Future;
@@ -24,7 +23,7 @@ use hyper_util::rt::TokioExecutor;
 
 /// The config's `egress` section (its own type here, so the client depends on nothing
 /// above it).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default)]
 pub struct Settings {
     /// Dev/test only: permit upstreams on loopback addresses. Warned at load.
@@ -179,7 +178,7 @@ pub fn unsafe_url_reason(url: &url::Url, allow_loopback: bool) -> Option<String>
 /// name that mixes public and internal addresses is a rebinding attempt, not a choice.
 #[derive(Clone)]
 struct SafeResolver {
-    allow_loopback: Arc<AtomicBool>,
+    allow_loopback: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -194,7 +193,7 @@ impl tower_service::Service<Name> for SafeResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let allow_loopback = self.allow_loopback.load(Ordering::Relaxed);
+        let allow_loopback = self.allow_loopback;
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
@@ -220,21 +219,36 @@ pub type InBody = hyper::body::Incoming;
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<SafeResolver>>;
 
 /// The shared outbound client (hyper over a safe resolver and rustls). Cheap to clone.
+///
+/// A reload that changes the settings swaps in a new client: its connection pool starts
+/// empty, so no connection opened under the old rules (a host name that resolved to
+/// loopback while that was allowed, say) is reused under the new ones. Requests in
+/// flight finish on the client they started with.
 #[derive(Clone)]
 pub struct Egress {
+    current: Arc<arc_swap::ArcSwap<Current>>,
+}
+
+/// One client and the settings it was built for.
+struct Current {
     client: Client<Connector, OutBody>,
-    allow_loopback: Arc<AtomicBool>,
+    settings: Settings,
     /// Longest wait for response headers, and longest silence within a response body.
     read_timeout: Duration,
 }
 
 impl Egress {
     pub fn new(cfg: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(Self::client(cfg)?)),
+        })
+    }
+
+    fn client(cfg: &Settings) -> anyhow::Result<Current> {
         // Built with ring only; install it as the process default once.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let allow_loopback = Arc::new(AtomicBool::new(cfg.allow_loopback));
         let mut http = HttpConnector::new_with_resolver(SafeResolver {
-            allow_loopback: allow_loopback.clone(),
+            allow_loopback: cfg.allow_loopback,
         });
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -254,22 +268,31 @@ impl Egress {
             .pool_max_idle_per_host(256)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(https);
-        Ok(Self {
+        Ok(Current {
             client,
-            allow_loopback,
+            settings: cfg.clone(),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs.max(1)),
         })
     }
 
-    /// Applies a reloaded config's switches to the live client.
+    /// Applies a reloaded config's `egress` section: a new client, with an empty pool,
+    /// when anything changed.
     pub fn reconfigure(&self, cfg: &Settings) {
-        self.allow_loopback
-            .store(cfg.allow_loopback, Ordering::Relaxed);
+        if self.current.load().settings == *cfg {
+            return;
+        }
+        match Self::client(cfg) {
+            Ok(c) => self.current.store(Arc::new(c)),
+            // Only TLS setup can fail, and it worked at start: keep serving, say so.
+            Err(e) => tracing::error!(
+                "the egress client could not be rebuilt, the old settings stay: {e:#}"
+            ),
+        }
     }
 
     /// The longest silence tolerated inside a response body.
     pub fn read_timeout(&self) -> Duration {
-        self.read_timeout
+        self.current.load().read_timeout
     }
 
     /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals).
@@ -287,7 +310,7 @@ impl Egress {
             _ => None,
         };
         if let Some(ip) = literal
-            && let Some(reason) = refusal_reason(ip, self.allow_loopback.load(Ordering::Relaxed))
+            && let Some(reason) = refusal_reason(ip, self.current.load().settings.allow_loopback)
         {
             return Err(EgressError::Refused {
                 host,
@@ -306,6 +329,7 @@ impl Egress {
         headers: http::HeaderMap,
         body: OutBody,
     ) -> Result<http::Response<InBody>, EgressError> {
+        let current = self.current.load_full();
         self.check_url(url)?;
         let host = url.host_str().unwrap_or_default();
         let uri = http::Uri::try_from(url.as_str()).map_err(|e| EgressError::Other {
@@ -316,7 +340,7 @@ impl Egress {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(current.read_timeout, current.client.request(req)).await {
             Err(_) => Err(EgressError::Timeout(host.to_owned())),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(EgressError::from_client(host, &e)),

@@ -66,6 +66,8 @@ pub mod connector;
 pub mod credentials;
 pub mod egress;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod headers;
 pub mod health;
 pub mod identity;

@@ -510,6 +510,39 @@ pub async fn metadata(
         })
 }
 
+/// Whether an authorization server a resource names may be used (RFC 8414 §2, and the
+/// MCP authorization spec's rule that discovery never downgrades): an `https` URL (`http`
+/// only for an `http` resource, as in local development) with no query, fragment or
+/// credentials. The metadata and registration requests go where it says, with the
+/// user's browser following, so a resource must not be able to point them anywhere.
+pub fn check_issuer(issuer: &url::Url, resource: &url::Url) -> Result<(), String> {
+    let scheme_ok =
+        issuer.scheme() == "https" || (issuer.scheme() == "http" && resource.scheme() == "http");
+    if !scheme_ok {
+        return Err(format!(
+            "the protected-resource metadata names \"{}\" as authorization server; it must be an https URL{}",
+            issuer.origin().ascii_serialization(),
+            if resource.scheme() == "https" {
+                " (the resource is https, so no plain-http server may stand in for it)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if issuer.query().is_some()
+        || issuer.fragment().is_some()
+        || !issuer.username().is_empty()
+        || issuer.password().is_some()
+        || issuer.host().is_none()
+    {
+        return Err(format!(
+            "the protected-resource metadata names an authorization server with a query, fragment or credentials ({}); an issuer is a plain https URL",
+            issuer.origin().ascii_serialization()
+        ));
+    }
+    Ok(())
+}
+
 /// Where RFC 8414 (and OpenID Connect Discovery) put an issuer's metadata, in the order
 /// to try them.
 pub fn authorization_server_metadata_urls(issuer: &url::Url) -> Vec<url::Url> {
@@ -552,6 +585,26 @@ pub fn protected_resource_metadata_urls(resource: &url::Url) -> Vec<url::Url> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuers_are_plain_https_urls_and_never_a_downgrade() {
+        let u = |s: &str| url::Url::parse(s).expect("url");
+        let https_resource = u("https://mcp.example.com/v1/mcp");
+        assert!(check_issuer(&u("https://auth.example.com"), &https_resource).is_ok());
+        assert!(check_issuer(&u("https://auth.example.com/tenant"), &https_resource).is_ok());
+        for bad in [
+            "http://auth.example.com",
+            "ftp://auth.example.com",
+            "https://auth.example.com/?x=1",
+            "https://auth.example.com/#f",
+            "https://user:pw@auth.example.com",
+        ] {
+            let e = check_issuer(&u(bad), &https_resource).expect_err(bad);
+            assert!(!e.contains("pw"), "{e}");
+        }
+        // Local development: an http resource may name an http server.
+        assert!(check_issuer(&u("http://127.0.0.1:9000"), &u("http://127.0.0.1:8000/v1")).is_ok());
+    }
 
     #[test]
     fn metadata_locations_follow_the_rfcs() {

@@ -395,3 +395,35 @@ async fn the_cli_manages_secrets_and_adds_connectors_from_templates_into_the_sav
         assert!(!leaked, "{secret} in plaintext in the data directory");
     }
 }
+
+/// Turning `egress.allow_loopback` off by reload must stop traffic to a host name that
+/// resolves to loopback at once, pooled keep-alive connections included.
+#[tokio::test]
+async fn turning_loopback_off_by_reload_drops_pooled_connections() {
+    let up = Upstream::start().await;
+    let by_name =
+        json!({"a": {"protocol": "http", "url": format!("http://localhost:{}", up.addr.port())}});
+    let host = Host::start(&loopback_config(by_name.clone(), admin_everything()));
+    for _ in 0..3 {
+        assert_eq!(status_of(&host.url("/v1/connectors/a/x")).await, 200);
+    }
+    let hits = up.hits();
+    let mut off: serde_json::Value =
+        serde_json::from_str(&loopback_config(by_name, admin_everything())).expect("config");
+    off["egress"]["allow_loopback"] = json!(false);
+    host.write_config(&off.to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let s = status_of(&host.url("/v1/connectors/a/x")).await;
+        if s != 200 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_ne!(status, 200, "still reaching loopback after the reload");
+    // Nothing more reached the upstream once the reload was in force.
+    let after = up.hits();
+    assert_eq!(status_of(&host.url("/v1/connectors/a/x")).await, status);
+    assert_eq!(up.hits(), after);
+    assert!(after >= hits);
+}

@@ -1221,3 +1221,46 @@ async fn a_token_the_upstream_says_expired_is_refreshed_and_the_mcp_message_rese
     .await;
     alice.cancel().await.expect("close");
 }
+
+/// A resource's protected-resource metadata may not send discovery and registration
+/// anywhere: the authorization server it names must be a plain https URL (http only for
+/// an http resource), without credentials, query or fragment.
+#[tokio::test]
+async fn dynamic_registration_refuses_an_authorization_server_a_resource_may_not_name() {
+    let whois = users().await;
+    for named in [
+        "ftp://127.0.0.1:1/",
+        "http://user:pw@127.0.0.1:1/",
+        "http://127.0.0.1:1/?tenant=x",
+    ] {
+        let api = Fixture::start().await;
+        api.json(
+            "/.well-known/oauth-protected-resource",
+            200,
+            json!({"resource": api.url(), "authorization_servers": [named]}),
+        );
+        let host = Host::start(&tailnet_config(
+            &whois.socket,
+            json!({"wiki": {"protocol": "http", "url": api.url(), "auth": {"type": "oauth2_dcr"}}}),
+        ));
+        let resp = client_from(ALICE)
+            .post(host.url("/api/connectors/wiki/connect"))
+            .send()
+            .await
+            .expect("connect");
+        let (status, code, message) = error_of(resp).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (502, "connector_misconfigured"),
+            "{named}: {message}"
+        );
+        assert!(message.contains("authorization server"), "{message}");
+        assert!(!message.contains("pw"), "{message}");
+        // Nothing was asked of the named server: only the resource's metadata was read.
+        assert!(
+            api.seen()
+                .iter()
+                .all(|r| r.path.starts_with("/.well-known/oauth-protected-resource"))
+        );
+    }
+}

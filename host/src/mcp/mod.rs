@@ -26,7 +26,7 @@
 mod builtin;
 mod legacy;
 mod server;
-mod template;
+pub(crate) mod template;
 mod transport;
 pub mod upstream;
 
