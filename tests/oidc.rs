@@ -20,6 +20,12 @@ impl Oidc {
     /// A peer that has not said it is ready in 30 s (seen once under heavy load, never
     /// reproduced) is killed and a fresh one started, once.
     pub fn start(access_ttl: u64) -> Oidc {
+        Self::start_with(access_ttl, true)
+    }
+
+    /// As [`Oidc::start`]; `rotate_refresh_tokens: false` keeps each refresh token valid
+    /// after use, as many providers do.
+    pub fn start_with(access_ttl: u64, rotate_refresh_tokens: bool) -> Oidc {
         // The helpers below build their own clients.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let peers = crate::workspace().join("tests").join("peers");
@@ -27,19 +33,28 @@ impl Oidc {
             peers.join("node_modules").join("oidc-provider").exists(),
             "the oidc-provider peer is not installed: run `npm ci --prefix tests/peers` (the README's test command does)"
         );
-        match Self::try_start(&peers, access_ttl) {
+        match Self::try_start(&peers, access_ttl, rotate_refresh_tokens) {
             Ok(oidc) => oidc,
             Err(e) => {
                 eprintln!("{e}; starting a fresh oidc-provider peer");
-                Self::try_start(&peers, access_ttl).unwrap_or_else(|e| panic!("{e}"))
+                Self::try_start(&peers, access_ttl, rotate_refresh_tokens)
+                    .unwrap_or_else(|e| panic!("{e}"))
             }
         }
     }
 
-    fn try_start(peers: &std::path::Path, access_ttl: u64) -> Result<Oidc, String> {
+    fn try_start(
+        peers: &std::path::Path,
+        access_ttl: u64,
+        rotate_refresh_tokens: bool,
+    ) -> Result<Oidc, String> {
         let mut child = Command::new("node")
             .arg(peers.join("oidc").join("server.mjs"))
             .env("OIDC_ACCESS_TTL", access_ttl.to_string())
+            .env(
+                "OIDC_ROTATE_REFRESH_TOKENS",
+                if rotate_refresh_tokens { "1" } else { "0" },
+            )
             // Stdin stays open: the peer exits when it closes, so it never outlives us.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

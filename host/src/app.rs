@@ -189,6 +189,7 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
             app.clone(),
             crate::browser::defend,
         ))
+        .layer(middleware::from_fn(crate::limits::check))
         .layer(middleware::from_fn(crate::error::json_errors))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
@@ -208,15 +209,74 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     spawn_reloaders(app.clone())?;
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server error")?;
+    accept(listener, router).await;
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// How long a shutdown waits for requests in flight (long MCP streams included) before
+/// closing their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` until SIGTERM or SIGINT, then lets requests
+/// in flight finish. The server's own head limits sit above [`crate::limits`], so
+/// oversized requests are answered by the host in JSON, not by the server's bare status.
+async fn accept(listener: tokio::net::TcpListener, router: Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower_service::Service as _;
+
+    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .max_headers(crate::limits::SERVER_MAX_HEADERS)
+        .max_buf_size(crate::limits::SERVER_MAX_HEAD_BYTES);
+    server
+        .http2()
+        .max_header_list_size(crate::limits::SERVER_MAX_HEAD_BYTES as u32);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().call(req)
+            });
+        let conn = server
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after {} s were cut off",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
 }
 
 async fn shutdown_signal() {
@@ -332,6 +392,8 @@ async fn identify(
 fn route_of(path: &str) -> &'static str {
     if path.starts_with(proxy::PREFIX) || path.starts_with("/v1/connectors") {
         "proxy"
+    } else if path == crate::mcp::ENDPOINT {
+        "mcp"
     } else if path == "/healthz" {
         "healthz"
     } else if path == "/metrics" {

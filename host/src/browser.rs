@@ -2,10 +2,10 @@
 //! device carries its user's identity, and grants, to any page it opens. Every request
 //! passes here before identity, and the rules below are the whole defence:
 //!
-//! - **Host**: a request must name one of the host's own names (loopback names, the
-//!   listen address, `public_url`'s host, `http.allowed_hosts`) or an IP address. A web
-//!   page on `rebind.attacker.example` whose name was pointed at this host (DNS
-//!   rebinding) is refused; an IP literal cannot be rebound, so it passes.
+//! - **Host**: a request must name one of the host's own names (`localhost`,
+//!   `public_url`'s host, `http.allowed_hosts`) or an IP address, such as the listen
+//!   address. A web page on `rebind.attacker.example` whose name was pointed at this
+//!   host (DNS rebinding) is refused; an IP literal cannot be rebound, so it passes.
 //! - **Cross-site requests**: a browser marks every request with `Sec-Fetch-Site`
 //!   (Fetch Metadata) and most with `Origin`. A request from another site is refused
 //!   unless its origin is one of `http.cors_origins`, except a top-level navigation

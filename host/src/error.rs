@@ -99,6 +99,25 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let resp = next.run(req).await;
+    if !is_plain_rejection(&resp) {
+        return resp;
+    }
+    let status = resp.status();
+    let (mut parts, body) = resp.into_parts();
+    let said = said(body).await;
+    let (code, message) = describe(status, &parts.headers, said, &method, &path);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.remove(http::header::CONTENT_TYPE);
+    let mut fixed = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        fixed.headers_mut().insert(name.clone(), value.clone());
+    }
+    fixed
+}
+
+/// Is `resp` an error in a shape of the framework's or the MCP transport's own (plain
+/// text or empty), rather than the host's, an upstream's relayed answer or an HTML page?
+pub(crate) fn is_plain_rejection(resp: &Response) -> bool {
     let status = resp.status();
     let ours = resp.extensions().get::<ErrorCode>().is_some();
     let relayed = resp.extensions().get::<Relayed>().is_some();
@@ -107,18 +126,28 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
-    if !(status.is_client_error() || status.is_server_error()) || ours || relayed || typed {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let said = axum::body::to_bytes(body, MAX_REJECTION_BYTES)
+    (status.is_client_error() || status.is_server_error()) && !ours && !relayed && !typed
+}
+
+/// The text of a framework or transport rejection's body.
+pub(crate) async fn said(body: axum::body::Body) -> String {
+    axum::body::to_bytes(body, MAX_REJECTION_BYTES)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        .unwrap_or_default();
-    let (code, message) = match status {
+        .unwrap_or_default()
+}
+
+/// The code and message for a plain-text rejection with `status`, whose body `said`.
+pub(crate) fn describe(
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    said: String,
+    method: &http::Method,
+    path: &str,
+) -> (&'static str, String) {
+    match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = parts
-                .headers
+            let allow = headers
                 .get(http::header::ALLOW)
                 .and_then(|v| v.to_str().ok())
                 .map(|a| format!("; it takes {a}"))
@@ -155,14 +184,7 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
             or(said, "the host failed to answer; see its log".into()),
         ),
         _ => ("bad_request", or(said, "the request is malformed".into())),
-    };
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    parts.headers.remove(http::header::CONTENT_TYPE);
-    let mut fixed = ApiError::new(status, code, message).into_response();
-    for (name, value) in &parts.headers {
-        fixed.headers_mut().insert(name.clone(), value.clone());
     }
-    fixed
 }
 
 fn or(said: String, fallback: String) -> String {

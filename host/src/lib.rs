@@ -15,6 +15,8 @@
 //! Each stage is one module with a small public surface, and each security rule lives in
 //! exactly one of them (named in brackets):
 //!
+//! - [`limits`]: before the browser defence, request heads over the size limits refused
+//!   in JSON (414, 431) rather than by the HTTP server's bare answers.
 //! - [`browser`]: before identity, the Host allow-list (DNS rebinding), cross-site
 //!   browser requests refused, preflights answered here. [browser defence]
 //! - [`config`]: HuJSON parsing and the one validator into an immutable
@@ -71,6 +73,7 @@ mod fuzz;
 pub mod headers;
 pub mod health;
 pub mod identity;
+pub mod limits;
 pub mod mcp;
 pub mod oauth;
 pub mod outbound;

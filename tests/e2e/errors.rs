@@ -26,6 +26,22 @@ async fn json_error(resp: reqwest::Response) -> (u16, String, http::HeaderMap) {
     (status, code, headers)
 }
 
+/// Status and body of an answer that must be a JSON-RPC error for the request `call-7`.
+async fn jsonrpc_error(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("a JSON-RPC error body");
+    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    assert_eq!(body["id"], "call-7", "{body}");
+    assert!(body["error"]["code"].is_i64(), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    (status, body)
+}
+
 #[tokio::test]
 async fn framework_and_transport_rejections_are_json_and_upstream_answers_are_not_touched() {
     let up = Upstream::start().await;
@@ -49,7 +65,8 @@ async fn framework_and_transport_rejections_are_json_and_upstream_answers_are_no
     assert_eq!(status, 400, "{text}");
     assert!(text.contains(r#""code":"bad_request""#), "{text}");
 
-    // The MCP transport's own refusals.
+    // The MCP transport's own refusals: a JSON-RPC error for the request's id, with the
+    // host's error code beside it, so a client can match it to its call.
     let mcp = |accept: &'static str, session: Option<&'static str>| {
         let mut req = client()
             .post(host.url("/v1/mcp"))
@@ -58,15 +75,19 @@ async fn framework_and_transport_rejections_are_json_and_upstream_answers_are_no
         if let Some(s) = session {
             req = req.header("mcp-session-id", s);
         }
-        req.body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+        req.body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": "call-7"}"#)
             .send()
     };
-    let (status, code, _) = json_error(mcp("application/json", None).await.expect("mcp")).await;
-    assert_eq!((status, code.as_str()), (406, "not_acceptable"));
+    let (status, body) = jsonrpc_error(mcp("application/json", None).await.expect("mcp")).await;
+    assert_eq!(status, 406);
+    assert_eq!(body["error"]["data"]["code"], "not_acceptable", "{body}");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
     let both = "application/json, text/event-stream";
-    let unknown = mcp(both, Some("no-such-session")).await.expect("mcp");
-    let (status, _, _) = json_error(unknown).await;
+    let (status, body) =
+        jsonrpc_error(mcp(both, Some("no-such-session")).await.expect("mcp")).await;
     assert!(matches!(status, 400 | 404), "{status}");
+    assert!(body["error"]["data"]["code"].is_string(), "{body}");
+    // Without a request id there is nothing to answer in JSON-RPC: the host's shape.
     let wrong_type = client()
         .post(host.url("/v1/mcp"))
         .header("content-type", "text/plain")
@@ -77,6 +98,33 @@ async fn framework_and_transport_rejections_are_json_and_upstream_answers_are_no
         .expect("mcp");
     let (status, code, _) = json_error(wrong_type).await;
     assert_eq!((status, code.as_str()), (415, "unsupported_media_type"));
+    let stream_without_session = client()
+        .get(host.url("/v1/mcp"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("mcp");
+    let (status, _, _) = json_error(stream_without_session).await;
+    assert!(status >= 400, "{status}");
+
+    // Request heads over the limits: refused by the host in JSON, not by the server bare.
+    let long = format!("/v1/connectors/api/{}", "a".repeat(9 * 1024));
+    let (status, text) = raw::request(host.addr, "GET", &long, &[]).await;
+    assert_eq!(status, 414, "{text}");
+    assert!(text.contains(r#""code":"uri_too_long""#), "{text}");
+    let big = "v".repeat(16 * 1024);
+    let headers: Vec<(&str, &str)> = ["x-a", "x-b", "x-c", "x-d", "x-e"]
+        .into_iter()
+        .map(|h| (h, big.as_str()))
+        .collect();
+    let (status, text) = raw::request(host.addr, "GET", "/v1/connectors/api/x", &headers).await;
+    assert_eq!(status, 431, "{text}");
+    assert!(text.contains(r#""code":"headers_too_large""#), "{text}");
+    let names: Vec<String> = (0..150).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let (status, text) = raw::request(host.addr, "GET", "/v1/connectors/api/x", &many).await;
+    assert_eq!(status, 431, "{text}");
+    assert!(text.contains(r#""code":"headers_too_large""#), "{text}");
 
     // An upstream's error is its own: status and body as it sent them.
     for code in [404, 405, 500] {

@@ -1264,3 +1264,102 @@ async fn dynamic_registration_refuses_an_authorization_server_a_resource_may_not
         );
     }
 }
+
+/// Kill -9 while every user's token is refreshed again and again: after the restart the
+/// vault opens, each user's sealed tokens are whole, and every user is served without
+/// connecting again. Tokens are written before they are used, so nothing a caller was
+/// answered with is lost; with a provider that retires each refresh token on use, a kill
+/// between its answer and the vault write would lose that one connection (the new
+/// refresh token existed only in that answer), which is why this provider keeps them.
+#[tokio::test]
+async fn kill_9_during_per_user_refreshes_leaves_every_connection_usable() {
+    const USERS: [&str; 4] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let oidc = Oidc::start_with(1, false);
+    let up = Upstream::start().await;
+    let whois = Whois::start().await;
+    let mut grants = Vec::new();
+    for (n, ip) in USERS.iter().enumerate() {
+        let login = format!("user{n}@example.com");
+        whois.user(ip, &login, &[], json!({}));
+        grants.push(grant(&login, &["notes/**"], false));
+    }
+    let config = json!({
+        "identity": {"mode": "tailscale", "socket": whois.socket, "cache_ttl_secs": 0},
+        "egress": {"allow_loopback": true},
+        "connectors": {"servers": {"notes": notes_connector(&oidc, &up, "notes-crash")}},
+        "grants": grants,
+    })
+    .to_string();
+    let mut host = Host::start(&config);
+    client_for(&oidc, &host, "notes-crash", "notes").await;
+    for (n, ip) in USERS.iter().enumerate() {
+        connect_as(&host, &oidc, ip, &format!("user{n}"), "notes").await;
+    }
+
+    // Each user calls without pause (bounded: 2000 calls or 6 s); a token lives 1 s, so
+    // the host refreshes and writes each user's tokens several times before the kill.
+    let callers: Vec<_> = USERS
+        .iter()
+        .map(|ip| {
+            let (ip, url) = (*ip, host.url("/v1/connectors/notes/items"));
+            tokio::spawn(async move {
+                let client = client_from(ip);
+                let mut tokens = std::collections::HashSet::new();
+                let until = Instant::now() + Duration::from_secs(6);
+                for _ in 0..2000 {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    let Ok(resp) = client.get(&url).send().await else {
+                        break; // the host is gone
+                    };
+                    if resp.status() != 200 {
+                        continue;
+                    }
+                    let Ok(echo) = resp.json::<Value>().await else {
+                        break;
+                    };
+                    if let Some(t) = echo["headers"]["authorization"][0].as_str() {
+                        tokens.insert(t.to_owned());
+                    }
+                }
+                tokens
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    host.signal("KILL");
+    let mut used = Vec::new();
+    for c in callers {
+        used.push(c.await.expect("caller"));
+    }
+    let counts: Vec<usize> = used.iter().map(std::collections::HashSet::len).collect();
+    assert!(
+        counts.iter().all(|&n| n >= 2),
+        "every user's token was refreshed before the kill: distinct tokens used {counts:?}"
+    );
+    let data = host.data_dir();
+    let _ = host.stop();
+
+    let host = Host::start_with(
+        &config,
+        HostOptions {
+            data_dir: Some(data),
+            ..HostOptions::default()
+        },
+    );
+    // Every access token from before the kill has expired by now: a call is served only
+    // if the user's refresh token came back whole from the vault.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (n, ip) in USERS.iter().enumerate() {
+        assert_eq!(status(&host, ip, "notes").await, "Ready", "user{n}");
+        let token = format!(
+            "Bearer {}",
+            token_sent(&host, ip, "/v1/connectors/notes/items").await
+        );
+        assert!(
+            used.iter().all(|before| !before.contains(&token)),
+            "user{n} was served after a refresh with the refresh token restored from the vault"
+        );
+    }
+}

@@ -566,20 +566,11 @@ pub async fn handle(
     Extension(caller): Extension<Arc<Caller>>,
     req: Request,
 ) -> Response {
-    let services = entry.services();
-    let session = session_id(&req);
-    if let Some(id) = &session {
-        // Another caller's session is not theirs to use: answer as for an unknown one.
-        if entry.owner(id).is_some_and(|o| o != caller.login) {
-            tracing::warn!(caller = %caller.login, "refused a request in another caller's MCP session");
-            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
-        }
-        return services.sessionful.handle(req).await.map(Body::new);
-    }
     if req.method() != http::Method::POST {
-        return services.sessionful.handle(req).await.map(Body::new);
+        // GET (the stream) and DELETE (the end of a session) carry no request id: their
+        // refusals keep the host's error shape ([`crate::error::json_errors`]).
+        return route(&entry, &caller, req, false).await;
     }
-    // Peek at the method: only `initialize` opens a session.
     let (parts, body) = req.into_parts();
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(b) => b,
@@ -594,12 +585,40 @@ pub async fn handle(
     #[derive(serde::Deserialize)]
     struct Peek {
         method: Option<String>,
+        id: Option<serde_json::Value>,
     }
-    let initialize = serde_json::from_slice::<Peek>(&bytes)
-        .ok()
-        .and_then(|p| p.method)
+    let peek = serde_json::from_slice::<Peek>(&bytes).ok();
+    let initialize = peek
+        .as_ref()
+        .and_then(|p| p.method.as_deref())
         .is_some_and(|m| m == "initialize");
+    let id = peek
+        .and_then(|p| p.id)
+        .filter(|id| id.is_string() || id.is_number());
     let req = Request::from_parts(parts, Body::from(bytes));
+    let resp = route(&entry, &caller, req, initialize).await;
+    match id {
+        Some(id) if crate::error::is_plain_rejection(&resp) => jsonrpc_error(id, resp).await,
+        _ => resp,
+    }
+}
+
+/// Sends `req` to the service that keeps its session: requests in a session and
+/// `initialize` to the session-keeping one (recording who opened a new session), the
+/// rest to the stateless one.
+async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -> Response {
+    let services = entry.services();
+    if let Some(id) = session_id(&req) {
+        // Another caller's session is not theirs to use: answer as for an unknown one.
+        if entry.owner(&id).is_some_and(|o| o != caller.login) {
+            tracing::warn!(caller = %caller.login, "refused a request in another caller's MCP session");
+            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+        }
+        return services.sessionful.handle(req).await.map(Body::new);
+    }
+    if req.method() != http::Method::POST {
+        return services.sessionful.handle(req).await.map(Body::new);
+    }
     if !initialize {
         return services.stateless.handle(req).await.map(Body::new);
     }
@@ -617,4 +636,34 @@ pub async fn handle(
             .insert(id.to_owned(), caller.login.clone());
     }
     resp.map(Body::new)
+}
+
+/// The transport's refusal of a request whose id is known (wrong media type, unknown
+/// session), as a JSON-RPC error for that id, so the client can match
+/// it to its call. The HTTP status stays; `error.data.code` is the host's error code.
+async fn jsonrpc_error(id: serde_json::Value, resp: Response) -> Response {
+    let status = resp.status();
+    let (mut parts, body) = resp.into_parts();
+    let said = crate::error::said(body).await;
+    let (code, message) =
+        crate::error::describe(status, &parts.headers, said, &http::Method::POST, ENDPOINT);
+    let rpc_code = match status {
+        // As the official SDKs answer an unknown session.
+        StatusCode::NOT_FOUND => -32001,
+        s if s.is_server_error() => rmcp::model::ErrorCode::INTERNAL_ERROR.0,
+        _ => rmcp::model::ErrorCode::INVALID_REQUEST.0,
+    };
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": rpc_code, "message": message, "data": {"code": code}},
+    });
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let mut resp = Response::from_parts(parts, Body::from(body.to_string()));
+    resp.extensions_mut().insert(crate::error::ErrorCode(code));
+    resp
 }

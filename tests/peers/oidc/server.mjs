@@ -27,6 +27,8 @@
 //                             http://127.0.0.1:8080/aperture/auth/test/callback).
 //   OIDC_ACCESS_TOKEN_FORMAT  "opaque" (default) or "jwt" (RS256, verifiable
 //                             with <issuer>/jwks) for resource-server tokens.
+//   OIDC_ROTATE_REFRESH_TOKENS "1" (default): every refresh retires the refresh token
+//                             it used; "0": refresh tokens stay valid until revoked.
 //   OIDC_VERBOSE=1            show oidc-provider's development notices too.
 //   DEBUG=oidc-provider:*     oidc-provider's own debug tracing (to stderr).
 //
@@ -334,7 +336,7 @@ const provider = new Provider(issuer, {
     return { accountId: sub, async claims() { return { sub }; } };
   },
   pkce: { required: () => true }, // v9 supports S256 only
-  rotateRefreshToken: true,
+  rotateRefreshToken: (process.env.OIDC_ROTATE_REFRESH_TOKENS ?? '1') !== '0',
   async issueRefreshToken(_ctx, client) {
     return client.grantTypeAllowed('refresh_token');
   },
