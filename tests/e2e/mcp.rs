@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use portcullis_e2e::fixture::Fixture;
 use portcullis_e2e::mcp_server::{Expect, McpServer};
-use portcullis_e2e::{Host, client, grant, mcp_agent};
+use portcullis_e2e::whois::Whois;
+use portcullis_e2e::{Host, client, client_from, grant, mcp_agent};
 use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
 use serde_json::{Value, json};
 
@@ -926,4 +927,79 @@ async fn an_answer_slower_than_the_read_timeout_fails_and_the_next_call_works() 
         "no credential in the logs"
     );
     agent.cancel().await.expect("close");
+}
+
+/// A session belongs to the caller who opened it: another tailnet user who learns its id
+/// is answered as for an unknown session (a JSON-RPC error for their request), and the
+/// owner's session goes on working.
+#[tokio::test]
+async fn another_callers_session_id_is_answered_as_unknown() {
+    const ALICE: &str = "127.0.0.2";
+    const BOB: &str = "127.0.0.3";
+    let up = McpServer::start(Expect::Header(
+        "authorization".into(),
+        "Bearer tok-1".into(),
+    ))
+    .await;
+    let whois = Whois::start().await;
+    whois.user(ALICE, "alice@example.com", &[], json!({}));
+    whois.user(BOB, "bob@example.com", &[], json!({}));
+    let host = Host::start(
+        &json!({
+            "identity": {"mode": "tailscale", "socket": whois.socket, "cache_ttl_secs": 0},
+            "egress": {"allow_loopback": true},
+            "connectors": {"servers": bearer("notes", &up.url(), "tok-1")},
+            "grants": [
+                grant("alice@example.com", &["notes/**"], false),
+                grant("bob@example.com", &["notes/**"], false),
+            ],
+        })
+        .to_string(),
+    );
+    let post = |from: &str, session: Option<&str>, body: Value| {
+        let mut req = client_from(from)
+            .post(host.url("/v1/mcp"))
+            .header("accept", BOTH)
+            .json(&body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send()
+    };
+    let opened = post(
+        ALICE,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"}}}),
+    )
+    .await
+    .expect("initialize");
+    assert_eq!(opened.status(), 200);
+    let session = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let resp = post(ALICE, Some(&session), initialized)
+        .await
+        .expect("initialized");
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    let list = |id: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+    let stolen = post(BOB, Some(&session), list("bob-1")).await.expect("bob");
+    assert_eq!(stolen.status(), 404);
+    let body: Value = stolen.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["id"], "bob-1", "{body}");
+    assert_eq!(body["error"]["code"], -32001, "{body}");
+    assert_eq!(body["error"]["data"]["code"], "not_found", "{body}");
+
+    let own = post(ALICE, Some(&session), list("alice-2"))
+        .await
+        .expect("alice");
+    assert_eq!(own.status(), 200, "the owner's session is untouched");
+    let text = own.text().await.expect("body");
+    assert!(text.contains("alice-2"), "{text}");
 }
