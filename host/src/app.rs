@@ -214,29 +214,44 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a shutdown waits for requests in flight (long MCP streams included) before
-/// closing their connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for requests in flight before closing their connections:
+/// under the 10 s container runtimes give before SIGKILL, since open MCP streams never
+/// end by themselves.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until SIGTERM or SIGINT, then lets requests
 /// in flight finish. The server's own head limits sit above [`crate::limits`], so
 /// oversized requests are answered by the host in JSON, not by the server's bare status.
 async fn accept(listener: tokio::net::TcpListener, router: Router) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower_service::Service as _;
+
+    use crate::limits;
 
     let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     server
         .http1()
-        .max_headers(crate::limits::SERVER_MAX_HEADERS)
-        .max_buf_size(crate::limits::SERVER_MAX_HEAD_BYTES);
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_headers(limits::SERVER_MAX_HEADERS)
+        .max_buf_size(limits::SERVER_MAX_HEAD_BYTES);
     server
         .http2()
-        .max_header_list_size(crate::limits::SERVER_MAX_HEAD_BYTES as u32);
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits::HEADER_READ_TIMEOUT)
+        .max_header_list_size(limits::SERVER_MAX_HEAD_BYTES as u32);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONNECTIONS));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -265,6 +280,7 @@ async fn accept(listener: tokio::net::TcpListener, router: Router) {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            drop(permit);
         });
     }
     drop(listener);

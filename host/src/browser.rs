@@ -6,11 +6,13 @@
 //!   `public_url`'s host, `http.allowed_hosts`) or an IP address, such as the listen
 //!   address. A web page on `rebind.attacker.example` whose name was pointed at this
 //!   host (DNS rebinding) is refused; an IP literal cannot be rebound, so it passes.
-//! - **Cross-site requests**: a browser marks every request with `Sec-Fetch-Site`
-//!   (Fetch Metadata) and most with `Origin`. A request from another site is refused
-//!   unless its origin is one of `http.cors_origins`, except a top-level navigation
-//!   (`GET`, `Sec-Fetch-Mode: navigate`) to the OAuth callback, which is how a provider
-//!   sends the browser back.
+//! - **Cross-site requests**: a browser marks its requests to secure origins (https,
+//!   loopback) with `Sec-Fetch-Site` (Fetch Metadata), most with `Origin`, and many with
+//!   `Referer`. A request from another site is refused unless its origin is one of
+//!   `http.cors_origins`, except a top-level navigation (`GET`, `Sec-Fetch-Mode:
+//!   navigate`, `Sec-Fetch-Dest: document`) to the OAuth callback, which is how a
+//!   provider sends the browser back. Over plain HTTP to a tailnet address a simple GET
+//!   (an image, a link) may carry none of these: serve browsers over https.
 //! - **Preflights** (`OPTIONS` with `Access-Control-Request-Method`) are answered here,
 //!   never forwarded: allowed for `http.cors_origins`, refused otherwise. Upstream CORS
 //!   headers are never relayed ([`crate::headers::from_upstream`]).
@@ -75,6 +77,23 @@ impl Rules {
         let Some(hosts) = &self.hosts else {
             return true;
         };
+        // Userinfo is no part of a Host, and a bracketed address must end the name:
+        // anything malformed (`127.0.0.1:80@evil.example`, `[::1]evil.example`) is refused
+        // rather than read generously.
+        let bracket_ends_name = authority.strip_prefix('[').is_none_or(|rest| {
+            rest.split_once(']').is_some_and(|(_, after)| {
+                after.is_empty()
+                    || after
+                        .strip_prefix(':')
+                        .is_some_and(|p| p.parse::<u16>().is_ok())
+            })
+        });
+        if authority.contains('@')
+            || !bracket_ends_name
+            || authority.parse::<http::uri::Authority>().is_err()
+        {
+            return false;
+        }
         let authority = authority.to_ascii_lowercase();
         let name = host_name(&authority);
         name.parse::<IpAddr>().is_ok()
@@ -111,22 +130,38 @@ enum Source<'a> {
 }
 
 fn source<'a>(headers: &'a HeaderMap, own: Option<&str>) -> Source<'a> {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    match site.as_deref() {
-        Some("same-origin" | "none") => return Source::Ours,
-        Some(_) => return Source::Other(origin),
+    // A marker that is present but not text is a browser's (or a forger's), never an
+    // agent's: it counts as another site's, not as absent.
+    let text = |name| headers.get(name).map(|v: &HeaderValue| v.to_str().ok());
+    let origin = text(header::ORIGIN.as_str());
+    let site = text("sec-fetch-site").map(|s| s.map(str::to_ascii_lowercase));
+    match site {
+        Some(Some(s)) if s == "same-origin" || s == "none" => return Source::Ours,
+        Some(_) => return Source::Other(origin.flatten()),
         None => {}
     }
-    // Older browsers: judge by `Origin` against the host the request names.
+    // No Fetch Metadata: an older browser, or any browser on a plain-HTTP address that
+    // is not loopback (they send it to secure origins only). Judge by `Origin`, then by
+    // `Referer`, against the host the request names.
     match origin {
-        None => Source::Ours,
-        Some(o) if own.is_some_and(|h| same_origin(o, h)) => Source::Ours,
-        Some(o) => Source::Other(Some(o)),
+        Some(Some(o)) if own.is_some_and(|h| same_origin(o, h)) => return Source::Ours,
+        Some(o) => return Source::Other(o),
+        None => {}
     }
+    match text(header::REFERER.as_str()) {
+        None => Source::Ours,
+        Some(Some(r)) if own.is_some_and(|h| same_origin(referer_origin(r), h)) => Source::Ours,
+        Some(r) => Source::Other(r.map(referer_origin)),
+    }
+}
+
+/// `scheme://authority` of a `Referer` URL.
+fn referer_origin(referer: &str) -> &str {
+    let start = referer.find("://").map_or(0, |i| i + 3);
+    let end = referer[start..]
+        .find(['/', '?', '#'])
+        .map_or(referer.len(), |i| start + i);
+    &referer[..end]
 }
 
 /// Does origin `o` (`scheme://authority`) name `authority`?
@@ -182,7 +217,14 @@ pub async fn defend(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
                 && req
                     .headers()
                     .get("sec-fetch-mode")
-                    .is_some_and(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate")) =>
+                    .is_none_or(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate"))
+                // Top-level only: a frame is a navigation too, inside someone's page.
+                // (Without Fetch Metadata, over plain HTTP, the callback's own state
+                // check is what stands against a forged return.)
+                && req
+                    .headers()
+                    .get("sec-fetch-dest")
+                    .is_none_or(|d| d.as_bytes().eq_ignore_ascii_case(b"document")) =>
         {
             None
         }
@@ -224,8 +266,28 @@ fn preflight_answer(origin: &str, headers: &HeaderMap) -> Response {
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
     );
-    if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    // Whatever the page asks for, except the headers that carry identity or
+    // credentials: those are never a web page's to set, even from an allowed origin.
+    let allowed: Vec<&str> = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|n| {
+            let n = n.to_ascii_lowercase();
+            !n.is_empty()
+                && !n.starts_with("tailscale-")
+                && !matches!(
+                    n.as_str(),
+                    "authorization" | "proxy-authorization" | "cookie"
+                )
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&allowed.join(", "))
+        && !allowed.is_empty()
+    {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
     }
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -270,6 +332,9 @@ mod tests {
             "localhost.attacker.example",
             "proxy.example:9000",
             "",
+            "127.0.0.1:80@evil.example",
+            "[::1]evil.example",
+            "user@localhost",
         ] {
             assert!(!r.host_allowed(bad), "{bad}");
         }
@@ -301,6 +366,9 @@ mod tests {
             &[("origin", "http://evil.example")][..],
             &[("origin", "null")][..],
             &[("origin", "http://localhost:9999")][..],
+            // No Fetch Metadata, no Origin (plain HTTP, an image or a link): the Referer.
+            &[("referer", "http://evil.example/page?x=1")][..],
+            &[("referer", "http://localhost:8080.evil.example/")][..],
         ] {
             assert!(
                 matches!(source(&h(marks), own), Source::Other(_)),
@@ -311,8 +379,37 @@ mod tests {
             source(&h(&[("origin", "http://localhost:8080")]), own),
             Source::Ours
         ));
+        assert!(matches!(
+            source(&h(&[("referer", "http://localhost:8080/ui/?tab=1")]), own),
+            Source::Ours
+        ));
+        // A marker that is there but not text counts as another site's.
+        for name in ["sec-fetch-site", "origin", "referer"] {
+            let mut m = HeaderMap::new();
+            m.insert(
+                name,
+                HeaderValue::from_bytes(b"cross-site\xff").expect("opaque value"),
+            );
+            assert!(matches!(source(&m, own), Source::Other(_)), "{name}");
+        }
         let r = rules(None, &["https://tools.example.com/"]);
         assert!(r.origin_allowed("https://TOOLS.example.com"));
         assert!(!r.origin_allowed("https://tools.example.com.evil"));
+    }
+
+    #[test]
+    fn a_preflight_never_allows_identity_or_credential_headers() {
+        let mut asked = HeaderMap::new();
+        asked.insert(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_static(
+                "content-type, Tailscale-User-Login, authorization, x-request-id, Cookie",
+            ),
+        );
+        let resp = preflight_answer("https://tools.example.com", &asked);
+        let allowed = resp.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .expect("text");
+        assert_eq!(allowed, "content-type, x-request-id");
     }
 }

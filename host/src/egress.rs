@@ -76,6 +76,13 @@ pub fn refusal_reason(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> 
     match ip {
         IpAddr::V4(v4) => v4_reason(v4, allow_loopback),
         IpAddr::V6(v6) => {
+            // RFC 8215's local-use prefix may embed the IPv4 address at any of RFC 6052's
+            // positions (/48 to /96), so which address it reaches cannot be told here.
+            if v6.segments()[..3] == [0x64, 0xff9b, 1] {
+                return Some(
+                    "a local-use NAT64 address (64:ff9b:1::/48), which may stand for any IPv4 address",
+                );
+            }
             if let Some(v4) = embedded_v4(v6) {
                 return v4_reason(v4, allow_loopback);
             }
@@ -102,9 +109,9 @@ pub fn refusal_reason(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> 
 
 /// The IPv4 address an IPv6 address stands for, where the kernel or a translator would
 /// route it there: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`,
-/// RFC 2765), IPv4-compatible (`::a.b.c.d`, but not `::` or `::1`), NAT64 (`64:ff9b::/96`,
-/// and the local-use `64:ff9b:1::/48` of RFC 8215 with the address in its last 32 bits)
-/// and 6to4 (`2002:AABB:CCDD::/48`).
+/// RFC 2765), IPv4-compatible (`::a.b.c.d`, but not `::` or `::1`), NAT64 (`64:ff9b::/96`)
+/// and 6to4 (`2002:AABB:CCDD::/48`). The local-use NAT64 prefix is refused whole instead
+/// ([`refusal_reason`]).
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
@@ -119,10 +126,7 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if seg[..6] == [0; 6] && !(seg[6] == 0 && seg[7] <= 1) {
         return Some(low);
     }
-    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-        || seg[..6] == [0, 0, 0, 0, 0xffff, 0]
-        || seg[..3] == [0x64, 0xff9b, 1]
-    {
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(low);
     }
     if seg[0] == 0x2002 {
@@ -413,6 +417,8 @@ mod tests {
             "::ffff:0:a9fe:a9fe",
             "64:ff9b:1::7f00:1",
             "64:ff9b:1:abcd::a9fe:a9fe",
+            // RFC 6052's /48 layout: 169.254.169.254 in bits 48-87, 8.8.8.8 at the end.
+            "64:ff9b:1:a9fe:a9:fe00:808:808",
             "2002:7f00:1::1",
             "224.0.0.1",
             "255.255.255.255",

@@ -109,8 +109,12 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.headers.remove(http::header::CONTENT_TYPE);
     let mut fixed = ApiError::new(status, code, message).into_response();
+    // Every value of each header kept (`Allow`, `Vary` and `WWW-Authenticate` may repeat).
+    for name in parts.headers.keys() {
+        fixed.headers_mut().remove(name);
+    }
     for (name, value) in &parts.headers {
-        fixed.headers_mut().insert(name.clone(), value.clone());
+        fixed.headers_mut().append(name.clone(), value.clone());
     }
     fixed
 }

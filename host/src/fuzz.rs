@@ -353,7 +353,7 @@ mod tests {
                     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&input));
                     let file = dir.join(format!("{name}-{}", &digest[..16]));
                     let _ = std::fs::write(&file, &input);
-                    failures.push(format!("{name}: {}", file.display()));
+                    failures.push(format!("{name}: {} (seed {seed})", file.display()));
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! and every plugin hook's output is filtered here and nowhere else, so the lists below
 //! are the whole rule.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, not the message,
 /// so they are removed in both directions.
@@ -74,14 +74,47 @@ pub fn from_caller(incoming: &HeaderMap) -> HeaderMap {
     filtered(incoming, caller_only)
 }
 
-/// An upstream's headers as the caller may see them: without `Set-Cookie` (the host is
-/// one origin for many upstreams), without CORS headers (an upstream's
-/// `Access-Control-Allow-Origin: *` would let any web page read answers made with the
-/// browser user's identity; [`crate::browser`] decides CORS) and the hop-by-hop set.
+/// An upstream's headers as the caller may see them. The host is one origin for many
+/// upstreams, and its admin API is on that origin too, so nothing an upstream answers
+/// may act on the origin as a whole:
+///
+/// - no `Set-Cookie`, and none of the headers that change how a browser treats the
+///   whole origin (`Strict-Transport-Security`, `Clear-Site-Data`,
+///   `Service-Worker-Allowed`, `Alt-Svc`, `Refresh`, the upstream's own
+///   `Content-Security-Policy`);
+/// - no CORS headers (an upstream's `Access-Control-Allow-Origin: *` would let any web
+///   page read answers made with the browser user's identity; [`crate::browser`] decides
+///   CORS);
+/// - every answer sandboxed (`Content-Security-Policy: sandbox`, `nosniff`): HTML or SVG
+///   an upstream serves, opened from a link in a tailnet user's browser, renders without
+///   scripts and without the origin, so it cannot call the admin API as that user;
+/// - no hop-by-hop headers.
 pub fn from_upstream(upstream: &HeaderMap) -> HeaderMap {
-    filtered(upstream, |n| {
-        n == "set-cookie" || n.starts_with("access-control-") || n == "timing-allow-origin"
-    })
+    let mut headers = filtered(upstream, |n| {
+        n.starts_with("access-control-")
+            || matches!(
+                n,
+                "set-cookie"
+                    | "timing-allow-origin"
+                    | "strict-transport-security"
+                    | "clear-site-data"
+                    | "service-worker-allowed"
+                    | "alt-svc"
+                    | "refresh"
+                    | "content-security-policy"
+                    | "content-security-policy-report-only"
+                    | "x-content-type-options"
+            )
+    });
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
 }
 
 /// Why a plugin may not set `name`, or `None` if it may. `credential` is the header the
@@ -150,8 +183,24 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-type", "application/json"),
             ("location", "https://x"),
+            ("content-security-policy", "script-src *"),
+            ("service-worker-allowed", "/"),
+            ("strict-transport-security", "max-age=31536000"),
+            ("clear-site-data", "\"*\""),
+            ("access-control-allow-origin", "*"),
         ]);
-        assert_eq!(names(&from_upstream(&h)), vec!["content-type", "location"]);
+        let out = from_upstream(&h);
+        assert_eq!(
+            names(&out),
+            vec![
+                "content-type",
+                "location",
+                "content-security-policy",
+                "x-content-type-options"
+            ]
+        );
+        assert_eq!(out["content-security-policy"], "sandbox");
+        assert_eq!(out["x-content-type-options"], "nosniff");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //!
 //! The HTTP server underneath has limits of its own, which it answers with a bare status
 //! and no body. [`SERVER_MAX_HEADERS`] and [`SERVER_MAX_HEAD_BYTES`] set those well above
-//! the limits below, so only requests far beyond them, or that are not HTTP at all, meet
-//! the server's bare answer.
+//! the limits below, so only requests far beyond them (or a request target over its
+//! fixed 65,534 bytes), or that are not HTTP at all, meet the server's bare answer.
+//! The connection limits ([`MAX_CONNECTIONS`], [`HEADER_READ_TIMEOUT`]) are applied where
+//! connections are accepted ([`crate::app`]).
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -21,6 +23,14 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// Largest header block (names and values) in one request.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Open client connections at once. Past this the host stops accepting until one
+/// closes, so a flood of idle sockets cannot take every file descriptor the host also
+/// needs for upstreams and the vault.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a client may take to send a request head (and how long a kept-alive HTTP/1
+/// connection may sit idle before its next one).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The server's own header count limit, above [`MAX_HEADERS`].
 pub const SERVER_MAX_HEADERS: usize = 4 * MAX_HEADERS;

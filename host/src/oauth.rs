@@ -514,7 +514,8 @@ pub async fn metadata(
 /// MCP authorization spec's rule that discovery never downgrades): an `https` URL (`http`
 /// only for an `http` resource, as in local development) with no query, fragment or
 /// credentials. The metadata and registration requests go where it says, with the
-/// user's browser following, so a resource must not be able to point them anywhere.
+/// user's browser following, so a resource must not be able to downgrade them to plain
+/// HTTP or hide credentials in the URL. (Which hosts it may name is the egress rule's.)
 pub fn check_issuer(issuer: &url::Url, resource: &url::Url) -> Result<(), String> {
     let scheme_ok =
         issuer.scheme() == "https" || (issuer.scheme() == "http" && resource.scheme() == "http");

@@ -53,7 +53,12 @@ pub fn known(s: &str, id: Option<&str>, secrets: &[&str]) -> String {
             b64.encode(secret),
         ];
         if let Some(id) = id {
+            // RFC 6749 §2.3.1 form-encodes both halves before base64 (and so does the
+            // host): `~`, `@`, `/` or a space in either changes the credential sent.
+            let form =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             spellings.push(b64.encode(format!("{id}:{secret}")));
+            spellings.push(b64.encode(format!("{}:{}", form(id), form(secret))));
         }
         for spelling in spellings {
             // Percent-encoding's hex may come back in either case.
@@ -110,9 +115,14 @@ mod tests {
             format!("bad secret {secret}"),
             "bad secret p%40ss%2fword%201".to_owned(),
             "bad secret p%40ss%2Fword+1".to_owned(),
-            format!("creds {}", b64.encode(format!("cid:{secret}"))),
+            format!("creds {}", b64.encode(format!("my.client@corp:{secret}"))),
+            // What the host sends: both halves form-encoded, then base64, echoed bare.
+            format!(
+                "Authorization=Basic%20{}",
+                b64.encode("my.client%40corp:p%40ss%2Fword+1")
+            ),
         ] {
-            let out = known(&echoed, Some("cid"), &[secret]);
+            let out = known(&echoed, Some("my.client@corp"), &[secret]);
             assert!(out.contains(REDACTED), "{echoed} -> {out}");
             assert!(!out.contains("word"), "{echoed} -> {out}");
         }

@@ -238,3 +238,64 @@ fn cors_origins_must_be_origins() {
         );
     }
 }
+
+/// A link to an upstream's HTML page, opened in a tailnet user's browser, renders
+/// sandboxed: its scripts cannot run on the host's origin (where the admin API is), and
+/// the upstream's headers that act on the whole origin are not relayed.
+#[tokio::test]
+async fn an_upstream_page_opened_in_a_browser_is_sandboxed() {
+    let up = Upstream::start().await;
+    let host = host_with(&up, json!({})).await;
+    // As a browser sends a pasted link: same-origin by Fetch Metadata, a navigation.
+    let resp = client()
+        .get(host.url("/v1/connectors/api/__page"))
+        .header("sec-fetch-site", "none")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["content-security-policy"], "sandbox", "{h:?}");
+    assert_eq!(h.get_all("content-security-policy").iter().count(), 1);
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    for gone in [
+        "service-worker-allowed",
+        "strict-transport-security",
+        "clear-site-data",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} relayed");
+    }
+    assert_eq!(h["content-type"], "text/html", "the body is the upstream's");
+}
+
+/// Over plain HTTP a browser sends no Fetch Metadata with an image or a link, but
+/// usually a `Referer`: another site's is refused; the host's own pages pass.
+#[tokio::test]
+async fn a_request_from_another_sites_page_without_fetch_metadata_is_refused_by_its_referer() {
+    let up = Upstream::start().await;
+    let host = host_with(&up, json!({})).await;
+    let refused = send(
+        &host,
+        "GET",
+        "/v1/connectors/api/x",
+        &[("referer", "http://evil.example/page")],
+    )
+    .await;
+    assert_eq!(refused, (403, "forbidden".to_owned()));
+    let own = format!("http://{}/ui/", host.addr);
+    let passed = send(
+        &host,
+        "GET",
+        "/v1/connectors/api/x",
+        &[("referer", own.as_str())],
+    )
+    .await;
+    assert_eq!(passed, (200, String::new()));
+    assert_eq!(
+        up.hits(),
+        1,
+        "only the host's own page reached the upstream"
+    );
+}

@@ -189,14 +189,18 @@ async fn upstream_401_discards_the_cached_token() {
 #[tokio::test]
 async fn a_token_endpoint_echoing_the_request_leaks_no_credential() {
     use base64::Engine as _;
-    let secret = "echoed-cc-secret-42";
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{CC_CLIENT}:{secret}"));
+    // `~`, `@` and `/` change the Basic credential: both halves are form-encoded first.
+    let secret = "echoed~cc@secret/42";
+    let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let basic = b64(format!("{CC_CLIENT}:{secret}"));
+    let sent = b64(format!("{}:{}", form(CC_CLIENT), form(secret)));
     let as_ = portcullis_e2e::fixture::Fixture::start().await;
     as_.json(
         "/token",
         401,
         json!({"error": "invalid_client",
-               "error_description": format!("no client for Authorization: Basic {basic} (client_secret={secret}; raw {secret})")}),
+               "error_description": format!("no client for Authorization: Basic {basic} (got Authorization=Basic%20{sent}; client_secret={secret}; raw {secret})")}),
     );
     let up = Upstream::start().await;
     let host = Host::start(&loopback_config(
@@ -206,7 +210,7 @@ async fn a_token_endpoint_echoing_the_request_leaks_no_credential() {
     let (status, _, message) = error_at(&host.url("/v1/connectors/analytics/report")).await;
     assert_eq!(status, 502, "{message}");
     assert!(message.contains("invalid_client"), "{message}");
-    for leak in [basic.as_str(), secret] {
+    for leak in [basic.as_str(), sent.as_str(), secret, "secret%2F42"] {
         assert!(!message.contains(leak), "{message}");
         assert!(!host.logs().contains(leak), "logged");
     }

@@ -284,11 +284,17 @@ fn http_section(
 ) -> Option<HttpConfig> {
     let at = JsonPath::root().key("http");
     if let Some(old) = mcp.and_then(|m| m.allowed_hosts.clone()) {
-        diags.warn(
-            JsonPath::root().key("mcp").key("allowed_hosts"),
-            "mcp.allowed_hosts is deprecated: move it to http.allowed_hosts, which guards every route",
-        );
-        http.allowed_hosts.get_or_insert_with(Vec::new).extend(old);
+        // An empty old list turned the check off for /v1/mcp alone; it must not turn
+        // the guard off for every route now, so it adds nothing.
+        let note = if old.is_empty() {
+            "mcp.allowed_hosts is deprecated and an empty list is ignored: the Host check now guards every route (set http.allowed_hosts: [] to turn it off, which is unsafe)"
+        } else {
+            "mcp.allowed_hosts is deprecated: move it to http.allowed_hosts, which guards every route"
+        };
+        diags.warn(JsonPath::root().key("mcp").key("allowed_hosts"), note);
+        if !old.is_empty() {
+            http.allowed_hosts.get_or_insert_with(Vec::new).extend(old);
+        }
     }
     if http.allowed_hosts.as_ref().is_some_and(Vec::is_empty) {
         diags.warn(
@@ -305,11 +311,12 @@ fn http_section(
                 && u.query().is_none()
                 && u.fragment().is_none()
                 && u.username().is_empty()
+                && u.password().is_none()
         });
         if origin.is_none() {
             diags.error(
                 at.key("cors_origins").index(i),
-                format!("\"{o}\" is not an origin: write scheme, host and port only, e.g. \"https://tools.example.com\" (no \"*\", no path)"),
+                format!("\"{}\" is not an origin: write scheme, host and port only, e.g. \"https://tools.example.com\" (no \"*\", no path)", shown(o)),
             );
             ok = false;
         }
@@ -727,23 +734,23 @@ fn check_secrets(auth: &Auth, at: &JsonPath, env: &dyn Surroundings, diags: &mut
 /// A URL as messages show it: with any user name and password replaced, since a URL
 /// someone wrote into the config may carry credentials.
 fn shown(u: &str) -> String {
-    if let Ok(mut parsed) = url::Url::parse(u)
-        && (!parsed.username().is_empty() || parsed.password().is_some())
-    {
-        let _ = parsed.set_username("***");
-        let _ = parsed.set_password(None);
-        return parsed.to_string();
-    }
-    // Unparsable: cut whatever sits between "://" and an "@" before the path.
-    match u.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => u.to_owned(),
-            }
+    match url::Url::parse(u) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("***");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
         }
-        None => u.to_owned(),
+        // Parsed with an authority and no credentials in it: nothing to hide.
+        Ok(parsed) if parsed.has_host() => u.to_owned(),
+        // Unparsable (`http://user:pa/ss@host`), or read as something else
+        // (`user:secret@host` is scheme `user`): hide everything up to the last "@".
+        _ => match u.rfind('@') {
+            Some(at) => {
+                let start = u.find("://").map_or(0, |i| i + 3);
+                format!("{}***@{}", &u[..start.min(at)], &u[at + 1..])
+            }
+            None => u.to_owned(),
+        },
     }
 }
 

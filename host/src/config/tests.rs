@@ -568,12 +568,28 @@ fn urls_in_messages_never_show_their_credentials() {
         "b": {"protocol": "http", "url": "http://user:PASSWORD2@[bad/"},
         "c": {"protocol": "http", "url": "https://c.example.com",
               "auth": {"type": "oauth2_client_credentials", "client_id": "c", "client_secret": "s",
-                       "token_url": "ftp://id:PASSWORD3@as.example.com/t"}}
-    }}}"#;
+                       "token_url": "ftp://id:PASSWORD3@as.example.com/t"}},
+        "d": {"protocol": "http", "url": "http://user:PASS/WORD4@d.example.com/"},
+        "e": {"protocol": "http", "url": "user:PASSWORD5@e.example.com"}
+    }},
+    "http": {"cors_origins": ["https://user:PASSWORD6@tools.example.com",
+                              "https://:PASSWORD7@tools.example.com"]}}"#;
     let (_, d) = load(text);
     let all = d.to_string();
     assert!(d.has_errors(), "{all}");
-    for secret in ["PASSWORD1", "PASSWORD2", "PASSWORD3"] {
+    assert!(
+        all.contains("cors_origins[1]"),
+        "a password alone is refused too:\n{all}"
+    );
+    for secret in [
+        "PASSWORD1",
+        "PASSWORD2",
+        "PASSWORD3",
+        "WORD4",
+        "PASSWORD5",
+        "PASSWORD6",
+        "PASSWORD7",
+    ] {
         assert!(!all.contains(secret), "{secret} shown:\n{all}");
     }
 }

@@ -582,19 +582,17 @@ pub async fn handle(
                 .into_response();
         }
     };
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        method: Option<String>,
-        id: Option<serde_json::Value>,
-    }
-    let peek = serde_json::from_slice::<Peek>(&bytes).ok();
-    let initialize = peek
-        .as_ref()
-        .and_then(|p| p.method.as_deref())
-        .is_some_and(|m| m == "initialize");
-    let id = peek
-        .and_then(|p| p.id)
-        .filter(|id| id.is_string() || id.is_number());
+    let message = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(m) => m,
+        // JSON that does not parse is JSON-RPC's parse error (id null), not a media
+        // type problem; a body of another type is left to the transport's 415.
+        Err(e) if super::transport::is_type(&parts.headers, "application/json") => {
+            return parse_error(&e);
+        }
+        Err(_) => serde_json::Value::Null,
+    };
+    let initialize = message["method"] == "initialize";
+    let id = Some(message["id"].clone()).filter(|id| id.is_string() || id.is_number());
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = route(&entry, &caller, req, initialize).await;
     match id {
@@ -636,6 +634,23 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
             .insert(id.to_owned(), caller.login.clone());
     }
     resp.map(Body::new)
+}
+
+/// JSON-RPC's answer to a body that is not JSON.
+fn parse_error(e: &serde_json::Error) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": rmcp::model::ErrorCode::PARSE_ERROR.0,
+            "message": format!("the request body is not JSON ({e}): send one JSON-RPC message"),
+            "data": {"code": "bad_request"},
+        },
+    });
+    let mut resp = (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    resp.extensions_mut()
+        .insert(crate::error::ErrorCode("bad_request"));
+    resp
 }
 
 /// The transport's refusal of a request whose id is known (wrong media type, unknown
