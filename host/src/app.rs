@@ -214,6 +214,28 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits, at most [`crate::limits::HEADER_READ_TIMEOUT`], until a new connection has sent
+/// enough to tell HTTP/1.1 from HTTP/2 (a byte that is not the HTTP/2 preface's, or the
+/// whole preface). The server's own head timeout starts only after that, so without
+/// this a connection that sends nothing would hold its slot for ever.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // Part of the preface so far: peek again once more has come.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::time::timeout(crate::limits::HEADER_READ_TIMEOUT, wait)
+        .await
+        .unwrap_or(false)
+}
+
 /// How long a shutdown waits for requests in flight before closing their connections:
 /// under the 10 s container runtimes give before SIGKILL, since open MCP streams never
 /// end by themselves.
@@ -272,12 +294,14 @@ async fn accept(listener: tokio::net::TcpListener, router: Router) {
                     .insert(axum::extract::ConnectInfo(peer));
                 router.clone().call(req)
             });
-        let conn = server
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (server, watcher) = (server.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if !first_bytes(&stream).await {
+                tracing::debug!(%peer, "closed a connection that sent no request in time");
+                return; // the permit goes with it
+            }
+            let conn = server.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
             drop(permit);

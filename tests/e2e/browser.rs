@@ -299,3 +299,27 @@ async fn a_request_from_another_sites_page_without_fetch_metadata_is_refused_by_
         "only the host's own page reached the upstream"
     );
 }
+
+/// A provider sends the browser back to the OAuth callback as a top-level navigation from
+/// its own site; the same URL loaded in a frame of someone's page is refused.
+#[tokio::test]
+async fn the_callback_takes_a_top_level_navigation_from_another_site_but_not_a_frame() {
+    let up = Upstream::start().await;
+    let host = host_with(&up, json!({})).await;
+    let from_provider = |dest: &'static str| {
+        [
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", dest),
+        ]
+    };
+    let path = "/aperture/auth/api/callback?code=c&state=s";
+    let framed = send(&host, "GET", path, &from_provider("iframe")).await;
+    assert_eq!(framed, (403, "forbidden".to_owned()));
+    let (status, code) = send(&host, "GET", path, &from_provider("document")).await;
+    assert_ne!(
+        (status, code.as_str()),
+        (403, "forbidden"),
+        "the callback itself answers a top-level navigation"
+    );
+}

@@ -87,6 +87,20 @@ async fn framework_and_transport_rejections_are_json_and_upstream_answers_are_no
         jsonrpc_error(mcp(both, Some("no-such-session")).await.expect("mcp")).await;
     assert!(matches!(status, 400 | 404), "{status}");
     assert!(body["error"]["data"]["code"].is_string(), "{body}");
+    // JSON that does not parse: JSON-RPC's parse error, for no id.
+    let garbled = client()
+        .post(host.url("/v1/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", both)
+        .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": "#)
+        .send()
+        .await
+        .expect("mcp");
+    assert_eq!(garbled.status(), 400);
+    let body: Value = garbled.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["id"], Value::Null, "{body}");
+    assert_eq!(body["error"]["code"], -32700, "{body}");
+    assert_eq!(body["error"]["data"]["code"], "bad_request", "{body}");
     // Without a request id there is nothing to answer in JSON-RPC: the host's shape.
     let wrong_type = client()
         .post(host.url("/v1/mcp"))

@@ -593,3 +593,19 @@ fn urls_in_messages_never_show_their_credentials() {
         assert!(!all.contains(secret), "{secret} shown:\n{all}");
     }
 }
+
+#[test]
+fn an_empty_deprecated_mcp_host_list_does_not_turn_the_guard_off() {
+    let (c, d) = load(r#"{"mcp": {"allowed_hosts": []}}"#);
+    let c = c.expect("loads, with a warning");
+    assert_eq!(c.http.allowed_hosts, None, "the Host check stays on");
+    let all = d.to_string();
+    assert!(all.contains("mcp.allowed_hosts"), "{all}");
+    assert!(all.contains("ignored"), "{all}");
+
+    let (c, _) = load(r#"{"mcp": {"allowed_hosts": ["gw.internal"]}}"#);
+    assert_eq!(
+        c.expect("loads").http.allowed_hosts,
+        Some(vec!["gw.internal".to_owned()])
+    );
+}
