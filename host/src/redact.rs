@@ -43,11 +43,12 @@ pub fn text(s: &str) -> String {
 pub fn known(s: &str, id: Option<&str>, secrets: &[&str]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
+    let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let mut out = s.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
         let mut spellings = vec![
             (*secret).to_owned(),
-            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+            form(secret),
             percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
                 .to_string(),
             b64.encode(secret),
@@ -55,8 +56,6 @@ pub fn known(s: &str, id: Option<&str>, secrets: &[&str]) -> String {
         if let Some(id) = id {
             // RFC 6749 §2.3.1 form-encodes both halves before base64 (and so does the
             // host): `~`, `@`, `/` or a space in either changes the credential sent.
-            let form =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             spellings.push(b64.encode(format!("{id}:{secret}")));
             spellings.push(b64.encode(format!("{}:{}", form(id), form(secret))));
         }

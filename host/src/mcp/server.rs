@@ -582,17 +582,28 @@ pub async fn handle(
                 .into_response();
         }
     };
-    let message = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(m) => m,
+    /// The two fields the gateway routes on; the rest is skipped unread (no tree of the
+    /// whole message is built: the transport parses it once more anyway).
+    #[derive(Default, serde::Deserialize)]
+    struct Peek {
+        method: Option<String>,
+        id: Option<serde_json::Value>,
+    }
+    let peek = match serde_json::from_slice::<Peek>(&bytes) {
+        Ok(p) => p,
         // JSON that does not parse is JSON-RPC's parse error (id null), not a media
         // type problem; a body of another type is left to the transport's 415.
-        Err(e) if super::transport::is_type(&parts.headers, "application/json") => {
+        Err(e)
+            if (e.is_syntax() || e.is_eof())
+                && super::transport::is_type(&parts.headers, "application/json") =>
+        {
             return parse_error(&e);
         }
-        Err(_) => serde_json::Value::Null,
+        // JSON of another shape (a batch, say), or another type: the transport answers.
+        Err(_) => Peek::default(),
     };
-    let initialize = message["method"] == "initialize";
-    let id = Some(message["id"].clone()).filter(|id| id.is_string() || id.is_number());
+    let initialize = peek.method.as_deref() == Some("initialize");
+    let id = peek.id.filter(|id| id.is_string() || id.is_number());
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = route(&entry, &caller, req, initialize).await;
     match id {
