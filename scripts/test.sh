@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Portcullis test. Works on a fresh machine that has the Rust toolchain:
 # installs what the tests need (the wasm32-wasip2 target, Node.js for the oidc-provider
-# and MCP server-everything peers, their npm packages, the Python MCP SDK in a venv), then checks formatting and lints, rebuilds the provider
+# and MCP server-everything peers, their npm packages, the Python MCP SDK in a venv,
+# Chromium for the dashboard's browser tests), then checks formatting and lints, rebuilds the provider
 # plugins and checks registry/ is what the source builds to, builds the host, and runs
 # unit and end-to-end tests.
 set -euo pipefail
@@ -41,6 +42,18 @@ echo "==> pip install (Python MCP SDK peer, in target/pyvenv)"
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/mcp/requirements.txt ||
   fail "could not install the Python MCP SDK from PyPI (tests/peers/mcp/requirements.txt)"
 export PORTCULLIS_TEST_PYTHON="$PWD/target/pyvenv/bin/python"
+
+# Debian's Chromium runs the dashboard's browser tests (driven by playwright-core, an npm
+# package of the test peers).
+CHROMIUM="${PORTCULLIS_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing Chromium from Debian packages" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  [ -x "$CHROMIUM" ] || fail "Chromium is required for the dashboard's browser tests; install it (e.g. apt-get install chromium) or set PORTCULLIS_CHROMIUM to a Chromium binary"
+fi
+export PORTCULLIS_CHROMIUM="$CHROMIUM"
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

@@ -156,6 +156,10 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .route("/api/connectors/{id}/connect", post(admin::connect))
         .route("/api/connectors/{id}/connection", delete(admin::disconnect))
         .route(
+            "/api/connectors/{id}/capabilities",
+            get(admin::capabilities).with_state(mcp.clone()),
+        )
+        .route(
             "/api/config",
             get(admin::config::get).put(admin::config::put),
         )
@@ -184,6 +188,10 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()
         .route("/healthz", get(admin::healthz))
+        .route("/", get(crate::ui::to_root))
+        .route("/ui", get(crate::ui::to_root))
+        .route(crate::ui::ROOT, get(crate::ui::index))
+        .route("/ui/{asset}", get(crate::ui::asset))
         .merge(identified)
         .layer(middleware::from_fn_with_state(
             app.clone(),

@@ -11,7 +11,8 @@
 //!   `Referer`. A request from another site is refused unless its origin is one of
 //!   `http.cors_origins`, except a top-level navigation (`GET`, `Sec-Fetch-Mode:
 //!   navigate`, `Sec-Fetch-Dest: document`) to the OAuth callback, which is how a
-//!   provider sends the browser back. Over plain HTTP to a tailnet address a simple GET
+//!   provider sends the browser back, or to the dashboard's page, which holds no data.
+//!   Over plain HTTP to a tailnet address a simple GET
 //!   (an image, a link) may carry none of these: serve browsers over https.
 //! - **Preflights** (`OPTIONS` with `Access-Control-Request-Method`) are answered here,
 //!   never forwarded: allowed for `http.cors_origins`, refused otherwise. Upstream CORS
@@ -178,9 +179,12 @@ fn authority(req: &Request) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-/// Paths a provider sends the browser back to, as a top-level navigation.
+/// Paths another site may send the browser to, as a top-level navigation: the OAuth
+/// callback (how a provider sends the browser back) and the dashboard's page, which
+/// holds no data (a link to it from a chat or a wiki must open it).
 fn navigation_target(path: &str) -> bool {
-    path.starts_with("/aperture/auth/") && path.ends_with("/callback")
+    (path.starts_with("/aperture/auth/") && path.ends_with("/callback"))
+        || matches!(path, "/" | "/ui" | crate::ui::ROOT)
 }
 
 /// The middleware: applies [`Rules`] of the config in force.
@@ -395,6 +399,23 @@ mod tests {
         let r = rules(None, &["https://tools.example.com/"]);
         assert!(r.origin_allowed("https://TOOLS.example.com"));
         assert!(!r.origin_allowed("https://tools.example.com.evil"));
+    }
+
+    #[test]
+    fn only_the_callback_and_the_dashboard_page_take_navigations_from_elsewhere() {
+        for ok in ["/aperture/auth/github/callback", "/", "/ui", "/ui/"] {
+            assert!(navigation_target(ok), "{ok}");
+        }
+        for no in [
+            "/ui/app.js",
+            "/ui/index.html",
+            "/api/connectors",
+            "/api/connectors/github/connect",
+            "/aperture/auth/github",
+            "/v1/mcp",
+        ] {
+            assert!(!navigation_target(no), "{no}");
+        }
     }
 
     #[test]

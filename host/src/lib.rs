@@ -34,6 +34,8 @@
 //! - Front doors, thin over `outbound` and `policy`: [`proxy`]
 //!   (`/v1/connectors/<id>/<path>`), [`mcp`] (`/v1/mcp`: aggregation, upstream sessions,
 //!   built-in and plugin tools), [`admin`] (`/api/*`, the OAuth callback pages).
+//! - [`ui`]: the dashboard at `/ui/`, static assets compiled in; it calls the admin API
+//!   like any script and has no endpoints of its own.
 //! - [`outbound`]: the one pipeline every upstream call takes: shape (provider plugin) →
 //!   credential → egress → 401 handling → classify, and the discovery cache.
 //! - [`headers`]: what is stripped from callers and upstream answers, and refused from
@@ -83,4 +85,5 @@ pub mod proxy;
 pub mod redact;
 pub mod state;
 pub mod telemetry;
+pub mod ui;
 pub mod vault;

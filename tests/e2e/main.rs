@@ -5,6 +5,7 @@ mod admin_api;
 mod browser;
 mod client_credentials;
 mod config;
+mod dashboard;
 mod errors;
 mod identity;
 mod mcp;

@@ -194,7 +194,8 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `PUT /api/config/connectors/<id>`: adds or replaces one connector; the rest of the
-/// config is left as it is, so edits of different connectors never collide.
+/// config is left as it is, so edits of different connectors never collide. With
+/// `If-None-Match: *` it only adds (409 `connector_exists` otherwise).
 pub async fn put_connector(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -209,10 +210,15 @@ pub async fn put_connector(
         &bytes,
         r#"{"protocol": "http", "url": "...", "auth": {...}}"#,
     )?;
+    // `If-None-Match: *`: only if no connector of that ID exists yet (a form adding a
+    // connector must not replace one someone else just added under the same ID).
+    let create = headers
+        .get(http::header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*");
     let change = Edit::Connector {
         id: id.clone(),
         server,
-        create: false,
+        create,
         if_match: if_match(&headers),
     };
     let saved = configure::save(&app, &caller, None, change)

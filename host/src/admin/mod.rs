@@ -5,6 +5,8 @@
 //! - `POST /api/connectors/<id>/connect`: starts a per-user authorization and returns
 //!   `{"auth_url": ...}`;
 //! - `DELETE /api/connectors/<id>/connection`: deletes (and revokes) the caller's tokens;
+//! - `GET /api/connectors/<id>/capabilities`: the tools, resources and templates the
+//!   caller may use of the connector;
 //! - `GET /aperture/auth/<id>/callback`: completes an authorization in the browser and
 //!   answers with a page that says what happened and what to do.
 //!
@@ -192,6 +194,69 @@ fn health(app: &App, c: &Connector, caller: &Caller) -> serde_json::Value {
     json!({"state": state, "checks": checks})
 }
 
+/// `GET /api/connectors/<id>/capabilities`: what the caller may use of the connector,
+/// for the dashboard's capability list. The tools, resources and resource templates of
+/// an MCP connector (fetched now for a per-user connection not yet used) or of an HTTP
+/// connector's provider plugin, named as agents call them through `/v1/mcp`. An empty
+/// list for a connector whose upstream answers nothing says more than a status does:
+/// the upstream works, or it does not.
+pub async fn capabilities(
+    State(gw): State<Arc<crate::mcp::Gateway>>,
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let c = find(&snapshot, &id)?;
+        if !snapshot.policy.access(&caller).any_on(&c.id) {
+            return Err(no_grant(&caller, &c.id));
+        }
+        let status = match c.per_user() {
+            Some(pu) => gw.connections.status(pu, &caller.login),
+            None => Status::Ready,
+        };
+        // Boxed: the upstream session's futures are deep, and this one nests them once more.
+        let view = Box::pin(crate::mcp::connector_view(&gw, &snapshot, &caller, c)).await;
+        let tools: Vec<_> = view
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "title": t.title, "description": t.description}))
+            .collect();
+        let resources: Vec<_> = view
+            .resources
+            .iter()
+            .map(|r| json!({"uri": r.uri, "name": r.name, "description": r.description}))
+            .collect();
+        let templates: Vec<_> = view
+            .templates
+            .iter()
+            .map(|t| json!({"uri_template": t.uri_template, "name": t.name, "description": t.description}))
+            .collect();
+        let endpoint = match c.protocol {
+            crate::config::Protocol::Mcp => crate::mcp::ENDPOINT.to_owned(),
+            crate::config::Protocol::Http => format!("/v1/connectors/{}/", c.id),
+        };
+        Ok(Json(json!({
+            "id": c.id,
+            "protocol": c.protocol,
+            "status": status,
+            "endpoint": endpoint,
+            "tools": tools,
+            "resources": resources,
+            "templates": templates,
+        })))
+    }
+    .await;
+    tagged(&snapshot, &id, result)
+}
+
+fn no_grant(caller: &Caller, id: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "access denied: {} has no grant on \"{id}\"; ask an admin for a connectors grant such as \"{id}/**\"",
+        caller.login
+    ))
+}
+
 fn find<'a>(snapshot: &'a Snapshot, id: &str) -> Result<&'a Arc<Connector>, ApiError> {
     snapshot.connectors.get(id).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -224,10 +289,7 @@ pub async fn connect(
     let result = async {
         let c = find(&snapshot, &id)?;
         if !snapshot.policy.access(&caller).any_on(&c.id) {
-            return Err(ApiError::forbidden(format!(
-                "access denied: {} has no grant on \"{}\"; ask an admin for a connectors grant such as \"{}/**\"",
-                caller.login, c.id, c.id
-            )));
+            return Err(no_grant(&caller, &c.id));
         }
         let pu = must_be_per_user(c)?;
         // One authorization serves every connector sharing the connection, so it asks
@@ -353,7 +415,7 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · Portcullis</title>\
          <style>body{{font:16px system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem}}</style></head>\
-         <body><h1>{t}</h1><p>{m}</p><p><a href=\"/api/connectors\">Your connectors</a></p></body></html>",
+         <body><h1>{t}</h1><p>{m}</p><p><a href=\"/ui/#/connectors\">Back to your connectors</a></p></body></html>",
         t = html_escape::encode_text(title),
         m = html_escape::encode_text(message),
     );

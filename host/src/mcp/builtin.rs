@@ -48,12 +48,22 @@ pub async fn tools(app: &Gateway, snap: &Snapshot, access: &Access<'_>, out: &mu
         .collect();
     http.sort_by(|a, b| a.id.cmp(&b.id));
     for c in http {
-        for t in plugin_tools(app, c).await.iter() {
-            if visible(access, &c.id, Kind::Tool, &t.name) {
-                let mut t = t.clone();
-                t.name = prefixed(&c.id, Kind::Tool, &t.name).into();
-                out.push(t);
-            }
+        connector_tools(app, access, c, out).await;
+    }
+}
+
+/// Adds the tools `access` may see of one HTTP connector's provider plugin.
+pub async fn connector_tools(
+    app: &Gateway,
+    access: &Access<'_>,
+    c: &Connector,
+    out: &mut Vec<Tool>,
+) {
+    for t in plugin_tools(app, c).await.iter() {
+        if visible(access, &c.id, Kind::Tool, &t.name) {
+            let mut t = t.clone();
+            t.name = prefixed(&c.id, Kind::Tool, &t.name).into();
+            out.push(t);
         }
     }
 }

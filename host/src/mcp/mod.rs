@@ -795,34 +795,80 @@ pub async fn view(app: &Gateway, snap: &Snapshot, caller: &Caller, load: bool) -
         .collect();
     ids.sort_by(|a, b| a.id.cmp(&b.id));
     for c in ids {
-        let Some(up) = app.hub.upstream(app, c, caller, load).await else {
-            continue;
-        };
-        let l = up.listing();
-        let id = c.id.as_str();
-        for t in &l.tools {
-            if visible(&access, id, Kind::Tool, &t.name) {
-                let mut t = t.clone();
-                t.name = prefixed(id, Kind::Tool, &t.name).into();
-                v.tools.push(t);
-            }
-        }
-        for r in &l.resources {
-            if visible(&access, id, Kind::Resource, &r.uri) {
-                let mut r = r.clone();
-                r.uri = prefixed(id, Kind::Resource, &r.uri);
-                v.resources.push(r);
-            }
-        }
-        for t in &l.templates {
-            if visible(&access, id, Kind::Template, &t.uri_template) {
-                let mut t = t.clone();
-                t.uri_template = prefixed(id, Kind::Template, &t.uri_template);
-                v.templates.push(t);
-            }
-        }
+        add_upstream(app, &access, caller, c, load, &mut v).await;
     }
     v
+}
+
+/// One connector's part of `caller`'s view: what the dashboard lists as the connector's
+/// capabilities. A per-user catalog not yet fetched is fetched now; nothing when the
+/// caller has no grant on the connector.
+pub async fn connector_view(
+    app: &Gateway,
+    snap: &Snapshot,
+    caller: &Caller,
+    c: &Arc<Connector>,
+) -> View {
+    let access = snap.policy.access(caller);
+    let mut v = View::default();
+    if !access.any_on(&c.id) {
+        return v;
+    }
+    match c.protocol {
+        Protocol::Mcp => {
+            // A shared upstream whose first discovery has not finished (just after start
+            // or a reload) is asked now: an empty list would read as "lists nothing".
+            if let Some(up) = app.hub.upstream(app, c, caller, true).await {
+                let never_listed = up.state().loaded_at.is_none();
+                if never_listed {
+                    up.refresh().await;
+                }
+            }
+            add_upstream(app, &access, caller, c, true, &mut v).await;
+        }
+        Protocol::Http if c.provider.is_some() => {
+            builtin::connector_tools(app, &access, c, &mut v.tools).await;
+        }
+        Protocol::Http => {}
+    }
+    v
+}
+
+/// Adds what `access` may see of MCP connector `c`'s upstream, as `caller` reaches it.
+async fn add_upstream(
+    app: &Gateway,
+    access: &Access<'_>,
+    caller: &Caller,
+    c: &Arc<Connector>,
+    load: bool,
+    v: &mut View,
+) {
+    let Some(up) = app.hub.upstream(app, c, caller, load).await else {
+        return;
+    };
+    let l = up.listing();
+    let id = c.id.as_str();
+    for t in &l.tools {
+        if visible(access, id, Kind::Tool, &t.name) {
+            let mut t = t.clone();
+            t.name = prefixed(id, Kind::Tool, &t.name).into();
+            v.tools.push(t);
+        }
+    }
+    for r in &l.resources {
+        if visible(access, id, Kind::Resource, &r.uri) {
+            let mut r = r.clone();
+            r.uri = prefixed(id, Kind::Resource, &r.uri);
+            v.resources.push(r);
+        }
+    }
+    for t in &l.templates {
+        if visible(access, id, Kind::Template, &t.uri_template) {
+            let mut t = t.clone();
+            t.uri_template = prefixed(id, Kind::Template, &t.uri_template);
+            v.templates.push(t);
+        }
+    }
 }
 
 /// Runs `on_change` each time `changes` rings, for as long as the gateway lives.
