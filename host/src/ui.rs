@@ -11,6 +11,8 @@
 //! origin only, no inline code, no framing), so an upstream name or description the
 //! page shows can never run as code, and no other site can frame it to trick a click.
 
+use std::sync::LazyLock;
+
 use axum::extract::Path;
 use axum::response::{IntoResponse, Redirect, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -21,8 +23,10 @@ use crate::error::ApiError;
 /// Where the dashboard lives.
 pub const ROOT: &str = "/ui/";
 
-/// The page's policy: nothing but this origin's own script, style and API.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+/// The page's policy: nothing but this origin's own script, style and API; no framing;
+/// and no HTML sink may take a string (Trusted Types with no policy), so even a future
+/// mistake that passes upstream text to `innerHTML` throws instead of running it.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'; require-trusted-types-for 'script'; trusted-types 'none'";
 
 struct Asset {
     name: &'static str,
@@ -68,16 +72,26 @@ pub async fn to_root() -> Redirect {
     Redirect::to(ROOT)
 }
 
+/// Each asset's ETag: the binary is the version, so a browser keeps its copy until it
+/// changes. Computed once.
+static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    ASSETS
+        .iter()
+        .map(|a| {
+            format!(
+                "\"{}\"",
+                hex::encode(&Sha256::digest(a.body.as_bytes())[..12])
+            )
+        })
+        .collect()
+});
+
 fn serve(name: &str, headers: &HeaderMap) -> Response {
-    let Some(a) = ASSETS.iter().find(|a| a.name == name) else {
+    let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
         return ApiError::not_found(format!("the dashboard has no file \"{name}\"; open {ROOT}"))
             .into_response();
     };
-    // The binary is the version: an ETag lets a browser keep its copy until it changes.
-    let etag = format!(
-        "\"{}\"",
-        hex::encode(&Sha256::digest(a.body.as_bytes())[..12])
-    );
+    let (a, etag) = (&ASSETS[i], &ETAGS[i]);
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
@@ -94,7 +108,7 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
             .into_response()
     };
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -107,6 +121,12 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // A site that opened the page (a link, through the navigation exception) keeps no
+    // handle on its window.
+    h.insert(
+        http::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),

@@ -127,24 +127,28 @@ async fn dashboard_in_a_real_browser() {
         host.logs()
     );
 
-    // What the browser did, seen from the host: the saved file holds no secret, and
-    // the vault holds the one typed (kept after the connector's removal, as `.prev`
-    // may refer to it; docs/admin-api.md).
+    // What the browser did, seen from the host: neither the saved file nor the log
+    // holds a typed secret, and the vault holds the last one (kept after the
+    // connector's removal, as `.prev` may refer to it; docs/admin-api.md).
     let file = std::fs::read_to_string(&host.config_path).expect("config file");
-    assert!(
-        !file.contains("sf-secret-value-0123456789"),
-        "the typed secret reached the config file"
-    );
+    let logs = host.logs();
+    for typed in [
+        "sf-secret-value-0123456789",
+        "sf-rotated-0123456789",
+        "extra-value-0123456789",
+    ] {
+        assert!(
+            !file.contains(typed),
+            "a typed secret reached the config file"
+        );
+        assert!(!logs.contains(typed), "a typed secret reached the log");
+    }
     let secrets = get_json(&host.url("/api/secrets")).await;
     assert!(
         secrets["secrets"].as_array().is_some_and(|s| s
             .iter()
-            .any(|s| s["name"] == "SalesforceProd_client_secret")),
+            .any(|s| s["name"] == "SalesforceProd_client_secret_2")),
         "the typed secret is in the vault: {secrets}"
-    );
-    assert!(
-        !host.logs().contains("sf-secret-value-0123456789"),
-        "the typed secret reached the log"
     );
 }
 
@@ -327,4 +331,14 @@ async fn adding_a_connector_never_replaces_one() {
     assert_eq!(body["error"]["code"], "connector_exists");
     let saved = get_json(&url).await;
     assert_eq!(saved["server"]["description"], "first");
+    // Any other If-None-Match is a mistake, not an unconditional save.
+    let etag = c
+        .put(url.clone())
+        .header("if-none-match", "\"abc\"")
+        .json(&json!({"protocol": "http", "url": "https://api.example.com"}))
+        .send()
+        .await
+        .expect("etag");
+    assert_eq!(etag.status(), 400);
+    assert_eq!(get_json(&url).await["server"]["description"], "first");
 }

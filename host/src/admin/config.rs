@@ -212,9 +212,15 @@ pub async fn put_connector(
     )?;
     // `If-None-Match: *`: only if no connector of that ID exists yet (a form adding a
     // connector must not replace one someone else just added under the same ID).
-    let create = headers
-        .get(http::header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == b"*");
+    let create = match headers.get(http::header::IF_NONE_MATCH) {
+        None => false,
+        Some(v) if v.as_bytes().trim_ascii() == b"*" => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "If-None-Match takes only \"*\" here (add the connector only if none of that ID exists); use If-Match with the connector's ETag to replace a version you read",
+            ));
+        }
+    };
     let change = Edit::Connector {
         id: id.clone(),
         server,

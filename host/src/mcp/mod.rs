@@ -816,15 +816,16 @@ pub async fn connector_view(
     }
     match c.protocol {
         Protocol::Mcp => {
-            // A shared upstream whose first discovery has not finished (just after start
-            // or a reload) is asked now: an empty list would read as "lists nothing".
             if let Some(up) = app.hub.upstream(app, c, caller, true).await {
+                // A shared upstream whose first discovery has not finished (just after
+                // start or a reload) is asked now: an empty list would read as "lists
+                // nothing".
                 let never_listed = up.state().loaded_at.is_none();
                 if never_listed {
                     up.refresh().await;
                 }
+                add_listing(&access, c, &up, &mut v);
             }
-            add_upstream(app, &access, caller, c, true, &mut v).await;
         }
         Protocol::Http if c.provider.is_some() => {
             builtin::connector_tools(app, &access, c, &mut v.tools).await;
@@ -843,9 +844,13 @@ async fn add_upstream(
     load: bool,
     v: &mut View,
 ) {
-    let Some(up) = app.hub.upstream(app, c, caller, load).await else {
-        return;
-    };
+    if let Some(up) = app.hub.upstream(app, c, caller, load).await {
+        add_listing(access, c, &up, v);
+    }
+}
+
+/// Adds what `access` may see of `up`'s catalog, named as agents call it.
+fn add_listing(access: &Access<'_>, c: &Connector, up: &Upstream, v: &mut View) {
     let l = up.listing();
     let id = c.id.as_str();
     for t in &l.tools {

@@ -73,7 +73,11 @@ page.on('console', (m) => {
   if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) violations.push(m.text());
 });
 page.on('pageerror', (e) => violations.push(`page error: ${e.message}`));
-page.on('dialog', (d) => d.accept());
+// Confirmations (disconnect, delete, leave with unsaved edits) are accepted unless a step
+// says otherwise for the next one.
+let nextDialog = 'accept';
+const dialogs = [];
+page.on('dialog', (d) => { dialogs.push(d.message()); const answer = nextDialog; nextDialog = 'accept'; return answer === 'accept' ? d.accept() : d.dismiss(); });
 
 async function shot(name, { docs = false } = {}) {
   const file = path.join(OUT, `${name}.png`);
@@ -191,7 +195,12 @@ try {
   const again = page.locator('input[data-field="auth.client_secret"]');
   check(await again.inputValue() === '', 'the edit form does not bring the secret back');
 
+  // The form shows the version it edits; a save shows the form again with the new one.
+  const version = () => page.locator('form[data-version]').getAttribute('data-version');
+  const reshown = (before) => page.waitForFunction((v) => { const f = document.querySelector('form[data-version]'); return f && f.dataset.version !== v; }, before);
+
   step = 'edit keeps the secret';
+  let before = await version();
   await page.locator('input[data-field="description"]').fill('Salesforce for the sales team');
   await page.waitForFunction(() => (document.querySelector('[data-testid=preview]')?.textContent || '').includes('for the sales team'));
   await page.getByRole('button', { name: 'Save changes' }).click();
@@ -199,10 +208,12 @@ try {
     const server = (await api('GET', '/api/config/connectors/SalesforceProd')).data.server;
     return server.description === 'Salesforce for the sales team' && server;
   }, 'the edit reaches the config');
+  await reshown(before);
   check(edited.description === 'Salesforce for the sales team', 'the edit is saved');
   check(isDeepStrictEqual(edited.auth.client_secret, { vault: 'SalesforceProd_client_secret' }), 'an edit that leaves the secret empty keeps it');
 
   step = 'a new secret on edit takes a fresh vault name';
+  before = await version();
   await page.locator('input[data-field="auth.client_secret"]').fill('sf-rotated-0123456789');
   await page.waitForFunction(() => (document.querySelector('[data-testid=preview]')?.textContent || '').includes('SalesforceProd_client_secret_2'));
   await page.getByRole('button', { name: 'Save changes' }).click();
@@ -210,7 +221,25 @@ try {
     const server = (await api('GET', '/api/config/connectors/SalesforceProd')).data.server;
     return isDeepStrictEqual(server.auth.client_secret, { vault: 'SalesforceProd_client_secret_2' });
   }, 'the connector names the new secret');
+  await reshown(before);
   check(!(await page.content()).includes('sf-rotated-0123456789'), 'the new secret is not left in the page');
+
+  step = 'secrets';
+  await page.getByRole('link', { name: 'Secrets' }).click();
+  const oldRow = page.locator('tr[data-secret="SalesforceProd_client_secret"]');
+  await oldRow.waitFor();
+  check(/nothing/.test(await oldRow.innerText()), 'the replaced secret is used by nothing now');
+  check(/SalesforceProd\.auth\.client_secret/.test(await page.locator('tr[data-secret="SalesforceProd_client_secret_2"]').innerText()), 'the new one is used by the connector');
+  check(await page.getByRole('button', { name: 'Delete SalesforceProd_client_secret_2' }).isDisabled(), 'a secret in use cannot be deleted');
+  await accessible('secrets');
+  await shot('secrets');
+  await page.getByRole('button', { name: 'Delete SalesforceProd_client_secret', exact: true }).click();
+  await oldRow.waitFor({ state: 'detached' });
+  await page.locator('input[data-field="secret-name"]').fill('extra_token');
+  await page.locator('input[data-field="secret-value"]').fill('extra-value-0123456789');
+  await page.getByRole('button', { name: 'Set secret' }).click();
+  await page.locator('tr[data-secret="extra_token"]').waitFor();
+  check(!(await page.content()).includes('extra-value-0123456789'), 'the value is not left in the page');
 
   step = 'connect';
   await page.getByRole('link', { name: 'Connectors', exact: true }).click();
@@ -251,6 +280,13 @@ try {
   await accessible('config editor');
   await shot('config-editor', { docs: true });
 
+  step = 'unsaved edits are not lost by a stray click';
+  nextDialog = 'dismiss';
+  await page.getByRole('link', { name: 'Grants' }).click();
+  check(dialogs.at(-1)?.includes('unsaved changes'), `the page asked before leaving: ${dialogs.at(-1)}`);
+  check(await editor.inputValue() === text, 'the edit is still there after staying');
+  check(await page.locator('h1').innerText() === 'Config file', 'still on the config page');
+
   step = 'config editor: bad JSON';
   await editor.fill(text.replace('"read_timeout_secs": 0', '"read_timeout_secs": 0,'));
   await page.getByRole('button', { name: 'Validate' }).click();
@@ -276,6 +312,11 @@ try {
 
   step = 'grants';
   await page.getByRole('link', { name: 'Grants' }).click();
+  await page.getByRole('button', { name: 'Add grant' }).waitFor();
+  // "Skip to content" moves focus, not the page.
+  await page.locator('.skip').focus();
+  await page.keyboard.press('Enter');
+  check(await page.locator('h1').innerText() === 'Grants' && await page.evaluate(() => document.activeElement.id === 'main'), 'the skip link stays on the page');
   await page.getByRole('button', { name: 'Add grant' }).click();
   const n = await page.locator('fieldset.grant').count();
   await page.getByRole('textbox', { name: `Sources of grant ${n}`, exact: true }).fill('bob@example.com');
