@@ -90,6 +90,8 @@ pub struct HostOptions {
     pub env: Vec<(String, String)>,
     /// Reuse this data directory (restart tests) instead of a fresh one.
     pub data_dir: Option<PathBuf>,
+    /// Variables the host must not see (the harness sets `RUST_LOG` and `NO_COLOR`).
+    pub env_remove: Vec<String>,
 }
 
 impl Host {
@@ -130,6 +132,9 @@ impl Host {
             .stderr(std::fs::File::create(&log_path).expect("log file"));
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        for k in &opts.env_remove {
+            cmd.env_remove(k);
         }
         let mut child = cmd.spawn().expect("spawn portcullis");
         let stdout = child.stdout.take().expect("stdout");

@@ -108,12 +108,8 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
     let egress = Egress::new(&checked.0.egress)?;
     let tokens = TokenSlots::new(vault.clone(), metrics.clone());
     let snapshot = build_snapshot(checked, &vault, &tokens)?;
+    // (`egress.allow_loopback` is among them, as a warning.)
     log_diagnostics(&snapshot.diagnostics);
-    if snapshot.config.egress.allow_loopback {
-        tracing::warn!(
-            "egress.allow_loopback is on: upstreams on loopback are reachable (development and tests only)"
-        );
-    }
     let listen = opts.listen.unwrap_or(snapshot.config.listen);
     let registry_watcher = plugins.watch().unwrap_or_else(|e| {
         tracing::warn!("the registry folder is not watched ({e}); restart to pick up changes");
@@ -204,11 +200,36 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
 }
 
 /// Runs the server until SIGTERM or SIGINT; reloads on SIGHUP and when the file changes.
+///
+/// Everything that can be found wrong is found before the first request: the data
+/// directory, the port (bound before a new data directory gets its master key), the
+/// config, and an identity source that cannot work where it listens.
 pub async fn serve(opts: Options) -> anyhow::Result<()> {
-    let (app, listen, router) = build(opts).await?;
+    if opts.data_dir.exists() && !opts.data_dir.is_dir() {
+        anyhow::bail!(
+            "the data directory {} is a file; point --data-dir (or PORTCULLIS_DATA_DIR) at a directory, which is created if missing",
+            opts.data_dir.display()
+        );
+    }
+    let file = ConfigFile::for_options(&opts);
+    let listen = match opts.listen {
+        Some(l) => l,
+        None => file
+            .read()
+            .ok()
+            .and_then(|c| config::peek::<config::PeekedListen>(&c.text).listen)
+            .unwrap_or_else(|| {
+                config::DEFAULT_LISTEN
+                    .parse()
+                    .expect("the default listen address parses")
+            }),
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
+    let (app, _, router) = build(opts).await?;
+    check_identity_source(&app.snapshot().config, listen)?;
+    watch_identity_source(&app).await;
     let local = listener.local_addr()?;
     let _ = app.bound.set(local);
     tracing::info!(addr = %local, mode = ?app.snapshot().config.identity.mode, "portcullis listening");
@@ -220,6 +241,64 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     accept(listener, router).await;
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// `serve-headers` trusts identity headers from loopback peers, which only `tailscale
+/// serve` on the same machine should be: listening anywhere else can only refuse
+/// everyone, so it is a mistake, and even on loopback every local process can claim any
+/// identity, which the operator is told.
+fn check_identity_source(config: &config::Config, listen: SocketAddr) -> anyhow::Result<()> {
+    if config.identity.mode != config::IdentityMode::ServeHeaders {
+        return Ok(());
+    }
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "identity.mode \"serve-headers\" trusts Tailscale-User-* headers from loopback peers only, so it must listen on loopback (127.0.0.1 or [::1]) behind `tailscale serve`, not on {listen}; use identity.mode \"tailscale\" to listen on the tailnet directly"
+        );
+    }
+    tracing::warn!(
+        "identity.mode is \"serve-headers\": any process on this machine can claim any tailnet identity by sending Tailscale-User-* headers; run it only where every local process is trusted, behind `tailscale serve`"
+    );
+    Ok(())
+}
+
+/// How often readiness asks tailscaled's LocalAPI whether it answers.
+const IDENTITY_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// In `tailscale` mode, every request needs tailscaled: checked once now (a loud warning
+/// if it cannot be reached), then every few seconds for `/healthz`, which answers 503
+/// until it can. Follows reloads (the mode or the socket may change).
+async fn watch_identity_source(app: &Arc<App>) {
+    async fn probe(app: &App) -> Option<String> {
+        let snap = app.snapshot();
+        let id = &snap.config.identity;
+        if id.mode != config::IdentityMode::Tailscale {
+            return None;
+        }
+        crate::identity::tailscaled_reachable(&id.socket)
+            .await
+            .err()
+            .map(|e| format!("{e}: every request gets 503 identity_unavailable until it can; start tailscaled, or fix identity.socket"))
+    }
+    let first = probe(app).await;
+    if let Some(why) = &first {
+        tracing::error!("{why}");
+    }
+    app.set_not_ready(first);
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDENTITY_PROBE_EVERY).await;
+            let Some(app) = weak.upgrade() else { return };
+            let why = probe(&app).await;
+            if app.set_not_ready(why.clone()) {
+                match why {
+                    Some(why) => tracing::error!("{why}"),
+                    None => tracing::info!("tailscaled's LocalAPI answers again; serving"),
+                }
+            }
+        }
+    });
 }
 
 /// Waits, at most [`crate::limits::HEADER_READ_TIMEOUT`], until a new connection has sent
@@ -448,6 +527,10 @@ fn route_of(path: &str) -> &'static str {
         "metrics"
     } else if path.starts_with("/api/") {
         "api"
+    } else if path.starts_with("/aperture/auth/") {
+        "callback"
+    } else if path == "/" || path == "/ui" || path.starts_with(crate::ui::ROOT) {
+        "ui"
     } else {
         "other"
     }
@@ -458,6 +541,12 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let started = Instant::now();
     let method = req.method().clone();
     let route = route_of(req.uri().path());
+    // The path without its query (which may carry an API key), cut to keep lines short.
+    let path = tracing::enabled!(tracing::Level::INFO).then(|| {
+        let p = req.uri().path();
+        let end = p.char_indices().nth(200).map_or(p.len(), |(i, _)| i);
+        p[..end].to_owned()
+    });
     // Only built when the request log is on: this runs on every request.
     let header_names = tracing::enabled!(tracing::Level::INFO).then(|| {
         req.headers()
@@ -488,6 +577,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     if route != "healthz" {
         tracing::info!(
             route,
+            path = path.as_deref().unwrap_or_default(),
             connector,
             caller,
             method = %method,

@@ -32,10 +32,11 @@ pub const SAVED_CONFIG: &str = "portcullis.hujson";
 /// Why a config could not become a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config {path}: {source}")]
+    // The cause is in the message and not a `source`, so `{:#}` does not say it twice.
+    #[error("cannot read config {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the config has errors:\n{0}")]
     Invalid(Diagnostics),
@@ -103,9 +104,9 @@ impl ConfigFile {
                     on_disk: false,
                 })
             }
-            Err(source) => Err(LoadError::Read {
+            Err(cause) => Err(LoadError::Read {
                 path: self.path.clone(),
-                source,
+                cause,
             }),
         }
     }

@@ -241,7 +241,6 @@ const WHOIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET /localapi/v0/whois?addr=<ip:port>` over the LocalAPI socket. `Ok(None)` is 404.
 async fn whois(socket: &std::path::Path, peer: SocketAddr) -> Result<Option<WhoIs>, IdentityError> {
-    use http_body_util::{BodyExt, Empty, Limited};
     let unavailable = |what: String| {
         IdentityError::Unavailable(format!(
             "cannot ask tailscaled who is calling ({what}); check that tailscaled is running and \
@@ -249,50 +248,77 @@ async fn whois(socket: &std::path::Path, peer: SocketAddr) -> Result<Option<WhoI
             socket.display()
         ))
     };
+    let addr: String = percent_encoding::utf8_percent_encode(
+        &peer.to_string(),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string();
+    let (status, body) = localapi_get(socket, &format!("/localapi/v0/whois?addr={addr}"))
+        .await
+        .map_err(unavailable)?;
+    match status {
+        http::StatusCode::OK => serde_json::from_slice::<WhoIs>(&body)
+            .map(Some)
+            .map_err(|e| unavailable(format!("unreadable whois answer: {e}"))),
+        http::StatusCode::NOT_FOUND => Ok(None),
+        other => Err(unavailable(format!(
+            "whois answered {other}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+        ))),
+    }
+}
+
+/// Whether tailscaled's LocalAPI answers at `socket` at all (any HTTP answer to a whois
+/// of an address no peer has): readiness, and the start-up check of `tailscale` mode.
+pub async fn tailscaled_reachable(socket: &std::path::Path) -> Result<(), String> {
+    localapi_get(socket, "/localapi/v0/whois?addr=127.0.0.1%3A1")
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "tailscaled's LocalAPI at {} cannot be reached ({e})",
+                socket.display()
+            )
+        })
+}
+
+/// One LocalAPI `GET` over the Unix socket, with [`WHOIS_TIMEOUT`]: the status and body,
+/// or why there was no answer.
+async fn localapi_get(
+    socket: &std::path::Path,
+    path: &str,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    use http_body_util::{BodyExt, Empty, Limited};
     let fut = async {
         let stream = tokio::net::UnixStream::connect(socket)
             .await
-            .map_err(|e| unavailable(format!("connect: {e}")))?;
+            .map_err(|e| format!("connect: {e}"))?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| unavailable(format!("handshake: {e}")))?;
+            .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let addr: String = percent_encoding::utf8_percent_encode(
-            &peer.to_string(),
-            percent_encoding::NON_ALPHANUMERIC,
-        )
-        .to_string();
-        let req = http::Request::get(format!("/localapi/v0/whois?addr={addr}"))
+        let req = http::Request::get(path)
             .header(http::header::HOST, "local-tailscaled.sock")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| unavailable(format!("request: {e}")))?;
+            .map_err(|e| format!("request: {e}"))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), WHOIS_MAX_BYTES)
             .collect()
             .await
-            .map_err(|e| unavailable(format!("reading answer: {e}")))?
+            .map_err(|e| format!("reading answer: {e}"))?
             .to_bytes();
-        match status {
-            http::StatusCode::OK => serde_json::from_slice::<WhoIs>(&body)
-                .map(Some)
-                .map_err(|e| unavailable(format!("unreadable whois answer: {e}"))),
-            http::StatusCode::NOT_FOUND => Ok(None),
-            other => Err(unavailable(format!(
-                "whois answered {other}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-            ))),
-        }
+        Ok((status, body))
     };
     tokio::time::timeout(WHOIS_TIMEOUT, fut)
         .await
-        .map_err(|_| unavailable("timed out".into()))?
+        .map_err(|_| "timed out".to_owned())?
 }
 
 /// Headers `tailscale serve` sets (after deleting any the client sent).

@@ -1,4 +1,5 @@
-//! The `portcullis` command: `serve`, `validate`, `rotate-key`, `secret`, `connector`.
+//! The `portcullis` command: `serve`, `validate`, `rotate-key`, `secret`, `connector`,
+//! `completions`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +22,8 @@ const DEFAULT_DATA_DIR: &str = "portcullis-data";
 #[command(
     name = "portcullis",
     version,
-    about = "Connector gateway for AI agents on a tailnet"
+    about = "Connector gateway for AI agents on a tailnet",
+    after_help = "Environment:\n  PORTCULLIS_MASTER_KEY   The vault's master key (base64 or 64 hex digits); wins over the key file\n  RUST_LOG                Log filter (default: info,rmcp=off)\n  PORTCULLIS_LOG_FORMAT   \"json\" for one JSON object per log line\n  NO_COLOR                No colour in logs, even at a terminal\n\nDocs: docs/configuration.md (config, commands), docs/admin-api.md (HTTP API and dashboard)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +52,7 @@ enum Command {
     /// references against the environment and the vault, and providers against the
     /// registry, as `serve` does.
     Validate {
+        /// The config file to check (HuJSON: JSON with comments and trailing commas).
         file: PathBuf,
         /// Treat warnings as errors too (as saving through the admin API does).
         #[arg(long)]
@@ -66,6 +69,7 @@ enum Command {
         /// Config file, for `vault.key_file`.
         #[arg(long, env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
+        /// Where the vault and its key file are.
         #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
@@ -76,6 +80,12 @@ enum Command {
         action: SecretAction,
         #[command(flatten)]
         place: PlaceArgs,
+    },
+    /// Print a shell completion script, e.g. `portcullis completions bash >
+    /// /etc/bash_completion.d/portcullis`.
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
     },
     /// Connectors in the saved config.
     Connector {
@@ -89,11 +99,17 @@ enum Command {
 #[derive(Subcommand)]
 enum SecretAction {
     /// Store a secret; its value is read from standard input.
-    Set { name: String },
+    Set {
+        /// The secret's name, as the config refers to it: {"vault": "NAME"}.
+        name: String,
+    },
     /// List secrets: names, when they were set and what uses them (never values).
     List,
     /// Remove a secret the config no longer refers to.
-    Rm { name: String },
+    Rm {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,8 +142,10 @@ struct PlaceArgs {
     /// Config file; default: the saved config in the data directory.
     #[arg(long, env = "PORTCULLIS_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Where the vault, its key file and the saved config live.
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
+    /// Provider registry folder, to check connectors' providers.
     #[arg(long, env = "PORTCULLIS_REGISTRY", global = true)]
     registry: Option<PathBuf>,
 }
@@ -145,6 +163,16 @@ impl From<PlaceArgs> for commands::Place {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Validate {
             file,
             strict,

@@ -111,6 +111,9 @@ pub struct App {
     pub bound: OnceLock<SocketAddr>,
     /// Serialises config changes (reloads, saves).
     pub config_lock: tokio::sync::Mutex<()>,
+    /// Why the host cannot serve yet (`None`: ready), for `/healthz`: in `tailscale`
+    /// mode, a LocalAPI that cannot be reached, when every request would get 503.
+    not_ready: std::sync::RwLock<Option<String>>,
     /// Hash of the config text in force (what a save must name).
     config_hash: std::sync::Mutex<String>,
     /// Rescans the registry when its folder changes; stops when dropped.
@@ -156,9 +159,26 @@ impl App {
             health,
             bound: OnceLock::new(),
             config_lock: tokio::sync::Mutex::new(()),
+            not_ready: std::sync::RwLock::new(None),
             config_hash: std::sync::Mutex::new(p.config_hash),
             _registry_watcher: p.registry_watcher,
         }
+    }
+
+    /// Why the host is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records readiness; returns whether it changed.
+    pub fn set_not_ready(&self, why: Option<String>) -> bool {
+        let mut cur = self.not_ready.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *cur != why;
+        *cur = why;
+        changed
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

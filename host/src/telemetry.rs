@@ -139,13 +139,24 @@ impl Metrics {
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), and
 /// `PORTCULLIS_LOG_FORMAT=json` switches to one JSON object per line.
+/// The log filter when `RUST_LOG` is not set. The MCP library's own lines are off: it
+/// logs every stateless request's session at INFO, an upstream's whole instructions,
+/// and a dead upstream every few seconds without naming it, while the host logs each
+/// upstream failure once, with its connector (`RUST_LOG=info,rmcp=debug` shows them).
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=off";
+
 pub fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // Colour only for a person at a terminal: a file, a pipe or journald gets plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     let _ = if json {
         builder.json().flatten_event(true).try_init()

@@ -78,10 +78,11 @@ impl Table {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("cannot use master key file {path}: {source}")]
+    // The cause is in the message and not a `source`, so `{:#}` does not say it twice.
+    #[error("cannot use master key file {path}: {cause}")]
     KeyFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "master key file {path} is readable by others (mode {mode:o}); run `chmod 600 {path}` and start again"
@@ -165,9 +166,9 @@ impl MasterKey {
         {
             return Ok((Self::parse(&v)?, KeySource::Env));
         }
-        let io = |source| VaultError::KeyFile {
+        let io = |cause| VaultError::KeyFile {
             path: key_file.to_owned(),
-            source,
+            cause,
         };
         match fs::metadata(key_file) {
             Ok(meta) => {
@@ -493,7 +494,7 @@ pub fn rotate(data_dir: &Path, key_file: &Path) -> Result<Rotation, VaultError> 
     let new = MasterKey::generate();
     let key_io = |path: &Path| {
         let path = path.to_owned();
-        move |source| VaultError::KeyFile { path, source }
+        move |cause| VaultError::KeyFile { path, cause }
     };
     match source {
         KeySource::Env => {
@@ -546,9 +547,9 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
         return Ok(());
     }
     let text = Zeroizing::new(
-        fs::read_to_string(&next).map_err(|source| VaultError::KeyFile {
+        fs::read_to_string(&next).map_err(|cause| VaultError::KeyFile {
             path: next.clone(),
-            source,
+            cause,
         })?,
     );
     let next_key = MasterKey::parse(&text)?;
@@ -556,9 +557,9 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
         Ok(_) => {
             fs::rename(&next, key_file)
                 .and_then(|()| sync_dir(key_file))
-                .map_err(|source| VaultError::KeyFile {
+                .map_err(|cause| VaultError::KeyFile {
                     path: key_file.to_owned(),
-                    source,
+                    cause,
                 })?;
             tracing::warn!(path = %key_file.display(), "completed an interrupted key rotation");
             Ok(())

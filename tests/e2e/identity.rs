@@ -159,8 +159,9 @@ async fn localapi_down_fails_closed_with_503() {
         assert!(msg.contains("tailscaled"), "{msg}");
     }
     assert_eq!(up.hits(), 0);
-    // Health is not identity-gated: orchestrators probe it from outside the tailnet.
-    assert_eq!(get("127.0.0.2", &host, "/healthz").await.status(), 200);
+    // Health is not identity-gated (orchestrators probe it from outside the tailnet), and
+    // it says the host cannot serve (startup::tailscale_mode_is_not_ready_until_tailscaled_answers).
+    assert_eq!(get("127.0.0.2", &host, "/healthz").await.status(), 503);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod browser;
+mod cli;
 mod client_credentials;
 mod config;
 mod dashboard;
@@ -13,6 +14,7 @@ mod observability;
 mod per_user;
 mod plugins;
 mod proxy;
+mod startup;
 mod vault;
 
 use serde_json::{Value, json};

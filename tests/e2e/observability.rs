@@ -1,8 +1,9 @@
-//! Request logs (connector, caller, method, status, latency; header names, never values)
-//! and `/metrics`.
+//! Request logs (route, path, connector, caller, method, status, latency; header names,
+//! never values), what the log leaves out by default, and `/metrics`.
 
+use portcullis_e2e::mcp_server::{Expect, McpServer};
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, client, error_at, grant};
+use portcullis_e2e::{Host, HostOptions, client, error_at, grant, mcp_agent_stateless};
 use serde_json::json;
 
 use crate::loopback_config;
@@ -29,6 +30,7 @@ async fn request_log_names_headers_but_never_values_or_secrets() {
         .find(|l| l.contains("route=\"proxy\""))
         .unwrap_or_else(|| panic!("no request log:\n{logs}"));
     for field in [
+        "path=\"/v1/connectors/api/items\"",
         "connector=\"api\"",
         "caller=\"(loopback)\"",
         "method=GET",
@@ -47,6 +49,70 @@ async fn request_log_names_headers_but_never_values_or_secrets() {
     ] {
         assert!(!logs.contains(secret), "{secret} was logged");
     }
+}
+
+/// With no `RUST_LOG` and stderr a file: plain text (no colour codes), one line per
+/// request with its route and path, none of the MCP library's own lines (per-session
+/// INFO, an upstream's instructions, a dead upstream's worker errors), a dead upstream's
+/// failure once and with its connector, and each config warning once.
+#[tokio::test]
+async fn logs_are_plain_lines_a_person_can_read() {
+    let up = McpServer::start(Expect::Nothing).await;
+    let dead = portcullis_e2e::refused_port();
+    let connectors = json!({
+        "docs": {"protocol": "mcp", "url": up.url()},
+        "gone": {"protocol": "mcp", "url": format!("http://127.0.0.1:{}/mcp", dead.port)},
+    });
+    let mut host = Host::start_with(
+        &loopback_config(connectors, json!([grant("(loopback)", &["**"], true)])),
+        HostOptions {
+            env_remove: vec!["RUST_LOG".into(), "NO_COLOR".into()],
+            ..Default::default()
+        },
+    );
+    // The catalog is discovered in the background; this asks for it now.
+    let caps = portcullis_e2e::get_json(&host.url("/api/connectors/docs/capabilities")).await;
+    assert!(
+        caps["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        "{caps}"
+    );
+    let agent = mcp_agent_stateless(&host.url("/v1/mcp")).await;
+    let tools = agent.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "docs_echo"), "{tools:?}");
+    drop(agent);
+    // Long enough for the dead upstream to be retried a few times.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let logs = host.stop();
+
+    assert!(!logs.contains('\u{1b}'), "colour codes in a file:\n{logs}");
+    for noise in [
+        "Service initialized",
+        "serve_inner",
+        "worker quit",
+        "instructions",
+    ] {
+        assert!(!logs.contains(noise), "library noise {noise:?}:\n{logs}");
+    }
+    let mcp = logs
+        .lines()
+        .find(|l| l.contains("route=\"mcp\""))
+        .unwrap_or_else(|| panic!("no MCP request line:\n{logs}"));
+    assert!(mcp.contains("path=\"/v1/mcp\""), "{mcp}");
+    let failures: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("discovery failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "the dead upstream once:\n{logs}");
+    assert!(
+        failures[0].contains("connector=\"gone\""),
+        "{}",
+        failures[0]
+    );
+    assert_eq!(
+        logs.matches("loopback upstreams are allowed").count(),
+        1,
+        "the allow_loopback warning once:\n{logs}"
+    );
 }
 
 #[tokio::test]

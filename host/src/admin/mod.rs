@@ -436,8 +436,20 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
 }
 
 /// `GET /healthz`: readiness, with no identity (probes come from outside the tailnet).
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// 503 while the host cannot serve (tailscaled unreachable in `tailscale` mode), so a
+/// load balancer or orchestrator sends no traffic that would only get 503s.
+pub async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.not_ready() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "error": {"code": "identity_unavailable", "message": why},
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /metrics`: Prometheus metrics, for `admin` or `read_metrics`.

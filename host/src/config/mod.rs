@@ -125,6 +125,14 @@ pub struct Peeked {
     pub vault: VaultConfig,
 }
 
+/// The listen address alone, peeked so the port is bound before anything is created on
+/// disk (apart from [`Peeked`], so a bad `listen` leaves the vault settings readable).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct PeekedListen {
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// Duplicate keys are errors: a JSON parser keeps the last one, so an earlier value an
 /// operator believes in would silently lose. (Also for JSON the admin API receives.)
 pub fn duplicate_keys(text: &str) -> Diagnostics {
