@@ -55,6 +55,15 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 export PORTCULLIS_CHROMIUM="$CHROMIUM"
 
+# systemd-analyze checks the systemd unit in deploy/.
+if ! command -v systemd-analyze >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing systemd (for systemd-analyze) from Debian packages" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  fi
+  command -v systemd-analyze >/dev/null || fail "systemd-analyze is required to check deploy/portcullis.service; install it (e.g. apt-get install systemd)"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 (cd plugins && cargo fmt --all --check)

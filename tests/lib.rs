@@ -76,6 +76,22 @@ pub fn binary() -> PathBuf {
 }
 
 /// A running `portcullis serve`.
+/// The `portcullis` binary with none of the environment's Portcullis settings (so a
+/// developer's own key or config never leaks into a test) and no colour.
+pub fn portcullis() -> Command {
+    let mut cmd = Command::new(binary());
+    for var in [
+        "PORTCULLIS_MASTER_KEY",
+        "PORTCULLIS_CONFIG",
+        "PORTCULLIS_LISTEN",
+        "PORTCULLIS_DATA_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
 pub struct Host {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -113,7 +129,7 @@ impl Host {
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
-        let mut cmd = Command::new(binary());
+        let mut cmd = portcullis();
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -122,11 +138,6 @@ impl Host {
             .arg("--data-dir")
             .arg(&data_dir)
             .env("RUST_LOG", "info")
-            .env_remove("PORTCULLIS_MASTER_KEY")
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("PORTCULLIS_LISTEN")
-            .env_remove("PORTCULLIS_DATA_DIR")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log_path).expect("log file"));

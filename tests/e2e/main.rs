@@ -7,6 +7,7 @@ mod cli;
 mod client_credentials;
 mod config;
 mod dashboard;
+mod deploy;
 mod errors;
 mod identity;
 mod mcp;

@@ -2,23 +2,18 @@
 //! a port in use (found before a new data directory gets its master key), an identity
 //! source that cannot work where it listens, and errors that say their cause once.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{Host, binary};
+use portcullis_e2e::{Host, portcullis};
 use serde_json::json;
 
 /// Runs `portcullis serve` with `args`, expecting it to exit by itself within 30 s;
 /// returns its exit code and stderr.
 fn serve_fails(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(binary())
+    let mut child = portcullis()
         .arg("serve")
         .args(args)
-        .env_remove("PORTCULLIS_MASTER_KEY")
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("PORTCULLIS_LISTEN")
-        .env_remove("PORTCULLIS_DATA_DIR")
-        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
