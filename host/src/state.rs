@@ -143,6 +143,7 @@ impl App {
             p.plugins.clone(),
             p.connections.clone(),
             health.clone(),
+            p.metrics.clone(),
         );
         Self {
             snapshot: ArcSwap::from_pointee(p.snapshot),

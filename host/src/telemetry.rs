@@ -10,6 +10,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,17 @@ pub struct PluginLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectorLabels {
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectorOutcomeLabels {
+    pub connector: String,
+    pub outcome: &'static str,
+}
+
 /// The host's metrics, registered once per process in their own registry (no globals,
 /// so several hosts can run in one test process).
 pub struct Metrics {
@@ -48,6 +60,13 @@ pub struct Metrics {
     pub plugin_calls: Family<PluginLabels, Counter>,
     /// Per-user OAuth token endpoint calls, by kind (code, refresh) and outcome.
     pub user_token_requests: Family<UserTokenLabels, Counter>,
+    /// Every request the outbound pipeline sends upstream, by connector and outcome.
+    pub upstream_requests: Family<ConnectorOutcomeLabels, Counter>,
+    pub upstream_duration: Family<ConnectorLabels, Histogram>,
+    /// MCP tool calls through `/v1/mcp`, by connector and outcome.
+    pub mcp_calls: Family<ConnectorOutcomeLabels, Counter>,
+    /// 1 while a shared upstream's last check succeeded, 0 while it fails.
+    pub upstream_up: Family<ConnectorLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +93,32 @@ impl Metrics {
         let token_requests = Family::<OutcomeLabels, Counter>::default();
         let plugin_calls = Family::<PluginLabels, Counter>::default();
         let user_token_requests = Family::<UserTokenLabels, Counter>::default();
+        let upstream_requests = Family::<ConnectorOutcomeLabels, Counter>::default();
+        let upstream_duration = Family::<ConnectorLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let mcp_calls = Family::<ConnectorOutcomeLabels, Counter>::default();
+        let upstream_up = Family::<ConnectorLabels, Gauge>::default();
+        registry.register(
+            "upstream_requests",
+            "Requests sent upstream, by connector and outcome (2xx, 3xx, 4xx, 5xx, or error when no answer came)",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers, by connector",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "mcp_calls",
+            "MCP tool calls through /v1/mcp, by connector and outcome (ok, tool_error, error)",
+            mcp_calls.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "Whether a connector's shared upstream answered its last check (1) or failed it (0)",
+            upstream_up.clone(),
+        );
         registry.register(
             "requests",
             "Requests handled, by route, connector and status",
@@ -112,7 +157,50 @@ impl Metrics {
             token_requests,
             plugin_calls,
             user_token_requests,
+            upstream_requests,
+            upstream_duration,
+            mcp_calls,
+            upstream_up,
         })
+    }
+
+    /// One request sent upstream: its answer's status class, or `error` without one.
+    pub fn observe_upstream(&self, connector: &str, status: Option<u16>, elapsed: Duration) {
+        let outcome = match status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+            None => "error",
+        };
+        self.upstream_requests
+            .get_or_create(&ConnectorOutcomeLabels {
+                connector: connector.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn mcp_call(&self, connector: &str, outcome: &'static str) {
+        self.mcp_calls
+            .get_or_create(&ConnectorOutcomeLabels {
+                connector: connector.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn upstream_up(&self, connector: &str, up: bool) {
+        self.upstream_up
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_owned(),
+            })
+            .set(i64::from(up));
     }
 
     pub fn observe(&self, route: &'static str, connector: &str, status: u16, elapsed: Duration) {

@@ -164,3 +164,78 @@ async fn metrics_in_prometheus_format_for_admins_only() {
     let (s, code, _) = error_at(&host.url("/metrics")).await;
     assert_eq!((s, code.as_str()), (403, "forbidden"));
 }
+
+/// What operators alert on: each upstream request by connector and outcome, with its
+/// latency; MCP tool calls by connector and outcome; whether each shared MCP upstream
+/// answers.
+#[tokio::test]
+async fn metrics_per_connector_for_upstreams_and_mcp_calls() {
+    use rmcp::model::CallToolRequestParams;
+
+    let api = Upstream::start().await;
+    let docs = McpServer::start(Expect::Nothing).await;
+    let dead = portcullis_e2e::refused_port();
+    let connectors = json!({
+        "api": {"protocol": "http", "url": api.url()},
+        "docs": {"protocol": "mcp", "url": docs.url()},
+        "gone": {"protocol": "mcp", "url": format!("http://127.0.0.1:{}/mcp", dead.port)},
+    });
+    let host = Host::start(&loopback_config(
+        connectors,
+        json!([grant("(loopback)", &["**"], true)]),
+    ));
+    for path in ["/v1/connectors/api/x", "/v1/connectors/api/y"] {
+        client().get(host.url(path)).send().await.expect("proxy");
+    }
+    // Both MCP upstreams asked at least once (the dead one fails).
+    for id in ["docs", "gone"] {
+        portcullis_e2e::get(&host.url(&format!("/api/connectors/{id}/capabilities"))).await;
+    }
+    let agent = mcp_agent_stateless(&host.url("/v1/mcp")).await;
+    let ok = agent
+        .call_tool(
+            CallToolRequestParams::new("docs_echo").with_arguments(
+                json!({"text": "hi"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let missing = agent
+        .call_tool(CallToolRequestParams::new("docs_nosuch"))
+        .await;
+    assert!(missing.is_err(), "{missing:?}");
+    // A tool of a connector that does not exist mints no series.
+    let _ = agent
+        .call_tool(CallToolRequestParams::new("invented_tool"))
+        .await;
+    drop(agent);
+
+    let text = client()
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "portcullis_upstream_requests_total{connector=\"api\",outcome=\"2xx\"} 2",
+        "portcullis_upstream_duration_seconds_count{connector=\"api\"} 2",
+        "portcullis_mcp_calls_total{connector=\"docs\",outcome=\"ok\"} 1",
+        "portcullis_mcp_calls_total{connector=\"docs\",outcome=\"error\"} 1",
+        "portcullis_upstream_up{connector=\"docs\"} 1",
+        "portcullis_upstream_up{connector=\"gone\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "portcullis_upstream_requests_total{connector=\"gone\",outcome=\"error\"}"
+        )),
+        "a refused connection counts as an error:\n{text}"
+    );
+    assert!(!text.contains("invented"), "{text}");
+}

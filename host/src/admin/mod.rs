@@ -465,6 +465,12 @@ pub async fn metrics(
         ))
         .into_response();
     }
+    // Upstream health as last seen, read now rather than pushed by every check.
+    for id in snapshot.connectors.keys() {
+        if let Some(p) = app.health.get(id, None, crate::health::Check::McpCatalog) {
+            app.metrics.upstream_up(id, p.ok);
+        }
+    }
     (
         [(
             http::header::CONTENT_TYPE,

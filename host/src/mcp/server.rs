@@ -119,6 +119,47 @@ impl Aggregator {
         }));
     }
 
+    /// `tools/call`: the built-in and plugin tools run here, the rest go to the tool's
+    /// upstream; an ungranted tool is refused as if it did not exist.
+    async fn call_tool_inner(
+        &self,
+        mut req: CallToolRequestParams,
+        cx: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let full = req.name.to_string();
+        let (id, tool) = split(Kind::Tool, &full).ok_or_else(|| not_available("tool", &full))?;
+        let access = w.snap.policy.access(&w.caller);
+        if !visible(&access, id, Kind::Tool, tool) {
+            tracing::info!(caller = %w.caller.login, tool = %full, "tool call refused: no grant");
+            return Err(not_available("tool", &full));
+        }
+        if let Some(r) = builtin::call(
+            &self.app,
+            &w.snap,
+            &w.caller,
+            &w.base_url,
+            id,
+            tool,
+            req.arguments.as_ref(),
+        )
+        .await
+        {
+            return Ok(CallToolResponse::Complete(r));
+        }
+        let up = self.upstream_for(&w, id).await?;
+        if !up.listing().tools.iter().any(|t| t.name == tool) {
+            return Err(not_available("tool", &full));
+        }
+        req.name = tool.to_owned().into();
+        up.with_session(|s| {
+            let req = req.clone();
+            async move { s.call_tool(req).await }
+        })
+        .await
+        .map_err(|e| upstream_error(id, e))
+    }
+
     /// The upstream for a call, or why there is none.
     async fn upstream_for(&self, w: &Who, id: &str) -> Result<Arc<super::Upstream>, ErrorData> {
         let c = w
@@ -203,41 +244,24 @@ impl rmcp::ServerHandler for Aggregator {
 
     async fn call_tool(
         &self,
-        mut req: CallToolRequestParams,
+        req: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let w = who(&cx.extensions)?;
         let full = req.name.to_string();
-        let (id, tool) = split(Kind::Tool, &full).ok_or_else(|| not_available("tool", &full))?;
-        let access = w.snap.policy.access(&w.caller);
-        if !visible(&access, id, Kind::Tool, tool) {
-            tracing::info!(caller = %w.caller.login, tool = %full, "tool call refused: no grant");
-            return Err(not_available("tool", &full));
-        }
-        if let Some(r) = builtin::call(
-            &self.app,
-            &w.snap,
-            &w.caller,
-            &w.base_url,
-            id,
-            tool,
-            req.arguments.as_ref(),
-        )
-        .await
+        let result = self.call_tool_inner(req, &cx).await;
+        // Counted per configured connector only: a name from the request alone would let
+        // any caller mint metric series.
+        if let (Ok(w), Some((id, _))) = (who(&cx.extensions), split(Kind::Tool, &full))
+            && (w.snap.connectors.contains_key(id) || id == builtin::APERTURE)
         {
-            return Ok(CallToolResponse::Complete(r));
+            let outcome = match &result {
+                Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
+                Ok(_) => "ok",
+                Err(_) => "error",
+            };
+            self.app.metrics.mcp_call(id, outcome);
         }
-        let up = self.upstream_for(&w, id).await?;
-        if !up.listing().tools.iter().any(|t| t.name == tool) {
-            return Err(not_available("tool", &full));
-        }
-        req.name = tool.to_owned().into();
-        up.with_session(|s| {
-            let req = req.clone();
-            async move { s.call_tool(req).await }
-        })
-        .await
-        .map_err(|e| upstream_error(id, e))
+        result
     }
 
     async fn list_resources(

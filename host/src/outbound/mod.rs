@@ -124,6 +124,8 @@ pub struct Outbound {
     discoveries: Discoveries,
     /// Where discovery results are reported.
     health: Arc<Health>,
+    /// Where every upstream request is counted and timed.
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -151,8 +153,10 @@ impl Outbound {
         plugins: Arc<Plugins>,
         connections: Arc<Connections>,
         health: Arc<Health>,
+        metrics: Arc<crate::telemetry::Metrics>,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
+            metrics,
             credentials: Credentials::new(egress.clone(), connections.clone()),
             egress,
             plugins,
@@ -355,10 +359,15 @@ impl Outbound {
         headers: HeaderMap,
         body: Payload,
     ) -> Result<http::Response<InBody>, Error> {
-        self.egress
+        let started = std::time::Instant::now();
+        let sent = self
+            .egress
             .send(method, url, headers, body.into_body())
-            .await
-            .map_err(|e| Error::egress(&c.id, &e))
+            .await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics
+            .observe_upstream(&c.id, status, started.elapsed());
+        sent.map_err(|e| Error::egress(&c.id, &e))
     }
 
     /// Classify stage: the provider plugin reads the status, headers and the first bytes
