@@ -108,6 +108,8 @@ pub struct HostOptions {
     pub data_dir: Option<PathBuf>,
     /// Variables the host must not see (the harness sets `RUST_LOG` and `NO_COLOR`).
     pub env_remove: Vec<String>,
+    /// `--listen`; default `127.0.0.1:0`.
+    pub listen: Option<String>,
 }
 
 impl Host {
@@ -134,7 +136,7 @@ impl Host {
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(&data_dir)
             .env("RUST_LOG", "info")

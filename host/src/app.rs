@@ -69,6 +69,10 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
     let current = file.read()?;
     let settings: config::Peeked = config::peek(&current.text);
     let metrics = Metrics::new();
+    let audit = match &opts.audit_log {
+        Some(path) => crate::audit::Audit::to_file(path, metrics.audit_dropped.clone())?,
+        None => crate::audit::Audit::to_log(),
+    };
 
     // The registry first: the validator checks every connector's provider against it.
     let registry =
@@ -130,6 +134,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         options: opts,
         plugins,
         connections,
+        audit,
         registry_watcher,
         config_hash: current.hash,
     }));
@@ -141,41 +146,51 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
 
 /// The HTTP surface.
 pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
+    use crate::admin::{__path_callback, __path_capabilities, __path_config_schema};
+    use crate::admin::{__path_connect, __path_disconnect, __path_healthz, __path_list};
+    use crate::admin::{__path_metrics, __path_registry, __path_whoami};
+    use crate::admin::{config as cfg, secrets};
+    use crate::openapi::{__path_serve as __path_openapi, path_of};
+    use crate::ui::{__path_asset, __path_index, __path_to_root};
+    // Paths come from the handlers' OpenAPI annotations ([`crate::openapi`]); the proxy
+    // documents its three routes as one (`{path}` of any depth).
     let identified = Router::new()
         .route("/v1/connectors/{id}", any(proxy::handle))
         .route("/v1/connectors/{id}/", any(proxy::handle))
         .route("/v1/connectors/{id}/{*path}", any(proxy::handle))
-        .route("/metrics", get(admin::metrics))
-        .route("/api/whoami", get(admin::whoami))
-        .route("/api/registry", get(admin::registry))
-        .route("/api/connectors", get(admin::list))
-        .route("/api/connectors/{id}/connect", post(admin::connect))
-        .route("/api/connectors/{id}/connection", delete(admin::disconnect))
+        .route(&path_of::<__path_metrics>(), get(admin::metrics))
+        .route(&path_of::<__path_whoami>(), get(admin::whoami))
+        .route(&path_of::<__path_registry>(), get(admin::registry))
         .route(
-            "/api/connectors/{id}/capabilities",
+            &path_of::<__path_config_schema>(),
+            get(admin::config_schema),
+        )
+        .route(&path_of::<__path_openapi>(), get(crate::openapi::serve))
+        .route(&path_of::<__path_list>(), get(admin::list))
+        .route(&path_of::<__path_connect>(), post(admin::connect))
+        .route(&path_of::<__path_disconnect>(), delete(admin::disconnect))
+        .route(
+            &path_of::<__path_capabilities>(),
             get(admin::capabilities).with_state(mcp.clone()),
         )
+        .route(&path_of::<cfg::__path_get>(), get(cfg::get).put(cfg::put))
+        .route(&path_of::<cfg::__path_validate>(), post(cfg::validate))
         .route(
-            "/api/config",
-            get(admin::config::get).put(admin::config::put),
-        )
-        .route("/api/config:validate", post(admin::config::validate))
-        .route(
-            "/api/config/connectors",
-            post(admin::config::add_from_template),
+            &path_of::<cfg::__path_add_from_template>(),
+            post(cfg::add_from_template),
         )
         .route(
-            "/api/config/connectors/{id}",
-            get(admin::config::get_connector)
-                .put(admin::config::put_connector)
-                .delete(admin::config::delete_connector),
+            &path_of::<cfg::__path_get_connector>(),
+            get(cfg::get_connector)
+                .put(cfg::put_connector)
+                .delete(cfg::delete_connector),
         )
-        .route("/api/secrets", get(admin::secrets::list))
+        .route(&path_of::<secrets::__path_list>(), get(secrets::list))
         .route(
-            "/api/secrets/{name}",
-            put(admin::secrets::put).delete(admin::secrets::delete),
+            &path_of::<secrets::__path_put>(),
+            put(secrets::put).delete(secrets::delete),
         )
-        .route("/aperture/auth/{id}/callback", get(admin::callback))
+        .route(&path_of::<__path_callback>(), get(admin::callback))
         .route(
             crate::mcp::ENDPOINT,
             any(crate::mcp::handle).with_state(crate::mcp::Entry::new(mcp)),
@@ -183,11 +198,11 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .fallback(admin::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()
-        .route("/healthz", get(admin::healthz))
+        .route(&path_of::<__path_healthz>(), get(admin::healthz))
         .route("/", get(crate::ui::to_root))
-        .route("/ui", get(crate::ui::to_root))
-        .route(crate::ui::ROOT, get(crate::ui::index))
-        .route("/ui/{asset}", get(crate::ui::asset))
+        .route(&path_of::<__path_to_root>(), get(crate::ui::to_root))
+        .route(&path_of::<__path_index>(), get(crate::ui::index))
+        .route(&path_of::<__path_asset>(), get(crate::ui::asset))
         .merge(identified)
         .layer(middleware::from_fn_with_state(
             app.clone(),
@@ -239,6 +254,8 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
 
     spawn_reloaders(app.clone())?;
     accept(listener, router).await;
+    // The last spans, before the process ends (the exporter blocks, off the runtime).
+    let _ = tokio::task::spawn_blocking(crate::telemetry::otel::flush).await;
     tracing::info!("portcullis stopped");
     Ok(())
 }
@@ -251,11 +268,8 @@ fn check_identity_source(config: &config::Config, listen: SocketAddr) -> anyhow:
     if config.identity.mode != config::IdentityMode::ServeHeaders {
         return Ok(());
     }
-    if !listen.ip().is_loopback() {
-        anyhow::bail!(
-            "identity.mode \"serve-headers\" trusts Tailscale-User-* headers from loopback peers only, so it must listen on loopback (127.0.0.1 or [::1]) behind `tailscale serve`, not on {listen}; use identity.mode \"tailscale\" to listen on the tailnet directly"
-        );
-    }
+    crate::configure::identity_fits_listen(config.identity.mode, listen)
+        .map_err(anyhow::Error::msg)?;
     tracing::warn!(
         "identity.mode is \"serve-headers\": any process on this machine can claim any tailnet identity by sending Tailscale-User-* headers; run it only where every local process is trusted, behind `tailscale serve`"
     );
@@ -555,7 +569,14 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
             .collect::<Vec<_>>()
             .join(",")
     });
-    let resp = next.run(req).await;
+    let span = crate::telemetry::otel::server_span(&method, req.uri().path(), req.headers());
+    let resp = match &span {
+        Some(span) => {
+            use tracing::Instrument as _;
+            next.run(req).instrument(span.clone()).await
+        }
+        None => next.run(req).await,
+    };
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     let connector = resp
@@ -563,6 +584,9 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .get::<ConnectorTag>()
         .map(|t| t.0.as_str())
         .unwrap_or("");
+    if let Some(span) = &span {
+        crate::telemetry::otel::finish_server_span(span, route, connector, status);
+    }
     let caller = resp
         .extensions()
         .get::<CallerTag>()
@@ -573,6 +597,10 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .get::<ErrorCode>()
         .map(|e| e.0)
         .unwrap_or("");
+    let upstream_us = resp
+        .extensions()
+        .get::<crate::telemetry::UpstreamTime>()
+        .map(|t| t.0.as_micros() as u64);
     app.metrics.observe(route, connector, status, elapsed);
     if route != "healthz" {
         tracing::info!(
@@ -583,6 +611,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
             method = %method,
             status,
             latency_us = elapsed.as_micros() as u64,
+            upstream_us,
             error,
             headers = header_names.as_deref().unwrap_or_default(),
             "request"

@@ -302,6 +302,29 @@ pub enum Trigger {
     Always,
 }
 
+/// `serve-headers` trusts identity headers from loopback peers only, which only
+/// `tailscale serve` on the same machine should be: a host listening anywhere else would
+/// refuse everyone, so such a config is refused at start-up, at a reload and at a save
+/// (one an admin made through the API would lock every caller out, them included).
+pub fn identity_fits_listen(
+    mode: config::IdentityMode,
+    listen: std::net::SocketAddr,
+) -> Result<(), String> {
+    if mode == config::IdentityMode::ServeHeaders && !listen.ip().is_loopback() {
+        return Err(format!(
+            "identity.mode \"serve-headers\" trusts Tailscale-User-* headers from loopback peers only, so it must listen on loopback (127.0.0.1 or [::1]) behind `tailscale serve`, not on {listen}; use identity.mode \"tailscale\" to listen on the tailnet directly"
+        ));
+    }
+    Ok(())
+}
+
+/// The running host's listen address rules for a new config ([`identity_fits_listen`]).
+fn fits_host(app: &App, mode: config::IdentityMode) -> Result<(), String> {
+    app.bound
+        .get()
+        .map_or(Ok(()), |bound| identity_fits_listen(mode, *bound))
+}
+
 /// Re-reads the config and puts the new snapshot in force, or keeps the old one.
 /// Returns whether a new snapshot went in.
 pub async fn reload(app: &App, trigger: Trigger) -> Result<bool, LoadError> {
@@ -311,8 +334,13 @@ pub async fn reload(app: &App, trigger: Trigger) -> Result<bool, LoadError> {
         return Ok(false);
     }
     let env = surroundings(app);
-    let result =
-        validated(&current.text, &env).and_then(|v| build_snapshot(v, &app.vault, &app.tokens));
+    let result = validated(&current.text, &env)
+        .and_then(|v| {
+            fits_host(app, v.0.identity.mode)
+                .map_err(|m| LoadError::Build(anyhow::anyhow!(m)))
+                .map(|()| v)
+        })
+        .and_then(|v| build_snapshot(v, &app.vault, &app.tokens));
     let outcome = if result.is_ok() {
         "applied"
     } else {
@@ -421,6 +449,8 @@ pub struct Prepared {
     pub diagnostics: Diagnostics,
     /// For a one-connector change: the connector as saved, and whether it is new.
     pub connector: Option<(String, Value, bool)>,
+    /// How callers will be identified under it.
+    pub identity: config::IdentityMode,
 }
 
 /// Applies `change` to `current` and validates the result strictly, without writing
@@ -484,9 +514,10 @@ pub fn prepare(
             saver.login
         )));
     }
-    let Some((_, policy)) = checked.filter(|_| !diags.fails_save()) else {
+    let Some((checked_config, policy)) = checked.filter(|_| !diags.fails_save()) else {
         return Err(SaveError::Invalid(diags));
     };
+    let identity = checked_config.identity.mode;
     // Names any field refers to, before or after, are never overwritten by a moved secret.
     let mut taken: std::collections::BTreeSet<String> = edit::vault_references(&new)
         .into_iter()
@@ -521,6 +552,7 @@ pub fn prepare(
         policy,
         diagnostics: diags,
         connector,
+        identity,
     })
 }
 
@@ -607,7 +639,14 @@ pub async fn save(
         });
     }
     let env = surroundings(app);
+    let action = match &change {
+        Edit::Whole(_) => "config.save",
+        Edit::Connector { create: true, .. } => "connector.add",
+        Edit::Connector { .. } => "connector.save",
+        Edit::RemoveConnector { .. } => "connector.delete",
+    };
     let prepared = prepare(&current, change, &env, Some(caller))?;
+    fits_host(app, prepared.identity).map_err(SaveError::Rejected)?;
     let secrets = store_secrets(&app.vault, &prepared)?;
     let snap = validated_as(&prepared.text, &env, Some(caller))
         .and_then(|v| build_snapshot(v, &app.vault, &app.tokens))
@@ -617,6 +656,12 @@ pub async fn save(
     let hash = hash(&prepared.text);
     app.install(snap, hash.clone());
     tracing::info!(by = %caller.login, secrets = secrets.len(), "config saved through the admin API");
+    let mut changed = crate::audit::changed_paths(
+        &config::parse_hujson(&current.text).unwrap_or(Value::Null),
+        &config::parse_hujson(&prepared.text).unwrap_or(Value::Null),
+    );
+    changed.extend(secrets.iter().map(|s| format!("vault secret {s} (set)")));
+    app.audit.admin(caller, action, &changed);
     Ok(Saved {
         hash,
         secrets,

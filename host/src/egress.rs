@@ -23,8 +23,9 @@ use hyper_util::rt::TokioExecutor;
 
 /// The config's `egress` section (its own type here, so the client depends on nothing
 /// above it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields, rename = "EgressConfig")]
 pub struct Settings {
     /// Dev/test only: permit upstreams on loopback addresses. Warned at load.
     pub allow_loopback: bool,

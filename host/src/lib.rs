@@ -50,9 +50,13 @@
 //! - [`plugins`]: the Wasm sandbox, the registry folder, and the check on every hook's
 //!   output (`plugins::output`). [plugin output]
 //! - [`vault`]: redb + AES-256-GCM; the only place that sees secrets at rest. [vault]
-//! - [`telemetry`]: request logs (header names only) and Prometheus metrics;
-//!   [`health`]: what the host last saw of each connector's upstream.
-//! - [`error`]: the stable JSON error body every answer of the host's own uses.
+//! - [`telemetry`]: request logs (header names only), Prometheus metrics and opt-in
+//!   OpenTelemetry traces; [`health`]: what the host last saw of each connector's
+//!   upstream; [`audit`]: who used which connector or tool under which grant, and every
+//!   admin change (never a secret).
+//! - [`error`]: the stable JSON error body every answer of the host's own uses;
+//!   [`openapi`]: the HTTP API's OpenAPI document, from the handlers' annotations (the
+//!   router takes its paths from them).
 //! - [`app`]: wiring only: builds the state, the router, reloads, the server.
 
 // `unsafe` is denied everywhere; the one exception (loading compiled plugin code from
@@ -61,6 +65,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod browser;
 pub mod commands;
 pub mod config;
@@ -78,6 +83,7 @@ pub mod identity;
 pub mod limits;
 pub mod mcp;
 pub mod oauth;
+pub mod openapi;
 pub mod outbound;
 pub mod plugins;
 pub mod policy;

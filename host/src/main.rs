@@ -47,6 +47,10 @@ enum Command {
         /// Provider registry folder.
         #[arg(long, env = "PORTCULLIS_REGISTRY")]
         registry: Option<PathBuf>,
+        /// Append the audit trail (who used which connector or tool under which grant,
+        /// every admin change) to this file, one JSON object per line; default: the log.
+        #[arg(long, env = "PORTCULLIS_AUDIT_LOG", value_name = "FILE")]
+        audit_log: Option<PathBuf>,
     },
     /// Check a config file and print every problem; exits 1 on errors. Checks secret
     /// references against the environment and the vault, and providers against the
@@ -187,7 +191,9 @@ fn main() -> ExitCode {
             run(async move { commands::validate(&file, strict, &place).await })
         }
         Command::RotateKey { config, data_dir } => {
-            telemetry::init_logging();
+            if let Err(e) = telemetry::init_logging() {
+                return report(Err(e));
+            }
             rotate_key(config, &data_dir)
         }
         Command::Secret { action, place } => {
@@ -228,13 +234,17 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             registry,
+            audit_log,
         } => {
-            telemetry::init_logging();
+            if let Err(e) = telemetry::init_logging() {
+                return report(Err(e));
+            }
             let opts = Options {
                 config,
                 listen,
                 data_dir,
                 registry,
+                audit_log,
             };
             run(async move { app::serve(opts).await.map(|()| true) })
         }

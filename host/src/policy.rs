@@ -122,6 +122,8 @@ enum Rule {
 /// segments (for "anything in this category" and "anything on this connector").
 #[derive(Debug, Clone)]
 struct GlobRule {
+    /// The pattern as written, for the audit log's "under which grant".
+    pattern: Box<str>,
     whole: GlobMatcher,
     /// For a pattern ending in `/**`, its prefix: `**` matches zero segments too
     /// (`github/proxy/**` covers `github/proxy` itself).
@@ -209,6 +211,7 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
         _ => None,
     };
     Ok(Rule::Glob(Box::new(GlobRule {
+        pattern: p.into(),
         whole: compile(p)?,
         prefix,
         connector: Segment::compile(segs[0]),
@@ -225,6 +228,8 @@ fn named_connector(p: &str) -> Option<&str> {
 
 #[derive(Debug)]
 struct CompiledGrant {
+    /// Position in the config's `grants`.
+    index: usize,
     src: Vec<String>,
     role: Option<Role>,
     read_metrics: bool,
@@ -260,7 +265,7 @@ impl Policy {
                 .index(i)
                 .key("app")
                 .key(APERTURE_CAP);
-            grants.push(compile_grant(g, &at, &labels, diags));
+            grants.push(compile_grant(i, g, &at, &labels, diags));
         }
         Self { grants, labels }
     }
@@ -287,23 +292,29 @@ impl Policy {
         {
             access.role = access.role.max(g.role);
             access.read_metrics |= g.read_metrics;
-            access.granted.push(&g.rules);
+            access
+                .granted
+                .push((GrantSource::Config(g.index), &g.rules));
         }
         // Policy-file grants, delivered by whois and compiled with the identity.
         access.role = access.role.max(caller.caps.role);
         access.read_metrics |= caller.caps.read_metrics;
-        access.granted.push(&caller.caps.rules);
+        access
+            .granted
+            .push((GrantSource::TailnetPolicy, &caller.caps.rules));
         access
     }
 }
 
 fn compile_grant(
+    index: usize,
     g: &Grant,
     at: &JsonPath,
     labels: &HashMap<String, Vec<String>>,
     diags: &mut Diagnostics,
 ) -> CompiledGrant {
     let mut out = CompiledGrant {
+        index,
         src: g.src.clone(),
         role: None,
         read_metrics: false,
@@ -377,20 +388,44 @@ fn src_matches(src: &str, caller: &Caller) -> bool {
     }
 }
 
+/// Where a grant comes from: the config's `grants` (by position) or the tailnet policy
+/// file (delivered with the caller's identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantSource {
+    Config(usize),
+    TailnetPolicy,
+}
+
+/// The grant and pattern that allowed something: `grants[0] github/**`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRef {
+    pub source: GrantSource,
+    pub pattern: String,
+}
+
+impl std::fmt::Display for GrantRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.source {
+            GrantSource::Config(i) => write!(f, "grants[{i}] {}", self.pattern),
+            GrantSource::TailnetPolicy => write!(f, "tailnet policy {}", self.pattern),
+        }
+    }
+}
+
 /// One caller's effective access.
 #[derive(Debug, Clone)]
 pub struct Access<'p> {
     role: Option<Role>,
     read_metrics: bool,
     /// Rules of the config grants that matched, borrowed from the policy, and the
-    /// caller's own, borrowed from the caller.
-    granted: Vec<&'p [Rule]>,
+    /// caller's own, borrowed from the caller; each with where it came from.
+    granted: Vec<(GrantSource, &'p [Rule])>,
     labels: &'p HashMap<String, Vec<String>>,
 }
 
 impl Access<'_> {
     fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.granted.iter().flat_map(|r| r.iter())
+        self.granted.iter().flat_map(|(_, r)| r.iter())
     }
 
     pub fn is_admin(&self) -> bool {
@@ -410,6 +445,30 @@ impl Access<'_> {
     /// leading slash. Other categories name one thing (a tool, a resource URI, a URI
     /// template): a `/` in it is matched as `%2F`, so that `*` covers the whole name.
     pub fn allows(&self, connector: &str, category: &str, resource: &str) -> bool {
+        self.matching(connector, category, resource).is_some()
+    }
+
+    /// The grant that lets the caller use `resource` ([`Self::allows`]), for the audit
+    /// log; `None` when nothing does.
+    pub fn grant_for(&self, connector: &str, category: &str, resource: &str) -> Option<GrantRef> {
+        self.matching(connector, category, resource)
+            .map(|(source, rule)| GrantRef {
+                source,
+                pattern: match rule {
+                    Rule::Glob(g) => g.pattern.to_string(),
+                    Rule::Label(l) => format!("label:{l}"),
+                },
+            })
+    }
+
+    /// The first rule that allows `resource`, with where it came from. (No allocation
+    /// beyond the name being matched: [`Self::allows`] runs on every request.)
+    fn matching(
+        &self,
+        connector: &str,
+        category: &str,
+        resource: &str,
+    ) -> Option<(GrantSource, &Rule)> {
         let mut full = String::with_capacity(connector.len() + category.len() + resource.len() + 2);
         full.push_str(connector);
         full.push('/');
@@ -426,13 +485,18 @@ impl Access<'_> {
             }
         }
         let whole = &full[..whole_len];
-        self.rules().any(|r| match r {
-            Rule::Glob(g) => {
-                g.whole.is_match(&full)
-                    || g.whole.is_match(whole)
-                    || g.prefix.as_ref().is_some_and(|p| p.is_match(&full))
-            }
-            Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
+        self.granted.iter().find_map(|(source, rules)| {
+            rules.iter().find_map(|r| {
+                let matched = match r {
+                    Rule::Glob(g) => {
+                        g.whole.is_match(&full)
+                            || g.whole.is_match(whole)
+                            || g.prefix.as_ref().is_some_and(|p| p.is_match(&full))
+                    }
+                    Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
+                };
+                matched.then_some((*source, r))
+            })
         })
     }
 
@@ -660,6 +724,43 @@ mod tests {
         assert!(a.allows("jira", "proxy", "x"));
         assert!(a.is_admin());
         assert!(!a.allows("github", "proxy", "x"));
+    }
+
+    #[test]
+    fn the_grant_that_allows_is_named_for_the_audit_trail() {
+        let text = format!(
+            r#"{{{CONNECTORS}, "grants": [
+                {{"src": ["b@x"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": "jira/**"}}]}}}},
+                {{"src": ["*"], "app": {{"tailscale.com/cap/aperture": [{{"connectors": ["github/proxy/repos/**", "label:dev"]}}]}}}}]}}"#
+        );
+        let (p, _) = policy(&text);
+        let mut c = user("a@x", &[]);
+        c.caps = Capabilities::compile(vec![serde_json::json!({"connectors": ["local/**"]})]);
+        let a = p.access(&c);
+        let named =
+            |conn: &str, cat: &str, res: &str| a.grant_for(conn, cat, res).map(|g| g.to_string());
+        assert_eq!(
+            named("github", "proxy", "repos/a"),
+            Some("grants[1] github/proxy/repos/**".into())
+        );
+        assert_eq!(
+            named("github", "proxy", "user"),
+            Some("grants[1] label:dev".into()),
+            "a label grants the whole connector"
+        );
+        assert_eq!(
+            named("local", "tools", "search"),
+            Some("tailnet policy local/**".into())
+        );
+        assert_eq!(
+            named("jira", "proxy", "x"),
+            None,
+            "grants[0] is someone else's"
+        );
+        assert_eq!(
+            a.allows("jira", "proxy", "x"),
+            named("jira", "proxy", "x").is_some()
+        );
     }
 
     #[test]

@@ -21,11 +21,14 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::Frame;
 
+use crate::audit::{Outcome, Via};
 use crate::config::Protocol;
 use crate::error::{ApiError, Relayed};
 use crate::identity::Caller;
+use crate::openapi::ErrorBody;
 use crate::outbound::path::normalize_path;
 use crate::outbound::{Exchange, Payload, Target, UpstreamBody};
+use crate::policy::GrantRef;
 use crate::state::{App, Snapshot};
 
 /// Route prefix of the proxy.
@@ -50,6 +53,20 @@ const ALLOWED: &[Method] = &[
 #[derive(Debug, Clone)]
 pub struct ConnectorTag(pub String);
 
+/// Calls a connector's HTTP API with its credential injected.
+///
+/// The path and query go to the connector's `url`; the caller needs a grant on
+/// `<id>/proxy/<path>`. The caller's own credentials and hop-by-hop headers are dropped.
+#[utoipa::path(method(get, head, post, put, patch, delete, options), path = "/v1/connectors/{id}/{path}", tag = "agents",
+    params(("id" = String, Path, description = "Connector ID"),
+           ("path" = String, Path, description = "The upstream path, any depth (`/v1/connectors/{id}` and `/v1/connectors/{id}/` reach the upstream's base)")),
+    responses(
+        (status = "default", description = "The upstream's answer, relayed (body cut at 50 MB)"),
+        (status = 400, description = "A path that is not clean (`..`, encoded slashes)", body = ErrorBody),
+        (status = 404, description = "No such connector, or an MCP connector", body = ErrorBody),
+        (status = 405, description = "TRACE or CONNECT", body = ErrorBody),
+        (status = 502, description = "The upstream could not be reached, or refused the credential", body = ErrorBody),
+    ))]
 pub async fn handle(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -65,16 +82,53 @@ pub async fn handle(
         ))
         .into_response();
     };
-    let mut resp = match forward(&app, &snapshot, &caller, connector, path, req).await {
+    let method = req.method().clone();
+    let mut decision = Decision::Undecided;
+    let mut resp = match forward(
+        &app,
+        &snapshot,
+        &caller,
+        connector,
+        path,
+        req,
+        &mut decision,
+    )
+    .await
+    {
         Ok(mut upstream) => {
             upstream.extensions_mut().insert(Relayed);
             upstream
         }
         Err(e) => e.into_response(),
     };
+    // Requests refused before the grant check (bad method or path) used nothing.
+    let outcome = match &decision {
+        Decision::Undecided => None,
+        Decision::Denied => Some((None, Outcome::Denied)),
+        Decision::Granted(g) => Some((Some(g), Outcome::Status(resp.status().as_u16()))),
+    };
+    if let Some((grant, outcome)) = outcome {
+        app.audit.call(
+            &caller,
+            id,
+            Via::Proxy {
+                method: method.as_str(),
+                path,
+            },
+            grant,
+            outcome,
+        );
+    }
     resp.extensions_mut()
         .insert(ConnectorTag(connector.id.clone()));
     resp
+}
+
+/// The grant check's verdict, for the audit trail.
+enum Decision {
+    Undecided,
+    Denied,
+    Granted(GrantRef),
 }
 
 async fn forward(
@@ -84,6 +138,7 @@ async fn forward(
     connector: &crate::connector::Connector,
     path: &str,
     req: Request,
+    decision: &mut Decision,
 ) -> Result<Response, ApiError> {
     let id = connector.id.as_str();
     if !ALLOWED.contains(req.method()) {
@@ -103,16 +158,18 @@ async fn forward(
         return Ok(resp);
     }
     let path = normalize_path(path)?;
-    if !snapshot
+    let Some(grant) = snapshot
         .policy
         .access(caller)
-        .allows(id, "proxy", &path.grant)
-    {
+        .grant_for(id, "proxy", &path.grant)
+    else {
+        *decision = Decision::Denied;
         return Err(ApiError::forbidden(format!(
             "access denied: {} has no grant for \"{id}/proxy\"; ask an admin for a connectors grant such as \"{id}/proxy\" or \"{id}/**\"",
             caller.login
         )));
-    }
+    };
+    *decision = Decision::Granted(grant);
     if connector.protocol != Protocol::Http {
         return Err(ApiError::not_found(format!(
             "connector \"{id}\" is an MCP connector; reach it through /v1/mcp"

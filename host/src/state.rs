@@ -34,6 +34,8 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub registry: Option<PathBuf>,
+    /// Audit records go here, else to the log ([`crate::audit`]).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Everything derived from one config.
@@ -105,6 +107,8 @@ pub struct App {
     pub connections: Arc<Connections>,
     /// The one pipeline for every upstream call.
     pub outbound: Arc<Outbound>,
+    /// Who used what, and every admin change.
+    pub audit: crate::audit::Audit,
     /// What the host last saw of each connector's upstream.
     pub health: Arc<Health>,
     /// The address the server is bound to (known once `serve` has bound it).
@@ -130,6 +134,7 @@ pub struct Parts {
     pub options: Options,
     pub plugins: Arc<Plugins>,
     pub connections: Arc<Connections>,
+    pub audit: crate::audit::Audit,
     pub registry_watcher: Option<notify::RecommendedWatcher>,
     /// Hash of the config text the snapshot was built from.
     pub config_hash: String,
@@ -157,6 +162,7 @@ impl App {
             plugins: p.plugins,
             connections: p.connections,
             outbound,
+            audit: p.audit,
             health,
             bound: OnceLock::new(),
             config_lock: tokio::sync::Mutex::new(()),

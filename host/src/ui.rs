@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 
 /// Where the dashboard lives.
 pub const ROOT: &str = "/ui/";
@@ -58,16 +59,23 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// `GET /ui/`: the page.
+#[utoipa::path(get, path = "/ui/", tag = "dashboard",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html")))]
 pub async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
 /// `GET /ui/<asset>`.
+#[utoipa::path(get, path = "/ui/{asset}", tag = "dashboard",
+    params(("asset" = String, Path, description = "`app.js`, `style.css` or `icon.svg`")),
+    responses((status = 200, description = "A dashboard asset"), (status = 304, description = "Not modified (`If-None-Match`)"), (status = 404, description = "No such asset", body = ErrorBody)))]
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     serve(&name, &headers)
 }
 
 /// `GET /` and `GET /ui`: to the page.
+#[utoipa::path(get, path = "/ui", tag = "dashboard",
+    responses((status = 303, description = "To `/ui/` (`/` redirects there too)")))]
 pub async fn to_root() -> Redirect {
     Redirect::to(ROOT)
 }

@@ -176,7 +176,7 @@ async fn reload_on_sighup_and_file_change_without_dropping_requests() {
 
 /// Configs `serve` would refuse: `validate` must refuse each too, at the same path.
 /// (What each one breaks, then the path both must name.)
-fn broken_corpus() -> Vec<(&'static str, String, &'static str)> {
+pub(crate) fn broken_corpus() -> Vec<(&'static str, String, &'static str)> {
     let server = |s: serde_json::Value| {
         json!({"identity": {"mode": "loopback"}, "connectors": {"servers": {"x": s}}}).to_string()
     };

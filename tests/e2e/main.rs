@@ -2,6 +2,7 @@
 //! on loopback. One test binary (it links once); a module per area.
 
 mod admin_api;
+mod audit;
 mod browser;
 mod cli;
 mod client_credentials;
@@ -12,10 +13,14 @@ mod errors;
 mod identity;
 mod mcp;
 mod observability;
+mod openapi;
 mod per_user;
 mod plugins;
 mod proxy;
+mod schema;
 mod startup;
+mod template;
+mod traces;
 mod vault;
 
 use serde_json::{Value, json};

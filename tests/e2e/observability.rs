@@ -36,6 +36,7 @@ async fn request_log_names_headers_but_never_values_or_secrets() {
         "method=GET",
         "status=200",
         "latency_us=",
+        "upstream_us=",
         "authorization",
         "x-trace",
     ] {

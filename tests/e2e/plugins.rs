@@ -461,6 +461,16 @@ async fn misbehaving_plugins_fail_only_their_own_call() {
             "{kind} not counted:\n{metrics}"
         );
     }
+    // Time inside the plugins, failed calls included (a deadline shows as time spent).
+    let calls: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("portcullis_plugin_duration_seconds_count{")
+                && l.contains("hook=\"shape-request\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    assert!(calls >= 5, "plugin time not measured:\n{metrics}");
 }
 
 #[tokio::test]

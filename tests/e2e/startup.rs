@@ -124,6 +124,56 @@ fn serve_headers_listens_on_loopback_only_and_says_what_it_trusts() {
     );
 }
 
+/// A host on every address cannot take `serve-headers` later either: a save through the
+/// admin API is refused (it would lock every caller out, the admin saving included) and
+/// so is a reload of an edited file, which keeps the config in force.
+#[tokio::test]
+async fn serve_headers_is_refused_by_a_save_or_reload_on_a_non_loopback_listener() {
+    let config = crate::loopback_config(json!({}), crate::admin_everything());
+    let host = Host::start_with(
+        &config,
+        portcullis_e2e::HostOptions {
+            listen: Some("0.0.0.0:0".into()),
+            ..Default::default()
+        },
+    );
+    let http = portcullis_e2e::client();
+    let current: serde_json::Value = http
+        .get(host.url("/api/config"))
+        .send()
+        .await
+        .expect("config")
+        .json()
+        .await
+        .expect("json");
+    let mut changed = current["config"].clone();
+    changed["identity"]["mode"] = json!("serve-headers");
+    let resp = http
+        .put(host.url("/api/config"))
+        .json(&json!({"hash": current["hash"], "config": changed}))
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(resp.status(), 400);
+    let body = resp.text().await.expect("body");
+    assert!(
+        body.contains("serve-headers") && body.contains("0.0.0.0"),
+        "{body}"
+    );
+
+    let mut file: serde_json::Value = serde_json::from_str(&config).expect("config");
+    file["identity"]["mode"] = json!("serve-headers");
+    host.write_config(&file.to_string());
+    host.signal("HUP");
+    host.wait_for_log("must listen on loopback").await;
+    let who = http
+        .get(host.url("/api/whoami"))
+        .send()
+        .await
+        .expect("whoami");
+    assert_eq!(who.status(), 200, "the previous config keeps serving");
+}
+
 /// In `tailscale` mode every request needs tailscaled: without it the host says so at
 /// start and `/healthz` is 503 (so nothing routes traffic to it), until it answers.
 #[tokio::test]

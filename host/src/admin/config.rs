@@ -18,9 +18,12 @@ use crate::config::{FromTemplate, edit};
 use crate::configure::{self, ConfigFile, Edit, SaveError};
 use crate::error::ApiError;
 use crate::identity::Caller;
+use crate::openapi::ErrorBody;
 use crate::state::{App, Snapshot};
 
 /// `GET /api/config`: the saved config, secrets masked, with the hash a save must name.
+#[utoipa::path(get, path = "/api/config", tag = "config",
+    responses((status = 200, description = "`{\"hash\": ..., \"config\": {...}, \"diagnostics\": [...]}`: secrets masked as `********`", body = Object)))]
 pub async fn get(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -95,6 +98,13 @@ pub(super) fn body<T: serde::de::DeserializeOwned>(
 const WHOLE_SHAPE: &str = r#"{"hash": "<hash from GET /api/config>", "config": {...}}"#;
 
 /// `PUT /api/config`: replaces the whole config, if it is still the one read.
+#[utoipa::path(put, path = "/api/config", tag = "config",
+    request_body(content = Object, description = "`{\"hash\": \"<from GET>\", \"config\": {...}}`: masked secrets keep their values, inline ones move into the vault"),
+    responses(
+        (status = 200, description = "`{\"hash\": ..., \"secrets\": [...]}`: saved and in force", body = Object),
+        (status = 409, description = "`stale_config`: the config changed since it was read (the error names the current hash)", body = ErrorBody),
+        (status = 422, description = "`invalid_config`: every diagnostic, with its JSON path", body = ErrorBody),
+    ))]
 pub async fn put(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -117,6 +127,9 @@ pub async fn put(
 
 /// `POST /api/config:validate`: what a save would say, without saving. Warnings fail
 /// here as they fail a save.
+#[utoipa::path(post, path = "/api/config:validate", tag = "config",
+    request_body(content = Object, description = "`{\"config\": {...}}`"),
+    responses((status = 200, description = "`{\"valid\": bool, \"diagnostics\": [...]}`: what a save would say", body = Object)))]
 pub async fn validate(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -168,6 +181,12 @@ fn unreadable(file: &ConfigFile, e: &str) -> ApiError {
 
 /// `GET /api/config/connectors/<id>`: one connector as saved, secrets masked, with its
 /// version in `ETag`.
+#[utoipa::path(get, path = "/api/config/connectors/{id}", tag = "config",
+    params(("id" = String, Path, description = "Connector ID")),
+    responses(
+        (status = 200, description = "The connector as saved, secrets masked; its version in `ETag`", body = Object),
+        (status = 404, description = "No such connector", body = ErrorBody),
+    ))]
 pub async fn get_connector(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -196,6 +215,18 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 /// `PUT /api/config/connectors/<id>`: adds or replaces one connector; the rest of the
 /// config is left as it is, so edits of different connectors never collide. With
 /// `If-None-Match: *` it only adds (409 `connector_exists` otherwise).
+#[utoipa::path(put, path = "/api/config/connectors/{id}", tag = "config",
+    params(("id" = String, Path, description = "Connector ID"),
+           ("If-Match" = Option<String>, Header, description = "The `ETag` the change was made against"),
+           ("If-None-Match" = Option<String>, Header, description = "`*`: add only")),
+    request_body(content = Object, description = "The connector (`connectors.servers.<id>`)"),
+    responses(
+        (status = 200, description = "Replaced", body = Object),
+        (status = 201, description = "Added", body = Object),
+        (status = 409, description = "`connector_exists` (with `If-None-Match: *`)", body = ErrorBody),
+        (status = 412, description = "`stale_connector`: it changed since its `ETag` was read", body = ErrorBody),
+        (status = 422, description = "`invalid_config`", body = ErrorBody),
+    ))]
 pub async fn put_connector(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -239,6 +270,15 @@ pub async fn put_connector(
 }
 
 /// `DELETE /api/config/connectors/<id>`.
+#[utoipa::path(delete, path = "/api/config/connectors/{id}", tag = "config",
+    params(("id" = String, Path, description = "Connector ID"),
+           ("If-Match" = Option<String>, Header, description = "The `ETag` the change was made against")),
+    responses(
+        (status = 200, description = "`{\"removed\": id, \"hash\": ...}`", body = Object),
+        (status = 404, description = "No such connector", body = ErrorBody),
+        (status = 412, description = "`stale_connector`: it changed since its `ETag` was read", body = ErrorBody),
+        (status = 422, description = "`invalid_config`: e.g. a grant still names it", body = ErrorBody),
+    ))]
 pub async fn delete_connector(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -260,6 +300,13 @@ pub async fn delete_connector(
 /// `POST /api/config/connectors`: a connector from a registry provider's template, with
 /// the operator's client ID and secret; 201 with what was saved and the redirect URI to
 /// register at the provider.
+#[utoipa::path(post, path = "/api/config/connectors", tag = "config",
+    request_body(content = Object, description = "`{\"provider\": ..., \"id\"?: ..., \"protocol\"?: ..., \"client_id\"?: ..., \"client_secret\"?: ..., \"secret\"?: ...}`: secrets move into the vault"),
+    responses(
+        (status = 201, description = "The connector as saved and the `redirect_uri` to register at the provider", body = Object),
+        (status = 404, description = "No such provider", body = ErrorBody),
+        (status = 422, description = "`invalid_config`", body = ErrorBody),
+    ))]
 pub async fn add_from_template(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,

@@ -37,6 +37,7 @@ use crate::connections::{CallbackQuery, PENDING_TTL, PerUser, Status};
 use crate::connector::Connector;
 use crate::error::ApiError;
 use crate::identity::Caller;
+use crate::openapi::ErrorBody;
 use crate::outbound::connection_error as conn_error;
 use crate::proxy::ConnectorTag;
 use crate::state::{App, Snapshot};
@@ -111,6 +112,8 @@ fn redirect_uri(
 }
 
 /// `GET /api/connectors`: the caller's view, with status.
+#[utoipa::path(get, path = "/api/connectors", tag = "connectors",
+    responses((status = 200, description = "`{\"connectors\": [...]}`: each connector the caller has a grant on, with its status for them (`ready`, `needs_auth`, `misconfigured`, `no_access`), health and checks", body = Object)))]
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -200,6 +203,12 @@ fn health(app: &App, c: &Connector, caller: &Caller) -> serde_json::Value {
 /// connector's provider plugin, named as agents call them through `/v1/mcp`. An empty
 /// list for a connector whose upstream answers nothing says more than a status does:
 /// the upstream works, or it does not.
+#[utoipa::path(get, path = "/api/connectors/{id}/capabilities", tag = "connectors",
+    params(("id" = String, Path, description = "Connector ID")),
+    responses(
+        (status = 200, description = "`tools`, `resources` and `templates` the caller may use, named as through `/v1/mcp`, and the caller's `status`", body = Object),
+        (status = 404, description = "No such connector, or none the caller has a grant on", body = ErrorBody),
+    ))]
 pub async fn capabilities(
     State(gw): State<Arc<crate::mcp::Gateway>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -279,6 +288,14 @@ fn must_be_per_user(c: &Connector) -> Result<&Arc<PerUser>, ApiError> {
 }
 
 /// `POST /api/connectors/<id>/connect` → `{"auth_url": ...}`.
+#[utoipa::path(post, path = "/api/connectors/{id}/connect", tag = "connectors",
+    params(("id" = String, Path, description = "A per-user OAuth connector's ID")),
+    responses(
+        (status = 200, description = "`{\"auth_url\": ..., \"expires_in\": 600}`: open `auth_url` in the caller's browser", body = Object),
+        (status = 400, description = "The connector does not use per-user OAuth", body = ErrorBody),
+        (status = 404, description = "No such connector", body = ErrorBody),
+        (status = 502, description = "The provider's authorization server could not be used (discovery or registration failed)", body = ErrorBody),
+    ))]
 pub async fn connect(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -322,6 +339,12 @@ pub async fn connect(
 }
 
 /// `DELETE /api/connectors/<id>/connection`: the caller's own tokens only.
+#[utoipa::path(delete, path = "/api/connectors/{id}/connection", tag = "connectors",
+    params(("id" = String, Path, description = "A per-user OAuth connector's ID")),
+    responses(
+        (status = 200, description = "`{\"disconnected\": bool, \"status\": ...}`: the caller's tokens removed (and revoked where the provider allows)", body = Object),
+        (status = 404, description = "No such connector", body = ErrorBody),
+    ))]
 pub async fn disconnect(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -334,6 +357,9 @@ pub async fn disconnect(
         // Ending the connection also ends the caller's MCP sessions on it (the hub
         // follows `Connections::changes`).
         let had = app.connections.disconnect(pu, &caller.login).await;
+        if had {
+            app.audit.connection(&caller, &c.id, "disconnected");
+        }
         Ok(Json(json!({
             "disconnected": had,
             "status": if snapshot.policy.access(&caller).any_on(&c.id) {
@@ -362,6 +388,15 @@ fn tagged(
 }
 
 /// `GET /aperture/auth/<id>/callback`: the browser comes back from the provider.
+#[utoipa::path(get, path = "/aperture/auth/{id}/callback", tag = "connectors",
+    params(("id" = String, Path, description = "Connector ID"),
+           ("code" = Option<String>, Query, description = "Authorization code"),
+           ("state" = Option<String>, Query, description = "The state the connect step issued"),
+           ("error" = Option<String>, Query, description = "The provider's refusal")),
+    responses(
+        (status = 200, description = "An HTML page: connected", content_type = "text/html"),
+        (status = 400, description = "An HTML page: the authorization failed, and why", content_type = "text/html"),
+    ))]
 pub async fn callback(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -402,6 +437,7 @@ pub async fn callback(
     // The caller's MCP tools of this connector (and of the others on the connection)
     // load now, and open MCP sessions are told.
     if connected {
+        app.audit.connection(&caller, &id, "connected");
         app.connected(caller.clone(), &id);
     }
     if snapshot.connectors.contains_key(&id) {
@@ -438,6 +474,11 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
 /// `GET /healthz`: readiness, with no identity (probes come from outside the tailnet).
 /// 503 while the host cannot serve (tailscaled unreachable in `tailscale` mode), so a
 /// load balancer or orchestrator sends no traffic that would only get 503s.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\": \"ok\"}`: serving", body = Object),
+        (status = 503, description = "`{\"status\": \"not_ready\", \"error\": ...}`: the identity source cannot be reached", body = Object),
+    ))]
 pub async fn healthz(State(app): State<Arc<App>>) -> Response {
     match app.not_ready() {
         None => Json(json!({"status": "ok"})).into_response(),
@@ -453,6 +494,10 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus metrics, for `admin` or `read_metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition (needs role `admin` or `read_metrics`)", content_type = "application/openmetrics-text", body = String),
+    ))]
 pub async fn metrics(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -483,6 +528,8 @@ pub async fn metrics(
 
 /// Who the host thinks the caller is, and their role: the first thing to check when a
 /// grant does not seem to work.
+#[utoipa::path(get, path = "/api/whoami", tag = "connectors",
+    responses((status = 200, description = "`login`, `kind` (`user`, `tagged`, `loopback`), `node`, `tags`, `groups` and `role`", body = Object)))]
 pub async fn whoami(
     Extension(snapshot): Extension<Arc<Snapshot>>,
     Extension(caller): Extension<Arc<Caller>>,
@@ -501,8 +548,23 @@ pub async fn whoami(
 /// The provider registry for the picker: every loaded provider with its defaults, and
 /// every entry that failed to load with the reason. Defaults hold no secrets, so any
 /// identified caller may read them.
+#[utoipa::path(get, path = "/api/registry", tag = "connectors",
+    responses((status = 200, description = "`providers` (each with its defaults and picker entry) and `broken` (entries that failed to load, with why)", body = Object)))]
 pub async fn registry(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(crate::plugins::registry_json(&app.plugins))
+}
+
+/// The config's JSON Schema ([`crate::config::schema`]), for editors and config tools.
+#[utoipa::path(get, path = "/api/schema/config.json", tag = "config",
+    responses((status = 200, description = "The config's JSON Schema (draft 2020-12)", content_type = "application/schema+json", body = Object)))]
+pub async fn config_schema() -> Response {
+    static SCHEMA: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| crate::config::schema::config_schema().to_string());
+    (
+        [(http::header::CONTENT_TYPE, "application/schema+json")],
+        SCHEMA.as_str(),
+    )
+        .into_response()
 }
 
 /// Everything else.

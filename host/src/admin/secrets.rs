@@ -19,6 +19,7 @@ use crate::config::edit;
 use crate::configure::{self, ConfigFile, Trigger};
 use crate::error::ApiError;
 use crate::identity::Caller;
+use crate::openapi::ErrorBody;
 use crate::state::{App, Snapshot};
 
 /// Where each vault secret is used: the saved config and the config in force (they
@@ -60,6 +61,8 @@ fn vault_error(e: crate::vault::VaultError) -> ApiError {
 }
 
 /// `GET /api/secrets`.
+#[utoipa::path(get, path = "/api/secrets", tag = "secrets",
+    responses((status = 200, description = "Names, when each was set and what uses it; never values", body = Object)))]
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -93,6 +96,10 @@ struct SetSecret {
 }
 
 /// `PUT /api/secrets/<name>` with `{"value": "..."}`: sets (or rotates) a secret.
+#[utoipa::path(put, path = "/api/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path, description = "Secret name")),
+    request_body(content = Object, description = "`{\"value\": \"...\"}`"),
+    responses((status = 200, description = "`{\"name\": ..., \"used_by\": [...], \"applied\": ...}`; the value is never returned", body = Object)))]
 pub async fn put(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -122,6 +129,8 @@ pub async fn put(
         .map_err(|e| vault_error(crate::vault::VaultError::Store(e.to_string())))?
         .map_err(vault_error)?;
     tracing::info!(secret = %name, by = %caller.login, "vault secret set through the admin API");
+    app.audit
+        .admin(&caller, "secret.set", std::slice::from_ref(&name));
     let uses = used_by(&app, &snapshot);
     let used: Vec<&str> = paths_of(&uses, &name);
     // Connectors resolve secrets when a config is built: rebuild so they use this one.
@@ -141,6 +150,13 @@ pub async fn put(
 }
 
 /// `DELETE /api/secrets/<name>`: refused while a connector uses it.
+#[utoipa::path(delete, path = "/api/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path, description = "Secret name")),
+    responses(
+        (status = 200, description = "Removed", body = Object),
+        (status = 404, description = "No such secret", body = ErrorBody),
+        (status = 409, description = "`secret_in_use`: the fields that use it are listed", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Extension(snapshot): Extension<Arc<Snapshot>>,
@@ -173,5 +189,7 @@ pub async fn delete(
         )));
     }
     tracing::info!(secret = %name, by = %caller.login, "vault secret removed through the admin API");
+    app.audit
+        .admin(&caller, "secret.delete", std::slice::from_ref(&name));
     Ok(Json(json!({"removed": name})))
 }

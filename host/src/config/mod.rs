@@ -7,6 +7,7 @@
 
 mod diag;
 pub mod edit;
+pub mod schema;
 mod surroundings;
 mod types;
 
@@ -209,7 +210,8 @@ fn build(root: &Value, env: &dyn Surroundings, diags: &mut Diagnostics) -> Optio
     for key in obj.keys() {
         let known = matches!(
             key.as_str(),
-            "listen"
+            "$schema"
+                | "listen"
                 | "identity"
                 | "vault"
                 | "registry"

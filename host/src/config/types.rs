@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The whole, validated configuration: an immutable snapshot.
@@ -34,7 +35,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// tailscaled's LocalAPI socket on Linux.
 pub const DEFAULT_TAILSCALED_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 pub enum IdentityMode {
     /// Ask tailscaled's LocalAPI `whois` about every peer.
     #[serde(rename = "tailscale")]
@@ -47,8 +48,9 @@ pub enum IdentityMode {
     Loopback,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct IdentityConfig {
     pub mode: IdentityMode,
     /// Path of tailscaled's LocalAPI Unix socket.
@@ -67,15 +69,17 @@ impl Default for IdentityConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct VaultConfig {
     /// Master key file; default `<data-dir>/master.key`. `PORTCULLIS_MASTER_KEY` wins.
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Provider registry folder; `--registry` / `PORTCULLIS_REGISTRY` win.
     pub dir: Option<PathBuf>,
@@ -85,8 +89,9 @@ pub struct RegistryConfig {
 pub use crate::egress::Settings as EgressConfig;
 
 /// What the host answers to, for browsers ([`crate::browser`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Names (or `name:port`) the host answers to besides loopback names, IP addresses
     /// and `public_url`'s host: the DNS-rebinding guard. An empty list turns it off.
@@ -97,10 +102,12 @@ pub struct HttpConfig {
 }
 
 /// The aggregated MCP endpoint `/v1/mcp` and its upstream sessions.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct McpConfig {
     /// Deprecated: `http.allowed_hosts`, which covers every route.
+    #[schemars(extend("deprecated" = true))]
     pub allowed_hosts: Option<Vec<String>>,
     /// How often shared-credential MCP servers are asked for their catalogs again.
     pub poll_interval_secs: u64,
@@ -118,7 +125,7 @@ impl Default for McpConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http,
@@ -242,7 +249,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// Where an API key goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyLocation {
     Header,
@@ -294,12 +301,14 @@ impl Auth {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
 pub struct BearerToken {
     pub secret: SecretRef,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
 pub struct ApiKey {
     pub secret: SecretRef,
     pub name: String,
@@ -307,27 +316,35 @@ pub struct ApiKey {
     pub location: KeyLocation,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
 pub struct Basic {
     pub username: String,
     pub password: SecretRef,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
 pub struct ClientCredentials {
+    #[schemars(length(min = 1))]
     pub client_id: String,
     pub client_secret: SecretRef,
+    #[schemars(url, regex(pattern = "^https?://"))]
     pub token_url: String,
     #[serde(default)]
     pub scopes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
 pub struct AuthorizationCode {
+    #[schemars(length(min = 1))]
     pub client_id: String,
     #[serde(default)]
     pub client_secret: Option<SecretRef>,
+    #[schemars(url, regex(pattern = "^https?://"))]
     pub authorization_url: String,
+    #[schemars(url, regex(pattern = "^https?://"))]
     pub token_url: String,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -336,10 +353,12 @@ pub struct AuthorizationCode {
     /// RFC 7009 revocation endpoint (a Portcullis addition; the provider's plugin
     /// supplies one when this is absent).
     #[serde(default)]
+    #[schemars(url, regex(pattern = "^https?://"))]
     pub revocation_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
 pub struct Dcr {
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -414,7 +433,9 @@ pub struct Grant {
 /// The capability key Portcullis reads, shared with Aperture and the tailnet policy file.
 pub const APERTURE_CAP: &str = "tailscale.com/cap/aperture";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -422,21 +443,25 @@ pub enum Role {
 }
 
 /// One capability object inside a grant (or delivered by whois).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 pub struct Capability {
     #[serde(default)]
     pub role: Option<Role>,
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(with = "super::schema::OneOrMany")]
     pub connectors: Vec<String>,
     /// May read `/metrics`.
     #[serde(default)]
     pub read_metrics: bool,
     /// Deprecated Aperture fields, translated to `connectors` patterns.
     #[serde(default)]
+    #[schemars(extend("deprecated" = true))]
     pub mcp_tools: Option<String>,
     #[serde(default)]
+    #[schemars(extend("deprecated" = true))]
     pub mcp_resources: Option<String>,
     #[serde(default)]
+    #[schemars(extend("deprecated" = true))]
     pub mcp_templates: Option<String>,
     // Aperture LLM-gateway fields: accepted so a shared policy loads, but unused here.
     #[serde(default)]
@@ -466,7 +491,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct Flag {
     pub value: serde_json::Value,
 }

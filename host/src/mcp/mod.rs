@@ -77,7 +77,7 @@ impl Gateway {
     }
 }
 
-pub use server::{ENDPOINT, Entry, handle};
+pub use server::{__path_handle, ENDPOINT, Entry, handle};
 
 /// What an MCP name refers to, as grants see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +106,17 @@ impl Kind {
 
 /// The grant decision for one upstream name, used by listing and by calls alike.
 pub fn visible(access: &Access<'_>, connector: &str, kind: Kind, name: &str) -> bool {
-    access.allows(connector, kind.category(), name)
+    grant(access, connector, kind, name).is_some()
+}
+
+/// [`visible`], naming the grant that allows it (for the audit trail).
+pub fn grant(
+    access: &Access<'_>,
+    connector: &str,
+    kind: Kind,
+    name: &str,
+) -> Option<crate::policy::GrantRef> {
+    access.grant_for(connector, kind.category(), name)
 }
 
 /// `<connector><sep><name>`.

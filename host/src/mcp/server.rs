@@ -30,9 +30,12 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 
 use super::template::{UriTemplate, normalize};
 use super::{Gateway, Kind, builtin, prefixed, split, view, visible};
+use crate::audit::{Outcome, Via};
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::identity::Caller;
+use crate::openapi::ErrorBody;
+use crate::policy::GrantRef;
 use crate::state::Snapshot;
 
 /// Where the aggregated endpoint is mounted.
@@ -121,19 +124,22 @@ impl Aggregator {
 
     /// `tools/call`: the built-in and plugin tools run here, the rest go to the tool's
     /// upstream; an ungranted tool is refused as if it did not exist.
+    /// `granted` is set once the grant check passed (for the audit trail).
     async fn call_tool_inner(
         &self,
         mut req: CallToolRequestParams,
         cx: &RequestContext<RoleServer>,
+        granted: &mut Option<GrantRef>,
     ) -> Result<CallToolResponse, ErrorData> {
         let w = who(&cx.extensions)?;
         let full = req.name.to_string();
         let (id, tool) = split(Kind::Tool, &full).ok_or_else(|| not_available("tool", &full))?;
         let access = w.snap.policy.access(&w.caller);
-        if !visible(&access, id, Kind::Tool, tool) {
+        let Some(grant) = super::grant(&access, id, Kind::Tool, tool) else {
             tracing::info!(caller = %w.caller.login, tool = %full, "tool call refused: no grant");
             return Err(not_available("tool", &full));
-        }
+        };
+        *granted = Some(grant);
         if let Some(r) = builtin::call(
             &self.app,
             &w.snap,
@@ -248,10 +254,11 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let full = req.name.to_string();
-        let result = self.call_tool_inner(req, &cx).await;
-        // Counted per configured connector only: a name from the request alone would let
-        // any caller mint metric series.
-        if let (Ok(w), Some((id, _))) = (who(&cx.extensions), split(Kind::Tool, &full))
+        let mut granted = None;
+        let result = self.call_tool_inner(req, &cx, &mut granted).await;
+        // Counted and audited per configured connector only: a name from the request
+        // alone would let any caller mint metric series.
+        if let (Ok(w), Some((id, tool))) = (who(&cx.extensions), split(Kind::Tool, &full))
             && (w.snap.connectors.contains_key(id) || id == builtin::APERTURE)
         {
             let outcome = match &result {
@@ -260,6 +267,18 @@ impl rmcp::ServerHandler for Aggregator {
                 Err(_) => "error",
             };
             self.app.metrics.mcp_call(id, outcome);
+            let audited = if granted.is_some() {
+                Outcome::Tool(outcome)
+            } else {
+                Outcome::Denied
+            };
+            self.app.audit.call(
+                &w.caller,
+                id,
+                Via::Tool { name: tool },
+                granted.as_ref(),
+                audited,
+            );
         }
         result
     }
@@ -584,7 +603,18 @@ fn session_id(req: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The axum handler for `/v1/mcp`.
+/// One MCP server (streamable HTTP) aggregating every MCP connector the caller may use.
+///
+/// Tools are `<id>_<tool>`, resources `<id>-<uri>`; the caller's grants filter every list
+/// and call. POST carries JSON-RPC; GET opens a session's event stream; DELETE ends a
+/// session.
+#[utoipa::path(method(post, get, delete), path = "/v1/mcp", tag = "agents",
+    request_body(content = Object, description = "A JSON-RPC message (MCP streamable HTTP)"),
+    responses(
+        (status = 200, description = "A JSON-RPC answer, as JSON or an event stream", body = Object),
+        (status = 202, description = "A notification or response accepted"),
+        (status = 404, description = "An unknown or ended session", body = ErrorBody),
+    ))]
 pub async fn handle(
     State(entry): State<Arc<Entry>>,
     Extension(caller): Extension<Arc<Caller>>,

@@ -356,18 +356,38 @@ impl Outbound {
         c: &Connector,
         method: Method,
         url: &url::Url,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Payload,
     ) -> Result<http::Response<InBody>, Error> {
         let started = std::time::Instant::now();
-        let sent = self
-            .egress
-            .send(method, url, headers, body.into_body())
-            .await;
+        // With traces on, the upstream continues this request's trace.
+        let span = crate::telemetry::otel::client_span(
+            &c.id,
+            &method,
+            url.host_str().unwrap_or_default(),
+            &mut headers,
+        );
+        let send = self.egress.send(method, url, headers, body.into_body());
+        let sent = match &span {
+            Some(span) => {
+                use tracing::Instrument as _;
+                send.instrument(span.clone()).await
+            }
+            None => send.await,
+        };
         let status = sent.as_ref().ok().map(|r| r.status().as_u16());
-        self.metrics
-            .observe_upstream(&c.id, status, started.elapsed());
-        sent.map_err(|e| Error::egress(&c.id, &e))
+        if let Some(span) = &span {
+            crate::telemetry::otel::finish_client_span(span, status);
+        }
+        let elapsed = started.elapsed();
+        self.metrics.observe_upstream(&c.id, status, elapsed);
+        sent.map(|mut resp| {
+            // For the request log line of the request this answer is relayed to.
+            resp.extensions_mut()
+                .insert(crate::telemetry::UpstreamTime(elapsed));
+            resp
+        })
+        .map_err(|e| Error::egress(&c.id, &e))
     }
 
     /// Classify stage: the provider plugin reads the status, headers and the first bytes

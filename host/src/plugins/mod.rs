@@ -386,7 +386,16 @@ impl Plugins {
 
     async fn call(&self, plugin: &Plugin, call: Call) -> Result<Reply, CallError> {
         let hook = call.hook();
+        let started = std::time::Instant::now();
         let result = self.runtime.call(&plugin.prepared, call).await;
+        if let Some(m) = &self.metrics {
+            m.plugin_duration
+                .get_or_create(&crate::telemetry::PluginHookLabels {
+                    plugin: plugin.id().to_owned(),
+                    hook,
+                })
+                .observe(started.elapsed().as_secs_f64());
+        }
         if let Err(e) = &result {
             tracing::warn!(plugin = %plugin.id(), hook, kind = e.kind(), "plugin call failed: {e}");
         }

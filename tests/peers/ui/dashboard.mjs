@@ -282,7 +282,10 @@ try {
 
   step = 'unsaved edits are not lost by a stray click';
   nextDialog = 'dismiss';
+  // The question may come after the click returns (a loaded machine): wait for it.
+  const asked = page.waitForEvent('dialog');
   await page.getByRole('link', { name: 'Grants' }).click();
+  await asked;
   check(dialogs.at(-1)?.includes('unsaved changes'), `the page asked before leaving: ${dialogs.at(-1)}`);
   check(await editor.inputValue() === text, 'the edit is still there after staying');
   check(await page.locator('h1').innerText() === 'Config file', 'still on the config page');

@@ -1,8 +1,11 @@
-//! Observability: one structured log line per request and Prometheus metrics.
+//! Observability: one structured log line per request, Prometheus metrics, and opt-in
+//! OpenTelemetry traces ([`otel`]).
 //!
 //! Logs carry the connector, the caller, method, status and latency, and request header
 //! *names* only; never values, bodies, query strings or upstream URLs (an API key may
 //! travel in a query string).
+
+pub mod otel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// How long the upstream took to answer (to its response headers), carried on the
+/// relayed response to the request log line.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTime(pub Duration);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -67,6 +75,16 @@ pub struct Metrics {
     pub mcp_calls: Family<ConnectorOutcomeLabels, Counter>,
     /// 1 while a shared upstream's last check succeeded, 0 while it fails.
     pub upstream_up: Family<ConnectorLabels, Gauge>,
+    /// Time inside provider plugins, by plugin and hook.
+    pub plugin_duration: Family<PluginHookLabels, Histogram>,
+    /// Audit records lost because the audit log's disk did not keep up.
+    pub audit_dropped: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginHookLabels {
+    pub plugin: String,
+    pub hook: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +117,20 @@ impl Metrics {
         );
         let mcp_calls = Family::<ConnectorOutcomeLabels, Counter>::default();
         let upstream_up = Family::<ConnectorLabels, Gauge>::default();
+        let plugin_duration = Family::<PluginHookLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "plugin_duration_seconds",
+            "Time spent inside provider plugins (instantiation and the call), by plugin and hook",
+            plugin_duration.clone(),
+        );
+        registry.register(
+            "audit_records_dropped",
+            "Audit records dropped because the audit log's disk did not keep up",
+            audit_dropped.clone(),
+        );
         registry.register(
             "upstream_requests",
             "Requests sent upstream, by connector and outcome (2xx, 3xx, 4xx, 5xx, or error when no answer came)",
@@ -161,6 +193,8 @@ impl Metrics {
             upstream_duration,
             mcp_calls,
             upstream_up,
+            plugin_duration,
+            audit_dropped,
         })
     }
 
@@ -233,22 +267,45 @@ impl Metrics {
 /// upstream failure once, with its connector (`RUST_LOG=info,rmcp=debug` shows them).
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=off";
 
-pub fn init_logging() {
+/// Also starts the OTLP trace exporter when the environment asks for it ([`otel`]).
+pub fn init_logging() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // Colour only for a person at a terminal: a file, a pipe or journald gets plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        // The audit trail's lines say what they are; others need no module path.
         .with_target(false);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let fmt = if json {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    // Only the host's own spans are exported, whatever `RUST_LOG` turns on.
+    let traces = otel::tracer()?.map(|tracer| {
+        // Spans say what happened, not where in the code or on which thread.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.target().starts_with("portcullis")
+            }))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(traces)
+        .try_init();
+    Ok(())
 }

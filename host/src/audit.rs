@@ -1,0 +1,344 @@
+//! The audit trail: who used which connector or tool, under which grant, with what
+//! outcome, and every admin change (who, what changed). One JSON object per line.
+//!
+//! Records go to the file named by `--audit-log` (appended, created `0600`), else to the
+//! log under the `audit` target. A record never holds a secret value, a request or
+//! response body, a query string or a header value: calls name the method and path,
+//! admin changes name the config paths and secret names they touched.
+//!
+//! Writing is off the request path: records go through a bounded queue to one writer
+//! thread, which flushes whenever the queue is empty. When the disk cannot keep up and
+//! the queue is full, a record is dropped, counted in `portcullis_audit_records_dropped`
+//! and said in the log; a gateway that stalled every request on its audit disk would
+//! turn a slow disk into an outage.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::policy::{Caller, GrantRef};
+
+/// Records waiting for the writer before new ones are dropped.
+const QUEUE: usize = 16_384;
+
+/// Where audit records go.
+#[derive(Debug)]
+pub struct Audit {
+    sink: Sink,
+    /// Records the full queue made us drop.
+    dropped: Counter,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Log,
+    File(SyncSender<String>),
+}
+
+/// How a connector was used.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// `/v1/connectors/<id>/<path>`: the method and the path (no query).
+    Proxy { method: &'a str, path: &'a str },
+    /// `tools/call` through `/v1/mcp`: the upstream's tool name.
+    Tool { name: &'a str },
+}
+
+/// What came of a call.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Refused by policy: no grant covers it.
+    Denied,
+    /// Answered with this HTTP status.
+    Status(u16),
+    /// A tool call: `ok`, `tool_error` (the tool reported failure) or `error`.
+    Tool(&'static str),
+}
+
+impl Audit {
+    /// Records to the log.
+    pub fn to_log() -> Self {
+        Self {
+            sink: Sink::Log,
+            dropped: Counter::default(),
+        }
+    }
+
+    /// Records appended to `path`, opened now so a bad path fails start-up. `dropped`
+    /// counts records lost to a full queue.
+    pub fn to_file(path: &Path, dropped: Counter) -> anyhow::Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(path)
+            .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_records(file, &rx))
+            .context("cannot start the audit writer")?;
+        Ok(Self {
+            sink: Sink::File(tx),
+            dropped,
+        })
+    }
+
+    /// A connector or tool used (or refused).
+    pub fn call(
+        &self,
+        caller: &Caller,
+        connector: &str,
+        via: Via<'_>,
+        grant: Option<&GrantRef>,
+        outcome: Outcome,
+    ) {
+        let (kind, target) = match via {
+            Via::Proxy { method, path } => ("proxy", format!("{method} /{path}")),
+            Via::Tool { name } => ("tool", name.to_owned()),
+        };
+        let outcome = match outcome {
+            Outcome::Denied => "denied".to_owned(),
+            Outcome::Status(s) => s.to_string(),
+            Outcome::Tool(o) => o.to_owned(),
+        };
+        self.record(&json!({
+            "event": "call",
+            "caller": caller.login,
+            "node": caller.node,
+            "connector": connector,
+            "via": kind,
+            "target": target,
+            "grant": grant.map(ToString::to_string),
+            "outcome": outcome,
+        }));
+    }
+
+    /// An admin change: `action` (`config.save`, `secret.set`, …), and what it touched
+    /// (config paths, secret names; never values).
+    pub fn admin(&self, caller: &Caller, action: &str, changed: &[String]) {
+        self.record(&json!({
+            "event": "admin",
+            "caller": caller.login,
+            "node": caller.node,
+            "action": action,
+            "changed": changed,
+        }));
+    }
+
+    /// A user's own connection to a per-user connector made or removed.
+    pub fn connection(&self, caller: &Caller, connector: &str, action: &str) {
+        self.record(&json!({
+            "event": "connection",
+            "caller": caller.login,
+            "node": caller.node,
+            "connector": connector,
+            "action": action,
+        }));
+    }
+
+    fn record(&self, fields: &serde_json::Value) {
+        let line = Line {
+            time: rfc3339(SystemTime::now()),
+            fields,
+        };
+        let Ok(text) = serde_json::to_string(&line) else {
+            return;
+        };
+        match &self.sink {
+            Sink::Log => tracing::info!(target: "audit", "audit {text}"),
+            Sink::File(tx) => match tx.try_send(text) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.dropped.inc();
+                    tracing::error!("audit record dropped: the audit log's disk is not keeping up");
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.inc();
+                    tracing::error!("audit record dropped: the audit writer stopped");
+                }
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    fields: &'a serde_json::Value,
+}
+
+/// The writer thread: one line per record, flushed whenever nothing more is waiting.
+fn write_records(file: std::fs::File, rx: &Receiver<String>) {
+    let mut out = std::io::BufWriter::new(file);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(line) = next {
+            if let Err(e) = writeln!(out, "{line}") {
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+/// `2026-12-02T15:04:05.123Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The config paths a change touched, for [`Audit::admin`]: keys only, no values.
+/// Objects are compared key by key; anything else that differs is named at its path.
+pub fn changed_paths(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
+    fn walk(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(a), Object(b)) => {
+                for (k, va) in a {
+                    let here = join(at, k);
+                    match b.get(k) {
+                        None => out.push(format!("{here} (removed)")),
+                        Some(vb) => walk(&here, va, vb, out),
+                    }
+                }
+                for k in b.keys().filter(|k| !a.contains_key(*k)) {
+                    out.push(format!("{} (added)", join(at, k)));
+                }
+            }
+            (a, b) if a != b => out.push(if at.is_empty() {
+                "(whole config)".to_owned()
+            } else {
+                at.to_owned()
+            }),
+            _ => {}
+        }
+    }
+    fn join(at: &str, key: &str) -> String {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    }
+    let mut out = Vec::new();
+    walk("", before, after, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_796_223_845_123);
+        assert_eq!(rfc3339(t), "2026-12-02T15:04:05.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // A leap day.
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn changes_name_paths_never_values() {
+        let before = json!({"connectors": {"servers": {
+            "a": {"protocol": "http", "auth": {"type": "bearer_token", "secret": "old-secret"}},
+            "b": {"protocol": "http"}}}, "grants": [1]});
+        let after = json!({"connectors": {"servers": {
+            "a": {"protocol": "http", "auth": {"type": "bearer_token", "secret": {"vault": "a_secret"}}},
+            "c": {"protocol": "mcp"}}}, "grants": [1, 2]});
+        let changed = changed_paths(&before, &after);
+        assert_eq!(
+            changed,
+            [
+                "connectors.servers.a.auth.secret",
+                "connectors.servers.b (removed)",
+                "connectors.servers.c (added)",
+                "grants",
+            ]
+        );
+        let text = changed.join(" ");
+        assert!(!text.contains("old-secret") && !text.contains("a_secret"));
+    }
+
+    #[test]
+    fn records_reach_the_file_one_json_object_per_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::to_file(&path, Counter::default()).expect("open");
+        let caller = Caller::loopback();
+        audit.call(
+            &caller,
+            "github",
+            Via::Proxy {
+                method: "GET",
+                path: "repos/a/b",
+            },
+            None,
+            Outcome::Denied,
+        );
+        audit.admin(&caller, "secret.set", &["github_token".into()]);
+        drop(audit);
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+                .collect();
+            if lines.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["event"], "call");
+        assert_eq!(lines[0]["target"], "GET /repos/a/b");
+        assert_eq!(lines[0]["outcome"], "denied");
+        assert_eq!(lines[0]["grant"], serde_json::Value::Null);
+        assert_eq!(lines[1]["action"], "secret.set");
+        assert!(lines[1]["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
