@@ -280,6 +280,17 @@ pub async fn get(url: &str) -> reqwest::Response {
     client().get(url).send().await.expect("request")
 }
 
+/// `/metrics` as the caller at `local` reads it (they need `admin` or `read_metrics`).
+pub async fn metrics_from(host: &Host, local: &str) -> String {
+    let resp = client_from(local)
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 200, "{local} may not read /metrics");
+    resp.text().await.expect("metrics text")
+}
+
 /// The status of `GET url` from 127.0.0.1.
 pub async fn status_of(url: &str) -> u16 {
     get(url).await.status().as_u16()

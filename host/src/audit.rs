@@ -48,6 +48,8 @@ pub enum Via<'a> {
     Proxy { method: &'a str, path: &'a str },
     /// `tools/call` through `/v1/mcp`: the upstream's tool name.
     Tool { name: &'a str },
+    /// `resources/read` through `/v1/mcp`: the upstream's resource URI.
+    Resource { uri: &'a str },
 }
 
 /// What came of a call.
@@ -57,7 +59,7 @@ pub enum Outcome {
     Denied,
     /// Answered with this HTTP status.
     Status(u16),
-    /// A tool call: `ok`, `tool_error` (the tool reported failure) or `error`.
+    /// An MCP call: `ok`, `tool_error` (the tool reported failure) or `error`.
     Tool(&'static str),
 }
 
@@ -103,6 +105,7 @@ impl Audit {
         let (kind, target) = match via {
             Via::Proxy { method, path } => ("proxy", format!("{method} /{path}")),
             Via::Tool { name } => ("tool", name.to_owned()),
+            Via::Resource { uri } => ("resource", uri.to_owned()),
         };
         let outcome = match outcome {
             Outcome::Denied => "denied".to_owned(),

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use portcullis_e2e::mcp_server::{Expect, McpServer};
 use portcullis_e2e::upstream::Upstream;
 use portcullis_e2e::{Host, HostOptions, client, grant, mcp_agent};
-use rmcp::model::CallToolRequestParams;
+use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
 use serde_json::{Value, json};
 
 use crate::loopback_config;
@@ -37,16 +38,22 @@ fn find<'a>(records: &'a [Value], what: &[(&str, &str)]) -> &'a Value {
 #[tokio::test]
 async fn calls_denials_and_admin_changes_are_audited_without_secrets() {
     let up = Upstream::start().await;
+    let notes = McpServer::start(Expect::Nothing).await;
     let dir = tempfile::tempdir().expect("tmp");
     let audit = dir.path().join("audit.jsonl");
     let connectors = json!({
         "api": {"protocol": "http", "url": up.url(), "auth": {"type": "bearer_token", "secret": "audit-never-this"}},
         "other": {"protocol": "http", "url": up.url()},
+        "notes": {"protocol": "mcp", "url": notes.url()},
     });
     let host = Host::start_with(
         &loopback_config(
             connectors,
-            json!([grant("(loopback)", &["api/**", "aperture/**"], true)]),
+            json!([grant(
+                "(loopback)",
+                &["api/**", "aperture/**", "notes/templates/**"],
+                true
+            )]),
         ),
         HostOptions {
             env: vec![("PORTCULLIS_AUDIT_LOG".into(), audit.display().to_string())],
@@ -72,6 +79,25 @@ async fn calls_denials_and_admin_changes_are_audited_without_secrets() {
         .call_tool(CallToolRequestParams::new("aperture_list_connectors"))
         .await
         .expect("tool");
+    // The shared upstream's catalog loads in the background after start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .list_all_resource_templates()
+        .await
+        .expect("templates")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the notes catalog never loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent
+        .read_resource(ReadResourceRequestParams::new("notes-mem://notes/42"))
+        .await
+        .expect("a resource from the granted template");
+    agent
+        .read_resource(ReadResourceRequestParams::new("notes-mem://notes/readme"))
+        .await
+        .expect_err("a listed resource needs its own grant");
     agent.cancel().await.expect("close");
 
     let http = client();
@@ -99,7 +125,7 @@ async fn calls_denials_and_admin_changes_are_audited_without_secrets() {
         added.text().await.unwrap_or_default()
     );
 
-    let all = records(&audit, 5).await;
+    let all = records(&audit, 7).await;
     let call = find(&all, &[("event", "call"), ("connector", "api")]);
     assert_eq!(call["caller"], "(loopback)");
     assert_eq!(call["via"], "proxy");
@@ -121,6 +147,14 @@ async fn calls_denials_and_admin_changes_are_audited_without_secrets() {
     assert_eq!(tool["target"], "list_connectors");
     assert_eq!(tool["grant"], "grants[0] aperture/**");
     assert_eq!(tool["outcome"], "ok");
+
+    let read = find(&all, &[("via", "resource"), ("outcome", "ok")]);
+    assert_eq!(read["connector"], "notes");
+    assert_eq!(read["target"], "mem://notes/42");
+    assert_eq!(read["grant"], "grants[0] notes/templates/**");
+    let unlisted = find(&all, &[("via", "resource"), ("outcome", "denied")]);
+    assert_eq!(unlisted["target"], "mem://notes/readme");
+    assert_eq!(unlisted["grant"], Value::Null);
 
     let secret = find(&all, &[("event", "admin"), ("action", "secret.set")]);
     assert_eq!(secret["changed"], json!(["spare"]));

@@ -1002,4 +1002,26 @@ async fn another_callers_session_id_is_answered_as_unknown() {
     assert_eq!(own.status(), 200, "the owner's session is untouched");
     let text = own.text().await.expect("body");
     assert!(text.contains("alice-2"), "{text}");
+
+    // Ending it: another caller cannot, its owner can, once; then it is gone.
+    let delete = |from: &str, session: &str| {
+        client_from(from)
+            .delete(host.url("/v1/mcp"))
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    assert_eq!(delete(BOB, &session).await.expect("bob").status(), 404);
+    let ended = delete(ALICE, &session).await.expect("end");
+    assert!(ended.status().is_success(), "{}", ended.status());
+    let again = delete(ALICE, &session).await.expect("again");
+    assert_eq!(again.status(), 404, "an ended session is unknown");
+    let (status, code, _) = portcullis_e2e::error_of(again).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    let made_up = delete(ALICE, "no-such-session").await.expect("made up");
+    assert_eq!(made_up.status(), 404, "an unknown session is not accepted");
+    let after = post(ALICE, Some(&session), list("alice-3"))
+        .await
+        .expect("after");
+    assert_eq!(after.status(), 404);
 }

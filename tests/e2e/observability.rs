@@ -214,14 +214,7 @@ async fn metrics_per_connector_for_upstreams_and_mcp_calls() {
         .await;
     drop(agent);
 
-    let text = client()
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
     for line in [
         "portcullis_upstream_requests_total{connector=\"api\",outcome=\"2xx\"} 2",
         "portcullis_upstream_duration_seconds_count{connector=\"api\"} 2",

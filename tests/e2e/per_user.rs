@@ -28,6 +28,7 @@ fn tailnet_config(socket: &std::path::Path, connectors: Value) -> String {
         "grants": [
             grant("alice@example.com", &["notes/**", "wiki/**"], false),
             grant("bob@example.com", &["notes/**", "wiki/**"], false),
+            {"src": ["alice@example.com"], "app": {"tailscale.com/cap/aperture": [{"read_metrics": true}]}},
         ],
     })
     .to_string()
@@ -355,6 +356,13 @@ async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
     let now = token_sent(&host, ALICE, "/v1/connectors/notes/items").await;
     assert_ne!(now, first);
     assert!(oidc.introspect(&now).await.0);
+    let metrics = portcullis_e2e::metrics_from(&host, ALICE).await;
+    for line in [
+        "portcullis_user_token_requests_total{kind=\"code\",outcome=\"ok\"} 1",
+        "portcullis_user_token_requests_total{kind=\"refresh\",outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 #[tokio::test]

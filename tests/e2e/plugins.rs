@@ -447,14 +447,7 @@ async fn misbehaving_plugins_fail_only_their_own_call() {
     );
     // Plugin log lines reach the host log with the plugin id.
     host.wait_for_log("shaping /fine").await;
-    let metrics = client()
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
     for kind in ["timeout", "memory", "trap", "invalid"] {
         assert!(
             metrics.contains(&format!("hook=\"shape-request\",outcome=\"{kind}\"")),

@@ -29,7 +29,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 
 use super::template::{UriTemplate, normalize};
-use super::{Gateway, Kind, builtin, prefixed, split, view, visible};
+use super::{Gateway, Kind, builtin, prefixed, split, view};
 use crate::audit::{Outcome, Via};
 use crate::config::Config;
 use crate::credentials::Credential;
@@ -305,8 +305,41 @@ impl rmcp::ServerHandler for Aggregator {
 
     async fn read_resource(
         &self,
-        mut req: ReadResourceRequestParams,
+        req: ReadResourceRequestParams,
         cx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let full = req.uri.clone();
+        let mut granted = None;
+        let result = self.read_resource_inner(req, &cx, &mut granted).await;
+        // Audited per configured connector only, as tool calls are.
+        if let (Ok(w), Some((id, uri))) = (who(&cx.extensions), split(Kind::Resource, &full))
+            && w.snap.connectors.contains_key(id)
+        {
+            let outcome = match (&granted, &result) {
+                (None, _) => Outcome::Denied,
+                (Some(_), Ok(_)) => Outcome::Tool("ok"),
+                (Some(_), Err(_)) => Outcome::Tool("error"),
+            };
+            self.app.audit.call(
+                &w.caller,
+                id,
+                Via::Resource { uri },
+                granted.as_ref(),
+                outcome,
+            );
+        }
+        result
+    }
+}
+
+impl Aggregator {
+    /// `resources/read`: `granted` is set once a grant allows the resource (for the
+    /// audit trail).
+    async fn read_resource_inner(
+        &self,
+        mut req: ReadResourceRequestParams,
+        cx: &RequestContext<RoleServer>,
+        granted: &mut Option<GrantRef>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let w = who(&cx.extensions)?;
         let full = req.uri.clone();
@@ -329,22 +362,21 @@ impl rmcp::ServerHandler for Aggregator {
             .iter()
             .find(|r| r.uri == uri || normalize(&r.uri) == wanted)
         {
-            visible(&access, id, Kind::Resource, &r.uri).then(|| r.uri.clone())
+            super::grant(&access, id, Kind::Resource, &r.uri).map(|g| (g, r.uri.clone()))
         } else {
-            listing
-                .templates
-                .iter()
-                .any(|t| {
-                    visible(&access, id, Kind::Template, &t.uri_template)
-                        && UriTemplate::parse(&t.uri_template)
-                            .is_some_and(|tpl| tpl.matches(&wanted))
-                })
-                .then_some(wanted)
+            listing.templates.iter().find_map(|t| {
+                super::grant(&access, id, Kind::Template, &t.uri_template)
+                    .filter(|_| {
+                        UriTemplate::parse(&t.uri_template).is_some_and(|tpl| tpl.matches(&wanted))
+                    })
+                    .map(|g| (g, wanted.clone()))
+            })
         };
-        let Some(upstream_uri) = allowed else {
+        let Some((grant, upstream_uri)) = allowed else {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
             return Err(not_available("resource", &full));
         };
+        *granted = Some(grant);
         req.uri = upstream_uri;
         let resp = up
             .with_session(|s| {
@@ -579,6 +611,11 @@ impl Entry {
             .cloned()
     }
 
+    /// Whether the session manager still holds session `id`.
+    async fn is_live(&self, id: &str) -> bool {
+        self.manager.sessions.read().await.contains_key(id)
+    }
+
     /// Forgets owners of sessions the manager no longer has.
     async fn prune(&self) {
         let live: std::collections::HashSet<String> = self
@@ -675,6 +712,11 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
         // Another caller's session is not theirs to use: answer as for an unknown one.
         if entry.owner(&id).is_some_and(|o| o != caller.login) {
             tracing::warn!(caller = %caller.login, "refused a request in another caller's MCP session");
+            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+        }
+        // The transport "closes" a session it never had and answers 202; a client that
+        // ends a session twice, or one that expired, is told it is gone.
+        if req.method() == http::Method::DELETE && !entry.is_live(&id).await {
             return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
         }
         return services.sessionful.handle(req).await.map(Body::new);
