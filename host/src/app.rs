@@ -254,8 +254,14 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
 
     spawn_reloaders(app.clone())?;
     accept(listener, router).await;
-    // The last spans, before the process ends (the exporter blocks, off the runtime).
-    let _ = tokio::task::spawn_blocking(crate::telemetry::otel::flush).await;
+    // The last audit records and spans, before the process ends (both block, so off the
+    // runtime).
+    let last = app.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        last.audit.flush(Duration::from_secs(5));
+        crate::telemetry::otel::flush();
+    })
+    .await;
     tracing::info!("portcullis stopped");
     Ok(())
 }
@@ -556,11 +562,12 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let method = req.method().clone();
     let route = route_of(req.uri().path());
     // The path without its query (which may carry an API key), cut to keep lines short.
-    let path = tracing::enabled!(tracing::Level::INFO).then(|| {
-        let p = req.uri().path();
-        let end = p.char_indices().nth(200).map_or(p.len(), |(i, _)| i);
-        p[..end].to_owned()
-    });
+    let path =
+        (tracing::enabled!(tracing::Level::INFO) || crate::telemetry::otel::enabled()).then(|| {
+            let p = req.uri().path();
+            let end = p.char_indices().nth(200).map_or(p.len(), |(i, _)| i);
+            p[..end].to_owned()
+        });
     // Only built when the request log is on: this runs on every request.
     let header_names = tracing::enabled!(tracing::Level::INFO).then(|| {
         req.headers()
@@ -569,7 +576,12 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
             .collect::<Vec<_>>()
             .join(",")
     });
-    let span = crate::telemetry::otel::server_span(&method, req.uri().path(), req.headers());
+    let span = crate::telemetry::otel::server_span(
+        &method,
+        route,
+        path.as_deref().unwrap_or_default(),
+        req.headers(),
+    );
     let resp = match &span {
         Some(span) => {
             use tracing::Instrument as _;

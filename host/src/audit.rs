@@ -27,6 +27,17 @@ use crate::policy::{Caller, GrantRef};
 /// Records waiting for the writer before new ones are dropped.
 const QUEUE: usize = 16_384;
 
+/// Longest target (path, tool name, resource URI) recorded: they come from requests, and
+/// a refused request is recorded too.
+const MAX_TARGET: usize = 512;
+
+/// What the writer thread is sent.
+enum Msg {
+    Line(String),
+    /// Write what came before, then say so.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// Where audit records go.
 #[derive(Debug)]
 pub struct Audit {
@@ -38,7 +49,18 @@ pub struct Audit {
 #[derive(Debug)]
 enum Sink {
     Log,
-    File(SyncSender<String>),
+    File(SyncSender<Msg>),
+}
+
+/// A grant check's verdict, carried to where a call's audit record is written.
+#[derive(Debug, Default)]
+pub enum Decision {
+    /// Refused before the grant check (a bad path, an unknown name): not recorded as a
+    /// use.
+    #[default]
+    Undecided,
+    Denied,
+    Granted(GrantRef),
 }
 
 /// How a connector was used.
@@ -73,7 +95,7 @@ impl Audit {
     }
 
     /// Records appended to `path`, opened now so a bad path fails start-up. `dropped`
-    /// counts records lost to a full queue.
+    /// counts records lost to a full queue or a failed write.
     pub fn to_file(path: &Path, dropped: Counter) -> anyhow::Result<Self> {
         let mut options = std::fs::OpenOptions::new();
         options.create(true).append(true);
@@ -83,9 +105,10 @@ impl Audit {
             .open(path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let lost = dropped.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_records(file, &rx))
+            .spawn(move || write_records(file, &rx, &lost))
             .context("cannot start the audit writer")?;
         Ok(Self {
             sink: Sink::File(tx),
@@ -102,11 +125,23 @@ impl Audit {
         grant: Option<&GrantRef>,
         outcome: Outcome,
     ) {
-        let (kind, target) = match via {
+        let (kind, mut target) = match via {
             Via::Proxy { method, path } => ("proxy", format!("{method} /{path}")),
             Via::Tool { name } => ("tool", name.to_owned()),
-            Via::Resource { uri } => ("resource", uri.to_owned()),
+            // A URI's query and fragment may carry values: left out, as for paths.
+            Via::Resource { uri } => (
+                "resource",
+                uri.split(['?', '#']).next().unwrap_or_default().to_owned(),
+            ),
         };
+        if target.len() > MAX_TARGET {
+            let end = (0..=MAX_TARGET)
+                .rev()
+                .find(|i| target.is_char_boundary(*i))
+                .unwrap_or(0);
+            target.truncate(end);
+            target.push('…');
+        }
         let outcome = match outcome {
             Outcome::Denied => "denied".to_owned(),
             Outcome::Status(s) => s.to_string(),
@@ -157,7 +192,7 @@ impl Audit {
         };
         match &self.sink {
             Sink::Log => tracing::info!(target: "audit", "audit {text}"),
-            Sink::File(tx) => match tx.try_send(text) {
+            Sink::File(tx) => match tx.try_send(Msg::Line(text)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     self.dropped.inc();
@@ -179,19 +214,48 @@ struct Line<'a> {
     fields: &'a serde_json::Value,
 }
 
-/// The writer thread: one line per record, flushed whenever nothing more is waiting.
-fn write_records(file: std::fs::File, rx: &Receiver<String>) {
+impl Audit {
+    /// Waits (up to `within`) until every record made so far is written: at shutdown,
+    /// so the last requests' records are not lost with the process. Blocking.
+    pub fn flush(&self, within: std::time::Duration) {
+        if let Sink::File(tx) = &self.sink {
+            let (done, wait) = std::sync::mpsc::channel();
+            if tx.send(Msg::Flush(done)).is_ok() && wait.recv_timeout(within).is_err() {
+                tracing::error!(
+                    "the audit log was not written in time at shutdown; its last records may be lost"
+                );
+            }
+        }
+    }
+}
+
+/// The writer thread: one line per record (written whole, so a failed write never glues
+/// two records), flushed whenever nothing more is waiting. A record that cannot be
+/// written is counted as dropped.
+fn write_records(file: std::fs::File, rx: &Receiver<Msg>, dropped: &Counter) {
     let mut out = std::io::BufWriter::new(file);
+    let mut acks = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(line) = next {
-            if let Err(e) = writeln!(out, "{line}") {
-                tracing::error!(error = %e, "cannot write the audit log");
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(mut line) => {
+                    line.push('\n');
+                    if let Err(e) = out.write_all(line.as_bytes()) {
+                        dropped.inc();
+                        tracing::error!(error = %e, "cannot write the audit log; a record was dropped");
+                    }
+                }
+                Msg::Flush(ack) => acks.push(ack),
             }
             next = rx.try_recv().ok();
         }
         if let Err(e) = out.flush() {
+            dropped.inc();
             tracing::error!(error = %e, "cannot write the audit log");
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
         }
     }
 }
@@ -317,20 +381,37 @@ mod tests {
             Outcome::Denied,
         );
         audit.admin(&caller, "secret.set", &["github_token".into()]);
-        drop(audit);
-        let mut lines = Vec::new();
-        for _ in 0..100 {
-            lines = std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
-                .collect();
-            if lines.len() == 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(lines.len(), 2, "{lines:?}");
+        audit.call(
+            &caller,
+            "notes",
+            Via::Resource {
+                uri: "mem://a?token=never-this",
+            },
+            None,
+            Outcome::Denied,
+        );
+        let long = "x".repeat(2000);
+        audit.call(
+            &caller,
+            "notes",
+            Via::Tool { name: &long },
+            None,
+            Outcome::Denied,
+        );
+        // What shutdown does: everything recorded so far is on disk when it returns.
+        audit.flush(std::time::Duration::from_secs(5));
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .expect("audit file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[2]["target"], "mem://a", "no query");
+        let cut = lines[3]["target"].as_str().expect("target");
+        assert!(
+            cut.chars().count() <= MAX_TARGET + 1 && cut.ends_with('…'),
+            "{cut}"
+        );
         assert_eq!(lines[0]["event"], "call");
         assert_eq!(lines[0]["target"], "GET /repos/a/b");
         assert_eq!(lines[0]["outcome"], "denied");

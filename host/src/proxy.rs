@@ -21,14 +21,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::Frame;
 
-use crate::audit::{Outcome, Via};
+use crate::audit::{Decision, Outcome, Via};
 use crate::config::Protocol;
 use crate::error::{ApiError, Relayed};
 use crate::identity::Caller;
 use crate::openapi::ErrorBody;
 use crate::outbound::path::normalize_path;
 use crate::outbound::{Exchange, Payload, Target, UpstreamBody};
-use crate::policy::GrantRef;
 use crate::state::{App, Snapshot};
 
 /// Route prefix of the proxy.
@@ -59,13 +58,16 @@ pub struct ConnectorTag(pub String);
 /// `<id>/proxy/<path>`. The caller's own credentials and hop-by-hop headers are dropped.
 #[utoipa::path(method(get, head, post, put, patch, delete, options), path = "/v1/connectors/{id}/{path}", tag = "agents",
     params(("id" = String, Path, description = "Connector ID"),
-           ("path" = String, Path, description = "The upstream path, any depth (`/v1/connectors/{id}` and `/v1/connectors/{id}/` reach the upstream's base)")),
+           ("path" = String, Path, description = "The upstream path, any depth, its slashes written as they are (an encoded `%2F` stays inside one segment); `/v1/connectors/{id}` and `/v1/connectors/{id}/` reach the upstream's base")),
     responses(
         (status = "default", description = "The upstream's answer, relayed (body cut at 50 MB)"),
-        (status = 400, description = "A path that is not clean (`..`, encoded slashes)", body = ErrorBody),
+        (status = 400, description = "A path that is not clean (`..` in any spelling)", body = ErrorBody),
         (status = 404, description = "No such connector, or an MCP connector", body = ErrorBody),
+        (status = 401, description = "`unauthenticated` (the caller could not be identified) or `needs_auth` (a per-user connector the caller has not connected, or must connect again)", body = ErrorBody),
         (status = 405, description = "TRACE or CONNECT", body = ErrorBody),
-        (status = 502, description = "The upstream could not be reached, or refused the credential", body = ErrorBody),
+        (status = 502, description = "The upstream could not be reached, refused the credential, or the connector is misconfigured", body = ErrorBody),
+        (status = 503, description = "`identity_unavailable`, or `token_refresh_failed` / `provider_unavailable`: try again after `Retry-After`", body = ErrorBody),
+        (status = 504, description = "The upstream did not answer in time", body = ErrorBody),
     ))]
 pub async fn handle(
     State(app): State<Arc<App>>,
@@ -122,13 +124,6 @@ pub async fn handle(
     resp.extensions_mut()
         .insert(ConnectorTag(connector.id.clone()));
     resp
-}
-
-/// The grant check's verdict, for the audit trail.
-enum Decision {
-    Undecided,
-    Denied,
-    Granted(GrantRef),
 }
 
 async fn forward(

@@ -193,6 +193,11 @@ fn structural_mistakes() -> Vec<(&'static str, Value, &'static str)> {
             "grants[0].src",
         ),
         (
+            "a grant whose app is null",
+            json!({"grants": [{"src": ["*"], "app": null}]}),
+            "grants[0].app",
+        ),
+        (
             "a secret reference naming two sources",
             server(json!({"protocol": "http", "url": "https://a.example.com",
             "auth": {"type": "bearer_token", "secret": {"env": "A", "vault": "b"}}})),

@@ -98,6 +98,8 @@ async fn a_trace_spans_agent_gateway_and_upstream() {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.url.clone()),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/json".into()),
                 ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+                // Spans are not diagnostics: a quiet log keeps them.
+                ("RUST_LOG".into(), "warn".into()),
             ],
             ..Default::default()
         },
@@ -154,6 +156,12 @@ async fn a_trace_spans_agent_gateway_and_upstream() {
         attribute(&server, "http.route"),
         Some(&json!({"stringValue": "proxy"}))
     );
+    assert_eq!(
+        attribute(&server, "url.path"),
+        Some(&json!({"stringValue": "/v1/connectors/api/items"})),
+        "the path without its query"
+    );
+    assert_eq!(server["name"], "GET proxy", "named by route, not by URL");
     let status = attribute(&server, "http.response.status_code").map(|v| v["intValue"].to_string());
     assert!(
         matches!(status.as_deref(), Some("\"200\"" | "200")),

@@ -304,8 +304,7 @@ pub async fn delete_connector(
     request_body(content = Object, description = "`{\"provider\": ..., \"id\"?: ..., \"protocol\"?: ..., \"client_id\"?: ..., \"client_secret\"?: ..., \"secret\"?: ...}`: secrets move into the vault"),
     responses(
         (status = 201, description = "The connector as saved and the `redirect_uri` to register at the provider", body = Object),
-        (status = 404, description = "No such provider", body = ErrorBody),
-        (status = 422, description = "`invalid_config`", body = ErrorBody),
+        (status = 422, description = "`unknown_provider`, `no_mcp_server` (`protocol: mcp` for a provider without one) or `invalid_config`", body = ErrorBody),
     ))]
 pub async fn add_from_template(
     State(app): State<Arc<App>>,

@@ -2,9 +2,9 @@
 //! complete and check a config as the host will read it.
 //!
 //! The loader decodes each section on its own and reports unknown keys as warnings; the
-//! schema describes the same document with every owned section closed
-//! (`additionalProperties: false`), so an editor underlines exactly what `validate` warns
-//! about. What a schema cannot say (secret references that resolve, providers that are
+//! schema describes the same document with the owned sections closed
+//! (`additionalProperties: false`), so an editor underlines the unknown keys `validate`
+//! warns about (capability objects, shared with the tailnet policy file, stay open). What a schema cannot say (secret references that resolve, providers that are
 //! loaded, grant patterns that match a connector) stays with `portcullis validate`.
 //! The number bounds come from [`super::BOUNDS`], the one table the loader checks too.
 
@@ -106,6 +106,29 @@ struct Document {
 fn not_null(schema: &mut Schema) {
     schema.insert("type".into(), "string".into());
     schema.remove("default");
+}
+
+/// For an optional object the loader refuses `null` for: the object alone.
+fn no_null_branch(schema: &mut Schema) {
+    let Some(Value::Array(branches)) = schema.remove("anyOf") else {
+        return;
+    };
+    let mut kept: Vec<Value> = branches
+        .into_iter()
+        .filter(|b| b.get("type") != Some(&Value::from("null")))
+        .collect();
+    match kept.len() {
+        1 => {
+            if let Some(Value::Object(only)) = kept.pop() {
+                for (k, v) in only {
+                    schema.insert(k, v);
+                }
+            }
+        }
+        _ => {
+            schema.insert("anyOf".into(), Value::Array(kept));
+        }
+    }
 }
 
 /// Aperture's LLM-gateway sections, accepted so a shared file loads; Portcullis ignores
@@ -211,6 +234,7 @@ struct GrantDocument {
     /// Tailnet users, groups, tags or `*`.
     src: Vec<String>,
     #[serde(default)]
+    #[schemars(transform = no_null_branch)]
     app: Option<GrantApp>,
     /// Tailnet policy-file field; config grants always target this host, so ignored.
     #[serde(default)]

@@ -30,7 +30,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 
 use super::template::{UriTemplate, normalize};
 use super::{Gateway, Kind, builtin, prefixed, split, view};
-use crate::audit::{Outcome, Via};
+use crate::audit::{Decision, Outcome, Via};
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::identity::Caller;
@@ -309,37 +309,36 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let full = req.uri.clone();
-        let mut granted = None;
-        let result = self.read_resource_inner(req, &cx, &mut granted).await;
-        // Audited per configured connector only, as tool calls are.
+        let mut decision = Decision::Undecided;
+        let result = self.read_resource_inner(req, &cx, &mut decision).await;
+        // Audited per configured connector only, as tool calls are. A read that failed
+        // before its grant was decided (no upstream, not connected) is an error, not a
+        // denial.
         if let (Ok(w), Some((id, uri))) = (who(&cx.extensions), split(Kind::Resource, &full))
             && w.snap.connectors.contains_key(id)
         {
-            let outcome = match (&granted, &result) {
-                (None, _) => Outcome::Denied,
-                (Some(_), Ok(_)) => Outcome::Tool("ok"),
-                (Some(_), Err(_)) => Outcome::Tool("error"),
+            let (grant, outcome) = match (&decision, &result) {
+                (Decision::Denied, _) => (None, Outcome::Denied),
+                (Decision::Granted(g), Ok(_)) => (Some(g), Outcome::Tool("ok")),
+                (Decision::Granted(g), Err(_)) => (Some(g), Outcome::Tool("error")),
+                (Decision::Undecided, _) => (None, Outcome::Tool("error")),
             };
-            self.app.audit.call(
-                &w.caller,
-                id,
-                Via::Resource { uri },
-                granted.as_ref(),
-                outcome,
-            );
+            self.app
+                .audit
+                .call(&w.caller, id, Via::Resource { uri }, grant, outcome);
         }
         result
     }
 }
 
 impl Aggregator {
-    /// `resources/read`: `granted` is set once a grant allows the resource (for the
+    /// `resources/read`: `decision` says whether a grant allowed the resource (for the
     /// audit trail).
     async fn read_resource_inner(
         &self,
         mut req: ReadResourceRequestParams,
         cx: &RequestContext<RoleServer>,
-        granted: &mut Option<GrantRef>,
+        decision: &mut Decision,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let w = who(&cx.extensions)?;
         let full = req.uri.clone();
@@ -349,6 +348,7 @@ impl Aggregator {
         // Like a tool call: no upstream is touched (or named) without a grant on it.
         if !access.any_on(id) {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused: no grant");
+            *decision = Decision::Denied;
             return Err(not_available("resource", &full));
         }
         let up = self.upstream_for(&w, id).await?;
@@ -374,9 +374,10 @@ impl Aggregator {
         };
         let Some((grant, upstream_uri)) = allowed else {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
+            *decision = Decision::Denied;
             return Err(not_available("resource", &full));
         };
-        *granted = Some(grant);
+        *decision = Decision::Granted(grant);
         req.uri = upstream_uri;
         let resp = up
             .with_session(|s| {

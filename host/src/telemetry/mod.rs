@@ -274,8 +274,20 @@ pub fn init_logging() -> anyhow::Result<()> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // The audit trail (when it goes to the log) and the trace spans are not diagnostics:
+    // no `RUST_LOG` turns them off.
+    let traces = otel::tracer()?;
+    let mut kept = vec!["audit=info"];
+    if traces.is_some() {
+        kept.push("portcullis::telemetry::otel=info");
+    }
+    for directive in kept {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // Colour only for a person at a terminal: a file, a pipe or journald gets plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -290,7 +302,7 @@ pub fn init_logging() -> anyhow::Result<()> {
         fmt.boxed()
     };
     // Only the host's own spans are exported, whatever `RUST_LOG` turns on.
-    let traces = otel::tracer()?.map(|tracer| {
+    let traces = traces.map(|tracer| {
         // Spans say what happened, not where in the code or on which thread.
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -298,8 +310,9 @@ pub fn init_logging() -> anyhow::Result<()> {
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            // Spans only: log lines (which may name users) are not span events.
             .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                m.target().starts_with("portcullis")
+                m.is_span() && m.target().starts_with("portcullis")
             }))
     });
     let _ = tracing_subscriber::registry()

@@ -35,6 +35,10 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Largest collector answer read.
 const MAX_ANSWER: usize = 1 << 20;
 
+/// Longest an export may take (connecting included): a collector that hangs must not
+/// stall the exporter, whose later batches would otherwise be dropped.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Are traces on? Checked before any span is made, so they cost nothing when off.
 pub fn enabled() -> bool {
     PROVIDER.get().is_some()
@@ -84,15 +88,17 @@ pub fn flush() {
 /// `traceparent` is valid. `None` when traces are off.
 pub fn server_span(
     method: &http::Method,
+    route: &str,
     path: &str,
     headers: &http::HeaderMap,
 ) -> Option<tracing::Span> {
     if !enabled() {
         return None;
     }
+    // Named by route, not path: one name per kind of request, not per URL.
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{method} {path}"),
+        otel.name = %format!("{method} {route}"),
         otel.kind = "server",
         http.request.method = %method,
         url.path = %path,
@@ -175,12 +181,15 @@ impl Collector {
             .thread_name("otlp-export")
             .enable_all()
             .build()?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(EXPORT_TIMEOUT));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
             .map_err(|e| anyhow::anyhow!("cannot set up TLS for the OTLP collector: {e}"))?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Self { runtime, client })
     }
@@ -197,14 +206,21 @@ impl opentelemetry_http::HttpClient for Collector {
         let request = http::Request::from_parts(parts, Full::new(body));
         self.runtime
             .spawn(async move {
-                let resp = client.request(request).await?;
-                let (parts, body) = resp.into_parts();
-                let body = Limited::new(body, MAX_ANSWER)
-                    .collect()
+                let exchange = async move {
+                    let resp = client.request(request).await?;
+                    let (parts, body) = resp.into_parts();
+                    let body = Limited::new(body, MAX_ANSWER)
+                        .collect()
+                        .await
+                        .map_err(|e| -> HttpError { e })?
+                        .to_bytes();
+                    Ok::<_, HttpError>(http::Response::from_parts(parts, body))
+                };
+                tokio::time::timeout(EXPORT_TIMEOUT, exchange)
                     .await
-                    .map_err(|e| -> HttpError { e })?
-                    .to_bytes();
-                Ok::<_, HttpError>(http::Response::from_parts(parts, body))
+                    .map_err(|_| -> HttpError {
+                        "the OTLP collector did not answer in time".into()
+                    })?
             })
             .await?
     }
