@@ -63,6 +63,18 @@ pub enum Decision {
     Granted(GrantRef),
 }
 
+impl Decision {
+    /// An MCP call's record: the grant and `done` (how the call ended) once granted,
+    /// `denied` when refused, `error` when it failed before its grant was decided.
+    pub fn outcome(&self, done: &'static str) -> (Option<&GrantRef>, Outcome) {
+        match self {
+            Self::Denied => (None, Outcome::Denied),
+            Self::Granted(g) => (Some(g), Outcome::Tool(done)),
+            Self::Undecided => (None, Outcome::Tool("error")),
+        }
+    }
+}
+
 /// How a connector was used.
 #[derive(Debug, Clone, Copy)]
 pub enum Via<'a> {

@@ -451,6 +451,8 @@ pub struct Prepared {
     pub connector: Option<(String, Value, bool)>,
     /// How callers will be identified under it.
     pub identity: config::IdentityMode,
+    /// The config paths the change touches, for the audit trail (no values).
+    pub changed: Vec<String>,
 }
 
 /// Applies `change` to `current` and validates the result strictly, without writing
@@ -525,6 +527,7 @@ pub fn prepare(
         .map(|(name, _)| name)
         .collect();
     let mut secrets = edit::take_inline(&mut new, &mut taken);
+    let changed = crate::audit::changed_paths(&old, &new);
     let connector = one.map(|(id, created)| {
         let server = new["connectors"]["servers"][&id].clone();
         (id, server, created)
@@ -553,6 +556,7 @@ pub fn prepare(
         diagnostics: diags,
         connector,
         identity,
+        changed,
     })
 }
 
@@ -656,10 +660,7 @@ pub async fn save(
     let hash = hash(&prepared.text);
     app.install(snap, hash.clone());
     tracing::info!(by = %caller.login, secrets = secrets.len(), "config saved through the admin API");
-    let mut changed = crate::audit::changed_paths(
-        &config::parse_hujson(&current.text).unwrap_or(Value::Null),
-        &config::parse_hujson(&prepared.text).unwrap_or(Value::Null),
-    );
+    let mut changed = prepared.changed;
     changed.extend(secrets.iter().map(|s| format!("vault secret {s} (set)")));
     app.audit.admin(caller, action, &changed);
     Ok(Saved {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use portcullis_e2e::upstream::Upstream;
-use portcullis_e2e::{Host, HostOptions, client, grant};
+use portcullis_e2e::{Host, HostOptions, client, get_json, grant};
 use serde_json::{Value, json};
 
 use crate::loopback_config;
@@ -195,14 +195,7 @@ async fn without_the_environment_nothing_is_traced() {
         json!({"api": {"protocol": "http", "url": up.url()}}),
         json!([grant("(loopback)", &["api/**"], true)]),
     ));
-    let echo: Value = client()
-        .get(host.url("/v1/connectors/api/items"))
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("echo");
+    let echo = get_json(&host.url("/v1/connectors/api/items")).await;
     assert!(
         echo["headers"].get("traceparent").is_none(),
         "no trace context is made up: {echo}"

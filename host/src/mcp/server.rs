@@ -30,12 +30,11 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 
 use super::template::{UriTemplate, normalize};
 use super::{Gateway, Kind, builtin, prefixed, split, view};
-use crate::audit::{Decision, Outcome, Via};
+use crate::audit::{Decision, Via};
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::identity::Caller;
 use crate::openapi::ErrorBody;
-use crate::policy::GrantRef;
 use crate::state::Snapshot;
 
 /// Where the aggregated endpoint is mounted.
@@ -124,12 +123,12 @@ impl Aggregator {
 
     /// `tools/call`: the built-in and plugin tools run here, the rest go to the tool's
     /// upstream; an ungranted tool is refused as if it did not exist.
-    /// `granted` is set once the grant check passed (for the audit trail).
+    /// `decision` says whether a grant allowed the tool (for the audit trail).
     async fn call_tool_inner(
         &self,
         mut req: CallToolRequestParams,
         cx: &RequestContext<RoleServer>,
-        granted: &mut Option<GrantRef>,
+        decision: &mut Decision,
     ) -> Result<CallToolResponse, ErrorData> {
         let w = who(&cx.extensions)?;
         let full = req.name.to_string();
@@ -137,9 +136,10 @@ impl Aggregator {
         let access = w.snap.policy.access(&w.caller);
         let Some(grant) = super::grant(&access, id, Kind::Tool, tool) else {
             tracing::info!(caller = %w.caller.login, tool = %full, "tool call refused: no grant");
+            *decision = Decision::Denied;
             return Err(not_available("tool", &full));
         };
-        *granted = Some(grant);
+        *decision = Decision::Granted(grant);
         if let Some(r) = builtin::call(
             &self.app,
             &w.snap,
@@ -254,8 +254,8 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let full = req.name.to_string();
-        let mut granted = None;
-        let result = self.call_tool_inner(req, &cx, &mut granted).await;
+        let mut decision = Decision::Undecided;
+        let result = self.call_tool_inner(req, &cx, &mut decision).await;
         // Counted and audited per configured connector only: a name from the request
         // alone would let any caller mint metric series.
         if let (Ok(w), Some((id, tool))) = (who(&cx.extensions), split(Kind::Tool, &full))
@@ -267,18 +267,10 @@ impl rmcp::ServerHandler for Aggregator {
                 Err(_) => "error",
             };
             self.app.metrics.mcp_call(id, outcome);
-            let audited = if granted.is_some() {
-                Outcome::Tool(outcome)
-            } else {
-                Outcome::Denied
-            };
-            self.app.audit.call(
-                &w.caller,
-                id,
-                Via::Tool { name: tool },
-                granted.as_ref(),
-                audited,
-            );
+            let (grant, audited) = decision.outcome(outcome);
+            self.app
+                .audit
+                .call(&w.caller, id, Via::Tool { name: tool }, grant, audited);
         }
         result
     }
@@ -317,12 +309,7 @@ impl rmcp::ServerHandler for Aggregator {
         if let (Ok(w), Some((id, uri))) = (who(&cx.extensions), split(Kind::Resource, &full))
             && w.snap.connectors.contains_key(id)
         {
-            let (grant, outcome) = match (&decision, &result) {
-                (Decision::Denied, _) => (None, Outcome::Denied),
-                (Decision::Granted(g), Ok(_)) => (Some(g), Outcome::Tool("ok")),
-                (Decision::Granted(g), Err(_)) => (Some(g), Outcome::Tool("error")),
-                (Decision::Undecided, _) => (None, Outcome::Tool("error")),
-            };
+            let (grant, outcome) = decision.outcome(if result.is_ok() { "ok" } else { "error" });
             self.app
                 .audit
                 .call(&w.caller, id, Via::Resource { uri }, grant, outcome);
