@@ -113,8 +113,24 @@ fn python() -> PathBuf {
         .unwrap_or_else(|| crate::workspace().join("target/pyvenv/bin/python"))
 }
 
-/// Runs the Python SDK agent against `url` with `ops`; returns its `results` array.
+/// Runs the Python SDK agent against `url` with `ops`, negotiating with the
+/// `initialize` handshake; returns its `results` array.
 pub async fn python_agent(url: &str, ops: Value) -> Vec<Value> {
+    python_agent_as(url, ops, "legacy").await
+}
+
+/// [`python_agent`] with the SDK's negotiation `mode`: `legacy` (the handshake, up to
+/// MCP 2025-11-25) or `auto` (`server/discover` first: 2026-07-28 where it is offered).
+pub async fn python_agent_as(url: &str, ops: Value, mode: &str) -> Vec<Value> {
+    python_agent_output(url, ops, mode).await["results"]
+        .as_array()
+        .cloned()
+        .expect("results")
+}
+
+/// The Python agent's whole output: `results`, and `asked`, the requests the server
+/// made of the client (`ops` may be `{"client": {...}, "ops": [...]}`; see `agent.py`).
+pub async fn python_agent_output(url: &str, ops: Value, mode: &str) -> Value {
     let py = python();
     assert!(
         py.exists(),
@@ -126,6 +142,7 @@ pub async fn python_agent(url: &str, ops: Value) -> Vec<Value> {
         .arg(script)
         .arg(url)
         .arg(ops.to_string())
+        .arg(mode)
         .output()
         .await
         .expect("run the Python agent");
@@ -136,6 +153,5 @@ pub async fn python_agent(url: &str, ops: Value) -> Vec<Value> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_str(stdout.trim()).expect("agent output is JSON");
-    v["results"].as_array().cloned().expect("results")
+    serde_json::from_str(stdout.trim()).expect("agent output is JSON")
 }

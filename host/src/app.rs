@@ -154,6 +154,7 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
     use crate::ui::{__path_asset, __path_index, __path_to_root};
     // Paths come from the handlers' OpenAPI annotations ([`crate::openapi`]); the proxy
     // documents its three routes as one (`{path}` of any depth).
+    let mcp_entry = crate::mcp::Entry::new(mcp.clone());
     let identified = Router::new()
         .route("/v1/connectors/{id}", any(proxy::handle))
         .route("/v1/connectors/{id}/", any(proxy::handle))
@@ -193,7 +194,14 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .route(&path_of::<__path_callback>(), get(admin::callback))
         .route(
             crate::mcp::ENDPOINT,
-            any(crate::mcp::handle).with_state(crate::mcp::Entry::new(mcp)),
+            any(crate::mcp::handle).with_state(mcp_entry.clone()),
+        )
+        .route(
+            &path_of::<crate::mcp::__path_handle_one>(),
+            post(crate::mcp::handle_one)
+                .get(crate::mcp::handle_one)
+                .delete(crate::mcp::handle_one)
+                .with_state(mcp_entry),
         )
         .fallback(admin::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), identify));
@@ -539,7 +547,11 @@ async fn identify(
 fn route_of(path: &str) -> &'static str {
     if path.starts_with(proxy::PREFIX) || path.starts_with("/v1/connectors") {
         "proxy"
-    } else if path == crate::mcp::ENDPOINT {
+    } else if path == crate::mcp::ENDPOINT
+        || path
+            .strip_prefix(crate::mcp::ENDPOINT)
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
         "mcp"
     } else if path == "/healthz" {
         "healthz"

@@ -84,6 +84,8 @@ pub enum Via<'a> {
     Tool { name: &'a str },
     /// `resources/read` through `/v1/mcp`: the upstream's resource URI.
     Resource { uri: &'a str },
+    /// `prompts/get` through `/v1/mcp`: the upstream's prompt name.
+    Prompt { name: &'a str },
 }
 
 /// What came of a call.
@@ -140,6 +142,7 @@ impl Audit {
         let (kind, mut target) = match via {
             Via::Proxy { method, path } => ("proxy", format!("{method} /{path}")),
             Via::Tool { name } => ("tool", name.to_owned()),
+            Via::Prompt { name } => ("prompt", name.to_owned()),
             // A URI's query and fragment may carry values: left out, as for paths.
             Via::Resource { uri } => (
                 "resource",
@@ -410,6 +413,13 @@ mod tests {
             None,
             Outcome::Denied,
         );
+        audit.call(
+            &caller,
+            "notes",
+            Via::Prompt { name: "brief" },
+            None,
+            Outcome::Tool("ok"),
+        );
         // What shutdown does: everything recorded so far is on disk when it returns.
         audit.flush(std::time::Duration::from_secs(5));
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
@@ -417,7 +427,11 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("json line"))
             .collect();
-        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(
+            (&lines[4]["via"], &lines[4]["target"]),
+            (&serde_json::json!("prompt"), &serde_json::json!("brief"))
+        );
         assert_eq!(lines[2]["target"], "mem://a", "no query");
         let cut = lines[3]["target"].as_str().expect("target");
         assert!(

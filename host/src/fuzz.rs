@@ -127,12 +127,16 @@ pub fn whois_answer(data: &[u8]) {
 pub fn mcp_message(data: &[u8]) {
     let _ = serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(data);
     let text = String::from_utf8_lossy(data);
+    let one = crate::mcp::Scope::One("demo".into());
     for kind in [
         crate::mcp::Kind::Tool,
+        crate::mcp::Kind::Prompt,
         crate::mcp::Kind::Resource,
         crate::mcp::Kind::Template,
     ] {
         let _ = crate::mcp::split(kind, &text);
+        let _ = crate::mcp::split(kind, &one.inbound(kind, &text));
+        let _ = one.outbound(kind, &text);
     }
     let (template, uri) = text.split_once('\n').unwrap_or((&text, "file:///x"));
     if let Some(t) = crate::mcp::template::UriTemplate::parse(template) {

@@ -51,6 +51,7 @@ struct ErrorObject {
     paths(
         crate::proxy::handle,
         crate::mcp::handle,
+        crate::mcp::handle_one,
         crate::admin::whoami,
         crate::admin::registry,
         crate::admin::list,

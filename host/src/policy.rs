@@ -106,7 +106,7 @@ impl Capabilities {
 }
 
 /// Categories a pattern may name.
-pub const CATEGORIES: &[&str] = &["tools", "resources", "templates", "proxy"];
+pub const CATEGORIES: &[&str] = &["tools", "prompts", "resources", "templates", "proxy"];
 
 /// Connectors that exist without being configured, with their labels.
 pub const BUILTIN_CONNECTORS: &[(&str, &[&str])] = &[("aperture", &["system"])];

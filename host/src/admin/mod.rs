@@ -206,7 +206,7 @@ fn health(app: &App, c: &Connector, caller: &Caller) -> serde_json::Value {
 #[utoipa::path(get, path = "/api/connectors/{id}/capabilities", tag = "connectors",
     params(("id" = String, Path, description = "Connector ID")),
     responses(
-        (status = 200, description = "`tools`, `resources` and `templates` the caller may use, named as through `/v1/mcp`, and the caller's `status`", body = Object),
+        (status = 200, description = "`tools`, `prompts`, `resources` and `templates` the caller may use, named as through `/v1/mcp`, and the caller's `status`", body = Object),
         (status = 404, description = "No such connector, or none the caller has a grant on", body = ErrorBody),
     ))]
 pub async fn capabilities(
@@ -225,7 +225,7 @@ pub async fn capabilities(
             None => Status::Ready,
         };
         // Boxed: the upstream session's futures are deep, and this one nests them once more.
-        let view = Box::pin(crate::mcp::connector_view(&gw, &snapshot, &caller, c)).await;
+        let view = Box::pin(crate::mcp::connector_view(&gw, &snapshot, &caller, c, true)).await;
         let tools: Vec<_> = view
             .tools
             .iter()
@@ -235,6 +235,11 @@ pub async fn capabilities(
             .resources
             .iter()
             .map(|r| json!({"uri": r.uri, "name": r.name, "description": r.description}))
+            .collect();
+        let prompts: Vec<_> = view
+            .prompts
+            .iter()
+            .map(|p| json!({"name": p.name, "title": p.title, "description": p.description}))
             .collect();
         let templates: Vec<_> = view
             .templates
@@ -251,6 +256,7 @@ pub async fn capabilities(
             "status": status,
             "endpoint": endpoint,
             "tools": tools,
+            "prompts": prompts,
             "resources": resources,
             "templates": templates,
         })))

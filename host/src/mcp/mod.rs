@@ -19,8 +19,11 @@
 //!   pipeline with the caller's credential.
 //! - `template`: RFC 6570 matching, for reads of URIs a granted resource template makes.
 //!
-//! Names: tools `<id>_<tool>`, resources `<id>-<uri>`, templates `<id>-<uriTemplate>`.
-//! Connector IDs have neither `_` nor `-`, so the first one splits a name unambiguously.
+//! Names: tools `<id>_<tool>`, prompts `<id>_<prompt>`, resources `<id>-<uri>`,
+//! templates `<id>-<uriTemplate>`. Connector IDs have neither `_` nor `-`, so the first
+//! one splits a name unambiguously. `/v1/mcp/<id>` serves one connector with its names
+//! unprefixed ([`Scope`]): the prefix is added to what comes in and taken off what goes
+//! out, so routing and grants see the same names on both endpoints.
 //! [`visible`] is the one grant decision for listing and for use.
 
 mod builtin;
@@ -35,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{Resource, ResourceTemplate, Tool};
+use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
 use tokio::sync::Notify;
 
 use crate::config::Protocol;
@@ -77,12 +80,13 @@ impl Gateway {
     }
 }
 
-pub use server::{__path_handle, ENDPOINT, Entry, handle};
+pub use server::{__path_handle, __path_handle_one, ENDPOINT, Entry, handle, handle_one};
 
 /// What an MCP name refers to, as grants see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Tool,
+    Prompt,
     Resource,
     Template,
 }
@@ -91,6 +95,7 @@ impl Kind {
     fn category(self) -> &'static str {
         match self {
             Self::Tool => "tools",
+            Self::Prompt => "prompts",
             Self::Resource => "resources",
             Self::Template => "templates",
         }
@@ -98,8 +103,38 @@ impl Kind {
 
     fn separator(self) -> char {
         match self {
-            Self::Tool => '_',
+            Self::Tool | Self::Prompt => '_',
             Self::Resource | Self::Template => '-',
+        }
+    }
+}
+
+/// Which connectors an MCP endpoint serves: all of them with prefixed names (`/v1/mcp`),
+/// or one with its upstream's own names (`/v1/mcp/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Scope {
+    #[default]
+    All,
+    One(Arc<str>),
+}
+
+impl Scope {
+    /// A name as a client of this endpoint sent it, as the aggregated endpoint names it.
+    pub fn inbound<'a>(&self, kind: Kind, name: &'a str) -> std::borrow::Cow<'a, str> {
+        match self {
+            Self::All => name.into(),
+            Self::One(id) => prefixed(id, kind, name).into(),
+        }
+    }
+
+    /// An aggregated name as a client of this endpoint sees it.
+    pub fn outbound(&self, kind: Kind, name: &str) -> String {
+        match self {
+            Self::One(id) => match split(kind, name) {
+                Some((of, rest)) if of == &**id => rest.to_owned(),
+                _ => name.to_owned(),
+            },
+            Self::All => name.to_owned(),
         }
     }
 }
@@ -190,6 +225,8 @@ pub struct Upstream {
     /// Rings when the upstream announced a change.
     wake: Arc<Notify>,
     hub_changed: Arc<Notify>,
+    /// Client sessions subscribed to this upstream's resources.
+    pub(crate) subscribers: Arc<upstream::Subscribers>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
     task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Whose view this is (`None`: the shared credential's), for health reports.
@@ -250,6 +287,7 @@ impl Upstream {
             state: Mutex::default(),
             wake: Arc::new(Notify::new()),
             hub_changed: hub.changed.clone(),
+            subscribers: Arc::default(),
             task: Mutex::new(None),
             user: user.map(Into::into),
             health: app.health.clone(),
@@ -274,9 +312,10 @@ impl Upstream {
             return Ok(s.clone());
         }
         let wake = self.wake.clone();
-        let listener = Listener {
-            on_change: Arc::new(move || wake.notify_one()),
-        };
+        let listener = Listener::new(
+            Arc::new(move || wake.notify_one()),
+            self.subscribers.clone(),
+        );
         let open = Session::open(self.http.clone(), &self.url, listener, slot.flavor);
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
             Ok(r) => r,
@@ -295,6 +334,12 @@ impl Upstream {
         };
         slot.flavor = s.flavor();
         slot.live = Some(s.clone());
+        // Subscriptions belong to a session: a new one subscribes to every URI again.
+        for uri in self.subscribers.uris() {
+            if let Err(e) = s.subscribe(&uri).await {
+                tracing::warn!(connector = %self.connector.id, "could not subscribe again to a resource on the new MCP session: {e}");
+            }
+        }
         Ok(s)
     }
 
@@ -789,8 +834,52 @@ impl Hub {
 #[derive(Default)]
 pub struct View {
     pub tools: Vec<Tool>,
+    pub prompts: Vec<Prompt>,
     pub resources: Vec<Resource>,
     pub templates: Vec<ResourceTemplate>,
+}
+
+impl View {
+    /// The view as a client of `scope` sees it: on `/v1/mcp/<id>`, names without the
+    /// connector's prefix.
+    fn scoped(mut self, scope: &Scope) -> Self {
+        if *scope == Scope::All {
+            return self;
+        }
+        for t in &mut self.tools {
+            t.name = scope.outbound(Kind::Tool, &t.name).into();
+        }
+        for p in &mut self.prompts {
+            p.name = scope.outbound(Kind::Prompt, &p.name);
+        }
+        for r in &mut self.resources {
+            r.uri = scope.outbound(Kind::Resource, &r.uri);
+        }
+        for t in &mut self.templates {
+            t.uri_template = scope.outbound(Kind::Template, &t.uri_template);
+        }
+        self
+    }
+}
+
+/// What a client of `scope` sees: [`view`] for the aggregated endpoint, the one
+/// connector's part of it (unprefixed) for `/v1/mcp/<id>`.
+pub async fn scoped_view(
+    app: &Gateway,
+    snap: &Snapshot,
+    caller: &Caller,
+    scope: &Scope,
+    load: bool,
+) -> View {
+    match scope {
+        Scope::All => view(app, snap, caller, load).await,
+        Scope::One(id) => match snap.connectors.get(&**id) {
+            Some(c) => connector_view(app, snap, caller, c, load)
+                .await
+                .scoped(scope),
+            None => View::default(),
+        },
+    }
 }
 
 /// Builds `caller`'s view. With `load`, per-user catalogs not yet fetched are fetched now.
@@ -811,13 +900,14 @@ pub async fn view(app: &Gateway, snap: &Snapshot, caller: &Caller, load: bool) -
 }
 
 /// One connector's part of `caller`'s view: what the dashboard lists as the connector's
-/// capabilities. A per-user catalog not yet fetched is fetched now; nothing when the
-/// caller has no grant on the connector.
+/// capabilities, and what `/v1/mcp/<id>` serves. With `load`, a catalog not yet fetched
+/// is fetched now; nothing when the caller has no grant on the connector.
 pub async fn connector_view(
     app: &Gateway,
     snap: &Snapshot,
     caller: &Caller,
     c: &Arc<Connector>,
+    load: bool,
 ) -> View {
     let access = snap.policy.access(caller);
     let mut v = View::default();
@@ -826,12 +916,12 @@ pub async fn connector_view(
     }
     match c.protocol {
         Protocol::Mcp => {
-            if let Some(up) = app.hub.upstream(app, c, caller, true).await {
+            if let Some(up) = app.hub.upstream(app, c, caller, load).await {
                 // A shared upstream whose first discovery has not finished (just after
                 // start or a reload) is asked now: an empty list would read as "lists
                 // nothing".
                 let never_listed = up.state().loaded_at.is_none();
-                if never_listed {
+                if load && never_listed {
                     up.refresh().await;
                 }
                 add_listing(&access, c, &up, &mut v);
@@ -882,6 +972,13 @@ fn add_listing(access: &Access<'_>, c: &Connector, up: &Upstream, v: &mut View) 
             let mut t = t.clone();
             t.uri_template = prefixed(id, Kind::Template, &t.uri_template);
             v.templates.push(t);
+        }
+    }
+    for p in &l.prompts {
+        if visible(access, id, Kind::Prompt, &p.name) {
+            let mut p = p.clone();
+            p.name = prefixed(id, Kind::Prompt, &p.name);
+            v.prompts.push(p);
         }
     }
 }
@@ -972,6 +1069,27 @@ mod tests {
         assert_eq!(split(Kind::Tool, "nounderscore"), None);
         assert_eq!(split(Kind::Tool, "9lives_x"), None);
         assert_eq!(prefixed("a", Kind::Template, "t://{x}"), "a-t://{x}");
+    }
+
+    #[test]
+    fn one_connector_endpoints_name_things_as_the_upstream_does() {
+        let one = Scope::One("notes".into());
+        assert_eq!(one.inbound(Kind::Tool, "search"), "notes_search");
+        assert_eq!(one.inbound(Kind::Prompt, "brief"), "notes_brief");
+        assert_eq!(one.inbound(Kind::Resource, "mem://a"), "notes-mem://a");
+        assert_eq!(one.outbound(Kind::Tool, "notes_search"), "search");
+        assert_eq!(
+            one.outbound(Kind::Template, "notes-mem://{id}"),
+            "mem://{id}"
+        );
+        // A name under another prefix is not this endpoint's to shorten.
+        assert_eq!(one.outbound(Kind::Tool, "other_search"), "other_search");
+        // An upstream name that itself contains the separator survives the round trip.
+        let full = one.inbound(Kind::Tool, "a_b");
+        assert_eq!(split(Kind::Tool, &full), Some(("notes", "a_b")));
+        assert_eq!(one.outbound(Kind::Tool, &full), "a_b");
+        assert_eq!(Scope::All.inbound(Kind::Tool, "x_y"), "x_y");
+        assert_eq!(Scope::All.outbound(Kind::Tool, "x_y"), "x_y");
     }
 
     #[test]

@@ -9,15 +9,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ErrorData, Implementation,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ResourceContents, ServerCapabilities,
-    ServerConfig, SubscriptionFilter,
+    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo,
+    ContentBlock, ErrorData, GetPromptRequestParams, GetPromptResponse, Implementation,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, Reference,
+    ResourceContents, ResultType, ServerCapabilities, ServerConfig, SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, RoleServer, ServiceError, SubscriptionContext,
@@ -29,13 +30,16 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 
 use super::template::{UriTemplate, normalize};
-use super::{Gateway, Kind, builtin, prefixed, split, view};
+use super::upstream::Subscriber;
+use super::{Gateway, Kind, Scope, builtin, prefixed, scoped_view, split};
 use crate::audit::{Decision, Via};
 use crate::config::Config;
 use crate::credentials::Credential;
+use crate::error::ApiError;
 use crate::identity::Caller;
 use crate::openapi::ErrorBody;
 use crate::state::Snapshot;
+use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
 
 /// Where the aggregated endpoint is mounted.
 pub const ENDPOINT: &str = "/v1/mcp";
@@ -50,11 +54,14 @@ pub struct Aggregator {
     app: Arc<Gateway>,
 }
 
-/// Who is asking, from the HTTP request rmcp hands to the handler.
+/// Who is asking, and on which endpoint, from the HTTP request rmcp hands to the handler.
 struct Who {
     caller: Arc<Caller>,
     snap: Arc<Snapshot>,
     base_url: String,
+    scope: Scope,
+    /// Whether the request came in a session (only then can the client be asked things).
+    in_session: bool,
 }
 
 fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
@@ -86,6 +93,8 @@ fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
         caller,
         snap,
         base_url,
+        scope: parts.extensions.get::<Scope>().cloned().unwrap_or_default(),
+        in_session: parts.headers.contains_key("mcp-session-id"),
     })
 }
 
@@ -110,12 +119,79 @@ fn upstream_error(connector: &str, e: anyhow::Error) -> ErrorData {
     }
 }
 
+/// Waits for an upstream request unless the client cancels it first. Dropping the
+/// request is what cancels it upstream: rmcp then sends `notifications/cancelled` for it.
+async fn unless_cancelled<T>(
+    cx: &RequestContext<RoleServer>,
+    request: impl std::future::Future<Output = Result<T, ErrorData>>,
+) -> Result<T, ErrorData> {
+    tokio::select! {
+        r = request => r,
+        () = cx.ct.cancelled() => Err(ErrorData::internal_error(
+            "the request was cancelled by the client",
+            None,
+        )),
+    }
+}
+
+/// The client request an upstream request is made for.
+fn asker_of(cx: &RequestContext<RoleServer>, w: &Who) -> super::upstream::Asker {
+    super::upstream::Asker {
+        peer: cx.peer.clone(),
+        request: cx.id.clone(),
+        progress: cx.meta.get_progress_token(),
+        in_session: w.in_session,
+    }
+}
+
+/// A result relayed from an upstream that may speak a revision before 2026-07-28, which
+/// has no `resultType`: the absent field means "complete", and clients on 2026-07-28
+/// require it. (rmcp takes it off again for clients on older revisions.)
+fn complete(result_type: &mut Option<ResultType>) {
+    result_type.get_or_insert(ResultType::COMPLETE);
+}
+
+/// The resource URIs a result names, as the client reads them back: `<id>-<uri>` on the
+/// aggregated endpoint, the upstream's own on `/v1/mcp/<id>`.
+struct Uris<'a> {
+    connector: &'a str,
+    scope: &'a Scope,
+}
+
+impl Uris<'_> {
+    fn uri(&self, uri: &mut String) {
+        if *self.scope == Scope::All {
+            *uri = prefixed(self.connector, Kind::Resource, uri);
+        }
+    }
+
+    fn contents(&self, c: &mut ResourceContents) {
+        match c {
+            ResourceContents::TextResourceContents { uri, .. }
+            | ResourceContents::BlobResourceContents { uri, .. } => self.uri(uri),
+            // A kind of contents newer than this gateway: passed on as it is.
+            _ => {}
+        }
+    }
+
+    /// `resource_link` and embedded resources in tool results and prompt messages.
+    fn content(&self, c: &mut ContentBlock) {
+        match c {
+            ContentBlock::ResourceLink(r) => self.uri(&mut r.uri),
+            ContentBlock::Resource(e) => self.contents(&mut e.resource),
+            // Text, images, audio, and kinds newer than this gateway name no resource.
+            _ => {}
+        }
+    }
+}
+
 impl Aggregator {
     /// Registers a client to be told when what `w.caller` sees changes, from now on.
     async fn watch(&self, w: &Who, channel: Channel) {
-        let v = view(&self.app, &w.snap, &w.caller, false).await;
+        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, false).await;
         self.app.hub.sessions.add(Arc::new(ClientSession {
             caller: w.caller.clone(),
+            scope: w.scope.clone(),
             channel,
             seen: Mutex::new(Some(Seen::of(&v))),
         }));
@@ -126,18 +202,19 @@ impl Aggregator {
     /// `decision` says whether a grant allowed the tool (for the audit trail).
     async fn call_tool_inner(
         &self,
+        w: &Who,
         mut req: CallToolRequestParams,
         cx: &RequestContext<RoleServer>,
         decision: &mut Decision,
     ) -> Result<CallToolResponse, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let full = req.name.to_string();
-        let (id, tool) = split(Kind::Tool, &full).ok_or_else(|| not_available("tool", &full))?;
+        let asked = req.name.to_string();
+        let full = w.scope.inbound(Kind::Tool, &asked);
+        let (id, tool) = split(Kind::Tool, &full).ok_or_else(|| not_available("tool", &asked))?;
         let access = w.snap.policy.access(&w.caller);
         let Some(grant) = super::grant(&access, id, Kind::Tool, tool) else {
             tracing::info!(caller = %w.caller.login, tool = %full, "tool call refused: no grant");
             *decision = Decision::Denied;
-            return Err(not_available("tool", &full));
+            return Err(not_available("tool", &asked));
         };
         *decision = Decision::Granted(grant);
         if let Some(r) = builtin::call(
@@ -153,17 +230,31 @@ impl Aggregator {
         {
             return Ok(CallToolResponse::Complete(r));
         }
-        let up = self.upstream_for(&w, id).await?;
+        let up = self.upstream_for(w, id).await?;
         if !up.listing().tools.iter().any(|t| t.name == tool) {
-            return Err(not_available("tool", &full));
+            return Err(not_available("tool", &asked));
         }
         req.name = tool.to_owned().into();
-        up.with_session(|s| {
+        let asker = asker_of(cx, w);
+        let call = up.with_session(|s| {
             let req = req.clone();
-            async move { s.call_tool(req).await }
+            let asker = &asker;
+            async move { s.call_tool(req, asker).await }
+        });
+        let resp =
+            unless_cancelled(cx, async { call.await.map_err(|e| upstream_error(id, e)) }).await?;
+        Ok(match resp {
+            CallToolResponse::Complete(mut r) => {
+                complete(&mut r.result_type);
+                let uris = Uris {
+                    connector: id,
+                    scope: &w.scope,
+                };
+                r.content.iter_mut().for_each(|c| uris.content(c));
+                CallToolResponse::Complete(r)
+            }
+            other => other,
         })
-        .await
-        .map_err(|e| upstream_error(id, e))
     }
 
     /// The upstream for a call, or why there is none.
@@ -187,6 +278,112 @@ impl Aggregator {
             None => Err(not_available("connector", id)),
         }
     }
+
+    /// `prompts/get`: like a tool call, to the prompt's upstream under a `prompts` grant.
+    async fn get_prompt_inner(
+        &self,
+        w: &Who,
+        mut req: GetPromptRequestParams,
+        cx: &RequestContext<RoleServer>,
+        decision: &mut Decision,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let asked = req.name.clone();
+        let full = w.scope.inbound(Kind::Prompt, &asked);
+        let (id, prompt) =
+            split(Kind::Prompt, &full).ok_or_else(|| not_available("prompt", &asked))?;
+        let access = w.snap.policy.access(&w.caller);
+        let Some(grant) = super::grant(&access, id, Kind::Prompt, prompt) else {
+            tracing::info!(caller = %w.caller.login, prompt = %full, "prompt refused: no grant");
+            *decision = Decision::Denied;
+            return Err(not_available("prompt", &asked));
+        };
+        *decision = Decision::Granted(grant);
+        let up = self.upstream_for(w, id).await?;
+        if !up.listing().prompts.iter().any(|p| p.name == prompt) {
+            return Err(not_available("prompt", &asked));
+        }
+        req.name = prompt.to_owned();
+        let asker = asker_of(cx, w);
+        let get = up.with_session(|s| {
+            let req = req.clone();
+            let asker = &asker;
+            async move { s.get_prompt(req, asker).await }
+        });
+        let resp =
+            unless_cancelled(cx, async { get.await.map_err(|e| upstream_error(id, e)) }).await?;
+        Ok(match resp {
+            GetPromptResponse::Complete(mut r) => {
+                complete(&mut r.result_type);
+                let uris = Uris {
+                    connector: id,
+                    scope: &w.scope,
+                };
+                for m in &mut r.messages {
+                    uris.content(&mut m.content);
+                }
+                GetPromptResponse::Complete(r)
+            }
+            other => other,
+        })
+    }
+
+    /// `completion/complete`, routed by its reference: a prompt (`<id>_<prompt>`, under a
+    /// `prompts` grant) or a resource template (`<id>-<uriTemplate>`, under a `templates`
+    /// grant). An upstream without completions completes nothing.
+    async fn complete_inner(
+        &self,
+        w: &Who,
+        mut req: CompleteRequestParams,
+        cx: &RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let access = w.snap.policy.access(&w.caller);
+        let (kind, asked) = match &req.r#ref {
+            Reference::Prompt(p) => (Kind::Prompt, p.name.clone()),
+            Reference::Resource(r) => (Kind::Template, r.uri.clone()),
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "completion: the reference is neither ref/prompt nor ref/resource",
+                    None,
+                ));
+            }
+        };
+        let what = match kind {
+            Kind::Prompt => "prompt",
+            _ => "resource template",
+        };
+        let full = w.scope.inbound(kind, &asked);
+        let (id, name) = split(kind, &full).ok_or_else(|| not_available(what, &asked))?;
+        if !super::visible(&access, id, kind, name) {
+            return Err(not_available(what, &asked));
+        }
+        let up = self.upstream_for(w, id).await?;
+        let listing = up.listing();
+        let listed = match kind {
+            Kind::Prompt => listing.prompts.iter().any(|p| p.name == name),
+            _ => listing.templates.iter().any(|t| t.uri_template == name),
+        };
+        if !listed {
+            return Err(not_available(what, &asked));
+        }
+        if !listing.completions {
+            return Ok(CompleteResult::new(CompletionInfo::default()));
+        }
+        match &mut req.r#ref {
+            Reference::Prompt(p) => p.name = name.to_owned(),
+            Reference::Resource(r) => r.uri = name.to_owned(),
+            _ => {}
+        }
+        let asker = asker_of(cx, w);
+        let ask = up.with_session(|s| {
+            let req = req.clone();
+            let asker = &asker;
+            async move { s.complete(req, asker).await }
+        });
+        let mut r =
+            unless_cancelled(cx, async { ask.await.map_err(|e| upstream_error(id, e)) }).await?;
+        complete(&mut r.result_type);
+        Ok(r)
+    }
 }
 
 impl rmcp::ServerHandler for Aggregator {
@@ -195,13 +392,17 @@ impl rmcp::ServerHandler for Aggregator {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_resources_subscribe()
+                .enable_completions()
                 .build(),
         )
         .with_server_info(Implementation::new("portcullis", env!("CARGO_PKG_VERSION")))
         .with_instructions(
-            "Portcullis gateway: tools are named <connector>_<tool>, resources <connector>-<uri>. Call aperture_list_connectors to find the HTTP APIs you can reach through the gateway.",
+            "Portcullis gateway: on /v1/mcp tools and prompts are named <connector>_<name>, resources <connector>-<uri>; /v1/mcp/<connector> serves one connector with its own names. Call aperture_list_connectors to find the HTTP APIs you can reach through the gateway.",
         )
     }
 
@@ -211,7 +412,7 @@ impl rmcp::ServerHandler for Aggregator {
     }
 
     /// MCP 2026-07-28 has no sessions: a client that wants to hear about changes keeps a
-    /// `subscriptions/listen` request open. Both list-changed kinds are offered.
+    /// `subscriptions/listen` request open. Every list-changed kind is offered.
     fn accepted_subscription_filter(
         &self,
         _requested: &SubscriptionFilter,
@@ -219,6 +420,7 @@ impl rmcp::ServerHandler for Aggregator {
         Some(
             SubscriptionFilter::builder()
                 .tools_list_changed()
+                .prompts_list_changed()
                 .resources_list_changed()
                 .build(),
         )
@@ -244,7 +446,7 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let w = who(&cx.extensions)?;
-        let v = view(&self.app, &w.snap, &w.caller, true).await;
+        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
         Ok(ListToolsResult::with_all_items(v.tools))
     }
 
@@ -253,12 +455,13 @@ impl rmcp::ServerHandler for Aggregator {
         req: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let full = req.name.to_string();
+        let w = who(&cx.extensions)?;
+        let full = w.scope.inbound(Kind::Tool, &req.name).into_owned();
         let mut decision = Decision::Undecided;
-        let result = self.call_tool_inner(req, &cx, &mut decision).await;
+        let result = self.call_tool_inner(&w, req, &cx, &mut decision).await;
         // Counted and audited per configured connector only: a name from the request
         // alone would let any caller mint metric series.
-        if let (Ok(w), Some((id, tool))) = (who(&cx.extensions), split(Kind::Tool, &full))
+        if let Some((id, tool)) = split(Kind::Tool, &full)
             && (w.snap.connectors.contains_key(id) || id == builtin::APERTURE)
         {
             let outcome = match &result {
@@ -275,13 +478,92 @@ impl rmcp::ServerHandler for Aggregator {
         result
     }
 
+    async fn list_prompts(
+        &self,
+        _page: Option<PaginatedRequestParams>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
+        Ok(ListPromptsResult::with_all_items(v.prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        req: GetPromptRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let w = who(&cx.extensions)?;
+        let full = w.scope.inbound(Kind::Prompt, &req.name).into_owned();
+        let mut decision = Decision::Undecided;
+        let result = self.get_prompt_inner(&w, req, &cx, &mut decision).await;
+        self.audit_read(&w, Kind::Prompt, &full, &decision, result.is_ok());
+        result
+    }
+
+    async fn complete(
+        &self,
+        req: CompleteRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let w = who(&cx.extensions)?;
+        self.complete_inner(&w, req, &cx).await
+    }
+
+    #[allow(deprecated)] // `resources/subscribe` is for MCP before 2026-07-28, still offered.
+    async fn subscribe(
+        &self,
+        req: SubscribeRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let w = who(&cx.extensions)?;
+        let (up, uri, session) = self.subscription(&w, &req.uri, &cx).await?;
+        let sub = Subscriber {
+            session,
+            peer: cx.peer.clone(),
+            uri: req.uri,
+        };
+        if up.subscribers.add(&uri, sub.clone()) {
+            let id = up.connector.id.clone();
+            let asked = up.with_session(|s| {
+                let uri = uri.clone();
+                async move { s.subscribe(&uri).await }
+            });
+            if let Err(e) = asked.await {
+                up.subscribers.remove(&uri, &sub.session);
+                return Err(upstream_error(&id, e));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(deprecated)] // As `subscribe`.
+    async fn unsubscribe(
+        &self,
+        req: UnsubscribeRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let w = who(&cx.extensions)?;
+        let (up, uri, session) = self.subscription(&w, &req.uri, &cx).await?;
+        if up.subscribers.remove(&uri, &session) {
+            let id = up.connector.id.clone();
+            up.with_session(|s| {
+                let uri = uri.clone();
+                async move { s.unsubscribe(&uri).await }
+            })
+            .await
+            .map_err(|e| upstream_error(&id, e))?;
+        }
+        Ok(())
+    }
+
     async fn list_resources(
         &self,
         _page: Option<PaginatedRequestParams>,
         cx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let w = who(&cx.extensions)?;
-        let v = view(&self.app, &w.snap, &w.caller, true).await;
+        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
         Ok(ListResourcesResult::with_all_items(v.resources))
     }
 
@@ -291,7 +573,7 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let w = who(&cx.extensions)?;
-        let v = view(&self.app, &w.snap, &w.caller, true).await;
+        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
         Ok(ListResourceTemplatesResult::with_all_items(v.templates))
     }
 
@@ -300,88 +582,77 @@ impl rmcp::ServerHandler for Aggregator {
         req: ReadResourceRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let full = req.uri.clone();
+        let w = who(&cx.extensions)?;
+        let full = w.scope.inbound(Kind::Resource, &req.uri).into_owned();
         let mut decision = Decision::Undecided;
-        let result = self.read_resource_inner(req, &cx, &mut decision).await;
-        // Audited per configured connector only, as tool calls are. A read that failed
-        // before its grant was decided (no upstream, not connected) is an error, not a
-        // denial.
-        if let (Ok(w), Some((id, uri))) = (who(&cx.extensions), split(Kind::Resource, &full))
-            && w.snap.connectors.contains_key(id)
-        {
-            let (grant, outcome) = decision.outcome(if result.is_ok() { "ok" } else { "error" });
-            self.app
-                .audit
-                .call(&w.caller, id, Via::Resource { uri }, grant, outcome);
-        }
+        let result = self.read_resource_inner(&w, req, &cx, &mut decision).await;
+        self.audit_read(&w, Kind::Resource, &full, &decision, result.is_ok());
         result
     }
 }
 
 impl Aggregator {
+    /// Audits a `prompts/get` or `resources/read` of `full` (the aggregated name), per
+    /// configured connector only, as tool calls are. One that failed before its grant
+    /// was decided (no upstream, not connected) is an error, not a denial.
+    fn audit_read(&self, w: &Who, kind: Kind, full: &str, decision: &Decision, ok: bool) {
+        let Some((id, name)) =
+            split(kind, full).filter(|(id, _)| w.snap.connectors.contains_key(*id))
+        else {
+            return;
+        };
+        let via = match kind {
+            Kind::Prompt => Via::Prompt { name },
+            _ => Via::Resource { uri: name },
+        };
+        let (grant, outcome) = decision.outcome(if ok { "ok" } else { "error" });
+        self.app.audit.call(&w.caller, id, via, grant, outcome);
+    }
+
     /// `resources/read`: `decision` says whether a grant allowed the resource (for the
     /// audit trail).
     async fn read_resource_inner(
         &self,
+        w: &Who,
         mut req: ReadResourceRequestParams,
         cx: &RequestContext<RoleServer>,
         decision: &mut Decision,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let full = req.uri.clone();
+        let asked = req.uri.clone();
+        let full = w.scope.inbound(Kind::Resource, &asked);
         let (id, uri) =
-            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", &full))?;
+            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", &asked))?;
         let access = w.snap.policy.access(&w.caller);
         // Like a tool call: no upstream is touched (or named) without a grant on it.
         if !access.any_on(id) {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused: no grant");
             *decision = Decision::Denied;
-            return Err(not_available("resource", &full));
+            return Err(not_available("resource", &asked));
         }
-        let up = self.upstream_for(&w, id).await?;
-        let listing = up.listing();
-        // A listed resource needs its own grant; any other URI needs a grant on a
-        // template that produces it. Compared after normalizing percent-encoding, so
-        // another spelling of a listed resource is that resource.
-        let wanted = normalize(uri);
-        let allowed = if let Some(r) = listing
-            .resources
-            .iter()
-            .find(|r| r.uri == uri || normalize(&r.uri) == wanted)
-        {
-            super::grant(&access, id, Kind::Resource, &r.uri).map(|g| (g, r.uri.clone()))
-        } else {
-            listing.templates.iter().find_map(|t| {
-                super::grant(&access, id, Kind::Template, &t.uri_template)
-                    .filter(|_| {
-                        UriTemplate::parse(&t.uri_template).is_some_and(|tpl| tpl.matches(&wanted))
-                    })
-                    .map(|g| (g, wanted.clone()))
-            })
-        };
-        let Some((grant, upstream_uri)) = allowed else {
+        let up = self.upstream_for(w, id).await?;
+        let Some((grant, upstream_uri)) = resource_grant(&access, id, uri, &up.listing()) else {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
             *decision = Decision::Denied;
-            return Err(not_available("resource", &full));
+            return Err(not_available("resource", &asked));
         };
         *decision = Decision::Granted(grant);
         req.uri = upstream_uri;
-        let resp = up
-            .with_session(|s| {
-                let req = req.clone();
-                async move { s.read_resource(req).await }
-            })
-            .await
-            .map_err(|e| upstream_error(id, e))?;
+        let asker = asker_of(cx, w);
+        let read = up.with_session(|s| {
+            let req = req.clone();
+            let asker = &asker;
+            async move { s.read_resource(req, asker).await }
+        });
+        let resp =
+            unless_cancelled(cx, async { read.await.map_err(|e| upstream_error(id, e)) }).await?;
         Ok(match resp {
             ReadResourceResponse::Complete(mut r) => {
-                for c in &mut r.contents {
-                    if let ResourceContents::TextResourceContents { uri, .. }
-                    | ResourceContents::BlobResourceContents { uri, .. } = c
-                    {
-                        *uri = prefixed(id, Kind::Resource, uri);
-                    }
-                }
+                complete(&mut r.result_type);
+                let uris = Uris {
+                    connector: id,
+                    scope: &w.scope,
+                };
+                r.contents.iter_mut().for_each(|c| uris.contents(c));
                 ReadResourceResponse::Complete(r)
             }
             other => other,
@@ -389,9 +660,79 @@ impl Aggregator {
     }
 }
 
+/// The grant that lets `access` use resource `uri` of connector `id` (upstream naming),
+/// and the URI to ask the upstream for. A listed resource needs its own grant; any other
+/// URI needs a grant on a template that produces it. Compared after normalizing
+/// percent-encoding, so another spelling of a listed resource is that resource.
+fn resource_grant(
+    access: &crate::policy::Access<'_>,
+    id: &str,
+    uri: &str,
+    listing: &super::upstream::Listing,
+) -> Option<(crate::policy::GrantRef, String)> {
+    let wanted = normalize(uri);
+    if let Some(r) = listing
+        .resources
+        .iter()
+        .find(|r| r.uri == uri || normalize(&r.uri) == wanted)
+    {
+        return super::grant(access, id, Kind::Resource, &r.uri).map(|g| (g, r.uri.clone()));
+    }
+    listing.templates.iter().find_map(|t| {
+        super::grant(access, id, Kind::Template, &t.uri_template)
+            .filter(|_| UriTemplate::parse(&t.uri_template).is_some_and(|tpl| tpl.matches(&wanted)))
+            .map(|g| (g, wanted.clone()))
+    })
+}
+
+impl Aggregator {
+    /// The upstream and its URI for a subscription to `asked` (as the client names it),
+    /// under the same grants as reading it; and the client's session.
+    async fn subscription(
+        &self,
+        w: &Who,
+        asked: &str,
+        cx: &RequestContext<RoleServer>,
+    ) -> Result<(Arc<super::Upstream>, String, Arc<str>), ErrorData> {
+        let session = cx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(Arc::<str>::from)
+            .ok_or_else(|| {
+                ErrorData::invalid_request(
+                    "resources/subscribe needs a session (MCP 2026-07-28 clients listen with subscriptions/listen)",
+                    None,
+                )
+            })?;
+        let full = w.scope.inbound(Kind::Resource, asked);
+        let (id, uri) =
+            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", asked))?;
+        let access = w.snap.policy.access(&w.caller);
+        if !access.any_on(id) {
+            return Err(not_available("resource", asked));
+        }
+        let up = self.upstream_for(w, id).await?;
+        let listing = up.listing();
+        let Some((_, upstream_uri)) = resource_grant(&access, id, uri, &listing) else {
+            return Err(not_available("resource", asked));
+        };
+        if !listing.subscribe {
+            return Err(ErrorData::invalid_request(
+                format!("connector \"{id}\": its MCP server does not offer resource subscriptions"),
+                None,
+            ));
+        }
+        Ok((up, upstream_uri, session))
+    }
+}
+
 /// A client to tell when its caller's visible catalog changes.
 pub struct ClientSession {
     caller: Arc<Caller>,
+    /// The endpoint it came through: what it sees is that endpoint's view.
+    scope: Scope,
     channel: Channel,
     seen: Mutex<Option<Seen>>,
 }
@@ -407,6 +748,14 @@ enum Channel {
     },
 }
 
+/// The lists a client is told about when they change.
+#[derive(Debug, Clone, Copy)]
+enum List {
+    Tools,
+    Prompts,
+    Resources,
+}
+
 impl Channel {
     fn is_closed(&self) -> bool {
         match self {
@@ -418,21 +767,23 @@ impl Channel {
     // A failed send means the client went away meanwhile; it is pruned on the next pass.
     // A client that does not read its stream may hold a send up: it gets
     // `NOTIFY_TIMEOUT`, not the other clients' notifications.
-    async fn tools_changed(&self) {
+    async fn changed(&self, list: List) {
         let send = async {
-            match self {
-                Self::Session(peer) => drop(peer.notify_tool_list_changed().await),
-                Self::Subscription { sink, .. } => drop(sink.notify_tool_list_changed().await),
-            }
-        };
-        let _ = tokio::time::timeout(NOTIFY_TIMEOUT, send).await;
-    }
-
-    async fn resources_changed(&self) {
-        let send = async {
-            match self {
-                Self::Session(peer) => drop(peer.notify_resource_list_changed().await),
-                Self::Subscription { sink, .. } => {
+            match (self, list) {
+                (Self::Session(peer), List::Tools) => drop(peer.notify_tool_list_changed().await),
+                (Self::Session(peer), List::Prompts) => {
+                    drop(peer.notify_prompt_list_changed().await);
+                }
+                (Self::Session(peer), List::Resources) => {
+                    drop(peer.notify_resource_list_changed().await);
+                }
+                (Self::Subscription { sink, .. }, List::Tools) => {
+                    drop(sink.notify_tool_list_changed().await);
+                }
+                (Self::Subscription { sink, .. }, List::Prompts) => {
+                    drop(sink.notify_prompt_list_changed().await);
+                }
+                (Self::Subscription { sink, .. }, List::Resources) => {
                     drop(sink.notify_resource_list_changed().await);
                 }
             }
@@ -445,6 +796,7 @@ impl Channel {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Seen {
     tools: u64,
+    prompts: u64,
     resources: u64,
 }
 
@@ -457,8 +809,20 @@ impl Seen {
         };
         Self {
             tools: digest(serde_json::to_vec(&v.tools)),
+            prompts: digest(serde_json::to_vec(&v.prompts)),
             resources: digest(serde_json::to_vec(&(&v.resources, &v.templates))),
         }
+    }
+
+    /// The lists that differ between `self` and `now`.
+    fn changes(self, now: Self) -> impl Iterator<Item = List> {
+        [
+            (self.tools != now.tools, List::Tools),
+            (self.prompts != now.prompts, List::Prompts),
+            (self.resources != now.resources, List::Resources),
+        ]
+        .into_iter()
+        .filter_map(|(changed, list)| changed.then_some(list))
     }
 }
 
@@ -493,19 +857,17 @@ pub fn spawn_notifier(app: &Arc<Gateway>) {
             let Some(app) = weak.upgrade() else { return };
             let snap = app.snapshot();
             for s in app.hub.sessions.live() {
-                let now = Seen::of(&view(&app, &snap, &s.caller, false).await);
+                let v = scoped_view(&app, &snap, &s.caller, &s.scope, false).await;
+                let now = Seen::of(&v);
                 let before = s
                     .seen
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .replace(now);
                 let Some(before) = before else { continue };
-                if before.tools != now.tools {
-                    tracing::debug!(caller = %s.caller.login, "telling a session its tools changed");
-                    s.channel.tools_changed().await;
-                }
-                if before.resources != now.resources {
-                    s.channel.resources_changed().await;
+                for list in before.changes(now) {
+                    tracing::debug!(caller = %s.caller.login, ?list, "telling a session a list changed");
+                    s.channel.changed(list).await;
                 }
             }
         }
@@ -530,7 +892,9 @@ pub struct Entry {
     app: Arc<Gateway>,
     manager: Arc<LocalSessionManager>,
     services: ArcSwap<Services>,
-    owners: Mutex<HashMap<String, String>>,
+    /// Who opened each session, and on which endpoint: a session is used by its caller
+    /// on its endpoint only.
+    owners: Mutex<HashMap<String, (String, Scope)>>,
 }
 
 impl Entry {
@@ -591,7 +955,7 @@ impl Entry {
         fresh
     }
 
-    fn owner(&self, id: &str) -> Option<String> {
+    fn owner(&self, id: &str) -> Option<(String, Scope)> {
         self.owners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -691,15 +1055,62 @@ pub async fn handle(
     }
 }
 
+/// One connector's MCP server alone, for clients configured with one server URL per
+/// service: the same server as `/v1/mcp` restricted to connector `id`, with the upstream's
+/// own names (no `<id>_` or `<id>-` prefix) and the same grants. An HTTP connector with a
+/// provider plugin serves the plugin's tools.
+#[utoipa::path(method(post, get, delete), path = "/v1/mcp/{id}", tag = "agents",
+    params(("id" = String, Path, description = "A connector ID")),
+    request_body(content = Object, description = "A JSON-RPC message (MCP streamable HTTP)"),
+    responses(
+        (status = 200, description = "A JSON-RPC answer, as JSON or an event stream", body = Object),
+        (status = 202, description = "A notification or response accepted"),
+        (status = 403, description = "No grant on the connector", body = ErrorBody),
+        (status = 404, description = "No such connector, one without an MCP server, or an unknown or ended session", body = ErrorBody),
+    ))]
+pub async fn handle_one(
+    State(entry): State<Arc<Entry>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> Response {
+    let snap = entry.app.snapshot();
+    let Some(c) = snap.connectors.get(&id) else {
+        return ApiError::not_found(format!(
+            "no connector \"{id}\"; GET /api/connectors lists the connectors you can use"
+        ))
+        .into_response();
+    };
+    if c.protocol == crate::config::Protocol::Http && c.provider.is_none() {
+        return ApiError::not_found(format!(
+            "connector \"{id}\" is an HTTP API without MCP tools; reach it through /v1/connectors/{id}/"
+        ))
+        .into_response();
+    }
+    if !snap.policy.access(&caller).any_on(&id) {
+        return ApiError::forbidden(format!(
+            "access denied: {} has no grant on \"{id}\"; ask an admin for a connectors grant such as \"{id}/**\"",
+            caller.login
+        ))
+        .into_response();
+    }
+    req.extensions_mut().insert(Scope::One(id.into()));
+    handle(State(entry), Extension(caller), req).await
+}
+
 /// Sends `req` to the service that keeps its session: requests in a session and
 /// `initialize` to the session-keeping one (recording who opened a new session), the
 /// rest to the stateless one.
 async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -> Response {
     let services = entry.services();
+    let scope = req.extensions().get::<Scope>().cloned().unwrap_or_default();
     if let Some(id) = session_id(&req) {
-        // Another caller's session is not theirs to use: answer as for an unknown one.
-        if entry.owner(&id).is_some_and(|o| o != caller.login) {
-            tracing::warn!(caller = %caller.login, "refused a request in another caller's MCP session");
+        // Another caller's session is not theirs to use, and a session opened on one
+        // endpoint names things that endpoint's way: answer as for an unknown one.
+        if let Some((login, opened_on)) = entry.owner(&id)
+            && (login != caller.login || opened_on != scope)
+        {
+            tracing::warn!(caller = %caller.login, "refused a request in another caller's or another endpoint's MCP session");
             return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
         }
         // The transport "closes" a session it never had and answers 202; a client that
@@ -726,7 +1137,7 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
             .owners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), caller.login.clone());
+            .insert(id.to_owned(), (caller.login.clone(), scope));
     }
     resp.map(Body::new)
 }

@@ -2,15 +2,35 @@
 //! a server that refuses it with a 4xx gets [`LegacySse`], the HTTP+SSE transport of
 //! MCP 2024-11-05.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rmcp::ServiceExt as _;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, Implementation,
-    ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceTemplate, Tool,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
+    ClientCapabilities, ClientConfig, ClientRequest, ClientResult, CompleteRequest,
+    CompleteRequestParams, CompleteResult, ElicitRequest, ElicitRequestParams, ElicitResult,
+    ElicitationAction, ElicitationCapability, ErrorData, FormElicitationCapability,
+    GetExtensions as _, GetPromptRequest, GetPromptRequestParams, GetPromptResponse,
+    Implementation, ProgressNotificationParam, ProgressToken, Prompt, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, RequestId, Resource, ResourceTemplate,
+    ServerRequest, ServerResult, Tool, UrlElicitationCapability,
 };
-use rmcp::service::{NotificationContext, RoleClient, RunningService, ServiceError};
+// Sampling and roots are deprecated by SEP-2577 (MCP 2026-07-28) but still in use by
+// servers on earlier versions, which the gateway relays.
+#[allow(deprecated)]
+use rmcp::model::{
+    CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ListRootsRequest,
+    ListRootsResult,
+};
+use rmcp::model::{
+    ResourceUpdatedNotificationParam, SubscribeRequestParams, UnsubscribeRequestParams,
+};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
+    RequestContext, RoleClient, RoleServer, RunningService, ServiceError,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
@@ -20,14 +40,252 @@ use super::transport::{MAX_MESSAGE_BYTES, UpstreamError, UpstreamHttp, other_tra
 /// Receives the upstream's notifications for one session.
 #[derive(Clone)]
 pub struct Listener {
-    /// Called when the upstream says its tools, resources or templates changed.
+    /// Called when the upstream says its tools, prompts, resources or templates changed.
     pub on_change: Arc<dyn Fn() + Send + Sync>,
+    /// The session's requests in flight for clients.
+    calls: Arc<Calls>,
+    /// The clients subscribed to the upstream's resources.
+    subscribers: Arc<Subscribers>,
+}
+
+impl Listener {
+    pub fn new(on_change: Arc<dyn Fn() + Send + Sync>, subscribers: Arc<Subscribers>) -> Self {
+        Self {
+            on_change,
+            calls: Arc::default(),
+            subscribers,
+        }
+    }
+}
+
+/// One client session's subscription to an upstream resource.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The client's session (subscriptions exist in sessions only): one subscription per
+    /// session and URI, however often it subscribes.
+    pub session: Arc<str>,
+    pub peer: Peer<RoleServer>,
+    /// The URI as that client named it (with the connector prefix on `/v1/mcp`).
+    pub uri: String,
+}
+
+/// The clients subscribed to one upstream's resources, by the upstream's URI. It
+/// outlives upstream sessions: a new session subscribes to every URI again.
+#[derive(Default)]
+pub struct Subscribers(Mutex<HashMap<String, Vec<Subscriber>>>);
+
+impl Subscribers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `sub` to `upstream_uri`'s subscribers; true when it is the first (the
+    /// upstream is to be asked).
+    pub fn add(&self, upstream_uri: &str, sub: Subscriber) -> bool {
+        let mut all = self.lock();
+        let subs = all.entry(upstream_uri.to_owned()).or_default();
+        subs.retain(|s| s.session != sub.session && !s.peer.is_transport_closed());
+        subs.push(sub);
+        subs.len() == 1
+    }
+
+    /// Removes `session`'s subscription; true when none is left (the upstream is to be
+    /// told).
+    pub fn remove(&self, upstream_uri: &str, session: &str) -> bool {
+        let mut all = self.lock();
+        let Some(subs) = all.get_mut(upstream_uri) else {
+            return false;
+        };
+        subs.retain(|s| &*s.session != session && !s.peer.is_transport_closed());
+        let none = subs.is_empty();
+        if none {
+            all.remove(upstream_uri);
+        }
+        none
+    }
+
+    /// The upstream URIs someone is subscribed to.
+    pub fn uris(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Tells each subscriber of `params.uri` that it changed, by the URI it subscribed
+    /// with.
+    async fn updated(&self, params: ResourceUpdatedNotificationParam) {
+        let subs = self.lock().get(&params.uri).cloned().unwrap_or_default();
+        for sub in subs {
+            if sub.peer.is_transport_closed() {
+                continue;
+            }
+            let note = ResourceUpdatedNotificationParam::new(sub.uri.clone());
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                sub.peer.notify_resource_updated(note),
+            )
+            .await;
+        }
+    }
+}
+
+/// The client request an upstream request is made for: where its progress, and the
+/// upstream's requests made while it runs, go.
+#[derive(Clone)]
+pub struct Asker {
+    pub peer: Peer<RoleServer>,
+    /// The client's JSON-RPC id for its request: the gateway's requests to the client
+    /// go out on that request's event stream.
+    pub request: RequestId,
+    /// The client's `progressToken`, when it asked for progress.
+    pub progress: Option<ProgressToken>,
+    /// Whether the client can be asked anything: only inside a session can it answer a
+    /// request from the server (a sessionless request has nowhere to send the answer).
+    pub in_session: bool,
+}
+
+impl Asker {
+    /// Whether the client can answer a request it declared `declared` for.
+    fn can(&self, declared: impl Fn(&ClientCapabilities) -> bool) -> bool {
+        self.in_session
+            && self
+                .peer
+                .peer_info()
+                .is_some_and(|info| declared(&info.capabilities))
+    }
+
+    /// Sends the upstream's request on to the client, on the event stream of the request
+    /// that caused it, and returns the client's answer.
+    async fn ask(&self, mut request: ServerRequest) -> Result<ClientResult, ErrorData> {
+        request
+            .extensions_mut()
+            .insert(OriginatingRequestId(self.request.clone()));
+        self.peer.send_request(request).await.map_err(|e| match e {
+            ServiceError::McpError(e) => e,
+            other => ErrorData::internal_error(
+                format!("the client of the call did not answer: {other}"),
+                None,
+            ),
+        })
+    }
+}
+
+/// The requests one upstream session has in flight for clients: by rmcp's request id,
+/// so a request the upstream makes on a call's event stream reaches that call's client;
+/// and by rmcp's progress token (rmcp gives every request one of its own, unique in the
+/// session), so progress reaches the client under the token it chose. Clients choose
+/// tokens and ids freely and one shared upstream session carries many clients' calls,
+/// so nothing of the client's is what the upstream sees.
+#[derive(Default)]
+struct Calls(Mutex<CallsInner>);
+
+#[derive(Default)]
+struct CallsInner {
+    by_id: HashMap<RequestId, Asker>,
+    by_progress: HashMap<ProgressToken, RequestId>,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CallsInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client whose call the upstream's request `cx` came with: the one whose
+    /// upstream request's event stream carried it. A request on the session's own
+    /// stream, or over the legacy HTTP+SSE transport (one stream for everything), has
+    /// no such call.
+    fn asker_of(&self, cx: &RequestContext<RoleClient>) -> Option<Asker> {
+        match cx.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => self.lock().by_id.get(id).cloned(),
+            _ => None,
+        }
+    }
+
+    /// Passes an upstream progress notification to the client whose call it is about.
+    /// A token of no running request (a late notification, or one the upstream made
+    /// up) is dropped.
+    async fn progress(&self, mut params: ProgressNotificationParam) {
+        let target = {
+            let calls = self.lock();
+            calls
+                .by_progress
+                .get(&params.progress_token)
+                .and_then(|id| calls.by_id.get(id))
+                .and_then(|a| Some((a.peer.clone(), a.progress.clone()?)))
+        };
+        let Some((peer, token)) = target else {
+            tracing::debug!("dropped a progress notification for no call in progress");
+            return;
+        };
+        params.progress_token = token;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            peer.notify_progress(params),
+        )
+        .await;
+    }
+}
+
+/// How often a request with progress yields after its answer, so progress
+/// notifications that came before the answer reach the client before it.
+const PROGRESS_CATCH_UP_YIELDS: usize = 4;
+
+/// What an upstream's elicitation gets when no client can answer it.
+fn declined() -> ElicitResult {
+    ElicitResult::new(ElicitationAction::Decline)
+}
+
+/// An upstream request in flight. Dropped before its answer (the client cancelled, or
+/// went away), it tells the upstream with `notifications/cancelled`; either way it
+/// leaves [`Calls`].
+struct InFlight {
+    peer: Peer<RoleClient>,
+    calls: Arc<Calls>,
+    id: RequestId,
+    progress: ProgressToken,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut calls = self.calls.lock();
+            calls.by_id.remove(&self.id);
+            calls.by_progress.remove(&self.progress);
+        }
+        if self.answered {
+            return;
+        }
+        let peer = self.peer.clone();
+        let id = self.id.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let cancelled = CancelledNotificationParam::new(
+                    Some(id),
+                    Some("cancelled by the client".into()),
+                );
+                let _ = peer.notify_cancelled(cancelled).await;
+            });
+        }
+    }
 }
 
 impl rmcp::ClientHandler for Listener {
+    /// Declares every client capability, so upstreams offer what they offer only to
+    /// clients that can elicit, sample or list roots; the requests are passed to the
+    /// client whose call caused them, and answered as a client without the capability
+    /// would when it did not declare it.
+    #[allow(deprecated)] // Roots and sampling are deprecated by SEP-2577, not yet gone.
     fn get_info(&self) -> ClientConfig {
+        let capabilities = ClientCapabilities::builder()
+            .enable_roots()
+            .enable_sampling()
+            .enable_elicitation_with(
+                ElicitationCapability::new()
+                    .with_form(FormElicitationCapability::new())
+                    .with_url(UrlElicitationCapability::new()),
+            )
+            .build();
         ClientConfig::new(
-            ClientCapabilities::default(),
+            capabilities,
             Implementation::new("portcullis", env!("CARGO_PKG_VERSION")),
         )
     }
@@ -38,6 +296,111 @@ impl rmcp::ClientHandler for Listener {
 
     async fn on_resource_list_changed(&self, _cx: NotificationContext<RoleClient>) {
         (self.on_change)();
+    }
+
+    async fn on_prompt_list_changed(&self, _cx: NotificationContext<RoleClient>) {
+        (self.on_change)();
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.calls.progress(params).await;
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        self.subscribers.updated(params).await;
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        cx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let url = matches!(params, ElicitRequestParams::UrlElicitationParams { .. });
+        let asker = self.calls.asker_of(&cx).filter(|a| {
+            a.can(|c| {
+                c.elicitation.as_ref().is_some_and(|e| match url {
+                    true => e.url.is_some(),
+                    // An empty `elicitation: {}` is form mode (before modes existed).
+                    false => e.form.is_some() || e.url.is_none(),
+                })
+            })
+        });
+        let Some(asker) = asker else {
+            return Ok(declined());
+        };
+        match asker
+            .ask(ServerRequest::ElicitRequest(ElicitRequest::new(params)))
+            .await?
+        {
+            ClientResult::ElicitResult(r) => Ok(r),
+            _ => Err(ErrorData::internal_error(
+                "the client answered an elicitation with something else",
+                None,
+            )),
+        }
+    }
+
+    #[allow(deprecated)] // Sampling is deprecated by SEP-2577, not yet gone.
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        cx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let asker = self
+            .calls
+            .asker_of(&cx)
+            .filter(|a| a.can(|c| c.sampling.is_some()));
+        let Some(asker) = asker else {
+            return Err(ErrorData::invalid_request(
+                "sampling is not available: the request came with no call, or the client that made the call does not support sampling",
+                None,
+            ));
+        };
+        match asker
+            .ask(ServerRequest::CreateMessageRequest(
+                CreateMessageRequest::new(params),
+            ))
+            .await?
+        {
+            ClientResult::CreateMessageResult(r) => Ok(*r),
+            _ => Err(ErrorData::internal_error(
+                "the client answered a sampling request with something else",
+                None,
+            )),
+        }
+    }
+
+    #[allow(deprecated)] // Roots are deprecated by SEP-2577, not yet gone.
+    async fn list_roots(
+        &self,
+        cx: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        let asker = self
+            .calls
+            .asker_of(&cx)
+            .filter(|a| a.can(|c| c.roots.is_some()));
+        // No call, or a client without roots: a client with no roots to offer.
+        let Some(asker) = asker else {
+            return Ok(ListRootsResult::default());
+        };
+        match asker
+            .ask(ServerRequest::ListRootsRequest(ListRootsRequest::default()))
+            .await?
+        {
+            ClientResult::ListRootsResult(r) => Ok(r),
+            _ => Err(ErrorData::internal_error(
+                "the client answered a roots request with something else",
+                None,
+            )),
+        }
     }
 }
 
@@ -60,8 +423,13 @@ pub struct Session {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Listing {
     pub tools: Vec<Tool>,
+    pub prompts: Vec<Prompt>,
     pub resources: Vec<Resource>,
     pub templates: Vec<ResourceTemplate>,
+    /// Whether the upstream answers `completion/complete`.
+    pub completions: bool,
+    /// Whether the upstream takes `resources/subscribe`.
+    pub subscribe: bool,
 }
 
 impl Session {
@@ -142,8 +510,8 @@ impl Session {
     }
 
     /// Lists everything the upstream offers, following cursors. An upstream without
-    /// resources (it did not announce the capability, or answers "method not found")
-    /// simply has none.
+    /// resources or prompts (it did not announce the capability, or answers "method not
+    /// found") simply has none.
     pub async fn list(&self) -> Result<Listing, ServiceError> {
         let caps = self
             .service
@@ -163,25 +531,128 @@ impl Session {
         } else {
             (Vec::new(), Vec::new())
         };
+        let prompts = if caps.prompts.is_some() {
+            optional(self.service.list_all_prompts().await)?
+        } else {
+            Vec::new()
+        };
         Ok(Listing {
             tools,
+            prompts,
             resources,
             templates,
+            completions: caps.completions.is_some(),
+            subscribe: caps
+                .resources
+                .as_ref()
+                .is_some_and(|r| r.subscribe == Some(true)),
         })
+    }
+
+    /// Sends one request for `asker` and waits for its answer (see [`InFlight`]).
+    async fn request(
+        &self,
+        request: ClientRequest,
+        asker: &Asker,
+    ) -> Result<ServerResult, ServiceError> {
+        let handle = self
+            .service
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await?;
+        let calls = self.service.service().calls.clone();
+        {
+            let mut c = calls.lock();
+            c.by_id.insert(handle.id.clone(), asker.clone());
+            c.by_progress
+                .insert(handle.progress_token.clone(), handle.id.clone());
+        }
+        let mut in_flight = InFlight {
+            peer: self.service.peer().clone(),
+            calls,
+            id: handle.id.clone(),
+            progress: handle.progress_token.clone(),
+            answered: false,
+        };
+        let answer = handle.await_response().await;
+        in_flight.answered = true;
+        if asker.progress.is_some() {
+            // rmcp hands each notification to a task of its own and the answer straight
+            // to the waiting request, so the upstream's last progress notifications,
+            // sent before its answer, may not have been passed on yet. Their tasks exist
+            // by now: letting them run first keeps the order the upstream sent (best
+            // effort: rmcp offers no way to wait for them).
+            for _ in 0..PROGRESS_CATCH_UP_YIELDS {
+                tokio::task::yield_now().await;
+            }
+        }
+        answer
     }
 
     pub async fn call_tool(
         &self,
         params: CallToolRequestParams,
+        asker: &Asker,
     ) -> Result<CallToolResponse, ServiceError> {
-        self.service.call_tool_once(params).await
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        match self.request(request, asker).await? {
+            ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+            ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
     }
 
     pub async fn read_resource(
         &self,
         params: ReadResourceRequestParams,
+        asker: &Asker,
     ) -> Result<ReadResourceResponse, ServiceError> {
-        self.service.read_resource_once(params).await
+        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
+        match self.request(request, asker).await? {
+            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
+    }
+
+    pub async fn get_prompt(
+        &self,
+        params: GetPromptRequestParams,
+        asker: &Asker,
+    ) -> Result<GetPromptResponse, ServiceError> {
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        match self.request(request, asker).await? {
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
+    }
+
+    /// `resources/subscribe` (before MCP 2026-07-28; rmcp marks it deprecated for that).
+    #[allow(deprecated)]
+    pub async fn subscribe(&self, uri: &str) -> Result<(), ServiceError> {
+        self.service
+            .subscribe(SubscribeRequestParams::new(uri.to_owned()))
+            .await
+    }
+
+    #[allow(deprecated)]
+    pub async fn unsubscribe(&self, uri: &str) -> Result<(), ServiceError> {
+        self.service
+            .unsubscribe(UnsubscribeRequestParams::new(uri.to_owned()))
+            .await
+    }
+
+    pub async fn complete(
+        &self,
+        params: CompleteRequestParams,
+        asker: &Asker,
+    ) -> Result<CompleteResult, ServiceError> {
+        let request = ClientRequest::CompleteRequest(CompleteRequest::new(params));
+        match self.request(request, asker).await? {
+            ServerResult::CompleteResult(r) => Ok(r),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
     }
 
     /// Whether the session's connection is gone (the next call needs a new session).

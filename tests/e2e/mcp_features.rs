@@ -1,0 +1,571 @@
+//! MCP beyond tools and resources, through `/v1/mcp` and `/v1/mcp/<id>`: prompts,
+//! completion, progress, resource links in results, and clients on MCP 2026-07-28. The
+//! client is the official Python SDK (`mcp.Client`, with the `initialize` handshake and
+//! with `server/discover`), the upstream server-everything; every call through the
+//! gateway is compared with the same call made to the upstream directly.
+
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::peers_mcp::{Everything, python_agent, python_agent_as};
+use portcullis_e2e::{Host, client, grant};
+use serde_json::{Value, json};
+
+use crate::loopback_config;
+
+/// How the endpoint under test names things: the aggregated endpoint prefixes names
+/// with the connector ID, `/v1/mcp/<id>` and the upstream itself do not.
+#[derive(Clone, Copy)]
+enum Naming {
+    Prefixed,
+    Plain,
+}
+
+impl Naming {
+    fn name(self, n: &str) -> String {
+        match self {
+            Self::Prefixed => format!("demo_{n}"),
+            Self::Plain => n.to_owned(),
+        }
+    }
+
+    fn uri(self, u: &str) -> String {
+        match self {
+            Self::Prefixed => format!("demo-{u}"),
+            Self::Plain => u.to_owned(),
+        }
+    }
+}
+
+/// The operations every endpoint is put through, named as `naming` says.
+fn ops(naming: Naming) -> Value {
+    json!([
+        {"op": "protocol_version"},
+        {"op": "call_tool", "name": naming.name("get-resource-links"), "arguments": {"count": 2}},
+        {"op": "read_resource", "uri": naming.uri("demo://resource/dynamic/text/2")},
+        {"op": "list_prompts"},
+        {"op": "get_prompt", "name": naming.name("simple-prompt")},
+        {"op": "get_prompt", "name": naming.name("resource-prompt"),
+         "arguments": {"resourceType": "Text", "resourceId": "2"}},
+        {"op": "complete_prompt", "name": naming.name("completable-prompt"),
+         "argument": {"name": "department", "value": "E"}},
+        {"op": "complete_prompt", "name": naming.name("completable-prompt"),
+         "argument": {"name": "name", "value": "A"}, "context": {"department": "Engineering"}},
+        {"op": "complete_template", "uri": naming.uri("demo://resource/dynamic/text/{resourceId}"),
+         "argument": {"name": "resourceId", "value": "1"}},
+        {"op": "call_tool", "name": naming.name("trigger-long-running-operation"),
+         "arguments": {"duration": 1, "steps": 3}, "progress": true},
+    ])
+}
+
+/// A message as the upstream would have given it: the connector prefix off every URI
+/// and prompt name, the resources' creation times (they differ per read), the cache
+/// hints (the SDK fills them in either way) and `_meta` (rmcp puts a progress token of
+/// its own on every request it sends) left out, and numbers compared as rmcp's model
+/// types hold them (a sampling `temperature` is an `f32` there, schema bounds `f64`).
+fn comparable(mut v: Value, naming: Naming) -> Value {
+    fn walk(v: &mut Value, naming: Naming) {
+        match v {
+            Value::Number(n) => {
+                if let Some(f) = n.as_f64() {
+                    *v = json!(f64::from(f as f32));
+                }
+            }
+            Value::Object(m) => {
+                m.remove("ttlMs");
+                m.remove("cacheScope");
+                m.remove("resultType");
+                m.remove("_meta");
+                for (k, x) in m.iter_mut() {
+                    match (k.as_str(), &mut *x, naming) {
+                        ("uri" | "name", Value::String(s), Naming::Prefixed) => {
+                            if let Some(rest) =
+                                s.strip_prefix("demo-").or_else(|| s.strip_prefix("demo_"))
+                            {
+                                *s = rest.to_owned();
+                            }
+                        }
+                        ("text", Value::String(s), _) => {
+                            if let Some(at) = s.find(" created at ") {
+                                s.truncate(at);
+                            }
+                        }
+                        _ => walk(x, naming),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, naming)),
+            _ => {}
+        }
+    }
+    walk(&mut v, naming);
+    v
+}
+
+fn setup(patterns: &[&str]) -> (Everything, Host) {
+    let everything = Everything::start();
+    let connectors = json!({
+        "demo": {"protocol": "mcp", "url": everything.url(),
+                 "auth": {"type": "bearer_token", "secret": "demo-token"}},
+        "plain": {"protocol": "http", "url": "http://127.0.0.1:9"},
+    });
+    let mut grants = vec![grant("(loopback)", patterns, false)];
+    grants.push(grant("(loopback)", &["plain/**"], false));
+    let mut config: Value =
+        serde_json::from_str(&loopback_config(connectors, json!(grants))).expect("config");
+    config["mcp"] = json!({"poll_interval_secs": 600});
+    let host = Host::start(&config.to_string());
+    (everything, host)
+}
+
+/// Waits until the gateway has the upstream's catalog (discovery runs in the background).
+async fn catalog_loaded(host: &Host) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = python_agent(&host.url("/v1/mcp"), json!([{"op": "list_prompts"}])).await;
+        let listed = r[0]["ok"]["prompts"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty());
+        if listed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never listed the upstream's prompts: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn prompts_completion_progress_and_resource_links_match_the_direct_calls_on_every_protocol_version()
+ {
+    let (everything, host) = setup(&["demo/**"]);
+    catalog_loaded(&host).await;
+    let direct = python_agent_as(&everything.url(), ops(Naming::Plain), "legacy").await;
+    assert!(
+        direct.iter().all(|r| r.get("ok").is_some()),
+        "the upstream itself answers every operation: {direct:#?}"
+    );
+    for (path, naming) in [
+        ("/v1/mcp", Naming::Prefixed),
+        ("/v1/mcp/demo", Naming::Plain),
+    ] {
+        for (mode, version) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
+            let through = python_agent_as(&host.url(path), ops(naming), mode).await;
+            let at = format!("{path} with {mode} negotiation");
+            assert_eq!(through[0]["ok"]["version"], version, "{at}");
+            for (i, (t, d)) in through.iter().zip(&direct).enumerate().skip(1) {
+                assert!(t.get("ok").is_some(), "{at}: operation {i} failed: {t}");
+                // Progress is compared below: its last notification may trail the answer.
+                let without_progress = |mut v: Value| {
+                    if let Some(ok) = v["ok"].as_object_mut() {
+                        ok.remove("progress");
+                    }
+                    v
+                };
+                assert_eq!(
+                    comparable(without_progress(t.clone()), naming),
+                    comparable(without_progress(d.clone()), Naming::Plain),
+                    "{at}: operation {i} differs from the direct call"
+                );
+            }
+            // What the comparison cannot show: the names themselves.
+            let links: Vec<&str> = through[1]["ok"]["content"]
+                .as_array()
+                .expect("content")
+                .iter()
+                .filter_map(|c| c["uri"].as_str())
+                .collect();
+            assert_eq!(
+                links,
+                [
+                    naming.uri("demo://resource/dynamic/blob/1"),
+                    naming.uri("demo://resource/dynamic/text/2")
+                ],
+                "{at}: resource links are named as the client reads them back"
+            );
+            assert_eq!(
+                through[5]["ok"]["messages"][1]["content"]["resource"]["uri"],
+                naming.uri("demo://resource/dynamic/text/2"),
+                "{at}: an embedded resource in a prompt"
+            );
+            let prompts: Vec<&str> = through[3]["ok"]["prompts"]
+                .as_array()
+                .expect("prompts")
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert!(
+                prompts.contains(&naming.name("completable-prompt").as_str()),
+                "{at}: {prompts:?}"
+            );
+            assert_eq!(
+                through[6]["ok"]["completion"]["values"],
+                json!(["Engineering"])
+            );
+            assert_eq!(through[7]["ok"]["completion"]["values"], json!(["Alice"]));
+            // Progress reaches the client under its own token, in order. rmcp passes each
+            // upstream notification on in a task of its own and the answer directly, so
+            // the gateway cannot wait for the last notification before answering: on a
+            // busy machine it may come after the answer, and the client drops it.
+            let progress = through[9]["ok"]["progress"].as_array().expect("progress");
+            assert!(progress.len() >= 2, "{at}: {progress:?}");
+            for (k, p) in progress.iter().enumerate() {
+                assert_eq!(*p, json!([k as f64 + 1.0, 3.0, null]), "{at}: {progress:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn prompt_grants_decide_listing_getting_and_completing() {
+    let (_everything, host) = setup(&[
+        "demo/tools/*",
+        "demo/resources/*",
+        "demo/templates/*",
+        "demo/prompts/simple-prompt",
+    ]);
+    catalog_loaded(&host).await;
+    for path in ["/v1/mcp", "/v1/mcp/demo"] {
+        let naming = if path == "/v1/mcp" {
+            Naming::Prefixed
+        } else {
+            Naming::Plain
+        };
+        let r = python_agent(
+            &host.url(path),
+            json!([
+                {"op": "list_prompts"},
+                {"op": "get_prompt", "name": naming.name("simple-prompt")},
+                {"op": "get_prompt", "name": naming.name("args-prompt"), "arguments": {"city": "Oslo"}},
+                {"op": "complete_prompt", "name": naming.name("completable-prompt"),
+                 "argument": {"name": "department", "value": "E"}},
+            ]),
+        )
+        .await;
+        let prompts: Vec<&str> = r[0]["ok"]["prompts"]
+            .as_array()
+            .expect("prompts")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(prompts, [naming.name("simple-prompt")], "{path}");
+        assert!(r[1].get("ok").is_some(), "{path}: {}", r[1]);
+        for refused in &r[2..] {
+            assert!(
+                refused["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not available")),
+                "{path}: an ungranted prompt is refused as if it did not exist: {refused}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_connector_endpoint_refuses_what_it_does_not_serve_in_json() {
+    let (_everything, host) = setup(&["demo/tools/*"]);
+    let http = client();
+    let post = |path: &str| {
+        http.post(host.url(path))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+    };
+    for (path, status, code, says) in [
+        (
+            "/v1/mcp/nosuch",
+            404,
+            "not_found",
+            "no connector \"nosuch\"",
+        ),
+        ("/v1/mcp/plain", 404, "not_found", "/v1/connectors/plain/"),
+    ] {
+        let resp = post(path).send().await.expect("post");
+        assert_eq!(resp.status(), status, "{path}");
+        let body: Value = resp.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], code, "{path}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{path}: {body}"
+        );
+    }
+
+    // A connector the caller has no grant on at all.
+    let (_other, denied) = setup(&["plain/**"]);
+    let resp = client()
+        .post(denied.url("/v1/mcp/demo"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    // A session belongs to the endpoint that opened it: the aggregated endpoint names
+    // things another way, so it does not know the session.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "0"}}});
+    let resp = http
+        .post(host.url("/v1/mcp/demo"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init.to_string())
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(resp.status(), 200);
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_owned();
+    let resp = post("/v1/mcp")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 404, "another endpoint's session is unknown");
+    let resp = http
+        .delete(host.url("/v1/mcp/demo"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("delete");
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
+/// What the Python agent offers the server: every client capability, with answers that
+/// name `who`, so each client can recognise its own.
+fn offer(who: &str) -> Value {
+    json!({
+        "elicitation": {"action": "accept", "content": {"name": who, "check": true}},
+        "sampling": {"text": format!("sampled for {who}")},
+        "roots": [{"uri": "file:///work", "name": "work"}],
+    })
+}
+
+fn server_request_ops(naming: Naming) -> Value {
+    json!([
+        {"op": "call_tool", "name": naming.name("trigger-elicitation-request"), "arguments": {}},
+        {"op": "call_tool", "name": naming.name("trigger-sampling-request"), "arguments": {"prompt": "hi"}},
+        {"op": "call_tool", "name": naming.name("trigger-url-elicitation"), "arguments": {
+            "url": "https://example.com/consent", "message": "Open this to consent",
+            "elicitationId": "consent-1"}},
+        {"op": "call_tool", "name": naming.name("get-roots-list"), "arguments": {}},
+    ])
+}
+
+/// Runs the Python agent with `client` (what it offers) and `ops`; returns its results
+/// and the requests the server made of it.
+async fn agent_offering(
+    url: &str,
+    client: Value,
+    ops: Value,
+    mode: &str,
+) -> (Vec<Value>, Vec<Value>) {
+    let out = portcullis_e2e::peers_mcp::python_agent_output(
+        url,
+        json!({"client": client, "ops": ops}),
+        mode,
+    )
+    .await;
+    let results = out["results"].as_array().cloned().expect("results");
+    let asked = out["asked"].as_array().cloned().expect("asked");
+    (results, asked)
+}
+
+fn text(result: &Value) -> String {
+    result["ok"]["content"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|b| b["text"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
+    let (everything, host) = setup(&["demo/**"]);
+    catalog_loaded(&host).await;
+    let (direct, direct_asked) = agent_offering(
+        &everything.url(),
+        offer("Ada"),
+        server_request_ops(Naming::Plain),
+        "legacy",
+    )
+    .await;
+    let gateway = host.url("/v1/mcp");
+    let (through, asked) = agent_offering(
+        &gateway,
+        offer("Ada"),
+        server_request_ops(Naming::Prefixed),
+        "legacy",
+    )
+    .await;
+    // Elicitation in form and URL mode and sampling: the same requests reach the client
+    // as straight from the upstream, and its answers make the same results.
+    for i in 0..3 {
+        assert!(
+            through[i].get("ok").is_some(),
+            "operation {i}: {}",
+            through[i]
+        );
+        assert_eq!(
+            comparable(through[i].clone(), Naming::Prefixed),
+            comparable(direct[i].clone(), Naming::Plain),
+            "operation {i} differs from the direct call"
+        );
+    }
+    assert_eq!(
+        comparable(json!(asked), Naming::Plain),
+        comparable(json!(direct_asked[..3]), Naming::Plain),
+        "the client is asked what the upstream asks"
+    );
+    assert!(text(&through[0]).contains("- Name: Ada"), "{}", through[0]);
+    assert!(
+        text(&through[1]).contains("sampled for Ada"),
+        "{}",
+        through[1]
+    );
+    assert!(
+        text(&through[2]).contains("Elicitation ID: consent-1"),
+        "{}",
+        through[2]
+    );
+    // Roots: the upstream asks for them once, when the gateway's session opens; no call
+    // caused that request, so no client is asked and the upstream hears "no roots".
+    assert!(text(&direct[3]).contains("file:///work"), "{}", direct[3]);
+    assert!(
+        text(&through[3]).contains("no roots are currently configured"),
+        "{}",
+        through[3]
+    );
+
+    // Two clients call through the one shared upstream session at once: each is asked
+    // about its own call only.
+    let one = server_request_ops(Naming::Prefixed)[0].clone();
+    let (a, b) = tokio::join!(
+        agent_offering(
+            &gateway,
+            offer("Ada"),
+            json!([one.clone(), one.clone()]),
+            "legacy"
+        ),
+        agent_offering(&gateway, offer("Bob"), json!([one.clone(), one]), "legacy"),
+    );
+    for r in &a.0 {
+        assert!(text(r).contains("- Name: Ada"), "{r}");
+    }
+    for r in &b.0 {
+        assert!(text(r).contains("- Name: Bob"), "{r}");
+    }
+    assert_eq!((a.1.len(), b.1.len()), (2, 2), "each client asked twice");
+
+    // A client that declared nothing is never asked: the elicitation is declined on its
+    // behalf and sampling refused, as a client without them would answer.
+    let (plain, asked) = agent_offering(
+        &gateway,
+        json!({}),
+        server_request_ops(Naming::Prefixed),
+        "legacy",
+    )
+    .await;
+    assert!(asked.is_empty(), "{asked:?}");
+    assert!(
+        text(&plain[0]).contains("\"action\": \"decline\""),
+        "{}",
+        plain[0]
+    );
+    let refused = format!("{}", plain[1]);
+    assert!(refused.contains("sampling is not available"), "{refused}");
+
+    // MCP 2026-07-28 has no sessions, and a request without one cannot be answered with a
+    // request: the call still completes, with the elicitation declined.
+    let (modern, asked) = agent_offering(
+        &gateway,
+        offer("Ada"),
+        json!([server_request_ops(Naming::Prefixed)[0].clone()]),
+        "auto",
+    )
+    .await;
+    assert!(asked.is_empty(), "{asked:?}");
+    assert!(
+        text(&modern[0]).contains("\"action\": \"decline\""),
+        "{}",
+        modern[0]
+    );
+}
+
+#[tokio::test]
+async fn resource_subscriptions_hear_updates_by_the_uri_the_client_subscribed_with() {
+    let (_everything, host) = setup(&["demo/**"]);
+    catalog_loaded(&host).await;
+    for (path, naming) in [
+        ("/v1/mcp", Naming::Prefixed),
+        ("/v1/mcp/demo", Naming::Plain),
+    ] {
+        let uri = naming.uri("demo://resource/static/document/features.md");
+        let r = python_agent(
+            &host.url(path),
+            json!([
+                {"op": "subscribe", "uri": uri},
+                // server-everything sends updates for its subscribed sessions once this
+                // tool is on: at once, then every 5 s.
+                {"op": "call_tool", "name": naming.name("toggle-subscriber-updates"), "arguments": {}},
+                {"op": "wait_updated", "uri": uri, "timeout": 15},
+                {"op": "unsubscribe", "uri": uri},
+                {"op": "subscribe", "uri": naming.uri("demo://no/such/resource")},
+                {"op": "call_tool", "name": naming.name("toggle-subscriber-updates"), "arguments": {}},
+            ]),
+        )
+        .await;
+        assert!(r[0].get("ok").is_some(), "{path}: {}", r[0]);
+        assert_eq!(r[2]["ok"]["updated"], json!([uri]), "{path}: {}", r[2]);
+        assert!(r[3].get("ok").is_some(), "{path}: {}", r[3]);
+        assert!(
+            r[4]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not available")),
+            "{path}: a URI no grant covers cannot be subscribed to: {}",
+            r[4]
+        );
+    }
+
+    // Without a grant on the resource, no subscription.
+    let (_other, host) = setup(&["demo/tools/*"]);
+    catalog_loaded_tools(&host).await;
+    let r = python_agent(
+        &host.url("/v1/mcp"),
+        json!([{"op": "subscribe", "uri": "demo-demo://resource/static/document/features.md"}]),
+    )
+    .await;
+    assert!(
+        r[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not available")),
+        "{}",
+        r[0]
+    );
+}
+
+/// Waits until the gateway lists the upstream's tools.
+async fn catalog_loaded_tools(host: &Host) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = python_agent(&host.url("/v1/mcp"), json!([{"op": "list_tools"}])).await;
+        if r[0]["ok"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "demo_echo"))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no tools listed: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
