@@ -1,6 +1,7 @@
 //! The MCP peers from the official SDKs' ecosystems: `@modelcontextprotocol/server-everything`
-//! (npm, the reference MCP server) as an upstream, and the Python `mcp` SDK as an agent
-//! (`tests/peers/mcp/agent.py`).
+//! (npm, the reference MCP server) as an upstream, and the Python `mcp` SDK
+//! (`tests/peers/mcp/agent.py`) and the TypeScript SDK (`@modelcontextprotocol/client`,
+//! `tests/peers/mcp/agent.mjs`) as agents taking the same operations.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -138,18 +139,70 @@ pub async fn python_agent_output(url: &str, ops: Value, mode: &str) -> Value {
         py.display()
     );
     let script = crate::workspace().join("tests/peers/mcp/agent.py");
-    let out = tokio::process::Command::new(py)
-        .arg(script)
+    run_agent(
+        "Python",
+        tokio::process::Command::new(py).arg(script),
+        url,
+        ops,
+        mode,
+    )
+    .await
+}
+
+/// The official SDKs an agent can be built on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sdk {
+    Python,
+    TypeScript,
+}
+
+impl Sdk {
+    pub const ALL: [Sdk; 2] = [Sdk::Python, Sdk::TypeScript];
+
+    /// Runs this SDK's agent against `url` with `ops` and negotiation `mode`; its whole
+    /// output (`results`, `asked`).
+    pub async fn agent(self, url: &str, ops: Value, mode: &str) -> Value {
+        match self {
+            Sdk::Python => python_agent_output(url, ops, mode).await,
+            Sdk::TypeScript => typescript_agent_output(url, ops, mode).await,
+        }
+    }
+}
+
+/// The TypeScript SDK agent's whole output (see `agent.mjs`: the same operations and
+/// output as the Python one).
+pub async fn typescript_agent_output(url: &str, ops: Value, mode: &str) -> Value {
+    let peers = crate::workspace().join("tests/peers");
+    assert!(
+        peers
+            .join("node_modules/@modelcontextprotocol/client")
+            .exists(),
+        "the TypeScript MCP SDK is not installed: run `npm ci --prefix tests/peers` (the README's test command does)"
+    );
+    let mut node = tokio::process::Command::new("node");
+    node.arg(peers.join("mcp/agent.mjs"));
+    run_agent("TypeScript", &mut node, url, ops, mode).await
+}
+
+/// Runs an agent command with the arguments both agents take; its output, parsed.
+async fn run_agent(
+    sdk: &str,
+    command: &mut tokio::process::Command,
+    url: &str,
+    ops: Value,
+    mode: &str,
+) -> Value {
+    let out = command
         .arg(url)
         .arg(ops.to_string())
         .arg(mode)
         .output()
         .await
-        .expect("run the Python agent");
+        .unwrap_or_else(|e| panic!("run the {sdk} agent: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "the Python agent failed ({}): {stdout} {}",
+        "the {sdk} agent failed ({}): {stdout} {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

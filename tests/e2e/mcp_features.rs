@@ -6,11 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::peers_mcp::{Everything, python_agent, python_agent_as};
+use portcullis_e2e::peers_mcp::{Everything, Sdk, python_agent, python_agent_as};
 use portcullis_e2e::{Host, client, grant};
 use serde_json::{Value, json};
 
 use crate::loopback_config;
+
+/// An agent's `results`.
+fn results(output: Value) -> Vec<Value> {
+    output["results"].as_array().cloned().expect("results")
+}
 
 /// How the endpoint under test names things: the aggregated endpoint prefixes names
 /// with the connector ID, `/v1/mcp/<id>` and the upstream itself do not.
@@ -141,18 +146,23 @@ async fn prompts_completion_progress_and_resource_links_match_the_direct_calls_o
  {
     let (everything, host) = setup(&["demo/**"]);
     catalog_loaded(&host).await;
-    let direct = python_agent_as(&everything.url(), ops(Naming::Plain), "legacy").await;
-    assert!(
-        direct.iter().all(|r| r.get("ok").is_some()),
-        "the upstream itself answers every operation: {direct:#?}"
-    );
-    for (path, naming) in [
-        ("/v1/mcp", Naming::Prefixed),
-        ("/v1/mcp/demo", Naming::Plain),
-    ] {
-        for (mode, version) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
-            let through = python_agent_as(&host.url(path), ops(naming), mode).await;
-            let at = format!("{path} with {mode} negotiation");
+    for sdk in Sdk::ALL {
+        let direct = results(
+            sdk.agent(&everything.url(), ops(Naming::Plain), "legacy")
+                .await,
+        );
+        assert!(
+            direct.iter().all(|r| r.get("ok").is_some()),
+            "{sdk:?}: the upstream itself answers every operation: {direct:#?}"
+        );
+        for (path, naming, mode, version) in [
+            ("/v1/mcp", Naming::Prefixed, "legacy", "2025-11-25"),
+            ("/v1/mcp", Naming::Prefixed, "auto", "2026-07-28"),
+            ("/v1/mcp/demo", Naming::Plain, "legacy", "2025-11-25"),
+            ("/v1/mcp/demo", Naming::Plain, "auto", "2026-07-28"),
+        ] {
+            let through = results(sdk.agent(&host.url(path), ops(naming), mode).await);
+            let at = format!("{sdk:?} SDK on {path} with {mode} negotiation");
             assert_eq!(through[0]["ok"]["version"], version, "{at}");
             for (i, (t, d)) in through.iter().zip(&direct).enumerate().skip(1) {
                 assert!(t.get("ok").is_some(), "{at}: operation {i} failed: {t}");
@@ -201,9 +211,14 @@ async fn prompts_completion_progress_and_resource_links_match_the_direct_calls_o
             );
             assert_eq!(
                 through[6]["ok"]["completion"]["values"],
-                json!(["Engineering"])
+                json!(["Engineering"]),
+                "{at}"
             );
-            assert_eq!(through[7]["ok"]["completion"]["values"], json!(["Alice"]));
+            assert_eq!(
+                through[7]["ok"]["completion"]["values"],
+                json!(["Alice"]),
+                "{at}"
+            );
             // Progress reaches the client under its own token, in order. rmcp passes each
             // upstream notification on in a task of its own and the answer directly, so
             // the gateway cannot wait for the last notification before answering: on a
@@ -211,7 +226,11 @@ async fn prompts_completion_progress_and_resource_links_match_the_direct_calls_o
             let progress = through[9]["ok"]["progress"].as_array().expect("progress");
             assert!(progress.len() >= 2, "{at}: {progress:?}");
             for (k, p) in progress.iter().enumerate() {
-                assert_eq!(*p, json!([k as f64 + 1.0, 3.0, null]), "{at}: {progress:?}");
+                assert_eq!(
+                    comparable(p.clone(), Naming::Plain),
+                    comparable(json!([k + 1, 3, null]), Naming::Plain),
+                    "{at}: {progress:?}"
+                );
             }
         }
     }
@@ -363,23 +382,35 @@ fn server_request_ops(naming: Naming) -> Value {
     ])
 }
 
-/// Runs the Python agent with `client` (what it offers) and `ops`; returns its results
-/// and the requests the server made of it.
+/// Runs `sdk`'s agent with `client` (what it offers) and `ops`; returns its results and
+/// the requests the server made of it, but for `roots/list` (asked when a session opens,
+/// by no call: see the test).
 async fn agent_offering(
+    sdk: Sdk,
     url: &str,
     client: Value,
     ops: Value,
     mode: &str,
 ) -> (Vec<Value>, Vec<Value>) {
-    let out = portcullis_e2e::peers_mcp::python_agent_output(
-        url,
-        json!({"client": client, "ops": ops}),
-        mode,
-    )
-    .await;
-    let results = out["results"].as_array().cloned().expect("results");
-    let asked = out["asked"].as_array().cloned().expect("asked");
-    (results, asked)
+    let out = sdk
+        .agent(url, json!({"client": client, "ops": ops}), mode)
+        .await;
+    let asked = out["asked"]
+        .as_array()
+        .expect("asked")
+        .iter()
+        .filter(|a| a["method"] != "roots/list")
+        .cloned()
+        .map(|mut a| {
+            // A form elicitation may leave out `mode` (form is the default); rmcp's model
+            // type always writes it.
+            if a["method"] == "elicitation/create" && a["params"].get("mode").is_none() {
+                a["params"]["mode"] = json!("form");
+            }
+            a
+        })
+        .collect();
+    (results(out), asked)
 }
 
 fn text(result: &Value) -> String {
@@ -393,71 +424,83 @@ fn text(result: &Value) -> String {
 async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
     let (everything, host) = setup(&["demo/**"]);
     catalog_loaded(&host).await;
-    let (direct, direct_asked) = agent_offering(
-        &everything.url(),
-        offer("Ada"),
-        server_request_ops(Naming::Plain),
-        "legacy",
-    )
-    .await;
     let gateway = host.url("/v1/mcp");
-    let (through, asked) = agent_offering(
-        &gateway,
-        offer("Ada"),
-        server_request_ops(Naming::Prefixed),
-        "legacy",
-    )
-    .await;
-    // Elicitation in form and URL mode and sampling: the same requests reach the client
-    // as straight from the upstream, and its answers make the same results.
-    for i in 0..3 {
-        assert!(
-            through[i].get("ok").is_some(),
-            "operation {i}: {}",
-            through[i]
-        );
+    for sdk in Sdk::ALL {
+        let (direct, direct_asked) = agent_offering(
+            sdk,
+            &everything.url(),
+            offer("Ada"),
+            server_request_ops(Naming::Plain),
+            "legacy",
+        )
+        .await;
+        let (through, asked) = agent_offering(
+            sdk,
+            &gateway,
+            offer("Ada"),
+            server_request_ops(Naming::Prefixed),
+            "legacy",
+        )
+        .await;
+        // Elicitation in form and URL mode and sampling: the same requests reach the
+        // client as straight from the upstream, and its answers make the same results.
+        for i in 0..3 {
+            assert!(
+                through[i].get("ok").is_some(),
+                "{sdk:?}: operation {i}: {}",
+                through[i]
+            );
+            assert_eq!(
+                comparable(through[i].clone(), Naming::Prefixed),
+                comparable(direct[i].clone(), Naming::Plain),
+                "{sdk:?}: operation {i} differs from the direct call"
+            );
+        }
         assert_eq!(
-            comparable(through[i].clone(), Naming::Prefixed),
-            comparable(direct[i].clone(), Naming::Plain),
-            "operation {i} differs from the direct call"
+            comparable(json!(asked), Naming::Plain),
+            comparable(json!(direct_asked), Naming::Plain),
+            "{sdk:?}: the client is asked what the upstream asks"
+        );
+        assert!(text(&through[0]).contains("- Name: Ada"), "{}", through[0]);
+        assert!(
+            text(&through[1]).contains("sampled for Ada"),
+            "{}",
+            through[1]
+        );
+        assert!(
+            text(&through[2]).contains("Elicitation ID: consent-1"),
+            "{}",
+            through[2]
+        );
+        // Roots: the upstream asks for them once, when the gateway's session opens; no
+        // call caused that request, so no client is asked and the upstream hears "no
+        // roots".
+        assert!(text(&direct[3]).contains("file:///work"), "{}", direct[3]);
+        assert!(
+            text(&through[3]).contains("no roots are currently configured"),
+            "{}",
+            through[3]
         );
     }
-    assert_eq!(
-        comparable(json!(asked), Naming::Plain),
-        comparable(json!(direct_asked[..3]), Naming::Plain),
-        "the client is asked what the upstream asks"
-    );
-    assert!(text(&through[0]).contains("- Name: Ada"), "{}", through[0]);
-    assert!(
-        text(&through[1]).contains("sampled for Ada"),
-        "{}",
-        through[1]
-    );
-    assert!(
-        text(&through[2]).contains("Elicitation ID: consent-1"),
-        "{}",
-        through[2]
-    );
-    // Roots: the upstream asks for them once, when the gateway's session opens; no call
-    // caused that request, so no client is asked and the upstream hears "no roots".
-    assert!(text(&direct[3]).contains("file:///work"), "{}", direct[3]);
-    assert!(
-        text(&through[3]).contains("no roots are currently configured"),
-        "{}",
-        through[3]
-    );
 
-    // Two clients call through the one shared upstream session at once: each is asked
-    // about its own call only.
+    // Two clients, one on each SDK, call through the one shared upstream session at
+    // once: each is asked about its own calls only.
     let one = server_request_ops(Naming::Prefixed)[0].clone();
     let (a, b) = tokio::join!(
         agent_offering(
+            Sdk::Python,
             &gateway,
             offer("Ada"),
             json!([one.clone(), one.clone()]),
             "legacy"
         ),
-        agent_offering(&gateway, offer("Bob"), json!([one.clone(), one]), "legacy"),
+        agent_offering(
+            Sdk::TypeScript,
+            &gateway,
+            offer("Bob"),
+            json!([one.clone(), one]),
+            "legacy"
+        ),
     );
     for r in &a.0 {
         assert!(text(r).contains("- Name: Ada"), "{r}");
@@ -470,6 +513,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
     // A client that declared nothing is never asked: the elicitation is declined on its
     // behalf and sampling refused, as a client without them would answer.
     let (plain, asked) = agent_offering(
+        Sdk::Python,
         &gateway,
         json!({}),
         server_request_ops(Naming::Prefixed),
@@ -488,6 +532,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
     // MCP 2026-07-28 has no sessions, and a request without one cannot be answered with a
     // request: the call still completes, with the elicitation declined.
     let (modern, asked) = agent_offering(
+        Sdk::Python,
         &gateway,
         offer("Ada"),
         json!([server_request_ops(Naming::Prefixed)[0].clone()]),
@@ -568,4 +613,67 @@ async fn catalog_loaded_tools(host: &Host) {
         assert!(Instant::now() < deadline, "no tools listed: {r:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The rank of an MCP log level, debug lowest.
+fn severity(level: &Value) -> usize {
+    let order = [
+        "debug",
+        "info",
+        "notice",
+        "warning",
+        "error",
+        "critical",
+        "alert",
+        "emergency",
+    ];
+    order
+        .iter()
+        .position(|l| level == l)
+        .unwrap_or_else(|| panic!("not a log level: {level}"))
+}
+
+#[tokio::test]
+async fn log_messages_reach_sessions_that_see_the_upstream_at_their_own_level() {
+    let (_everything, host) = setup(&["demo/**"]);
+    catalog_loaded(&host).await;
+    let gateway = host.url("/v1/mcp");
+    // server-everything logs on its session's own stream every 5 s at a random level once
+    // this tool is on; the gateway's session is shared, so every session that sees the
+    // connector hears it, each at its own level.
+    let toggle =
+        json!({"op": "call_tool", "name": "demo_toggle-simulated-logging", "arguments": {}});
+    let (verbose, strict) = tokio::join!(
+        python_agent(
+            &gateway,
+            json!([
+                {"op": "set_level", "level": "debug"},
+                toggle,
+                {"op": "wait_logs", "count": 2, "timeout": 15},
+            ]),
+        ),
+        python_agent(
+            &gateway,
+            json!([
+                {"op": "set_level", "level": "error"},
+                {"op": "wait_logs", "count": 50, "timeout": 14},
+            ]),
+        ),
+    );
+    assert!(verbose[0].get("ok").is_some(), "{}", verbose[0]);
+    let heard = verbose[2]["ok"]["logs"].as_array().expect("logs");
+    assert!(heard.len() >= 2, "{heard:?}");
+    let strict = strict[1]["ok"]["logs"].as_array().expect("logs");
+    for log in strict {
+        assert!(severity(&log[0]) >= severity(&json!("error")), "{strict:?}");
+    }
+
+    // Without a session there is no level to set.
+    let modern = python_agent_as(
+        &gateway,
+        json!([{"op": "set_level", "level": "info"}]),
+        "auto",
+    )
+    .await;
+    assert!(modern[0].get("error").is_some(), "{}", modern[0]);
 }

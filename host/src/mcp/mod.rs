@@ -227,6 +227,8 @@ pub struct Upstream {
     hub_changed: Arc<Notify>,
     /// Client sessions subscribed to this upstream's resources.
     pub(crate) subscribers: Arc<upstream::Subscribers>,
+    /// Where its log messages that came with no call go.
+    logs: tokio::sync::mpsc::Sender<UpstreamLog>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
     task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Whose view this is (`None`: the shared credential's), for health reports.
@@ -288,6 +290,7 @@ impl Upstream {
             wake: Arc::new(Notify::new()),
             hub_changed: hub.changed.clone(),
             subscribers: Arc::default(),
+            logs: hub.logs.clone(),
             task: Mutex::new(None),
             user: user.map(Into::into),
             health: app.health.clone(),
@@ -312,9 +315,24 @@ impl Upstream {
             return Ok(s.clone());
         }
         let wake = self.wake.clone();
+        let (logs, connector, user) = (
+            self.logs.clone(),
+            self.connector.id.clone(),
+            self.user.clone(),
+        );
         let listener = Listener::new(
             Arc::new(move || wake.notify_one()),
             self.subscribers.clone(),
+            Arc::new(move |params| {
+                let log = UpstreamLog {
+                    connector: connector.clone(),
+                    user: user.clone(),
+                    params,
+                };
+                if logs.try_send(log).is_err() {
+                    tracing::debug!("dropped an upstream log message: too many waiting");
+                }
+            }),
         );
         let open = Session::open(self.http.clone(), &self.url, listener, slot.flavor);
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
@@ -493,6 +511,19 @@ fn spawn_refresher(up: &Arc<Upstream>, poll: Option<Arc<AtomicU64>>, now: bool) 
     *up.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
 }
 
+/// A log message an upstream sent with no call: for every client session that can see
+/// the upstream (see [`server::deliver_log`]).
+pub struct UpstreamLog {
+    connector: String,
+    /// Whose per-user session it came from (`None`: the shared one).
+    user: Option<String>,
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    params: rmcp::model::LoggingMessageNotificationParam,
+}
+
+/// How many log messages may wait for delivery before more are dropped.
+const LOG_QUEUE: usize = 1024;
+
 /// The upstreams and their catalogs, and the open client sessions to tell about changes.
 pub struct Hub {
     shared: Mutex<HashMap<String, Arc<Upstream>>>,
@@ -503,6 +534,9 @@ pub struct Hub {
     plugin_tools: Mutex<HashMap<String, Arc<Vec<Tool>>>>,
     /// `mcp.poll_interval_secs` of the current config, read by the refreshers.
     poll: Arc<AtomicU64>,
+    logs: tokio::sync::mpsc::Sender<UpstreamLog>,
+    /// The other end of `logs`, taken by the delivery task at start.
+    log_queue: Mutex<Option<tokio::sync::mpsc::Receiver<UpstreamLog>>>,
 }
 
 impl Default for Hub {
@@ -513,7 +547,10 @@ impl Default for Hub {
 
 impl Hub {
     pub fn new() -> Self {
+        let (logs, log_queue) = tokio::sync::mpsc::channel(LOG_QUEUE);
         Self {
+            logs,
+            log_queue: Mutex::new(Some(log_queue)),
             shared: Mutex::default(),
             users: Mutex::default(),
             changed: Arc::new(Notify::new()),
@@ -1024,6 +1061,21 @@ fn start(app: &Arc<Gateway>) {
         app.hub.reconcile_users(app)
     });
     follow(app, app.plugins.changes(), |app| app.hub.changed());
+    let queue = app
+        .hub
+        .log_queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(mut queue) = queue {
+        let weak = Arc::downgrade(app);
+        tokio::spawn(async move {
+            while let Some(log) = queue.recv().await {
+                let Some(app) = weak.upgrade() else { return };
+                server::deliver_log(&app, log).await;
+            }
+        });
+    }
     let weak = Arc::downgrade(app);
     let mut made = app.connections_made();
     tokio::spawn(async move {

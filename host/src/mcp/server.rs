@@ -30,7 +30,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 
 use super::template::{UriTemplate, normalize};
-use super::upstream::Subscriber;
+use super::upstream::{Asker, Logs, Subscriber, severity};
 use super::{Gateway, Kind, Scope, builtin, prefixed, scoped_view, split};
 use crate::audit::{Decision, Via};
 use crate::config::Config;
@@ -39,6 +39,8 @@ use crate::error::ApiError;
 use crate::identity::Caller;
 use crate::openapi::ErrorBody;
 use crate::state::Snapshot;
+#[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+use rmcp::model::SetLevelRequestParams;
 use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
 
 /// Where the aggregated endpoint is mounted.
@@ -60,8 +62,9 @@ struct Who {
     snap: Arc<Snapshot>,
     base_url: String,
     scope: Scope,
-    /// Whether the request came in a session (only then can the client be asked things).
-    in_session: bool,
+    /// The client's session, when the request came in one (only then can the client be
+    /// asked things).
+    session: Option<Arc<str>>,
 }
 
 fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
@@ -94,7 +97,11 @@ fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
         snap,
         base_url,
         scope: parts.extensions.get::<Scope>().cloned().unwrap_or_default(),
-        in_session: parts.headers.contains_key("mcp-session-id"),
+        session: parts
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(Arc::from),
     })
 }
 
@@ -134,13 +141,23 @@ async fn unless_cancelled<T>(
     }
 }
 
-/// The client request an upstream request is made for.
-fn asker_of(cx: &RequestContext<RoleServer>, w: &Who) -> super::upstream::Asker {
-    super::upstream::Asker {
-        peer: cx.peer.clone(),
-        request: cx.id.clone(),
-        progress: cx.meta.get_progress_token(),
-        in_session: w.in_session,
+impl Aggregator {
+    /// The client request an upstream request is made for.
+    fn asker_of(&self, cx: &RequestContext<RoleServer>, w: &Who) -> Asker {
+        let logs = match &w.session {
+            Some(session) => self.app.hub.sessions.logs_of(session),
+            None => cx
+                .meta
+                .log_level()
+                .map_or(Logs::Off, |l| Logs::AtLeast(severity(l))),
+        };
+        Asker {
+            peer: cx.peer.clone(),
+            request: cx.id.clone(),
+            progress: cx.meta.get_progress_token(),
+            in_session: w.session.is_some(),
+            logs,
+        }
     }
 }
 
@@ -194,6 +211,8 @@ impl Aggregator {
             scope: w.scope.clone(),
             channel,
             seen: Mutex::new(Some(Seen::of(&v))),
+            session: w.session.clone(),
+            logs: Mutex::new(Logs::All),
         }));
     }
 
@@ -235,7 +254,7 @@ impl Aggregator {
             return Err(not_available("tool", &asked));
         }
         req.name = tool.to_owned().into();
-        let asker = asker_of(cx, w);
+        let asker = self.asker_of(cx, w);
         let call = up.with_session(|s| {
             let req = req.clone();
             let asker = &asker;
@@ -303,7 +322,7 @@ impl Aggregator {
             return Err(not_available("prompt", &asked));
         }
         req.name = prompt.to_owned();
-        let asker = asker_of(cx, w);
+        let asker = self.asker_of(cx, w);
         let get = up.with_session(|s| {
             let req = req.clone();
             let asker = &asker;
@@ -373,7 +392,7 @@ impl Aggregator {
             Reference::Resource(r) => r.uri = name.to_owned(),
             _ => {}
         }
-        let asker = asker_of(cx, w);
+        let asker = self.asker_of(cx, w);
         let ask = up.with_session(|s| {
             let req = req.clone();
             let asker = &asker;
@@ -387,6 +406,7 @@ impl Aggregator {
 }
 
 impl rmcp::ServerHandler for Aggregator {
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, still offered before it.
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -398,6 +418,7 @@ impl rmcp::ServerHandler for Aggregator {
                 .enable_resources_list_changed()
                 .enable_resources_subscribe()
                 .enable_completions()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("portcullis", env!("CARGO_PKG_VERSION")))
@@ -557,6 +578,31 @@ impl rmcp::ServerHandler for Aggregator {
         Ok(())
     }
 
+    /// `logging/setLevel`: the level applies to this client session alone (upstream
+    /// sessions are shared; the gateway filters what they send).
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    async fn set_level(
+        &self,
+        req: SetLevelRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let w = who(&cx.extensions)?;
+        let set = w.session.as_deref().is_some_and(|id| {
+            self.app
+                .hub
+                .sessions
+                .set_logs(id, &w.caller.login, Logs::AtLeast(severity(req.level)))
+        });
+        if set {
+            Ok(())
+        } else {
+            Err(ErrorData::invalid_request(
+                "logging/setLevel needs a session; on MCP 2026-07-28 send io.modelcontextprotocol/logLevel in each request's _meta",
+                None,
+            ))
+        }
+    }
+
     async fn list_resources(
         &self,
         _page: Option<PaginatedRequestParams>,
@@ -637,7 +683,7 @@ impl Aggregator {
         };
         *decision = Decision::Granted(grant);
         req.uri = upstream_uri;
-        let asker = asker_of(cx, w);
+        let asker = self.asker_of(cx, w);
         let read = up.with_session(|s| {
             let req = req.clone();
             let asker = &asker;
@@ -735,6 +781,10 @@ pub struct ClientSession {
     scope: Scope,
     channel: Channel,
     seen: Mutex<Option<Seen>>,
+    /// Its MCP session (none for a 2026-07-28 `subscriptions/listen`).
+    session: Option<Arc<str>>,
+    /// The log messages it gets: all until it sets a level.
+    logs: Mutex<Logs>,
 }
 
 /// Where a client hears about changes.
@@ -838,10 +888,68 @@ impl Sessions {
         open.push(s);
     }
 
+    /// The log messages session `id` gets.
+    fn logs_of(&self, id: &str) -> Logs {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| s.session.as_deref() == Some(id))
+            .map_or(Logs::All, |s| {
+                *s.logs.lock().unwrap_or_else(|p| p.into_inner())
+            })
+    }
+
+    /// Sets the log messages session `id` of `login` gets; false for no such session.
+    fn set_logs(&self, id: &str, login: &str, logs: Logs) -> bool {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = open
+            .iter()
+            .find(|s| s.session.as_deref() == Some(id) && s.caller.login == login)
+        else {
+            return false;
+        };
+        *s.logs.lock().unwrap_or_else(|p| p.into_inner()) = logs;
+        true
+    }
+
     fn live(&self) -> Vec<Arc<ClientSession>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|s| !s.channel.is_closed());
         open.clone()
+    }
+}
+
+/// A log message an upstream sent with no call goes to every open session that sees the
+/// upstream: its caller has a grant on the connector (and, for a per-user upstream, is
+/// its user), its endpoint serves the connector, and its level admits the message. An
+/// upstream session is shared by those callers, so what it logs outside a call is
+/// theirs alike; what it logs about one call goes to that call's client alone
+/// ([`super::upstream`]).
+#[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+pub async fn deliver_log(app: &Gateway, log: super::UpstreamLog) {
+    let snap = app.snapshot();
+    for s in app.hub.sessions.live() {
+        let Channel::Session(peer) = &s.channel else {
+            continue;
+        };
+        let serves = match &s.scope {
+            Scope::All => true,
+            Scope::One(id) => **id == *log.connector,
+        };
+        let theirs = log.user.as_ref().is_none_or(|u| *u == s.caller.login);
+        let admitted = s
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admits(log.params.level);
+        if serves && theirs && admitted && snap.policy.access(&s.caller).any_on(&log.connector) {
+            let _ = tokio::time::timeout(
+                NOTIFY_TIMEOUT,
+                peer.notify_logging_message(log.params.clone()),
+            )
+            .await;
+        }
     }
 }
 

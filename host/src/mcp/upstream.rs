@@ -17,12 +17,12 @@ use rmcp::model::{
     ReadResourceRequestParams, ReadResourceResponse, RequestId, Resource, ResourceTemplate,
     ServerRequest, ServerResult, Tool, UrlElicitationCapability,
 };
-// Sampling and roots are deprecated by SEP-2577 (MCP 2026-07-28) but still in use by
-// servers on earlier versions, which the gateway relays.
+// Sampling, roots and logging are deprecated by SEP-2577 (MCP 2026-07-28) but still in
+// use by servers on earlier versions, which the gateway relays.
 #[allow(deprecated)]
 use rmcp::model::{
     CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ListRootsRequest,
-    ListRootsResult,
+    ListRootsResult, LoggingLevel, LoggingMessageNotificationParam,
 };
 use rmcp::model::{
     ResourceUpdatedNotificationParam, SubscribeRequestParams, UnsubscribeRequestParams,
@@ -39,6 +39,7 @@ use super::transport::{MAX_MESSAGE_BYTES, UpstreamError, UpstreamHttp, other_tra
 
 /// Receives the upstream's notifications for one session.
 #[derive(Clone)]
+#[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
 pub struct Listener {
     /// Called when the upstream says its tools, prompts, resources or templates changed.
     pub on_change: Arc<dyn Fn() + Send + Sync>,
@@ -46,14 +47,22 @@ pub struct Listener {
     calls: Arc<Calls>,
     /// The clients subscribed to the upstream's resources.
     subscribers: Arc<Subscribers>,
+    /// Where log messages that came with no call go.
+    on_log: Arc<dyn Fn(LoggingMessageNotificationParam) + Send + Sync>,
 }
 
 impl Listener {
-    pub fn new(on_change: Arc<dyn Fn() + Send + Sync>, subscribers: Arc<Subscribers>) -> Self {
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    pub fn new(
+        on_change: Arc<dyn Fn() + Send + Sync>,
+        subscribers: Arc<Subscribers>,
+        on_log: Arc<dyn Fn(LoggingMessageNotificationParam) + Send + Sync>,
+    ) -> Self {
         Self {
             on_change,
             calls: Arc::default(),
             subscribers,
+            on_log,
         }
     }
 }
@@ -140,6 +149,46 @@ pub struct Asker {
     /// Whether the client can be asked anything: only inside a session can it answer a
     /// request from the server (a sessionless request has nowhere to send the answer).
     pub in_session: bool,
+    /// Which of the upstream's log messages about this call the client gets.
+    pub logs: Logs,
+}
+
+/// Which log messages (`notifications/message`) a client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logs {
+    /// None: a 2026-07-28 request that did not opt in.
+    Off,
+    /// Every one the upstream sends: a session that set no level (the server decides).
+    All,
+    /// Those at this level or above (`logging/setLevel`, or a 2026-07-28 request's
+    /// `io.modelcontextprotocol/logLevel`), by [`severity`].
+    AtLeast(u8),
+}
+
+impl Logs {
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    pub fn admits(self, level: LoggingLevel) -> bool {
+        match self {
+            Self::Off => false,
+            Self::All => true,
+            Self::AtLeast(min) => severity(level) >= min,
+        }
+    }
+}
+
+/// A log level's rank, debug lowest (RFC 5424 order, as MCP defines it).
+#[allow(deprecated)]
+pub fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
 }
 
 impl Asker {
@@ -308,6 +357,33 @@ impl rmcp::ClientHandler for Listener {
         _cx: NotificationContext<RoleClient>,
     ) {
         self.calls.progress(params).await;
+    }
+
+    /// A log message about a call goes to that call's client, as its level allows; one
+    /// that came with no call goes to `on_log`.
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        cx: NotificationContext<RoleClient>,
+    ) {
+        let asker = match cx.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => {
+                self.calls.lock().by_id.get(id).cloned()
+            }
+            _ => None,
+        };
+        match asker {
+            Some(a) if a.logs.admits(params.level) => {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    a.peer.notify_logging_message(params),
+                )
+                .await;
+            }
+            Some(_) => {}
+            None => (self.on_log)(params),
+        }
     }
 
     async fn on_resource_updated(

@@ -39,6 +39,10 @@ Operations, run in order on one client:
     {"op": "wait_updated", "uri": "...", "timeout": 10}
         waits for notifications/resources/updated for that URI; the result is
         {"updated": [every URI heard of so far]}
+    {"op": "set_level", "level": "warning"}
+    {"op": "wait_logs", "count": 1, "timeout": 10}
+        waits up to the timeout for that many log messages (notifications/message);
+        the result is {"logs": [[level, data], ...]}, every one heard so far
     {"op": "sleep", "seconds": 1}
     {"op": "wait_tools_changed", "timeout": 10}
         waits for a notifications/tools/list_changed that arrived after the previous
@@ -80,6 +84,17 @@ class Notices:
         self.tools_changed = 0
         self.waited_for = 0
         self.updated: list[str] = []
+        self.logs: list[list] = []
+
+    async def log(self, params) -> None:
+        self.logs.append([params.level, params.data])
+
+    async def wait_logs(self, count: int, timeout: float) -> dict:
+        """Waits up to `timeout` for `count` log messages; returns those heard so far."""
+        with anyio.move_on_after(timeout):
+            while len(self.logs) < count:
+                await anyio.sleep(0.05)
+        return {"logs": self.logs}
 
     async def handler(self, message) -> None:
         if isinstance(message, types.ToolListChangedNotification):
@@ -121,6 +136,10 @@ async def perform(client: Client, notices: Notices, op: dict):
         return await client.unsubscribe_resource(op["uri"])
     if kind == "wait_updated":
         return await notices.wait_updated(op["uri"], float(op.get("timeout", 10)))
+    if kind == "set_level":
+        return await client.set_logging_level(op["level"])
+    if kind == "wait_logs":
+        return await notices.wait_logs(int(op.get("count", 1)), float(op.get("timeout", 10)))
     if kind == "sleep":
         await anyio.sleep(float(op["seconds"]))
         return {"slept": op["seconds"]}
@@ -196,6 +215,7 @@ async def run(url: str, ops: list, offer: dict, mode: str, state: dict) -> None:
         mode=mode,
         read_timeout_seconds=TIMEOUT_SECONDS,
         message_handler=notices.handler,
+        logging_callback=notices.log,
         **callbacks(offer, state["asked"]),
     ) as client:
         state["initialized"] = True
