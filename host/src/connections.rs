@@ -444,7 +444,7 @@ fn state_key(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut buf = [0u8; 32];
     getrandom::fill(&mut buf).unwrap_or_else(|e| panic!("the OS random source failed: {e}"));
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)

@@ -1061,13 +1061,13 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     let alice = mcp_agent_from(&mcp, ALICE).await;
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
-    let err = alice
-        .call_tool(echo("hi"))
-        .await
-        .expect_err("needs authorization");
+    // A client without URL-mode elicitation is told where to authorize, as a tool error.
+    let told = alice.call_tool(echo("hi")).await.expect("a tool result");
+    assert_eq!(told.is_error, Some(true));
+    let text = result_text(&told);
     assert!(
-        err.to_string().contains("/api/connectors/wiki/connect"),
-        "{err}"
+        text.contains("needs your authorization: open ") && text.contains(&oidc.issuer),
+        "{text}"
     );
     assert_eq!(
         up.rejected(),
@@ -1142,18 +1142,107 @@ async fn per_user_mcp_connectors_use_each_users_own_session_and_token() {
     .await;
     let listed = tool_names(&alice.list_all_tools().await.expect("list"));
     assert!(!listed.iter().any(|t| t.starts_with("wiki_")), "{listed:?}");
-    let err = alice
-        .call_tool(echo("gone"))
-        .await
-        .expect_err("disconnected");
+    let told = alice.call_tool(echo("gone")).await.expect("a tool result");
+    assert_eq!(told.is_error, Some(true));
     assert!(
-        err.to_string().contains("/api/connectors/wiki/connect"),
-        "{err}"
+        result_text(&told).contains("needs your authorization"),
+        "{}",
+        result_text(&told)
     );
     let r = bob.call_tool(echo("still")).await.expect("bob unaffected");
     assert_eq!(result_text(&r), "echo: still (for bob)");
     alice.cancel().await.expect("close");
     bob.cancel().await.expect("close");
+}
+
+/// An agent whose user consents when asked: it takes URL-mode elicitation, and each URL
+/// it is asked to open is opened in the user's "browser" (the provider's login as
+/// `account`, then the redirect back to the host) a moment after it accepts, as a
+/// person would.
+#[derive(Clone)]
+struct Consenting {
+    oidc: Arc<Oidc>,
+    from: &'static str,
+    account: &'static str,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl rmcp::ClientHandler for Consenting {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        use rmcp::model::{ClientCapabilities, ElicitationCapability, UrlElicitationCapability};
+        rmcp::model::ClientConfig::new(
+            ClientCapabilities::builder()
+                .enable_elicitation_with(
+                    ElicitationCapability::new().with_url(UrlElicitationCapability::new()),
+                )
+                .build(),
+            rmcp::model::Implementation::new("consenting-e2e", "0"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+        _cx: rmcp::service::RequestContext<rmcp::service::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        use rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
+        let ElicitRequestParams::UrlElicitationParams { url, .. } = params else {
+            return Ok(ElicitResult::new(ElicitationAction::Decline));
+        };
+        self.asked.lock().expect("lock").push(url.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let back = me.oidc.authorize(&url, me.account).await;
+            let resp = client_from(me.from)
+                .get(&back)
+                .send()
+                .await
+                .expect("callback");
+            assert_eq!(resp.status(), 200);
+        });
+        Ok(ElicitResult::new(ElicitationAction::Accept))
+    }
+}
+
+#[tokio::test]
+async fn a_call_of_an_unconnected_connector_asks_for_consent_and_goes_on_once_connected() {
+    use rmcp::ServiceExt as _;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let oidc = Arc::new(Oidc::start(3600));
+    let up = portcullis_e2e::mcp_server::McpServer::start(oidc.introspection()).await;
+    let whois = users().await;
+    let mut wiki = notes_connector(&oidc, &Upstream::start().await, "wiki-app");
+    wiki["protocol"] = json!("mcp");
+    wiki["url"] = json!(up.url());
+    let host = Host::start(&tailnet_config(&whois.socket, json!({"wiki": wiki})));
+    client_for(&oidc, &host, "wiki-app", "wiki").await;
+
+    // Alice's client takes URL elicitation; she has never connected "wiki". Her call
+    // asks her to authorize, waits while she does, and then runs with her token.
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = Consenting {
+        oidc: oidc.clone(),
+        from: ALICE,
+        account: "alice",
+        asked: asked.clone(),
+    };
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        client_from(ALICE),
+        StreamableHttpClientTransportConfig::with_uri(host.url("/v1/mcp")),
+    );
+    let alice = handler.serve(transport).await.expect("alice connects");
+    let r = alice.call_tool(echo("hi")).await.expect("the call goes on");
+    assert_eq!(result_text(&r), "echo: hi (for alice)");
+    let urls = asked.lock().expect("lock").clone();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    assert!(urls[0].starts_with(&oidc.issuer), "{urls:?}");
+    assert_eq!(status(&host, ALICE, "wiki").await, "Ready");
+    // Connected now: the next call asks nothing.
+    let r = alice.call_tool(echo("again")).await.expect("call");
+    assert_eq!(result_text(&r), "echo: again (for alice)");
+    assert_eq!(asked.lock().expect("lock").len(), 1);
+    alice.cancel().await.expect("close");
 }
 
 /// The upstream decides that every token it has seen has expired, before the host

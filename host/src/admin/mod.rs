@@ -293,6 +293,41 @@ fn must_be_per_user(c: &Connector) -> Result<&Arc<PerUser>, ApiError> {
     })
 }
 
+/// Starts `caller`'s authorization of per-user connector `c` and returns the provider's
+/// authorize URL to open in their browser. Used by `POST .../connect` and by an MCP
+/// call of a connector the caller has not connected ([`crate::mcp`]).
+pub(crate) async fn begin_connect(
+    app: &App,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    c: &Connector,
+    headers: &HeaderMap,
+) -> Result<url::Url, ApiError> {
+    if !snapshot.policy.access(caller).any_on(&c.id) {
+        return Err(no_grant(caller, &c.id));
+    }
+    let pu = must_be_per_user(c)?;
+    // One authorization serves every connector sharing the connection, so it asks for
+    // all their scopes.
+    let mut scopes: Vec<String> = Vec::new();
+    for other in snapshot.connectors.values().filter_map(|o| o.per_user()) {
+        if other.connection == pu.connection {
+            for s in &other.scopes {
+                if !scopes.contains(s) {
+                    scopes.push(s.clone());
+                }
+            }
+        }
+    }
+    // Keep the connector's own order first.
+    scopes.sort_by_key(|s| pu.scopes.iter().position(|p| p == s).unwrap_or(usize::MAX));
+    let redirect = redirect_uri(app, snapshot, headers, pu, &c.id)?;
+    app.connections
+        .connect(pu, &scopes, &caller.login, &redirect)
+        .await
+        .map_err(|e| conn_error(&e))
+}
+
 /// `POST /api/connectors/<id>/connect` → `{"auth_url": ...}`.
 #[utoipa::path(post, path = "/api/connectors/{id}/connect", tag = "connectors",
     params(("id" = String, Path, description = "A per-user OAuth connector's ID")),
@@ -311,30 +346,7 @@ pub async fn connect(
 ) -> Response {
     let result = async {
         let c = find(&snapshot, &id)?;
-        if !snapshot.policy.access(&caller).any_on(&c.id) {
-            return Err(no_grant(&caller, &c.id));
-        }
-        let pu = must_be_per_user(c)?;
-        // One authorization serves every connector sharing the connection, so it asks
-        // for all their scopes.
-        let mut scopes: Vec<String> = Vec::new();
-        for other in snapshot.connectors.values().filter_map(|o| o.per_user()) {
-            if other.connection == pu.connection {
-                for s in &other.scopes {
-                    if !scopes.contains(s) {
-                        scopes.push(s.clone());
-                    }
-                }
-            }
-        }
-        // Keep the connector's own order first.
-        scopes.sort_by_key(|s| pu.scopes.iter().position(|p| p == s).unwrap_or(usize::MAX));
-        let redirect = redirect_uri(&app, &snapshot, &headers, pu, &c.id)?;
-        let url = app
-            .connections
-            .connect(pu, &scopes, &caller.login, &redirect)
-            .await
-            .map_err(|e| conn_error(&e))?;
+        let url = begin_connect(&app, &snapshot, &caller, c, &headers).await?;
         Ok(Json(json!({
             "auth_url": url.as_str(),
             "expires_in": PENDING_TTL.as_secs(),

@@ -34,6 +34,7 @@ use super::upstream::{Asker, Logs, Subscriber, severity};
 use super::{Gateway, Kind, Scope, builtin, prefixed, scoped_view, split};
 use crate::audit::{Decision, Via};
 use crate::config::Config;
+use crate::connections::Status;
 use crate::credentials::Credential;
 use crate::error::ApiError;
 use crate::identity::Caller;
@@ -41,12 +42,19 @@ use crate::openapi::ErrorBody;
 use crate::state::Snapshot;
 #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
 use rmcp::model::SetLevelRequestParams;
+use rmcp::model::{
+    CallToolResult, ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction,
+    ServerRequest,
+};
 use rmcp::model::{SubscribeRequestParams, UnsubscribeRequestParams};
 
 /// Where the aggregated endpoint is mounted.
 pub const ENDPOINT: &str = "/v1/mcp";
 /// Longest a notification to one client may take to be queued.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a call waits for the user to finish connecting a per-user connector it needs
+/// (the authorization's own state lives 15 minutes).
+const CONSENT_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Largest request body `/v1/mcp` accepts.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -249,7 +257,19 @@ impl Aggregator {
         {
             return Ok(CallToolResponse::Complete(r));
         }
-        let up = self.upstream_for(w, id).await?;
+        let up = match self.upstream_for(w, id).await {
+            Ok(up) => up,
+            // A per-user connector the caller has not connected: connect from here.
+            Err(e) => match w.snap.connectors.get(id) {
+                Some(c) if matches!(c.credential, Credential::PerUser(_)) => {
+                    if let Some(told) = self.connect_in_call(w, cx, c).await? {
+                        return Ok(CallToolResponse::Complete(told));
+                    }
+                    self.upstream_for(w, id).await?
+                }
+                _ => return Err(e),
+            },
+        };
         if !up.listing().tools.iter().any(|t| t.name == tool) {
             return Err(not_available("tool", &asked));
         }
@@ -296,6 +316,98 @@ impl Aggregator {
             }
             None => Err(not_available("connector", id)),
         }
+    }
+
+    /// A tool call of per-user connector `c`, which `w.caller` has not connected (or
+    /// must authorize again): the authorization starts now (as `POST .../connect` would
+    /// start it). A client in a session that takes URL-mode elicitation is asked to open
+    /// it, and the call waits until the connection is ready (up to [`CONSENT_WAIT`]),
+    /// then goes on: `Ok(None)`. Any other client, one that declines, or a connection
+    /// not made in time gets a tool error that says what to do: `Ok(Some(..))`.
+    ///
+    /// rmcp 3.11 has no `notifications/elicitation/complete`, so the client is not told
+    /// when the browser flow finished; the call's answer tells it.
+    async fn connect_in_call(
+        &self,
+        w: &Who,
+        cx: &RequestContext<RoleServer>,
+        c: &Arc<crate::connector::Connector>,
+    ) -> Result<Option<CallToolResult>, ErrorData> {
+        let Credential::PerUser(pu) = &c.credential else {
+            return Err(not_available("connector", &c.id));
+        };
+        let id = &c.id;
+        let headers = cx
+            .extensions
+            .get::<http::request::Parts>()
+            .map(|p| p.headers.clone())
+            .unwrap_or_default();
+        let url = crate::admin::begin_connect(&self.app, &w.snap, &w.caller, c, &headers)
+            .await
+            .map_err(|e| {
+                ErrorData::invalid_request(
+                    format!(
+                        "connector \"{id}\" needs your authorization, which could not be started: {}",
+                        e.message
+                    ),
+                    None,
+                )
+            })?;
+        let told = |text: String| Ok(Some(CallToolResult::error(vec![ContentBlock::text(text)])));
+        let asker = self.asker_of(cx, w);
+        if !asker.can(|c| c.elicitation.as_ref().is_some_and(|e| e.url.is_some())) {
+            return told(format!(
+                "connector \"{id}\" needs your authorization: open {url} in your browser, allow access, then call the tool again"
+            ));
+        }
+        // Listening before asking: a connection made while the client answers counts.
+        let mut made = self.app.connections_made();
+        let ask = ElicitRequestParams::UrlElicitationParams {
+            meta: None,
+            message: format!(
+                "\"{id}\" needs your authorization: sign in and allow access, and this call goes on."
+            ),
+            url: url.to_string(),
+            elicitation_id: crate::connections::random_token(),
+        };
+        let answer = cx
+            .peer
+            .send_request(ServerRequest::ElicitRequest(ElicitRequest::new(ask)))
+            .await;
+        match answer {
+            Ok(ClientResult::ElicitResult(r)) if r.action == ElicitationAction::Accept => {}
+            Ok(_) => {
+                return told(format!(
+                    "connector \"{id}\" was not connected: you did not open the authorization; to connect later, open {url} or POST /api/connectors/{id}/connect"
+                ));
+            }
+            Err(e) => {
+                return told(format!(
+                    "connector \"{id}\" needs your authorization (asking your client failed: {e}): open {url} in your browser, then call the tool again"
+                ));
+            }
+        }
+        let ready = || self.app.connections.status(pu, &w.caller.login) == Status::Ready;
+        let wait = async {
+            while !ready() {
+                match made.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        let waited = unless_cancelled(cx, async {
+            Ok(tokio::time::timeout(CONSENT_WAIT, wait).await)
+        })
+        .await?;
+        if waited.is_ok() && ready() {
+            tracing::info!(caller = %w.caller.login, connector = %id, "connected from inside an MCP call; the call goes on");
+            return Ok(None);
+        }
+        told(format!(
+            "connector \"{id}\" is still not connected after {} minutes; finish the authorization at {url}, then call the tool again",
+            CONSENT_WAIT.as_secs() / 60
+        ))
     }
 
     /// `prompts/get`: like a tool call, to the prompt's upstream under a `prompts` grant.

@@ -193,7 +193,7 @@ pub fn severity(level: LoggingLevel) -> u8 {
 
 impl Asker {
     /// Whether the client can answer a request it declared `declared` for.
-    fn can(&self, declared: impl Fn(&ClientCapabilities) -> bool) -> bool {
+    pub(super) fn can(&self, declared: impl Fn(&ClientCapabilities) -> bool) -> bool {
         self.in_session
             && self
                 .peer
