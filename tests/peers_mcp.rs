@@ -108,6 +108,62 @@ impl Drop for Everything {
     }
 }
 
+/// An MCP server written with the official Python SDK (`tests/peers/mcp/server.py`) on
+/// a loopback port; it exits when dropped (its stdin closes).
+pub struct PythonServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl PythonServer {
+    pub fn start() -> PythonServer {
+        let py = python();
+        assert!(
+            py.exists(),
+            "the Python MCP SDK venv is missing at {}: run scripts/test.sh (the README's test command) or set PORTCULLIS_TEST_PYTHON",
+            py.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut child = Command::new(py)
+            .arg(crate::workspace().join("tests/peers/mcp/server.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the Python MCP server");
+        // Ready when it accepts connections (uvicorn binds after start-up).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return PythonServer { child, port };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the Python MCP server exited with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Python MCP server did not listen in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn python() -> PathBuf {
     std::env::var_os("PORTCULLIS_TEST_PYTHON")
         .map(PathBuf::from)

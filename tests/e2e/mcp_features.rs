@@ -21,21 +21,25 @@ fn results(output: Value) -> Vec<Value> {
 /// with the connector ID, `/v1/mcp/<id>` and the upstream itself do not.
 #[derive(Clone, Copy)]
 enum Naming {
-    Prefixed,
+    /// By this connector ID.
+    Prefixed(&'static str),
     Plain,
 }
+
+/// The server-everything connector on the aggregated endpoint.
+const DEMO: Naming = Naming::Prefixed("demo");
 
 impl Naming {
     fn name(self, n: &str) -> String {
         match self {
-            Self::Prefixed => format!("demo_{n}"),
+            Self::Prefixed(id) => format!("{id}_{n}"),
             Self::Plain => n.to_owned(),
         }
     }
 
     fn uri(self, u: &str) -> String {
         match self {
-            Self::Prefixed => format!("demo-{u}"),
+            Self::Prefixed(id) => format!("{id}-{u}"),
             Self::Plain => u.to_owned(),
         }
     }
@@ -82,9 +86,10 @@ fn comparable(mut v: Value, naming: Naming) -> Value {
                 m.remove("_meta");
                 for (k, x) in m.iter_mut() {
                     match (k.as_str(), &mut *x, naming) {
-                        ("uri" | "name", Value::String(s), Naming::Prefixed) => {
-                            if let Some(rest) =
-                                s.strip_prefix("demo-").or_else(|| s.strip_prefix("demo_"))
+                        ("uri" | "name", Value::String(s), Naming::Prefixed(id)) => {
+                            if let Some(rest) = s
+                                .strip_prefix(&format!("{id}-"))
+                                .or_else(|| s.strip_prefix(&format!("{id}_")))
                             {
                                 *s = rest.to_owned();
                             }
@@ -104,6 +109,26 @@ fn comparable(mut v: Value, naming: Naming) -> Value {
     }
     walk(&mut v, naming);
     v
+}
+
+/// Every result after the first (the protocol version) through the gateway is the direct
+/// call's result, compared as [`comparable`] says. Progress is left to the caller: the
+/// last notification may trail the answer (see the progress assertion).
+fn same_as_direct(through: &[Value], direct: &[Value], naming: Naming, at: &str) {
+    let without_progress = |mut v: Value| {
+        if let Some(ok) = v["ok"].as_object_mut() {
+            ok.remove("progress");
+        }
+        v
+    };
+    for (i, (t, d)) in through.iter().zip(direct).enumerate().skip(1) {
+        assert!(t.get("ok").is_some(), "{at}: operation {i} failed: {t}");
+        assert_eq!(
+            comparable(without_progress(t.clone()), naming),
+            comparable(without_progress(d.clone()), Naming::Plain),
+            "{at}: operation {i} differs from the direct call"
+        );
+    }
 }
 
 fn setup(patterns: &[&str]) -> (Everything, Host) {
@@ -156,29 +181,15 @@ async fn prompts_completion_progress_and_resource_links_match_the_direct_calls_o
             "{sdk:?}: the upstream itself answers every operation: {direct:#?}"
         );
         for (path, naming, mode, version) in [
-            ("/v1/mcp", Naming::Prefixed, "legacy", "2025-11-25"),
-            ("/v1/mcp", Naming::Prefixed, "auto", "2026-07-28"),
+            ("/v1/mcp", DEMO, "legacy", "2025-11-25"),
+            ("/v1/mcp", DEMO, "auto", "2026-07-28"),
             ("/v1/mcp/demo", Naming::Plain, "legacy", "2025-11-25"),
             ("/v1/mcp/demo", Naming::Plain, "auto", "2026-07-28"),
         ] {
             let through = results(sdk.agent(&host.url(path), ops(naming), mode).await);
             let at = format!("{sdk:?} SDK on {path} with {mode} negotiation");
             assert_eq!(through[0]["ok"]["version"], version, "{at}");
-            for (i, (t, d)) in through.iter().zip(&direct).enumerate().skip(1) {
-                assert!(t.get("ok").is_some(), "{at}: operation {i} failed: {t}");
-                // Progress is compared below: its last notification may trail the answer.
-                let without_progress = |mut v: Value| {
-                    if let Some(ok) = v["ok"].as_object_mut() {
-                        ok.remove("progress");
-                    }
-                    v
-                };
-                assert_eq!(
-                    comparable(without_progress(t.clone()), naming),
-                    comparable(without_progress(d.clone()), Naming::Plain),
-                    "{at}: operation {i} differs from the direct call"
-                );
-            }
+            same_as_direct(&through, &direct, naming, &at);
             // What the comparison cannot show: the names themselves.
             let links: Vec<&str> = through[1]["ok"]["content"]
                 .as_array()
@@ -247,7 +258,7 @@ async fn prompt_grants_decide_listing_getting_and_completing() {
     catalog_loaded(&host).await;
     for path in ["/v1/mcp", "/v1/mcp/demo"] {
         let naming = if path == "/v1/mcp" {
-            Naming::Prefixed
+            DEMO
         } else {
             Naming::Plain
         };
@@ -438,7 +449,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
             sdk,
             &gateway,
             offer("Ada"),
-            server_request_ops(Naming::Prefixed),
+            server_request_ops(DEMO),
             "legacy",
         )
         .await;
@@ -451,7 +462,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
                 through[i]
             );
             assert_eq!(
-                comparable(through[i].clone(), Naming::Prefixed),
+                comparable(through[i].clone(), DEMO),
                 comparable(direct[i].clone(), Naming::Plain),
                 "{sdk:?}: operation {i} differs from the direct call"
             );
@@ -485,7 +496,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
 
     // Two clients, one on each SDK, call through the one shared upstream session at
     // once: each is asked about its own calls only.
-    let one = server_request_ops(Naming::Prefixed)[0].clone();
+    let one = server_request_ops(DEMO)[0].clone();
     let (a, b) = tokio::join!(
         agent_offering(
             Sdk::Python,
@@ -516,7 +527,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
         Sdk::Python,
         &gateway,
         json!({}),
-        server_request_ops(Naming::Prefixed),
+        server_request_ops(DEMO),
         "legacy",
     )
     .await;
@@ -535,7 +546,7 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
         Sdk::Python,
         &gateway,
         offer("Ada"),
-        json!([server_request_ops(Naming::Prefixed)[0].clone()]),
+        json!([server_request_ops(DEMO)[0].clone()]),
         "auto",
     )
     .await;
@@ -551,12 +562,12 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
 async fn resource_subscriptions_hear_updates_by_the_uri_the_client_subscribed_with() {
     let (_everything, host) = setup(&["demo/**"]);
     catalog_loaded(&host).await;
-    for (path, naming) in [
-        ("/v1/mcp", Naming::Prefixed),
-        ("/v1/mcp/demo", Naming::Plain),
+    for (sdk, path, naming) in [
+        (Sdk::Python, "/v1/mcp", DEMO),
+        (Sdk::TypeScript, "/v1/mcp/demo", Naming::Plain),
     ] {
         let uri = naming.uri("demo://resource/static/document/features.md");
-        let r = python_agent(
+        let r = results(sdk.agent(
             &host.url(path),
             json!([
                 {"op": "subscribe", "uri": uri},
@@ -568,16 +579,22 @@ async fn resource_subscriptions_hear_updates_by_the_uri_the_client_subscribed_wi
                 {"op": "subscribe", "uri": naming.uri("demo://no/such/resource")},
                 {"op": "call_tool", "name": naming.name("toggle-subscriber-updates"), "arguments": {}},
             ]),
+            "legacy",
         )
-        .await;
-        assert!(r[0].get("ok").is_some(), "{path}: {}", r[0]);
-        assert_eq!(r[2]["ok"]["updated"], json!([uri]), "{path}: {}", r[2]);
-        assert!(r[3].get("ok").is_some(), "{path}: {}", r[3]);
+        .await);
+        assert!(r[0].get("ok").is_some(), "{sdk:?} on {path}: {}", r[0]);
+        assert_eq!(
+            r[2]["ok"]["updated"],
+            json!([uri]),
+            "{sdk:?} on {path}: {}",
+            r[2]
+        );
+        assert!(r[3].get("ok").is_some(), "{sdk:?} on {path}: {}", r[3]);
         assert!(
             r[4]["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("not available")),
-            "{path}: a URI no grant covers cannot be subscribed to: {}",
+            "{sdk:?} on {path}: a URI no grant covers cannot be subscribed to: {}",
             r[4]
         );
     }
@@ -676,4 +693,97 @@ async fn log_messages_reach_sessions_that_see_the_upstream_at_their_own_level() 
     )
     .await;
     assert!(modern[0].get("error").is_some(), "{}", modern[0]);
+}
+
+/// The operations for the Python SDK upstream (`tests/peers/mcp/server.py`).
+fn python_server_ops(naming: Naming) -> Value {
+    json!([
+        {"op": "protocol_version"},
+        {"op": "call_tool", "name": naming.name("echo"), "arguments": {"text": "hi"}},
+        {"op": "call_tool", "name": naming.name("count"), "arguments": {"steps": 3}, "progress": true},
+        {"op": "call_tool", "name": naming.name("readme_link"), "arguments": {}},
+        {"op": "read_resource", "uri": naming.uri("py://readme")},
+        {"op": "read_resource", "uri": naming.uri("py://notes/7")},
+        {"op": "get_prompt", "name": naming.name("greet"), "arguments": {"name": "Ada"}},
+        {"op": "complete_prompt", "name": naming.name("greet"), "argument": {"name": "name", "value": "A"}},
+        {"op": "call_tool", "name": naming.name("log_and_echo"), "arguments": {"text": "x"}},
+        {"op": "call_tool", "name": naming.name("ask_name"), "arguments": {}},
+        {"op": "call_tool", "name": naming.name("summarize"), "arguments": {"text": "a long text"}},
+        {"op": "wait_logs", "count": 1, "timeout": 5},
+    ])
+}
+
+#[tokio::test]
+async fn a_python_sdk_upstream_answers_both_sdks_as_it_does_directly() {
+    use portcullis_e2e::peers_mcp::PythonServer;
+    let server = PythonServer::start();
+    let connectors = json!({"py": {"protocol": "mcp", "url": server.url()}});
+    let mut config: Value = serde_json::from_str(&loopback_config(
+        connectors,
+        json!([grant("(loopback)", &["py/**"], false)]),
+    ))
+    .expect("config");
+    config["mcp"] = json!({"poll_interval_secs": 600});
+    let host = Host::start(&config.to_string());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while python_agent(&host.url("/v1/mcp"), json!([{"op": "list_tools"}])).await[0]["ok"]["tools"]
+        .as_array()
+        .is_none_or(|t| !t.iter().any(|t| t["name"] == "py_echo"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never listed py_echo"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = json!({
+        "elicitation": {"action": "accept", "content": {"name": "Ada"}},
+        "sampling": {"text": "short"},
+    });
+    let py = Naming::Prefixed("py");
+    for sdk in Sdk::ALL {
+        let direct = sdk
+            .agent(
+                &server.url(),
+                json!({"client": client, "ops": python_server_ops(Naming::Plain)}),
+                "legacy",
+            )
+            .await;
+        let direct = results(direct);
+        assert!(
+            direct.iter().all(|r| r.get("ok").is_some()),
+            "{sdk:?}: the upstream itself answers every operation: {direct:#?}"
+        );
+        for (path, naming) in [("/v1/mcp", py), ("/v1/mcp/py", Naming::Plain)] {
+            let through = sdk
+                .agent(
+                    &host.url(path),
+                    json!({"client": client, "ops": python_server_ops(naming)}),
+                    "legacy",
+                )
+                .await;
+            let through = results(through);
+            let at = format!("{sdk:?} SDK on {path}");
+            same_as_direct(&through, &direct, naming, &at);
+            assert_eq!(
+                through[3]["ok"]["content"][0]["uri"],
+                naming.uri("py://readme"),
+                "{at}"
+            );
+            assert_eq!(
+                through[11]["ok"]["logs"],
+                json!([["info", "echoing x"]]),
+                "{at}: the log message about the call reaches its client"
+            );
+            assert_eq!(text(&through[9]), "hello Ada", "{at}");
+            assert_eq!(text(&through[10]), "summary: short", "{at}");
+            assert!(
+                through[2]["ok"]["progress"]
+                    .as_array()
+                    .is_some_and(|p| p.len() >= 2),
+                "{at}: {}",
+                through[2]
+            );
+        }
+    }
 }

@@ -239,11 +239,15 @@ impl Calls {
 
     /// The client whose call the upstream's request `cx` came with: the one whose
     /// upstream request's event stream carried it. A request on the session's own
-    /// stream, or over the legacy HTTP+SSE transport (one stream for everything), has
-    /// no such call.
+    /// stream (some servers send them there: the Python SDK's `session.create_message`
+    /// outside `ctx`), or over the legacy HTTP+SSE transport (one stream for
+    /// everything), is the only call's when the session has exactly one in flight, as
+    /// rmcp's own in-flight check reasons; with none or several, nobody's.
     fn asker_of(&self, cx: &RequestContext<RoleClient>) -> Option<Asker> {
+        let calls = self.lock();
         match cx.extensions.get::<InboundStreamOrigin>() {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => self.lock().by_id.get(id).cloned(),
+            Some(InboundStreamOrigin::OutboundRequest(id)) => calls.by_id.get(id).cloned(),
+            _ if calls.by_id.len() == 1 => calls.by_id.values().next().cloned(),
             _ => None,
         }
     }

@@ -42,9 +42,48 @@ function offerTo(client, offer, asked) {
     }
 }
 
-async function perform(client, op) {
+/** What the server told this client outside answers: log messages and resource updates. */
+class Notices {
+    constructor(client) {
+        this.logs = [];
+        this.updated = [];
+        client.setNotificationHandler('notifications/message', n => {
+            this.logs.push([n.params.level, n.params.data]);
+        });
+        client.setNotificationHandler('notifications/resources/updated', n => {
+            this.updated.push(n.params.uri);
+        });
+    }
+
+    /** Waits until `done()` or `timeoutMs`; `fail` says whether running out is an error. */
+    async until(done, timeoutMs, fail) {
+        const end = Date.now() + timeoutMs;
+        while (!done()) {
+            if (Date.now() > end) {
+                if (fail) throw new Error('timed out');
+                return;
+            }
+            await new Promise(r => setTimeout(r, 50));
+        }
+    }
+}
+
+async function perform(client, notices, op) {
     const options = { timeout: TIMEOUT_MS };
+    const seconds = (op.timeout ?? 10) * 1000;
     switch (op.op) {
+        case 'set_level':
+            return client.setLoggingLevel(op.level, options);
+        case 'wait_logs':
+            await notices.until(() => notices.logs.length >= (op.count ?? 1), seconds, false);
+            return { logs: notices.logs };
+        case 'subscribe':
+            return client.subscribeResource({ uri: op.uri }, options);
+        case 'unsubscribe':
+            return client.unsubscribeResource({ uri: op.uri }, options);
+        case 'wait_updated':
+            await notices.until(() => notices.updated.includes(op.uri), seconds, true);
+            return { updated: [...new Set(notices.updated)].sort() };
         case 'protocol_version':
             return { version: client.getNegotiatedProtocolVersion() };
         case 'list_tools':
@@ -102,6 +141,7 @@ async function main() {
     );
     const asked = [];
     offerTo(client, offer, asked);
+    const notices = new Notices(client);
     try {
         await client.connect(new StreamableHTTPClientTransport(new URL(url)));
     } catch (e) {
@@ -111,7 +151,7 @@ async function main() {
     const results = [];
     for (const op of ops) {
         try {
-            results.push({ ok: await perform(client, op) });
+            results.push({ ok: await perform(client, notices, op) });
         } catch (e) {
             const entry = { error: describe(e) };
             if (typeof e?.code === 'number') entry.code = e.code;
