@@ -108,15 +108,26 @@ impl Drop for Everything {
     }
 }
 
-/// An MCP server written with the official Python SDK (`tests/peers/mcp/server.py`) on
-/// a loopback port; it exits when dropped (its stdin closes).
+/// An MCP server written in Python on a loopback port: with the official SDK
+/// (`tests/peers/mcp/server.py`) or with fastmcp (`fastmcp_server.py`). It exits when
+/// dropped (its stdin closes).
 pub struct PythonServer {
     child: Child,
     pub port: u16,
 }
 
 impl PythonServer {
+    /// The official SDK's server.
     pub fn start() -> PythonServer {
+        Self::start_script("server.py")
+    }
+
+    /// The fastmcp server.
+    pub fn fastmcp() -> PythonServer {
+        Self::start_script("fastmcp_server.py")
+    }
+
+    fn start_script(script: &str) -> PythonServer {
         let py = python();
         assert!(
             py.exists(),
@@ -128,13 +139,13 @@ impl PythonServer {
             .expect("free port")
             .port();
         let mut child = Command::new(py)
-            .arg(crate::workspace().join("tests/peers/mcp/server.py"))
+            .arg(crate::workspace().join("tests/peers/mcp").join(script))
             .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn the Python MCP server");
+            .unwrap_or_else(|e| panic!("spawn the Python MCP server {script}: {e}"));
         // Ready when it accepts connections (uvicorn binds after start-up).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -142,11 +153,11 @@ impl PythonServer {
                 return PythonServer { child, port };
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("the Python MCP server exited with {status}");
+                panic!("the Python MCP server {script} exited with {status}");
             }
             assert!(
                 Instant::now() < deadline,
-                "the Python MCP server did not listen in 30 s"
+                "the Python MCP server {script} did not listen in 30 s"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -210,10 +221,12 @@ pub async fn python_agent_output(url: &str, ops: Value, mode: &str) -> Value {
 pub enum Sdk {
     Python,
     TypeScript,
+    /// fastmcp's client (on the Python SDK).
+    Fastmcp,
 }
 
 impl Sdk {
-    pub const ALL: [Sdk; 2] = [Sdk::Python, Sdk::TypeScript];
+    pub const ALL: [Sdk; 3] = [Sdk::Python, Sdk::TypeScript, Sdk::Fastmcp];
 
     /// Runs this SDK's agent against `url` with `ops` and negotiation `mode`; its whole
     /// output (`results`, `asked`).
@@ -221,6 +234,12 @@ impl Sdk {
         match self {
             Sdk::Python => python_agent_output(url, ops, mode).await,
             Sdk::TypeScript => typescript_agent_output(url, ops, mode).await,
+            Sdk::Fastmcp => {
+                let script = crate::workspace().join("tests/peers/mcp/fastmcp_agent.py");
+                let mut py = tokio::process::Command::new(python());
+                py.arg(script);
+                run_agent("fastmcp", &mut py, url, ops, mode).await
+            }
         }
     }
 }

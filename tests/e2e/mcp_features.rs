@@ -695,9 +695,10 @@ async fn log_messages_reach_sessions_that_see_the_upstream_at_their_own_level() 
     assert!(modern[0].get("error").is_some(), "{}", modern[0]);
 }
 
-/// The operations for the Python SDK upstream (`tests/peers/mcp/server.py`).
-fn python_server_ops(naming: Naming) -> Value {
-    json!([
+/// The operations for the Python upstreams (`tests/peers/mcp/server.py` and
+/// `fastmcp_server.py`); `summarize` (sampling) only where the server has it.
+fn python_server_ops(naming: Naming, sampling: bool) -> Value {
+    let mut ops = json!([
         {"op": "protocol_version"},
         {"op": "call_tool", "name": naming.name("echo"), "arguments": {"text": "hi"}},
         {"op": "call_tool", "name": naming.name("count"), "arguments": {"steps": 3}, "progress": true},
@@ -708,31 +709,43 @@ fn python_server_ops(naming: Naming) -> Value {
         {"op": "complete_prompt", "name": naming.name("greet"), "argument": {"name": "name", "value": "A"}},
         {"op": "call_tool", "name": naming.name("log_and_echo"), "arguments": {"text": "x"}},
         {"op": "call_tool", "name": naming.name("ask_name"), "arguments": {}},
-        {"op": "call_tool", "name": naming.name("summarize"), "arguments": {"text": "a long text"}},
         {"op": "wait_logs", "count": 1, "timeout": 5},
-    ])
+    ]);
+    if sampling && let Some(list) = ops.as_array_mut() {
+        list.push(json!({"op": "call_tool", "name": naming.name("summarize"), "arguments": {"text": "a long text"}}));
+    }
+    ops
 }
 
 #[tokio::test]
-async fn a_python_sdk_upstream_answers_both_sdks_as_it_does_directly() {
+async fn python_sdk_and_fastmcp_upstreams_answer_every_client_sdk_as_they_do_directly() {
     use portcullis_e2e::peers_mcp::PythonServer;
-    let server = PythonServer::start();
-    let connectors = json!({"py": {"protocol": "mcp", "url": server.url()}});
+    let (sdk_server, fastmcp) = (PythonServer::start(), PythonServer::fastmcp());
+    let connectors = json!({
+        "py": {"protocol": "mcp", "url": sdk_server.url()},
+        "fm": {"protocol": "mcp", "url": fastmcp.url()},
+    });
     let mut config: Value = serde_json::from_str(&loopback_config(
         connectors,
-        json!([grant("(loopback)", &["py/**"], false)]),
+        json!([grant("(loopback)", &["py/**", "fm/**"], false)]),
     ))
     .expect("config");
     config["mcp"] = json!({"poll_interval_secs": 600});
     let host = Host::start(&config.to_string());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while python_agent(&host.url("/v1/mcp"), json!([{"op": "list_tools"}])).await[0]["ok"]["tools"]
-        .as_array()
-        .is_none_or(|t| !t.iter().any(|t| t["name"] == "py_echo"))
-    {
+    let listed = |r: &Value, name: &str| {
+        r["ok"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == name))
+    };
+    loop {
+        let r = python_agent(&host.url("/v1/mcp"), json!([{"op": "list_tools"}])).await;
+        if listed(&r[0], "py_echo") && listed(&r[0], "fm_echo") {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the gateway never listed py_echo"
+            "the gateway never listed both: {r:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -740,50 +753,47 @@ async fn a_python_sdk_upstream_answers_both_sdks_as_it_does_directly() {
         "elicitation": {"action": "accept", "content": {"name": "Ada"}},
         "sampling": {"text": "short"},
     });
-    let py = Naming::Prefixed("py");
-    for sdk in Sdk::ALL {
-        let direct = sdk
-            .agent(
-                &server.url(),
-                json!({"client": client, "ops": python_server_ops(Naming::Plain)}),
-                "legacy",
-            )
-            .await;
-        let direct = results(direct);
-        assert!(
-            direct.iter().all(|r| r.get("ok").is_some()),
-            "{sdk:?}: the upstream itself answers every operation: {direct:#?}"
-        );
-        for (path, naming) in [("/v1/mcp", py), ("/v1/mcp/py", Naming::Plain)] {
-            let through = sdk
-                .agent(
-                    &host.url(path),
-                    json!({"client": client, "ops": python_server_ops(naming)}),
-                    "legacy",
-                )
-                .await;
-            let through = results(through);
-            let at = format!("{sdk:?} SDK on {path}");
-            same_as_direct(&through, &direct, naming, &at);
-            assert_eq!(
-                through[3]["ok"]["content"][0]["uri"],
-                naming.uri("py://readme"),
-                "{at}"
-            );
-            assert_eq!(
-                through[11]["ok"]["logs"],
-                json!([["info", "echoing x"]]),
-                "{at}: the log message about the call reaches its client"
-            );
-            assert_eq!(text(&through[9]), "hello Ada", "{at}");
-            assert_eq!(text(&through[10]), "summary: short", "{at}");
+    for (server, id, sampling) in [(&sdk_server, "py", true), (&fastmcp, "fm", false)] {
+        for sdk in Sdk::ALL {
+            let ops =
+                |naming| json!({"client": client, "ops": python_server_ops(naming, sampling)});
+            let direct = results(sdk.agent(&server.url(), ops(Naming::Plain), "legacy").await);
             assert!(
-                through[2]["ok"]["progress"]
-                    .as_array()
-                    .is_some_and(|p| p.len() >= 2),
-                "{at}: {}",
-                through[2]
+                direct.iter().all(|r| r.get("ok").is_some()),
+                "{sdk:?} to {id}: the upstream itself answers every operation: {direct:#?}"
             );
+            let one = format!("/v1/mcp/{id}");
+            for (path, naming) in [
+                ("/v1/mcp", Naming::Prefixed(id)),
+                (one.as_str(), Naming::Plain),
+            ] {
+                let through = results(sdk.agent(&host.url(path), ops(naming), "legacy").await);
+                let at = format!("{sdk:?} SDK on {path}");
+                same_as_direct(&through, &direct, naming, &at);
+                assert_eq!(
+                    through[3]["ok"]["content"][0]["uri"],
+                    naming.uri("py://readme"),
+                    "{at}"
+                );
+                assert_eq!(text(&through[9]), "hello Ada", "{at}");
+                assert!(
+                    through[10]["ok"]["logs"]
+                        .as_array()
+                        .is_some_and(|l| l.len() == 1),
+                    "{at}: the log message about the call reaches its client: {}",
+                    through[10]
+                );
+                if sampling {
+                    assert_eq!(text(&through[11]), "summary: short", "{at}");
+                }
+                assert!(
+                    through[2]["ok"]["progress"]
+                        .as_array()
+                        .is_some_and(|p| p.len() >= 2),
+                    "{at}: {}",
+                    through[2]
+                );
+            }
         }
     }
 }
