@@ -42,6 +42,11 @@ echo "==> pip install (Python MCP SDK peer, in target/pyvenv)"
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/mcp/requirements.txt ||
   fail "could not install the Python MCP SDK from PyPI (tests/peers/mcp/requirements.txt)"
 export PORTCULLIS_TEST_PYTHON="$PWD/target/pyvenv/bin/python"
+echo "==> pip install (the Python MCP SDK's 1.x line, in target/pyvenv1)"
+[ -x target/pyvenv1/bin/python ] || python3 -m venv target/pyvenv1
+target/pyvenv1/bin/pip install --quiet --disable-pip-version-check -r tests/peers/mcp/requirements-v1.txt ||
+  fail "could not install the Python MCP SDK 1.x from PyPI (tests/peers/mcp/requirements-v1.txt)"
+export PORTCULLIS_TEST_PYTHON_V1="$PWD/target/pyvenv1/bin/python"
 
 # Debian's Chromium runs the dashboard's browser tests (driven by playwright-core, an npm
 # package of the test peers).

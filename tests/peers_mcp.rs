@@ -175,6 +175,12 @@ impl Drop for PythonServer {
     }
 }
 
+fn python_v1() -> PathBuf {
+    std::env::var_os("PORTCULLIS_TEST_PYTHON_V1")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace().join("target/pyvenv1/bin/python"))
+}
+
 fn python() -> PathBuf {
     std::env::var_os("PORTCULLIS_TEST_PYTHON")
         .map(PathBuf::from)
@@ -219,20 +225,41 @@ pub async fn python_agent_output(url: &str, ops: Value, mode: &str) -> Value {
 /// The official SDKs an agent can be built on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sdk {
+    /// The Python SDK's newest 2.x (`tests/peers/mcp/requirements.txt`).
     Python,
+    /// The Python SDK's newest 1.x (`requirements-v1.txt`, in `target/pyvenv1`), which
+    /// predates MCP 2026-07-28.
+    PythonV1,
     TypeScript,
-    /// fastmcp's client (on the Python SDK).
+    /// fastmcp's client (on the Python SDK's 2.x).
     Fastmcp,
 }
 
 impl Sdk {
-    pub const ALL: [Sdk; 3] = [Sdk::Python, Sdk::TypeScript, Sdk::Fastmcp];
+    pub const ALL: [Sdk; 4] = [Sdk::Python, Sdk::PythonV1, Sdk::TypeScript, Sdk::Fastmcp];
+
+    /// Whether it speaks MCP 2026-07-28.
+    pub fn modern(self) -> bool {
+        self != Sdk::PythonV1
+    }
 
     /// Runs this SDK's agent against `url` with `ops` and negotiation `mode`; its whole
     /// output (`results`, `asked`).
     pub async fn agent(self, url: &str, ops: Value, mode: &str) -> Value {
         match self {
             Sdk::Python => python_agent_output(url, ops, mode).await,
+            Sdk::PythonV1 => {
+                let py = python_v1();
+                assert!(
+                    py.exists(),
+                    "the Python MCP SDK 1.x venv is missing at {}: run scripts/test.sh (the README's test command) or set PORTCULLIS_TEST_PYTHON_V1",
+                    py.display()
+                );
+                let script = crate::workspace().join("tests/peers/mcp/agent.py");
+                let mut cmd = tokio::process::Command::new(py);
+                cmd.arg(script);
+                run_agent("Python 1.x", &mut cmd, url, ops, mode).await
+            }
             Sdk::TypeScript => typescript_agent_output(url, ops, mode).await,
             Sdk::Fastmcp => {
                 let script = crate::workspace().join("tests/peers/mcp/fastmcp_agent.py");

@@ -186,6 +186,9 @@ async fn prompts_completion_progress_and_resource_links_match_the_direct_calls_o
             ("/v1/mcp/demo", Naming::Plain, "legacy", "2025-11-25"),
             ("/v1/mcp/demo", Naming::Plain, "auto", "2026-07-28"),
         ] {
+            if mode == "auto" && !sdk.modern() {
+                continue;
+            }
             let through = results(sdk.agent(&host.url(path), ops(naming), mode).await);
             let at = format!("{sdk:?} SDK on {path} with {mode} negotiation");
             assert_eq!(through[0]["ok"]["version"], version, "{at}");

@@ -1,7 +1,9 @@
 """Real-SDK MCP agent for the Portcullis end-to-end tests.
 
 The e2e tests use this script as a genuine MCP client: it talks to the gateway through
-the official Python SDK's high-level client (``mcp.Client`` over streamable HTTP), so
+the official Python SDK's high-level client (``mcp.Client`` over streamable HTTP, or on
+the SDK's 1.x line ``ClientSession`` over ``streamablehttp_client``: the script runs on
+both, in whichever venv it is started from), so
 the gateway is checked against what a real agent sends and expects, not only against
 hand-written JSON-RPC. The same operations can be run against an upstream directly, so
 a test compares the call through the gateway with the call made without it.
@@ -57,10 +59,18 @@ a failing operation does not stop the ones after it. Exits 0, or prints
 
 import json
 import sys
+from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
-from mcp import Client, types
-from mcp.shared.exceptions import MCPError
+from mcp import types
+
+try:  # The SDK's 2.x line: mcp.Client, MCPError.
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
+except ImportError:  # The 1.x line: ClientSession over streamablehttp_client, McpError.
+    Client = None
+    from mcp.shared.exceptions import McpError as MCPError
 
 TIMEOUT_SECONDS = 30  # per request; a hung gateway must not hang the test
 
@@ -122,7 +132,7 @@ def dump(result) -> dict:
     return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-async def perform(client: Client, notices: Notices, op: dict):
+async def perform(client, notices: Notices, op: dict):
     kind = op.get("op")
     if kind == "protocol_version":
         return {"version": client.protocol_version}
@@ -167,10 +177,10 @@ async def perform(client: Client, notices: Notices, op: dict):
     if kind == "get_prompt":
         return await client.get_prompt(op["name"], op.get("arguments") or {})
     if kind == "complete_prompt":
-        ref = types.PromptReference(name=op["name"])
+        ref = types.PromptReference(type="ref/prompt", name=op["name"])
         return await client.complete(ref, op["argument"], op.get("context"))
     if kind == "complete_template":
-        ref = types.ResourceTemplateReference(uri=op["uri"])
+        ref = types.ResourceTemplateReference(type="ref/resource", uri=op["uri"])
         return await client.complete(ref, op["argument"], op.get("context"))
     raise ValueError(f"unknown op: {kind!r}")
 
@@ -207,13 +217,47 @@ def callbacks(offer: dict, asked: list) -> dict:
     return out
 
 
+class V1:
+    """The 1.x SDK's ClientSession with the few names the 2.x Client spells otherwise."""
+
+    def __init__(self, session, version: str) -> None:
+        self.session = session
+        self.protocol_version = version
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+@asynccontextmanager
+async def connect(url: str, mode: str, **kwargs):
+    """A connected client on whichever SDK line is installed (1.x: `mode` is always the
+    initialize handshake)."""
+    if Client is not None:
+        async with Client(url, mode=mode, read_timeout_seconds=TIMEOUT_SECONDS, **kwargs) as client:
+            yield client
+        return
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async with streamablehttp_client(url) as (read, write, _session_id):
+        async with ClientSession(
+            read, write, read_timeout_seconds=timedelta(seconds=TIMEOUT_SECONDS), **kwargs
+        ) as session:
+            init = await session.initialize()
+            yield V1(session, init.protocolVersion)
+
+
+def mcp_error(exc: MCPError) -> dict:
+    error = getattr(exc, "error", exc)  # 1.x wraps the ErrorData
+    return {"error": error.message, "code": error.code}
+
+
 async def run(url: str, ops: list, offer: dict, mode: str, state: dict) -> None:
     results = state["results"]
     notices = Notices()
-    async with Client(
+    async with connect(
         url,
-        mode=mode,
-        read_timeout_seconds=TIMEOUT_SECONDS,
+        mode,
         message_handler=notices.handler,
         logging_callback=notices.log,
         **callbacks(offer, state["asked"]),
@@ -223,7 +267,7 @@ async def run(url: str, ops: list, offer: dict, mode: str, state: dict) -> None:
             try:
                 results.append({"ok": dump(await perform(client, notices, op))})
             except MCPError as exc:
-                results.append({"error": exc.message, "code": exc.code})
+                results.append(mcp_error(exc))
             except TimeoutError:
                 results.append({"error": "timed out"})
             except Exception as exc:
