@@ -108,6 +108,7 @@ impl rmcp::ServerHandler for Handler {
                 schema(json!({"bytes": {"type": "integer"}})),
             ),
             Tool::new("secret", "Only for the trusted", schema(json!({}))),
+            Tool::new("log", "Logs a message about the call", schema(json!({}))),
             Tool::new(
                 "sleep",
                 "Answers after `ms` milliseconds",
@@ -156,6 +157,16 @@ impl rmcp::ServerHandler for Handler {
                 text("x".repeat(n))
             }
             "secret" => text("the secret tool ran"),
+            // A log message about this call, naming whose call it is.
+            #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+            "log" => {
+                let note = rmcp::model::LoggingMessageNotificationParam::new(
+                    rmcp::model::LoggingLevel::Info,
+                    json!(format!("logged{subject}")),
+                );
+                let _ = cx.peer.notify_logging_message(note).await;
+                text("logged")
+            }
             "sleep" => {
                 let ms = arg("ms").and_then(|v| v.as_u64()).unwrap_or(0);
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;

@@ -339,13 +339,15 @@ async function loadCapabilities(c, box) {
     const { data } = await api('GET', `/api/connectors/${encodeURIComponent(c.id)}/capabilities`);
     const groups = [
       ['Tools', data.tools.map((t) => [t.name, t.description])],
+      ['Prompts', (data.prompts || []).map((p) => [p.name, p.description])],
       ['Resources', data.resources.map((r) => [r.uri, r.name])],
       ['Resource templates', data.templates.map((t) => [t.uri_template, t.name])],
     ].filter(([, items]) => items.length);
-    const parts = [h('p', { class: 'meta' }, 'Endpoint: ', h('code', { text: data.endpoint }))];
+    const parts = [h('p', { class: 'meta' }, 'Endpoint: ', h('code', { text: data.endpoint }),
+      ...(data.mcp_endpoint ? [' (this connector alone, names unprefixed: ', h('code', { text: data.mcp_endpoint }), ')'] : []))];
     if (!groups.length) {
       parts.push(h('p', { class: 'meta', text: c.protocol === 'mcp'
-        ? 'No tools, resources or templates you may use (the upstream lists none, or it could not be reached: see Health).'
+        ? 'No tools, prompts, resources or templates you may use (the upstream lists none, or it could not be reached: see Health).'
         : 'An HTTP API: agents call it through the endpoint above.' }));
     }
     for (const [title, items] of groups) {

@@ -284,6 +284,7 @@ async fn capabilities_follow_the_callers_grants() {
         .collect();
     assert_eq!(tools, ["tools_echo"], "only the granted tool: {alice}");
     assert_eq!(alice["endpoint"], "/v1/mcp");
+    assert_eq!(alice["mcp_endpoint"], "/v1/mcp/tools");
     assert_eq!(alice["status"], "Ready");
     assert_eq!(
         alice["resources"].as_array().map(Vec::len),
@@ -300,6 +301,11 @@ async fn capabilities_follow_the_callers_grants() {
     assert_eq!(status, 200, "{notes}");
     assert_eq!(notes["status"], "Needs auth");
     assert_eq!(notes["endpoint"], "/v1/connectors/notes/");
+    assert_eq!(
+        notes["mcp_endpoint"],
+        json!(null),
+        "an HTTP API without tools"
+    );
     assert_eq!(notes["tools"], json!([]));
 
     let (status, bob) = caps(BOB, "tools").await;

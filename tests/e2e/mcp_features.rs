@@ -635,58 +635,27 @@ async fn catalog_loaded_tools(host: &Host) {
     }
 }
 
-/// The rank of an MCP log level, debug lowest.
-fn severity(level: &Value) -> usize {
-    let order = [
-        "debug",
-        "info",
-        "notice",
-        "warning",
-        "error",
-        "critical",
-        "alert",
-        "emergency",
-    ];
-    order
-        .iter()
-        .position(|l| level == l)
-        .unwrap_or_else(|| panic!("not a log level: {level}"))
-}
-
 #[tokio::test]
-async fn log_messages_reach_sessions_that_see_the_upstream_at_their_own_level() {
+async fn a_shared_upstreams_log_messages_reach_no_client() {
     let (_everything, host) = setup(&["demo/**"]);
     catalog_loaded(&host).await;
     let gateway = host.url("/v1/mcp");
-    // server-everything logs on its session's own stream every 5 s at a random level once
-    // this tool is on; the gateway's session is shared, so every session that sees the
-    // connector hears it, each at its own level.
-    let toggle =
-        json!({"op": "call_tool", "name": "demo_toggle-simulated-logging", "arguments": {}});
-    let (verbose, strict) = tokio::join!(
-        python_agent(
-            &gateway,
-            json!([
-                {"op": "set_level", "level": "debug"},
-                toggle,
-                {"op": "wait_logs", "count": 2, "timeout": 15},
-            ]),
-        ),
-        python_agent(
-            &gateway,
-            json!([
-                {"op": "set_level", "level": "error"},
-                {"op": "wait_logs", "count": 50, "timeout": 14},
-            ]),
-        ),
-    );
-    assert!(verbose[0].get("ok").is_some(), "{}", verbose[0]);
-    let heard = verbose[2]["ok"]["logs"].as_array().expect("logs");
-    assert!(heard.len() >= 2, "{heard:?}");
-    let strict = strict[1]["ok"]["logs"].as_array().expect("logs");
-    for log in strict {
-        assert!(severity(&log[0]) >= severity(&json!("error")), "{strict:?}");
-    }
+    // server-everything logs on its session's own stream every 5 s (at once, too) once
+    // this tool is on. The gateway's session with it is shared by every caller, and
+    // rmcp does not say which call a notification came with, so none is passed on: it
+    // could be about anyone's call.
+    let r = python_agent(
+        &gateway,
+        json!([
+            {"op": "set_level", "level": "debug"},
+            {"op": "call_tool", "name": "demo_toggle-simulated-logging", "arguments": {}},
+            {"op": "wait_logs", "count": 1, "timeout": 7},
+            {"op": "call_tool", "name": "demo_toggle-simulated-logging", "arguments": {}},
+        ]),
+    )
+    .await;
+    assert!(r[0].get("ok").is_some(), "the level is taken: {}", r[0]);
+    assert_eq!(r[2]["ok"]["logs"], json!([]), "{}", r[2]);
 
     // Without a session there is no level to set.
     let modern = python_agent_as(
@@ -712,7 +681,7 @@ fn python_server_ops(naming: Naming, sampling: bool) -> Value {
         {"op": "complete_prompt", "name": naming.name("greet"), "argument": {"name": "name", "value": "A"}},
         {"op": "call_tool", "name": naming.name("log_and_echo"), "arguments": {"text": "x"}},
         {"op": "call_tool", "name": naming.name("ask_name"), "arguments": {}},
-        {"op": "wait_logs", "count": 1, "timeout": 5},
+        {"op": "wait_logs", "count": 1, "timeout": 2},
     ]);
     if sampling && let Some(list) = ops.as_array_mut() {
         list.push(json!({"op": "call_tool", "name": naming.name("summarize"), "arguments": {"text": "a long text"}}));
@@ -772,20 +741,24 @@ async fn python_sdk_and_fastmcp_upstreams_answer_every_client_sdk_as_they_do_dir
             ] {
                 let through = results(sdk.agent(&host.url(path), ops(naming), "legacy").await);
                 let at = format!("{sdk:?} SDK on {path}");
-                same_as_direct(&through, &direct, naming, &at);
+                // All but the log messages (below), which differ on purpose.
+                same_as_direct(&through[..10], &direct[..10], naming, &at);
+                if sampling {
+                    assert_eq!(
+                        comparable(through[11].clone(), naming),
+                        comparable(direct[11].clone(), Naming::Plain),
+                        "{at}: sampling"
+                    );
+                }
                 assert_eq!(
                     through[3]["ok"]["content"][0]["uri"],
                     naming.uri("py://readme"),
                     "{at}"
                 );
                 assert_eq!(text(&through[9]), "hello Ada", "{at}");
-                assert!(
-                    through[10]["ok"]["logs"]
-                        .as_array()
-                        .is_some_and(|l| l.len() == 1),
-                    "{at}: the log message about the call reaches its client: {}",
-                    through[10]
-                );
+                // A shared upstream session's log messages are not passed on (see
+                // `a_shared_upstreams_log_messages_reach_no_client`).
+                assert_eq!(through[10]["ok"]["logs"], json!([]), "{at}");
                 if sampling {
                     assert_eq!(text(&through[11]), "summary: short", "{at}");
                 }

@@ -1165,6 +1165,8 @@ struct Consenting {
     from: &'static str,
     account: &'static str,
     asked: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The log messages the gateway passed on.
+    logs: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl rmcp::ClientHandler for Consenting {
@@ -1178,6 +1180,15 @@ impl rmcp::ClientHandler for Consenting {
                 .build(),
             rmcp::model::Implementation::new("consenting-e2e", "0"),
         )
+    }
+
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _cx: rmcp::service::NotificationContext<rmcp::service::RoleClient>,
+    ) {
+        self.logs.lock().expect("lock").push(params.data);
     }
 
     async fn create_elicitation(
@@ -1221,11 +1232,13 @@ async fn a_call_of_an_unconnected_connector_asks_for_consent_and_goes_on_once_co
     // Alice's client takes URL elicitation; she has never connected "wiki". Her call
     // asks her to authorize, waits while she does, and then runs with her token.
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let handler = Consenting {
         oidc: oidc.clone(),
         from: ALICE,
         account: "alice",
         asked: asked.clone(),
+        logs: logs.clone(),
     };
     let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
         client_from(ALICE),
@@ -1242,6 +1255,22 @@ async fn a_call_of_an_unconnected_connector_asks_for_consent_and_goes_on_once_co
     let r = alice.call_tool(echo("again")).await.expect("call");
     assert_eq!(result_text(&r), "echo: again (for alice)");
     assert_eq!(asked.lock().expect("lock").len(), 1);
+
+    // What Alice's own upstream session logs reaches her session.
+    let log = rmcp::model::CallToolRequestParams::new("wiki_log");
+    assert_eq!(
+        result_text(&alice.call_tool(log).await.expect("log")),
+        "logged"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logs.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *logs.lock().expect("lock"),
+        [json!("logged (for alice)")],
+        "a per-user session's log message reaches its user"
+    );
     alice.cancel().await.expect("close");
 }
 

@@ -206,7 +206,7 @@ fn health(app: &App, c: &Connector, caller: &Caller) -> serde_json::Value {
 #[utoipa::path(get, path = "/api/connectors/{id}/capabilities", tag = "connectors",
     params(("id" = String, Path, description = "Connector ID")),
     responses(
-        (status = 200, description = "`tools`, `prompts`, `resources` and `templates` the caller may use, named as through `/v1/mcp`, and the caller's `status`", body = Object),
+        (status = 200, description = "`tools`, `prompts`, `resources` and `templates` the caller may use, named as through `/v1/mcp`; the caller's `status`; `endpoint`, and `mcp_endpoint` (`/v1/mcp/<id>`, or null when the connector has no MCP server)", body = Object),
         (status = 404, description = "No such connector, or none the caller has a grant on", body = ErrorBody),
     ))]
 pub async fn capabilities(
@@ -250,11 +250,15 @@ pub async fn capabilities(
             crate::config::Protocol::Mcp => crate::mcp::ENDPOINT.to_owned(),
             crate::config::Protocol::Http => format!("/v1/connectors/{}/", c.id),
         };
+        // `/v1/mcp/<id>` serves an MCP connector, or an HTTP one's plugin tools.
+        let alone = (c.protocol == crate::config::Protocol::Mcp || !tools.is_empty())
+            .then(|| format!("{}/{}", crate::mcp::ENDPOINT, c.id));
         Ok(Json(json!({
             "id": c.id,
             "protocol": c.protocol,
             "status": status,
             "endpoint": endpoint,
+            "mcp_endpoint": alone,
             "tools": tools,
             "prompts": prompts,
             "resources": resources,

@@ -227,6 +227,8 @@ pub struct Upstream {
     hub_changed: Arc<Notify>,
     /// Client sessions subscribed to this upstream's resources.
     pub(crate) subscribers: Arc<upstream::Subscribers>,
+    /// Held while the upstream's subscriptions change (see `server`'s `subscribe`).
+    pub(crate) subscribing: tokio::sync::Mutex<()>,
     /// Where its log messages that came with no call go.
     logs: tokio::sync::mpsc::Sender<UpstreamLog>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
@@ -290,6 +292,7 @@ impl Upstream {
             wake: Arc::new(Notify::new()),
             hub_changed: hub.changed.clone(),
             subscribers: Arc::default(),
+            subscribing: tokio::sync::Mutex::default(),
             logs: hub.logs.clone(),
             task: Mutex::new(None),
             user: user.map(Into::into),
@@ -352,13 +355,33 @@ impl Upstream {
         };
         slot.flavor = s.flavor();
         slot.live = Some(s.clone());
-        // Subscriptions belong to a session: a new one subscribes to every URI again.
-        for uri in self.subscribers.uris() {
-            if let Err(e) = s.subscribe(&uri).await {
-                tracing::warn!(connector = %self.connector.id, "could not subscribe again to a resource on the new MCP session: {e}");
-            }
-        }
+        drop(slot);
+        self.subscribe_again(&s);
         Ok(s)
+    }
+
+    /// Subscriptions belong to a session: a new one subscribes to every URI that still
+    /// has a subscriber, in the background (an upstream slow to answer holds nobody up),
+    /// each within the open timeout.
+    fn subscribe_again(&self, s: &Arc<Session>) {
+        let uris = self.subscribers.uris();
+        if uris.is_empty() {
+            return;
+        }
+        let (s, id) = (s.clone(), self.connector.id.clone());
+        tokio::spawn(async move {
+            for uri in uris {
+                match tokio::time::timeout(OPEN_TIMEOUT, s.subscribe(&uri)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(connector = %id, "could not subscribe again to a resource on the new MCP session: {e}")
+                    }
+                    Err(_) => {
+                        tracing::warn!(connector = %id, "the MCP server did not answer a resource subscription on the new session")
+                    }
+                }
+            }
+        });
     }
 
     /// Forgets `broken` (if it is still the current session) so the next use reconnects.

@@ -105,12 +105,24 @@ fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
         snap,
         base_url,
         scope: parts.extensions.get::<Scope>().cloned().unwrap_or_default(),
-        session: parts
-            .headers
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(Arc::from),
+        session: session_of(&parts.headers),
     })
+}
+
+/// The MCP session a request came in. rmcp serves a 2026-07-28 request statelessly even
+/// when it names a session, so such a request has none (and its client cannot be asked
+/// anything).
+fn session_of(headers: &http::HeaderMap) -> Option<Arc<str>> {
+    let version = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok());
+    if version.is_some_and(|v| v >= "2026-07-28") {
+        return None;
+    }
+    headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(Arc::from)
 }
 
 fn not_available(kind: &str, name: &str) -> ErrorData {
@@ -152,19 +164,13 @@ async fn unless_cancelled<T>(
 impl Aggregator {
     /// The client request an upstream request is made for.
     fn asker_of(&self, cx: &RequestContext<RoleServer>, w: &Who) -> Asker {
-        let logs = match &w.session {
-            Some(session) => self.app.hub.sessions.logs_of(session),
-            None => cx
-                .meta
-                .log_level()
-                .map_or(Logs::Off, |l| Logs::AtLeast(severity(l))),
-        };
         Asker {
             peer: cx.peer.clone(),
             request: cx.id.clone(),
             progress: cx.meta.get_progress_token(),
             in_session: w.session.is_some(),
-            logs,
+            // The upstream call waits no longer than the egress read timeout anyway.
+            patience: Duration::from_secs(w.snap.config.egress.read_timeout_secs),
         }
     }
 }
@@ -650,12 +656,15 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let w = who(&cx.extensions)?;
-        let (up, uri, session) = self.subscription(&w, &req.uri, &cx).await?;
+        let (up, uri, session) = self.subscription(&w, &req.uri).await?;
         let sub = Subscriber {
             session,
             peer: cx.peer.clone(),
             uri: req.uri,
         };
+        // One change of the upstream's subscriptions at a time: a second subscriber
+        // waits for the first one's upstream subscribe, and shares its failure.
+        let _one_at_a_time = up.subscribing.lock().await;
         if up.subscribers.add(&uri, sub.clone()) {
             let id = up.connector.id.clone();
             let asked = up.with_session(|s| {
@@ -677,7 +686,8 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let w = who(&cx.extensions)?;
-        let (up, uri, session) = self.subscription(&w, &req.uri, &cx).await?;
+        let (up, uri, session) = self.subscription(&w, &req.uri).await?;
+        let _one_at_a_time = up.subscribing.lock().await;
         if up.subscribers.remove(&uri, &session) {
             let id = up.connector.id.clone();
             up.with_session(|s| {
@@ -850,15 +860,8 @@ impl Aggregator {
         &self,
         w: &Who,
         asked: &str,
-        cx: &RequestContext<RoleServer>,
     ) -> Result<(Arc<super::Upstream>, String, Arc<str>), ErrorData> {
-        let session = cx
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|p| p.headers.get("mcp-session-id"))
-            .and_then(|v| v.to_str().ok())
-            .map(Arc::<str>::from)
-            .ok_or_else(|| {
+        let session = w.session.clone().ok_or_else(|| {
                 ErrorData::invalid_request(
                     "resources/subscribe needs a session (MCP 2026-07-28 clients listen with subscriptions/listen)",
                     None,
@@ -1000,18 +1003,6 @@ impl Sessions {
         open.push(s);
     }
 
-    /// The log messages session `id` gets.
-    fn logs_of(&self, id: &str) -> Logs {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|s| s.session.as_deref() == Some(id))
-            .map_or(Logs::All, |s| {
-                *s.logs.lock().unwrap_or_else(|p| p.into_inner())
-            })
-    }
-
     /// Sets the log messages session `id` of `login` gets; false for no such session.
     fn set_logs(&self, id: &str, login: &str, logs: Logs) -> bool {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -1032,14 +1023,16 @@ impl Sessions {
     }
 }
 
-/// A log message an upstream sent with no call goes to every open session that sees the
-/// upstream: its caller has a grant on the connector (and, for a per-user upstream, is
-/// its user), its endpoint serves the connector, and its level admits the message. An
-/// upstream session is shared by those callers, so what it logs outside a call is
-/// theirs alike; what it logs about one call goes to that call's client alone
-/// ([`super::upstream`]).
+/// A log message from a per-user upstream session goes to that user's open sessions
+/// that see the upstream (a grant on the connector, the connector on their endpoint),
+/// as each one's level admits. rmcp does not say which call a notification came with,
+/// and a shared upstream session carries every caller's calls, so what it logs could
+/// be about anyone's call: it is not passed on.
 #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
 pub async fn deliver_log(app: &Gateway, log: super::UpstreamLog) {
+    let Some(user) = &log.user else {
+        return;
+    };
     let snap = app.snapshot();
     for s in app.hub.sessions.live() {
         let Channel::Session(peer) = &s.channel else {
@@ -1049,7 +1042,7 @@ pub async fn deliver_log(app: &Gateway, log: super::UpstreamLog) {
             Scope::All => true,
             Scope::One(id) => **id == *log.connector,
         };
-        let theirs = log.user.as_ref().is_none_or(|u| *u == s.caller.login);
+        let theirs = *user == s.caller.login;
         let admitted = s
             .logs
             .lock()

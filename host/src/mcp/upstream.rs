@@ -113,19 +113,30 @@ impl Subscribers {
         none
     }
 
-    /// The upstream URIs someone is subscribed to.
+    /// Forgets the subscriptions of client sessions that ended.
+    fn prune(all: &mut HashMap<String, Vec<Subscriber>>) {
+        all.retain(|_, subs| {
+            subs.retain(|s| !s.peer.is_transport_closed());
+            !subs.is_empty()
+        });
+    }
+
+    /// The upstream URIs a live client session is subscribed to.
     pub fn uris(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        let mut all = self.lock();
+        Self::prune(&mut all);
+        all.keys().cloned().collect()
     }
 
     /// Tells each subscriber of `params.uri` that it changed, by the URI it subscribed
     /// with.
     async fn updated(&self, params: ResourceUpdatedNotificationParam) {
-        let subs = self.lock().get(&params.uri).cloned().unwrap_or_default();
+        let subs = {
+            let mut all = self.lock();
+            Self::prune(&mut all);
+            all.get(&params.uri).cloned().unwrap_or_default()
+        };
         for sub in subs {
-            if sub.peer.is_transport_closed() {
-                continue;
-            }
             let note = ResourceUpdatedNotificationParam::new(sub.uri.clone());
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
@@ -149,19 +160,16 @@ pub struct Asker {
     /// Whether the client can be asked anything: only inside a session can it answer a
     /// request from the server (a sessionless request has nowhere to send the answer).
     pub in_session: bool,
-    /// Which of the upstream's log messages about this call the client gets.
-    pub logs: Logs,
+    /// How long the client may take to answer (the upstream waits no longer).
+    pub patience: std::time::Duration,
 }
 
-/// Which log messages (`notifications/message`) a client gets.
+/// Which log messages (`notifications/message`) a client session gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logs {
-    /// None: a 2026-07-28 request that did not opt in.
-    Off,
     /// Every one the upstream sends: a session that set no level (the server decides).
     All,
-    /// Those at this level or above (`logging/setLevel`, or a 2026-07-28 request's
-    /// `io.modelcontextprotocol/logLevel`), by [`severity`].
+    /// Those at this level or above (`logging/setLevel`), by [`severity`].
     AtLeast(u8),
 }
 
@@ -169,7 +177,6 @@ impl Logs {
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
     pub fn admits(self, level: LoggingLevel) -> bool {
         match self {
-            Self::Off => false,
             Self::All => true,
             Self::AtLeast(min) => severity(level) >= min,
         }
@@ -202,18 +209,53 @@ impl Asker {
     }
 
     /// Sends the upstream's request on to the client, on the event stream of the request
-    /// that caused it, and returns the client's answer.
-    async fn ask(&self, mut request: ServerRequest) -> Result<ClientResult, ErrorData> {
+    /// that caused it, and returns the client's answer. The send runs in a task of its
+    /// own: inside rmcp's handler the request would be marked as coming from the
+    /// upstream's request (rmcp's task-local), not the client's. It ends when the
+    /// client answers, when the upstream cancels its request (`cancelled`; the client is
+    /// told), or after [`Asker::patience`].
+    async fn ask(
+        &self,
+        mut request: ServerRequest,
+        cancelled: tokio_util::sync::CancellationToken,
+    ) -> Result<ClientResult, ErrorData> {
         request
             .extensions_mut()
             .insert(OriginatingRequestId(self.request.clone()));
-        self.peer.send_request(request).await.map_err(|e| match e {
-            ServiceError::McpError(e) => e,
-            other => ErrorData::internal_error(
-                format!("the client of the call did not answer: {other}"),
+        let peer = self.peer.clone();
+        let patience = self.patience;
+        let asked = tokio::spawn(async move {
+            let handle = peer
+                .send_request_with_option(request, PeerRequestOptions::no_options())
+                .await
+                .map_err(|e| client_error(&e))?;
+            let id = handle.id.clone();
+            let why = tokio::select! {
+                answer = handle.await_response() => return answer.map_err(|e| client_error(&e)),
+                () = cancelled.cancelled() => "the MCP server cancelled its request",
+                () = tokio::time::sleep(patience) => "the client did not answer in time",
+            };
+            let note = CancelledNotificationParam::new(Some(id), Some(why.into()));
+            let _ = peer.notify_cancelled(note).await;
+            Err(ErrorData::internal_error(why, None))
+        });
+        asked.await.unwrap_or_else(|e| {
+            Err(ErrorData::internal_error(
+                format!("asking the client failed: {e}"),
                 None,
-            ),
+            ))
         })
+    }
+}
+
+/// A client's failure to answer, as the upstream is told it.
+fn client_error(e: &ServiceError) -> ErrorData {
+    match e {
+        ServiceError::McpError(e) => e.clone(),
+        other => ErrorData::internal_error(
+            format!("the client of the call did not answer: {other}"),
+            None,
+        ),
     }
 }
 
@@ -238,16 +280,19 @@ impl Calls {
     }
 
     /// The client whose call the upstream's request `cx` came with: the one whose
-    /// upstream request's event stream carried it. A request on the session's own
-    /// stream (some servers send them there: the Python SDK's `session.create_message`
-    /// outside `ctx`), or over the legacy HTTP+SSE transport (one stream for
-    /// everything), is the only call's when the session has exactly one in flight, as
-    /// rmcp's own in-flight check reasons; with none or several, nobody's.
-    fn asker_of(&self, cx: &RequestContext<RoleClient>) -> Option<Asker> {
+    /// upstream request's event stream carried it. With `caused_by_a_call` (elicitation
+    /// and sampling, which a server makes while a call waits for them), a request on
+    /// the session's own stream (some servers send them there: the Python SDK's
+    /// `session.create_message` outside `ctx`) or over the legacy HTTP+SSE transport
+    /// (one stream for everything) is the only call's when the session has exactly one
+    /// in flight, as rmcp's own in-flight check reasons; with none or several, nobody's.
+    /// Roots are the session's, not a call's: only a request on a call's stream goes to
+    /// that call's client.
+    fn asker_of(&self, cx: &RequestContext<RoleClient>, caused_by_a_call: bool) -> Option<Asker> {
         let calls = self.lock();
         match cx.extensions.get::<InboundStreamOrigin>() {
             Some(InboundStreamOrigin::OutboundRequest(id)) => calls.by_id.get(id).cloned(),
-            _ if calls.by_id.len() == 1 => calls.by_id.values().next().cloned(),
+            _ if caused_by_a_call && calls.by_id.len() == 1 => calls.by_id.values().next().cloned(),
             _ => None,
         }
     }
@@ -363,31 +408,15 @@ impl rmcp::ClientHandler for Listener {
         self.calls.progress(params).await;
     }
 
-    /// A log message about a call goes to that call's client, as its level allows; one
-    /// that came with no call goes to `on_log`.
+    /// rmcp marks only requests with the stream they came on, not notifications, so
+    /// which call a log message is about cannot be known: every one goes to `on_log`.
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
     async fn on_logging_message(
         &self,
         params: LoggingMessageNotificationParam,
-        cx: NotificationContext<RoleClient>,
+        _cx: NotificationContext<RoleClient>,
     ) {
-        let asker = match cx.extensions.get::<InboundStreamOrigin>() {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => {
-                self.calls.lock().by_id.get(id).cloned()
-            }
-            _ => None,
-        };
-        match asker {
-            Some(a) if a.logs.admits(params.level) => {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    a.peer.notify_logging_message(params),
-                )
-                .await;
-            }
-            Some(_) => {}
-            None => (self.on_log)(params),
-        }
+        (self.on_log)(params);
     }
 
     async fn on_resource_updated(
@@ -404,7 +433,7 @@ impl rmcp::ClientHandler for Listener {
         cx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let url = matches!(params, ElicitRequestParams::UrlElicitationParams { .. });
-        let asker = self.calls.asker_of(&cx).filter(|a| {
+        let asker = self.calls.asker_of(&cx, true).filter(|a| {
             a.can(|c| {
                 c.elicitation.as_ref().is_some_and(|e| match url {
                     true => e.url.is_some(),
@@ -417,7 +446,10 @@ impl rmcp::ClientHandler for Listener {
             return Ok(declined());
         };
         match asker
-            .ask(ServerRequest::ElicitRequest(ElicitRequest::new(params)))
+            .ask(
+                ServerRequest::ElicitRequest(ElicitRequest::new(params)),
+                cx.ct,
+            )
             .await?
         {
             ClientResult::ElicitResult(r) => Ok(r),
@@ -436,7 +468,7 @@ impl rmcp::ClientHandler for Listener {
     ) -> Result<CreateMessageResult, ErrorData> {
         let asker = self
             .calls
-            .asker_of(&cx)
+            .asker_of(&cx, true)
             .filter(|a| a.can(|c| c.sampling.is_some()));
         let Some(asker) = asker else {
             return Err(ErrorData::invalid_request(
@@ -445,9 +477,10 @@ impl rmcp::ClientHandler for Listener {
             ));
         };
         match asker
-            .ask(ServerRequest::CreateMessageRequest(
-                CreateMessageRequest::new(params),
-            ))
+            .ask(
+                ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params)),
+                cx.ct,
+            )
             .await?
         {
             ClientResult::CreateMessageResult(r) => Ok(*r),
@@ -465,14 +498,17 @@ impl rmcp::ClientHandler for Listener {
     ) -> Result<ListRootsResult, ErrorData> {
         let asker = self
             .calls
-            .asker_of(&cx)
+            .asker_of(&cx, false)
             .filter(|a| a.can(|c| c.roots.is_some()));
         // No call, or a client without roots: a client with no roots to offer.
         let Some(asker) = asker else {
             return Ok(ListRootsResult::default());
         };
         match asker
-            .ask(ServerRequest::ListRootsRequest(ListRootsRequest::default()))
+            .ask(
+                ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+                cx.ct,
+            )
             .await?
         {
             ClientResult::ListRootsResult(r) => Ok(r),
