@@ -63,7 +63,8 @@ impl LegacySse {
                 "the server answered the event-stream request with something other than text/event-stream".into(),
             ));
         }
-        let mut events = sse(resp.into_body());
+        // One stream for everything: no log message on it is marked as a call's.
+        let mut events = super::transport::mark_logs(sse(resp.into_body()), None);
         let mut endpoint = None;
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|e| UpstreamError::Body(e.to_string()))?;

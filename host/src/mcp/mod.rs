@@ -229,7 +229,7 @@ pub struct Upstream {
     pub(crate) subscribers: Arc<upstream::Subscribers>,
     /// Held while the upstream's subscriptions change (see `server`'s `subscribe`).
     pub(crate) subscribing: tokio::sync::Mutex<()>,
-    /// Where its log messages that came with no call go.
+    /// Where its per-user session's log messages about no call go.
     logs: tokio::sync::mpsc::Sender<UpstreamLog>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -327,6 +327,11 @@ impl Upstream {
             Arc::new(move || wake.notify_one()),
             self.subscribers.clone(),
             Arc::new(move |params| {
+                // A shared session's log message about no call is nobody's to hear
+                // (`server::deliver_log`): not even queued.
+                if user.is_none() {
+                    return;
+                }
                 let log = UpstreamLog {
                     connector: connector.clone(),
                     user: user.clone(),
@@ -336,6 +341,7 @@ impl Upstream {
                     tracing::debug!("dropped an upstream log message: too many waiting");
                 }
             }),
+            self.user.is_some(),
         );
         let open = Session::open(self.http.clone(), &self.url, listener, slot.flavor);
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
@@ -534,8 +540,8 @@ fn spawn_refresher(up: &Arc<Upstream>, poll: Option<Arc<AtomicU64>>, now: bool) 
     *up.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
 }
 
-/// A log message an upstream sent with no call: for every client session that can see
-/// the upstream (see [`server::deliver_log`]).
+/// A log message a per-user upstream session sent about no call: for that user's client
+/// sessions that see the upstream (see [`server::deliver_log`]).
 pub struct UpstreamLog {
     connector: String,
     /// Whose per-user session it came from (`None`: the shared one).

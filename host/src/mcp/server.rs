@@ -164,6 +164,13 @@ async fn unless_cancelled<T>(
 impl Aggregator {
     /// The client request an upstream request is made for.
     fn asker_of(&self, cx: &RequestContext<RoleServer>, w: &Who) -> Asker {
+        let logs = match &w.session {
+            Some(session) => self.app.hub.sessions.logs_of(session),
+            None => cx
+                .meta
+                .log_level()
+                .map_or(Logs::Off, |l| Logs::AtLeast(severity(l))),
+        };
         Asker {
             peer: cx.peer.clone(),
             request: cx.id.clone(),
@@ -171,6 +178,7 @@ impl Aggregator {
             in_session: w.session.is_some(),
             // The upstream call waits no longer than the egress read timeout anyway.
             patience: Duration::from_secs(w.snap.config.egress.read_timeout_secs),
+            logs,
         }
     }
 }
@@ -663,7 +671,8 @@ impl rmcp::ServerHandler for Aggregator {
             uri: req.uri,
         };
         // One change of the upstream's subscriptions at a time: a second subscriber
-        // waits for the first one's upstream subscribe, and shares its failure.
+        // waits for the first one's upstream subscribe (and after a failure, asks the
+        // upstream itself).
         let _one_at_a_time = up.subscribing.lock().await;
         if up.subscribers.add(&uri, sub.clone()) {
             let id = up.connector.id.clone();
@@ -1003,6 +1012,18 @@ impl Sessions {
         open.push(s);
     }
 
+    /// The log messages session `id` gets.
+    fn logs_of(&self, id: &str) -> Logs {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| s.session.as_deref() == Some(id))
+            .map_or(Logs::All, |s| {
+                *s.logs.lock().unwrap_or_else(|p| p.into_inner())
+            })
+    }
+
     /// Sets the log messages session `id` of `login` gets; false for no such session.
     fn set_logs(&self, id: &str, login: &str, logs: Logs) -> bool {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -1023,11 +1044,12 @@ impl Sessions {
     }
 }
 
-/// A log message from a per-user upstream session goes to that user's open sessions
-/// that see the upstream (a grant on the connector, the connector on their endpoint),
-/// as each one's level admits. rmcp does not say which call a notification came with,
-/// and a shared upstream session carries every caller's calls, so what it logs could
-/// be about anyone's call: it is not passed on.
+/// A log message an upstream sent outside any call (on its session's own stream): from a
+/// per-user upstream session it goes to that user's open sessions that see the upstream
+/// (a grant on the connector, the connector on their endpoint), as each one's level
+/// admits. A shared upstream session carries every caller's calls, and a message on no
+/// call's stream could be about any of them: it is not passed on. (Messages about a
+/// call go to its client alone: [`super::upstream`].)
 #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
 pub async fn deliver_log(app: &Gateway, log: super::UpstreamLog) {
     let Some(user) = &log.user else {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, RequestId, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_client::{
     AuthRequiredError, SseError, StreamableHttpClient, StreamableHttpError,
     StreamableHttpPostResponse,
@@ -212,6 +212,75 @@ pub(super) fn sse(
     SseStream::from_bytes_stream(EventLimit::new(bytes)).boxed()
 }
 
+/// How the gateway notes which of its requests a log message came with (the request
+/// whose event stream carried it). rmcp marks requests from the server with their
+/// stream, not notifications, and keeps no `_meta` of a log message, so the note rides
+/// in the message's `logger`: this character, then `{"call": <id or null>, "logger":
+/// <the upstream's logger or null>}`. Every log message is rewritten so (with no call
+/// on the session's own stream), so an upstream cannot claim a call by writing the note
+/// itself; [`unmark_log`] restores the upstream's logger.
+const LOG_MARK: char = '\u{1}';
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LogNote {
+    call: Option<RequestId>,
+    logger: Option<String>,
+}
+
+/// Marks every log message on an event stream with the call whose stream it is (`None`:
+/// the session's own stream). Other events pass untouched; an event that is not JSON is
+/// left for rmcp to refuse.
+pub(super) fn mark_logs(
+    events: futures_util::stream::BoxStream<'static, Result<Sse, SseError>>,
+    call: Option<RequestId>,
+) -> futures_util::stream::BoxStream<'static, Result<Sse, SseError>> {
+    events
+        .map_ok(move |mut event| {
+            if let Some(data) = event.data.as_mut()
+                && data.contains("notifications/message")
+                && let Some(marked) = mark_log(data, call.as_ref())
+            {
+                *data = marked;
+            }
+            event
+        })
+        .boxed()
+}
+
+/// `data` with its log message's `logger` holding the note; `None` when it is not a log
+/// message.
+fn mark_log(data: &str, call: Option<&RequestId>) -> Option<String> {
+    let mut message: serde_json::Value = serde_json::from_str(data).ok()?;
+    if message.get("method").and_then(|m| m.as_str()) != Some("notifications/message") {
+        return None;
+    }
+    let params = message.get_mut("params")?.as_object_mut()?;
+    let logger = params
+        .get("logger")
+        .and_then(|l| l.as_str())
+        .map(str::to_owned);
+    let note = LogNote {
+        call: call.cloned(),
+        logger,
+    };
+    let note = format!("{LOG_MARK}{}", serde_json::to_string(&note).ok()?);
+    params.insert("logger".to_owned(), serde_json::Value::String(note));
+    Some(message.to_string())
+}
+
+/// The call a log message came with, and its `logger` as the upstream sent it. A
+/// message without the note (not from [`mark_logs`]) came with no call.
+pub(super) fn unmark_log(logger: Option<String>) -> (Option<RequestId>, Option<String>) {
+    let note = logger
+        .as_deref()
+        .and_then(|l| l.strip_prefix(LOG_MARK))
+        .and_then(|json| serde_json::from_str::<LogNote>(json).ok());
+    match note {
+        Some(note) => (note.call, note.logger),
+        None => (None, logger),
+    }
+}
+
 /// Counts bytes since the last blank line (the end of an SSE event). Lines end with
 /// CRLF, LF or a lone CR, as the SSE format allows.
 struct EventLimit<S> {
@@ -343,8 +412,12 @@ impl StreamableHttpClient for UpstreamHttp {
             return Err(status_error(&resp));
         }
         if is_type(resp.headers(), "text/event-stream") {
+            let call = match &message {
+                ClientJsonRpcMessage::Request(r) => Some(r.id.clone()),
+                _ => None,
+            };
             return Ok(StreamableHttpPostResponse::Sse(
-                sse(resp.into_body()),
+                mark_logs(sse(resp.into_body()), call),
                 session,
             ));
         }
@@ -408,13 +481,50 @@ impl StreamableHttpClient for UpstreamHttp {
         if !is_type(resp.headers(), "text/event-stream") {
             return Err(unexpected_type(resp.headers()));
         }
-        Ok(sse(resp.into_body()))
+        Ok(mark_logs(sse(resp.into_body()), None))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_messages_are_marked_with_their_call_and_an_upstreams_own_mark_is_removed() {
+        let call = RequestId::Number(7);
+        let logger = |data: &str| -> Option<String> {
+            let v: serde_json::Value = serde_json::from_str(data).expect("json");
+            v["params"]["logger"].as_str().map(str::to_owned)
+        };
+        let log = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x","logger":"db"}}"#;
+        let marked = mark_log(log, Some(&call)).expect("marked");
+        assert_eq!(
+            unmark_log(logger(&marked)),
+            (Some(call.clone()), Some("db".to_owned()))
+        );
+        let bare = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#;
+        let marked = mark_log(bare, Some(&call)).expect("marked");
+        assert_eq!(unmark_log(logger(&marked)), (Some(call.clone()), None));
+        // An upstream writing the note itself on its session's own stream claims nothing.
+        let spoof = mark_log(bare, Some(&RequestId::Number(3))).expect("a forged note");
+        let cleared = mark_log(&spoof, None).expect("marked again");
+        let (claimed, _) = unmark_log(logger(&cleared));
+        assert_eq!(claimed, None);
+        // A message no mark_logs saw is nobody's call.
+        assert_eq!(
+            unmark_log(Some("plain".to_owned())),
+            (None, Some("plain".to_owned()))
+        );
+        // Anything else passes untouched, whatever its shape.
+        for other in [
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/message","params":[1,2]}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/message"}"#,
+            r#"notifications/message but not JSON"#,
+        ] {
+            assert_eq!(mark_log(other, Some(&call)), None, "{other}");
+        }
+    }
 
     fn limit() -> EventLimit<futures_util::stream::Empty<Result<Bytes, std::io::Error>>> {
         EventLimit::new(futures_util::stream::empty())

@@ -47,8 +47,10 @@ pub struct Listener {
     calls: Arc<Calls>,
     /// The clients subscribed to the upstream's resources.
     subscribers: Arc<Subscribers>,
-    /// Where log messages that came with no call go.
+    /// Where log messages about no call go (see [`Listener::on_logging_message`]).
     on_log: Arc<dyn Fn(LoggingMessageNotificationParam) + Send + Sync>,
+    /// Whether the session is one user's (per-user OAuth) rather than shared.
+    one_user: bool,
 }
 
 impl Listener {
@@ -57,12 +59,14 @@ impl Listener {
         on_change: Arc<dyn Fn() + Send + Sync>,
         subscribers: Arc<Subscribers>,
         on_log: Arc<dyn Fn(LoggingMessageNotificationParam) + Send + Sync>,
+        one_user: bool,
     ) -> Self {
         Self {
             on_change,
             calls: Arc::default(),
             subscribers,
             on_log,
+            one_user,
         }
     }
 }
@@ -162,14 +166,19 @@ pub struct Asker {
     pub in_session: bool,
     /// How long the client may take to answer (the upstream waits no longer).
     pub patience: std::time::Duration,
+    /// Which of the upstream's log messages about this call the client gets.
+    pub logs: Logs,
 }
 
 /// Which log messages (`notifications/message`) a client session gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logs {
+    /// None: a 2026-07-28 request that did not opt in.
+    Off,
     /// Every one the upstream sends: a session that set no level (the server decides).
     All,
-    /// Those at this level or above (`logging/setLevel`), by [`severity`].
+    /// Those at this level or above (`logging/setLevel`, or a 2026-07-28 request's
+    /// `io.modelcontextprotocol/logLevel`), by [`severity`].
     AtLeast(u8),
 }
 
@@ -177,6 +186,7 @@ impl Logs {
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
     pub fn admits(self, level: LoggingLevel) -> bool {
         match self {
+            Self::Off => false,
             Self::All => true,
             Self::AtLeast(min) => severity(level) >= min,
         }
@@ -236,7 +246,8 @@ impl Asker {
                 () = tokio::time::sleep(patience) => "the client did not answer in time",
             };
             let note = CancelledNotificationParam::new(Some(id), Some(why.into()));
-            let _ = peer.notify_cancelled(note).await;
+            let told = peer.notify_cancelled(note);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), told).await;
             Err(ErrorData::internal_error(why, None))
         });
         asked.await.unwrap_or_else(|e| {
@@ -280,19 +291,27 @@ impl Calls {
     }
 
     /// The client whose call the upstream's request `cx` came with: the one whose
-    /// upstream request's event stream carried it. With `caused_by_a_call` (elicitation
-    /// and sampling, which a server makes while a call waits for them), a request on
-    /// the session's own stream (some servers send them there: the Python SDK's
-    /// `session.create_message` outside `ctx`) or over the legacy HTTP+SSE transport
-    /// (one stream for everything) is the only call's when the session has exactly one
-    /// in flight, as rmcp's own in-flight check reasons; with none or several, nobody's.
-    /// Roots are the session's, not a call's: only a request on a call's stream goes to
-    /// that call's client.
-    fn asker_of(&self, cx: &RequestContext<RoleClient>, caused_by_a_call: bool) -> Option<Asker> {
+    /// upstream request's event stream carried it. On a per-user session (`one_user`),
+    /// with `caused_by_a_call` (elicitation and sampling, which a server makes while a
+    /// call waits for them), a request on the session's own stream (the Python SDK's
+    /// `session.create_message` without `related_request_id`) or over the legacy
+    /// HTTP+SSE transport (one stream for everything) is the only call's when the
+    /// session has exactly one in flight, as rmcp's own in-flight check reasons. On a
+    /// shared session that call may be another caller's (the one it was about may have
+    /// just ended), so such a request is nobody's; so are roots, which are the
+    /// session's, not a call's.
+    fn asker_of(
+        &self,
+        cx: &RequestContext<RoleClient>,
+        caused_by_a_call: bool,
+        one_user: bool,
+    ) -> Option<Asker> {
         let calls = self.lock();
         match cx.extensions.get::<InboundStreamOrigin>() {
             Some(InboundStreamOrigin::OutboundRequest(id)) => calls.by_id.get(id).cloned(),
-            _ if caused_by_a_call && calls.by_id.len() == 1 => calls.by_id.values().next().cloned(),
+            _ if one_user && caused_by_a_call && calls.by_id.len() == 1 => {
+                calls.by_id.values().next().cloned()
+            }
             _ => None,
         }
     }
@@ -408,15 +427,30 @@ impl rmcp::ClientHandler for Listener {
         self.calls.progress(params).await;
     }
 
-    /// rmcp marks only requests with the stream they came on, not notifications, so
-    /// which call a log message is about cannot be known: every one goes to `on_log`.
+    /// A log message marked with the call whose event stream carried it
+    /// ([`super::transport::mark_logs`]) goes to that call's client, as its level
+    /// allows, and to nobody once the call has ended; one with no call (the session's
+    /// own stream) goes to `on_log`.
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
     async fn on_logging_message(
         &self,
-        params: LoggingMessageNotificationParam,
+        mut params: LoggingMessageNotificationParam,
         _cx: NotificationContext<RoleClient>,
     ) {
-        (self.on_log)(params);
+        let (call, logger) = super::transport::unmark_log(params.logger.take());
+        params.logger = logger;
+        let Some(call) = call else {
+            (self.on_log)(params);
+            return;
+        };
+        let asker = self.calls.lock().by_id.get(&call).cloned();
+        if let Some(a) = asker.filter(|a| a.logs.admits(params.level)) {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                a.peer.notify_logging_message(params),
+            )
+            .await;
+        }
     }
 
     async fn on_resource_updated(
@@ -433,7 +467,7 @@ impl rmcp::ClientHandler for Listener {
         cx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let url = matches!(params, ElicitRequestParams::UrlElicitationParams { .. });
-        let asker = self.calls.asker_of(&cx, true).filter(|a| {
+        let asker = self.calls.asker_of(&cx, true, self.one_user).filter(|a| {
             a.can(|c| {
                 c.elicitation.as_ref().is_some_and(|e| match url {
                     true => e.url.is_some(),
@@ -468,7 +502,7 @@ impl rmcp::ClientHandler for Listener {
     ) -> Result<CreateMessageResult, ErrorData> {
         let asker = self
             .calls
-            .asker_of(&cx, true)
+            .asker_of(&cx, true, self.one_user)
             .filter(|a| a.can(|c| c.sampling.is_some()));
         let Some(asker) = asker else {
             return Err(ErrorData::invalid_request(
@@ -498,7 +532,7 @@ impl rmcp::ClientHandler for Listener {
     ) -> Result<ListRootsResult, ErrorData> {
         let asker = self
             .calls
-            .asker_of(&cx, false)
+            .asker_of(&cx, false, self.one_user)
             .filter(|a| a.can(|c| c.roots.is_some()));
         // No call, or a client without roots: a client with no roots to offer.
         let Some(asker) = asker else {
@@ -691,10 +725,10 @@ impl Session {
         };
         let answer = handle.await_response().await;
         in_flight.answered = true;
-        if asker.progress.is_some() {
+        if asker.progress.is_some() || asker.logs != Logs::Off {
             // rmcp hands each notification to a task of its own and the answer straight
-            // to the waiting request, so the upstream's last progress notifications,
-            // sent before its answer, may not have been passed on yet. Their tasks exist
+            // to the waiting request, so the upstream's last progress notifications and
+            // log messages, sent before its answer, may not have been passed on yet. Their tasks exist
             // by now: letting them run first keeps the order the upstream sent (best
             // effort: rmcp offers no way to wait for them).
             for _ in 0..PROGRESS_CATCH_UP_YIELDS {

@@ -64,6 +64,7 @@ async def summarize(text: str, ctx: Context) -> str:
     result = await ctx.session.create_message(
         messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=text))],
         max_tokens=50,
+        related_request_id=ctx.request_id,
     )
     content = result.content
     return f"summary: {content.text if isinstance(content, types.TextContent) else content}"
