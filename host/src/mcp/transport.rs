@@ -215,11 +215,19 @@ pub(super) fn sse(
 /// How the gateway notes which of its requests a log message came with (the request
 /// whose event stream carried it). rmcp marks requests from the server with their
 /// stream, not notifications, and keeps no `_meta` of a log message, so the note rides
-/// in the message's `logger`: this character, then `{"call": <id or null>, "logger":
-/// <the upstream's logger or null>}`. Every log message is rewritten so (with no call
-/// on the session's own stream), so an upstream cannot claim a call by writing the note
-/// itself; [`unmark_log`] restores the upstream's logger.
+/// in the message's `logger`: this character and [`log_nonce`], then `{"call": <id or
+/// null>, "logger": <the upstream's logger or null>}`. The nonce is random per process
+/// and never leaves it ([`unmark_log`] takes the note off before the message goes on),
+/// so an upstream cannot forge a note, whatever it writes or however it spells the
+/// message (an escaped method name, a JSON body instead of an event stream): a
+/// message without the nonce came with no call.
 const LOG_MARK: char = '\u{1}';
+
+/// This process's secret part of a log note (see [`LOG_MARK`]).
+fn log_nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(crate::connections::random_token)
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LogNote {
@@ -255,15 +263,21 @@ fn mark_log(data: &str, call: Option<&RequestId>) -> Option<String> {
         return None;
     }
     let params = message.get_mut("params")?.as_object_mut()?;
-    let logger = params
-        .get("logger")
-        .and_then(|l| l.as_str())
-        .map(str::to_owned);
+    // A logger that is not a string is the upstream's mistake: left for rmcp to refuse.
+    let logger = match params.get("logger") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(l)) => Some(l.clone()),
+        Some(_) => return None,
+    };
     let note = LogNote {
         call: call.cloned(),
         logger,
     };
-    let note = format!("{LOG_MARK}{}", serde_json::to_string(&note).ok()?);
+    let note = format!(
+        "{LOG_MARK}{}{}",
+        log_nonce(),
+        serde_json::to_string(&note).ok()?
+    );
     params.insert("logger".to_owned(), serde_json::Value::String(note));
     Some(message.to_string())
 }
@@ -274,6 +288,7 @@ pub(super) fn unmark_log(logger: Option<String>) -> (Option<RequestId>, Option<S
     let note = logger
         .as_deref()
         .and_then(|l| l.strip_prefix(LOG_MARK))
+        .and_then(|l| l.strip_prefix(log_nonce()))
         .and_then(|json| serde_json::from_str::<LogNote>(json).ok());
     match note {
         Some(note) => (note.call, note.logger),
@@ -510,11 +525,18 @@ mod tests {
         let cleared = mark_log(&spoof, None).expect("marked again");
         let (claimed, _) = unmark_log(logger(&cleared));
         assert_eq!(claimed, None);
-        // A message no mark_logs saw is nobody's call.
+        // A message no mark_logs saw is nobody's call, even one that copies the format
+        // (an upstream cannot know the nonce: mark_logs missed an escaped method name,
+        // or the message came as a JSON body).
         assert_eq!(
             unmark_log(Some("plain".to_owned())),
             (None, Some("plain".to_owned()))
         );
+        let forged = format!("{LOG_MARK}{{\"call\":7,\"logger\":null}}");
+        assert_eq!(unmark_log(Some(forged.clone())), (None, Some(forged)));
+        // A logger that is not a string is left alone (rmcp refuses the message).
+        let odd = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x","logger":5}}"#;
+        assert_eq!(mark_log(odd, Some(&call)), None);
         // Anything else passes untouched, whatever its shape.
         for other in [
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#,
