@@ -786,6 +786,34 @@ impl Aggregator {
         self.app.audit.call(&w.caller, id, via, grant, outcome);
     }
 
+    /// The upstream of resource `asked` (as the client names it), the grant that lets
+    /// `w.caller` use it and its URI upstream: what reading, subscribing and
+    /// unsubscribing all need. A refusal by policy is noted in `decision`.
+    async fn resolve_resource(
+        &self,
+        w: &Who,
+        asked: &str,
+        decision: &mut Decision,
+    ) -> Result<(Arc<super::Upstream>, crate::policy::GrantRef, String), ErrorData> {
+        let full = w.scope.inbound(Kind::Resource, asked);
+        let (id, uri) =
+            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", asked))?;
+        let access = w.snap.policy.access(&w.caller);
+        // Like a tool call: no upstream is touched (or named) without a grant on it.
+        if !access.any_on(id) {
+            tracing::info!(caller = %w.caller.login, resource = %full, "resource refused: no grant");
+            *decision = Decision::Denied;
+            return Err(not_available("resource", asked));
+        }
+        let up = self.upstream_for(w, id).await?;
+        let Some((grant, upstream_uri)) = resource_grant(&access, id, uri, &up.listing()) else {
+            tracing::info!(caller = %w.caller.login, resource = %full, "resource refused");
+            *decision = Decision::Denied;
+            return Err(not_available("resource", asked));
+        };
+        Ok((up, grant, upstream_uri))
+    }
+
     /// `resources/read`: `decision` says whether a grant allowed the resource (for the
     /// audit trail).
     async fn read_resource_inner(
@@ -795,23 +823,8 @@ impl Aggregator {
         cx: &RequestContext<RoleServer>,
         decision: &mut Decision,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let asked = req.uri.clone();
-        let full = w.scope.inbound(Kind::Resource, &asked);
-        let (id, uri) =
-            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", &asked))?;
-        let access = w.snap.policy.access(&w.caller);
-        // Like a tool call: no upstream is touched (or named) without a grant on it.
-        if !access.any_on(id) {
-            tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused: no grant");
-            *decision = Decision::Denied;
-            return Err(not_available("resource", &asked));
-        }
-        let up = self.upstream_for(w, id).await?;
-        let Some((grant, upstream_uri)) = resource_grant(&access, id, uri, &up.listing()) else {
-            tracing::info!(caller = %w.caller.login, resource = %full, "resource read refused");
-            *decision = Decision::Denied;
-            return Err(not_available("resource", &asked));
-        };
+        let (up, grant, upstream_uri) = self.resolve_resource(w, &req.uri, decision).await?;
+        let id = up.connector.id.as_str();
         *decision = Decision::Granted(grant);
         req.uri = upstream_uri;
         let asker = self.asker_of(cx, w);
@@ -876,19 +889,11 @@ impl Aggregator {
                     None,
                 )
             })?;
-        let full = w.scope.inbound(Kind::Resource, asked);
-        let (id, uri) =
-            split(Kind::Resource, &full).ok_or_else(|| not_available("resource", asked))?;
-        let access = w.snap.policy.access(&w.caller);
-        if !access.any_on(id) {
-            return Err(not_available("resource", asked));
-        }
-        let up = self.upstream_for(w, id).await?;
-        let listing = up.listing();
-        let Some((_, upstream_uri)) = resource_grant(&access, id, uri, &listing) else {
-            return Err(not_available("resource", asked));
-        };
-        if !listing.subscribe {
+        let (up, _, upstream_uri) = self
+            .resolve_resource(w, asked, &mut Decision::Undecided)
+            .await?;
+        let id = &up.connector.id;
+        if !up.listing().subscribe {
             return Err(ErrorData::invalid_request(
                 format!("connector \"{id}\": its MCP server does not offer resource subscriptions"),
                 None,
