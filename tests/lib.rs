@@ -12,11 +12,14 @@
 //! - [`fixture`]: a scripted upstream standing in for a provider's API (recorded
 //!   responses per path, every request kept).
 //! - [`oidc`]: the `oidc-provider` peer (npm), a real OAuth 2.0 authorization server.
+//! - [`conformance`]: the official MCP conformance suite and the reference upstream
+//!   its server scenarios need (Node 22 from npm).
 //! - [`raw`]: raw HTTP/1.1 requests, for paths a URL library would normalise.
 //! - [`mcp_server`]: an rmcp MCP server (streamable HTTP) as an upstream;
 //!   [`legacy_server`]: a minimal one on the legacy HTTP+SSE transport that checks the
 //!   token on every request; [`peers_mcp`]: server-everything and the Python SDK agent.
 
+pub mod conformance;
 pub mod expiry;
 pub mod fixture;
 pub mod legacy_server;
@@ -32,6 +35,38 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Waits until a line of `output` (a child's stdout or stderr) is one that `ready`
+/// accepts and returns what `ready` made of it; fails when the child exits first or
+/// `within` passes. The rest of the output is drained, so the child never blocks on a
+/// full pipe.
+pub fn wait_ready<T: Send + 'static>(
+    child: &mut Child,
+    output: impl std::io::Read + Send + 'static,
+    ready: impl Fn(&str) -> Option<T> + Send + 'static,
+    within: Duration,
+) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if let Some(v) = ready(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(v) = rx.recv_timeout(Duration::from_millis(50)) {
+            return Ok(v);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("did not start in {} s", within.as_secs()));
+        }
+    }
+}
 
 /// The workspace root (tests run with the package directory as cwd).
 pub fn workspace() -> PathBuf {
@@ -151,35 +186,27 @@ impl Host {
         }
         let mut child = cmd.spawn().expect("spawn portcullis");
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("portcullis listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
-                let addr = addr.parse().expect("listen addr");
-                return Ok(Host {
-                    child: Some(child),
-                    addr,
-                    dir,
-                    config_path,
-                    log_path,
-                });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!(
-                    "portcullis exited with {status} before listening:\n{log}"
-                ));
-            }
-            if Instant::now() > deadline {
+        let ready = wait_ready(
+            &mut child,
+            stdout,
+            |line| {
+                line.strip_prefix("portcullis listening on http://")
+                    .map(|a| a.trim().to_owned())
+            },
+            Duration::from_secs(30),
+        );
+        match ready {
+            Ok(addr) => Ok(Host {
+                child: Some(child),
+                addr: addr.parse().expect("listen addr"),
+                dir,
+                config_path,
+                log_path,
+            }),
+            Err(e) => {
                 let _ = child.kill();
-                return Err("portcullis did not start listening within 30 s".into());
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                Err(format!("portcullis {e} before listening:\n{log}"))
             }
         }
     }

@@ -2,9 +2,8 @@
 //! run as a child process on loopback. `npm ci` in `tests/peers` must have run (the
 //! README's test command does it).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Client credentials the peer knows (see `tests/peers/oidc/server.mjs`).
 pub const CC_CLIENT: &str = "portcullis-cc";
@@ -67,26 +66,22 @@ impl Oidc {
             child,
             issuer: String::new(),
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("OIDC_READY ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(issuer) = rx.recv_timeout(Duration::from_millis(100)) {
+        let ready = crate::wait_ready(
+            &mut oidc.child,
+            stdout,
+            |line| {
+                line.strip_prefix("OIDC_READY ")
+                    .map(|u| u.trim().to_owned())
+            },
+            Duration::from_secs(30),
+        );
+        match ready {
+            Ok(issuer) => {
                 oidc.issuer = issuer;
-                return Ok(oidc);
+                Ok(oidc)
             }
-            if let Ok(Some(status)) = oidc.child.try_wait() {
-                panic!("oidc-provider peer exited with {status}");
-            }
-            if Instant::now() >= deadline {
-                return Err("oidc-provider peer did not start in 30 s".into());
-            }
+            Err(e) if e.starts_with("exited") => panic!("oidc-provider peer {e}"),
+            Err(e) => Err(format!("oidc-provider peer {e}")),
         }
     }
 

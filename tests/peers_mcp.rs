@@ -3,7 +3,6 @@
 //! (`tests/peers/mcp/agent.py`) and the TypeScript SDK (`@modelcontextprotocol/client`,
 //! `tests/peers/mcp/agent.mjs`) as agents taking the same operations.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,29 +61,16 @@ impl Everything {
             .spawn()
             .expect("spawn node (is Node.js installed?)");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(ready) {
-                    let _ = tx.send(());
-                }
-            }
-        });
         // From here on the server is killed on every way out, a panic included.
         let mut me = Everything { child, port, mode };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return me;
-            }
-            if let Ok(Some(status)) = me.child.try_wait() {
-                panic!("server-everything exited with {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server-everything did not start in 30 s"
-            );
-        }
+        crate::wait_ready(
+            &mut me.child,
+            stderr,
+            move |line| line.contains(ready).then_some(()),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("server-everything {e}"));
+        me
     }
 
     pub fn url(&self) -> String {
