@@ -543,21 +543,187 @@ async fn elicitation_and_sampling_reach_the_client_whose_call_caused_them() {
     let refused = format!("{}", plain[1]);
     assert!(refused.contains("sampling is not available"), "{refused}");
 
-    // MCP 2026-07-28 has no sessions, and a request without one cannot be answered with a
-    // request: the call still completes, with the elicitation declined.
-    let (modern, asked) = agent_offering(
+    // MCP 2026-07-28 has no sessions, so the gateway cannot send a request to the client:
+    // the upstream's question comes back in an InputRequiredResult, the client answers
+    // it with its next round (the SDKs drive the rounds), and the parked upstream call
+    // goes on. The client is asked what it would be asked directly, and the results are
+    // the same.
+    for sdk in Sdk::ALL.into_iter().filter(|s| s.modern()) {
+        let (direct, direct_asked) = agent_offering(
+            sdk,
+            &everything.url(),
+            offer("Ada"),
+            server_request_ops(Naming::Plain),
+            "auto",
+        )
+        .await;
+        let (modern, asked) = agent_offering(
+            sdk,
+            &host.url("/v1/mcp/demo"),
+            offer("Ada"),
+            server_request_ops(Naming::Plain),
+            "auto",
+        )
+        .await;
+        for i in 0..3 {
+            assert_eq!(
+                comparable(modern[i].clone(), Naming::Plain),
+                comparable(direct[i].clone(), Naming::Plain),
+                "{sdk:?} on 2026-07-28: operation {i} differs from the direct call"
+            );
+        }
+        assert!(text(&modern[0]).contains("- Name: Ada"), "{}", modern[0]);
+        assert!(
+            text(&modern[1]).contains("sampled for Ada"),
+            "{}",
+            modern[1]
+        );
+        // 2026-07-28 has no `elicitationId` (it went with `notifications/elicitation/complete`):
+        // the TypeScript SDK drops it from what reaches the handler in rounds.
+        let without_id = |asked: Vec<Value>| -> Value {
+            let mut asked = json!(asked);
+            for a in asked.as_array_mut().into_iter().flatten() {
+                if let Some(p) = a["params"].as_object_mut() {
+                    p.remove("elicitationId");
+                }
+            }
+            comparable(asked, Naming::Plain)
+        };
+        assert_eq!(
+            without_id(asked),
+            without_id(direct_asked),
+            "{sdk:?} on 2026-07-28: the client is asked what the upstream asks"
+        );
+    }
+
+    // A 2026-07-28 client that declared nothing is not asked: declined on its behalf.
+    let (plain, asked) = agent_offering(
         Sdk::Python,
         &gateway,
-        offer("Ada"),
+        json!({}),
         json!([server_request_ops(DEMO)[0].clone()]),
         "auto",
     )
     .await;
     assert!(asked.is_empty(), "{asked:?}");
     assert!(
-        text(&modern[0]).contains("\"action\": \"decline\""),
+        text(&plain[0]).contains("\"action\": \"decline\""),
         "{}",
-        modern[0]
+        plain[0]
+    );
+}
+
+/// A 2026-07-28 client's rounds are its own: a `requestState` the gateway handed out
+/// resumes the parked call only for the caller it was given to and the tool it was
+/// given for; an unknown one is refused, and one that is not the gateway's goes on to
+/// the upstream (whose own it would be).
+#[tokio::test]
+async fn a_request_state_resumes_only_its_own_callers_call() {
+    let (_everything, host) = setup(&["demo/**"]);
+    catalog_loaded(&host).await;
+    let url = host.url("/v1/mcp/demo");
+    let call = |id: u32, name: &str, extra: Value| {
+        let mut params = json!({"name": name, "arguments": {},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                      "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}}});
+        if let (Some(p), Some(e)) = (params.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+    };
+    let post = |from: &'static str, body: Value| {
+        let url = url.clone();
+        async move {
+            let r = portcullis_e2e::client_from(from)
+                .post(&url)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                // 2026-07-28 repeats the method and the name in headers.
+                .header("mcp-method", "tools/call")
+                .header(
+                    "mcp-name",
+                    body["params"]["name"].as_str().unwrap_or_default(),
+                )
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.expect("body");
+            // A JSON answer, or the last `data:` line of an event stream.
+            let data = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .rfind(|l| !l.is_empty())
+                .map(str::to_owned)
+                .unwrap_or(text);
+            serde_json::from_str::<Value>(&data).expect("JSON-RPC answer")
+        }
+    };
+    let first = post(
+        "127.0.0.1",
+        call(1, "trigger-elicitation-request", json!({})),
+    )
+    .await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let state = result["requestState"].as_str().expect("state").to_owned();
+    let (key, asked) = result["inputRequests"]
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .expect("one input request");
+    assert_eq!(asked["method"], "elicitation/create", "{asked}");
+
+    let answer = json!({"requestState": state,
+        "inputResponses": {key.clone(): {"action": "accept", "content": {"name": "Eve", "check": true}}}});
+    // Another tool of the same caller: refused, and the call stays parked.
+    let other = post(
+        "127.0.0.1",
+        call(2, "trigger-sampling-request", answer.clone()),
+    )
+    .await;
+    assert!(
+        other["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another request")),
+        "{other}"
+    );
+    // A state the gateway never gave out is refused. (That a state resumes only the
+    // caller it was given to is checked by the unit tests of `mcp::rounds`: loopback
+    // identity makes every local client the same caller.)
+    let unknown = post(
+        "127.0.0.1",
+        call(
+            3,
+            "trigger-elicitation-request",
+            json!({"requestState": "portcullis-mrtr.forged",
+            "inputResponses": {}}),
+        ),
+    )
+    .await;
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown or expired")),
+        "{unknown}"
+    );
+    // The right request resumes it, and the upstream gets the answer.
+    let done = post(
+        "127.0.0.1",
+        call(4, "trigger-elicitation-request", answer.clone()),
+    )
+    .await;
+    let text = done["result"]["content"].to_string();
+    assert!(text.contains("Name: Eve"), "{done}");
+    // Used once: the same state again is unknown.
+    let again = post("127.0.0.1", call(5, "trigger-elicitation-request", answer)).await;
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown or expired")),
+        "{again}"
     );
 }
 

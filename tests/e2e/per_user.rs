@@ -1272,6 +1272,50 @@ async fn a_call_of_an_unconnected_connector_asks_for_consent_and_goes_on_once_co
         "a per-user session's log message reaches its user"
     );
     alice.cancel().await.expect("close");
+
+    // Bob's client speaks MCP 2026-07-28: no session, so the gateway cannot send him a
+    // request. The authorization comes back in an InputRequiredResult instead; his
+    // client answers it with its next round (rmcp drives the rounds), and that round
+    // waits while he authorizes, then runs the call with his token.
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = Consenting {
+        oidc: oidc.clone(),
+        from: BOB,
+        account: "bob",
+        asked: asked.clone(),
+        logs: Arc::new(std::sync::Mutex::new(Vec::new())),
+    };
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        client_from(BOB),
+        StreamableHttpClientTransportConfig::with_uri(host.url("/v1/mcp/wiki")),
+    );
+    let bob = handler
+        .serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("bob discovers the server");
+    let r = bob
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("echo").with_arguments(
+                json!({"text": "modern"})
+                    .as_object()
+                    .cloned()
+                    .expect("object"),
+            ),
+        )
+        .await
+        .expect("the call goes on after the rounds");
+    assert_eq!(result_text(&r), "echo: modern (for bob)");
+    let urls = asked.lock().expect("lock").clone();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    assert!(urls[0].starts_with(&oidc.issuer), "{urls:?}");
+    assert_eq!(status(&host, BOB, "wiki").await, "Ready");
+    bob.cancel().await.expect("close");
 }
 
 /// The upstream decides that every token it has seen has expired, before the host

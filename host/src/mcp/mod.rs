@@ -15,6 +15,9 @@
 //! - `server`: the rmcp [`rmcp::ServerHandler`] that names, filters and routes, and the
 //!   HTTP entry that serves sessionless requests statelessly and keeps sessions to the
 //!   caller that opened them.
+//! - `rounds`: multi round-trip requests (2026-07-28): an upstream's question to a
+//!   client without a session goes back in an `InputRequiredResult`, the upstream call
+//!   parked until the client answers with its next round.
 //! - `builtin`: `aperture_list_connectors`, and plugin tools run through the outbound
 //!   pipeline with the caller's credential.
 //! - `template`: RFC 6570 matching, for reads of URIs a granted resource template makes.
@@ -28,6 +31,7 @@
 
 mod builtin;
 mod legacy;
+mod rounds;
 mod server;
 pub(crate) mod template;
 mod transport;
@@ -560,6 +564,8 @@ pub struct Hub {
     /// Rings when any catalog or the config changed; the notifier then checks sessions.
     changed: Arc<Notify>,
     sessions: server::Sessions,
+    /// Calls parked between a 2026-07-28 client's rounds.
+    rounds: Arc<rounds::Rounds>,
     plugin_tools: Mutex<HashMap<String, Arc<Vec<Tool>>>>,
     /// `mcp.poll_interval_secs` of the current config, read by the refreshers.
     poll: Arc<AtomicU64>,
@@ -584,6 +590,7 @@ impl Hub {
             users: Mutex::default(),
             changed: Arc::new(Notify::new()),
             sessions: server::Sessions::default(),
+            rounds: Arc::default(),
             plugin_tools: Mutex::default(),
             poll: Arc::new(AtomicU64::new(5)),
         }

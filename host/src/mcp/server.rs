@@ -16,9 +16,10 @@ use http::StatusCode;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo,
     ContentBlock, ErrorData, GetPromptRequestParams, GetPromptResponse, Implementation,
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, Reference,
-    ResourceContents, ResultType, ServerCapabilities, ServerConfig, SubscriptionFilter,
+    InputResponses, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, Reference, ResourceContents, ResultType, ServerCapabilities,
+    ServerConfig, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, RoleServer, ServiceError, SubscriptionContext,
@@ -29,8 +30,9 @@ use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 
+use super::rounds::{self, Rounds};
 use super::template::{UriTemplate, normalize};
-use super::upstream::{Asker, Logs, Subscriber, severity};
+use super::upstream::{Asker, Logs, Reach, Subscriber, Target, severity};
 use super::{Gateway, Kind, Scope, builtin, prefixed, scoped_view, split};
 use crate::audit::{Decision, Via};
 use crate::config::Config;
@@ -65,6 +67,7 @@ pub struct Aggregator {
 }
 
 /// Who is asking, and on which endpoint, from the HTTP request rmcp hands to the handler.
+#[derive(Clone)]
 struct Who {
     caller: Arc<Caller>,
     snap: Arc<Snapshot>,
@@ -162,7 +165,9 @@ async fn unless_cancelled<T>(
 }
 
 impl Aggregator {
-    /// The client request an upstream request is made for.
+    /// The client request an upstream request is made for. Only a client in a session
+    /// can be sent a request; [`Aggregator::relay`] lets a 2026-07-28 client be asked
+    /// in rounds instead.
     fn asker_of(&self, cx: &RequestContext<RoleServer>, w: &Who) -> Asker {
         let logs = match &w.session {
             Some(session) => self.app.hub.sessions.logs_of(session),
@@ -172,15 +177,99 @@ impl Aggregator {
                 .map_or(Logs::Off, |l| Logs::AtLeast(severity(l))),
         };
         Asker {
-            peer: cx.peer.clone(),
+            target: Target {
+                peer: cx.peer.clone(),
+                progress: cx.meta.get_progress_token(),
+                logs,
+            },
             request: cx.id.clone(),
-            progress: cx.meta.get_progress_token(),
-            in_session: w.session.is_some(),
+            reach: match w.session {
+                Some(_) => Reach::Session,
+                None => Reach::Nowhere,
+            },
+            caps: cx.client_capabilities(),
             // The upstream call waits no longer than the egress read timeout anyway.
             patience: Duration::from_secs(w.snap.config.egress.read_timeout_secs),
-            logs,
         }
     }
+
+    /// Makes the upstream request `send` for the client request `cx`, under the
+    /// `owner` key (the caller and what it asked for). In a session, and for a
+    /// sessionless client before 2026-07-28, that is all. A 2026-07-28 client has no
+    /// session to be asked things in, so what the upstream asks comes back to it in an
+    /// `InputRequiredResult`, and its retry carrying our `state` and its `responses`
+    /// resumes the parked call ([`super::rounds`]). A state that is not ours is an
+    /// upstream's own (a 2026-07-28 upstream asking in rounds itself) and is left in
+    /// the request for `send` to pass on.
+    async fn relay<F, Fut>(
+        &self,
+        w: &Who,
+        cx: &RequestContext<RoleServer>,
+        owner: String,
+        (state, responses): (Option<String>, Option<InputResponses>),
+        send: F,
+    ) -> Result<ServerResult, ErrorData>
+    where
+        F: FnOnce(Asker, Option<String>, Option<InputResponses>) -> Fut,
+        Fut: std::future::Future<Output = Result<ServerResult, ErrorData>> + Send + 'static,
+    {
+        let mut asker = self.asker_of(cx, w);
+        let parked = &self.app.hub.rounds;
+        if let Some(ours) = state.as_deref().filter(|s| rounds::is_ours(s)) {
+            let answers = responses.unwrap_or_default();
+            let (target, patience) = (asker.target, asker.patience);
+            return parked
+                .resume(ours, &owner, answers, target, &cx.ct, patience)
+                .await;
+        }
+        let modern = w.session.is_none()
+            && cx
+                .protocol_version()
+                .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        if !modern {
+            return unless_cancelled(cx, send(asker, state, responses)).await;
+        }
+        let (asking, receiving) = Rounds::asking(asker.target.clone());
+        asker.reach = Reach::Rounds(asking);
+        let patience = asker.patience;
+        let call = send(asker, state, responses);
+        parked.start(owner, receiving, call, &cx.ct, patience).await
+    }
+}
+
+/// Sends `req` on `up`'s session with `op` (one of [`super::upstream::Session`]'s
+/// requests), as a relayed answer.
+async fn on_session<Q, R, F, Fut>(
+    up: &super::Upstream,
+    connector: &str,
+    req: Q,
+    asker: Asker,
+    op: F,
+) -> Result<ServerResult, ErrorData>
+where
+    Q: Clone,
+    R: Into<ServerResult>,
+    F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
+    Fut: std::future::Future<Output = Result<R, ServiceError>>,
+{
+    up.with_session(|s| op(s, req.clone(), asker.clone()))
+        .await
+        .map(Into::into)
+        .map_err(|e| upstream_error(connector, e))
+}
+
+/// What the caller asked for, as a parked call's owner: only the same caller asking for
+/// the same thing may resume it.
+fn owner(w: &Who, method: &str, name: &str) -> String {
+    format!("{}\n{method}\n{name}", w.caller.login)
+}
+
+/// An answer of the wrong kind for the request (the upstream's, or a parked call's).
+fn unexpected(method: &str) -> ErrorData {
+    ErrorData::internal_error(
+        format!("the MCP server answered {method} with something else"),
+        None,
+    )
 }
 
 /// A result relayed from an upstream that may speak a revision before 2026-07-28, which
@@ -271,33 +360,45 @@ impl Aggregator {
         {
             return Ok(CallToolResponse::Complete(r));
         }
-        let up = match self.upstream_for(w, id).await {
-            Ok(up) => up,
-            // A per-user connector the caller has not connected: connect from here.
-            Err(e) => match w.snap.connectors.get(id) {
-                Some(c) if matches!(c.credential, Credential::PerUser(_)) => {
-                    if let Some(told) = self.connect_in_call(w, cx, c).await? {
-                        return Ok(CallToolResponse::Complete(told));
-                    }
-                    self.upstream_for(w, id).await?
-                }
-                _ => return Err(e),
-            },
-        };
-        if !up.listing().tools.iter().any(|t| t.name == tool) {
-            return Err(not_available("tool", &asked));
-        }
         req.name = tool.to_owned().into();
-        let asker = self.asker_of(cx, w);
-        let call = up.with_session(|s| {
-            let req = req.clone();
-            let asker = &asker;
-            async move { s.call_tool(req, asker).await }
-        });
-        let resp =
-            unless_cancelled(cx, async { call.await.map_err(|e| upstream_error(id, e)) }).await?;
+        let mrtr = (req.request_state.take(), req.input_responses.take());
+        // The rest runs as the relayed request, so that a 2026-07-28 client can be asked
+        // for consent in rounds too.
+        let (me, who, connector) = (self.clone(), w.clone(), id.to_owned());
+        let unknown = not_available("tool", &asked);
+        let headers = cx
+            .extensions
+            .get::<http::request::Parts>()
+            .map(|p| p.headers.clone())
+            .unwrap_or_default();
+        let send = move |asker: Asker, state, responses| async move {
+            let up = match me.upstream_for(&who, &connector).await {
+                Ok(up) => up,
+                // A per-user connector the caller has not connected: connect from here.
+                Err(e) => match who.snap.connectors.get(&connector) {
+                    Some(c) if matches!(c.credential, Credential::PerUser(_)) => {
+                        if let Some(told) = me.connect_in_call(&who, &headers, c, &asker).await? {
+                            return Ok(ServerResult::CallToolResult(told));
+                        }
+                        me.upstream_for(&who, &connector).await?
+                    }
+                    _ => return Err(e),
+                },
+            };
+            if !up.listing().tools.iter().any(|t| t.name == req.name) {
+                return Err(unknown);
+            }
+            (req.request_state, req.input_responses) = (state, responses);
+            on_session(&up, &connector, req, asker, |s, req, asker| async move {
+                s.call_tool(req, &asker).await
+            })
+            .await
+        };
+        let resp = self
+            .relay(w, cx, owner(w, "tools/call", &full), mrtr, send)
+            .await?;
         Ok(match resp {
-            CallToolResponse::Complete(mut r) => {
+            ServerResult::CallToolResult(mut r) => {
                 complete(&mut r.result_type);
                 let uris = Uris {
                     connector: id,
@@ -306,7 +407,9 @@ impl Aggregator {
                 r.content.iter_mut().for_each(|c| uris.content(c));
                 CallToolResponse::Complete(r)
             }
-            other => other,
+            ServerResult::InputRequiredResult(r) => CallToolResponse::InputRequired(r),
+            ServerResult::CreateTaskResult(r) => CallToolResponse::Task(r),
+            _ => return Err(unexpected("tools/call")),
         })
     }
 
@@ -344,19 +447,15 @@ impl Aggregator {
     async fn connect_in_call(
         &self,
         w: &Who,
-        cx: &RequestContext<RoleServer>,
+        headers: &http::HeaderMap,
         c: &Arc<crate::connector::Connector>,
+        asker: &Asker,
     ) -> Result<Option<CallToolResult>, ErrorData> {
         let Credential::PerUser(pu) = &c.credential else {
             return Err(not_available("connector", &c.id));
         };
         let id = &c.id;
-        let headers = cx
-            .extensions
-            .get::<http::request::Parts>()
-            .map(|p| p.headers.clone())
-            .unwrap_or_default();
-        let url = crate::admin::begin_connect(&self.app, &w.snap, &w.caller, c, &headers)
+        let url = crate::admin::begin_connect(&self.app, &w.snap, &w.caller, c, headers)
             .await
             .map_err(|e| {
                 ErrorData::invalid_request(
@@ -368,7 +467,6 @@ impl Aggregator {
                 )
             })?;
         let told = |text: String| Ok(Some(CallToolResult::error(vec![ContentBlock::text(text)])));
-        let asker = self.asker_of(cx, w);
         if !asker.can(|c| c.elicitation.as_ref().is_some_and(|e| e.url.is_some())) {
             return told(format!(
                 "connector \"{id}\" needs your authorization: open {url} in your browser, allow access, then call the tool again"
@@ -384,9 +482,12 @@ impl Aggregator {
             url: url.to_string(),
             elicitation_id: crate::connections::random_token(),
         };
-        let answer = cx
-            .peer
-            .send_request(ServerRequest::ElicitRequest(ElicitRequest::new(ask)))
+        // Never cancelled from here: the whole call is, when the client cancels.
+        let answer = asker
+            .ask(
+                ServerRequest::ElicitRequest(ElicitRequest::new(ask)),
+                tokio_util::sync::CancellationToken::new(),
+            )
             .await;
         match answer {
             Ok(ClientResult::ElicitResult(r)) if r.action == ElicitationAction::Accept => {}
@@ -397,7 +498,8 @@ impl Aggregator {
             }
             Err(e) => {
                 return told(format!(
-                    "connector \"{id}\" needs your authorization (asking your client failed: {e}): open {url} in your browser, then call the tool again"
+                    "connector \"{id}\" needs your authorization (asking your client failed: {}): open {url} in your browser, then call the tool again",
+                    e.message
                 ));
             }
         }
@@ -410,10 +512,7 @@ impl Aggregator {
                 }
             }
         };
-        let waited = unless_cancelled(cx, async {
-            Ok(tokio::time::timeout(CONSENT_WAIT, wait).await)
-        })
-        .await?;
+        let waited = tokio::time::timeout(CONSENT_WAIT, wait).await;
         if waited.is_ok() && ready() {
             tracing::info!(caller = %w.caller.login, connector = %id, "connected from inside an MCP call; the call goes on");
             return Ok(None);
@@ -448,16 +547,20 @@ impl Aggregator {
             return Err(not_available("prompt", &asked));
         }
         req.name = prompt.to_owned();
-        let asker = self.asker_of(cx, w);
-        let get = up.with_session(|s| {
-            let req = req.clone();
-            let asker = &asker;
-            async move { s.get_prompt(req, asker).await }
-        });
-        let resp =
-            unless_cancelled(cx, async { get.await.map_err(|e| upstream_error(id, e)) }).await?;
+        let mrtr = (req.request_state.take(), req.input_responses.take());
+        let connector = id.to_owned();
+        let send = move |asker: Asker, state, responses| async move {
+            (req.request_state, req.input_responses) = (state, responses);
+            on_session(&up, &connector, req, asker, |s, req, asker| async move {
+                s.get_prompt(req, &asker).await
+            })
+            .await
+        };
+        let resp = self
+            .relay(w, cx, owner(w, "prompts/get", &full), mrtr, send)
+            .await?;
         Ok(match resp {
-            GetPromptResponse::Complete(mut r) => {
+            ServerResult::GetPromptResult(mut r) => {
                 complete(&mut r.result_type);
                 let uris = Uris {
                     connector: id,
@@ -468,7 +571,8 @@ impl Aggregator {
                 }
                 GetPromptResponse::Complete(r)
             }
-            other => other,
+            ServerResult::InputRequiredResult(r) => GetPromptResponse::InputRequired(r),
+            _ => return Err(unexpected("prompts/get")),
         })
     }
 
@@ -824,19 +928,23 @@ impl Aggregator {
         decision: &mut Decision,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let (up, grant, upstream_uri) = self.resolve_resource(w, &req.uri, decision).await?;
-        let id = up.connector.id.as_str();
+        let connector_id = up.connector.id.clone();
+        let id = connector_id.as_str();
         *decision = Decision::Granted(grant);
         req.uri = upstream_uri;
-        let asker = self.asker_of(cx, w);
-        let read = up.with_session(|s| {
-            let req = req.clone();
-            let asker = &asker;
-            async move { s.read_resource(req, asker).await }
-        });
-        let resp =
-            unless_cancelled(cx, async { read.await.map_err(|e| upstream_error(id, e)) }).await?;
+        let owner = owner(w, "resources/read", &format!("{id} {}", req.uri));
+        let mrtr = (req.request_state.take(), req.input_responses.take());
+        let connector = id.to_owned();
+        let send = move |asker: Asker, state, responses| async move {
+            (req.request_state, req.input_responses) = (state, responses);
+            on_session(&up, &connector, req, asker, |s, req, asker| async move {
+                s.read_resource(req, &asker).await
+            })
+            .await
+        };
+        let resp = self.relay(w, cx, owner, mrtr, send).await?;
         Ok(match resp {
-            ReadResourceResponse::Complete(mut r) => {
+            ServerResult::ReadResourceResult(mut r) => {
                 complete(&mut r.result_type);
                 let uris = Uris {
                     connector: id,
@@ -845,7 +953,8 @@ impl Aggregator {
                 r.contents.iter_mut().for_each(|c| uris.contents(c));
                 ReadResourceResponse::Complete(r)
             }
-            other => other,
+            ServerResult::InputRequiredResult(r) => ReadResourceResponse::InputRequired(r),
+            _ => return Err(unexpected("resources/read")),
         })
     }
 }

@@ -13,9 +13,9 @@ use rmcp::model::{
     CompleteRequestParams, CompleteResult, ElicitRequest, ElicitRequestParams, ElicitResult,
     ElicitationAction, ElicitationCapability, ErrorData, FormElicitationCapability,
     GetExtensions as _, GetPromptRequest, GetPromptRequestParams, GetPromptResponse,
-    Implementation, ProgressNotificationParam, ProgressToken, Prompt, ReadResourceRequest,
-    ReadResourceRequestParams, ReadResourceResponse, RequestId, Resource, ResourceTemplate,
-    ServerRequest, ServerResult, Tool, UrlElicitationCapability,
+    Implementation, InputRequest, ProgressNotificationParam, ProgressToken, Prompt,
+    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RequestId, Resource,
+    ResourceTemplate, ServerRequest, ServerResult, Tool, UrlElicitationCapability,
 };
 // Sampling, roots and logging are deprecated by SEP-2577 (MCP 2026-07-28) but still in
 // use by servers on earlier versions, which the gateway relays.
@@ -155,19 +155,41 @@ impl Subscribers {
 /// upstream's requests made while it runs, go.
 #[derive(Clone)]
 pub struct Asker {
-    pub peer: Peer<RoleServer>,
+    /// Where the call's progress and log messages go.
+    pub target: Target,
     /// The client's JSON-RPC id for its request: the gateway's requests to the client
     /// go out on that request's event stream.
     pub request: RequestId,
-    /// The client's `progressToken`, when it asked for progress.
-    pub progress: Option<ProgressToken>,
-    /// Whether the client can be asked anything: only inside a session can it answer a
-    /// request from the server (a sessionless request has nowhere to send the answer).
-    pub in_session: bool,
+    /// How the client can be asked something.
+    pub reach: Reach,
+    /// What the client declared it can answer (at `initialize`, or in the request's
+    /// `_meta` on 2026-07-28).
+    pub caps: Option<ClientCapabilities>,
     /// How long the client may take to answer (the upstream waits no longer).
     pub patience: std::time::Duration,
+}
+
+/// The client end of a call: its request's event stream, and what it asked to hear.
+#[derive(Clone)]
+pub struct Target {
+    pub peer: Peer<RoleServer>,
+    /// The client's `progressToken`, when it asked for progress.
+    pub progress: Option<ProgressToken>,
     /// Which of the upstream's log messages about this call the client gets.
     pub logs: Logs,
+}
+
+/// How the upstream's requests reach the client of a call.
+#[derive(Clone)]
+pub enum Reach {
+    /// In a session: sent to the client on the call's event stream.
+    Session,
+    /// A 2026-07-28 request: returned to the client in an `InputRequiredResult`, the
+    /// call parked until it answers ([`super::rounds`]).
+    Rounds(super::rounds::Asking),
+    /// Not at all: a sessionless request on a revision before 2026-07-28 has nowhere to
+    /// send the answer.
+    Nowhere,
 }
 
 /// Which log messages (`notifications/message`) a client session gets.
@@ -211,20 +233,41 @@ pub fn severity(level: LoggingLevel) -> u8 {
 impl Asker {
     /// Whether the client can answer a request it declared `declared` for.
     pub(super) fn can(&self, declared: impl Fn(&ClientCapabilities) -> bool) -> bool {
-        self.in_session
-            && self
-                .peer
-                .peer_info()
-                .is_some_and(|info| declared(&info.capabilities))
+        !matches!(self.reach, Reach::Nowhere) && self.caps.as_ref().is_some_and(declared)
     }
 
-    /// Sends the upstream's request on to the client, on the event stream of the request
-    /// that caused it, and returns the client's answer. The send runs in a task of its
-    /// own: inside rmcp's handler the request would be marked as coming from the
-    /// upstream's request (rmcp's task-local), not the client's. It ends when the
-    /// client answers, when the upstream cancels its request (`cancelled`; the client is
-    /// told), or after [`Asker::patience`].
-    async fn ask(
+    /// Where the call's progress and log messages go now: in rounds, the latest
+    /// round's request.
+    fn target(&self) -> Target {
+        match &self.reach {
+            Reach::Rounds(asking) => asking.target(),
+            _ => self.target.clone(),
+        }
+    }
+
+    /// Passes the upstream's request on to the client and returns the client's answer.
+    /// It ends when the client answers, when the upstream cancels its request
+    /// (`cancelled`), or after [`Asker::patience`].
+    pub(super) async fn ask(
+        &self,
+        request: ServerRequest,
+        cancelled: tokio_util::sync::CancellationToken,
+    ) -> Result<ClientResult, ErrorData> {
+        match &self.reach {
+            Reach::Session => self.ask_in_session(request, cancelled).await,
+            Reach::Rounds(asking) => self.ask_in_rounds(asking, request, cancelled).await,
+            Reach::Nowhere => Err(ErrorData::internal_error(
+                "the client cannot be asked anything",
+                None,
+            )),
+        }
+    }
+
+    /// Sends the request on the event stream of the client request that caused it. The
+    /// send runs in a task of its own: inside rmcp's handler the request would be
+    /// marked as coming from the upstream's request (rmcp's task-local), not the
+    /// client's. The client is told when the upstream cancels or time runs out.
+    async fn ask_in_session(
         &self,
         mut request: ServerRequest,
         cancelled: tokio_util::sync::CancellationToken,
@@ -232,7 +275,7 @@ impl Asker {
         request
             .extensions_mut()
             .insert(OriginatingRequestId(self.request.clone()));
-        let peer = self.peer.clone();
+        let peer = self.target.peer.clone();
         let patience = self.patience;
         let asked = tokio::spawn(async move {
             let handle = peer
@@ -255,6 +298,65 @@ impl Asker {
                 format!("asking the client failed: {e}"),
                 None,
             ))
+        })
+    }
+
+    /// Hands the request to the client's current round as an input request and waits
+    /// for the answer the client sends with its next round.
+    #[allow(deprecated)] // Sampling and roots are deprecated by SEP-2577, not yet gone.
+    async fn ask_in_rounds(
+        &self,
+        asking: &super::rounds::Asking,
+        request: ServerRequest,
+        cancelled: tokio_util::sync::CancellationToken,
+    ) -> Result<ClientResult, ErrorData> {
+        let input = match request {
+            ServerRequest::ElicitRequest(r) => InputRequest::Elicitation(r),
+            ServerRequest::CreateMessageRequest(r) => InputRequest::CreateMessage(r),
+            ServerRequest::ListRootsRequest(r) => InputRequest::ListRoots(r),
+            _ => {
+                return Err(ErrorData::internal_error(
+                    "only elicitation, sampling and roots can be asked in rounds",
+                    None,
+                ));
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        asking
+            .ask(super::rounds::Question {
+                request: input.clone(),
+                answer: tx,
+            })
+            .await?;
+        let answer = tokio::select! {
+            a = rx => a.map_err(|_| ErrorData::internal_error(
+                "the client did not answer the request", None))?,
+            () = cancelled.cancelled() => {
+                return Err(ErrorData::internal_error("the MCP server cancelled its request", None));
+            }
+            () = tokio::time::sleep(self.patience) => {
+                return Err(ErrorData::internal_error("the client did not answer in time", None));
+            }
+        };
+        let wrong = |e: serde_json::Error| {
+            ErrorData::internal_error(format!("the client's answer is not valid: {e}"), None)
+        };
+        Ok(match input {
+            InputRequest::Elicitation(_) => {
+                ClientResult::ElicitResult(serde_json::from_value(answer).map_err(wrong)?)
+            }
+            InputRequest::CreateMessage(_) => ClientResult::CreateMessageResult(Box::new(
+                serde_json::from_value(answer).map_err(wrong)?,
+            )),
+            InputRequest::ListRoots(_) => {
+                ClientResult::ListRootsResult(serde_json::from_value(answer).map_err(wrong)?)
+            }
+            _ => {
+                return Err(ErrorData::internal_error(
+                    "an input request of a kind this gateway does not know",
+                    None,
+                ));
+            }
         })
     }
 }
@@ -326,7 +428,8 @@ impl Calls {
                 .by_progress
                 .get(&params.progress_token)
                 .and_then(|id| calls.by_id.get(id))
-                .and_then(|a| Some((a.peer.clone(), a.progress.clone()?)))
+                .map(|a| a.target())
+                .and_then(|t| Some((t.peer, t.progress?)))
         };
         let Some((peer, token)) = target else {
             tracing::debug!("dropped a progress notification for no call in progress");
@@ -443,11 +546,11 @@ impl rmcp::ClientHandler for Listener {
             (self.on_log)(params);
             return;
         };
-        let asker = self.calls.lock().by_id.get(&call).cloned();
-        if let Some(a) = asker.filter(|a| a.logs.admits(params.level)) {
+        let target = self.calls.lock().by_id.get(&call).map(Asker::target);
+        if let Some(t) = target.filter(|t| t.logs.admits(params.level)) {
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
-                a.peer.notify_logging_message(params),
+                t.peer.notify_logging_message(params),
             )
             .await;
         }
@@ -725,7 +828,7 @@ impl Session {
         };
         let answer = handle.await_response().await;
         in_flight.answered = true;
-        if asker.progress.is_some() || asker.logs != Logs::Off {
+        if asker.target.progress.is_some() || asker.target.logs != Logs::Off {
             // rmcp hands each notification to a task of its own and the answer straight
             // to the waiting request, so the upstream's last progress notifications and
             // log messages, sent before its answer, may not have been passed on yet. Their tasks exist
