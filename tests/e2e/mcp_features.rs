@@ -785,6 +785,55 @@ async fn resource_subscriptions_hear_updates_by_the_uri_the_client_subscribed_wi
     );
 }
 
+/// MCP 2026-07-28 has no `resources/subscribe`: a client names the resources in its
+/// `subscriptions/listen` request and hears their updates on it, by the URI it named.
+/// A resource it may not read is acknowledged (rmcp asks for the filter before the
+/// caller is known) but never subscribed upstream.
+#[tokio::test]
+async fn a_2026_07_28_listen_hears_updates_of_the_resources_it_names() {
+    use rmcp::model::{CallToolRequestParams, ServerNotification, SubscriptionFilter};
+    let (_everything, host) = setup(&["demo/tools/**", "demo/resources/*"]);
+    catalog_loaded_tools(&host).await;
+    let agent = portcullis_e2e::mcp_agent_stateless(&host.url("/v1/mcp")).await;
+    let uri = "demo-demo://resource/static/document/features.md";
+    let mut sub = agent
+        .peer()
+        .listen(
+            SubscriptionFilter::builder()
+                .resource_subscription(uri)
+                .resource_subscription("demo-demo://no/such/resource")
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen is acknowledged");
+    assert_eq!(
+        sub.acknowledged()
+            .resource_subscriptions
+            .as_ref()
+            .map(Vec::len),
+        Some(2),
+        "{:?}",
+        sub.acknowledged()
+    );
+    // server-everything sends updates for its subscribed sessions once this tool is on:
+    // at once, then every 5 s.
+    let toggle = || CallToolRequestParams::new("demo_toggle-subscriber-updates");
+    agent.call_tool(toggle()).await.expect("updates on");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let heard = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let note = tokio::time::timeout(left, sub.next())
+            .await
+            .expect("an update within 15 s")
+            .expect("the subscription stays open");
+        if let Some(ServerNotification::ResourceUpdatedNotification(n)) = note {
+            break n.params.uri;
+        }
+    };
+    assert_eq!(heard, uri, "heard by the URI it named");
+    agent.call_tool(toggle()).await.expect("updates off");
+}
+
 /// Waits until the gateway lists the upstream's tools.
 async fn catalog_loaded_tools(host: &Host) {
     let deadline = Instant::now() + Duration::from_secs(20);

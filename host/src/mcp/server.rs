@@ -32,7 +32,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 
 use super::rounds::{self, Rounds};
 use super::template::{UriTemplate, normalize};
-use super::upstream::{Asker, Logs, Reach, Subscriber, Target, severity};
+use super::upstream::{Asker, Logs, Reach, Subscriber, Target, Updates, severity};
 use super::{Gateway, Kind, Scope, builtin, prefixed, scoped_view, split};
 use crate::audit::{Decision, Via};
 use crate::config::Config;
@@ -57,6 +57,8 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a call waits for the user to finish connecting a per-user connector it needs
 /// (the authorization's own state lives 15 minutes).
 const CONSENT_WAIT: Duration = Duration::from_secs(10 * 60);
+/// Most resources one `subscriptions/listen` request subscribes to.
+const MAX_LISTEN_URIS: usize = 256;
 /// Largest request body `/v1/mcp` accepts.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -663,18 +665,26 @@ impl rmcp::ServerHandler for Aggregator {
     }
 
     /// MCP 2026-07-28 has no sessions: a client that wants to hear about changes keeps a
-    /// `subscriptions/listen` request open. Every list-changed kind is offered.
+    /// `subscriptions/listen` request open. Every list-changed kind is offered, and
+    /// updates of the resources it names. rmcp asks for the filter without the request,
+    /// so the URIs are taken as asked here and checked in [`Aggregator::listen`]: one
+    /// the caller may not read, or whose upstream offers no subscriptions, is
+    /// acknowledged but never updated (the acknowledgement says nothing about a
+    /// resource).
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(
-            SubscriptionFilter::builder()
-                .tools_list_changed()
-                .prompts_list_changed()
-                .resources_list_changed()
-                .build(),
-        )
+        let mut filter = SubscriptionFilter::builder()
+            .tools_list_changed()
+            .prompts_list_changed()
+            .resources_list_changed()
+            .build();
+        filter.resource_subscriptions = requested
+            .resource_subscriptions
+            .as_ref()
+            .map(|uris| uris.iter().take(MAX_LISTEN_URIS).cloned().collect());
+        Some(filter)
     }
 
     async fn listen(&self, cx: SubscriptionContext) -> Result<(), ErrorData> {
@@ -685,8 +695,29 @@ impl rmcp::ServerHandler for Aggregator {
             open: open.clone(),
         };
         self.watch(&w, channel).await;
+        // Its resource subscriptions, under a name of its own among the subscribers.
+        let me: Arc<str> = Arc::from(format!("listen {}", crate::connections::random_token()));
+        let to = Updates::Listen {
+            sink: cx.sink().clone(),
+            open: open.clone(),
+        };
+        let uris = cx.sink().accepted().resource_subscriptions.clone();
+        let mut subscribed = Vec::new();
+        for uri in uris.unwrap_or_default() {
+            match self.add_subscriber(&w, &uri, me.clone(), to.clone()).await {
+                Ok(sub) => subscribed.push(sub),
+                Err(e) => {
+                    tracing::debug!(caller = %w.caller.login, uri = %uri, "not subscribed: {}", e.message);
+                }
+            }
+        }
         cx.cancelled().await;
         open.store(false, Ordering::Relaxed);
+        for (up, uri) in subscribed {
+            // Best effort: the upstream may be gone; a stale subscription there only
+            // sends updates nobody is given.
+            let _ = remove_subscriber(&up, &uri, &me).await;
+        }
         tracing::debug!(caller = %w.caller.login, "MCP subscription ended");
         Ok(())
     }
@@ -768,27 +799,9 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let w = who(&cx.extensions)?;
-        let (up, uri, session) = self.subscription(&w, &req.uri).await?;
-        let sub = Subscriber {
-            session,
-            peer: cx.peer.clone(),
-            uri: req.uri,
-        };
-        // One change of the upstream's subscriptions at a time: a second subscriber
-        // waits for the first one's upstream subscribe (and after a failure, asks the
-        // upstream itself).
-        let _one_at_a_time = up.subscribing.lock().await;
-        if up.subscribers.add(&uri, sub.clone()) {
-            let id = up.connector.id.clone();
-            let asked = up.with_session(|s| {
-                let uri = uri.clone();
-                async move { s.subscribe(&uri).await }
-            });
-            if let Err(e) = asked.await {
-                up.subscribers.remove(&uri, &sub.session);
-                return Err(upstream_error(&id, e));
-            }
-        }
+        let session = session_for_subscribe(&w)?;
+        let to = Updates::Session(cx.peer.clone());
+        self.add_subscriber(&w, &req.uri, session, to).await?;
         Ok(())
     }
 
@@ -799,18 +812,9 @@ impl rmcp::ServerHandler for Aggregator {
         cx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let w = who(&cx.extensions)?;
-        let (up, uri, session) = self.subscription(&w, &req.uri).await?;
-        let _one_at_a_time = up.subscribing.lock().await;
-        if up.subscribers.remove(&uri, &session) {
-            let id = up.connector.id.clone();
-            up.with_session(|s| {
-                let uri = uri.clone();
-                async move { s.unsubscribe(&uri).await }
-            })
-            .await
-            .map_err(|e| upstream_error(&id, e))?;
-        }
-        Ok(())
+        let session = session_for_subscribe(&w)?;
+        let (up, uri) = self.subscription(&w, &req.uri).await?;
+        remove_subscriber(&up, &uri, &session).await
     }
 
     /// `logging/setLevel`: the level applies to this client session alone (upstream
@@ -987,17 +991,13 @@ fn resource_grant(
 impl Aggregator {
     /// The upstream and its URI for a subscription to `asked` (as the client names it),
     /// under the same grants as reading it; and the client's session.
+    /// The upstream and its URI for a subscription to `asked`: under the grants a read
+    /// needs, and only where the upstream offers subscriptions.
     async fn subscription(
         &self,
         w: &Who,
         asked: &str,
-    ) -> Result<(Arc<super::Upstream>, String, Arc<str>), ErrorData> {
-        let session = w.session.clone().ok_or_else(|| {
-                ErrorData::invalid_request(
-                    "resources/subscribe needs a session (MCP 2026-07-28 clients listen with subscriptions/listen)",
-                    None,
-                )
-            })?;
+    ) -> Result<(Arc<super::Upstream>, String), ErrorData> {
         let (up, _, upstream_uri) = self
             .resolve_resource(w, asked, &mut Decision::Undecided)
             .await?;
@@ -1008,8 +1008,74 @@ impl Aggregator {
                 None,
             ));
         }
-        Ok((up, upstream_uri, session))
+        Ok((up, upstream_uri))
     }
+
+    /// Subscribes client `session` (reached at `to`) to `asked`; the upstream is asked
+    /// when it is the URI's first subscriber.
+    async fn add_subscriber(
+        &self,
+        w: &Who,
+        asked: &str,
+        session: Arc<str>,
+        to: Updates,
+    ) -> Result<(Arc<super::Upstream>, String), ErrorData> {
+        let (up, uri) = self.subscription(w, asked).await?;
+        let sub = Subscriber {
+            session,
+            to,
+            uri: asked.to_owned(),
+        };
+        // One change of the upstream's subscriptions at a time: a second subscriber
+        // waits for the first one's upstream subscribe (and after a failure, asks the
+        // upstream itself).
+        let _one_at_a_time = up.subscribing.lock().await;
+        if up.subscribers.add(&uri, sub.clone()) {
+            let id = up.connector.id.clone();
+            let asked = up.with_session(|s| {
+                let uri = uri.clone();
+                async move { s.subscribe(&uri).await }
+            });
+            if let Err(e) = asked.await {
+                up.subscribers.remove(&uri, &sub.session);
+                return Err(upstream_error(&id, e));
+            }
+        }
+        // The guard borrows `up`, which is handed back.
+        drop(_one_at_a_time);
+        Ok((up, uri))
+    }
+}
+
+/// `resources/subscribe` is for sessions; 2026-07-28 clients name the resources in
+/// `subscriptions/listen`.
+fn session_for_subscribe(w: &Who) -> Result<Arc<str>, ErrorData> {
+    w.session.clone().ok_or_else(|| {
+        ErrorData::invalid_request(
+            "resources/subscribe needs a session (MCP 2026-07-28 clients name resources in subscriptions/listen)",
+            None,
+        )
+    })
+}
+
+/// Takes client `session`'s subscription to upstream `uri` away; the upstream is told
+/// when it was the last.
+async fn remove_subscriber(
+    up: &super::Upstream,
+    uri: &str,
+    session: &str,
+) -> Result<(), ErrorData> {
+    let _one_at_a_time = up.subscribing.lock().await;
+    if up.subscribers.remove(uri, session) {
+        let id = up.connector.id.clone();
+        up.with_session(|s| {
+            let uri = uri.to_owned();
+            async move { s.unsubscribe(&uri).await }
+        })
+        .await
+        .map_err(|e| upstream_error(&id, e))?;
+    }
+    Ok(())
 }
 
 /// A client to tell when its caller's visible catalog changes.

@@ -71,15 +71,49 @@ impl Listener {
     }
 }
 
-/// One client session's subscription to an upstream resource.
+/// One client's subscription to an upstream resource.
 #[derive(Clone)]
 pub struct Subscriber {
-    /// The client's session (subscriptions exist in sessions only): one subscription per
-    /// session and URI, however often it subscribes.
+    /// The client's session, or its `subscriptions/listen` request: one subscription per
+    /// client and URI, however often it subscribes.
     pub session: Arc<str>,
-    pub peer: Peer<RoleServer>,
+    pub to: Updates,
     /// The URI as that client named it (with the connector prefix on `/v1/mcp`).
     pub uri: String,
+}
+
+/// Where a subscriber hears of updates.
+#[derive(Clone)]
+pub enum Updates {
+    /// A session's own event stream (`resources/subscribe`, before 2026-07-28).
+    Session(Peer<RoleServer>),
+    /// An open `subscriptions/listen` request (2026-07-28), while `open`.
+    Listen {
+        sink: rmcp::service::SubscriptionSink,
+        open: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+impl Updates {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Session(peer) => peer.is_transport_closed(),
+            Self::Listen { open, .. } => !open.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn updated(&self, uri: String) {
+        let send = async {
+            match self {
+                Self::Session(peer) => {
+                    let note = ResourceUpdatedNotificationParam::new(uri);
+                    drop(peer.notify_resource_updated(note).await);
+                }
+                Self::Listen { sink, .. } => drop(sink.notify_resource_updated(uri).await),
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send).await;
+    }
 }
 
 /// The clients subscribed to one upstream's resources, by the upstream's URI. It
@@ -97,7 +131,7 @@ impl Subscribers {
     pub fn add(&self, upstream_uri: &str, sub: Subscriber) -> bool {
         let mut all = self.lock();
         let subs = all.entry(upstream_uri.to_owned()).or_default();
-        subs.retain(|s| s.session != sub.session && !s.peer.is_transport_closed());
+        subs.retain(|s| s.session != sub.session && !s.to.is_closed());
         subs.push(sub);
         subs.len() == 1
     }
@@ -109,7 +143,7 @@ impl Subscribers {
         let Some(subs) = all.get_mut(upstream_uri) else {
             return false;
         };
-        subs.retain(|s| &*s.session != session && !s.peer.is_transport_closed());
+        subs.retain(|s| &*s.session != session && !s.to.is_closed());
         let none = subs.is_empty();
         if none {
             all.remove(upstream_uri);
@@ -120,7 +154,7 @@ impl Subscribers {
     /// Forgets the subscriptions of client sessions that ended.
     fn prune(all: &mut HashMap<String, Vec<Subscriber>>) {
         all.retain(|_, subs| {
-            subs.retain(|s| !s.peer.is_transport_closed());
+            subs.retain(|s| !s.to.is_closed());
             !subs.is_empty()
         });
     }
@@ -141,12 +175,7 @@ impl Subscribers {
             all.get(&params.uri).cloned().unwrap_or_default()
         };
         for sub in subs {
-            let note = ResourceUpdatedNotificationParam::new(sub.uri.clone());
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                sub.peer.notify_resource_updated(note),
-            )
-            .await;
+            sub.to.updated(sub.uri).await;
         }
     }
 }
