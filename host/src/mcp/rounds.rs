@@ -34,6 +34,19 @@ const STATE_PREFIX: &str = "portcullis-mrtr.";
 /// Questions one call may have outstanding at once.
 const QUESTIONS: usize = 8;
 
+/// Calls one caller may have parked at once, and all callers together: each holds an
+/// upstream request open, so a client that never comes back must not pile them up.
+const PARKED_PER_CALLER: usize = 64;
+const PARKED: usize = 4096;
+
+/// Who may resume a parked call: the caller, asking for the same item (a tool, prompt or
+/// resource, by its name on the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub caller: String,
+    pub item: String,
+}
+
 /// Whether a client's `requestState` is one this gateway handed out.
 pub fn is_ours(state: &str) -> bool {
     state.starts_with(STATE_PREFIX)
@@ -73,8 +86,8 @@ impl<T: Clone> Asking<T> {
 
 /// A call between rounds, or in one.
 struct Parked<T> {
-    /// Who may resume it, and for what (see [`Rounds::start`]).
-    owner: String,
+    /// Who may resume it, and for what.
+    owner: Owner,
     current: Arc<Mutex<T>>,
     questions: mpsc::Receiver<Question>,
     /// The questions the client was asked in the last round, by their `inputRequests` key.
@@ -130,7 +143,7 @@ impl<T: Clone + Send + 'static> Rounds<T> {
     /// caller and what it called: only the same may resume it).
     pub async fn start(
         self: &Arc<Self>,
-        owner: String,
+        owner: Owner,
         receiving: Receiving<T>,
         call: impl Future<Output = Result<ServerResult, ErrorData>> + Send + 'static,
         cancel: &CancellationToken,
@@ -152,7 +165,7 @@ impl<T: Clone + Send + 'static> Rounds<T> {
     pub async fn resume(
         self: &Arc<Self>,
         state: &str,
-        owner: &str,
+        owner: &Owner,
         responses: InputResponses,
         target: T,
         cancel: &CancellationToken,
@@ -161,7 +174,7 @@ impl<T: Clone + Send + 'static> Rounds<T> {
         let mut parked = {
             let mut all = self.lock();
             match all.remove(state) {
-                Some(p) if p.owner == owner => p,
+                Some(p) if p.owner == *owner => p,
                 Some(p) => {
                     // Not this request's: left for the one it was given to.
                     all.insert(state.to_owned(), p);
@@ -220,7 +233,21 @@ impl<T: Clone + Send + 'static> Rounds<T> {
             parked.pending.push((key, q.answer));
         }
         let state = format!("{STATE_PREFIX}{}", crate::connections::random_token());
-        self.lock().insert(state.clone(), parked);
+        {
+            let mut all = self.lock();
+            let callers = all
+                .values()
+                .filter(|p| p.owner.caller == parked.owner.caller)
+                .count();
+            if callers >= PARKED_PER_CALLER || all.len() >= PARKED {
+                // Dropping the call cancels its upstream request.
+                return Err(ErrorData::internal_error(
+                    "too many calls are waiting for your answers: answer or cancel those first",
+                    None,
+                ));
+            }
+            all.insert(state.clone(), parked);
+        }
         let me = Arc::downgrade(self);
         let expired = state.clone();
         tokio::spawn(async move {
@@ -293,13 +320,20 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(5);
 
+    fn owned(caller: &str, item: &str) -> Owner {
+        Owner {
+            caller: caller.into(),
+            item: item.into(),
+        }
+    }
+
     #[tokio::test]
     async fn a_call_that_asks_nothing_answers_at_once_and_parks_nothing() {
         let rounds = Arc::new(Rounds::<u32>::default());
         let (asking, receiving) = Rounds::asking(1);
         let r = rounds
             .start(
-                "ada\ntools/call x".into(),
+                owned("ada", "x"),
                 receiving,
                 asking_call(asking, 0),
                 &CancellationToken::new(),
@@ -317,7 +351,7 @@ mod tests {
         let (asking, receiving) = Rounds::asking(1);
         let current = asking.clone();
         let cancel = CancellationToken::new();
-        let owner = "ada\ntools/call x".to_owned();
+        let owner = owned("ada", "x");
         let first = rounds
             .start(
                 owner.clone(),
@@ -378,7 +412,7 @@ mod tests {
         let rounds = Arc::new(Rounds::<u32>::default());
         let (asking, receiving) = Rounds::asking(1);
         let cancel = CancellationToken::new();
-        let owner = "ada\ntools/call x".to_owned();
+        let owner = owned("ada", "x");
         let r = rounds
             .start(
                 owner.clone(),
@@ -391,9 +425,9 @@ mod tests {
             .expect("a round");
         let r = input_required(r);
         let state = r.request_state.expect("state");
-        for other in ["bob\ntools/call x", "ada\ntools/call y"] {
+        for other in [owned("bob", "x"), owned("ada", "y")] {
             let refused = rounds
-                .resume(&state, other, InputResponses::new(), 9, &cancel, PATIENCE)
+                .resume(&state, &other, InputResponses::new(), 9, &cancel, PATIENCE)
                 .await
                 .expect_err("another caller or tool");
             assert!(
@@ -439,7 +473,7 @@ mod tests {
         };
         let r = rounds
             .start(
-                "ada".into(),
+                owned("ada", "x"),
                 receiving,
                 call,
                 &cancel,
@@ -457,6 +491,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_caller_cannot_pile_up_parked_calls() {
+        let rounds = Arc::new(Rounds::<u32>::default());
+        let cancel = CancellationToken::new();
+        for _ in 0..PARKED_PER_CALLER {
+            let (asking, receiving) = Rounds::asking(1);
+            let call = asking_call(asking, 1);
+            let r = rounds
+                .start(owned("ada", "x"), receiving, call, &cancel, PATIENCE)
+                .await
+                .expect("a round");
+            let _ = input_required(r);
+        }
+        let (asking, receiving) = Rounds::asking(1);
+        let e = rounds
+            .start(
+                owned("ada", "x"),
+                receiving,
+                asking_call(asking, 1),
+                &cancel,
+                PATIENCE,
+            )
+            .await
+            .expect_err("one too many");
+        assert!(e.message.contains("too many calls"), "{}", e.message);
+        // Another caller is not held up by her.
+        let (asking, receiving) = Rounds::asking(1);
+        let r = rounds
+            .start(
+                owned("bob", "x"),
+                receiving,
+                asking_call(asking, 1),
+                &cancel,
+                PATIENCE,
+            )
+            .await
+            .expect("bob's round");
+        let _ = input_required(r);
+    }
+
+    #[tokio::test]
     async fn a_cancelled_request_cancels_the_call() {
         let rounds = Arc::new(Rounds::<u32>::default());
         let (_asking, receiving) = Rounds::asking(1);
@@ -464,7 +538,7 @@ mod tests {
         cancel.cancel();
         let never = std::future::pending::<Result<ServerResult, ErrorData>>();
         let e = rounds
-            .start("ada".into(), receiving, never, &cancel, PATIENCE)
+            .start(owned("ada", "x"), receiving, never, &cancel, PATIENCE)
             .await
             .expect_err("cancelled");
         assert!(e.message.contains("cancelled"), "{}", e.message);

@@ -207,7 +207,7 @@ impl Aggregator {
         &self,
         w: &Who,
         cx: &RequestContext<RoleServer>,
-        owner: String,
+        owner: rounds::Owner,
         (state, responses): (Option<String>, Option<InputResponses>),
         send: F,
     ) -> Result<ServerResult, ErrorData>
@@ -262,8 +262,11 @@ where
 
 /// What the caller asked for, as a parked call's owner: only the same caller asking for
 /// the same thing may resume it.
-fn owner(w: &Who, method: &str, name: &str) -> String {
-    format!("{}\n{method}\n{name}", w.caller.login)
+fn owner(w: &Who, method: &str, name: &str) -> rounds::Owner {
+    rounds::Owner {
+        caller: w.caller.login.clone(),
+        item: format!("{method} {name}"),
+    }
 }
 
 /// An answer of the wrong kind for the request (the upstream's, or a parked call's).
