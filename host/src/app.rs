@@ -147,7 +147,8 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
 /// The HTTP surface.
 pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
     use crate::admin::{__path_callback, __path_capabilities, __path_config_schema};
-    use crate::admin::{__path_connect, __path_disconnect, __path_healthz, __path_list};
+    use crate::admin::{__path_client_metadata, __path_connect, __path_disconnect};
+    use crate::admin::{__path_healthz, __path_list};
     use crate::admin::{__path_metrics, __path_registry, __path_whoami};
     use crate::admin::{config as cfg, secrets};
     use crate::openapi::{__path_serve as __path_openapi, path_of};
@@ -207,6 +208,10 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), identify));
     Router::new()
         .route(&path_of::<__path_healthz>(), get(admin::healthz))
+        .route(
+            &path_of::<__path_client_metadata>(),
+            get(admin::client_metadata),
+        )
         .route("/", get(crate::ui::to_root))
         .route(&path_of::<__path_to_root>(), get(crate::ui::to_root))
         .route(&path_of::<__path_index>(), get(crate::ui::index))

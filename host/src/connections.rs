@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::authserver;
 use crate::config::{self, Auth};
 use crate::egress::Egress;
 use crate::oauth::{self, ClientAuth};
@@ -121,8 +122,15 @@ enum Kind {
         token_url: url::Url,
         revocation_url: Option<url::Url>,
     },
-    /// The client is registered at the server the connector's URL names (RFC 7591).
-    Dcr { url: Option<url::Url> },
+    /// The authorization server is discovered from the connector's URL
+    /// ([`crate::authserver`]); the client is the one registered in advance (`client`),
+    /// else a client ID metadata document, else registered dynamically (RFC 7591).
+    Dcr {
+        url: Option<url::Url>,
+        client: Option<oauth::Client>,
+        metadata_url: Option<url::Url>,
+        probe: authserver::Probe,
+    },
 }
 
 impl std::fmt::Debug for PerUser {
@@ -138,6 +146,33 @@ impl PerUser {
     /// Is the OAuth client registered dynamically (`oauth2_dcr`)?
     pub fn is_dcr(&self) -> bool {
         matches!(self.kind, Kind::Dcr { .. })
+    }
+
+    /// Whether a stored registration is still the client the config asks for: a
+    /// client set in the config (or one removed from it), or another metadata
+    /// document, means discovering again.
+    fn still_fits(&self, r: &Registration) -> bool {
+        let Kind::Dcr {
+            client,
+            metadata_url,
+            ..
+        } = &self.kind
+        else {
+            return true;
+        };
+        match (client, r.source) {
+            (Some(c), Source::PreRegistered) => c.id == r.client_id,
+            (Some(_), _) | (None, Source::PreRegistered) => false,
+            (None, Source::MetadataDocument) => {
+                metadata_url
+                    .as_ref()
+                    .is_none_or(|u| u.as_str() == r.client_id)
+                    && (metadata_url.is_some()
+                        || own_metadata_document(&r.redirect_uri)
+                            .is_some_and(|u| u.as_str() == r.client_id))
+            }
+            (None, Source::Registered) => true,
+        }
     }
 
     /// `None` for connectors whose credential is shared by every user.
@@ -183,7 +218,35 @@ impl PerUser {
                 (kind, a.scopes.clone(), params, connection)
             }
             Auth::Dcr(d) => (
-                Kind::Dcr { url: c.url.clone() },
+                Kind::Dcr {
+                    url: c.url.clone(),
+                    client: d
+                        .client_id
+                        .as_ref()
+                        .map(|id| -> anyhow::Result<oauth::Client> {
+                            let secret = d
+                                .client_secret
+                                .as_ref()
+                                .map(|s| resolve_secret(s, vault, &path("client_secret")))
+                                .transpose()?;
+                            Ok(oauth::Client {
+                                id: id.clone(),
+                                secret: secret.map(Arc::new),
+                                auth: ClientAuth::Basic,
+                            })
+                        })
+                        .transpose()?,
+                    metadata_url: d
+                        .client_metadata_url
+                        .as_deref()
+                        .map(|u| parse("client_metadata_url", u))
+                        .transpose()?,
+                    probe: if c.protocol == config::Protocol::Mcp {
+                        authserver::Probe::Mcp
+                    } else {
+                        authserver::Probe::Http
+                    },
+                },
                 d.scopes.clone(),
                 Vec::new(),
                 format!(
@@ -220,6 +283,9 @@ struct Flow {
     grants: Vec<types::TokenGrant>,
     plugin: Option<Arc<Plugin>>,
     base_url: String,
+    /// The scopes discovery found (discovered connectors), asked for when the config
+    /// names none.
+    discovered: Vec<String>,
 }
 
 /// One grant's tokens as stored (sealed) in the vault.
@@ -261,6 +327,13 @@ impl Tokens {
         self.grants.iter().any(|g| g.expires_at.is_some())
     }
 
+    /// Some grant's access token has expired (`now` in Unix milliseconds).
+    fn expired(&self, now: u64) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.expires_at.is_some_and(|at| now >= at))
+    }
+
     /// The grant a request asked for, else the first one.
     fn grant(&self, name: Option<&str>) -> Option<&StoredGrant> {
         match name {
@@ -290,6 +363,25 @@ impl Tokens {
     }
 }
 
+/// How many authorizations for wider scopes a user is asked for in a row (within
+/// [`STEP_UP_WINDOW`]) before a resource that keeps answering `insufficient_scope` is
+/// reported instead: a server that never accepts the scopes it names must not send the
+/// user round in circles.
+pub const MAX_STEP_UPS: u32 = 2;
+const STEP_UP_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// A resource answered `insufficient_scope` (RFC 6750 §3.1) to a user's token.
+#[derive(Debug, Clone)]
+struct StepUp {
+    /// What the next authorization adds to the connector's scopes.
+    scopes: Vec<String>,
+    /// Asked for and not yet authorized.
+    pending: bool,
+    /// Authorizations for wider scope completed since `since`.
+    rounds: u32,
+    since: Instant,
+}
+
 /// An authorization in progress, stored sealed under the hash of its `state`.
 #[derive(Serialize, Deserialize)]
 struct Pending {
@@ -316,6 +408,31 @@ struct Registration {
     client_id: String,
     client_secret: Option<String>,
     auth_method: String,
+    /// What discovery found to ask for, used when the connector names no scopes.
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    source: Source,
+}
+
+/// Where a discovered connector's client came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Source {
+    #[default]
+    Registered,
+    MetadataDocument,
+    PreRegistered,
+}
+
+/// The client ID metadata document Portcullis publishes for a connector, next to its
+/// callback (`.../callback` → `.../client.json`); only for an https callback, as the
+/// document's URL must be https.
+pub fn own_metadata_document(redirect_uri: &str) -> Option<url::Url> {
+    let base = redirect_uri.strip_suffix("/callback")?;
+    url::Url::parse(&format!("{base}/client.json"))
+        .ok()
+        .filter(|u| u.scheme() == "https")
 }
 
 /// The callback's query (RFC 6749 §4.1.2).
@@ -424,6 +541,8 @@ pub struct Connections {
     /// One registration at a time per connector, so concurrent first connects register
     /// once (and one unreachable server holds up only its own connector).
     registering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Wider scopes resources asked for (`insufficient_scope`), per (connection, user).
+    step_ups: Mutex<HashMap<String, StepUp>>,
     /// Rings when a user connected or a connection ended (disconnect, dead grant,
     /// revocation), so what depends on who is connected (MCP catalogs) can follow.
     changed: tokio::sync::watch::Sender<u64>,
@@ -471,6 +590,7 @@ impl Connections {
             metrics,
             slots: Mutex::new(HashMap::new()),
             registering: Mutex::new(HashMap::new()),
+            step_ups: Mutex::new(HashMap::new()),
             changed: tokio::sync::watch::Sender::new(0),
         };
         match this.vault.keys(Table::UserTokens) {
@@ -582,7 +702,14 @@ impl Connections {
     pub fn status(&self, pu: &PerUser, user: &str) -> Status {
         match self.peek(&token_key(&pu.connection, user)) {
             None => Status::NeedsAuth,
-            Some(t) if !t.has_refresh_token() && t.expires() => Status::Misconfigured,
+            Some(t) if !t.has_refresh_token() && t.expires() => match &pu.kind {
+                // A discovered server decides alone whether it issues refresh tokens
+                // (Portcullis asked for offline_access where it is offered): the
+                // connection serves until its token expires, then asks the user again.
+                Kind::Dcr { .. } if t.expired(now_ms()) => Status::NeedsAuth,
+                Kind::Dcr { .. } => Status::Ready,
+                Kind::Code { .. } => Status::Misconfigured,
+            },
             Some(_) => Status::Ready,
         }
     }
@@ -626,8 +753,14 @@ impl Connections {
         if g.expires_at.is_some_and(|at| now_ms() >= at) {
             // Still expired: never send a token the upstream will refuse.
             if g.refresh_token.is_none() {
-                return Err(ConnError::Misconfigured {
-                    connector: pu.connector.clone(),
+                return Err(if pu.is_dcr() {
+                    ConnError::NeedsAuth {
+                        connector: pu.connector.clone(),
+                    }
+                } else {
+                    ConnError::Misconfigured {
+                        connector: pu.connector.clone(),
+                    }
                 });
             }
             let slot = self.slot(&key);
@@ -849,81 +982,92 @@ impl Connections {
             connector: pu.connector.clone(),
             detail,
         };
-        let (client, authorization_url, token_url, revocation_url, resource, base_url) = match &pu
-            .kind
-        {
-            Kind::Code {
-                client,
-                authorization_url,
-                token_url,
-                revocation_url,
-            } => {
-                let mut client = client.clone();
-                if let Some(o) = &oauth_defaults {
-                    client.auth = match o.client_auth {
-                        types::ClientAuth::Basic => ClientAuth::Basic,
-                        types::ClientAuth::Post => ClientAuth::Body,
-                    };
-                }
-                let revocation = revocation_url.clone().or_else(|| {
-                    oauth_defaults
-                        .as_ref()
-                        .and_then(|o| o.revocation_url.as_deref())
-                        .and_then(|u| url::Url::parse(u).ok())
-                });
-                let base = plugin
-                    .as_ref()
-                    .map(|p| p.defaults.api_url.clone())
-                    .unwrap_or_default();
-                (
+        let (client, authorization_url, token_url, revocation_url, resource, base_url, discovered) =
+            match &pu.kind {
+                Kind::Code {
                     client,
-                    authorization_url.clone(),
-                    token_url.clone(),
-                    revocation,
-                    None,
-                    base,
-                )
-            }
-            Kind::Dcr { url } => {
-                let resource_url = url
+                    authorization_url,
+                    token_url,
+                    revocation_url,
+                } => {
+                    let mut client = client.clone();
+                    if let Some(o) = &oauth_defaults {
+                        client.auth = match o.client_auth {
+                            types::ClientAuth::Basic => ClientAuth::Basic,
+                            types::ClientAuth::Post => ClientAuth::Body,
+                        };
+                    }
+                    let revocation = revocation_url.clone().or_else(|| {
+                        oauth_defaults
+                            .as_ref()
+                            .and_then(|o| o.revocation_url.as_deref())
+                            .and_then(|u| url::Url::parse(u).ok())
+                    });
+                    let base = plugin
+                        .as_ref()
+                        .map(|p| p.defaults.api_url.clone())
+                        .unwrap_or_default();
+                    (
+                        client,
+                        authorization_url.clone(),
+                        token_url.clone(),
+                        revocation,
+                        None,
+                        base,
+                        Vec::new(),
+                    )
+                }
+                Kind::Dcr {
+                    url,
+                    client: configured,
+                    ..
+                } => {
+                    let resource_url = url
                     .clone()
                     .or_else(|| {
                         let d = &plugin.as_ref()?.defaults;
                         url::Url::parse(d.mcp_url.as_deref().unwrap_or(&d.api_url)).ok()
                     })
                     .ok_or_else(|| setup("oauth2_dcr needs the connector's url, where the authorization server is discovered".into()))?;
-                let reg = self
-                    .registration(pu, &resource_url, redirect_uri, client_id)
-                    .await?;
-                let parse = |what: &str, u: &str| {
-                    url::Url::parse(u).map_err(|e| {
-                        setup(format!("the registered {what} \"{u}\" is not a URL: {e}"))
-                    })
-                };
-                let client = oauth::Client {
-                    id: reg.client_id.clone(),
-                    secret: reg
-                        .client_secret
-                        .clone()
-                        .map(|s| Arc::new(Zeroizing::new(s))),
-                    auth: if reg.auth_method == "client_secret_post" {
-                        ClientAuth::Body
-                    } else {
-                        ClientAuth::Basic
-                    },
-                };
-                (
-                    client,
-                    parse("authorization endpoint", &reg.authorization_endpoint)?,
-                    parse("token endpoint", &reg.token_endpoint)?,
-                    reg.revocation_endpoint
-                        .as_deref()
-                        .and_then(|u| url::Url::parse(u).ok()),
-                    reg.resource.clone(),
-                    resource_url.to_string(),
-                )
-            }
-        };
+                    let reg = self
+                        .registration(pu, &resource_url, redirect_uri, client_id)
+                        .await?;
+                    let parse = |what: &str, u: &str| {
+                        url::Url::parse(u).map_err(|e| {
+                            setup(format!("the registered {what} \"{u}\" is not a URL: {e}"))
+                        })
+                    };
+                    // A pre-registered client's secret is the config's (it may have been
+                    // rotated since discovery).
+                    let secret = match (reg.source, configured) {
+                        (Source::PreRegistered, Some(c)) => c.secret.clone(),
+                        _ => reg
+                            .client_secret
+                            .clone()
+                            .map(|s| Arc::new(Zeroizing::new(s))),
+                    };
+                    let client = oauth::Client {
+                        id: reg.client_id.clone(),
+                        secret,
+                        auth: if reg.auth_method == "client_secret_post" {
+                            ClientAuth::Body
+                        } else {
+                            ClientAuth::Basic
+                        },
+                    };
+                    (
+                        client,
+                        parse("authorization endpoint", &reg.authorization_endpoint)?,
+                        parse("token endpoint", &reg.token_endpoint)?,
+                        reg.revocation_endpoint
+                            .as_deref()
+                            .and_then(|u| url::Url::parse(u).ok()),
+                        reg.resource.clone(),
+                        resource_url.to_string(),
+                        reg.scopes.clone(),
+                    )
+                }
+            };
         let (pkce, separator, user_scope_param, grants) = match &oauth_defaults {
             Some(o) => (
                 o.pkce != types::PkcePolicy::Unsupported,
@@ -945,6 +1089,7 @@ impl Connections {
             grants,
             plugin,
             base_url,
+            discovered,
         })
     }
 
@@ -971,6 +1116,7 @@ impl Connections {
                     r.resource_url == resource_url.as_str()
                         && redirect_uri.is_none_or(|u| u == r.redirect_uri)
                         && client_id.is_none_or(|c| c == r.client_id)
+                        && pu.still_fits(r)
                 })
         };
         if let Some(r) = load() {
@@ -992,7 +1138,12 @@ impl Connections {
         if let Some(r) = load() {
             return Ok(r);
         }
-        let reg = self.register(pu, resource_url, redirect_uri).await?;
+        let reg = self
+            .register(pu, resource_url, redirect_uri)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(connector = %pu.connector, error = %e, "could not find or register at the authorization server");
+            })?;
         let bytes = Zeroizing::new(
             serde_json::to_vec(&reg).map_err(|e| ConnError::Internal(e.to_string()))?,
         );
@@ -1007,8 +1158,10 @@ impl Connections {
         Ok(reg)
     }
 
-    /// Discovers the authorization server (RFC 9728, then RFC 8414 / OpenID Connect
-    /// Discovery) and registers a client there (RFC 7591).
+    /// Discovers the authorization server ([`authserver::discover`]) and picks the
+    /// client there, in the order the MCP authorization specification gives: the one
+    /// registered in advance (config), else a client ID metadata document where the
+    /// server takes them, else dynamic registration (RFC 7591).
     async fn register(
         &self,
         pu: &PerUser,
@@ -1019,139 +1172,106 @@ impl Connections {
             connector: pu.connector.clone(),
             detail,
         };
-        let mut issuer = None;
-        let mut resource = None;
-        for u in oauth::protected_resource_metadata_urls(resource_url) {
-            if let Some(prm) = oauth::metadata(&self.egress, &u)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-            {
-                issuer = prm
-                    .get("authorization_servers")
-                    .and_then(|a| a.get(0))
-                    .and_then(|s| s.as_str())
-                    .map(str::to_owned);
-                resource = prm
-                    .get("resource")
-                    .and_then(|r| r.as_str())
-                    .map(str::to_owned);
-                break;
-            }
-        }
-        let issuer = match issuer {
-            Some(i) => {
-                let named = url::Url::parse(&i).map_err(|e| {
-                    fail(format!(
-                        "the protected-resource metadata names \"{i}\" as authorization server: {e}"
-                    ))
-                })?;
-                oauth::check_issuer(&named, resource_url).map_err(fail)?;
-                named
-            }
-            None => {
-                let mut origin = resource_url.clone();
-                origin.set_path("/");
-                origin.set_query(None);
-                origin.set_fragment(None);
-                origin
-            }
+        let Kind::Dcr {
+            client,
+            metadata_url,
+            probe,
+            ..
+        } = &pu.kind
+        else {
+            return Err(ConnError::Internal("not a discovered connector".into()));
         };
-        let mut meta = None;
-        for u in oauth::authorization_server_metadata_urls(&issuer) {
-            if let Some(m) = oauth::metadata(&self.egress, &u)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-            {
-                meta = Some(m);
-                break;
-            }
-        }
-        let meta = meta.ok_or_else(|| {
-            fail(format!(
-                "no authorization server metadata found for {issuer} (RFC 8414 or OpenID Connect discovery); use oauth2_authorization_code with a client registered by hand"
-            ))
-        })?;
-        let field = |name: &str| meta.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-        // RFC 8414 §3.3: the metadata must be about the issuer it was fetched for.
-        let claimed = field("issuer").unwrap_or_default();
-        if claimed.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
-            return Err(fail(format!(
-                "the authorization server metadata claims issuer \"{claimed}\" but was fetched for \"{issuer}\"; refusing it (RFC 8414 §3.3)"
-            )));
-        }
-        let registration_endpoint = field("registration_endpoint").ok_or_else(|| {
-            fail(format!(
-                "{issuer} does not offer dynamic client registration; use oauth2_authorization_code with a client registered by hand"
-            ))
-        })?;
-        let authorization_endpoint = field("authorization_endpoint")
-            .ok_or_else(|| fail(format!("{issuer}'s metadata has no authorization_endpoint")))?;
-        let token_endpoint = field("token_endpoint")
-            .ok_or_else(|| fail(format!("{issuer}'s metadata has no token_endpoint")))?;
-        if let Some(methods) = meta
-            .get("code_challenge_methods_supported")
-            .and_then(|m| m.as_array())
-            && !methods.iter().any(|m| m == "S256")
-        {
-            return Err(fail(format!("{issuer} does not support PKCE with S256")));
-        }
-        // Endpoints must be web URLs, and https when the issuer is (no downgrade, and no
-        // `javascript:` authorize URL handed to a browser).
-        for (name, value) in [
-            ("authorization_endpoint", &authorization_endpoint),
-            ("token_endpoint", &token_endpoint),
-            ("registration_endpoint", &registration_endpoint),
-        ]
-        .into_iter()
-        .chain(
-            field("revocation_endpoint")
-                .as_ref()
-                .map(|r| ("revocation_endpoint", r)),
-        ) {
-            let ok = url::Url::parse(value).is_ok_and(|u| {
-                u.scheme() == "https" || (u.scheme() == "http" && issuer.scheme() == "http")
-            });
-            if !ok {
-                return Err(fail(format!(
-                    "{issuer}'s metadata has an unacceptable {name} \"{value}\" (it must be an https URL)"
-                )));
-            }
-        }
-        let reg_url = url::Url::parse(&registration_endpoint)
-            .map_err(|e| fail(format!("registration_endpoint: {e}")))?;
-        let request = serde_json::json!({
-            "client_name": "Portcullis",
-            "redirect_uris": [redirect_uri],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "token_endpoint_auth_method": "none",
-        });
-        let info = oauth::register(&self.egress, &reg_url, &request)
+        let server = authserver::discover(&self.egress, resource_url, *probe)
             .await
-            .map_err(|e| fail(format!("dynamic client registration failed: {e}")))?;
-        let client_id = info
-            .get("client_id")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| fail("the registration response has no client_id".into()))?
-            .to_owned();
+            .map_err(fail)?;
+        let document = metadata_url
+            .clone()
+            .or_else(|| own_metadata_document(redirect_uri));
+        let (source, client_id, client_secret, auth_method) = if let Some(c) = client {
+            let method = match &c.secret {
+                None => "none",
+                // RFC 8414 §2: basic is the default when the server lists nothing.
+                Some(_)
+                    if server.auth_methods.is_empty()
+                        || server
+                            .auth_methods
+                            .iter()
+                            .any(|m| m == "client_secret_basic") =>
+                {
+                    "client_secret_basic"
+                }
+                Some(_) => "client_secret_post",
+            };
+            (
+                Source::PreRegistered,
+                c.id.clone(),
+                c.secret.as_ref().map(|s| s.as_str().to_owned()),
+                method.to_owned(),
+            )
+        } else if let Some(doc) = document.filter(|_| server.metadata_documents) {
+            (
+                Source::MetadataDocument,
+                doc.to_string(),
+                None,
+                "none".to_owned(),
+            )
+        } else {
+            let endpoint = server.registration_endpoint.as_deref().ok_or_else(|| {
+                fail(format!(
+                    "{} does not offer dynamic client registration or client ID metadata documents; register a client there and set its client_id (and client_secret) on the connector",
+                    server.issuer
+                ))
+            })?;
+            let reg_url = url::Url::parse(endpoint)
+                .map_err(|e| fail(format!("registration_endpoint: {e}")))?;
+            let request = serde_json::json!({
+                "client_name": "Portcullis",
+                "redirect_uris": [redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+            });
+            let info = oauth::register(&self.egress, &reg_url, &request)
+                .await
+                .map_err(|e| fail(format!("dynamic client registration failed: {e}")))?;
+            let id = info
+                .get("client_id")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| fail("the registration response has no client_id".into()))?
+                .to_owned();
+            let secret = info
+                .get("client_secret")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            // A server that issues a secret without naming the method means basic
+            // (RFC 7591 §2 defaults to client_secret_basic).
+            let method = info
+                .get("token_endpoint_auth_method")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    if secret.is_some() {
+                        "client_secret_basic"
+                    } else {
+                        "none"
+                    }
+                    .to_owned()
+                });
+            (Source::Registered, id, secret, method)
+        };
         Ok(Registration {
             resource_url: resource_url.to_string(),
             redirect_uri: redirect_uri.to_owned(),
-            issuer: issuer.to_string(),
-            authorization_endpoint,
-            token_endpoint,
-            revocation_endpoint: field("revocation_endpoint"),
-            resource,
+            issuer: server.issuer,
+            authorization_endpoint: server.authorization_endpoint,
+            token_endpoint: server.token_endpoint,
+            revocation_endpoint: server.revocation_endpoint,
+            resource: server.resource,
             client_id,
-            client_secret: info
-                .get("client_secret")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
-            auth_method: info
-                .get("token_endpoint_auth_method")
-                .and_then(|v| v.as_str())
-                .unwrap_or("none")
-                .to_owned(),
+            client_secret,
+            auth_method,
+            scopes: server.scopes,
+            source,
         })
     }
 
@@ -1289,6 +1409,18 @@ impl Connections {
         redirect_uri: &str,
     ) -> Result<url::Url, ConnError> {
         let flow = self.flow(pu, Some(redirect_uri), None).await?;
+        let mut scopes = if scopes.is_empty() {
+            flow.discovered.clone()
+        } else {
+            scopes.to_vec()
+        };
+        if let Some(up) = self.step_up(pu, user) {
+            for s in up.scopes {
+                if !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+        }
         let state = random_token();
         let pkce = flow.pkce.then(oauth2::PkceCodeChallenge::new_random_sha256);
         let pending = Pending {
@@ -1426,7 +1558,14 @@ impl Connections {
                 return Err(CallbackError::Exchange(why));
             }
         };
-        let status = if !tokens.has_refresh_token() && tokens.expires() {
+        let status = if !tokens.has_refresh_token() && tokens.expires() && pu.is_dcr() {
+            tracing::info!(
+                connector,
+                user,
+                "connected without a refresh token (the server issues none): the user is asked again when the access token expires"
+            );
+            Status::Ready
+        } else if !tokens.has_refresh_token() && tokens.expires() {
             tracing::warn!(
                 connector,
                 user,
@@ -1445,15 +1584,80 @@ impl Connections {
             .await
             .map_err(|e| CallbackError::Internal(e.to_string()))?;
         *state = RefreshState::default();
+        self.stepped_up(&tkey);
         self.ring();
         tracing::info!(connector, user, "connected");
         Ok(status)
+    }
+
+    /// A resource refused `user`'s token on `pu` for want of `scopes`: the next
+    /// authorization asks for them too. Returns whether the user is to be asked (false
+    /// after [`MAX_STEP_UPS`] authorizations in a row did not satisfy the resource).
+    pub fn insufficient_scope(&self, pu: &PerUser, user: &str, scopes: Vec<String>) -> bool {
+        let key = token_key(&pu.connection, user);
+        let mut all = self.step_ups.lock().unwrap_or_else(|p| p.into_inner());
+        let up = all.entry(key).or_insert_with(|| StepUp {
+            scopes: Vec::new(),
+            pending: false,
+            rounds: 0,
+            since: Instant::now(),
+        });
+        if up.since.elapsed() > STEP_UP_WINDOW {
+            up.rounds = 0;
+            up.since = Instant::now();
+        }
+        if !up.pending && up.rounds >= MAX_STEP_UPS {
+            tracing::warn!(connector = %pu.connector, user, rounds = up.rounds, "the resource still answers insufficient_scope after the user authorized the scopes it named; not asking again");
+            return false;
+        }
+        for s in scopes {
+            if !up.scopes.contains(&s) {
+                up.scopes.push(s);
+            }
+        }
+        up.pending = true;
+        tracing::info!(connector = %pu.connector, user, scopes = %up.scopes.join(" "), "the resource asks for wider scopes; the user is asked to authorize again");
+        true
+    }
+
+    /// A new authorization was stored under `key`: an asked-for step-up is done (and
+    /// counts towards [`MAX_STEP_UPS`]).
+    fn stepped_up(&self, key: &str) {
+        if let Some(up) = self
+            .step_ups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key)
+            .filter(|up| up.pending)
+        {
+            up.pending = false;
+            up.rounds += 1;
+        }
+    }
+
+    /// The wider authorization `user` is to be asked for on `pu`, if any.
+    fn step_up(&self, pu: &PerUser, user: &str) -> Option<StepUp> {
+        self.step_ups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&token_key(&pu.connection, user))
+            .filter(|up| up.pending)
+            .cloned()
+    }
+
+    /// Whether `user` must authorize `pu` again for wider scopes.
+    pub fn needs_step_up(&self, pu: &PerUser, user: &str) -> bool {
+        self.step_up(pu, user).is_some()
     }
 
     /// Deletes `user`'s tokens on `pu`'s connection and revokes them at the provider when
     /// it has a revocation endpoint. Returns whether there was a connection.
     pub async fn disconnect(&self, pu: &PerUser, user: &str) -> bool {
         let key = token_key(&pu.connection, user);
+        self.step_ups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let slot = self.slot(&key);
         let mut state = slot.refresh.lock().await;
         let Some(tokens) = slot.current() else {
@@ -1708,6 +1912,59 @@ mod tests {
         assert_eq!(again.status(&pu, "alice"), Status::Ready);
         let header = again.authorize_cached(&pu, "alice");
         assert!(header.is_some());
+
+        // A discovered server that issues no refresh token: usable until the token
+        // expires, then the user is asked again (nothing for an operator to fix).
+        let (cfg, diags) = config::load_permissive(
+            r#"{"connectors": {"servers": {"wiki": {"protocol": "mcp", "url": "https://mcp.example.com/mcp",
+                "auth": {"type": "oauth2_dcr"}}}}}"#,
+        );
+        let cfg = cfg.unwrap_or_else(|| panic!("{diags}"));
+        let dcr = PerUser::build(&cfg.connectors["wiki"], &c.vault)
+            .expect("build")
+            .expect("per-user");
+        let key = token_key(&dcr.connection, "alice");
+        c.store(&key, tokens(grant(None, Some(now_ms() + 60_000))))
+            .await
+            .expect("store");
+        assert_eq!(c.status(&dcr, "alice"), Status::Ready);
+        c.store(&key, tokens(grant(None, Some(now_ms() - 1))))
+            .await
+            .expect("store");
+        assert_eq!(c.status(&dcr, "alice"), Status::NeedsAuth);
+    }
+
+    #[tokio::test]
+    async fn step_ups_widen_the_next_authorization_and_are_bounded() {
+        let (_d, c) = connections().await;
+        let pu = per_user("notes");
+        let alice = token_key(&pu.connection, "alice");
+        assert!(!c.needs_step_up(&pu, "alice"));
+        assert!(c.insufficient_scope(&pu, "alice", vec!["read".into()]));
+        assert!(c.insufficient_scope(&pu, "alice", vec!["read".into(), "write".into()]));
+        assert!(c.needs_step_up(&pu, "alice"));
+        assert!(!c.needs_step_up(&pu, "bob"), "per user");
+        assert_eq!(
+            c.step_up(&pu, "alice").map(|u| u.scopes),
+            Some(vec!["read".to_owned(), "write".to_owned()]),
+            "scopes accumulate, each once"
+        );
+        for round in 1..=MAX_STEP_UPS {
+            c.stepped_up(&alice);
+            assert!(
+                !c.needs_step_up(&pu, "alice"),
+                "authorized in round {round}"
+            );
+            let again = c.insufficient_scope(&pu, "alice", vec!["admin".into()]);
+            assert_eq!(again, round < MAX_STEP_UPS, "round {round}");
+        }
+        assert!(
+            !c.needs_step_up(&pu, "alice"),
+            "a server that keeps refusing is not asked for again"
+        );
+        // Disconnecting starts over.
+        c.disconnect(&pu, "alice").await;
+        assert!(c.insufficient_scope(&pu, "alice", vec!["admin".into()]));
     }
 
     #[test]

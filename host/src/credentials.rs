@@ -119,11 +119,29 @@ impl Credential {
             }
             Auth::ClientCredentials(cc) => {
                 let secret = resolve_secret(&cc.client_secret, vault, &path("client_secret"))?;
-                let token_url = url::Url::parse(&cc.token_url)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path("token_url")))?;
+                let token_url = match &cc.token_url {
+                    Some(u) => TokenEndpoint::Fixed(
+                        url::Url::parse(u)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path("token_url")))?,
+                    ),
+                    None => TokenEndpoint::Discovered {
+                        resource: c.url.clone().ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{}: without token_url the token endpoint is discovered from the connector's url; set one of them",
+                                path("token_url")
+                            )
+                        })?,
+                        probe: if c.protocol == crate::config::Protocol::Mcp {
+                            crate::authserver::Probe::Mcp
+                        } else {
+                            crate::authserver::Probe::Http
+                        },
+                        found: tokio::sync::OnceCell::new(),
+                    },
+                };
                 let fingerprint = fingerprint(&[
                     &cc.client_id,
-                    token_url.as_str(),
+                    &token_url.key(),
                     &cc.scopes.join(" "),
                     &secret,
                 ]);
@@ -203,7 +221,7 @@ impl Credential {
             Self::ClientCredentials(cc) => fingerprint(&[
                 "client_credentials",
                 &cc.client_id,
-                cc.token_url.as_str(),
+                &cc.token_url.key(),
                 &cc.scopes.join(" "),
                 &cc.client_secret,
             ]),
@@ -345,6 +363,29 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// The upstream answered 403 with a Bearer challenge: `insufficient_scope` (RFC 6750
+    /// §3.1) on a user's token means the user's next authorization asks for the scopes
+    /// it names ([`crate::connections::Connections::insufficient_scope`]). Anything
+    /// else about a 403 is the upstream's business.
+    pub fn forbidden(&self, credential: &Credential, user: Option<&str>, headers: &HeaderMap) {
+        let (Credential::PerUser(pu), Some(user)) = (credential, user) else {
+            return;
+        };
+        let Some(challenge) = headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(crate::authserver::Challenge::parse)
+            .filter(crate::authserver::Challenge::insufficient_scope)
+        else {
+            return;
+        };
+        self.connections
+            .insufficient_scope(pu, user, challenge.scopes());
+    }
+}
+
 fn fingerprint(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -359,9 +400,63 @@ pub struct ClientCredentials {
     connector: String,
     client_id: String,
     client_secret: Zeroizing<String>,
-    token_url: url::Url,
+    token_url: TokenEndpoint,
     scopes: Vec<String>,
     slot: Arc<TokenSlot>,
+}
+
+/// Where a client-credentials token is asked for: the configured `token_url`, or the
+/// token endpoint of the authorization server discovered from the connector's URL
+/// ([`crate::authserver`], as an MCP server's machine clients find it: SEP-1046),
+/// found once and kept for the config's life.
+enum TokenEndpoint {
+    Fixed(url::Url),
+    Discovered {
+        resource: url::Url,
+        probe: crate::authserver::Probe,
+        found: tokio::sync::OnceCell<(url::Url, ClientAuth)>,
+    },
+}
+
+impl TokenEndpoint {
+    /// What identifies the endpoint in the token cache's fingerprint.
+    fn key(&self) -> String {
+        match self {
+            Self::Fixed(u) => u.to_string(),
+            Self::Discovered { resource, .. } => resource.to_string(),
+        }
+    }
+
+    /// The token URL and how the client authenticates there (HTTP Basic, unless the
+    /// discovered server takes only `client_secret_post`).
+    async fn resolve(&self, egress: &Egress) -> Result<(url::Url, ClientAuth), String> {
+        match self {
+            Self::Fixed(u) => Ok((u.clone(), ClientAuth::Basic)),
+            Self::Discovered {
+                resource,
+                probe,
+                found,
+            } => found
+                .get_or_try_init(|| async {
+                    let server = crate::authserver::discover(egress, resource, *probe).await?;
+                    let url = url::Url::parse(&server.token_endpoint).map_err(|e| {
+                        format!("the discovered token endpoint is not a URL: {e}")
+                    })?;
+                    let m = &server.auth_methods;
+                    let auth = if m.iter().any(|m| m == "client_secret_post")
+                        && !m.iter().any(|m| m == "client_secret_basic")
+                    {
+                        ClientAuth::Body
+                    } else {
+                        ClientAuth::Basic
+                    };
+                    tracing::info!(resource = %resource, token_url = %url, "discovered the client-credentials token endpoint");
+                    Ok((url, auth))
+                })
+                .await
+                .cloned(),
+        }
+    }
 }
 
 /// How long a token without `expires_in` is reused.
@@ -403,13 +498,27 @@ impl ClientCredentials {
             return Err(err.clone());
         }
         let started = Instant::now();
+        let (token_url, auth) = match self.token_url.resolve(egress).await {
+            Ok(found) => found,
+            Err(detail) => {
+                let err = CredentialError::Token {
+                    connector: self.connector.clone(),
+                    source: TokenError::Undiscovered {
+                        resource: self.token_url.key(),
+                        detail,
+                    },
+                };
+                fetch.last_failure = Some((Instant::now(), err.clone()));
+                return Err(err);
+            }
+        };
         let result = oauth::client_credentials(
             egress,
-            &self.token_url,
+            &token_url,
             &self.client_id,
             &self.client_secret,
             &self.scopes,
-            ClientAuth::Basic,
+            auth,
         )
         .await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -428,7 +537,7 @@ impl ClientCredentials {
                     .map_err(|_| CredentialError::Token {
                         connector: self.connector.clone(),
                         source: TokenError::BadResponse {
-                            url: self.token_url.to_string(),
+                            url: token_url.to_string(),
                             detail: "the access token has characters not allowed in a header"
                                 .into(),
                         },

@@ -44,7 +44,9 @@
 //!   rejection does; client-credentials tokens with single-flight minting.
 //! - [`connections`]: per-user OAuth (authorization code + PKCE, dynamic client
 //!   registration): connect, callback, sealed tokens, single-flight refresh, status,
-//!   disconnect, revocation. [`oauth`]: the OAuth endpoint calls.
+//!   disconnect, revocation. [`authserver`]: finding an MCP server's (or API's)
+//!   authorization server, as the MCP authorization specification says a client must.
+//!   [`oauth`]: the OAuth endpoint calls.
 //! - [`egress`]: the one outbound HTTP client; addresses checked after DNS on every dial,
 //!   no redirects, timeouts. [egress]
 //! - [`plugins`]: the Wasm sandbox, the registry folder, and the check on every hook's
@@ -66,6 +68,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod authserver;
 pub mod browser;
 pub mod commands;
 pub mod config;

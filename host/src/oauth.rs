@@ -37,6 +37,10 @@ pub enum TokenError {
     },
     #[error("the token endpoint {url} sent an unreadable answer ({detail})")]
     BadResponse { url: String, detail: String },
+    #[error(
+        "no token endpoint could be discovered for {resource}: {detail}; set the connector's token_url"
+    )]
+    Undiscovered { resource: String, detail: String },
 }
 
 impl TokenError {
@@ -60,6 +64,10 @@ impl TokenError {
             },
             Self::BadResponse { url, detail } => Self::BadResponse {
                 url,
+                detail: clean(detail),
+            },
+            Self::Undiscovered { resource, detail } => Self::Undiscovered {
+                resource,
                 detail: clean(detail),
             },
         }
@@ -475,6 +483,61 @@ pub async fn register(
         return Err(refused(registration_url, status, &json));
     }
     Ok(json)
+}
+
+/// Asks a protected resource without a token and returns its `WWW-Authenticate`
+/// challenge when it answers 401. An MCP server is sent `initialize` (what any client
+/// sends first; a server that opens a session for it is sent `DELETE` right after), an
+/// API a `GET`. Only the head of the answer is read.
+pub async fn challenge(
+    egress: &Egress,
+    url: &url::Url,
+    mcp: bool,
+) -> Result<Option<String>, TokenError> {
+    let mut headers = http::HeaderMap::new();
+    let (method, body) = if mcp {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        let initialize = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")},
+            },
+        });
+        (http::Method::POST, initialize.to_string().into_bytes())
+    } else {
+        (http::Method::GET, Vec::new())
+    };
+    let send = egress.send(method, url, headers, axum::body::Body::from(body));
+    let resp = tokio::time::timeout(TOKEN_TIMEOUT, send)
+        .await
+        .map_err(|_| TokenError::Unreachable {
+            url: url.to_string(),
+            detail: format!("no answer within {}s", TOKEN_TIMEOUT.as_secs()),
+        })?
+        .map_err(|e| transport_error(url, Transport::Egress(e)))?;
+    if resp.status() == http::StatusCode::UNAUTHORIZED {
+        return Ok(resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned));
+    }
+    if let Some(session) = resp.headers().get("mcp-session-id").cloned() {
+        let mut h = http::HeaderMap::new();
+        h.insert("mcp-session-id", session);
+        let end = egress.send(http::Method::DELETE, url, h, axum::body::Body::empty());
+        let _ = tokio::time::timeout(TOKEN_TIMEOUT, end).await;
+    }
+    Ok(None)
 }
 
 /// GETs a metadata document. `Ok(None)` when the server has none there (4xx).

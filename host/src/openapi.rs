@@ -73,6 +73,7 @@ struct ErrorObject {
         serve,
         crate::admin::metrics,
         crate::admin::healthz,
+        crate::admin::client_metadata,
         crate::ui::index,
         crate::ui::asset,
         crate::ui::to_root,

@@ -12,6 +12,7 @@ mod deploy;
 mod errors;
 mod identity;
 mod mcp;
+mod mcp_auth_conformance;
 mod mcp_conformance;
 mod mcp_features;
 mod observability;

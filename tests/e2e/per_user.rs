@@ -456,10 +456,11 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
     let whois = users().await;
     // The resource server names its authorization server (RFC 9728).
     let api = Fixture::start().await;
+    let resource = format!("{}/v1", api.url());
     api.json(
         "/.well-known/oauth-protected-resource",
         200,
-        json!({"resource": "urn:portcullis:test", "authorization_servers": [oidc.issuer]}),
+        json!({"resource": resource, "authorization_servers": [oidc.issuer]}),
     );
     api.json("/v1/whoami", 200, json!({"ok": true}));
     let host = Host::start(&tailnet_config(
@@ -493,9 +494,49 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
     let auth_url = start_connect(&host, ALICE, "wiki").await;
     assert_eq!(
         query_param(&auth_url, "resource").as_deref(),
-        Some("urn:portcullis:test")
+        Some(resource.as_str())
     );
     assert_eq!(oidc.route_hits().await["registration"].as_u64(), Some(1));
+    // No scope was asked for that the connector did not name.
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("openid offline_access read:data")
+    );
+
+    // Step-up (RFC 6750 §3.1): a 403 for want of scope reaches the caller as it is, and
+    // that user's next authorization asks for the scope too; another user's does not.
+    api.on(
+        "/v1/admin",
+        vec![
+            Canned::json(403, json!({"error": "insufficient_scope"})).header(
+                "www-authenticate",
+                r#"Bearer error="insufficient_scope", scope="read:data write:data""#,
+            ),
+        ],
+    );
+    let resp = client_from(ALICE)
+        .post(host.url("/v1/connectors/wiki/admin"))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(resp.status(), 403);
+    let wider = start_connect(&host, ALICE, "wiki").await;
+    assert_eq!(
+        query_param(&wider, "scope").as_deref(),
+        Some("openid offline_access read:data write:data")
+    );
+    let bobs = start_connect(&host, BOB, "wiki").await;
+    assert_eq!(
+        query_param(&bobs, "scope").as_deref(),
+        Some("openid offline_access read:data")
+    );
+    // Authorizing the wider scope ends the step-up: the next connect is as before.
+    connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
+    let after = start_connect(&host, ALICE, "wiki").await;
+    assert_eq!(
+        query_param(&after, "scope").as_deref(),
+        Some("openid offline_access read:data")
+    );
 
     // A connect under a forged host name is refused before anything else (the browser
     // defence); under another of the host's own names too, because a dynamically
@@ -1426,11 +1467,13 @@ async fn dynamic_registration_refuses_an_authorization_server_a_resource_may_not
         );
         assert!(message.contains("authorization server"), "{message}");
         assert!(!message.contains("pw"), "{message}");
-        // Nothing was asked of the named server: only the resource's metadata was read.
+        // Nothing was asked of the named server: only the resource was asked for its
+        // challenge (without a token) and its metadata read.
         assert!(
             api.seen()
                 .iter()
-                .all(|r| r.path.starts_with("/.well-known/oauth-protected-resource"))
+                .all(|r| r.path == "/"
+                    || r.path.starts_with("/.well-known/oauth-protected-resource"))
         );
     }
 }

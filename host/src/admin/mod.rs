@@ -493,6 +493,52 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// `GET /aperture/auth/<id>/client.json`: the client ID metadata document of a
+/// discovered (`oauth2_dcr`) connector, which Portcullis uses as its `client_id` at
+/// authorization servers that take them (the MCP authorization specification's
+/// preferred registration). Served with no identity: the authorization server fetches
+/// it from outside the tailnet, and it holds nothing secret. Only under an https
+/// `public_url`, the document's own URL.
+#[utoipa::path(get, path = "/aperture/auth/{id}/client.json", tag = "connectors",
+    params(("id" = String, Path, description = "A discovered (`oauth2_dcr`) connector's ID")),
+    responses(
+        (status = 200, description = "The client metadata document (`client_id`, `redirect_uris`, ...)", body = Object),
+        (status = 404, description = "No such discovered connector, or no https `public_url`", body = ErrorBody),
+    ))]
+pub async fn client_metadata(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let snapshot = app.snapshot();
+    let document = snapshot
+        .connectors
+        .get(&id)
+        .and_then(|c| c.per_user())
+        .filter(|pu| pu.is_dcr())
+        .zip(snapshot.config.public_url.as_ref())
+        .and_then(|(_, base)| {
+            let redirect = format!(
+                "{}{}",
+                base.as_str().trim_end_matches('/'),
+                callback_path(&id)
+            );
+            let url = crate::connections::own_metadata_document(&redirect)?;
+            Some(json!({
+                "client_id": url.as_str(),
+                "client_name": "Portcullis",
+                "client_uri": base.as_str(),
+                "redirect_uris": [redirect],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+            }))
+        });
+    match document {
+        Some(d) => Json(d).into_response(),
+        None => crate::error::ApiError::not_found(format!(
+            "no client metadata document for \"{id}\": it is published for oauth2_dcr connectors when public_url is an https URL"
+        ))
+        .into_response(),
+    }
+}
+
 /// `GET /healthz`: readiness, with no identity (probes come from outside the tailnet).
 /// 503 while the host cannot serve (tailscaled unreachable in `tailscale` mode), so a
 /// load balancer or orchestrator sends no traffic that would only get 503s.

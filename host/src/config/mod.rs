@@ -645,7 +645,9 @@ fn connector(
             }
         }
         Some(Auth::ClientCredentials(c)) => {
-            check_endpoint_url(&c.token_url, &at.key("auth").key("token_url"), diags);
+            if let Some(u) = &c.token_url {
+                check_endpoint_url(u, &at.key("auth").key("token_url"), diags);
+            }
         }
         _ => {}
     }
@@ -887,12 +889,23 @@ fn auth(
     let client_id = match &auth {
         Auth::ClientCredentials(c) => Some(&c.client_id),
         Auth::AuthorizationCode(a) => Some(&a.client_id),
+        Auth::Dcr(d) => d.client_id.as_ref(),
         _ => None,
     };
     if client_id.is_some_and(|c| c.trim().is_empty()) {
         diags.error(
             at.key("client_id"),
             "client_id is empty: paste the client ID of the OAuth application registered at the provider",
+        );
+        ok = false;
+    }
+    if let Auth::Dcr(d) = &auth
+        && d.client_secret.is_some()
+        && d.client_id.is_none()
+    {
+        diags.error(
+            at.key("client_secret"),
+            "client_secret belongs to a client registered in advance: add its client_id too, or remove the secret to let Portcullis register a client",
         );
         ok = false;
     }

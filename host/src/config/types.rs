@@ -274,7 +274,12 @@ impl Auth {
     /// sent in a header (where control characters cannot go).
     pub fn secrets(&self) -> Vec<(&'static str, &SecretRef, bool)> {
         match self {
-            Self::None | Self::Dcr(_) => vec![],
+            Self::None => vec![],
+            Self::Dcr(d) => d
+                .client_secret
+                .iter()
+                .map(|s| ("client_secret", s, false))
+                .collect(),
             Self::BearerToken(b) => vec![("secret", &b.secret, true)],
             Self::ApiKey(k) => vec![("secret", &k.secret, k.location == KeyLocation::Header)],
             Self::Basic(b) => vec![("password", &b.password, true)],
@@ -329,8 +334,11 @@ pub struct ClientCredentials {
     #[schemars(length(min = 1))]
     pub client_id: String,
     pub client_secret: SecretRef,
+    /// Without it, the token endpoint is discovered from the connector's `url` (its
+    /// authorization server's metadata, as for `oauth2_dcr`).
+    #[serde(default)]
     #[schemars(url, regex(pattern = "^https?://"))]
-    pub token_url: String,
+    pub token_url: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
 }
@@ -360,8 +368,24 @@ pub struct AuthorizationCode {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[schemars(inline, deny_unknown_fields)]
 pub struct Dcr {
+    /// Asked for instead of what discovery finds (the server's challenge or
+    /// `scopes_supported`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// A client registered in advance at the discovered authorization server; used
+    /// instead of a client ID metadata document or dynamic registration.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub client_id: Option<String>,
+    /// The pre-registered client's secret (only with `client_id`).
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// The https URL of the client ID metadata document to use as `client_id` where the
+    /// server supports them; default: Portcullis's own document for the connector under
+    /// an https `public_url`.
+    #[serde(default)]
+    #[schemars(url, regex(pattern = "^https://"))]
+    pub client_metadata_url: Option<String>,
 }
 
 /// The fields each auth type accepts, for messages about unknown fields.
@@ -384,7 +408,13 @@ pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
             "auth_params",
             "revocation_url",
         ],
-        "oauth2_dcr" => &["type", "scopes"],
+        "oauth2_dcr" => &[
+            "type",
+            "scopes",
+            "client_id",
+            "client_secret",
+            "client_metadata_url",
+        ],
         _ => return None,
     })
 }
@@ -395,7 +425,7 @@ pub(crate) fn required_auth_fields(type_name: &str) -> &'static [&'static str] {
         "bearer_token" => &["secret"],
         "api_key" => &["secret", "name", "in"],
         "basic" => &["username", "password"],
-        "oauth2_client_credentials" => &["client_id", "client_secret", "token_url"],
+        "oauth2_client_credentials" => &["client_id", "client_secret"],
         "oauth2_authorization_code" => &["client_id", "authorization_url", "token_url"],
         _ => &[],
     }
@@ -407,7 +437,9 @@ pub fn secret_fields(type_name: &str) -> &'static [&'static str] {
     match type_name {
         "bearer_token" | "api_key" => &["secret"],
         "basic" => &["password"],
-        "oauth2_client_credentials" | "oauth2_authorization_code" => &["client_secret"],
+        "oauth2_client_credentials" | "oauth2_authorization_code" | "oauth2_dcr" => {
+            &["client_secret"]
+        }
         _ => &[],
     }
 }

@@ -394,10 +394,29 @@ impl Aggregator {
                 return Err(unknown);
             }
             (req.request_state, req.input_responses) = (state, responses);
-            on_session(&up, &connector, req, asker, |s, req, asker| async move {
-                s.call_tool(req, &asker).await
-            })
-            .await
+            let call = |up: Arc<super::Upstream>, req: CallToolRequestParams, asker: Asker| {
+                let connector = connector.clone();
+                async move {
+                    on_session(&up, &connector, req, asker, |s, req, asker| async move {
+                        s.call_tool(req, &asker).await
+                    })
+                    .await
+                }
+            };
+            match call(up, req.clone(), asker.clone()).await {
+                // The upstream wants wider scopes (403 insufficient_scope): the caller
+                // authorizes again for them, then the call is sent once more.
+                Err(_) if me.must_step_up(&who, &connector) => {
+                    let Some(c) = who.snap.connectors.get(&connector) else {
+                        return Err(unknown);
+                    };
+                    if let Some(told) = me.connect_in_call(&who, &headers, c, &asker).await? {
+                        return Ok(ServerResult::CallToolResult(told));
+                    }
+                    call(me.upstream_for(&who, &connector).await?, req, asker).await
+                }
+                answer => answer,
+            }
         };
         let resp = self
             .relay(w, cx, owner(w, "tools/call", &full), mrtr, send)
@@ -416,6 +435,17 @@ impl Aggregator {
             ServerResult::CreateTaskResult(r) => CallToolResponse::Task(r),
             _ => return Err(unexpected("tools/call")),
         })
+    }
+
+    /// Whether the caller must authorize connector `id` again for wider scopes (its
+    /// upstream answered `insufficient_scope`).
+    fn must_step_up(&self, w: &Who, id: &str) -> bool {
+        match w.snap.connectors.get(id).map(|c| &c.credential) {
+            Some(Credential::PerUser(pu)) => {
+                self.app.connections.needs_step_up(pu, &w.caller.login)
+            }
+            _ => false,
+        }
     }
 
     /// The upstream for a call, or why there is none.
@@ -508,7 +538,10 @@ impl Aggregator {
                 ));
             }
         }
-        let ready = || self.app.connections.status(pu, &w.caller.login) == Status::Ready;
+        let ready = || {
+            self.app.connections.status(pu, &w.caller.login) == Status::Ready
+                && !self.app.connections.needs_step_up(pu, &w.caller.login)
+        };
         let wait = async {
             while !ready() {
                 match made.recv().await {

@@ -281,8 +281,9 @@ impl Outbound {
         Ok((shaped.url, shaped.grant, Some((p, ctx))))
     }
 
-    /// Credential and egress stages, with the one rule for a rejected credential: the
-    /// credential is told (a cached token forgotten, a user token marked due), discovery
+    /// Credential and egress stages, with the one rule for a rejected credential (a 403
+    /// for want of scope tells the credential which scopes, for the user's next
+    /// authorization): the credential is told (a cached token forgotten, a user token marked due), discovery
     /// results for the connector forgotten, and a replayable request sent once more if
     /// the credential is now a different one. A 401 means the upstream did not act on the
     /// request, so the resend is safe for any method. Returns the response and the
@@ -306,6 +307,10 @@ impl Outbound {
         let resp = self
             .transmit(c, method.clone(), &first, headers, body)
             .await?;
+        if resp.status() == StatusCode::FORBIDDEN {
+            self.credentials
+                .forbidden(&c.credential, auth.user, resp.headers());
+        }
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok((resp, sent));
         }

@@ -45,8 +45,9 @@
 //   portcullis-web      secret web-secret-abcdef123456      authorization_code+refresh_token, client_secret_basic
 //   portcullis-pkce     public (token_endpoint_auth_method none)  authorization_code+refresh_token
 // Every access token is issued for the resource server `urn:portcullis:test`
-// (the default when the request has no `resource` parameter); any other
-// `resource` value is rejected with invalid_target.
+// (the default when the request has no `resource` parameter) or for the
+// `http://127.0.0.1:<port>/...` resource a request names; any other `resource`
+// value is rejected with invalid_target.
 //
 // Endpoints (routes are oidc-provider defaults): /auth, /token,
 // /token/introspection, /token/revocation, /reg (open dynamic registration),
@@ -199,6 +200,16 @@ const REDIRECT_URIS = (process.env.OIDC_REDIRECT_URIS || 'http://127.0.0.1:8080/
   .split(',').map((s) => s.trim()).filter(Boolean);
 
 const RESOURCE = 'urn:portcullis:test';
+// A test's own resource server on loopback, named by its URL (RFC 9728 metadata names
+// the server itself as the resource), is a resource too.
+function isLoopbackResource(indicator) {
+  try {
+    const u = new URL(indicator);
+    return u.protocol === 'http:' && u.hostname === '127.0.0.1';
+  } catch {
+    return false;
+  }
+}
 const RESOURCE_SCOPES = ['read:data', 'write:data'];
 
 function defaultClients() {
@@ -351,10 +362,12 @@ const provider = new Provider(issuer, {
       defaultResource: async (_ctx, _client, oneOf) => oneOf ?? RESOURCE,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
-        if (resourceIndicator !== RESOURCE) throw new errors.InvalidTarget();
+        if (resourceIndicator !== RESOURCE && !isLoopbackResource(resourceIndicator)) {
+          throw new errors.InvalidTarget();
+        }
         return {
           scope: RESOURCE_SCOPES.join(' '),
-          audience: RESOURCE,
+          audience: resourceIndicator,
           accessTokenTTL: ACCESS_TTL,
           accessTokenFormat: ACCESS_TOKEN_FORMAT,
           ...(ACCESS_TOKEN_FORMAT === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
