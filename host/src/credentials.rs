@@ -118,7 +118,21 @@ impl Credential {
                 }
             }
             Auth::ClientCredentials(cc) => {
-                let secret = resolve_secret(&cc.client_secret, vault, &path("client_secret"))?;
+                let secret = match (&cc.client_secret, &cc.private_key) {
+                    (Some(s), _) => {
+                        ClientProof::Secret(resolve_secret(s, vault, &path("client_secret"))?)
+                    }
+                    (None, Some(k)) => {
+                        let pem = resolve_secret(k, vault, &path("private_key"))?;
+                        let key = oauth::AssertionKey::from_pem(&pem)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path("private_key")))?;
+                        ClientProof::Key(pem, Arc::new(key))
+                    }
+                    (None, None) => anyhow::bail!(
+                        "{}: oauth2_client_credentials needs client_secret or private_key",
+                        path("client_secret")
+                    ),
+                };
                 let token_url = match &cc.token_url {
                     Some(u) => TokenEndpoint::Fixed(
                         url::Url::parse(u)
@@ -143,7 +157,7 @@ impl Credential {
                     &cc.client_id,
                     &token_url.key(),
                     &cc.scopes.join(" "),
-                    &secret,
+                    secret.material(),
                 ]);
                 Self::ClientCredentials(Arc::new(ClientCredentials {
                     connector: c.id.clone(),
@@ -223,7 +237,7 @@ impl Credential {
                 &cc.client_id,
                 &cc.token_url.key(),
                 &cc.scopes.join(" "),
-                &cc.client_secret,
+                cc.client_secret.material(),
             ]),
             Self::PerUser(pu) => fingerprint(&["per_user", &pu.connection]),
         }
@@ -399,10 +413,26 @@ fn fingerprint(parts: &[&str]) -> String {
 pub struct ClientCredentials {
     connector: String,
     client_id: String,
-    client_secret: Zeroizing<String>,
+    client_secret: ClientProof,
     token_url: TokenEndpoint,
     scopes: Vec<String>,
     slot: Arc<TokenSlot>,
+}
+
+/// How a client-credentials connector's client proves itself.
+enum ClientProof {
+    Secret(Zeroizing<String>),
+    /// The PEM (for the fingerprint) and the key it holds.
+    Key(Zeroizing<String>, Arc<oauth::AssertionKey>),
+}
+
+impl ClientProof {
+    /// What changes when the client's credential does.
+    fn material(&self) -> &str {
+        match self {
+            Self::Secret(s) | Self::Key(s, _) => s,
+        }
+    }
 }
 
 /// Where a client-credentials token is asked for: the configured `token_url`, or the
@@ -414,8 +444,18 @@ enum TokenEndpoint {
     Discovered {
         resource: url::Url,
         probe: crate::authserver::Probe,
-        found: tokio::sync::OnceCell<(url::Url, ClientAuth)>,
+        found: tokio::sync::OnceCell<Found>,
     },
+}
+
+/// A token endpoint, how the client authenticates there (HTTP Basic, unless the server
+/// takes only `client_secret_post`), and the audience of a client assertion for it
+/// (the issuer where known, else the endpoint).
+#[derive(Clone)]
+struct Found {
+    url: url::Url,
+    auth: ClientAuth,
+    audience: String,
 }
 
 impl TokenEndpoint {
@@ -427,11 +467,13 @@ impl TokenEndpoint {
         }
     }
 
-    /// The token URL and how the client authenticates there (HTTP Basic, unless the
-    /// discovered server takes only `client_secret_post`).
-    async fn resolve(&self, egress: &Egress) -> Result<(url::Url, ClientAuth), String> {
+    async fn resolve(&self, egress: &Egress) -> Result<Found, String> {
         match self {
-            Self::Fixed(u) => Ok((u.clone(), ClientAuth::Basic)),
+            Self::Fixed(u) => Ok(Found {
+                url: u.clone(),
+                auth: ClientAuth::Basic,
+                audience: u.to_string(),
+            }),
             Self::Discovered {
                 resource,
                 probe,
@@ -451,7 +493,11 @@ impl TokenEndpoint {
                         ClientAuth::Basic
                     };
                     tracing::info!(resource = %resource, token_url = %url, "discovered the client-credentials token endpoint");
-                    Ok((url, auth))
+                    Ok(Found {
+                        url,
+                        auth,
+                        audience: server.issuer,
+                    })
                 })
                 .await
                 .cloned(),
@@ -498,7 +544,7 @@ impl ClientCredentials {
             return Err(err.clone());
         }
         let started = Instant::now();
-        let (token_url, auth) = match self.token_url.resolve(egress).await {
+        let found = match self.token_url.resolve(egress).await {
             Ok(found) => found,
             Err(detail) => {
                 let err = CredentialError::Token {
@@ -512,15 +558,24 @@ impl ClientCredentials {
                 return Err(err);
             }
         };
-        let result = oauth::client_credentials(
-            egress,
-            &token_url,
-            &self.client_id,
-            &self.client_secret,
-            &self.scopes,
-            auth,
-        )
-        .await;
+        let token_url = found.url.clone();
+        let proof = match &self.client_secret {
+            ClientProof::Secret(s) => Ok(oauth::ClientProof::Secret(s, found.auth)),
+            ClientProof::Key(_, key) => key
+                .sign(&self.client_id, &found.audience)
+                .map(oauth::ClientProof::Assertion)
+                .map_err(|detail| TokenError::BadResponse {
+                    url: token_url.to_string(),
+                    detail,
+                }),
+        };
+        let result = match proof {
+            Ok(proof) => {
+                oauth::client_credentials(egress, &token_url, &self.client_id, proof, &self.scopes)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.slot
             .metrics

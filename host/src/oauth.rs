@@ -174,23 +174,36 @@ pub async fn client_credentials(
     egress: &Egress,
     token_url: &url::Url,
     client_id: &str,
-    client_secret: &str,
+    proof: ClientProof<'_>,
     scopes: &[String],
-    auth: ClientAuth,
 ) -> Result<Token, TokenError> {
     let url = token_url.as_str().to_owned();
     let client = BasicClient::new(ClientId::new(client_id.to_owned()))
-        .set_client_secret(ClientSecret::new(client_secret.to_owned()))
-        .set_token_uri(TokenUrl::from_url(token_url.clone()))
-        .set_auth_type(match auth {
-            ClientAuth::Basic => AuthType::BasicAuth,
-            ClientAuth::Body => AuthType::RequestBody,
-        });
+        .set_token_uri(TokenUrl::from_url(token_url.clone()));
+    let (client, secret, assertion) = match proof {
+        ClientProof::Secret(secret, auth) => (
+            client
+                .set_client_secret(ClientSecret::new(secret.to_owned()))
+                .set_auth_type(match auth {
+                    ClientAuth::Basic => AuthType::BasicAuth,
+                    ClientAuth::Body => AuthType::RequestBody,
+                }),
+            secret,
+            None,
+        ),
+        // RFC 7523 §2.2: the client is named in the body, proven by the assertion.
+        ClientProof::Assertion(jwt) => (client.set_auth_type(AuthType::RequestBody), "", Some(jwt)),
+    };
     let http = Http(egress);
-    let request = client
+    let mut exchange = client
         .exchange_client_credentials()
-        .add_scopes(scopes.iter().cloned().map(Scope::new))
-        .request_async(&http);
+        .add_scopes(scopes.iter().cloned().map(Scope::new));
+    if let Some(jwt) = assertion {
+        exchange = exchange
+            .add_extra_param("client_assertion_type", JWT_BEARER_ASSERTION)
+            .add_extra_param("client_assertion", jwt);
+    }
+    let request = exchange.request_async(&http);
     let result = tokio::time::timeout(TOKEN_TIMEOUT, request)
         .await
         .map_err(|_| TokenError::Unreachable {
@@ -203,7 +216,120 @@ pub async fn client_credentials(
             expires_in: resp.expires_in(),
         }),
         // An endpoint that echoes the request would hand back the client's secret.
-        Err(e) => Err(token_error(&url, e).without(client_id, client_secret)),
+        Err(e) if secret.is_empty() => Err(token_error(&url, e)),
+        Err(e) => Err(token_error(&url, e).without(client_id, secret)),
+    }
+}
+
+/// RFC 7523 §2.2's `client_assertion_type`.
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// How long a signed client assertion is good for: one token request.
+const ASSERTION_LIFETIME_SECS: u64 = 120;
+
+/// How a client proves itself at the token endpoint.
+pub enum ClientProof<'a> {
+    /// Its secret, sent as the server takes it.
+    Secret(&'a str, ClientAuth),
+    /// A signed assertion (RFC 7523 `private_key_jwt`), from [`AssertionKey::sign`].
+    Assertion(String),
+}
+
+/// A client's private key for signed client assertions (RFC 7523 `private_key_jwt`):
+/// P-256 (ES256) or RSA (RS256), from a PKCS#8 PEM document.
+pub struct AssertionKey {
+    key: Signer,
+}
+
+enum Signer {
+    Es256(ring::signature::EcdsaKeyPair),
+    Rs256(ring::signature::RsaKeyPair),
+}
+
+impl AssertionKey {
+    /// Reads a `-----BEGIN PRIVATE KEY-----` document. The error says what the key
+    /// should be, never anything of the key.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+            .collect();
+        let wrong = "the private key must be a PKCS#8 PEM document (-----BEGIN PRIVATE KEY-----) holding a P-256 or RSA key";
+        if !pem.contains("BEGIN PRIVATE KEY") {
+            return Err(wrong.to_owned());
+        }
+        let der = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(body.as_bytes())
+                .map_err(|_| wrong.to_owned())?,
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let key = match ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &der,
+            &rng,
+        ) {
+            Ok(k) => Signer::Es256(k),
+            Err(_) => Signer::Rs256(
+                ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|_| wrong.to_owned())?,
+            ),
+        };
+        Ok(Self { key })
+    }
+
+    /// The JWS algorithm the key signs with.
+    pub fn algorithm(&self) -> &'static str {
+        match self.key {
+            Signer::Es256(_) => "ES256",
+            Signer::Rs256(_) => "RS256",
+        }
+    }
+
+    /// A fresh assertion for `client_id` at the authorization server `audience` (its
+    /// issuer, else its token endpoint: RFC 7523 §3): `iss` and `sub` the client, a
+    /// random `jti`, good for two minutes.
+    pub fn sign(&self, client_id: &str, audience: &str) -> Result<String, String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        let header = serde_json::json!({"alg": self.algorithm(), "typ": "JWT"});
+        let claims = serde_json::json!({
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECS,
+            "jti": crate::connections::random_token(),
+        });
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let signature = match &self.key {
+            Signer::Es256(k) => k
+                .sign(&rng, input.as_bytes())
+                .map_err(|_| "signing the client assertion failed".to_owned())?
+                .as_ref()
+                .to_vec(),
+            Signer::Rs256(k) => {
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    input.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| "signing the client assertion failed".to_owned())?;
+                sig
+            }
+        };
+        Ok(format!("{input}.{}", b64.encode(signature)))
     }
 }
 
@@ -649,6 +775,80 @@ pub fn protected_resource_metadata_urls(resource: &url::Url) -> Vec<url::Url> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PKCS#8 PEM document for `der`.
+    fn pem(der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("ascii"))
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn client_assertions_are_signed_jwts_the_public_key_verifies() {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .expect("generate");
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .expect("pair");
+        let key = AssertionKey::from_pem(&pem(pkcs8.as_ref())).expect("key");
+        assert_eq!(key.algorithm(), "ES256");
+        let jwt = key.sign("agent-1", "https://as.example").expect("sign");
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signature = b64.decode(parts[2]).expect("signature");
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            pair.public_key().as_ref(),
+        )
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .expect("the public key verifies the assertion");
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[0]).expect("header")).expect("json");
+        assert_eq!(header["alg"], "ES256");
+        let claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[1]).expect("claims")).expect("json");
+        assert_eq!(claims["iss"], "agent-1");
+        assert_eq!(claims["sub"], "agent-1");
+        assert_eq!(claims["aud"], "https://as.example");
+        let (iat, exp) = (claims["iat"].as_u64(), claims["exp"].as_u64());
+        assert_eq!(
+            exp.zip(iat).map(|(e, i)| e - i),
+            Some(ASSERTION_LIFETIME_SECS)
+        );
+        let again = key.sign("agent-1", "https://as.example").expect("sign");
+        assert_ne!(again, jwt, "a fresh jti each time");
+        // Not a PKCS#8 key: refused, without echoing any of it.
+        for bad in [
+            "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIN0t\n-----END EC PRIVATE KEY-----",
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----",
+            "-----BEGIN PRIVATE KEY-----\n%%%%\n-----END PRIVATE KEY-----",
+            "",
+        ] {
+            let e = AssertionKey::from_pem(bad).err().expect("refused");
+            assert!(
+                e.contains("PKCS#8") && !e.contains("MHcC") && !e.contains("bm90"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn issuers_are_plain_https_urls_and_never_a_downgrade() {

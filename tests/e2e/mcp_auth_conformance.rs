@@ -9,7 +9,7 @@
 //! the 2025-03-26 fallbacks, scope selection and step-up, PKCE, client authentication,
 //! pre-registered clients, client ID metadata documents, resource checks,
 //! `offline_access`, and (SEP-1046) a shared `oauth2_client_credentials` connector whose
-//! token endpoint is discovered.
+//! token endpoint is discovered, with a secret or a signed client assertion.
 
 use portcullis_e2e::conformance::{self, Check};
 use portcullis_e2e::{Host, grant};
@@ -22,16 +22,10 @@ use crate::loopback_config;
 const METADATA_DOCUMENT: &str = "https://conformance-test.local/client-metadata.json";
 
 /// Scenarios Portcullis does not pass, and why (also in docs/configuration.md).
-const EXPECTED_FAILURES: &[(&str, &str)] = &[
-    (
-        "auth/client-credentials-jwt",
-        "SEP-1046 with private_key_jwt client authentication, which Portcullis does not implement",
-    ),
-    (
-        "auth/cross-app-access-complete-flow",
-        "SEP-990 enterprise-managed authorization (ID-JAG token exchange at an enterprise IdP), which Portcullis does not implement",
-    ),
-];
+const EXPECTED_FAILURES: &[(&str, &str)] = &[(
+    "auth/cross-app-access-complete-flow",
+    "SEP-990 enterprise-managed authorization (an ID-JAG token exchange at the enterprise's identity provider): Portcullis identifies users by their tailnet identity and holds no identity-provider token to exchange",
+)];
 
 #[tokio::test]
 async fn portcullis_passes_the_client_auth_scenarios_of_the_official_conformance_suite() {
@@ -59,6 +53,7 @@ async fn portcullis_passes_the_client_auth_scenarios_of_the_official_conformance
         "auth/resource-mismatch",
         "auth/offline-access-scope",
         "auth/client-credentials-basic",
+        "auth/client-credentials-jwt",
     ] {
         assert!(
             results.contains_key(needed),

@@ -899,6 +899,15 @@ fn auth(
         );
         ok = false;
     }
+    if let Auth::ClientCredentials(c) = &auth
+        && c.client_secret.is_some() == c.private_key.is_some()
+    {
+        diags.error(
+            at.key("client_secret"),
+            "oauth2_client_credentials needs exactly one of client_secret (the client's secret) and private_key (a PKCS#8 PEM key for signed client assertions)",
+        );
+        ok = false;
+    }
     if let Auth::Dcr(d) = &auth
         && d.client_secret.is_some()
         && d.client_id.is_none()

@@ -609,3 +609,39 @@ fn an_empty_deprecated_mcp_host_list_does_not_turn_the_guard_off() {
         Some(vec!["gw.internal".to_owned()])
     );
 }
+
+#[test]
+fn client_credentials_take_a_secret_or_a_key_and_discovered_clients_a_secret_only_with_an_id() {
+    let with = |auth: &str| {
+        format!(
+            r#"{{"connectors": {{"servers": {{"m": {{"protocol": "mcp", "url": "https://mcp.example.com/mcp", "auth": {auth}}}}}}}}}"#
+        )
+    };
+    for ok in [
+        r#"{"type": "oauth2_client_credentials", "client_id": "c", "client_secret": "s"}"#,
+        r#"{"type": "oauth2_client_credentials", "client_id": "c", "private_key": "k"}"#,
+        r#"{"type": "oauth2_dcr", "client_id": "c", "client_secret": "s"}"#,
+        r#"{"type": "oauth2_dcr", "client_metadata_url": "https://portcullis.example/client.json"}"#,
+    ] {
+        let (c, d) = load(&with(ok));
+        assert!(c.is_some() && errors(&d).is_empty(), "{ok}: {d}");
+    }
+    for (bad, says) in [
+        (
+            r#"{"type": "oauth2_client_credentials", "client_id": "c"}"#,
+            "exactly one of client_secret",
+        ),
+        (
+            r#"{"type": "oauth2_client_credentials", "client_id": "c", "client_secret": "s", "private_key": "k"}"#,
+            "exactly one of client_secret",
+        ),
+        (
+            r#"{"type": "oauth2_dcr", "client_secret": "s"}"#,
+            "add its client_id too",
+        ),
+    ] {
+        let (c, d) = load(&with(bad));
+        assert!(c.is_none(), "{bad}");
+        assert!(d.to_string().contains(says), "{bad}: {d}");
+    }
+}

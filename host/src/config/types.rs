@@ -283,7 +283,12 @@ impl Auth {
             Self::BearerToken(b) => vec![("secret", &b.secret, true)],
             Self::ApiKey(k) => vec![("secret", &k.secret, k.location == KeyLocation::Header)],
             Self::Basic(b) => vec![("password", &b.password, true)],
-            Self::ClientCredentials(c) => vec![("client_secret", &c.client_secret, false)],
+            Self::ClientCredentials(c) => c
+                .client_secret
+                .iter()
+                .map(|s| ("client_secret", s, false))
+                .chain(c.private_key.iter().map(|k| ("private_key", k, false)))
+                .collect(),
             Self::AuthorizationCode(a) => a
                 .client_secret
                 .iter()
@@ -333,7 +338,13 @@ pub struct Basic {
 pub struct ClientCredentials {
     #[schemars(length(min = 1))]
     pub client_id: String,
-    pub client_secret: SecretRef,
+    /// The client's secret; or, instead, `private_key`.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// A PKCS#8 PEM private key (P-256 or RSA) the client authenticates with by signed
+    /// assertion (RFC 7523 `private_key_jwt`) instead of a secret.
+    #[serde(default)]
+    pub private_key: Option<SecretRef>,
     /// Without it, the token endpoint is discovered from the connector's `url` (its
     /// authorization server's metadata, as for `oauth2_dcr`).
     #[serde(default)]
@@ -395,9 +406,14 @@ pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
         "bearer_token" => &["type", "secret"],
         "api_key" => &["type", "secret", "name", "in"],
         "basic" => &["type", "username", "password"],
-        "oauth2_client_credentials" => {
-            &["type", "client_id", "client_secret", "token_url", "scopes"]
-        }
+        "oauth2_client_credentials" => &[
+            "type",
+            "client_id",
+            "client_secret",
+            "private_key",
+            "token_url",
+            "scopes",
+        ],
         "oauth2_authorization_code" => &[
             "type",
             "client_id",
@@ -425,7 +441,7 @@ pub(crate) fn required_auth_fields(type_name: &str) -> &'static [&'static str] {
         "bearer_token" => &["secret"],
         "api_key" => &["secret", "name", "in"],
         "basic" => &["username", "password"],
-        "oauth2_client_credentials" => &["client_id", "client_secret"],
+        "oauth2_client_credentials" => &["client_id"],
         "oauth2_authorization_code" => &["client_id", "authorization_url", "token_url"],
         _ => &[],
     }
@@ -437,9 +453,8 @@ pub fn secret_fields(type_name: &str) -> &'static [&'static str] {
     match type_name {
         "bearer_token" | "api_key" => &["secret"],
         "basic" => &["password"],
-        "oauth2_client_credentials" | "oauth2_authorization_code" | "oauth2_dcr" => {
-            &["client_secret"]
-        }
+        "oauth2_client_credentials" => &["client_secret", "private_key"],
+        "oauth2_authorization_code" | "oauth2_dcr" => &["client_secret"],
         _ => &[],
     }
 }

@@ -68,6 +68,7 @@ const machine = scenario.startsWith('auth/client-credentials');
 const auth = machine ? { type: 'oauth2_client_credentials' } : { type: 'oauth2_dcr' };
 if (context.client_id) auth.client_id = context.client_id;
 if (context.client_secret) auth.client_secret = context.client_secret;
+if (context.private_key_pem) auth.private_key = context.private_key_pem;
 if (metadataDocument && !machine) auth.client_metadata_url = metadataDocument;
 await api('PUT', `/api/config/connectors/${id}`, { protocol: 'mcp', url: serverUrl, auth });
 
