@@ -1645,6 +1645,11 @@ impl Connections {
             .cloned()
     }
 
+    /// The scopes `user`'s next authorization of `pu` adds, when a step-up is due.
+    pub fn wanted_scopes(&self, pu: &PerUser, user: &str) -> Option<Vec<String>> {
+        self.step_up(pu, user).map(|up| up.scopes)
+    }
+
     /// Whether `user` must authorize `pu` again for wider scopes.
     pub fn needs_step_up(&self, pu: &PerUser, user: &str) -> bool {
         self.step_up(pu, user).is_some()

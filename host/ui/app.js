@@ -312,6 +312,7 @@ function connectorCard(c, loads, render) {
     checks.length ? h('ul', { class: 'checks', 'aria-label': `Health checks of ${c.id}` },
       ...checks.map(([name, r]) => h('li', {}, `${name}: `, r.ok ? 'ok' : `failing — ${r.error || 'no detail'}`))) : null,
     c.status === 'Misconfigured' ? notice('warning', h('p', {}, 'Connected without offline access: the connection ends when the access token expires. Ask an admin to enable offline access (scopes or auth_params), then Reconnect.')) : null,
+    c.step_up ? notice('warning', h('p', {}, `${c.id} asked for more access than you granted (${c.step_up.scopes.join(' ')}). Reconnect to allow it.`)) : null,
     capsBox, actions);
   if (c.per_user && c.status !== 'No access') {
     if (c.status === 'Needs auth') {

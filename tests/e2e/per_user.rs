@@ -520,6 +520,26 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
         .await
         .expect("call");
     assert_eq!(resp.status(), 403);
+    let listed = |from: &'static str| {
+        let host = &host;
+        async move {
+            let v: Value = client_from(from)
+                .get(host.url("/api/connectors"))
+                .send()
+                .await
+                .expect("list")
+                .json()
+                .await
+                .expect("json");
+            v["connectors"][0]["step_up"].clone()
+        }
+    };
+    assert_eq!(
+        listed(ALICE).await,
+        json!({"scopes": ["read:data", "write:data"]}),
+        "the connector list says a new connect is due, and for what"
+    );
+    assert_eq!(listed(BOB).await, Value::Null);
     let wider = start_connect(&host, ALICE, "wiki").await;
     assert_eq!(
         query_param(&wider, "scope").as_deref(),
@@ -532,6 +552,7 @@ async fn dynamic_registration_registers_once_then_each_user_connects() {
     );
     // Authorizing the wider scope ends the step-up: the next connect is as before.
     connect_as(&host, &oidc, ALICE, "alice", "wiki").await;
+    assert_eq!(listed(ALICE).await, Value::Null);
     let after = start_connect(&host, ALICE, "wiki").await;
     assert_eq!(
         query_param(&after, "scope").as_deref(),

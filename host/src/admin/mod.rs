@@ -153,6 +153,12 @@ pub async fn list(
                 }
                 v["connect"] = json!(format!("/api/connectors/{}/connect", c.id));
             }
+            // The upstream asked for wider scopes (403 insufficient_scope): connecting
+            // again asks for them.
+            if let Some(scopes) = pu.and_then(|pu| app.connections.wanted_scopes(pu, &caller.login))
+            {
+                v["step_up"] = json!({"scopes": scopes});
+            }
             v
         })
         .collect();
