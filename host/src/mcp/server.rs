@@ -254,10 +254,44 @@ where
     F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
     Fut: std::future::Future<Output = Result<R, ServiceError>>,
 {
+    on_session_raw(up, req, asker, op)
+        .await
+        .map_err(|e| upstream_error(connector, e))
+}
+
+/// [`on_session`] with the failure as it came, for a caller that looks into it.
+async fn on_session_raw<Q, R, F, Fut>(
+    up: &super::Upstream,
+    req: Q,
+    asker: Asker,
+    op: F,
+) -> anyhow::Result<ServerResult>
+where
+    Q: Clone,
+    R: Into<ServerResult>,
+    F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
+    Fut: std::future::Future<Output = Result<R, ServiceError>>,
+{
     up.with_session(|s| op(s, req.clone(), asker.clone()))
         .await
         .map(Into::into)
-        .map_err(|e| upstream_error(connector, e))
+}
+
+/// Whether the upstream refused the request for want of scope (HTTP 403): it did not
+/// act on it, so the request may be sent again once the user authorized more.
+fn refused_for_scope(e: &anyhow::Error) -> bool {
+    use super::transport::UpstreamError;
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+    // rmcp's `Client` variant does not name its error as the source: look at both.
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<UpstreamError>(),
+            Some(UpstreamError::Rejected(403))
+        ) || matches!(
+            c.downcast_ref::<StreamableHttpError<UpstreamError>>(),
+            Some(StreamableHttpError::Client(UpstreamError::Rejected(403)))
+        )
+    })
 }
 
 /// What the caller asked for, as a parked call's owner: only the same caller asking for
@@ -394,28 +428,28 @@ impl Aggregator {
                 return Err(unknown);
             }
             (req.request_state, req.input_responses) = (state, responses);
-            let call = |up: Arc<super::Upstream>, req: CallToolRequestParams, asker: Asker| {
-                let connector = connector.clone();
-                async move {
-                    on_session(&up, &connector, req, asker, |s, req, asker| async move {
-                        s.call_tool(req, &asker).await
-                    })
-                    .await
-                }
+            let call = |up: Arc<super::Upstream>, req: CallToolRequestParams, asker: Asker| async move {
+                on_session_raw(&up, req, asker, |s, req, asker| async move {
+                    s.call_tool(req, &asker).await
+                })
+                .await
             };
             match call(up, req.clone(), asker.clone()).await {
-                // The upstream wants wider scopes (403 insufficient_scope): the caller
-                // authorizes again for them, then the call is sent once more.
-                Err(_) if me.must_step_up(&who, &connector) => {
+                // The upstream refused the call for want of scope (403
+                // insufficient_scope), so it did not run: the caller authorizes again
+                // for the wider scopes, then the call is sent once more.
+                Err(e) if refused_for_scope(&e) && me.must_step_up(&who, &connector) => {
                     let Some(c) = who.snap.connectors.get(&connector) else {
                         return Err(unknown);
                     };
                     if let Some(told) = me.connect_in_call(&who, &headers, c, &asker).await? {
                         return Ok(ServerResult::CallToolResult(told));
                     }
-                    call(me.upstream_for(&who, &connector).await?, req, asker).await
+                    call(me.upstream_for(&who, &connector).await?, req, asker)
+                        .await
+                        .map_err(|e| upstream_error(&connector, e))
                 }
-                answer => answer,
+                answer => answer.map_err(|e| upstream_error(&connector, e)),
             }
         };
         let resp = self
