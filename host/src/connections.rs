@@ -1202,12 +1202,8 @@ impl Connections {
                 }
                 Some(_) => "client_secret_post",
             };
-            (
-                Source::PreRegistered,
-                c.id.clone(),
-                c.secret.as_ref().map(|s| s.as_str().to_owned()),
-                method.to_owned(),
-            )
+            // The secret stays in the config (flows read it there), not in this record.
+            (Source::PreRegistered, c.id.clone(), None, method.to_owned())
         } else if let Some(doc) = document.filter(|_| server.metadata_documents) {
             (
                 Source::MetadataDocument,
