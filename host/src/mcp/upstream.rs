@@ -407,18 +407,76 @@ fn client_error(e: &ServiceError) -> ErrorData {
 /// session), so progress reaches the client under the token it chose. Clients choose
 /// tokens and ids freely and one shared upstream session carries many clients' calls,
 /// so nothing of the client's is what the upstream sees.
+///
+/// rmcp numbers a request as it sends it, so the upstream can ask about a call, report
+/// its progress or log about it before the call is registered here; a lookup that
+/// misses while requests are being sent waits for their registration ([`Calls::find`]).
 #[derive(Default)]
-struct Calls(Mutex<CallsInner>);
+struct Calls {
+    inner: Mutex<CallsInner>,
+    /// Woken whenever a request being sent is registered, or failed to send.
+    registered: tokio::sync::Notify,
+}
 
 #[derive(Default)]
 struct CallsInner {
     by_id: HashMap<RequestId, Asker>,
     by_progress: HashMap<ProgressToken, RequestId>,
+    /// Requests handed to rmcp and not yet registered.
+    sending: usize,
+}
+
+/// How long a lookup waits for requests being sent to be registered. Registration
+/// follows rmcp's hand-off at once; this only bounds a stalled sender.
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A request on its way to rmcp: counted in [`CallsInner::sending`] until dropped,
+/// after its registration (or its failure to send).
+struct Sending<'a>(&'a Calls);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        {
+            let mut calls = self.0.lock();
+            calls.sending = calls.sending.saturating_sub(1);
+        }
+        self.0.registered.notify_waiters();
+    }
 }
 
 impl Calls {
     fn lock(&self) -> std::sync::MutexGuard<'_, CallsInner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a request as being sent; register it before dropping the guard.
+    fn sending(&self) -> Sending<'_> {
+        self.lock().sending += 1;
+        Sending(self)
+    }
+
+    /// What `find` finds, looking again each time a request being sent is registered
+    /// (for at most [`REGISTRATION_WAIT`]); `None` once nothing is being sent.
+    async fn find<T>(&self, find: impl Fn(&CallsInner) -> Option<T>) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + REGISTRATION_WAIT;
+        loop {
+            // Listening before looking, so a registration in between is not missed.
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            {
+                let calls = self.lock();
+                if let Some(found) = find(&calls) {
+                    return Some(found);
+                }
+                if calls.sending == 0 {
+                    return None;
+                }
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// The client whose call the upstream's request `cx` came with: the one whose
@@ -431,17 +489,22 @@ impl Calls {
     /// shared session that call may be another caller's (the one it was about may have
     /// just ended), so such a request is nobody's; so are roots, which are the
     /// session's, not a call's.
-    fn asker_of(
+    async fn asker_of(
         &self,
         cx: &RequestContext<RoleClient>,
         caused_by_a_call: bool,
         one_user: bool,
     ) -> Option<Asker> {
-        let calls = self.lock();
         match cx.extensions.get::<InboundStreamOrigin>() {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => calls.by_id.get(id).cloned(),
-            _ if one_user && caused_by_a_call && calls.by_id.len() == 1 => {
-                calls.by_id.values().next().cloned()
+            Some(InboundStreamOrigin::OutboundRequest(id)) => {
+                self.find(|calls| calls.by_id.get(id).cloned()).await
+            }
+            _ if one_user && caused_by_a_call => {
+                self.find(|calls| match calls.by_id.len() {
+                    1 => calls.by_id.values().next().cloned(),
+                    _ => None,
+                })
+                .await
             }
             _ => None,
         }
@@ -451,15 +514,16 @@ impl Calls {
     /// A token of no running request (a late notification, or one the upstream made
     /// up) is dropped.
     async fn progress(&self, mut params: ProgressNotificationParam) {
-        let target = {
-            let calls = self.lock();
-            calls
-                .by_progress
-                .get(&params.progress_token)
-                .and_then(|id| calls.by_id.get(id))
-                .map(|a| a.target())
-                .and_then(|t| Some((t.peer, t.progress?)))
-        };
+        let target = self
+            .find(|calls| {
+                calls
+                    .by_progress
+                    .get(&params.progress_token)
+                    .and_then(|id| calls.by_id.get(id))
+                    .map(|a| a.target())
+            })
+            .await
+            .and_then(|t| Some((t.peer, t.progress?)));
         let Some((peer, token)) = target else {
             tracing::debug!("dropped a progress notification for no call in progress");
             return;
@@ -575,7 +639,10 @@ impl rmcp::ClientHandler for Listener {
             (self.on_log)(params);
             return;
         };
-        let target = self.calls.lock().by_id.get(&call).map(Asker::target);
+        let target = self
+            .calls
+            .find(|calls| calls.by_id.get(&call).map(Asker::target))
+            .await;
         if let Some(t) = target.filter(|t| t.logs.admits(params.level)) {
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
@@ -599,7 +666,8 @@ impl rmcp::ClientHandler for Listener {
         cx: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let url = matches!(params, ElicitRequestParams::UrlElicitationParams { .. });
-        let asker = self.calls.asker_of(&cx, true, self.one_user).filter(|a| {
+        let asker = self.calls.asker_of(&cx, true, self.one_user).await;
+        let asker = asker.filter(|a| {
             a.can(|c| {
                 c.elicitation.as_ref().is_some_and(|e| match url {
                     true => e.url.is_some(),
@@ -635,6 +703,7 @@ impl rmcp::ClientHandler for Listener {
         let asker = self
             .calls
             .asker_of(&cx, true, self.one_user)
+            .await
             .filter(|a| a.can(|c| c.sampling.is_some()));
         let Some(asker) = asker else {
             return Err(ErrorData::invalid_request(
@@ -665,6 +734,7 @@ impl rmcp::ClientHandler for Listener {
         let asker = self
             .calls
             .asker_of(&cx, false, self.one_user)
+            .await
             .filter(|a| a.can(|c| c.roots.is_some()));
         // No call, or a client without roots: a client with no roots to offer.
         let Some(asker) = asker else {
@@ -837,17 +907,19 @@ impl Session {
         request: ClientRequest,
         asker: &Asker,
     ) -> Result<ServerResult, ServiceError> {
+        let calls = self.service.service().calls.clone();
+        let sending = calls.sending();
         let handle = self
             .service
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
-        let calls = self.service.service().calls.clone();
         {
             let mut c = calls.lock();
             c.by_id.insert(handle.id.clone(), asker.clone());
             c.by_progress
                 .insert(handle.progress_token.clone(), handle.id.clone());
         }
+        drop(sending);
         let mut in_flight = InFlight {
             peer: self.service.peer().clone(),
             calls,
