@@ -110,11 +110,22 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A running `portcullis serve`.
 /// The `portcullis` binary with none of the environment's Portcullis settings (so a
 /// developer's own key or config never leaks into a test) and no colour.
 pub fn portcullis() -> Command {
-    let mut cmd = Command::new(binary());
+    without_settings(Command::new(binary()))
+}
+
+/// `portcullis` started by `sh` after `ulimit -v` (the address space limit, in bytes).
+fn portcullis_with_address_space(bytes: u64) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", bytes >> 10))
+        .arg(binary());
+    without_settings(cmd)
+}
+
+fn without_settings(mut cmd: Command) -> Command {
     for var in [
         "PORTCULLIS_MASTER_KEY",
         "PORTCULLIS_CONFIG",
@@ -127,6 +138,7 @@ pub fn portcullis() -> Command {
     cmd
 }
 
+/// A running `portcullis serve`.
 pub struct Host {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -145,6 +157,8 @@ pub struct HostOptions {
     pub env_remove: Vec<String>,
     /// `--listen`; default `127.0.0.1:0`.
     pub listen: Option<String>,
+    /// Start under `ulimit -v` with this many bytes of address space.
+    pub address_space_limit: Option<u64>,
 }
 
 impl Host {
@@ -166,7 +180,10 @@ impl Host {
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
-        let mut cmd = portcullis();
+        let mut cmd = match opts.address_space_limit {
+            Some(bytes) => portcullis_with_address_space(bytes),
+            None => portcullis(),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!(
             "{}",
-            serde_json::json!({"plugin": id, "pooling": plugins.runtime().pooling(), "levels": out})
+            serde_json::json!({"plugin": id, "pooling": plugins.runtime().sizing().pooling, "levels": out})
         );
         anyhow::Ok(())
     })

@@ -717,6 +717,49 @@ async fn google_paths_are_shaped_per_api_and_body_rate_limits_get_retry_after() 
     assert_eq!(resp.headers()["portcullis-upstream-class"], "rate-limited");
 }
 
+/// Under a 4 GiB `ulimit -v` the host starts with every verified provider, keeps its
+/// plugin pool (sized to the limit instead of reserving about a terabyte) and shapes
+/// concurrent requests.
+#[tokio::test]
+async fn plugins_stay_pooled_and_shape_requests_under_a_four_gib_address_space_limit() {
+    let reg = registry(&["salesforce", "atlassian", "slack", "google"], false);
+    let up = Fixture::start().await;
+    up.json(
+        "/v4/spreadsheets/abc/values/A1:B2",
+        200,
+        json!({"range": "Sheet1!A1:B2", "values": [["a", "b"]]}),
+    );
+    let host = Host::start_with(
+        &loopback_config(
+            json!({"gdrive": bearer_connector("google", &up.url(), json!({}))}),
+            admin_everything(),
+        ),
+        HostOptions {
+            env: vec![(
+                "PORTCULLIS_REGISTRY".into(),
+                reg.path().display().to_string(),
+            )],
+            address_space_limit: Some(4 << 30),
+            ..HostOptions::default()
+        },
+    );
+    let url = host.url("/v1/connectors/gdrive/sheets/v4/spreadsheets/abc/values/A1:B2");
+    let answers = futures_util::future::join_all((0..32).map(|_| get_json(&url))).await;
+    for v in answers {
+        assert_eq!(v["values"][0][1], "b", "{v}");
+    }
+    let logs = host.logs();
+    let sized = logs
+        .lines()
+        .find(|l| l.contains("plugin sandbox sized to the address space limit"))
+        .unwrap_or_else(|| panic!("no sizing line in the log:\n{logs}"));
+    assert!(
+        sized.contains("address_space_limit_mib=4096") && sized.contains("pooling=true"),
+        "{sized}"
+    );
+    assert!(!logs.contains("pooling allocator is unavailable"), "{logs}");
+}
+
 #[tokio::test]
 async fn plugin_tools_are_mcp_tools_run_through_the_proxy_with_the_connector_credential() {
     let reg = registry(&["slack"], false);

@@ -1,8 +1,10 @@
 //! The sandbox: one wasmtime [`Engine`], a fresh [`Store`] per call.
 //!
-//! - The engine uses the pooling allocator when the address space allows it (slots are
-//!   reused with copy-on-write memory images, so instantiation is microseconds) and
-//!   epoch interruption driven by a ticker thread.
+//! - The engine uses the pooling allocator (slots are reused with copy-on-write memory
+//!   images, so instantiation is microseconds) and epoch interruption driven by a ticker
+//!   thread. Each linear memory reserves only the largest memory a plugin may have, not
+//!   the 4 GiB of wasm's index space, and the pool is sized to the process's address
+//!   space limit ([`Sizing`]), so the host starts under a `ulimit -v` of a few GiB.
 //! - Each plugin is compiled once ([`Runtime::prepare`]) into an `InstancePre`;
 //!   compiled code is cached on disk keyed by the component's SHA-256 and the engine's
 //!   compatibility hash.
@@ -43,8 +45,25 @@ pub const PLUGIN_INTERFACE: &str = "portcullis:provider/plugin";
 pub const SUPPORTED_WIT: &str = "0.1.x";
 const SUPPORTED_MAJOR_MINOR: (u64, u64) = (0, 1);
 
-/// Concurrent plugin calls (and pool slots).
+/// Concurrent plugin calls (and pool slots) when the address space is not limited.
 const POOL_SLOTS: u32 = 128;
+/// Below this many slots the pool is not worth its reservation: on-demand allocation.
+const MIN_POOL_SLOTS: u32 = 4;
+/// Linear memories per plugin instance (a component's own plus one spare).
+const MEMORIES_PER_SLOT: u64 = 2;
+/// Address space each linear memory reserves: the largest memory a plugin may declare.
+/// Below wasm's 4 GiB index space the compiled code checks bounds explicitly instead of
+/// relying on a 4 GiB guard region; that costs little next to instantiation and keeps a
+/// pool of 128 slots at about 17 GiB of address space instead of a terabyte.
+const MEMORY_RESERVATION: u64 = (super::manifest::MAX_MEMORY_MB as u64) << 20;
+/// Guard pages after (and before) each linear memory; lets small constant offsets skip
+/// their bounds check.
+const MEMORY_GUARD: u64 = 2 << 20;
+/// Stack of the fiber each async call runs on.
+const ASYNC_STACK: usize = 2 << 20;
+/// Share of a limited address space the pool may take; the rest is the host's own
+/// (heap, thread stacks, compiled code).
+const POOL_SHARE_OF_LIMIT: u64 = 2;
 /// Pool slots returned before their pages are released in one batch.
 const DECOMMIT_BATCH: usize = 16;
 /// Bytes of each linear memory reset with `memset` (and kept resident) instead of
@@ -74,8 +93,8 @@ pub enum CallError {
     Memory { plugin: Arc<str>, limit_mb: u32 },
     #[error("plugin \"{plugin}\" crashed: {detail}")]
     Trap { plugin: Arc<str>, detail: String },
-    #[error("plugin \"{plugin}\" is busy ({POOL_SLOTS} calls in flight); try again")]
-    Busy { plugin: Arc<str> },
+    #[error("plugin \"{plugin}\" is busy ({slots} calls in flight); try again")]
+    Busy { plugin: Arc<str>, slots: u32 },
     #[error("plugin \"{plugin}\" returned something the host refuses: {detail}")]
     Invalid { plugin: Arc<str>, detail: String },
     #[error("plugin \"{plugin}\" refused: {detail}")]
@@ -258,25 +277,39 @@ pub struct Runtime {
     linker: Linker<State>,
     permits: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
-    pooling: bool,
+    sizing: Sizing,
 }
 
 impl Runtime {
     /// Builds the engine (pooling if the address space allows, on-demand otherwise) and
     /// starts the epoch ticker. `cache_dir` holds compiled code; `None` disables it.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
-        let (engine, pooling) = match Engine::new(&config(true)) {
-            Ok(e) => (e, true),
-            Err(e) => {
-                tracing::info!(
+        let limit = address_space_limit();
+        let mut sizing = Sizing::for_limit(limit);
+        let engine = match Engine::new(&config(sizing)) {
+            Ok(e) => e,
+            Err(e) if sizing.pooling => {
+                tracing::warn!(
                     "the pooling allocator is unavailable ({e:#}); plugins use on-demand allocation"
                 );
-                (
-                    Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("{e:#}"))?,
-                    false,
-                )
+                sizing.pooling = false;
+                Engine::new(&config(sizing)).map_err(|e| anyhow::anyhow!("{e:#}"))?
             }
+            Err(e) => return Err(anyhow::anyhow!("{e:#}")),
         };
+        match limit {
+            Some(bytes) => tracing::info!(
+                address_space_limit_mib = bytes >> 20,
+                concurrent_calls = sizing.slots,
+                pooling = sizing.pooling,
+                "plugin sandbox sized to the address space limit"
+            ),
+            None => tracing::debug!(
+                concurrent_calls = sizing.slots,
+                pooling = sizing.pooling,
+                "plugin sandbox"
+            ),
+        }
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
@@ -293,15 +326,15 @@ impl Runtime {
         Ok(Arc::new(Self {
             engine,
             linker,
-            permits: Arc::new(Semaphore::new(POOL_SLOTS as usize)),
+            permits: Arc::new(Semaphore::new(sizing.slots as usize)),
             cache_dir,
-            pooling,
+            sizing,
         }))
     }
 
-    /// Whether the pooling allocator is in use.
-    pub fn pooling(&self) -> bool {
-        self.pooling
+    /// How calls are allocated and how many run at once.
+    pub fn sizing(&self) -> Sizing {
+        self.sizing
     }
 
     /// Compiles (or loads from the cache) and links a component whose bytes hash to
@@ -358,6 +391,7 @@ impl Runtime {
             _ => {
                 return Err(CallError::Busy {
                     plugin: p.id.clone(),
+                    slots: self.sizing.slots,
                 });
             }
         };
@@ -461,22 +495,74 @@ fn call_error(e: wasmtime::Error, state: &State, p: &Prepared) -> CallError {
     CallError::Trap { plugin, detail }
 }
 
-fn config(pooling: bool) -> Config {
+/// How many plugin calls run at once and whether their instances come from a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// Concurrent calls; with pooling, also the pool's slots.
+    pub slots: u32,
+    pub pooling: bool,
+}
+
+/// Address space one pool slot reserves: its linear memories with their guards, and
+/// the async stack with its guard page.
+const SLOT_ADDRESS_SPACE: u64 =
+    MEMORIES_PER_SLOT * (MEMORY_RESERVATION + 2 * MEMORY_GUARD) + ASYNC_STACK as u64 + (64 << 10);
+
+impl Sizing {
+    /// `limit` is the process's address space limit in bytes (`None`: unlimited). The
+    /// pool takes at most half of a limit; when fewer than [`MIN_POOL_SLOTS`] fit,
+    /// instances are allocated on demand and calls are bounded the same way, so a busy
+    /// host answers `busy` rather than failing to map memory.
+    pub fn for_limit(limit: Option<u64>) -> Self {
+        let Some(limit) = limit else {
+            return Self {
+                slots: POOL_SLOTS,
+                pooling: true,
+            };
+        };
+        let fits = (limit / POOL_SHARE_OF_LIMIT / SLOT_ADDRESS_SPACE).min(u64::from(POOL_SLOTS));
+        let fits = u32::try_from(fits).unwrap_or(POOL_SLOTS);
+        Self {
+            slots: fits.max(1),
+            pooling: fits >= MIN_POOL_SLOTS,
+        }
+    }
+}
+
+/// The soft `RLIMIT_AS` (what `ulimit -v` sets), `None` when unlimited.
+fn address_space_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::As).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+fn config(sizing: Sizing) -> Config {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD)
+        // A memory that outgrows its reservation would be moved; plugins are capped
+        // below it, so nothing is reserved for growth.
+        .memory_reservation_for_growth(0)
         // Plugin stacks stay small; deep recursion traps instead of growing.
         .max_wasm_stack(512 * 1024)
-        .async_stack_size(2 * 1024 * 1024);
-    if pooling {
+        .async_stack_size(ASYNC_STACK);
+    if sizing.pooling {
+        let slots = sizing.slots;
         let mut p = PoolingAllocationConfig::default();
-        p.total_component_instances(POOL_SLOTS)
-            .total_core_instances(8 * POOL_SLOTS)
-            .total_memories(2 * POOL_SLOTS)
-            .total_tables(8 * POOL_SLOTS)
-            .total_stacks(POOL_SLOTS)
-            .max_memories_per_component(2)
+        p.total_component_instances(slots)
+            .total_core_instances(8 * slots)
+            .total_memories(MEMORIES_PER_SLOT as u32 * slots)
+            .total_tables(8 * slots)
+            .total_stacks(slots)
+            .max_memories_per_component(MEMORIES_PER_SLOT as u32)
             .max_tables_per_component(8)
             .max_memory_size((super::manifest::MAX_MEMORY_MB as usize) << 20)
             // Returning a slot to the pool costs a madvise and a TLB shootdown across
@@ -585,4 +671,41 @@ fn store_cached(component: &Component, path: &Path) -> anyhow::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_fits_in_half_of_an_address_space_limit() {
+        assert_eq!(
+            Sizing::for_limit(None),
+            Sizing {
+                slots: POOL_SLOTS,
+                pooling: true
+            }
+        );
+        let four_gib = Sizing::for_limit(Some(4 << 30));
+        assert!(four_gib.pooling, "{four_gib:?}");
+        assert!(four_gib.slots >= MIN_POOL_SLOTS, "{four_gib:?}");
+        assert!(u64::from(four_gib.slots) * SLOT_ADDRESS_SPACE <= 2 << 30);
+        // A roomy limit is capped at the usual pool.
+        assert_eq!(Sizing::for_limit(Some(1 << 40)).slots, POOL_SLOTS);
+        // Too small for a pool: on demand, still at least one call at a time.
+        let tiny = Sizing::for_limit(Some(256 << 20));
+        assert_eq!(
+            tiny,
+            Sizing {
+                slots: 1,
+                pooling: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_engine_sized_for_four_gib_builds_with_pooling() {
+        let sizing = Sizing::for_limit(Some(4 << 30));
+        Engine::new(&config(sizing)).expect("pooling engine for a 4 GiB limit");
+    }
 }

@@ -15,6 +15,55 @@ use super::ChildGuard;
 use super::load;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a started Portcullis idles before its memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+
+/// A started Portcullis before any load: time from spawn to its first 200 on
+/// `/healthz`, and its memory after [`IDLE_SETTLE`] of idling.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct AtRest {
+    pub ready_ms: u64,
+    /// Resident memory (`VmRSS`).
+    pub rss_kib: u64,
+    /// Address space reserved (`VmSize`): what `ulimit -v` limits.
+    pub address_space_kib: u64,
+    /// Size of the binary that ran.
+    pub binary_bytes: u64,
+}
+
+impl AtRest {
+    /// Report lines, one per target label that has a measurement.
+    pub fn lines<'a>(rows: impl IntoIterator<Item = (&'a str, Option<AtRest>)>) -> String {
+        rows.into_iter()
+            .filter_map(|(label, rest)| Some((label, rest?)))
+            .map(|(label, r)| {
+                format!(
+                    "- {label} at rest: ready {} ms after start; idle RSS {:.1} MiB, address \
+                     space {:.1} MiB; binary {:.1} MiB.\n",
+                    r.ready_ms,
+                    r.rss_kib as f64 / 1024.0,
+                    r.address_space_kib as f64 / 1024.0,
+                    r.binary_bytes as f64 / (1024.0 * 1024.0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `VmRSS` and `VmSize` of a process, in KiB.
+fn memory_of(pid: u32) -> Result<(u64, u64)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmSize:")?))
+}
 
 /// Appends the last lines of a child's log to an error, since "bad status" alone rarely
 /// says why a proxy misbehaved.
@@ -113,6 +162,7 @@ pub fn spawn_portcullis(
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let stdout = fs::File::create(dir.join("stdout.log")).context("creating stdout log")?;
     let stderr = fs::File::create(dir.join("stderr.log")).context("creating stderr log")?;
+    let started = Instant::now();
     let mut cmd = Command::new(bin);
     match registry {
         Some(r) => cmd.env("PORTCULLIS_REGISTRY", r),
@@ -136,6 +186,15 @@ pub fn spawn_portcullis(
     let mut guard = ChildGuard::new("portcullis", child, "TERM");
     wait_ready(&mut guard, "portcullis", addr, "/healthz", true)
         .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
+    let ready_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    thread::sleep(IDLE_SETTLE);
+    let (rss_kib, address_space_kib) = memory_of(guard.pid())?;
+    guard.at_rest = Some(AtRest {
+        ready_ms,
+        rss_kib,
+        address_space_kib,
+        binary_bytes: fs::metadata(bin).map(|m| m.len()).unwrap_or_default(),
+    });
     Ok((guard, addr))
 }
 

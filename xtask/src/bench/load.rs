@@ -183,6 +183,11 @@ pub fn probe(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes)> {
 
 /// [`probe`] for any target (a POST with its body and headers).
 pub fn probe_target(target: &Target) -> Result<(StatusCode, Bytes)> {
+    probe_response(target).map(|(status, _, body)| (status, body))
+}
+
+/// One request to `target` on a fresh connection: status, headers and the whole body.
+pub fn probe_response(target: &Target) -> Result<(StatusCode, hyper::HeaderMap, Bytes)> {
     let rt = build_runtime(1)?;
     rt.block_on(async {
         let (addr, path) = (target.addr, &target.path);
@@ -194,9 +199,9 @@ pub fn probe_target(target: &Target) -> Result<(StatusCode, Bytes)> {
         let req = build_request(target, &uri, &host)?;
         tokio::time::timeout(REQUEST_TIMEOUT, async {
             let res = sender.send_request(req).await?;
-            let status = res.status();
-            let body = res.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((parts.status, parts.headers, body))
         })
         .await
         .map_err(|_| anyhow!("request to {addr}{path} timed out"))?

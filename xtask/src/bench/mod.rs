@@ -115,6 +115,8 @@ pub struct ChildGuard {
     /// Signal that asks this program to shut down gracefully (`QUIT` for nginx,
     /// `TERM` for Portcullis).
     graceful_signal: &'static str,
+    /// What the program cost before any load, where it was measured (Portcullis).
+    pub at_rest: Option<host::AtRest>,
 }
 
 impl ChildGuard {
@@ -123,7 +125,12 @@ impl ChildGuard {
             name: name.into(),
             child,
             graceful_signal,
+            at_rest: None,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `Some(status)` if the process already exited (used to fail fast during startup).

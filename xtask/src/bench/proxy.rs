@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use super::host::{
-    free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_child, with_log_tail,
+    AtRest, free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_child, with_log_tail,
 };
 use super::load::{self, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
@@ -102,6 +102,9 @@ struct Measured {
     upstream_requests: u64,
     /// Connections the upstream accepted during both phases (including warm-ups).
     upstream_connections: u64,
+    /// Portcullis before the load (Portcullis targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at_rest: Option<AtRest>,
 }
 
 pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
@@ -250,6 +253,7 @@ fn measure(
         );
     }
 
+    let at_rest = proxy.as_ref().and_then(|p| p.at_rest);
     let load_start = upstream.counters.snapshot();
     let (latency, throughput) = load::run_both(target, proxy, spec_c1, spec_high, "req")?;
     let load_end = upstream.counters.snapshot();
@@ -259,6 +263,7 @@ fn measure(
         auth_injected,
         upstream_requests: load_end.requests - load_start.requests,
         upstream_connections: load_end.connections - load_start.connections,
+        at_rest,
     })
 }
 
@@ -667,6 +672,12 @@ impl Report<'_> {
                 conns.join("; ")
             );
         }
+        s.push_str(&AtRest::lines(self.results.iter().map(|r| {
+            (
+                r.kind.label(),
+                r.outcome.as_ref().ok().and_then(|x| x.at_rest),
+            )
+        })));
         for r in self.results {
             if let Ok(x) = &r.outcome
                 && x.auth_injected == Some(false)
@@ -693,7 +704,8 @@ impl Report<'_> {
                 Ok(x) => json!({"target": r.kind, "ok": true, "latency": x.latency,
                                 "throughput": x.throughput, "auth_injected": x.auth_injected,
                                 "upstream_requests": x.upstream_requests,
-                                "upstream_connections": x.upstream_connections}),
+                                "upstream_connections": x.upstream_connections,
+                                "at_rest": x.at_rest}),
                 Err(e) => json!({"target": r.kind, "ok": false, "error": e}),
             })
             .collect();
