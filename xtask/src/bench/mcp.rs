@@ -209,8 +209,9 @@ fn call_body(tool: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-/// The headers of every POST; `with_token` adds the upstream's bearer token (direct).
-fn post_headers(with_token: bool) -> Vec<(HeaderName, HeaderValue)> {
+/// The headers of every POST; `with_token` adds the upstream's bearer token (direct),
+/// `session` the session's id and protocol version.
+fn post_headers(with_token: bool, session: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = vec![
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
         (
@@ -222,6 +223,13 @@ fn post_headers(with_token: bool) -> Vec<(HeaderName, HeaderValue)> {
         headers.push((
             hyper::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer bench-mcp-token"),
+        ));
+    }
+    if let Some(session) = session {
+        headers.push((HeaderName::from_static("mcp-session-id"), session.clone()));
+        headers.push((
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderValue::from_static(SESSION_PROTOCOL),
         ));
     }
     headers
@@ -236,22 +244,19 @@ fn call_target(
     tool: &str,
     with_token: bool,
 ) -> Result<Target> {
-    let mut headers = post_headers(with_token);
-    if kind.in_session() {
-        let session = open_session(addr, path, with_token)
-            .with_context(|| format!("opening an MCP session at {addr}{path}"))?;
-        headers.push((HeaderName::from_static("mcp-session-id"), session));
-        headers.push((
-            HeaderName::from_static("mcp-protocol-version"),
-            HeaderValue::from_static(SESSION_PROTOCOL),
-        ));
-    }
+    let session = match kind.in_session() {
+        true => Some(
+            open_session(addr, path, with_token)
+                .with_context(|| format!("opening an MCP session at {addr}{path}"))?,
+        ),
+        false => None,
+    };
     Ok(Target::post(
         kind.label(),
         addr,
         path,
         call_body(tool),
-        headers,
+        post_headers(with_token, session.as_ref()),
         Bytes::from_static(PONG_CONTENT.as_bytes()),
     ))
 }
@@ -267,7 +272,7 @@ fn open_session(addr: SocketAddr, path: &str, with_token: bool) -> Result<Header
         addr,
         path,
         Bytes::from(initialize.to_string()),
-        post_headers(with_token),
+        post_headers(with_token, None),
         Bytes::new(),
     ))?;
     let session = headers.get("mcp-session-id").cloned();
@@ -280,18 +285,12 @@ fn open_session(addr: SocketAddr, path: &str, with_token: bool) -> Result<Header
                 .collect::<String>()
         );
     };
-    let mut headers = post_headers(with_token);
-    headers.push((HeaderName::from_static("mcp-session-id"), session.clone()));
-    headers.push((
-        HeaderName::from_static("mcp-protocol-version"),
-        HeaderValue::from_static(SESSION_PROTOCOL),
-    ));
     let initialized = Target::post(
         "notifications/initialized",
         addr,
         path,
         Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-        headers,
+        post_headers(with_token, Some(&session)),
         Bytes::new(),
     );
     let (status, _) = load::probe_target(&initialized)?;
@@ -326,13 +325,7 @@ fn start_portcullis(
         addr,
         "/v1/mcp",
         Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
-        vec![
-            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (
-                ACCEPT,
-                HeaderValue::from_static("application/json, text/event-stream"),
-            ),
-        ],
+        post_headers(false, None),
         Bytes::new(),
     );
     let deadline = Instant::now() + DISCOVERY_TIMEOUT;
