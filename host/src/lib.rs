@@ -61,8 +61,9 @@
 //!   router takes its paths from them).
 //! - [`app`]: wiring only: builds the state, the router, reloads, the server.
 
-// `unsafe` is denied everywhere; the one exception (loading compiled plugin code from
-// the host's private cache) is allowed on that function alone, with its reasoning.
+// `unsafe` is denied everywhere; the two exceptions (loading compiled plugin code from
+// the host's private cache, and telling the allocator to return what a compile freed,
+// both in `plugins::runtime`) are allowed on those functions alone, with their reasoning.
 #![deny(unsafe_code)]
 
 pub mod admin;

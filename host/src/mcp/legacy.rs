@@ -64,7 +64,7 @@ impl LegacySse {
             ));
         }
         // One stream for everything: no log message on it is marked as a call's.
-        let mut events = super::transport::mark_logs(sse(resp.into_body()), None);
+        let mut events = super::transport::mark_logs(sse(resp.into_body()), None, None);
         let mut endpoint = None;
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|e| UpstreamError::Body(e.to_string()))?;

@@ -54,7 +54,7 @@ use crate::policy::Access;
 use crate::state::App;
 use crate::state::Snapshot;
 use transport::UpstreamHttp;
-use upstream::{Flavor, Listener, Listing, Session};
+use upstream::{Flavor, Listener, Listing, Session, Unrelayed};
 
 /// The MCP side of the gateway: the shared state, and the [`Hub`] of upstream sessions
 /// and open client sessions. Reads of the shared state go through to [`App`].
@@ -327,6 +327,7 @@ impl Upstream {
             self.connector.id.clone(),
             self.user.clone(),
         );
+        let unrelayed = Arc::new(Unrelayed::default());
         let listener = Listener::new(
             Arc::new(move || wake.notify_one()),
             self.subscribers.clone(),
@@ -346,8 +347,11 @@ impl Upstream {
                 }
             }),
             self.user.is_some(),
+            unrelayed.clone(),
         );
-        let open = Session::open(self.http.clone(), &self.url, listener, slot.flavor);
+        let mut http = self.http.clone();
+        http.unrelayed = Some(unrelayed);
+        let open = Session::open(http, &self.url, listener, slot.flavor);
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!(

@@ -26,6 +26,7 @@ use rmcp::transport::streamable_http_client::{
 };
 use sse_stream::{Sse, SseStream};
 
+use super::upstream::Unrelayed;
 use crate::connector::Connector;
 use crate::outbound::{self, Exchange, Outbound, Payload, Target, UpstreamBody};
 
@@ -63,6 +64,9 @@ pub struct UpstreamHttp {
     /// other than an authorization failure, which marks a server without streamable
     /// HTTP (the specification's cue to try the legacy HTTP+SSE transport).
     pub(super) init_refused: Option<Arc<AtomicU16>>,
+    /// Where a session counts the log messages it reads about calls (see
+    /// [`super::upstream::Unrelayed`]).
+    pub(super) unrelayed: Option<Arc<Unrelayed>>,
 }
 
 type Upstream<E> = Result<E, StreamableHttpError<UpstreamError>>;
@@ -74,6 +78,7 @@ impl UpstreamHttp {
             connector,
             user,
             init_refused: None,
+            unrelayed: None,
         }
     }
 
@@ -236,11 +241,12 @@ struct LogNote {
 }
 
 /// Marks every log message on an event stream with the call whose stream it is (`None`:
-/// the session's own stream). Other events pass untouched; an event that is not JSON is
-/// left for rmcp to refuse.
+/// the session's own stream), and counts it in `unrelayed` for that call. Other events
+/// pass untouched; an event that is not JSON is left for rmcp to refuse.
 pub(super) fn mark_logs(
     events: futures_util::stream::BoxStream<'static, Result<Sse, SseError>>,
     call: Option<RequestId>,
+    unrelayed: Option<Arc<Unrelayed>>,
 ) -> futures_util::stream::BoxStream<'static, Result<Sse, SseError>> {
     events
         .map_ok(move |mut event| {
@@ -249,6 +255,9 @@ pub(super) fn mark_logs(
                 && let Some(marked) = mark_log(data, call.as_ref())
             {
                 *data = marked;
+                if let (Some(call), Some(unrelayed)) = (&call, &unrelayed) {
+                    unrelayed.read(call);
+                }
             }
             event
         })
@@ -262,6 +271,12 @@ fn mark_log(data: &str, call: Option<&RequestId>) -> Option<String> {
     if message.get("method").and_then(|m| m.as_str()) != Some("notifications/message") {
         return None;
     }
+    // A message rmcp will refuse is neither marked nor counted (nobody would pass it on).
+    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
+    serde_json::from_value::<rmcp::model::LoggingMessageNotificationParam>(
+        message.get("params")?.clone(),
+    )
+    .ok()?;
     let params = message.get_mut("params")?.as_object_mut()?;
     // A logger that is not a string is the upstream's mistake: left for rmcp to refuse.
     let logger = match params.get("logger") {
@@ -432,7 +447,7 @@ impl StreamableHttpClient for UpstreamHttp {
                 _ => None,
             };
             return Ok(StreamableHttpPostResponse::Sse(
-                mark_logs(sse(resp.into_body()), call),
+                mark_logs(sse(resp.into_body()), call, self.unrelayed.clone()),
                 session,
             ));
         }
@@ -496,7 +511,7 @@ impl StreamableHttpClient for UpstreamHttp {
         if !is_type(resp.headers(), "text/event-stream") {
             return Err(unexpected_type(resp.headers()));
         }
-        Ok(mark_logs(sse(resp.into_body()), None))
+        Ok(mark_logs(sse(resp.into_body()), None, None))
     }
 }
 
@@ -546,6 +561,37 @@ mod tests {
         ] {
             assert_eq!(mark_log(other, Some(&call)), None, "{other}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_calls_log_messages_are_counted_in_stream_order_and_others_are_not() {
+        let unrelayed = Arc::new(Unrelayed::default());
+        let call = RequestId::Number(9);
+        let event = |data: &str| Ok(Sse::default().data(data.to_owned()));
+        let events = futures_util::stream::iter(vec![
+            event(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"a"}}"#),
+            event(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"loud","data":"refused by rmcp"}}"#),
+            event(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#),
+            event(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"debug","data":"b"}}"#),
+            event(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#),
+        ])
+        .boxed();
+        let mut marked = mark_logs(events, Some(call.clone()), Some(unrelayed.clone()));
+        let mut seen = Vec::new();
+        while let Some(e) = marked.next().await {
+            seen.push(unrelayed.count(&call));
+            assert!(e.is_ok());
+        }
+        // Counted as each is read: by the answer (last), both valid logs are counted.
+        assert_eq!(seen, [1, 1, 1, 2, 2]);
+        // The session's own stream counts nothing.
+        let own = futures_util::stream::iter(vec![event(
+            r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"a"}}"#,
+        )])
+        .boxed();
+        let other = Arc::new(Unrelayed::default());
+        let n = mark_logs(own, None, Some(other.clone())).count().await;
+        assert_eq!((n, other.count(&call)), (1, 0));
     }
 
     fn limit() -> EventLimit<futures_util::stream::Empty<Result<Bytes, std::io::Error>>> {

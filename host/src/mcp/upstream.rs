@@ -60,10 +60,14 @@ impl Listener {
         subscribers: Arc<Subscribers>,
         on_log: Arc<dyn Fn(LoggingMessageNotificationParam) + Send + Sync>,
         one_user: bool,
+        unrelayed: Arc<Unrelayed>,
     ) -> Self {
         Self {
             on_change,
-            calls: Arc::default(),
+            calls: Arc::new(Calls {
+                unrelayed,
+                ..Calls::default()
+            }),
             subscribers,
             on_log,
             one_user,
@@ -416,6 +420,78 @@ struct Calls {
     inner: Mutex<CallsInner>,
     /// Woken whenever a request being sent is registered, or failed to send.
     registered: tokio::sync::Notify,
+    /// Log messages about calls read from the upstream and not yet passed on.
+    unrelayed: Arc<Unrelayed>,
+}
+
+/// Log messages an upstream sent on a call's event stream that have not been passed on
+/// (or dropped) yet, per call. rmcp hands each notification to a task of its own and a
+/// call's answer straight to the waiting request, so a log sent just before the answer
+/// could otherwise reach the client after it. The transport counts each log as it reads
+/// it, in stream order ([`super::transport::mark_logs`]), so when the answer arrives
+/// every log sent before it is counted; the call waits for its count to reach zero
+/// before answering its client.
+#[derive(Default)]
+pub struct Unrelayed {
+    counts: Mutex<HashMap<RequestId, usize>>,
+    relayed: tokio::sync::Notify,
+}
+
+/// How long an answered call waits for its log messages to be passed on. Relaying one is
+/// a channel send; this only bounds a log rmcp refused after the transport counted it.
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Unrelayed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, usize>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A log message about `call` was read from the upstream.
+    pub(super) fn read(&self, call: &RequestId) {
+        *self.lock().entry(call.clone()).or_default() += 1;
+    }
+
+    /// A log message about `call` was passed on, or dropped.
+    fn done(&self, call: &RequestId) {
+        {
+            let mut counts = self.lock();
+            if let Some(n) = counts.get_mut(call) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(call);
+                }
+            }
+        }
+        self.relayed.notify_waiters();
+    }
+
+    /// Waits (at most [`RELAY_WAIT`]) until every log message read about `call` was
+    /// passed on, then forgets the call.
+    async fn drain(&self, call: &RequestId) {
+        let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+        loop {
+            // Listening before looking, so a relay in between is not missed.
+            let relayed = self.relayed.notified();
+            tokio::pin!(relayed);
+            relayed.as_mut().enable();
+            if !self.lock().contains_key(call) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, relayed).await.is_err() {
+                self.forget(call);
+                return;
+            }
+        }
+    }
+
+    fn forget(&self, call: &RequestId) {
+        self.lock().remove(call);
+    }
+
+    #[cfg(test)]
+    pub(super) fn count(&self, call: &RequestId) -> usize {
+        self.lock().get(call).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Default)]
@@ -564,6 +640,7 @@ impl Drop for InFlight {
             calls.by_id.remove(&self.id);
             calls.by_progress.remove(&self.progress);
         }
+        self.calls.unrelayed.forget(&self.id);
         if self.answered {
             return;
         }
@@ -650,6 +727,7 @@ impl rmcp::ClientHandler for Listener {
             )
             .await;
         }
+        self.calls.unrelayed.done(&call);
     }
 
     async fn on_resource_updated(
@@ -929,12 +1007,14 @@ impl Session {
         };
         let answer = handle.await_response().await;
         in_flight.answered = true;
-        if asker.target.progress.is_some() || asker.target.logs != Logs::Off {
+        // Log messages the upstream sent before its answer reach the client first.
+        in_flight.calls.unrelayed.drain(&in_flight.id).await;
+        if asker.target.progress.is_some() {
             // rmcp hands each notification to a task of its own and the answer straight
-            // to the waiting request, so the upstream's last progress notifications and
-            // log messages, sent before its answer, may not have been passed on yet. Their tasks exist
+            // to the waiting request, so the upstream's last progress notifications,
+            // sent before its answer, may not have been passed on yet. Their tasks exist
             // by now: letting them run first keeps the order the upstream sent (best
-            // effort: rmcp offers no way to wait for them).
+            // effort: progress is not counted as log messages are).
             for _ in 0..PROGRESS_CATCH_UP_YIELDS {
                 tokio::task::yield_now().await;
             }
@@ -1052,4 +1132,51 @@ fn describe_init(e: &rmcp::service::ClientInitializeError) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answered_call_waits_for_its_counted_log_messages_and_no_longer() {
+        let unrelayed = Arc::new(Unrelayed::default());
+        let (quiet, chatty, lost) = (
+            RequestId::Number(1),
+            RequestId::Number(2),
+            RequestId::Number(3),
+        );
+        // Nothing counted: no wait.
+        unrelayed.drain(&quiet).await;
+        // Two logs read; passed on later by other tasks, as rmcp's handler tasks do.
+        unrelayed.read(&chatty);
+        unrelayed.read(&chatty);
+        let relayed = Arc::new(Mutex::new(0));
+        let relay = {
+            let (unrelayed, relayed, chatty) = (unrelayed.clone(), relayed.clone(), chatty.clone());
+            tokio::spawn(async move {
+                for _ in 0..2 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    *relayed.lock().expect("lock") += 1;
+                    unrelayed.done(&chatty);
+                }
+            })
+        };
+        unrelayed.drain(&chatty).await;
+        assert_eq!(
+            *relayed.lock().expect("lock"),
+            2,
+            "drained before both were relayed"
+        );
+        assert_eq!(unrelayed.count(&chatty), 0);
+        relay.await.expect("relay task");
+        // A counted log nobody passes on (rmcp refused it) holds the answer only for
+        // RELAY_WAIT, and the call is forgotten.
+        unrelayed.read(&lost);
+        unrelayed.drain(&lost).await;
+        assert_eq!(unrelayed.count(&lost), 0);
+        // A late `done` for a forgotten call changes nothing.
+        unrelayed.done(&lost);
+        assert_eq!(unrelayed.count(&lost), 0);
+    }
 }

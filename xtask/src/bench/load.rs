@@ -44,7 +44,7 @@ pub struct Target {
     /// Origin-form request target, e.g. `/v1/connectors/bench/ping`.
     pub path: String,
     /// `Some` sends this body as a POST; `None` sends a GET.
-    pub body: Option<Bytes>,
+    pub body: Option<Body>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// A 200 only counts as a success if its body contains this (an MCP server answers
     /// a failed call with 200 and a JSON-RPC error).
@@ -69,16 +69,69 @@ impl Target {
         name: impl Into<String>,
         addr: SocketAddr,
         path: impl Into<String>,
-        body: Bytes,
+        body: impl Into<Body>,
         headers: Vec<(HeaderName, HeaderValue)>,
         expect: Bytes,
     ) -> Self {
         Self {
-            body: Some(body),
+            body: Some(body.into()),
             headers,
             expect: Some(expect),
             ..Self::get(name, addr, path)
         }
+    }
+}
+
+/// The body of a POST.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// The same bytes on every request.
+    Fixed(Bytes),
+    /// A JSON-RPC request numbered afresh for every request: `before`, a decimal id taken
+    /// from a counter all workers share, then `after`. Inside an MCP session a request id
+    /// must not repeat while an earlier request with it is open (the server routes each
+    /// answer by its id), so concurrent agents in one session need distinct ids, as every
+    /// real client sends.
+    Numbered {
+        before: Bytes,
+        after: Bytes,
+        next_id: Arc<AtomicU64>,
+    },
+}
+
+impl Body {
+    /// A numbered body whose ids start at `first_id`.
+    pub fn numbered(before: &str, after: &str, first_id: u64) -> Self {
+        Self::Numbered {
+            before: Bytes::copy_from_slice(before.as_bytes()),
+            after: Bytes::copy_from_slice(after.as_bytes()),
+            next_id: Arc::new(AtomicU64::new(first_id)),
+        }
+    }
+
+    /// The bytes of the next request.
+    fn next(&self) -> Bytes {
+        match self {
+            Self::Fixed(bytes) => bytes.clone(),
+            Self::Numbered {
+                before,
+                after,
+                next_id,
+            } => {
+                let id = next_id.fetch_add(1, Ordering::Relaxed).to_string();
+                let mut body = Vec::with_capacity(before.len() + id.len() + after.len());
+                body.extend_from_slice(before);
+                body.extend_from_slice(id.as_bytes());
+                body.extend_from_slice(after);
+                Bytes::from(body)
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Self::Fixed(bytes)
     }
 }
 
@@ -263,8 +316,8 @@ fn build_request(target: &Target, uri: &Uri, host: &HeaderValue) -> Result<Reque
     for (name, value) in &target.headers {
         req = req.header(name, value);
     }
-    req.body(Full::new(target.body.clone().unwrap_or_default()))
-        .context("building request")
+    let body = target.body.as_ref().map(Body::next).unwrap_or_default();
+    req.body(Full::new(body)).context("building request")
 }
 
 /// Whether `haystack` contains `needle` (the expected marker in a response body).

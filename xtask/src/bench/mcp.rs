@@ -40,7 +40,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use serde_json::json;
 
 use super::host::{AtRest, prepare_portcullis, spawn_portcullis, with_child};
-use super::load::{self, LoadSpec, Stats, Target};
+use super::load::{self, Body, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// The token Portcullis injects and the upstream demands.
@@ -202,11 +202,15 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         .finish(root, "mcp", &markdown, &report.json(), &failures, complete)
 }
 
-/// The JSON-RPC body of one call, as an agent without a session sends it.
-fn call_body(tool: &str) -> Bytes {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": tool, "arguments": {}}});
-    Bytes::from(body.to_string())
+/// The JSON-RPC body of one call, each with its own id as clients number them (ids in
+/// a session must not collide; `initialize` took 0).
+fn call_body(tool: &str) -> Body {
+    let params = json!({"name": tool, "arguments": {}});
+    Body::numbered(
+        r#"{"jsonrpc":"2.0","id":"#,
+        &format!(r#","method":"tools/call","params":{params}}}"#),
+        1,
+    )
 }
 
 /// The headers of every POST; `with_token` adds the upstream's bearer token (direct),
