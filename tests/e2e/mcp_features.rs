@@ -160,7 +160,8 @@ async fn catalog_loaded(host: &Host) {
         }
         assert!(
             Instant::now() < deadline,
-            "the gateway never listed the upstream's prompts: {r:?}"
+            "the gateway never listed the upstream's prompts: {r:?}\nhost log:\n{}",
+            host.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
