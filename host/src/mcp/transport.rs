@@ -271,19 +271,15 @@ fn mark_log(data: &str, call: Option<&RequestId>) -> Option<String> {
     if message.get("method").and_then(|m| m.as_str()) != Some("notifications/message") {
         return None;
     }
-    // A message rmcp will refuse is neither marked nor counted (nobody would pass it on).
+    // Params rmcp will refuse (a bad level, a logger that is not a string) are neither
+    // marked nor counted: nobody would pass the message on.
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
-    serde_json::from_value::<rmcp::model::LoggingMessageNotificationParam>(
-        message.get("params")?.clone(),
+    let logger = <rmcp::model::LoggingMessageNotificationParam as serde::Deserialize>::deserialize(
+        message.get("params")?,
     )
-    .ok()?;
+    .ok()?
+    .logger;
     let params = message.get_mut("params")?.as_object_mut()?;
-    // A logger that is not a string is the upstream's mistake: left for rmcp to refuse.
-    let logger = match params.get("logger") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(l)) => Some(l.clone()),
-        Some(_) => return None,
-    };
     let note = LogNote {
         call: call.cloned(),
         logger,

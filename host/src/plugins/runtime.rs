@@ -374,21 +374,30 @@ impl Runtime {
                 }
             }
         }
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| PrepareError::Compile(format!("{e:#}")));
+        let compiled = self.compile_and_cache(wasm, cached.as_deref());
+        // After the compile and the cache's serialization, which both free what they used.
         release_freed_memory();
-        let component = component?;
+        compiled
+    }
+
+    /// Compiles `wasm` and, with a cache file, writes it there and serves it from that
+    /// file, as every later start will: its code pages are then the page cache's
+    /// (shared, reclaimable), not anonymous memory held for the process's life.
+    fn compile_and_cache(
+        &self,
+        wasm: &[u8],
+        cached: Option<&Path>,
+    ) -> Result<Component, PrepareError> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
         let Some(path) = cached else {
             return Ok(component);
         };
-        if let Err(e) = store_cached(&component, &path) {
+        if let Err(e) = store_cached(&component, path) {
             tracing::warn!(file = %path.display(), "cannot cache a compiled plugin: {e:#}");
             return Ok(component);
         }
-        // Serve from the file just written, as every later start will: its code pages
-        // are the page cache's (shared, reclaimable), not anonymous memory held for the
-        // process's life.
-        match load_cached(&self.engine, &path) {
+        match load_cached(&self.engine, path) {
             Ok(mapped) => Ok(mapped),
             Err(e) => {
                 tracing::warn!(file = %path.display(), "cannot map a compiled plugin just cached: {e:#}");
