@@ -19,7 +19,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt as _;
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest, RequestId, ServerJsonRpcMessage};
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientRequest, RequestId, ServerJsonRpcMessage, ServerNotification,
+};
 use rmcp::transport::streamable_http_client::{
     AuthRequiredError, SseError, StreamableHttpClient, StreamableHttpError,
     StreamableHttpPostResponse,
@@ -243,6 +245,11 @@ struct LogNote {
 /// Marks every log message on an event stream with the call whose stream it is (`None`:
 /// the session's own stream), and counts it in `unrelayed` for that call. Other events
 /// pass untouched; an event that is not JSON is left for rmcp to refuse.
+///
+/// Only what rmcp will hand to the listener's `on_logging_message` is marked and
+/// counted (a message event that parses as a log notification), so every count is
+/// taken off again when the listener passes the message on or drops it — also one
+/// read after its call ended.
 pub(super) fn mark_logs(
     events: futures_util::stream::BoxStream<'static, Result<Sse, SseError>>,
     call: Option<RequestId>,
@@ -250,7 +257,10 @@ pub(super) fn mark_logs(
 ) -> futures_util::stream::BoxStream<'static, Result<Sse, SseError>> {
     events
         .map_ok(move |mut event| {
-            if let Some(data) = event.data.as_mut()
+            // rmcp reads only unnamed and `message` events as JSON-RPC.
+            let message_event = matches!(event.event.as_deref(), None | Some("" | "message"));
+            if message_event
+                && let Some(data) = event.data.as_mut()
                 && data.contains("notifications/message")
                 && let Some(marked) = mark_log(data, call.as_ref())
             {
@@ -264,33 +274,23 @@ pub(super) fn mark_logs(
         .boxed()
 }
 
-/// `data` with its log message's `logger` holding the note; `None` when it is not a log
-/// message.
+/// `data` with its log message's `logger` holding the note; `None` when rmcp would not
+/// take it as a log message (not a notification, another method, params it refuses).
 fn mark_log(data: &str, call: Option<&RequestId>) -> Option<String> {
-    let mut message: serde_json::Value = serde_json::from_str(data).ok()?;
-    if message.get("method").and_then(|m| m.as_str()) != Some("notifications/message") {
+    let mut message: ServerJsonRpcMessage = serde_json::from_str(data).ok()?;
+    let ServerJsonRpcMessage::Notification(notification) = &mut message else {
         return None;
-    }
-    // Params rmcp will refuse (a bad level, a logger that is not a string) are neither
-    // marked nor counted: nobody would pass the message on.
-    #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
-    let logger = <rmcp::model::LoggingMessageNotificationParam as serde::Deserialize>::deserialize(
-        message.get("params")?,
-    )
-    .ok()?
-    .logger;
-    let params = message.get_mut("params")?.as_object_mut()?;
+    };
+    let ServerNotification::LoggingMessageNotification(log) = &mut notification.notification else {
+        return None;
+    };
     let note = LogNote {
         call: call.cloned(),
-        logger,
+        logger: log.params.logger.take(),
     };
-    let note = format!(
-        "{LOG_MARK}{}{}",
-        log_nonce(),
-        serde_json::to_string(&note).ok()?
-    );
-    params.insert("logger".to_owned(), serde_json::Value::String(note));
-    Some(message.to_string())
+    let note = serde_json::to_string(&note).ok()?;
+    log.params.logger = Some(format!("{LOG_MARK}{}{note}", log_nonce()));
+    serde_json::to_string(&message).ok()
 }
 
 /// The call a log message came with, and its `logger` as the upstream sent it. A
@@ -438,8 +438,10 @@ impl StreamableHttpClient for UpstreamHttp {
             return Err(status_error(&resp));
         }
         if is_type(resp.headers(), "text/event-stream") {
+            // rmcp skips what comes before the answer on an initialize's stream: its
+            // log messages are no call's and counted for none.
             let call = match &message {
-                ClientJsonRpcMessage::Request(r) => Some(r.id.clone()),
+                ClientJsonRpcMessage::Request(r) if !is_initialize(&message) => Some(r.id.clone()),
                 _ => None,
             };
             return Ok(StreamableHttpPostResponse::Sse(
@@ -568,6 +570,11 @@ mod tests {
             event(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"a"}}"#),
             event(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"loud","data":"refused by rmcp"}}"#),
             event(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#),
+            // Neither a named event nor another JSON-RPC version reaches the listener.
+            Ok(Sse::default().event("endpoint").data(
+                r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"c"}}"#.to_owned(),
+            )),
+            event(r#"{"jsonrpc":"1.0","method":"notifications/message","params":{"level":"info","data":"d"}}"#),
             event(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"debug","data":"b"}}"#),
             event(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#),
         ])
@@ -579,7 +586,7 @@ mod tests {
             assert!(e.is_ok());
         }
         // Counted as each is read: by the answer (last), both valid logs are counted.
-        assert_eq!(seen, [1, 1, 1, 2, 2]);
+        assert_eq!(seen, [1, 1, 1, 1, 1, 2, 2]);
         // The session's own stream counts nothing.
         let own = futures_util::stream::iter(vec![event(
             r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"a"}}"#,

@@ -430,7 +430,9 @@ struct Calls {
 /// could otherwise reach the client after it. The transport counts each log as it reads
 /// it, in stream order ([`super::transport::mark_logs`]), so when the answer arrives
 /// every log sent before it is counted; the call waits for its count to reach zero
-/// before answering its client.
+/// before answering its client. Only messages rmcp hands to the listener are counted,
+/// and the listener takes each off once it has passed it on or dropped it, so a count
+/// made after its call ended (a log behind the answer) does not outlive the message.
 #[derive(Default)]
 pub struct Unrelayed {
     counts: Mutex<HashMap<RequestId, usize>>,
@@ -438,7 +440,8 @@ pub struct Unrelayed {
 }
 
 /// How long an answered call waits for its log messages to be passed on. Relaying one is
-/// a channel send; this only bounds a log rmcp refused after the transport counted it.
+/// a channel send; this bounds a client too slow to take it (the relay itself gives up
+/// after two seconds), which then gets the answer first.
 const RELAY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Unrelayed {
