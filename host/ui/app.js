@@ -429,22 +429,47 @@ async function removeConnector(id, render) {
   }
 }
 
+/** Two letters standing in for a provider's icon: its words' initials (Google Workspace → GW),
+ *  else its capitals (GitHub → GH), else its first two letters (Slack → Sl). */
+function initials(name) {
+  const words = name.split(/\s+/).filter(Boolean);
+  if (words.length >= 2) return (words[0][0] + words[1][0]).toUpperCase();
+  const capitals = name.replace(/[^A-Z]/g, '');
+  return capitals.length >= 2 ? capitals.slice(0, 2) : name.slice(0, 2);
+}
+
 async function picker(render) {
   if (notAdmin(render)) return;
   const reg = await loadOr(render, 'Add connector', 'The provider registry could not be read', '/api/registry');
   if (!reg) return;
   const choose = (id) => () => { location.hash = `#/settings/connectors/new/${encodeURIComponent(id)}`; };
-  const items = reg.providers.slice().sort((a, b) => a.name.localeCompare(b.name)).map((p) =>
-    h('li', {}, h('button', { type: 'button', 'data-provider': p.id, onclick: choose(p.id) },
-      h('strong', { text: p.name }), h('span', { class: 'meta', text: p.description }))));
+  const entry = (p) => h('li', {}, h('button', { type: 'button', 'data-provider': p.id, onclick: choose(p.id) },
+    h('span', { class: 'initials', 'aria-hidden': 'true', text: initials(p.name) }),
+    h('strong', { text: p.name }), h('span', { class: 'meta', text: p.description })));
+  // Categories as the plugins name them, alphabetically, "Other" last.
+  const groups = new Map();
+  for (const p of reg.providers.slice().sort((a, b) => a.name.localeCompare(b.name))) {
+    const category = p.category || 'Other';
+    if (!groups.has(category)) groups.set(category, []);
+    groups.get(category).push(p);
+  }
+  const order = [...groups.keys()].sort((a, b) => (a === 'Other') - (b === 'Other') || a.localeCompare(b));
+  const group = (title, items) => {
+    const id = `picker-${title.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+    return h('section', { class: 'picker-group', 'aria-labelledby': id },
+      h('h2', { id, text: title }), h('ul', { class: 'picker', 'aria-label': title }, ...items));
+  };
   const broken = (reg.errors || []).map((err) => h('li', {}, h('button', { type: 'button', class: 'broken', disabled: true },
     h('strong', { text: err.entry }), h('span', { class: 'meta', text: `Did not load: ${err.message}` }))));
-  items.push(h('li', {}, h('button', { type: 'button', 'data-provider': 'custom', onclick: choose('custom') },
-    h('strong', { text: 'Custom connector' }), h('span', { class: 'meta', text: 'Any HTTP API or MCP server not in the registry.' }))));
+  const custom = h('li', {}, h('button', { type: 'button', 'data-provider': 'custom', onclick: choose('custom') },
+    h('span', { class: 'initials', 'aria-hidden': 'true', text: '+' }),
+    h('strong', { text: 'Custom connector' }), h('span', { class: 'meta', text: 'Any HTTP API or MCP server not in the registry.' })));
   render('Add connector',
     h('p', { class: 'lead', text: 'Choose a verified provider to start from its URLs, scopes and parameters, or a custom connector.' }),
     reg.dir ? null : notice('info', h('p', {}, 'No provider registry is loaded (start the host with --registry); only custom connectors can be added.')),
-    h('ul', { class: 'picker', 'aria-label': 'Providers' }, ...items, ...broken));
+    ...order.map((c) => group(c, groups.get(c).map(entry))),
+    group('Custom', [custom]),
+    broken.length ? group('Did not load', broken) : null);
 }
 
 /** The form's state → the connector exactly as it will be saved. */

@@ -19,6 +19,7 @@ mod observability;
 mod openapi;
 mod per_user;
 mod plugins;
+mod providers;
 mod proxy;
 mod schema;
 mod startup;

@@ -103,7 +103,7 @@ async fn users() -> Whois {
     whois
 }
 
-async fn status(host: &Host, from: &str, id: &str) -> String {
+pub(crate) async fn status(host: &Host, from: &str, id: &str) -> String {
     let v: Value = client_from(from)
         .get(host.url("/api/connectors"))
         .send()
@@ -121,7 +121,7 @@ async fn status(host: &Host, from: &str, id: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn start_connect(host: &Host, from: &str, id: &str) -> String {
+pub(crate) async fn start_connect(host: &Host, from: &str, id: &str) -> String {
     let resp = client_from(from)
         .post(host.url(&format!("/api/connectors/{id}/connect")))
         .send()
@@ -165,7 +165,7 @@ async fn token_sent(host: &Host, from: &str, path: &str) -> String {
         .to_owned()
 }
 
-fn query_param(url: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(url: &str, name: &str) -> Option<String> {
     url::Url::parse(url)
         .ok()?
         .query_pairs()
@@ -631,7 +631,7 @@ async fn removing_a_connector_revokes_every_users_tokens() {
 }
 
 /// A per-user connector of `provider` whose OAuth endpoints are the fixture's.
-fn fixture_connector(provider: &str, fx: &Fixture, scopes: &[&str]) -> Value {
+pub(crate) fn fixture_connector(provider: &str, fx: &Fixture, scopes: &[&str]) -> Value {
     json!({
         "protocol": "http",
         "url": fx.url(),
@@ -647,7 +647,7 @@ fn fixture_connector(provider: &str, fx: &Fixture, scopes: &[&str]) -> Value {
     })
 }
 
-fn fixture_host(reg: &std::path::Path, connectors: Value) -> Host {
+pub(crate) fn fixture_host(reg: &std::path::Path, connectors: Value) -> Host {
     Host::start_with(
         &crate::loopback_config(connectors, crate::admin_everything()),
         HostOptions {
@@ -659,7 +659,7 @@ fn fixture_host(reg: &std::path::Path, connectors: Value) -> Host {
 
 /// Connects `(loopback)` through a fixture token endpoint: the code is whatever the
 /// fixture accepts. Returns the callback's status and page.
-async fn fixture_connect(host: &Host, id: &str) -> (u16, String) {
+pub(crate) async fn fixture_connect(host: &Host, id: &str) -> (u16, String) {
     let auth_url = start_connect(host, "127.0.0.1", id).await;
     let state = query_param(&auth_url, "state").expect("state");
     let resp = client()
@@ -675,7 +675,7 @@ async fn fixture_connect(host: &Host, id: &str) -> (u16, String) {
     )
 }
 
-fn form(body: &str) -> std::collections::HashMap<String, String> {
+pub(crate) fn form(body: &str) -> std::collections::HashMap<String, String> {
     url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect()

@@ -11,7 +11,15 @@ use serde_json::{Value, json};
 
 use crate::{admin_everything, loopback_config};
 
-const PROVIDERS: &[&str] = &["salesforce", "atlassian", "slack", "google"];
+/// The verified providers in `registry/` (as `cargo xtask plugins` builds them).
+pub(crate) const PROVIDERS: &[&str] = &[
+    "salesforce",
+    "atlassian",
+    "slack",
+    "google",
+    "github",
+    "linear",
+];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
 fn test_plugin(name: &str) -> PathBuf {
@@ -139,7 +147,17 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
     assert_eq!(r["errors"], json!([]), "{r}");
     let providers = r["providers"].as_array().expect("providers");
     let ids: Vec<&str> = providers.iter().filter_map(|p| p["id"].as_str()).collect();
-    assert_eq!(ids, ["atlassian", "google", "salesforce", "slack"]);
+    assert_eq!(
+        ids,
+        [
+            "atlassian",
+            "github",
+            "google",
+            "linear",
+            "salesforce",
+            "slack"
+        ]
+    );
     let by_id = |id: &str| {
         providers
             .iter()
@@ -163,6 +181,26 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
     assert_eq!(slack["oauth"]["scope_separator"], ",");
     assert_eq!(slack["oauth"]["pkce"], "unsupported");
     assert_eq!(slack["mcp_url"], "https://mcp.slack.com/mcp");
+    let github = by_id("github");
+    assert_eq!(github["mcp_url"], "https://api.githubcopilot.com/mcp/");
+    assert_eq!(github["oauth"]["pkce"], "supported");
+    assert_eq!(github["oauth"]["rotates_refresh_token"], true);
+    // The picker files each provider under the category its manifest names.
+    let categories: Vec<(&str, &str)> = providers
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p["category"].as_str()?)))
+        .collect();
+    assert_eq!(
+        categories,
+        [
+            ("atlassian", "Project management"),
+            ("github", "Developer tools"),
+            ("google", "Productivity"),
+            ("linear", "Project management"),
+            ("salesforce", "CRM"),
+            ("slack", "Communication"),
+        ]
+    );
     let sf = by_id("salesforce");
     assert_eq!(sf["connector"]["id"], "Salesforce");
     assert_eq!(sf["status"], "loaded");
@@ -860,7 +898,7 @@ fn call_params(name: &str) -> rmcp::model::CallToolRequestParams {
     rmcp::model::CallToolRequestParams::new(name.to_owned())
 }
 
-fn call_text(r: &rmcp::model::CallToolResult) -> String {
+pub(crate) fn call_text(r: &rmcp::model::CallToolResult) -> String {
     r.content
         .iter()
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))

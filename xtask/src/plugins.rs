@@ -21,7 +21,14 @@ use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 /// Verified providers: crate folder under `plugins/` = registry id.
-pub const PROVIDERS: &[&str] = &["salesforce", "atlassian", "slack", "google"];
+pub const PROVIDERS: &[&str] = &[
+    "salesforce",
+    "atlassian",
+    "slack",
+    "google",
+    "github",
+    "linear",
+];
 
 const TARGET: &str = "wasm32-wasip2";
 

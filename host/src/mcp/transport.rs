@@ -276,6 +276,7 @@ pub(super) fn mark_logs(
 
 /// `data` with its log message's `logger` holding the note; `None` when rmcp would not
 /// take it as a log message (not a notification, another method, params it refuses).
+#[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
 fn mark_log(data: &str, call: Option<&RequestId>) -> Option<String> {
     let mut message: ServerJsonRpcMessage = serde_json::from_str(data).ok()?;
     let ServerJsonRpcMessage::Notification(notification) = &mut message else {

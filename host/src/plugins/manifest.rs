@@ -16,6 +16,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const MAX_MEMORY_MB: u32 = 64;
 /// Longest per-call deadline a manifest may ask for.
 pub const MAX_TIMEOUT_MS: u32 = 1_000;
+/// Longest picker category a manifest may name.
+const MAX_CATEGORY_CHARS: usize = 32;
+/// The picker's category for a manifest that names none.
+pub const DEFAULT_CATEGORY: &str = "Other";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +32,10 @@ pub struct Manifest {
     pub version: String,
     #[serde(default)]
     pub description: String,
+    /// Where the picker files the provider ("Developer tools", "CRM"); "Other" when the
+    /// manifest names none.
+    #[serde(default)]
+    pub category: Option<String>,
     pub component: ComponentRef,
     #[serde(default)]
     pub limits: Limits,
@@ -106,6 +114,15 @@ impl Manifest {
                 "plugin.toml: limits.timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"
             ));
         }
+        if let Some(c) = &m.category
+            && (c.trim().is_empty()
+                || c.chars().count() > MAX_CATEGORY_CHARS
+                || c.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "plugin.toml: category must be a short label (1 to {MAX_CATEGORY_CHARS} characters, one line), like \"Developer tools\""
+            ));
+        }
         for h in &m.capabilities.allowed_hosts {
             if !valid_host_pattern(h) {
                 return Err(format!(
@@ -128,6 +145,14 @@ impl Manifest {
             ));
         }
         Ok(dir.join(p))
+    }
+
+    /// The picker's category.
+    pub fn category(&self) -> &str {
+        self.category
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or(DEFAULT_CATEGORY)
     }
 
     /// Whether `host` is one of the declared hosts.
@@ -193,6 +218,13 @@ allowed_hosts = ["api.acme.example", "*.acme.example"]
         );
         assert!(!m.allows_host("evilacme.example"));
         assert!(!m.allows_host("api.acme.example.evil"));
+        assert_eq!(m.category(), DEFAULT_CATEGORY);
+        let filed = GOOD.replace(
+            "version = \"1.0.0\"",
+            "version = \"1.0.0\"\ncategory = \"CRM\"",
+        );
+        let m = Manifest::parse(&filed, "acme").expect("with a category");
+        assert_eq!(m.category(), "CRM");
     }
 
     #[test]
@@ -220,6 +252,18 @@ allowed_hosts = ["api.acme.example", "*.acme.example"]
                 .expect_err("must be refused")
                 .contains("sha256")
         );
+        for category in ["", "  ", "two\\nlines", &"x".repeat(MAX_CATEGORY_CHARS + 1)] {
+            let bad = GOOD.replace(
+                "version = \"1.0.0\"",
+                &format!("version = \"1.0.0\"\ncategory = \"{category}\""),
+            );
+            assert!(
+                Manifest::parse(&bad, "acme")
+                    .expect_err("must be refused")
+                    .contains("category"),
+                "{category:?}"
+            );
+        }
         let future = GOOD.replace("schema_version = 1", "schema_version = 9");
         assert!(
             Manifest::parse(&future, "acme")

@@ -705,6 +705,7 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
         "id": d.id,
         "name": d.display_name,
         "description": d.description,
+        "category": p.manifest.category(),
         "docs_url": d.docs_url,
         "version": p.manifest.version,
         "sha256": p.sha256,

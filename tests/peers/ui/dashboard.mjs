@@ -126,7 +126,16 @@ try {
   await page.getByRole('link', { name: 'Add connector' }).click();
   await page.locator('button[data-provider="salesforce"]').waitFor();
   check(await page.locator('button[data-provider="custom"]').isVisible(), 'the picker offers Custom');
-  for (const p of ['atlassian', 'google', 'slack']) check(await page.locator(`button[data-provider="${p}"]`).isVisible(), `the picker lists ${p}`);
+  for (const p of ['atlassian', 'github', 'google', 'linear', 'slack']) check(await page.locator(`button[data-provider="${p}"]`).isVisible(), `the picker lists ${p}`);
+  // Filed under the category each plugin names, with initials standing in for an icon.
+  const headings = await page.locator('.picker-group h2').allInnerTexts();
+  check(JSON.stringify(headings) === JSON.stringify(['Communication', 'CRM', 'Developer tools', 'Productivity', 'Project management', 'Custom', 'Did not load']), `the picker's groups: ${headings}`);
+  const devTools = page.getByRole('list', { name: 'Developer tools' });
+  check(await devTools.locator('button[data-provider="github"]').isVisible(), 'GitHub is under Developer tools');
+  const projects = await page.getByRole('list', { name: 'Project management' }).locator('button').evaluateAll((bs) => bs.map((b) => b.dataset.provider));
+  check(JSON.stringify(projects) === JSON.stringify(['atlassian', 'linear']), `Project management lists Atlassian and Linear: ${projects}`);
+  check(await page.locator('button[data-provider="github"] .initials').innerText() === 'GH', 'GitHub shows GH');
+  check(await page.locator('button[data-provider="google"] .initials').innerText() === 'GW', 'Google Workspace shows GW');
   const broken = page.locator('button.broken');
   check(/^broken\s*Did not load: ./.test(await broken.innerText()) && await broken.isDisabled(), `the entry that did not load is listed with its reason: ${await broken.innerText()}`);
   await accessible('picker');

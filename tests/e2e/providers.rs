@@ -1,0 +1,326 @@
+//! Each verified provider as an operator and an agent meet it, through the real host and
+//! the registry's component, against a fixture server that answers as the provider's
+//! documentation says: connect (the authorize URL the plugin shapes, the code exchange)
+//! → a proxied call → a tool call over `/v1/mcp` → refresh (rotation where the provider
+//! rotates) → a dead grant → reconnect → disconnect. The golden fixtures under
+//! `plugins/<id>/fixtures` check each hook on its own (`plugins.rs`).
+
+use portcullis_e2e::fixture::{Canned, Fixture};
+use portcullis_e2e::{client, registry_copy};
+use serde_json::{Value, json};
+
+use crate::per_user::{
+    fixture_connect, fixture_connector, fixture_host, form, query_param, start_connect, status,
+};
+use crate::plugins::call_text;
+
+/// An agent connected to the host's `/v1/mcp`.
+type McpAgent = rmcp::service::RunningService<rmcp::service::RoleClient, portcullis_e2e::Agent>;
+
+/// Tools `agent` lists.
+async fn tool_names(agent: &McpAgent) -> Vec<String> {
+    agent
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+/// Calls tool `name` with `args` (a JSON object).
+async fn call_tool(agent: &McpAgent, name: &str, args: Value) -> rmcp::model::CallToolResult {
+    let params = rmcp::model::CallToolRequestParams::new(name.to_owned())
+        .with_arguments(args.as_object().cloned().expect("arguments object"));
+    agent.call_tool(params).await.expect("tools/call")
+}
+
+/// Disconnects the loopback caller from connector `id`.
+async fn disconnect(host: &portcullis_e2e::Host, id: &str) {
+    let v: Value = client()
+        .delete(host.url(&format!("/api/connectors/{id}/connection")))
+        .send()
+        .await
+        .expect("disconnect")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["disconnected"], true, "{v}");
+}
+
+/// `GET /v1/connectors/<path>` from loopback: status and JSON body.
+async fn call(host: &portcullis_e2e::Host, path: &str) -> (u16, Value) {
+    let resp = client()
+        .get(host.url(&format!("/v1/connectors/{path}")))
+        .send()
+        .await
+        .expect("proxied call");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// GitHub App user tokens: PKCE on the authorize URL, 8-hour tokens whose single-use
+/// refresh token rotates on every refresh, errors inside HTTP 200, GitHub's media type
+/// and API version on every call, and the tools reading through GraphQL.
+#[tokio::test]
+async fn github_connect_call_tools_rotating_refresh_dead_grant_and_disconnect() {
+    let reg = registry_copy(&["github"]);
+    let gh = Fixture::start().await;
+    let app_token = |n: &str| {
+        Canned::json(
+            200,
+            json!({"access_token": format!("ghu_{n}"), "expires_in": 28800,
+                   "refresh_token": format!("ghr_{n}"), "refresh_token_expires_in": 15811200,
+                   "scope": "", "token_type": "bearer"}),
+        )
+    };
+    gh.on(
+        "/token",
+        vec![
+            app_token("one"),
+            app_token("two"),
+            // GitHub reports a used or expired refresh token with HTTP 200.
+            Canned::json(
+                200,
+                json!({"error": "bad_refresh_token", "error_description": "The refresh token passed is incorrect or expired."}),
+            ),
+            app_token("three"),
+        ],
+    );
+    let bad_credentials = Canned::json(
+        401,
+        json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
+    );
+    let me = Canned::json(200, json!({"login": "octocat", "id": 1}));
+    gh.on(
+        "/user",
+        vec![bad_credentials.clone(), me.clone(), bad_credentials, me],
+    );
+    gh.json(
+        "/graphql",
+        200,
+        json!({"data": {"search": {"issueCount": 1, "pageInfo": {"hasNextPage": false, "endCursor": "Y3Vyc29yOjE="},
+            "nodes": [{"__typename": "Issue", "number": 1347, "title": "Found a bug", "url": "https://github.com/octocat/hello-world/issues/1347",
+                       "state": "OPEN", "author": {"login": "octocat"}, "repository": {"nameWithOwner": "octocat/hello-world"}}]}}}),
+    );
+    let host = fixture_host(
+        reg.path(),
+        json!({"github": fixture_connector("github", &gh, &["repo", "read:user"])}),
+    );
+
+    // Connect: PKCE (S256) and space-separated scopes; the code exchange carries the
+    // verifier and the client credentials in the form.
+    let auth_url = start_connect(&host, "127.0.0.1", "github").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("repo read:user")
+    );
+    assert_eq!(
+        query_param(&auth_url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    let (s, page) = fixture_connect(&host, "github").await;
+    assert_eq!(s, 200, "{page}");
+    let exchange = &gh.seen_at("/token")[0];
+    let sent = form(&exchange.body);
+    assert_eq!(sent["grant_type"], "authorization_code");
+    assert_eq!(sent["client_secret"], "fixture-secret");
+    assert_eq!(sent["code_verifier"].len(), 43);
+    assert_eq!(exchange.headers["accept"], "application/json");
+    assert_eq!(status(&host, "127.0.0.1", "github").await, "Ready");
+
+    // A call the provider refuses (401) refreshes and is sent again, with GitHub's
+    // media type and API version.
+    let (s, v) = call(&host, "github/user").await;
+    assert_eq!((s, &v["login"]), (200, &json!("octocat")), "{v}");
+    let seen = gh.seen_at("/user");
+    assert_eq!(seen[0].headers["authorization"], "Bearer ghu_one");
+    assert_eq!(seen[1].headers["authorization"], "Bearer ghu_two");
+    assert_eq!(seen[1].headers["accept"], "application/vnd.github+json");
+    assert_eq!(seen[1].headers["x-github-api-version"], "2022-11-28");
+
+    // A tool over MCP: GraphQL with only the fields a model needs, the user's token.
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tool_names(&agent).await;
+    for t in [
+        "github_list_repos",
+        "github_search_issues",
+        "github_get_issue",
+        "github_get_file",
+    ] {
+        assert!(tools.contains(&t.to_owned()), "{t} missing: {tools:?}");
+    }
+    let r = call_tool(
+        &agent,
+        "github_search_issues",
+        json!({"query": "repo:octocat/hello-world is:open", "limit": 5}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("Found a bug"), "{}", call_text(&r));
+    let graphql = &gh.seen_at("/graphql")[0];
+    assert_eq!(graphql.headers["authorization"], "Bearer ghu_two");
+    let body: Value = serde_json::from_str(&graphql.body).expect("GraphQL body");
+    assert_eq!(
+        body["variables"],
+        json!({"q": "repo:octocat/hello-world is:open", "n": 5, "after": null})
+    );
+    assert!(
+        body["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("search("))
+    );
+    // A bad argument is refused before anything is sent, as an error the model reads.
+    let r = call_tool(
+        &agent,
+        "github_get_file",
+        json!({"owner": "octocat", "repo": "hello-world", "path": "../../etc/passwd"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("\"path\""), "{}", call_text(&r));
+    agent.cancel().await.expect("close");
+
+    // The next refresh uses the refresh token the last one returned; GitHub says it is
+    // dead (inside a 200): the user must connect again.
+    let (s, _) = call(&host, "github/user").await;
+    assert_ne!(s, 200);
+    let refreshes: Vec<String> = gh.seen_at("/token")[1..]
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(refreshes, ["ghr_one", "ghr_two"], "rotation");
+    assert_eq!(status(&host, "127.0.0.1", "github").await, "Needs auth");
+
+    // Reconnect, call, disconnect.
+    assert_eq!(fixture_connect(&host, "github").await.0, 200);
+    let (s, v) = call(&host, "github/user").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        gh.seen_at("/user").last().expect("seen").headers["authorization"],
+        "Bearer ghu_three"
+    );
+    disconnect(&host, "github").await;
+    assert_eq!(status(&host, "127.0.0.1", "github").await, "Needs auth");
+    let (s, _) = call(&host, "github/user").await;
+    assert_ne!(s, 200, "no token after disconnecting");
+    assert_eq!(gh.seen_at("/user").len(), 4, "nothing sent without a token");
+}
+
+/// Linear: comma-separated scopes and PKCE on the authorize URL, one GraphQL endpoint
+/// whose errors are read from the body (an authentication error refreshes, a rate limit
+/// inside HTTP 400 is marked for the agent), rotating refresh tokens, tools over MCP,
+/// and a disconnect that revokes the token at Linear's RFC 7009 endpoint.
+#[tokio::test]
+async fn linear_connect_graphql_errors_rotating_refresh_tools_and_revoking_disconnect() {
+    let reg = registry_copy(&["linear"]);
+    let lin = Fixture::start().await;
+    let token = |n: &str| {
+        Canned::json(
+            200,
+            json!({"access_token": format!("lin_oauth_{n}"), "token_type": "Bearer", "expires_in": 86399,
+                   "scope": "read write", "refresh_token": format!("lin_refresh_{n}")}),
+        )
+    };
+    lin.on("/token", vec![token("one"), token("two")]);
+    lin.json("/revoke", 200, json!({}));
+    let unauthenticated = Canned::json(
+        401,
+        json!({"errors": [{"message": "Authentication required, not authenticated",
+            "extensions": {"type": "authentication error", "code": "AUTHENTICATION_ERROR", "statusCode": 401}}]}),
+    );
+    let rate_limited = Canned::json(
+        400,
+        json!({"errors": [{"message": "Rate limit exceeded. Only 5000 requests are allowed per 1 hour and you have made 5000 requests in the last hour.",
+            "extensions": {"code": "RATELIMITED", "statusCode": 429}}]}),
+    )
+    .header("x-ratelimit-requests-remaining", "0");
+    let viewer = Canned::json(
+        200,
+        json!({"data": {"viewer": {"id": "u1", "name": "Mia"}}}),
+    );
+    let teams = Canned::json(
+        200,
+        json!({"data": {"teams": {"nodes": [{"id": "team-1", "key": "ENG", "name": "Engineering"}],
+            "pageInfo": {"hasNextPage": false, "endCursor": null}}}}),
+    );
+    lin.on(
+        "/graphql",
+        vec![unauthenticated, teams, viewer, rate_limited],
+    );
+    let mut connector = fixture_connector("linear", &lin, &["read", "write"]);
+    connector["auth"]["revocation_url"] = json!(format!("{}/revoke", lin.url()));
+    let host = fixture_host(reg.path(), json!({"linear": connector}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "linear").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("read,write")
+    );
+    assert_eq!(
+        query_param(&auth_url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(fixture_connect(&host, "linear").await.0, 200);
+
+    // A tool over MCP; Linear's authentication error refreshes and the call is sent
+    // again with the new token.
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(&agent, "linear_list_teams", json!({})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("Engineering"), "{}", call_text(&r));
+    let seen = lin.seen_at("/graphql");
+    assert_eq!(seen[0].headers["authorization"], "Bearer lin_oauth_one");
+    assert_eq!(seen[1].headers["authorization"], "Bearer lin_oauth_two");
+    assert_eq!(seen[0].body, seen[1].body, "the same request again");
+    let body: Value = serde_json::from_str(&seen[1].body).expect("GraphQL body");
+    assert!(body["query"].as_str().is_some_and(|q| q.contains("teams(")));
+    assert_eq!(body["variables"]["n"], 25);
+    assert_eq!(
+        form(&lin.seen_at("/token")[1].body)["refresh_token"],
+        "lin_refresh_one"
+    );
+    agent.cancel().await.expect("close");
+
+    // The agent's own GraphQL through the proxy; a rate limit inside HTTP 400 reaches
+    // the agent marked as one, and is no reason to refresh.
+    let viewer_query = json!({"query": "{ viewer { id name } }"});
+    let graphql = || {
+        client()
+            .post(host.url("/v1/connectors/linear/graphql"))
+            .json(&viewer_query)
+            .send()
+    };
+    let resp = graphql().await.expect("graphql");
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["data"]["viewer"]["name"], "Mia", "{v}");
+    let resp = graphql().await.expect("graphql");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.headers()
+            .get("portcullis-upstream-class")
+            .and_then(|v| v.to_str().ok()),
+        Some("rate-limited")
+    );
+    assert_eq!(lin.seen_at("/token").len(), 2, "a rate limit is no refresh");
+
+    // Disconnect revokes the tokens at Linear (RFC 7009 `token` field).
+    disconnect(&host, "linear").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lin.seen_at("/revoke").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let revoked: Vec<String> = lin
+        .seen_at("/revoke")
+        .iter()
+        .map(|s| form(&s.body)["token"].clone())
+        .collect();
+    assert!(
+        revoked
+            .iter()
+            .any(|t| t == "lin_refresh_two" || t == "lin_oauth_two"),
+        "{revoked:?}"
+    );
+    assert_eq!(status(&host, "127.0.0.1", "linear").await, "Needs auth");
+}
