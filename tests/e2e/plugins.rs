@@ -19,6 +19,8 @@ pub(crate) const PROVIDERS: &[&str] = &[
     "google",
     "github",
     "linear",
+    "zoom",
+    "canva",
 ];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
@@ -151,11 +153,13 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
         ids,
         [
             "atlassian",
+            "canva",
             "github",
             "google",
             "linear",
             "salesforce",
-            "slack"
+            "slack",
+            "zoom"
         ]
     );
     let by_id = |id: &str| {
@@ -194,11 +198,13 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
         categories,
         [
             ("atlassian", "Project management"),
+            ("canva", "Design"),
             ("github", "Developer tools"),
             ("google", "Productivity"),
             ("linear", "Project management"),
             ("salesforce", "CRM"),
             ("slack", "Communication"),
+            ("zoom", "Communication"),
         ]
     );
     let sf = by_id("salesforce");

@@ -324,3 +324,185 @@ async fn linear_connect_graphql_errors_rotating_refresh_tools_and_revoking_disco
     );
     assert_eq!(status(&host, "127.0.0.1", "linear").await, "Needs auth");
 }
+
+/// Zoom: HTTP Basic client auth on every token request, PKCE, one-hour tokens whose
+/// refresh token rotates, error code 124 as re-auth, tools on the user's meetings, and a
+/// disconnect that revokes at Zoom's revocation endpoint.
+#[tokio::test]
+async fn zoom_basic_client_auth_code_124_rotation_meeting_tools_and_revocation() {
+    let reg = registry_copy(&["zoom"]);
+    let zoom = Fixture::start().await;
+    let token = |n: &str| {
+        Canned::json(
+            200,
+            json!({"access_token": format!("zoom-at-{n}"), "token_type": "bearer", "refresh_token": format!("zoom-rt-{n}"),
+                   "expires_in": 3599, "scope": "user:read:user meeting:read:list_meetings", "api_url": "https://api.zoom.us"}),
+        )
+    };
+    zoom.on("/token", vec![token("1"), token("2"), token("3")]);
+    zoom.json("/revoke", 200, json!({"status": "success"}));
+    let expired = Canned::json(
+        401,
+        json!({"code": 124, "message": "Access token is expired."}),
+    );
+    zoom.on(
+        "/users/me",
+        vec![
+            expired.clone(),
+            Canned::json(200, json!({"id": "KDcuGIm1QgePTO8WbOqwIQ", "email": "mia@example.com", "timezone": "Europe/Berlin"})),
+        ],
+    );
+    zoom.on(
+        "/users/me/meetings",
+        vec![
+            expired,
+            Canned::json(200, json!({"page_size": 30, "total_records": 1, "next_page_token": "",
+                "meetings": [{"id": 93123456789u64, "topic": "Q1 Planning Meeting", "type": 2, "start_time": "2026-03-15T10:00:00Z", "duration": 60,
+                              "join_url": "https://zoom.us/j/93123456789"}]})),
+        ],
+    );
+    let mut connector = fixture_connector(
+        "zoom",
+        &zoom,
+        &["user:read:user", "meeting:read:list_meetings"],
+    );
+    connector["auth"]["revocation_url"] = json!(format!("{}/revoke", zoom.url()));
+    let host = fixture_host(reg.path(), json!({"zoom": connector}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "zoom").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("user:read:user meeting:read:list_meetings")
+    );
+    assert!(query_param(&auth_url, "code_challenge").is_some());
+    assert_eq!(fixture_connect(&host, "zoom").await.0, 200);
+    let exchange = &zoom.seen_at("/token")[0];
+    assert!(exchange.headers["authorization"].starts_with("Basic "));
+    assert!(!form(&exchange.body).contains_key("client_secret"));
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(&agent, "zoom_get_me", json!({})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        call_text(&r).contains("mia@example.com"),
+        "{}",
+        call_text(&r)
+    );
+    let r = call_tool(&agent, "zoom_list_meetings", json!({"limit": 5})).await;
+    assert!(
+        call_text(&r).contains("Q1 Planning Meeting"),
+        "{}",
+        call_text(&r)
+    );
+    let listed = &zoom.seen_at("/users/me/meetings")[1];
+    assert_eq!(listed.query.as_deref(), Some("type=upcoming&page_size=5"));
+    assert_eq!(listed.headers["authorization"], "Bearer zoom-at-3");
+    let r = call_tool(&agent, "zoom_get_meeting", json!({"meeting_id": "1; DROP"})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    agent.cancel().await.expect("close");
+
+    // Each code 124 refreshed with the refresh token the previous refresh returned, with
+    // Basic client auth.
+    let refreshes = &zoom.seen_at("/token")[1..];
+    let used: Vec<String> = refreshes
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(used, ["zoom-rt-1", "zoom-rt-2"]);
+    assert!(
+        refreshes
+            .iter()
+            .all(|s| s.headers["authorization"].starts_with("Basic "))
+    );
+
+    disconnect(&host, "zoom").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while zoom.seen_at("/revoke").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let revoke = zoom.seen_at("/revoke");
+    assert!(!revoke.is_empty(), "revoked at Zoom");
+    assert!(revoke[0].headers["authorization"].starts_with("Basic "));
+    assert!(form(&revoke[0].body)["token"].starts_with("zoom-"));
+}
+
+/// Canva: PKCE (required by Canva) on the authorize URL and the exchange, its own error shape on
+/// the token endpoint and the API (a revoked access token refreshes; a dead refresh token
+/// asks the user to connect again), and the design tools.
+#[tokio::test]
+async fn canva_pkce_its_error_shape_a_dead_refresh_token_and_design_tools() {
+    let reg = registry_copy(&["canva"]);
+    let canva = Fixture::start().await;
+    canva.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "canva-at-1", "refresh_token": "canva-rt-1", "token_type": "Bearer", "expires_in": 14400, "scope": "design:meta:read"})),
+            Canned::json(400, json!({"code": "invalid_grant", "message": "Invalid refresh token"})),
+            Canned::json(200, json!({"access_token": "canva-at-2", "refresh_token": "canva-rt-2", "token_type": "Bearer", "expires_in": 14400, "scope": "design:meta:read design:content:write"})),
+        ],
+    );
+    canva.on(
+        "/v1/designs",
+        vec![
+            Canned::json(200, json!({"items": [{"id": "DAFVztcvd9z", "title": "My summer holiday", "page_count": 5}], "continuation": "RkFGMgXlsVTDbMd"})),
+            Canned::json(401, json!({"code": "revoked_access_token", "message": "Access token is revoked"})),
+            Canned::json(200, json!({"design": {"id": "DAGirp_1ZUA", "title": "My Holiday Presentation"}})),
+        ],
+    );
+    let host = fixture_host(
+        reg.path(),
+        json!({"canva": fixture_connector("canva", &canva, &["design:meta:read"])}),
+    );
+    let auth_url = start_connect(&host, "127.0.0.1", "canva").await;
+    assert_eq!(
+        query_param(&auth_url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(fixture_connect(&host, "canva").await.0, 200);
+    assert_eq!(
+        form(&canva.seen_at("/token")[0].body)["code_verifier"].len(),
+        43
+    );
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(&agent, "canva_search_designs", json!({"query": "summer"})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        call_text(&r).contains("My summer holiday"),
+        "{}",
+        call_text(&r)
+    );
+    assert_eq!(
+        canva.seen_at("/v1/designs")[0].query.as_deref(),
+        Some("query=summer&ownership=any&sort_by=relevance&limit=25")
+    );
+    // Revoked at Canva: the refresh token is dead too, so the user must connect again.
+    let r = call_tool(&agent, "canva_search_designs", json!({})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(status(&host, "127.0.0.1", "canva").await, "Needs auth");
+    assert_eq!(
+        form(&canva.seen_at("/token")[1].body)["refresh_token"],
+        "canva-rt-1"
+    );
+    assert_eq!(fixture_connect(&host, "canva").await.0, 200);
+    let r = call_tool(
+        &agent,
+        "canva_create_design",
+        json!({"design_type": "presentation", "title": "My Holiday Presentation"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let created = canva
+        .seen_at("/v1/designs")
+        .last()
+        .cloned()
+        .expect("created");
+    assert_eq!(created.method, "POST");
+    assert_eq!(created.headers["authorization"], "Bearer canva-at-2");
+    let body: Value = serde_json::from_str(&created.body).expect("json");
+    assert_eq!(
+        body,
+        json!({"design_type": {"type": "preset", "name": "presentation"}, "title": "My Holiday Presentation"})
+    );
+    agent.cancel().await.expect("close");
+}

@@ -28,6 +28,8 @@ pub const PROVIDERS: &[&str] = &[
     "google",
     "github",
     "linear",
+    "zoom",
+    "canva",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -126,10 +126,10 @@ try {
   await page.getByRole('link', { name: 'Add connector' }).click();
   await page.locator('button[data-provider="salesforce"]').waitFor();
   check(await page.locator('button[data-provider="custom"]').isVisible(), 'the picker offers Custom');
-  for (const p of ['atlassian', 'github', 'google', 'linear', 'slack']) check(await page.locator(`button[data-provider="${p}"]`).isVisible(), `the picker lists ${p}`);
+  for (const p of ['atlassian', 'canva', 'github', 'google', 'linear', 'slack', 'zoom']) check(await page.locator(`button[data-provider="${p}"]`).isVisible(), `the picker lists ${p}`);
   // Filed under the category each plugin names, with initials standing in for an icon.
   const headings = await page.locator('.picker-group h2').allInnerTexts();
-  check(JSON.stringify(headings) === JSON.stringify(['Communication', 'CRM', 'Developer tools', 'Productivity', 'Project management', 'Custom', 'Did not load']), `the picker's groups: ${headings}`);
+  check(JSON.stringify(headings) === JSON.stringify(['Communication', 'CRM', 'Design', 'Developer tools', 'Productivity', 'Project management', 'Custom', 'Did not load']), `the picker's groups: ${headings}`);
   const devTools = page.getByRole('list', { name: 'Developer tools' });
   check(await devTools.locator('button[data-provider="github"]').isVisible(), 'GitHub is under Developer tools');
   const projects = await page.getByRole('list', { name: 'Project management' }).locator('button').evaluateAll((bs) => bs.map((b) => b.dataset.provider));
