@@ -423,6 +423,30 @@ impl Args {
     pub fn u64(&self, key: &str) -> Option<u64> {
         self.0.get(key).and_then(Value::as_u64)
     }
+
+    /// A string argument that must be one of `allowed`; `default` when it is absent
+    /// (`None`: required). The errors name the allowed values.
+    pub fn one_of<'a>(
+        &self,
+        key: &str,
+        allowed: &[&'a str],
+        default: Option<&'a str>,
+    ) -> Result<&'a str, PluginError> {
+        let Some(value) = self.str(key) else {
+            return default
+                .ok_or_else(|| PluginError::InvalidInput(format!("\"{key}\" is required")));
+        };
+        allowed
+            .iter()
+            .copied()
+            .find(|a| *a == value)
+            .ok_or_else(|| {
+                PluginError::InvalidInput(format!(
+                    "\"{key}\" must be one of {}, not \"{value}\"",
+                    allowed.join(", ")
+                ))
+            })
+    }
 }
 
 impl Deref for Args {
@@ -532,6 +556,21 @@ pub fn token_json(status: u16, body: &str) -> Result<Value, TokenError> {
         )));
     }
     Ok(json)
+}
+
+/// A provider's token-endpoint error in its own words, as `"<provider>: <code>: <detail>"`:
+/// a dead grant (`dead`: a used, revoked or expired refresh token or code; the user must
+/// connect again) or any other failure (the operator's to fix, or worth retrying).
+pub fn token_error(provider: &str, code: &str, detail: Option<&str>, dead: bool) -> TokenError {
+    let text = match detail {
+        Some(d) => format!("{provider}: {code}: {d}"),
+        None => format!("{provider}: {code}"),
+    };
+    if dead {
+        TokenError::InvalidGrant(text)
+    } else {
+        TokenError::Provider(text)
+    }
 }
 
 /// An RFC 6749 error object (`{"error": "...", "error_description": "..."}`), if `json`

@@ -57,14 +57,9 @@ impl Provider for Canva {
         let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         // Canva's own error shape; RFC 6749's is read by the SDK below.
         if let Some(code) = json.get("code").and_then(Value::as_str) {
-            let text = match json.get("message").and_then(Value::as_str) {
-                Some(m) => format!("Canva: {code}: {m}"),
-                None => format!("Canva: {code}"),
-            };
-            return Err(match code {
-                "invalid_grant" | "unauthorized_user" => TokenError::InvalidGrant(text),
-                _ => TokenError::Provider(text),
-            });
+            let message = json.get("message").and_then(Value::as_str);
+            let dead = matches!(code, "invalid_grant" | "unauthorized_user");
+            return Err(portcullis_sdk::token_error("Canva", code, message, dead));
         }
         portcullis_sdk::standard_token_response(status, body)
     }
@@ -134,7 +129,8 @@ impl Provider for Canva {
         Ok(match name {
             "get_me" => ToolRequest::get("/v1/users/me"),
             "search_designs" => {
-                let ownership = one_of(args, "ownership", &["any", "owned", "shared"], "any")?;
+                let ownership =
+                    args.one_of("ownership", &["any", "owned", "shared"], Some("any"))?;
                 // Relevance needs something to be relevant to.
                 let sort = if args.str("query").is_some() {
                     "relevance"
@@ -163,11 +159,10 @@ impl Provider for Canva {
                 ToolRequest::get(&format!("/v1/designs/{id}"))
             }
             "create_design" => {
-                let preset = one_of(
-                    args,
+                let preset = args.one_of(
                     "design_type",
                     &["doc", "email", "presentation", "whiteboard"],
-                    "",
+                    None,
                 )?;
                 let mut body = json!({"design_type": {"type": "preset", "name": preset}});
                 if let Some(title) = args.str("title") {
@@ -177,27 +172,5 @@ impl Provider for Canva {
             }
             other => return Err(portcullis_sdk::unknown_tool(other)),
         })
-    }
-}
-
-/// Argument `key`, one of `allowed`; `default` when absent (empty: required).
-fn one_of<'a>(
-    args: &'a Args,
-    key: &str,
-    allowed: &[&'a str],
-    default: &'a str,
-) -> Result<&'a str, PluginError> {
-    let value = match args.str(key) {
-        Some(v) => v,
-        None if !default.is_empty() => default,
-        None => return Err(PluginError::InvalidInput(format!("\"{key}\" is required"))),
-    };
-    if allowed.contains(&value) {
-        Ok(value)
-    } else {
-        Err(PluginError::InvalidInput(format!(
-            "\"{key}\" must be one of {}, not \"{value}\"",
-            allowed.join(", ")
-        )))
     }
 }

@@ -90,17 +90,13 @@ impl Provider for GitHub {
         // GitHub reports errors inside HTTP 200; anything else reads as RFC 6749.
         let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         if let Some(code) = json.get("error").and_then(Value::as_str) {
-            let text = match json.get("error_description").and_then(Value::as_str) {
-                Some(d) => format!("GitHub: {code}: {d}"),
-                None => format!("GitHub: {code}"),
-            };
+            let detail = json.get("error_description").and_then(Value::as_str);
             // A used, expired or revoked refresh token (or code) cannot be retried.
-            return Err(match code {
-                "bad_refresh_token" | "bad_verification_code" | "invalid_grant" => {
-                    TokenError::InvalidGrant(text)
-                }
-                _ => TokenError::Provider(text),
-            });
+            let dead = matches!(
+                code,
+                "bad_refresh_token" | "bad_verification_code" | "invalid_grant"
+            );
+            return Err(portcullis_sdk::token_error("GitHub", code, detail, dead));
         }
         portcullis_sdk::standard_token_response(status, body)
     }
@@ -206,16 +202,15 @@ impl Provider for GitHub {
                 }),
             ),
             "list_pull_requests" => {
-                let states = match args.str("state").unwrap_or("open") {
+                let states = match args.one_of(
+                    "state",
+                    &["open", "closed", "merged", "all"],
+                    Some("open"),
+                )? {
                     "open" => json!(["OPEN"]),
                     "closed" => json!(["CLOSED"]),
                     "merged" => json!(["MERGED"]),
-                    "all" => json!(["OPEN", "CLOSED", "MERGED"]),
-                    other => {
-                        return Err(PluginError::InvalidInput(format!(
-                            "\"state\" must be open, closed, merged or all, not \"{other}\""
-                        )));
-                    }
+                    _ => json!(["OPEN", "CLOSED", "MERGED"]),
                 };
                 graphql(
                     LIST_PULLS,

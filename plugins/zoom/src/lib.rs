@@ -73,17 +73,9 @@ impl Provider for Zoom {
                 .get("reason")
                 .or_else(|| json.get("error_description"))
                 .and_then(Value::as_str);
-            let text = match reason {
-                Some(r) => format!("Zoom: {code}: {r}"),
-                None => format!("Zoom: {code}"),
-            };
             // A used (rotated), revoked or superseded token.
             let dead = code == "invalid_grant" || reason == Some("Invalid Token!");
-            return Err(if dead {
-                TokenError::InvalidGrant(text)
-            } else {
-                TokenError::Provider(text)
-            });
+            return Err(portcullis_sdk::token_error("Zoom", code, reason, dead));
         }
         portcullis_sdk::standard_token_response(status, body)?;
         Ok(match json.get("api_url").and_then(Value::as_str) {
@@ -159,12 +151,11 @@ impl Provider for Zoom {
         Ok(match name {
             "get_me" => ToolRequest::get("/users/me"),
             "list_meetings" => {
-                let kind = args.str("type").unwrap_or("upcoming");
-                if !["upcoming", "scheduled", "live", "previous_meetings"].contains(&kind) {
-                    return Err(PluginError::InvalidInput(format!(
-                        "\"type\" must be upcoming, scheduled, live or previous_meetings, not \"{kind}\""
-                    )));
-                }
+                let kind = args.one_of(
+                    "type",
+                    &["upcoming", "scheduled", "live", "previous_meetings"],
+                    Some("upcoming"),
+                )?;
                 ToolRequest::get("/users/me/meetings")
                     .query("type", kind)
                     .query("page_size", args.u64("limit").unwrap_or(30).clamp(1, 300))
