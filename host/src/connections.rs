@@ -201,6 +201,7 @@ impl PerUser {
                         id: a.client_id.clone(),
                         secret: secret.map(Arc::new),
                         auth: ClientAuth::Basic,
+                        style: oauth::RequestStyle::default(),
                     },
                     authorization_url: parse("authorization_url", &a.authorization_url)?,
                     token_url,
@@ -233,6 +234,7 @@ impl PerUser {
                                 id: id.clone(),
                                 secret: secret.map(Arc::new),
                                 auth: ClientAuth::Basic,
+                                style: oauth::RequestStyle::default(),
                             })
                         })
                         .transpose()?,
@@ -997,6 +999,9 @@ impl Connections {
                             types::ClientAuth::Post => ClientAuth::Body,
                         };
                     }
+                    if let Some(p) = &plugin {
+                        client.style = p.oauth_style.clone();
+                    }
                     let revocation = revocation_url.clone().or_else(|| {
                         oauth_defaults
                             .as_ref()
@@ -1054,6 +1059,7 @@ impl Connections {
                         } else {
                             ClientAuth::Basic
                         },
+                        style: oauth::RequestStyle::default(),
                     };
                     (
                         client,

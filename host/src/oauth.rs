@@ -380,6 +380,18 @@ pub struct Client {
     /// `None` for a public (PKCE-only) client: the id then goes in the form body.
     pub secret: Option<std::sync::Arc<zeroize::Zeroizing<String>>>,
     pub auth: ClientAuth,
+    /// How the provider's token and revocation endpoints want their requests.
+    pub style: RequestStyle,
+}
+
+/// How a provider's token and revocation endpoints want a request: RFC 6749's form, or
+/// the same members as a JSON object (Notion), with headers the provider requires on
+/// them (`Notion-Version`). A provider plugin says so (WIT `oauth-extras`, checked by
+/// `plugins::output`); everything else uses the form.
+#[derive(Clone, Debug, Default)]
+pub struct RequestStyle {
+    pub json: bool,
+    pub headers: http::HeaderMap,
 }
 
 impl std::fmt::Debug for Client {
@@ -388,6 +400,7 @@ impl std::fmt::Debug for Client {
             .field("id", &self.id)
             .field("secret", &self.secret.as_ref().map(|_| "********"))
             .field("auth", &self.auth)
+            .field("style", &self.style)
             .finish()
     }
 }
@@ -449,6 +462,25 @@ fn form_body(form: &[(String, String)]) -> zeroize::Zeroizing<Vec<u8>> {
     zeroize::Zeroizing::new(ser.finish().into_bytes())
 }
 
+/// The same members as a JSON object of strings.
+fn json_body(form: &[(String, String)]) -> zeroize::Zeroizing<Vec<u8>> {
+    let object: serde_json::Map<String, serde_json::Value> = form
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let mut value = serde_json::Value::Object(object);
+    let bytes = serde_json::to_vec(&value).unwrap_or_default();
+    // The copies in `value` hold the same secrets as the bytes.
+    if let serde_json::Value::Object(members) = &mut value {
+        for v in members.values_mut() {
+            if let serde_json::Value::String(s) = v {
+                zeroize::Zeroize::zeroize(s);
+            }
+        }
+    }
+    zeroize::Zeroizing::new(bytes)
+}
+
 fn transport_error(url: &url::Url, e: Transport) -> TokenError {
     let url = url.as_str().to_owned();
     match e {
@@ -468,24 +500,34 @@ fn transport_error(url: &url::Url, e: Transport) -> TokenError {
     }
 }
 
-/// POSTs a form to an OAuth endpoint with the client's authentication.
+/// POSTs a form (or, in the client's [`RequestStyle`], a JSON object) to an OAuth
+/// endpoint with the client's authentication.
 async fn post_form(
     egress: &Egress,
     url: &url::Url,
     client: &Client,
     mut form: Vec<(String, String)>,
 ) -> Result<oauth2::HttpResponse, TokenError> {
-    let mut headers = http::HeaderMap::new();
+    let mut headers = client.style.headers.clone();
+    let content_type = if client.style.json {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
     headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        http::HeaderValue::from_static(content_type),
     );
     headers.insert(
         http::header::ACCEPT,
         http::HeaderValue::from_static("application/json"),
     );
     client.authenticate(&mut headers, &mut form);
-    let body = form_body(&form);
+    let body = if client.style.json {
+        json_body(&form)
+    } else {
+        form_body(&form)
+    };
     timed_exchange(egress, http::Method::POST, url, headers, body.to_vec())
         .await?
         .map_err(|e| transport_error(url, e))
@@ -914,6 +956,7 @@ mod tests {
             id: "app id".into(),
             secret: secret.clone(),
             auth: ClientAuth::Basic,
+            style: RequestStyle::default(),
         }
         .authenticate(&mut h, &mut form);
         assert!(form.is_empty());
@@ -932,6 +975,7 @@ mod tests {
             id: "a".into(),
             secret,
             auth: ClientAuth::Body,
+            style: RequestStyle::default(),
         }
         .authenticate(&mut h, &mut form);
         assert!(h.is_empty());
@@ -941,6 +985,7 @@ mod tests {
             id: "public".into(),
             secret: None,
             auth: ClientAuth::Basic,
+            style: RequestStyle::default(),
         }
         .authenticate(&mut h, &mut form);
         assert_eq!(form, [("client_id".to_owned(), "public".to_owned())]);
@@ -952,7 +997,8 @@ mod tests {
                     secret: Some(std::sync::Arc::new(zeroize::Zeroizing::new(
                         "hunter2".into()
                     ))),
-                    auth: ClientAuth::Basic
+                    auth: ClientAuth::Basic,
+                    style: RequestStyle::default(),
                 }
             )
             .contains("hunter2")

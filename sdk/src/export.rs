@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::Provider;
+use crate::bindings::exports::portcullis::provider::oauth_extras;
 use crate::bindings::exports::portcullis::provider::plugin::Guest;
 use crate::types::{
     Args, Classification, Context, Defaults, Discovery, Header, Hook, OutgoingRequest, PluginError,
@@ -44,6 +45,7 @@ fn defaults<P: Provider>() -> wit::ProviderDefaults {
         inputs,
         classify_body_bytes,
         classify_statuses,
+        oauth_requests: _,
     } = P::defaults();
     wit::ProviderDefaults {
         id: who.id.to_owned(),
@@ -105,9 +107,24 @@ fn seconds_up(d: Duration) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
-/// Exports provider `P` as the component's `portcullis:provider/plugin` interface:
-/// `#[portcullis_sdk::provider]` hands this type to the bindings' export macro.
+/// Exports provider `P` as the component's `portcullis:provider/plugin` interface and
+/// the interfaces added since (`oauth-extras`): `#[portcullis_sdk::provider]` hands this
+/// type to the bindings' export macro.
 pub struct Export<P>(PhantomData<P>);
+
+impl<P: Provider> oauth_extras::Guest for Export<P> {
+    fn options() -> oauth_extras::OauthOptions {
+        let requests = P::defaults().oauth_requests;
+        oauth_extras::OauthOptions {
+            token_body: if requests.json {
+                oauth_extras::TokenBody::Json
+            } else {
+                oauth_extras::TokenBody::Form
+            },
+            token_headers: requests.headers,
+        }
+    }
+}
 
 impl<P: Provider> Guest for Export<P> {
     fn defaults() -> wit::ProviderDefaults {

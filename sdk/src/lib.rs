@@ -40,7 +40,8 @@
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.0`; see `wit/provider.wit`. The SDK's own
+//! The WIT world is `portcullis:provider@0.1.1` (`provider`: `plugin` and `oauth-extras`);
+//! see `wit/provider.wit`. The SDK's own
 //! types convert to the wire types in [`wit`] at the component boundary.
 
 // Lets the generated bindings name this crate by the path plugin crates use.

@@ -44,6 +44,18 @@ pub struct Defaults {
     pub classify_body_bytes: u32,
     /// Statuses `classify_response` is called for; empty means every response.
     pub classify_statuses: Vec<RangeInclusive<u16>>,
+    /// How the provider's OAuth endpoints want their requests (WIT `oauth-extras`).
+    pub oauth_requests: OauthRequests,
+}
+
+/// How a provider's token and revocation endpoints want their requests, beyond RFC
+/// 6749's form: a JSON body (Notion) and headers every such request carries
+/// (`Notion-Version`). Exported as `oauth-extras` (WIT 0.1.1).
+#[derive(Clone, Debug, Default)]
+pub struct OauthRequests {
+    /// A JSON object with the form's members instead of the form.
+    pub json: bool,
+    pub headers: Vec<Header>,
 }
 
 impl Defaults {
@@ -57,7 +69,24 @@ impl Defaults {
             inputs: Vec::new(),
             classify_body_bytes: 0,
             classify_statuses: Vec::new(),
+            oauth_requests: OauthRequests::default(),
         }
+    }
+
+    /// The token and revocation endpoints take a JSON object with the form's members
+    /// instead of a form (Notion).
+    pub fn json_oauth_requests(mut self) -> Self {
+        self.oauth_requests.json = true;
+        self
+    }
+
+    /// A header every token and revocation request carries (Notion's `Notion-Version`).
+    /// Credential headers are refused by the host.
+    pub fn oauth_request_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.oauth_requests
+            .headers
+            .push((name.to_ascii_lowercase(), value.into()));
+        self
     }
 
     pub fn docs_url(mut self, url: impl Into<String>) -> Self {
@@ -497,6 +526,17 @@ impl TokenInfo {
     pub fn var(mut self, name: &str, value: &str) -> Self {
         self.variables.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Keeps each `(name, JSON pointer)` of `json` that is a string, as a variable
+    /// (Slack's `("team_id", "/team/id")`); missing or non-string values are skipped.
+    pub fn vars_at(self, json: &Value, pointers: &[(&str, &str)]) -> Self {
+        pointers.iter().fold(self, |info, (name, pointer)| {
+            match json.pointer(pointer).and_then(Value::as_str) {
+                Some(v) => info.var(name, v),
+                None => info,
+            }
+        })
     }
 
     pub fn expires_in(mut self, lifetime: Duration) -> Self {

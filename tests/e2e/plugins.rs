@@ -21,6 +21,7 @@ pub(crate) const PROVIDERS: &[&str] = &[
     "linear",
     "zoom",
     "canva",
+    "notion",
 ];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
@@ -111,6 +112,34 @@ async fn every_provider_passes_its_golden_fixtures_through_the_real_runtime() {
     }
 }
 
+/// Within 0.1 the WIT only grows: a component built against 0.1.0 (the Slack plugin as
+/// it was before `oauth-extras` was added in 0.1.1) loads on this host, passes Slack's
+/// fixtures, and gets RFC 6749 form requests at its OAuth endpoints.
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_0_still_loads_and_runs() {
+    let old = workspace().join("tests/fixtures/plugins/slack-wit-0.1.0");
+    let wasm = std::fs::read(old.join("plugin.wasm")).expect("the 0.1.0 component");
+    assert!(
+        wasm.windows(32)
+            .any(|w| w == b"portcullis:provider/plugin@0.1.0"),
+        "the fixture is a 0.1.0 component"
+    );
+    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
+        .await
+        .expect("a 0.1.0 component loads");
+    assert!(!h.plugin().oauth_style.json);
+    assert!(h.plugin().oauth_style.headers.is_empty());
+    let results = h
+        .run_dir(&workspace().join("plugins/slack/fixtures"))
+        .await
+        .expect("fixtures run");
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 #[tokio::test]
 async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
     let entry = workspace().join("registry/salesforce");
@@ -157,6 +186,7 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             "github",
             "google",
             "linear",
+            "notion",
             "salesforce",
             "slack",
             "zoom"
@@ -202,6 +232,7 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             ("github", "Developer tools"),
             ("google", "Productivity"),
             ("linear", "Project management"),
+            ("notion", "Productivity"),
             ("salesforce", "CRM"),
             ("slack", "Communication"),
             ("zoom", "Communication"),

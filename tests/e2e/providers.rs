@@ -48,6 +48,18 @@ async fn disconnect(host: &portcullis_e2e::Host, id: &str) {
     assert_eq!(v["disconnected"], true, "{v}");
 }
 
+/// The requests `fx` received at `/revoke`, waiting (up to 10 s) for the first: a
+/// disconnect revokes in the background.
+async fn revoked_at(fx: &Fixture) -> Vec<portcullis_e2e::fixture::Seen> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fx.seen_at("/revoke").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let seen = fx.seen_at("/revoke");
+    assert!(!seen.is_empty(), "nothing was revoked within 10 s");
+    seen
+}
+
 /// `GET /v1/connectors/<path>` from loopback: status and JSON body.
 async fn call(host: &portcullis_e2e::Host, path: &str) -> (u16, Value) {
     let resp = client()
@@ -307,12 +319,8 @@ async fn linear_connect_graphql_errors_rotating_refresh_tools_and_revoking_disco
 
     // Disconnect revokes the tokens at Linear (RFC 7009 `token` field).
     disconnect(&host, "linear").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while lin.seen_at("/revoke").is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let revoked: Vec<String> = lin
-        .seen_at("/revoke")
+    let revoked: Vec<String> = revoked_at(&lin)
+        .await
         .iter()
         .map(|s| form(&s.body)["token"].clone())
         .collect();
@@ -416,12 +424,7 @@ async fn zoom_basic_client_auth_code_124_rotation_meeting_tools_and_revocation()
     );
 
     disconnect(&host, "zoom").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while zoom.seen_at("/revoke").is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let revoke = zoom.seen_at("/revoke");
-    assert!(!revoke.is_empty(), "revoked at Zoom");
+    let revoke = revoked_at(&zoom).await;
     assert!(revoke[0].headers["authorization"].starts_with("Basic "));
     assert!(form(&revoke[0].body)["token"].starts_with("zoom-"));
 }
@@ -505,4 +508,111 @@ async fn canva_pkce_its_error_shape_a_dead_refresh_token_and_design_tools() {
         json!({"design_type": {"type": "preset", "name": "presentation"}, "title": "My Holiday Presentation"})
     );
     agent.cancel().await.expect("close");
+}
+
+/// Notion: the token and revocation endpoints take JSON bodies with HTTP Basic client
+/// auth and `Notion-Version` (WIT `oauth-extras`); no scopes, no PKCE, `owner=user`;
+/// every API call carries the pinned `Notion-Version`; an `unauthorized` answer refreshes
+/// (the refresh token rotates) and the tool call is sent again.
+#[tokio::test]
+async fn notion_json_token_requests_version_header_rotation_tools_and_revocation() {
+    let reg = registry_copy(&["notion"]);
+    let notion = Fixture::start().await;
+    let token = |n: &str| {
+        Canned::json(
+            200,
+            json!({"access_token": format!("ntn_{n}"), "token_type": "bearer", "refresh_token": format!("nrt_{n}"),
+                   "bot_id": "b3414d65-1224-4e27-8f5a-cc9d8773d601", "workspace_name": "Ada's Notion Workspace",
+                   "workspace_id": "6f2b6e52-7c3d-4b0e-9a43-2c1f0d9e8a11", "workspace_icon": null,
+                   "owner": {"type": "user", "user": {"object": "user", "id": "d40e767c-d7af-4b18-a86d-55c61f1e39a4"}},
+                   "duplicated_template_id": null, "request_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a"}),
+        )
+    };
+    notion.on("/token", vec![token("one"), token("two")]);
+    notion.json(
+        "/revoke",
+        200,
+        json!({"request_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a"}),
+    );
+    notion.on(
+        "/v1/search",
+        vec![
+            Canned::json(401, json!({"object": "error", "status": 401, "code": "unauthorized", "message": "API token is invalid."})),
+            Canned::json(200, json!({"object": "list", "has_more": false, "next_cursor": null, "type": "page_or_data_source",
+                "results": [{"object": "page", "id": "59833787-2cf9-4fdf-8782-e53db20768a5", "url": "https://www.notion.so/Roadmap-598337872cf94fdf8782e53db20768a5",
+                             "properties": {"title": {"title": [{"plain_text": "Roadmap"}]}}}]})),
+        ],
+    );
+    notion.json(
+        "/v1/pages",
+        200,
+        json!({"object": "page", "id": "c0ffee00-0000-4000-8000-000000000001", "url": "https://www.notion.so/Meeting-notes-c0ffee0000004000800000000000000"}),
+    );
+    let mut connector = fixture_connector("notion", &notion, &[]);
+    connector["auth"]["revocation_url"] = json!(format!("{}/revoke", notion.url()));
+    connector["auth"]["auth_params"] = json!({"owner": "user"});
+    let host = fixture_host(reg.path(), json!({"notion": connector}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "notion").await;
+    assert_eq!(query_param(&auth_url, "owner").as_deref(), Some("user"));
+    assert_eq!(query_param(&auth_url, "code_challenge"), None, "no PKCE");
+    let (s, page) = fixture_connect(&host, "notion").await;
+    assert_eq!(s, 200, "{page}");
+    let exchange = &notion.seen_at("/token")[0];
+    assert_eq!(exchange.headers["content-type"], "application/json");
+    assert_eq!(exchange.headers["notion-version"], "2026-03-11");
+    assert!(exchange.headers["authorization"].starts_with("Basic "));
+    let sent: Value = serde_json::from_str(&exchange.body).expect("a JSON token request");
+    assert_eq!(sent["grant_type"], "authorization_code");
+    assert_eq!(sent["code"], "fixture-code");
+    assert!(sent.get("client_secret").is_none(), "{sent}");
+    assert!(sent.get("code_verifier").is_none(), "{sent}");
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let tools = tool_names(&agent).await;
+    for t in ["notion_search", "notion_get_page", "notion_create_page"] {
+        assert!(tools.contains(&t.to_owned()), "{t} missing: {tools:?}");
+    }
+    let r = call_tool(
+        &agent,
+        "notion_search",
+        json!({"query": "roadmap", "only": "page"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("Roadmap"), "{}", call_text(&r));
+    let searched = notion.seen_at("/v1/search");
+    assert_eq!(searched[0].headers["authorization"], "Bearer ntn_one");
+    assert_eq!(searched[1].headers["authorization"], "Bearer ntn_two");
+    assert_eq!(searched[1].headers["notion-version"], "2026-03-11");
+    let refresh: Value =
+        serde_json::from_str(&notion.seen_at("/token")[1].body).expect("a JSON refresh");
+    assert_eq!(
+        refresh,
+        json!({"grant_type": "refresh_token", "refresh_token": "nrt_one"})
+    );
+    let r = call_tool(
+        &agent,
+        "notion_create_page",
+        json!({"parent_page_id": "598337872cf94fdf8782e53db20768a5", "title": "Meeting notes", "content": "Agenda"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let created: Value = serde_json::from_str(&notion.seen_at("/v1/pages")[0].body).expect("json");
+    assert_eq!(
+        created["parent"]["page_id"],
+        "598337872cf94fdf8782e53db20768a5"
+    );
+    agent.cancel().await.expect("close");
+
+    disconnect(&host, "notion").await;
+    let revoke = revoked_at(&notion).await;
+    assert_eq!(revoke[0].headers["content-type"], "application/json");
+    let revoked: Value = serde_json::from_str(&revoke[0].body).expect("a JSON revocation");
+    assert!(
+        revoked["token"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("_two")),
+        "{revoked}"
+    );
 }

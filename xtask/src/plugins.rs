@@ -30,6 +30,7 @@ pub const PROVIDERS: &[&str] = &[
     "linear",
     "zoom",
     "canva",
+    "notion",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -36,7 +36,7 @@
 //!
 //! | Key | Input | Output |
 //! |---|---|---|
-//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...) |
+//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...) and `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras` |
 //! | `shape_request` | `{"method": "Get", "path", "query", "headers": [[n, v]]}` | `{"Ok": {"url", "set_headers", "remove_headers", "grant"}}` |
 //! | `read_token_response` | `{"status", "body"}`, the provider's raw JSON: the harness redacts tokens as the host does | `{"result": {"Ok": {"variables", "expires_in"}}}` (or `"Err"` with `{"InvalidGrant": text}` or `{"Provider": text}`) and `"grants"`: the tokens the host read at the declared pointers |
 //! | `discover` | `{"responses": [{"status", "headers", "body"}, ...]}`, replayed in order | `{"requests": [{"method", "url", "grant"}], "outcome": ...}`, the outcome `{"Done": vars}`, `{"Choose": selection}` or `{"Failed": text}` |
@@ -281,7 +281,24 @@ impl Harness {
         }
         let base = || url::Url::parse(&ctx.base_url).map_err(|e| format!("context.base_url: {e}"));
         if case.defaults == Some(true) {
-            return Ok(normalize(to_json(&plugin.defaults)));
+            let mut defaults = normalize(to_json(&plugin.defaults));
+            // What `oauth-extras` said, as the host holds it.
+            let style = &plugin.oauth_style;
+            let headers: Vec<(&str, String)> = style
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            defaults["oauth_requests"] = json!({
+                "body": if style.json { "json" } else { "form" },
+                "headers": headers,
+            });
+            return Ok(defaults);
         }
         if let Some(req) = &case.shape_request {
             let base = base()?;

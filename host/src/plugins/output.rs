@@ -328,6 +328,19 @@ pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Ur
     Ok(url)
 }
 
+/// What a provider's OAuth endpoints need (`oauth-extras`), checked: its headers pass
+/// the same policy as every header a plugin sets (never a credential).
+pub(super) fn oauth_style(
+    plugin: &Plugin,
+    options: &super::runtime::oauth_extras::OauthOptions,
+) -> Result<crate::oauth::RequestStyle, CallError> {
+    use super::runtime::oauth_extras::TokenBody;
+    Ok(crate::oauth::RequestStyle {
+        json: matches!(options.token_body, TokenBody::Json),
+        headers: headers(plugin, &options.token_headers, None)?,
+    })
+}
+
 /// Headers a plugin wants sent: valid, bounded, and allowed by the header policy.
 pub(super) fn headers(
     plugin: &Plugin,

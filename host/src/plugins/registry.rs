@@ -23,6 +23,9 @@ pub const MAX_CLASSIFY_BYTES: u32 = 64 * 1024;
 pub struct Plugin {
     pub manifest: Manifest,
     pub defaults: types::ProviderDefaults,
+    /// How its OAuth endpoints want requests (`oauth-extras`, checked); the form when
+    /// the plugin does not say.
+    pub oauth_style: crate::oauth::RequestStyle,
     pub sha256: String,
     pub(super) prepared: Prepared,
 }
@@ -181,12 +184,22 @@ pub async fn load(
         Err(e) => return Err(format!("defaults() failed: {e}")),
     };
     check_defaults(&manifest, &defaults)?;
-    Ok(Plugin {
+    let mut plugin = Plugin {
         manifest,
         defaults,
+        oauth_style: crate::oauth::RequestStyle::default(),
         sha256,
         prepared,
-    })
+    };
+    plugin.oauth_style = match runtime.call(&plugin.prepared, Call::OauthOptions).await {
+        Ok(Reply::OauthOptions(None)) => crate::oauth::RequestStyle::default(),
+        Ok(Reply::OauthOptions(Some(o))) => {
+            super::output::oauth_style(&plugin, &o).map_err(|e| e.to_string())?
+        }
+        Ok(_) => return Err("oauth-extras.options() returned the wrong reply".to_owned()),
+        Err(e) => return Err(format!("oauth-extras.options() failed: {e}")),
+    };
+    Ok(plugin)
 }
 
 fn read_capped(path: &Path) -> Result<Vec<u8>, String> {

@@ -31,13 +31,28 @@ use super::manifest::Limits;
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "provider",
+    world: "provider-base",
     exports: { default: async },
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 
 pub use self::portcullis::provider::types;
 pub use exports::portcullis::provider::plugin::Guest;
+pub use since_0_1_1::exports::portcullis::provider::oauth_extras;
+
+/// Interfaces added after 0.1.0, which a plugin may not export: each is probed for at
+/// load ([`Runtime::prepare`]) and called only when present.
+mod since_0_1_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "oauth-extras-probe",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
+/// The interface added in 0.1.1 (see [`since_0_1_1`]).
+const OAUTH_EXTRAS_INTERFACE: &str = "portcullis:provider/oauth-extras";
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -217,7 +232,9 @@ impl ResourceLimiter for Limiter {
 
 /// A compiled plugin, ready to instantiate.
 pub struct Prepared {
-    pre: ProviderPre<State>,
+    pre: ProviderBasePre<State>,
+    /// `oauth-extras`, when the plugin exports it (0.1.1 and later).
+    oauth_extras: Option<since_0_1_1::OauthExtrasProbePre<State>>,
     id: Arc<str>,
     limits: Limits,
 }
@@ -236,6 +253,8 @@ impl Prepared {
 #[derive(Debug)]
 pub enum Call {
     Defaults,
+    /// `oauth-extras.options`; `None` from a plugin without the interface.
+    OauthOptions,
     ShapeRequest(types::Context, types::OutgoingRequest),
     ReadTokenResponse(types::Context, u16, String),
     Discover(types::Context, String, Option<types::Response>),
@@ -249,6 +268,7 @@ impl Call {
     pub fn hook(&self) -> &'static str {
         match self {
             Self::Defaults => "defaults",
+            Self::OauthOptions => "oauth-extras.options",
             Self::ShapeRequest(..) => "shape-request",
             Self::ReadTokenResponse(..) => "read-token-response",
             Self::Discover(..) => "discover",
@@ -263,6 +283,7 @@ impl Call {
 #[derive(Debug)]
 pub enum Reply {
     Defaults(Box<types::ProviderDefaults>),
+    OauthOptions(Option<oauth_extras::OauthOptions>),
     ShapeRequest(Result<types::ShapedRequest, types::PluginError>),
     ReadTokenResponse(Result<types::TokenInfo, types::TokenError>),
     Discover(types::Discovery),
@@ -313,7 +334,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
-        Provider::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+        ProviderBase::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("linking the provider world: {e:#}"))?;
         let cache_dir = cache_dir.and_then(|d| match private_dir(&d) {
             Ok(()) => Some(d),
@@ -352,9 +373,14 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let pre = ProviderPre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let oauth_extras = exports_interface(&self.engine, &component, OAUTH_EXTRAS_INTERFACE)
+            .then(|| since_0_1_1::OauthExtrasProbePre::new(pre.clone()))
+            .transpose()
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let pre = ProviderBasePre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         Ok(Prepared {
             pre,
+            oauth_extras,
             id: Arc::from(id),
             limits,
         })
@@ -444,7 +470,7 @@ impl Runtime {
                 UpdateDeadline::Yield(1)
             })
         });
-        let run = run(&p.pre, &mut store, call);
+        let run = run(p, &mut store, call);
         // The epoch callback stops a looping guest; this backstops a host-side stall.
         let outcome = tokio::time::timeout(budget + TICK * 4, run).await;
         match outcome {
@@ -458,15 +484,13 @@ impl Runtime {
     }
 }
 
-async fn run(
-    pre: &ProviderPre<State>,
-    store: &mut Store<State>,
-    call: Call,
-) -> wasmtime::Result<Reply> {
-    let instance = pre.instantiate_async(&mut *store).await?;
+async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Result<Reply> {
+    let instance = p.pre.instantiate_async(&mut *store).await?;
     let g = instance.portcullis_provider_plugin();
     Ok(match call {
         Call::Defaults => Reply::Defaults(Box::new(g.call_defaults(&mut *store).await?)),
+        // Once per load: the store's base instance goes unused.
+        Call::OauthOptions => Reply::OauthOptions(oauth_options(p, store).await?),
         Call::ShapeRequest(ctx, req) => {
             Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
         }
@@ -488,6 +512,19 @@ async fn run(
                 .await?,
         ),
     })
+}
+
+/// `oauth-extras.options`, when the plugin exports the interface.
+async fn oauth_options(
+    p: &Prepared,
+    store: &mut Store<State>,
+) -> wasmtime::Result<Option<oauth_extras::OauthOptions>> {
+    let Some(pre) = &p.oauth_extras else {
+        return Ok(None);
+    };
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let extras = instance.portcullis_provider_oauth_extras();
+    Ok(Some(extras.call_options(&mut *store).await?))
 }
 
 /// Turns a wasmtime error into what happened, in words an operator can act on.
@@ -636,6 +673,20 @@ fn spawn_ticker(engine: &Engine) {
 }
 
 /// Reads the WIT version from the component's exports.
+/// Whether `component` exports a 0.1.x version of `interface` (a semver-compatible
+/// match, as wasmtime's lookups make).
+fn exports_interface(engine: &Engine, component: &Component, interface: &str) -> bool {
+    component.component_type().exports(engine).any(|(name, _)| {
+        name.strip_prefix(interface)
+            .and_then(|v| v.strip_prefix('@'))
+            .is_some_and(|v| {
+                let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
+                (parts.next().flatten(), parts.next().flatten())
+                    == (Some(SUPPORTED_MAJOR_MINOR.0), Some(SUPPORTED_MAJOR_MINOR.1))
+            })
+    })
+}
+
 fn check_wit_version(engine: &Engine, component: &Component) -> Result<(), PrepareError> {
     let ty = component.component_type();
     let mut names = Vec::new();

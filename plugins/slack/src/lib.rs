@@ -102,14 +102,7 @@ impl Provider for Slack {
             ("app_id", "/app_id"),
             ("authed_user_id", "/authed_user/id"),
         ];
-        Ok(kept
-            .iter()
-            .fold(TokenInfo::default(), |info, (name, pointer)| {
-                match json.pointer(pointer).and_then(Value::as_str) {
-                    Some(v) => info.var(name, v),
-                    None => info,
-                }
-            }))
+        Ok(TokenInfo::default().vars_at(&json, &kept))
     }
 
     fn classify_response(
