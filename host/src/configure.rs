@@ -671,7 +671,28 @@ pub async fn save(
 }
 
 /// The provider template for `provider` from the registry, or why there is none.
+/// `<provider>/<entry>` (`google/gmail`) is one of a provider's picker entries.
 pub fn template(plugins: &Plugins, provider: &str) -> Result<ProviderTemplate, String> {
+    if let Some((id, key)) = provider.split_once('/') {
+        let plugin = plugins
+            .get(id)
+            .ok_or_else(|| format!("unknown provider \"{id}\" (in \"{provider}\")"))?;
+        return plugin.entry_template(key).ok_or_else(|| {
+            let keys: Vec<String> = plugin
+                .entries
+                .iter()
+                .map(|e| format!("{id}/{}", e.key))
+                .collect();
+            format!(
+                "provider \"{id}\" has no entry \"{key}\"; its entries: {}",
+                if keys.is_empty() {
+                    "none".to_owned()
+                } else {
+                    keys.join(", ")
+                }
+            )
+        });
+    }
     let env = HostSurroundings {
         vault: VaultView::Empty,
         plugins: Some(plugins),

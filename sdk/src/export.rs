@@ -17,8 +17,8 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::Provider;
-use crate::bindings::exports::portcullis::provider::oauth_extras;
 use crate::bindings::exports::portcullis::provider::plugin::Guest;
+use crate::bindings::exports::portcullis::provider::{catalog, oauth_extras};
 use crate::types::{
     Args, Classification, Context, Defaults, Discovery, Header, Hook, OutgoingRequest, PluginError,
     Response, ShapedRequest, TokenError, TokenInfo, Tool, ToolRequest, wit,
@@ -46,6 +46,7 @@ fn defaults<P: Provider>() -> wit::ProviderDefaults {
         classify_body_bytes,
         classify_statuses,
         oauth_requests: _,
+        entries: _,
     } = P::defaults();
     wit::ProviderDefaults {
         id: who.id.to_owned(),
@@ -108,9 +109,15 @@ fn seconds_up(d: Duration) -> u32 {
 }
 
 /// Exports provider `P` as the component's `portcullis:provider/plugin` interface and
-/// the interfaces added since (`oauth-extras`): `#[portcullis_sdk::provider]` hands this
+/// the interfaces added since (`oauth-extras`, `catalog`): `#[portcullis_sdk::provider]` hands this
 /// type to the bindings' export macro.
 pub struct Export<P>(PhantomData<P>);
+
+impl<P: Provider> catalog::Guest for Export<P> {
+    fn entries() -> Vec<catalog::Entry> {
+        P::defaults().entries
+    }
+}
 
 impl<P: Provider> oauth_extras::Guest for Export<P> {
     fn options() -> oauth_extras::OauthOptions {

@@ -40,7 +40,8 @@
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.1` (`provider`: `plugin` and `oauth-extras`);
+//! The WIT world is `portcullis:provider@0.1.1` (`provider`: `plugin`, `oauth-extras`,
+//! `catalog`);
 //! see `wit/provider.wit`. The SDK's own
 //! types convert to the wire types in [`wit`] at the component boundary.
 

@@ -46,6 +46,32 @@ pub struct Defaults {
     pub classify_statuses: Vec<RangeInclusive<u16>>,
     /// How the provider's OAuth endpoints want their requests (WIT `oauth-extras`).
     pub oauth_requests: OauthRequests,
+    /// Products listed in the picker as entries of their own (WIT `catalog`).
+    pub entries: Vec<Entry>,
+}
+
+/// A product users meet on its own (Google's Gmail, Drive, Calendar, Sheets), listed in
+/// the picker as `<provider>/<key>` with its own URL and scopes. Connectors made from
+/// it use this provider, so several of them with one OAuth client share a connection.
+pub use crate::bindings::exports::portcullis::provider::catalog::Entry;
+
+impl Entry {
+    /// `key`: `[a-z][a-z0-9-]*`, unique within the plugin.
+    pub fn new(key: &str, name: &str, description: &str, api_url: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            display_name: name.to_owned(),
+            description: description.to_owned(),
+            api_url: api_url.to_owned(),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Its default scopes (instead of the provider's).
+    pub fn scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
 }
 
 /// How a provider's token and revocation endpoints want their requests, beyond RFC
@@ -70,7 +96,14 @@ impl Defaults {
             classify_body_bytes: 0,
             classify_statuses: Vec::new(),
             oauth_requests: OauthRequests::default(),
+            entries: Vec::new(),
         }
+    }
+
+    /// Lists a product as a picker entry of its own ([`Entry`]).
+    pub fn entry(mut self, entry: Entry) -> Self {
+        self.entries.push(entry);
+        self
     }
 
     /// The token and revocation endpoints take a JSON object with the form's members

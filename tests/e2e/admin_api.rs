@@ -512,7 +512,22 @@ async fn every_verified_provider_has_a_template_that_saves_once_a_client_is_set(
     };
     let (_, registry) = alice.get("/api/registry").await;
     let providers = registry["providers"].as_array().expect("providers");
-    assert_eq!(providers.len(), 4, "{registry}");
+    // Four providers, and Google's products as entries of their own.
+    let ids: Vec<&str> = providers.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "atlassian",
+            "google",
+            "google/gmail",
+            "google/drive",
+            "google/calendar",
+            "google/sheets",
+            "salesforce",
+            "slack"
+        ],
+        "{registry}"
+    );
 
     for template in providers {
         let provider = template["id"].as_str().expect("id");
@@ -532,6 +547,10 @@ async fn every_verified_provider_has_a_template_that_saves_once_a_client_is_set(
         assert_eq!(status, 201, "{provider}: {body}");
         let id = body["id"].as_str().expect("id");
         assert_eq!(id, template["connector"]["id"]);
+        // An entry's connector names its provider and takes the entry's URL.
+        let named = template.get("provider").unwrap_or(&template["id"]);
+        assert_eq!(&body["server"]["provider"], named, "{provider}: {body}");
+        assert_eq!(body["server"]["url"], template["url"], "{provider}");
         let auth = &body["server"]["auth"];
         assert_eq!(
             auth["client_secret"],
@@ -562,6 +581,18 @@ async fn every_verified_provider_has_a_template_that_saves_once_a_client_is_set(
         )
         .await;
     assert_eq!(refusal(&unknown), (422, "unknown_provider"));
+    let no_entry = alice
+        .post(
+            "/api/config/connectors",
+            json!({"provider": "google/photos", "client_id": "c"}),
+        )
+        .await;
+    assert_eq!(refusal(&no_entry), (422, "unknown_provider"));
+    assert!(
+        no_entry.1.to_string().contains("google/gmail"),
+        "names the entries there are: {}",
+        no_entry.1
+    );
 
     // Every one is ready to connect, its provider loaded.
     let per_user: Vec<Value> = alice
@@ -570,7 +601,7 @@ async fn every_verified_provider_has_a_template_that_saves_once_a_client_is_set(
         .into_iter()
         .filter(|c| c["per_user"] == true)
         .collect();
-    assert_eq!(per_user.len(), 4, "{per_user:?}");
+    assert_eq!(per_user.len(), 8, "{per_user:?}");
     for c in per_user {
         assert_eq!(c["status"], "Needs auth", "{c}");
         assert_eq!(c["health"]["checks"]["provider"]["ok"], true, "{c}");

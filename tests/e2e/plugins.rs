@@ -185,6 +185,10 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             "canva",
             "github",
             "google",
+            "google/gmail",
+            "google/drive",
+            "google/calendar",
+            "google/sheets",
             "linear",
             "notion",
             "salesforce",
@@ -215,6 +219,26 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
     assert_eq!(slack["oauth"]["scope_separator"], ",");
     assert_eq!(slack["oauth"]["pkce"], "unsupported");
     assert_eq!(slack["mcp_url"], "https://mcp.slack.com/mcp");
+    // Google's products are entries of their own: the provider's connector with the
+    // product's URL, scopes and name.
+    let drive = by_id("google/drive");
+    assert_eq!(drive["provider"], "google");
+    assert_eq!(drive["name"], "Google Drive");
+    assert_eq!(
+        drive["oauth"]["scopes"],
+        json!(["https://www.googleapis.com/auth/drive.readonly"])
+    );
+    assert_eq!(drive["connector"]["id"], "Drive");
+    assert_eq!(drive["connector"]["server"]["provider"], "google");
+    let gmail = by_id("google/gmail");
+    assert_eq!(
+        gmail["connector"]["server"]["url"],
+        "https://gmail.googleapis.com"
+    );
+    assert_eq!(
+        gmail["connector"]["server"]["auth"]["auth_params"],
+        json!({"access_type": "offline", "prompt": "consent"})
+    );
     let github = by_id("github");
     assert_eq!(github["mcp_url"], "https://api.githubcopilot.com/mcp/");
     assert_eq!(github["oauth"]["pkce"], "supported");
@@ -231,6 +255,10 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             ("canva", "Design"),
             ("github", "Developer tools"),
             ("google", "Productivity"),
+            ("google/gmail", "Productivity"),
+            ("google/drive", "Productivity"),
+            ("google/calendar", "Productivity"),
+            ("google/sheets", "Productivity"),
             ("linear", "Project management"),
             ("notion", "Productivity"),
             ("salesforce", "CRM"),
@@ -374,7 +402,12 @@ async fn bad_registry_entries_are_reported_and_skipped_never_fatal() {
 async fn the_registry_is_rescanned_when_an_entry_is_added() {
     let reg = registry(&["google"], false);
     let host = host_with(reg.path(), json!({}));
-    let count = |r: &Value| r["providers"].as_array().map_or(0, Vec::len);
+    // Providers, not their picker entries (Google's products).
+    let count = |r: &Value| {
+        r["providers"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p.get("entry").is_none()).count())
+    };
     assert_eq!(count(&get_json(&host.url("/api/registry")).await), 1);
     // Copy an entry in the way an operator would.
     let src = workspace().join("registry/slack");

@@ -48,6 +48,9 @@ pub struct ProviderTemplate {
     pub oauth: Option<OAuthTemplate>,
     /// Provider variables that have a default (`api_version`).
     pub vars: BTreeMap<String, String>,
+    /// The connector ID the picker proposes, when not the name's first word (a picker
+    /// entry such as Google Drive proposes `Drive`).
+    pub connector_id: Option<String>,
 }
 
 /// The OAuth part of a [`ProviderTemplate`].
@@ -63,6 +66,9 @@ impl ProviderTemplate {
     /// The connector ID the picker proposes: the display name's first word, letters and
     /// digits only (`Salesforce`), as Aperture does; it also names the callback URL.
     pub fn connector_id(&self) -> String {
+        if let Some(id) = &self.connector_id {
+            return id.clone();
+        }
         let id: String = self
             .name
             .split_whitespace()
@@ -277,5 +283,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(odd.connector_id(), "x9");
+        let entry = ProviderTemplate {
+            connector_id: Some("Drive".into()),
+            ..t
+        };
+        assert_eq!(entry.connector_id(), "Drive");
     }
 }

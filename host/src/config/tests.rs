@@ -385,6 +385,7 @@ fn slack() -> ProviderTemplate {
             auth_params: [("team".to_owned(), "T1".to_owned())].into(),
         }),
         vars: Default::default(),
+        connector_id: None,
     }
 }
 

@@ -36,7 +36,7 @@
 //!
 //! | Key | Input | Output |
 //! |---|---|---|
-//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...) and `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras` |
+//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...), `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras`, and `entries` from `catalog` |
 //! | `shape_request` | `{"method": "Get", "path", "query", "headers": [[n, v]]}` | `{"Ok": {"url", "set_headers", "remove_headers", "grant"}}` |
 //! | `read_token_response` | `{"status", "body"}`, the provider's raw JSON: the harness redacts tokens as the host does | `{"result": {"Ok": {"variables", "expires_in"}}}` (or `"Err"` with `{"InvalidGrant": text}` or `{"Provider": text}`) and `"grants"`: the tokens the host read at the declared pointers |
 //! | `discover` | `{"responses": [{"status", "headers", "body"}, ...]}`, replayed in order | `{"requests": [{"method", "url", "grant"}], "outcome": ...}`, the outcome `{"Done": vars}`, `{"Choose": selection}` or `{"Failed": text}` |
@@ -298,6 +298,8 @@ impl Harness {
                 "body": if style.json { "json" } else { "form" },
                 "headers": headers,
             });
+            // What `catalog` listed.
+            defaults["entries"] = normalize(to_json(&plugin.entries));
             return Ok(defaults);
         }
         if let Some(req) = &case.shape_request {

@@ -654,14 +654,50 @@ pub fn redact_tokens(json: &mut serde_json::Value, grants: &[types::TokenGrant])
 /// The registry as the picker and `GET /api/registry` show it.
 pub fn registry_json(plugins: &Plugins) -> serde_json::Value {
     let catalog = plugins.catalog();
-    let providers: Vec<serde_json::Value> =
-        catalog.plugins.values().map(|p| provider_json(p)).collect();
+    let providers: Vec<serde_json::Value> = catalog
+        .plugins
+        .values()
+        .flat_map(|p| {
+            let base = provider_json(p);
+            let entries: Vec<serde_json::Value> =
+                p.entries.iter().map(|e| entry_json(p, e, &base)).collect();
+            std::iter::once(base).chain(entries)
+        })
+        .collect();
     serde_json::json!({
         "dir": plugins.dir().map(|d| d.display().to_string()),
         "wit": format!("{}@{}", runtime::PLUGIN_INTERFACE, runtime::SUPPORTED_WIT),
         "providers": providers,
         "errors": catalog.problems,
     })
+}
+
+/// A picker entry (`google/gmail`): its provider's listing with the entry's identity,
+/// URL, scopes and connector template, and `provider`/`entry` saying where it comes from.
+fn entry_json(
+    p: &Plugin,
+    e: &runtime::catalog::Entry,
+    base: &serde_json::Value,
+) -> serde_json::Value {
+    let mut j = base.clone();
+    j["id"] = format!("{}/{}", p.id(), e.key).into();
+    j["provider"] = p.id().into();
+    j["entry"] = e.key.clone().into();
+    j["name"] = e.display_name.clone().into();
+    j["description"] = e.description.clone().into();
+    j["url"] = e.api_url.clone().into();
+    j["mcp_url"] = serde_json::Value::Null;
+    if j["oauth"].is_object() {
+        j["oauth"]["scopes"] = serde_json::json!(e.scopes);
+    }
+    if let Some(t) = p.entry_template(&e.key) {
+        j["connector"] = serde_json::json!({
+            "id": t.connector_id(),
+            "server": t.connector(crate::config::Protocol::Http),
+            "mcp_server": null,
+        });
+    }
+    j
 }
 
 fn provider_json(p: &Plugin) -> serde_json::Value {

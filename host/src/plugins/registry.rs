@@ -26,6 +26,9 @@ pub struct Plugin {
     /// How its OAuth endpoints want requests (`oauth-extras`, checked); the form when
     /// the plugin does not say.
     pub oauth_style: crate::oauth::RequestStyle,
+    /// Its products as picker entries of their own (`catalog`, checked); none when the
+    /// plugin does not say.
+    pub entries: Vec<super::runtime::catalog::Entry>,
     pub sha256: String,
     pub(super) prepared: Prepared,
 }
@@ -48,6 +51,31 @@ impl Plugin {
         self.defaults.hooks.contains(&hook)
     }
 
+    /// What picker entry `key` (`gmail` of `google/gmail`) pre-fills: the provider's
+    /// template with the entry's name, description, URL and scopes.
+    pub fn entry_template(&self, key: &str) -> Option<crate::config::ProviderTemplate> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.key.eq_ignore_ascii_case(key))?;
+        let mut t = self.template();
+        t.name = entry.display_name.clone();
+        t.description = entry.description.clone();
+        t.api_url = entry.api_url.clone();
+        // An entry is one product's API; the provider's MCP server is offered on its own.
+        t.mcp_url = None;
+        // `Drive` for google/drive, `Gmail` for google/gmail: the key, capitalised.
+        let mut id: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+        if let Some(first) = id.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        t.connector_id = Some(id);
+        if let Some(o) = &mut t.oauth {
+            o.scopes = entry.scopes.clone();
+        }
+        Some(t)
+    }
+
     /// What this provider pre-fills in a connector, in config terms.
     pub fn template(&self) -> crate::config::ProviderTemplate {
         let d = &self.defaults;
@@ -68,6 +96,7 @@ impl Plugin {
                 .iter()
                 .filter_map(|i| Some((i.name.clone(), i.default_value.clone()?)))
                 .collect(),
+            connector_id: None,
         }
     }
 
@@ -188,8 +217,17 @@ pub async fn load(
         manifest,
         defaults,
         oauth_style: crate::oauth::RequestStyle::default(),
+        entries: Vec::new(),
         sha256,
         prepared,
+    };
+    plugin.entries = match runtime.call(&plugin.prepared, Call::CatalogEntries).await {
+        Ok(Reply::CatalogEntries(entries)) => {
+            check_entries(&plugin.manifest, &entries)?;
+            entries
+        }
+        Ok(_) => return Err("catalog.entries() returned the wrong reply".to_owned()),
+        Err(e) => return Err(format!("catalog.entries() failed: {e}")),
     };
     plugin.oauth_style = match runtime.call(&plugin.prepared, Call::OauthOptions).await {
         Ok(Reply::OauthOptions(None)) => crate::oauth::RequestStyle::default(),
@@ -200,6 +238,68 @@ pub async fn load(
         Err(e) => return Err(format!("oauth-extras.options() failed: {e}")),
     };
     Ok(plugin)
+}
+
+/// A URL a plugin declares: https, on one of the manifest's `allowed_hosts`.
+fn check_url(m: &Manifest, what: &str, raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{what} \"{raw}\" is not a URL: {e}"))?;
+    if url.scheme() != "https" {
+        return Err(format!("{what} \"{raw}\" must use https"));
+    }
+    let host = url.host_str().unwrap_or_default();
+    if !m.allows_host(host) {
+        return Err(format!(
+            "{what} host \"{host}\" is not in the manifest's allowed_hosts"
+        ));
+    }
+    Ok(())
+}
+
+/// Most picker entries one plugin may list, and most scopes per entry.
+const MAX_ENTRIES: usize = 32;
+const MAX_ENTRY_SCOPES: usize = 64;
+/// Longest entry name, description and scope.
+const MAX_ENTRY_TEXT: usize = 512;
+
+/// `catalog.entries()` must be well-formed: unique keys shaped like ids, bounded texts,
+/// URLs as `defaults()`'s.
+fn check_entries(m: &Manifest, entries: &[super::runtime::catalog::Entry]) -> Result<(), String> {
+    if entries.len() > MAX_ENTRIES {
+        return Err(format!(
+            "catalog.entries() lists {} entries; at most {MAX_ENTRIES}",
+            entries.len()
+        ));
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for e in entries {
+        let what = format!("catalog.entries()[{}]", super::output::clip(&e.key));
+        let key_ok = e.key.len() <= 64
+            && e.key.starts_with(|c: char| c.is_ascii_lowercase())
+            && e.key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !key_ok {
+            return Err(format!(
+                "{what}: the key must be lower-case letters, digits and '-', starting with a letter"
+            ));
+        }
+        if !keys.insert(e.key.as_str()) {
+            return Err(format!("{what}: the key is listed twice"));
+        }
+        let texts = [&e.display_name, &e.description]
+            .into_iter()
+            .chain(e.scopes.iter());
+        if e.display_name.trim().is_empty()
+            || e.scopes.len() > MAX_ENTRY_SCOPES
+            || texts.into_iter().any(|t| t.len() > MAX_ENTRY_TEXT)
+        {
+            return Err(format!(
+                "{what}: needs a name, at most {MAX_ENTRY_SCOPES} scopes and texts of at most {MAX_ENTRY_TEXT} bytes"
+            ));
+        }
+        check_url(m, &format!("{what}.api-url"), &e.api_url)?;
+    }
+    Ok(())
 }
 
 fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
@@ -252,17 +352,7 @@ fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), Strin
         }
     }
     for (field, raw) in urls {
-        let url = url::Url::parse(raw)
-            .map_err(|e| format!("defaults().{field} \"{raw}\" is not a URL: {e}"))?;
-        if url.scheme() != "https" {
-            return Err(format!("defaults().{field} \"{raw}\" must use https"));
-        }
-        let host = url.host_str().unwrap_or_default();
-        if !m.allows_host(host) {
-            return Err(format!(
-                "defaults().{field} host \"{host}\" is not in the manifest's allowed_hosts"
-            ));
-        }
+        check_url(m, &format!("defaults().{field}"), raw)?;
     }
     if d.classify_body_bytes > MAX_CLASSIFY_BYTES {
         return Err(format!(

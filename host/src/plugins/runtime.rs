@@ -38,21 +38,22 @@ wasmtime::component::bindgen!({
 
 pub use self::portcullis::provider::types;
 pub use exports::portcullis::provider::plugin::Guest;
-pub use since_0_1_1::exports::portcullis::provider::oauth_extras;
+pub use since_0_1_1::exports::portcullis::provider::{catalog, oauth_extras};
 
-/// Interfaces added after 0.1.0, which a plugin may not export: each is probed for at
-/// load ([`Runtime::prepare`]) and called only when present.
+/// Interfaces added in 0.1.1 (`oauth-extras`, `catalog`), which a plugin built against
+/// 0.1.0 does not export: probed for at load ([`Runtime::prepare`]) and called only
+/// when present.
 mod since_0_1_1 {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "oauth-extras-probe",
+        world: "since-0-1-1",
         exports: { default: async },
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
     });
 }
 
-/// The interface added in 0.1.1 (see [`since_0_1_1`]).
-const OAUTH_EXTRAS_INTERFACE: &str = "portcullis:provider/oauth-extras";
+/// How the host recognises a 0.1.1 plugin (see [`since_0_1_1`]).
+const SINCE_0_1_1_INTERFACE: &str = "portcullis:provider/oauth-extras";
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -233,8 +234,8 @@ impl ResourceLimiter for Limiter {
 /// A compiled plugin, ready to instantiate.
 pub struct Prepared {
     pre: ProviderBasePre<State>,
-    /// `oauth-extras`, when the plugin exports it (0.1.1 and later).
-    oauth_extras: Option<since_0_1_1::OauthExtrasProbePre<State>>,
+    /// The 0.1.1 interfaces, when the plugin exports them.
+    since_0_1_1: Option<since_0_1_1::Since011Pre<State>>,
     id: Arc<str>,
     limits: Limits,
 }
@@ -255,6 +256,8 @@ pub enum Call {
     Defaults,
     /// `oauth-extras.options`; `None` from a plugin without the interface.
     OauthOptions,
+    /// `catalog.entries`; empty from a plugin without the interface.
+    CatalogEntries,
     ShapeRequest(types::Context, types::OutgoingRequest),
     ReadTokenResponse(types::Context, u16, String),
     Discover(types::Context, String, Option<types::Response>),
@@ -269,6 +272,7 @@ impl Call {
         match self {
             Self::Defaults => "defaults",
             Self::OauthOptions => "oauth-extras.options",
+            Self::CatalogEntries => "catalog.entries",
             Self::ShapeRequest(..) => "shape-request",
             Self::ReadTokenResponse(..) => "read-token-response",
             Self::Discover(..) => "discover",
@@ -284,6 +288,7 @@ impl Call {
 pub enum Reply {
     Defaults(Box<types::ProviderDefaults>),
     OauthOptions(Option<oauth_extras::OauthOptions>),
+    CatalogEntries(Vec<catalog::Entry>),
     ShapeRequest(Result<types::ShapedRequest, types::PluginError>),
     ReadTokenResponse(Result<types::TokenInfo, types::TokenError>),
     Discover(types::Discovery),
@@ -373,14 +378,14 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let oauth_extras = exports_interface(&self.engine, &component, OAUTH_EXTRAS_INTERFACE)
-            .then(|| since_0_1_1::OauthExtrasProbePre::new(pre.clone()))
+        let since_0_1_1 = exports_interface(&self.engine, &component, SINCE_0_1_1_INTERFACE)
+            .then(|| since_0_1_1::Since011Pre::new(pre.clone()))
             .transpose()
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let pre = ProviderBasePre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         Ok(Prepared {
             pre,
-            oauth_extras,
+            since_0_1_1,
             id: Arc::from(id),
             limits,
         })
@@ -489,8 +494,23 @@ async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Re
     let g = instance.portcullis_provider_plugin();
     Ok(match call {
         Call::Defaults => Reply::Defaults(Box::new(g.call_defaults(&mut *store).await?)),
-        // Once per load: the store's base instance goes unused.
-        Call::OauthOptions => Reply::OauthOptions(oauth_options(p, store).await?),
+        // Once per load each: the store's base instance goes unused.
+        Call::OauthOptions => Reply::OauthOptions(match since_0_1_1(p, store).await? {
+            Some(i) => Some(
+                i.portcullis_provider_oauth_extras()
+                    .call_options(&mut *store)
+                    .await?,
+            ),
+            None => None,
+        }),
+        Call::CatalogEntries => Reply::CatalogEntries(match since_0_1_1(p, store).await? {
+            Some(i) => {
+                i.portcullis_provider_catalog()
+                    .call_entries(&mut *store)
+                    .await?
+            }
+            None => Vec::new(),
+        }),
         Call::ShapeRequest(ctx, req) => {
             Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
         }
@@ -514,17 +534,15 @@ async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Re
     })
 }
 
-/// `oauth-extras.options`, when the plugin exports the interface.
-async fn oauth_options(
+/// An instance of the 0.1.1 interfaces, when the plugin exports them.
+async fn since_0_1_1(
     p: &Prepared,
     store: &mut Store<State>,
-) -> wasmtime::Result<Option<oauth_extras::OauthOptions>> {
-    let Some(pre) = &p.oauth_extras else {
-        return Ok(None);
-    };
-    let instance = pre.instantiate_async(&mut *store).await?;
-    let extras = instance.portcullis_provider_oauth_extras();
-    Ok(Some(extras.call_options(&mut *store).await?))
+) -> wasmtime::Result<Option<since_0_1_1::Since011>> {
+    match &p.since_0_1_1 {
+        Some(pre) => Ok(Some(pre.instantiate_async(&mut *store).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Turns a wasmtime error into what happened, in words an operator can act on.

@@ -14,6 +14,9 @@
 //!   URL (the operator's choice wins), with the same path rules.
 //! - Rate limits also come as 403 with reason `rateLimitExceeded` /
 //!   `userRateLimitExceeded` in the error body.
+//! - Users meet Gmail, Drive, Calendar and Sheets as products of their own: each is a
+//!   picker entry (`google/gmail`, ...) with its API host and read-only scope; connectors
+//!   made from them with one OAuth client share one connection per user.
 
 use portcullis_sdk::prelude::*;
 use serde_json::Value;
@@ -54,9 +57,48 @@ impl Provider for Google {
         .client_auth(ClientAuth::Post)
         .grant(TokenGrant::standard("default"))
         .keeps_refresh_token();
+        let scope = |s: &str| format!("https://www.googleapis.com/auth/{s}");
         Defaults::new(DEFAULT_BASE)
             .docs_url("https://developers.google.com/identity/protocols/oauth2/web-server")
             .oauth(oauth)
+            // The products users pick on their own; their connectors share this
+            // provider's connection when they use the same OAuth client.
+            .entry(
+                Entry::new(
+                    "gmail",
+                    "Gmail",
+                    "Read the user's mail: messages, threads and labels (/gmail/v1/users/me/...).",
+                    "https://gmail.googleapis.com",
+                )
+                .scopes([scope("gmail.readonly")]),
+            )
+            .entry(
+                Entry::new(
+                    "drive",
+                    "Google Drive",
+                    "Find and read the user's files (/drive/v3/files).",
+                    DEFAULT_BASE,
+                )
+                .scopes([scope("drive.readonly")]),
+            )
+            .entry(
+                Entry::new(
+                    "calendar",
+                    "Google Calendar",
+                    "Read the user's calendars and events (/calendar/v3/...).",
+                    DEFAULT_BASE,
+                )
+                .scopes([scope("calendar.readonly")]),
+            )
+            .entry(
+                Entry::new(
+                    "sheets",
+                    "Google Sheets",
+                    "Read the user's spreadsheets (/v4/spreadsheets/{id}).",
+                    "https://sheets.googleapis.com",
+                )
+                .scopes([scope("spreadsheets.readonly")]),
+            )
             // Only errors need a closer look.
             .classify_statuses([400..=599])
             .classify_body_bytes(8 * 1024)

@@ -136,6 +136,9 @@ try {
   check(JSON.stringify(projects) === JSON.stringify(['atlassian', 'linear']), `Project management lists Atlassian and Linear: ${projects}`);
   check(await page.locator('button[data-provider="github"] .initials').innerText() === 'GH', 'GitHub shows GH');
   check(await page.locator('button[data-provider="google"] .initials').innerText() === 'GW', 'Google Workspace shows GW');
+  // Google's products are entries of their own, next to the whole of Google Workspace.
+  const productivity = await page.getByRole('list', { name: 'Productivity' }).locator('button').evaluateAll((bs) => bs.map((b) => b.dataset.provider));
+  for (const p of ['google', 'google/gmail', 'google/drive', 'google/calendar', 'google/sheets']) check(productivity.includes(p), `Productivity lists ${p}: ${productivity}`);
   const broken = page.locator('button.broken');
   check(/^broken\s*Did not load: ./.test(await broken.innerText()) && await broken.isDisabled(), `the entry that did not load is listed with its reason: ${await broken.innerText()}`);
   await accessible('picker');
