@@ -22,6 +22,7 @@ pub(crate) const PROVIDERS: &[&str] = &[
     "zoom",
     "canva",
     "notion",
+    "microsoft",
 ];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
@@ -190,6 +191,10 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             "google/calendar",
             "google/sheets",
             "linear",
+            "microsoft",
+            "microsoft/outlook",
+            "microsoft/onedrive",
+            "microsoft/teams",
             "notion",
             "salesforce",
             "slack",
@@ -260,6 +265,10 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             ("google/calendar", "Productivity"),
             ("google/sheets", "Productivity"),
             ("linear", "Project management"),
+            ("microsoft", "Productivity"),
+            ("microsoft/outlook", "Productivity"),
+            ("microsoft/onedrive", "Productivity"),
+            ("microsoft/teams", "Productivity"),
             ("notion", "Productivity"),
             ("salesforce", "CRM"),
             ("slack", "Communication"),

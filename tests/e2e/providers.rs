@@ -616,3 +616,98 @@ async fn notion_json_token_requests_version_header_rotation_tools_and_revocation
         "{revoked}"
     );
 }
+
+/// Microsoft 365: Outlook and OneDrive connectors (the provider's picker entries) with
+/// one Entra app share a user's connection, and its authorization asks for both sets of
+/// scopes; Graph's OData options reach Graph as it documents them; an invalid token
+/// refreshes with the client secret in the body and the rotated refresh token.
+#[tokio::test]
+async fn microsoft_outlook_and_onedrive_share_one_connection_and_query_graph() {
+    let reg = registry_copy(&["microsoft"]);
+    let ms = Fixture::start().await;
+    let token = |n: &str| {
+        Canned::json(
+            200,
+            json!({"token_type": "Bearer", "expires_in": 3599, "scope": "Mail.Read Files.Read User.Read",
+                   "access_token": format!("ms-at-{n}"), "refresh_token": format!("ms-rt-{n}")}),
+        )
+    };
+    ms.on("/token", vec![token("1"), token("2")]);
+    ms.json(
+        "/v1.0/me/messages",
+        200,
+        json!({"value": [{"subject": "Quarterly report", "from": {"emailAddress": {"address": "ada@example.com"}}, "isRead": false}]}),
+    );
+    ms.on(
+        "/v1.0/me/drive/root/search(q='plan')",
+        vec![
+            Canned::json(401, json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token has expired or is not yet valid."}})),
+            Canned::json(200, json!({"value": [{"name": "plan.docx", "webUrl": "https://contoso-my.sharepoint.com/plan.docx"}]})),
+        ],
+    );
+    let connector = |scopes: &[&str]| {
+        let mut c = fixture_connector("microsoft", &ms, scopes);
+        c["auth"]["client_id"] = json!("ms-shared");
+        c
+    };
+    let host = fixture_host(
+        reg.path(),
+        json!({
+            "outlook": connector(&["offline_access", "User.Read", "Mail.Read"]),
+            "onedrive": connector(&["offline_access", "User.Read", "Files.Read"]),
+        }),
+    );
+
+    // One sign-in for both, asking for both products' scopes.
+    let auth_url = start_connect(&host, "127.0.0.1", "outlook").await;
+    let scope = query_param(&auth_url, "scope").expect("scope");
+    for s in ["offline_access", "Mail.Read", "Files.Read"] {
+        assert!(scope.split(' ').any(|x| x == s), "{s} missing in {scope}");
+    }
+    assert_eq!(fixture_connect(&host, "outlook").await.0, 200);
+    assert_eq!(status(&host, "127.0.0.1", "onedrive").await, "Ready");
+    assert_eq!(
+        form(&ms.seen_at("/token")[0].body)["client_secret"],
+        "fixture-secret"
+    );
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(
+        &agent,
+        "outlook_list_messages",
+        json!({"limit": 5, "unread": true}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        call_text(&r).contains("Quarterly report"),
+        "{}",
+        call_text(&r)
+    );
+    let listed = &ms.seen_at("/v1.0/me/messages")[0];
+    let query = listed.query.as_deref().unwrap_or_default();
+    assert!(query.starts_with("$top=5&$select="), "{query}");
+    assert!(query.contains("$filter=isRead%20eq%20false"), "{query}");
+    assert_eq!(listed.headers["authorization"], "Bearer ms-at-1");
+
+    let r = call_tool(&agent, "onedrive_search_files", json!({"query": "plan"})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("plan.docx"), "{}", call_text(&r));
+    let refresh = form(&ms.seen_at("/token")[1].body);
+    assert_eq!(refresh["refresh_token"], "ms-rt-1");
+    assert_eq!(refresh["client_secret"], "fixture-secret");
+    // The shared connection's new token serves Outlook too.
+    call_tool(&agent, "outlook_list_messages", json!({})).await;
+    assert_eq!(
+        ms.seen_at("/v1.0/me/messages")[1].headers["authorization"],
+        "Bearer ms-at-2"
+    );
+    let r = call_tool(
+        &agent,
+        "outlook_send_mail",
+        json!({"to": ["not an address"], "subject": "s", "body": "b"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    agent.cancel().await.expect("close");
+}

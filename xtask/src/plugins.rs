@@ -31,6 +31,7 @@ pub const PROVIDERS: &[&str] = &[
     "zoom",
     "canva",
     "notion",
+    "microsoft",
 ];
 
 const TARGET: &str = "wasm32-wasip2";
