@@ -462,23 +462,23 @@ fn form_body(form: &[(String, String)]) -> zeroize::Zeroizing<Vec<u8>> {
     zeroize::Zeroizing::new(ser.finish().into_bytes())
 }
 
-/// The same members as a JSON object of strings.
+/// The same members as a JSON object of strings. Written into a buffer sized for the
+/// worst case (every byte escaped), so no reallocation leaves a copy of a secret behind.
 fn json_body(form: &[(String, String)]) -> zeroize::Zeroizing<Vec<u8>> {
-    let object: serde_json::Map<String, serde_json::Value> = form
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    let mut value = serde_json::Value::Object(object);
-    let bytes = serde_json::to_vec(&value).unwrap_or_default();
-    // The copies in `value` hold the same secrets as the bytes.
-    if let serde_json::Value::Object(members) = &mut value {
-        for v in members.values_mut() {
-            if let serde_json::Value::String(s) = v {
-                zeroize::Zeroize::zeroize(s);
-            }
+    let worst: usize = form.iter().map(|(k, v)| 6 * (k.len() + v.len()) + 8).sum();
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(worst + 2));
+    out.push(b'{');
+    for (i, (k, v)) in form.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        // Strings only: serializing them cannot fail.
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, v);
     }
-    zeroize::Zeroizing::new(bytes)
+    out.push(b'}');
+    out
 }
 
 fn transport_error(url: &url::Url, e: Transport) -> TokenError {
@@ -589,16 +589,12 @@ pub async fn revoke(
     token: &str,
     hint: &str,
 ) -> Result<(), TokenError> {
-    let resp = post_form(
-        egress,
-        revocation_url,
-        client,
-        vec![
-            ("token".into(), token.to_owned()),
-            ("token_type_hint".into(), hint.to_owned()),
-        ],
-    )
-    .await?;
+    let mut params = vec![("token".into(), token.to_owned())];
+    // RFC 7009's hint is a form member; a JSON endpoint (Notion) documents only `token`.
+    if !client.style.json {
+        params.push(("token_type_hint".into(), hint.to_owned()));
+    }
+    let resp = post_form(egress, revocation_url, client, params).await?;
     if resp.status().is_success() {
         return Ok(());
     }
@@ -943,6 +939,25 @@ mod tests {
                 "https://mcp.example/.well-known/oauth-protected-resource",
             ]
         );
+    }
+
+    #[test]
+    fn json_token_bodies_carry_the_form_members_escaped() {
+        let form = [
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            ("refresh_token".to_owned(), "r\"1\\\u{1}é".to_owned()),
+        ];
+        let body = json_body(&form);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"grant_type": "refresh_token", "refresh_token": "r\"1\\\u{1}é"})
+        );
+        assert!(
+            body.capacity() >= body.len(),
+            "written without reallocating"
+        );
+        assert_eq!(&*json_body(&[]), b"{}");
     }
 
     #[test]

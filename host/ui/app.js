@@ -454,8 +454,9 @@ async function picker(render) {
     groups.get(category).push(p);
   }
   const order = [...groups.keys()].sort((a, b) => (a === 'Other') - (b === 'Other') || a.localeCompare(b));
-  const group = (title, items) => {
-    const id = `picker-${title.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+  // A plugin's category may read like a built-in group ("Custom"): their ids differ.
+  const group = (title, items, kind = 'category') => {
+    const id = `picker-${kind}-${title.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
     return h('section', { class: 'picker-group', 'aria-labelledby': id },
       h('h2', { id, text: title }), h('ul', { class: 'picker', 'aria-label': title }, ...items));
   };
@@ -468,8 +469,8 @@ async function picker(render) {
     h('p', { class: 'lead', text: 'Choose a verified provider to start from its URLs, scopes and parameters, or a custom connector.' }),
     reg.dir ? null : notice('info', h('p', {}, 'No provider registry is loaded (start the host with --registry); only custom connectors can be added.')),
     ...order.map((c) => group(c, groups.get(c).map(entry))),
-    group('Custom', [custom]),
-    broken.length ? group('Did not load', broken) : null);
+    group('Custom', [custom], 'builtin'),
+    broken.length ? group('Did not load', broken, 'builtin') : null);
 }
 
 /** The form's state → the connector exactly as it will be saved. */

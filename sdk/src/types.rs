@@ -67,7 +67,7 @@ impl Entry {
         }
     }
 
-    /// Its default scopes (instead of the provider's).
+    /// Its default scopes (instead of the provider's; none set: the provider's).
     pub fn scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
         self.scopes = scopes.into_iter().map(Into::into).collect();
         self
@@ -494,9 +494,18 @@ impl Args {
         allowed: &[&'a str],
         default: Option<&'a str>,
     ) -> Result<&'a str, PluginError> {
-        let Some(value) = self.str(key) else {
-            return default
-                .ok_or_else(|| PluginError::InvalidInput(format!("\"{key}\" is required")));
+        let value = match self.0.get(key) {
+            None | Some(Value::Null) => {
+                return default
+                    .ok_or_else(|| PluginError::InvalidInput(format!("\"{key}\" is required")));
+            }
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(PluginError::InvalidInput(format!(
+                    "\"{key}\" must be one of {}",
+                    allowed.join(", ")
+                )));
+            }
         };
         allowed
             .iter()

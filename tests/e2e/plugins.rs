@@ -130,6 +130,7 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads_and_runs() {
         .expect("a 0.1.0 component loads");
     assert!(!h.plugin().oauth_style.json);
     assert!(h.plugin().oauth_style.headers.is_empty());
+    assert!(h.plugin().entries.is_empty());
     let results = h
         .run_dir(&workspace().join("plugins/slack/fixtures"))
         .await

@@ -172,6 +172,8 @@ async fn github_connect_call_tools_rotating_refresh_dead_grant_and_disconnect() 
     assert!(call_text(&r).contains("Found a bug"), "{}", call_text(&r));
     let graphql = &gh.seen_at("/graphql")[0];
     assert_eq!(graphql.headers["authorization"], "Bearer ghu_two");
+    // GitHub refuses a request without a User-Agent; a tool call has none of its own.
+    assert_eq!(graphql.headers["user-agent"], "Portcullis");
     let body: Value = serde_json::from_str(&graphql.body).expect("GraphQL body");
     assert_eq!(
         body["variables"],
@@ -505,7 +507,7 @@ async fn canva_pkce_its_error_shape_a_dead_refresh_token_and_design_tools() {
     let body: Value = serde_json::from_str(&created.body).expect("json");
     assert_eq!(
         body,
-        json!({"design_type": {"type": "preset", "name": "presentation"}, "title": "My Holiday Presentation"})
+        json!({"type": "type_and_asset", "design_type": {"type": "preset", "name": "presentation"}, "title": "My Holiday Presentation"})
     );
     agent.cancel().await.expect("close");
 }
@@ -608,13 +610,12 @@ async fn notion_json_token_requests_version_header_rotation_tools_and_revocation
     disconnect(&host, "notion").await;
     let revoke = revoked_at(&notion).await;
     assert_eq!(revoke[0].headers["content-type"], "application/json");
+    assert_eq!(revoke[0].headers["notion-version"], "2026-03-11");
     let revoked: Value = serde_json::from_str(&revoke[0].body).expect("a JSON revocation");
-    assert!(
-        revoked["token"]
-            .as_str()
-            .is_some_and(|t| t.ends_with("_two")),
-        "{revoked}"
-    );
+    // Only the member Notion documents: no RFC 7009 hint.
+    let token = revoked["token"].as_str().unwrap_or_default();
+    assert!(token.ends_with("_two"), "{revoked}");
+    assert_eq!(revoked, json!({"token": token}));
 }
 
 /// Microsoft 365: Outlook and OneDrive connectors (the provider's picker entries) with

@@ -687,7 +687,7 @@ fn entry_json(
     j["description"] = e.description.clone().into();
     j["url"] = e.api_url.clone().into();
     j["mcp_url"] = serde_json::Value::Null;
-    if j["oauth"].is_object() {
+    if j["oauth"].is_object() && !e.scopes.is_empty() {
         j["oauth"]["scopes"] = serde_json::json!(e.scopes);
     }
     if let Some(t) = p.entry_template(&e.key) {

@@ -65,12 +65,17 @@ impl Plugin {
         // An entry is one product's API; the provider's MCP server is offered on its own.
         t.mcp_url = None;
         // `Drive` for google/drive, `Gmail` for google/gmail: the key, capitalised.
-        let mut id: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+        let mut id: String = entry
+            .key
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
         if let Some(first) = id.get_mut(0..1) {
             first.make_ascii_uppercase();
         }
         t.connector_id = Some(id);
-        if let Some(o) = &mut t.oauth {
+        // An entry without scopes of its own asks for the provider's.
+        if let Some(o) = t.oauth.as_mut().filter(|_| !entry.scopes.is_empty()) {
             o.scopes = entry.scopes.clone();
         }
         Some(t)
@@ -361,4 +366,53 @@ fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::runtime::catalog::Entry;
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest::parse(
+            "schema_version = 1\nid = \"acme\"\nname = \"Acme\"\nversion = \"1\"\n[component]\npath = \"plugin.wasm\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[capabilities]\nallowed_hosts = [\"api.acme.example\"]\n",
+            "acme",
+        )
+        .expect("manifest")
+    }
+
+    fn entry(key: &str, url: &str) -> Entry {
+        Entry {
+            key: key.to_owned(),
+            display_name: "Mail".to_owned(),
+            description: String::new(),
+            api_url: url.to_owned(),
+            scopes: vec!["mail.read".to_owned()],
+        }
+    }
+
+    #[test]
+    fn picker_entries_are_checked_like_defaults() {
+        let m = manifest();
+        let good = entry("mail", "https://api.acme.example/mail");
+        assert_eq!(check_entries(&m, std::slice::from_ref(&good)), Ok(()));
+        let refused = |entries: &[Entry]| check_entries(&m, entries).expect_err("refused");
+        assert!(refused(&[entry("mail", "http://api.acme.example")]).contains("must use https"));
+        assert!(
+            refused(&[entry("mail", "https://evil.example")]).contains("allowed_hosts"),
+            "an entry cannot point a connector off the declared hosts"
+        );
+        assert!(refused(&[entry("Mail", "https://api.acme.example")]).contains("lower-case"));
+        assert!(refused(&[entry("a/b", "https://api.acme.example")]).contains("lower-case"));
+        assert!(refused(&[good.clone(), good.clone()]).contains("twice"));
+        let nameless = Entry {
+            display_name: " ".to_owned(),
+            ..good.clone()
+        };
+        assert!(refused(&[nameless]).contains("needs a name"));
+        let many: Vec<Entry> = (0..=MAX_ENTRIES)
+            .map(|i| entry(&format!("e{i}"), "https://api.acme.example"))
+            .collect();
+        assert!(refused(&many).contains("at most"));
+    }
 }

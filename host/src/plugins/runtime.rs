@@ -52,8 +52,11 @@ mod since_0_1_1 {
     });
 }
 
-/// How the host recognises a 0.1.1 plugin (see [`since_0_1_1`]).
-const SINCE_0_1_1_INTERFACE: &str = "portcullis:provider/oauth-extras";
+/// The interfaces 0.1.1 added (see [`since_0_1_1`]); a 0.1.1 plugin exports both.
+const SINCE_0_1_1_INTERFACES: [&str; 2] = [
+    "portcullis:provider/oauth-extras",
+    "portcullis:provider/catalog",
+];
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -378,10 +381,25 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let since_0_1_1 = exports_interface(&self.engine, &component, SINCE_0_1_1_INTERFACE)
-            .then(|| since_0_1_1::Since011Pre::new(pre.clone()))
-            .transpose()
-            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let exported =
+            SINCE_0_1_1_INTERFACES.map(|i| exports_interface(&self.engine, &component, i));
+        let since_0_1_1 = match exported {
+            [false, false] => None,
+            [true, true] => Some(
+                since_0_1_1::Since011Pre::new(pre.clone())
+                    .map_err(|e| PrepareError::Link(format!("{e:#}")))?,
+            ),
+            _ => {
+                let (has, lacks) = if exported[0] {
+                    (SINCE_0_1_1_INTERFACES[0], SINCE_0_1_1_INTERFACES[1])
+                } else {
+                    (SINCE_0_1_1_INTERFACES[1], SINCE_0_1_1_INTERFACES[0])
+                };
+                return Err(PrepareError::Link(format!(
+                    "exports {has} but not {lacks}; both came with WIT 0.1.1: rebuild the plugin with a matching portcullis-sdk"
+                )));
+            }
+        };
         let pre = ProviderBasePre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         Ok(Prepared {
             pre,
@@ -490,27 +508,37 @@ impl Runtime {
 }
 
 async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Result<Reply> {
+    // The 0.1.1 interfaces get an instance of their own binding, not a second one.
+    match call {
+        Call::OauthOptions => {
+            return Ok(Reply::OauthOptions(match since_0_1_1(p, store).await? {
+                Some(i) => Some(
+                    i.portcullis_provider_oauth_extras()
+                        .call_options(&mut *store)
+                        .await?,
+                ),
+                None => None,
+            }));
+        }
+        Call::CatalogEntries => {
+            return Ok(Reply::CatalogEntries(match since_0_1_1(p, store).await? {
+                Some(i) => {
+                    i.portcullis_provider_catalog()
+                        .call_entries(&mut *store)
+                        .await?
+                }
+                None => Vec::new(),
+            }));
+        }
+        _ => {}
+    }
     let instance = p.pre.instantiate_async(&mut *store).await?;
     let g = instance.portcullis_provider_plugin();
     Ok(match call {
         Call::Defaults => Reply::Defaults(Box::new(g.call_defaults(&mut *store).await?)),
-        // Once per load each: the store's base instance goes unused.
-        Call::OauthOptions => Reply::OauthOptions(match since_0_1_1(p, store).await? {
-            Some(i) => Some(
-                i.portcullis_provider_oauth_extras()
-                    .call_options(&mut *store)
-                    .await?,
-            ),
-            None => None,
-        }),
-        Call::CatalogEntries => Reply::CatalogEntries(match since_0_1_1(p, store).await? {
-            Some(i) => {
-                i.portcullis_provider_catalog()
-                    .call_entries(&mut *store)
-                    .await?
-            }
-            None => Vec::new(),
-        }),
+        Call::OauthOptions | Call::CatalogEntries => {
+            return Err(wasmtime::format_err!("{} is answered above", call.hook()));
+        }
         Call::ShapeRequest(ctx, req) => {
             Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
         }

@@ -164,7 +164,10 @@ impl Provider for Canva {
                     &["doc", "email", "presentation", "whiteboard"],
                     None,
                 )?;
-                let mut body = json!({"design_type": {"type": "preset", "name": preset}});
+                let mut body = json!({
+                    "type": "type_and_asset",
+                    "design_type": {"type": "preset", "name": preset},
+                });
                 if let Some(title) = args.str("title") {
                     body["title"] = title.into();
                 }

@@ -19,7 +19,9 @@
 //!   `X-GitHub-Api-Version: 2022-11-28`; GraphQL at `api.github.com/graphql` (on GitHub
 //!   Enterprise Server: REST at `<host>/api/v3`, GraphQL at `<host>/api/graphql`).
 //! - Rate limits: 429, or 403 with `x-ratelimit-remaining: 0` (primary) or with
-//!   `retry-after` (secondary); bad credentials are 401.
+//!   `retry-after` or a message naming a secondary rate limit; bad credentials are 401.
+//! - Every request needs a `User-Agent` (a 403 otherwise); the plugin adds one when the
+//!   agent sent none.
 //! - GitHub's remote MCP server: `https://api.githubcopilot.com/mcp/`.
 //!
 //! The tools read through GraphQL where it lets them ask for only the fields a model
@@ -31,6 +33,8 @@ use serde_json::{Value, json};
 struct GitHub;
 
 const API_VERSION: &str = "2022-11-28";
+/// GitHub requires a User-Agent on every API request.
+const USER_AGENT: &str = "Portcullis";
 
 /// Tools' GraphQL documents; variables carry every argument.
 const LIST_REPOS: &str = "query($n: Int!, $after: String) { viewer { repositories(first: $n, after: $after, orderBy: {field: UPDATED_AT, direction: DESC}, affiliations: [OWNER, COLLABORATOR, ORGANIZATION_MEMBER]) { totalCount pageInfo { hasNextPage endCursor } nodes { nameWithOwner description url isPrivate isArchived isFork primaryLanguage { name } stargazerCount updatedAt } } } }";
@@ -55,9 +59,10 @@ impl Provider for GitHub {
             .docs_url("https://docs.github.com/en/rest")
             .mcp_url("https://api.githubcopilot.com/mcp/")
             .oauth(oauth)
-            // Only errors need a closer look; their headers say enough.
+            // Only errors need a closer look; a secondary rate limit can come as a 403
+            // that only its message names.
             .classify_statuses([400..=599])
-            .classify_body_bytes(0)
+            .classify_body_bytes(1024)
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
@@ -78,6 +83,10 @@ impl Provider for GitHub {
         }
         if portcullis_sdk::header(&req.headers, "x-github-api-version").is_none() {
             shaped = shaped.header("x-github-api-version", API_VERSION);
+        }
+        // GitHub refuses requests without one (403).
+        if portcullis_sdk::header(&req.headers, "user-agent").is_none() {
+            shaped = shaped.header("user-agent", USER_AGENT);
         }
         Ok(shaped)
     }
@@ -105,12 +114,15 @@ impl Provider for GitHub {
         _ctx: &Context,
         status: u16,
         headers: &[Header],
-        _body: &[u8],
+        body: &[u8],
     ) -> Classification {
         let exhausted = portcullis_sdk::header(headers, "x-ratelimit-remaining")
             .is_some_and(|v| v.trim() == "0");
         let retry_after = portcullis_sdk::header(headers, "retry-after").is_some();
-        if status == 429 || (status == 403 && (exhausted || retry_after)) {
+        let says_so = String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("rate limit");
+        if status == 429 || (status == 403 && (exhausted || retry_after || says_so)) {
             return Classification::RateLimited(portcullis_sdk::retry_after(headers));
         }
         portcullis_sdk::classify_by_status(status, headers)
