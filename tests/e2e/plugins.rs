@@ -23,6 +23,8 @@ pub(crate) const PROVIDERS: &[&str] = &[
     "canva",
     "notion",
     "microsoft",
+    "asana",
+    "dropbox",
 ];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
@@ -183,8 +185,10 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
     assert_eq!(
         ids,
         [
+            "asana",
             "atlassian",
             "canva",
+            "dropbox",
             "github",
             "google",
             "google/gmail",
@@ -257,8 +261,10 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
     assert_eq!(
         categories,
         [
+            ("asana", "Project management"),
             ("atlassian", "Project management"),
             ("canva", "Design"),
+            ("dropbox", "Files"),
             ("github", "Developer tools"),
             ("google", "Productivity"),
             ("google/gmail", "Productivity"),

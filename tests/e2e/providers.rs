@@ -712,3 +712,184 @@ async fn microsoft_outlook_and_onedrive_share_one_connection_and_query_graph() {
     assert_eq!(r.is_error, Some(true), "{r:?}");
     agent.cancel().await.expect("close");
 }
+
+/// Asana: PKCE and the client secret in the body, the user named by the token response,
+/// refresh answers without a refresh token (the first is kept and used again), tools
+/// trimmed with `opt_fields`, and a disconnect that revokes the refresh token first (the
+/// only kind Asana's revocation endpoint takes).
+#[tokio::test]
+async fn asana_kept_refresh_token_opt_fields_tools_and_refresh_token_revocation() {
+    let reg = registry_copy(&["asana"]);
+    let asana = Fixture::start().await;
+    let user = json!({"id": 4673218951u64, "gid": "4673218951", "name": "Greg Sanchez", "email": "gsanchez@example.com"});
+    asana.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "asana-at-1", "expires_in": 3600, "token_type": "bearer", "data": user, "refresh_token": "asana-rt"})),
+            Canned::json(200, json!({"access_token": "asana-at-2", "expires_in": 3600, "token_type": "bearer", "data": user})),
+            Canned::json(200, json!({"access_token": "asana-at-3", "expires_in": 3600, "token_type": "bearer", "data": user})),
+        ],
+    );
+    asana.json("/revoke", 200, json!({}));
+    let expired = Canned::json(
+        401,
+        json!({"errors": [{"message": "The bearer token has expired. If you have a refresh token, please use it to request a new bearer token, otherwise allow the user to re-authenticate."}]}),
+    );
+    asana.on(
+        "/workspaces",
+        vec![
+            expired.clone(),
+            Canned::json(200, json!({"data": [{"gid": "12345", "name": "Acme", "is_organization": true, "resource_type": "workspace"}], "next_page": null})),
+        ],
+    );
+    asana.on(
+        "/tasks/1204567890123456",
+        vec![
+            expired,
+            Canned::json(200, json!({"data": {"gid": "1204567890123456", "name": "Ship the release", "completed": false, "due_on": "2026-12-10"}})),
+        ],
+    );
+    let mut connector = fixture_connector("asana", &asana, &["workspaces:read", "tasks:read"]);
+    connector["auth"]["revocation_url"] = json!(format!("{}/revoke", asana.url()));
+    let host = fixture_host(reg.path(), json!({"asana": connector}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "asana").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("workspaces:read tasks:read")
+    );
+    assert!(query_param(&auth_url, "code_challenge").is_some());
+    assert_eq!(fixture_connect(&host, "asana").await.0, 200);
+    assert_eq!(
+        form(&asana.seen_at("/token")[0].body)["client_secret"],
+        "fixture-secret"
+    );
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(&agent, "asana_list_workspaces", json!({})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("Acme"), "{}", call_text(&r));
+    assert_eq!(
+        asana.seen_at("/workspaces")[1].query.as_deref(),
+        Some("opt_fields=name%2Cis_organization&limit=100")
+    );
+    let r = call_tool(
+        &agent,
+        "asana_get_task",
+        json!({"task": "1204567890123456"}),
+    )
+    .await;
+    assert!(
+        call_text(&r).contains("Ship the release"),
+        "{}",
+        call_text(&r)
+    );
+    assert_eq!(
+        asana.seen_at("/tasks/1204567890123456")[1].headers["authorization"],
+        "Bearer asana-at-3"
+    );
+    // Both refreshes used the one refresh token: Asana's answers carry none.
+    let used: Vec<String> = asana.seen_at("/token")[1..]
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(used, ["asana-rt", "asana-rt"]);
+    agent.cancel().await.expect("close");
+
+    disconnect(&host, "asana").await;
+    let revoke = revoked_at(&asana).await;
+    assert_eq!(
+        form(&revoke[0].body)["token"],
+        "asana-rt",
+        "the refresh token first"
+    );
+    assert_eq!(form(&revoke[0].body)["client_secret"], "fixture-secret");
+}
+
+/// Dropbox: `token_access_type=offline` on the authorize URL, an expired-token 401 read
+/// from its JSON error, a refresh answer without a refresh token, the RPC tools' JSON
+/// bodies, and a download whose argument travels in an ASCII `Dropbox-API-Arg` header.
+#[tokio::test]
+async fn dropbox_offline_access_expired_token_rpc_tools_and_ascii_download_argument() {
+    let reg = registry_copy(&["dropbox"]);
+    let dbx = Fixture::start().await;
+    dbx.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "sl.u.one", "expires_in": 14400, "token_type": "bearer", "refresh_token": "dbx-rt",
+                "account_id": "dbid:AAH4f99T0taONIb-OurWxbNQ6ywGRopQngc", "scope": "files.metadata.read files.content.read"})),
+            Canned::json(200, json!({"access_token": "sl.u.two", "expires_in": 14400, "token_type": "bearer"})),
+        ],
+    );
+    dbx.on(
+        "/2/files/list_folder",
+        vec![
+            Canned::json(401, json!({"error_summary": "expired_access_token/...", "error": {".tag": "expired_access_token"}})),
+            Canned::json(200, json!({"entries": [{".tag": "file", "name": "Prime_Numbers.txt", "path_display": "/Homework/math/Prime_Numbers.txt", "size": 7212}], "cursor": "c1", "has_more": false})),
+        ],
+    );
+    dbx.on(
+        "/2/files/download",
+        vec![Canned {
+            status: 200,
+            headers: vec![("content-type".into(), "application/octet-stream".into())],
+            body: "2, 3, 5, 7, 11".into(),
+        }],
+    );
+    let mut connector = fixture_connector(
+        "dropbox",
+        &dbx,
+        &["files.metadata.read", "files.content.read"],
+    );
+    connector["auth"]["auth_params"] = json!({"token_access_type": "offline"});
+    let host = fixture_host(reg.path(), json!({"dropbox": connector}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "dropbox").await;
+    assert_eq!(
+        query_param(&auth_url, "token_access_type").as_deref(),
+        Some("offline")
+    );
+    assert_eq!(fixture_connect(&host, "dropbox").await.0, 200);
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(
+        &agent,
+        "dropbox_list_folder",
+        json!({"path": "/Homework/math"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        call_text(&r).contains("Prime_Numbers.txt"),
+        "{}",
+        call_text(&r)
+    );
+    let listed = &dbx.seen_at("/2/files/list_folder")[1];
+    assert_eq!(listed.headers["authorization"], "Bearer sl.u.two");
+    let body: Value = serde_json::from_str(&listed.body).expect("json");
+    assert_eq!(body, json!({"path": "/Homework/math", "limit": 100}));
+    assert_eq!(
+        form(&dbx.seen_at("/token")[1].body)["refresh_token"],
+        "dbx-rt"
+    );
+
+    let r = call_tool(
+        &agent,
+        "dropbox_read_file",
+        json!({"path": "/Homework/math/Primzahlen – Übung.txt"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        call_text(&r).contains("2, 3, 5, 7, 11"),
+        "{}",
+        call_text(&r)
+    );
+    let arg = &dbx.seen_at("/2/files/download")[0].headers["dropbox-api-arg"];
+    assert!(arg.is_ascii(), "{arg}");
+    let decoded: Value = serde_json::from_str(arg).expect("the argument is JSON");
+    assert_eq!(decoded["path"], "/Homework/math/Primzahlen – Übung.txt");
+    let r = call_tool(&agent, "dropbox_get_metadata", json!({"path": "Homework"})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    agent.cancel().await.expect("close");
+}

@@ -32,6 +32,8 @@ pub const PROVIDERS: &[&str] = &[
     "canva",
     "notion",
     "microsoft",
+    "asana",
+    "dropbox",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -129,11 +129,11 @@ try {
   for (const p of ['atlassian', 'canva', 'github', 'google', 'linear', 'slack', 'zoom']) check(await page.locator(`button[data-provider="${p}"]`).isVisible(), `the picker lists ${p}`);
   // Filed under the category each plugin names, with initials standing in for an icon.
   const headings = await page.locator('.picker-group h2').allInnerTexts();
-  check(JSON.stringify(headings) === JSON.stringify(['Communication', 'CRM', 'Design', 'Developer tools', 'Productivity', 'Project management', 'Custom', 'Did not load']), `the picker's groups: ${headings}`);
+  check(JSON.stringify(headings) === JSON.stringify(['Communication', 'CRM', 'Design', 'Developer tools', 'Files', 'Productivity', 'Project management', 'Custom', 'Did not load']), `the picker's groups: ${headings}`);
   const devTools = page.getByRole('list', { name: 'Developer tools' });
   check(await devTools.locator('button[data-provider="github"]').isVisible(), 'GitHub is under Developer tools');
   const projects = await page.getByRole('list', { name: 'Project management' }).locator('button').evaluateAll((bs) => bs.map((b) => b.dataset.provider));
-  check(JSON.stringify(projects) === JSON.stringify(['atlassian', 'linear']), `Project management lists Atlassian and Linear: ${projects}`);
+  check(JSON.stringify(projects) === JSON.stringify(['asana', 'atlassian', 'linear']), `Project management lists Asana, Atlassian and Linear: ${projects}`);
   check(await page.locator('button[data-provider="github"] .initials').innerText() === 'GH', 'GitHub shows GH');
   check(await page.locator('button[data-provider="google"] .initials').innerText() === 'GW', 'Google Workspace shows GW');
   // Google's products are entries of their own, next to the whole of Google Workspace.
