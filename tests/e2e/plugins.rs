@@ -25,6 +25,7 @@ pub(crate) const PROVIDERS: &[&str] = &[
     "microsoft",
     "asana",
     "dropbox",
+    "hubspot",
 ];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
@@ -195,6 +196,7 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             "google/drive",
             "google/calendar",
             "google/sheets",
+            "hubspot",
             "linear",
             "microsoft",
             "microsoft/outlook",
@@ -271,6 +273,7 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             ("google/drive", "Productivity"),
             ("google/calendar", "Productivity"),
             ("google/sheets", "Productivity"),
+            ("hubspot", "CRM"),
             ("linear", "Project management"),
             ("microsoft", "Productivity"),
             ("microsoft/outlook", "Productivity"),

@@ -893,3 +893,82 @@ async fn dropbox_offline_access_expired_token_rpc_tools_and_ascii_download_argum
     assert_eq!(r.is_error, Some(true), "{r:?}");
     agent.cancel().await.expect("close");
 }
+
+/// HubSpot: the `oauth` scope and PKCE on the authorize URL, the 2026-03 token endpoint
+/// with every parameter in the body, the portal id kept, an expired-token 401 read from
+/// its category, a legacy `BAD_REFRESH_TOKEN` answer as a dead grant, and CRM tools.
+#[tokio::test]
+async fn hubspot_body_parameters_portal_id_expired_token_dead_grant_and_crm_tools() {
+    let reg = registry_copy(&["hubspot"]);
+    let hs = Fixture::start().await;
+    let token = |n: &str| {
+        Canned::json(
+            200,
+            json!({"token_type": "bearer", "token_use": "access_token", "access_token": format!("hs-at-{n}"), "expires_in": 1800,
+                   "refresh_token": "na1-ab12-cd34", "hub_id": 62515, "user_id": 123456,
+                   "scopes": ["oauth", "crm.objects.contacts.read"]}),
+        )
+    };
+    hs.on(
+        "/token",
+        vec![
+            token("1"),
+            token("2"),
+            Canned::json(400, json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token"})),
+        ],
+    );
+    let expired = Canned::json(
+        401,
+        json!({"status": "error", "message": "The OAuth token used to make this call expired 75 second(s) ago.", "correlationId": "c1", "category": "EXPIRED_AUTHENTICATION"}),
+    );
+    hs.on(
+        "/crm/v3/objects/contacts/search",
+        vec![
+            expired.clone(),
+            Canned::json(200, json!({"total": 1, "results": [{"id": "501", "properties": {"email": "ada@example.com", "firstname": "Ada"}}]})),
+            expired,
+        ],
+    );
+    let host = fixture_host(
+        reg.path(),
+        json!({"hubspot": fixture_connector("hubspot", &hs, &["oauth", "crm.objects.contacts.read"])}),
+    );
+    let auth_url = start_connect(&host, "127.0.0.1", "hubspot").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("oauth crm.objects.contacts.read")
+    );
+    assert_eq!(fixture_connect(&host, "hubspot").await.0, 200);
+    let exchange = form(&hs.seen_at("/token")[0].body);
+    assert_eq!(exchange["client_secret"], "fixture-secret");
+    assert_eq!(exchange["code_verifier"].len(), 43);
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(&agent, "hubspot_search_contacts", json!({"query": "ada"})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        call_text(&r).contains("ada@example.com"),
+        "{}",
+        call_text(&r)
+    );
+    let searched = &hs.seen_at("/crm/v3/objects/contacts/search")[1];
+    assert_eq!(searched.headers["authorization"], "Bearer hs-at-2");
+    let body: Value = serde_json::from_str(&searched.body).expect("json");
+    assert_eq!(body["query"], "ada");
+    assert_eq!(
+        form(&hs.seen_at("/token")[1].body)["refresh_token"],
+        "na1-ab12-cd34"
+    );
+    // Expired again, and HubSpot says the refresh token is dead: connect again.
+    let r = call_tool(&agent, "hubspot_search_contacts", json!({"query": "ada"})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(status(&host, "127.0.0.1", "hubspot").await, "Needs auth");
+    let r = call_tool(
+        &agent,
+        "hubspot_get_contact",
+        json!({"contact_id": "../deals"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    agent.cancel().await.expect("close");
+}

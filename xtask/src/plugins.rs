@@ -34,6 +34,7 @@ pub const PROVIDERS: &[&str] = &[
     "microsoft",
     "asana",
     "dropbox",
+    "hubspot",
 ];
 
 const TARGET: &str = "wasm32-wasip2";
