@@ -76,10 +76,26 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The verified providers, as `cargo xtask plugins` builds them into `registry/`: the
+/// plugin workspace's members outside `testing/` (one list, in `plugins/Cargo.toml`).
+pub fn verified_providers() -> Vec<String> {
+    let text = std::fs::read_to_string(workspace().join("plugins/Cargo.toml"))
+        .expect("plugins/Cargo.toml");
+    let manifest: toml::Table = toml::from_str(&text).expect("plugins/Cargo.toml parses");
+    manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace members")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .filter(|m| !m.contains('/'))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A registry folder holding copies of the given verified providers' entries.
-pub fn registry_copy(providers: &[&str]) -> tempfile::TempDir {
+pub fn registry_copy<S: AsRef<str>>(providers: &[S]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("registry dir");
-    for id in providers {
+    for id in providers.iter().map(AsRef::as_ref) {
         let from = workspace().join("registry").join(id);
         let to = dir.path().join(id);
         std::fs::create_dir_all(&to).expect("entry");

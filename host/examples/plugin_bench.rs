@@ -26,10 +26,22 @@ fn main() -> anyhow::Result<()> {
         let plugin = plugins
             .get(id)
             .ok_or_else(|| anyhow::anyhow!("plugin {id} did not load from {dir}"))?;
+        // What a configured connector carries: each input (its default, or a value an
+        // operator would set, such as Trello's API key) and a discovered instance URL.
+        let mut variables: Vec<(String, String)> = plugin
+            .defaults
+            .inputs
+            .iter()
+            .map(|i| {
+                let value = i.default_value.clone().unwrap_or_else(|| "bench0123456789".into());
+                (i.name.clone(), value)
+            })
+            .collect();
+        variables.push(("instance_url".into(), "https://acme.my.salesforce.com".into()));
         let ctx = types::Context {
             connector: "bench".into(),
             base_url: plugin.defaults.api_url.clone(),
-            variables: vec![("instance_url".into(), "https://acme.my.salesforce.com".into())],
+            variables,
         };
         let req = types::OutgoingRequest {
             method: types::Method::Get,

@@ -121,6 +121,7 @@ enum Kind {
         authorization_url: url::Url,
         token_url: url::Url,
         revocation_url: Option<url::Url>,
+        refresh_url: Option<url::Url>,
     },
     /// The authorization server is discovered from the connector's URL
     /// ([`crate::authserver`]); the client is the one registered in advance (`client`),
@@ -210,6 +211,11 @@ impl PerUser {
                         .as_deref()
                         .map(|u| parse("revocation_url", u))
                         .transpose()?,
+                    refresh_url: a
+                        .refresh_url
+                        .as_deref()
+                        .map(|u| parse("refresh_url", u))
+                        .transpose()?,
                 };
                 let params = a
                     .auth_params
@@ -270,6 +276,23 @@ impl PerUser {
     }
 }
 
+/// Which grant a token request is: it picks the endpoint (a provider may refresh
+/// elsewhere) and labels the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Code,
+    Refresh,
+}
+
+impl Grant {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Code => "code",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
 /// Everything one token, authorize or revocation request needs: the config merged with
 /// the provider plugin's defaults (and, for DCR, the registration).
 struct Flow {
@@ -277,6 +300,8 @@ struct Flow {
     authorization_url: url::Url,
     token_url: url::Url,
     revocation_url: Option<url::Url>,
+    /// Where refresh grants go when not `token_url` (Figma).
+    refresh_url: Option<url::Url>,
     /// RFC 8707 resource indicator (DCR with protected-resource metadata).
     resource: Option<String>,
     pkce: bool,
@@ -877,7 +902,7 @@ impl Connections {
                     refresh_token.as_str().to_owned(),
                 ),
             ];
-            match self.exchange(&flow, pu, "refresh", params).await {
+            match self.exchange(&flow, pu, Grant::Refresh, params).await {
                 Read::Ok(fresh) => {
                     // The grant by name, else the response's own (standard) layout.
                     let Some(mut got) = fresh
@@ -984,96 +1009,116 @@ impl Connections {
             connector: pu.connector.clone(),
             detail,
         };
-        let (client, authorization_url, token_url, revocation_url, resource, base_url, discovered) =
-            match &pu.kind {
-                Kind::Code {
-                    client,
-                    authorization_url,
-                    token_url,
-                    revocation_url,
-                } => {
-                    let mut client = client.clone();
-                    if let Some(o) = &oauth_defaults {
-                        client.auth = match o.client_auth {
-                            types::ClientAuth::Basic => ClientAuth::Basic,
-                            types::ClientAuth::Post => ClientAuth::Body,
-                        };
-                    }
-                    if let Some(p) = &plugin {
-                        client.style = p.oauth_style.clone();
-                    }
-                    let revocation = revocation_url.clone().or_else(|| {
-                        oauth_defaults
-                            .as_ref()
-                            .and_then(|o| o.revocation_url.as_deref())
-                            .and_then(|u| url::Url::parse(u).ok())
-                    });
-                    let base = plugin
-                        .as_ref()
-                        .map(|p| p.defaults.api_url.clone())
-                        .unwrap_or_default();
-                    (
-                        client,
-                        authorization_url.clone(),
-                        token_url.clone(),
-                        revocation,
-                        None,
-                        base,
-                        Vec::new(),
-                    )
+        let (
+            client,
+            authorization_url,
+            token_url,
+            revocation_url,
+            refresh_url,
+            resource,
+            base_url,
+            discovered,
+        ) = match &pu.kind {
+            Kind::Code {
+                client,
+                authorization_url,
+                token_url,
+                revocation_url,
+                refresh_url,
+            } => {
+                let mut client = client.clone();
+                if let Some(o) = &oauth_defaults {
+                    client.auth = match o.client_auth {
+                        types::ClientAuth::Basic => ClientAuth::Basic,
+                        types::ClientAuth::Post => ClientAuth::Body,
+                    };
                 }
-                Kind::Dcr {
-                    url,
-                    client: configured,
-                    ..
-                } => {
-                    let resource_url = url
+                if let Some(p) = &plugin {
+                    client.style = p.oauth_style.clone();
+                }
+                let revocation = revocation_url.clone().or_else(|| {
+                    oauth_defaults
+                        .as_ref()
+                        .and_then(|o| o.revocation_url.as_deref())
+                        .and_then(|u| url::Url::parse(u).ok())
+                });
+                let base = plugin
+                    .as_ref()
+                    .map(|p| p.defaults.api_url.clone())
+                    .unwrap_or_default();
+                // The plugin's refresh endpoint belongs with its token endpoint: a
+                // connector pointed at another token URL (a proxy, another region)
+                // refreshes there too, unless it names a refresh_url of its own.
+                let refresh = refresh_url.clone().or_else(|| {
+                    let own_token_url = oauth_defaults.as_ref()?.token_url.as_str();
+                    (token_url.as_str() == own_token_url)
+                        .then(|| plugin.as_ref()?.refresh_url.clone())
+                        .flatten()
+                });
+                (
+                    client,
+                    authorization_url.clone(),
+                    token_url.clone(),
+                    revocation,
+                    refresh,
+                    None,
+                    base,
+                    Vec::new(),
+                )
+            }
+            Kind::Dcr {
+                url,
+                client: configured,
+                ..
+            } => {
+                let resource_url = url
                     .clone()
                     .or_else(|| {
                         let d = &plugin.as_ref()?.defaults;
                         url::Url::parse(d.mcp_url.as_deref().unwrap_or(&d.api_url)).ok()
                     })
                     .ok_or_else(|| setup("oauth2_dcr needs the connector's url, where the authorization server is discovered".into()))?;
-                    let reg = self
-                        .registration(pu, &resource_url, redirect_uri, client_id)
-                        .await?;
-                    let parse = |what: &str, u: &str| {
-                        url::Url::parse(u).map_err(|e| {
-                            setup(format!("the registered {what} \"{u}\" is not a URL: {e}"))
-                        })
-                    };
-                    // A pre-registered client's secret is the config's (it may have been
-                    // rotated since discovery).
-                    let secret = match (reg.source, configured) {
-                        (Source::PreRegistered, Some(c)) => c.secret.clone(),
-                        _ => reg
-                            .client_secret
-                            .clone()
-                            .map(|s| Arc::new(Zeroizing::new(s))),
-                    };
-                    let client = oauth::Client {
-                        id: reg.client_id.clone(),
-                        secret,
-                        auth: if reg.auth_method == "client_secret_post" {
-                            ClientAuth::Body
-                        } else {
-                            ClientAuth::Basic
-                        },
-                        style: oauth::RequestStyle::default(),
-                    };
-                    (
-                        client,
-                        parse("authorization endpoint", &reg.authorization_endpoint)?,
-                        parse("token endpoint", &reg.token_endpoint)?,
-                        reg.revocation_endpoint
-                            .as_deref()
-                            .and_then(|u| url::Url::parse(u).ok()),
-                        reg.resource.clone(),
-                        resource_url.to_string(),
-                        reg.scopes.clone(),
-                    )
-                }
-            };
+                let reg = self
+                    .registration(pu, &resource_url, redirect_uri, client_id)
+                    .await?;
+                let parse = |what: &str, u: &str| {
+                    url::Url::parse(u).map_err(|e| {
+                        setup(format!("the registered {what} \"{u}\" is not a URL: {e}"))
+                    })
+                };
+                // A pre-registered client's secret is the config's (it may have been
+                // rotated since discovery).
+                let secret = match (reg.source, configured) {
+                    (Source::PreRegistered, Some(c)) => c.secret.clone(),
+                    _ => reg
+                        .client_secret
+                        .clone()
+                        .map(|s| Arc::new(Zeroizing::new(s))),
+                };
+                let client = oauth::Client {
+                    id: reg.client_id.clone(),
+                    secret,
+                    auth: if reg.auth_method == "client_secret_post" {
+                        ClientAuth::Body
+                    } else {
+                        ClientAuth::Basic
+                    },
+                    style: oauth::RequestStyle::default(),
+                };
+                (
+                    client,
+                    parse("authorization endpoint", &reg.authorization_endpoint)?,
+                    parse("token endpoint", &reg.token_endpoint)?,
+                    reg.revocation_endpoint
+                        .as_deref()
+                        .and_then(|u| url::Url::parse(u).ok()),
+                    None,
+                    reg.resource.clone(),
+                    resource_url.to_string(),
+                    reg.scopes.clone(),
+                )
+            }
+        };
         let (pkce, separator, user_scope_param, grants) = match &oauth_defaults {
             Some(o) => (
                 o.pkce != types::PkcePolicy::Unsupported,
@@ -1088,6 +1133,7 @@ impl Connections {
             authorization_url,
             token_url,
             revocation_url,
+            refresh_url,
             resource,
             pkce,
             separator,
@@ -1277,22 +1323,25 @@ impl Connections {
         })
     }
 
-    /// One token request (`kind` is `code` or `refresh`, for the metrics), read.
+    /// One token request of `grant`, read.
     async fn exchange(
         &self,
         flow: &Flow,
         pu: &PerUser,
-        kind: &'static str,
+        grant: Grant,
         mut params: Vec<(String, String)>,
     ) -> Read {
         if let Some(r) = &flow.resource {
             params.push(("resource".into(), r.clone()));
         }
-        let read =
-            match oauth::token_request(&self.egress, &flow.token_url, &flow.client, params).await {
-                Ok(answer) => self.read(flow, pu, answer).await,
-                Err(e) => Read::Failed(e.to_string()),
-            };
+        let url = match (grant, &flow.refresh_url) {
+            (Grant::Refresh, Some(refresh_url)) => refresh_url,
+            _ => &flow.token_url,
+        };
+        let read = match oauth::token_request(&self.egress, url, &flow.client, params).await {
+            Ok(answer) => self.read(flow, pu, answer).await,
+            Err(e) => Read::Failed(e.to_string()),
+        };
         // An endpoint that echoes the request would hand back the client's secret.
         let clean = |m: String| match &flow.client.secret {
             Some(secret) => crate::redact::known(&m, Some(&flow.client.id), &[secret.as_str()]),
@@ -1310,7 +1359,10 @@ impl Connections {
         };
         self.metrics
             .user_token_requests
-            .get_or_create(&UserTokenLabels { kind, outcome })
+            .get_or_create(&UserTokenLabels {
+                kind: grant.label(),
+                outcome,
+            })
             .inc();
         read
     }
@@ -1552,7 +1604,7 @@ impl Connections {
         if let Some(v) = &pending.verifier {
             params.push(("code_verifier".into(), v.clone()));
         }
-        let read = self.exchange(&flow, &pu, "code", params).await;
+        let read = self.exchange(&flow, &pu, Grant::Code, params).await;
         let tokens = match read {
             Read::Ok(t) => t,
             Read::Dead(why) | Read::Failed(why) => {

@@ -88,7 +88,10 @@ impl Credential {
                 let secret = resolve_secret(&b.secret, vault, &path("secret"))?;
                 Self::Header(
                     http::header::AUTHORIZATION,
-                    sensitive(&format!("Bearer {}", secret.as_str()), &path("secret"))?,
+                    sensitive(
+                        &format!("{} {}", b.scheme(), secret.as_str()),
+                        &path("secret"),
+                    )?,
                 )
             }
             Auth::Basic(b) => {

@@ -127,6 +127,17 @@ pub fn refused_from_plugin(name: &HeaderName, credential: Option<&HeaderName>) -
     })
 }
 
+/// Why a provider's static credential may not go in header `name` (`auth-extras`), or
+/// `None` if it may: not in a framing, hop-by-hop, cookie, proxy or tailnet-identity
+/// header, and not in `Authorization` this way (that one takes a scheme).
+pub fn refused_as_credential(name: &HeaderName) -> Option<String> {
+    host_only(name.as_str()).then(|| {
+        format!(
+            "\"{name}\" cannot carry a credential (a framing, cookie or host header); for Authorization declare the scheme instead"
+        )
+    })
+}
+
 /// Headers the host sets on an upstream MCP request itself, which nothing handed to the
 /// MCP client (rmcp's custom headers) may replace.
 pub fn reserved_for_mcp(name: &HeaderName) -> bool {

@@ -484,6 +484,7 @@ function connectorJson(st) {
   const a = { type: t };
   const field = SECRET_FIELD[t];
   if (t === 'api_key') { a.name = st.auth.name; a.in = st.auth.in; }
+  if (t === 'bearer_token' && st.auth.scheme) a.scheme = st.auth.scheme;
   if (t === 'basic') a.username = st.auth.username;
   if (WITH_CLIENT.includes(t)) a.client_id = st.auth.client_id;
   if (field) {
@@ -493,6 +494,7 @@ function connectorJson(st) {
   if (t === 'oauth2_authorization_code') a.authorization_url = st.auth.authorization_url;
   if (WITH_CLIENT.includes(t)) a.token_url = st.auth.token_url;
   if (t === 'oauth2_authorization_code' && st.auth.revocation_url) a.revocation_url = st.auth.revocation_url;
+  if (t === 'oauth2_authorization_code' && st.auth.refresh_url) a.refresh_url = st.auth.refresh_url;
   if (WITH_SCOPES.includes(t)) a.scopes = st.auth.scopes.slice();
   if (t === 'oauth2_authorization_code' && st.auth.auth_params.length) a.auth_params = Object.fromEntries(st.auth.auth_params.map(([k, v]) => [k.trim(), v]));
   for (const [k, v] of Object.entries(st.extra)) if (!(k in server)) server[k] = v;
@@ -531,8 +533,8 @@ function fromServer(id, server) {
     id, protocol: server.protocol || 'http', url: server.url || '', description: server.description || '',
     provider: server.provider || '', provider_vars: { ...(server.provider_vars || {}) }, extra,
     auth: {
-      type: auth.type || 'none', client_id: auth.client_id || '', username: auth.username || '', name: auth.name || '', in: auth.in || 'header',
-      authorization_url: auth.authorization_url || '', token_url: auth.token_url || '', revocation_url: auth.revocation_url || '',
+      type: auth.type || 'none', client_id: auth.client_id || '', username: auth.username || '', name: auth.name || '', in: auth.in || 'header', scheme: auth.scheme || '',
+      authorization_url: auth.authorization_url || '', token_url: auth.token_url || '', revocation_url: auth.revocation_url || '', refresh_url: auth.refresh_url || '',
       scopes: (auth.scopes || []).slice(), auth_params: Object.entries(auth.auth_params || {}),
     },
     // A template's empty placeholder is no secret to keep.
@@ -676,6 +678,9 @@ async function connectorForm(render, providerId, editId) {
       parts.push(text('name', 'Header or query parameter name', { required: true, hint: 'For example X-Api-Key.' }),
         selectField({ label: 'Sent in', value: st.auth.in, name: 'auth.in', options: { header: 'A header', query: 'The query string' }, onChange: (v) => { st.auth.in = v; refresh(); } }));
     }
+    const own = provider && provider.static_auth;
+    if (own && own.type !== t) parts.push(h('p', { class: 'hint', 'data-testid': 'static-auth-hint', text: `${provider.name} also takes a token pasted here instead of each user's OAuth: choose "${AUTH_TYPES[own.type]}" as the auth type.` }));
+    if (t === 'bearer_token') parts.push(text('scheme', 'Scheme', { placeholder: 'Bearer', hint: 'Sent as "Authorization: <scheme> <token>"; empty means Bearer.' }));
     if (t === 'basic') parts.push(text('username', 'Username', { required: true }));
     if (WITH_CLIENT.includes(t)) parts.push(text('client_id', 'Client ID', { required: true }));
     if (field) {
@@ -691,6 +696,7 @@ async function connectorForm(render, providerId, editId) {
     if (t === 'oauth2_authorization_code') parts.push(text('authorization_url', 'Authorization URL', { type: 'url', required: true }));
     if (WITH_CLIENT.includes(t)) parts.push(text('token_url', 'Token URL', { type: 'url', required: true }));
     if (t === 'oauth2_authorization_code') parts.push(text('revocation_url', 'Revocation URL', { type: 'url', hint: 'Optional: tokens are revoked here when a user disconnects.' }));
+    if (t === 'oauth2_authorization_code') parts.push(text('refresh_url', 'Refresh URL', { type: 'url', hint: 'Optional: where refresh grants go when not the token URL (the provider\'s plugin knows Figma\'s).' }));
     if (WITH_SCOPES.includes(t)) {
       parts.push(track('auth.scopes', chips({ label: 'Scopes', name: 'scopes', values: st.auth.scopes, placeholder: 'Add a scope', onChange: refresh, hint: provider ? 'Pre-filled with the provider\'s defaults; add or remove what your users need.' : null })));
     }
@@ -702,9 +708,25 @@ async function connectorForm(render, providerId, editId) {
   const vars = provider && provider.inputs.length
     ? h('fieldset', {}, h('legend', { text: `${provider.name} settings` }), ...provider.inputs.map((i) => track(`provider_vars.${i.name}`, textField({
       label: i.name, value: st.provider_vars[i.name] ?? '', placeholder: i.default || '', hint: i.description, name: `provider_vars.${i.name}`,
-      onInput: (v) => { if (v) st.provider_vars[i.name] = v; else delete st.provider_vars[i.name]; refresh(); },
+      onInput: (v) => { if (v) st.provider_vars[i.name] = v; else delete st.provider_vars[i.name]; fillUrls(); refresh(); },
     }))))
     : null;
+  // A provider variable that goes into the sign-in URLs (Microsoft's tenant) fills them
+  // as it is typed; a value that is not one URL segment leaves the placeholder showing.
+  const urlInputs = (provider && provider.oauth && provider.oauth.url_inputs) || [];
+  const fillUrls = () => {
+    if (!urlInputs.length || st.auth.type !== 'oauth2_authorization_code') return;
+    for (const key of ['authorization_url', 'token_url']) {
+      let url = provider.oauth[key];
+      for (const n of urlInputs) {
+        const v = st.provider_vars[n] ?? (provider.inputs.find((i) => i.name === n) || {}).default;
+        if (v && /^[A-Za-z0-9._-]{1,128}$/.test(v)) url = url.split(`{${n}}`).join(v);
+      }
+      st.auth[key] = url;
+      const input = fields[`auth.${key}`] && fields[`auth.${key}`].querySelector('input');
+      if (input) input.value = url;
+    }
+  };
 
   const protocols = provider && !provider.mcp_url && st.protocol === 'http' ? { http: 'HTTP API' } : { http: 'HTTP API', mcp: 'MCP server' };
   const urlField = track('url', textField({ label: 'URL', type: 'url', value: st.url, name: 'url', required: true, onInput: (v) => { st.url = v.trim(); refresh(); } }));
@@ -727,6 +749,12 @@ async function connectorForm(render, providerId, editId) {
         label: 'Auth type', value: st.auth.type, options: AUTH_TYPES, name: 'auth.type',
         onChange: (v) => {
           st.auth.type = v;
+          // A provider's own static credential (a Discord bot token) goes its way.
+          const own = provider && provider.static_auth;
+          if (own && own.type === v) {
+            if (v === 'api_key') { st.auth.name = own.name; st.auth.in = own.in; }
+            if (v === 'bearer_token') st.auth.scheme = own.scheme || '';
+          }
           // A secret typed for another field must not be saved into this one.
           st.secretValue = '';
           st.kept = st.kept && SECRET_FIELD[v] === st.kept.field ? st.kept : null;

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use crate::Provider;
 use crate::bindings::exports::portcullis::provider::plugin::Guest;
-use crate::bindings::exports::portcullis::provider::{catalog, oauth_extras};
+use crate::bindings::exports::portcullis::provider::{
+    auth_extras, catalog, oauth_extras, tool_results,
+};
 use crate::types::{
     Args, Classification, Context, Defaults, Discovery, Header, Hook, OutgoingRequest, PluginError,
     Response, ShapedRequest, TokenError, TokenInfo, Tool, ToolRequest, wit,
@@ -47,6 +49,9 @@ fn defaults<P: Provider>() -> wit::ProviderDefaults {
         classify_statuses,
         oauth_requests: _,
         entries: _,
+        refresh_url: _,
+        static_credential: _,
+        url_inputs: _,
     } = P::defaults();
     wit::ProviderDefaults {
         id: who.id.to_owned(),
@@ -109,8 +114,8 @@ fn seconds_up(d: Duration) -> u32 {
 }
 
 /// Exports provider `P` as the component's `portcullis:provider/plugin` interface and
-/// the interfaces added since (`oauth-extras`, `catalog`): `#[portcullis_sdk::provider]` hands this
-/// type to the bindings' export macro.
+/// the interfaces added since (`oauth-extras`, `catalog`, `auth-extras`, `tool-results`):
+/// `#[portcullis_sdk::provider]` hands this type to the bindings' export macro.
 pub struct Export<P>(PhantomData<P>);
 
 impl<P: Provider> catalog::Guest for Export<P> {
@@ -130,6 +135,35 @@ impl<P: Provider> oauth_extras::Guest for Export<P> {
             },
             token_headers: requests.headers,
         }
+    }
+}
+
+impl<P: Provider> auth_extras::Guest for Export<P> {
+    fn options() -> auth_extras::AuthOptions {
+        let d = P::defaults();
+        auth_extras::AuthOptions {
+            refresh_url: d.refresh_url,
+            static_credential: d.static_credential,
+            url_inputs: d.url_inputs,
+        }
+    }
+}
+
+impl<P: Provider> tool_results::Guest for Export<P> {
+    fn shaped() -> Vec<String> {
+        P::SHAPED_TOOL_RESULTS
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect()
+    }
+
+    fn shape_result(
+        ctx: Context,
+        name: String,
+        status: u16,
+        body: Vec<u8>,
+    ) -> Result<String, PluginError> {
+        P::shape_tool_result(&ctx, &name, status, &body)
     }
 }
 

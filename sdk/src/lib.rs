@@ -40,9 +40,8 @@
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.1` (`provider`: `plugin`, `oauth-extras`,
-//! `catalog`);
-//! see `wit/provider.wit`. The SDK's own
+//! The WIT world is `portcullis:provider@0.1.2` (`provider`: `plugin`, `oauth-extras`,
+//! `catalog`, `auth-extras`, `tool-results`); see `wit/provider.wit`. The SDK's own
 //! types convert to the wire types in [`wit`] at the component boundary.
 
 // Lets the generated bindings name this crate by the path plugin crates use.
@@ -161,5 +160,21 @@ pub trait Provider {
         _args: &Args,
     ) -> Result<ToolRequest, PluginError> {
         Err(types::unknown_tool(name))
+    }
+
+    /// The tools whose upstream answers go through [`Provider::shape_tool_result`]
+    /// before the model sees them (WIT 0.1.2 `tool-results`).
+    const SHAPED_TOOL_RESULTS: &'static [&'static str] = &[];
+
+    /// A listed tool's upstream answer (`status`, `body`) as the text the model gets:
+    /// trimmed to what it needs ([`pick`]), credentials the API returns removed. An
+    /// error is the tool's error. The default passes the answer on.
+    fn shape_tool_result(
+        _ctx: &Context,
+        _name: &str,
+        _status: u16,
+        body: &[u8],
+    ) -> Result<String, PluginError> {
+        Ok(String::from_utf8_lossy(body).into_owned())
     }
 }

@@ -48,7 +48,18 @@ pub struct Defaults {
     pub oauth_requests: OauthRequests,
     /// Products listed in the picker as entries of their own (WIT `catalog`).
     pub entries: Vec<Entry>,
+    /// Where refresh grants go when not the token URL (WIT `auth-extras`).
+    pub refresh_url: Option<String>,
+    /// How the provider's static credential is sent (WIT `auth-extras`).
+    pub static_credential: Option<StaticCredential>,
+    /// Inputs that fill `{name}` in the OAuth URLs (WIT `auth-extras`).
+    pub url_inputs: Vec<String>,
 }
+
+/// How a token the operator pastes (a bot token, a personal access token) is sent:
+/// `Authorization(scheme)`, `Header(name)` or `Query(name)`. The host injects it; the
+/// plugin never sees it. Exported as `auth-extras` (WIT 0.1.2).
+pub use crate::bindings::exports::portcullis::provider::auth_extras::StaticCredential;
 
 /// A product users meet on its own (Google's Gmail, Drive, Calendar, Sheets), listed in
 /// the picker as `<provider>/<key>` with its own URL and scopes. Connectors made from
@@ -97,7 +108,34 @@ impl Defaults {
             classify_statuses: Vec::new(),
             oauth_requests: OauthRequests::default(),
             entries: Vec::new(),
+            refresh_url: None,
+            static_credential: None,
+            url_inputs: Vec::new(),
         }
+    }
+
+    /// Input `name` fills `{name}` in the authorization and token URLs of connectors made
+    /// from the provider (Microsoft's `tenant`); it must be declared with
+    /// [`Defaults::input`] and have a default. The value an operator sets must be letters,
+    /// digits, `.`, `_` and `-`, so it stays one URL segment.
+    pub fn oauth_url_input(mut self, name: &str) -> Self {
+        self.url_inputs.push(name.to_owned());
+        self
+    }
+
+    /// Refresh grants go here instead of the token URL (Figma's `/v1/oauth/refresh`);
+    /// https, on the manifest's `allowed_hosts`.
+    pub fn refresh_url(mut self, url: impl Into<String>) -> Self {
+        self.refresh_url = Some(url.into());
+        self
+    }
+
+    /// The provider issues tokens an operator pastes, sent this way (a Discord bot
+    /// token: `StaticCredential::Authorization("Bot".into())`). A connector made from the
+    /// provider with a token instead of an OAuth client uses it.
+    pub fn static_credential(mut self, how: StaticCredential) -> Self {
+        self.static_credential = Some(how);
+        self
     }
 
     /// Lists a product as a picker entry of its own ([`Entry`]).
@@ -486,6 +524,29 @@ impl Args {
         self.0.get(key).and_then(Value::as_u64)
     }
 
+    /// An id made of digits (a Zoom meeting number, an Asana gid, a Discord snowflake),
+    /// as a string or a JSON integer, so it stays one path segment or query value.
+    /// `what` names it in the error: `"task" must be an Asana gid (digits), not "x"`.
+    pub fn digits(&self, key: &str, what: &str) -> Result<String, PluginError> {
+        let id = match self.0.get(key) {
+            Some(Value::String(s)) => s.trim().to_owned(),
+            Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+            None | Some(Value::Null) => {
+                return Err(PluginError::InvalidInput(format!("\"{key}\" is required")));
+            }
+            Some(other) => other.to_string(),
+        };
+        if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            // What the agent sent, shortened: it may be a whole object.
+            let shown: String = id.chars().take(64).collect();
+            let more = if shown.len() < id.len() { "…" } else { "" };
+            return Err(PluginError::InvalidInput(format!(
+                "\"{key}\" must be {what} (digits), not \"{shown}{more}\""
+            )));
+        }
+        Ok(id)
+    }
+
     /// A string argument that must be one of `allowed`; `default` when it is absent
     /// (`None`: required). The errors name the allowed values.
     pub fn one_of<'a>(
@@ -587,6 +648,37 @@ impl TokenInfo {
     }
 }
 
+/// `value` with only the members `fields` name (`"id"`, or `"author.username"` for a
+/// nested one), element by element for an array: a tool answer trimmed to what a model
+/// needs. Members that are absent stay absent; anything not an object passes as it is.
+pub fn pick(value: &Value, fields: &[&str]) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(items.iter().map(|v| pick(v, fields)).collect()),
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (i, field) in fields.iter().enumerate() {
+                let head = field.split_once('.').map_or(*field, |(head, _)| head);
+                // A member is taken once, at its first mention, with all its parts.
+                if out.contains_key(head) {
+                    continue;
+                }
+                let Some(v) = map.get(head) else { continue };
+                let later = &fields[i..];
+                let whole = later.contains(&head);
+                let parts: Vec<&str> = later
+                    .iter()
+                    .filter_map(|f| f.split_once('.').filter(|(h, _)| *h == head))
+                    .map(|(_, rest)| rest)
+                    .collect();
+                let picked = if whole { v.clone() } else { pick(v, &parts) };
+                out.insert(head.to_owned(), picked);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
 /// The value of header `name` (case-insensitive).
 pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
@@ -668,4 +760,86 @@ pub fn oauth_error(json: &Value) -> Option<TokenError> {
     } else {
         TokenError::Provider(text)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refusal(r: Result<impl std::fmt::Debug, PluginError>) -> String {
+        match r {
+            Err(PluginError::InvalidInput(m)) => m,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn digits_take_strings_and_integers_and_refuse_anything_that_could_leave_a_segment() {
+        let args = Args::from(json!({
+            "s": " 1204 ", "n": 93123456789u64, "neg": -1, "path": "12/../x",
+            "empty": "", "long": "1".repeat(33), "float": 1.5,
+        }));
+        assert_eq!(args.digits("s", "an id").ok().as_deref(), Some("1204"));
+        assert_eq!(
+            args.digits("n", "an id").ok().as_deref(),
+            Some("93123456789")
+        );
+        for key in ["neg", "path", "empty", "long", "float"] {
+            let m = refusal(args.digits(key, "an Asana gid"));
+            assert!(
+                m.starts_with(&format!("\"{key}\" must be an Asana gid (digits)")),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            refusal(args.digits("absent", "an id")),
+            "\"absent\" is required"
+        );
+    }
+
+    #[test]
+    fn pick_keeps_the_named_members_nested_and_per_element() {
+        let messages = json!([
+            {"id": "1", "content": "hi", "author": {"id": "9", "username": "nelly", "avatar": "x"}, "embeds": []},
+            {"id": "2", "content": "yo", "author": {"id": "8", "username": "ada"}, "flags": 0},
+            "not an object"
+        ]);
+        assert_eq!(
+            pick(
+                &messages,
+                &["id", "author.username", "author.id", "content", "missing"]
+            ),
+            json!([
+                {"id": "1", "author": {"username": "nelly", "id": "9"}, "content": "hi"},
+                {"id": "2", "author": {"username": "ada", "id": "8"}, "content": "yo"},
+                "not an object"
+            ])
+        );
+        assert_eq!(
+            pick(&json!({"a": [{"b": 1, "c": 2}]}), &["a.b"]),
+            json!({"a": [{"b": 1}]})
+        );
+    }
+
+    #[test]
+    fn one_of_names_the_allowed_values_and_applies_the_default() {
+        let args = Args::from(json!({"kind": "doc", "bad": "x", "num": 3}));
+        let allowed = ["doc", "email"];
+        assert_eq!(args.one_of("kind", &allowed, None).ok(), Some("doc"));
+        assert_eq!(
+            args.one_of("absent", &allowed, Some("email")).ok(),
+            Some("email")
+        );
+        assert_eq!(
+            refusal(args.one_of("bad", &allowed, None)),
+            "\"bad\" must be one of doc, email, not \"x\""
+        );
+        assert!(refusal(args.one_of("num", &allowed, None)).contains("must be one of"));
+        assert_eq!(
+            refusal(args.one_of("absent", &allowed, None)),
+            "\"absent\" is required"
+        );
+    }
 }

@@ -46,7 +46,7 @@ async fn dashboard_in_a_real_browser() {
         "Bearer mcp-token".into(),
     ))
     .await;
-    let reg = registry_copy(crate::plugins::PROVIDERS);
+    let reg = registry_copy(&portcullis_e2e::verified_providers());
     // An entry that does not load: the picker shows it with the reason.
     let broken = reg.path().join("broken");
     std::fs::create_dir(&broken).expect("broken entry");

@@ -683,7 +683,7 @@ pub(crate) fn form(body: &str) -> std::collections::HashMap<String, String> {
 
 #[tokio::test]
 async fn invalid_grant_means_needs_auth_and_transient_failures_keep_the_tokens() {
-    let reg = registry_copy(&[]);
+    let reg = registry_copy::<&str>(&[]);
     let fx = Fixture::start().await;
     fx.on(
         "/token",
@@ -982,7 +982,7 @@ async fn slack_bot_and_user_tokens_ok_false_and_a_google_connection_shared_by_tw
 #[tokio::test]
 async fn no_refresh_token_is_misconfigured_and_a_failing_refresh_of_an_expired_token_says_when_to_retry()
  {
-    let reg = registry_copy(&[]);
+    let reg = registry_copy::<&str>(&[]);
     let offline = Fixture::start().await;
     offline.json(
         "/token",

@@ -6,27 +6,12 @@ use std::path::{Path, PathBuf};
 
 use portcullis::plugins::harness::Harness;
 use portcullis_e2e::fixture::{Canned, Fixture};
-use portcullis_e2e::{Host, HostOptions, client, error_of, get_json, workspace};
+use portcullis_e2e::{
+    Host, HostOptions, client, error_of, get_json, verified_providers, workspace,
+};
 use serde_json::{Value, json};
 
 use crate::{admin_everything, loopback_config};
-
-/// The verified providers in `registry/` (as `cargo xtask plugins` builds them).
-pub(crate) const PROVIDERS: &[&str] = &[
-    "salesforce",
-    "atlassian",
-    "slack",
-    "google",
-    "github",
-    "linear",
-    "zoom",
-    "canva",
-    "notion",
-    "microsoft",
-    "asana",
-    "dropbox",
-    "hubspot",
-];
 
 /// A built test plugin (`cargo xtask plugins` builds them).
 fn test_plugin(name: &str) -> PathBuf {
@@ -65,7 +50,7 @@ fn add_entry(dir: &Path, id: &str, manifest: &str, wasm: &[u8], hash: Option<&st
 
 /// A registry folder with copies of the given verified providers (and the chaos plugin
 /// when asked).
-fn registry(providers: &[&str], chaos: bool) -> tempfile::TempDir {
+fn registry<S: AsRef<str>>(providers: &[S], chaos: bool) -> tempfile::TempDir {
     let dir = portcullis_e2e::registry_copy(providers);
     if chaos {
         let manifest =
@@ -98,20 +83,27 @@ fn bearer_connector(provider: &str, url: &str, extra: Value) -> Value {
     c
 }
 
+/// Runs provider `id`'s golden fixtures through `h`: how many cases, and each failure
+/// with its case name.
+async fn run_fixtures(h: &Harness, id: &str) -> (usize, Vec<String>) {
+    let fixtures = workspace().join("plugins").join(id).join("fixtures");
+    let results = h.run_dir(&fixtures).await.expect("fixtures run");
+    let failed = results
+        .iter()
+        .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
+        .collect();
+    (results.len(), failed)
+}
+
 #[tokio::test]
 async fn every_provider_passes_its_golden_fixtures_through_the_real_runtime() {
-    for id in PROVIDERS {
+    for id in &verified_providers() {
         let entry = workspace().join("registry").join(id);
         let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
             .await
             .unwrap_or_else(|e| panic!("{id}: {e:#}"));
-        let fixtures = workspace().join("plugins").join(id).join("fixtures");
-        let results = h.run_dir(&fixtures).await.expect("fixtures run");
-        assert!(results.len() >= 8, "{id}: only {} cases", results.len());
-        let failed: Vec<String> = results
-            .iter()
-            .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
-            .collect();
+        let (cases, failed) = run_fixtures(&h, id).await;
+        assert!(cases >= 8, "{id}: only {cases} cases");
         assert!(failed.is_empty(), "{id}:\n{}", failed.join("\n"));
     }
 }
@@ -134,14 +126,32 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads_and_runs() {
     assert!(!h.plugin().oauth_style.json);
     assert!(h.plugin().oauth_style.headers.is_empty());
     assert!(h.plugin().entries.is_empty());
-    let results = h
-        .run_dir(&workspace().join("plugins/slack/fixtures"))
+    let (_, failed) = run_fixtures(&h, "slack").await;
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// A component built against 0.1.1 (the Notion plugin before `auth-extras` and
+/// `tool-results` were added in 0.1.2) loads on this host with what 0.1.1 said (JSON
+/// token requests with `Notion-Version`) and the earlier behaviour for the rest: refreshes
+/// at the token URL, no static credential, tool answers as the API sent them.
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_1_still_loads_and_runs() {
+    let old = workspace().join("tests/fixtures/plugins/notion-wit-0.1.1");
+    let wasm = std::fs::read(old.join("plugin.wasm")).expect("the 0.1.1 component");
+    assert!(
+        wasm.windows(32)
+            .any(|w| w == b"portcullis:provider/plugin@0.1.1"),
+        "the fixture is a 0.1.1 component"
+    );
+    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
         .await
-        .expect("fixtures run");
-    let failed: Vec<String> = results
-        .iter()
-        .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
-        .collect();
+        .expect("a 0.1.1 component loads");
+    let p = h.plugin();
+    assert!(p.oauth_style.json, "0.1.1's oauth-extras still read");
+    assert!(p.refresh_url.is_none());
+    assert!(p.static_credential.is_none());
+    assert!(p.shaped_results.is_empty());
+    let (_, failed) = run_fixtures(&h, "notion").await;
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
@@ -177,7 +187,7 @@ async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
 
 #[tokio::test]
 async fn the_registry_lists_every_verified_provider_with_its_defaults() {
-    let reg = registry(PROVIDERS, false);
+    let reg = registry(&verified_providers(), false);
     let host = host_with(reg.path(), json!({}));
     let r = get_json(&host.url("/api/registry")).await;
     assert_eq!(r["errors"], json!([]), "{r}");
@@ -189,7 +199,9 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             "asana",
             "atlassian",
             "canva",
+            "discord",
             "dropbox",
+            "figma",
             "github",
             "google",
             "google/gmail",
@@ -205,6 +217,7 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             "notion",
             "salesforce",
             "slack",
+            "trello",
             "zoom"
         ]
     );
@@ -215,6 +228,27 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             .cloned()
             .expect("provider")
     };
+    // A static credential of the provider's own, offered next to OAuth or instead of it.
+    let discord = by_id("discord");
+    assert_eq!(
+        discord["static_auth"],
+        json!({"type": "bearer_token", "scheme": "Bot", "secret": ""})
+    );
+    assert_eq!(
+        discord["connector"]["server"]["auth"]["type"],
+        "oauth2_authorization_code"
+    );
+    let trello = by_id("trello");
+    assert_eq!(trello["oauth"], Value::Null);
+    assert_eq!(
+        trello["connector"]["server"]["auth"],
+        json!({"type": "api_key", "name": "token", "in": "query", "secret": ""})
+    );
+    assert_eq!(
+        by_id("figma")["oauth"]["refresh_url"],
+        "https://api.figma.com/v1/oauth/refresh"
+    );
+    assert_eq!(by_id("slack")["static_auth"], Value::Null);
     let atl = by_id("atlassian");
     assert_eq!(
         atl["connector"]["server"]["auth"]["auth_params"],
@@ -266,7 +300,9 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             ("asana", "Project management"),
             ("atlassian", "Project management"),
             ("canva", "Design"),
+            ("discord", "Communication"),
             ("dropbox", "Files"),
+            ("figma", "Design"),
             ("github", "Developer tools"),
             ("google", "Productivity"),
             ("google/gmail", "Productivity"),
@@ -282,6 +318,7 @@ async fn the_registry_lists_every_verified_provider_with_its_defaults() {
             ("notion", "Productivity"),
             ("salesforce", "CRM"),
             ("slack", "Communication"),
+            ("trello", "Project management"),
             ("zoom", "Communication"),
         ]
     );
@@ -1003,7 +1040,7 @@ pub(crate) fn call_text(r: &rmcp::model::CallToolResult) -> String {
 /// is called.
 #[tokio::test]
 async fn plugin_tools_are_checked_like_every_hook_and_take_the_pipeline() {
-    let reg = registry(&[], true);
+    let reg = registry::<&str>(&[], true);
     let up = Fixture::start().await;
     up.json("/fine", 200, json!({"ok": true}));
     let host = host_with(

@@ -362,6 +362,13 @@ async fn zoom_basic_client_auth_code_124_rotation_meeting_tools_and_revocation()
             Canned::json(200, json!({"id": "KDcuGIm1QgePTO8WbOqwIQ", "email": "mia@example.com", "timezone": "Europe/Berlin"})),
         ],
     );
+    zoom.json(
+        "/meetings/93123456789",
+        200,
+        json!({"id": 93123456789u64, "topic": "Q1 Planning Meeting", "type": 2,
+               "start_url": "https://zoom.us/s/93123456789?zak=eyJzdiI6IjAwMDAwMSJ9.host-credential",
+               "join_url": "https://zoom.us/j/93123456789"}),
+    );
     zoom.on(
         "/users/me/meetings",
         vec![
@@ -409,6 +416,18 @@ async fn zoom_basic_client_auth_code_124_rotation_meeting_tools_and_revocation()
     assert_eq!(listed.headers["authorization"], "Bearer zoom-at-3");
     let r = call_tool(&agent, "zoom_get_meeting", json!({"meeting_id": "1; DROP"})).await;
     assert_eq!(r.is_error, Some(true), "{r:?}");
+    // The meeting's start_url starts it as its host: the model never gets it.
+    let r = call_tool(
+        &agent,
+        "zoom_get_meeting",
+        json!({"meeting_id": "93123456789"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let meeting: Value = serde_json::from_str(&call_text(&r)).expect("json");
+    assert_eq!(meeting["join_url"], "https://zoom.us/j/93123456789");
+    assert!(meeting.get("start_url").is_none(), "{meeting}");
+    assert!(!call_text(&r).contains("zak="), "{}", call_text(&r));
     agent.cancel().await.expect("close");
 
     // Each code 124 refreshed with the refresh token the previous refresh returned, with
@@ -649,6 +668,7 @@ async fn microsoft_outlook_and_onedrive_share_one_connection_and_query_graph() {
     let connector = |scopes: &[&str]| {
         let mut c = fixture_connector("microsoft", &ms, scopes);
         c["auth"]["client_id"] = json!("ms-shared");
+        c["auth"]["auth_params"] = json!({"response_mode": "query"});
         c
     };
     let host = fixture_host(
@@ -711,6 +731,43 @@ async fn microsoft_outlook_and_onedrive_share_one_connection_and_query_graph() {
     .await;
     assert_eq!(r.is_error, Some(true), "{r:?}");
     agent.cancel().await.expect("close");
+
+    // A single-tenant app: the tenant input fills both sign-in URLs of a new connector;
+    // one that would leave its URL segment is refused and nothing is saved.
+    let add = |vars: Value| {
+        client()
+            .post(host.url("/api/config/connectors"))
+            .json(
+                &json!({"provider": "microsoft/teams", "id": "Teams", "client_id": "app-1",
+                          "client_secret": "s3cret", "provider_vars": vars}),
+            )
+            .send()
+    };
+    let resp = add(json!({"tenant": "../evil.example/x"}))
+        .await
+        .expect("add");
+    assert_eq!(resp.status(), 422);
+    let refused: Value = resp.json().await.expect("json");
+    assert_eq!(refused["error"]["code"], "invalid_config", "{refused}");
+    assert!(
+        refused.to_string().contains("provider_vars.tenant"),
+        "{refused}"
+    );
+    let resp = add(json!({"tenant": "contoso.onmicrosoft.com"}))
+        .await
+        .expect("add");
+    let status = resp.status();
+    let added: Value = resp.json().await.expect("json");
+    assert_eq!(status, 201, "{added}");
+    assert_eq!(
+        added["server"]["auth"]["authorization_url"],
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize",
+        "{added}"
+    );
+    assert_eq!(
+        added["server"]["auth"]["token_url"],
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
 }
 
 /// Asana: PKCE and the client secret in the body, the user named by the token response,
@@ -971,4 +1028,356 @@ async fn hubspot_body_parameters_portal_id_expired_token_dead_grant_and_crm_tool
     .await;
     assert_eq!(r.is_error, Some(true), "{r:?}");
     agent.cancel().await.expect("close");
+}
+
+/// Figma: comma-separated scopes, no PKCE, HTTP Basic at the token endpoint; an expired
+/// token (403 `Token expired`) refreshes at Figma's **separate refresh endpoint** (WIT
+/// `auth-extras`; the connector's `refresh_url` points it at the fixture), whose answers
+/// carry no refresh token, so the first one is used again; file tools trimmed by depth.
+#[tokio::test]
+async fn figma_refreshes_at_its_own_endpoint_keeps_the_refresh_token_and_reads_files() {
+    let reg = registry_copy(&["figma"]);
+    let figma = Fixture::start().await;
+    figma.json(
+        "/token",
+        200,
+        json!({"user_id_string": "1234567890", "access_token": "figu_at1", "expires_in": 7776000, "refresh_token": "figur_rt"}),
+    );
+    figma.on(
+        "/refresh",
+        vec![
+            Canned::json(
+                200,
+                json!({"access_token": "figu_at2", "expires_in": 7776000}),
+            ),
+            Canned::json(
+                200,
+                json!({"access_token": "figu_at3", "expires_in": 7776000}),
+            ),
+        ],
+    );
+    let expired = Canned::json(403, json!({"status": 403, "err": "Token expired"}));
+    figma.on(
+        "/v1/me",
+        vec![
+            expired.clone(),
+            Canned::json(
+                200,
+                json!({"id": "1234567890", "handle": "Ada", "email": "ada@example.com"}),
+            ),
+        ],
+    );
+    figma.on(
+        "/v1/files/FYoTnfNJKNa8hj3iBP2H7B",
+        vec![
+            expired,
+            Canned::json(200, json!({"name": "Checkout flow", "lastModified": "2026-11-30T10:00:00Z", "document": {"children": [{"id": "0:1", "name": "Page 1", "type": "CANVAS"}]}})),
+        ],
+    );
+    let mut connector =
+        fixture_connector("figma", &figma, &["current_user:read", "file_content:read"]);
+    connector["auth"]["refresh_url"] = json!(format!("{}/refresh", figma.url()));
+    let host = fixture_host(reg.path(), json!({"figma": connector}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "figma").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("current_user:read,file_content:read")
+    );
+    assert!(query_param(&auth_url, "code_challenge").is_none());
+    assert_eq!(fixture_connect(&host, "figma").await.0, 200);
+    let exchange = &figma.seen_at("/token")[0];
+    assert!(
+        exchange.headers["authorization"].starts_with("Basic "),
+        "{exchange:?}"
+    );
+
+    // 403 "Token expired" → a refresh at /refresh (never /token) → the call again.
+    let (status, me) = call(&host, "figma/v1/me").await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["handle"], "Ada");
+    assert_eq!(figma.seen_at("/token").len(), 1, "refreshes go to /refresh");
+    let refresh = &figma.seen_at("/refresh")[0];
+    assert_eq!(form(&refresh.body)["grant_type"], "refresh_token");
+    assert_eq!(form(&refresh.body)["refresh_token"], "figur_rt");
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(
+        &agent,
+        "figma_get_file",
+        json!({"file_key": "FYoTnfNJKNa8hj3iBP2H7B", "depth": 1}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("Checkout flow"), "{}", call_text(&r));
+    let reads = figma.seen_at("/v1/files/FYoTnfNJKNa8hj3iBP2H7B");
+    assert_eq!(reads[1].query.as_deref(), Some("depth=1"));
+    assert_eq!(reads[1].headers["authorization"], "Bearer figu_at3");
+    // The refresh answers carried no refresh token: the first was used again.
+    let used: Vec<String> = figma
+        .seen_at("/refresh")
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(used, ["figur_rt", "figur_rt"]);
+    let r = call_tool(&agent, "figma_get_file", json!({"file_key": "../v1/me"})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("file_key"), "{}", call_text(&r));
+    agent.cancel().await.expect("close");
+    // A refused token on a write is reported, not sent again: Figma may have acted.
+    figma.json(
+        "/v1/files/FYoTnfNJKNa8hj3iBP2H7B/comments",
+        403,
+        json!({"status": 403, "err": "Token expired"}),
+    );
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(
+        &agent,
+        "figma_post_comment",
+        json!({"file_key": "FYoTnfNJKNa8hj3iBP2H7B", "message": "Looks good"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(
+        figma
+            .seen_at("/v1/files/FYoTnfNJKNa8hj3iBP2H7B/comments")
+            .len(),
+        1,
+        "a POST is not resent"
+    );
+    agent.cancel().await.expect("close");
+    // Figma has no revocation endpoint: disconnecting forgets the tokens here.
+    disconnect(&host, "figma").await;
+    assert_eq!(status_of(&host, "figma").await, "Needs auth");
+
+    // A personal access token goes in X-Figma-Token (the plugin's static credential),
+    // and no Authorization header is sent.
+    let pat = json!({
+        "protocol": "http", "url": figma.url(), "provider": "figma",
+        "auth": {"type": "api_key", "name": "x-figma-token", "in": "header", "secret": "figd_pat"},
+    });
+    let host = fixture_host(reg.path(), json!({"figmapat": pat}));
+    let (status, me) = call(&host, "figmapat/v1/me").await;
+    assert_eq!(status, 200, "{me}");
+    let sent = figma.seen_at("/v1/me").last().cloned().expect("sent");
+    assert_eq!(sent.headers["x-figma-token"], "figd_pat");
+    assert!(!sent.headers.contains_key("authorization"), "{sent:?}");
+}
+
+/// The connection status the loopback caller sees for connector `id`.
+async fn status_of(host: &portcullis_e2e::Host, id: &str) -> String {
+    status(host, "127.0.0.1", id).await
+}
+
+/// Discord both ways: a user's OAuth connection (PKCE, Basic client auth, a refresh token
+/// that rotates on every refresh, revocation on disconnect) and a bot token sent as
+/// `Authorization: Bot` (the plugin's static credential, WIT `auth-extras`), which is what
+/// `POST /api/config/connectors` saves when given a token instead of an OAuth client.
+/// Every call carries Discord's User-Agent form; messages ping nobody.
+#[tokio::test]
+async fn discord_user_oauth_with_rotation_and_a_bot_token_sent_as_bot() {
+    let reg = registry_copy(&["discord"]);
+    let discord = Fixture::start().await;
+    discord.on(
+        "/token",
+        vec![
+            Canned::json(200, json!({"access_token": "dc-at-1", "token_type": "Bearer", "expires_in": 604800, "refresh_token": "dc-rt-1", "scope": "identify guilds"})),
+            Canned::json(200, json!({"access_token": "dc-at-2", "token_type": "Bearer", "expires_in": 604800, "refresh_token": "dc-rt-2", "scope": "identify guilds"})),
+            Canned::json(200, json!({"access_token": "dc-at-3", "token_type": "Bearer", "expires_in": 604800, "refresh_token": "dc-rt-3", "scope": "identify guilds"})),
+        ],
+    );
+    discord.json("/revoke", 200, json!({}));
+    let unauthorized = Canned::json(401, json!({"message": "401: Unauthorized", "code": 0}));
+    discord.on(
+        "/users/@me",
+        vec![
+            unauthorized.clone(),
+            Canned::json(200, json!({"id": "80351110224678912", "username": "nelly"})),
+            unauthorized,
+            Canned::json(200, json!({"id": "80351110224678912", "username": "nelly"})),
+        ],
+    );
+    discord.json(
+        "/channels/41771983423143937/messages",
+        200,
+        json!({"id": "1120000000000000001", "channel_id": "41771983423143937", "content": "Deployed",
+               "author": {"id": "80351110224678912", "username": "portcullis-bot", "avatar": null, "bot": true},
+               "embeds": [], "components": [], "flags": 0, "timestamp": "2026-12-04T07:00:00.000000+00:00"}),
+    );
+    let mut user = fixture_connector("discord", &discord, &["identify", "guilds"]);
+    user["auth"]["revocation_url"] = json!(format!("{}/revoke", discord.url()));
+    let bot = json!({
+        "protocol": "http", "url": discord.url(), "provider": "discord",
+        "auth": {"type": "bearer_token", "scheme": "Bot", "secret": "bot-token-1"},
+    });
+    let host = fixture_host(reg.path(), json!({"discord": user, "discordbot": bot}));
+
+    let auth_url = start_connect(&host, "127.0.0.1", "discord").await;
+    assert_eq!(
+        query_param(&auth_url, "scope").as_deref(),
+        Some("identify guilds")
+    );
+    assert!(query_param(&auth_url, "code_challenge").is_some());
+    assert_eq!(fixture_connect(&host, "discord").await.0, 200);
+    assert!(discord.seen_at("/token")[0].headers["authorization"].starts_with("Basic "));
+
+    // Two 401s, two refreshes: each uses the refresh token the one before returned.
+    for _ in 0..2 {
+        let (status, me) = call(&host, "discord/users/@me").await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["username"], "nelly");
+    }
+    let used: Vec<String> = discord.seen_at("/token")[1..]
+        .iter()
+        .map(|s| form(&s.body)["refresh_token"].clone())
+        .collect();
+    assert_eq!(used, ["dc-rt-1", "dc-rt-2"]);
+    let me = discord.seen_at("/users/@me");
+    assert_eq!(me[3].headers["authorization"], "Bearer dc-at-3");
+    assert!(
+        me[3].headers["user-agent"].starts_with("DiscordBot ("),
+        "{:?}",
+        me[3].headers
+    );
+
+    // The bot connector: `Authorization: Bot <token>`, and a message that pings nobody.
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(
+        &agent,
+        "discordbot_send_message",
+        json!({"channel_id": "41771983423143937", "content": "Deployed @everyone"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let sent = &discord.seen_at("/channels/41771983423143937/messages")[0];
+    assert_eq!(sent.method, "POST");
+    assert_eq!(sent.headers["authorization"], "Bot bot-token-1");
+    assert!(sent.headers["user-agent"].starts_with("DiscordBot ("));
+    let body: Value = serde_json::from_str(&sent.body).expect("json");
+    assert_eq!(body["allowed_mentions"], json!({"parse": []}));
+    // An answer bigger than the plugin reshapes is not shown (never the raw answer), and
+    // the model is told the call went through.
+    let huge: Vec<Value> = (0..6000)
+        .map(|i| json!({"id": format!("{}", 1120000000000000000u64 + i), "content": "x".repeat(200)}))
+        .collect();
+    discord.json("/channels/41771983423143938/messages", 200, json!(huge));
+    let big = call_tool(
+        &agent,
+        "discordbot_read_messages",
+        json!({"channel_id": "41771983423143938"}),
+    )
+    .await;
+    assert_ne!(big.is_error, Some(true), "{big:?}");
+    assert!(
+        call_text(&big).contains("the call went through, but its answer is not shown"),
+        "{}",
+        call_text(&big)
+    );
+    // The answer the model gets is trimmed to who said what.
+    let answer: Value = serde_json::from_str(&call_text(&r)).expect("json");
+    assert_eq!(
+        answer,
+        json!({"id": "1120000000000000001", "author": {"id": "80351110224678912", "username": "portcullis-bot"},
+               "content": "Deployed", "timestamp": "2026-12-04T07:00:00.000000+00:00"})
+    );
+    agent.cancel().await.expect("close");
+
+    // An operator adding Discord with a token instead of an OAuth client gets a bot
+    // connector; the token moves into the vault.
+    let resp = client()
+        .post(host.url("/api/config/connectors"))
+        .json(&json!({"provider": "discord", "id": "Team", "secret": "bot-token-2"}))
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(resp.status(), 201);
+    let added: Value = resp.json().await.expect("json");
+    assert_eq!(added["server"]["auth"]["type"], "bearer_token", "{added}");
+    assert_eq!(added["server"]["auth"]["scheme"], "Bot", "{added}");
+    assert!(!added.to_string().contains("bot-token-2"), "{added}");
+    assert!(added.get("redirect_uri").is_none(), "{added}");
+
+    disconnect(&host, "discord").await;
+    let revoke = revoked_at(&discord).await;
+    assert_eq!(form(&revoke[0].body)["token"], "dc-rt-3");
+}
+
+/// Trello: no OAuth; the member's token is the connector's secret, injected by the host
+/// as the `token` query parameter (the plugin's static credential), and the app's API key
+/// (a provider variable) is added by the plugin to every request; `fields` keep answers
+/// small; a dead token (401 in plain text) reaches the agent as Trello said it.
+#[tokio::test]
+async fn trello_key_and_token_in_the_query_trimmed_tools_and_a_dead_token() {
+    let reg = registry_copy(&["trello"]);
+    let trello = Fixture::start().await;
+    trello.json(
+        "/members/me/boards",
+        200,
+        json!([{"id": "5abbe4b7ddc1b351ef961414", "name": "Launch", "url": "https://trello.com/b/nC8QJJoZ/launch"}]),
+    );
+    trello.json(
+        "/cards",
+        200,
+        json!({"id": "5abbe4b7ddc1b351ef961415", "name": "Write the release notes"}),
+    );
+    trello.on(
+        "/members/me",
+        vec![Canned {
+            status: 401,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: "invalid token".into(),
+        }],
+    );
+    let key = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let connector = json!({
+        "protocol": "http", "url": trello.url(), "provider": "trello",
+        "provider_vars": {"api_key": key},
+        "auth": {"type": "api_key", "name": "token", "in": "query", "secret": "member-token"},
+    });
+    let host = fixture_host(reg.path(), json!({"trello": connector}));
+
+    let agent = portcullis_e2e::mcp_agent(&host.url("/v1/mcp")).await;
+    let r = call_tool(&agent, "trello_list_boards", json!({})).await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(call_text(&r).contains("Launch"), "{}", call_text(&r));
+    let seen = &trello.seen_at("/members/me/boards")[0];
+    let query = form(seen.query.as_deref().unwrap_or_default());
+    assert_eq!(query["key"], key);
+    assert_eq!(query["token"], "member-token");
+    assert_eq!(query["fields"], "name,url,dateLastActivity");
+    assert!(!seen.headers.contains_key("authorization"), "{seen:?}");
+
+    let r = call_tool(
+        &agent,
+        "trello_create_card",
+        json!({"list": "5abbe4b7ddc1b351ef961414", "name": "Write the release notes"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let created = &trello.seen_at("/cards")[0];
+    assert_eq!(created.method, "POST");
+    let body: Value = serde_json::from_str(&created.body).expect("json");
+    assert_eq!(body["idList"], "5abbe4b7ddc1b351ef961414");
+    agent.cancel().await.expect("close");
+
+    let resp = client()
+        .get(host.url("/v1/connectors/trello/members/me"))
+        .send()
+        .await
+        .expect("proxied call");
+    assert_eq!(resp.status().as_u16(), 401);
+    let text = resp.text().await.unwrap_or_default();
+    assert!(!text.contains("member-token"), "{text}");
+
+    // Without the API key the operator is told what to set, not sent upstream.
+    let no_key = json!({
+        "protocol": "http", "url": trello.url(), "provider": "trello",
+        "auth": {"type": "api_key", "name": "token", "in": "query", "secret": "member-token"},
+    });
+    let host = fixture_host(reg.path(), json!({"trello": no_key}));
+    let before = trello.seen().len();
+    let (status, body) = call(&host, "trello/members/me").await;
+    assert!(status >= 400, "{status} {body}");
+    assert!(body.to_string().contains("provider_vars.api_key"), "{body}");
+    assert_eq!(trello.seen().len(), before, "nothing went upstream");
 }

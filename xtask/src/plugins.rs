@@ -20,22 +20,29 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
 
-/// Verified providers: crate folder under `plugins/` = registry id.
-pub const PROVIDERS: &[&str] = &[
-    "salesforce",
-    "atlassian",
-    "slack",
-    "google",
-    "github",
-    "linear",
-    "zoom",
-    "canva",
-    "notion",
-    "microsoft",
-    "asana",
-    "dropbox",
-    "hubspot",
-];
+/// The verified providers: the plugin workspace's members outside `testing/` (crate
+/// folder under `plugins/` = registry id). `plugins/Cargo.toml` is the one list.
+pub fn providers(root: &Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        workspace: Workspace,
+    }
+    #[derive(serde::Deserialize)]
+    struct Workspace {
+        members: Vec<String>,
+    }
+    let path = root.join("plugins/Cargo.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let manifest: Manifest =
+        toml::from_str(&text).with_context(|| format!("{} is not a workspace", path.display()))?;
+    Ok(manifest
+        .workspace
+        .members
+        .into_iter()
+        .filter(|m| !m.contains('/'))
+        .collect())
+}
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -54,12 +61,12 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
     build(root)?;
     let out = root.join("plugins/target").join(TARGET).join("release");
     let mut stale = Vec::new();
-    for id in PROVIDERS {
+    for id in providers(root)? {
         let wasm_file = out.join(format!("portcullis_provider_{id}.wasm"));
         let wasm = std::fs::read(&wasm_file)
             .with_context(|| format!("the build did not produce {}", wasm_file.display()))?;
         let sha = hex(&Sha256::digest(&wasm));
-        let source = root.join("plugins").join(id).join("plugin.toml");
+        let source = root.join("plugins").join(&id).join("plugin.toml");
         let mut manifest = std::fs::read_to_string(&source)
             .with_context(|| format!("cannot read {}", source.display()))?;
         if !manifest.ends_with('\n') {
@@ -68,7 +75,7 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         manifest.push_str(&format!(
             "\n[component]\npath = \"plugin.wasm\"\nsha256 = \"{sha}\"\n"
         ));
-        let entry = root.join("registry").join(id);
+        let entry = root.join("registry").join(&id);
         if args.check {
             let same_wasm =
                 std::fs::read(entry.join("plugin.wasm")).ok().as_deref() == Some(&wasm[..]);
@@ -77,7 +84,7 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
                 .as_deref()
                 == Some(manifest.as_str());
             if !(same_wasm && same_manifest) {
-                stale.push(*id);
+                stale.push(id.clone());
             }
             println!(
                 "{id}: sha256 {sha}{}",

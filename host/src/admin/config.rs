@@ -304,7 +304,7 @@ pub async fn delete_connector(
     request_body(content = Object, description = "`{\"provider\": ..., \"id\"?: ..., \"protocol\"?: ..., \"client_id\"?: ..., \"client_secret\"?: ..., \"secret\"?: ...}`: secrets move into the vault"),
     responses(
         (status = 201, description = "The connector as saved and the `redirect_uri` to register at the provider", body = Object),
-        (status = 422, description = "`unknown_provider`, `no_mcp_server` (`protocol: mcp` for a provider without one) or `invalid_config`", body = ErrorBody),
+        (status = 422, description = "`unknown_provider`, `no_mcp_server` (`protocol: mcp` for a provider without one) or `invalid_config` (also a URL variable such as Microsoft's `tenant` that is not one segment)", body = ErrorBody),
     ))]
 pub async fn add_from_template(
     State(app): State<Arc<App>>,
@@ -323,7 +323,7 @@ pub async fn add_from_template(
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_provider", m))?;
     let (id, server) = template
         .fill(&req)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_mcp_server", m))?;
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
     let change = Edit::Connector {
         id: id.clone(),
         server,

@@ -339,6 +339,7 @@ const KEY_ORDER: &[&str] = &[
     "password",
     "name",
     "in",
+    "scheme",
     "secret",
 ];
 

@@ -20,7 +20,10 @@ use serde_json::{Map, Value};
 pub use diag::{Diagnostic, Diagnostics, JsonPath, Severity};
 #[cfg(test)]
 pub use surroundings::Fixture;
-pub use surroundings::{FromTemplate, OAuthTemplate, Provider, ProviderTemplate, Surroundings};
+pub use surroundings::{
+    FillError, FromTemplate, OAuthTemplate, Provider, ProviderTemplate, StaticCredential,
+    Surroundings,
+};
 pub use types::*;
 
 /// The config `portcullis serve` uses when given none: loopback identity, admin for
@@ -640,6 +643,7 @@ fn connector(
             ]
             .into_iter()
             .chain(a.revocation_url.as_ref().map(|u| ("revocation_url", u)))
+            .chain(a.refresh_url.as_ref().map(|u| ("refresh_url", u)))
             {
                 check_endpoint_url(u, &at.key("auth").key(field), diags);
             }
@@ -915,6 +919,20 @@ fn auth(
         diags.error(
             at.key("client_secret"),
             "client_secret belongs to a client registered in advance: add its client_id too, or remove the secret to let Portcullis register a client",
+        );
+        ok = false;
+    }
+    if let Auth::BearerToken(BearerToken {
+        scheme: Some(scheme),
+        ..
+    }) = &auth
+        && !is_auth_scheme(scheme)
+    {
+        diags.error(
+            at.key("scheme"),
+            format!(
+                "\"{scheme}\" is not an Authorization scheme: one word of letters, digits and !#$%&'*+-.^_`|~ (for example Bearer or Bot)"
+            ),
         );
         ok = false;
     }

@@ -51,6 +51,52 @@ pub struct ProviderTemplate {
     /// The connector ID the picker proposes, when not the name's first word (a picker
     /// entry such as Google Drive proposes `Drive`).
     pub connector_id: Option<String>,
+    /// How the provider's own static credential is sent (a Discord bot token, a Figma
+    /// personal access token, a Trello token); `None`: `Authorization: Bearer`.
+    pub static_credential: Option<StaticCredential>,
+    /// Provider variables that fill `{name}` in the OAuth URLs (Microsoft's `tenant`).
+    pub url_inputs: Vec<String>,
+}
+
+/// Why a connector cannot be made from a template as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FillError {
+    /// `protocol: mcp` for a provider without an MCP server of its own.
+    #[error("{0}")]
+    NoMcpServer(String),
+    /// A provider variable that goes into a URL is not one segment.
+    #[error("{0}")]
+    BadVariable(String),
+}
+
+impl FillError {
+    /// The error code the admin API answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoMcpServer(_) => "no_mcp_server",
+            Self::BadVariable(_) => "invalid_config",
+        }
+    }
+}
+
+/// Whether `value` can fill a `{name}` in a URL: one segment, nothing to encode.
+fn url_segment(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// How a provider takes a token the operator pastes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticCredential {
+    /// `Authorization: <scheme> <token>`.
+    Authorization(String),
+    /// A header of this name.
+    Header(String),
+    /// A query parameter of this name.
+    Query(String),
 }
 
 /// The OAuth part of a [`ProviderTemplate`].
@@ -93,6 +139,18 @@ impl ProviderTemplate {
     /// `auth_params`, and provider variables with defaults. The client ID and secret are
     /// empty: the operator supplies them.
     pub fn connector(&self, protocol: super::Protocol) -> Value {
+        self.server(protocol, &self.vars, self.oauth.is_some())
+    }
+
+    /// The connector for `protocol` with provider variables `vars` (which also fill the
+    /// OAuth URLs), signing in with OAuth when `oauth`, else with the provider's static
+    /// credential.
+    fn server(
+        &self,
+        protocol: super::Protocol,
+        vars: &BTreeMap<String, String>,
+        oauth: bool,
+    ) -> Value {
         let url = match (protocol, &self.mcp_url) {
             (super::Protocol::Mcp, Some(u)) => u.clone(),
             _ => self.api_url.clone(),
@@ -103,22 +161,51 @@ impl ProviderTemplate {
             "provider": self.id,
             "description": self.description,
         });
-        server["auth"] = match &self.oauth {
+        server["auth"] = match self.oauth.as_ref().filter(|_| oauth) {
             Some(o) => json!({
                 "type": "oauth2_authorization_code",
                 "client_id": "",
                 "client_secret": "",
-                "authorization_url": o.authorization_url,
-                "token_url": o.token_url,
+                "authorization_url": self.oauth_url(&o.authorization_url, vars),
+                "token_url": self.oauth_url(&o.token_url, vars),
                 "scopes": o.scopes,
                 "auth_params": o.auth_params,
             }),
-            None => json!({"type": "bearer_token", "secret": ""}),
+            None => self.static_auth(),
         };
-        if !self.vars.is_empty() {
-            server["provider_vars"] = json!(self.vars);
+        if !vars.is_empty() {
+            server["provider_vars"] = json!(vars);
         }
         server
+    }
+
+    /// `url` (an OAuth URL of the provider's) with each `{input}` of [`Self::url_inputs`]
+    /// filled from `vars`. Values are checked by [`Self::fill`] and the validator; one
+    /// that is not a single segment is left out, so the placeholder stays visible.
+    pub fn oauth_url(&self, url: &str, vars: &BTreeMap<String, String>) -> String {
+        self.url_inputs.iter().fold(url.to_owned(), |url, name| {
+            match vars.get(name).filter(|v| url_segment(v)) {
+                Some(v) => url.replace(&format!("{{{name}}}"), v),
+                None => url,
+            }
+        })
+    }
+
+    /// The `auth` of a connector holding a pasted token, sent the provider's way; the
+    /// secret is the operator's to fill in.
+    pub fn static_auth(&self) -> Value {
+        match &self.static_credential {
+            Some(StaticCredential::Authorization(scheme)) if scheme != "Bearer" => {
+                json!({"type": "bearer_token", "scheme": scheme, "secret": ""})
+            }
+            Some(StaticCredential::Header(name)) => {
+                json!({"type": "api_key", "name": name, "in": "header", "secret": ""})
+            }
+            Some(StaticCredential::Query(name)) => {
+                json!({"type": "api_key", "name": name, "in": "query", "secret": ""})
+            }
+            _ => json!({"type": "bearer_token", "secret": ""}),
+        }
     }
 
     /// The default a hand-written connector of this provider should have for `field` of
@@ -126,8 +213,8 @@ impl ProviderTemplate {
     pub(crate) fn auth_default(&self, field: &str) -> Option<Value> {
         let o = self.oauth.as_ref()?;
         Some(match field {
-            "authorization_url" => json!(o.authorization_url),
-            "token_url" => json!(o.token_url),
+            "authorization_url" => json!(self.oauth_url(&o.authorization_url, &self.vars)),
+            "token_url" => json!(self.oauth_url(&o.token_url, &self.vars)),
             "scopes" => json!(o.scopes),
             "auth_params" => json!(o.auth_params),
             _ => return None,
@@ -153,7 +240,8 @@ pub struct FromTemplate {
     /// Omit it for a PKCE-only OAuth application.
     #[serde(default)]
     pub client_secret: Option<String>,
-    /// The token, for a provider without OAuth.
+    /// The token, for a provider without OAuth, or instead of OAuth for one with a
+    /// static credential of its own (a Discord bot token): sent the provider's way.
     #[serde(default)]
     pub secret: Option<String>,
     /// Replaces the provider's default scopes.
@@ -170,17 +258,31 @@ impl ProviderTemplate {
     /// The connector ID and `connectors.servers` entry for `req`: the provider's
     /// defaults with what the operator supplied on top. Left-out credentials stay out,
     /// so the validator names them. `Err` for `protocol: mcp` when the provider has no
-    /// MCP server.
-    pub fn fill(&self, req: &FromTemplate) -> Result<(String, Value), String> {
+    /// MCP server, and for a URL variable (Microsoft's `tenant`) that is not one segment.
+    pub fn fill(&self, req: &FromTemplate) -> Result<(String, Value), FillError> {
         let protocol = req.protocol.unwrap_or(super::Protocol::Http);
         if protocol == super::Protocol::Mcp && self.mcp_url.is_none() {
-            return Err(format!(
+            return Err(FillError::NoMcpServer(format!(
                 "{} has no MCP server of its own; add it with protocol \"http\" (its API), or as an MCP connector without a provider",
                 self.name
-            ));
+            )));
         }
-        let mut server = self.connector(protocol);
+        for name in &self.url_inputs {
+            if let Some(v) = req.provider_vars.get(name).filter(|v| !url_segment(v)) {
+                return Err(FillError::BadVariable(format!(
+                    "provider_vars.{name} \"{v}\" goes into {}'s sign-in URLs: use letters, digits, '.', '_' and '-' only",
+                    self.name
+                )));
+            }
+        }
         let id = req.id.clone().unwrap_or_else(|| self.connector_id());
+        let oauth = self.oauth.is_some()
+            && !(self.static_credential.is_some()
+                && req.secret.is_some()
+                && req.client_id.is_none());
+        let mut vars = self.vars.clone();
+        vars.extend(req.provider_vars.clone());
+        let mut server = self.server(protocol, &vars, oauth);
         let auth = &mut server["auth"];
         if let Some(auth) = auth.as_object_mut() {
             let mut set = |field: &str, v: &Option<String>| match v {
@@ -191,20 +293,15 @@ impl ProviderTemplate {
                     auth.remove(field);
                 }
             };
-            if self.oauth.is_some() {
+            if oauth {
                 set("client_id", &req.client_id);
                 set("client_secret", &req.client_secret);
+                if let Some(scopes) = &req.scopes {
+                    auth.insert("scopes".to_owned(), json!(scopes));
+                }
             } else {
                 set("secret", &req.secret);
             }
-            if let Some(scopes) = &req.scopes {
-                auth.insert("scopes".to_owned(), json!(scopes));
-            }
-        }
-        if !req.provider_vars.is_empty() {
-            let mut vars = self.vars.clone();
-            vars.extend(req.provider_vars.clone());
-            server["provider_vars"] = json!(vars);
         }
         if let Some(d) = &req.description {
             server["description"] = json!(d);

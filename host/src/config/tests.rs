@@ -386,6 +386,8 @@ fn slack() -> ProviderTemplate {
         }),
         vars: Default::default(),
         connector_id: None,
+        static_credential: None,
+        url_inputs: Vec::new(),
     }
 }
 
@@ -480,6 +482,155 @@ fn a_template_filled_with_client_credentials_validates_clean() {
     let (c, d) = super::load(&text, &with_slack());
     assert!(c.is_none());
     assert!(d.to_string().contains("client_id is empty"), "{d}");
+}
+
+fn from_template(t: &ProviderTemplate, req: serde_json::Value) -> (String, serde_json::Value) {
+    let mut req = req;
+    req["provider"] = serde_json::json!(t.id);
+    let req: FromTemplate = serde_json::from_value(req).expect("a template request");
+    t.fill(&req).expect("an http connector")
+}
+
+/// A provider with OAuth and a static credential of its own (Discord's bot tokens) gets
+/// either, by what the operator supplies; one with only a static credential (Trello) is
+/// sent its way; the result validates.
+#[test]
+fn a_template_with_a_static_credential_takes_a_pasted_token_the_providers_way() {
+    let mut discord = slack();
+    discord.id = "discord".into();
+    discord.name = "Discord".into();
+    discord.static_credential = Some(StaticCredential::Authorization("Bot".into()));
+    let (_, bot) = from_template(&discord, serde_json::json!({"secret": "bot-token"}));
+    assert_eq!(
+        bot["auth"],
+        serde_json::json!({"type": "bearer_token", "scheme": "Bot", "secret": "bot-token"})
+    );
+    let (_, user) = from_template(
+        &discord,
+        serde_json::json!({"client_id": "c", "client_secret": "s", "secret": "ignored"}),
+    );
+    assert_eq!(user["auth"]["type"], "oauth2_authorization_code");
+    assert!(user["auth"].get("secret").is_none(), "{user}");
+
+    let mut trello = slack();
+    trello.id = "trello".into();
+    trello.oauth = None;
+    trello.static_credential = Some(StaticCredential::Query("token".into()));
+    assert_eq!(
+        trello.connector(Protocol::Http)["auth"],
+        serde_json::json!({"type": "api_key", "name": "token", "in": "query", "secret": ""})
+    );
+    let (_, server) = from_template(
+        &trello,
+        serde_json::json!({"secret": "t0ken", "scopes": ["x"]}),
+    );
+    assert_eq!(
+        server["auth"],
+        serde_json::json!({"type": "api_key", "name": "token", "in": "query", "secret": "t0ken"})
+    );
+    let mut figma = trello.clone();
+    figma.static_credential = Some(StaticCredential::Header("x-figma-token".into()));
+    let (_, server) = from_template(&figma, serde_json::json!({"secret": "figd_1"}));
+    assert_eq!(server["auth"]["name"], "x-figma-token");
+    assert_eq!(server["auth"]["in"], "header");
+
+    let fixture = Fixture {
+        providers: [
+            ("discord".to_owned(), discord),
+            ("trello".to_owned(), trello),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let text = serde_json::json!({"connectors": {"servers": {"Discord": bot, "Trello": server}}});
+    let (c, d) = super::load(&text.to_string(), &fixture);
+    let c = c.unwrap_or_else(|| panic!("{d}"));
+    let Auth::BearerToken(b) = &c.connectors["Discord"].auth else {
+        panic!("a bot token")
+    };
+    assert_eq!(b.scheme(), "Bot");
+}
+
+/// Microsoft's tenant fills its OAuth URLs: the default in the template, the operator's
+/// value in the connector made from it, and a value that would leave its segment is
+/// refused before anything is saved.
+#[test]
+fn a_url_variable_fills_the_oauth_urls_and_must_be_one_segment() {
+    let mut ms = slack();
+    ms.id = "microsoft".into();
+    ms.name = "Microsoft 365".into();
+    let login = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0";
+    ms.oauth = Some(OAuthTemplate {
+        authorization_url: format!("{login}/authorize"),
+        token_url: format!("{login}/token"),
+        scopes: vec!["User.Read".into()],
+        auth_params: Default::default(),
+    });
+    ms.vars = [("tenant".to_owned(), "common".to_owned())].into();
+    ms.url_inputs = vec!["tenant".into()];
+    assert_eq!(
+        ms.connector(Protocol::Http)["auth"]["authorization_url"],
+        "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
+    );
+    let (_, server) = from_template(
+        &ms,
+        serde_json::json!({"client_id": "c", "provider_vars": {"tenant": "contoso.onmicrosoft.com"}}),
+    );
+    assert_eq!(
+        server["auth"]["token_url"],
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(server["provider_vars"]["tenant"], "contoso.onmicrosoft.com");
+    for bad in ["", "a/b", "evil.example/x?", "x y"] {
+        let req: FromTemplate = serde_json::from_value(serde_json::json!({
+            "provider": "microsoft", "client_id": "c", "provider_vars": {"tenant": bad}
+        }))
+        .expect("request");
+        let err = ms.fill(&req).expect_err(bad);
+        assert_eq!(err.code(), "invalid_config", "{bad}");
+        assert!(err.to_string().contains("provider_vars.tenant"), "{err}");
+    }
+}
+
+#[test]
+fn a_bearer_scheme_must_be_one_http_token_and_a_refresh_url_a_url() {
+    for (scheme, ok) in [
+        ("Bot", true),
+        ("Bearer", true),
+        ("DPoP", true),
+        ("Bot x", false),
+        ("", false),
+        ("B\u{f6}t", false),
+    ] {
+        let text = format!(
+            r#"{{"connectors": {{"servers": {{"a": {{"protocol": "http", "url": "https://a.example.com",
+                "auth": {{"type": "bearer_token", "secret": "t", "scheme": "{scheme}"}}}}}}}}}}"#
+        );
+        let (c, d) = super::load(&text, &Fixture::default());
+        assert_eq!(c.is_some(), ok, "{scheme:?}: {d}");
+        if !ok {
+            assert!(
+                errors(&d)
+                    .iter()
+                    .any(|e| e.contains("connectors.servers.a.auth.scheme")),
+                "{scheme:?}: {d}"
+            );
+        }
+    }
+    let (c, d) = super::load(
+        r#"{"connectors": {"servers": {"notes": {"protocol": "http", "url": "https://api.example.com",
+            "auth": {"type": "oauth2_authorization_code", "client_id": "c", "scopes": ["a"],
+              "authorization_url": "https://as.example.com/a", "token_url": "https://as.example.com/t",
+              "refresh_url": "ftp://as.example.com/r"}}}}}"#,
+        &Fixture::default(),
+    );
+    assert!(c.is_none());
+    assert!(
+        errors(&d)
+            .iter()
+            .any(|e| e.contains("connectors.servers.notes.auth.refresh_url")),
+        "{d}"
+    );
 }
 
 #[test]

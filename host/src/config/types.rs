@@ -315,6 +315,29 @@ impl Auth {
 #[schemars(inline, deny_unknown_fields)]
 pub struct BearerToken {
     pub secret: SecretRef,
+    /// The `Authorization` scheme the token is sent with: `Bearer` unless the API wants
+    /// another (`Bot` for a Discord bot token).
+    #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub scheme: Option<String>,
+}
+
+impl BearerToken {
+    /// The `Authorization` scheme to send.
+    pub fn scheme(&self) -> &str {
+        self.scheme.as_deref().unwrap_or("Bearer")
+    }
+}
+
+/// Whether `s` can be an `Authorization` scheme: an HTTP token (RFC 9110 §5.6.2) of at
+/// most 64 bytes.
+pub fn is_auth_scheme(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -374,6 +397,11 @@ pub struct AuthorizationCode {
     #[serde(default)]
     #[schemars(url, regex(pattern = "^https?://"))]
     pub revocation_url: Option<String>,
+    /// Where refresh grants go when not `token_url` (a Portcullis addition; the
+    /// provider's plugin supplies one when this is absent: Figma's).
+    #[serde(default)]
+    #[schemars(url, regex(pattern = "^https?://"))]
+    pub refresh_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -403,7 +431,7 @@ pub struct Dcr {
 pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
     Some(match type_name {
         "none" => &["type"],
-        "bearer_token" => &["type", "secret"],
+        "bearer_token" => &["type", "secret", "scheme"],
         "api_key" => &["type", "secret", "name", "in"],
         "basic" => &["type", "username", "password"],
         "oauth2_client_credentials" => &[
@@ -423,6 +451,7 @@ pub(crate) fn auth_fields(type_name: &str) -> Option<&'static [&'static str]> {
             "scopes",
             "auth_params",
             "revocation_url",
+            "refresh_url",
         ],
         "oauth2_dcr" => &[
             "type",

@@ -22,6 +22,8 @@ const LIST_CONNECTORS: &str = "list_connectors";
 
 /// Largest plugin-tool response passed back to the agent.
 const MAX_TOOL_RESPONSE: usize = super::transport::MAX_MESSAGE_BYTES;
+/// Largest answer a plugin reshapes (`tool-results`; the WIT promises it no more).
+const MAX_SHAPED_ANSWER: usize = crate::plugins::output::MAX_BODY_BYTES;
 
 fn object_schema(v: Value) -> Arc<Map<String, Value>> {
     match v {
@@ -163,12 +165,59 @@ pub async fn call(
             ))]));
         }
     };
-    let text = String::from_utf8_lossy(&body).into_owned();
+    // The plugin reshapes this tool's answers (trimmed, credentials the API returns
+    // removed). The raw answer never goes around it: one too big to reshape, or a reshape
+    // that fails, is reported without it; after a success that says the call went through,
+    // so a model does not repeat a write.
+    let text = if plugin.shaped_results.contains(name) {
+        match shape_answer(app, c, caller, &plugin, name, status, &body).await {
+            Ok(text) => text,
+            Err(why) if status.is_success() => {
+                return Some(CallToolResult::success(vec![Content::text(format!(
+                    "HTTP {status}: the call went through, but its answer is not shown: {why}"
+                ))]));
+            }
+            Err(why) => {
+                return Some(CallToolResult::error(vec![Content::text(format!(
+                    "HTTP {status}: the answer is not shown: {why}"
+                ))]));
+            }
+        }
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
     Some(if status.is_success() {
         CallToolResult::success(vec![Content::text(text)])
     } else {
         CallToolResult::error(vec![Content::text(format!("HTTP {status}: {text}"))])
     })
+}
+
+/// A tool's upstream answer through its plugin's `tool-results`, or why not.
+async fn shape_answer(
+    app: &Gateway,
+    c: &Connector,
+    caller: &Caller,
+    plugin: &crate::plugins::Plugin,
+    name: &str,
+    status: http::StatusCode,
+    body: &[u8],
+) -> Result<String, String> {
+    if body.len() > MAX_SHAPED_ANSWER {
+        return Err(format!(
+            "it is {} bytes, more than the {} MiB its provider's plugin reshapes; ask for less (a smaller page, depth or limit)",
+            body.len(),
+            MAX_SHAPED_ANSWER >> 20
+        ));
+    }
+    let ctx = app
+        .outbound
+        .plugin_context(c, Some(&caller.login), plugin)
+        .ok_or_else(|| format!("connector \"{}\" has no provider context", c.id))?;
+    app.plugins
+        .tool_result(plugin, ctx, name.to_owned(), status.as_u16(), body.to_vec())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `aperture_list_connectors`: the HTTP connectors the caller may reach through the proxy

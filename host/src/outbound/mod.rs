@@ -5,7 +5,8 @@
 //! ```text
 //! Exchange ─► shape (provider plugin, paths only) ─► credential ─► egress
 //!          ─► 401? credential rejected, resend once if the body can be replayed
-//!          ─► classify (provider plugin) ─► retry once if the provider says so
+//!          ─► classify (provider plugin) ─► retry once if the provider says so, or
+//!             resend once if it says the (since renewed) credential was refused
 //!          ─► response headers filtered, query keys scrubbed ─► Reply
 //! ```
 //!
@@ -202,8 +203,15 @@ impl Outbound {
         })
     }
 
-    /// Sends one request through every stage.
+    /// Sends one request through every stage. The stages' state lives on the heap: the
+    /// pipeline is awaited inside deep MCP transport futures (the legacy HTTP+SSE
+    /// fallback most of all), and held inline it would make each of them as large, which
+    /// overflows a worker's stack in unoptimised builds.
     pub async fn send(&self, x: Exchange<'_>) -> Result<Reply, Error> {
+        Box::pin(self.stages(x)).await
+    }
+
+    async fn stages(&self, x: Exchange<'_>) -> Result<Reply, Error> {
         let Exchange {
             connector: c,
             user,
@@ -461,6 +469,19 @@ impl Outbound {
                     .rejected(&c.credential, auth.user, sent.as_ref())
                     .await;
                 self.discoveries.forget(&c.id);
+                // The provider says the token was refused with another status (Figma's
+                // 403 "Token expired"): like a 401 (resent by `deliver` already), a
+                // request safe to repeat goes once more if the credential is now a
+                // different one.
+                if parts.status != StatusCode::UNAUTHORIZED
+                    && let Some((body, headers)) = retry.take()
+                    && let Some(again) =
+                        Box::pin(self.resend_refused(auth, method, url, headers, body, &sent))
+                            .await?
+                {
+                    (resp, sent) = again;
+                    continue;
+                }
             }
             let body = match rest {
                 Some(rest) => rest.after(prefix),
@@ -468,6 +489,32 @@ impl Outbound {
             };
             return Ok(self.finish(c, parts, body, class));
         }
+    }
+
+    /// A request whose token the provider refused, sent once more if the credential is
+    /// now a different one (renewed after the refusal); `None` when it is not.
+    async fn resend_refused(
+        &self,
+        auth: Auth<'_>,
+        method: &Method,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: Payload,
+        sent: &Option<HeaderValue>,
+    ) -> Result<Option<(http::Response<InBody>, Option<HeaderValue>)>, Error> {
+        let c = auth.connector;
+        if !c.credential.renewable() {
+            return Ok(None);
+        }
+        let (url, headers, now) = self.authorize(auth, url, headers).await?;
+        if now == *sent {
+            return Ok(None);
+        }
+        tracing::info!(connector = %c.id, "provider refused the token; sending once more with the new credential");
+        let resp = self
+            .transmit(c, method.clone(), &url, headers, body)
+            .await?;
+        Ok(Some((resp, now)))
     }
 
     /// The answer as the caller may see it: the header policy applied, a query-string

@@ -36,16 +36,18 @@
 //!
 //! | Key | Input | Output |
 //! |---|---|---|
-//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...), `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras`, and `entries` from `catalog` |
+//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...), `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras`, `entries` from `catalog`, and from `auth-extras` `refresh_url`, `static_auth` (the `auth` of a connector holding the provider's static credential, secret empty) and `url_inputs`, and `shaped_results` from `tool-results` |
 //! | `shape_request` | `{"method": "Get", "path", "query", "headers": [[n, v]]}` | `{"Ok": {"url", "set_headers", "remove_headers", "grant"}}` |
 //! | `read_token_response` | `{"status", "body"}`, the provider's raw JSON: the harness redacts tokens as the host does | `{"result": {"Ok": {"variables", "expires_in"}}}` (or `"Err"` with `{"InvalidGrant": text}` or `{"Provider": text}`) and `"grants"`: the tokens the host read at the declared pointers |
 //! | `discover` | `{"responses": [{"status", "headers", "body"}, ...]}`, replayed in order | `{"requests": [{"method", "url", "grant"}], "outcome": ...}`, the outcome `{"Done": vars}`, `{"Choose": selection}` or `{"Failed": text}` |
 //! | `classify_response` | `{"status", "headers", "body"}` | `"Ok"`, `{"Retry": ms}`, `{"RateLimited": secs}`, `{"Reauth": text}`, `{"Failed": text}` (wire units) |
 //! | `list_tools` | `true` | `[{"name", "description", "input_schema", "read_only"}]` (schemas as JSON) |
 //! | `build_tool_call` | `{"name", "arguments": {...}}` | `{"Ok": {"method", "path", "query", "headers", "body"}}` |
+//! | `shape_tool_result` | `{"name", "status", "body"}`: a tool's recorded upstream answer | `{"Ok": text}` (shown as JSON when it parses): what the model gets (WIT 0.1.2 `tool-results`) |
 //!
-//! - `expect` is matched as a subset: every member written must be present and equal;
-//!   members left out are not checked; lists must have the same length. Enum values are
+//! - `expect` is matched as a subset: every member written must be present and equal
+//!   (`null` also matches a member that is absent: how a case says something was left
+//!   out); members left out are not checked; lists must have the same length. Enum values are
 //!   written as in the WIT bindings (`"Get"`, `"ShapeRequest"`, `"Supported"`).
 //! - Bodies are shown as JSON when they parse, else as text; recorded bodies are sent as
 //!   they are when a string, else as JSON text.
@@ -102,6 +104,8 @@ struct Case {
     #[serde(default)]
     build_tool_call: Option<ToolCase>,
     #[serde(default)]
+    shape_tool_result: Option<ResultCase>,
+    #[serde(default)]
     expect: Option<Value>,
     #[serde(default)]
     error: Option<String>,
@@ -118,6 +122,7 @@ impl Case {
             ("classify_response", self.classify_response.is_some()),
             ("list_tools", self.list_tools == Some(true)),
             ("build_tool_call", self.build_tool_call.is_some()),
+            ("shape_tool_result", self.shape_tool_result.is_some()),
         ]
         .into_iter()
         .filter_map(|(hook, named)| named.then_some(hook))
@@ -154,6 +159,15 @@ struct RecordedResponse {
 struct ToolCase {
     name: String,
     arguments: Value,
+}
+
+/// A tool's recorded upstream answer, for `tool-results`.
+#[derive(Debug, Deserialize)]
+struct ResultCase {
+    name: String,
+    status: u16,
+    #[serde(default)]
+    body: Value,
 }
 
 /// Outcome of one fixture case.
@@ -300,6 +314,16 @@ impl Harness {
             });
             // What `catalog` listed.
             defaults["entries"] = normalize(to_json(&plugin.entries));
+            // What `auth-extras` said: the refresh URL, and the `auth` of a connector
+            // holding the provider's static credential.
+            defaults["refresh_url"] = json!(plugin.refresh_url.as_ref().map(url::Url::as_str));
+            defaults["static_auth"] = match plugin.static_credential {
+                Some(_) => plugin.template().static_auth(),
+                None => Value::Null,
+            };
+            defaults["url_inputs"] = json!(plugin.url_inputs);
+            // What `tool-results` reshapes.
+            defaults["shaped_results"] = json!(plugin.shaped_results);
             return Ok(defaults);
         }
         if let Some(req) = &case.shape_request {
@@ -398,6 +422,15 @@ impl Harness {
             super::output::tool_call(plugin, bounds, req.clone()).map_err(e)?;
             return Ok(json!({ "Ok": normalize(to_json(&req)) }));
         }
+        if let Some(r) = &case.shape_tool_result {
+            let text = p
+                .tool_result(plugin, ctx, r.name.clone(), r.status, body_bytes(&r.body))
+                .await
+                .map_err(e)?;
+            // Shown as JSON when it parses, as the text otherwise.
+            let shown = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return Ok(json!({ "Ok": shown }));
+        }
         Err(format!("case \"{}\" names no hook to call", case.name))
     }
 }
@@ -430,6 +463,8 @@ fn subset(want: &Value, got: &Value, path: &mut String) -> Option<String> {
                 path.push_str(k);
                 let r = match g.get(k) {
                     Some(gv) => subset(wv, gv, path),
+                    // `null` asks for nothing there: null or absent.
+                    None if wv.is_null() => None,
                     None => Some(format!("at {path}: missing")),
                 };
                 path.truncate(len);

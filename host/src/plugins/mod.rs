@@ -367,6 +367,27 @@ impl Plugins {
         )
     }
 
+    /// A tool's upstream answer as the text the model gets, for a tool whose answers the
+    /// plugin reshapes (`tool-results`, WIT 0.1.2; [`Plugin::shaped_results`]); bounded
+    /// like any tool answer.
+    pub async fn tool_result(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        name: String,
+        status: u16,
+        body: Vec<u8>,
+    ) -> Result<String, CallError> {
+        let text = match self
+            .call(plugin, Call::ShapeResult(ctx, name, status, body))
+            .await?
+        {
+            Reply::ShapeResult(r) => r.map_err(|e| refused(plugin, &e))?,
+            _ => return Err(wrong_reply(plugin)),
+        };
+        self.checked(plugin, "shape-result", output::tool_result(plugin, text))
+    }
+
     /// The raw hook; everything outside `plugins` gets [`Plugins::tool_call`].
     pub(super) async fn build_tool_call(
         &self,
@@ -719,6 +740,9 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
             "authorization_url": o.authorization_url,
             "token_url": o.token_url,
             "revocation_url": o.revocation_url,
+            "refresh_url": p.refresh_url.as_ref().map(url::Url::as_str),
+            // `{name}` in the two URLs above is filled from these provider variables.
+            "url_inputs": p.url_inputs,
             "scopes": o.scopes,
             "scope_separator": o.scope_separator,
             "auth_params": o.auth_params.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
@@ -755,6 +779,9 @@ fn provider_json(p: &Plugin) -> serde_json::Value {
         "url": d.api_url,
         "mcp_url": d.mcp_url,
         "oauth": oauth,
+        // The `auth` of a connector holding the provider's own static credential (a
+        // Discord bot token), when it has one: the dashboard offers it next to OAuth.
+        "static_auth": template.static_credential.is_some().then(|| template.static_auth()),
         // What the picker drops into `connectors.servers` (the client ID and secret
         // are the operator's to fill in); POST /api/config/connectors saves it.
         "connector": {

@@ -341,6 +341,65 @@ pub(super) fn oauth_style(
     })
 }
 
+/// A reshaped tool answer (`tool-results`): no bigger than the answers the host relays.
+pub(super) fn tool_result(plugin: &Plugin, text: String) -> Result<String, CallError> {
+    if text.len() > MAX_BODY_BYTES {
+        return Err(invalid(
+            plugin,
+            format!(
+                "a tool answer of {} bytes; at most {MAX_BODY_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// How a provider's static credential is sent (`auth-extras`), checked: a scheme that is
+/// an HTTP token, a header the header policy lets carry a credential, a query name that
+/// needs no encoding. (An operator's own `api_key` header is the operator's choice: the
+/// config validator asks only for a valid name.)
+pub(super) fn static_credential(
+    c: &super::runtime::auth_extras::StaticCredential,
+) -> Result<crate::config::StaticCredential, String> {
+    use super::runtime::auth_extras::StaticCredential as Wit;
+    let short = |name: &str| !name.is_empty() && name.len() <= 64;
+    Ok(match c {
+        Wit::Authorization(scheme) => {
+            if !crate::config::is_auth_scheme(scheme) {
+                return Err(format!(
+                    "\"{}\" is not an authorization scheme (letters, digits and !#$%&'*+-.^_`|~)",
+                    clip(scheme)
+                ));
+            }
+            crate::config::StaticCredential::Authorization(scheme.clone())
+        }
+        Wit::Header(name) => {
+            let header = HeaderName::try_from(name.as_str())
+                .ok()
+                .filter(|_| short(name))
+                .ok_or_else(|| format!("\"{}\" is not a header name", clip(name)))?;
+            if let Some(why) = crate::headers::refused_as_credential(&header) {
+                return Err(why);
+            }
+            crate::config::StaticCredential::Header(header.as_str().to_owned())
+        }
+        Wit::Query(name) => {
+            if !(short(name)
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)))
+            {
+                return Err(format!(
+                    "\"{}\" is not a query parameter name (letters, digits, '_', '.', '-')",
+                    clip(name)
+                ));
+            }
+            crate::config::StaticCredential::Query(name.clone())
+        }
+    })
+}
+
 /// Headers a plugin wants sent: valid, bounded, and allowed by the header policy.
 pub(super) fn headers(
     plugin: &Plugin,
@@ -406,4 +465,56 @@ fn clip_to(s: &str, max: usize) -> String {
 
 pub(super) fn clip(s: &str) -> String {
     clip_to(s, 120)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::runtime::auth_extras::StaticCredential as Wit;
+    use super::static_credential;
+    use crate::config::StaticCredential;
+
+    #[test]
+    fn a_static_credential_goes_only_where_a_credential_can() {
+        assert_eq!(
+            static_credential(&Wit::Authorization("Bot".into())),
+            Ok(StaticCredential::Authorization("Bot".into()))
+        );
+        assert_eq!(
+            static_credential(&Wit::Header("X-Figma-Token".into())),
+            Ok(StaticCredential::Header("x-figma-token".into()))
+        );
+        assert_eq!(
+            static_credential(&Wit::Query("token".into())),
+            Ok(StaticCredential::Query("token".into()))
+        );
+        for (bad, why) in [
+            (
+                Wit::Authorization("Bot x".into()),
+                "not an authorization scheme",
+            ),
+            (
+                Wit::Authorization(String::new()),
+                "not an authorization scheme",
+            ),
+            (
+                Wit::Header("authorization".into()),
+                "cannot carry a credential",
+            ),
+            (Wit::Header("cookie".into()), "cannot carry a credential"),
+            (
+                Wit::Header("content-length".into()),
+                "cannot carry a credential",
+            ),
+            (Wit::Header("x bad".into()), "not a header name"),
+            (Wit::Header("x".repeat(65)), "not a header name"),
+            (Wit::Query("a&b=c".into()), "not a query parameter name"),
+            (Wit::Query(String::new()), "not a query parameter name"),
+        ] {
+            let got = static_credential(&bad);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{bad:?}: {got:?}"
+            );
+        }
+    }
 }

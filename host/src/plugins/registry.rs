@@ -29,6 +29,16 @@ pub struct Plugin {
     /// Its products as picker entries of their own (`catalog`, checked); none when the
     /// plugin does not say.
     pub entries: Vec<super::runtime::catalog::Entry>,
+    /// Where refresh grants go when not the token URL (`auth-extras`, checked: https on
+    /// `allowed_hosts`).
+    pub refresh_url: Option<url::Url>,
+    /// How its static credential is sent (`auth-extras`, checked); `None`: the provider
+    /// has none of its own (a pasted token goes as `Authorization: Bearer`).
+    pub static_credential: Option<crate::config::StaticCredential>,
+    /// Inputs that fill `{name}` in its OAuth URLs (`auth-extras`, checked).
+    pub url_inputs: Vec<String>,
+    /// The tools whose answers the plugin reshapes (`tool-results`, checked).
+    pub shaped_results: std::collections::BTreeSet<String>,
     pub sha256: String,
     pub(super) prepared: Prepared,
 }
@@ -96,6 +106,8 @@ impl Plugin {
                 scopes: o.scopes.clone(),
                 auth_params: o.auth_params.iter().cloned().collect(),
             }),
+            static_credential: self.static_credential.clone(),
+            url_inputs: self.url_inputs.clone(),
             vars: d
                 .inputs
                 .iter()
@@ -212,36 +224,55 @@ pub async fn load(
         .await
         .map_err(|e| format!("compiling the component failed: {e}"))?
         .map_err(|e| e.to_string())?;
-    let defaults = match runtime.call(&prepared, Call::Defaults).await {
-        Ok(Reply::Defaults(d)) => *d,
-        Ok(_) => return Err("defaults() returned the wrong reply".to_owned()),
-        Err(e) => return Err(format!("defaults() failed: {e}")),
+    let described = match runtime.call(&prepared, Call::Describe).await {
+        Ok(Reply::Describe(d)) => *d,
+        Ok(_) => return Err("describing the plugin returned the wrong reply".to_owned()),
+        Err(e) => {
+            return Err(format!(
+                "describing the plugin (defaults() and the interfaces added since 0.1.0) failed: {e}"
+            ));
+        }
     };
-    check_defaults(&manifest, &defaults)?;
+    check_defaults(&manifest, &described.defaults)?;
+    check_entries(&manifest, &described.entries)?;
+    // A plugin built before 0.1.2 said nothing: the earlier behaviour.
+    let auth = described
+        .auth_options
+        .unwrap_or(super::runtime::auth_extras::AuthOptions {
+            refresh_url: None,
+            static_credential: None,
+            url_inputs: Vec::new(),
+        });
+    let refresh_url = match &auth.refresh_url {
+        Some(raw) => {
+            check_url(&manifest, "auth-extras refresh-url", raw)?;
+            url::Url::parse(raw).ok()
+        }
+        None => None,
+    };
+    let static_credential = auth
+        .static_credential
+        .as_ref()
+        .map(super::output::static_credential)
+        .transpose()
+        .map_err(|why| format!("auth-extras static-credential: {why}"))?;
+    check_placeholders(&described.defaults, &auth.url_inputs)?;
     let mut plugin = Plugin {
         manifest,
-        defaults,
+        defaults: described.defaults,
         oauth_style: crate::oauth::RequestStyle::default(),
-        entries: Vec::new(),
+        entries: described.entries,
+        refresh_url,
+        static_credential,
+        url_inputs: auth.url_inputs,
+        shaped_results: check_shaped(&described.shaped_results)?,
         sha256,
         prepared,
     };
-    plugin.entries = match runtime.call(&plugin.prepared, Call::CatalogEntries).await {
-        Ok(Reply::CatalogEntries(entries)) => {
-            check_entries(&plugin.manifest, &entries)?;
-            entries
-        }
-        Ok(_) => return Err("catalog.entries() returned the wrong reply".to_owned()),
-        Err(e) => return Err(format!("catalog.entries() failed: {e}")),
-    };
-    plugin.oauth_style = match runtime.call(&plugin.prepared, Call::OauthOptions).await {
-        Ok(Reply::OauthOptions(None)) => crate::oauth::RequestStyle::default(),
-        Ok(Reply::OauthOptions(Some(o))) => {
-            super::output::oauth_style(&plugin, &o).map_err(|e| e.to_string())?
-        }
-        Ok(_) => return Err("oauth-extras.options() returned the wrong reply".to_owned()),
-        Err(e) => return Err(format!("oauth-extras.options() failed: {e}")),
-    };
+    // Its header check names the plugin.
+    if let Some(o) = &described.oauth_options {
+        plugin.oauth_style = super::output::oauth_style(&plugin, o).map_err(|e| e.to_string())?;
+    }
     Ok(plugin)
 }
 
@@ -258,6 +289,79 @@ fn check_url(m: &Manifest, what: &str, raw: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `{name}` placeholders in the OAuth URLs: only in the authorization and token URLs,
+/// each an input declared as a URL input (`auth-extras`) with a default, so a connector
+/// made from the defaults always has whole URLs.
+fn check_placeholders(d: &types::ProviderDefaults, url_inputs: &[String]) -> Result<(), String> {
+    for name in url_inputs {
+        let declared = d
+            .inputs
+            .iter()
+            .any(|i| &i.name == name && i.default_value.is_some());
+        if !declared {
+            return Err(format!(
+                "auth-extras url-inputs names \"{}\", which is not an input with a default",
+                super::output::clip(name)
+            ));
+        }
+    }
+    let Some(o) = &d.oauth else {
+        return Ok(());
+    };
+    let none: &[String] = &[];
+    for (field, url, allowed) in [
+        ("authorization-url", Some(&o.authorization_url), url_inputs),
+        ("token-url", Some(&o.token_url), url_inputs),
+        // Used at disconnect, with no connector variables at hand.
+        ("revocation-url", o.revocation_url.as_ref(), none),
+    ] {
+        let Some(url) = url else { continue };
+        let rest = allowed
+            .iter()
+            .fold(url.clone(), |u, n| u.replace(&format!("{{{n}}}"), ""));
+        if rest.contains(['{', '}']) {
+            let why = if field == "revocation-url" {
+                " (the revocation URL takes none)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "defaults().oauth.{field} \"{}\" has a placeholder that is not one of auth-extras url-inputs{why}",
+                super::output::clip(url)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Most tools whose answers one plugin reshapes.
+const MAX_SHAPED_RESULTS: usize = 64;
+
+/// `tool-results.shaped()`: tool names (the part after `<connector>_`), bounded.
+fn check_shaped(names: &[String]) -> Result<std::collections::BTreeSet<String>, String> {
+    if names.len() > MAX_SHAPED_RESULTS {
+        return Err(format!(
+            "tool-results.shaped() lists {} tools; at most {MAX_SHAPED_RESULTS}",
+            names.len()
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            ok.then(|| n.clone()).ok_or_else(|| {
+                format!(
+                    "tool-results.shaped(): \"{}\" is not a tool name",
+                    super::output::clip(n)
+                )
+            })
+        })
+        .collect()
 }
 
 /// Most picker entries one plugin may list, and most scopes per entry.
@@ -389,6 +493,74 @@ mod tests {
             api_url: url.to_owned(),
             scopes: vec!["mail.read".to_owned()],
         }
+    }
+
+    #[test]
+    fn shaped_tool_names_are_names_and_bounded() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            check_shaped(&names(&["get_meeting", "list-x"])).map(|s| s.len()),
+            Ok(2)
+        );
+        for bad in [vec![""], vec!["a b"], vec!["x/../y"]] {
+            let got = check_shaped(&names(&bad));
+            assert!(
+                got.is_err_and(|e| e.contains("is not a tool name")),
+                "{bad:?}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_SHAPED_RESULTS).map(|i| format!("t{i}")).collect();
+        assert!(check_shaped(&many).is_err_and(|e| e.contains("at most")));
+    }
+
+    /// `{name}` in the OAuth URLs only for declared URL inputs with a default, and never
+    /// in the revocation URL.
+    #[test]
+    fn oauth_url_placeholders_must_be_declared_url_inputs() {
+        let mut d = types::ProviderDefaults {
+            id: "acme".into(),
+            display_name: "Acme".into(),
+            description: String::new(),
+            docs_url: None,
+            api_url: "https://api.acme.example".into(),
+            mcp_url: None,
+            oauth: Some(types::OauthDefaults {
+                authorization_url: "https://api.acme.example/{tenant}/authorize".into(),
+                token_url: "https://api.acme.example/{tenant}/token".into(),
+                revocation_url: None,
+                scopes: vec![],
+                scope_separator: " ".into(),
+                auth_params: vec![],
+                user_scope_param: None,
+                pkce: types::PkcePolicy::Supported,
+                client_auth: types::ClientAuth::Basic,
+                grants: vec![],
+                refresh: types::RefreshPolicy {
+                    rotates_refresh_token: false,
+                    keeps_refresh_token: false,
+                },
+                dynamic_registration: false,
+            }),
+            inputs: vec![types::Input {
+                name: "tenant".into(),
+                description: String::new(),
+                default_value: Some("common".into()),
+            }],
+            hooks: vec![],
+            classify_body_bytes: 0,
+            classify_statuses: vec![],
+        };
+        let tenant = vec!["tenant".to_owned()];
+        assert_eq!(check_placeholders(&d, &tenant), Ok(()));
+        let undeclared = check_placeholders(&d, &[]);
+        assert!(undeclared.is_err_and(|e| e.contains("not one of auth-extras url-inputs")));
+        let unknown = check_placeholders(&d, &["region".to_owned()]);
+        assert!(unknown.is_err_and(|e| e.contains("not an input with a default")));
+        if let Some(o) = d.oauth.as_mut() {
+            o.revocation_url = Some("https://api.acme.example/{tenant}/revoke".into());
+        }
+        let revocation = check_placeholders(&d, &tenant);
+        assert!(revocation.is_err_and(|e| e.contains("revocation URL takes none")));
     }
 
     #[test]

@@ -39,6 +39,7 @@ wasmtime::component::bindgen!({
 pub use self::portcullis::provider::types;
 pub use exports::portcullis::provider::plugin::Guest;
 pub use since_0_1_1::exports::portcullis::provider::{catalog, oauth_extras};
+pub use since_0_1_2::exports::portcullis::provider::auth_extras;
 
 /// Interfaces added in 0.1.1 (`oauth-extras`, `catalog`), which a plugin built against
 /// 0.1.0 does not export: probed for at load ([`Runtime::prepare`]) and called only
@@ -52,10 +53,28 @@ mod since_0_1_1 {
     });
 }
 
+/// The interfaces added in 0.1.2 (`auth-extras`, `tool-results`), probed for like
+/// [`since_0_1_1`].
+mod since_0_1_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "since-0-1-2",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        // `tool-results` takes the shared types: the base world's, not copies.
+        with: { "portcullis:provider/types": super::portcullis::provider::types },
+    });
+}
+
 /// The interfaces 0.1.1 added (see [`since_0_1_1`]); a 0.1.1 plugin exports both.
 const SINCE_0_1_1_INTERFACES: [&str; 2] = [
     "portcullis:provider/oauth-extras",
     "portcullis:provider/catalog",
+];
+/// The interfaces 0.1.2 added (see [`since_0_1_2`]); a 0.1.2 plugin exports both.
+const SINCE_0_1_2_INTERFACES: [&str; 2] = [
+    "portcullis:provider/auth-extras",
+    "portcullis:provider/tool-results",
 ];
 
 /// The WIT package and interface every plugin must export, and the versions this host
@@ -239,6 +258,8 @@ pub struct Prepared {
     pre: ProviderBasePre<State>,
     /// The 0.1.1 interfaces, when the plugin exports them.
     since_0_1_1: Option<since_0_1_1::Since011Pre<State>>,
+    /// The 0.1.2 interface, when the plugin exports it.
+    since_0_1_2: Option<since_0_1_2::Since012Pre<State>>,
     id: Arc<str>,
     limits: Limits,
 }
@@ -256,48 +277,60 @@ impl Prepared {
 /// One call into a plugin.
 #[derive(Debug)]
 pub enum Call {
-    Defaults,
-    /// `oauth-extras.options`; `None` from a plugin without the interface.
-    OauthOptions,
-    /// `catalog.entries`; empty from a plugin without the interface.
-    CatalogEntries,
+    /// Everything a plugin says about itself at load: [`Description`].
+    Describe,
     ShapeRequest(types::Context, types::OutgoingRequest),
     ReadTokenResponse(types::Context, u16, String),
     Discover(types::Context, String, Option<types::Response>),
     ClassifyResponse(types::Context, u16, Vec<types::Header>, Vec<u8>),
     ListTools(types::Context),
     BuildToolCall(types::Context, String, String),
+    /// `tool-results.shape-result` (0.1.2): context, tool, status, body.
+    ShapeResult(types::Context, String, u16, Vec<u8>),
 }
 
 impl Call {
     /// The hook's WIT name, for logs and metrics.
     pub fn hook(&self) -> &'static str {
         match self {
-            Self::Defaults => "defaults",
-            Self::OauthOptions => "oauth-extras.options",
-            Self::CatalogEntries => "catalog.entries",
+            Self::Describe => "describe",
             Self::ShapeRequest(..) => "shape-request",
             Self::ReadTokenResponse(..) => "read-token-response",
             Self::Discover(..) => "discover",
             Self::ClassifyResponse(..) => "classify-response",
             Self::ListTools(..) => "list-tools",
             Self::BuildToolCall(..) => "build-tool-call",
+            Self::ShapeResult(..) => "shape-result",
         }
     }
+}
+
+/// What a plugin says about itself at load: `defaults()` and what each interface added
+/// since 0.1.0 answers, when the plugin exports it.
+#[derive(Debug)]
+pub struct Description {
+    pub defaults: types::ProviderDefaults,
+    /// `oauth-extras.options()` (0.1.1).
+    pub oauth_options: Option<oauth_extras::OauthOptions>,
+    /// `catalog.entries()` (0.1.1); empty before.
+    pub entries: Vec<catalog::Entry>,
+    /// `auth-extras.options()` (0.1.2).
+    pub auth_options: Option<auth_extras::AuthOptions>,
+    /// `tool-results.shaped()` (0.1.2); empty before.
+    pub shaped_results: Vec<String>,
 }
 
 /// What the call returned (one variant per [`Call`]).
 #[derive(Debug)]
 pub enum Reply {
-    Defaults(Box<types::ProviderDefaults>),
-    OauthOptions(Option<oauth_extras::OauthOptions>),
-    CatalogEntries(Vec<catalog::Entry>),
+    Describe(Box<Description>),
     ShapeRequest(Result<types::ShapedRequest, types::PluginError>),
     ReadTokenResponse(Result<types::TokenInfo, types::TokenError>),
     Discover(types::Discovery),
     ClassifyResponse(types::Classification),
     ListTools(Vec<types::Tool>),
     BuildToolCall(Result<types::ToolRequest, types::PluginError>),
+    ShapeResult(Result<String, types::PluginError>),
 }
 
 /// The engine, linker and call slots; shared by every plugin.
@@ -381,29 +414,19 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let exported =
-            SINCE_0_1_1_INTERFACES.map(|i| exports_interface(&self.engine, &component, i));
-        let since_0_1_1 = match exported {
-            [false, false] => None,
-            [true, true] => Some(
-                since_0_1_1::Since011Pre::new(pre.clone())
-                    .map_err(|e| PrepareError::Link(format!("{e:#}")))?,
-            ),
-            _ => {
-                let (has, lacks) = if exported[0] {
-                    (SINCE_0_1_1_INTERFACES[0], SINCE_0_1_1_INTERFACES[1])
-                } else {
-                    (SINCE_0_1_1_INTERFACES[1], SINCE_0_1_1_INTERFACES[0])
-                };
-                return Err(PrepareError::Link(format!(
-                    "exports {has} but not {lacks}; both came with WIT 0.1.1: rebuild the plugin with a matching portcullis-sdk"
-                )));
-            }
-        };
+        let since_0_1_1 = probe(&self.engine, &component, SINCE_0_1_1_INTERFACES, "0.1.1")?
+            .then(|| since_0_1_1::Since011Pre::new(pre.clone()))
+            .transpose()
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let since_0_1_2 = probe(&self.engine, &component, SINCE_0_1_2_INTERFACES, "0.1.2")?
+            .then(|| since_0_1_2::Since012Pre::new(pre.clone()))
+            .transpose()
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let pre = ProviderBasePre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         Ok(Prepared {
             pre,
             since_0_1_1,
+            since_0_1_2,
             id: Arc::from(id),
             limits,
         })
@@ -457,15 +480,25 @@ impl Runtime {
 
     /// Runs one call in a fresh store with the plugin's memory cap and deadline.
     pub async fn call(&self, p: &Prepared, call: Call) -> Result<Reply, CallError> {
-        let _permit = match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                return Err(CallError::Busy {
-                    plugin: p.id.clone(),
-                    slots: self.sizing.slots,
-                });
+        // One permit per instance the call makes, so the pool always has their slots
+        // (without a pool, where there may be fewer permits, one each is enough).
+        let instances = match call {
+            Call::Describe => {
+                1 + u32::from(p.since_0_1_1.is_some()) + u32::from(p.since_0_1_2.is_some())
             }
-        };
+            _ => 1,
+        }
+        .min(self.sizing.slots);
+        let _permit =
+            match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire_many(instances)).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    return Err(CallError::Busy {
+                        plugin: p.id.clone(),
+                        slots: self.sizing.slots,
+                    });
+                }
+            };
         let budget = Duration::from_millis(u64::from(p.limits.timeout_ms));
         let stderr = MemoryOutputPipe::new(STDERR_BYTES);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
@@ -508,37 +541,24 @@ impl Runtime {
 }
 
 async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Result<Reply> {
-    // The 0.1.1 interfaces get an instance of their own binding, not a second one.
-    match call {
-        Call::OauthOptions => {
-            return Ok(Reply::OauthOptions(match since_0_1_1(p, store).await? {
-                Some(i) => Some(
-                    i.portcullis_provider_oauth_extras()
-                        .call_options(&mut *store)
-                        .await?,
-                ),
-                None => None,
-            }));
-        }
-        Call::CatalogEntries => {
-            return Ok(Reply::CatalogEntries(match since_0_1_1(p, store).await? {
-                Some(i) => {
-                    i.portcullis_provider_catalog()
-                        .call_entries(&mut *store)
-                        .await?
-                }
-                None => Vec::new(),
-            }));
-        }
-        _ => {}
+    // A 0.1.2 hook needs only that interface's instance.
+    if let Call::ShapeResult(ctx, name, status, body) = &call {
+        let Some(pre) = &p.since_0_1_2 else {
+            return Err(wasmtime::format_err!(
+                "the plugin does not export tool-results (WIT 0.1.2)"
+            ));
+        };
+        let i = pre.instantiate_async(&mut *store).await?;
+        return Ok(Reply::ShapeResult(
+            i.portcullis_provider_tool_results()
+                .call_shape_result(&mut *store, ctx, name, *status, body)
+                .await?,
+        ));
     }
     let instance = p.pre.instantiate_async(&mut *store).await?;
     let g = instance.portcullis_provider_plugin();
     Ok(match call {
-        Call::Defaults => Reply::Defaults(Box::new(g.call_defaults(&mut *store).await?)),
-        Call::OauthOptions | Call::CatalogEntries => {
-            return Err(wasmtime::format_err!("{} is answered above", call.hook()));
-        }
+        Call::Describe => Reply::Describe(Box::new(describe(p, store, g).await?)),
         Call::ShapeRequest(ctx, req) => {
             Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
         }
@@ -559,17 +579,78 @@ async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Re
             g.call_build_tool_call(&mut *store, &ctx, &name, &args)
                 .await?,
         ),
+        Call::ShapeResult(..) => return Err(wasmtime::format_err!("answered above")),
     })
 }
 
-/// An instance of the 0.1.1 interfaces, when the plugin exports them.
-async fn since_0_1_1(
+/// `defaults()` and the later interfaces' load-time answers. Each later interface gets an
+/// instance of its own binding (they are separate worlds); all share the call's store.
+async fn describe(
     p: &Prepared,
     store: &mut Store<State>,
-) -> wasmtime::Result<Option<since_0_1_1::Since011>> {
-    match &p.since_0_1_1 {
-        Some(pre) => Ok(Some(pre.instantiate_async(&mut *store).await?)),
-        None => Ok(None),
+    g: &exports::portcullis::provider::plugin::Guest,
+) -> wasmtime::Result<Description> {
+    let defaults = g.call_defaults(&mut *store).await?;
+    let (oauth_options, entries) = match &p.since_0_1_1 {
+        Some(pre) => {
+            let i = pre.instantiate_async(&mut *store).await?;
+            let options = i
+                .portcullis_provider_oauth_extras()
+                .call_options(&mut *store)
+                .await?;
+            let entries = i
+                .portcullis_provider_catalog()
+                .call_entries(&mut *store)
+                .await?;
+            (Some(options), entries)
+        }
+        None => (None, Vec::new()),
+    };
+    let (auth_options, shaped_results) = match &p.since_0_1_2 {
+        Some(pre) => {
+            let i = pre.instantiate_async(&mut *store).await?;
+            let options = i
+                .portcullis_provider_auth_extras()
+                .call_options(&mut *store)
+                .await?;
+            let shaped = i
+                .portcullis_provider_tool_results()
+                .call_shaped(&mut *store)
+                .await?;
+            (Some(options), shaped)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(Description {
+        defaults,
+        oauth_options,
+        entries,
+        auth_options,
+        shaped_results,
+    })
+}
+
+/// Whether `component` exports the interfaces one version added: all of them, or none
+/// (a plugin built before it); some but not all is a build against a mismatched SDK.
+fn probe(
+    engine: &Engine,
+    component: &Component,
+    interfaces: [&str; 2],
+    version: &str,
+) -> Result<bool, PrepareError> {
+    match interfaces.map(|i| exports_interface(engine, component, i)) {
+        [false, false] => Ok(false),
+        [true, true] => Ok(true),
+        [has_first, _] => {
+            let (has, lacks) = if has_first {
+                (interfaces[0], interfaces[1])
+            } else {
+                (interfaces[1], interfaces[0])
+            };
+            Err(PrepareError::Link(format!(
+                "exports {has} but not {lacks}; both came with WIT {version}: rebuild the plugin with a matching portcullis-sdk"
+            )))
+        }
     }
 }
 

@@ -167,14 +167,7 @@ impl Provider for Asana {
     }
 }
 
-/// An Asana gid: digits, so it stays one path segment or query value.
-fn gid<'a>(args: &'a Args, key: &str) -> Result<&'a str, PluginError> {
-    let v = args.require_str(key)?;
-    if !v.is_empty() && v.len() <= 30 && v.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(v)
-    } else {
-        Err(PluginError::InvalidInput(format!(
-            "\"{key}\" must be an Asana gid (digits), not \"{v}\""
-        )))
-    }
+/// An Asana gid, as a path segment or query value.
+fn gid(args: &Args, key: &str) -> Result<String, PluginError> {
+    args.digits(key, "an Asana gid")
 }

@@ -196,14 +196,7 @@ impl Provider for HubSpot {
     }
 }
 
-/// A CRM object id: digits, so it stays one path segment.
-fn object_id<'a>(args: &'a Args, key: &str) -> Result<&'a str, PluginError> {
-    let v = args.require_str(key)?;
-    if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(v)
-    } else {
-        Err(PluginError::InvalidInput(format!(
-            "\"{key}\" must be a HubSpot object id (digits), not \"{v}\""
-        )))
-    }
+/// A CRM object id, as a path segment.
+fn object_id(args: &Args, key: &str) -> Result<String, PluginError> {
+    args.digits(key, "a HubSpot object id")
 }

@@ -6,8 +6,10 @@
 //! - Authorization at `login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize` and
 //!   `.../token`; `{tenant}` is `common` (work, school and personal accounts),
 //!   `organizations`, `consumers`, or a tenant id or domain. A single-tenant app
-//!   registered after 2018-10-15 cannot use `common` (`AADSTS50194`): its operator puts
-//!   the tenant in both URLs. A refresh must go to the tenant the grant came from.
+//!   registered after 2018-10-15 cannot use `common` (`AADSTS50194`), and guests must
+//!   sign in at the resource tenant: the `tenant` input (default `common`) fills both
+//!   URLs when a connector is made (WIT `auth-extras` url-inputs). A refresh must go to
+//!   the tenant the grant came from, which the saved URLs ensure.
 //! - Scopes are space-separated Graph permissions (`Mail.Read`); `offline_access` is
 //!   what yields a refresh token. PKCE (S256) is accepted; the client secret goes in the
 //!   body. A refresh returns a new refresh token that replaces the old (90-day sliding
@@ -31,7 +33,7 @@ const BASE_SCOPES: [&str; 2] = ["offline_access", "User.Read"];
 #[portcullis_sdk::provider]
 impl Provider for Microsoft {
     fn defaults() -> Defaults {
-        let login = "https://login.microsoftonline.com/common/oauth2/v2.0";
+        let login = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0";
         let scopes = |more: &[&str]| -> Vec<String> {
             BASE_SCOPES
                 .iter()
@@ -55,6 +57,14 @@ impl Provider for Microsoft {
         Defaults::new(graph)
             .docs_url("https://learn.microsoft.com/en-us/graph/overview")
             .oauth(oauth)
+            .input(
+                Input::new(
+                    "tenant",
+                    "Where users sign in: common (work, school and personal accounts), organizations, consumers, or your tenant id or domain (required for a single-tenant app).",
+                )
+                .default_value("common"),
+            )
+            .oauth_url_input("tenant")
             .entry(
                 Entry::new(
                     "outlook",
@@ -106,7 +116,7 @@ impl Provider for Microsoft {
                 .and_then(|d| d.lines().next());
             if codes.contains(&50194) {
                 return Err(TokenError::Provider(
-                    "Microsoft: this app is single-tenant (AADSTS50194): put the tenant id in the connector's authorization_url and token_url instead of \"common\"".to_owned(),
+                    "Microsoft: this app is single-tenant (AADSTS50194): make the connector with provider_vars.tenant set to its tenant id or domain (or put it in the connector's authorization_url and token_url instead of \"common\")".to_owned(),
                 ));
             }
             let dead = matches!(

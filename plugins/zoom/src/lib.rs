@@ -15,7 +15,9 @@
 //!   which the host cannot use as a delay, so none is passed on).
 //! - Token errors look like `{"reason": "Invalid Token!", "error": "invalid_grant"}`.
 //! - A meeting's `start_url` carries a host credential (ZAK); `list_meetings` does not
-//!   return it, `get_meeting` and `create_meeting` do (as the API does for the same call).
+//!   return it, `get_meeting` and `create_meeting` do. Their answers go through
+//!   `shape_tool_result` (WIT `tool-results`), which removes it, so a model never holds
+//!   a link that starts the meeting as its host; `join_url` stays.
 
 use portcullis_sdk::prelude::*;
 use serde_json::{Value, json};
@@ -143,6 +145,23 @@ impl Provider for Zoom {
         ]
     }
 
+    const SHAPED_TOOL_RESULTS: &'static [&'static str] = &["get_meeting", "create_meeting"];
+
+    fn shape_tool_result(
+        _ctx: &Context,
+        _name: &str,
+        _status: u16,
+        body: &[u8],
+    ) -> Result<String, PluginError> {
+        let Ok(mut meeting) = serde_json::from_slice::<Value>(body) else {
+            return Ok(String::from_utf8_lossy(body).into_owned());
+        };
+        if let Some(m) = meeting.as_object_mut() {
+            m.remove("start_url");
+        }
+        Ok(meeting.to_string())
+    }
+
     fn build_tool_call(
         _ctx: &Context,
         name: &str,
@@ -182,21 +201,7 @@ impl Provider for Zoom {
     }
 }
 
-/// A meeting number: digits only, so it stays one path segment.
+/// A meeting number, the path segment of the meeting tools.
 fn meeting_id(args: &Args) -> Result<String, PluginError> {
-    let id = match args.get("meeting_id") {
-        Some(Value::String(s)) => s.trim().to_owned(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => {
-            return Err(PluginError::InvalidInput(
-                "\"meeting_id\" is required".to_owned(),
-            ));
-        }
-    };
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(PluginError::InvalidInput(format!(
-            "\"meeting_id\" must be the meeting's number (digits only), not \"{id}\""
-        )));
-    }
-    Ok(id)
+    args.digits("meeting_id", "the meeting's number")
 }

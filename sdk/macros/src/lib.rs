@@ -19,6 +19,8 @@ use syn::{ImplItem, ItemImpl, parse_quote};
 /// The trait constant the attribute writes: the identity and the derived hook list.
 /// Required by the trait, so an impl without the attribute does not compile.
 const DERIVED_CONST: &str = "FROM_PROVIDER_ATTRIBUTE";
+/// The list of tools whose answers `shape_tool_result` reshapes.
+const SHAPED_CONST: &str = "SHAPED_TOOL_RESULTS";
 
 /// Each hook method of `Provider`, and the WIT hook it makes active.
 const HOOK_METHODS: &[(&str, &str)] = &[
@@ -117,6 +119,7 @@ fn hooks(block: &ItemImpl) -> syn::Result<Vec<&'static str>> {
     for item in &block.items {
         match item {
             ImplItem::Fn(f) => defined.push(f.sig.ident.to_string()),
+            ImplItem::Const(c) if c.ident == SHAPED_CONST => defined.push(SHAPED_CONST.to_owned()),
             ImplItem::Const(c) if c.ident == DERIVED_CONST => {
                 return Err(syn::Error::new(
                     c.ident.span(),
@@ -133,16 +136,19 @@ fn hooks(block: &ItemImpl) -> syn::Result<Vec<&'static str>> {
         }
     }
     let has = |name: &str| defined.iter().any(|d| d == name);
-    for (one, other) in [
-        ("list_tools", "build_tool_call"),
-        ("build_tool_call", "list_tools"),
+    const TOOLS: &str = "tools need both (list them, and turn a call into a request)";
+    const RESULTS: &str =
+        "reshaped answers need both (which tools, and how their answers are reshaped)";
+    for (one, other, why) in [
+        ("list_tools", "build_tool_call", TOOLS),
+        ("build_tool_call", "list_tools", TOOLS),
+        ("shape_tool_result", SHAPED_CONST, RESULTS),
+        (SHAPED_CONST, "shape_tool_result", RESULTS),
     ] {
         if has(one) && !has(other) {
             return Err(syn::Error::new(
                 block.self_ty.span(),
-                format!(
-                    "this provider implements `{one}` but not `{other}`; tools need both (list them, and turn a call into a request)"
-                ),
+                format!("this provider implements `{one}` but not `{other}`; {why}"),
             ));
         }
     }
@@ -242,6 +248,21 @@ mod tests {
         assert!(hooks_of(listed).is_err_and(|e| e.contains("writes this constant")));
         let hidden: ItemImpl = parse_quote! { impl Provider for P { make_hooks!(); } };
         assert!(hooks_of(hidden).is_err_and(|e| e.contains("macro")));
+        let unlisted: ItemImpl = parse_quote! {
+            impl Provider for P { fn shape_tool_result(c: &Context, n: &str, s: u16, b: &[u8]) -> R { todo!() } }
+        };
+        assert!(hooks_of(unlisted).is_err_and(|e| e.contains("not `SHAPED_TOOL_RESULTS`")));
+        let unshaped: ItemImpl = parse_quote! {
+            impl Provider for P { const SHAPED_TOOL_RESULTS: &'static [&'static str] = &["get"]; }
+        };
+        assert!(hooks_of(unshaped).is_err_and(|e| e.contains("not `shape_tool_result`")));
+        let both: ItemImpl = parse_quote! {
+            impl Provider for P {
+                const SHAPED_TOOL_RESULTS: &'static [&'static str] = &["get"];
+                fn shape_tool_result(c: &Context, n: &str, s: u16, b: &[u8]) -> R { todo!() }
+            }
+        };
+        assert_eq!(hooks_of(both), Ok(vec![]));
     }
 
     #[test]

@@ -133,7 +133,7 @@ try {
   const devTools = page.getByRole('list', { name: 'Developer tools' });
   check(await devTools.locator('button[data-provider="github"]').isVisible(), 'GitHub is under Developer tools');
   const projects = await page.getByRole('list', { name: 'Project management' }).locator('button').evaluateAll((bs) => bs.map((b) => b.dataset.provider));
-  check(JSON.stringify(projects) === JSON.stringify(['asana', 'atlassian', 'linear']), `Project management lists Asana, Atlassian and Linear: ${projects}`);
+  check(JSON.stringify(projects) === JSON.stringify(['asana', 'atlassian', 'linear', 'trello']), `Project management lists Asana, Atlassian, Linear and Trello: ${projects}`);
   check(await page.locator('button[data-provider="github"] .initials').innerText() === 'GH', 'GitHub shows GH');
   check(await page.locator('button[data-provider="google"] .initials').innerText() === 'GW', 'Google Workspace shows GW');
   // Google's products are entries of their own, next to the whole of Google Workspace.
@@ -235,6 +235,31 @@ try {
   }, 'the connector names the new secret');
   await reshown(before);
   check(!(await page.content()).includes('sf-rotated-0123456789'), 'the new secret is not left in the page');
+
+  step = 'a provider token of its own (Discord bot)';
+  await page.goto(`${BASE}/ui/#/settings/connectors/new/discord`);
+  const ownHint = page.getByTestId('static-auth-hint');
+  await ownHint.waitFor();
+  check((await ownHint.innerText()).includes('Discord also takes a token'), `the form says Discord takes a token of its own: ${await ownHint.innerText()}`);
+  await page.locator('select[data-field="auth.type"]').selectOption('bearer_token');
+  const scheme = page.locator('input[data-field="auth.scheme"]');
+  await scheme.waitFor();
+  check(await scheme.inputValue() === 'Bot', 'choosing a token pre-fills Discord\'s Bot scheme');
+  check(!(await ownHint.isVisible()), 'the hint goes once the token is chosen');
+  await page.waitForFunction(() => (document.querySelector('[data-testid=preview]')?.textContent || '').includes('"scheme": "Bot"'));
+
+  step = 'a tenant fills the sign-in URLs (Microsoft)';
+  await page.goto(`${BASE}/ui/#/settings/connectors/new/microsoft`);
+  const authUrl = page.locator('input[data-field="auth.authorization_url"]');
+  await authUrl.waitFor();
+  check(await authUrl.inputValue() === 'https://login.microsoftonline.com/common/oauth2/v2.0/authorize', `the tenant defaults to common: ${await authUrl.inputValue()}`);
+  await page.locator('input[data-field="provider_vars.tenant"]').fill('contoso.onmicrosoft.com');
+  check(await authUrl.inputValue() === 'https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize', `the tenant fills the authorization URL: ${await authUrl.inputValue()}`);
+  check((await page.locator('input[data-field="auth.token_url"]').inputValue()).includes('/contoso.onmicrosoft.com/oauth2/v2.0/token'), 'and the token URL');
+  await page.waitForFunction(() => (document.querySelector('[data-testid=preview]')?.textContent || '').includes('contoso.onmicrosoft.com/oauth2/v2.0/token'));
+  // Leave the unsaved form (the page's handler answers "lose your changes?" with yes).
+  await page.goto(`${BASE}/ui/#/settings/connectors`);
+  await page.getByRole('link', { name: 'Add connector' }).waitFor();
 
   step = 'secrets';
   await page.getByRole('link', { name: 'Secrets' }).click();

@@ -60,10 +60,10 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         "| Provider | concurrency | calls/s | p50 µs | p99 µs | mean µs |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    for id in crate::plugins::PROVIDERS {
+    for id in crate::plugins::providers(root)? {
         let out = Command::new(&bin)
             .current_dir(root)
-            .args(["registry", id, &args.calls.to_string(), "1", "64"])
+            .args(["registry", &id, &args.calls.to_string(), "1", "64"])
             .output()
             .with_context(|| format!("running {}", bin.display()))?;
         if !out.status.success() {
