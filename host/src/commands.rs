@@ -230,8 +230,37 @@ pub struct AddConnector {
     pub id: Option<String>,
     pub protocol: Option<Protocol>,
     pub client_id: Option<String>,
-    /// Read the client secret (or, for a provider without OAuth, the token) from stdin.
-    pub secret_from_stdin: bool,
+    /// What standard input holds, if anything.
+    pub stdin: Option<StdinSecret>,
+    /// `--provider-var NAME=VALUE`, in order given.
+    pub provider_vars: Vec<(String, String)>,
+    /// Replaces the provider's default scopes.
+    pub scopes: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+/// The secret `connector add` reads from standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinSecret {
+    /// The OAuth application's client secret; for a provider without OAuth, its token.
+    ClientSecret,
+    /// A token sent the provider's own way instead of OAuth (a Discord bot token).
+    Token,
+}
+
+/// `message`, which names the admin API's fields, with the options that set them here.
+fn in_cli_terms(message: &str) -> String {
+    [
+        ("`secret`", "--token-stdin"),
+        ("`client_id`", "--client-id"),
+        ("`client_secret`", "--client-secret-stdin"),
+        ("`scopes`", "--scope"),
+        ("provider_vars.", "--provider-var "),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (field, option)| {
+        m.replace(field, option)
+    })
 }
 
 /// `portcullis connector add --provider P`: the provider's template, with the client ID
@@ -244,7 +273,7 @@ pub async fn connector_add(req: AddConnector, place: &Place) -> anyhow::Result<(
         bail!("no provider registry");
     };
     let template = configure::template(&plugins, &req.provider).map_err(anyhow::Error::msg)?;
-    let secret = if req.secret_from_stdin {
+    let secret = if req.stdin.is_some() {
         let mut raw = Zeroizing::new(String::new());
         std::io::stdin()
             .lock()
@@ -254,19 +283,29 @@ pub async fn connector_add(req: AddConnector, place: &Place) -> anyhow::Result<(
     } else {
         None
     };
-    let oauth = template.oauth.is_some();
+    let mut provider_vars = std::collections::BTreeMap::new();
+    for (name, value) in req.provider_vars {
+        if provider_vars.insert(name.clone(), value).is_some() {
+            bail!("--provider-var {name} is given twice; give each provider input once");
+        }
+    }
+    // `--client-secret-stdin` is the token for a provider without OAuth.
+    let token = req.stdin == Some(StdinSecret::Token) || template.oauth.is_none();
     let from = FromTemplate {
         provider: req.provider.clone(),
         id: req.id,
         protocol: req.protocol,
         client_id: req.client_id,
-        client_secret: secret.clone().filter(|_| oauth),
-        secret: secret.filter(|_| !oauth),
-        scopes: None,
-        provider_vars: Default::default(),
-        description: None,
+        client_secret: secret.clone().filter(|_| !token),
+        secret: secret.filter(|_| token),
+        scopes: req.scopes,
+        provider_vars,
+        description: req.description,
     };
-    let (id, server) = template.fill(&from).map_err(anyhow::Error::msg)?;
+    let (id, server) = template
+        .fill(&from)
+        .map_err(|e| anyhow::anyhow!("{}", in_cli_terms(&e.to_string())))?;
+    let oauth = server["auth"]["type"] == "oauth2_authorization_code";
     let vault = place.vault(&current.text)?;
     let env = HostSurroundings {
         vault: VaultView::Open(&vault),
@@ -287,7 +326,7 @@ pub async fn connector_add(req: AddConnector, place: &Place) -> anyhow::Result<(
                 if oauth {
                     " (give --client-id, and --client-secret-stdin unless the OAuth app uses PKCE only)"
                 } else {
-                    " (give the token with --client-secret-stdin)"
+                    " (give the token on standard input with --token-stdin)"
                 }
             );
         }

@@ -136,8 +136,23 @@ enum ConnectorAction {
         client_id: Option<String>,
         /// Read the client secret (or a token, for a provider without OAuth) from
         /// standard input; it goes into the vault.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "token_stdin")]
         client_secret_stdin: bool,
+        /// Read a token from standard input and send it the provider's own way instead
+        /// of signing users in with OAuth (a Discord bot token, a Figma personal access
+        /// token); it goes into the vault.
+        #[arg(long, conflicts_with = "client_id")]
+        token_stdin: bool,
+        /// A provider input as NAME=VALUE, e.g. `--provider-var tenant=contoso.onmicrosoft.com`
+        /// for Microsoft (`GET /api/registry` lists each provider's `inputs`); repeatable.
+        #[arg(long = "provider-var", value_name = "NAME=VALUE", value_parser = provider_var)]
+        provider_vars: Vec<(String, String)>,
+        /// An OAuth scope, replacing the provider's default scopes; repeatable.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The connector's description (default: the provider's).
+        #[arg(long)]
+        description: Option<String>,
     },
 }
 
@@ -213,6 +228,10 @@ fn main() -> ExitCode {
                 protocol,
                 client_id,
                 client_secret_stdin,
+                token_stdin,
+                provider_vars,
+                scopes,
+                description,
             } = action;
             let req = commands::AddConnector {
                 provider,
@@ -225,7 +244,14 @@ fn main() -> ExitCode {
                     }
                 }),
                 client_id,
-                secret_from_stdin: client_secret_stdin,
+                stdin: if token_stdin {
+                    Some(commands::StdinSecret::Token)
+                } else {
+                    client_secret_stdin.then_some(commands::StdinSecret::ClientSecret)
+                },
+                provider_vars,
+                scopes: (!scopes.is_empty()).then_some(scopes),
+                description,
             };
             run(async move { commands::connector_add(req, &place).await.map(|()| true) })
         }
@@ -248,6 +274,16 @@ fn main() -> ExitCode {
             };
             run(async move { app::serve(opts).await.map(|()| true) })
         }
+    }
+}
+
+/// `NAME=VALUE` of `--provider-var`.
+fn provider_var(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "expected NAME=VALUE, e.g. tenant=contoso.onmicrosoft.com, not {arg:?}"
+        )),
     }
 }
 

@@ -396,6 +396,117 @@ async fn the_cli_manages_secrets_and_adds_connectors_from_templates_into_the_sav
     }
 }
 
+/// `connector add` makes every kind of connector a template offers: a provider's own
+/// static credential instead of OAuth (a Discord bot token), provider inputs that fill
+/// the sign-in URLs (Microsoft's tenant) and scopes of the operator's choosing; what the
+/// template cannot use is refused in the command line's own terms, before anything is
+/// saved.
+#[test]
+fn the_cli_adds_static_credential_and_provider_input_connectors() {
+    let reg = portcullis_e2e::registry_copy(&["discord", "microsoft"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let add = |extra: &[&str], stdin: &str| {
+        let mut args = vec!["connector", "add", "--registry"];
+        args.push(reg.path().to_str().expect("utf8"));
+        args.extend(extra);
+        cli(&args, &data, stdin)
+    };
+    let saved = || std::fs::read_to_string(data.join("portcullis.hujson")).unwrap_or_default();
+
+    // Refused before anything is written.
+    for (extra, stdin, says) in [
+        (
+            &["--provider", "discord", "--client-id", "c", "--token-stdin"][..],
+            "t\n",
+            "cannot be used with",
+        ),
+        (
+            &["--provider", "microsoft", "--token-stdin"][..],
+            "t\n",
+            "OAuth only: give --client-id",
+        ),
+        (
+            &["--provider", "discord", "--token-stdin", "--scope", "bot"][..],
+            "t\n",
+            "takes no --scope",
+        ),
+        (
+            &[
+                "--provider",
+                "microsoft",
+                "--client-id",
+                "c",
+                "--provider-var",
+                "tenant=a/b",
+            ][..],
+            "",
+            "--provider-var tenant \"a/b\" goes into",
+        ),
+        (
+            &[
+                "--provider",
+                "microsoft",
+                "--client-id",
+                "c",
+                "--provider-var",
+                "tenant",
+            ][..],
+            "",
+            "expected NAME=VALUE",
+        ),
+    ] {
+        let (ok, out) = add(extra, stdin);
+        assert!(!ok, "{extra:?}: {out}");
+        assert!(out.contains(says), "{extra:?}: {out}");
+        assert_eq!(saved(), "", "{extra:?} saved something");
+    }
+
+    let (ok, out) = add(
+        &["--provider", "discord", "--token-stdin"],
+        "bot_cli_token\n",
+    );
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("callback"),
+        "a bot token needs no redirect URI: {out}"
+    );
+    let config = saved();
+    assert!(config.contains(r#""scheme": "Bot""#), "{config}");
+    assert!(config.contains(r#""vault": "Discord_secret""#), "{config}");
+    assert!(!config.contains("bot_cli_token"), "{config}");
+
+    let (ok, out) = add(
+        &[
+            "--provider",
+            "microsoft",
+            "--client-id",
+            "app-1",
+            "--provider-var",
+            "tenant=contoso.onmicrosoft.com",
+            "--scope",
+            "offline_access",
+            "--scope",
+            "Mail.Read",
+            "--description",
+            "Contoso mail",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("/aperture/auth/Microsoft/callback"), "{out}");
+    let config = saved();
+    for line in [
+        r#""token_url": "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token""#,
+        r#""scopes": ["offline_access", "Mail.Read"]"#,
+        r#""tenant": "contoso.onmicrosoft.com""#,
+        r#""description": "Contoso mail""#,
+        r#""client_id": "app-1""#,
+    ] {
+        assert!(config.contains(line), "{line} not in\n{config}");
+    }
+}
+
 /// Turning `egress.allow_loopback` off by reload must stop traffic to a host name that
 /// resolves to loopback at once, pooled keep-alive connections included.
 #[tokio::test]

@@ -304,7 +304,7 @@ pub async fn delete_connector(
     request_body(content = Object, description = "`{\"provider\": ..., \"id\"?: ..., \"protocol\"?: ..., \"client_id\"?: ..., \"client_secret\"?: ..., \"secret\"?: ...}`: secrets move into the vault"),
     responses(
         (status = 201, description = "The connector as saved and the `redirect_uri` to register at the provider", body = Object),
-        (status = 422, description = "`unknown_provider`, `no_mcp_server` (`protocol: mcp` for a provider without one) or `invalid_config` (also a URL variable such as Microsoft's `tenant` that is not one segment)", body = ErrorBody),
+        (status = 422, description = "`unknown_provider`, `no_mcp_server` (`protocol: mcp` for a provider without one) or `invalid_config` (also a URL variable such as Microsoft's `tenant` that is not one segment, and credentials the template would drop: `secret` with an OAuth client, `secret` for an OAuth-only provider, an OAuth client or `scopes` for one without OAuth, `scopes` with a pasted token)", body = ErrorBody),
     ))]
 pub async fn add_from_template(
     State(app): State<Arc<App>>,

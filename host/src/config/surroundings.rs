@@ -67,6 +67,11 @@ pub enum FillError {
     /// A provider variable that goes into a URL is not one segment.
     #[error("{0}")]
     BadVariable(String),
+    /// Credentials of two kinds, or of a kind the provider does not sign in with (a
+    /// token for an OAuth-only provider, a client ID for one without OAuth): saving
+    /// would silently drop what the operator gave.
+    #[error("{0}")]
+    Conflicting(String),
 }
 
 impl FillError {
@@ -74,7 +79,7 @@ impl FillError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NoMcpServer(_) => "no_mcp_server",
-            Self::BadVariable(_) => "invalid_config",
+            Self::BadVariable(_) | Self::Conflicting(_) => "invalid_config",
         }
     }
 }
@@ -208,6 +213,40 @@ impl ProviderTemplate {
         }
     }
 
+    /// Whether the connector `req` asks for signs in with OAuth (else with the provider's
+    /// static credential). What does not fit the answer is refused, not dropped.
+    fn signs_in_with_oauth(&self, req: &FromTemplate) -> Result<bool, FillError> {
+        let client = req.client_id.is_some() || req.client_secret.is_some();
+        let name = &self.name;
+        if self.oauth.is_none() {
+            if client || req.scopes.is_some() {
+                return Err(FillError::Conflicting(format!(
+                    "{name} has no OAuth sign-in: give its token as `secret`, without an OAuth client or `scopes`"
+                )));
+            }
+            return Ok(false);
+        }
+        if client && req.secret.is_some() {
+            return Err(FillError::Conflicting(format!(
+                "give {name} either a token (`secret`) or an OAuth client (`client_id`, `client_secret`), not both"
+            )));
+        }
+        if req.secret.is_none() {
+            return Ok(true);
+        }
+        if self.static_credential.is_none() {
+            return Err(FillError::Conflicting(format!(
+                "{name} signs in with OAuth only: give `client_id` (and `client_secret` unless the application uses PKCE only), not `secret`"
+            )));
+        }
+        if req.scopes.is_some() {
+            return Err(FillError::Conflicting(format!(
+                "a pasted token (`secret`) takes no `scopes`: they are for {name}'s OAuth sign-in"
+            )));
+        }
+        Ok(false)
+    }
+
     /// The default a hand-written connector of this provider should have for `field` of
     /// its `auth`, as JSON to paste.
     pub(crate) fn auth_default(&self, field: &str) -> Option<Value> {
@@ -276,10 +315,7 @@ impl ProviderTemplate {
             }
         }
         let id = req.id.clone().unwrap_or_else(|| self.connector_id());
-        let oauth = self.oauth.is_some()
-            && !(self.static_credential.is_some()
-                && req.secret.is_some()
-                && req.client_id.is_none());
+        let oauth = self.signs_in_with_oauth(req)?;
         let mut vars = self.vars.clone();
         vars.extend(req.provider_vars.clone());
         let mut server = self.server(protocol, &vars, oauth);

@@ -507,7 +507,7 @@ fn a_template_with_a_static_credential_takes_a_pasted_token_the_providers_way() 
     );
     let (_, user) = from_template(
         &discord,
-        serde_json::json!({"client_id": "c", "client_secret": "s", "secret": "ignored"}),
+        serde_json::json!({"client_id": "c", "client_secret": "s"}),
     );
     assert_eq!(user["auth"]["type"], "oauth2_authorization_code");
     assert!(user["auth"].get("secret").is_none(), "{user}");
@@ -520,10 +520,7 @@ fn a_template_with_a_static_credential_takes_a_pasted_token_the_providers_way() 
         trello.connector(Protocol::Http)["auth"],
         serde_json::json!({"type": "api_key", "name": "token", "in": "query", "secret": ""})
     );
-    let (_, server) = from_template(
-        &trello,
-        serde_json::json!({"secret": "t0ken", "scopes": ["x"]}),
-    );
+    let (_, server) = from_template(&trello, serde_json::json!({"secret": "t0ken"}));
     assert_eq!(
         server["auth"],
         serde_json::json!({"type": "api_key", "name": "token", "in": "query", "secret": "t0ken"})
@@ -549,6 +546,61 @@ fn a_template_with_a_static_credential_takes_a_pasted_token_the_providers_way() 
         panic!("a bot token")
     };
     assert_eq!(b.scheme(), "Bot");
+}
+
+/// What a template cannot use is refused with what to give instead, never dropped: a
+/// token next to an OAuth client, a token for an OAuth-only provider, an OAuth client
+/// or scopes for a provider without OAuth, scopes next to a pasted token.
+#[test]
+fn a_template_refuses_credentials_it_would_drop() {
+    let mut discord = slack();
+    discord.name = "Discord".into();
+    discord.static_credential = Some(StaticCredential::Authorization("Bot".into()));
+    let mut trello = slack();
+    trello.name = "Trello".into();
+    trello.oauth = None;
+    trello.static_credential = Some(StaticCredential::Query("token".into()));
+    let cases = [
+        (
+            &discord,
+            serde_json::json!({"client_id": "c", "secret": "t"}),
+            "not both",
+        ),
+        (
+            &discord,
+            serde_json::json!({"client_secret": "s", "secret": "t"}),
+            "not both",
+        ),
+        (
+            &discord,
+            serde_json::json!({"secret": "t", "scopes": ["bot"]}),
+            "takes no `scopes`",
+        ),
+        (&slack(), serde_json::json!({"secret": "t"}), "OAuth only"),
+        (
+            &trello,
+            serde_json::json!({"client_id": "c"}),
+            "no OAuth sign-in",
+        ),
+        (
+            &trello,
+            serde_json::json!({"secret": "t", "scopes": ["read"]}),
+            "no OAuth sign-in",
+        ),
+        (
+            &trello,
+            serde_json::json!({"client_id": "c", "secret": "t"}),
+            "no OAuth sign-in",
+        ),
+    ];
+    for (t, mut req, says) in cases {
+        req["provider"] = serde_json::json!(t.id);
+        let parsed: FromTemplate = serde_json::from_value(req.clone()).expect("request");
+        let err = t.fill(&parsed).expect_err(&req.to_string());
+        assert_eq!(err.code(), "invalid_config", "{req}");
+        assert!(err.to_string().contains(says), "{req}: {err}");
+        assert!(!err.to_string().contains("\"t\""), "{err}");
+    }
 }
 
 /// Microsoft's tenant fills its OAuth URLs: the default in the template, the operator's
