@@ -2,9 +2,10 @@
 //!
 //! Tasks live here rather than in shell scripts so they are portable, type-checked, and
 //! can reuse the same Rust HTTP stack the gateway itself is built on. Each task is a
-//! clap subcommand: `plugins` builds the registry; `bench proxy`, `bench plugins` and
-//! `bench mcp` measure the proxy, provider plugins and the aggregated MCP endpoint, each
-//! in its own module under `bench/`.
+//! clap subcommand: `plugins` builds the registry; `bench proxy`, `bench plugins`,
+//! `bench mcp`, `bench refresh` and `bench soak` measure the proxy, provider plugins, the
+//! aggregated MCP endpoint, refresh storms and a long mixed workload, each in its own
+//! module under `bench/`.
 
 mod bench;
 mod plugins;
@@ -42,6 +43,12 @@ enum BenchCommand {
     Plugins(bench::plugins::PluginsArgs),
     /// MCP `tools/call`: direct to an upstream vs. through Portcullis's `/v1/mcp`.
     Mcp(bench::mcp::McpArgs),
+    /// Refresh storms: many concurrent requests at a per-user token's expiry, one
+    /// token request.
+    Refresh(bench::refresh::RefreshArgs),
+    /// A mixed workload for minutes (proxy, per-user refreshes, MCP, config reloads):
+    /// failures and memory over time.
+    Soak(bench::soak::SoakArgs),
 }
 
 /// Set in the re-executed child so it does not re-execute again; also lets a developer
@@ -63,6 +70,8 @@ fn main() -> Result<()> {
             BenchCommand::Proxy(args) => bench::proxy::run(&root, args),
             BenchCommand::Plugins(args) => bench::plugins::run(&root, args),
             BenchCommand::Mcp(args) => bench::mcp::run(&root, args),
+            BenchCommand::Refresh(args) => bench::refresh::run(&root, args),
+            BenchCommand::Soak(args) => bench::soak::run(&root, args),
         },
     }
 }

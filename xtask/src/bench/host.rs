@@ -51,7 +51,7 @@ impl AtRest {
 }
 
 /// `VmRSS` and `VmSize` of a process, in KiB.
-fn memory_of(pid: u32) -> Result<(u64, u64)> {
+pub(super) fn memory_of(pid: u32) -> Result<(u64, u64)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let field = |name: &str| {

@@ -153,6 +153,9 @@ pub struct LoadSpec {
     /// Tokio worker threads for the client. 1 uses a current-thread runtime, which is
     /// the cheapest client on a small machine where the client competes for cores.
     pub client_threads: usize,
+    /// The measured phase starts no earlier than this (a burst timed to an event, with
+    /// its connections already open).
+    pub start_at: Option<Instant>,
 }
 
 /// Results of the measured phase. Latencies are in microseconds.
@@ -373,6 +376,9 @@ async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
     let target = Arc::new(target.clone());
     let (senders, _) = run_phase(&target, &uri, &host, senders, &spec.warmup).await?;
     super::check_interrupted()?;
+    if let Some(at) = spec.start_at {
+        tokio::time::sleep_until(at.into()).await;
+    }
     let (_, stats) = run_phase(&target, &uri, &host, senders, &spec.measure).await?;
     super::check_interrupted()?;
     Ok(stats)

@@ -44,11 +44,11 @@ use super::load::{self, Body, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// The token Portcullis injects and the upstream demands.
-const SECRET: &str = "bench-mcp-token";
+pub(super) const SECRET: &str = "bench-mcp-token";
 /// The upstream tool's fixed answer.
 const PONG: &str = "pong";
 /// A call only counts when the body carries the answer as its text content.
-const PONG_CONTENT: &str = r#""text":"pong""#;
+pub(super) const PONG_CONTENT: &str = r#""text":"pong""#;
 /// How long Portcullis may take to discover the upstream's tool.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Aims from the performance issue, reported next to the numbers: added p50 at
@@ -204,7 +204,7 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
 
 /// The JSON-RPC body of one call, each with its own id as clients number them (ids in
 /// a session must not collide; `initialize` took 0).
-fn call_body(tool: &str) -> Body {
+pub(super) fn call_body(tool: &str) -> Body {
     let params = json!({"name": tool, "arguments": {}});
     Body::numbered(
         r#"{"jsonrpc":"2.0","id":"#,
@@ -215,7 +215,10 @@ fn call_body(tool: &str) -> Body {
 
 /// The headers of every POST; `with_token` adds the upstream's bearer token (direct),
 /// `session` the session's id and protocol version.
-fn post_headers(with_token: bool, session: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
+pub(super) fn post_headers(
+    with_token: bool,
+    session: Option<&HeaderValue>,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = vec![
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
         (
@@ -323,7 +326,13 @@ fn start_portcullis(
         }],
     });
     let (mut guard, addr) = spawn_portcullis(bin, dir, &config, None)?;
-    // Discovery runs in the background after start: wait until the tool is listed.
+    wait_for_tool(&mut guard, addr)?;
+    Ok((guard, addr))
+}
+
+/// Discovery runs in the background after start: waits until `bench_ping` is listed at
+/// `/v1/mcp`.
+pub(super) fn wait_for_tool(guard: &mut ChildGuard, addr: SocketAddr) -> Result<()> {
     let list = Target::post(
         "tools/list",
         addr,
@@ -341,7 +350,7 @@ fn start_portcullis(
         if let Ok((StatusCode::OK, body)) = load::probe_target(&list)
             && String::from_utf8_lossy(&body).contains("\"bench_ping\"")
         {
-            return Ok((guard, addr));
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!("portcullis did not list bench_ping within {DISCOVERY_TIMEOUT:?}");
@@ -427,14 +436,14 @@ const SESSION_PATH: &str = "/mcp-session";
 /// The upstream: rmcp's streamable HTTP server, stateless with JSON answers at `/mcp`
 /// and with sessions (answers as event streams) at [`SESSION_PATH`], behind a
 /// bearer-token check, on its own thread (see [`ServerThread`]).
-struct Upstream {
-    addr: SocketAddr,
+pub(super) struct Upstream {
+    pub(super) addr: SocketAddr,
     calls: Arc<AtomicU64>,
     _server: ServerThread,
 }
 
 impl Upstream {
-    fn start(threads: usize) -> Result<Self> {
+    pub(super) fn start(threads: usize) -> Result<Self> {
         let calls = Arc::new(AtomicU64::new(0));
         let handler = Ping {
             calls: calls.clone(),

@@ -11,6 +11,8 @@ pub mod load;
 pub mod mcp;
 pub mod plugins;
 pub mod proxy;
+pub mod refresh;
+pub mod soak;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -336,6 +338,7 @@ impl LoadArgs {
                 max_duration: Duration::from_secs(self.duration),
             },
             client_threads: usize::try_from(self.client_threads).unwrap_or(1),
+            start_at: None,
         };
         (
             phase(1, self.requests, 2_000),
@@ -396,11 +399,8 @@ impl LoadArgs {
             fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
             eprintln!("bench: wrote {}", out.display());
         }
-        if self.no_docs {
-            eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
-        } else if complete && failures.is_empty() {
-            let path = write_docs_section(root, section, markdown)?;
-            eprintln!("bench: updated {}", path.display());
+        if self.no_docs || (complete && failures.is_empty()) {
+            update_docs(root, section, markdown, self.no_docs)?;
         } else {
             eprintln!(
                 "bench: docs/benchmarks.md not updated (needs every target measured successfully)"
@@ -603,6 +603,17 @@ pub fn target_dir(root: &Path) -> PathBuf {
         .map(PathBuf::from)
         .map(|p| if p.is_absolute() { p } else { root.join(p) })
         .unwrap_or_else(|| root.join("target"))
+}
+
+/// Writes `markdown` into the `section` of docs/benchmarks.md, unless `--no-docs`.
+pub fn update_docs(root: &Path, section: &str, markdown: &str, no_docs: bool) -> Result<()> {
+    if no_docs {
+        eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
+    } else {
+        let path = write_docs_section(root, section, markdown)?;
+        eprintln!("bench: updated {}", path.display());
+    }
+    Ok(())
 }
 
 /// Replaces the text between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`

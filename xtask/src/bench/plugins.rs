@@ -94,11 +94,7 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         }
     }
     if args.no_docs {
-        eprintln!("bench: --no-docs given, docs/benchmarks.md not updated");
         print!("{md}");
-    } else {
-        let path = super::write_docs_section(root, "plugins", &md)?;
-        eprintln!("bench: updated {}", path.display());
     }
-    Ok(())
+    super::update_docs(root, "plugins", &md, args.no_docs)
 }
