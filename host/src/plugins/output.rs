@@ -207,13 +207,7 @@ pub(super) fn tools(
     }
     let mut out = Vec::with_capacity(listed.len());
     for t in listed {
-        let why = if t.name.is_empty()
-            || t.name.len() > 128
-            || !t
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
+        let why = if !crate::mcp::valid_tool_name(&t.name) {
             Some("not a valid tool name (1-128 of A-Z a-z 0-9 _ . -)".to_owned())
         } else if t.description.len() > MAX_TOOL_DESCRIPTION {
             Some(format!("a description over {MAX_TOOL_DESCRIPTION} bytes"))

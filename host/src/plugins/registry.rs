@@ -339,7 +339,8 @@ fn check_placeholders(d: &types::ProviderDefaults, url_inputs: &[String]) -> Res
 /// Most tools whose answers one plugin reshapes.
 const MAX_SHAPED_RESULTS: usize = 64;
 
-/// `tool-results.shaped()`: tool names (the part after `<connector>_`), bounded.
+/// `tool-results.shaped()`: tool names as MCP allows them (the part after
+/// `<connector>_`), bounded.
 fn check_shaped(names: &[String]) -> Result<std::collections::BTreeSet<String>, String> {
     if names.len() > MAX_SHAPED_RESULTS {
         return Err(format!(
@@ -350,16 +351,14 @@ fn check_shaped(names: &[String]) -> Result<std::collections::BTreeSet<String>, 
     names
         .iter()
         .map(|n| {
-            let ok = !n.is_empty()
-                && n.len() <= 64
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            ok.then(|| n.clone()).ok_or_else(|| {
-                format!(
-                    "tool-results.shaped(): \"{}\" is not a tool name",
-                    super::output::clip(n)
-                )
-            })
+            crate::mcp::valid_tool_name(n)
+                .then(|| n.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "tool-results.shaped(): \"{}\" is not a tool name",
+                        super::output::clip(n)
+                    )
+                })
         })
         .collect()
 }
