@@ -1296,6 +1296,32 @@ async fn discord_user_oauth_with_rotation_and_a_bot_token_sent_as_bot() {
     assert_eq!(added["server"]["auth"]["scheme"], "Bot", "{added}");
     assert!(!added.to_string().contains("bot-token-2"), "{added}");
     assert!(added.get("redirect_uri").is_none(), "{added}");
+    // A token next to an OAuth client is refused, not half-used: nothing is saved and
+    // the token is not echoed.
+    let resp = client()
+        .post(host.url("/api/config/connectors"))
+        .json(&json!({"provider": "discord", "id": "Both", "client_id": "c", "secret": "bot-token-3"}))
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(resp.status(), 422);
+    let refused: Value = resp.json().await.expect("json");
+    assert_eq!(refused["error"]["code"], "invalid_config", "{refused}");
+    assert!(refused.to_string().contains("not both"), "{refused}");
+    assert!(!refused.to_string().contains("bot-token-3"), "{refused}");
+    let config = client()
+        .get(host.url("/api/config"))
+        .send()
+        .await
+        .expect("config")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        config.contains("\"Team\"") && !config.contains("\"Both\""),
+        "{config}"
+    );
+    assert!(!config.contains("bot-token-3"));
 
     disconnect(&host, "discord").await;
     let revoke = revoked_at(&discord).await;
