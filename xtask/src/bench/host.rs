@@ -16,7 +16,7 @@ use super::load;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a started Portcullis idles before its memory is read.
-const IDLE_SETTLE: Duration = Duration::from_secs(1);
+pub(super) const IDLE_SETTLE: Duration = Duration::from_secs(1);
 
 /// A started Portcullis before any load: time from spawn to its first 200 on
 /// `/healthz`, and its memory after [`IDLE_SETTLE`] of idling.
@@ -27,8 +27,10 @@ pub struct AtRest {
     pub rss_kib: u64,
     /// Address space reserved (`VmSize`): what `ulimit -v` limits.
     pub address_space_kib: u64,
-    /// Size of the binary that ran.
+    /// Size of what had to be installed to run it: the binary, or a Python virtualenv.
     pub binary_bytes: u64,
+    /// What [`Self::binary_bytes`] measured ("binary", "virtualenv").
+    pub installed: &'static str,
 }
 
 impl AtRest {
@@ -39,10 +41,11 @@ impl AtRest {
             .map(|(label, r)| {
                 format!(
                     "- {label} at rest: ready {} ms after start; idle RSS {:.1} MiB, address \
-                     space {:.1} MiB; binary {:.1} MiB.\n",
+                     space {:.1} MiB; {} {:.1} MiB.\n",
                     r.ready_ms,
                     r.rss_kib as f64 / 1024.0,
                     r.address_space_kib as f64 / 1024.0,
+                    r.installed,
                     r.binary_bytes as f64 / (1024.0 * 1024.0),
                 )
             })
@@ -63,6 +66,36 @@ pub(super) fn memory_of(pid: u32) -> Result<(u64, u64)> {
             .with_context(|| format!("no {name} in /proc/{pid}/status"))
     };
     Ok((field("VmRSS:")?, field("VmSize:")?))
+}
+
+/// [`memory_of`] summed over a process and all its descendants (a server made of a
+/// supervisor and worker processes), in KiB.
+pub(super) fn tree_memory_of(pid: u32) -> Result<(u64, u64)> {
+    let (mut rss, mut size) = memory_of(pid)?;
+    for child in children_of(pid) {
+        // A worker that exits between listing and reading is simply not counted.
+        if let Ok((r, s)) = tree_memory_of(child) {
+            rss += r;
+            size += s;
+        }
+    }
+    Ok((rss, size))
+}
+
+/// The direct children of a process, from every one of its threads' `children` lists.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Appends the last lines of a child's log to an error, since "bad status" alone rarely
@@ -168,7 +201,10 @@ pub fn spawn_portcullis(
         Some(r) => cmd.env("PORTCULLIS_REGISTRY", r),
         None => cmd.env_remove("PORTCULLIS_REGISTRY"),
     };
+    // Its own folder as the working directory: a Portcullis started without a registry
+    // must not pick up `./registry` of the checkout the benchmark runs from.
     let child = cmd
+        .current_dir(dir)
         .arg("serve")
         .arg("--config")
         .arg(&config_path)
@@ -194,6 +230,7 @@ pub fn spawn_portcullis(
         rss_kib,
         address_space_kib,
         binary_bytes: fs::metadata(bin).map(|m| m.len()).unwrap_or_default(),
+        installed: "binary",
     });
     Ok((guard, addr))
 }
@@ -207,7 +244,19 @@ pub fn wait_ready(
     path: &str,
     need_ok: bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
+    wait_ready_within(guard, name, addr, path, need_ok, READY_TIMEOUT)
+}
+
+/// [`wait_ready`] with its own patience, for programs that start slowly.
+pub fn wait_ready_within(
+    guard: &mut ChildGuard,
+    name: &str,
+    addr: SocketAddr,
+    path: &str,
+    need_ok: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
     loop {
         super::check_interrupted()?;
         if let Some(status) = guard.exited() {
@@ -219,7 +268,7 @@ pub fn wait_ready(
             Err(e) => format!("{e:#}"),
         };
         if Instant::now() >= deadline {
-            bail!("{name} not ready on {addr} after {READY_TIMEOUT:?}: {last}");
+            bail!("{name} not ready on {addr} after {timeout:?}: {last}");
         }
         thread::sleep(Duration::from_millis(50));
     }

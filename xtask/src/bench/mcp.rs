@@ -10,6 +10,10 @@
 //! direct and Portcullis is what Portcullis adds: identity, grants, routing, and its own
 //! rmcp client and server.
 //!
+//! The peer gateway, IBM ContextForge (see [`super::contextforge`]), is measured the same
+//! way on the same upstream: its aggregated `/mcp` endpoint, sessionless (it issues no
+//! sessions in its default configuration).
+//!
 //! The upstream is an rmcp server in this process on its own thread and runtime,
 //! serving streamable HTTP statelessly and refusing requests without the bearer token
 //! (so a Portcullis that forgot to inject it fails every call).
@@ -39,6 +43,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use serde_json::json;
 
+use super::contextforge;
 use super::host::{AtRest, prepare_portcullis, spawn_portcullis, with_child};
 use super::load::{self, Body, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
@@ -74,9 +79,12 @@ pub struct McpArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,direct-session,portcullis-session"
+        default_value = "direct,portcullis,contextforge,direct-session,portcullis-session,contextforge-session"
     )]
     targets: Vec<TargetKind>,
+    /// ContextForge's worker processes (its tuning guide: about one per core).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    contextforge_workers: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -84,8 +92,10 @@ pub struct McpArgs {
 enum TargetKind {
     Direct,
     Portcullis,
+    Contextforge,
     DirectSession,
     PortcullisSession,
+    ContextforgeSession,
 }
 
 impl TargetKind {
@@ -93,23 +103,29 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct to the upstream",
             TargetKind::Portcullis => "through Portcullis /v1/mcp",
+            TargetKind::Contextforge => "through ContextForge /mcp",
             TargetKind::DirectSession => "direct to the upstream, in a session",
             TargetKind::PortcullisSession => "through Portcullis /v1/mcp, in a session",
+            TargetKind::ContextforgeSession => "through ContextForge /mcp, in a session",
         }
     }
 
     fn in_session(self) -> bool {
         matches!(
             self,
-            TargetKind::DirectSession | TargetKind::PortcullisSession
+            TargetKind::DirectSession
+                | TargetKind::PortcullisSession
+                | TargetKind::ContextforgeSession
         )
     }
 
     /// The direct target a Portcullis target is compared with (`None` for direct ones).
     fn baseline(self) -> Option<TargetKind> {
         match self {
-            TargetKind::Portcullis => Some(TargetKind::Direct),
-            TargetKind::PortcullisSession => Some(TargetKind::DirectSession),
+            TargetKind::Portcullis | TargetKind::Contextforge => Some(TargetKind::Direct),
+            TargetKind::PortcullisSession | TargetKind::ContextforgeSession => {
+                Some(TargetKind::DirectSession)
+            }
             TargetKind::Direct | TargetKind::DirectSession => None,
         }
     }
@@ -134,8 +150,17 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
     let targets = super::unique(&args.targets);
     let portcullis_bin = targets
         .iter()
-        .any(|k| k.baseline().is_some())
+        .any(|k| matches!(k, TargetKind::Portcullis | TargetKind::PortcullisSession))
         .then(|| prepare_portcullis(root, args.load.no_build));
+    let contextforge_venv = targets
+        .iter()
+        .any(|k| {
+            matches!(
+                k,
+                TargetKind::Contextforge | TargetKind::ContextforgeSession
+            )
+        })
+        .then(|| contextforge::prepare(root));
     super::check_interrupted()?;
 
     let tmp = tempfile::Builder::new()
@@ -159,7 +184,7 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
                 } else {
                     "/mcp"
                 };
-                call_target(kind, upstream.addr, path, "ping", true)
+                call_target(kind, upstream.addr, path, "ping", Some(&upstream_token()))
                     .and_then(|target| measure(&target, &upstream, None, &spec_c1, &spec_high))
             }
             TargetKind::Portcullis | TargetKind::PortcullisSession => {
@@ -169,7 +194,45 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
                     |bin| start_portcullis(bin, &dir, upstream.addr),
                     &dir.join("stderr.log"),
                     |addr, guard| {
-                        let target = call_target(kind, addr, "/v1/mcp", "bench_ping", false)?;
+                        let target = call_target(kind, addr, "/v1/mcp", "bench_ping", None)?;
+                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                    },
+                )
+            }
+            TargetKind::Contextforge | TargetKind::ContextforgeSession => {
+                let dir = tmp.path().join(format!("{kind:?}").to_lowercase());
+                let stateful = kind.in_session();
+                // Sessions live in one worker's memory: without Redis for its session
+                // affinity, a second worker would not know them.
+                let workers = if stateful {
+                    1
+                } else {
+                    args.contextforge_workers
+                };
+                let authorization = std::cell::OnceCell::new();
+                with_child(
+                    &contextforge_venv,
+                    |venv| {
+                        let started = contextforge::start(
+                            venv,
+                            &dir,
+                            upstream.addr,
+                            SECRET,
+                            contextforge::Mode { workers, stateful },
+                        )?;
+                        let _ = authorization.set(started.authorization);
+                        Ok((started.guard, started.addr))
+                    },
+                    &dir.join("stderr.log"),
+                    |addr, guard| {
+                        let auth = authorization.get().context("no ContextForge token")?;
+                        let target = call_target(
+                            kind,
+                            addr,
+                            contextforge::MCP_PATH,
+                            contextforge::TOOL,
+                            Some(auth),
+                        )?;
                         measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
                     },
                 )
@@ -194,8 +257,10 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         &[
             TargetKind::Direct,
             TargetKind::Portcullis,
+            TargetKind::Contextforge,
             TargetKind::DirectSession,
             TargetKind::PortcullisSession,
+            TargetKind::ContextforgeSession,
         ],
     );
     args.load
@@ -213,10 +278,16 @@ pub(super) fn call_body(tool: &str) -> Body {
     )
 }
 
-/// The headers of every POST; `with_token` adds the upstream's bearer token (direct),
-/// `session` the session's id and protocol version.
+/// The `Authorization` the upstream demands (direct calls; Portcullis injects it).
+fn upstream_token() -> HeaderValue {
+    HeaderValue::from_static("Bearer bench-mcp-token")
+}
+
+/// The headers of every POST; `authorization` is the caller's credential where the
+/// target needs one (the upstream's token direct, a JWT at ContextForge; Portcullis
+/// identifies loopback callers), `session` the session's id and protocol version.
 pub(super) fn post_headers(
-    with_token: bool,
+    authorization: Option<&HeaderValue>,
     session: Option<&HeaderValue>,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = vec![
@@ -226,11 +297,8 @@ pub(super) fn post_headers(
             HeaderValue::from_static("application/json, text/event-stream"),
         ),
     ];
-    if with_token {
-        headers.push((
-            hyper::header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer bench-mcp-token"),
-        ));
+    if let Some(authorization) = authorization {
+        headers.push((hyper::header::AUTHORIZATION, authorization.clone()));
     }
     if let Some(session) = session {
         headers.push((HeaderName::from_static("mcp-session-id"), session.clone()));
@@ -249,11 +317,11 @@ fn call_target(
     addr: SocketAddr,
     path: &str,
     tool: &str,
-    with_token: bool,
+    authorization: Option<&HeaderValue>,
 ) -> Result<Target> {
     let session = match kind.in_session() {
         true => Some(
-            open_session(addr, path, with_token)
+            open_session(addr, path, authorization)
                 .with_context(|| format!("opening an MCP session at {addr}{path}"))?,
         ),
         false => None,
@@ -263,14 +331,18 @@ fn call_target(
         addr,
         path,
         call_body(tool),
-        post_headers(with_token, session.as_ref()),
+        post_headers(authorization, session.as_ref()),
         Bytes::from_static(PONG_CONTENT.as_bytes()),
     ))
 }
 
 /// Opens a session as an SDK does (`initialize`, then `notifications/initialized`) and
 /// returns its `Mcp-Session-Id`.
-fn open_session(addr: SocketAddr, path: &str, with_token: bool) -> Result<HeaderValue> {
+fn open_session(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&HeaderValue>,
+) -> Result<HeaderValue> {
     let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": SESSION_PROTOCOL, "capabilities": {},
         "clientInfo": {"name": "portcullis-bench", "version": "1"}}});
@@ -279,7 +351,7 @@ fn open_session(addr: SocketAddr, path: &str, with_token: bool) -> Result<Header
         addr,
         path,
         Bytes::from(initialize.to_string()),
-        post_headers(with_token, None),
+        post_headers(authorization, None),
         Bytes::new(),
     ))?;
     let session = headers.get("mcp-session-id").cloned();
@@ -297,7 +369,7 @@ fn open_session(addr: SocketAddr, path: &str, with_token: bool) -> Result<Header
         addr,
         path,
         Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-        post_headers(with_token, Some(&session)),
+        post_headers(authorization, Some(&session)),
         Bytes::new(),
     );
     let (status, _) = load::probe_target(&initialized)?;
@@ -338,7 +410,7 @@ pub(super) fn wait_for_tool(guard: &mut ChildGuard, addr: SocketAddr) -> Result<
         addr,
         "/v1/mcp",
         Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
-        post_headers(false, None),
+        post_headers(None, None),
         Bytes::new(),
     );
     let deadline = Instant::now() + DISCOVERY_TIMEOUT;
@@ -548,6 +620,24 @@ impl Report<'_> {
              in-session row); one tool answering `pong`.",
             rmcp_version(),
         );
+        let _ = writeln!(
+            s,
+            "- Peer gateway: IBM ContextForge {} (PyPI `mcp-contextforge-gateway`, installed \
+             by the benchmark), `{}` at its `/mcp` with an administrator's JWT, the upstream \
+             registered as a gateway with the same bearer token. Settings from its tuning \
+             guide for a small machine: uvicorn worker processes (uvloop, httptools), access \
+             log off, `LOG_LEVEL=ERROR`, SQLite migrated before the workers start, \
+             `CACHE_TYPE=memory`, authentication on, and its per-user rate limit off \
+             (`RATE_LIMITING_ENABLED=false`; by default it answers 429 after 100 calls a \
+             minute). Sessionless: its default stateless JSON transport with {} workers (it \
+             opens an upstream session per call). In a session: `USE_STATEFUL_SESSIONS=true` \
+             with 1 worker (sessions live in one worker's memory; spreading them over workers \
+             needs Redis for its session affinity), which reuses one upstream session per \
+             client session and serialises the calls on it.",
+            contextforge::version(),
+            contextforge::TOOL,
+            a.contextforge_workers,
+        );
         s.push_str(&a.load.method_lines(high, a.requests_high, "calls", m.nproc));
         s.push_str("- A call counts only if it answered 200 with `pong` in the body.\n\n");
         let _ = writeln!(
@@ -619,6 +709,7 @@ impl Report<'_> {
                 p.upstream_calls
             );
         }
+        s.push_str(&self.peer_lines());
         s.push_str(&AtRest::lines(self.results.iter().map(|r| {
             (
                 r.kind.label(),
@@ -628,10 +719,62 @@ impl Report<'_> {
         s
     }
 
+    /// ContextForge against direct and against Portcullis, sessionless and in a session.
+    fn peer_lines(&self) -> String {
+        let mut s = String::new();
+        for (peer, ours) in [
+            (TargetKind::Contextforge, TargetKind::Portcullis),
+            (
+                TargetKind::ContextforgeSession,
+                TargetKind::PortcullisSession,
+            ),
+        ] {
+            let Some(c) = self.measured(peer) else {
+                continue;
+            };
+            let how = if peer.in_session() {
+                "in a session"
+            } else {
+                "sessionless"
+            };
+            if let Some(d) = peer.baseline().and_then(|k| self.measured(k)) {
+                for (d, c) in [(&d.latency, &c.latency), (&d.throughput, &c.throughput)] {
+                    let _ = writeln!(
+                        s,
+                        "- Peer gateway, {how}, concurrency {}: ContextForge adds {:+.1} µs at \
+                         p50 and {:+.1} µs at p99; {:.0} vs {:.0} calls/s ({:.2}× direct).",
+                        d.concurrency,
+                        c.p50_us - d.p50_us,
+                        c.p99_us - d.p99_us,
+                        c.rps,
+                        d.rps,
+                        ratio(c.rps, d.rps)
+                    );
+                }
+            }
+            if let Some(p) = self.measured(ours) {
+                let _ = writeln!(
+                    s,
+                    "- **Portcullis vs ContextForge**, {how}: p50 at concurrency 1 {:.1} vs \
+                     {:.1} µs; calls/s at concurrency {} {:.0} vs {:.0} (**{:.0}×**).",
+                    p.latency.p50_us,
+                    c.latency.p50_us,
+                    self.args.concurrency_high,
+                    p.throughput.rps,
+                    c.throughput.rps,
+                    ratio(p.throughput.rps, c.throughput.rps)
+                );
+            }
+        }
+        s
+    }
+
     fn json(&self) -> serde_json::Value {
         let a = self.args;
         let mut settings = a.load.settings(a.concurrency_high, a.requests_high);
         settings["rmcp"] = json!(rmcp_version());
+        settings["contextforge"] = json!({"package": contextforge::PACKAGE,
+                                          "workers": a.contextforge_workers});
         let targets: Vec<_> = self
             .results
             .iter()

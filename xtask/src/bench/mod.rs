@@ -6,6 +6,7 @@
 //! (which set a flag that the load loops and waits poll, so the stack unwinds through
 //! the guards instead of the process dying with children left behind).
 
+mod contextforge;
 pub mod host;
 pub mod load;
 pub mod mcp;
@@ -100,9 +101,15 @@ pub fn run_interruptible(cmd: &mut Command, what: &str) -> Result<ExitStatus> {
 /// `kill` builtin because the workspace forbids `unsafe` (so no direct `libc::kill`)
 /// and a shell is always present where nginx is.
 pub fn send_signal(pid: u32, signal: &str) -> bool {
+    kill(&pid.to_string(), signal)
+}
+
+/// `kill -s signal -- target`: a pid, or `-pid` for a process group.
+fn kill(target: &str, signal: &str) -> bool {
     Command::new("sh")
         .arg("-c")
-        .arg(format!("kill -s {signal} {pid}"))
+        .arg(format!("kill -s {signal} -- {target}"))
+        .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
@@ -119,6 +126,8 @@ pub struct ChildGuard {
     graceful_signal: &'static str,
     /// What the program cost before any load, where it was measured (Portcullis).
     pub at_rest: Option<host::AtRest>,
+    /// The child leads a process group of its own (workers it forks), signalled whole.
+    group: bool,
 }
 
 impl ChildGuard {
@@ -128,6 +137,24 @@ impl ChildGuard {
             child,
             graceful_signal,
             at_rest: None,
+            group: false,
+        }
+    }
+
+    /// A child spawned with `process_group(0)` that forks workers (a Python server's
+    /// supervisor): signals go to the whole group, so no worker outlives the benchmark
+    /// even if the supervisor has to be killed.
+    pub fn new_group(name: impl Into<String>, child: Child, graceful_signal: &'static str) -> Self {
+        let mut guard = Self::new(name, child, graceful_signal);
+        guard.group = true;
+        guard
+    }
+
+    /// Where signals go: the pid, or its group.
+    fn target(&self) -> String {
+        match self.group {
+            true => format!("-{}", self.child.id()),
+            false => self.child.id().to_string(),
         }
     }
 
@@ -151,17 +178,25 @@ impl ChildGuard {
         self.exited().is_some()
     }
 
-    /// Stops the process; idempotent.
+    /// Stops the process (and its group); idempotent.
     pub fn stop(&mut self) {
+        self.stop_leader();
+        if self.group {
+            // Workers that outlived their supervisor.
+            kill(&self.target(), "KILL");
+        }
+    }
+
+    fn stop_leader(&mut self) {
         if self.exited().is_some() {
             return;
         }
-        let pid = self.child.id();
-        if send_signal(pid, self.graceful_signal) && self.wait_for_exit(Duration::from_secs(5)) {
+        let (pid, target) = (self.child.id(), self.target());
+        if kill(&target, self.graceful_signal) && self.wait_for_exit(Duration::from_secs(5)) {
             return;
         }
         if self.graceful_signal != "TERM"
-            && send_signal(pid, "TERM")
+            && kill(&target, "TERM")
             && self.wait_for_exit(Duration::from_secs(3))
         {
             return;

@@ -213,7 +213,7 @@ fn soak(
                 addr,
                 "/v1/mcp",
                 mcp::call_body("bench_ping"),
-                mcp::post_headers(false, None),
+                mcp::post_headers(None, None),
                 Bytes::from_static(mcp::PONG_CONTENT.as_bytes()),
             ),
         ),
