@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::Provider;
 use crate::bindings::exports::portcullis::provider::plugin::Guest;
 use crate::bindings::exports::portcullis::provider::{
-    auth_extras, catalog, oauth_extras, tool_results,
+    auth_extras, catalog, oauth_extras, routes, tool_results,
 };
 use crate::types::{
     Args, Classification, Context, Defaults, Discovery, Header, Hook, OutgoingRequest, PluginError,
@@ -164,6 +164,12 @@ impl<P: Provider> tool_results::Guest for Export<P> {
         body: Vec<u8>,
     ) -> Result<String, PluginError> {
         P::shape_tool_result(&ctx, &name, status, &body)
+    }
+}
+
+impl<P: Provider> routes::Guest for Export<P> {
+    fn request_routes(ctx: Context) -> Vec<routes::Route> {
+        P::request_routes(&ctx)
     }
 }
 

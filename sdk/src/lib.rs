@@ -40,8 +40,8 @@
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.2` (`provider`: `plugin`, `oauth-extras`,
-//! `catalog`, `auth-extras`, `tool-results`); see `wit/provider.wit`. The SDK's own
+//! The WIT world is `portcullis:provider@0.1.3` (`provider`: `plugin`, `oauth-extras`,
+//! `catalog`, `auth-extras`, `tool-results`, `routes`); see `wit/provider.wit`. The SDK's own
 //! types convert to the wire types in [`wit`] at the component boundary.
 
 // Lets the generated bindings name this crate by the path plugin crates use.
@@ -95,7 +95,7 @@ pub mod prelude {
 }
 
 /// The WIT version this SDK builds against.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.3";
 
 /// A provider. Implement [`Provider::defaults`] and the hooks your provider needs, and
 /// put [`macro@provider`] on the impl: it exports the type and tells the host which hooks
@@ -122,6 +122,16 @@ pub trait Provider {
             &req.path,
             req.query.as_deref(),
         ))
+    }
+
+    /// The shaping of [`Provider::shape_request`] that depends only on the path, as
+    /// routes the host applies itself (WIT 0.1.3 `routes`): asked once per connection
+    /// context, so the requests they cover cost no plugin call. Each route must give
+    /// every path it matches exactly what `shape_request` gives it; the golden-fixture
+    /// harness compares the two for every recorded request. Paths no route matches
+    /// still go to `shape_request`. The default declares none.
+    fn request_routes(_ctx: &Context) -> Vec<Route> {
+        Vec::new()
     }
 
     /// Reads the non-token parts of a token response (tokens are redacted).

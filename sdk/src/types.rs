@@ -61,6 +61,30 @@ pub struct Defaults {
 /// plugin never sees it. Exported as `auth-extras` (WIT 0.1.2).
 pub use crate::bindings::exports::portcullis::provider::auth_extras::StaticCredential;
 
+/// A path prefix whose requests the host shapes itself (WIT 0.1.3 `routes`): the prefix is
+/// replaced by `target`, the query follows, and `default_headers` are sent when the agent
+/// sent no header of that name. Returned by [`crate::Provider::request_routes`].
+pub use crate::bindings::exports::portcullis::provider::routes::Route;
+
+impl Route {
+    /// `prefix`: empty (every path) or `/segment[/segment...]` without a trailing `/`;
+    /// `target`: the absolute URL that replaces it.
+    pub fn new(prefix: &str, target: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            target: target.to_owned(),
+            default_headers: Vec::new(),
+        }
+    }
+
+    /// Sends `name: value` when the agent's request has no `name` header.
+    pub fn default_header(mut self, name: &str, value: &str) -> Self {
+        self.default_headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+}
+
 /// A product users meet on its own (Google's Gmail, Drive, Calendar, Sheets), listed in
 /// the picker as `<provider>/<key>` with its own URL and scopes. Connectors made from
 /// it use this provider, so several of them with one OAuth client share a connection.

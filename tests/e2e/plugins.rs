@@ -155,6 +155,66 @@ async fn a_plugin_built_against_wit_0_1_1_still_loads_and_runs() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// A component built against 0.1.2 (the Google plugin before `routes` was added in
+/// 0.1.3) loads on this host, declares no routes, and every request it shapes goes
+/// through `shape-request` with the same results as the routes of today's plugin.
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_2_still_loads_and_runs() {
+    let old = workspace().join("tests/fixtures/plugins/google-wit-0.1.2");
+    let wasm = std::fs::read(old.join("plugin.wasm")).expect("the 0.1.2 component");
+    assert!(
+        wasm.windows(32)
+            .any(|w| w == b"portcullis:provider/plugin@0.1.2"),
+        "the fixture is a 0.1.2 component"
+    );
+    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
+        .await
+        .expect("a 0.1.2 component loads");
+    assert!(!h.plugin().exports_routes());
+    assert!(!h.plugin().entries.is_empty(), "0.1.1's catalog still read");
+    let (_, failed) = run_fixtures(&h, "google").await;
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let current = workspace().join("registry/google");
+    let h = Harness::load(&current.join("plugin.wasm"), &current.join("plugin.toml"))
+        .await
+        .expect("load");
+    assert!(h.plugin().exports_routes());
+}
+
+/// A route that gives a path something else than `shape-request` does fails the fixture
+/// that shapes such a path, and so does a route over a path the plugin refuses.
+#[tokio::test]
+async fn the_fixture_harness_fails_routes_that_disagree_with_shape_request() {
+    let h = Harness::load(
+        &test_plugin("chaos"),
+        &workspace().join("plugins/testing/chaos/plugin.toml"),
+    )
+    .await
+    .expect("load");
+    let dir = tempfile::tempdir().expect("dir");
+    let ctx = |connector: &str| json!({"connector": connector, "base_url": "https://chaos.invalid", "variables": []});
+    let routed = json!({"method": "Get", "path": "/routed/x", "query": "a=1", "headers": []});
+    std::fs::write(
+        dir.path().join("routes.json"),
+        json!({"cases": [
+            {"name": "agreeing route", "context": ctx("chaos"), "shape_request": routed,
+             "expect": {"Ok": {"url": "https://chaos.invalid/routed/x?a=1",
+                                "set_headers": [["x-shaped-by", "chaos-route"]]}}},
+            {"name": "disagreeing route", "context": ctx("wrongroutes"), "shape_request": routed,
+             "expect": {"Ok": {"url": "https://chaos.invalid/routed/x?a=1"}}},
+        ]})
+        .to_string(),
+    )
+    .expect("write");
+    let results = h.run_dir(dir.path()).await.expect("run");
+    assert!(results[0].failure.is_none(), "{results:?}");
+    let why = results[1].failure.as_deref().expect("must fail");
+    assert!(
+        why.contains("disagree on the URL") && why.contains("/elsewhere/x?a=1"),
+        "{why}"
+    );
+}
+
 #[tokio::test]
 async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
     let entry = workspace().join("registry/salesforce");
@@ -879,6 +939,130 @@ async fn google_paths_are_shaped_per_api_and_body_rate_limits_get_retry_after() 
         .expect("gmail");
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.headers()["portcullis-upstream-class"], "rate-limited");
+    // Both paths are covered by the plugin's routes: one `request-routes` call for the
+    // connector, no `shape-request` call.
+    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
+    assert_eq!(
+        plugin_calls(&metrics, "google", "request-routes", "ok"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        plugin_calls(&metrics, "google", "shape-request", "ok"),
+        0,
+        "{metrics}"
+    );
+}
+
+/// `portcullis_plugin_calls_total` for one plugin, hook and outcome (0 when absent).
+fn plugin_calls(metrics: &str, plugin: &str, hook: &str, outcome: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_plugin_calls_total{"))
+        .filter(|l| {
+            l.contains(&format!("plugin=\"{plugin}\""))
+                && l.contains(&format!("hook=\"{hook}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+/// Requests a plugin's routes cover are shaped by the host from the routes it asked for
+/// once, as `shape-request` would shape them (the agent's own header kept); other paths
+/// still call the plugin; routes the host refuses (a target off the declared hosts) are
+/// counted and logged, and that connector's requests are shaped by calls.
+#[tokio::test]
+async fn routes_shape_covered_paths_without_a_plugin_call_and_refused_routes_fall_back() {
+    let reg = registry::<&str>(&[], true);
+    let up = Fixture::start().await;
+    up.json("/routed/a", 200, json!({"ok": "a"}));
+    up.json("/fine", 200, json!({"ok": true}));
+    let host = host_with(
+        reg.path(),
+        json!({
+            "chaos": bearer_connector("chaos", &up.url(), json!({})),
+            "escaperoutes": bearer_connector("chaos", &up.url(), json!({})),
+        }),
+    );
+    for _ in 0..3 {
+        let v = get_json(&host.url("/v1/connectors/chaos/routed/a?x=1")).await;
+        assert_eq!(v["ok"], "a");
+    }
+    let theirs = client()
+        .get(host.url("/v1/connectors/chaos/routed/a"))
+        .header("x-shaped-by", "agent")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(theirs.status(), 200);
+    let seen = up.seen_at("/routed/a");
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[0].query.as_deref(), Some("x=1"));
+    let shaped_by: Vec<_> = seen
+        .iter()
+        .map(|s| s.headers.get("x-shaped-by").cloned())
+        .collect();
+    assert_eq!(
+        shaped_by,
+        [
+            Some("chaos-route"),
+            Some("chaos-route"),
+            Some("chaos-route"),
+            Some("agent")
+        ]
+        .map(|h| h.map(str::to_owned))
+    );
+    // The credential is injected after routing, as after a call.
+    assert_eq!(
+        seen[0].headers.get("authorization").map(String::as_str),
+        Some("Bearer tok-provider-1")
+    );
+    assert_eq!(
+        get_json(&host.url("/v1/connectors/chaos/fine")).await["ok"],
+        true
+    );
+    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
+    assert_eq!(
+        plugin_calls(&metrics, "chaos", "request-routes", "ok"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        plugin_calls(&metrics, "chaos", "shape-request", "ok"),
+        1,
+        "{metrics}"
+    );
+
+    // Refused routes: the request is shaped by a call and still reaches the upstream;
+    // the refusal is asked for and counted once.
+    for _ in 0..2 {
+        let v = get_json(&host.url("/v1/connectors/escaperoutes/routed/a")).await;
+        assert_eq!(v["ok"], "a");
+    }
+    assert!(
+        up.seen().iter().all(|s| !s.path.contains("evil")),
+        "{:?}",
+        up.seen()
+    );
+    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
+    assert_eq!(
+        plugin_calls(&metrics, "chaos", "request-routes", "ok"),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        plugin_calls(&metrics, "chaos", "request-routes", "invalid"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        plugin_calls(&metrics, "chaos", "shape-request", "ok"),
+        3,
+        "{metrics}"
+    );
+    host.wait_for_log("outside the provider's declared hosts")
+        .await;
 }
 
 /// Under a 4 GiB `ulimit -v` the host starts with every verified provider, keeps its

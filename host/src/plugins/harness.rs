@@ -55,6 +55,11 @@
 //!   `text`. The host's checks count: URLs off the declared hosts, credential headers,
 //!   tool paths outside the connector, traps, deadlines and memory limits.
 //!
+//! - A `shape_request` case also checks the plugin's routes (WIT 0.1.3): when one covers
+//!   the path, the host would use it instead of calling `shape-request`, so its result
+//!   must be the same (URL, headers, grant), and a route must not cover a path
+//!   `shape-request` refuses.
+//!
 //! A failing case names the file, the case, the JSON path where the output differs, and
 //! the whole actual output.
 
@@ -328,8 +333,34 @@ impl Harness {
         }
         if let Some(req) = &case.shape_request {
             let base = base()?;
-            let shaped = p.shape_request(plugin, ctx, req.clone()).await.map_err(e)?;
-            Plugins::check_shaped(plugin, &base, shaped.clone(), None).map_err(e)?;
+            let bounds = super::Bounds {
+                base: &base,
+                credential_header: None,
+            };
+            // What the plugin's routes make of the request, if one covers it: it must be
+            // what `shape-request` makes of it, since the host uses the route instead.
+            let routed = match p.routes(plugin, &ctx, bounds).await {
+                Some(routes) => routes.shape(req),
+                None => None,
+            };
+            let called = p.shape_request(plugin, ctx, req.clone()).await;
+            let shaped = match (called, routed) {
+                (Ok(shaped), routed) => {
+                    let checked =
+                        Plugins::check_shaped(plugin, &base, shaped.clone(), None).map_err(e)?;
+                    if let Some(routed) = routed {
+                        same_shaping(plugin, &base, &req.path, &checked, routed)?;
+                    }
+                    shaped
+                }
+                (Err(err), Some(routed)) => {
+                    return Err(format!(
+                        "a route sends {} to {} but shape-request refuses it: {err}",
+                        req.path, routed.url
+                    ));
+                }
+                (Err(err), None) => return Err(e(err)),
+            };
             return Ok(json!({ "Ok": normalize(to_json(&shaped)) }));
         }
         if let Some(t) = &case.read_token_response {
@@ -433,6 +464,40 @@ impl Harness {
         }
         Err(format!("case \"{}\" names no hook to call", case.name))
     }
+}
+
+/// Fails unless a route's shaping of `path` is the checked result of `shape-request`:
+/// the same URL, headers, removed headers and grant.
+fn same_shaping(
+    plugin: &Plugin,
+    base: &url::Url,
+    path: &str,
+    called: &super::Shaped,
+    routed: types::ShapedRequest,
+) -> Result<(), String> {
+    let shown = routed.url.clone();
+    let routed = Plugins::check_shaped(plugin, base, routed, None)
+        .map_err(|e| format!("the route for {path} gives what the host refuses: {e}"))?;
+    let differs = [
+        ("URL", routed.url != called.url),
+        ("headers", routed.set != called.set),
+        ("removed headers", routed.remove != called.remove),
+        ("grant", routed.grant != called.grant),
+    ]
+    .into_iter()
+    .filter_map(|(what, differs)| differs.then_some(what))
+    .collect::<Vec<_>>();
+    if differs.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the route for {path} and shape-request disagree on the {}: the route gives {shown} \
+         with headers {:?}, shape-request {} with headers {:?}",
+        differs.join(", "),
+        routed.set,
+        called.url,
+        called.set
+    ))
 }
 
 fn judge(case: &Case, actual: Result<Value, String>) -> Option<String> {

@@ -15,12 +15,15 @@
 //! - [`manifest`] reads and checks `plugin.toml`.
 //! - [`runtime`]: engine, per-call store with limits, the generated bindings.
 //! - [`registry`]: scanning the registry folder into a `Catalog`.
+//! - [`routes`]: path-only shaping a plugin declares once per context (WIT 0.1.3),
+//!   applied without a call.
 //! - [`harness`]: fixtures run through the real runtime (used by the SDK's `testing`).
 
 pub mod harness;
 pub mod manifest;
 pub mod output;
 pub mod registry;
+pub mod routes;
 pub mod runtime;
 
 use std::path::PathBuf;
@@ -203,7 +206,8 @@ impl Plugins {
     }
 
     /// Shapes one request and checks the result ([`output`]); a result the host refuses
-    /// is logged and counted like a failed call.
+    /// is logged and counted like a failed call. A path one of the plugin's routes
+    /// covers is shaped here without a call ([`routes`]); any other by `shape-request`.
     pub async fn shape(
         &self,
         plugin: &Plugin,
@@ -211,12 +215,54 @@ impl Plugins {
         req: types::OutgoingRequest,
         bounds: Bounds<'_>,
     ) -> Result<Shaped, CallError> {
-        let shaped = self.shape_request(plugin, ctx, req).await?;
+        let routed = match self.routes(plugin, &ctx, bounds).await {
+            Some(routes) => routes.shape(&req),
+            None => None,
+        };
+        let shaped = match routed {
+            Some(shaped) => shaped,
+            None => self.shape_request(plugin, ctx, req).await?,
+        };
         self.checked(
             plugin,
             "shape-request",
             output::shaped(plugin, bounds, shaped),
         )
+    }
+
+    /// The plugin's routes for `ctx`, checked: asked at the context's first request and
+    /// kept with the plugin. `None` when it declares none, or when asking failed (then
+    /// every request is shaped by a call, and the next one asks again).
+    pub(super) async fn routes(
+        &self,
+        plugin: &Plugin,
+        ctx: &types::Context,
+        bounds: Bounds<'_>,
+    ) -> Option<Arc<routes::Routes>> {
+        if !plugin.exports_routes() {
+            return None;
+        }
+        let routes = match plugin.routes.get(ctx) {
+            Some(known) => known,
+            None => {
+                let declared = match self.call(plugin, Call::RequestRoutes(ctx.clone())).await {
+                    Ok(Reply::RequestRoutes(declared)) => declared,
+                    // A failed call is logged and counted by `call`.
+                    Ok(_) | Err(_) => return None,
+                };
+                // A refused answer is kept as no routes: the plugin gives the same
+                // answer for the same context, so asking again would only repeat it.
+                let checked = self
+                    .checked(
+                        plugin,
+                        "request-routes",
+                        output::routes(plugin, bounds, declared),
+                    )
+                    .unwrap_or_default();
+                plugin.routes.insert(ctx, checked)
+            }
+        };
+        (!routes.is_empty()).then_some(routes)
     }
 
     /// Logs and counts a refused output.

@@ -33,6 +33,8 @@ const MAX_TOOL_DESCRIPTION: usize = 4096;
 const MAX_TOOL_SCHEMA: usize = 64 * 1024;
 /// Longest text a plugin may report (a classification's reason).
 const MAX_REASON: usize = 1024;
+/// Most routes a plugin may declare for one context.
+const MAX_ROUTES: usize = 64;
 /// Longest retry delay a plugin may ask for, in milliseconds.
 const MAX_RETRY_MS: u32 = 2_000;
 
@@ -283,6 +285,76 @@ pub(super) fn classification(c: types::Classification) -> types::Classification 
     }
 }
 
+/// A context's routes (`routes`, WIT 0.1.3), checked: each prefix empty or `/` and
+/// segments without a trailing `/`, `?`, `#` or `//`, and declared once; each target a
+/// URL a shaped request may go to ([`url`]), without query or fragment (the request's
+/// query follows it); default headers any header a plugin may set ([`headers`]). Every
+/// request a route shapes is still checked as a shaped request ([`shaped`]).
+pub(super) fn routes(
+    plugin: &Plugin,
+    bounds: Bounds<'_>,
+    declared: Vec<super::runtime::DeclaredRoute>,
+) -> Result<super::routes::Routes, CallError> {
+    if declared.len() > MAX_ROUTES {
+        return Err(invalid(
+            plugin,
+            format!("{} routes declared; at most {MAX_ROUTES}", declared.len()),
+        ));
+    }
+    let mut checked: Vec<super::routes::Route> = Vec::with_capacity(declared.len());
+    for r in declared {
+        let p = &r.prefix;
+        if !route_prefix(p) {
+            return Err(invalid(
+                plugin,
+                format!(
+                    "the route prefix \"{}\" is neither empty nor \"/\" and segments without a trailing \"/\"",
+                    clip(p)
+                ),
+            ));
+        }
+        if checked.iter().any(|c| c.prefix == *p) {
+            return Err(invalid(
+                plugin,
+                format!("the route prefix \"{}\" is declared twice", clip(p)),
+            ));
+        }
+        let target = url(plugin, bounds.base, &r.target)?;
+        if target.query().is_some() || target.fragment().is_some() {
+            return Err(invalid(
+                plugin,
+                format!(
+                    "the route target \"{}\" has a query or fragment; the request's query follows the target",
+                    clip(&r.target)
+                ),
+            ));
+        }
+        headers(plugin, &r.default_headers, bounds.credential_header)?;
+        checked.push(super::routes::Route {
+            prefix: r.prefix,
+            target: r.target.trim_end_matches('/').to_owned(),
+            default_headers: r
+                .default_headers
+                .into_iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                .collect(),
+        });
+    }
+    Ok(super::routes::Routes::new(checked))
+}
+
+/// Whether `p` can be a route prefix: empty (every path), or `/` and segments, without a
+/// trailing `/`, an empty segment, a query or fragment, or control characters.
+fn route_prefix(p: &str) -> bool {
+    p.is_empty()
+        || (p.starts_with('/')
+            && !p.ends_with('/')
+            && !p.contains("//")
+            && !p.contains(['?', '#'])
+            && !p.chars().any(char::is_control)
+            && p.len() <= MAX_URL_BYTES)
+}
+
 /// A URL is acceptable when it is on the connector's own configured origin (the
 /// operator chose it) or is https on one of the provider's declared hosts.
 pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Url, CallError> {
@@ -464,7 +536,23 @@ pub(super) fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::runtime::auth_extras::StaticCredential as Wit;
-    use super::static_credential;
+    use super::{route_prefix, static_credential};
+
+    #[test]
+    fn route_prefixes_are_empty_or_whole_segments() {
+        for good in ["", "/gmail", "/ex/jira", "/v1/users"] {
+            assert!(route_prefix(good), "{good:?}");
+        }
+        for bad in [
+            "gmail", "/gmail/", "/", "//gmail", "/a//b", "/a?b", "/a#b", "/a\nb",
+        ] {
+            assert!(!route_prefix(bad), "{bad:?}");
+        }
+        assert!(!route_prefix(&format!(
+            "/{}",
+            "a".repeat(super::MAX_URL_BYTES)
+        )));
+    }
     use crate::config::StaticCredential;
 
     #[test]

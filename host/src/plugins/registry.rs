@@ -41,6 +41,8 @@ pub struct Plugin {
     pub shaped_results: std::collections::BTreeSet<String>,
     pub sha256: String,
     pub(super) prepared: Prepared,
+    /// Its routes per context (`routes`, checked), asked at a context's first request.
+    pub(super) routes: super::routes::Cache,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -59,6 +61,11 @@ impl Plugin {
 
     pub fn has(&self, hook: types::Hook) -> bool {
         self.defaults.hooks.contains(&hook)
+    }
+
+    /// Whether it can declare routes (exports `routes`, WIT 0.1.3).
+    pub fn exports_routes(&self) -> bool {
+        self.prepared.has_routes()
     }
 
     /// What picker entry `key` (`gmail` of `google/gmail`) pre-fills: the provider's
@@ -266,6 +273,7 @@ pub async fn load(
         static_credential,
         url_inputs: auth.url_inputs,
         shaped_results: check_shaped(&described.shaped_results)?,
+        routes: super::routes::Cache::default(),
         sha256,
         prepared,
     };

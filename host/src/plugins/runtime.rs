@@ -40,6 +40,7 @@ pub use self::portcullis::provider::types;
 pub use exports::portcullis::provider::plugin::Guest;
 pub use since_0_1_1::exports::portcullis::provider::{catalog, oauth_extras};
 pub use since_0_1_2::exports::portcullis::provider::auth_extras;
+pub use since_0_1_3::exports::portcullis::provider::routes::Route as DeclaredRoute;
 
 /// Interfaces added in 0.1.1 (`oauth-extras`, `catalog`), which a plugin built against
 /// 0.1.0 does not export: probed for at load ([`Runtime::prepare`]) and called only
@@ -66,6 +67,17 @@ mod since_0_1_2 {
     });
 }
 
+/// The interface added in 0.1.3 (`routes`), probed for like [`since_0_1_1`].
+mod since_0_1_3 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "since-0-1-3",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        with: { "portcullis:provider/types": super::portcullis::provider::types },
+    });
+}
+
 /// The interfaces 0.1.1 added (see [`since_0_1_1`]); a 0.1.1 plugin exports both.
 const SINCE_0_1_1_INTERFACES: [&str; 2] = [
     "portcullis:provider/oauth-extras",
@@ -76,6 +88,8 @@ const SINCE_0_1_2_INTERFACES: [&str; 2] = [
     "portcullis:provider/auth-extras",
     "portcullis:provider/tool-results",
 ];
+/// The interface 0.1.3 added (see [`since_0_1_3`]).
+const SINCE_0_1_3_INTERFACES: [&str; 1] = ["portcullis:provider/routes"];
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -258,8 +272,10 @@ pub struct Prepared {
     pre: ProviderBasePre<State>,
     /// The 0.1.1 interfaces, when the plugin exports them.
     since_0_1_1: Option<since_0_1_1::Since011Pre<State>>,
-    /// The 0.1.2 interface, when the plugin exports it.
+    /// The 0.1.2 interfaces, when the plugin exports them.
     since_0_1_2: Option<since_0_1_2::Since012Pre<State>>,
+    /// The 0.1.3 interface, when the plugin exports it.
+    since_0_1_3: Option<since_0_1_3::Since013Pre<State>>,
     id: Arc<str>,
     limits: Limits,
 }
@@ -271,6 +287,11 @@ impl Prepared {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether the plugin exports `routes` (0.1.3).
+    pub fn has_routes(&self) -> bool {
+        self.since_0_1_3.is_some()
     }
 }
 
@@ -287,6 +308,8 @@ pub enum Call {
     BuildToolCall(types::Context, String, String),
     /// `tool-results.shape-result` (0.1.2): context, tool, status, body.
     ShapeResult(types::Context, String, u16, Vec<u8>),
+    /// `routes.request-routes` (0.1.3).
+    RequestRoutes(types::Context),
 }
 
 impl Call {
@@ -301,6 +324,7 @@ impl Call {
             Self::ListTools(..) => "list-tools",
             Self::BuildToolCall(..) => "build-tool-call",
             Self::ShapeResult(..) => "shape-result",
+            Self::RequestRoutes(..) => "request-routes",
         }
     }
 }
@@ -331,6 +355,7 @@ pub enum Reply {
     ListTools(Vec<types::Tool>),
     BuildToolCall(Result<types::ToolRequest, types::PluginError>),
     ShapeResult(Result<String, types::PluginError>),
+    RequestRoutes(Vec<DeclaredRoute>),
 }
 
 /// The engine, linker and call slots; shared by every plugin.
@@ -414,12 +439,16 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let since_0_1_1 = probe(&self.engine, &component, SINCE_0_1_1_INTERFACES, "0.1.1")?
+        let since_0_1_1 = probe(&self.engine, &component, &SINCE_0_1_1_INTERFACES, "0.1.1")?
             .then(|| since_0_1_1::Since011Pre::new(pre.clone()))
             .transpose()
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let since_0_1_2 = probe(&self.engine, &component, SINCE_0_1_2_INTERFACES, "0.1.2")?
+        let since_0_1_2 = probe(&self.engine, &component, &SINCE_0_1_2_INTERFACES, "0.1.2")?
             .then(|| since_0_1_2::Since012Pre::new(pre.clone()))
+            .transpose()
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let since_0_1_3 = probe(&self.engine, &component, &SINCE_0_1_3_INTERFACES, "0.1.3")?
+            .then(|| since_0_1_3::Since013Pre::new(pre.clone()))
             .transpose()
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let pre = ProviderBasePre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
@@ -427,6 +456,7 @@ impl Runtime {
             pre,
             since_0_1_1,
             since_0_1_2,
+            since_0_1_3,
             id: Arc::from(id),
             limits,
         })
@@ -541,7 +571,20 @@ impl Runtime {
 }
 
 async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Result<Reply> {
-    // A 0.1.2 hook needs only that interface's instance.
+    // A later version's hook needs only that interface's instance.
+    if let Call::RequestRoutes(ctx) = &call {
+        let Some(pre) = &p.since_0_1_3 else {
+            return Err(wasmtime::format_err!(
+                "the plugin does not export routes (WIT 0.1.3)"
+            ));
+        };
+        let i = pre.instantiate_async(&mut *store).await?;
+        return Ok(Reply::RequestRoutes(
+            i.portcullis_provider_routes()
+                .call_request_routes(&mut *store, ctx)
+                .await?,
+        ));
+    }
     if let Call::ShapeResult(ctx, name, status, body) = &call {
         let Some(pre) = &p.since_0_1_2 else {
             return Err(wasmtime::format_err!(
@@ -579,7 +622,9 @@ async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Re
             g.call_build_tool_call(&mut *store, &ctx, &name, &args)
                 .await?,
         ),
-        Call::ShapeResult(..) => return Err(wasmtime::format_err!("answered above")),
+        Call::ShapeResult(..) | Call::RequestRoutes(..) => {
+            return Err(wasmtime::format_err!("answered above"));
+        }
     })
 }
 
@@ -635,22 +680,20 @@ async fn describe(
 fn probe(
     engine: &Engine,
     component: &Component,
-    interfaces: [&str; 2],
+    interfaces: &[&str],
     version: &str,
 ) -> Result<bool, PrepareError> {
-    match interfaces.map(|i| exports_interface(engine, component, i)) {
-        [false, false] => Ok(false),
-        [true, true] => Ok(true),
-        [has_first, _] => {
-            let (has, lacks) = if has_first {
-                (interfaces[0], interfaces[1])
-            } else {
-                (interfaces[1], interfaces[0])
-            };
-            Err(PrepareError::Link(format!(
-                "exports {has} but not {lacks}; both came with WIT {version}: rebuild the plugin with a matching portcullis-sdk"
-            )))
-        }
+    let (has, lacks): (Vec<&str>, Vec<&str>) = interfaces
+        .iter()
+        .partition(|i| exports_interface(engine, component, i));
+    match (has.is_empty(), lacks.is_empty()) {
+        (true, _) => Ok(false),
+        (false, true) => Ok(true),
+        (false, false) => Err(PrepareError::Link(format!(
+            "exports {} but not {}; they all came with WIT {version}: rebuild the plugin with a matching portcullis-sdk",
+            has.join(", "),
+            lacks.join(", ")
+        ))),
     }
 }
 

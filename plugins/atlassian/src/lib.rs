@@ -75,6 +75,22 @@ impl Provider for Atlassian {
         ))
     }
 
+    /// `shape_request` as routes once the site is known: each product below its cloud id,
+    /// the rest to the connector's URL. Before discovery there are none, so the paths
+    /// `shape_request` refuses stay its to refuse.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        let Some(cloud) = ctx.var("cloud_id") else {
+            return Vec::new();
+        };
+        let base = ctx.base_url.trim_end_matches('/');
+        let mut routes: Vec<Route> = ["jira", "confluence"]
+            .iter()
+            .map(|p| Route::new(&format!("/{p}"), &format!("{base}/ex/{p}/{cloud}")))
+            .collect();
+        routes.push(Route::new("", base));
+        routes
+    }
+
     fn discover(ctx: &Context, state: &str, last: Option<Response>) -> Discovery {
         let Some(resp) = last else {
             let url = join_url(&ctx.base_url, "/oauth/token/accessible-resources", None);

@@ -66,6 +66,12 @@ impl Provider for Discord {
         })
     }
 
+    /// `shape_request` as one route: every path to the connector's URL, with Discord's
+    /// User-Agent unless the agent sent one.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        vec![Route::new("", &ctx.base_url).default_header("user-agent", USER_AGENT)]
+    }
+
     fn classify_response(
         _ctx: &Context,
         status: u16,

@@ -127,6 +127,28 @@ impl Provider for Google {
         Ok(ShapedRequest::join(host, &path, req.query.as_deref()))
     }
 
+    /// `shape_request` as routes: each API's first segment, and the rest to the
+    /// connector's URL. The host collapses empty segments before shaping, so a request's
+    /// first segment is what both see.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        let base = ctx.base_url.trim_end_matches('/');
+        let custom_base = base != DEFAULT_BASE;
+        let mut routes: Vec<Route> = APIS
+            .iter()
+            .map(|(name, host, keep)| {
+                let host = if custom_base { base } else { host };
+                let target = if *keep {
+                    format!("{host}/{name}")
+                } else {
+                    (*host).to_owned()
+                };
+                Route::new(&format!("/{name}"), &target)
+            })
+            .collect();
+        routes.push(Route::new("", base));
+        routes
+    }
+
     fn classify_response(
         _ctx: &Context,
         status: u16,

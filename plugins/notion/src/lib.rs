@@ -61,6 +61,12 @@ impl Provider for Notion {
         )
     }
 
+    /// `shape_request` as one route: every path to the connector's URL, with the API
+    /// version unless the agent chose one.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        vec![Route::new("", &ctx.base_url).default_header("notion-version", NOTION_VERSION)]
+    }
+
     fn read_token_response(
         _ctx: &Context,
         status: u16,

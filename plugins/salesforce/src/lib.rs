@@ -60,11 +60,22 @@ impl Provider for Salesforce {
         let path = if req.path.starts_with("/services/") || req.path == "/services" {
             req.path
         } else {
-            let version = ctx.var("api_version").unwrap_or(API_VERSION);
-            let version = version.trim_start_matches('v');
-            format!("/services/data/v{version}{}", req.path)
+            format!("{}{}", data_path(ctx), req.path)
         };
         Ok(ShapedRequest::join(base, &path, req.query.as_deref()))
+    }
+
+    /// `shape_request` as routes: `/services` as it is, every other path below the
+    /// versioned data path.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        let base = ctx
+            .var("instance_url")
+            .unwrap_or(&ctx.base_url)
+            .trim_end_matches('/');
+        vec![
+            Route::new("/services", &format!("{base}/services")),
+            Route::new("", &format!("{base}{}", data_path(ctx))),
+        ]
     }
 
     fn read_token_response(
@@ -113,4 +124,11 @@ impl Provider for Salesforce {
             _ => portcullis_sdk::classify_by_status(status, headers),
         }
     }
+}
+
+/// The versioned data API prefix: `/services/data/v63.0`, or the connector's
+/// `api_version`.
+fn data_path(ctx: &Context) -> String {
+    let version = ctx.var("api_version").unwrap_or(API_VERSION);
+    format!("/services/data/v{}", version.trim_start_matches('v'))
 }

@@ -53,15 +53,16 @@ impl Provider for Zoom {
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
-        // The host the token response named, unless the operator set the connector's URL.
-        let regional = ctx
-            .var("api_url")
-            .map(|u| format!("{}/v2", u.trim_end_matches('/')));
-        let base = match regional {
-            Some(r) if ctx.base_url.trim_end_matches('/') == DEFAULT_BASE => r,
-            _ => ctx.base_url.clone(),
-        };
-        Ok(ShapedRequest::join(&base, &req.path, req.query.as_deref()))
+        Ok(ShapedRequest::join(
+            &api_base(ctx),
+            &req.path,
+            req.query.as_deref(),
+        ))
+    }
+
+    /// `shape_request` as one route: every path to the same base.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        vec![Route::new("", &api_base(ctx))]
     }
 
     fn read_token_response(
@@ -204,4 +205,15 @@ impl Provider for Zoom {
 /// A meeting number, the path segment of the meeting tools.
 fn meeting_id(args: &Args) -> Result<String, PluginError> {
     args.digits("meeting_id", "the meeting's number")
+}
+
+/// The host the token response named, unless the operator set the connector's URL.
+fn api_base(ctx: &Context) -> String {
+    let regional = ctx
+        .var("api_url")
+        .map(|u| format!("{}/v2", u.trim_end_matches('/')));
+    match regional {
+        Some(r) if ctx.base_url.trim_end_matches('/') == DEFAULT_BASE => r,
+        _ => ctx.base_url.clone(),
+    }
 }

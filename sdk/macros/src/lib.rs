@@ -139,7 +139,10 @@ fn hooks(block: &ItemImpl) -> syn::Result<Vec<&'static str>> {
     const TOOLS: &str = "tools need both (list them, and turn a call into a request)";
     const RESULTS: &str =
         "reshaped answers need both (which tools, and how their answers are reshaped)";
+    const ROUTES: &str = "routes stand in for `shape_request` on the paths they cover, which must \
+                          give them the same result";
     for (one, other, why) in [
+        ("request_routes", "shape_request", ROUTES),
         ("list_tools", "build_tool_call", TOOLS),
         ("build_tool_call", "list_tools", TOOLS),
         ("shape_tool_result", SHAPED_CONST, RESULTS),
@@ -263,6 +266,17 @@ mod tests {
             }
         };
         assert_eq!(hooks_of(both), Ok(vec![]));
+        let unrouted: ItemImpl = parse_quote! {
+            impl Provider for P { fn request_routes(c: &Context) -> Vec<Route> { todo!() } }
+        };
+        assert!(hooks_of(unrouted).is_err_and(|e| e.contains("not `shape_request`")));
+        let routed: ItemImpl = parse_quote! {
+            impl Provider for P {
+                fn shape_request(c: &Context, r: OutgoingRequest) -> R { todo!() }
+                fn request_routes(c: &Context) -> Vec<Route> { todo!() }
+            }
+        };
+        assert_eq!(hooks_of(routed), Ok(vec!["ShapeRequest"]));
     }
 
     #[test]

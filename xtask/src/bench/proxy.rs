@@ -61,7 +61,7 @@ pub struct ProxyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,portcullis-plugin,nginx"
+        default_value = "direct,portcullis,portcullis-plugin,portcullis-plugin-calls,nginx"
     )]
     targets: Vec<TargetKind>,
 }
@@ -71,8 +71,12 @@ pub struct ProxyArgs {
 enum TargetKind {
     Direct,
     Portcullis,
-    /// Portcullis with the connector shaped by a verified provider plugin (Google).
+    /// Portcullis with the connector shaped by a verified provider plugin (Google), whose
+    /// routes (WIT 0.1.3) cover every path.
     PortcullisPlugin,
+    /// The same plugin as built before routes (WIT 0.1.2): a plugin call per request, as
+    /// for providers whose shaping depends on more than the path.
+    PortcullisPluginCalls,
     Nginx,
 }
 
@@ -82,6 +86,7 @@ impl TargetKind {
             TargetKind::Direct => "direct (no proxy)",
             TargetKind::Portcullis => "Portcullis",
             TargetKind::PortcullisPlugin => "Portcullis + provider plugin",
+            TargetKind::PortcullisPluginCalls => "Portcullis + provider plugin, a call per request",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -115,7 +120,10 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
 
     // Preparation failures only disqualify the target concerned, so the others still
     // produce numbers (useful while the host is under construction).
-    let portcullis_bin = if wants(TargetKind::Portcullis) || wants(TargetKind::PortcullisPlugin) {
+    let portcullis_bin = if wants(TargetKind::Portcullis)
+        || wants(TargetKind::PortcullisPlugin)
+        || wants(TargetKind::PortcullisPluginCalls)
+    {
         Some(prepare_portcullis(root, args.load.no_build))
     } else {
         None
@@ -151,17 +159,23 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                 let target = Target::get(kind.label(), upstream.addr, UPSTREAM_PATH);
                 measure(&target, &upstream, None, &spec_c1, &spec_high)
             }
-            TargetKind::Portcullis | TargetKind::PortcullisPlugin => {
-                let with_plugin = kind == TargetKind::PortcullisPlugin;
-                let dir = tmp.path().join(if with_plugin {
-                    "portcullis-plugin"
-                } else {
-                    "portcullis"
-                });
-                let registry = with_plugin.then(|| root.join("registry"));
+            TargetKind::Portcullis
+            | TargetKind::PortcullisPlugin
+            | TargetKind::PortcullisPluginCalls => {
+                let dir = tmp.path().join(format!("{kind:?}").to_lowercase());
+                let registry = match kind {
+                    TargetKind::PortcullisPlugin => Some(Ok(root.join("registry"))),
+                    TargetKind::PortcullisPluginCalls => {
+                        Some(google_without_routes(root, tmp.path()))
+                    }
+                    _ => None,
+                };
                 with_child(
                     &portcullis_bin,
-                    |bin| start_portcullis(bin, &dir, upstream.addr, registry.as_deref()),
+                    |bin| {
+                        let registry = registry.transpose()?;
+                        start_portcullis(bin, &dir, upstream.addr, registry.as_deref())
+                    },
                     &dir.join("stderr.log"),
                     |addr, guard| {
                         let target = proxied_target(kind, addr);
@@ -202,6 +216,8 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         &[
             TargetKind::Direct,
             TargetKind::Portcullis,
+            TargetKind::PortcullisPlugin,
+            TargetKind::PortcullisPluginCalls,
             TargetKind::Nginx,
         ],
     );
@@ -359,9 +375,10 @@ async fn serve_upstream(
     }
 }
 
-/// Starts Portcullis with one HTTP connector to the upstream. With `registry`, the connector names the Google provider plugin: every request is
-/// shaped by it (the bench path is no Google API, so the URL stays the same) and error
-/// statuses would be classified.
+/// Starts Portcullis with one HTTP connector to the upstream. With `registry`, the
+/// connector names the Google provider plugin: every request is shaped by it (the bench
+/// path is no Google API, so the URL stays the same; today's plugin routes it, the 0.1.2
+/// one is called) and error statuses would be classified.
 fn start_portcullis(
     bin: &Path,
     dir: &Path,
@@ -386,6 +403,20 @@ fn start_portcullis(
         }],
     });
     spawn_portcullis(bin, dir, &config, registry)
+}
+
+/// A registry holding only the Google plugin as built against WIT 0.1.2, before routes
+/// (the component the compatibility test keeps in `tests/fixtures/plugins`).
+fn google_without_routes(root: &Path, tmp: &Path) -> Result<PathBuf> {
+    let from = root.join("tests/fixtures/plugins/google-wit-0.1.2");
+    let registry = tmp.join("registry-wit-0.1.2");
+    let entry = registry.join("google");
+    fs::create_dir_all(&entry).context("creating the 0.1.2 registry")?;
+    for file in ["plugin.toml", "plugin.wasm"] {
+        fs::copy(from.join(file), entry.join(file))
+            .with_context(|| format!("copying {}", from.join(file).display()))?;
+    }
+    Ok(registry)
 }
 
 /// Returns the nginx binary, installing it with apt-get if missing (the benchmark is
@@ -626,19 +657,29 @@ impl Report<'_> {
                 }
             }
         }
-        if let (Some(p), Some(pp)) = (p, self.measured(TargetKind::PortcullisPlugin))
-            && p.throughput.rps > 0.0
-        {
-            let _ = writeln!(
-                s,
-                "- Provider plugin cost (Google plugin shaping every request): {:+.1} µs at p50 \
-                 (concurrency 1); throughput {:.0} vs {:.0} req/s at concurrency {high} \
-                 (**{:+.1}%**).",
-                pp.latency.p50_us - p.latency.p50_us,
-                pp.throughput.rps,
-                p.throughput.rps,
-                (pp.throughput.rps / p.throughput.rps - 1.0) * 100.0
-            );
+        for (kind, how) in [
+            (
+                TargetKind::PortcullisPlugin,
+                "Google plugin shaping every request through its routes",
+            ),
+            (
+                TargetKind::PortcullisPluginCalls,
+                "Google plugin of WIT 0.1.2 shaping every request by a call",
+            ),
+        ] {
+            if let (Some(p), Some(pp)) = (p, self.measured(kind))
+                && p.throughput.rps > 0.0
+            {
+                let _ = writeln!(
+                    s,
+                    "- Provider plugin cost ({how}): {:+.1} µs at p50 (concurrency 1); \
+                     throughput {:.0} vs {:.0} req/s at concurrency {high} (**{:+.1}%**).",
+                    pp.latency.p50_us - p.latency.p50_us,
+                    pp.throughput.rps,
+                    p.throughput.rps,
+                    (pp.throughput.rps / p.throughput.rps - 1.0) * 100.0
+                );
+            }
         }
         if let (Some(p), Some(n)) = (p, n)
             && n.throughput.rps > 0.0

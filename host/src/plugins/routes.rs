@@ -1,0 +1,223 @@
+//! Routes (WIT 0.1.3): the shaping of a plugin that depends only on the path, asked
+//! once per connection context and applied here, so the requests they cover cost no
+//! plugin call.
+//!
+//! A plugin's answer for a context is checked ([`super::output::routes`]) and kept in
+//! the plugin's [`Cache`], which a registry rescan replaces with the plugin. A request a
+//! route covers becomes the `shaped-request` the plugin's `shape-request` would have
+//! returned, and goes through the same output check as one; a path no route covers is
+//! shaped by a call as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::types;
+
+/// Contexts whose routes a plugin keeps; per-user connections each have their own
+/// (their variables differ), so the map is bounded and starts over when full.
+const MAX_CONTEXTS: usize = 4096;
+
+/// A checked route: the prefix it replaces, the URL it puts there (no trailing `/`),
+/// and the headers sent when the agent sent none of that name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub(super) prefix: String,
+    pub(super) target: String,
+    pub(super) default_headers: Vec<types::Header>,
+}
+
+/// A context's routes, longest prefix first (the first match is the longest).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// From checked routes, in any order.
+    pub(super) fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self(routes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// What `shape-request` would return for `req`, when a route covers its path: the
+    /// matched prefix replaced by the route's target, the query kept, the route's default
+    /// headers the agent did not send.
+    pub fn shape(&self, req: &types::OutgoingRequest) -> Option<types::ShapedRequest> {
+        let route = self.0.iter().find(|r| covers(&r.prefix, &req.path))?;
+        let rest = &req.path[route.prefix.len()..];
+        let query = req.query.as_deref().filter(|q| !q.is_empty());
+        let mut url = String::with_capacity(
+            route.target.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        url.push_str(&route.target);
+        url.push_str(rest);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        let set_headers = route
+            .default_headers
+            .iter()
+            .filter(|(name, _)| {
+                !req.headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
+            .cloned()
+            .collect();
+        Some(types::ShapedRequest {
+            url,
+            set_headers,
+            remove_headers: Vec::new(),
+            grant: None,
+        })
+    }
+}
+
+/// Whether `prefix` covers `path`: every path for the empty prefix, else the path
+/// itself or anything below it (`/gmail` covers `/gmail/v1`, not `/gmailx`).
+fn covers(prefix: &str, path: &str) -> bool {
+    prefix.is_empty()
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// One plugin's routes per context. A context is the connector, its base URL and its
+/// variables: what a plugin's routes may depend on.
+#[derive(Debug, Default)]
+pub struct Cache {
+    by_context: Mutex<HashMap<Key, Arc<Routes>>>,
+}
+
+impl Cache {
+    pub fn get(&self, ctx: &types::Context) -> Option<Arc<Routes>> {
+        let map = self.by_context.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&key(ctx)).cloned()
+    }
+
+    pub fn insert(&self, ctx: &types::Context, routes: Routes) -> Arc<Routes> {
+        let routes = Arc::new(routes);
+        let mut map = self.by_context.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CONTEXTS {
+            map.clear();
+        }
+        map.insert(key(ctx), routes.clone());
+        routes
+    }
+}
+
+/// A context as a map key: exactly the parts a plugin's routes may depend on.
+type Key = (String, String, Vec<types::Variable>);
+
+fn key(ctx: &types::Context) -> Key {
+    (
+        ctx.connector.clone(),
+        ctx.base_url.clone(),
+        ctx.variables.clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, target: &str) -> Route {
+        Route {
+            prefix: prefix.into(),
+            target: target.into(),
+            default_headers: Vec::new(),
+        }
+    }
+
+    fn req(path: &str, query: Option<&str>, headers: &[(&str, &str)]) -> types::OutgoingRequest {
+        types::OutgoingRequest {
+            method: types::Method::Get,
+            path: path.into(),
+            query: query.map(Into::into),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    fn url(routes: &Routes, path: &str, query: Option<&str>) -> Option<String> {
+        routes.shape(&req(path, query, &[])).map(|s| s.url)
+    }
+
+    #[test]
+    fn the_longest_prefix_on_a_segment_boundary_wins() {
+        let routes = Routes::new(vec![
+            route("", "https://www.googleapis.com"),
+            route("/gmail", "https://gmail.googleapis.com"),
+            route("/drive", "https://www.googleapis.com/drive"),
+        ]);
+        assert_eq!(
+            url(&routes, "/gmail/v1/users/me", Some("a=1")).as_deref(),
+            Some("https://gmail.googleapis.com/v1/users/me?a=1")
+        );
+        assert_eq!(
+            url(&routes, "/drive/v3/files", None).as_deref(),
+            Some("https://www.googleapis.com/drive/v3/files")
+        );
+        // A longer first segment is not the prefix's.
+        assert_eq!(
+            url(&routes, "/gmailx/v1", None).as_deref(),
+            Some("https://www.googleapis.com/gmailx/v1")
+        );
+        // The prefix itself, and an empty query, add nothing.
+        assert_eq!(
+            url(&routes, "/gmail", Some("")).as_deref(),
+            Some("https://gmail.googleapis.com")
+        );
+    }
+
+    #[test]
+    fn paths_no_route_covers_are_left_to_the_plugin() {
+        let routes = Routes::new(vec![route("/jira", "https://api.atlassian.com/ex/jira/c1")]);
+        assert_eq!(url(&routes, "/me", None), None);
+        assert_eq!(url(&routes, "/jiras", None), None);
+        assert!(Routes::default().is_empty());
+        assert_eq!(url(&Routes::default(), "/x", None), None);
+    }
+
+    #[test]
+    fn default_headers_yield_to_the_agents_own() {
+        let routes = Routes::new(vec![Route {
+            default_headers: vec![("notion-version".into(), "2022-06-28".into())],
+            ..route("", "https://api.notion.com")
+        }]);
+        let shaped = routes
+            .shape(&req("/v1/users", None, &[]))
+            .map(|s| s.set_headers);
+        assert_eq!(
+            shaped,
+            Some(vec![("notion-version".into(), "2022-06-28".into())])
+        );
+        let theirs = routes
+            .shape(&req("/v1/users", None, &[("Notion-Version", "2025-09-03")]))
+            .map(|s| s.set_headers);
+        assert_eq!(theirs, Some(Vec::new()));
+    }
+
+    #[test]
+    fn contexts_differ_by_connector_base_and_variables() {
+        let ctx = |connector: &str, vars: &[(&str, &str)]| types::Context {
+            connector: connector.into(),
+            base_url: "https://api.example".into(),
+            variables: vars
+                .iter()
+                .map(|(n, v)| ((*n).into(), (*v).into()))
+                .collect(),
+        };
+        let cache = Cache::default();
+        cache.insert(&ctx("a", &[("cloud_id", "1")]), Routes::default());
+        assert!(cache.get(&ctx("a", &[("cloud_id", "1")])).is_some());
+        assert!(cache.get(&ctx("a", &[("cloud_id", "2")])).is_none());
+        assert!(cache.get(&ctx("b", &[("cloud_id", "1")])).is_none());
+        assert!(cache.get(&ctx("a", &[])).is_none());
+    }
+}
