@@ -339,9 +339,16 @@ impl Harness {
             };
             // What the plugin's routes make of the request, if one covers it: it must be
             // what `shape-request` makes of it, since the host uses the route instead.
-            let routed = match p.routes(plugin, &ctx, bounds).await {
-                Some(routes) => routes.shape(req),
-                None => None,
+            // Routes the host refuses fail the case: the plugin would lose them silently.
+            let routed = match plugin.exports_routes() {
+                true => p
+                    .declared_routes(plugin, &ctx, bounds)
+                    .await
+                    .map_err(|err| {
+                        format!("the plugin's routes for this context are refused: {err}")
+                    })?
+                    .shape(req),
+                false => None,
             };
             let called = p.shape_request(plugin, ctx, req.clone()).await;
             let shaped = match (called, routed) {

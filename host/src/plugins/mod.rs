@@ -215,7 +215,7 @@ impl Plugins {
         req: types::OutgoingRequest,
         bounds: Bounds<'_>,
     ) -> Result<Shaped, CallError> {
-        let routed = match self.routes(plugin, &ctx, bounds).await {
+        let routed = match self.routes(plugin, &ctx, bounds).await? {
             Some(routes) => routes.shape(&req),
             None => None,
         };
@@ -230,39 +230,51 @@ impl Plugins {
         )
     }
 
-    /// The plugin's routes for `ctx`, checked: asked at the context's first request and
-    /// kept with the plugin. `None` when it declares none, or when asking failed (then
-    /// every request is shaped by a call, and the next one asks again).
-    pub(super) async fn routes(
+    /// The plugin's routes for `ctx`: asked at the context's first request (once, while
+    /// the requests that arrive meanwhile wait) and kept with the plugin. `None` when it
+    /// declares none, or when its answer was refused or its call failed: the plugin
+    /// answers a context the same way every time, so that context is shaped by calls
+    /// from then on. A busy runtime fails the request, as for any plugin call.
+    async fn routes(
         &self,
         plugin: &Plugin,
         ctx: &types::Context,
         bounds: Bounds<'_>,
-    ) -> Option<Arc<routes::Routes>> {
+    ) -> Result<Option<Arc<routes::Routes>>, CallError> {
         if !plugin.exports_routes() {
-            return None;
+            return Ok(None);
         }
-        let routes = match plugin.routes.get(ctx) {
-            Some(known) => known,
-            None => {
-                let declared = match self.call(plugin, Call::RequestRoutes(ctx.clone())).await {
-                    Ok(Reply::RequestRoutes(declared)) => declared,
-                    // A failed call is logged and counted by `call`.
-                    Ok(_) | Err(_) => return None,
-                };
-                // A refused answer is kept as no routes: the plugin gives the same
-                // answer for the same context, so asking again would only repeat it.
-                let checked = self
-                    .checked(
-                        plugin,
-                        "request-routes",
-                        output::routes(plugin, bounds, declared),
-                    )
-                    .unwrap_or_default();
-                plugin.routes.insert(ctx, checked)
-            }
+        let routes = plugin
+            .routes
+            .get_or_ask(ctx, || async {
+                match self.declared_routes(plugin, ctx, bounds).await {
+                    Err(busy @ CallError::Busy { .. }) => Err(busy),
+                    // Logged and counted where it failed.
+                    Err(_) => Ok(routes::Routes::default()),
+                    Ok(routes) => Ok(routes),
+                }
+            })
+            .await?;
+        Ok((!routes.is_empty()).then_some(routes))
+    }
+
+    /// Asks for the routes of `ctx` and checks them ([`output::routes`]); a failure is
+    /// logged and counted under `request-routes`.
+    pub(super) async fn declared_routes(
+        &self,
+        plugin: &Plugin,
+        ctx: &types::Context,
+        bounds: Bounds<'_>,
+    ) -> Result<routes::Routes, CallError> {
+        let declared = match self.call(plugin, Call::RequestRoutes(ctx.clone())).await? {
+            Reply::RequestRoutes(declared) => Ok(declared),
+            _ => Err(wrong_reply(plugin)),
         };
-        (!routes.is_empty()).then_some(routes)
+        self.checked(
+            plugin,
+            "request-routes",
+            declared.and_then(|d| output::routes(plugin, bounds, d)),
+        )
     }
 
     /// Logs and counts a refused output.

@@ -33,8 +33,10 @@ const MAX_TOOL_DESCRIPTION: usize = 4096;
 const MAX_TOOL_SCHEMA: usize = 64 * 1024;
 /// Longest text a plugin may report (a classification's reason).
 const MAX_REASON: usize = 1024;
-/// Most routes a plugin may declare for one context.
+/// Most routes a plugin may declare for one context, and their total size (prefixes,
+/// targets, headers): a context's routes are kept for as long as the plugin is loaded.
 const MAX_ROUTES: usize = 64;
+const MAX_ROUTES_BYTES: usize = 64 * 1024;
 /// Longest retry delay a plugin may ask for, in milliseconds.
 const MAX_RETRY_MS: u32 = 2_000;
 
@@ -299,6 +301,23 @@ pub(super) fn routes(
         return Err(invalid(
             plugin,
             format!("{} routes declared; at most {MAX_ROUTES}", declared.len()),
+        ));
+    }
+    let bytes: usize = declared
+        .iter()
+        .map(|r| {
+            r.prefix.len()
+                + r.target.len()
+                + r.default_headers
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    if bytes > MAX_ROUTES_BYTES {
+        return Err(invalid(
+            plugin,
+            format!("routes of {bytes} bytes declared; at most {MAX_ROUTES_BYTES}"),
         ));
     }
     let mut checked: Vec<super::routes::Route> = Vec::with_capacity(declared.len());

@@ -9,7 +9,10 @@
 //! shaped by a call as before.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
 
 use super::types;
 
@@ -86,26 +89,36 @@ fn covers(prefix: &str, path: &str) -> bool {
 }
 
 /// One plugin's routes per context. A context is the connector, its base URL and its
-/// variables: what a plugin's routes may depend on.
+/// variables: what a plugin's routes may depend on. The first request of a context asks;
+/// requests that arrive meanwhile wait for that answer instead of asking again.
 #[derive(Debug, Default)]
 pub struct Cache {
-    by_context: Mutex<HashMap<Key, Arc<Routes>>>,
+    by_context: Mutex<HashMap<Key, Arc<OnceCell<Arc<Routes>>>>>,
 }
 
 impl Cache {
-    pub fn get(&self, ctx: &types::Context) -> Option<Arc<Routes>> {
-        let map = self.by_context.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key(ctx)).cloned()
-    }
-
-    pub fn insert(&self, ctx: &types::Context, routes: Routes) -> Arc<Routes> {
-        let routes = Arc::new(routes);
-        let mut map = self.by_context.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_CONTEXTS {
-            map.clear();
-        }
-        map.insert(key(ctx), routes.clone());
-        routes
+    /// The routes for `ctx`, from `ask` the first time. An `ask` that fails is not kept:
+    /// the next request asks again.
+    pub async fn get_or_ask<F, Fut, E>(
+        &self,
+        ctx: &types::Context,
+        ask: F,
+    ) -> Result<Arc<Routes>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Routes, E>>,
+    {
+        let key = key(ctx);
+        let cell = {
+            let mut map = self.by_context.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() >= MAX_CONTEXTS && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.entry(key).or_default().clone()
+        };
+        cell.get_or_try_init(|| async { ask().await.map(Arc::new) })
+            .await
+            .cloned()
     }
 }
 
@@ -203,8 +216,8 @@ mod tests {
         assert_eq!(theirs, Some(Vec::new()));
     }
 
-    #[test]
-    fn contexts_differ_by_connector_base_and_variables() {
+    #[tokio::test]
+    async fn contexts_are_asked_once_and_differ_by_connector_base_and_variables() {
         let ctx = |connector: &str, vars: &[(&str, &str)]| types::Context {
             connector: connector.into(),
             base_url: "https://api.example".into(),
@@ -214,10 +227,31 @@ mod tests {
                 .collect(),
         };
         let cache = Cache::default();
-        cache.insert(&ctx("a", &[("cloud_id", "1")]), Routes::default());
-        assert!(cache.get(&ctx("a", &[("cloud_id", "1")])).is_some());
-        assert!(cache.get(&ctx("a", &[("cloud_id", "2")])).is_none());
-        assert!(cache.get(&ctx("b", &[("cloud_id", "1")])).is_none());
-        assert!(cache.get(&ctx("a", &[])).is_none());
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let ask = || async {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(Routes::new(vec![route("", "https://api.example")]))
+        };
+        let one = ctx("a", &[("cloud_id", "1")]);
+        let (first, second) =
+            tokio::join!(cache.get_or_ask(&one, ask), cache.get_or_ask(&one, ask));
+        assert_eq!(first, second);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        for other in [
+            ctx("a", &[("cloud_id", "2")]),
+            ctx("b", &[("cloud_id", "1")]),
+            ctx("a", &[]),
+        ] {
+            let _ = cache.get_or_ask(&other, ask).await;
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
+        // A failed ask is not kept.
+        let failed = ctx("c", &[]);
+        assert_eq!(
+            cache.get_or_ask(&failed, || async { Err(()) }).await,
+            Err(())
+        );
+        assert!(cache.get_or_ask(&failed, ask).await.is_ok());
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 }

@@ -58,7 +58,7 @@ impl Provider for Atlassian {
         });
         let shaped_path = match product_path {
             Some((product, rest)) => {
-                let cloud = ctx.var("cloud_id").ok_or_else(|| {
+                let cloud = ctx.var("cloud_id").filter(|c| !c.is_empty()).ok_or_else(|| {
                     PluginError::InvalidInput(
                         "no Atlassian site is selected yet (cloud_id unknown); the host runs discovery first".into(),
                     )
@@ -79,7 +79,7 @@ impl Provider for Atlassian {
     /// the rest to the connector's URL. Before discovery there are none, so the paths
     /// `shape_request` refuses stay its to refuse.
     fn request_routes(ctx: &Context) -> Vec<Route> {
-        let Some(cloud) = ctx.var("cloud_id") else {
+        let Some(cloud) = ctx.var("cloud_id").filter(|c| !c.is_empty()) else {
             return Vec::new();
         };
         let base = ctx.base_url.trim_end_matches('/');

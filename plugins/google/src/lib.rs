@@ -129,10 +129,18 @@ impl Provider for Google {
 
     /// `shape_request` as routes: each API's first segment, and the rest to the
     /// connector's URL. The host collapses empty segments before shaping, so a request's
-    /// first segment is what both see.
+    /// first segment is what both see. An API whose segment is taken off sends its bare
+    /// path (`/sheets`) to `<host>/`, where a route sends it to `<host>`: the same URL
+    /// only when the host has no path, so a connector URL with a path is shaped by calls.
     fn request_routes(ctx: &Context) -> Vec<Route> {
         let base = ctx.base_url.trim_end_matches('/');
         let custom_base = base != DEFAULT_BASE;
+        if base
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains('/'))
+        {
+            return Vec::new();
+        }
         let mut routes: Vec<Route> = APIS
             .iter()
             .map(|(name, host, keep)| {

@@ -130,5 +130,6 @@ impl Provider for Salesforce {
 /// `api_version`.
 fn data_path(ctx: &Context) -> String {
     let version = ctx.var("api_version").unwrap_or(API_VERSION);
-    format!("/services/data/v{}", version.trim_start_matches('v'))
+    let version = version.trim_start_matches('v').trim_end_matches('/');
+    format!("/services/data/v{version}")
 }
