@@ -567,8 +567,7 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let expected = HeaderValue::from_static("Bearer bench-mcp-token");
-    if req.headers().get(hyper::header::AUTHORIZATION) != Some(&expected) {
+    if req.headers().get(hyper::header::AUTHORIZATION) != Some(&upstream_token()) {
         let mut resp = axum::response::Response::new(axum::body::Body::from("missing token"));
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
         return resp;
@@ -682,19 +681,7 @@ impl Report<'_> {
             } else {
                 "Sessionless"
             };
-            for (d, p) in [(&d.latency, &p.latency), (&d.throughput, &p.throughput)] {
-                let _ = writeln!(
-                    s,
-                    "- {how}, concurrency {}: Portcullis adds {:+.1} µs at p50 and {:+.1} µs \
-                     at p99; {:.0} vs {:.0} calls/s ({:.2}× direct).",
-                    d.concurrency,
-                    p.p50_us - d.p50_us,
-                    p.p99_us - d.p99_us,
-                    p.rps,
-                    d.rps,
-                    ratio(p.rps, d.rps)
-                );
-            }
+            against_direct(&mut s, how, "Portcullis", d, p);
             let added = p.latency.p50_us - d.latency.p50_us;
             let share = ratio(p.throughput.rps, d.throughput.rps);
             let _ = writeln!(
@@ -738,19 +725,13 @@ impl Report<'_> {
                 "sessionless"
             };
             if let Some(d) = peer.baseline().and_then(|k| self.measured(k)) {
-                for (d, c) in [(&d.latency, &c.latency), (&d.throughput, &c.throughput)] {
-                    let _ = writeln!(
-                        s,
-                        "- Peer gateway, {how}, concurrency {}: ContextForge adds {:+.1} µs at \
-                         p50 and {:+.1} µs at p99; {:.0} vs {:.0} calls/s ({:.2}× direct).",
-                        d.concurrency,
-                        c.p50_us - d.p50_us,
-                        c.p99_us - d.p99_us,
-                        c.rps,
-                        d.rps,
-                        ratio(c.rps, d.rps)
-                    );
-                }
+                against_direct(
+                    &mut s,
+                    &format!("Peer gateway, {how}"),
+                    "ContextForge",
+                    d,
+                    c,
+                );
             }
             if let Some(p) = self.measured(ours) {
                 let _ = writeln!(
@@ -794,6 +775,23 @@ impl Report<'_> {
             "settings": settings,
             "targets": targets,
         })
+    }
+}
+
+/// The lines comparing a gateway (`who`) with direct (`d`), at both concurrencies.
+fn against_direct(s: &mut String, lead: &str, who: &str, d: &Measured, x: &Measured) {
+    for (d, x) in [(&d.latency, &x.latency), (&d.throughput, &x.throughput)] {
+        let _ = writeln!(
+            s,
+            "- {lead}, concurrency {}: {who} adds {:+.1} µs at p50 and {:+.1} µs at p99; \
+             {:.0} vs {:.0} calls/s ({:.2}× direct).",
+            d.concurrency,
+            x.p50_us - d.p50_us,
+            x.p99_us - d.p99_us,
+            x.rps,
+            d.rps,
+            ratio(x.rps, d.rps)
+        );
     }
 }
 
