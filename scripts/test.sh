@@ -3,9 +3,9 @@
 # installs what the tests need (the wasm32-wasip2 target, Node.js for the oidc-provider
 # and MCP server-everything peers, their npm packages, the MCP conformance suite with
 # the Node 22 it needs, the Python MCP SDK in a venv, Chromium for the dashboard's
-# browser tests), then checks formatting and lints, rebuilds the provider plugins and
-# checks registry/ is what the source builds to, builds the host, and runs unit and
-# end-to-end tests.
+# browser tests, PostgreSQL for the replica tests), then checks formatting and lints,
+# rebuilds the provider plugins and checks registry/ is what the source builds to,
+# builds the host, and runs unit and end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +75,17 @@ if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
   fi
   command -v systemd-analyze >/dev/null || fail "systemd-analyze is required to check deploy/portcullis.service; install it (e.g. apt-get install systemd)"
+fi
+
+# Debian's PostgreSQL runs the replica tests (several hosts sharing one PostgreSQL vault);
+# each test starts its own server in a temporary folder.
+pg_ok() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || [ -x "${PORTCULLIS_PG_BIN:-/nonexistent}/postgres" ]; }
+if ! pg_ok; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing PostgreSQL from Debian packages" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_ok || fail "PostgreSQL is required for the replica tests; install it (e.g. apt-get install postgresql) or set PORTCULLIS_PG_BIN to the folder with its initdb, postgres and psql"
 fi
 
 echo "==> cargo fmt --check"

@@ -18,7 +18,10 @@
 //! - [`mcp_server`]: an rmcp MCP server (streamable HTTP) as an upstream;
 //!   [`legacy_server`]: a minimal one on the legacy HTTP+SSE transport that checks the
 //!   token on every request; [`peers_mcp`]: server-everything and the Python SDK agent.
+//! - [`postgres`]: a real PostgreSQL server (Debian's package) in a temporary folder;
+//!   [`balancer`]: a round-robin TCP load balancer in front of several replicas.
 
+pub mod balancer;
 pub mod conformance;
 pub mod expiry;
 pub mod fixture;
@@ -26,6 +29,7 @@ pub mod legacy_server;
 pub mod mcp_server;
 pub mod oidc;
 pub mod peers_mcp;
+pub mod postgres;
 pub mod raw;
 pub mod upstream;
 pub mod whois;

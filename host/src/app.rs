@@ -90,8 +90,9 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         .unwrap_or_else(|| opts.data_dir.join(vault::KEY_FILE));
     // An existing vault is opened to check vault references against it; a new one is
     // created only once the config is known to be good, so a bad one leaves no key behind.
-    let existing = if opts.data_dir.join(vault::DB_FILE).exists() {
-        Some(Arc::new(vault::open(&opts.data_dir, &key_file)?))
+    let location = vault::Location::new(&opts.data_dir, opts.database_url.clone());
+    let existing = if location.exists() {
+        Some(Arc::new(vault::open(&location, &key_file)?))
     } else {
         None
     };
@@ -106,7 +107,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
     )?;
     let vault = match existing {
         Some(v) => v,
-        None => Arc::new(vault::open(&opts.data_dir, &key_file)?),
+        None => Arc::new(vault::open(&location, &key_file)?),
     };
 
     let egress = Egress::new(&checked.0.egress)?;
@@ -139,6 +140,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         config_hash: current.hash,
     }));
     spawn_refresher(&app);
+    tokio::spawn(Connections::follow_store(Arc::downgrade(&app.connections)));
     let mcp = crate::mcp::Gateway::start(app.clone());
     let router = router(app.clone(), mcp);
     Ok((app, listen, router))

@@ -25,11 +25,17 @@ pub struct Place {
     pub config: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub registry: Option<PathBuf>,
+    /// The PostgreSQL vault (`--database-url`); `None`: redb in the data directory.
+    pub database_url: Option<vault::DatabaseUrl>,
 }
 
 impl Place {
     fn file(&self) -> ConfigFile {
         ConfigFile::new(self.config.as_deref(), &self.data_dir)
+    }
+
+    fn location(&self) -> vault::Location {
+        vault::Location::new(&self.data_dir, self.database_url.clone())
     }
 
     fn key_file(&self, text: &str) -> PathBuf {
@@ -57,7 +63,7 @@ impl Place {
 
     /// The vault, for commands that change it.
     fn vault(&self, text: &str) -> anyhow::Result<Vault> {
-        vault::open(&self.data_dir, &self.key_file(text)).map_err(|e| match e {
+        vault::open(&self.location(), &self.key_file(text)).map_err(|e| match e {
             VaultError::Locked { .. } => anyhow::anyhow!(
                 "{e}; while it runs, use the admin API instead (PUT /api/secrets/NAME, POST /api/config/connectors)"
             ),
@@ -69,7 +75,8 @@ impl Place {
     /// directory with no vault is more likely the wrong one than an empty vault, so its
     /// references are reported unchecked rather than missing.
     fn vault_view(&self, text: &str) -> Result<Vault, String> {
-        if !self.data_dir.join(vault::DB_FILE).exists() {
+        let location = self.location();
+        if !location.exists() {
             return Err(format!(
                 "there is no vault in {}; give the data directory `serve` uses with --data-dir",
                 self.data_dir.display()
@@ -83,7 +90,7 @@ impl Place {
                 key_file.display()
             ));
         }
-        match vault::open(&self.data_dir, &key_file) {
+        match vault::open(&location, &key_file) {
             Ok(v) => Ok(v),
             Err(VaultError::Locked { .. }) => Err(
                 "the vault is in use by a running `portcullis serve`; POST /api/config:validate checks vault references against it".to_owned(),
@@ -166,7 +173,7 @@ pub fn secret_set(name: &str, place: &Place) -> anyhow::Result<()> {
     vault.set_secret(name, value.as_bytes())?;
     eprintln!(
         "Stored {name} in the vault ({}). Refer to it as {{\"vault\": \"{name}\"}}.",
-        vault.path().display()
+        vault.describe()
     );
     Ok(())
 }

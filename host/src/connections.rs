@@ -663,13 +663,75 @@ impl Connections {
     }
 
     fn load(&self, key: &str) -> Option<Arc<Tokens>> {
-        match self.vault.get(Table::UserTokens, key) {
-            Ok(Some(bytes)) => serde_json::from_slice::<Tokens>(&bytes).ok().map(Arc::new),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read a stored connection");
-                None
+        self.stored(key).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read a stored connection");
+            None
+        })
+    }
+
+    /// The stored tokens for `key`; an unreadable store is an error, not "none".
+    fn stored(&self, key: &str) -> Result<Option<Arc<Tokens>>, crate::vault::VaultError> {
+        Ok(self
+            .vault
+            .get(Table::UserTokens, key)?
+            .and_then(|bytes| serde_json::from_slice::<Tokens>(&bytes).ok())
+            .map(Arc::new))
+    }
+
+    /// Follows what other replicas sharing the store change: a user who connected,
+    /// refreshed or disconnected on one is seen on this one at once. Returns at once when
+    /// this process is the store's only writer (redb).
+    pub async fn follow_store(this: std::sync::Weak<Self>) {
+        use crate::vault::store::Change;
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(mut changes) = this.upgrade().and_then(|c| c.vault.changes()) else {
+            return;
+        };
+        loop {
+            let change = changes.recv().await;
+            let Some(this) = this.upgrade() else { return };
+            let keys = match change {
+                Ok(Change::Record {
+                    table: Table::UserTokens,
+                    key,
+                }) => vec![key],
+                Ok(Change::Record { .. }) => continue,
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => this
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect(),
+                Err(RecvError::Closed) => return,
+            };
+            for key in keys {
+                this.reload(&key);
             }
+        }
+    }
+
+    /// Replaces a cached slot's tokens with the stored ones when another replica changed
+    /// them; rings when a connection began or ended. Uncached keys load on first use.
+    fn reload(&self, key: &str) {
+        let Some(slot) = self.cached(key) else { return };
+        let stored = match self.stored(key) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read a connection another replica changed");
+                return;
+            }
+        };
+        let (presence, changed) = match (slot.current(), &stored) {
+            (Some(a), Some(b)) => (false, !a.same_tokens(b)),
+            (None, None) => (false, false),
+            _ => (true, true),
+        };
+        if changed {
+            slot.set(stored);
+        }
+        if presence {
+            self.ring();
         }
     }
 
@@ -885,6 +947,44 @@ impl Connections {
             // Backing off; the caller decides whether the old token is still usable.
             return Ok(cur);
         }
+        // Replicas sharing the store: one refresh per expiry among all of them. The lock
+        // is held until the new tokens are stored; whoever waited finds them on re-reading
+        // and uses them, so a rotated refresh token is never spent twice.
+        let held = self
+            .vault
+            .lock(Table::UserTokens, &key)
+            .await
+            .map_err(|e| ConnError::RefreshFailed {
+                connector: pu.connector.clone(),
+                detail: e.to_string(),
+                retry_secs: 1,
+            })?;
+        let cur = if held.is_some() {
+            let stored = self.stored(&key).map_err(|e| ConnError::RefreshFailed {
+                connector: pu.connector.clone(),
+                detail: e.to_string(),
+                retry_secs: 1,
+            })?;
+            match stored {
+                // Disconnected on another replica.
+                None => {
+                    slot.set(None);
+                    self.ring();
+                    return Err(needs_auth());
+                }
+                Some(stored) if !stored.same_tokens(&cur) => {
+                    slot.set(Some(stored.clone()));
+                    if stored.due(now_ms()).is_empty() {
+                        return Ok(stored);
+                    }
+                    stored
+                }
+                Some(_) => cur,
+            }
+        } else {
+            cur
+        };
+        let due = cur.due(now_ms());
         let flow = self.flow(pu, None, cur.client_id.as_deref()).await?;
         // Each due grant with its own refresh token (Slack's bot and user tokens rotate
         // separately).
@@ -1837,8 +1937,15 @@ mod tests {
 
     async fn connections() -> (tempfile::TempDir, Arc<Connections>) {
         let dir = tempfile::tempdir().expect("tmp");
-        let vault =
-            Arc::new(Vault::open(dir.path(), &crate::vault::MasterKey::generate()).expect("vault"));
+        let vault = Arc::new(
+            Vault::open(
+                &crate::vault::Location::Redb {
+                    data_dir: dir.path().to_owned(),
+                },
+                &crate::vault::MasterKey::generate(),
+            )
+            .expect("vault"),
+        );
         let egress = Egress::new(&config::EgressConfig::default()).expect("egress");
         let plugins = Plugins::open(None, None, None).await.expect("plugins");
         let c = Connections::open(vault, egress, plugins, Metrics::new());
@@ -1853,7 +1960,13 @@ mod tests {
         ));
         let cfg = cfg.unwrap_or_else(|| panic!("{diags}"));
         let dir = tempfile::tempdir().expect("tmp");
-        let vault = Vault::open(dir.path(), &crate::vault::MasterKey::generate()).expect("vault");
+        let vault = Vault::open(
+            &crate::vault::Location::Redb {
+                data_dir: dir.path().to_owned(),
+            },
+            &crate::vault::MasterKey::generate(),
+        )
+        .expect("vault");
         Arc::new(
             PerUser::build(&cfg.connectors[id], &vault)
                 .expect("build")

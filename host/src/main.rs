@@ -1,5 +1,5 @@
-//! The `portcullis` command: `serve`, `validate`, `rotate-key`, `secret`, `connector`,
-//! `completions`.
+//! The `portcullis` command: `serve`, `validate`, `rotate-key`, `migrate-store`, `secret`,
+//! `connector`, `completions`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ const DEFAULT_DATA_DIR: &str = "portcullis-data";
     name = "portcullis",
     version,
     about = "Connector gateway for AI agents on a tailnet",
-    after_help = "Environment:\n  PORTCULLIS_MASTER_KEY   The vault's master key (base64 or 64 hex digits); wins over the key file\n  RUST_LOG                Log filter (default: info,rmcp=off)\n  PORTCULLIS_LOG_FORMAT   \"json\" for one JSON object per log line\n  NO_COLOR                No colour in logs, even at a terminal\n\nDocs: docs/configuration.md (config, commands), docs/admin-api.md (HTTP API and dashboard)"
+    after_help = "Environment:\n  PORTCULLIS_MASTER_KEY   The vault's master key (base64 or 64 hex digits); wins over the key file\n  PORTCULLIS_DATABASE_URL The PostgreSQL vault several replicas share (see --database-url)\n  RUST_LOG                Log filter (default: info,rmcp=off)\n  PORTCULLIS_LOG_FORMAT   \"json\" for one JSON object per log line\n  NO_COLOR                No colour in logs, even at a terminal\n\nDocs: docs/configuration.md (config, commands), docs/admin-api.md (HTTP API and dashboard)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +47,8 @@ enum Command {
         /// Provider registry folder.
         #[arg(long, env = "PORTCULLIS_REGISTRY")]
         registry: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Append the audit trail (who used which connector or tool under which grant,
         /// every admin change) to this file, one JSON object per line; default: the log.
         #[arg(long, env = "PORTCULLIS_AUDIT_LOG", value_name = "FILE")]
@@ -67,6 +69,8 @@ enum Command {
         /// Provider registry folder, to check connectors' providers.
         #[arg(long, env = "PORTCULLIS_REGISTRY")]
         registry: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Re-seal every vault record under a new master key. Stop `serve` first.
     RotateKey {
@@ -76,6 +80,22 @@ enum Command {
         /// Where the vault and its key file are.
         #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Copy the embedded vault (redb, in the data directory) into an empty PostgreSQL
+    /// database, with the same master key, and check every copied record opens there.
+    /// Stop `serve` first; then start each replica with --database-url.
+    MigrateStore {
+        /// Config file, for `vault.key_file`.
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where the redb vault and its key file are.
+        #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The PostgreSQL database to copy into.
+        #[arg(long = "database-url", env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = database_url)]
+        to: vault::DatabaseUrl,
     },
     /// Named vault secrets, referred to in the config as {"vault": "NAME"}. Stop `serve`
     /// first, or use the admin API (/api/secrets) while it runs.
@@ -167,6 +187,24 @@ struct PlaceArgs {
     /// Provider registry folder, to check connectors' providers.
     #[arg(long, env = "PORTCULLIS_REGISTRY", global = true)]
     registry: Option<PathBuf>,
+    /// The PostgreSQL vault several replicas share; default: the redb file in the data
+    /// directory.
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = database_url, global = true)]
+    database_url: Option<vault::DatabaseUrl>,
+}
+
+/// Where the vault is when it is not the data directory's redb file.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The PostgreSQL vault several replicas share
+    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE); default: the redb file in the data
+    /// directory. Never shown in full: its password is masked in every message.
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = database_url)]
+    database_url: Option<vault::DatabaseUrl>,
+}
+
+fn database_url(text: &str) -> Result<vault::DatabaseUrl, String> {
+    vault::DatabaseUrl::parse(text).map_err(|e| e.to_string())
 }
 
 impl From<PlaceArgs> for commands::Place {
@@ -175,6 +213,7 @@ impl From<PlaceArgs> for commands::Place {
             config: p.config,
             data_dir: p.data_dir,
             registry: p.registry,
+            database_url: p.database_url,
         }
     }
 }
@@ -197,20 +236,31 @@ fn main() -> ExitCode {
             strict,
             data_dir,
             registry,
+            store,
         } => {
             let place = commands::Place {
                 config: None,
                 data_dir,
                 registry,
+                database_url: store.database_url,
             };
             run(async move { commands::validate(&file, strict, &place).await })
         }
-        Command::RotateKey { config, data_dir } => {
+        Command::RotateKey {
+            config,
+            data_dir,
+            store,
+        } => {
             if let Err(e) = telemetry::init_logging() {
                 return report(Err(e));
             }
-            rotate_key(config, &data_dir)
+            rotate_key(config, &data_dir, store.database_url)
         }
+        Command::MigrateStore {
+            config,
+            data_dir,
+            to,
+        } => report(migrate_store(config, &data_dir, to).map(|()| true)),
         Command::Secret { action, place } => {
             let place = commands::Place::from(place);
             let done = match action {
@@ -260,6 +310,7 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             registry,
+            store,
             audit_log,
         } => {
             if let Err(e) = telemetry::init_logging() {
@@ -270,6 +321,7 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
                 registry,
+                database_url: store.database_url,
                 audit_log,
             };
             run(async move { app::serve(opts).await.map(|()| true) })
@@ -312,19 +364,61 @@ fn report(outcome: anyhow::Result<bool>) -> ExitCode {
     }
 }
 
-fn rotate_key(config_path: Option<PathBuf>, data_dir: &std::path::Path) -> ExitCode {
-    let file = portcullis::configure::ConfigFile::new(config_path.as_deref(), data_dir);
-    let key_file = match file.read() {
-        Ok(current) => config::peek::<config::Peeked>(&current.text)
-            .vault
-            .key_file
-            .unwrap_or_else(|| data_dir.join(vault::KEY_FILE)),
+/// The vault's key file: the config's `vault.key_file`, else the data directory's.
+fn key_file(
+    config_path: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    let current = portcullis::configure::ConfigFile::new(config_path, data_dir).read()?;
+    Ok(config::peek::<config::Peeked>(&current.text)
+        .vault
+        .key_file
+        .unwrap_or_else(|| data_dir.join(vault::KEY_FILE)))
+}
+
+fn migrate_store(
+    config_path: Option<PathBuf>,
+    data_dir: &std::path::Path,
+    to: vault::DatabaseUrl,
+) -> anyhow::Result<()> {
+    let key_file = key_file(config_path.as_deref(), data_dir)?;
+    let from = vault::Location::Redb {
+        data_dir: data_dir.to_owned(),
+    };
+    if !from.exists() {
+        anyhow::bail!(
+            "there is no vault in {} to copy; give the data directory `serve` used with --data-dir",
+            data_dir.display()
+        );
+    }
+    vault::recover_interrupted_rotation(&from, &key_file)?;
+    let (key, _) = vault::MasterKey::load(&key_file)?;
+    let copied = vault::copy_store(&from, &vault::Location::Postgres(to), &key)?;
+    eprintln!(
+        "Copied {} record(s) from {} to {}; each opens there with the same master key. \
+         Start every replica with that database URL and this master key ({} or the key file).",
+        copied.records,
+        copied.from,
+        copied.to,
+        vault::MASTER_KEY_ENV
+    );
+    Ok(())
+}
+
+fn rotate_key(
+    config_path: Option<PathBuf>,
+    data_dir: &std::path::Path,
+    database_url: Option<vault::DatabaseUrl>,
+) -> ExitCode {
+    let key_file = match key_file(config_path.as_deref(), data_dir) {
+        Ok(k) => k,
         Err(e) => {
-            eprintln!("portcullis: {e}");
+            eprintln!("portcullis: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    match vault::rotate(data_dir, &key_file) {
+    let location = vault::Location::new(data_dir, database_url);
+    match vault::rotate(&location, data_dir, &key_file) {
         Ok(r) => {
             match r.new_env_key {
                 Some(k) => {

@@ -34,6 +34,8 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub registry: Option<PathBuf>,
+    /// The PostgreSQL vault several replicas share; `None`: redb in `data_dir`.
+    pub database_url: Option<crate::vault::DatabaseUrl>,
     /// Audit records go here, else to the log ([`crate::audit`]).
     pub audit_log: Option<PathBuf>,
 }

@@ -22,6 +22,7 @@ fn help_describes_every_argument_and_the_environment() {
     assert!(ok);
     for var in [
         "PORTCULLIS_MASTER_KEY",
+        "PORTCULLIS_DATABASE_URL",
         "RUST_LOG",
         "PORTCULLIS_LOG_FORMAT",
         "NO_COLOR",
@@ -36,6 +37,7 @@ fn help_describes_every_argument_and_the_environment() {
         vec!["serve", "--help"],
         vec!["validate", "--help"],
         vec!["rotate-key", "--help"],
+        vec!["migrate-store", "--help"],
         vec!["secret", "set", "--help"],
         vec!["secret", "rm", "--help"],
         vec!["connector", "add", "--help"],
@@ -62,7 +64,14 @@ fn completions_for_each_shell() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let (ok, script) = run(&["completions", shell]);
         assert!(ok, "{shell}");
-        for word in ["serve", "validate", "rotate-key", "secret", "connector"] {
+        for word in [
+            "serve",
+            "validate",
+            "rotate-key",
+            "migrate-store",
+            "secret",
+            "connector",
+        ] {
             assert!(script.contains(word), "{shell} completions lack {word}");
         }
     }

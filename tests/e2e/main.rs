@@ -21,6 +21,7 @@ mod per_user;
 mod plugins;
 mod providers;
 mod proxy;
+mod replicas;
 mod schema;
 mod startup;
 mod template;

@@ -17,10 +17,10 @@ use portcullis_e2e::{
 };
 use serde_json::{Value, json};
 
-const ALICE: &str = "127.0.0.2";
-const BOB: &str = "127.0.0.3";
+pub(crate) const ALICE: &str = "127.0.0.2";
+pub(crate) const BOB: &str = "127.0.0.3";
 
-fn tailnet_config(socket: &std::path::Path, connectors: Value) -> String {
+pub(crate) fn tailnet_config(socket: &std::path::Path, connectors: Value) -> String {
     json!({
         "identity": {"mode": "tailscale", "socket": socket, "cache_ttl_secs": 0},
         "egress": {"allow_loopback": true},
@@ -35,7 +35,7 @@ fn tailnet_config(socket: &std::path::Path, connectors: Value) -> String {
 }
 
 /// A connector for the peer's client `client_id` (registered at runtime by [`client_for`]).
-fn notes_connector(oidc: &Oidc, up: &Upstream, client_id: &str) -> Value {
+pub(crate) fn notes_connector(oidc: &Oidc, up: &Upstream, client_id: &str) -> Value {
     json!({
         "protocol": "http",
         "url": up.url(),
@@ -96,7 +96,7 @@ async fn notes(access_ttl: u64, client_id: &str) -> Notes {
     }
 }
 
-async fn users() -> Whois {
+pub(crate) async fn users() -> Whois {
     let whois = Whois::start().await;
     whois.user(ALICE, "alice@example.com", &[], json!({}));
     whois.user(BOB, "bob@example.com", &[], json!({}));

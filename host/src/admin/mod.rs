@@ -551,19 +551,32 @@ pub async fn client_metadata(State(app): State<Arc<App>>, Path(id): Path<String>
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses(
         (status = 200, description = "`{\"status\": \"ok\"}`: serving", body = Object),
-        (status = 503, description = "`{\"status\": \"not_ready\", \"error\": ...}`: the identity source cannot be reached", body = Object),
+        (status = 503, description = "`{\"status\": \"not_ready\", \"error\": ...}`: the identity source (`identity_unavailable`) or the shared PostgreSQL store (`store_unavailable`) cannot be reached", body = Object),
     ))]
 pub async fn healthz(State(app): State<Arc<App>>) -> Response {
-    match app.not_ready() {
-        None => Json(json!({"status": "ok"})).into_response(),
-        Some(why) => (
+    let not_ready = |code: &str, message: String| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "not_ready",
-                "error": {"code": "identity_unavailable", "message": why},
+                "error": {"code": code, "message": message},
             })),
         )
-            .into_response(),
+            .into_response()
+    };
+    if let Some(why) = app.not_ready() {
+        return not_ready("identity_unavailable", why);
+    }
+    // A shared store (PostgreSQL) that does not answer: new connections, refreshes and
+    // secret changes fail closed, so a load balancer should send requests elsewhere.
+    let vault = app.vault.clone();
+    match tokio::task::spawn_blocking(move || vault.ping()).await {
+        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
+        Ok(Err(e)) => not_ready(
+            "store_unavailable",
+            format!("{e}; tokens and secrets cannot be stored or refreshed until it answers"),
+        ),
+        Err(e) => not_ready("store_unavailable", format!("the store check failed: {e}")),
     }
 }
 

@@ -1,12 +1,28 @@
 //! The vault: the only place that sees secrets at rest.
 //!
-//! A redb file (`<data-dir>/portcullis.redb`) whose values are sealed with AES-256-GCM:
-//! a fresh random 96-bit nonce per write, and associated data that binds the record to its
-//! table and key, so a sealed value copied to another record fails to open. The master
-//! key comes from `PORTCULLIS_MASTER_KEY` or a key file created on first start with mode
-//! 0600. `portcullis rotate-key` re-seals every record under a new key in one transaction.
+//! Values are sealed with AES-256-GCM: a fresh random 96-bit nonce per write, and
+//! associated data that binds the record to its table and key, so a sealed value copied
+//! to another record fails to open. The sealed bytes live in a [`store::Store`]: the
+//! embedded redb file (`<data-dir>/portcullis.redb`, the default) or a PostgreSQL database
+//! that several replicas share (`--database-url`). Sealing is the same on both, so
+//! `portcullis migrate-store` copies records as they are. The master key comes from
+//! `PORTCULLIS_MASTER_KEY` or a key file created on first start with mode 0600.
+//! `portcullis rotate-key` re-seals every record under a new key in one transaction.
 //!
 //! Record layout: `[version=1][nonce: 12][ciphertext + tag: 16]`.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the master key, sealing, [`Vault`], rotation, copying between stores.
+//! - `store.rs`: the [`store::Store`] trait and [`Location`] (which backend).
+//! - `embedded.rs`: redb. `postgres.rs`: PostgreSQL (pool, migrations).
+
+mod embedded;
+mod postgres;
+pub mod store;
+
+pub use store::{DatabaseUrl, Location};
+use store::{Store, Write as StoreWrite};
 
 use std::fs;
 use std::io::Write;
@@ -16,7 +32,6 @@ use std::path::{Path, PathBuf};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use zeroize::Zeroizing;
 
 /// Environment variable holding the base64 (or hex) master key; wins over the key file.
@@ -71,8 +86,8 @@ impl Table {
         }
     }
 
-    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
-        TableDefinition::new(self.name())
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| t.name() == name)
     }
 }
 
@@ -91,20 +106,16 @@ pub enum VaultError {
     #[error("the master key is malformed: {0}; it must be 32 bytes in base64 or hex")]
     BadKey(String),
     #[error(
-        "the master key does not open this vault ({path}); set the key it was created with \
+        "the master key does not open this vault ({place}); set the key it was created with \
          ({MASTER_KEY_ENV} or the key file)"
     )]
-    WrongKey { path: PathBuf },
+    WrongKey { place: String },
     #[error("the vault {path} is in use by another process (stop `portcullis serve` first)")]
     Locked { path: PathBuf },
     #[error("vault storage error: {0}")]
     Store(String),
     #[error("the sealed record {table}/{key} cannot be opened (tampered with or moved)")]
     Corrupt { table: &'static str, key: String },
-}
-
-fn store(e: impl Into<redb::Error>) -> VaultError {
-    VaultError::Store(e.into().to_string())
 }
 
 /// A 256-bit master key, wiped from memory when dropped.
@@ -292,110 +303,107 @@ impl Sealer {
 
 /// The sealed store.
 pub struct Vault {
-    db: redb::Database,
+    store: Box<dyn Store>,
     sealer: Sealer,
-    path: PathBuf,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
-            .field("path", &self.path)
+            .field("store", &self.store.describe())
             .finish_non_exhaustive()
     }
 }
 
 impl Vault {
-    /// Opens (or creates) the vault in `data_dir` and proves `key` is the right one.
-    pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, VaultError> {
-        private_dir(data_dir)
-            .map_err(|e| VaultError::Store(format!("{}: {e}", data_dir.display())))?;
-        let path = data_dir.join(DB_FILE);
-        let db = redb::Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => VaultError::Locked { path: path.clone() },
-            other => store(other),
-        })?;
-        // Sealed, but nobody else's to read either (nor to learn its size or changes).
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| VaultError::Store(format!("{}: {e}", path.display())))?;
-        let vault = Self {
-            db,
-            sealer: Sealer::new(key),
-            path,
+    /// Opens (or creates) the vault at `location` and proves `key` is the right one.
+    pub fn open(location: &Location, key: &MasterKey) -> Result<Self, VaultError> {
+        let store: Box<dyn Store> = match location {
+            Location::Redb { data_dir } => Box::new(embedded::RedbStore::open(data_dir)?),
+            Location::Postgres(url) => Box::new(postgres::PgStore::open(url)?),
         };
-        vault.ensure_tables()?;
+        let vault = Self {
+            store,
+            sealer: Sealer::new(key),
+        };
         vault.check_key()?;
         Ok(vault)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the records are (a file, or a database URL without its password).
+    pub fn describe(&self) -> String {
+        self.store.describe()
     }
 
-    fn ensure_tables(&self) -> Result<(), VaultError> {
-        let tx = self.db.begin_write().map_err(store)?;
-        for t in Table::ALL {
-            tx.open_table(t.def()).map_err(store)?;
+    /// Records other processes sharing the store changed (PostgreSQL); `None` when this
+    /// process is the store's only writer.
+    pub fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<store::Change>> {
+        self.store.changes()
+    }
+
+    /// Holds `table`/`key` against every other process sharing the store until the
+    /// guard drops, so one replica does what all would (a token refresh). `Ok(None)`:
+    /// this process is the only one.
+    pub async fn lock(&self, table: Table, key: &str) -> Result<Option<store::Held>, VaultError> {
+        match self.store.lock(&format!("{}\n{key}", table.name())) {
+            Some(wait) => wait.await.map(Some),
+            None => Ok(None),
         }
-        tx.commit().map_err(store)
     }
 
+    /// Whether the store answers (readiness).
+    pub fn ping(&self) -> Result<(), VaultError> {
+        self.store.ping()
+    }
+
+    /// The first opener of an empty store writes the key check; everyone after (another
+    /// replica, a restart) must open it.
     fn check_key(&self) -> Result<(), VaultError> {
-        match self.get_raw(Table::Meta, "key_check")? {
-            Some(sealed) => match self.sealer.open(Table::Meta, "key_check", &sealed) {
-                Ok(p) if p.as_slice() == KEY_CHECK => Ok(()),
-                _ => Err(VaultError::WrongKey {
-                    path: self.path.clone(),
-                }),
-            },
-            None => self.put(Table::Meta, "key_check", KEY_CHECK),
+        const KEY: &str = "key_check";
+        let sealed = match self.store.get(Table::Meta, KEY)? {
+            Some(sealed) => sealed,
+            None => {
+                let mine = self.sealer.seal(Table::Meta, KEY, KEY_CHECK);
+                if self.store.insert_new(Table::Meta, KEY, &mine)? {
+                    return Ok(());
+                }
+                // Another replica won the race: its check must open with this key too.
+                self.store.get(Table::Meta, KEY)?.unwrap_or_default()
+            }
+        };
+        match self.sealer.open(Table::Meta, KEY, &sealed) {
+            Ok(p) if p.as_slice() == KEY_CHECK => Ok(()),
+            _ => Err(VaultError::WrongKey {
+                place: self.store.describe(),
+            }),
         }
-    }
-
-    fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, VaultError> {
-        let tx = self.db.begin_read().map_err(store)?;
-        let t = tx.open_table(table.def()).map_err(store)?;
-        Ok(t.get(key).map_err(store)?.map(|v| v.value().to_vec()))
     }
 
     /// Seals and stores `plaintext` under `table`/`key`, durably.
     pub fn put(&self, table: Table, key: &str, plaintext: &[u8]) -> Result<(), VaultError> {
         let sealed = self.sealer.seal(table, key, plaintext);
-        let tx = self.db.begin_write().map_err(store)?;
-        {
-            let mut t = tx.open_table(table.def()).map_err(store)?;
-            t.insert(key, sealed.as_slice()).map_err(store)?;
-        }
-        tx.commit().map_err(store)
+        self.store
+            .write(vec![StoreWrite::Put(table, key.to_owned(), sealed)])
+            .map(drop)
     }
 
     /// Opens the record at `table`/`key`, if there is one.
     pub fn get(&self, table: Table, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
-        match self.get_raw(table, key)? {
+        match self.store.get(table, key)? {
             Some(sealed) => self.sealer.open(table, key, &sealed).map(Some),
             None => Ok(None),
         }
     }
 
     pub fn delete(&self, table: Table, key: &str) -> Result<bool, VaultError> {
-        let tx = self.db.begin_write().map_err(store)?;
-        let existed = {
-            let mut t = tx.open_table(table.def()).map_err(store)?;
-            t.remove(key).map_err(store)?.is_some()
-        };
-        tx.commit().map_err(store)?;
-        Ok(existed)
+        let existed = self
+            .store
+            .write(vec![StoreWrite::Delete(table, key.to_owned())])?;
+        Ok(existed.first().copied().unwrap_or(false))
     }
 
     pub fn keys(&self, table: Table) -> Result<Vec<String>, VaultError> {
-        let tx = self.db.begin_read().map_err(store)?;
-        let t = tx.open_table(table.def()).map_err(store)?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(store)? {
-            let (k, _) = entry.map_err(store)?;
-            out.push(k.value().to_owned());
-        }
-        Ok(out)
+        self.store.keys(table)
     }
 
     /// Sets a named secret (`{"vault": NAME}`) and when it was set, in one transaction.
@@ -404,31 +412,25 @@ impl Vault {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             .to_string();
-        let tx = self.db.begin_write().map_err(store)?;
-        for (table, plain) in [
+        let writes = [
             (Table::Secrets, value),
             (Table::SecretTimes, now.as_bytes()),
-        ] {
-            let sealed = self.sealer.seal(table, name, plain);
-            let mut t = tx.open_table(table.def()).map_err(store)?;
-            t.insert(name, sealed.as_slice()).map_err(store)?;
-        }
-        tx.commit().map_err(store)
+        ]
+        .into_iter()
+        .map(|(table, plain)| {
+            StoreWrite::Put(table, name.to_owned(), self.sealer.seal(table, name, plain))
+        })
+        .collect();
+        self.store.write(writes).map(drop)
     }
 
     /// Removes a named secret; `false` if there was none.
     pub fn remove_secret(&self, name: &str) -> Result<bool, VaultError> {
-        let tx = self.db.begin_write().map_err(store)?;
-        let existed = {
-            let mut t = tx.open_table(Table::Secrets.def()).map_err(store)?;
-            t.remove(name).map_err(store)?.is_some()
-        };
-        tx.open_table(Table::SecretTimes.def())
-            .map_err(store)?
-            .remove(name)
-            .map_err(store)?;
-        tx.commit().map_err(store)?;
-        Ok(existed)
+        let existed = self.store.write(vec![
+            StoreWrite::Delete(Table::Secrets, name.to_owned()),
+            StoreWrite::Delete(Table::SecretTimes, name.to_owned()),
+        ])?;
+        Ok(existed.first().copied().unwrap_or(false))
     }
 
     /// Every named secret with when it was set (Unix seconds; `None` for secrets stored
@@ -445,31 +447,67 @@ impl Vault {
             .collect()
     }
 
-    /// Re-seals every record under `new` in one write transaction, so a crash leaves
-    /// either all records under the old key or all under the new one. Returns how many
-    /// records were re-sealed.
+    /// Re-seals every record under `new` in one transaction, so a crash leaves either
+    /// all records under the old key or all under the new one. Returns how many records
+    /// were re-sealed.
     fn reseal_all(&mut self, new: &MasterKey) -> Result<usize, VaultError> {
         let next = Sealer::new(new);
-        let tx = self.db.begin_write().map_err(store)?;
-        let mut n = 0;
-        for &table in Table::ALL {
-            let mut t = tx.open_table(table.def()).map_err(store)?;
-            let mut records = Vec::new();
-            for entry in t.iter().map_err(store)? {
-                let (k, v) = entry.map_err(store)?;
-                records.push((k.value().to_owned(), v.value().to_vec()));
-            }
-            for (k, sealed) in records {
-                let plain = self.sealer.open(table, &k, &sealed)?;
-                t.insert(k.as_str(), next.seal(table, &k, &plain).as_slice())
-                    .map_err(store)?;
-                n += 1;
-            }
-        }
-        tx.commit().map_err(store)?;
+        let n = self.store.rewrite_all(&mut |table, key, sealed| {
+            let plain = self.sealer.open(table, key, sealed)?;
+            Ok(next.seal(table, key, &plain))
+        })?;
         self.sealer = next;
         Ok(n)
     }
+}
+
+/// What `migrate-store` copied.
+#[derive(Debug)]
+pub struct Copied {
+    pub records: usize,
+    pub from: String,
+    pub to: String,
+}
+
+/// `portcullis migrate-store`: copies every record of the vault at `from` into `to`, as
+/// sealed (both use the same master key), in one transaction, then opens every copied
+/// record at `to` to prove it is usable there. Refused when `to` already holds records
+/// other than its key check, so two vaults are never merged by accident.
+pub fn copy_store(from: &Location, to: &Location, key: &MasterKey) -> Result<Copied, VaultError> {
+    let source = Vault::open(from, key)?;
+    let target = Vault::open(to, key)?;
+    for &table in Table::ALL {
+        if table != Table::Meta && !target.store.keys(table)?.is_empty() {
+            return Err(VaultError::Store(format!(
+                "{} already holds records ({}); copy into an empty store",
+                target.describe(),
+                table.name()
+            )));
+        }
+    }
+    let mut writes = Vec::new();
+    for &table in Table::ALL {
+        if table == Table::Meta {
+            continue;
+        }
+        for (key, sealed) in source.store.records(table)? {
+            // Opened here first: a record that does not open is reported, not copied.
+            source.sealer.open(table, &key, &sealed)?;
+            writes.push(StoreWrite::Put(table, key, sealed));
+        }
+    }
+    let records = writes.len();
+    target.store.write(writes)?;
+    for &table in Table::ALL {
+        for key in target.store.keys(table)? {
+            target.get(table, &key)?;
+        }
+    }
+    Ok(Copied {
+        records,
+        from: source.describe(),
+        to: target.describe(),
+    })
 }
 
 /// What `rotate-key` did.
@@ -487,10 +525,17 @@ pub struct Rotation {
 /// With a key file, the new key is first written beside it (`master.key.next`, 0600),
 /// then the records are re-sealed in one transaction, then the file is renamed over the
 /// old one. [`recover_interrupted_rotation`] finishes or undoes an interrupted run.
-pub fn rotate(data_dir: &Path, key_file: &Path) -> Result<Rotation, VaultError> {
-    recover_interrupted_rotation(data_dir, key_file)?;
+///
+/// With PostgreSQL the replicas that share the database hold the old key until they
+/// restart with the new one; until then they cannot open what was re-sealed.
+pub fn rotate(
+    location: &Location,
+    data_dir: &Path,
+    key_file: &Path,
+) -> Result<Rotation, VaultError> {
+    recover_interrupted_rotation(location, key_file)?;
     let (old, source) = MasterKey::load(key_file)?;
-    let mut vault = Vault::open(data_dir, &old)?;
+    let mut vault = Vault::open(location, &old)?;
     let new = MasterKey::generate();
     let key_io = |path: &Path| {
         let path = path.to_owned();
@@ -541,9 +586,12 @@ fn next_key_path(key_file: &Path) -> PathBuf {
 /// opens the vault: install it. If it stopped before re-sealing, the old key still opens
 /// the vault and the `.next` key is discarded. Anything else (the vault locked, an I/O
 /// error) stops here with both keys kept: guessing could destroy the only working key.
-pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<(), VaultError> {
+pub fn recover_interrupted_rotation(
+    location: &Location,
+    key_file: &Path,
+) -> Result<(), VaultError> {
     let next = next_key_path(key_file);
-    if !next.exists() || !data_dir.join(DB_FILE).exists() {
+    if !next.exists() || !location.exists() {
         return Ok(());
     }
     let text = Zeroizing::new(
@@ -553,7 +601,7 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
         })?,
     );
     let next_key = MasterKey::parse(&text)?;
-    match Vault::open(data_dir, &next_key) {
+    match Vault::open(location, &next_key) {
         Ok(_) => {
             fs::rename(&next, key_file)
                 .and_then(|()| sync_dir(key_file))
@@ -567,7 +615,7 @@ pub fn recover_interrupted_rotation(data_dir: &Path, key_file: &Path) -> Result<
         Err(VaultError::WrongKey { .. }) => {
             // Only discard it once the current key is proven to open the vault.
             let (current, _) = MasterKey::load(key_file)?;
-            drop(Vault::open(data_dir, &current)?);
+            drop(Vault::open(location, &current)?);
             let _ = fs::remove_file(&next);
             tracing::warn!(path = %next.display(), "discarded the key of a rotation that never started re-sealing");
             Ok(())
@@ -589,14 +637,12 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Opens the vault in `data_dir` with the key from the environment or `key_file`:
-/// creates the folder and the key on first use, and finishes an interrupted rotation.
-pub fn open(data_dir: &Path, key_file: &Path) -> Result<Vault, VaultError> {
-    private_dir(data_dir)
-        .map_err(|e| VaultError::Store(format!("cannot create {}: {e}", data_dir.display())))?;
-    recover_interrupted_rotation(data_dir, key_file)?;
+/// Opens the vault at `location` with the key from the environment or `key_file`:
+/// creates the store and the key on first use, and finishes an interrupted rotation.
+pub fn open(location: &Location, key_file: &Path) -> Result<Vault, VaultError> {
+    recover_interrupted_rotation(location, key_file)?;
     let (key, _) = MasterKey::load(key_file)?;
-    Vault::open(data_dir, &key)
+    Vault::open(location, &key)
 }
 
 /// Resolves a secret reference (inline, environment or vault) to its value, for building
@@ -626,10 +672,16 @@ pub fn resolve_secret(
 mod tests {
     use super::*;
 
+    fn redb(dir: &Path) -> Location {
+        Location::Redb {
+            data_dir: dir.to_owned(),
+        }
+    }
+
     fn vault() -> (tempfile::TempDir, Vault, MasterKey) {
         let dir = tempfile::tempdir().expect("tmp");
         let key = MasterKey::generate();
-        let v = Vault::open(dir.path(), &key).expect("open");
+        let v = Vault::open(&redb(dir.path()), &key).expect("open");
         (dir, v, key)
     }
 
@@ -689,17 +741,25 @@ mod tests {
 
     #[test]
     fn sealed_value_moved_to_another_record_fails_to_open() {
-        let (_d, v, _) = vault();
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = MasterKey::generate();
+        let store = embedded::RedbStore::open(dir.path()).expect("store");
+        let v = Vault {
+            store: Box::new(store),
+            sealer: Sealer::new(&key),
+        };
         v.put(Table::Secrets, "a", b"value-a").expect("put");
-        let sealed = v.get_raw(Table::Secrets, "a").expect("raw").expect("some");
-        let tx = v.db.begin_write().expect("tx");
-        {
-            let mut t = tx.open_table(Table::Secrets.def()).expect("t");
-            t.insert("b", sealed.as_slice()).expect("insert");
-            let mut t2 = tx.open_table(Table::ClientTokens.def()).expect("t");
-            t2.insert("a", sealed.as_slice()).expect("insert");
-        }
-        tx.commit().expect("commit");
+        let sealed = v
+            .store
+            .get(Table::Secrets, "a")
+            .expect("raw")
+            .expect("some");
+        v.store
+            .write(vec![
+                StoreWrite::Put(Table::Secrets, "b".into(), sealed.clone()),
+                StoreWrite::Put(Table::ClientTokens, "a".into(), sealed),
+            ])
+            .expect("tamper");
         assert!(matches!(
             v.get(Table::Secrets, "b"),
             Err(VaultError::Corrupt { .. })
@@ -715,7 +775,7 @@ mod tests {
     fn wrong_key_is_refused() {
         let (dir, v, _) = vault();
         drop(v);
-        let err = Vault::open(dir.path(), &MasterKey::generate()).expect_err("wrong key");
+        let err = Vault::open(&redb(dir.path()), &MasterKey::generate()).expect_err("wrong key");
         assert!(matches!(err, VaultError::WrongKey { .. }), "{err}");
     }
 
@@ -760,17 +820,17 @@ mod tests {
         let kf = dir.path().join(KEY_FILE);
         let (old, _) = MasterKey::load(&kf).expect("key");
         {
-            let v = Vault::open(dir.path(), &old).expect("open");
+            let v = Vault::open(&redb(dir.path()), &old).expect("open");
             v.put(Table::Secrets, "s", b"one").expect("put");
             v.put(Table::ClientTokens, "c", b"two").expect("put");
         }
-        let r = rotate(dir.path(), &kf).expect("rotate");
+        let r = rotate(&redb(dir.path()), dir.path(), &kf).expect("rotate");
         assert_eq!(r.records, 3); // two records and the key check
         assert!(r.new_env_key.is_none());
         assert!(!next_key_path(&kf).exists());
         let (new, _) = MasterKey::load(&kf).expect("new key");
         assert_ne!(new.0.as_ref(), old.0.as_ref());
-        let v = Vault::open(dir.path(), &new).expect("opens with new key");
+        let v = Vault::open(&redb(dir.path()), &new).expect("opens with new key");
         assert_eq!(
             v.get(Table::ClientTokens, "c")
                 .expect("get")
@@ -780,7 +840,7 @@ mod tests {
         );
         drop(v);
         assert!(matches!(
-            Vault::open(dir.path(), &old),
+            Vault::open(&redb(dir.path()), &old),
             Err(VaultError::WrongKey { .. })
         ));
     }
@@ -793,16 +853,16 @@ mod tests {
         // Interrupted after re-sealing: the .next key opens the vault and is installed.
         let new = MasterKey::generate();
         {
-            let mut v = Vault::open(dir.path(), &old).expect("open");
+            let mut v = Vault::open(&redb(dir.path()), &old).expect("open");
             v.reseal_all(&new).expect("reseal");
         }
         write_key_file(&next_key_path(&kf), &new).expect("write next");
-        recover_interrupted_rotation(dir.path(), &kf).expect("recover");
+        recover_interrupted_rotation(&redb(dir.path()), &kf).expect("recover");
         let (loaded, _) = MasterKey::load(&kf).expect("load");
         assert_eq!(loaded.0.as_ref(), new.0.as_ref());
         // Interrupted before re-sealing: the stray .next key is discarded.
         write_key_file(&next_key_path(&kf), &MasterKey::generate()).expect("write next");
-        recover_interrupted_rotation(dir.path(), &kf).expect("recover");
+        recover_interrupted_rotation(&redb(dir.path()), &kf).expect("recover");
         assert!(!next_key_path(&kf).exists());
         assert_eq!(
             MasterKey::load(&kf).expect("load").0.0.as_ref(),
@@ -813,7 +873,7 @@ mod tests {
     #[test]
     fn a_second_process_is_told_the_vault_is_in_use() {
         let (dir, _v, key) = vault();
-        let err = Vault::open(dir.path(), &key).expect_err("locked");
+        let err = Vault::open(&redb(dir.path()), &key).expect_err("locked");
         assert!(matches!(err, VaultError::Locked { .. }), "{err}");
     }
 }

@@ -1,0 +1,380 @@
+//! Several replicas on one PostgreSQL vault (a real server from Debian's package), behind
+//! a round-robin load balancer: any replica serves any user's connection, a refresh at
+//! expiry happens once among all of them, `migrate-store` moves a redb vault over with
+//! every token usable, `rotate-key` re-seals the database, and losing the database fails
+//! closed while cached tokens keep serving.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::balancer::Balancer;
+use portcullis_e2e::oidc::{CC_SECRET, Oidc};
+use portcullis_e2e::postgres::{PASSWORD, Postgres};
+use portcullis_e2e::upstream::Upstream;
+use portcullis_e2e::{Host, HostOptions, binary, client, client_from};
+use serde_json::{Value, json};
+
+use crate::client_credentials::cc_connector;
+use crate::per_user::{ALICE, notes_connector, start_connect, status, tailnet_config, users};
+use crate::{admin_everything, loopback_config};
+
+/// The master key every replica shares (32 bytes, base64).
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn on_postgres(url: &str, listen: Option<SocketAddr>) -> HostOptions {
+    HostOptions {
+        env: vec![
+            ("PORTCULLIS_DATABASE_URL".into(), url.into()),
+            ("PORTCULLIS_MASTER_KEY".into(), KEY.into()),
+        ],
+        listen: listen.map(|a| a.to_string()),
+        ..Default::default()
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// The bearer token the echo upstream received for `from`'s request to `url`.
+async fn token_at(url: &str, from: &str) -> String {
+    let resp = client_from(from).get(url).send().await.expect("proxy");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{url}: {text}");
+    let v: Value = serde_json::from_str(&text).expect("echo");
+    v["headers"]["authorization"][0]
+        .as_str()
+        .expect("authorization injected")
+        .trim_start_matches("Bearer ")
+        .to_owned()
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test]
+async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expiry() {
+    let pg = Postgres::start();
+    let db = pg.url(&pg.database());
+    // Refresh tokens rotate: a second refresh with a spent one would fail.
+    let oidc = Oidc::start_with(3600, true);
+    let up = Upstream::start().await;
+    let whois = users().await;
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let lb = Balancer::start(addrs.clone()).await;
+    let mut config: Value = serde_json::from_str(&tailnet_config(
+        &whois.socket,
+        json!({"notes": notes_connector(&oidc, &up, "notes-replicas")}),
+    ))
+    .expect("config");
+    config["public_url"] = json!(lb.url(""));
+    let config = config.to_string();
+    let hosts: Vec<Host> = addrs
+        .iter()
+        .map(|a| Host::start_with(&config, on_postgres(&db, Some(*a))))
+        .collect();
+    oidc.add_client(json!({
+        "client_id": "notes-replicas",
+        "client_secret": "notes-secret-0123456789",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": [lb.url("/aperture/auth/notes/callback")],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "scope": "openid offline_access read:data",
+    }))
+    .await;
+
+    // Alice starts connecting on replica 0; the provider sends her browser back through
+    // the balancer, which hands the callback to replica 1.
+    let auth_url = start_connect(&hosts[0], ALICE, "notes").await;
+    let back = oidc.authorize(&auth_url, "alice").await;
+    assert!(
+        back.starts_with(&lb.url("/aperture/auth/notes/callback")),
+        "{back}"
+    );
+    let on_replica_1 = back.replace(&lb.addr.to_string(), &addrs[1].to_string());
+    let page = client_from(ALICE)
+        .get(&on_replica_1)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(
+        page.status(),
+        200,
+        "{}",
+        page.text().await.unwrap_or_default()
+    );
+
+    // Every replica serves her with the one token.
+    let mut first = HashSet::new();
+    for h in &hosts {
+        assert_eq!(status(h, ALICE, "notes").await, "Ready");
+        first.insert(token_at(&h.url("/v1/connectors/notes/items"), ALICE).await);
+    }
+    assert_eq!(first.len(), 1, "one connection, shared: {first:?}");
+    assert_eq!(oidc.grants_of("authorization_code").await, 1);
+
+    // The token expires: the upstream refuses it from now on, so every replica that
+    // sends it gets a 401 and must refresh. 300 requests through the balancer at once.
+    oidc.reset().await;
+    up.counters.expiry.expire_seen();
+    let url = Arc::new(lb.url("/v1/connectors/notes/items"));
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { token_at(&url, ALICE).await }));
+    }
+    for t in tasks {
+        t.await.expect("every request succeeds");
+    }
+    assert!(
+        up.counters.expiry.rejected() > 0,
+        "the expired token was refused first"
+    );
+    assert_eq!(
+        oidc.grants_of("refresh_token").await,
+        1,
+        "one refresh among all replicas"
+    );
+    assert!(
+        lb.served().iter().all(|&n| n >= 90),
+        "the balancer spread the requests: {:?}",
+        lb.served()
+    );
+    // Afterwards every replica uses the refreshed token, which the provider accepts.
+    let mut now = HashSet::new();
+    for h in &hosts {
+        now.insert(token_at(&h.url("/v1/connectors/notes/items"), ALICE).await);
+    }
+    assert_eq!(now.len(), 1, "{now:?}");
+    let now = now.into_iter().next().unwrap_or_default();
+    assert!(!first.contains(&now));
+    assert!(oidc.introspect(&now).await.0);
+
+    // Disconnecting on replica 2 ends the connection on the others at once.
+    let resp = client_from(ALICE)
+        .delete(hosts[2].url("/api/connectors/notes/connection"))
+        .send()
+        .await
+        .expect("disconnect");
+    assert_eq!(resp.status(), 200);
+    for h in &hosts[..2] {
+        eventually("the disconnect reached every replica", async || {
+            status(h, ALICE, "notes").await == "Needs auth"
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key_reseals_it() {
+    let pg = Postgres::start();
+    let dbname = pg.database();
+    let db = pg.url(&dbname);
+    let oidc = Oidc::start(3600);
+    let up = Upstream::start().await;
+    let data = tempfile::tempdir().expect("data");
+    // The client secret is a vault secret, set with the CLI before the first start.
+    let mut set = std::process::Command::new(binary())
+        .args(["secret", "set", "cc-secret", "--data-dir"])
+        .arg(data.path())
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .env_remove("PORTCULLIS_DATABASE_URL")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("secret set");
+    {
+        use std::io::Write as _;
+        let mut stdin = set.stdin.take().expect("stdin");
+        stdin.write_all(CC_SECRET.as_bytes()).expect("write");
+    }
+    assert!(set.wait().expect("wait").success());
+    let mut connectors = cc_connector(&up, &oidc.token_url(), CC_SECRET);
+    connectors["analytics"]["auth"]["client_secret"] = json!({"vault": "cc-secret"});
+    let config = loopback_config(connectors, admin_everything());
+    let token_via =
+        async |host: &Host| token_at(&host.url("/v1/connectors/analytics/x"), "127.0.0.1").await;
+
+    let on_redb = HostOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        env_remove: vec![
+            "PORTCULLIS_MASTER_KEY".into(),
+            "PORTCULLIS_DATABASE_URL".into(),
+        ],
+        ..Default::default()
+    };
+    let mut host = Host::start_with(&config, on_redb);
+    let token = token_via(&host).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.stop();
+
+    let migrate = |url: &str| {
+        std::process::Command::new(binary())
+            .args(["migrate-store", "--data-dir"])
+            .arg(data.path())
+            .args(["--database-url", url])
+            .env_remove("PORTCULLIS_MASTER_KEY")
+            .output()
+            .expect("migrate-store")
+    };
+    let out = migrate(&db);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Copied 3 record(s)"), "{said}");
+    assert!(
+        !said.contains(PASSWORD),
+        "the database password is never shown: {said}"
+    );
+    assert_eq!(
+        pg.psql(
+            &dbname,
+            "SELECT count(*) FROM portcullis_records WHERE tbl <> 'meta'"
+        ),
+        "3"
+    );
+    // A second copy into a database that holds records is refused.
+    let again = migrate(&db);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds records"));
+
+    // The same data directory (its key file) on PostgreSQL: the sealed token is used
+    // as it was, the vault secret resolves, no new token request.
+    let on_pg = |key: Option<&str>| HostOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        env: [("PORTCULLIS_DATABASE_URL".to_owned(), db.clone())]
+            .into_iter()
+            .chain(key.map(|k| ("PORTCULLIS_MASTER_KEY".to_owned(), k.to_owned())))
+            .collect(),
+        env_remove: if key.is_none() {
+            vec!["PORTCULLIS_MASTER_KEY".into()]
+        } else {
+            vec![]
+        },
+        ..Default::default()
+    };
+    let mut host = Host::start_with(&config, on_pg(None));
+    assert_eq!(token_via(&host).await, token);
+    assert_eq!(oidc.token_requests().await, 1);
+    assert!(
+        !host.logs().contains(PASSWORD),
+        "the database password is never logged"
+    );
+    host.stop();
+
+    // Rotation re-seals the database's records under a new key.
+    let old_key = std::fs::read_to_string(data.path().join("master.key")).expect("key");
+    let out = std::process::Command::new(binary())
+        .args(["rotate-key", "--data-dir"])
+        .arg(data.path())
+        .args(["--database-url", &db])
+        .env_remove("PORTCULLIS_MASTER_KEY")
+        .output()
+        .expect("rotate-key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut host = Host::start_with(&config, on_pg(None));
+    assert_eq!(token_via(&host).await, token);
+    assert_eq!(oidc.token_requests().await, 1);
+    host.stop();
+    let err = Host::try_start(&config, on_pg(Some(old_key.trim())))
+        .err()
+        .expect("the old key no longer opens the vault");
+    assert!(err.contains("does not open this vault"), "{err}");
+
+    // A sealed value copied to another row does not open there: the host fetches a
+    // new token rather than use it.
+    pg.psql(
+        &dbname,
+        "UPDATE portcullis_records SET value = (SELECT value FROM portcullis_records WHERE tbl = 'secrets' AND key = 'cc-secret') WHERE tbl = 'client_tokens'",
+    );
+    let host = Host::start_with(&config, on_pg(None));
+    assert_ne!(token_via(&host).await, token);
+    assert_eq!(oidc.token_requests().await, 2);
+}
+
+#[tokio::test]
+async fn losing_the_database_fails_closed_and_keeps_serving_cached_tokens() {
+    let mut pg = Postgres::start();
+    let db = pg.url(&pg.database());
+    let oidc = Oidc::start(3600);
+    let up = Upstream::start().await;
+    let config = loopback_config(
+        cc_connector(&up, &oidc.token_url(), CC_SECRET),
+        admin_everything(),
+    );
+    let host = Host::start_with(&config, on_postgres(&db, None));
+    let url = host.url("/v1/connectors/analytics/x");
+    let token = token_at(&url, "127.0.0.1").await;
+    assert_eq!(
+        client()
+            .get(host.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+
+    pg.stop();
+    let health = client()
+        .get(host.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 503);
+    let v: Value = health.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "store_unavailable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains(PASSWORD), "{message}");
+    // The token held in memory still serves.
+    assert_eq!(token_at(&url, "127.0.0.1").await, token);
+    // A secret cannot be stored: a JSON error, nothing half-done.
+    let resp = client()
+        .put(host.url("/api/secrets/new-secret"))
+        .json(&json!({"value": "s3cret-value"}))
+        .send()
+        .await
+        .expect("put secret");
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let body = resp.text().await.unwrap_or_default();
+    assert!(serde_json::from_str::<Value>(&body).is_ok(), "{body}");
+    assert!(
+        !body.contains(PASSWORD) && !body.contains("s3cret-value"),
+        "{body}"
+    );
+
+    // The database back: ready again, and writes work.
+    pg.run();
+    eventually("ready once the database answers", async || {
+        client()
+            .get(host.url("/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let resp = client()
+        .put(host.url("/api/secrets/new-secret"))
+        .json(&json!({"value": "s3cret-value"}))
+        .send()
+        .await
+        .expect("put secret");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert!(!host.logs().contains(PASSWORD));
+}
