@@ -1,12 +1,12 @@
 //! A simple TCP load balancer in front of several replicas: each new connection goes to
-//! the next backend in turn, skipping one that refuses connections (a replica being
-//! restarted), as a health-checked L4 balancer does. It connects to the backend *from the
+//! the next backend in turn, skipping one taken out of rotation (drained for a restart)
+//! or that refuses connections, as a health-checked L4 balancer does. It connects to the backend *from the
 //! client's own loopback address*, so the replicas still see who is calling (tailnet
 //! identity comes from the peer address, as with a transparent balancer).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -14,6 +14,8 @@ pub struct Balancer {
     pub addr: SocketAddr,
     /// Connections handed to each backend, in order.
     served: Arc<Vec<AtomicUsize>>,
+    /// Backends in rotation.
+    enabled: Arc<Vec<AtomicBool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,17 +26,28 @@ impl Balancer {
         let served: Arc<Vec<AtomicUsize>> =
             Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
         let counts = served.clone();
+        let enabled: Arc<Vec<AtomicBool>> =
+            Arc::new(backends.iter().map(|_| AtomicBool::new(true)).collect());
+        let in_rotation = enabled.clone();
         let next = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, peer)) = listener.accept().await else {
                     continue;
                 };
-                let (backends, counts, next) = (backends.clone(), counts.clone(), next.clone());
+                let (backends, counts, next, in_rotation) = (
+                    backends.clone(),
+                    counts.clone(),
+                    next.clone(),
+                    in_rotation.clone(),
+                );
                 tokio::spawn(async move {
                     let start = next.fetch_add(1, Ordering::Relaxed);
                     for i in 0..backends.len() {
                         let n = (start + i) % backends.len();
+                        if !in_rotation[n].load(Ordering::SeqCst) {
+                            continue;
+                        }
                         if let Ok(upstream) = connect_from(peer.ip(), backends[n]).await {
                             counts[n].fetch_add(1, Ordering::Relaxed);
                             pipe(client, upstream).await;
@@ -44,11 +57,21 @@ impl Balancer {
                 });
             }
         });
-        Self { addr, served, task }
+        Self {
+            addr,
+            served,
+            enabled,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Takes backend `n` out of rotation (new connections go elsewhere) or puts it back.
+    pub fn set_in_rotation(&self, n: usize, on: bool) {
+        self.enabled[n].store(on, Ordering::SeqCst);
     }
 
     /// How many connections each backend was given.

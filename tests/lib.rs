@@ -179,6 +179,9 @@ pub struct HostOptions {
     pub listen: Option<String>,
     /// Start under `ulimit -v` with this many bytes of address space.
     pub address_space_limit: Option<u64>,
+    /// Start without `--config`: the saved config is used (the data directory's, or the
+    /// shared vault's with a database URL), and the config text given is ignored.
+    pub saved_config: bool,
 }
 
 impl Host {
@@ -204,10 +207,11 @@ impl Host {
             Some(bytes) => portcullis_with_address_space(bytes),
             None => portcullis(),
         };
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
+        cmd.arg("serve");
+        if !opts.saved_config {
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.arg("--listen")
             .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(&data_dir)

@@ -65,7 +65,21 @@ fn spawn_refresher(app: &Arc<App>) {
 
 /// Builds the state and router for `opts`. Returns the app and the address to bind.
 pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
-    let file = ConfigFile::for_options(&opts);
+    let location = vault::Location::new(&opts.data_dir, opts.database_url.clone());
+    // Replicas keep the config in their shared vault, so it is opened first, with the
+    // key from the environment or the data directory (the config cannot name its own).
+    let shared = if ConfigFile::stored(&opts) {
+        Some(Arc::new(vault::open(
+            &location,
+            &opts.data_dir.join(vault::KEY_FILE),
+        )?))
+    } else {
+        None
+    };
+    let file = match &shared {
+        Some(v) => ConfigFile::in_store(v.clone()),
+        None => ConfigFile::for_options(&opts),
+    };
     let current = file.read()?;
     let settings: config::Peeked = config::peek(&current.text);
     let metrics = Metrics::new();
@@ -90,8 +104,9 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
         .unwrap_or_else(|| opts.data_dir.join(vault::KEY_FILE));
     // An existing vault is opened to check vault references against it; a new one is
     // created only once the config is known to be good, so a bad one leaves no key behind.
-    let location = vault::Location::new(&opts.data_dir, opts.database_url.clone());
-    let existing = if location.exists() {
+    let existing = if let Some(v) = shared {
+        Some(v)
+    } else if location.exists() {
         Some(Arc::new(vault::open(&location, &key_file)?))
     } else {
         None
@@ -241,10 +256,19 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
             opts.data_dir.display()
         );
     }
-    let file = ConfigFile::for_options(&opts);
-    let listen = match opts.listen {
-        Some(l) => l,
-        None => file
+    let bind = async |listen: SocketAddr| {
+        tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}; is another process using it?"))
+    };
+    // The port first, so a new data directory gets no master key when it is taken; a
+    // config kept in the shared vault names its port only once the vault is open.
+    let early = if let Some(l) = opts.listen {
+        Some(bind(l).await?)
+    } else if ConfigFile::stored(&opts) {
+        None
+    } else {
+        let listen = ConfigFile::for_options(&opts)
             .read()
             .ok()
             .and_then(|c| config::peek::<config::PeekedListen>(&c.text).listen)
@@ -252,12 +276,15 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
                 config::DEFAULT_LISTEN
                     .parse()
                     .expect("the default listen address parses")
-            }),
+            });
+        Some(bind(listen).await?)
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
-    let (app, _, router) = build(opts).await?;
+    let (app, configured, router) = build(opts).await?;
+    let listener = match early {
+        Some(l) => l,
+        None => bind(configured).await?,
+    };
+    let listen = listener.local_addr()?;
     check_identity_source(&app.snapshot().config, listen)?;
     watch_identity_source(&app).await;
     let local = listener.local_addr()?;
@@ -462,7 +489,7 @@ async fn shutdown_signal() {
 /// that replace the file by renaming are seen too), both trigger a reload.
 fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
     use notify::Watcher as _;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Trigger>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(8);
 
     let hup = tx.clone();
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -472,7 +499,35 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
         }
     });
 
-    let path = ConfigFile::for_options(&app.options).path().to_path_buf();
+    let file = ConfigFile::of(&app);
+    let Some(path) = file.path().map(Path::to_path_buf) else {
+        // The config is in the shared vault: follow what other replicas save.
+        if let Some(mut changes) = app.vault.changes() {
+            let store_tx = tx.clone();
+            tokio::spawn(async move {
+                use crate::vault::{Table, store::Change};
+                loop {
+                    let trigger = match changes.recv().await {
+                        Ok(Change::Record {
+                            table: Table::Config,
+                            ..
+                        })
+                        | Ok(Change::Resync)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            Trigger::FileChanged
+                        }
+                        Ok(Change::Record { .. }) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    if store_tx.send(trigger).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        spawn_reload_loop(app, rx, None);
+        return Ok(());
+    };
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let dir = path
         .parent()
@@ -492,9 +547,18 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    spawn_reload_loop(app, rx, Some(watcher));
+    Ok(())
+}
 
+/// Reloads once per burst of triggers. `watcher` lives as long as the loop.
+fn spawn_reload_loop(
+    app: Arc<App>,
+    mut rx: tokio::sync::mpsc::Receiver<Trigger>,
+    watcher: Option<notify::RecommendedWatcher>,
+) {
     tokio::spawn(async move {
-        let _watcher = watcher; // lives as long as this task
+        let _watcher = watcher;
         while let Some(why) = rx.recv().await {
             // Editors write in bursts: wait for quiet, then reload once.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -514,7 +578,6 @@ fn spawn_reloaders(app: Arc<App>) -> anyhow::Result<()> {
             }
         }
     });
-    Ok(())
 }
 
 /// The caller's login, for the request log.

@@ -30,8 +30,15 @@ pub struct Place {
 }
 
 impl Place {
-    fn file(&self) -> ConfigFile {
-        ConfigFile::new(self.config.as_deref(), &self.data_dir)
+    /// Where the config is: the file, or with `--database-url` and no `--config`, the
+    /// shared vault the replicas read it from (whose key is then the environment's or
+    /// the data directory's).
+    fn file(&self) -> anyhow::Result<ConfigFile> {
+        if self.config.is_none() && self.database_url.is_some() {
+            let vault = vault::open(&self.location(), &self.data_dir.join(vault::KEY_FILE))?;
+            return Ok(ConfigFile::in_store(Arc::new(vault)));
+        }
+        Ok(ConfigFile::new(self.config.as_deref(), &self.data_dir))
     }
 
     fn location(&self) -> vault::Location {
@@ -168,7 +175,7 @@ pub fn secret_set(name: &str, place: &Place) -> anyhow::Result<()> {
             "the secret is empty: pipe its value in, e.g. `printf %s \"$TOKEN\" | portcullis secret set {name}`"
         );
     }
-    let text = place.file().read()?.text;
+    let text = place.file()?.read()?.text;
     let vault = place.vault(&text)?;
     vault.set_secret(name, value.as_bytes())?;
     eprintln!(
@@ -180,7 +187,7 @@ pub fn secret_set(name: &str, place: &Place) -> anyhow::Result<()> {
 
 /// `portcullis secret list`: names and when they were set, never values.
 pub fn secret_list(place: &Place) -> anyhow::Result<()> {
-    let current = place.file().read()?;
+    let current = place.file()?.read()?;
     let vault = place.vault(&current.text)?;
     let used = references(&current.text);
     for (name, at) in vault.secret_names()? {
@@ -204,7 +211,7 @@ pub fn secret_list(place: &Place) -> anyhow::Result<()> {
 
 /// `portcullis secret rm NAME`: refused while the config refers to it.
 pub fn secret_rm(name: &str, place: &Place) -> anyhow::Result<()> {
-    let current = place.file().read()?;
+    let current = place.file()?.read()?;
     let used: Vec<String> = references(&current.text)
         .into_iter()
         .filter(|(n, _)| n == name)
@@ -274,7 +281,9 @@ fn in_cli_terms(message: &str) -> String {
 /// and secret given, saved into the config through the same validator and save path as
 /// the admin API.
 pub async fn connector_add(req: AddConnector, place: &Place) -> anyhow::Result<()> {
-    let file = place.file();
+    let file = place.file()?;
+    // Replicas saving through the admin API meanwhile wait, and are told of this save.
+    let _held = file.lock().await?;
     let current = file.read()?;
     let Some(plugins) = place.plugins(&current.text, true).await? else {
         bail!("no provider registry");
@@ -343,7 +352,7 @@ pub async fn connector_add(req: AddConnector, place: &Place) -> anyhow::Result<(
     eprintln!(
         "Added connector {id} ({}) to {}{}.",
         template.name,
-        file.path().display(),
+        file.describe(),
         if secrets.is_empty() {
             String::new()
         } else {

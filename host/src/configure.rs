@@ -11,6 +11,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -44,14 +45,28 @@ pub enum LoadError {
     Build(anyhow::Error),
 }
 
-/// Where the config lives.
+/// Where the config lives: a file (`--config`, or the data directory's saved config),
+/// or, for replicas sharing a PostgreSQL vault and given no `--config`, the vault
+/// itself, so a save on one replica is read by all.
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
-    path: PathBuf,
-    /// Named with `--config`: it must exist. Otherwise it is the data directory's saved
-    /// config, and the embedded default stands in until the first save.
-    explicit: bool,
+    place: ConfigPlace,
 }
+
+#[derive(Debug, Clone)]
+enum ConfigPlace {
+    File {
+        path: PathBuf,
+        /// Named with `--config`: it must exist. Otherwise it is the data directory's
+        /// saved config, and the embedded default stands in until the first save.
+        explicit: bool,
+    },
+    Store(Arc<Vault>),
+}
+
+/// The config's record in [`Table::Config`], and the one before the last save.
+const STORED: &str = crate::vault::SAVED_CONFIG_RECORD;
+const STORED_PREVIOUS: &str = "previous";
 
 /// The config text in force on disk, and its hash (what a save must name).
 #[derive(Debug, Clone)]
@@ -69,34 +84,95 @@ pub fn hash(text: &str) -> String {
 
 impl ConfigFile {
     pub fn new(config: Option<&Path>, data_dir: &Path) -> Self {
-        match config {
-            Some(p) => Self {
+        let place = match config {
+            Some(p) => ConfigPlace::File {
                 path: p.to_owned(),
                 explicit: true,
             },
-            None => Self {
+            None => ConfigPlace::File {
                 path: data_dir.join(SAVED_CONFIG),
                 explicit: false,
             },
+        };
+        Self { place }
+    }
+
+    /// The config kept in `vault` (replicas on PostgreSQL).
+    pub fn in_store(vault: Arc<Vault>) -> Self {
+        Self {
+            place: ConfigPlace::Store(vault),
         }
     }
 
+    /// Whether `opts` keep the config in the shared vault: a PostgreSQL vault and no
+    /// `--config` file.
+    pub fn stored(opts: &Options) -> bool {
+        opts.config.is_none() && opts.database_url.is_some()
+    }
+
+    /// Where the config of a host started with `opts` is, before its vault is open
+    /// (always the file; see [`ConfigFile::of`]).
     pub fn for_options(opts: &Options) -> Self {
         Self::new(opts.config.as_deref(), &opts.data_dir)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the running host's config is.
+    pub fn of(app: &App) -> Self {
+        if Self::stored(&app.options) {
+            Self::in_store(app.vault.clone())
+        } else {
+            Self::for_options(&app.options)
+        }
+    }
+
+    /// The file, when the config is one (what the reloader watches).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.place {
+            ConfigPlace::File { path, .. } => Some(path),
+            ConfigPlace::Store(_) => None,
+        }
+    }
+
+    /// Where the config is, for messages.
+    pub fn describe(&self) -> String {
+        match &self.place {
+            ConfigPlace::File { path, .. } => path.display().to_string(),
+            ConfigPlace::Store(v) => format!("the shared vault ({})", v.describe()),
+        }
     }
 
     pub fn read(&self) -> Result<Current, LoadError> {
-        match std::fs::read_to_string(&self.path) {
+        let (path, explicit) = match &self.place {
+            ConfigPlace::File { path, explicit } => (path, *explicit),
+            ConfigPlace::Store(vault) => {
+                let saved = vault.get(Table::Config, STORED).map_err(|e| {
+                    LoadError::Build(anyhow::anyhow!("cannot read the config: {e}"))
+                })?;
+                let (text, on_disk) = match saved {
+                    Some(bytes) => (
+                        String::from_utf8(bytes.to_vec()).map_err(|_| {
+                            LoadError::Build(anyhow::anyhow!(
+                                "the config saved in the vault is not UTF-8"
+                            ))
+                        })?,
+                        true,
+                    ),
+                    None => (config::EMBEDDED_DEFAULT.to_owned(), false),
+                };
+                return Ok(Current {
+                    hash: hash(&text),
+                    text,
+                    on_disk,
+                });
+            }
+        };
+        match std::fs::read_to_string(path) {
             Ok(text) => Ok(Current {
                 hash: hash(&text),
                 text,
                 on_disk: true,
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.explicit => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 let text = config::EMBEDDED_DEFAULT.to_owned();
                 Ok(Current {
                     hash: hash(&text),
@@ -105,18 +181,39 @@ impl ConfigFile {
                 })
             }
             Err(cause) => Err(LoadError::Read {
-                path: self.path.clone(),
+                path: path.clone(),
                 cause,
             }),
         }
     }
 
-    /// Replaces the file atomically (a temporary file in the same folder, synced, then
-    /// renamed over it), keeping `previous` as `<name>.prev` (0600) and the file's
-    /// permissions (0600 for a new one).
+    /// Holds the config against saves on other replicas until dropped (`None` for a
+    /// file: the host's own lock is enough).
+    pub async fn lock(&self) -> anyhow::Result<Option<crate::vault::store::Held>> {
+        match &self.place {
+            ConfigPlace::File { .. } => Ok(None),
+            ConfigPlace::Store(vault) => Ok(vault.lock(Table::Config, STORED).await?),
+        }
+    }
+
+    /// Replaces the config, keeping `previous`. A file is replaced atomically (a
+    /// temporary file in the same folder, synced, then renamed over it), with the previous
+    /// text as `<name>.prev` (0600) and the file's permissions (0600 for a new one). In
+    /// the vault both go in one transaction, and every replica hears of it.
     pub fn replace(&self, text: &str, previous: Option<&str>) -> anyhow::Result<()> {
+        let path = match &self.place {
+            ConfigPlace::File { path, .. } => path,
+            ConfigPlace::Store(vault) => {
+                let mut records = vec![(Table::Config, STORED, text.as_bytes())];
+                if let Some(previous) = previous {
+                    records.push((Table::Config, STORED_PREVIOUS, previous.as_bytes()));
+                }
+                vault.put_many(&records)?;
+                return Ok(());
+            }
+        };
         // Write where a symlinked config really lives, so the link stays.
-        let target = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
         let dir = target
             .parent()
             .map(Path::to_path_buf)
@@ -329,7 +426,7 @@ fn fits_host(app: &App, mode: config::IdentityMode) -> Result<(), String> {
 /// Returns whether a new snapshot went in.
 pub async fn reload(app: &App, trigger: Trigger) -> Result<bool, LoadError> {
     let _one_at_a_time = app.config_lock.lock().await;
-    let current = ConfigFile::for_options(&app.options).read()?;
+    let current = ConfigFile::of(app).read()?;
     if trigger == Trigger::FileChanged && app.config_hash() == current.hash {
         return Ok(false);
     }
@@ -633,7 +730,10 @@ pub async fn save(
     change: Edit,
 ) -> Result<Saved, SaveError> {
     let _one_at_a_time = app.config_lock.lock().await;
-    let file = ConfigFile::for_options(&app.options);
+    let file = ConfigFile::of(app);
+    // Replicas sharing the vault save one at a time too: the hash is checked against
+    // what the last save on any of them wrote.
+    let _everywhere = file.lock().await.map_err(SaveError::Failed)?;
     let current = file.read().map_err(|e| SaveError::Failed(e.into()))?;
     if let Some(base) = base
         && !base.eq_ignore_ascii_case(&current.hash)

@@ -950,21 +950,22 @@ impl Connections {
         // Replicas sharing the store: one refresh per expiry among all of them. The lock
         // is held until the new tokens are stored; whoever waited finds them on re-reading
         // and uses them, so a rotated refresh token is never spent twice.
+        // The agent is told the store is down; where it is goes to the log only.
+        let store_down = |e: crate::vault::VaultError| {
+            tracing::error!(connector = %pu.connector, user, error = %e, "cannot refresh: the shared vault does not answer");
+            ConnError::RefreshFailed {
+                connector: pu.connector.clone(),
+                detail: "the gateway's database does not answer".to_owned(),
+                retry_secs: 5,
+            }
+        };
         let held = self
             .vault
             .lock(Table::UserTokens, &key)
             .await
-            .map_err(|e| ConnError::RefreshFailed {
-                connector: pu.connector.clone(),
-                detail: e.to_string(),
-                retry_secs: 1,
-            })?;
+            .map_err(store_down)?;
         let cur = if held.is_some() {
-            let stored = self.stored(&key).map_err(|e| ConnError::RefreshFailed {
-                connector: pu.connector.clone(),
-                detail: e.to_string(),
-                retry_secs: 1,
-            })?;
+            let stored = self.stored(&key).map_err(store_down)?;
             match stored {
                 // Disconnected on another replica.
                 None => {

@@ -393,11 +393,25 @@ fn migrate_store(
     }
     vault::recover_interrupted_rotation(&from, &key_file)?;
     let (key, _) = vault::MasterKey::load(&key_file)?;
-    let copied = vault::copy_store(&from, &vault::Location::Postgres(to), &key)?;
+    // The saved config goes along (replicas read it from the database); a --config file
+    // stays where it is.
+    let saved = portcullis::configure::ConfigFile::new(None, data_dir).read()?;
+    let config = (config_path.is_none() && saved.on_disk).then_some(saved.text);
+    let copied = vault::copy_store(
+        &from,
+        &vault::Location::Postgres(to),
+        &key,
+        config.as_deref(),
+    )?;
     eprintln!(
-        "Copied {} record(s) from {} to {}; each opens there with the same master key. \
+        "Copied {} record(s){} from {} to {}; each opens there with the same master key. \
          Start every replica with that database URL and this master key ({} or the key file).",
         copied.records,
+        if config.is_some() {
+            " and the saved config"
+        } else {
+            ""
+        },
         copied.from,
         copied.to,
         vault::MASTER_KEY_ENV

@@ -378,3 +378,128 @@ async fn losing_the_database_fails_closed_and_keeps_serving_cached_tokens() {
     assert!(resp.status().is_success(), "{}", resp.status());
     assert!(!host.logs().contains(PASSWORD));
 }
+
+#[tokio::test]
+async fn a_config_saved_on_one_replica_is_served_by_all_and_a_rolling_restart_fails_no_request() {
+    let pg = Postgres::start();
+    let db = pg.url(&pg.database());
+    let up = Upstream::start().await;
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let lb = Balancer::start(addrs.clone()).await;
+    // No --config: the replicas read the config saved in the database (the embedded
+    // default until the first save).
+    let replica = |addr: SocketAddr| {
+        Host::start_with(
+            "",
+            HostOptions {
+                saved_config: true,
+                ..on_postgres(&db, Some(addr))
+            },
+        )
+    };
+    let mut hosts: Vec<Host> = addrs.iter().map(|a| replica(*a)).collect();
+    let config_of = async |h: &Host| -> Value {
+        client()
+            .get(h.url("/api/config"))
+            .send()
+            .await
+            .expect("get config")
+            .json()
+            .await
+            .expect("json")
+    };
+    let before = config_of(&hosts[0]).await;
+    assert_eq!(before["saved"], false, "{before}");
+    let old_hash = before["hash"].as_str().expect("hash").to_owned();
+
+    // Saved through replica 0's admin API: every replica serves it.
+    let config: Value = serde_json::from_str(&loopback_config(
+        json!({"echo": {"protocol": "http", "url": up.url(), "description": "Echo"}}),
+        admin_everything(),
+    ))
+    .expect("config");
+    let saved = client()
+        .put(hosts[0].url("/api/config"))
+        .json(&json!({"hash": old_hash, "config": config}))
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(
+        saved.status(),
+        200,
+        "{}",
+        saved.text().await.unwrap_or_default()
+    );
+    let new_hash = config_of(&hosts[0]).await["hash"].clone();
+    for h in &hosts {
+        eventually("every replica applied the saved config", async || {
+            portcullis_e2e::status_of(&h.url("/v1/connectors/echo/x")).await == 200
+        })
+        .await;
+        let seen = config_of(h).await;
+        assert_eq!(seen["hash"], new_hash, "{seen}");
+        assert_eq!(seen["in_force"], true, "{seen}");
+    }
+    // A save made against the old version on another replica is refused, not merged.
+    let stale = client()
+        .put(hosts[1].url("/api/config"))
+        .json(&json!({"hash": old_hash, "config": config}))
+        .send()
+        .await
+        .expect("stale save");
+    assert_eq!(stale.status(), 409);
+
+    // A rolling restart under load: each replica in turn is drained, stopped, started
+    // again (it reads the config from the database) and put back. Not one request fails.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = Arc::new(lb.url("/v1/connectors/echo/x"));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, url) = (stop.clone(), url.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // Bounded: at most 20,000 requests per worker, each with a timeout.
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let sent = client()
+                    .get(url.as_str())
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        lb.set_in_rotation(i, false);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hosts[i].stop();
+        hosts[i] = replica(*addr);
+        lb.set_in_rotation(i, true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in load {
+        let (o, f) = l.await.expect("load worker");
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 100, "the load ran: {ok}");
+    for h in &hosts {
+        assert_eq!(config_of(h).await["hash"], new_hash);
+    }
+}

@@ -30,13 +30,13 @@ pub async fn get(
     Extension(caller): Extension<Arc<Caller>>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&snapshot, &caller)?;
-    let file = ConfigFile::for_options(&app.options);
+    let file = ConfigFile::of(&app);
     let current = file.read().map_err(internal)?;
     let parsed = crate::config::parse_hujson(&current.text)
         .map_err(|e| unreadable(&file, &e).with("hash", &current.hash))?;
     Ok(Json(json!({
         "hash": current.hash,
-        "path": file.path().display().to_string(),
+        "path": file.describe(),
         "saved": current.on_disk,
         "in_force": current.hash == app.config_hash(),
         "config": edit::mask(&parsed),
@@ -139,9 +139,7 @@ pub async fn validate(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&snapshot, &caller)?;
     let w: Whole = body(&headers, &bytes, r#"{"config": {...}}"#)?;
-    let current = ConfigFile::for_options(&app.options)
-        .read()
-        .map_err(internal)?;
+    let current = ConfigFile::of(&app).read().map_err(internal)?;
     let env = configure::surroundings(&app);
     let (valid, diagnostics) =
         match configure::prepare(&current, Edit::Whole(w.config), &env, Some(&caller)) {
@@ -158,7 +156,7 @@ pub async fn validate(
 }
 
 fn current_server(app: &App, id: &str) -> Result<Option<Value>, ApiError> {
-    let file = ConfigFile::for_options(&app.options);
+    let file = ConfigFile::of(app);
     let current = file.read().map_err(internal)?;
     let root = crate::config::parse_hujson(&current.text).map_err(|e| unreadable(&file, &e))?;
     Ok(root
@@ -174,7 +172,7 @@ fn unreadable(file: &ConfigFile, e: &str) -> ApiError {
         "config_unreadable",
         format!(
             "the config file {} does not parse ({e}); the previous config keeps serving. Fix the file, or replace it with PUT /api/config",
-            file.path().display()
+            file.describe()
         ),
     )
 }

@@ -26,7 +26,7 @@ use crate::state::{App, Snapshot};
 /// differ while a broken file waits to be fixed).
 fn used_by(app: &App, snapshot: &Snapshot) -> Vec<(String, String)> {
     let mut uses = BTreeSet::new();
-    if let Ok(current) = ConfigFile::for_options(&app.options).read()
+    if let Ok(current) = ConfigFile::of(app).read()
         && let Ok(v) = crate::config::parse_hujson(&current.text)
     {
         uses.extend(edit::vault_references(&v));

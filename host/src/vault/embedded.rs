@@ -108,10 +108,7 @@ impl Store for RedbStore {
         Ok(inserted)
     }
 
-    fn rewrite_all(
-        &self,
-        f: &mut Reseal<'_>,
-    ) -> Result<usize, VaultError> {
+    fn rewrite_all(&self, f: &mut Reseal<'_>) -> Result<usize, VaultError> {
         let tx = self.db.begin_write().map_err(store)?;
         let mut n = 0;
         for &table in Table::ALL {

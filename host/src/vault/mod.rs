@@ -61,6 +61,9 @@ pub enum Table {
     OAuthPending,
     /// Dynamically registered OAuth clients, per connector.
     OAuthClients,
+    /// The saved config and the one before it, when replicas share a PostgreSQL vault
+    /// (one host keeps it in a file in the data directory).
+    Config,
 }
 
 impl Table {
@@ -72,6 +75,7 @@ impl Table {
         Table::UserTokens,
         Table::OAuthPending,
         Table::OAuthClients,
+        Table::Config,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +87,7 @@ impl Table {
             Self::UserTokens => "user_tokens",
             Self::OAuthPending => "oauth_pending",
             Self::OAuthClients => "oauth_clients",
+            Self::Config => "config",
         }
     }
 
@@ -387,6 +392,17 @@ impl Vault {
             .map(drop)
     }
 
+    /// Seals and stores several records in one transaction.
+    pub fn put_many(&self, records: &[(Table, &str, &[u8])]) -> Result<(), VaultError> {
+        let writes = records
+            .iter()
+            .map(|&(table, key, plain)| {
+                StoreWrite::Put(table, key.to_owned(), self.sealer.seal(table, key, plain))
+            })
+            .collect();
+        self.store.write(writes).map(drop)
+    }
+
     /// Opens the record at `table`/`key`, if there is one.
     pub fn get(&self, table: Table, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
         match self.store.get(table, key)? {
@@ -461,6 +477,9 @@ impl Vault {
     }
 }
 
+/// The saved config's key in [`Table::Config`].
+pub const SAVED_CONFIG_RECORD: &str = "saved";
+
 /// What `migrate-store` copied.
 #[derive(Debug)]
 pub struct Copied {
@@ -470,10 +489,16 @@ pub struct Copied {
 }
 
 /// `portcullis migrate-store`: copies every record of the vault at `from` into `to`, as
-/// sealed (both use the same master key), in one transaction, then opens every copied
+/// sealed (both use the same master key), with `config` (the saved config, which
+/// replicas read from the vault) in the same transaction, then opens every copied
 /// record at `to` to prove it is usable there. Refused when `to` already holds records
 /// other than its key check, so two vaults are never merged by accident.
-pub fn copy_store(from: &Location, to: &Location, key: &MasterKey) -> Result<Copied, VaultError> {
+pub fn copy_store(
+    from: &Location,
+    to: &Location,
+    key: &MasterKey,
+    config: Option<&str>,
+) -> Result<Copied, VaultError> {
     let source = Vault::open(from, key)?;
     let target = Vault::open(to, key)?;
     for &table in Table::ALL {
@@ -497,6 +522,15 @@ pub fn copy_store(from: &Location, to: &Location, key: &MasterKey) -> Result<Cop
         }
     }
     let records = writes.len();
+    if let Some(text) = config {
+        writes.push(StoreWrite::Put(
+            Table::Config,
+            SAVED_CONFIG_RECORD.to_owned(),
+            target
+                .sealer
+                .seal(Table::Config, SAVED_CONFIG_RECORD, text.as_bytes()),
+        ));
+    }
     target.store.write(writes)?;
     for &table in Table::ALL {
         for key in target.store.keys(table)? {

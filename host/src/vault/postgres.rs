@@ -331,10 +331,7 @@ impl Store for PgStore {
         })
     }
 
-    fn rewrite_all(
-        &self,
-        f: &mut Reseal<'_>,
-    ) -> Result<usize, VaultError> {
+    fn rewrite_all(&self, f: &mut Reseal<'_>) -> Result<usize, VaultError> {
         // One transaction across three hops to the store's runtime: lock and read every
         // row, compute the new values here (`f` is not `Send`), write them and commit.
         let pool = self.pool.clone();

@@ -65,10 +65,7 @@ pub trait Store: Send + Sync {
 
     /// Replaces every record of every table with `f(table, key, value)`, in one
     /// transaction: a failure leaves every record as it was. Returns how many.
-    fn rewrite_all(
-        &self,
-        f: &mut Reseal<'_>,
-    ) -> Result<usize, VaultError>;
+    fn rewrite_all(&self, f: &mut Reseal<'_>) -> Result<usize, VaultError>;
 
     /// Where the records are, for messages (never a password).
     fn describe(&self) -> String;
