@@ -503,3 +503,168 @@ async fn a_config_saved_on_one_replica_is_served_by_all_and_a_rolling_restart_fa
         assert_eq!(config_of(h).await["hash"], new_hash);
     }
 }
+
+/// One JSON-RPC message to `/v1/mcp` of `host` as `from`, in `session`; the answer to
+/// it (from JSON or from the event stream it came on) and the session header.
+async fn mcp_rpc(
+    host: &Host,
+    from: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, Option<String>, Option<Value>) {
+    let mut req = client_from(from)
+        .post(host.url("/v1/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(20));
+    if let Some(s) = session {
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-06-18");
+    }
+    let resp = req.body(body.to_string()).send().await.expect("mcp post");
+    let status = resp.status().as_u16();
+    let id = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.unwrap_or_default();
+    let answer = serde_json::from_str::<Value>(&text).ok().or_else(|| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|v| v.get("id") == body.get("id"))
+    });
+    (status, id, answer)
+}
+
+fn tool_names(answer: &Option<Value>) -> Vec<String> {
+    answer
+        .as_ref()
+        .and_then(|a| a["result"]["tools"].as_array())
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_mcp_session_moves_between_replicas_keeps_its_owner_and_hears_list_changed() {
+    use portcullis_e2e::mcp_server::{Expect, McpServer};
+    let pg = Postgres::start();
+    let db = pg.url(&pg.database());
+    let up = McpServer::start(Expect::Nothing).await;
+    let whois = users().await;
+    let config = tailnet_config(
+        &whois.socket,
+        json!({"notes": {"protocol": "mcp", "url": up.url()}}),
+    );
+    let hosts: Vec<Host> = (0..3)
+        .map(|_| Host::start_with(&config, on_postgres(&db, None)))
+        .collect();
+    let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+
+    // Opened on replica A.
+    let (status, session, _) = mcp_rpc(
+        a,
+        ALICE,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "replica-test", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let session = session.expect("a session id");
+    let (status, _, _) = mcp_rpc(
+        a,
+        ALICE,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // Used on replica B, which never saw it: no new handshake from the client.
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    eventually(
+        "replica B serves the session with the upstream's tools",
+        async || {
+            let (status, _, answer) = mcp_rpc(b, ALICE, Some(&session), list.clone()).await;
+            status == 200 && tool_names(&answer).contains(&"notes_echo".to_owned())
+        },
+    )
+    .await;
+    // Not Bob's to use, on any replica.
+    for h in [a, b, c] {
+        let (status, _, _) = mcp_rpc(h, crate::per_user::BOB, Some(&session), list.clone()).await;
+        assert_eq!(status, 404, "another caller's session is unknown to them");
+    }
+
+    // Its event stream on replica C hears list_changed after a call on replica B adds a
+    // tool upstream.
+    let mut stream = client_from(ALICE)
+        .get(c.url("/v1/mcp"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let (status, _, answer) = mcp_rpc(
+        b,
+        ALICE,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": "notes_add_tool", "arguments": {"name": "fresh"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer:?}");
+    let heard = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut seen = String::new();
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("notifications/tools/list_changed") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        heard,
+        Ok(true),
+        "list_changed reached the stream on replica C"
+    );
+    let (status, _, answer) = mcp_rpc(
+        a,
+        ALICE,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+               "params": {"name": "notes_fresh", "arguments": {}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(answer.is_some_and(|a| a.to_string().contains("fresh ran")));
+
+    // Ended on replica C, it is gone everywhere.
+    let ended = client_from(ALICE)
+        .delete(c.url("/v1/mcp"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("delete");
+    assert!(ended.status().is_success(), "{}", ended.status());
+    for h in [a, b] {
+        eventually(
+            "the ended session is unknown on every replica",
+            async || mcp_rpc(h, ALICE, Some(&session), list.clone()).await.0 == 404,
+        )
+        .await;
+    }
+}

@@ -20,6 +20,7 @@
 //!   parked until the client answers with its next round.
 //! - `builtin`: `aperture_list_connectors`, and plugin tools run through the outbound
 //!   pipeline with the caller's credential.
+//! - `sessions`: sessions sealed into a shared vault, so they move between replicas.
 //! - `template`: RFC 6570 matching, for reads of URIs a granted resource template makes.
 //!
 //! Names: tools `<id>_<tool>`, prompts `<id>_<prompt>`, resources `<id>-<uri>`,
@@ -33,6 +34,7 @@ mod builtin;
 mod legacy;
 mod rounds;
 mod server;
+mod sessions;
 pub(crate) mod template;
 mod transport;
 pub mod upstream;

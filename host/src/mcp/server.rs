@@ -1380,24 +1380,78 @@ pub struct Entry {
     /// Who opened each session, and on which endpoint: a session is used by its caller
     /// on its endpoint only.
     owners: Mutex<HashMap<String, (String, Scope)>>,
+    /// Sessions stored for other replicas (a shared PostgreSQL vault), else `None`.
+    shared: Option<super::sessions::Shared>,
 }
 
 impl Entry {
     pub fn new(app: Arc<Gateway>) -> Arc<Self> {
         let manager = Arc::new(LocalSessionManager::default());
-        let services =
-            ArcSwap::from_pointee(Self::build(&app, &manager, app.snapshot().config.clone()));
-        Arc::new(Self {
+        let shared = super::sessions::Shared::new(&app.vault);
+        let services = ArcSwap::from_pointee(Self::build(
+            &app,
+            &manager,
+            shared.as_ref(),
+            app.snapshot().config.clone(),
+        ));
+        let entry = Arc::new(Self {
             app,
             manager,
             services,
             owners: Mutex::default(),
-        })
+            shared,
+        });
+        if entry.shared.is_some() {
+            tokio::spawn(Self::follow_store(Arc::downgrade(&entry)));
+        }
+        entry
+    }
+
+    /// With replicas: closes here a session another replica ended (DELETE), and purges
+    /// stored sessions too old to move, every ten minutes.
+    async fn follow_store(this: std::sync::Weak<Self>) {
+        use crate::vault::{Table, store::Change};
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(mut changes) = this.upgrade().and_then(|e| e.app.vault.changes()) else {
+            return;
+        };
+        let mut purge = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                _ = purge.tick() => {
+                    let Some(shared) = this.upgrade().and_then(|e| e.shared.clone()) else { return };
+                    let _ = tokio::task::spawn_blocking(move || shared.purge()).await;
+                    continue;
+                }
+            };
+            let Some(entry) = this.upgrade() else { return };
+            let id = match change {
+                Ok(Change::Record {
+                    table: Table::McpSessions,
+                    key,
+                }) if !key.ends_with("\nowner") => key,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            let Some(shared) = &entry.shared else { return };
+            if entry.is_live(&id).await && shared.owner(&id).await.is_none() {
+                use rmcp::transport::streamable_http_server::SessionManager as _;
+                let _ = entry.manager.close_session(&id.as_str().into()).await;
+                entry
+                    .owners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                tracing::debug!("closed an MCP session another replica ended");
+            }
+        }
     }
 
     fn build(
         app: &Arc<Gateway>,
         manager: &Arc<LocalSessionManager>,
+        shared: Option<&super::sessions::Shared>,
         config: Arc<Config>,
     ) -> Services {
         // The Host check is the browser defence's, for every route ([`crate::browser`]).
@@ -1412,12 +1466,13 @@ impl Entry {
             let app = app.clone();
             move || Ok(Aggregator { app: app.clone() })
         };
+        let mut sessionful = settings(true);
+        sessionful.session_store = shared.map(|s| {
+            Arc::new(s.clone())
+                as Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>
+        });
         Services {
-            sessionful: StreamableHttpService::new(
-                factory.clone(),
-                manager.clone(),
-                settings(true),
-            ),
+            sessionful: StreamableHttpService::new(factory.clone(), manager.clone(), sessionful),
             stateless: StreamableHttpService::new(
                 factory,
                 Arc::new(NeverSessionManager::default()),
@@ -1435,7 +1490,12 @@ impl Entry {
         if Arc::ptr_eq(&cur.config, &config) {
             return cur;
         }
-        let fresh = Arc::new(Self::build(&self.app, &self.manager, config));
+        let fresh = Arc::new(Self::build(
+            &self.app,
+            &self.manager,
+            self.shared.as_ref(),
+            config,
+        ));
         self.services.store(fresh.clone());
         fresh
     }
@@ -1590,6 +1650,17 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
     let services = entry.services();
     let scope = req.extensions().get::<Scope>().cloned().unwrap_or_default();
     if let Some(id) = session_id(&req) {
+        // A session opened on another replica: its owner is stored with it.
+        if entry.owner(&id).is_none()
+            && let Some(shared) = &entry.shared
+            && let Some(owner) = shared.owner(&id).await
+        {
+            entry
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), owner);
+        }
         // Another caller's session is not theirs to use, and a session opened on one
         // endpoint names things that endpoint's way: answer as for an unknown one.
         if let Some((login, opened_on)) = entry.owner(&id)
@@ -1601,6 +1672,23 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
         // The transport "closes" a session it never had and answers 202; a client that
         // ends a session twice, or one that expired, is told it is gone.
         if req.method() == http::Method::DELETE && !entry.is_live(&id).await {
+            // Opened on another replica: ended there through the vault's change feed.
+            if let Some(shared) = &entry.shared
+                && entry.owner(&id).is_some()
+            {
+                use rmcp::transport::streamable_http_server::session::SessionStore as _;
+                return match shared.delete(&id).await {
+                    Ok(()) => StatusCode::ACCEPTED.into_response(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not end a stored MCP session");
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Service Unavailable: the session could not be ended; try again",
+                        )
+                            .into_response()
+                    }
+                };
+            }
             return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
         }
         return services.sessionful.handle(req).await.map(Body::new);
@@ -1618,6 +1706,9 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
         .and_then(|v| v.to_str().ok())
     {
         entry.prune().await;
+        if let Some(shared) = &entry.shared {
+            shared.set_owner(id, &caller.login, &scope).await;
+        }
         entry
             .owners
             .lock()

@@ -64,6 +64,9 @@ pub enum Table {
     /// The saved config and the one before it, when replicas share a PostgreSQL vault
     /// (one host keeps it in a file in the data directory).
     Config,
+    /// MCP sessions' `initialize` parameters and owners, so a session moves between
+    /// replicas sharing a PostgreSQL vault.
+    McpSessions,
 }
 
 impl Table {
@@ -76,6 +79,7 @@ impl Table {
         Table::OAuthPending,
         Table::OAuthClients,
         Table::Config,
+        Table::McpSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +92,7 @@ impl Table {
             Self::OAuthPending => "oauth_pending",
             Self::OAuthClients => "oauth_clients",
             Self::Config => "config",
+            Self::McpSessions => "mcp_sessions",
         }
     }
 
