@@ -119,6 +119,10 @@ type StoreError = rmcp::transport::streamable_http_server::session::SessionStore
 #[async_trait::async_trait]
 impl SessionStore for Shared {
     async fn load(&self, session_id: &str) -> Result<Option<SessionState>, StoreError> {
+        // Only a session whose owner is known (and so was checked) is restored.
+        if self.owner(session_id).await.is_none() {
+            return Ok(None);
+        }
         let (vault, key) = (self.vault.clone(), session_id.to_owned());
         let bytes =
             tokio::task::spawn_blocking(move || vault.get(Table::McpSessions, &key)).await??;

@@ -17,6 +17,7 @@
 //! database round trip stalls one request, not the tasks queued behind it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlSafeStr as _;
@@ -38,6 +39,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Statements that run longer than this are cancelled by the server.
 const STATEMENT_TIMEOUT: &str = "10s";
 const MAX_CONNECTIONS: u32 = 8;
+/// Locks held at once by this replica. Each holds a connection for as long as its work
+/// takes (a token request), and that work needs another one to store its result: capped
+/// below the pool's size (less the listener's), so the holders can always finish.
+const MAX_HELD_LOCKS: usize = 3;
 /// How long [`Store::lock`] waits for another replica to let go (a token refresh).
 const LOCK_WAIT: &str = "SET LOCAL statement_timeout = '30s'";
 /// The notification channel of record changes.
@@ -67,6 +72,8 @@ pub struct PgStore {
     /// This process, in notifications, so it skips its own.
     instance: String,
     feed: broadcast::Sender<Change>,
+    /// Permits for [`MAX_HELD_LOCKS`].
+    lock_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl PgStore {
@@ -101,6 +108,7 @@ impl PgStore {
             url: url.clone(),
             instance: crate::connections::random_token(),
             feed: broadcast::channel(FEED_CAPACITY).0,
+            lock_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HELD_LOCKS)),
         };
         let pool = this.pool.clone();
         this.run(async move {
@@ -117,7 +125,7 @@ impl PgStore {
             Ok(l)
         })?;
         if let Some(rt) = &this.runtime {
-            rt.spawn(follow(listener, feed, me));
+            rt.spawn(follow(listener, this.pool.clone(), feed, me));
         }
         Ok(this)
     }
@@ -155,10 +163,15 @@ impl PgStore {
     }
 }
 
-/// Passes other processes' changes to subscribers until the store is dropped. A lost
-/// connection is re-established by the listener; what happened meanwhile is unknown, so
-/// subscribers are told to resync.
-async fn follow(mut listener: PgListener, feed: broadcast::Sender<Change>, me: String) {
+/// Passes other processes' changes to subscribers until the store is dropped. When the
+/// connection is lost, what changed meanwhile is unknown: once the database answers
+/// again (the listener reconnects on its own), subscribers are told to resync.
+async fn follow(
+    mut listener: PgListener,
+    pool: PgPool,
+    feed: broadcast::Sender<Change>,
+    me: String,
+) {
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
@@ -177,16 +190,18 @@ async fn follow(mut listener: PgListener, feed: broadcast::Sender<Change>, me: S
                     });
                 }
             }
-            Ok(None) => {
+            lost => {
+                if let Err(e) = lost {
+                    tracing::warn!(error = %safe(&e), "the database's change feed failed");
+                }
                 tracing::warn!(
-                    "the database's change feed was interrupted; reconnecting and re-reading cached records"
+                    "the database's change feed was interrupted; waiting for the database"
                 );
+                while sqlx::query("SELECT 1").execute(&pool).await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 let _ = feed.send(Change::Resync);
-            }
-            Err(e) => {
-                tracing::warn!(error = %safe(&e), "the database's change feed failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = feed.send(Change::Resync);
+                tracing::info!("the database answers again; cached records are re-read");
             }
         }
     }
@@ -203,6 +218,7 @@ fn lock_id(name: &str) -> i64 {
 /// A held advisory lock: its transaction, rolled back on the store's runtime when
 /// dropped (which releases the lock and returns the connection).
 struct PgHeld {
+    _slot: tokio::sync::OwnedSemaphorePermit,
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     runtime: Handle,
 }
@@ -391,7 +407,12 @@ impl Store for PgStore {
     fn lock(&self, name: &str) -> Option<BoxFuture<'static, Result<Held, VaultError>>> {
         let runtime = self.runtime.as_ref()?.handle().clone();
         let (pool, id, url) = (self.pool.clone(), lock_id(name), self.url.clone());
+        let slots = self.lock_slots.clone();
         Some(Box::pin(async move {
+            let slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|_| VaultError::Store("the database store is closed".to_owned()))?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             // On the store's runtime: if the caller gives up, the transaction is dropped
             // there and rolls back.
@@ -410,6 +431,7 @@ impl Store for PgStore {
             });
             match rx.await {
                 Ok(Ok(t)) => Ok(Held::new(PgHeld {
+                    _slot: slot,
                     tx: Some(t),
                     runtime,
                 })),
