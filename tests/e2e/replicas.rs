@@ -418,12 +418,15 @@ async fn a_config_saved_on_one_replica_is_served_by_all_and_a_rolling_restart_fa
         admin_everything(),
     ))
     .expect("config");
-    let saved = client()
-        .put(hosts[0].url("/api/config"))
-        .json(&json!({"hash": old_hash, "config": config}))
-        .send()
-        .await
-        .expect("save");
+    let save = async |h: &Host| {
+        client()
+            .put(h.url("/api/config"))
+            .json(&json!({"hash": old_hash, "config": config}))
+            .send()
+            .await
+            .expect("save")
+    };
+    let saved = save(&hosts[0]).await;
     assert_eq!(
         saved.status(),
         200,
@@ -441,13 +444,7 @@ async fn a_config_saved_on_one_replica_is_served_by_all_and_a_rolling_restart_fa
         assert_eq!(seen["in_force"], true, "{seen}");
     }
     // A save made against the old version on another replica is refused, not merged.
-    let stale = client()
-        .put(hosts[1].url("/api/config"))
-        .json(&json!({"hash": old_hash, "config": config}))
-        .send()
-        .await
-        .expect("stale save");
-    assert_eq!(stale.status(), 409);
+    assert_eq!(save(&hosts[1]).await.status(), 409);
 
     // A rolling restart under load: each replica in turn is drained, stopped, started
     // again (it reads the config from the database) and put back. Not one request fails.

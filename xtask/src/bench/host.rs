@@ -180,12 +180,13 @@ pub fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String
 
 /// Writes `config`, starts `portcullis serve` with `dir` for its data and logs
 /// (`stderr.log`), and waits for `/healthz`. With `registry`, provider plugins load from
-/// there; without, none do.
+/// there; without, none do. `env` adds variables (a database URL, a shared master key).
 pub fn spawn_portcullis(
     bin: &Path,
     dir: &Path,
     config: &serde_json::Value,
     registry: Option<&Path>,
+    env: &[(&str, String)],
 ) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
     let config_path = dir.join("portcullis.json");
@@ -213,6 +214,8 @@ pub fn spawn_portcullis(
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env_remove("PORTCULLIS_MASTER_KEY")
+        .env_remove("PORTCULLIS_DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(stdout)

@@ -49,9 +49,20 @@ pub struct Target {
     /// A 200 only counts as a success if its body contains this (an MCP server answers
     /// a failed call with 200 and a JSON-RPC error).
     pub expect: Option<Bytes>,
+    /// More servers answering the same requests (replicas): connection `i` goes to
+    /// `[addr, replicas...][i % n]`, as a balancer spreading connections would.
+    pub replicas: Vec<SocketAddr>,
 }
 
 impl Target {
+    /// Where connection `i` goes.
+    fn addr_for(&self, i: usize) -> SocketAddr {
+        match i % (self.replicas.len() + 1) {
+            0 => self.addr,
+            n => self.replicas[n - 1],
+        }
+    }
+
     /// `GET path`.
     pub fn get(name: impl Into<String>, addr: SocketAddr, path: impl Into<String>) -> Self {
         Self {
@@ -61,6 +72,7 @@ impl Target {
             body: None,
             headers: Vec::new(),
             expect: None,
+            replicas: Vec::new(),
         }
     }
 
@@ -364,22 +376,21 @@ async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
         .path
         .parse()
         .with_context(|| format!("invalid path {:?}", target.path))?;
-    let host = host_header(target.addr)?;
     let max_conc = spec.warmup.concurrency.max(spec.measure.concurrency).max(1);
 
     // Connect everything up front so connection setup is not part of the measurement.
     let mut senders: Vec<Option<Sender>> = Vec::with_capacity(max_conc);
-    for _ in 0..max_conc {
-        senders.push(Some(connect(target.addr).await?));
+    for i in 0..max_conc {
+        senders.push(Some(connect(target.addr_for(i)).await?));
     }
 
     let target = Arc::new(target.clone());
-    let (senders, _) = run_phase(&target, &uri, &host, senders, &spec.warmup).await?;
+    let (senders, _) = run_phase(&target, &uri, senders, &spec.warmup).await?;
     super::check_interrupted()?;
     if let Some(at) = spec.start_at {
         tokio::time::sleep_until(at.into()).await;
     }
-    let (_, stats) = run_phase(&target, &uri, &host, senders, &spec.measure).await?;
+    let (_, stats) = run_phase(&target, &uri, senders, &spec.measure).await?;
     super::check_interrupted()?;
     Ok(stats)
 }
@@ -387,7 +398,6 @@ async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
 async fn run_phase(
     target: &Arc<Target>,
     uri: &Uri,
-    host: &HeaderValue,
     mut senders: Vec<Option<Sender>>,
     phase: &Phase,
 ) -> Result<(Vec<Option<Sender>>, Stats)> {
@@ -404,11 +414,12 @@ async fn run_phase(
         let sender = senders.get_mut(i).and_then(Option::take);
         let budget = Arc::clone(&budget);
         let uri = uri.clone();
-        let host = host.clone();
+        let addr = target.addr_for(i);
+        let host = host_header(addr)?;
         let hist = new_histogram()?;
         let target = Arc::clone(target);
         tasks.push(tokio::spawn(worker(
-            target, uri, host, sender, budget, hist,
+            target, addr, uri, host, sender, budget, hist,
         )));
     }
 
@@ -462,6 +473,7 @@ async fn run_phase(
 
 async fn worker(
     target: Arc<Target>,
+    addr: SocketAddr,
     uri: Uri,
     host: HeaderValue,
     mut sender: Option<Sender>,
@@ -482,7 +494,7 @@ async fn worker(
         // reconnect rather than count every later request as an error.
         let mut conn = match sender.take() {
             Some(s) if !s.is_closed() => s,
-            _ => match connect(target.addr).await {
+            _ => match connect(addr).await {
                 Ok(s) => {
                     out.reconnects += 1;
                     s

@@ -397,7 +397,7 @@ fn start_portcullis(
             "app": {"tailscale.com/cap/aperture": [{"connectors": ["bench/**"]}]},
         }],
     });
-    let (mut guard, addr) = spawn_portcullis(bin, dir, &config, None)?;
+    let (mut guard, addr) = spawn_portcullis(bin, dir, &config, None, &[])?;
     wait_for_tool(&mut guard, addr)?;
     Ok((guard, addr))
 }

@@ -11,13 +11,14 @@ pub mod host;
 pub mod load;
 pub mod mcp;
 pub mod plugins;
+mod postgres;
 pub mod proxy;
 pub mod refresh;
 pub mod soak;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -75,6 +76,53 @@ pub fn install_interrupt_handler() -> Result<()> {
         })
         .context("spawning signal thread")?;
     Ok(())
+}
+
+/// Installs the first of `packages` apt-get can install, for `what` (a one-command
+/// reproduction on a fresh Debian box); says why not when this is not root or not Debian.
+pub fn apt_install(what: &str, packages: &[&str]) -> Result<(), String> {
+    if !is_root() {
+        let first = packages.first().copied().unwrap_or(what);
+        let others = match packages.get(1..) {
+            Some(rest) if !rest.is_empty() => format!(" (or {})", rest.join(" or ")),
+            _ => String::new(),
+        };
+        return Err(format!(
+            "{what} is not installed and this is not root, so it cannot be installed \
+             automatically; run `sudo apt-get install {first}`{others}"
+        ));
+    }
+    if find_executable("apt-get").is_none() {
+        return Err(format!(
+            "{what} is not installed and apt-get is not available; install {what}"
+        ));
+    }
+    eprintln!("bench: {what} not found, installing it with apt-get");
+    let apt = |args: &[&str]| {
+        run_interruptible(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null())
+                // Keep stdout for the results table only.
+                .stdout(Stdio::from(std::io::stderr())),
+            "apt-get",
+        )
+        .map(|s| s.success())
+        .unwrap_or(false)
+    };
+    if !apt(&["-q", "update"]) {
+        eprintln!("bench: apt-get update failed, trying to install anyway");
+    }
+    for package in packages {
+        if apt(&["-q", "install", "-y", "--no-install-recommends", package]) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "could not install {what} with apt-get install {}; install it by hand",
+        packages.join(" or ")
+    ))
 }
 
 /// Runs a command to completion, polling so an interrupt kills it instead of waiting

@@ -34,6 +34,7 @@ use super::host::{
     AtRest, free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_child, with_log_tail,
 };
 use super::load::{self, LoadSpec, Stats, Target};
+use super::postgres::Postgres;
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// Fixed upstream response (~100 bytes of JSON): small enough that the benchmark
@@ -61,7 +62,7 @@ pub struct ProxyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,portcullis-plugin,portcullis-plugin-calls,nginx"
+        default_value = "direct,portcullis,portcullis-plugin,portcullis-plugin-calls,portcullis-postgres,portcullis-replicas,nginx"
     )]
     targets: Vec<TargetKind>,
 }
@@ -77,6 +78,11 @@ enum TargetKind {
     /// The same plugin as built before routes (WIT 0.1.2): a plugin call per request, as
     /// for providers whose shaping depends on more than the path.
     PortcullisPluginCalls,
+    /// One Portcullis whose vault is a PostgreSQL database (what replicas share).
+    PortcullisPostgres,
+    /// Three Portcullis replicas on one PostgreSQL database, the load generator's
+    /// connections spread over them as a balancer would.
+    PortcullisReplicas,
     Nginx,
 }
 
@@ -87,6 +93,8 @@ impl TargetKind {
             TargetKind::Portcullis => "Portcullis",
             TargetKind::PortcullisPlugin => "Portcullis + provider plugin",
             TargetKind::PortcullisPluginCalls => "Portcullis + provider plugin, a call per request",
+            TargetKind::PortcullisPostgres => "Portcullis on PostgreSQL",
+            TargetKind::PortcullisReplicas => "3 Portcullis replicas on PostgreSQL",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -123,11 +131,16 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
     let portcullis_bin = if wants(TargetKind::Portcullis)
         || wants(TargetKind::PortcullisPlugin)
         || wants(TargetKind::PortcullisPluginCalls)
+        || wants(TargetKind::PortcullisPostgres)
+        || wants(TargetKind::PortcullisReplicas)
     {
         Some(prepare_portcullis(root, args.load.no_build))
     } else {
         None
     };
+    super::check_interrupted()?;
+    let postgres = (wants(TargetKind::PortcullisPostgres) || wants(TargetKind::PortcullisReplicas))
+        .then(|| super::postgres::start().map_err(|e| format!("{e:#}")));
     super::check_interrupted()?;
     let nginx_bin = if wants(TargetKind::Nginx) {
         Some(ensure_nginx())
@@ -183,6 +196,24 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                     },
                 )
             }
+            TargetKind::PortcullisPostgres | TargetKind::PortcullisReplicas => {
+                let replicas = if kind == TargetKind::PortcullisReplicas {
+                    3
+                } else {
+                    1
+                };
+                on_postgres(
+                    &portcullis_bin,
+                    &postgres,
+                    replicas,
+                    &tmp.path().join(format!("{kind:?}").to_lowercase()),
+                    upstream.addr,
+                    |mut target, guard| {
+                        target.name = kind.label().to_owned();
+                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                    },
+                )
+            }
             TargetKind::Nginx => {
                 let dir = tmp.path().join("nginx");
                 with_child(
@@ -200,12 +231,18 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         super::record(&mut results, kind, kind.label(), outcome);
     }
     drop(upstream);
+    let postgres_version = match &postgres {
+        Some(Ok(pg)) => Some(pg.version.clone()),
+        _ => None,
+    };
+    drop(postgres);
 
     let report = Report {
         date: super::utc_now_string(),
         machine,
         args: &args,
         nginx_version,
+        postgres_version,
         cpu_busy_before,
         results: &results,
     };
@@ -218,6 +255,8 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
             TargetKind::Portcullis,
             TargetKind::PortcullisPlugin,
             TargetKind::PortcullisPluginCalls,
+            TargetKind::PortcullisPostgres,
+            TargetKind::PortcullisReplicas,
             TargetKind::Nginx,
         ],
     );
@@ -379,11 +418,74 @@ async fn serve_upstream(
 /// connector names the Google provider plugin: every request is shaped by it (the bench
 /// path is no Google API, so the URL stays the same; today's plugin routes it, the 0.1.2
 /// one is called) and error statuses would be classified.
+/// `replicas` Portcullis processes sharing the vault in `postgres`, each in a folder of
+/// its own below `dir`; `measure` gets the target spread over all of them and the first
+/// one's guard (its memory is reported).
+fn on_postgres<M>(
+    bin: &Option<Result<PathBuf, String>>,
+    postgres: &Option<Result<Postgres, String>>,
+    replicas: usize,
+    dir: &Path,
+    upstream: SocketAddr,
+    measure: impl FnOnce(Target, &mut ChildGuard) -> Result<M>,
+) -> Result<M> {
+    let bin = match bin {
+        Some(Ok(bin)) => bin,
+        Some(Err(e)) => bail!("{e}"),
+        None => bail!("not selected"),
+    };
+    let db = match postgres {
+        Some(Ok(pg)) => pg,
+        Some(Err(e)) => bail!("PostgreSQL: {e}"),
+        None => bail!("not selected"),
+    };
+    let env = [
+        ("PORTCULLIS_DATABASE_URL", db.url("postgres")),
+        ("PORTCULLIS_MASTER_KEY", REPLICA_KEY.to_owned()),
+    ];
+    let mut running: Vec<(ChildGuard, SocketAddr)> = Vec::new();
+    for n in 0..replicas {
+        let dir = dir.join(format!("replica-{n}"));
+        match start_portcullis_with(bin, &dir, upstream, None, &env) {
+            Ok(started) => running.push(started),
+            Err(e) => {
+                for (guard, _) in &mut running {
+                    guard.stop();
+                }
+                return Err(with_log_tail(e, &dir.join("stderr.log")));
+            }
+        }
+    }
+    let Some(((first, addr), rest)) = running.split_first_mut() else {
+        bail!("no replica to measure");
+    };
+    let mut target = proxied_target(TargetKind::PortcullisPostgres, *addr);
+    target.replicas = rest.iter().map(|(_, a)| *a).collect();
+    let measured = measure(target, first);
+    for (guard, _) in &mut running {
+        guard.stop();
+    }
+    measured.map_err(|e| with_log_tail(e, &dir.join("replica-0").join("stderr.log")))
+}
+
+/// The master key every replica shares (any 32 bytes; the benchmark's vault is empty).
+const REPLICA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 fn start_portcullis(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
     registry: Option<&Path>,
+) -> Result<(ChildGuard, SocketAddr)> {
+    start_portcullis_with(bin, dir, upstream, registry, &[])
+}
+
+fn start_portcullis_with(
+    bin: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+    registry: Option<&Path>,
+    env: &[(&str, String)],
 ) -> Result<(ChildGuard, SocketAddr)> {
     let mut connector = json!({
         "protocol": "http",
@@ -402,7 +504,7 @@ fn start_portcullis(
             "app": {"tailscale.com/cap/aperture": [{"role": "admin"}, {"connectors": ["bench/**"]}]},
         }],
     });
-    spawn_portcullis(bin, dir, &config, registry)
+    spawn_portcullis(bin, dir, &config, registry, env)
 }
 
 /// A registry holding only the Google plugin as built against WIT 0.1.2, before routes
@@ -425,45 +527,9 @@ fn ensure_nginx() -> Result<PathBuf, String> {
     if let Some(bin) = super::find_executable("nginx") {
         return Ok(bin);
     }
-    if !super::is_root() {
-        return Err(
-            "nginx is not installed and this is not root, so it cannot be \
-                    installed automatically; run `sudo apt-get install nginx-light` (or nginx)"
-                .into(),
-        );
-    }
-    if super::find_executable("apt-get").is_none() {
-        return Err("nginx is not installed and apt-get is not available; install nginx".into());
-    }
-    eprintln!("bench: nginx not found, installing it with apt-get");
-    let apt = |args: &[&str]| {
-        super::run_interruptible(
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                // Keep stdout for the results table only.
-                .stdout(Stdio::from(std::io::stderr())),
-            "apt-get",
-        )
-        .map(|s| s.success())
-        .unwrap_or(false)
-    };
-    if !apt(&["-q", "update"]) {
-        eprintln!("bench: apt-get update failed, trying to install anyway");
-    }
-    for package in ["nginx-light", "nginx"] {
-        if apt(&["-q", "install", "-y", "--no-install-recommends", package])
-            && let Some(bin) = super::find_executable("nginx")
-        {
-            return Ok(bin);
-        }
-    }
-    Err(
-        "could not install nginx with `apt-get install nginx-light` or `apt-get install \
-         nginx`; install it by hand"
-            .into(),
-    )
+    super::apt_install("nginx", &["nginx-light", "nginx"])?;
+    super::find_executable("nginx")
+        .ok_or_else(|| "nginx was installed but is not on the PATH; install it by hand".into())
 }
 
 fn nginx_version(bin: &Path) -> Option<String> {
@@ -559,6 +625,8 @@ struct Report<'a> {
     machine: MachineInfo,
     args: &'a ProxyArgs,
     nginx_version: Option<String>,
+    /// The PostgreSQL major version of the replica rows.
+    postgres_version: Option<String>,
     /// CPU busy fraction sampled just before the first measurement.
     cpu_busy_before: Option<f64>,
     results: &'a [TargetResult],
@@ -600,6 +668,15 @@ impl Report<'_> {
             "- nginx reference: {}, 2 workers, upstream `keepalive 64`, access log off",
             self.nginx_version.as_deref().unwrap_or("version unknown")
         );
+        if let Some(v) = &self.postgres_version {
+            let _ = writeln!(
+                s,
+                "- PostgreSQL rows: Debian's PostgreSQL {v} on loopback (fsync on), one database \
+                 for the vault; the replicas share the master key and the load generator's \
+                 connections are spread over them in turn (their at-rest line is the first \
+                 replica's)"
+            );
+        }
         s.push_str(
             &a.load
                 .method_lines(high, a.requests_high, "requests", m.nproc),
@@ -681,6 +758,33 @@ impl Report<'_> {
                 );
             }
         }
+        if let (Some(p), Some(pg)) = (p, self.measured(TargetKind::PortcullisPostgres))
+            && p.throughput.rps > 0.0
+        {
+            let three = self
+                .measured(TargetKind::PortcullisReplicas)
+                .map(|r| {
+                    format!(
+                        "; three replicas on it {:.0} req/s together ({:.2}× one on redb, \
+                         on the same {} cores)",
+                        r.throughput.rps,
+                        r.throughput.rps / p.throughput.rps,
+                        self.machine.nproc
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "- On PostgreSQL instead of redb, one replica: {:.0} vs {:.0} req/s at \
+                 concurrency {high} (**{:+.1}%**), {:+.1} µs at p50 (concurrency 1){three}. \
+                 A proxied request reads no record: credentials are in memory, and the \
+                 database is asked only when a token is stored, refreshed or a config saved.",
+                pg.throughput.rps,
+                p.throughput.rps,
+                (pg.throughput.rps / p.throughput.rps - 1.0) * 100.0,
+                pg.latency.p50_us - p.latency.p50_us,
+            );
+        }
         if let (Some(p), Some(n)) = (p, n)
             && n.throughput.rps > 0.0
         {
@@ -738,6 +842,7 @@ impl Report<'_> {
         let mut settings = a.load.settings(a.concurrency_high, a.requests_high);
         settings["upstream_body_bytes"] = json!(UPSTREAM_BODY.len());
         settings["nginx_version"] = json!(self.nginx_version);
+        settings["postgres_version"] = json!(self.postgres_version);
         let targets: Vec<_> = self
             .results
             .iter()

@@ -278,7 +278,7 @@ pub fn run(root: &Path, args: RefreshArgs) -> Result<()> {
     )?;
     let dir = tempfile::tempdir().context("temp dir")?;
     let config = host_config(as_server.addr, up_server.addr);
-    let (mut guard, addr) = spawn_portcullis(&bin, dir.path(), &config, None)?;
+    let (mut guard, addr) = spawn_portcullis(&bin, dir.path(), &config, None, &[])?;
     let log = dir.path().join("stderr.log");
     let storms = (|| {
         connect(addr, CONNECTOR).context("connecting the storm user")?;

@@ -121,7 +121,7 @@ pub fn run(root: &Path, args: SoakArgs) -> Result<()> {
             }],
         })
     };
-    let (mut guard, addr) = spawn_portcullis(&bin, dir.path(), &config(0), None)?;
+    let (mut guard, addr) = spawn_portcullis(&bin, dir.path(), &config(0), None, &[])?;
     let log = dir.path().join("stderr.log");
     let result = (|| {
         mcp::wait_for_tool(&mut guard, addr)?;
