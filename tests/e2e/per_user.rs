@@ -54,7 +54,7 @@ pub(crate) fn notes_connector(oidc: &Oidc, up: &Upstream, client_id: &str) -> Va
 }
 
 /// Registers the confidential client the host's connector uses, with its callback URL.
-async fn client_for(oidc: &Oidc, host: &Host, client_id: &str, id: &str) {
+pub(crate) async fn client_for(oidc: &Oidc, host: &Host, client_id: &str, id: &str) {
     oidc.add_client(json!({
         "client_id": client_id,
         "client_secret": "notes-secret-0123456789",

@@ -17,7 +17,9 @@ use portcullis_e2e::{Host, HostOptions, binary, client, client_from};
 use serde_json::{Value, json};
 
 use crate::client_credentials::cc_connector;
-use crate::per_user::{ALICE, notes_connector, start_connect, status, tailnet_config, users};
+use crate::per_user::{
+    ALICE, client_for, notes_connector, start_connect, status, tailnet_config, users,
+};
 use crate::{admin_everything, loopback_config};
 
 /// The master key every replica shares (32 bytes, base64).
@@ -65,19 +67,32 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("never: {what}");
 }
 
-#[tokio::test]
-async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expiry() {
+/// Three replicas on one database behind a balancer, with a per-user `notes` connector
+/// whose refresh tokens rotate (a second refresh with a spent one fails), and Alice
+/// connected: she starts on replica 0, and the provider sends her browser back through
+/// the balancer, which hands the callback to replica 1.
+struct Replicated {
+    _pg: Postgres,
+    oidc: Oidc,
+    up: Upstream,
+    _whois: portcullis_e2e::whois::Whois,
+    lb: Balancer,
+    hosts: Vec<Host>,
+    /// When Alice's first token was issued.
+    connected: Instant,
+}
+
+async fn replicated_notes(access_ttl: u64, client_id: &str) -> Replicated {
     let pg = Postgres::start();
     let db = pg.url(&pg.database());
-    // Refresh tokens rotate: a second refresh with a spent one would fail.
-    let oidc = Oidc::start_with(3600, true);
+    let oidc = Oidc::start_with(access_ttl, true);
     let up = Upstream::start().await;
     let whois = users().await;
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     let lb = Balancer::start(addrs.clone()).await;
     let mut config: Value = serde_json::from_str(&tailnet_config(
         &whois.socket,
-        json!({"notes": notes_connector(&oidc, &up, "notes-replicas")}),
+        json!({"notes": notes_connector(&oidc, &up, client_id)}),
     ))
     .expect("config");
     config["public_url"] = json!(lb.url(""));
@@ -87,7 +102,7 @@ async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expir
         .map(|a| Host::start_with(&config, on_postgres(&db, Some(*a))))
         .collect();
     oidc.add_client(json!({
-        "client_id": "notes-replicas",
+        "client_id": client_id,
         "client_secret": "notes-secret-0123456789",
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
@@ -96,9 +111,6 @@ async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expir
         "scope": "openid offline_access read:data",
     }))
     .await;
-
-    // Alice starts connecting on replica 0; the provider sends her browser back through
-    // the balancer, which hands the callback to replica 1.
     let auth_url = start_connect(&hosts[0], ALICE, "notes").await;
     let back = oidc.authorize(&auth_url, "alice").await;
     assert!(
@@ -111,26 +123,26 @@ async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expir
         .send()
         .await
         .expect("callback");
+    let connected = Instant::now();
     assert_eq!(
         page.status(),
         200,
         "{}",
         page.text().await.unwrap_or_default()
     );
-
-    // Every replica serves her with the one token.
-    let mut first = HashSet::new();
-    for h in &hosts {
-        assert_eq!(status(h, ALICE, "notes").await, "Ready");
-        first.insert(token_at(&h.url("/v1/connectors/notes/items"), ALICE).await);
+    Replicated {
+        _pg: pg,
+        oidc,
+        up,
+        _whois: whois,
+        lb,
+        hosts,
+        connected,
     }
-    assert_eq!(first.len(), 1, "one connection, shared: {first:?}");
-    assert_eq!(oidc.grants_of("authorization_code").await, 1);
+}
 
-    // The token expires: the upstream refuses it from now on, so every replica that
-    // sends it gets a 401 and must refresh. 300 requests through the balancer at once.
-    oidc.reset().await;
-    up.counters.expiry.expire_seen();
+/// Sends 300 requests for Alice through the balancer at once; every one must succeed.
+async fn burst(lb: &Balancer) {
     let url = Arc::new(lb.url("/v1/connectors/notes/items"));
     let mut tasks = Vec::new();
     for _ in 0..300 {
@@ -140,6 +152,36 @@ async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expir
     for t in tasks {
         t.await.expect("every request succeeds");
     }
+}
+
+/// The token every replica sends for Alice now: one, the same on all.
+async fn shared_token(hosts: &[Host]) -> String {
+    let mut seen = HashSet::new();
+    for h in hosts {
+        seen.insert(token_at(&h.url("/v1/connectors/notes/items"), ALICE).await);
+    }
+    assert_eq!(seen.len(), 1, "one connection, shared: {seen:?}");
+    seen.into_iter().next().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expiry() {
+    // (Bound whole: the database and the whois stand-in must outlive the test.)
+    let notes = replicated_notes(3600, "notes-replicas").await;
+    let (oidc, up, lb, hosts) = (&notes.oidc, &notes.up, &notes.lb, &notes.hosts);
+
+    // Every replica serves her with the one token.
+    for h in hosts {
+        assert_eq!(status(h, ALICE, "notes").await, "Ready");
+    }
+    let first = shared_token(hosts).await;
+    assert_eq!(oidc.grants_of("authorization_code").await, 1);
+
+    // The token expires: the upstream refuses it from now on, so every replica that
+    // sends it gets a 401 and must refresh. 300 requests through the balancer at once.
+    oidc.reset().await;
+    up.counters.expiry.expire_seen();
+    burst(lb).await;
     assert!(
         up.counters.expiry.rejected() > 0,
         "the expired token was refused first"
@@ -155,13 +197,8 @@ async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expir
         lb.served()
     );
     // Afterwards every replica uses the refreshed token, which the provider accepts.
-    let mut now = HashSet::new();
-    for h in &hosts {
-        now.insert(token_at(&h.url("/v1/connectors/notes/items"), ALICE).await);
-    }
-    assert_eq!(now.len(), 1, "{now:?}");
-    let now = now.into_iter().next().unwrap_or_default();
-    assert!(!first.contains(&now));
+    let now = shared_token(hosts).await;
+    assert_ne!(now, first);
     assert!(oidc.introspect(&now).await.0);
 
     // Disconnecting on replica 2 ends the connection on the others at once.
@@ -177,6 +214,28 @@ async fn three_replicas_share_each_users_connection_and_refresh_it_once_at_expir
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn three_replicas_refresh_once_when_the_token_falls_due() {
+    let notes = replicated_notes(15, "notes-due").await;
+    let (oidc, lb, hosts, connected) = (&notes.oidc, &notes.lb, &notes.hosts, notes.connected);
+    let first = shared_token(hosts).await;
+    oidc.reset().await;
+    // Due 12 s after it was issued (a fifth of its life early): every replica's
+    // background refresher and the 300 requests arrive at about the same moment. The
+    // next refresh is due 12 s later, well after the checks below.
+    tokio::time::sleep(Duration::from_millis(12_050).saturating_sub(connected.elapsed())).await;
+    burst(lb).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        oidc.grants_of("refresh_token").await,
+        1,
+        "one refresh among all replicas"
+    );
+    let now = shared_token(hosts).await;
+    assert_ne!(now, first);
+    assert!(oidc.introspect(&now).await.0);
 }
 
 #[tokio::test]
@@ -202,11 +261,16 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
         stdin.write_all(CC_SECRET.as_bytes()).expect("write");
     }
     assert!(set.wait().expect("wait").success());
+    // A client-credentials connector whose secret is in the vault, and a per-user one.
     let mut connectors = cc_connector(&up, &oidc.token_url(), CC_SECRET);
     connectors["analytics"]["auth"]["client_secret"] = json!({"vault": "cc-secret"});
+    connectors["notes"] = notes_connector(&oidc, &up, "notes-migrate");
     let config = loopback_config(connectors, admin_everything());
     let token_via =
         async |host: &Host| token_at(&host.url("/v1/connectors/analytics/x"), "127.0.0.1").await;
+    let user_token_via =
+        async |host: &Host| token_at(&host.url("/v1/connectors/notes/items"), "127.0.0.1").await;
+    let cc_requests = async || oidc.grants_of("client_credentials").await;
 
     let on_redb = HostOptions {
         data_dir: Some(data.path().to_path_buf()),
@@ -218,6 +282,16 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
     };
     let mut host = Host::start_with(&config, on_redb);
     let token = token_via(&host).await;
+    client_for(&oidc, &host, "notes-migrate", "notes").await;
+    let auth_url = start_connect(&host, "127.0.0.1", "notes").await;
+    let back = oidc.authorize(&auth_url, "alice").await;
+    let page = client_from("127.0.0.1")
+        .get(&back)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(page.status(), 200);
+    let user_token = user_token_via(&host).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     host.stop();
 
@@ -233,7 +307,8 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
     let out = migrate(&db);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("Copied 3 record(s)"), "{said}");
+    // The secret and when it was set, the client-credentials token, the user's tokens.
+    assert!(said.contains("Copied 4 record(s)"), "{said}");
     assert!(
         !said.contains(PASSWORD),
         "the database password is never shown: {said}"
@@ -243,15 +318,15 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
             &dbname,
             "SELECT count(*) FROM portcullis_records WHERE tbl <> 'meta'"
         ),
-        "3"
+        "4"
     );
     // A second copy into a database that holds records is refused.
     let again = migrate(&db);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds records"));
 
-    // The same data directory (its key file) on PostgreSQL: the sealed token is used
-    // as it was, the vault secret resolves, no new token request.
+    // The same data directory (its key file) on PostgreSQL: the sealed tokens are used
+    // as they were, the vault secret resolves, no new token request of either kind.
     let on_pg = |key: Option<&str>| HostOptions {
         data_dir: Some(data.path().to_path_buf()),
         env: [("PORTCULLIS_DATABASE_URL".to_owned(), db.clone())]
@@ -267,7 +342,10 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
     };
     let mut host = Host::start_with(&config, on_pg(None));
     assert_eq!(token_via(&host).await, token);
-    assert_eq!(oidc.token_requests().await, 1);
+    assert_eq!(user_token_via(&host).await, user_token);
+    assert_eq!(cc_requests().await, 1);
+    assert_eq!(oidc.grants_of("authorization_code").await, 1);
+    assert_eq!(oidc.grants_of("refresh_token").await, 0);
     assert!(
         !host.logs().contains(PASSWORD),
         "the database password is never logged"
@@ -290,7 +368,8 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
     );
     let mut host = Host::start_with(&config, on_pg(None));
     assert_eq!(token_via(&host).await, token);
-    assert_eq!(oidc.token_requests().await, 1);
+    assert_eq!(user_token_via(&host).await, user_token);
+    assert_eq!(cc_requests().await, 1);
     host.stop();
     let err = Host::try_start(&config, on_pg(Some(old_key.trim())))
         .err()
@@ -305,7 +384,7 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
     );
     let host = Host::start_with(&config, on_pg(None));
     assert_ne!(token_via(&host).await, token);
-    assert_eq!(oidc.token_requests().await, 2);
+    assert_eq!(cc_requests().await, 2);
 }
 
 #[tokio::test]
