@@ -261,8 +261,21 @@ impl Host {
     }
 
     /// Everything the host logged so far.
+    /// The host's log so far. The host writes its log from a thread of its own, a
+    /// moment after a line is made (a request's line may land after its answer), so
+    /// this waits until the log has stopped growing for a little while (at most 2 s).
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        let read = || std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut text = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = read();
+            if now.len() == text.len() || Instant::now() > until {
+                return now;
+            }
+            text = now;
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -290,7 +290,9 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let _ = app.bound.set(local);
     tracing::info!(addr = %local, mode = ?app.snapshot().config.identity.mode, "portcullis listening");
-    // A plain line on stdout for scripts and tests that wait for readiness.
+    // A plain line on stdout for scripts and tests that wait for readiness, after
+    // everything logged so far (the log is written by a thread of its own).
+    crate::telemetry::flush_log(Duration::from_secs(1));
     println!("portcullis listening on http://{local}");
     let _ = std::io::stdout().flush();
 

@@ -7,36 +7,26 @@
 //! admin changes name the config paths and secret names they touched.
 //!
 //! Writing is off the request path: records go through a bounded queue to one writer
-//! thread, which flushes whenever the queue is empty. When the disk cannot keep up and
-//! the queue is full, a record is dropped, counted in `portcullis_audit_records_dropped`
-//! and said in the log; a gateway that stalled every request on its audit disk would
-//! turn a slow disk into an outage.
+//! thread ([`crate::telemetry::lines`]), which flushes whenever the queue is empty. When
+//! the disk cannot keep up and the queue is full, a record is dropped, counted in
+//! `portcullis_audit_records_dropped` and said in the log; a gateway that stalled every
+//! request on its audit disk would turn a slow disk into an outage. Records that go to
+//! the log take the log's own writer thread.
 
-use std::io::Write;
+use std::borrow::Cow;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::policy::{Caller, GrantRef};
-
-/// Records waiting for the writer before new ones are dropped.
-const QUEUE: usize = 16_384;
+use crate::telemetry::lines::{Lines, Refused};
 
 /// Longest target (path, tool name, resource URI) recorded: they come from requests, and
 /// a refused request is recorded too.
 const MAX_TARGET: usize = 512;
-
-/// What the writer thread is sent.
-enum Msg {
-    Line(String),
-    /// Write what came before, then say so.
-    Flush(std::sync::mpsc::Sender<()>),
-}
 
 /// Where audit records go.
 #[derive(Debug)]
@@ -49,7 +39,7 @@ pub struct Audit {
 #[derive(Debug)]
 enum Sink {
     Log,
-    File(SyncSender<Msg>),
+    File(Lines),
 }
 
 /// A grant check's verdict, carried to where a call's audit record is written.
@@ -118,14 +108,14 @@ impl Audit {
         let file = options
             .open(path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let lost = dropped.clone();
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_records(file, &rx, &lost))
-            .context("cannot start the audit writer")?;
+        let lines = Lines::spawn("audit-writer", file, move |e| {
+            lost.inc();
+            tracing::error!(error = %e, "cannot write the audit log; records may be lost");
+        })
+        .context("cannot start the audit writer")?;
         Ok(Self {
-            sink: Sink::File(tx),
+            sink: Sink::File(lines),
             dropped,
         })
     }
@@ -139,138 +129,142 @@ impl Audit {
         grant: Option<&GrantRef>,
         outcome: Outcome,
     ) {
-        let (kind, mut target) = match via {
-            Via::Proxy { method, path } => ("proxy", format!("{method} /{path}")),
-            Via::Tool { name } => ("tool", name.to_owned()),
-            Via::Prompt { name } => ("prompt", name.to_owned()),
+        let (kind, target): (_, Cow<'_, str>) = match via {
+            Via::Proxy { method, path } => ("proxy", format!("{method} /{path}").into()),
+            Via::Tool { name } => ("tool", name.into()),
+            Via::Prompt { name } => ("prompt", name.into()),
             // A URI's query and fragment may carry values: left out, as for paths.
             Via::Resource { uri } => (
                 "resource",
-                uri.split(['?', '#']).next().unwrap_or_default().to_owned(),
+                uri.split(['?', '#']).next().unwrap_or_default().into(),
             ),
         };
-        if target.len() > MAX_TARGET {
+        let target = if target.len() > MAX_TARGET {
             let end = (0..=MAX_TARGET)
                 .rev()
                 .find(|i| target.is_char_boundary(*i))
                 .unwrap_or(0);
-            target.truncate(end);
-            target.push('…');
-        }
-        let outcome = match outcome {
-            Outcome::Denied => "denied".to_owned(),
-            Outcome::Status(s) => s.to_string(),
-            Outcome::Tool(o) => o.to_owned(),
+            format!("{}…", &target[..end]).into()
+        } else {
+            target
         };
-        self.record(&json!({
-            "event": "call",
-            "caller": caller.login,
-            "node": caller.node,
-            "connector": connector,
-            "via": kind,
-            "target": target,
-            "grant": grant.map(ToString::to_string),
-            "outcome": outcome,
-        }));
+        let outcome: Cow<'static, str> = match outcome {
+            Outcome::Denied => "denied".into(),
+            Outcome::Status(s) => s.to_string().into(),
+            Outcome::Tool(o) => o.into(),
+        };
+        self.record(&CallRecord {
+            event: "call",
+            caller: &caller.login,
+            node: caller.node.as_deref(),
+            connector,
+            via: kind,
+            target: &target,
+            grant: grant.map(ToString::to_string),
+            outcome: &outcome,
+        });
     }
 
     /// An admin change: `action` (`config.save`, `secret.set`, …), and what it touched
     /// (config paths, secret names; never values).
     pub fn admin(&self, caller: &Caller, action: &str, changed: &[String]) {
-        self.record(&json!({
-            "event": "admin",
-            "caller": caller.login,
-            "node": caller.node,
-            "action": action,
-            "changed": changed,
-        }));
+        self.record(&AdminRecord {
+            event: "admin",
+            caller: &caller.login,
+            node: caller.node.as_deref(),
+            action,
+            changed,
+        });
     }
 
     /// A user's own connection to a per-user connector made or removed.
     pub fn connection(&self, caller: &Caller, connector: &str, action: &str) {
-        self.record(&json!({
-            "event": "connection",
-            "caller": caller.login,
-            "node": caller.node,
-            "connector": connector,
-            "action": action,
-        }));
+        self.record(&ConnectionRecord {
+            event: "connection",
+            caller: &caller.login,
+            node: caller.node.as_deref(),
+            connector,
+            action,
+        });
     }
 
-    fn record(&self, fields: &serde_json::Value) {
+    fn record(&self, fields: &impl Serialize) {
         let line = Line {
             time: rfc3339(SystemTime::now()),
             fields,
         };
-        let Ok(text) = serde_json::to_string(&line) else {
-            return;
-        };
         match &self.sink {
-            Sink::Log => tracing::info!(target: "audit", "audit {text}"),
-            Sink::File(tx) => match tx.try_send(Msg::Line(text)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.dropped.inc();
-                    tracing::error!("audit record dropped: the audit log's disk is not keeping up");
+            Sink::Log => {
+                if let Ok(text) = serde_json::to_string(&line) {
+                    tracing::info!(target: "audit", "audit {text}");
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.dropped.inc();
-                    tracing::error!("audit record dropped: the audit writer stopped");
+            }
+            Sink::File(lines) => {
+                let mut text = Vec::with_capacity(256);
+                if serde_json::to_writer(&mut text, &line).is_err() {
+                    return;
                 }
-            },
+                text.push(b'\n');
+                let why = match lines.try_send(text) {
+                    Ok(()) => return,
+                    Err(Refused::Full) => "the audit log's disk is not keeping up",
+                    Err(Refused::Stopped) => "the audit writer stopped",
+                };
+                self.dropped.inc();
+                tracing::error!("audit record dropped: {why}");
+            }
         }
     }
 }
 
+/// One line of the trail: when, then the record's own fields.
 #[derive(Serialize)]
-struct Line<'a> {
+struct Line<'a, T> {
     time: String,
     #[serde(flatten)]
-    fields: &'a serde_json::Value,
+    fields: &'a T,
+}
+
+#[derive(Serialize)]
+struct CallRecord<'a> {
+    event: &'static str,
+    caller: &'a str,
+    node: Option<&'a str>,
+    connector: &'a str,
+    via: &'static str,
+    target: &'a str,
+    grant: Option<String>,
+    outcome: &'a str,
+}
+
+#[derive(Serialize)]
+struct AdminRecord<'a> {
+    event: &'static str,
+    caller: &'a str,
+    node: Option<&'a str>,
+    action: &'a str,
+    changed: &'a [String],
+}
+
+#[derive(Serialize)]
+struct ConnectionRecord<'a> {
+    event: &'static str,
+    caller: &'a str,
+    node: Option<&'a str>,
+    connector: &'a str,
+    action: &'a str,
 }
 
 impl Audit {
     /// Waits (up to `within`) until every record made so far is written: at shutdown,
     /// so the last requests' records are not lost with the process. Blocking.
     pub fn flush(&self, within: std::time::Duration) {
-        if let Sink::File(tx) = &self.sink {
-            let (done, wait) = std::sync::mpsc::channel();
-            if tx.send(Msg::Flush(done)).is_ok() && wait.recv_timeout(within).is_err() {
-                tracing::error!(
-                    "the audit log was not written in time at shutdown; its last records may be lost"
-                );
-            }
-        }
-    }
-}
-
-/// The writer thread: one line per record (written whole, so a failed write never glues
-/// two records), flushed whenever nothing more is waiting. A record that cannot be
-/// written is counted as dropped.
-fn write_records(file: std::fs::File, rx: &Receiver<Msg>, dropped: &Counter) {
-    let mut out = std::io::BufWriter::new(file);
-    let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Line(mut line) => {
-                    line.push('\n');
-                    if let Err(e) = out.write_all(line.as_bytes()) {
-                        dropped.inc();
-                        tracing::error!(error = %e, "cannot write the audit log; a record was dropped");
-                    }
-                }
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = out.flush() {
-            dropped.inc();
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
+        if let Sink::File(lines) = &self.sink
+            && !lines.flush(within)
+        {
+            tracing::error!(
+                "the audit log was not written in time at shutdown; its last records may be lost"
+            );
         }
     }
 }
@@ -346,6 +340,7 @@ pub fn changed_paths(before: &serde_json::Value, after: &serde_json::Value) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn times_are_rfc3339_utc() {

@@ -354,6 +354,8 @@ fn run(work: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCod
 }
 
 fn report(outcome: anyhow::Result<bool>) -> ExitCode {
+    // Log lines are written by a thread of their own: out before the last words.
+    telemetry::flush_log(std::time::Duration::from_secs(2));
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

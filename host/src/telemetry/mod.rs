@@ -5,10 +5,13 @@
 //! *names* only; never values, bodies, query strings or upstream URLs (an API key may
 //! travel in a query string).
 
+pub mod lines;
 pub mod otel;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -267,6 +270,17 @@ impl Metrics {
 /// upstream failure once, with its connector (`RUST_LOG=info,rmcp=debug` shows them).
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=off";
 
+/// The log's writer, for [`flush_log`].
+static LOG: std::sync::OnceLock<lines::Lines> = std::sync::OnceLock::new();
+
+/// Waits (at most `within`) until every log line so far is on stderr: before the
+/// process prints its last words or exits.
+pub fn flush_log(within: Duration) {
+    if let Some(log) = LOG.get() {
+        log.flush(within);
+    }
+}
+
 /// Also starts the OTLP trace exporter when the environment asks for it ([`otel`]).
 pub fn init_logging() -> anyhow::Result<()> {
     use std::io::IsTerminal;
@@ -291,8 +305,13 @@ pub fn init_logging() -> anyhow::Result<()> {
     let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // Colour only for a person at a terminal: a file, a pipe or journald gets plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // Each line is formatted by the thread that logs it and written by the log's own
+    // thread, so a request never waits on a write to stderr (or on the pipe behind it).
+    let output = lines::Lines::spawn("log-writer", std::io::stderr(), |_| {})
+        .context("cannot start the log writer")?;
+    let _ = LOG.set(output.clone());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(lines::LogOutput(output))
         .with_ansi(ansi)
         // The audit trail's lines say what they are; others need no module path.
         .with_target(false);
