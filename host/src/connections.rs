@@ -537,7 +537,13 @@ struct RefreshState {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<String>,
+    /// The last refreshed tokens could not be stored: the ones in memory are newer than
+    /// the vault's, whose refresh token the provider may already have retired.
+    unsaved: bool,
 }
+
+/// Waits between tries to store refreshed tokens, while the refresh lock is held.
+const STORE_RETRIES: [Duration; 2] = [Duration::from_millis(500), Duration::from_millis(1500)];
 
 /// One (connection, user): its tokens in memory and the lock refreshes take.
 struct Slot {
@@ -973,7 +979,23 @@ impl Connections {
                     self.ring();
                     return Err(needs_auth());
                 }
+                // Ours were refreshed here but never stored, and nobody refreshed since:
+                // the vault's are the older ones. Store ours now, under the lock.
+                Some(stored)
+                    if state.unsaved
+                        && !stored.same_tokens(&cur)
+                        && stored.refreshed_at <= cur.refreshed_at =>
+                {
+                    if self.store(&key, (*cur).clone()).await.is_ok() {
+                        state.unsaved = false;
+                    }
+                    if cur.due(now_ms()).is_empty() {
+                        return Ok(cur);
+                    }
+                    cur
+                }
                 Some(stored) if !stored.same_tokens(&cur) => {
+                    state.unsaved = false;
                     slot.set(Some(stored.clone()));
                     if stored.due(now_ms()).is_empty() {
                         return Ok(stored);
@@ -1051,8 +1073,19 @@ impl Connections {
         if state.retry_at.is_none() {
             *state = RefreshState::default();
         }
-        if let Err(e) = self.store(&key, next).await {
-            tracing::error!(connector = %pu.connector, user, error = %e, "refreshed tokens could not be written to the vault; they are kept in memory");
+        // Stored before the lock is let go: a replica that took it next would otherwise
+        // read the old tokens and spend a refresh token the provider has retired.
+        let mut saved = self.store(&key, next.clone()).await;
+        for wait in STORE_RETRIES {
+            if saved.is_ok() {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            saved = self.store(&key, next.clone()).await;
+        }
+        state.unsaved = saved.is_err();
+        if let Err(e) = saved {
+            tracing::error!(connector = %pu.connector, user, error = %e, "refreshed tokens could not be written to the vault; they are kept in memory and stored again at the next refresh");
         }
         tracing::info!(connector = %pu.connector, user, "refreshed the access token");
         slot.current().ok_or_else(needs_auth)

@@ -94,7 +94,7 @@ enum Command {
         #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// The PostgreSQL database to copy into.
-        #[arg(long = "database-url", env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = database_url)]
+        #[arg(long = "database-url", env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = DatabaseUrlParser)]
         to: vault::DatabaseUrl,
     },
     /// Named vault secrets, referred to in the config as {"vault": "NAME"}. Stop `serve`
@@ -189,7 +189,7 @@ struct PlaceArgs {
     registry: Option<PathBuf>,
     /// The PostgreSQL vault several replicas share; default: the redb file in the data
     /// directory.
-    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = database_url, global = true)]
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = DatabaseUrlParser, global = true)]
     database_url: Option<vault::DatabaseUrl>,
 }
 
@@ -199,12 +199,37 @@ struct StoreArgs {
     /// The PostgreSQL vault several replicas share
     /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE); default: the redb file in the data
     /// directory. Never shown in full: its password is masked in every message.
-    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = database_url)]
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true, value_name = "URL", value_parser = DatabaseUrlParser)]
     database_url: Option<vault::DatabaseUrl>,
 }
 
-fn database_url(text: &str) -> Result<vault::DatabaseUrl, String> {
-    vault::DatabaseUrl::parse(text).map_err(|e| e.to_string())
+/// Parses `--database-url` with an error of its own: clap's would quote the value, and
+/// with it the database password.
+#[derive(Clone)]
+struct DatabaseUrlParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlParser {
+    type Value = vault::DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        use clap::error::ErrorKind;
+        let refuse = |kind, why: String| {
+            clap::Error::raw(kind, format!("--database-url: {why}\n")).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| {
+            refuse(
+                ErrorKind::InvalidUtf8,
+                "the URL is not valid UTF-8".to_owned(),
+            )
+        })?;
+        vault::DatabaseUrl::parse(text)
+            .map_err(|e| refuse(ErrorKind::ValueValidation, e.to_string()))
+    }
 }
 
 impl From<PlaceArgs> for commands::Place {
@@ -345,7 +370,12 @@ fn run(work: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCod
         .enable_all()
         .build()
     {
-        Ok(rt) => report(rt.block_on(work)),
+        Ok(rt) => {
+            let outcome = rt.block_on(work);
+            // Tasks still running log as they end; the log is flushed after them.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            report(outcome)
+        }
         Err(e) => {
             eprintln!("portcullis: cannot start the async runtime: {e}");
             ExitCode::FAILURE
@@ -434,7 +464,10 @@ fn rotate_key(
         }
     };
     let location = vault::Location::new(data_dir, database_url);
-    match vault::rotate(&location, data_dir, &key_file) {
+    let rotated = vault::rotate(&location, data_dir, &key_file);
+    // What the rotation logged comes before its last words.
+    telemetry::flush_log(std::time::Duration::from_secs(2));
+    match rotated {
         Ok(r) => {
             match r.new_env_key {
                 Some(k) => {

@@ -81,3 +81,52 @@ fn completions_for_each_shell() {
         .expect("run");
     assert!(!out.status.success(), "an unknown shell is an error");
 }
+
+/// A database URL that cannot be used is refused with a reason, and never echoed: it
+/// carries the database's password.
+#[test]
+fn a_bad_database_url_is_refused_without_printing_its_password() {
+    for (args, env) in [
+        (
+            vec![
+                "secret",
+                "list",
+                "--database-url",
+                "mysql://portcullis:hunter2-secret@db/vault",
+            ],
+            None,
+        ),
+        (
+            vec![
+                "secret",
+                "list",
+                "--database-url",
+                "host=db password=hunter2-secret",
+            ],
+            None,
+        ),
+        (
+            vec!["secret", "list"],
+            Some("mysql://portcullis:hunter2-secret@db/vault"),
+        ),
+    ] {
+        let mut cmd = Command::new(binary());
+        cmd.args(&args).env_remove("PORTCULLIS_DATABASE_URL");
+        if let Some(url) = env {
+            cmd.env("PORTCULLIS_DATABASE_URL", url);
+        }
+        let out = cmd.output().expect("run portcullis");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(said.contains("--database-url"), "{args:?}: {said}");
+        assert!(said.contains("postgres://"), "says what to give: {said}");
+        assert!(
+            !said.contains("hunter2"),
+            "the password was printed: {said}"
+        );
+    }
+}

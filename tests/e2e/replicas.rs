@@ -615,6 +615,30 @@ async fn mcp_rpc(
     (status, id, answer)
 }
 
+/// Opens an MCP session on `host` as the SDKs do, and returns its id.
+async fn open_session(host: &Host, from: &str) -> String {
+    let (status, session, _) = mcp_rpc(
+        host,
+        from,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "replica-test", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let session = session.expect("a session id");
+    let (status, _, _) = mcp_rpc(
+        host,
+        from,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    session
+}
+
 fn tool_names(answer: &Option<Value>) -> Vec<String> {
     answer
         .as_ref()
@@ -644,25 +668,7 @@ async fn an_mcp_session_moves_between_replicas_keeps_its_owner_and_hears_list_ch
     let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
 
     // Opened on replica A.
-    let (status, session, _) = mcp_rpc(
-        a,
-        ALICE,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "replica-test", "version": "1"}}}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let session = session.expect("a session id");
-    let (status, _, _) = mcp_rpc(
-        a,
-        ALICE,
-        Some(&session),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .await;
-    assert_eq!(status, 202);
+    let session = open_session(a, ALICE).await;
 
     // Used on replica B, which never saw it: no new handshake from the client.
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
@@ -743,4 +749,60 @@ async fn an_mcp_session_moves_between_replicas_keeps_its_owner_and_hears_list_ch
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_check_a_sessions_owner_refuses_it_until_the_database_returns() {
+    use portcullis_e2e::mcp_server::{Expect, McpServer};
+    let mut pg = Postgres::start();
+    let db = pg.url(&pg.database());
+    let up = McpServer::start(Expect::Nothing).await;
+    let whois = users().await;
+    let config = tailnet_config(
+        &whois.socket,
+        json!({"notes": {"protocol": "mcp", "url": up.url()}}),
+    );
+    let a = Host::start_with(&config, on_postgres(&db, None));
+    let b = Host::start_with(&config, on_postgres(&db, None));
+    let session = open_session(&a, ALICE).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    // B never saw the session and cannot read its owner: refused, never served
+    // unchecked, to its owner and anyone else alike.
+    pg.stop();
+    for who in [ALICE, crate::per_user::BOB] {
+        let (status, _, answer) = mcp_rpc(&b, who, Some(&session), list.clone()).await;
+        assert_eq!(status, 503, "{who}: {answer:?}");
+        assert_eq!(
+            answer.as_ref().map(|a| a["error"]["code"].clone()),
+            Some(json!("store_unavailable")),
+            "{answer:?}"
+        );
+    }
+
+    // The database back: the session moves to B for its owner only, and ending it on A
+    // ends it on B (whose change feed was reconnected).
+    pg.run();
+    eventually(
+        "replica B serves the session once it can check it",
+        async || {
+            let (status, _, answer) = mcp_rpc(&b, ALICE, Some(&session), list.clone()).await;
+            status == 200 && tool_names(&answer).contains(&"notes_echo".to_owned())
+        },
+    )
+    .await;
+    let (status, _, _) = mcp_rpc(&b, crate::per_user::BOB, Some(&session), list.clone()).await;
+    assert_eq!(status, 404);
+    let ended = client_from(ALICE)
+        .delete(a.url("/v1/mcp"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("delete");
+    assert!(ended.status().is_success(), "{}", ended.status());
+    eventually("the ended session is unknown on B", async || {
+        mcp_rpc(&b, ALICE, Some(&session), list.clone()).await.0 == 404
+    })
+    .await;
 }

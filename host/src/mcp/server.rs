@@ -1420,31 +1420,63 @@ impl Entry {
             let change = tokio::select! {
                 c = changes.recv() => c,
                 _ = purge.tick() => {
-                    let Some(shared) = this.upgrade().and_then(|e| e.shared.clone()) else { return };
+                    let Some(entry) = this.upgrade() else { return };
+                    let Some(shared) = entry.shared.clone() else { return };
+                    // Sessions still open here are re-stamped first: only sessions
+                    // nobody kept open for a day are too old to move.
+                    let owners: Vec<_> = entry
+                        .owners
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(id, owner)| (id.clone(), owner.clone()))
+                        .collect();
+                    for (id, (login, scope)) in owners {
+                        if entry.is_live(&id).await {
+                            shared.set_owner(&id, &login, &scope).await;
+                        }
+                    }
+                    drop(entry);
                     let _ = tokio::task::spawn_blocking(move || shared.purge()).await;
                     continue;
                 }
             };
             let Some(entry) = this.upgrade() else { return };
-            let id = match change {
+            let ids = match change {
                 Ok(Change::Record {
                     table: Table::McpSessions,
                     key,
-                }) if !key.ends_with("\nowner") => key,
-                Ok(_) | Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return,
-            };
-            let Some(shared) = &entry.shared else { return };
-            if entry.is_live(&id).await && shared.owner(&id).await.is_none() {
-                use rmcp::transport::streamable_http_server::SessionManager as _;
-                let _ = entry.manager.close_session(&id.as_str().into()).await;
-                entry
+                }) if !key.ends_with("\nowner") => vec![key],
+                // Changes may have been missed (the database was away, or this replica
+                // fell behind): every session open here is checked.
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => entry
                     .owners
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                tracing::debug!("closed an MCP session another replica ended");
+                    .keys()
+                    .cloned()
+                    .collect(),
+                Ok(Change::Record { .. }) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            for id in ids {
+                entry.close_if_ended(&id).await;
             }
+        }
+    }
+
+    /// Closes session `id` here when its record is gone from the shared vault (another
+    /// replica ended it). Only a record known to be gone counts, not a failed lookup.
+    async fn close_if_ended(&self, id: &str) {
+        let Some(shared) = &self.shared else { return };
+        if self.is_live(id).await && matches!(shared.owner(id).await, Ok(None)) {
+            use rmcp::transport::streamable_http_server::SessionManager as _;
+            let _ = self.manager.close_session(&id.into()).await;
+            self.owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            tracing::debug!("closed an MCP session another replica ended");
         }
     }
 
@@ -1650,16 +1682,33 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
     let services = entry.services();
     let scope = req.extensions().get::<Scope>().cloned().unwrap_or_default();
     if let Some(id) = session_id(&req) {
-        // A session opened on another replica: its owner is stored with it.
+        // A session opened on another replica: its owner is stored with it. Only a
+        // session whose owner is known here is served, so the check below always runs.
         if entry.owner(&id).is_none()
             && let Some(shared) = &entry.shared
-            && let Some(owner) = shared.owner(&id).await
         {
-            entry
-                .owners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), owner);
+            match shared.owner(&id).await {
+                Ok(Some(owner)) => {
+                    entry
+                        .owners
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), owner);
+                }
+                Ok(None) if !entry.is_live(&id).await => {
+                    return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look up an MCP session's owner: the shared vault does not answer");
+                    return ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the gateway's database does not answer, so this MCP session cannot be checked; try again shortly",
+                    )
+                    .into_response();
+                }
+            }
         }
         // Another caller's session is not theirs to use, and a session opened on one
         // endpoint names things that endpoint's way: answer as for an unknown one.

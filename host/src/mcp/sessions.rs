@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore};
 
 use super::Scope;
-use crate::vault::{Table, Vault};
+use crate::vault::{Table, Vault, VaultError};
 
 /// How long a stored session may move between replicas after it was opened or last
 /// moved; older records are purged and the client is told to start a new session (404).
@@ -75,22 +75,25 @@ impl Shared {
     }
 
     /// Who opened session `id`, as stored by whichever replica it began on; `None` for
-    /// a session no replica knows (or one too old to move).
-    pub async fn owner(&self, id: &str) -> Option<(String, Scope)> {
+    /// a session no replica knows (or one too old to move). An error when the vault does
+    /// not answer: the caller must not take that for "nobody", which would skip the
+    /// owner check.
+    pub async fn owner(&self, id: &str) -> Result<Option<(String, Scope)>, VaultError> {
         let (vault, key) = (self.vault.clone(), owner_key(id));
         let bytes = tokio::task::spawn_blocking(move || vault.get(Table::McpSessions, &key))
             .await
-            .ok()?
-            .ok()??;
-        let owner: Owner = serde_json::from_slice(&bytes).ok()?;
+            .map_err(|e| VaultError::Store(format!("the session lookup stopped: {e}")))??;
+        let Some(owner) = bytes.and_then(|b| serde_json::from_slice::<Owner>(&b).ok()) else {
+            return Ok(None);
+        };
         if now().saturating_sub(owner.at) > MOVABLE_FOR_SECS {
-            return None;
+            return Ok(None);
         }
         let scope = match owner.scope {
             None => Scope::All,
             Some(c) => Scope::One(c.into()),
         };
-        Some((owner.login, scope))
+        Ok(Some((owner.login, scope)))
     }
 
     /// Deletes session records older than [`MOVABLE_FOR_SECS`] (a replica that crashed
@@ -120,7 +123,7 @@ type StoreError = rmcp::transport::streamable_http_server::session::SessionStore
 impl SessionStore for Shared {
     async fn load(&self, session_id: &str) -> Result<Option<SessionState>, StoreError> {
         // Only a session whose owner is known (and so was checked) is restored.
-        if self.owner(session_id).await.is_none() {
+        if !matches!(self.owner(session_id).await, Ok(Some(_))) {
             return Ok(None);
         }
         let (vault, key) = (self.vault.clone(), session_id.to_owned());

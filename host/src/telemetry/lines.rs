@@ -9,8 +9,8 @@
 //! queuing thread more than the write it saves); at rest a line is written at once.
 
 use std::io::Write;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 /// Lines waiting for the writer before [`Lines::send`] waits (and [`Lines::try_send`]
 /// refuses).
@@ -74,14 +74,25 @@ impl Lines {
         })
     }
 
-    /// Waits (up to `within`) until every line queued so far is written and flushed.
-    /// Blocking. False when that did not happen in time.
+    /// Waits (up to `within`, even while the queue is full) until every line queued so
+    /// far is written and flushed. Blocking. False when that did not happen in time, or
+    /// the writer has stopped.
     pub fn flush(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
         let (done, wait) = std::sync::mpsc::channel();
-        if self.tx.send(Msg::Flush(done)).is_err() {
-            return true; // stopped: nothing is waiting
+        let mut ask = Msg::Flush(done);
+        loop {
+            match self.tx.try_send(ask) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < until => {
+                    ask = back;
+                    std::thread::sleep(GATHER);
+                }
+                Err(_) => return false,
+            }
         }
-        !matches!(wait.recv_timeout(within), Err(RecvTimeoutError::Timeout))
+        wait.recv_timeout(until.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 

@@ -79,18 +79,20 @@ pub struct PgStore {
 impl PgStore {
     /// Connects, applies pending migrations, and proves the database answers.
     pub fn open(url: &DatabaseUrl) -> Result<Self, VaultError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("portcullis-db")
-            .enable_all()
-            .build()
-            .map_err(|e| VaultError::Store(format!("cannot start the database runtime: {e}")))?;
+        // Parsed before the runtime exists: dropping a runtime inside another one's
+        // task (an early return below it) panics.
         let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| {
             VaultError::Store(format!(
                 "the database URL {url} is not usable: {}",
                 safe(&e)
             ))
         })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("portcullis-db")
+            .enable_all()
+            .build()
+            .map_err(|e| VaultError::Store(format!("cannot start the database runtime: {e}")))?;
         let options = options
             .application_name("portcullis")
             .options([("statement_timeout", STATEMENT_TIMEOUT)]);
@@ -165,7 +167,7 @@ impl PgStore {
 
 /// Passes other processes' changes to subscribers until the store is dropped. When the
 /// connection is lost, what changed meanwhile is unknown: once the database answers
-/// again (the listener reconnects on its own), subscribers are told to resync.
+/// again (on a new listener, listening already), subscribers are told to resync.
 async fn follow(
     mut listener: PgListener,
     pool: PgPool,
@@ -197,9 +199,17 @@ async fn follow(
                 tracing::warn!(
                     "the database's change feed was interrupted; waiting for the database"
                 );
-                while sqlx::query("SELECT 1").execute(&pool).await.is_err() {
+                // A new listener, listening before subscribers re-read, so a change made
+                // after their re-read is heard (the old one would re-subscribe only at
+                // its next receive, after the resync).
+                listener = loop {
+                    if let Ok(mut fresh) = PgListener::connect_with(&pool).await
+                        && fresh.listen(CHANNEL).await.is_ok()
+                    {
+                        break fresh;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                };
                 let _ = feed.send(Change::Resync);
                 tracing::info!("the database answers again; cached records are re-read");
             }
