@@ -639,6 +639,18 @@ async fn open_session(host: &Host, from: &str) -> String {
     session
 }
 
+/// Ends MCP session `session` on `host` (DELETE), as `from`.
+async fn end_session(host: &Host, from: &str, session: &str) -> reqwest::StatusCode {
+    client_from(from)
+        .delete(host.url("/v1/mcp"))
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("delete")
+        .status()
+}
+
 fn tool_names(answer: &Option<Value>) -> Vec<String> {
     answer
         .as_ref()
@@ -734,14 +746,8 @@ async fn an_mcp_session_moves_between_replicas_keeps_its_owner_and_hears_list_ch
     assert!(answer.is_some_and(|a| a.to_string().contains("fresh ran")));
 
     // Ended on replica C, it is gone everywhere.
-    let ended = client_from(ALICE)
-        .delete(c.url("/v1/mcp"))
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .expect("delete");
-    assert!(ended.status().is_success(), "{}", ended.status());
+    let ended = end_session(c, ALICE, &session).await;
+    assert!(ended.is_success(), "{ended}");
     for h in [a, b] {
         eventually(
             "the ended session is unknown on every replica",
@@ -793,14 +799,8 @@ async fn a_replica_that_cannot_check_a_sessions_owner_refuses_it_until_the_datab
     .await;
     let (status, _, _) = mcp_rpc(&b, crate::per_user::BOB, Some(&session), list.clone()).await;
     assert_eq!(status, 404);
-    let ended = client_from(ALICE)
-        .delete(a.url("/v1/mcp"))
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .expect("delete");
-    assert!(ended.status().is_success(), "{}", ended.status());
+    let ended = end_session(&a, ALICE, &session).await;
+    assert!(ended.is_success(), "{ended}");
     eventually("the ended session is unknown on B", async || {
         mcp_rpc(&b, ALICE, Some(&session), list.clone()).await.0 == 404
     })

@@ -1424,14 +1424,7 @@ impl Entry {
                     let Some(shared) = entry.shared.clone() else { return };
                     // Sessions still open here are re-stamped first: only sessions
                     // nobody kept open for a day are too old to move.
-                    let owners: Vec<_> = entry
-                        .owners
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                        .map(|(id, owner)| (id.clone(), owner.clone()))
-                        .collect();
-                    for (id, (login, scope)) in owners {
+                    for (id, (login, scope)) in entry.known_owners() {
                         if entry.is_live(&id).await {
                             shared.set_owner(&id, &login, &scope).await;
                         }
@@ -1449,13 +1442,9 @@ impl Entry {
                 }) if !key.ends_with("\nowner") => vec![key],
                 // Changes may have been missed (the database was away, or this replica
                 // fell behind): every session open here is checked.
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => entry
-                    .owners
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .keys()
-                    .cloned()
-                    .collect(),
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                    entry.known_owners().into_iter().map(|(id, _)| id).collect()
+                }
                 Ok(Change::Record { .. }) => continue,
                 Err(RecvError::Closed) => return,
             };
@@ -1463,6 +1452,17 @@ impl Entry {
                 entry.close_if_ended(&id).await;
             }
         }
+    }
+
+    /// The sessions whose owner this replica knows, with their owners (a copy, so no
+    /// lock is held across the awaits that follow).
+    fn known_owners(&self) -> Vec<(String, (String, Scope))> {
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, owner)| (id.clone(), owner.clone()))
+            .collect()
     }
 
     /// Closes session `id` here when its record is gone from the shared vault (another
@@ -1675,6 +1675,12 @@ pub async fn handle_one(
     handle(State(entry), Extension(caller), req).await
 }
 
+/// What the transport answers for a session it does not know, so that a session this
+/// replica refuses looks the same as one that never existed.
+fn session_not_found() -> Response {
+    (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response()
+}
+
 /// Sends `req` to the service that keeps its session: requests in a session and
 /// `initialize` to the session-keeping one (recording who opened a new session), the
 /// rest to the stateless one.
@@ -1696,7 +1702,7 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
                         .insert(id.clone(), owner);
                 }
                 Ok(None) if !entry.is_live(&id).await => {
-                    return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+                    return session_not_found();
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -1716,7 +1722,7 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
             && (login != caller.login || opened_on != scope)
         {
             tracing::warn!(caller = %caller.login, "refused a request in another caller's or another endpoint's MCP session");
-            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+            return session_not_found();
         }
         // The transport "closes" a session it never had and answers 202; a client that
         // ends a session twice, or one that expired, is told it is gone.
@@ -1738,7 +1744,7 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
                     }
                 };
             }
-            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+            return session_not_found();
         }
         return services.sessionful.handle(req).await.map(Body::new);
     }
