@@ -1,5 +1,5 @@
-//! Wiring: builds the state from config, the router and its request plumbing (the
-//! request log, identity before everything), the server, reloads and shutdown. Nothing
+//! Wiring: builds the state from config, the router behind the front stages
+//! ([`crate::front`]), the server, reloads and shutdown. Nothing
 //! below this module imports it.
 //!
 //! A reload builds a new [`Snapshot`] and puts it in force with [`App::install`]; a
@@ -9,13 +9,11 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use axum::routing::{any, delete, get, post, put};
 
 use crate::admin;
@@ -27,10 +25,9 @@ use crate::configure::{
 use crate::connections::Connections;
 use crate::credentials::TokenSlots;
 use crate::egress::Egress;
-use crate::error::{ApiError, ErrorCode};
-use crate::identity::IdentityError;
+use crate::front::Front;
 use crate::plugins::Plugins;
-use crate::proxy::{self, ConnectorTag};
+use crate::proxy;
 use crate::state::Parts;
 pub use crate::state::{App, Options, Snapshot};
 use crate::telemetry::Metrics;
@@ -64,7 +61,7 @@ fn spawn_refresher(app: &Arc<App>) {
 }
 
 /// Builds the state and router for `opts`. Returns the app and the address to bind.
-pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Router)> {
+pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Front)> {
     let location = vault::Location::new(&opts.data_dir, opts.database_url.clone());
     // Replicas keep the config in their shared vault, so it is opened first, with the
     // key from the environment or the data directory (the config cannot name its own).
@@ -157,12 +154,12 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Route
     spawn_refresher(&app);
     tokio::spawn(Connections::follow_store(Arc::downgrade(&app.connections)));
     let mcp = crate::mcp::Gateway::start(app.clone());
-    let router = router(app.clone(), mcp);
-    Ok((app, listen, router))
+    let front = router(app.clone(), mcp);
+    Ok((app, listen, front))
 }
 
-/// The HTTP surface.
-pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
+/// The HTTP surface: the routes, behind the front stages ([`crate::front`]).
+pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Front {
     use crate::admin::{__path_callback, __path_capabilities, __path_config_schema};
     use crate::admin::{__path_client_metadata, __path_connect, __path_disconnect};
     use crate::admin::{__path_healthz, __path_list};
@@ -222,8 +219,8 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
                 .with_state(mcp_entry),
         )
         .fallback(admin::not_found)
-        .layer(middleware::from_fn_with_state(app.clone(), identify));
-    Router::new()
+        .layer(middleware::from_fn(crate::front::identify));
+    let router = Router::new()
         .route(&path_of::<__path_healthz>(), get(admin::healthz))
         .route(
             &path_of::<__path_client_metadata>(),
@@ -234,14 +231,8 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Router {
         .route(&path_of::<__path_index>(), get(crate::ui::index))
         .route(&path_of::<__path_asset>(), get(crate::ui::asset))
         .merge(identified)
-        .layer(middleware::from_fn_with_state(
-            app.clone(),
-            crate::browser::defend,
-        ))
-        .layer(middleware::from_fn(crate::limits::check))
-        .layer(middleware::from_fn(crate::error::json_errors))
-        .layer(middleware::from_fn_with_state(app.clone(), observe))
-        .with_state(app)
+        .with_state(app.clone());
+    Front::new(app, router)
 }
 
 /// Runs the server until SIGTERM or SIGINT; reloads on SIGHUP and when the file changes.
@@ -279,7 +270,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
             });
         Some(bind(listen).await?)
     };
-    let (app, configured, router) = build(opts).await?;
+    let (app, configured, front) = build(opts).await?;
     let listener = match early {
         Some(l) => l,
         None => bind(configured).await?,
@@ -297,7 +288,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     spawn_reloaders(app.clone())?;
-    accept(listener, router).await;
+    accept(listener, front).await;
     // The last audit records and spans, before the process ends (both block, so off the
     // runtime).
     let last = app.clone();
@@ -395,11 +386,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until SIGTERM or SIGINT, then lets requests
 /// in flight finish. The server's own head limits sit above [`crate::limits`], so
 /// oversized requests are answered by the host in JSON, not by the server's bare status.
-async fn accept(listener: tokio::net::TcpListener, router: Router) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower_service::Service as _;
-
+async fn accept(listener: tokio::net::TcpListener, front: Front) {
     use crate::limits;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     server
@@ -438,13 +427,7 @@ async fn accept(listener: tokio::net::TcpListener, router: Router) {
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                router.clone().call(req)
-            });
+        let service = crate::front::for_connection(front.clone(), peer);
         let (server, watcher) = (server.clone(), graceful.watcher());
         tokio::spawn(async move {
             if !first_bytes(&stream).await {
@@ -580,138 +563,4 @@ fn spawn_reload_loop(
             }
         }
     });
-}
-
-/// The caller's login, for the request log.
-#[derive(Clone, Debug)]
-struct CallerTag(String);
-
-/// Identity before anything else: no caller, no service.
-async fn identify(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let snapshot = app.snapshot();
-    match snapshot.identity.identify(peer, req.headers()).await {
-        Ok(caller) => {
-            let login = caller.login.clone();
-            // Handlers use this same snapshot, so a request sees one config throughout.
-            req.extensions_mut().insert(snapshot.clone());
-            req.extensions_mut().insert(caller);
-            let mut resp = next.run(req).await;
-            resp.extensions_mut().insert(CallerTag(login));
-            resp
-        }
-        Err(IdentityError::Unknown(msg)) => {
-            ApiError::unauthenticated(format!("cannot identify the caller: {msg}")).into_response()
-        }
-        Err(IdentityError::Unavailable(msg)) => ApiError::new(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "identity_unavailable",
-            msg,
-        )
-        .into_response(),
-    }
-}
-
-fn route_of(path: &str) -> &'static str {
-    if path.starts_with(proxy::PREFIX) || path.starts_with("/v1/connectors") {
-        "proxy"
-    } else if path == crate::mcp::ENDPOINT
-        || path
-            .strip_prefix(crate::mcp::ENDPOINT)
-            .is_some_and(|rest| rest.starts_with('/'))
-    {
-        "mcp"
-    } else if path == "/healthz" {
-        "healthz"
-    } else if path == "/metrics" {
-        "metrics"
-    } else if path.starts_with("/api/") {
-        "api"
-    } else if path.starts_with("/aperture/auth/") {
-        "callback"
-    } else if path == "/" || path == "/ui" || path.starts_with(crate::ui::ROOT) {
-        "ui"
-    } else {
-        "other"
-    }
-}
-
-/// One log line and the metrics for every request.
-async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = route_of(req.uri().path());
-    // The path without its query (which may carry an API key), cut to keep lines short.
-    let path =
-        (tracing::enabled!(tracing::Level::INFO) || crate::telemetry::otel::enabled()).then(|| {
-            let p = req.uri().path();
-            let end = p.char_indices().nth(200).map_or(p.len(), |(i, _)| i);
-            p[..end].to_owned()
-        });
-    // Only built when the request log is on: this runs on every request.
-    let header_names = tracing::enabled!(tracing::Level::INFO).then(|| {
-        req.headers()
-            .keys()
-            .map(http::HeaderName::as_str)
-            .collect::<Vec<_>>()
-            .join(",")
-    });
-    let span = crate::telemetry::otel::server_span(
-        &method,
-        route,
-        path.as_deref().unwrap_or_default(),
-        req.headers(),
-    );
-    let resp = match &span {
-        Some(span) => {
-            use tracing::Instrument as _;
-            next.run(req).instrument(span.clone()).await
-        }
-        None => next.run(req).await,
-    };
-    let elapsed = started.elapsed();
-    let status = resp.status().as_u16();
-    let connector = resp
-        .extensions()
-        .get::<ConnectorTag>()
-        .map(|t| t.0.as_str())
-        .unwrap_or("");
-    if let Some(span) = &span {
-        crate::telemetry::otel::finish_server_span(span, route, connector, status);
-    }
-    let caller = resp
-        .extensions()
-        .get::<CallerTag>()
-        .map(|t| t.0.as_str())
-        .unwrap_or("");
-    let error = resp
-        .extensions()
-        .get::<ErrorCode>()
-        .map(|e| e.0)
-        .unwrap_or("");
-    let upstream_us = resp
-        .extensions()
-        .get::<crate::telemetry::UpstreamTime>()
-        .map(|t| t.0.as_micros() as u64);
-    app.metrics.observe(route, connector, status, elapsed);
-    if route != "healthz" {
-        tracing::info!(
-            route,
-            path = path.as_deref().unwrap_or_default(),
-            connector,
-            caller,
-            method = %method,
-            status,
-            latency_us = elapsed.as_micros() as u64,
-            upstream_us,
-            error,
-            headers = header_names.as_deref().unwrap_or_default(),
-            "request"
-        );
-    }
-    resp
 }

@@ -23,16 +23,13 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::App;
 
 /// How long a browser may cache an allowed preflight.
 const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
@@ -187,18 +184,44 @@ fn navigation_target(path: &str) -> bool {
         || matches!(path, "/" | "/ui" | crate::ui::ROOT)
 }
 
-/// The middleware: applies [`Rules`] of the config in force.
-pub async fn defend(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+/// What the defence decided about a request.
+#[must_use]
+pub enum Verdict {
+    /// It goes on to identity; its response gets `Cors`.
+    Pass(Cors),
+    /// It is answered here: a refusal, or a preflight's answer.
+    Answer(Response),
+}
+
+/// The origin to allow on a response, when the request came from an allowed
+/// cross-origin page.
+#[derive(Debug, Default)]
+#[must_use = "the response needs the allowed origin's CORS headers"]
+pub struct Cors(Option<String>);
+
+impl Cors {
+    /// Marks `resp` readable by the allowed origin the request came from, if any.
+    pub fn stamp(self, resp: &mut Response) {
+        if let Some(origin) = self.0
+            && let Ok(v) = HeaderValue::from_str(&origin)
+        {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+}
+
+/// Applies `rules` (the config in force) to `req`, before identity.
+pub fn check(rules: &Rules, req: &Request) -> Verdict {
     // Probes come from outside the tailnet, by IP or a load balancer's name, and learn
     // nothing: readiness is answered whatever the Host.
     if req.uri().path() == "/healthz" {
-        return next.run(req).await;
+        return Verdict::Pass(Cors(None));
     }
-    let snapshot = app.snapshot();
-    let rules = &snapshot.browser;
-    let host = authority(&req);
+    let host = authority(req);
     if !host.is_some_and(|h| rules.host_allowed(h)) {
-        return ApiError::new(
+        return Verdict::Answer(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "unknown_host",
             format!(
@@ -206,7 +229,7 @@ pub async fn defend(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
                 host.unwrap_or("")
             ),
         )
-        .into_response();
+        .into_response());
     }
     let preflight = req.method() == Method::OPTIONS
         && req
@@ -233,31 +256,23 @@ pub async fn defend(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
             None
         }
         Source::Other(o) => {
-            return ApiError::forbidden(format!(
+            return Verdict::Answer(ApiError::forbidden(format!(
                 "a cross-site browser request ({}) is refused: a web page may not use your tailnet identity; call from an agent or the command line, or add the page's origin to http.cors_origins",
                 o.unwrap_or("origin not sent")
             ))
-            .into_response();
+            .into_response());
         }
     };
     if preflight {
-        return match allowed_origin {
+        return Verdict::Answer(match allowed_origin {
             Some(origin) => preflight_answer(&origin, req.headers()),
             None => ApiError::forbidden(
                 "preflight refused: no cross-origin calls are allowed from this origin (http.cors_origins)",
             )
             .into_response(),
-        };
+        });
     }
-    let mut resp = next.run(req).await;
-    if let Some(origin) = allowed_origin
-        && let Ok(v) = HeaderValue::from_str(&origin)
-    {
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    resp
+    Verdict::Pass(Cors(allowed_origin))
 }
 
 fn preflight_answer(origin: &str, headers: &HeaderMap) -> Response {

@@ -95,17 +95,16 @@ const MAX_REJECTION_BYTES: usize = 4096;
 /// not take, an MCP request without the media types it needs): those are rewritten
 /// here, keeping their status and headers. Upstream answers ([`Relayed`]) and the HTML
 /// pages of the OAuth callback pass untouched.
-pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let resp = next.run(req).await;
+///
+/// `method` and `path` are the request's, for the message.
+pub async fn json_errors(resp: Response, method: &http::Method, path: &str) -> Response {
     if !is_plain_rejection(&resp) {
         return resp;
     }
     let status = resp.status();
     let (mut parts, body) = resp.into_parts();
     let said = said(body).await;
-    let (code, message) = describe(status, &parts.headers, said, &method, &path);
+    let (code, message) = describe(status, &parts.headers, said, method, path);
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.headers.remove(http::header::CONTENT_TYPE);
     let mut fixed = ApiError::new(status, code, message).into_response();

@@ -8,13 +8,16 @@
 //! A request flows identity → policy → route → front door → outbound → upstream:
 //!
 //! ```text
-//! request ─► app (log, identify) ─► proxy | mcp | admin ─► outbound ─► egress ─► upstream
-//!                  identity            policy (grants)      shape ─► credential ─► classify
+//! request ─► front (log, limits, browser, identify) ─► proxy | mcp | admin ─► outbound ─► egress ─► upstream
+//!                                      identity         policy (grants)     shape ─► credential ─► classify
 //! ```
 //!
 //! Each stage is one module with a small public surface, and each security rule lives in
 //! exactly one of them (named in brackets):
 //!
+//! - [`front`]: the way in, one service that puts the stages below in order (the request
+//!   log and metrics, limits, browser defence, identity for every non-public route, the
+//!   JSON rewrite of framework rejections on the way out); it holds no rule itself.
 //! - [`limits`]: before the browser defence, request heads over the size limits refused
 //!   in JSON (414, 431) rather than by the HTTP server's bare answers.
 //! - [`browser`]: before identity, the Host allow-list (DNS rebinding), cross-site
@@ -59,7 +62,8 @@
 //! - [`error`]: the stable JSON error body every answer of the host's own uses;
 //!   [`openapi`]: the HTTP API's OpenAPI document, from the handlers' annotations (the
 //!   router takes its paths from them).
-//! - [`app`]: wiring only: builds the state, the router, reloads, the server.
+//! - [`app`]: wiring only: builds the state, the router behind [`front`], reloads, the
+//!   server.
 
 // `unsafe` is denied everywhere; the two exceptions (loading compiled plugin code from
 // the host's private cache, and telling the allocator to return what a compile freed,
@@ -79,6 +83,7 @@ pub mod connector;
 pub mod credentials;
 pub mod egress;
 pub mod error;
+pub mod front;
 #[cfg(test)]
 mod fuzz;
 pub mod headers;

@@ -11,8 +11,6 @@
 //! connections are accepted ([`crate::app`]).
 
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
 use crate::error::ApiError;
@@ -39,10 +37,10 @@ pub const SERVER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
 pub const SERVER_MAX_HEAD_BYTES: usize = 4 * (MAX_URI_BYTES + MAX_HEADER_BYTES);
 
 /// Refuses a request whose head is over the limits: 414 for the target, 431 for headers.
-pub async fn check(req: Request, next: Next) -> Response {
-    match over_limit(&req) {
-        Some(refusal) => refusal.into_response(),
-        None => next.run(req).await,
+pub fn check(req: &Request) -> Result<(), ApiError> {
+    match over_limit(req) {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
     }
 }
 
@@ -85,6 +83,7 @@ fn over_limit(req: &Request) -> Option<ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse as _;
 
     fn request(uri: &str, headers: &[(&str, String)]) -> Request {
         let mut b = http::Request::builder().uri(uri);

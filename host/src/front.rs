@@ -1,0 +1,204 @@
+//! The way in: every request takes the host's front stages in one service, in this
+//! order, before any route sees it.
+//!
+//! 1. The request log line and metrics, written when the answer is ready ([`Front::call`]).
+//! 2. Head limits ([`crate::limits`]).
+//! 3. The browser defence ([`crate::browser`]), under the config in force, which the
+//!    request then keeps to the end: handlers read the same [`Snapshot`].
+//! 4. The router. Its routes for agents and operators start with [`identify`]: no caller,
+//!    no service. Only readiness, the OAuth client metadata and the dashboard's static
+//!    pages are public.
+//! 5. On the way out, a plain-text rejection of the framework or the MCP transport
+//!    becomes the host's JSON error ([`crate::error::json_errors`]), and an allowed
+//!    cross-origin page gets its CORS headers.
+//!
+//! Each rule lives in its own module; this one only puts them in order. It is one
+//! hand-written service rather than a stack of middleware layers because each layer
+//! costs a boxed future and a cloned service stack per request, several percent of the
+//! proxy's CPU (`docs/benchmarks.md`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower_service::Service as _;
+
+use crate::browser::Verdict;
+use crate::error::{ApiError, ErrorCode};
+use crate::identity::IdentityError;
+use crate::proxy::ConnectorTag;
+use crate::state::{App, Snapshot};
+
+/// The host's HTTP surface: the front stages around the router.
+#[derive(Clone)]
+pub struct Front {
+    app: Arc<App>,
+    router: Router,
+}
+
+impl Front {
+    pub fn new(app: Arc<App>, router: Router) -> Self {
+        Self { app, router }
+    }
+
+    /// Answers one request: every stage in order, then its log line and metrics.
+    pub async fn call(mut self, req: Request) -> Response {
+        let started = Instant::now();
+        let method = req.method().clone();
+        // The request's target (its bytes shared, not copied), for the log line and a
+        // rejection's message once the router has taken the request.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let route = route_of(path);
+        // Only built when the request log is on: this runs on every request.
+        let header_names = tracing::enabled!(tracing::Level::INFO).then(|| {
+            req.headers()
+                .keys()
+                .map(http::HeaderName::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        // The path without its query (which may carry an API key), cut to keep lines short.
+        let logged_path = &path[..path.char_indices().nth(200).map_or(path.len(), |(i, _)| i)];
+        let span = crate::telemetry::otel::server_span(&method, route, logged_path, req.headers());
+        let resp = match &span {
+            Some(span) => {
+                use tracing::Instrument as _;
+                self.pass(req, &method, path).instrument(span.clone()).await
+            }
+            None => self.pass(req, &method, path).await,
+        };
+        let elapsed = started.elapsed();
+        let status = resp.status().as_u16();
+        let ext = resp.extensions();
+        let connector = ext.get::<ConnectorTag>().map_or("", |t| t.0.as_str());
+        let caller = ext.get::<CallerTag>().map_or("", |t| t.0.as_str());
+        let error = ext.get::<ErrorCode>().map_or("", |e| e.0);
+        let upstream_us = ext
+            .get::<crate::telemetry::UpstreamTime>()
+            .map(|t| t.0.as_micros() as u64);
+        if let Some(span) = &span {
+            crate::telemetry::otel::finish_server_span(span, route, connector, status);
+        }
+        self.app.metrics.observe(route, connector, status, elapsed);
+        if route != "healthz" {
+            tracing::info!(
+                route,
+                path = logged_path,
+                connector,
+                caller,
+                method = %method,
+                status,
+                latency_us = elapsed.as_micros() as u64,
+                upstream_us,
+                error,
+                headers = header_names.as_deref().unwrap_or_default(),
+                "request"
+            );
+        }
+        resp
+    }
+
+    /// Stages 2 to 5.
+    async fn pass(&mut self, mut req: Request, method: &http::Method, path: &str) -> Response {
+        if let Err(refusal) = crate::limits::check(&req) {
+            return refusal.into_response();
+        }
+        let snapshot = self.app.snapshot();
+        let cors = match crate::browser::check(&snapshot.browser, &req) {
+            Verdict::Pass(cors) => cors,
+            Verdict::Answer(answer) => return answer,
+        };
+        req.extensions_mut().insert(snapshot);
+        let resp = match self.router.call(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        let mut resp = crate::error::json_errors(resp, method, path).await;
+        cors.stamp(&mut resp);
+        resp
+    }
+}
+
+/// Serves `front` to one connection from `peer`.
+pub fn for_connection(
+    front: Front,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let front = front.clone();
+        async move {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            Ok(front.call(req).await)
+        }
+    })
+}
+
+/// The caller's login, for the request log.
+#[derive(Clone, Debug)]
+struct CallerTag(String);
+
+/// Identity before anything else on the routes that need a caller: the middleware of
+/// the router's identified routes. The snapshot is the one the request took at the door.
+pub async fn identify(
+    Extension(snapshot): Extension<Arc<Snapshot>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match snapshot.identity.identify(peer, req.headers()).await {
+        Ok(caller) => {
+            let login = caller.login.clone();
+            req.extensions_mut().insert(caller);
+            let mut resp = next.run(req).await;
+            resp.extensions_mut().insert(CallerTag(login));
+            resp
+        }
+        Err(IdentityError::Unknown(msg)) => {
+            ApiError::unauthenticated(format!("cannot identify the caller: {msg}")).into_response()
+        }
+        Err(IdentityError::Unavailable(msg)) => ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "identity_unavailable",
+            msg,
+        )
+        .into_response(),
+    }
+}
+
+/// The route family of `path`, for metrics and the log.
+fn route_of(path: &str) -> &'static str {
+    if path.starts_with(crate::proxy::PREFIX) || path.starts_with("/v1/connectors") {
+        "proxy"
+    } else if path == crate::mcp::ENDPOINT
+        || path
+            .strip_prefix(crate::mcp::ENDPOINT)
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
+        "mcp"
+    } else if path == "/healthz" {
+        "healthz"
+    } else if path == "/metrics" {
+        "metrics"
+    } else if path.starts_with("/api/") {
+        "api"
+    } else if path.starts_with("/aperture/auth/") {
+        "callback"
+    } else if path == "/" || path == "/ui" || path.starts_with(crate::ui::ROOT) {
+        "ui"
+    } else {
+        "other"
+    }
+}
