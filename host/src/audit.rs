@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::policy::{Caller, GrantRef};
 use crate::telemetry::lines::{Lines, Refused};
+use crate::telemetry::records::{Precision, rfc3339, safe_json};
 
 /// Longest target (path, tool name, resource URI) recorded: they come from requests, and
 /// a refused request is recorded too.
@@ -190,20 +191,20 @@ impl Audit {
 
     fn record(&self, fields: &impl Serialize) {
         let line = Line {
-            time: rfc3339(SystemTime::now()),
+            time: rfc3339(SystemTime::now(), Precision::Millis),
             fields,
+        };
+        // Terminal-safe, so the log can take it as it is.
+        let Ok(mut text) = safe_json(&line) else {
+            return;
         };
         match &self.sink {
             Sink::Log => {
-                if let Ok(text) = serde_json::to_string(&line) {
-                    tracing::info!(target: "audit", "audit {text}");
+                if let Ok(text) = std::str::from_utf8(&text) {
+                    crate::telemetry::log_audit(text);
                 }
             }
             Sink::File(lines) => {
-                let mut text = Vec::with_capacity(256);
-                if serde_json::to_writer(&mut text, &line).is_err() {
-                    return;
-                }
                 text.push(b'\n');
                 let why = match lines.try_send(text) {
                     Ok(()) => return,
@@ -269,36 +270,6 @@ impl Audit {
     }
 }
 
-/// `2026-12-02T15:04:05.123Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
-}
-
 /// The config paths a change touched, for [`Audit::admin`]: keys only, no values.
 /// Objects are compared key by key; anything else that differs is named at its path.
 pub fn changed_paths(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
@@ -341,16 +312,6 @@ pub fn changed_paths(before: &serde_json::Value, after: &serde_json::Value) -> V
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_796_223_845_123);
-        assert_eq!(rfc3339(t), "2026-12-02T15:04:05.123Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        // A leap day.
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
-    }
 
     #[test]
     fn changes_name_paths_never_values() {

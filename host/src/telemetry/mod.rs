@@ -7,6 +7,7 @@
 
 pub mod lines;
 pub mod otel;
+pub mod records;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,14 +271,49 @@ impl Metrics {
 /// upstream failure once, with its connector (`RUST_LOG=info,rmcp=debug` shows them).
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=off";
 
-/// The log's writer, for [`flush_log`].
-static LOG: std::sync::OnceLock<lines::Lines> = std::sync::OnceLock::new();
+/// The log's writer, for [`flush_log`] and [`log_audit`], and how its lines look.
+static LOG: std::sync::OnceLock<(lines::Lines, records::Style)> = std::sync::OnceLock::new();
+
+/// Logs an audit record (JSON from [`records::safe_json`]) as an INFO line `audit {...}`,
+/// queued straight to the log's writer: the general formatter would re-escape it
+/// character by character, on every proxied request. Before [`init_logging`] (tests
+/// that use the library alone), through `tracing` like any line.
+pub fn log_audit(record: &str) {
+    match LOG.get() {
+        Some((log, style)) => {
+            let _ = log.send(style.line(std::time::SystemTime::now(), "audit", record));
+        }
+        None => tracing::info!(target: "audit", "audit {record}"),
+    }
+}
 
 /// Waits (at most `within`) until every log line so far is on stderr: before the
 /// process prints its last words or exits.
 pub fn flush_log(within: Duration) {
-    if let Some(log) = LOG.get() {
+    if let Some((log, _)) = LOG.get() {
         log.flush(within);
+    }
+}
+
+/// The log's formatter, writing to `writer` in `style`.
+fn log_format<S, W>(
+    writer: W,
+    style: records::Style,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(style.ansi)
+        // The audit trail's lines say what they are; others need no module path.
+        .with_target(false);
+    if style.json {
+        fmt.json().flatten_event(true).boxed()
+    } else {
+        fmt.boxed()
     }
 }
 
@@ -309,17 +345,8 @@ pub fn init_logging() -> anyhow::Result<()> {
     // thread, so a request never waits on a write to stderr (or on the pipe behind it).
     let output = lines::Lines::spawn("log-writer", std::io::stderr(), |_| {})
         .context("cannot start the log writer")?;
-    let _ = LOG.set(output.clone());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(lines::LogOutput(output))
-        .with_ansi(ansi)
-        // The audit trail's lines say what they are; others need no module path.
-        .with_target(false);
-    let fmt = if json {
-        fmt.json().flatten_event(true).boxed()
-    } else {
-        fmt.boxed()
-    };
+    let _ = LOG.set((output.clone(), records::Style { json, ansi }));
+    let fmt = log_format(lines::LogOutput(output), records::Style { json, ansi });
     // Only the host's own spans are exported, whatever `RUST_LOG` turns on.
     let traces = traces.map(|tracer| {
         // Spans say what happened, not where in the code or on which thread.
