@@ -421,6 +421,13 @@ async fn losing_the_database_fails_closed_and_keeps_serving_cached_tokens() {
     assert_eq!(v["error"]["code"], "store_unavailable", "{v}");
     let message = v["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.contains(PASSWORD), "{message}");
+    // Probes are unauthenticated: the answer names no database; the log says why.
+    let name = db.rsplit('/').next().unwrap_or_default();
+    assert!(
+        !name.is_empty() && !message.contains(name) && !message.contains('@'),
+        "{message}"
+    );
+    host.wait_for_log("not ready: ").await;
     // The token held in memory still serves.
     assert_eq!(token_at(&url, "127.0.0.1").await, token);
     // A secret cannot be stored: a JSON error, nothing half-done.
@@ -455,6 +462,14 @@ async fn losing_the_database_fails_closed_and_keeps_serving_cached_tokens() {
         .await
         .expect("put secret");
     assert!(resp.status().is_success(), "{}", resp.status());
+    // One line for the outage, however often it was probed, and one for its end.
+    host.wait_for_log("the store answers again").await;
+    assert_eq!(
+        host.logs().matches("not ready: ").count(),
+        1,
+        "{}",
+        host.logs()
+    );
     assert!(!host.logs().contains(PASSWORD));
 }
 

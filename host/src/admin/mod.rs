@@ -25,6 +25,7 @@ pub mod config;
 pub mod secrets;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Extension;
 use axum::Json;
@@ -569,14 +570,31 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
     // A shared store (PostgreSQL) that does not answer: new connections, refreshes and
     // secret changes fail closed, so a load balancer should send requests elsewhere.
+    // Probes are unauthenticated, so the answer names no database (user, host, name):
+    // the reason goes to the log, once per outage.
+    static STORE_DOWN: AtomicBool = AtomicBool::new(false);
     let vault = app.vault.clone();
-    match tokio::task::spawn_blocking(move || vault.ping()).await {
-        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
-        Ok(Err(e)) => not_ready(
-            "store_unavailable",
-            format!("{e}; tokens and secrets cannot be stored or refreshed until it answers"),
-        ),
-        Err(e) => not_ready("store_unavailable", format!("the store check failed: {e}")),
+    let failed = match tokio::task::spawn_blocking(move || vault.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("the store check failed: {e}")),
+    };
+    match failed {
+        None => {
+            if STORE_DOWN.swap(false, Ordering::Relaxed) {
+                tracing::info!("the store answers again; ready");
+            }
+            Json(json!({"status": "ok"})).into_response()
+        }
+        Some(why) => {
+            if !STORE_DOWN.swap(true, Ordering::Relaxed) {
+                tracing::error!("not ready: {why}");
+            }
+            not_ready(
+                "store_unavailable",
+                "the shared store (the database) does not answer: tokens and secrets cannot be stored or refreshed until it does; the host's log says why".to_owned(),
+            )
+        }
     }
 }
 
