@@ -82,6 +82,91 @@ pub(super) fn tree_memory_of(pid: u32) -> Result<(u64, u64)> {
     Ok((rss, size))
 }
 
+/// CPU time a process (or several) spent, split as `/proc` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// In the program itself.
+    pub user: Duration,
+    /// In the kernel on its behalf (system calls, and the loopback network stack).
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// What was spent from `earlier` to `self`; `None` if a counter went backwards (a
+    /// worker process exited in between and took its share with it).
+    pub fn since(&self, earlier: &Self) -> Option<Self> {
+        Some(Self {
+            user: self.user.checked_sub(earlier.user)?,
+            system: self.system.checked_sub(earlier.system)?,
+        })
+    }
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+/// CPU time a process and all its descendants have spent so far. Workers that already
+/// exited are not counted.
+pub(super) fn tree_cpu_of(pid: u32) -> Result<CpuTime> {
+    let mut total = cpu_of(pid)?;
+    for child in children_of(pid) {
+        if let Ok(t) = tree_cpu_of(child) {
+            total = total + t;
+        }
+    }
+    Ok(total)
+}
+
+/// CPU time (every thread) of one process, from `/proc/<pid>/stat`.
+pub(super) fn cpu_of(pid: u32) -> Result<CpuTime> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let (user, system) =
+        stat_ticks(&stat).with_context(|| format!("/proc/{pid}/stat has no CPU times"))?;
+    let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64);
+    Ok(CpuTime {
+        user: time(user),
+        system: time(system),
+    })
+}
+
+/// `utime` and `stime` of a `/proc/<pid>/stat` line, in clock ticks. The command name
+/// may hold spaces and parentheses, so fields are counted after its last `)`: from
+/// there they are the 12th and 13th (proc(5)).
+fn stat_ticks(stat: &str) -> Option<(u64, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// The kernel's clock ticks per second for `/proc` times (`getconf CLK_TCK`; 100 on
+/// every Linux this runs on, the fallback).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
+
 /// The direct children of a process, from every one of its threads' `children` lists.
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -274,5 +359,48 @@ pub fn wait_ready_within(
             bail!("{name} not ready on {addr} after {timeout:?}: {last}");
         }
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_times_are_read_after_the_command_name_whatever_it_holds() {
+        let line = "4242 (nginx: worker (x) 1) S 4241 4241 4241 0 -1 4194624 900 0 0 0 \
+                    113 298 0 0 20 0 1 0 5000 100000 500 18446744073709551615";
+        assert_eq!(stat_ticks(line), Some((113, 298)));
+        assert_eq!(
+            stat_ticks("4242 (x) S 1 2 3"),
+            None,
+            "a cut line has no times"
+        );
+        assert_eq!(stat_ticks("no command name"), None);
+    }
+
+    #[test]
+    fn what_was_spent_is_the_difference_and_never_negative() {
+        let ms = Duration::from_millis;
+        let earlier = CpuTime {
+            user: ms(30),
+            system: ms(10),
+        };
+        let later = earlier
+            + CpuTime {
+                user: ms(20),
+                system: ms(5),
+            };
+        let spent = later.since(&earlier).expect("counters went forward");
+        assert_eq!(
+            (spent.user, spent.system, spent.total()),
+            (ms(20), ms(5), ms(25))
+        );
+        // A worker that exited took its share: the sum went back, nothing is reported.
+        assert_eq!(earlier.since(&later), None);
+        assert!(
+            cpu_of(std::process::id()).is_ok(),
+            "reads this process's own times"
+        );
     }
 }

@@ -26,6 +26,8 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::host::{CpuTime, cpu_of, tree_cpu_of};
+
 /// Upper bound for one request (send + full response body).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for establishing one TCP connection + HTTP/1 handshake.
@@ -194,13 +196,89 @@ pub struct Stats {
     pub max_us: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// CPU time spent per successful request during the phase.
+    pub cpu: CpuPerRequest,
+}
+
+/// CPU time (user + system) per successful request of a measured phase, in µs: what a
+/// request costs each side, which throughput on shared cores hides (the load generator,
+/// the upstream and the program measured all compete for the same cores).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuPerRequest {
+    /// The benchmark process: the load generator and the upstream it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench_us: Option<f64>,
+    /// The program measured, with its worker processes (none for a direct target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_us: Option<f64>,
+    /// Of [`Self::server_us`], the part spent in the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_system_us: Option<f64>,
+}
+
+impl CpuPerRequest {
+    /// Both sides together, when both were measured.
+    pub fn total_us(&self) -> Option<f64> {
+        Some(self.bench_us? + self.server_us?)
+    }
+
+    /// A table cell: `µs`, or `—` where nothing was measured.
+    pub fn cell(us: Option<f64>) -> String {
+        us.map_or_else(|| "—".to_owned(), |us| format!("{us:.1}"))
+    }
+
+    /// The server's cell: its total, with the kernel's part.
+    pub fn server_cell(&self) -> String {
+        match (self.server_us, self.server_system_us) {
+            (Some(all), Some(system)) => format!("{all:.1} ({system:.1})"),
+            (all, _) => Self::cell(all),
+        }
+    }
+}
+
+/// CPU time spent so far by this process and by the servers measured.
+struct CpuClock {
+    bench: Option<CpuTime>,
+    servers: Option<CpuTime>,
+}
+
+impl CpuClock {
+    fn read(servers: &[u32]) -> Self {
+        let servers = servers
+            .iter()
+            .map(|&pid| tree_cpu_of(pid).ok())
+            .reduce(|a, b| Some(a? + b?))
+            .flatten();
+        Self {
+            bench: cpu_of(std::process::id()).ok(),
+            servers,
+        }
+    }
+
+    /// What each side spent per request of `ok` since `self`.
+    fn per_request(&self, now: &Self, ok: u64) -> CpuPerRequest {
+        let spent = |a: Option<CpuTime>, b: Option<CpuTime>| b?.since(&a?).filter(|_| ok > 0);
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / ok as f64;
+        let server = spent(self.servers, now.servers);
+        CpuPerRequest {
+            bench_us: spent(self.bench, now.bench).map(|t| us(t.total())),
+            server_us: server.map(|t| us(t.total())),
+            server_system_us: server.map(|t| us(t.system)),
+        }
+    }
 }
 
 /// Runs `spec` against `target` on a private tokio runtime (so it never shares threads
 /// with servers living in the same process) and returns the measured phase's stats.
 pub fn run(target: &Target, spec: &LoadSpec) -> Result<Stats> {
+    run_charging(target, spec, &[])
+}
+
+/// [`run`], with the CPU time the processes `servers` (and their descendants) spent in
+/// the measured phase reported per request.
+fn run_charging(target: &Target, spec: &LoadSpec, servers: &[u32]) -> Result<Stats> {
     let rt = build_runtime(spec.client_threads)?;
-    rt.block_on(run_async(target, spec))
+    rt.block_on(run_async(target, spec, servers))
 }
 
 /// Runs the concurrency-1 phase, then the high-concurrency one, against `target`,
@@ -213,19 +291,20 @@ pub fn run_both(
     spec_high: &LoadSpec,
     unit: &str,
 ) -> Result<(Stats, Stats)> {
+    let servers = proxy.as_ref().map(|p| p.pids()).unwrap_or_default();
     let mut check_alive = || -> Result<()> {
         if let Some(status) = proxy.as_mut().and_then(|p| p.exited()) {
             anyhow::bail!("{} exited during the benchmark ({status})", target.name);
         }
         Ok(())
     };
-    let latency = run(target, spec_c1)?;
+    let latency = run_charging(target, spec_c1, &servers)?;
     check_alive()?;
     eprintln!(
         "bench:   c=1: {} ok in {:.1}s, p50 {:.1}µs p99 {:.1}µs",
         latency.ok, latency.elapsed_s, latency.p50_us, latency.p99_us
     );
-    let throughput = run(target, spec_high)?;
+    let throughput = run_charging(target, spec_high, &servers)?;
     check_alive()?;
     eprintln!(
         "bench:   c={}: {} ok in {:.1}s, {:.0} {unit}/s",
@@ -371,7 +450,7 @@ struct WorkerOut {
     last_error: Option<String>,
 }
 
-async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
+async fn run_async(target: &Target, spec: &LoadSpec, servers: &[u32]) -> Result<Stats> {
     let uri: Uri = target
         .path
         .parse()
@@ -390,7 +469,9 @@ async fn run_async(target: &Target, spec: &LoadSpec) -> Result<Stats> {
     if let Some(at) = spec.start_at {
         tokio::time::sleep_until(at.into()).await;
     }
-    let (_, stats) = run_phase(&target, &uri, senders, &spec.measure).await?;
+    let before = CpuClock::read(servers);
+    let (_, mut stats) = run_phase(&target, &uri, senders, &spec.measure).await?;
+    stats.cpu = before.per_request(&CpuClock::read(servers), stats.ok);
     super::check_interrupted()?;
     Ok(stats)
 }
@@ -467,6 +548,7 @@ async fn run_phase(
         p999_us: us(total.value_at_quantile(0.999)),
         max_us: us(total.max()),
         last_error: out.last_error,
+        cpu: CpuPerRequest::default(),
     };
     Ok((senders, stats))
 }

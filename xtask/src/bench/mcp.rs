@@ -45,7 +45,7 @@ use serde_json::json;
 
 use super::contextforge;
 use super::host::{AtRest, prepare_portcullis, spawn_portcullis, with_child};
-use super::load::{self, Body, LoadSpec, Stats, Target};
+use super::load::{self, Body, CpuPerRequest, LoadSpec, Stats, Target};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// The token Portcullis injects and the upstream demands.
@@ -641,16 +641,17 @@ impl Report<'_> {
         s.push_str("- A call counts only if it answered 200 with `pong` in the body.\n\n");
         let _ = writeln!(
             s,
-            "| Target | concurrency | calls/s | p50 µs | p90 µs | p99 µs | max µs | failed |"
+            "| Target | concurrency | calls/s | p50 µs | p90 µs | p99 µs | max µs | failed | \
+             CPU µs/call, gateway (kernel) | CPU µs/call, bench |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in self.results {
             match &r.outcome {
                 Ok(x) => {
                     for st in [&x.latency, &x.throughput] {
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} |",
                             r.kind.label(),
                             st.concurrency,
                             st.rps,
@@ -658,13 +659,19 @@ impl Report<'_> {
                             st.p90_us,
                             st.p99_us,
                             st.max_us,
-                            st.errors + st.bad_status
+                            st.errors + st.bad_status,
+                            st.cpu.server_cell(),
+                            CpuPerRequest::cell(st.cpu.bench_us),
                         );
                     }
                 }
                 Err(e) => {
                     let first = e.lines().next().unwrap_or("failed").replace('|', "\\|");
-                    let _ = writeln!(s, "| {} | failed: {first} | | | | | | |", r.kind.label());
+                    let _ = writeln!(
+                        s,
+                        "| {} | failed: {first} | | | | | | | | |",
+                        r.kind.label()
+                    );
                 }
             }
         }
@@ -694,6 +701,14 @@ impl Report<'_> {
                 met(share >= AIM_THROUGHPUT_RATIO),
                 d.upstream_calls,
                 p.upstream_calls
+            );
+            budget(
+                &mut s,
+                how,
+                high,
+                self.machine.nproc,
+                &d.throughput,
+                &p.throughput,
             );
         }
         s.push_str(&self.peer_lines());
@@ -793,6 +808,45 @@ fn against_direct(s: &mut String, lead: &str, who: &str, d: &Measured, x: &Measu
             ratio(x.rps, d.rps)
         );
     }
+}
+
+/// What the throughput aim leaves the gateway to spend per call on these cores: at the
+/// aim's share of direct's calls/s, the cores give each call `nproc / calls_per_s` of
+/// CPU at most, of which the benchmark process (load generator and upstream) takes what
+/// it was measured to take with the gateway in the path.
+fn budget(s: &mut String, lead: &str, high: u64, nproc: usize, d: &Stats, x: &Stats) {
+    let (Some(bench_direct), Some(bench_through), Some(gateway), Some(kernel)) = (
+        d.cpu.bench_us,
+        x.cpu.bench_us,
+        x.cpu.server_us,
+        x.cpu.server_system_us,
+    ) else {
+        return;
+    };
+    let busy = |us: f64, rps: f64| us * rps / 1e6;
+    let aimed = d.rps * AIM_THROUGHPUT_RATIO;
+    let per_call = if aimed > 0.0 {
+        nproc as f64 * 1e6 / aimed
+    } else {
+        0.0
+    };
+    let left = per_call - bench_through;
+    let _ = writeln!(
+        s,
+        "- {lead}, CPU per call at concurrency {high} (user + system): the gateway \
+         {gateway:.1} µs ({kernel:.1} in the kernel); the benchmark process (load generator \
+         and upstream) {bench_through:.1} µs with it, {bench_direct:.1} µs direct. Cores busy: \
+         {:.2} direct, {:.2} through Portcullis, of {nproc}. At {AIM_THROUGHPUT_RATIO:.1}× \
+         direct's calls/s ({aimed:.0}/s) the cores give a call at most {per_call:.1} µs of CPU, \
+         which leaves the gateway {}.",
+        busy(bench_direct, d.rps),
+        busy(bench_through + gateway, x.rps),
+        if left > 0.0 {
+            format!("about {left:.0} µs")
+        } else {
+            "nothing".to_owned()
+        }
+    );
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

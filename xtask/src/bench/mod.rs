@@ -176,6 +176,9 @@ pub struct ChildGuard {
     pub at_rest: Option<host::AtRest>,
     /// The child leads a process group of its own (workers it forks), signalled whole.
     group: bool,
+    /// Other processes answering the same target (replicas behind one balancer): what
+    /// they spend is charged to the target with this one's.
+    pub replicas: Vec<u32>,
 }
 
 impl ChildGuard {
@@ -186,6 +189,7 @@ impl ChildGuard {
             graceful_signal,
             at_rest: None,
             group: false,
+            replicas: Vec::new(),
         }
     }
 
@@ -208,6 +212,14 @@ impl ChildGuard {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every process answering the target: this one and its [`Self::replicas`] (their
+    /// worker processes are found from these).
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.pid())
+            .chain(self.replicas.iter().copied())
+            .collect()
     }
 
     /// `Some(status)` if the process already exited (used to fail fast during startup).

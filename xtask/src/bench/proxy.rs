@@ -33,7 +33,7 @@ use serde_json::json;
 use super::host::{
     AtRest, free_port, prepare_portcullis, spawn_portcullis, wait_ready, with_child, with_log_tail,
 };
-use super::load::{self, LoadSpec, Stats, Target};
+use super::load::{self, CpuPerRequest, LoadSpec, Stats, Target};
 use super::postgres::Postgres;
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
@@ -461,6 +461,7 @@ fn on_postgres<M>(
     };
     let mut target = proxied_target(TargetKind::PortcullisPostgres, *addr);
     target.replicas = rest.iter().map(|(_, a)| *a).collect();
+    first.replicas = rest.iter().map(|(g, _)| g.pid()).collect();
     let measured = measure(target, first);
     for (guard, _) in &mut running {
         guard.stop();
@@ -685,9 +686,10 @@ impl Report<'_> {
         let _ = writeln!(
             s,
             "| Target | p50 µs (c=1) | p99 µs (c=1) | mean µs (c=1) | added p50 vs direct | \
-             req/s (c={high}) | p50 µs (c={high}) | p99 µs (c={high}) | errors |"
+             req/s (c={high}) | p50 µs (c={high}) | p99 µs (c={high}) | errors | \
+             CPU µs/req, proxy (kernel) (c={high}) | CPU µs/req, bench (c={high}) |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in self.results {
             match &r.outcome {
                 Ok(x) => {
@@ -702,7 +704,8 @@ impl Report<'_> {
                         + x.throughput.bad_status;
                     let _ = writeln!(
                         s,
-                        "| {} | {:.1} | {:.1} | {:.1} | {added} | {:.0} | {:.1} | {:.1} | {errors} |",
+                        "| {} | {:.1} | {:.1} | {:.1} | {added} | {:.0} | {:.1} | {:.1} | {errors} \
+                         | {} | {} |",
                         r.kind.label(),
                         x.latency.p50_us,
                         x.latency.p99_us,
@@ -710,11 +713,17 @@ impl Report<'_> {
                         x.throughput.rps,
                         x.throughput.p50_us,
                         x.throughput.p99_us,
+                        x.throughput.cpu.server_cell(),
+                        CpuPerRequest::cell(x.throughput.cpu.bench_us),
                     );
                 }
                 Err(e) => {
                     let first = e.lines().next().unwrap_or("failed").replace('|', "\\|");
-                    let _ = writeln!(s, "| {} | failed: {first} | | | | | | | |", r.kind.label());
+                    let _ = writeln!(
+                        s,
+                        "| {} | failed: {first} | | | | | | | | | |",
+                        r.kind.label()
+                    );
                 }
             }
         }
@@ -796,6 +805,23 @@ impl Report<'_> {
                 p.throughput.rps,
                 n.throughput.rps
             );
+            if let (Some(pc), Some(nc)) = (p.throughput.cpu.server_us, n.throughput.cpu.server_us)
+                && nc > 0.0
+            {
+                let _ = writeln!(
+                    s,
+                    "- CPU per request at concurrency {high} (user + system, the proxy with its \
+                     worker processes): Portcullis {pc:.1} µs ({} in the kernel), nginx \
+                     {nc:.1} µs ({} in the kernel): **{:.2}×** nginx's. The load generator and \
+                     the upstream share the same cores, so throughput follows the sum: {} and \
+                     {} µs per request with the benchmark process's share.",
+                    CpuPerRequest::cell(p.throughput.cpu.server_system_us),
+                    CpuPerRequest::cell(n.throughput.cpu.server_system_us),
+                    pc / nc,
+                    CpuPerRequest::cell(p.throughput.cpu.total_us()),
+                    CpuPerRequest::cell(n.throughput.cpu.total_us()),
+                );
+            }
         }
         let conns: Vec<String> = self
             .results
