@@ -387,6 +387,59 @@ async fn migrate_store_moves_a_redb_vault_with_every_token_usable_and_rotate_key
     assert_eq!(cc_requests().await, 2);
 }
 
+/// A replica waiting for a lock another replica holds (a token refresh running there)
+/// keeps none of its own lock slots while it waits: its locks on other keys are taken
+/// meanwhile, even with more waiters than slots, and every waiter gets the lock once the
+/// holder lets go.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_another_replicas_lock_holds_up_no_other_lock() {
+    use portcullis::vault::{DatabaseUrl, Location, MasterKey, Table, Vault};
+    let pg = Postgres::start();
+    let url = DatabaseUrl::parse(&pg.url(&pg.database())).expect("the test database's URL");
+    let key = MasterKey::generate();
+    let open = || Arc::new(Vault::open(&Location::Postgres(url.clone()), &key).expect("opens"));
+    let (here, there) = (open(), open());
+    let held = there
+        .lock(Table::UserTokens, "alice/notes")
+        .await
+        .expect("locks")
+        .expect("a shared store locks across replicas");
+    // More waiters than a replica may hold locks at once (three).
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let here = here.clone();
+            tokio::spawn(async move {
+                here.lock(Table::UserTokens, "alice/notes")
+                    .await
+                    .map(|held| held.is_some())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "nobody gets a lock another replica holds"
+    );
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        here.lock(Table::UserTokens, "bob/notes"),
+    )
+    .await
+    .expect("a lock on another key is not held up by the waiters")
+    .expect("locks");
+    assert!(other.is_some());
+    drop(other);
+    drop(held);
+    for w in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("each waiter gets the lock once it is let go")
+            .expect("the waiter did not panic")
+            .expect("the lock is taken, not failed");
+        assert!(got);
+    }
+}
+
 #[tokio::test]
 async fn losing_the_database_fails_closed_and_keeps_serving_cached_tokens() {
     let mut pg = Postgres::start();

@@ -44,7 +44,12 @@ const MAX_CONNECTIONS: u32 = 8;
 /// below the pool's size (less the listener's), so the holders can always finish.
 const MAX_HELD_LOCKS: usize = 3;
 /// How long [`Store::lock`] waits for another replica to let go (a token refresh).
-const LOCK_WAIT: &str = "SET LOCAL statement_timeout = '30s'";
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+/// The first pause between tries for a lock another replica holds; it doubles up to
+/// [`LOCK_RETRY_MAX`]. Waiting holds neither a slot nor a connection, so locks on other
+/// keys are taken meanwhile.
+const LOCK_RETRY_FIRST: Duration = Duration::from_millis(10);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(250);
 /// The notification channel of record changes.
 const CHANNEL: &str = "portcullis_changes";
 /// Changes buffered per subscriber; one that falls further behind resyncs.
@@ -227,6 +232,24 @@ fn lock_id(name: &str) -> i64 {
 
 /// A held advisory lock: its transaction, rolled back on the store's runtime when
 /// dropped (which releases the lock and returns the connection).
+/// One try for lock `id`: the transaction that holds it, or `None` when another session
+/// does (the transaction is rolled back at once, giving its connection back).
+async fn try_lock(
+    pool: &PgPool,
+    id: i64,
+) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
+    let mut t = pool.begin().await?;
+    let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(id)
+        .fetch_one(&mut *t)
+        .await?;
+    if locked {
+        return Ok(Some(t));
+    }
+    t.rollback().await?;
+    Ok(None)
+}
+
 struct PgHeld {
     _slot: tokio::sync::OwnedSemaphorePermit,
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
@@ -419,39 +442,51 @@ impl Store for PgStore {
         let (pool, id, url) = (self.pool.clone(), lock_id(name), self.url.clone());
         let slots = self.lock_slots.clone();
         Some(Box::pin(async move {
-            let slot = slots
-                .acquire_owned()
-                .await
-                .map_err(|_| VaultError::Store("the database store is closed".to_owned()))?;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            // On the store's runtime: if the caller gives up, the transaction is dropped
-            // there and rolls back.
-            runtime.spawn(async move {
-                let locked = async {
-                    let mut t = pool.begin().await?;
-                    sqlx::query(LOCK_WAIT).execute(&mut *t).await?;
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                        .bind(id)
-                        .execute(&mut *t)
-                        .await?;
-                    Ok::<_, sqlx::Error>(t)
+            let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
+            let mut pause = LOCK_RETRY_FIRST;
+            loop {
+                let slot =
+                    slots.clone().acquire_owned().await.map_err(|_| {
+                        VaultError::Store("the database store is closed".to_owned())
+                    })?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                // On the store's runtime: if the caller gives up, the transaction is
+                // dropped there and rolls back.
+                let pool = pool.clone();
+                runtime.spawn(async move {
+                    let _ = tx.send(try_lock(&pool, id).await);
+                });
+                match rx.await {
+                    Ok(Ok(Some(t))) => {
+                        return Ok(Held::new(PgHeld {
+                            _slot: slot,
+                            tx: Some(t),
+                            runtime,
+                        }));
+                    }
+                    // Another replica holds it: try again later, without holding this
+                    // replica's slot or a connection meanwhile.
+                    Ok(Ok(None)) => drop(slot),
+                    Ok(Err(e)) => {
+                        return Err(VaultError::Store(format!(
+                            "the database {url} could not lock: {}",
+                            safe(&e)
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(VaultError::Store(
+                            "the database task stopped before answering".to_owned(),
+                        ));
+                    }
                 }
-                .await;
-                let _ = tx.send(locked);
-            });
-            match rx.await {
-                Ok(Ok(t)) => Ok(Held::new(PgHeld {
-                    _slot: slot,
-                    tx: Some(t),
-                    runtime,
-                })),
-                Ok(Err(e)) => Err(VaultError::Store(format!(
-                    "the database {url} could not lock: {}",
-                    safe(&e)
-                ))),
-                Err(_) => Err(VaultError::Store(
-                    "the database task stopped before answering".to_owned(),
-                )),
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(VaultError::Store(format!(
+                        "another replica has held a lock on the database {url} for over {} s",
+                        LOCK_PATIENCE.as_secs()
+                    )));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LOCK_RETRY_MAX);
             }
         }))
     }
