@@ -16,6 +16,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -365,6 +366,7 @@ pub struct Runtime {
     permits: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
     sizing: Sizing,
+    ticker: Ticker,
 }
 
 impl Runtime {
@@ -409,13 +411,14 @@ impl Runtime {
                 None
             }
         });
-        spawn_ticker(&engine);
+        let ticker = Ticker::spawn(&engine);
         Ok(Arc::new(Self {
             engine,
             linker,
             permits: Arc::new(Semaphore::new(sizing.slots as usize)),
             cache_dir,
             sizing,
+            ticker,
         }))
     }
 
@@ -556,6 +559,7 @@ impl Runtime {
                 UpdateDeadline::Yield(1)
             })
         });
+        let _ticking = self.ticker.running();
         let run = run(p, &mut store, call);
         // The epoch callback stops a looping guest; this backstops a host-side stall.
         let outcome = tokio::time::timeout(budget + TICK * 4, run).await;
@@ -823,22 +827,83 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// Advances the engine's epoch every [`TICK`] for as long as the engine lives.
-fn spawn_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("plugin-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(TICK);
+/// Advances the engine's epoch every [`TICK`] while a plugin call runs, and sleeps
+/// otherwise: an idle gateway wakes no thread for its plugins.
+struct Ticker {
+    shared: Arc<Ticks>,
+}
+
+/// What the ticker thread and the calls share.
+#[derive(Default)]
+struct Ticks {
+    /// Calls running now.
+    running: AtomicUsize,
+    /// Set when the runtime is dropped: the thread ends.
+    stop: AtomicBool,
+    /// Epoch increments so far.
+    made: AtomicU64,
+    /// The ticker thread, woken when the first call starts and at the end.
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// A call in progress: the epoch moves until the last one is dropped.
+struct Ticking<'a>(&'a Ticks);
+
+impl Ticker {
+    fn spawn(engine: &Engine) -> Self {
+        let shared = Arc::new(Ticks::default());
+        let (weak, ticks) = (engine.weak(), shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !ticks.stop.load(Ordering::Acquire) {
+                    // Checked after each wake-up: a call that started between the
+                    // check and `park` has unparked it already, so `park` returns.
+                    if ticks.running.load(Ordering::Acquire) == 0 {
+                        std::thread::park();
+                        continue;
+                    }
+                    let Some(engine) = weak.upgrade() else { return };
+                    engine.increment_epoch();
+                    ticks.made.fetch_add(1, Ordering::Relaxed);
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                let _ = shared.thread.set(handle.thread().clone());
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(
-            "cannot start the plugin deadline ticker ({e}); looping plugins are stopped only by the host-side timeout"
-        );
+            Err(e) => tracing::error!(
+                "cannot start the plugin deadline ticker ({e}); looping plugins are stopped only by the host-side timeout"
+            ),
+        }
+        Self { shared }
+    }
+
+    /// Keeps the epoch moving until the returned guard is dropped.
+    fn running(&self) -> Ticking<'_> {
+        if self.shared.running.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = self.shared.thread.get()
+        {
+            t.unpark();
+        }
+        Ticking(&self.shared)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.shared.thread.get() {
+            t.unpark();
+        }
     }
 }
 
@@ -937,6 +1002,36 @@ fn store_cached(component: &Component, path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_moves_only_while_a_call_runs() {
+        let engine = Engine::default();
+        let ticker = Ticker::spawn(&engine);
+        let made = || ticker.shared.made.load(Ordering::Relaxed);
+        let ticks_while = |call: Ticking<'_>| {
+            let (from, until) = (made(), Instant::now() + Duration::from_secs(10));
+            while made() < from + 3 {
+                assert!(Instant::now() < until, "the epoch moves while a call runs");
+                std::thread::sleep(TICK);
+            }
+            drop(call);
+        };
+        std::thread::sleep(TICK * 10);
+        assert_eq!(made(), 0, "no call has run: the ticker has not woken");
+        ticks_while(ticker.running());
+        let after = made();
+        std::thread::sleep(TICK * 10);
+        // One increment may have been on its way as the call ended; no more follow.
+        assert!(
+            made() <= after + 1,
+            "{} ticks after the call",
+            made() - after
+        );
+        // Calls overlapping: the epoch moves until the last one ends.
+        let first = ticker.running();
+        ticks_while(ticker.running());
+        ticks_while(first);
+    }
 
     #[test]
     fn the_pool_fits_in_half_of_an_address_space_limit() {
