@@ -39,7 +39,7 @@ use hyper::header::{AUTHORIZATION, HeaderValue};
 use serde_json::json;
 
 use super::ChildGuard;
-use super::host::{AtRest, IDLE_SETTLE, free_port, tree_memory_of, wait_ready_within};
+use super::host::{AtRest, IDLE_SETTLE, free_port, wait_ready_within};
 use super::load::{self, Target};
 
 /// The release measured, pinned so that runs compare.
@@ -179,14 +179,12 @@ pub(super) fn start(
     )?;
     let ready_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     thread::sleep(IDLE_SETTLE);
-    let (rss_kib, address_space_kib) = tree_memory_of(guard.pid())?;
-    guard.at_rest = Some(AtRest {
+    guard.at_rest = Some(AtRest::read(
+        guard.pid(),
         ready_ms,
-        rss_kib,
-        address_space_kib,
-        binary_bytes: dir_size(venv),
-        installed: "virtualenv",
-    });
+        dir_size(venv),
+        "virtualenv",
+    )?);
 
     let authorization = token(venv, &env)?;
     register(addr, &authorization, upstream, secret)?;

@@ -17,6 +17,8 @@ use super::load;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a started Portcullis idles before its memory is read.
 pub(super) const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// How long an idle program is watched for the wake-ups and CPU it spends doing nothing.
+const IDLE_WATCH: Duration = Duration::from_secs(2);
 
 /// A started Portcullis before any load: time from spawn to its first 200 on
 /// `/healthz`, and its memory after [`IDLE_SETTLE`] of idling.
@@ -31,6 +33,39 @@ pub struct AtRest {
     pub binary_bytes: u64,
     /// What [`Self::binary_bytes`] measured ("binary", "virtualenv").
     pub installed: &'static str,
+    /// Idle, how often its threads were woken, per second (context switches).
+    pub idle_wakeups_per_s: f64,
+    /// Idle, the CPU it used, in percent of one core.
+    pub idle_cpu_percent: f64,
+}
+
+impl AtRest {
+    /// Reads a started program (`pid` and its worker processes) at rest: its memory
+    /// now, then its wake-ups and CPU over [`IDLE_WATCH`].
+    pub fn read(
+        pid: u32,
+        ready_ms: u64,
+        binary_bytes: u64,
+        installed: &'static str,
+    ) -> Result<Self> {
+        let (rss_kib, address_space_kib) = tree_memory_of(pid)?;
+        let before = (tree_switches_of(pid), tree_cpu_of(pid)?);
+        thread::sleep(IDLE_WATCH);
+        let after = (tree_switches_of(pid), tree_cpu_of(pid)?);
+        let secs = IDLE_WATCH.as_secs_f64();
+        Ok(Self {
+            ready_ms,
+            rss_kib,
+            address_space_kib,
+            binary_bytes,
+            installed,
+            idle_wakeups_per_s: after.0.saturating_sub(before.0) as f64 / secs,
+            idle_cpu_percent: after
+                .1
+                .since(&before.1)
+                .map_or(0.0, |t| t.total().as_secs_f64() / secs * 100.0),
+        })
+    }
 }
 
 impl AtRest {
@@ -41,10 +76,12 @@ impl AtRest {
             .map(|(label, r)| {
                 format!(
                     "- {label} at rest: ready {} ms after start; idle RSS {:.1} MiB, address \
-                     space {:.1} MiB; {} {:.1} MiB.\n",
+                     space {:.1} MiB, {:.0} wake-ups/s, {:.1}% of a core; {} {:.1} MiB.\n",
                     r.ready_ms,
                     r.rss_kib as f64 / 1024.0,
                     r.address_space_kib as f64 / 1024.0,
+                    r.idle_wakeups_per_s,
+                    r.idle_cpu_percent,
                     r.installed,
                     r.binary_bytes as f64 / (1024.0 * 1024.0),
                 )
@@ -115,6 +152,30 @@ impl std::ops::Add for CpuTime {
             system: self.system + other.system,
         }
     }
+}
+
+/// Context switches (voluntary and not) of every thread of a process and of its
+/// descendants so far: how often they were woken.
+fn tree_switches_of(pid: u32) -> u64 {
+    let own: u64 = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+                .map(|status| {
+                    status
+                        .lines()
+                        .filter(|l| l.contains("ctxt_switches:"))
+                        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                        .sum::<u64>()
+                })
+                .sum()
+        })
+        .unwrap_or_default();
+    own + children_of(pid)
+        .into_iter()
+        .map(tree_switches_of)
+        .sum::<u64>()
 }
 
 /// CPU time a process and all its descendants have spent so far. Workers that already
@@ -312,14 +373,12 @@ pub fn spawn_portcullis(
         .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
     let ready_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     thread::sleep(IDLE_SETTLE);
-    let (rss_kib, address_space_kib) = memory_of(guard.pid())?;
-    guard.at_rest = Some(AtRest {
+    guard.at_rest = Some(AtRest::read(
+        guard.pid(),
         ready_ms,
-        rss_kib,
-        address_space_kib,
-        binary_bytes: fs::metadata(bin).map(|m| m.len()).unwrap_or_default(),
-        installed: "binary",
-    });
+        fs::metadata(bin).map(|m| m.len()).unwrap_or_default(),
+        "binary",
+    )?);
     Ok((guard, addr))
 }
 
