@@ -168,6 +168,7 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         .tempdir()
         .context("creating temp dir")?;
     let cpu_busy_before = super::busy_before();
+    let ticks_at_start = super::CpuTicks::now();
     let upstream = Upstream::start(args.load.upstream_threads())?;
     eprintln!("bench: upstream MCP server on http://{}/mcp", upstream.addr);
 
@@ -248,6 +249,7 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         machine,
         args: &args,
         cpu_busy_before,
+        steal: ticks_at_start.and_then(|t| t.steal_since()),
         results: &results,
     };
     let markdown = report.markdown();
@@ -580,6 +582,8 @@ struct Report<'a> {
     machine: MachineInfo,
     args: &'a McpArgs,
     cpu_busy_before: Option<f64>,
+    /// Share of the CPU time the hypervisor took during the run.
+    steal: Option<f64>,
     results: &'a [TargetResult],
 }
 
@@ -598,6 +602,7 @@ impl Report<'_> {
         let mut s = String::new();
         let _ = writeln!(s, "### MCP `tools/call` (`cargo xtask bench mcp`)\n");
         s.push_str(&m.header(&self.date, self.cpu_busy_before));
+        s.push_str(&super::CpuTicks::steal_line(self.steal));
         let _ = writeln!(
             s,
             "- Call: a JSON-RPC `tools/call` POST with \
@@ -787,6 +792,7 @@ impl Report<'_> {
             "machine": {"nproc": self.machine.nproc, "cpu_model": self.machine.cpu_model,
                         "kernel": self.machine.kernel},
             "cpu_busy_before_start": self.cpu_busy_before,
+            "steal_share": self.steal,
             "settings": settings,
             "targets": targets,
         })

@@ -636,25 +636,79 @@ impl MachineInfo {
 /// or another benchmark running at the same time silently skews every number. (The
 /// load average lags by minutes, e.g. it is still high right after our own build.)
 pub fn cpu_busy_fraction(window: Duration) -> Option<f64> {
-    fn sample() -> Option<(u64, u64)> {
-        let stat = fs::read_to_string("/proc/stat").ok()?;
+    let t0 = CpuTicks::now()?;
+    thread::sleep(window);
+    let t1 = CpuTicks::now()?;
+    let total = t1.total.checked_sub(t0.total)?;
+    let idle = t1.idle.checked_sub(t0.idle)?;
+    (total > 0).then(|| (total.saturating_sub(idle)) as f64 / total as f64)
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTicks {
+    total: u64,
+    idle: u64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    steal: u64,
+}
+
+impl CpuTicks {
+    pub fn now() -> Option<Self> {
+        Self::parse(&fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
         let line = stat.lines().next()?.strip_prefix("cpu ")?;
         let fields: Vec<u64> = line
             .split_whitespace()
             .filter_map(|v| v.parse().ok())
             .collect();
         // user nice system idle iowait irq softirq steal (guest time is in user).
-        let total: u64 = fields.iter().take(8).sum();
-        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-        Some((total, idle))
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+        Some(Self {
+            total: fields.iter().take(8).sum(),
+            idle: field(3) + field(4),
+            steal: field(7),
+        })
     }
-    let (t0, i0) = sample()?;
-    thread::sleep(window);
-    let (t1, i1) = sample()?;
-    let total = t1.checked_sub(t0)?;
-    let idle = i1.checked_sub(i0)?;
-    (total > 0).then(|| (total.saturating_sub(idle)) as f64 / total as f64)
+
+    /// The share of the machine's CPU time since `self` that was stolen; warns when it
+    /// is enough to skew a benchmark.
+    pub fn steal_since(&self) -> Option<f64> {
+        let now = Self::now()?;
+        let total = now.total.checked_sub(self.total)?;
+        let share =
+            (total > 0).then(|| now.steal.saturating_sub(self.steal) as f64 / total as f64)?;
+        if share > STEAL_WARN {
+            eprintln!(
+                "bench: WARNING: the hypervisor took {:.1}% of this VM's CPU time during the \
+                 run; its rows are not comparable with a quiet run's",
+                share * 100.0
+            );
+        }
+        Some(share)
+    }
+
+    /// The report line for [`Self::steal_since`]'s share.
+    pub fn steal_line(share: Option<f64>) -> String {
+        match share {
+            Some(s) if s > STEAL_WARN => format!(
+                "- VM steal time during the run: {:.1}% of the CPU time — **the hypervisor ran \
+                 other guests, results are skewed**\n",
+                s * 100.0
+            ),
+            Some(s) => format!(
+                "- VM steal time during the run: {:.1}% of the CPU time\n",
+                s * 100.0
+            ),
+            None => String::new(),
+        }
+    }
 }
+
+/// Steal time above which a run's numbers are flagged (a quiet VM here shows under 0.5%).
+const STEAL_WARN: f64 = 0.02;
 
 /// Current UTC time as `YYYY-MM-DD HH:MM UTC`, without pulling in a date crate.
 pub fn utc_now_string() -> String {
@@ -750,6 +804,17 @@ pub fn write_docs_section(root: &Path, name: &str, body: &str) -> Result<std::pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_read_idle_and_steal_from_the_first_line() {
+        let stat = "cpu  100 5 50 800 20 0 5 20 0 0\ncpu0 50 2 25 400 10 0 2 10 0 0\n";
+        let t = CpuTicks::parse(stat).expect("a /proc/stat line");
+        assert_eq!((t.total, t.idle, t.steal), (1000, 820, 20));
+        assert!(CpuTicks::parse("intr 1 2 3").is_none());
+        assert!(CpuTicks::steal_line(Some(0.05)).contains("skewed"));
+        assert!(!CpuTicks::steal_line(Some(0.001)).contains("skewed"));
+        assert_eq!(CpuTicks::steal_line(None), "");
+    }
 
     #[test]
     fn unique_keeps_first_order() {

@@ -158,6 +158,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         .tempdir()
         .context("creating temp dir")?;
     let cpu_busy_before = super::busy_before();
+    let ticks_at_start = super::CpuTicks::now();
     let upstream = Upstream::start(args.load.upstream_threads())?;
     eprintln!("bench: upstream listening on {}", upstream.addr);
 
@@ -244,6 +245,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         nginx_version,
         postgres_version,
         cpu_busy_before,
+        steal: ticks_at_start.and_then(|t| t.steal_since()),
         results: &results,
     };
     let markdown = report.markdown();
@@ -630,6 +632,8 @@ struct Report<'a> {
     postgres_version: Option<String>,
     /// CPU busy fraction sampled just before the first measurement.
     cpu_busy_before: Option<f64>,
+    /// Share of the CPU time the hypervisor took during the run.
+    steal: Option<f64>,
     results: &'a [TargetResult],
 }
 
@@ -649,6 +653,7 @@ impl Report<'_> {
         let mut s = String::new();
         let _ = writeln!(s, "### Proxy overhead (`cargo xtask bench proxy`)\n");
         s.push_str(&m.header(&self.date, self.cpu_busy_before));
+        s.push_str(&super::CpuTicks::steal_line(self.steal));
         let _ = writeln!(
             s,
             "- Request: `GET {CONNECTOR_PREFIX}{UPSTREAM_PATH}` (direct: `GET {UPSTREAM_PATH}`) \
@@ -900,6 +905,7 @@ impl Report<'_> {
             "machine": {"nproc": self.machine.nproc, "cpu_model": self.machine.cpu_model,
                         "kernel": self.machine.kernel},
             "cpu_busy_before_start": self.cpu_busy_before,
+            "steal_share": self.steal,
             "settings": settings,
             "targets": targets,
             "summary": {"portcullis_added_p50_us": added(p), "nginx_added_p50_us": added(n),
