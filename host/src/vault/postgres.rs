@@ -230,8 +230,6 @@ fn lock_id(name: &str) -> i64 {
     i64::from_be_bytes(b)
 }
 
-/// A held advisory lock: its transaction, rolled back on the store's runtime when
-/// dropped (which releases the lock and returns the connection).
 /// One try for lock `id`: the transaction that holds it, or `None` when another session
 /// does (the transaction is rolled back at once, giving its connection back).
 async fn try_lock(
@@ -250,6 +248,8 @@ async fn try_lock(
     Ok(None)
 }
 
+/// A held advisory lock: its transaction, rolled back on the store's runtime when
+/// dropped (which releases the lock and returns the connection).
 struct PgHeld {
     _slot: tokio::sync::OwnedSemaphorePermit,
     tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
