@@ -1,5 +1,7 @@
-//! Cost of one plugin call as the proxy makes it: a fresh store, instantiate, call,
-//! drop. Run by `cargo xtask bench plugins` (release build); prints one JSON object.
+//! Cost of shaping one request with a provider plugin, two ways: by a plugin call (a
+//! fresh store, instantiate, call, drop), and as the proxy does it (by the plugin's
+//! routes where they cover the path, else by a call). Run by `cargo xtask bench
+//! plugins` (release build); prints one JSON object.
 //!
 //! `plugin_bench <registry-dir> <plugin-id> <calls-per-level> <concurrency>...`
 
@@ -22,7 +24,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let plugins = Plugins::open(Some(dir.into()), std::env::var_os("PC_CACHE").map(Into::into), None).await?;
+        let plugins = Plugins::open(
+            Some(dir.into()),
+            std::env::var_os("PC_CACHE").map(Into::into),
+            None,
+        )
+        .await?;
         let plugin = plugins
             .get(id)
             .ok_or_else(|| anyhow::anyhow!("plugin {id} did not load from {dir}"))?;
@@ -33,11 +40,17 @@ fn main() -> anyhow::Result<()> {
             .inputs
             .iter()
             .map(|i| {
-                let value = i.default_value.clone().unwrap_or_else(|| "bench0123456789".into());
+                let value = i
+                    .default_value
+                    .clone()
+                    .unwrap_or_else(|| "bench0123456789".into());
                 (i.name.clone(), value)
             })
             .collect();
-        variables.push(("instance_url".into(), "https://acme.my.salesforce.com".into()));
+        variables.push((
+            "instance_url".into(),
+            "https://acme.my.salesforce.com".into(),
+        ));
         let ctx = types::Context {
             connector: "bench".into(),
             base_url: plugin.defaults.api_url.clone(),
@@ -52,35 +65,56 @@ fn main() -> anyhow::Result<()> {
                 ("user-agent".into(), "bench/1".into()),
             ],
         };
+        let base = url::Url::parse(&ctx.base_url)?;
+        let bounds = portcullis::plugins::Bounds {
+            base: &base,
+            credential_header: None,
+        };
+        let routed = plugins.routes_cover(&plugin, &ctx, &req, bounds).await?;
         let mut out = Vec::new();
         for &c in &levels {
-            // Warm up (pool slots, caches), then measure.
-            run(&plugins, &plugin, &ctx, &req, c, calls / 10).await?;
-            let (elapsed, mut lat) = run(&plugins, &plugin, &ctx, &req, c, calls).await?;
-            lat.sort_unstable();
-            let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
-            out.push(serde_json::json!({
-                "concurrency": c,
-                "calls": lat.len(),
-                "calls_per_sec": lat.len() as f64 / elapsed.as_secs_f64(),
-                "p50_us": pct(0.50),
-                "p99_us": pct(0.99),
-                "mean_us": lat.iter().map(Duration::as_secs_f64).sum::<f64>() / lat.len() as f64 * 1e6,
-            }));
+            let mut level = serde_json::json!({"concurrency": c});
+            for (way, by_call) in [("call", true), ("proxy", false)] {
+                // Warm up (pool slots, caches), then measure.
+                run(&plugins, &plugin, &ctx, &req, by_call, c, calls / 10).await?;
+                let (elapsed, lat) = run(&plugins, &plugin, &ctx, &req, by_call, c, calls).await?;
+                level[way] = summary(elapsed, lat);
+            }
+            out.push(level);
         }
         println!(
             "{}",
-            serde_json::json!({"plugin": id, "pooling": plugins.runtime().sizing().pooling, "levels": out})
+            serde_json::json!({
+                "plugin": id,
+                "pooling": plugins.runtime().sizing().pooling,
+                "routes_cover": routed,
+                "levels": out,
+            })
         );
         anyhow::Ok(())
     })
 }
 
+fn summary(elapsed: Duration, mut lat: Vec<Duration>) -> serde_json::Value {
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+    serde_json::json!({
+        "calls": lat.len(),
+        "calls_per_sec": lat.len() as f64 / elapsed.as_secs_f64(),
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "mean_us": lat.iter().map(Duration::as_secs_f64).sum::<f64>() / lat.len() as f64 * 1e6,
+    })
+}
+
+/// `calls` shapings over `concurrency` tasks, each by a plugin call (`by_call`) or as
+/// the proxy shapes.
 async fn run(
     plugins: &Arc<Plugins>,
     plugin: &Arc<portcullis::plugins::Plugin>,
     ctx: &types::Context,
     req: &types::OutgoingRequest,
+    by_call: bool,
     concurrency: usize,
     calls: usize,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
@@ -99,9 +133,12 @@ async fn run(
                     base: &base,
                     credential_header: None,
                 };
-                plugins
-                    .shape(&plugin, ctx.clone(), req.clone(), bounds)
-                    .await?;
+                let (ctx, req) = (ctx.clone(), req.clone());
+                if by_call {
+                    plugins.shape_by_call(&plugin, ctx, req, bounds).await?;
+                } else {
+                    plugins.shape(&plugin, ctx, req, bounds).await?;
+                }
                 lat.push(t.elapsed());
                 // Interleave with the other tasks, as requests waiting on I/O would.
                 tokio::task::yield_now().await;

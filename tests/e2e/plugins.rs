@@ -181,6 +181,62 @@ async fn a_plugin_built_against_wit_0_1_2_still_loads_and_runs() {
     assert!(h.plugin().exports_routes());
 }
 
+/// The two ways the plugin benchmark measures: a path Google's routes cover is shaped by
+/// `shape` from the routes (one `request-routes` call for the context, no
+/// `shape-request`), and by `shape_by_call` through the plugin, to the same request.
+#[tokio::test]
+async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
+    use portcullis::plugins::{Bounds, Plugins, types};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from = workspace().join("registry/google");
+    std::fs::create_dir_all(dir.path().join("google")).expect("entry");
+    for file in ["plugin.toml", "plugin.wasm"] {
+        std::fs::copy(from.join(file), dir.path().join("google").join(file)).expect("copy");
+    }
+    let plugins = Plugins::open(Some(dir.path().into()), None, None)
+        .await
+        .expect("open the registry");
+    let google = plugins.get("google").expect("google loads");
+    let ctx = types::Context {
+        connector: "mail".into(),
+        base_url: "https://gmail.googleapis.com".into(),
+        variables: Vec::new(),
+    };
+    let req = types::OutgoingRequest {
+        method: types::Method::Get,
+        path: "/gmail/v1/users/me/messages".into(),
+        query: Some("maxResults=5".into()),
+        headers: vec![("accept".into(), "application/json".into())],
+    };
+    let base = url::Url::parse(&ctx.base_url).expect("api_url");
+    let bounds = Bounds {
+        base: &base,
+        credential_header: None,
+    };
+    assert!(
+        plugins
+            .routes_cover(&google, &ctx, &req, bounds)
+            .await
+            .expect("routes")
+    );
+    let routed = plugins
+        .shape(&google, ctx.clone(), req.clone(), bounds)
+        .await
+        .expect("shaped by the routes");
+    let called = plugins
+        .shape_by_call(&google, ctx, req, bounds)
+        .await
+        .expect("shaped by a call");
+    assert_eq!(routed.url, called.url);
+    assert_eq!(
+        routed.url.as_str(),
+        "https://gmail.googleapis.com/gmail/v1/users/me/messages?maxResults=5"
+    );
+    assert_eq!(routed.set, called.set);
+    assert_eq!(routed.remove, called.remove);
+    assert_eq!(routed.grant, called.grant);
+}
+
 /// A route that gives a path something else than `shape-request` does fails the fixture
 /// that shapes such a path, and so does a route over a path the plugin refuses.
 #[tokio::test]

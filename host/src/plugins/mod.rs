@@ -221,13 +221,46 @@ impl Plugins {
         };
         let shaped = match routed {
             Some(shaped) => shaped,
-            None => self.shape_request(plugin, ctx, req).await?,
+            None => return self.shape_by_call(plugin, ctx, req, bounds).await,
         };
         self.checked(
             plugin,
             "shape-request",
             output::shaped(plugin, bounds, shaped),
         )
+    }
+
+    /// [`Plugins::shape`] by a `shape-request` call even where the plugin's routes cover
+    /// the path: what a request its routes do not cover costs. The plugin benchmark
+    /// measures both.
+    pub async fn shape_by_call(
+        &self,
+        plugin: &Plugin,
+        ctx: types::Context,
+        req: types::OutgoingRequest,
+        bounds: Bounds<'_>,
+    ) -> Result<Shaped, CallError> {
+        // A failed call was logged and counted where it failed.
+        let shaped = self.shape_request(plugin, ctx, req).await?;
+        self.checked(
+            plugin,
+            "shape-request",
+            output::shaped(plugin, bounds, shaped),
+        )
+    }
+
+    /// Whether one of the plugin's routes shapes `req` (without a call) for `ctx`.
+    pub async fn routes_cover(
+        &self,
+        plugin: &Plugin,
+        ctx: &types::Context,
+        req: &types::OutgoingRequest,
+        bounds: Bounds<'_>,
+    ) -> Result<bool, CallError> {
+        Ok(self
+            .routes(plugin, ctx, bounds)
+            .await?
+            .is_some_and(|routes| routes.shape(req).is_some()))
     }
 
     /// The plugin's routes for `ctx`: asked at the context's first request (once, while

@@ -1,8 +1,11 @@
-//! `cargo xtask bench plugins`: the cost of one provider-plugin call as the proxy makes
-//! it (fresh store, instantiate, `shape-request`, drop) at concurrency 1 and 64, for
-//! each verified provider. Runs `host/examples/plugin_bench.rs` in release and writes
-//! the `plugins` section of docs/benchmarks.md. The proxy-level cost (throughput with
-//! and without a plugin) is the `portcullis-plugin` target of `bench proxy`.
+//! `cargo xtask bench plugins`: the cost of shaping a request with each verified
+//! provider plugin at concurrency 1 and 64, by a plugin call (fresh store, instantiate,
+//! `shape-request`, drop) and as the proxy shapes it (by the plugin's routes where they
+//! cover the path); then the gateway at rest with the four plugins of the resting-memory
+//! aim, at a first start and from the compiled-code cache. Runs
+//! `host/examples/plugin_bench.rs` and the gateway in release and writes the `plugins`
+//! section of docs/benchmarks.md. The proxy-level cost (throughput with and without a
+//! plugin) is the `portcullis-plugin` target of `bench proxy`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -30,6 +33,8 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
             "--release",
             "-p",
             "portcullis",
+            "--bin",
+            "portcullis",
             "--example",
             "plugin_bench",
         ])
@@ -50,16 +55,19 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "- One call = fresh `Store` + instantiate from the pre-linked component (pooling \
-         allocator, copy-on-write image) + `shape-request` + drop, {} calls per row after a \
-         warm-up; concurrent tasks yield between calls. In-process, no network.\n",
+        "- A call = fresh `Store` + instantiate from the pre-linked component (pooling \
+         allocator, copy-on-write image) + `shape-request` + drop. As the proxy shapes = \
+         by the plugin's routes where they cover the request (`routes` below: a prefix \
+         match, no call), else by a call. The request is a GET with a query. {} shapings \
+         per row and way after a warm-up; concurrent tasks yield between them. In-process, \
+         no network.\n",
         args.calls
     );
     let _ = writeln!(
         md,
-        "| Provider | concurrency | calls/s | p50 µs | p99 µs | mean µs |"
+        "| Provider | concurrency | a call: calls/s | p50 µs | p99 µs | mean µs | as the proxy shapes | calls/s | p50 µs |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
     for id in crate::plugins::providers(root)? {
         let out = Command::new(&bin)
             .current_dir(root)
@@ -74,27 +82,85 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("plugin_bench {id} printed no JSON"))?;
+        let way = if v["routes_cover"].as_bool() == Some(true) {
+            "routes"
+        } else {
+            "a call"
+        };
         for l in v["levels"].as_array().into_iter().flatten() {
-            let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+            let f = |w: &str, k: &str| l[w][k].as_f64().unwrap_or(f64::NAN);
             let _ = writeln!(
                 md,
-                "| {id} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                "| {id} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {way} | {:.0} | {:.1} |",
                 l["concurrency"],
-                f("calls_per_sec"),
-                f("p50_us"),
-                f("p99_us"),
-                f("mean_us")
+                f("call", "calls_per_sec"),
+                f("call", "p50_us"),
+                f("call", "p99_us"),
+                f("call", "mean_us"),
+                f("proxy", "calls_per_sec"),
+                f("proxy", "p50_us"),
             );
             eprintln!(
-                "bench: {id} c={}: p50 {:.1} µs, {:.0} calls/s",
+                "bench: {id} c={}: a call p50 {:.1} µs; as the proxy shapes ({way}) p50 {:.1} µs",
                 l["concurrency"],
-                f("p50_us"),
-                f("calls_per_sec")
+                f("call", "p50_us"),
+                f("proxy", "p50_us"),
             );
         }
     }
+    super::check_interrupted()?;
+    let gateway = super::target_dir(root).join("release/portcullis");
+    md.push('\n');
+    md.push_str(&at_rest(root, &gateway)?);
     if args.no_docs {
         print!("{md}");
     }
     super::update_docs(root, "plugins", &md, args.no_docs)
+}
+
+/// The verified plugins of the resting-memory aim (the first four providers).
+const AT_REST_PLUGINS: [&str; 4] = ["salesforce", "atlassian", "slack", "google"];
+
+/// The gateway at rest with [`AT_REST_PLUGINS`] in its registry: at a first start, which
+/// compiles them, and at the next start in the same data folder, which maps them from
+/// the compiled-code cache (every later start of a deployment).
+fn at_rest(root: &Path, gateway: &Path) -> Result<String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("portcullis-bench-")
+        .tempdir()
+        .context("creating temp dir")?;
+    let registry = tmp.path().join("registry");
+    for id in AT_REST_PLUGINS {
+        let (from, to) = (root.join("registry").join(id), registry.join(id));
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        for file in ["plugin.toml", "plugin.wasm"] {
+            std::fs::copy(from.join(file), to.join(file))
+                .with_context(|| format!("copying {}", from.join(file).display()))?;
+        }
+    }
+    let config = serde_json::json!({"identity": {"mode": "loopback"}});
+    let dir = tmp.path().join("gateway");
+    let mut rows = Vec::new();
+    for start in [
+        "first start (compiles them)",
+        "next start (compiled-code cache)",
+    ] {
+        let (mut guard, _) =
+            super::host::spawn_portcullis(gateway, &dir, &config, Some(&registry), &[])?;
+        guard.stop();
+        rows.push((start, guard.at_rest.take()));
+    }
+    let label = |start: &str| {
+        format!(
+            "Portcullis with the plugins {}, {start},",
+            AT_REST_PLUGINS.join(", ")
+        )
+    };
+    let labels: Vec<String> = rows.iter().map(|(start, _)| label(start)).collect();
+    Ok(super::host::AtRest::lines(
+        labels
+            .iter()
+            .map(String::as_str)
+            .zip(rows.into_iter().map(|(_, r)| r)),
+    ))
 }
