@@ -182,8 +182,8 @@ async fn a_plugin_built_against_wit_0_1_2_still_loads_and_runs() {
 }
 
 /// The two ways the plugin benchmark measures: a path Google's routes cover is shaped by
-/// `shape` from the routes (one `request-routes` call for the context, no
-/// `shape-request`), and by `shape_by_call` through the plugin, to the same request.
+/// `shape` from the routes and by `shape_by_call` through the plugin, to the same
+/// request.
 #[tokio::test]
 async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
     use portcullis::plugins::{Bounds, Plugins, types};

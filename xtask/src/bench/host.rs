@@ -421,6 +421,17 @@ pub fn wait_ready_within(
     }
 }
 
+/// Copies a registry entry (`plugin.toml` and `plugin.wasm`) from `from` into the folder
+/// `to`, which it creates.
+pub fn copy_registry_entry(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for file in ["plugin.toml", "plugin.wasm"] {
+        fs::copy(from.join(file), to.join(file))
+            .with_context(|| format!("copying {}", from.join(file).display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,12 +131,7 @@ fn at_rest(root: &Path, gateway: &Path) -> Result<String> {
         .context("creating temp dir")?;
     let registry = tmp.path().join("registry");
     for id in AT_REST_PLUGINS {
-        let (from, to) = (root.join("registry").join(id), registry.join(id));
-        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-        for file in ["plugin.toml", "plugin.wasm"] {
-            std::fs::copy(from.join(file), to.join(file))
-                .with_context(|| format!("copying {}", from.join(file).display()))?;
-        }
+        super::host::copy_registry_entry(&root.join("registry").join(id), &registry.join(id))?;
     }
     let config = serde_json::json!({"identity": {"mode": "loopback"}});
     let dir = tmp.path().join("gateway");

@@ -515,12 +515,7 @@ fn start_portcullis_with(
 fn google_without_routes(root: &Path, tmp: &Path) -> Result<PathBuf> {
     let from = root.join("tests/fixtures/plugins/google-wit-0.1.2");
     let registry = tmp.join("registry-wit-0.1.2");
-    let entry = registry.join("google");
-    fs::create_dir_all(&entry).context("creating the 0.1.2 registry")?;
-    for file in ["plugin.toml", "plugin.wasm"] {
-        fs::copy(from.join(file), entry.join(file))
-            .with_context(|| format!("copying {}", from.join(file).display()))?;
-    }
+    super::host::copy_registry_entry(&from, &registry.join("google"))?;
     Ok(registry)
 }
 
