@@ -52,6 +52,8 @@ struct Shared {
     /// `tools/call` requests received, by tool name.
     calls: Mutex<Vec<String>>,
     requests: AtomicUsize,
+    /// `tools/list` requests answered.
+    tool_lists: AtomicUsize,
     rejected: AtomicUsize,
     expiry: crate::expiry::TokenExpiry,
 }
@@ -96,6 +98,7 @@ impl rmcp::ServerHandler for Handler {
         _p: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.shared.tool_lists.fetch_add(1, Ordering::SeqCst);
         let mut tools = vec![
             Tool::new(
                 "echo",
@@ -386,6 +389,21 @@ impl McpServer {
     /// Names of tools called so far, as the server received them.
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().expect("lock").clone()
+    }
+
+    /// Adds tool `name` (it answers "`name` ran") without telling anyone, as a server
+    /// that does not send `list_changed`, or whose notice is still on its way.
+    pub fn add_tool_unannounced(&self, name: &str) {
+        self.shared
+            .extra_tools
+            .lock()
+            .expect("lock")
+            .push(name.to_owned());
+    }
+
+    /// How many `tools/list` requests the server has answered.
+    pub fn tool_lists(&self) -> usize {
+        self.shared.tool_lists.load(Ordering::SeqCst)
     }
 
     /// The upstream's view of token expiry (see [`crate::expiry`]).

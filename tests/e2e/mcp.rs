@@ -474,6 +474,51 @@ async fn upstream_list_changed_reaches_open_sessions() {
     agent.cancel().await.expect("close");
 }
 
+/// A tool the upstream offers before the gateway has listed it (its notice went to
+/// another replica's client, or was never sent) runs when called, because the miss lists
+/// the upstream again. Names that exist nowhere stay refused, and a burst of them costs the
+/// upstream one listing a second at most.
+#[tokio::test]
+async fn a_tool_the_gateway_has_not_listed_yet_runs_and_misses_cost_one_listing_a_second() {
+    let up = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({"notes": {"protocol": "mcp", "url": up.url()}});
+    let host = Host::start(&config(connectors, everything(), 600));
+    let agent = mcp_agent(&host.url("/v1/mcp")).await;
+    tools_until(&agent, |t| t.contains(&"notes_echo".into())).await;
+
+    up.add_tool_unannounced("quiet");
+    let r = agent
+        .call_tool(call("notes_quiet", json!({})))
+        .await
+        .expect("a tool the upstream has, not yet listed here, runs");
+    assert_eq!(text_of(&r), "quiet ran");
+    assert!(
+        names(&agent.list_all_tools().await.expect("list")).contains(&"notes_quiet".into()),
+        "the listing the miss made is the gateway's catalog from then on"
+    );
+
+    let lists_before = up.tool_lists();
+    let started = Instant::now();
+    for _ in 0..20 {
+        let refused = agent
+            .call_tool(call("notes_nowhere", json!({})))
+            .await
+            .expect_err("a tool that exists nowhere is refused");
+        assert!(refused.to_string().contains("notes_nowhere"), "{refused}");
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    let lists = up.tool_lists() - lists_before;
+    assert!(
+        lists <= seconds + 1,
+        "20 misses in {seconds} s listed the upstream {lists} times"
+    );
+    assert!(
+        up.calls().iter().all(|c| c != "nowhere"),
+        "a refused name never reaches the upstream"
+    );
+    agent.cancel().await.expect("close");
+}
+
 #[tokio::test]
 async fn python_sdk_agent_hears_list_changed_and_gets_large_results() {
     use portcullis_e2e::peers_mcp::python_agent;

@@ -217,6 +217,10 @@ fn upstream_key(c: &Connector) -> Option<String> {
 /// callers of a server that hangs wait this long, not the whole read timeout.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Least time between two listings an upstream gets because a caller named something its
+/// catalog lacks (see [`Upstream::listing_having`]).
+const RELIST_ON_MISS: Duration = Duration::from_secs(1);
+
 /// One upstream MCP server as one identity sees it (the connector's shared credential,
 /// or one user's token).
 pub struct Upstream {
@@ -235,6 +239,9 @@ pub struct Upstream {
     pub(crate) subscribers: Arc<upstream::Subscribers>,
     /// Held while the upstream's subscriptions change (see `server`'s `subscribe`).
     pub(crate) subscribing: tokio::sync::Mutex<()>,
+    /// Held while a caller's miss lists the upstream again, so misses arriving together
+    /// wait for that one listing (see [`Upstream::listing_having`]).
+    relisting: tokio::sync::Mutex<()>,
     /// Where its per-user session's log messages about no call go.
     logs: tokio::sync::mpsc::Sender<UpstreamLog>,
     /// The refresher task of a shared connector, stopped when the upstream goes.
@@ -263,6 +270,8 @@ impl Default for Slot {
 #[derive(Default)]
 struct UpstreamState {
     loaded_at: Option<Instant>,
+    /// When a caller's miss last listed the upstream again.
+    relisted_at: Option<Instant>,
     failing: Option<String>,
     last_used: Option<Instant>,
     /// Tool names left out of the last listing (already logged).
@@ -299,6 +308,7 @@ impl Upstream {
             hub_changed: hub.changed.clone(),
             subscribers: Arc::default(),
             subscribing: tokio::sync::Mutex::default(),
+            relisting: tokio::sync::Mutex::default(),
             logs: hub.logs.clone(),
             task: Mutex::new(None),
             user: user.map(Into::into),
@@ -311,6 +321,32 @@ impl Upstream {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The catalog, listed again first when `has` finds nothing in it. The upstream may
+    /// offer what a caller names before this gateway has listed it: the caller heard
+    /// `list_changed` through another replica, or this replica's refresh is still on its
+    /// way. Such a call then runs instead of being refused. A miss lists again at most
+    /// once per [`RELIST_ON_MISS`] and misses arriving together share one listing, so
+    /// naming what does not exist cannot make every call a listing.
+    pub(crate) async fn listing_having(&self, has: impl Fn(&Listing) -> bool) -> Arc<Listing> {
+        let now = self.listing();
+        if has(&now) {
+            return now;
+        }
+        let _one = self.relisting.lock().await;
+        let due = {
+            let mut st = self.state();
+            let due = st.relisted_at.is_none_or(|t| t.elapsed() >= RELIST_ON_MISS);
+            if due {
+                st.relisted_at = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.refresh().await;
+        }
+        self.listing()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, UpstreamState> {

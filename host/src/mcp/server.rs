@@ -424,7 +424,11 @@ impl Aggregator {
                     _ => return Err(e),
                 },
             };
-            if !up.listing().tools.iter().any(|t| t.name == req.name) {
+            let name = req.name.clone();
+            let listing = up
+                .listing_having(|l| l.tools.iter().any(|t| t.name == name))
+                .await;
+            if !listing.tools.iter().any(|t| t.name == name) {
                 return Err(unknown);
             }
             (req.request_state, req.input_responses) = (state, responses);
@@ -615,7 +619,9 @@ impl Aggregator {
         };
         *decision = Decision::Granted(grant);
         let up = self.upstream_for(w, id).await?;
-        if !up.listing().prompts.iter().any(|p| p.name == prompt) {
+        let has = |l: &super::upstream::Listing| l.prompts.iter().any(|p| p.name == prompt);
+        let listing = up.listing_having(has).await;
+        if !has(&listing) {
             return Err(not_available("prompt", &asked));
         }
         req.name = prompt.to_owned();
@@ -678,12 +684,12 @@ impl Aggregator {
             return Err(not_available(what, &asked));
         }
         let up = self.upstream_for(w, id).await?;
-        let listing = up.listing();
-        let listed = match kind {
-            Kind::Prompt => listing.prompts.iter().any(|p| p.name == name),
-            _ => listing.templates.iter().any(|t| t.uri_template == name),
+        let listed = |l: &super::upstream::Listing| match kind {
+            Kind::Prompt => l.prompts.iter().any(|p| p.name == name),
+            _ => l.templates.iter().any(|t| t.uri_template == name),
         };
-        if !listed {
+        let listing = up.listing_having(listed).await;
+        if !listed(&listing) {
             return Err(not_available(what, &asked));
         }
         if !listing.completions {
@@ -984,7 +990,10 @@ impl Aggregator {
             return Err(not_available("resource", asked));
         }
         let up = self.upstream_for(w, id).await?;
-        let Some((grant, upstream_uri)) = resource_grant(&access, id, uri, &up.listing()) else {
+        let listing = up
+            .listing_having(|l| resource_grant(&access, id, uri, l).is_some())
+            .await;
+        let Some((grant, upstream_uri)) = resource_grant(&access, id, uri, &listing) else {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource refused");
             *decision = Decision::Denied;
             return Err(not_available("resource", asked));
