@@ -9,8 +9,8 @@
 //!    no service. Only readiness, the OAuth client metadata and the dashboard's static
 //!    pages are public.
 //! 5. On the way out, a plain-text rejection of the framework or the MCP transport
-//!    becomes the host's JSON error ([`crate::error::json_errors`]), and an allowed
-//!    cross-origin page gets its CORS headers.
+//!    becomes the host's JSON error ([`crate::error::json_errors`]), an allowed
+//!    cross-origin page gets its CORS headers, and an answer to HEAD loses its body.
 //!
 //! Each rule lives in its own module; this one only puts them in order. It is one
 //! hand-written service rather than a stack of middleware layers because each layer
@@ -74,6 +74,11 @@ impl Front {
             }
             None => self.pass(req, &method, path).await,
         };
+        let resp = if method == http::Method::HEAD {
+            without_body(resp)
+        } else {
+            resp
+        };
         let elapsed = started.elapsed();
         let status = resp.status().as_u16();
         let ext = resp.extensions();
@@ -124,6 +129,25 @@ impl Front {
         cors.stamp(&mut resp);
         resp
     }
+}
+
+/// An answer to HEAD as the stages wrote it, less its body. Axum's routes leave a HEAD
+/// body out, but the stages after them (a rejection rewritten as a JSON error) and before
+/// them (limits, the browser defence) write one. HTTP/1.1 would drop it; HTTP/2 would
+/// send it as data, which clients take as a broken stream. `Content-Length` still says
+/// what a GET would get.
+fn without_body(resp: Response) -> Response {
+    use http_body::Body as _;
+    let (mut parts, body) = resp.into_parts();
+    if let Some(n) = body.size_hint().exact()
+        && n > 0
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+    Response::from_parts(parts, axum::body::Body::empty())
 }
 
 /// Serves `front` to one connection from `peer`.

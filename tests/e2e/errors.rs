@@ -42,6 +42,43 @@ async fn jsonrpc_error(resp: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// An answer to HEAD carries no body, whichever stage wrote it, over HTTP/1.1 and over
+/// HTTP/2, where a body would go out as data and break the client's stream.
+#[tokio::test]
+async fn answers_to_head_carry_no_body_over_either_http_version() {
+    let up = Upstream::start().await;
+    let host = Host::start(&loopback_config(
+        json!({"api": {"protocol": "http", "url": up.url()}}),
+        admin_everything(),
+    ));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    for (client, version) in [
+        (client(), reqwest::Version::HTTP_11),
+        (h2, reqwest::Version::HTTP_2),
+    ] {
+        // A rejection the host rewrites as JSON (the route takes POST only), a refusal of
+        // the browser defence, and an answer of a route.
+        let cross_site = client
+            .head(host.url("/api/connectors"))
+            .header("sec-fetch-site", "cross-site");
+        for (req, status) in [
+            (client.head(host.url("/api/connectors/api/connect")), 405),
+            (cross_site, 403),
+            (client.head(host.url("/api/connectors")), 200),
+        ] {
+            let resp = req.send().await.expect("an answer, not a reset stream");
+            assert_eq!(resp.version(), version);
+            assert_eq!(resp.status(), status, "{version:?}");
+            let body = resp.bytes().await.expect("the answer ends cleanly");
+            assert!(body.is_empty(), "{version:?} {status}: {body:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn framework_and_transport_rejections_are_json_and_upstream_answers_are_not_touched() {
     let up = Upstream::start().await;
