@@ -5,13 +5,15 @@
 //! identity comes from the peer address, as with a transparent balancer).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub struct Balancer {
     pub addr: SocketAddr,
+    /// Each backend's address, once named.
+    backends: Arc<Vec<Mutex<Option<SocketAddr>>>>,
     /// Connections handed to each backend, in order.
     served: Arc<Vec<AtomicUsize>>,
     /// Backends in rotation.
@@ -20,35 +22,43 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub async fn start(backends: Vec<SocketAddr>) -> Self {
+    /// A balancer with room for `n` backends, listening at once (so its URL can go in
+    /// the replicas' config) and sending connections to none until
+    /// [`Balancer::set_backend`] names them. Replicas listen on ports of their own choosing
+    /// and are named afterwards: a port picked for them in advance could be taken by
+    /// another test's connection before they bind it.
+    pub async fn start(n: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let served: Arc<Vec<AtomicUsize>> =
-            Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
-        let counts = served.clone();
+        let backends: Arc<Vec<Mutex<Option<SocketAddr>>>> =
+            Arc::new((0..n).map(|_| Mutex::new(None)).collect());
+        let served: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
         let enabled: Arc<Vec<AtomicBool>> =
-            Arc::new(backends.iter().map(|_| AtomicBool::new(true)).collect());
-        let in_rotation = enabled.clone();
+            Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+        let (slots, counts, in_rotation) = (backends.clone(), served.clone(), enabled.clone());
         let next = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, peer)) = listener.accept().await else {
                     continue;
                 };
-                let (backends, counts, next, in_rotation) = (
-                    backends.clone(),
+                let (slots, counts, next, in_rotation) = (
+                    slots.clone(),
                     counts.clone(),
                     next.clone(),
                     in_rotation.clone(),
                 );
                 tokio::spawn(async move {
                     let start = next.fetch_add(1, Ordering::Relaxed);
-                    for i in 0..backends.len() {
-                        let n = (start + i) % backends.len();
+                    for i in 0..slots.len() {
+                        let n = (start + i) % slots.len();
                         if !in_rotation[n].load(Ordering::SeqCst) {
                             continue;
                         }
-                        if let Ok(upstream) = connect_from(peer.ip(), backends[n]).await {
+                        let Some(backend) = *slots[n].lock().expect("lock") else {
+                            continue;
+                        };
+                        if let Ok(upstream) = connect_from(peer.ip(), backend).await {
                             counts[n].fetch_add(1, Ordering::Relaxed);
                             pipe(client, upstream).await;
                             return;
@@ -59,10 +69,17 @@ impl Balancer {
         });
         Self {
             addr,
+            backends,
             served,
             enabled,
             task,
         }
+    }
+
+    /// Backend `n` is at `addr` (a replica started, or started again), in rotation.
+    pub fn set_backend(&self, n: usize, addr: SocketAddr) {
+        *self.backends[n].lock().expect("lock") = Some(addr);
+        self.enabled[n].store(true, Ordering::SeqCst);
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -5,7 +5,6 @@
 //! closed while cached tokens keep serving.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,21 +24,14 @@ use crate::{admin_everything, loopback_config};
 /// The master key every replica shares (32 bytes, base64).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-fn on_postgres(url: &str, listen: Option<SocketAddr>) -> HostOptions {
+fn on_postgres(url: &str) -> HostOptions {
     HostOptions {
         env: vec![
             ("PORTCULLIS_DATABASE_URL".into(), url.into()),
             ("PORTCULLIS_MASTER_KEY".into(), KEY.into()),
         ],
-        listen: listen.map(|a| a.to_string()),
         ..Default::default()
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
 }
 
 /// The bearer token the echo upstream received for `from`'s request to `url`.
@@ -88,8 +80,7 @@ async fn replicated_notes(access_ttl: u64, client_id: &str) -> Replicated {
     let oidc = Oidc::start_with(access_ttl, true);
     let up = Upstream::start().await;
     let whois = users().await;
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let lb = Balancer::start(addrs.clone()).await;
+    let lb = Balancer::start(3).await;
     let mut config: Value = serde_json::from_str(&tailnet_config(
         &whois.socket,
         json!({"notes": notes_connector(&oidc, &up, client_id)}),
@@ -97,10 +88,12 @@ async fn replicated_notes(access_ttl: u64, client_id: &str) -> Replicated {
     .expect("config");
     config["public_url"] = json!(lb.url(""));
     let config = config.to_string();
-    let hosts: Vec<Host> = addrs
-        .iter()
-        .map(|a| Host::start_with(&config, on_postgres(&db, Some(*a))))
+    let hosts: Vec<Host> = (0..3)
+        .map(|_| Host::start_with(&config, on_postgres(&db)))
         .collect();
+    for (i, h) in hosts.iter().enumerate() {
+        lb.set_backend(i, h.addr);
+    }
     oidc.add_client(json!({
         "client_id": client_id,
         "client_secret": "notes-secret-0123456789",
@@ -117,7 +110,7 @@ async fn replicated_notes(access_ttl: u64, client_id: &str) -> Replicated {
         back.starts_with(&lb.url("/aperture/auth/notes/callback")),
         "{back}"
     );
-    let on_replica_1 = back.replace(&lb.addr.to_string(), &addrs[1].to_string());
+    let on_replica_1 = back.replace(&lb.addr.to_string(), &hosts[1].addr.to_string());
     let page = client_from(ALICE)
         .get(&on_replica_1)
         .send()
@@ -450,7 +443,7 @@ async fn losing_the_database_fails_closed_and_keeps_serving_cached_tokens() {
         cc_connector(&up, &oidc.token_url(), CC_SECRET),
         admin_everything(),
     );
-    let host = Host::start_with(&config, on_postgres(&db, None));
+    let host = Host::start_with(&config, on_postgres(&db));
     let url = host.url("/v1/connectors/analytics/x");
     let token = token_at(&url, "127.0.0.1").await;
     assert_eq!(
@@ -531,20 +524,22 @@ async fn a_config_saved_on_one_replica_is_served_by_all_and_a_rolling_restart_fa
     let pg = Postgres::start();
     let db = pg.url(&pg.database());
     let up = Upstream::start().await;
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let lb = Balancer::start(addrs.clone()).await;
+    let lb = Balancer::start(3).await;
     // No --config: the replicas read the config saved in the database (the embedded
     // default until the first save).
-    let replica = |addr: SocketAddr| {
+    let replica = || {
         Host::start_with(
             "",
             HostOptions {
                 saved_config: true,
-                ..on_postgres(&db, Some(addr))
+                ..on_postgres(&db)
             },
         )
     };
-    let mut hosts: Vec<Host> = addrs.iter().map(|a| replica(*a)).collect();
+    let mut hosts: Vec<Host> = (0..3).map(|_| replica()).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        lb.set_backend(i, h.addr);
+    }
     let config_of = async |h: &Host| -> Value {
         client()
             .get(h.url("/api/config"))
@@ -621,12 +616,12 @@ async fn a_config_saved_on_one_replica_is_served_by_all_and_a_rolling_restart_fa
             (ok, failed)
         }));
     }
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, host) in hosts.iter_mut().enumerate() {
         lb.set_in_rotation(i, false);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        hosts[i].stop();
-        hosts[i] = replica(*addr);
-        lb.set_in_rotation(i, true);
+        host.stop();
+        *host = replica();
+        lb.set_backend(i, host.addr);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -743,7 +738,7 @@ async fn an_mcp_session_moves_between_replicas_keeps_its_owner_and_hears_list_ch
         json!({"notes": {"protocol": "mcp", "url": up.url()}}),
     );
     let hosts: Vec<Host> = (0..3)
-        .map(|_| Host::start_with(&config, on_postgres(&db, None)))
+        .map(|_| Host::start_with(&config, on_postgres(&db)))
         .collect();
     let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
 
@@ -836,8 +831,8 @@ async fn a_replica_that_cannot_check_a_sessions_owner_refuses_it_until_the_datab
         &whois.socket,
         json!({"notes": {"protocol": "mcp", "url": up.url()}}),
     );
-    let a = Host::start_with(&config, on_postgres(&db, None));
-    let b = Host::start_with(&config, on_postgres(&db, None));
+    let a = Host::start_with(&config, on_postgres(&db));
+    let b = Host::start_with(&config, on_postgres(&db));
     let session = open_session(&a, ALICE).await;
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
 
