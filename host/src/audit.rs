@@ -192,6 +192,7 @@ impl Audit {
     fn record(&self, fields: &impl Serialize) {
         let line = Line {
             time: rfc3339(SystemTime::now(), Precision::Millis),
+            trace_id: crate::telemetry::otel::current_trace_id(),
             fields,
         };
         // Terminal-safe, so the log can take it as it is.
@@ -218,10 +219,13 @@ impl Audit {
     }
 }
 
-/// One line of the trail: when, then the record's own fields.
+/// One line of the trail: when, the trace of the request it records (with traces on),
+/// then the record's own fields.
 #[derive(Serialize)]
 struct Line<'a, T> {
     time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
     #[serde(flatten)]
     fields: &'a T,
 }

@@ -48,7 +48,7 @@ impl Front {
     }
 
     /// Answers one request: every stage in order, then its log line and metrics.
-    pub async fn call(mut self, req: Request) -> Response {
+    pub async fn call(mut self, mut req: Request) -> Response {
         let started = Instant::now();
         let method = req.method().clone();
         // The request's target (its bytes shared, not copied), for the log line and a
@@ -70,6 +70,8 @@ impl Front {
         let resp = match &span {
             Some(span) => {
                 use tracing::Instrument as _;
+                req.extensions_mut()
+                    .insert(crate::telemetry::otel::RequestSpan(span.clone()));
                 self.pass(req, &method, path).instrument(span.clone()).await
             }
             None => self.pass(req, &method, path).await,

@@ -85,13 +85,16 @@ const AGENT_SPAN: &str = "00f067aa0ba902b7";
 
 #[tokio::test]
 async fn a_trace_spans_agent_gateway_and_upstream() {
+    use portcullis_e2e::mcp_server::{Expect, McpServer};
     let collector = Collector::start().await;
     let up = Upstream::start().await;
+    let notes = McpServer::start(Expect::Nothing).await;
     let host = Host::start_with(
         &loopback_config(
             json!({"api": {"protocol": "http", "url": up.url(),
-                "auth": {"type": "bearer_token", "secret": "trace-never-this"}}}),
-            json!([grant("(loopback)", &["api/**"], true)]),
+                "auth": {"type": "bearer_token", "secret": "trace-never-this"}},
+                "notes": {"protocol": "mcp", "url": notes.url()}}),
+            json!([grant("(loopback)", &["api/**", "notes/**"], true)]),
         ),
         HostOptions {
             env: vec![
@@ -186,6 +189,49 @@ async fn a_trace_spans_agent_gateway_and_upstream() {
     for secret in ["trace-never-this", "query-never-this", "header-never-this"] {
         assert!(!raw.contains(secret), "{secret} was exported");
     }
+
+    // Each request's audit record names its trace: a proxied request, and a tool call
+    // through /v1/mcp (which the MCP library runs on a task of its own).
+    const TOOL_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let called: Value = client()
+        .post(host.url("/v1/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("traceparent", format!("00-{TOOL_TRACE}-{AGENT_SPAN}-01"))
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": "notes_echo", "arguments": {"text": "hi"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("tools/call")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert!(called["result"].is_object(), "{called}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = |connector: &str| {
+        host.logs()
+            .lines()
+            .filter_map(|l| l.split_once(" audit ").map(|(_, r)| r.to_owned()))
+            .filter_map(|r| serde_json::from_str::<Value>(&r).ok())
+            .find(|r| r["event"] == "call" && r["connector"] == connector)
+    };
+    let (proxied, tool) = loop {
+        if let (Some(p), Some(t)) = (record("api"), record("notes")) {
+            break (p, t);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit record of both calls:\n{}",
+            host.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(proxied["trace_id"], TRACE_ID, "{proxied}");
+    assert_eq!(tool["via"], "tool", "{tool}");
+    assert_eq!(tool["trace_id"], TOOL_TRACE, "{tool}");
 }
 
 #[tokio::test]
@@ -200,4 +246,17 @@ async fn without_the_environment_nothing_is_traced() {
         echo["headers"].get("traceparent").is_none(),
         "no trace context is made up: {echo}"
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let logs = host.logs();
+        if logs.contains(r#""event":"call""#) || Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        logs.contains(r#""event":"call""#),
+        "the call is audited:\n{logs}"
+    );
+    assert!(!logs.contains("trace_id"), "and names no trace:\n{logs}");
 }

@@ -29,11 +29,13 @@ use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use tracing::Instrument as _;
 
 use super::rounds::{self, Rounds};
 use super::template::{UriTemplate, normalize};
 use super::upstream::{Asker, Logs, Reach, Subscriber, Target, Updates, severity};
 use super::{Gateway, Kind, Scope, builtin, prefixed, scoped_view, split};
+
 use crate::audit::{Decision, Via};
 use crate::config::Config;
 use crate::connections::Status;
@@ -78,6 +80,9 @@ struct Who {
     /// The client's session, when the request came in one (only then can the client be
     /// asked things).
     session: Option<Arc<str>>,
+    /// The request's trace span (disabled when traces are off): rmcp runs the handlers
+    /// on tasks of their own, outside it.
+    span: tracing::Span,
 }
 
 fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
@@ -111,6 +116,10 @@ fn who(ext: &rmcp::model::Extensions) -> Result<Who, ErrorData> {
         base_url,
         scope: parts.extensions.get::<Scope>().cloned().unwrap_or_default(),
         session: session_of(&parts.headers),
+        span: parts
+            .extensions
+            .get::<crate::telemetry::otel::RequestSpan>()
+            .map_or_else(tracing::Span::none, |s| s.0.clone()),
     })
 }
 
@@ -816,7 +825,10 @@ impl rmcp::ServerHandler for Aggregator {
         let w = who(&cx.extensions)?;
         let full = w.scope.inbound(Kind::Tool, &req.name).into_owned();
         let mut decision = Decision::Undecided;
-        let result = self.call_tool_inner(&w, req, &cx, &mut decision).await;
+        let result = self
+            .call_tool_inner(&w, req, &cx, &mut decision)
+            .instrument(w.span.clone())
+            .await;
         // Counted and audited per configured connector only: a name from the request
         // alone would let any caller mint metric series.
         if let Some((id, tool)) = split(Kind::Tool, &full)
@@ -829,9 +841,11 @@ impl rmcp::ServerHandler for Aggregator {
             };
             self.app.metrics.mcp_call(id, outcome);
             let (grant, audited) = decision.outcome(outcome);
-            self.app
-                .audit
-                .call(&w.caller, id, Via::Tool { name: tool }, grant, audited);
+            w.span.in_scope(|| {
+                self.app
+                    .audit
+                    .call(&w.caller, id, Via::Tool { name: tool }, grant, audited)
+            });
         }
         result
     }
@@ -854,7 +868,10 @@ impl rmcp::ServerHandler for Aggregator {
         let w = who(&cx.extensions)?;
         let full = w.scope.inbound(Kind::Prompt, &req.name).into_owned();
         let mut decision = Decision::Undecided;
-        let result = self.get_prompt_inner(&w, req, &cx, &mut decision).await;
+        let result = self
+            .get_prompt_inner(&w, req, &cx, &mut decision)
+            .instrument(w.span.clone())
+            .await;
         self.audit_read(&w, Kind::Prompt, &full, &decision, result.is_ok());
         result
     }
@@ -946,7 +963,10 @@ impl rmcp::ServerHandler for Aggregator {
         let w = who(&cx.extensions)?;
         let full = w.scope.inbound(Kind::Resource, &req.uri).into_owned();
         let mut decision = Decision::Undecided;
-        let result = self.read_resource_inner(&w, req, &cx, &mut decision).await;
+        let result = self
+            .read_resource_inner(&w, req, &cx, &mut decision)
+            .instrument(w.span.clone())
+            .await;
         self.audit_read(&w, Kind::Resource, &full, &decision, result.is_ok());
         result
     }
@@ -967,7 +987,8 @@ impl Aggregator {
             _ => Via::Resource { uri: name },
         };
         let (grant, outcome) = decision.outcome(if ok { "ok" } else { "error" });
-        self.app.audit.call(&w.caller, id, via, grant, outcome);
+        w.span
+            .in_scope(|| self.app.audit.call(&w.caller, id, via, grant, outcome));
     }
 
     /// The upstream of resource `asked` (as the client names it), the grant that lets

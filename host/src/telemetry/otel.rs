@@ -84,6 +84,23 @@ pub fn flush() {
     }
 }
 
+/// A request's server span, kept in its extensions for the work the MCP library runs on
+/// tasks of its own (outside the span), so that work can enter it again.
+#[derive(Clone)]
+pub struct RequestSpan(pub tracing::Span);
+
+/// The id of the trace the current span belongs to, so that an audit record names the
+/// trace of the request it records. `None` when traces are off or no span is current.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    if !enabled() {
+        return None;
+    }
+    let cx = tracing::Span::current().context();
+    let id = cx.span().span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
 /// The server span of one request, continuing the caller's trace when its
 /// `traceparent` is valid. `None` when traces are off.
 pub fn server_span(
