@@ -41,12 +41,7 @@ impl Everything {
             "server-everything is not installed: run `npm ci --prefix tests/peers` (the README's test command does)"
         );
         // It takes its port from PORT and cannot report one it was given as 0.
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        });
+        let port = port.unwrap_or_else(|| pgserver::free_port().expect("free port"));
         let (arg, ready) = match mode {
             Mode::Streamable => ("streamableHttp", "listening on port"),
             Mode::LegacySse => ("sse", "running on port"),
@@ -120,10 +115,7 @@ impl PythonServer {
             "the Python MCP SDK venv is missing at {}: run scripts/test.sh (the README's test command) or set PORTCULLIS_TEST_PYTHON",
             py.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = pgserver::free_port().expect("free port");
         let mut child = Command::new(py)
             .arg(crate::workspace().join("tests/peers/mcp").join(script))
             .arg(port.to_string())

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //!
-//! One file: [`bin_dir`] finds the binaries, [`Server`] runs a cluster.
+//! One file: [`bin_dir`] finds the binaries, [`Server`] runs a cluster, [`free_port`]
+//! picks the port it (or another server told its port in advance) listens on.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -52,7 +53,33 @@ fn unprivileged_user() -> Result<Option<u32>> {
     Ok(Some(uid))
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port free now and outside the kernel's ephemeral range, for a server that
+/// must be told its port before it starts (PostgreSQL, and the test peers that cannot
+/// report a port they chose). Every outgoing connection and every listener on port 0
+/// takes its port from the ephemeral range, so a port picked there can be taken before
+/// the server binds it; below the range only another caller of this function could
+/// take it, and it picks at random.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    const FROM: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > FROM + 1_000 {
+        let span = u64::from(ephemeral - FROM);
+        // A random start (the standard library's per-process hash keys), then odd steps.
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        for i in 0..200u64 {
+            let offset = start.wrapping_add(i.wrapping_mul(7_919)) % span;
+            let port = FROM + u16::try_from(offset).unwrap_or(0);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
