@@ -389,7 +389,9 @@ impl Upstream {
         );
         let mut http = self.http.clone();
         http.unrelayed = Some(unrelayed);
-        let open = Session::open(http, &self.url, listener, slot.flavor);
+        // Boxed: opening is rare, and its large future would otherwise sit inline in
+        // every call's future, which rmcp's tasks copy on each request.
+        let open = Box::pin(Session::open(http, &self.url, listener, slot.flavor));
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!(
@@ -500,9 +502,16 @@ impl Upstream {
         }
     }
 
+    /// Asks the upstream for its catalog ([`Upstream::load_catalog`]). Boxed: a request
+    /// waits for it only on a first use or a miss, and inline its large future would sit
+    /// in every call's future, which rmcp's tasks copy on each request.
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.load_catalog())
+    }
+
     /// Asks the upstream for its catalog. A failure empties the catalog and logs why
     /// (once per new reason); success after failure logs the recovery.
-    async fn refresh(&self) {
+    async fn load_catalog(&self) {
         let id = self.connector.id.as_str();
         let result = self.with_session(|s| async move { s.list().await }).await;
         let report = match &result {

@@ -22,8 +22,8 @@ use rmcp::model::{
     ServerConfig, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
-    NotificationContext, Peer, RequestContext, RoleServer, ServiceError, SubscriptionContext,
-    SubscriptionSink,
+    MaybeSendFuture, NotificationContext, Peer, RequestContext, RoleServer, ServiceError,
+    SubscriptionContext, SubscriptionSink,
 };
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::streamable_http_server::StreamableHttpService;
@@ -248,7 +248,7 @@ impl Aggregator {
     }
 }
 
-/// Sends `req` on `up`'s session with `op` (one of [`super::upstream::Session`]'s
+/// Sends `req` on `up`'s session with `op` (one of [`crate::mcp::upstream::Session`]'s
 /// requests), as a relayed answer.
 async fn on_session<Q, R, F, Fut>(
     up: &super::Upstream,
@@ -260,7 +260,7 @@ async fn on_session<Q, R, F, Fut>(
 where
     Q: Clone,
     R: Into<ServerResult>,
-    F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
+    F: Fn(Arc<crate::mcp::upstream::Session>, Q, Asker) -> Fut,
     Fut: std::future::Future<Output = Result<R, ServiceError>>,
 {
     on_session_raw(up, req, asker, op)
@@ -278,7 +278,7 @@ async fn on_session_raw<Q, R, F, Fut>(
 where
     Q: Clone,
     R: Into<ServerResult>,
-    F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
+    F: Fn(Arc<crate::mcp::upstream::Session>, Q, Asker) -> Fut,
     Fut: std::future::Future<Output = Result<R, ServiceError>>,
 {
     up.with_session(|s| op(s, req.clone(), asker.clone()))
@@ -419,51 +419,59 @@ impl Aggregator {
             .get::<http::request::Parts>()
             .map(|p| p.headers.clone())
             .unwrap_or_default();
-        let send = move |asker: Asker, state, responses| async move {
-            let up = match me.upstream_for(&who, &connector).await {
-                Ok(up) => up,
-                // A per-user connector the caller has not connected: connect from here.
-                Err(e) => match who.snap.connectors.get(&connector) {
-                    Some(c) if matches!(c.credential, Credential::PerUser(_)) => {
-                        if let Some(told) = me.connect_in_call(&who, &headers, c, &asker).await? {
+        // Boxed: relaying moves the call's future (held by value) several times, and
+        // its state across the upstream exchange is large; boxed, only a pointer moves.
+        let send = move |asker: Asker, state, responses| {
+            Box::pin(async move {
+                let up = match me.upstream_for(&who, &connector).await {
+                    Ok(up) => up,
+                    // A per-user connector the caller has not connected: connect from here.
+                    Err(e) => match who.snap.connectors.get(&connector) {
+                        Some(c) if matches!(c.credential, Credential::PerUser(_)) => {
+                            if let Some(told) =
+                                Box::pin(me.connect_in_call(&who, &headers, c, &asker)).await?
+                            {
+                                return Ok(ServerResult::CallToolResult(told));
+                            }
+                            me.upstream_for(&who, &connector).await?
+                        }
+                        _ => return Err(e),
+                    },
+                };
+                let name = req.name.clone();
+                let listing = up
+                    .listing_having(|l| l.tools.iter().any(|t| t.name == name))
+                    .await;
+                if !listing.tools.iter().any(|t| t.name == name) {
+                    return Err(unknown);
+                }
+                (req.request_state, req.input_responses) = (state, responses);
+                let call = |up: Arc<super::Upstream>, req: CallToolRequestParams, asker: Asker| async move {
+                    on_session_raw(&up, req, asker, |s, req, asker| async move {
+                        s.call_tool(req, &asker).await
+                    })
+                    .await
+                };
+                match call(up, req.clone(), asker.clone()).await {
+                    // The upstream refused the call for want of scope (403
+                    // insufficient_scope), so it did not run: the caller authorizes again
+                    // for the wider scopes, then the call is sent once more.
+                    Err(e) if refused_for_scope(&e) && me.must_step_up(&who, &connector) => {
+                        let Some(c) = who.snap.connectors.get(&connector) else {
+                            return Err(unknown);
+                        };
+                        if let Some(told) =
+                            Box::pin(me.connect_in_call(&who, &headers, c, &asker)).await?
+                        {
                             return Ok(ServerResult::CallToolResult(told));
                         }
-                        me.upstream_for(&who, &connector).await?
+                        call(me.upstream_for(&who, &connector).await?, req, asker)
+                            .await
+                            .map_err(|e| upstream_error(&connector, e))
                     }
-                    _ => return Err(e),
-                },
-            };
-            let name = req.name.clone();
-            let listing = up
-                .listing_having(|l| l.tools.iter().any(|t| t.name == name))
-                .await;
-            if !listing.tools.iter().any(|t| t.name == name) {
-                return Err(unknown);
-            }
-            (req.request_state, req.input_responses) = (state, responses);
-            let call = |up: Arc<super::Upstream>, req: CallToolRequestParams, asker: Asker| async move {
-                on_session_raw(&up, req, asker, |s, req, asker| async move {
-                    s.call_tool(req, &asker).await
-                })
-                .await
-            };
-            match call(up, req.clone(), asker.clone()).await {
-                // The upstream refused the call for want of scope (403
-                // insufficient_scope), so it did not run: the caller authorizes again
-                // for the wider scopes, then the call is sent once more.
-                Err(e) if refused_for_scope(&e) && me.must_step_up(&who, &connector) => {
-                    let Some(c) = who.snap.connectors.get(&connector) else {
-                        return Err(unknown);
-                    };
-                    if let Some(told) = me.connect_in_call(&who, &headers, c, &asker).await? {
-                        return Ok(ServerResult::CallToolResult(told));
-                    }
-                    call(me.upstream_for(&who, &connector).await?, req, asker)
-                        .await
-                        .map_err(|e| upstream_error(&connector, e))
+                    answer => answer.map_err(|e| upstream_error(&connector, e)),
                 }
-                answer => answer.map_err(|e| upstream_error(&connector, e)),
-            }
+            })
         };
         let resp = self
             .relay(w, cx, owner(w, "tools/call", &full), mrtr, send)
@@ -722,6 +730,9 @@ impl Aggregator {
     }
 }
 
+/// Each handler returns its work boxed: rmcp runs every request as a task whose future
+/// holds the largest handler future inline, which tokio moves whole into the task. Held
+/// inline, ours made that future about 40 KB, copied on every request.
 impl rmcp::ServerHandler for Aggregator {
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, still offered before it.
     fn get_info(&self) -> ServerConfig {
@@ -744,9 +755,14 @@ impl rmcp::ServerHandler for Aggregator {
         )
     }
 
-    async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
-        let Ok(w) = who(&cx.extensions) else { return };
-        self.watch(&w, Channel::Session(cx.peer.clone())).await;
+    fn on_initialized(
+        &self,
+        cx: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let Ok(w) = who(&cx.extensions) else { return };
+            self.watch(&w, Channel::Session(cx.peer.clone())).await;
+        })
     }
 
     /// MCP 2026-07-28 has no sessions: a client that wants to hear about changes keeps a
@@ -772,203 +788,232 @@ impl rmcp::ServerHandler for Aggregator {
         Some(filter)
     }
 
-    async fn listen(&self, cx: SubscriptionContext) -> Result<(), ErrorData> {
-        let w = who(&cx.request_context().extensions)?;
-        let open = Arc::new(AtomicBool::new(true));
-        let channel = Channel::Subscription {
-            sink: cx.sink().clone(),
-            open: open.clone(),
-        };
-        self.watch(&w, channel).await;
-        // Its resource subscriptions, under a name of its own among the subscribers.
-        let me: Arc<str> = Arc::from(format!("listen {}", crate::connections::random_token()));
-        let to = Updates::Listen {
-            sink: cx.sink().clone(),
-            open: open.clone(),
-        };
-        let uris = cx.sink().accepted().resource_subscriptions.clone();
-        let mut subscribed = Vec::new();
-        for uri in uris.unwrap_or_default() {
-            match self.add_subscriber(&w, &uri, me.clone(), to.clone()).await {
-                Ok(sub) => subscribed.push(sub),
-                Err(e) => {
-                    tracing::debug!(caller = %w.caller.login, uri = %uri, "not subscribed: {}", e.message);
+    fn listen(
+        &self,
+        cx: SubscriptionContext,
+    ) -> impl Future<Output = Result<(), ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.request_context().extensions)?;
+            let open = Arc::new(AtomicBool::new(true));
+            let channel = Channel::Subscription {
+                sink: cx.sink().clone(),
+                open: open.clone(),
+            };
+            self.watch(&w, channel).await;
+            // Its resource subscriptions, under a name of its own among the subscribers.
+            let me: Arc<str> = Arc::from(format!("listen {}", crate::connections::random_token()));
+            let to = Updates::Listen {
+                sink: cx.sink().clone(),
+                open: open.clone(),
+            };
+            let uris = cx.sink().accepted().resource_subscriptions.clone();
+            let mut subscribed = Vec::new();
+            for uri in uris.unwrap_or_default() {
+                match self.add_subscriber(&w, &uri, me.clone(), to.clone()).await {
+                    Ok(sub) => subscribed.push(sub),
+                    Err(e) => {
+                        tracing::debug!(caller = %w.caller.login, uri = %uri, "not subscribed: {}", e.message);
+                    }
                 }
             }
-        }
-        cx.cancelled().await;
-        open.store(false, Ordering::Relaxed);
-        for (up, uri) in subscribed {
-            // Best effort: the upstream may be gone; a stale subscription there only
-            // sends updates nobody is given.
-            let _ = remove_subscriber(&up, &uri, &me).await;
-        }
-        tracing::debug!(caller = %w.caller.login, "MCP subscription ended");
-        Ok(())
+            cx.cancelled().await;
+            open.store(false, Ordering::Relaxed);
+            for (up, uri) in subscribed {
+                // Best effort: the upstream may be gone; a stale subscription there only
+                // sends updates nobody is given.
+                let _ = remove_subscriber(&up, &uri, &me).await;
+            }
+            tracing::debug!(caller = %w.caller.login, "MCP subscription ended");
+            Ok(())
+        })
     }
 
-    async fn list_tools(
+    fn list_tools(
         &self,
         _page: Option<PaginatedRequestParams>,
         cx: RequestContext<RoleServer>,
-    ) -> Result<ListToolsResult, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
-        Ok(ListToolsResult::with_all_items(v.tools))
+    ) -> impl Future<Output = Result<ListToolsResult, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
+            Ok(ListToolsResult::with_all_items(v.tools))
+        })
     }
 
-    async fn call_tool(
+    fn call_tool(
         &self,
         req: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let full = w.scope.inbound(Kind::Tool, &req.name).into_owned();
-        let mut decision = Decision::Undecided;
-        let result = self
-            .call_tool_inner(&w, req, &cx, &mut decision)
-            .instrument(w.span.clone())
-            .await;
-        // Counted and audited per configured connector only: a name from the request
-        // alone would let any caller mint metric series.
-        if let Some((id, tool)) = split(Kind::Tool, &full)
-            && (w.snap.connectors.contains_key(id) || id == builtin::APERTURE)
-        {
-            let outcome = match &result {
-                Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
-                Ok(_) => "ok",
-                Err(_) => "error",
-            };
-            self.app.metrics.mcp_call(id, outcome);
-            let (grant, audited) = decision.outcome(outcome);
-            w.span.in_scope(|| {
-                self.app
-                    .audit
-                    .call(&w.caller, id, Via::Tool { name: tool }, grant, audited)
-            });
-        }
-        result
+    ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let full = w.scope.inbound(Kind::Tool, &req.name).into_owned();
+            let mut decision = Decision::Undecided;
+            let result = self
+                .call_tool_inner(&w, req, &cx, &mut decision)
+                .instrument(w.span.clone())
+                .await;
+            // Counted and audited per configured connector only: a name from the request
+            // alone would let any caller mint metric series.
+            if let Some((id, tool)) = split(Kind::Tool, &full)
+                && (w.snap.connectors.contains_key(id) || id == builtin::APERTURE)
+            {
+                let outcome = match &result {
+                    Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
+                    Ok(_) => "ok",
+                    Err(_) => "error",
+                };
+                self.app.metrics.mcp_call(id, outcome);
+                let (grant, audited) = decision.outcome(outcome);
+                w.span.in_scope(|| {
+                    self.app
+                        .audit
+                        .call(&w.caller, id, Via::Tool { name: tool }, grant, audited)
+                });
+            }
+            result
+        })
     }
 
-    async fn list_prompts(
+    fn list_prompts(
         &self,
         _page: Option<PaginatedRequestParams>,
         cx: RequestContext<RoleServer>,
-    ) -> Result<ListPromptsResult, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
-        Ok(ListPromptsResult::with_all_items(v.prompts))
+    ) -> impl Future<Output = Result<ListPromptsResult, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
+            Ok(ListPromptsResult::with_all_items(v.prompts))
+        })
     }
 
-    async fn get_prompt(
+    fn get_prompt(
         &self,
         req: GetPromptRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<GetPromptResponse, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let full = w.scope.inbound(Kind::Prompt, &req.name).into_owned();
-        let mut decision = Decision::Undecided;
-        let result = self
-            .get_prompt_inner(&w, req, &cx, &mut decision)
-            .instrument(w.span.clone())
-            .await;
-        self.audit_read(&w, Kind::Prompt, &full, &decision, result.is_ok());
-        result
+    ) -> impl Future<Output = Result<GetPromptResponse, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let full = w.scope.inbound(Kind::Prompt, &req.name).into_owned();
+            let mut decision = Decision::Undecided;
+            let result = self
+                .get_prompt_inner(&w, req, &cx, &mut decision)
+                .instrument(w.span.clone())
+                .await;
+            self.audit_read(&w, Kind::Prompt, &full, &decision, result.is_ok());
+            result
+        })
     }
 
-    async fn complete(
+    fn complete(
         &self,
         req: CompleteRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<CompleteResult, ErrorData> {
-        let w = who(&cx.extensions)?;
-        self.complete_inner(&w, req, &cx).await
+    ) -> impl Future<Output = Result<CompleteResult, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            self.complete_inner(&w, req, &cx).await
+        })
     }
 
     #[allow(deprecated)] // `resources/subscribe` is for MCP before 2026-07-28, still offered.
-    async fn subscribe(
+    fn subscribe(
         &self,
         req: SubscribeRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        let w = who(&cx.extensions)?;
-        let session = session_for_subscribe(&w)?;
-        let to = Updates::Session(cx.peer.clone());
-        self.add_subscriber(&w, &req.uri, session, to).await?;
-        Ok(())
+    ) -> impl Future<Output = Result<(), ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let session = session_for_subscribe(&w)?;
+            let to = Updates::Session(cx.peer.clone());
+            self.add_subscriber(&w, &req.uri, session, to).await?;
+            Ok(())
+        })
     }
 
     #[allow(deprecated)] // As `subscribe`.
-    async fn unsubscribe(
+    fn unsubscribe(
         &self,
         req: UnsubscribeRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        let w = who(&cx.extensions)?;
-        let session = session_for_subscribe(&w)?;
-        let (up, uri) = self.subscription(&w, &req.uri).await?;
-        remove_subscriber(&up, &uri, &session).await
+    ) -> impl Future<Output = Result<(), ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let session = session_for_subscribe(&w)?;
+            let (up, uri) = self.subscription(&w, &req.uri).await?;
+            remove_subscriber(&up, &uri, &session).await
+        })
     }
 
     /// `logging/setLevel`: the level applies to this client session alone (upstream
     /// sessions are shared; the gateway filters what they send).
     #[allow(deprecated)] // Logging is deprecated by SEP-2577, not yet gone.
-    async fn set_level(
+    fn set_level(
         &self,
         req: SetLevelRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        let w = who(&cx.extensions)?;
-        let set = w.session.as_deref().is_some_and(|id| {
-            self.app
-                .hub
-                .sessions
-                .set_logs(id, &w.caller.login, Logs::AtLeast(severity(req.level)))
-        });
-        if set {
-            Ok(())
-        } else {
-            Err(ErrorData::invalid_request(
-                "logging/setLevel needs a session; on MCP 2026-07-28 send io.modelcontextprotocol/logLevel in each request's _meta",
-                None,
-            ))
-        }
+    ) -> impl Future<Output = Result<(), ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let set = w.session.as_deref().is_some_and(|id| {
+                self.app.hub.sessions.set_logs(
+                    id,
+                    &w.caller.login,
+                    Logs::AtLeast(severity(req.level)),
+                )
+            });
+            if set {
+                Ok(())
+            } else {
+                Err(ErrorData::invalid_request(
+                    "logging/setLevel needs a session; on MCP 2026-07-28 send io.modelcontextprotocol/logLevel in each request's _meta",
+                    None,
+                ))
+            }
+        })
     }
 
-    async fn list_resources(
+    fn list_resources(
         &self,
         _page: Option<PaginatedRequestParams>,
         cx: RequestContext<RoleServer>,
-    ) -> Result<ListResourcesResult, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
-        Ok(ListResourcesResult::with_all_items(v.resources))
+    ) -> impl Future<Output = Result<ListResourcesResult, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
+            Ok(ListResourcesResult::with_all_items(v.resources))
+        })
     }
 
-    async fn list_resource_templates(
+    fn list_resource_templates(
         &self,
         _page: Option<PaginatedRequestParams>,
         cx: RequestContext<RoleServer>,
-    ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
-        Ok(ListResourceTemplatesResult::with_all_items(v.templates))
+    ) -> impl Future<Output = Result<ListResourceTemplatesResult, ErrorData>> + MaybeSendFuture + '_
+    {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let v = scoped_view(&self.app, &w.snap, &w.caller, &w.scope, true).await;
+            Ok(ListResourceTemplatesResult::with_all_items(v.templates))
+        })
     }
 
-    async fn read_resource(
+    fn read_resource(
         &self,
         req: ReadResourceRequestParams,
         cx: RequestContext<RoleServer>,
-    ) -> Result<ReadResourceResponse, ErrorData> {
-        let w = who(&cx.extensions)?;
-        let full = w.scope.inbound(Kind::Resource, &req.uri).into_owned();
-        let mut decision = Decision::Undecided;
-        let result = self
-            .read_resource_inner(&w, req, &cx, &mut decision)
-            .instrument(w.span.clone())
-            .await;
-        self.audit_read(&w, Kind::Resource, &full, &decision, result.is_ok());
-        result
+    ) -> impl Future<Output = Result<ReadResourceResponse, ErrorData>> + MaybeSendFuture + '_ {
+        Box::pin(async move {
+            let w = who(&cx.extensions)?;
+            let full = w.scope.inbound(Kind::Resource, &req.uri).into_owned();
+            let mut decision = Decision::Undecided;
+            let result = self
+                .read_resource_inner(&w, req, &cx, &mut decision)
+                .instrument(w.span.clone())
+                .await;
+            self.audit_read(&w, Kind::Resource, &full, &decision, result.is_ok());
+            result
+        })
     }
 }
 
@@ -1848,4 +1893,34 @@ async fn jsonrpc_error(id: serde_json::Value, resp: Response) -> Response {
     let mut resp = Response::from_parts(parts, Body::from(body.to_string()));
     resp.extensions_mut().insert(crate::error::ErrorCode(code));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, F: std::future::Future>(
+        _: impl Fn(&'static Aggregator, A, RequestContext<RoleServer>) -> F,
+    ) -> usize {
+        size_of::<F>()
+    }
+
+    /// rmcp spawns a task per request whose future holds the largest handler future
+    /// inline, and tokio moves it whole into the task. Unboxed, ours made that about
+    /// 40 KB a request (`docs/benchmarks.md`, where the MCP time goes).
+    #[test]
+    fn the_task_rmcp_spawns_per_request_stays_small() {
+        use rmcp::ServerHandler as H;
+        let handlers = [
+            future_size(<Aggregator as H>::call_tool),
+            future_size(<Aggregator as H>::get_prompt),
+            future_size(<Aggregator as H>::read_resource),
+            future_size(<Aggregator as H>::complete),
+            future_size(<Aggregator as H>::list_tools),
+        ];
+        assert!(handlers.iter().all(|&n| n <= 16), "{handlers:?}");
+        let per_request = future_size(<Aggregator as rmcp::Service<RoleServer>>::handle_request);
+        assert!(per_request <= 8 * 1024, "{per_request} bytes");
+    }
 }
