@@ -218,7 +218,7 @@ fn upstream_key(c: &Connector) -> Option<String> {
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Least time between two listings an upstream gets because a caller named something its
-/// catalog lacks (see [`Upstream::listing_having`]).
+/// catalog lacks (see [`Upstream::find_listed`]).
 const RELIST_ON_MISS: Duration = Duration::from_secs(1);
 
 /// One upstream MCP server as one identity sees it (the connector's shared credential,
@@ -240,7 +240,7 @@ pub struct Upstream {
     /// Held while the upstream's subscriptions change (see `server`'s `subscribe`).
     pub(crate) subscribing: tokio::sync::Mutex<()>,
     /// Held while a caller's miss lists the upstream again, so misses arriving together
-    /// wait for that one listing (see [`Upstream::listing_having`]).
+    /// wait for that one listing (see [`Upstream::find_listed`]).
     relisting: tokio::sync::Mutex<()>,
     /// Where its per-user session's log messages about no call go.
     logs: tokio::sync::mpsc::Sender<UpstreamLog>,
@@ -323,16 +323,15 @@ impl Upstream {
             .clone()
     }
 
-    /// The catalog, listed again first when `has` finds nothing in it. The upstream may
-    /// offer what a caller names before this gateway has listed it: the caller heard
-    /// `list_changed` through another replica, or this replica's refresh is still on its
-    /// way. Such a call then runs instead of being refused. A miss lists again at most
-    /// once per [`RELIST_ON_MISS`] and misses arriving together share one listing, so
-    /// naming what does not exist cannot make every call a listing.
-    pub(crate) async fn listing_having(&self, has: impl Fn(&Listing) -> bool) -> Arc<Listing> {
-        let now = self.listing();
-        if has(&now) {
-            return now;
+    /// What `find` finds in the catalog, which is listed again first when `find` finds
+    /// nothing. The upstream may offer what a caller names before this gateway has listed
+    /// it: the caller heard `list_changed` through another replica, or this replica's
+    /// refresh is still on its way. Such a call then runs instead of being refused. A miss
+    /// lists again at most once per [`RELIST_ON_MISS`] and misses arriving together share
+    /// one listing, so naming what does not exist cannot make every call a listing.
+    pub(crate) async fn find_listed<T>(&self, find: impl Fn(&Listing) -> Option<T>) -> Option<T> {
+        if let Some(found) = find(&self.listing()) {
+            return Some(found);
         }
         let _one = self.relisting.lock().await;
         let due = {
@@ -346,7 +345,7 @@ impl Upstream {
         if due {
             self.refresh().await;
         }
-        self.listing()
+        find(&self.listing())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, UpstreamState> {

@@ -248,7 +248,7 @@ impl Aggregator {
     }
 }
 
-/// Sends `req` on `up`'s session with `op` (one of [`crate::mcp::upstream::Session`]'s
+/// Sends `req` on `up`'s session with `op` (one of [`super::upstream::Session`]'s
 /// requests), as a relayed answer.
 async fn on_session<Q, R, F, Fut>(
     up: &super::Upstream,
@@ -260,7 +260,7 @@ async fn on_session<Q, R, F, Fut>(
 where
     Q: Clone,
     R: Into<ServerResult>,
-    F: Fn(Arc<crate::mcp::upstream::Session>, Q, Asker) -> Fut,
+    F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
     Fut: std::future::Future<Output = Result<R, ServiceError>>,
 {
     on_session_raw(up, req, asker, op)
@@ -278,7 +278,7 @@ async fn on_session_raw<Q, R, F, Fut>(
 where
     Q: Clone,
     R: Into<ServerResult>,
-    F: Fn(Arc<crate::mcp::upstream::Session>, Q, Asker) -> Fut,
+    F: Fn(Arc<super::upstream::Session>, Q, Asker) -> Fut,
     Fut: std::future::Future<Output = Result<R, ServiceError>>,
 {
     up.with_session(|s| op(s, req.clone(), asker.clone()))
@@ -439,10 +439,10 @@ impl Aggregator {
                     },
                 };
                 let name = req.name.clone();
-                let listing = up
-                    .listing_having(|l| l.tools.iter().any(|t| t.name == name))
-                    .await;
-                if !listing.tools.iter().any(|t| t.name == name) {
+                let listed = |l: &super::upstream::Listing| {
+                    l.tools.iter().any(|t| t.name == name).then_some(())
+                };
+                if up.find_listed(listed).await.is_none() {
                     return Err(unknown);
                 }
                 (req.request_state, req.input_responses) = (state, responses);
@@ -636,9 +636,9 @@ impl Aggregator {
         };
         *decision = Decision::Granted(grant);
         let up = self.upstream_for(w, id).await?;
-        let has = |l: &super::upstream::Listing| l.prompts.iter().any(|p| p.name == prompt);
-        let listing = up.listing_having(has).await;
-        if !has(&listing) {
+        let listed =
+            |l: &super::upstream::Listing| l.prompts.iter().any(|p| p.name == prompt).then_some(());
+        if up.find_listed(listed).await.is_none() {
             return Err(not_available("prompt", &asked));
         }
         req.name = prompt.to_owned();
@@ -701,15 +701,18 @@ impl Aggregator {
             return Err(not_available(what, &asked));
         }
         let up = self.upstream_for(w, id).await?;
-        let listed = |l: &super::upstream::Listing| match kind {
-            Kind::Prompt => l.prompts.iter().any(|p| p.name == name),
-            _ => l.templates.iter().any(|t| t.uri_template == name),
+        // Whether the upstream completes, once what is completed is found listed.
+        let completes = |l: &super::upstream::Listing| {
+            match kind {
+                Kind::Prompt => l.prompts.iter().any(|p| p.name == name),
+                _ => l.templates.iter().any(|t| t.uri_template == name),
+            }
+            .then_some(l.completions)
         };
-        let listing = up.listing_having(listed).await;
-        if !listed(&listing) {
+        let Some(completes) = up.find_listed(completes).await else {
             return Err(not_available(what, &asked));
-        }
-        if !listing.completions {
+        };
+        if !completes {
             return Ok(CompleteResult::new(CompletionInfo::default()));
         }
         match &mut req.r#ref {
@@ -1056,10 +1059,10 @@ impl Aggregator {
             return Err(not_available("resource", asked));
         }
         let up = self.upstream_for(w, id).await?;
-        let listing = up
-            .listing_having(|l| resource_grant(&access, id, uri, l).is_some())
+        let found = up
+            .find_listed(|l| resource_grant(&access, id, uri, l))
             .await;
-        let Some((grant, upstream_uri)) = resource_grant(&access, id, uri, &listing) else {
+        let Some((grant, upstream_uri)) = found else {
             tracing::info!(caller = %w.caller.login, resource = %full, "resource refused");
             *decision = Decision::Denied;
             return Err(not_available("resource", asked));
