@@ -16,7 +16,8 @@
 //! - Two hosts: RPC endpoints on `api.dropboxapi.com/2/...` (JSON in and out, POST) and
 //!   content endpoints (`files/download`, `files/upload`, thumbnails, exports) on
 //!   `content.dropboxapi.com/2/...`, whose arguments go in a `Dropbox-API-Arg` header as
-//!   ASCII JSON. Agents write `/2/...`; the plugin picks the host.
+//!   ASCII JSON. Agents write `/2/...`; the plugin picks the host by the path alone, so it
+//!   declares that choice as routes and the host makes it without a call.
 //! - Errors: 401 with `{"error": {".tag": "expired_access_token"}}` (or
 //!   `invalid_access_token`) means re-auth; 409 is a route's own error (a path not
 //!   found) for the agent; 429 carries `retry_after` in its JSON body and a
@@ -31,8 +32,9 @@ struct Dropbox;
 const RPC: &str = "https://api.dropboxapi.com";
 const CONTENT: &str = "https://content.dropboxapi.com";
 
-/// Endpoints served by the content host (exact paths, or prefixes ending in `/`).
-const CONTENT_ROUTES: &[&str] = &[
+/// Endpoints served by the content host: each path and the paths under it (the host's
+/// route rule, so the routes below and `shape_request` agree on every path).
+const CONTENT_PATHS: &[&str] = &[
     "/2/files/download",
     "/2/files/download_zip",
     "/2/files/export",
@@ -41,11 +43,19 @@ const CONTENT_ROUTES: &[&str] = &[
     "/2/files/get_thumbnail_v2",
     "/2/files/get_thumbnail_batch",
     "/2/files/upload",
-    "/2/files/upload_session/",
+    "/2/files/upload_session",
     "/2/files/paper/create",
     "/2/files/paper/update",
     "/2/sharing/get_shared_link_file",
 ];
+
+/// Whether `path` is one of [`CONTENT_PATHS`] or under one.
+fn on_content_host(path: &str) -> bool {
+    CONTENT_PATHS.iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
 
 #[portcullis_sdk::provider]
 impl Provider for Dropbox {
@@ -74,16 +84,22 @@ impl Provider for Dropbox {
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
-        let content = CONTENT_ROUTES.iter().any(|r| match r.strip_suffix('/') {
-            Some(prefix) => req.path.starts_with(r) || req.path == prefix,
-            None => req.path == *r,
-        });
         // A connector pointed elsewhere keeps every request on its URL.
         let base = match ctx.base_url.trim_end_matches('/') {
-            RPC if content => CONTENT,
+            RPC if on_content_host(&req.path) => CONTENT,
             other => other,
         };
         Ok(ShapedRequest::join(base, &req.path, req.query.as_deref()))
+    }
+
+    /// The host picks the content host itself: shaping reads only the path.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        let base = ctx.base_url.trim_end_matches('/');
+        let content = CONTENT_PATHS
+            .iter()
+            .filter(|_| base == RPC)
+            .map(|p| Route::new(p, &format!("{CONTENT}{p}")));
+        content.chain([Route::new("", base)]).collect()
     }
 
     fn read_token_response(
