@@ -31,6 +31,7 @@ use crate::proxy;
 use crate::state::Parts;
 pub use crate::state::{App, Options, Snapshot};
 use crate::telemetry::Metrics;
+use crate::threads::ConnectionThreads;
 use crate::vault;
 
 /// How often stored connections are checked for a due refresh.
@@ -404,6 +405,13 @@ async fn accept(listener: tokio::net::TcpListener, front: Front) {
         .max_header_list_size(limits::SERVER_MAX_HEAD_BYTES as u32);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONNECTIONS));
+    let threads = match ConnectionThreads::per_core() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("serving connections on the main runtime: {e:#}");
+            None
+        }
+    };
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -429,7 +437,23 @@ async fn accept(listener: tokio::net::TcpListener, front: Front) {
         let _ = stream.set_nodelay(true);
         let service = crate::front::for_connection(front.clone(), peer);
         let (server, watcher) = (server.clone(), graceful.watcher());
-        tokio::spawn(async move {
+        // Handed over unregistered: the thread that serves it registers it with its own
+        // runtime's I/O driver.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, "cannot hand over a connection: {e}");
+                continue;
+            }
+        };
+        let serve = async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, "cannot serve a connection: {e}");
+                    return;
+                }
+            };
             if !first_bytes(&stream).await {
                 tracing::debug!(%peer, "closed a connection that sent no request in time");
                 return; // the permit goes with it
@@ -439,7 +463,13 @@ async fn accept(listener: tokio::net::TcpListener, front: Front) {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
             drop(permit);
-        });
+        };
+        match &threads {
+            Some(threads) => threads.run(serve),
+            None => {
+                tokio::spawn(serve);
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -451,6 +481,7 @@ async fn accept(listener: tokio::net::TcpListener, front: Front) {
             SHUTDOWN_GRACE.as_secs()
         );
     }
+    drop(threads);
 }
 
 async fn shutdown_signal() {

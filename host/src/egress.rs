@@ -234,9 +234,13 @@ pub struct Egress {
     current: Arc<arc_swap::ArcSwap<Current>>,
 }
 
-/// One client and the settings it was built for.
+/// The clients for one set of settings, and the settings.
 struct Current {
-    client: Client<Connector, OutBody>,
+    /// One client per connection thread, and one (the first) for every other thread:
+    /// a pooled connection is served by a task on the thread that opened it, so a
+    /// request that takes a connection of its own thread's pool makes no hop between
+    /// threads ([`crate::threads`]). They share the connector: resolver, TLS settings.
+    clients: Vec<Client<Connector, OutBody>>,
     settings: Settings,
     /// Longest wait for response headers, and longest silence within a response body.
     read_timeout: Duration,
@@ -268,13 +272,17 @@ impl Egress {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
+        let clients = (0..=crate::threads::per_core_count())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .build(https.clone())
+            })
+            .collect();
         Ok(Current {
-            client,
+            clients,
             settings: cfg.clone(),
             read_timeout: Duration::from_secs(cfg.read_timeout_secs.max(1)),
         })
@@ -345,7 +353,10 @@ impl Egress {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        match tokio::time::timeout(current.read_timeout, current.client.request(req)).await {
+        let client = crate::threads::current()
+            .and_then(|i| current.clients.get(i + 1))
+            .unwrap_or(&current.clients[0]);
+        match tokio::time::timeout(current.read_timeout, client.request(req)).await {
             Err(_) => Err(EgressError::Timeout(host.to_owned())),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(EgressError::from_client(host, &e)),

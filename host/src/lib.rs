@@ -63,7 +63,8 @@
 //!   [`openapi`]: the HTTP API's OpenAPI document, from the handlers' annotations (the
 //!   router takes its paths from them).
 //! - [`app`]: wiring only: builds the state, the router behind [`front`], reloads, the
-//!   server.
+//!   server; `threads`: the connection threads, one per core, each serving the
+//!   connections dealt to it on a single-threaded runtime.
 
 // `unsafe` is denied everywhere; the two exceptions (loading compiled plugin code from
 // the host's private cache, and telling the allocator to return what a compile freed,
@@ -100,5 +101,6 @@ pub mod proxy;
 pub mod redact;
 pub mod state;
 pub mod telemetry;
+mod threads;
 pub mod ui;
 pub mod vault;
