@@ -140,6 +140,20 @@ pub(crate) async fn said(body: axum::body::Body) -> String {
         .unwrap_or_default()
 }
 
+/// An `Allow` value as a reader says it: `GET,HEAD` → `GET or HEAD`, `GET,POST,PUT` →
+/// `GET, POST or PUT`.
+fn in_words(allow: &str) -> String {
+    let methods: Vec<&str> = allow
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    match methods.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => methods.join(""),
+    }
+}
+
 /// The code and message for a plain-text rejection with `status`, whose body `said`.
 pub(crate) fn describe(
     status: StatusCode,
@@ -153,7 +167,7 @@ pub(crate) fn describe(
             let allow = headers
                 .get(http::header::ALLOW)
                 .and_then(|v| v.to_str().ok())
-                .map(|a| format!("; it takes {a}"))
+                .map(|a| format!("; it takes {}", in_words(a)))
                 .unwrap_or_default();
             (
                 "method_not_allowed",
@@ -192,4 +206,44 @@ pub(crate) fn describe(
 
 fn or(said: String, fallback: String) -> String {
     if said.is_empty() { fallback } else { said }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_not_allowed_names_what_the_route_takes_in_words() {
+        let said = |allow: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(a) = allow {
+                headers.insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_str(a).expect("header value"),
+                );
+            }
+            describe(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &headers,
+                String::new(),
+                &http::Method::DELETE,
+                "/api/whoami",
+            )
+        };
+        let (code, message) = said(Some("GET,HEAD"));
+        assert_eq!(code, "method_not_allowed");
+        assert_eq!(
+            message,
+            "DELETE is not allowed on /api/whoami; it takes GET or HEAD"
+        );
+        assert!(said(Some("POST")).1.ends_with("; it takes POST"));
+        assert!(
+            said(Some("GET, POST,PUT"))
+                .1
+                .ends_with("; it takes GET, POST or PUT")
+        );
+        assert_eq!(said(None).1, "DELETE is not allowed on /api/whoami");
+        // A malformed list still reads sensibly.
+        assert!(said(Some(",GET,,")).1.ends_with("; it takes GET"));
+    }
 }
