@@ -289,7 +289,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     spawn_reloaders(app.clone())?;
-    accept(listener, front).await;
+    accept(listener, front, connection_threads(&app)).await;
     // The last audit records and spans, before the process ends (both block, so off the
     // runtime).
     let last = app.clone();
@@ -384,10 +384,31 @@ async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
 /// end by themselves.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
+/// The connection threads ([`crate::threads`]), or `None` to serve every connection on
+/// the main runtime. With a PostgreSQL vault some request paths still call the store
+/// synchronously (a user's token read the first time, a refresh, the OAuth callback, a
+/// config save). On the work-stealing runtime such a wait (`block_in_place`) holds only
+/// its own request; on a connection thread it would hold every connection of that
+/// thread for a database round trip, or for seconds while the database is down. So
+/// connection threads serve only with the embedded store, until those calls are async.
+fn connection_threads(app: &App) -> Option<ConnectionThreads> {
+    if app.vault.over_the_network() {
+        tracing::debug!("the vault is a database: connections are served on the main runtime");
+        return None;
+    }
+    ConnectionThreads::per_core()
+        .inspect_err(|e| tracing::warn!("serving connections on the main runtime: {e:#}"))
+        .ok()
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until SIGTERM or SIGINT, then lets requests
 /// in flight finish. The server's own head limits sit above [`crate::limits`], so
 /// oversized requests are answered by the host in JSON, not by the server's bare status.
-async fn accept(listener: tokio::net::TcpListener, front: Front) {
+async fn accept(
+    listener: tokio::net::TcpListener,
+    front: Front,
+    threads: Option<ConnectionThreads>,
+) {
     use crate::limits;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
@@ -405,13 +426,6 @@ async fn accept(listener: tokio::net::TcpListener, front: Front) {
         .max_header_list_size(limits::SERVER_MAX_HEAD_BYTES as u32);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONNECTIONS));
-    let threads = match ConnectionThreads::per_core() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!("serving connections on the main runtime: {e:#}");
-            None
-        }
-    };
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

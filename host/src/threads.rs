@@ -63,14 +63,25 @@ impl ConnectionThreads {
     pub fn start(count: usize) -> anyhow::Result<Self> {
         let mut queues = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start a connection thread's runtime")?;
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+            // The runtime is built on its own thread, which says whether that worked: a
+            // runtime must not be dropped inside async code, as one built here and
+            // handed to a thread that failed to start would be.
+            let (built_tx, built_rx) = std::sync::mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name(format!("connections-{i}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = built_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = built_tx.send(Ok(()));
                     INDEX.with(|index| index.set(Some(i)));
                     runtime.block_on(async move {
                         while let Some(job) = rx.recv().await {
@@ -79,6 +90,10 @@ impl ConnectionThreads {
                     });
                 })
                 .context("cannot start a connection thread")?;
+            built_rx
+                .recv()
+                .context("a connection thread ended before its runtime started")?
+                .context("cannot start a connection thread's runtime")?;
             queues.push(tx);
         }
         Ok(Self {
