@@ -1,7 +1,8 @@
 //! Connection threads: each accepted connection is served, from its first byte to its
 //! close, by one of a few threads, one per core, each running a single-threaded tokio
 //! runtime of its own. The tasks a request spawns (hyper's, rmcp's server task for an
-//! MCP request, an MCP session's service loop) are spawned on that same thread.
+//! MCP request, an upstream MCP session the request opens) are spawned on that same
+//! thread.
 //!
 //! Why not the one work-stealing runtime for everything: a call through `/v1/mcp`
 //! passes several tasks on its way (rmcp's task for the request, the upstream client's
@@ -14,8 +15,10 @@
 //! connections are dealt to the threads in turn.
 //!
 //! The process's main runtime (multi-threaded) keeps the accept loop, start-up and the
-//! background work (refreshes, reloads, watchers); a connection's blocking work still
-//! goes to `spawn_blocking`.
+//! background work started there (refreshes, reloads, watchers). Most blocking work of a
+//! request goes to `spawn_blocking`; what a request does in place (a few vault calls)
+//! holds the thread's other connections, which is why `app` starts these threads only
+//! with the embedded store (docs/architecture.md, "Threads").
 
 use std::cell::Cell;
 use std::future::Future;
