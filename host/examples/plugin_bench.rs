@@ -1,6 +1,7 @@
 //! Cost of shaping one request with a provider plugin, two ways: by a plugin call (a
 //! fresh store, instantiate, call, drop), and as the proxy does it (by the plugin's
-//! routes where they cover the path, else by a call). Run by `cargo xtask bench
+//! routes where they cover the path, else by a call; a plugin without a
+//! `shape-request` hook is not asked at all, so that way is not measured for it). Run by `cargo xtask bench
 //! plugins` (release build); prints one JSON object.
 //!
 //! `plugin_bench <registry-dir> <plugin-id> <calls-per-level> <concurrency>...`
@@ -71,10 +72,17 @@ fn main() -> anyhow::Result<()> {
             credential_header: None,
         };
         let routed = plugins.routes_cover(&plugin, &ctx, &req, bounds).await?;
+        // The proxy asks only a plugin that shapes requests (`outbound`).
+        let shapes = plugin.has(types::Hook::ShapeRequest);
+        let ways: &[(&str, bool)] = if shapes {
+            &[("call", true), ("proxy", false)]
+        } else {
+            &[("call", true)]
+        };
         let mut out = Vec::new();
         for &c in &levels {
             let mut level = serde_json::json!({"concurrency": c});
-            for (way, by_call) in [("call", true), ("proxy", false)] {
+            for &(way, by_call) in ways {
                 // Warm up (pool slots, caches), then measure.
                 run(&plugins, &plugin, &ctx, &req, by_call, c, calls / 10).await?;
                 let (elapsed, lat) = run(&plugins, &plugin, &ctx, &req, by_call, c, calls).await?;
@@ -88,6 +96,7 @@ fn main() -> anyhow::Result<()> {
                 "plugin": id,
                 "pooling": plugins.runtime().sizing().pooling,
                 "routes_cover": routed,
+                "shapes_requests": shapes,
                 "levels": out,
             })
         );

@@ -58,7 +58,8 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         "- A call = fresh `Store` + instantiate from the pre-linked component (pooling \
          allocator, copy-on-write image) + `shape-request` + drop. As the proxy shapes = \
          by the plugin's routes where they cover the request (`routes` below: a prefix \
-         match, no call), else by a call. The request is a GET with a query. {} shapings \
+         match, no call), else by a call; a plugin without a `shape-request` hook is not \
+         asked at all. The request is a GET with a query. {} shapings \
          per row and way after a warm-up; concurrent tasks yield between them. In-process, \
          no network.\n",
         args.calls
@@ -82,29 +83,37 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("plugin_bench {id} printed no JSON"))?;
-        let way = if v["routes_cover"].as_bool() == Some(true) {
+        let way = if v["shapes_requests"].as_bool() == Some(false) {
+            "no call (no `shape-request` hook)"
+        } else if v["routes_cover"].as_bool() == Some(true) {
             "routes"
         } else {
             "a call"
         };
         for l in v["levels"].as_array().into_iter().flatten() {
             let f = |w: &str, k: &str| l[w][k].as_f64().unwrap_or(f64::NAN);
+            // Not measured where the proxy makes no call: shown as a dash, not as NaN.
+            let (proxy_rate, proxy_p50) = if l["proxy"].is_object() {
+                (
+                    format!("{:.0}", f("proxy", "calls_per_sec")),
+                    format!("{:.1}", f("proxy", "p50_us")),
+                )
+            } else {
+                ("—".to_owned(), "—".to_owned())
+            };
             let _ = writeln!(
                 md,
-                "| {id} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {way} | {:.0} | {:.1} |",
+                "| {id} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {way} | {proxy_rate} | {proxy_p50} |",
                 l["concurrency"],
                 f("call", "calls_per_sec"),
                 f("call", "p50_us"),
                 f("call", "p99_us"),
                 f("call", "mean_us"),
-                f("proxy", "calls_per_sec"),
-                f("proxy", "p50_us"),
             );
             eprintln!(
-                "bench: {id} c={}: a call p50 {:.1} µs; as the proxy shapes ({way}) p50 {:.1} µs",
+                "bench: {id} c={}: a call p50 {:.1} µs; as the proxy shapes ({way}) p50 {proxy_p50} µs",
                 l["concurrency"],
                 f("call", "p50_us"),
-                f("proxy", "p50_us"),
             );
         }
     }
