@@ -31,7 +31,7 @@ use crate::proxy;
 use crate::state::Parts;
 pub use crate::state::{App, Options, Snapshot};
 use crate::telemetry::Metrics;
-use crate::threads::ConnectionThreads;
+use crate::threads::{ConnectionThreads, Flavor};
 use crate::vault;
 
 /// How often stored connections are checked for a due refresh.
@@ -61,8 +61,12 @@ fn spawn_refresher(app: &Arc<App>) {
     });
 }
 
-/// Builds the state and router for `opts`. Returns the app and the address to bind.
-pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Front)> {
+/// Builds the state and router for `opts`, with `homes` for the work many connections
+/// share. Returns the app and the address to bind.
+pub async fn build(
+    opts: Options,
+    homes: crate::threads::Homes,
+) -> anyhow::Result<(Arc<App>, SocketAddr, Front)> {
     let location = vault::Location::new(&opts.data_dir, opts.database_url.clone());
     // Replicas keep the config in their shared vault, so it is opened first, with the
     // key from the environment or the data directory (the config cannot name its own).
@@ -151,6 +155,7 @@ pub async fn build(opts: Options) -> anyhow::Result<(Arc<App>, SocketAddr, Front
         audit,
         registry_watcher,
         config_hash: current.hash,
+        homes,
     }));
     spawn_refresher(&app);
     tokio::spawn(Connections::follow_store(Arc::downgrade(&app.connections)));
@@ -271,7 +276,13 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
             });
         Some(bind(listen).await?)
     };
-    let (app, configured, front) = build(opts).await?;
+    // Before the state, whose first catalog loads open upstream MCP sessions on them.
+    let threads = connection_threads(&opts);
+    let homes = threads
+        .as_ref()
+        .map(ConnectionThreads::homes)
+        .unwrap_or_default();
+    let (app, configured, front) = build(opts, homes).await?;
     let listener = match early {
         Some(l) => l,
         None => bind(configured).await?,
@@ -289,7 +300,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     spawn_reloaders(app.clone())?;
-    accept(listener, front, connection_threads(&app)).await;
+    accept(listener, front, threads).await;
     // The last audit records and spans, before the process ends (both block, so off the
     // runtime).
     let last = app.clone();
@@ -383,20 +394,20 @@ async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
 /// under the 10 s container runtimes give before SIGKILL, since open MCP streams never
 /// end by themselves.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long the connection threads then have to drop what was cut off (and log it):
+/// short, since the audit flush that follows needs what is left of the 10 s.
+const THREADS_GRACE: Duration = Duration::from_millis(500);
 
-/// The connection threads ([`crate::threads`]), or `None` to serve every connection on
-/// the main runtime. With a PostgreSQL vault some request paths still call the store
-/// synchronously (a user's token read the first time, a refresh, the OAuth callback, a
-/// config save). On the work-stealing runtime such a wait (`block_in_place`) holds only
-/// its own request; on a connection thread it would hold every connection of that
-/// thread for a database round trip, or for seconds while the database is down. So
-/// connection threads serve only with the embedded store, until those calls are async.
-fn connection_threads(app: &App) -> Option<ConnectionThreads> {
-    if app.vault.over_the_network() {
-        tracing::debug!("the vault is a database: connections are served on the main runtime");
-        return None;
-    }
-    ConnectionThreads::per_core()
+/// The connection threads ([`crate::threads`]), or `None` (they could not start) to
+/// serve every connection on the main runtime. With a PostgreSQL vault the few vault
+/// calls a request makes in place wait on the database, so its threads run a runtime
+/// where such a wait holds only its own request.
+fn connection_threads(opts: &Options) -> Option<ConnectionThreads> {
+    let flavor = match vault::Location::new(&opts.data_dir, opts.database_url.clone()) {
+        vault::Location::Postgres(_) => Flavor::OneWorker,
+        vault::Location::Redb { .. } => Flavor::SingleThreaded,
+    };
+    ConnectionThreads::per_core(flavor)
         .inspect_err(|e| tracing::warn!("serving connections on the main runtime: {e:#}"))
         .ok()
 }
@@ -495,7 +506,9 @@ async fn accept(
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    drop(threads);
+    if let Some(threads) = threads {
+        threads.stop(THREADS_GRACE).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -64,7 +64,8 @@
 //!   router takes its paths from them).
 //! - [`app`]: wiring only: builds the state, the router behind [`front`], reloads, the
 //!   server; `threads`: the connection threads, one per core, each serving the
-//!   connections dealt to it on a single-threaded runtime (with the embedded store).
+//!   connections dealt to it on a runtime of its own, and home to the upstream MCP
+//!   sessions.
 
 // `unsafe` is denied everywhere; the two exceptions (loading compiled plugin code from
 // the host's private cache, and telling the allocator to return what a compile freed,

@@ -115,6 +115,8 @@ pub struct App {
     pub health: Arc<Health>,
     /// The address the server is bound to (known once `serve` has bound it).
     pub bound: OnceLock<SocketAddr>,
+    /// Where work many connections share runs (upstream MCP sessions).
+    pub homes: crate::threads::Homes,
     /// Serialises config changes (reloads, saves).
     pub config_lock: tokio::sync::Mutex<()>,
     /// Why the host cannot serve yet (`None`: ready), for `/healthz`: in `tailscale`
@@ -140,6 +142,8 @@ pub struct Parts {
     pub registry_watcher: Option<notify::RecommendedWatcher>,
     /// Hash of the config text the snapshot was built from.
     pub config_hash: String,
+    /// The connection threads' runtimes, for work many connections share.
+    pub homes: crate::threads::Homes,
 }
 
 impl App {
@@ -167,6 +171,7 @@ impl App {
             audit: p.audit,
             health,
             bound: OnceLock::new(),
+            homes: p.homes,
             config_lock: tokio::sync::Mutex::new(()),
             not_ready: std::sync::RwLock::new(None),
             config_hash: std::sync::Mutex::new(p.config_hash),

@@ -249,6 +249,10 @@ pub struct Upstream {
     /// Whose view this is (`None`: the shared credential's), for health reports.
     user: Option<String>,
     health: Arc<crate::health::Health>,
+    /// Where its session runs, and its key there (the connector, and the user of a
+    /// per-user view), so sessions spread over the connection threads.
+    homes: crate::threads::Homes,
+    home: String,
 }
 
 /// The live session, and the transport to try first when opening the next one.
@@ -291,6 +295,10 @@ impl Upstream {
     fn new(app: &Gateway, connector: Arc<Connector>, user: Option<&str>) -> Option<Arc<Self>> {
         let url = connector.url.clone()?;
         let key = upstream_key(&connector)?;
+        let home = match user {
+            Some(u) => format!("{}\n{u}", connector.id),
+            None => connector.id.to_string(),
+        };
         let hub = &app.hub;
         Some(Arc::new(Self {
             http: UpstreamHttp::new(
@@ -311,8 +319,10 @@ impl Upstream {
             relisting: tokio::sync::Mutex::default(),
             logs: hub.logs.clone(),
             task: Mutex::new(None),
+            home,
             user: user.map(Into::into),
             health: app.health.clone(),
+            homes: app.homes.clone(),
         }))
     }
 
@@ -390,7 +400,12 @@ impl Upstream {
         http.unrelayed = Some(unrelayed);
         // Boxed: opening is rare, and its large future would otherwise sit inline in
         // every call's future, which rmcp's tasks copy on each request.
-        let open = Box::pin(Session::open(http, &self.url, listener, slot.flavor));
+        // Opened on its home connection thread, where its tasks then run for every
+        // caller (`threads::Homes`).
+        let (url, flavor) = (self.url.clone(), slot.flavor);
+        let open = Box::pin(self.homes.run(&self.home, async move {
+            Session::open(http, &url, listener, flavor).await
+        }));
         let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!(

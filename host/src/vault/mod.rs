@@ -345,12 +345,6 @@ impl Vault {
         self.store.describe()
     }
 
-    /// Whether the store's calls wait on a database server (PostgreSQL), which the
-    /// server's thread layout takes into account (`app::serve`).
-    pub fn over_the_network(&self) -> bool {
-        self.store.over_the_network()
-    }
-
     /// Records other processes sharing the store changed (PostgreSQL); `None` when this
     /// process is the store's only writer.
     pub fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<store::Change>> {

@@ -13,10 +13,10 @@
 //!
 //! [`Store`] is synchronous (redb is). The pool lives on a small runtime of its own; a
 //! call spawns its query there and waits on a channel. On a multi-threaded runtime the
-//! waiting worker first hands its other tasks to the rest (`block_in_place`), so a
-//! database round trip stalls one request, not the tasks queued behind it. That is why
-//! a host on PostgreSQL serves its connections on the multi-threaded runtime, not on
-//! single-threaded connection threads (`app::connection_threads`).
+//! waiting worker first hands its other tasks to another thread (`block_in_place`), so
+//! a database round trip stalls one request, not the tasks queued behind it. That is
+//! why, on PostgreSQL, the connection threads run tokio's multi-threaded runtime with
+//! one worker each rather than a single-threaded one (`crate::threads`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -433,10 +433,6 @@ impl Store for PgStore {
 
     fn describe(&self) -> String {
         self.url.to_string()
-    }
-
-    fn over_the_network(&self) -> bool {
-        true
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {

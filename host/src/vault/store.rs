@@ -70,12 +70,6 @@ pub trait Store: Send + Sync {
     /// Where the records are, for messages (never a password).
     fn describe(&self) -> String;
 
-    /// Whether a call waits on a network round trip (a database server), not only on
-    /// local disk: such a store may take seconds when its server is slow or down.
-    fn over_the_network(&self) -> bool {
-        false
-    }
-
     /// Changes other processes make, for a store several processes share; `None` when
     /// this process is the only writer (redb).
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
