@@ -1,8 +1,8 @@
 //! Cost of shaping one request with a provider plugin, two ways: by a plugin call (a
 //! fresh store, instantiate, call, drop), and as the proxy does it (by the plugin's
 //! routes where they cover the path, else by a call; a plugin without a
-//! `shape-request` hook is not asked at all, so that way is not measured for it). Run by `cargo xtask bench
-//! plugins` (release build); prints one JSON object.
+//! `shape-request` hook is not asked at all, so that way is not measured for it). Run
+//! by `cargo xtask bench plugins` (release build); prints one JSON object.
 //!
 //! `plugin_bench <registry-dir> <plugin-id> <calls-per-level> <concurrency>...`
 

@@ -121,7 +121,7 @@ pub enum Flavor {
 struct Lane {
     handle: Handle,
     /// Tells the owning thread to shut the runtime down, allowing this long.
-    stop: Option<oneshot::Sender<Duration>>,
+    stop: oneshot::Sender<Duration>,
     /// Says the runtime has shut down (or the owning thread ended).
     ended: std::sync::mpsc::Receiver<()>,
 }
@@ -188,10 +188,8 @@ impl ConnectionThreads {
         self.stopped.store(true, Ordering::Release);
         let deadline = Instant::now() + grace;
         let mut ended = Vec::with_capacity(self.lanes.len());
-        for mut lane in self.lanes.drain(..) {
-            if let Some(stop) = lane.stop.take() {
-                let _ = stop.send(grace);
-            }
+        for lane in self.lanes.drain(..) {
+            let _ = lane.stop.send(grace);
             ended.push(lane.ended);
         }
         // Waiting on threads blocks, which async code must not do in place.
@@ -268,7 +266,7 @@ impl Lane {
             .context("cannot start a connection thread's runtime")?;
         Ok(Self {
             handle,
-            stop: Some(stop),
+            stop,
             ended,
         })
     }
