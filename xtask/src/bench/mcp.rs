@@ -10,6 +10,12 @@
 //! direct and Portcullis is what Portcullis adds: identity, grants, routing, and its own
 //! rmcp client and server.
 //!
+//! Two plain HTTP hops are measured too, sessionless: nginx (the proxy benchmark's
+//! configuration) and Portcullis's own HTTP connector path, both forwarding the same
+//! POST for `ping` without reading its JSON-RPC. They are the floor a gateway in the
+//! path costs on these cores, so the rows show how much of Portcullis's MCP cost is its
+//! MCP work and how much any hop would add.
+//!
 //! The peer gateway, IBM ContextForge (see [`super::contextforge`]), is measured the same
 //! way on the same upstream: its aggregated `/mcp` endpoint, sessionless (it issues no
 //! sessions in its default configuration).
@@ -46,6 +52,7 @@ use serde_json::json;
 use super::contextforge;
 use super::host::{AtRest, prepare_portcullis, spawn_portcullis, with_child};
 use super::load::{self, Body, CpuPerRequest, LoadSpec, Stats, Target};
+use super::proxy::{CONNECTOR_PREFIX, ensure_nginx, nginx_version, with_nginx};
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// The token Portcullis injects and the upstream demands.
@@ -54,6 +61,8 @@ pub(super) const SECRET: &str = "bench-mcp-token";
 const PONG: &str = "pong";
 /// A call only counts when the body carries the answer as its text content.
 pub(super) const PONG_CONTENT: &str = r#""text":"pong""#;
+/// Portcullis's plain HTTP connector to the same upstream (the `portcullis-http` row).
+const HTTP_CONNECTOR: &str = "benchhttp";
 /// How long Portcullis may take to discover the upstream's tool.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Aims from the performance issue, reported next to the numbers: added p50 at
@@ -79,7 +88,7 @@ pub struct McpArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,contextforge,direct-session,portcullis-session,contextforge-session"
+        default_value = "direct,nginx,portcullis-http,portcullis,contextforge,direct-session,portcullis-session,contextforge-session"
     )]
     targets: Vec<TargetKind>,
     /// ContextForge's worker processes (its tuning guide: about one per core).
@@ -91,6 +100,8 @@ pub struct McpArgs {
 #[serde(rename_all = "kebab-case")]
 enum TargetKind {
     Direct,
+    Nginx,
+    PortcullisHttp,
     Portcullis,
     Contextforge,
     DirectSession,
@@ -102,6 +113,8 @@ impl TargetKind {
     fn label(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct to the upstream",
+            TargetKind::Nginx => "through nginx (HTTP proxy, no MCP)",
+            TargetKind::PortcullisHttp => "through Portcullis /v1/connectors (HTTP proxy, no MCP)",
             TargetKind::Portcullis => "through Portcullis /v1/mcp",
             TargetKind::Contextforge => "through ContextForge /mcp",
             TargetKind::DirectSession => "direct to the upstream, in a session",
@@ -122,7 +135,10 @@ impl TargetKind {
     /// The direct target a Portcullis target is compared with (`None` for direct ones).
     fn baseline(self) -> Option<TargetKind> {
         match self {
-            TargetKind::Portcullis | TargetKind::Contextforge => Some(TargetKind::Direct),
+            TargetKind::Nginx
+            | TargetKind::PortcullisHttp
+            | TargetKind::Portcullis
+            | TargetKind::Contextforge => Some(TargetKind::Direct),
             TargetKind::PortcullisSession | TargetKind::ContextforgeSession => {
                 Some(TargetKind::DirectSession)
             }
@@ -150,8 +166,18 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
     let targets = super::unique(&args.targets);
     let portcullis_bin = targets
         .iter()
-        .any(|k| matches!(k, TargetKind::Portcullis | TargetKind::PortcullisSession))
+        .any(|k| {
+            matches!(
+                k,
+                TargetKind::Portcullis | TargetKind::PortcullisHttp | TargetKind::PortcullisSession
+            )
+        })
         .then(|| prepare_portcullis(root, args.load.no_build));
+    let nginx_bin = targets.contains(&TargetKind::Nginx).then(ensure_nginx);
+    let nginx_version = match &nginx_bin {
+        Some(Ok(bin)) => nginx_version(bin),
+        _ => None,
+    };
     let contextforge_venv = targets
         .iter()
         .any(|k| {
@@ -188,18 +214,35 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
                 call_target(kind, upstream.addr, path, "ping", Some(&upstream_token()))
                     .and_then(|target| measure(&target, &upstream, None, &spec_c1, &spec_high))
             }
-            TargetKind::Portcullis | TargetKind::PortcullisSession => {
+            TargetKind::Portcullis | TargetKind::PortcullisHttp | TargetKind::PortcullisSession => {
                 let dir = tmp.path().join(format!("{kind:?}").to_lowercase());
+                let (path, tool) = match kind {
+                    TargetKind::PortcullisHttp => {
+                        (format!("/v1/connectors/{HTTP_CONNECTOR}/mcp"), "ping")
+                    }
+                    _ => ("/v1/mcp".to_owned(), "bench_ping"),
+                };
                 with_child(
                     &portcullis_bin,
                     |bin| start_portcullis(bin, &dir, upstream.addr),
                     &dir.join("stderr.log"),
                     |addr, guard| {
-                        let target = call_target(kind, addr, "/v1/mcp", "bench_ping", None)?;
+                        let target = call_target(kind, addr, &path, tool, None)?;
                         measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
                     },
                 )
             }
+            TargetKind::Nginx => with_nginx(
+                &nginx_bin,
+                tmp.path(),
+                upstream.addr,
+                SECRET,
+                |addr, guard| {
+                    let path = format!("{CONNECTOR_PREFIX}/mcp");
+                    let target = call_target(kind, addr, &path, "ping", None)?;
+                    measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                },
+            ),
             TargetKind::Contextforge | TargetKind::ContextforgeSession => {
                 let dir = tmp.path().join(format!("{kind:?}").to_lowercase());
                 let stateful = kind.in_session();
@@ -248,6 +291,7 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         date: super::utc_now_string(),
         machine,
         args: &args,
+        nginx_version,
         cpu_busy_before,
         steal: ticks_at_start.and_then(|t| t.steal_since()),
         results: &results,
@@ -258,6 +302,8 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         |k| k.label(),
         &[
             TargetKind::Direct,
+            TargetKind::Nginx,
+            TargetKind::PortcullisHttp,
             TargetKind::Portcullis,
             TargetKind::Contextforge,
             TargetKind::DirectSession,
@@ -389,14 +435,23 @@ fn start_portcullis(
     let config = json!({
         "identity": {"mode": "loopback"},
         "egress": {"allow_loopback": true},
-        "connectors": {"servers": {"bench": {
-            "protocol": "mcp",
-            "url": format!("http://{upstream}/mcp"),
-            "auth": {"type": "bearer_token", "secret": SECRET},
-        }}},
+        "connectors": {"servers": {
+            "bench": {
+                "protocol": "mcp",
+                "url": format!("http://{upstream}/mcp"),
+                "auth": {"type": "bearer_token", "secret": SECRET},
+            },
+            HTTP_CONNECTOR: {
+                "protocol": "http",
+                "url": format!("http://{upstream}"),
+                "auth": {"type": "bearer_token", "secret": SECRET},
+            },
+        }},
         "grants": [{
             "src": ["(loopback)"],
-            "app": {"tailscale.com/cap/aperture": [{"connectors": ["bench/**"]}]},
+            "app": {"tailscale.com/cap/aperture": [
+                {"connectors": ["bench/**", format!("{HTTP_CONNECTOR}/**")]},
+            ]},
         }],
     });
     let (mut guard, addr) = spawn_portcullis(bin, dir, &config, None, &[])?;
@@ -581,6 +636,8 @@ struct Report<'a> {
     date: String,
     machine: MachineInfo,
     args: &'a McpArgs,
+    /// nginx's version, when its row was measured.
+    nginx_version: Option<String>,
     cpu_busy_before: Option<f64>,
     /// Share of the CPU time the hypervisor took during the run.
     steal: Option<f64>,
@@ -616,6 +673,22 @@ impl Report<'_> {
              identity, a `bench/**` grant); Portcullis strips the prefix, injects the token \
              and forwards on its upstream MCP session."
         );
+        if self.measured(TargetKind::Nginx).is_some()
+            || self.measured(TargetKind::PortcullisHttp).is_some()
+        {
+            let _ = writeln!(
+                s,
+                "- Plain HTTP hops (sessionless, for the floor any gateway adds on these \
+                 cores): the same POST for `ping`, forwarded without reading its JSON-RPC, \
+                 through nginx ({}; the proxy benchmark's configuration: 2 workers, upstream \
+                 `keepalive 64`, access log off, injecting `Authorization`) at \
+                 `{CONNECTOR_PREFIX}/mcp`, and through Portcullis's HTTP connector path \
+                 `/v1/connectors/{HTTP_CONNECTOR}/mcp` (an `http` connector to the same \
+                 upstream, bearer token injected; identity, grant, header hygiene, egress \
+                 check and audit as for any proxied request).",
+                self.nginx_version.as_deref().unwrap_or("version unknown"),
+            );
+        }
         let _ = writeln!(
             s,
             "- Upstream: rmcp {} streamable HTTP server in the benchmark process (TCP_NODELAY \
@@ -716,6 +789,7 @@ impl Report<'_> {
                 &p.throughput,
             );
         }
+        s.push_str(&self.hop_lines());
         s.push_str(&self.peer_lines());
         s.push_str(&AtRest::lines(self.results.iter().map(|r| {
             (
@@ -723,6 +797,49 @@ impl Report<'_> {
                 r.outcome.as_ref().ok().and_then(|x| x.at_rest),
             )
         })));
+        s
+    }
+
+    /// The plain HTTP hops against direct, and what `/v1/mcp` costs beyond Portcullis's
+    /// own hop: the MCP work (JSON-RPC decoding and encoding, per-tool grants, the
+    /// aggregation, its two rmcp stacks) apart from the HTTP layer every request pays.
+    fn hop_lines(&self) -> String {
+        let mut s = String::new();
+        let Some(d) = self.measured(TargetKind::Direct) else {
+            return s;
+        };
+        for (kind, who) in [
+            (TargetKind::Nginx, "nginx"),
+            (TargetKind::PortcullisHttp, "Portcullis's HTTP path"),
+        ] {
+            if let Some(x) = self.measured(kind) {
+                against_direct(&mut s, "Plain HTTP hop", who, d, x);
+            }
+        }
+        if let (Some(h), Some(p)) = (
+            self.measured(TargetKind::PortcullisHttp),
+            self.measured(TargetKind::Portcullis),
+        ) {
+            let cpu = |x: &Measured| x.throughput.cpu.server_us;
+            let _ = writeln!(
+                s,
+                "- What `/v1/mcp` adds over Portcullis's own HTTP hop, sessionless: {:+.1} µs \
+                 at p50 (concurrency 1); {:.0} against {:.0} calls/s at concurrency {} \
+                 ({:.2}×){}.",
+                p.latency.p50_us - h.latency.p50_us,
+                p.throughput.rps,
+                h.throughput.rps,
+                self.args.concurrency_high,
+                ratio(p.throughput.rps, h.throughput.rps),
+                match (cpu(p), cpu(h)) {
+                    (Some(pc), Some(hc)) => format!(
+                        "; the gateway's CPU a call {pc:.1} against {hc:.1} µs ({:+.1} µs)",
+                        pc - hc
+                    ),
+                    _ => String::new(),
+                }
+            );
+        }
         s
     }
 
@@ -774,6 +891,7 @@ impl Report<'_> {
         let a = self.args;
         let mut settings = a.load.settings(a.concurrency_high, a.requests_high);
         settings["rmcp"] = json!(rmcp_version());
+        settings["nginx"] = json!(self.nginx_version);
         settings["contextforge"] = json!({"package": contextforge::PACKAGE,
                                           "workers": a.contextforge_workers});
         let targets: Vec<_> = self
