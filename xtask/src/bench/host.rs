@@ -324,8 +324,16 @@ pub fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String
     Ok(bin)
 }
 
-/// Writes `config`, starts `portcullis serve` with `dir` for its data and logs
-/// (`stderr.log`), and waits for `/healthz`. With `registry`, provider plugins load from
+/// Where [`spawn_portcullis`] writes the config of a Portcullis in `dir`: a folder of its
+/// own. Portcullis watches the config's folder (an editor saves by renaming into it), so
+/// a log file beside the config would wake its watcher on every write the gateway logs,
+/// which no deployment with its logs elsewhere pays.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join("config").join("portcullis.json")
+}
+
+/// Writes `config` (at [`config_path`]), starts `portcullis serve` with `dir` for its
+/// data and logs (`stderr.log`), and waits for `/healthz`. With `registry`, provider plugins load from
 /// there; without, none do. `env` adds variables (a database URL, a shared master key).
 pub fn spawn_portcullis(
     bin: &Path,
@@ -335,7 +343,8 @@ pub fn spawn_portcullis(
     env: &[(&str, String)],
 ) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
-    let config_path = dir.join("portcullis.json");
+    let config_path = config_path(dir);
+    fs::create_dir_all(dir.join("config")).context("creating portcullis config dir")?;
     fs::write(&config_path, serde_json::to_string_pretty(&config)?)
         .context("writing portcullis config")?;
     let port = free_port()?;

@@ -227,7 +227,7 @@ fn soak(
             );
         }
     }
-    let config_path = dir.join("portcullis.json");
+    let config_path = super::host::config_path(dir);
     let done = AtomicBool::new(false);
     let reloads = AtomicU64::new(0);
     let started = Instant::now();
