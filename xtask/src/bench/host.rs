@@ -333,8 +333,9 @@ pub fn config_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes `config` (at [`config_path`]), starts `portcullis serve` with `dir` for its
-/// data and logs (`stderr.log`), and waits for `/healthz`. With `registry`, provider plugins load from
-/// there; without, none do. `env` adds variables (a database URL, a shared master key).
+/// data and logs (`stderr.log`), and waits for `/healthz`. With `registry`, provider
+/// plugins load from there; without, none do. `env` adds variables (a database URL, a
+/// shared master key).
 pub fn spawn_portcullis(
     bin: &Path,
     dir: &Path,

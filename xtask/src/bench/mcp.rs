@@ -132,7 +132,7 @@ impl TargetKind {
         )
     }
 
-    /// The direct target a Portcullis target is compared with (`None` for direct ones).
+    /// The direct target a gateway target is compared with (`None` for direct ones).
     fn baseline(self) -> Option<TargetKind> {
         match self {
             TargetKind::Nginx
@@ -891,7 +891,7 @@ impl Report<'_> {
         let a = self.args;
         let mut settings = a.load.settings(a.concurrency_high, a.requests_high);
         settings["rmcp"] = json!(rmcp_version());
-        settings["nginx"] = json!(self.nginx_version);
+        settings["nginx_version"] = json!(self.nginx_version);
         settings["contextforge"] = json!({"package": contextforge::PACKAGE,
                                           "workers": a.contextforge_workers});
         let targets: Vec<_> = self
