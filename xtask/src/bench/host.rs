@@ -345,7 +345,9 @@ pub fn spawn_portcullis(
 ) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
     let config_path = config_path(dir);
-    fs::create_dir_all(dir.join("config")).context("creating portcullis config dir")?;
+    if let Some(folder) = config_path.parent() {
+        fs::create_dir_all(folder).context("creating portcullis config dir")?;
+    }
     fs::write(&config_path, serde_json::to_string_pretty(&config)?)
         .context("writing portcullis config")?;
     let port = free_port()?;

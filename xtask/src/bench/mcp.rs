@@ -174,10 +174,7 @@ pub fn run(root: &Path, args: McpArgs) -> Result<()> {
         })
         .then(|| prepare_portcullis(root, args.load.no_build));
     let nginx_bin = targets.contains(&TargetKind::Nginx).then(ensure_nginx);
-    let nginx_version = match &nginx_bin {
-        Some(Ok(bin)) => nginx_version(bin),
-        _ => None,
-    };
+    let nginx_version = nginx_version(&nginx_bin);
     let contextforge_venv = targets
         .iter()
         .any(|k| {

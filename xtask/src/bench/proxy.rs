@@ -142,16 +142,9 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
     let postgres = (wants(TargetKind::PortcullisPostgres) || wants(TargetKind::PortcullisReplicas))
         .then(|| super::postgres::start().map_err(|e| format!("{e:#}")));
     super::check_interrupted()?;
-    let nginx_bin = if wants(TargetKind::Nginx) {
-        Some(ensure_nginx())
-    } else {
-        None
-    };
+    let nginx_bin = wants(TargetKind::Nginx).then(ensure_nginx);
     super::check_interrupted()?;
-    let nginx_version = match &nginx_bin {
-        Some(Ok(bin)) => nginx_version(bin),
-        _ => None,
-    };
+    let nginx_version = nginx_version(&nginx_bin);
 
     let tmp = tempfile::Builder::new()
         .prefix("portcullis-bench-")
@@ -528,7 +521,11 @@ pub(super) fn ensure_nginx() -> Result<PathBuf, String> {
         .ok_or_else(|| "nginx was installed but is not on the PATH; install it by hand".into())
 }
 
-pub(super) fn nginx_version(bin: &Path) -> Option<String> {
+/// The version of the nginx [`ensure_nginx`] prepared, if it was.
+pub(super) fn nginx_version(prepared: &Option<Result<PathBuf, String>>) -> Option<String> {
+    let Some(Ok(bin)) = prepared else {
+        return None;
+    };
     let out = Command::new(bin).arg("-v").output().ok()?;
     // nginx prints its version to stderr: "nginx version: nginx/1.22.1".
     let text = String::from_utf8_lossy(&out.stderr);
