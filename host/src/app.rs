@@ -27,7 +27,6 @@ use crate::credentials::TokenSlots;
 use crate::egress::Egress;
 use crate::front::Front;
 use crate::plugins::Plugins;
-use crate::proxy;
 use crate::state::Parts;
 pub use crate::state::{App, Options, Snapshot};
 use crate::telemetry::Metrics;
@@ -173,13 +172,11 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Front {
     use crate::admin::{config as cfg, secrets};
     use crate::openapi::{__path_serve as __path_openapi, path_of};
     use crate::ui::{__path_asset, __path_index, __path_to_root};
-    // Paths come from the handlers' OpenAPI annotations ([`crate::openapi`]); the proxy
-    // documents its three routes as one (`{path}` of any depth).
+    // Paths come from the handlers' OpenAPI annotations ([`crate::openapi`]). The proxy's
+    // are not routed here: the front stages send them to `proxy::handle` themselves
+    // (`proxy::serves`), and its annotation documents them as one (`{path}` of any depth).
     let mcp_entry = crate::mcp::Entry::new(mcp.clone());
     let identified = Router::new()
-        .route("/v1/connectors/{id}", any(proxy::handle))
-        .route("/v1/connectors/{id}/", any(proxy::handle))
-        .route("/v1/connectors/{id}/{*path}", any(proxy::handle))
         .route(&path_of::<__path_metrics>(), get(admin::metrics))
         .route(&path_of::<__path_whoami>(), get(admin::whoami))
         .route(&path_of::<__path_registry>(), get(admin::registry))

@@ -7,7 +7,8 @@
 //!    request then keeps to the end: handlers read the same [`Snapshot`].
 //! 4. The router. Its routes for agents and operators start with [`identify`]: no caller,
 //!    no service. Only readiness, the OAuth client metadata and the dashboard's static
-//!    pages are public.
+//!    pages are public. The proxy's requests, the hot path, skip the router: the same
+//!    identity stage is called here, then [`crate::proxy::handle`].
 //! 5. On the way out, a plain-text rejection of the framework or the MCP transport
 //!    becomes the host's JSON error ([`crate::error::json_errors`]), an allowed
 //!    cross-origin page gets its CORS headers, and an answer to HEAD loses its body.
@@ -31,7 +32,7 @@ use tower_service::Service as _;
 
 use crate::browser::Verdict;
 use crate::error::{ApiError, ErrorCode};
-use crate::identity::IdentityError;
+use crate::identity::{Caller, IdentityError};
 use crate::proxy::ConnectorTag;
 use crate::state::{App, Snapshot};
 
@@ -122,10 +123,28 @@ impl Front {
             Verdict::Pass(cors) => cors,
             Verdict::Answer(answer) => return answer,
         };
-        req.extensions_mut().insert(snapshot);
-        let resp = match self.router.call(req).await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let resp = match peer.filter(|_| crate::proxy::serves(path)) {
+            // The proxy's routes go straight to it: the router and its identity layer
+            // would add route matching, a cloned service stack and boxed futures to
+            // the hottest path, for the same two stages called here.
+            Some(peer) => {
+                let app = self.app.clone();
+                identified(&snapshot, peer, req, async |caller, req| {
+                    crate::proxy::handle(app, snapshot.clone(), caller, req).await
+                })
+                .await
+            }
+            None => {
+                req.extensions_mut().insert(snapshot);
+                match self.router.call(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            }
         };
         let mut resp = crate::error::json_errors(resp, method, path).await;
         cors.stamp(&mut resp);
@@ -181,14 +200,29 @@ struct CallerTag(String);
 pub async fn identify(
     Extension(snapshot): Extension<Arc<Snapshot>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
+    req: Request,
     next: Next,
+) -> Response {
+    identified(&snapshot, peer, req, async |caller, mut req| {
+        req.extensions_mut().insert(caller);
+        next.run(req).await
+    })
+    .await
+}
+
+/// The identity stage, for the router's identified routes and the proxy's alike: `then`
+/// answers for the caller `peer` is identified as, under `snapshot`; a caller that
+/// cannot be identified is refused here.
+async fn identified(
+    snapshot: &Snapshot,
+    peer: SocketAddr,
+    req: Request,
+    then: impl AsyncFnOnce(Arc<Caller>, Request) -> Response,
 ) -> Response {
     match snapshot.identity.identify(peer, req.headers()).await {
         Ok(caller) => {
             let login = caller.login.clone();
-            req.extensions_mut().insert(caller);
-            let mut resp = next.run(req).await;
+            let mut resp = then(caller, req).await;
             resp.extensions_mut().insert(CallerTag(login));
             resp
         }

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -52,6 +51,14 @@ const ALLOWED: &[Method] = &[
 #[derive(Debug, Clone)]
 pub struct ConnectorTag(pub String);
 
+/// Whether `path` is the proxy's: `/v1/connectors/<id>`, `/v1/connectors/<id>/` or
+/// `/v1/connectors/<id>/<path>` with a non-empty `<id>`. [`crate::front`] sends these
+/// here directly, after the identity stage; anything else goes to the router.
+pub fn serves(path: &str) -> bool {
+    path.strip_prefix(PREFIX)
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+}
+
 /// Calls a connector's HTTP API with its credential injected.
 ///
 /// The path and query go to the connector's `url`; the caller needs a grant on
@@ -70,9 +77,9 @@ pub struct ConnectorTag(pub String);
         (status = 504, description = "The upstream did not answer in time", body = ErrorBody),
     ))]
 pub async fn handle(
-    State(app): State<Arc<App>>,
-    Extension(snapshot): Extension<Arc<Snapshot>>,
-    Extension(caller): Extension<Arc<Caller>>,
+    app: Arc<App>,
+    snapshot: Arc<Snapshot>,
+    caller: Arc<Caller>,
     req: Request,
 ) -> Response {
     let raw_path = req.uri().path().to_owned();

@@ -12,12 +12,7 @@ use serde_json::{Value, json};
 use crate::loopback_config;
 
 /// Routes written as literals in the router, and the documented path each is part of.
-const ALIASES: &[(&str, &str)] = &[
-    ("/v1/connectors/{id}", "/v1/connectors/{id}/{path}"),
-    ("/v1/connectors/{id}/", "/v1/connectors/{id}/{path}"),
-    ("/v1/connectors/{id}/{*path}", "/v1/connectors/{id}/{path}"),
-    ("/", "/ui"),
-];
+const ALIASES: &[(&str, &str)] = &[("/", "/ui")];
 
 const METHODS: &[&str] = &["get", "post", "put", "delete", "patch"];
 
@@ -102,7 +97,7 @@ async fn the_document_is_checked_in_and_matches_the_routes() {
             rest.find('"').map(|end| &rest[..end])
         })
         .collect();
-    assert!(literals.len() >= 4, "{literals:?}");
+    assert!(!literals.is_empty(), "no route found in app.rs");
     for literal in literals {
         let documented = paths.contains_key(literal)
             || ALIASES
@@ -111,6 +106,21 @@ async fn the_document_is_checked_in_and_matches_the_routes() {
         assert!(
             documented,
             "the route {literal} is not in the OpenAPI document"
+        );
+    }
+    // The proxy is routed by the front stages, not the router: its three forms, which the
+    // document gives as one, reach it.
+    for path in [
+        "/v1/connectors/api",
+        "/v1/connectors/api/",
+        "/v1/connectors/api/x/y",
+    ] {
+        let resp = http.get(host.url(path)).send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        assert!(
+            status != 405 && !body.contains("nothing is served at"),
+            "GET {path} does not reach the proxy: {status} {body}"
         );
     }
     assert!(
