@@ -33,6 +33,9 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// The minimal HTTP relay `bench proxy` measures as a floor (started by it).
+    #[command(hide = true, name = "bench-relay")]
+    BenchRelay(bench::relay::RelayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +76,7 @@ fn main() -> Result<()> {
             BenchCommand::Refresh(args) => bench::refresh::run(&root, args),
             BenchCommand::Soak(args) => bench::soak::run(&root, args),
         },
+        Command::BenchRelay(args) => bench::relay::run(args),
     }
 }
 

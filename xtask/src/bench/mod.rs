@@ -14,6 +14,7 @@ pub mod plugins;
 mod postgres;
 pub mod proxy;
 pub mod refresh;
+pub mod relay;
 pub mod soak;
 
 use std::fs;

@@ -62,7 +62,7 @@ pub struct ProxyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,portcullis-plugin,portcullis-plugin-calls,portcullis-postgres,portcullis-replicas,nginx"
+        default_value = "direct,portcullis,portcullis-plugin,portcullis-plugin-calls,portcullis-postgres,portcullis-replicas,nginx,relay,relay-hyper"
     )]
     targets: Vec<TargetKind>,
 }
@@ -84,6 +84,11 @@ enum TargetKind {
     /// connections spread over them as a balancer would.
     PortcullisReplicas,
     Nginx,
+    /// The floor of a Rust HTTP hop: [`super::relay`], with none of a gateway's rules.
+    Relay,
+    /// The same relay on hyper's server and pooled client: what hyper costs before any
+    /// gateway work.
+    RelayHyper,
 }
 
 impl TargetKind {
@@ -96,6 +101,8 @@ impl TargetKind {
             TargetKind::PortcullisPostgres => "Portcullis on PostgreSQL",
             TargetKind::PortcullisReplicas => "3 Portcullis replicas on PostgreSQL",
             TargetKind::Nginx => "nginx",
+            TargetKind::Relay => "minimal Rust relay (no checks)",
+            TargetKind::RelayHyper => "hyper relay (no checks)",
         }
     }
 }
@@ -218,6 +225,22 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                     measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
                 },
             ),
+            TargetKind::Relay | TargetKind::RelayHyper => {
+                let (dir, stack) = match kind {
+                    TargetKind::Relay => ("relay", "lean"),
+                    _ => ("relay-hyper", "hyper"),
+                };
+                let dir = tmp.path().join(dir);
+                with_child(
+                    &Some(Ok(PathBuf::new())),
+                    |_| start_relay(&dir, upstream.addr, stack),
+                    &dir.join("stderr.log"),
+                    |addr, guard| {
+                        let target = proxied_target(kind, addr);
+                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                    },
+                )
+            }
         };
         super::check_interrupted()?;
         super::record(&mut results, kind, kind.label(), outcome);
@@ -251,6 +274,8 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
             TargetKind::PortcullisPostgres,
             TargetKind::PortcullisReplicas,
             TargetKind::Nginx,
+            TargetKind::Relay,
+            TargetKind::RelayHyper,
         ],
     );
     args.load.finish(
@@ -648,6 +673,36 @@ fn start_nginx(
     Ok((guard, addr))
 }
 
+/// Starts [`super::relay`] from this very binary (`xtask bench-relay`) and waits until
+/// it answers.
+fn start_relay(dir: &Path, upstream: SocketAddr, stack: &str) -> Result<(ChildGuard, SocketAddr)> {
+    fs::create_dir_all(dir).context("creating the relay's dir")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let stderr = fs::File::create(dir.join("stderr.log")).context("creating the relay's log")?;
+    let me = std::env::current_exe().context("finding the xtask binary")?;
+    let child = Command::new(me)
+        .arg("bench-relay")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--upstream")
+        .arg(upstream.to_string())
+        .arg("--prefix")
+        .arg(CONNECTOR_PREFIX)
+        .arg("--secret")
+        .arg(SECRET)
+        .arg("--stack")
+        .arg(stack)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("starting the relay")?;
+    let mut guard = ChildGuard::new("relay", child, "TERM");
+    wait_ready(&mut guard, "relay", addr, "/", false)
+        .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
+    Ok((guard, addr))
+}
+
 /// Everything needed to render the results.
 struct Report<'a> {
     date: String,
@@ -700,6 +755,25 @@ impl Report<'_> {
             "- nginx reference: {}, 2 workers, upstream `keepalive 64`, access log off",
             self.nginx_version.as_deref().unwrap_or("version unknown")
         );
+        if self
+            .results
+            .iter()
+            .any(|r| matches!(r.kind, TargetKind::Relay | TargetKind::RelayHyper))
+        {
+            let _ = writeln!(
+                s,
+                "- Relays (`xtask/src/bench/relay.rs`): measurements of what an HTTP/1.1 hop \
+                 costs in Rust on these cores, not gateways. Each rewrites the path, `Host` \
+                 and `Authorization` and has no identity, grants, header hygiene, egress \
+                 check, limits, timeouts, audit or metrics. The {} parses heads in place \
+                 (`httparse`), copies the rest and relays `Content-Length` bodies over one \
+                 upstream connection per agent connection; the {} is hyper's HTTP/1 server \
+                 and hyper-util's pooled client, as Portcullis has them. Both run a \
+                 single-threaded tokio runtime per core, as Portcullis does",
+                TargetKind::Relay.label(),
+                TargetKind::RelayHyper.label()
+            );
+        }
         if let Some(v) = &self.postgres_version {
             let _ = writeln!(
                 s,
@@ -851,6 +925,30 @@ impl Report<'_> {
                     pc / nc,
                     CpuPerRequest::cell(p.throughput.cpu.total_us()),
                     CpuPerRequest::cell(n.throughput.cpu.total_us()),
+                );
+            }
+        }
+        if let Some(n) = n.filter(|n| n.throughput.rps > 0.0) {
+            for kind in [TargetKind::Relay, TargetKind::RelayHyper] {
+                let Some(r) = self.measured(kind) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    s,
+                    "- The {}: **{:.2}×** nginx's req/s at concurrency {high} ({:.0} vs {:.0}), \
+                     {} µs of CPU a request ({} in the kernel){}.",
+                    kind.label(),
+                    r.throughput.rps / n.throughput.rps,
+                    r.throughput.rps,
+                    n.throughput.rps,
+                    CpuPerRequest::cell(r.throughput.cpu.server_us),
+                    CpuPerRequest::cell(r.throughput.cpu.server_system_us),
+                    direct
+                        .map(|d| format!(
+                            "; it adds {:+.1} µs at p50 (concurrency 1)",
+                            r.latency.p50_us - d.latency.p50_us
+                        ))
+                        .unwrap_or_default(),
                 );
             }
         }
