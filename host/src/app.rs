@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::middleware;
-use axum::routing::{any, delete, get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use crate::admin;
 use crate::config;
@@ -173,8 +173,9 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Front {
     use crate::openapi::{__path_serve as __path_openapi, path_of};
     use crate::ui::{__path_asset, __path_index, __path_to_root};
     // Paths come from the handlers' OpenAPI annotations ([`crate::openapi`]). The proxy's
-    // are not routed here: the front stages send them to `proxy::handle` themselves
-    // (`proxy::serves`), and its annotation documents them as one (`{path}` of any depth).
+    // and `/v1/mcp` are not routed here: the front stages send them to their handlers
+    // themselves (`front::Hot`); the proxy's annotation documents its forms as one
+    // (`{path}` of any depth).
     let mcp_entry = crate::mcp::Entry::new(mcp.clone());
     let identified = Router::new()
         .route(&path_of::<__path_metrics>(), get(admin::metrics))
@@ -211,15 +212,11 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Front {
         )
         .route(&path_of::<__path_callback>(), get(admin::callback))
         .route(
-            crate::mcp::ENDPOINT,
-            any(crate::mcp::handle).with_state(mcp_entry.clone()),
-        )
-        .route(
             &path_of::<crate::mcp::__path_handle_one>(),
             post(crate::mcp::handle_one)
                 .get(crate::mcp::handle_one)
                 .delete(crate::mcp::handle_one)
-                .with_state(mcp_entry),
+                .with_state(mcp_entry.clone()),
         )
         .fallback(admin::not_found)
         .layer(middleware::from_fn(crate::front::identify));
@@ -235,7 +232,7 @@ pub fn router(app: Arc<App>, mcp: Arc<crate::mcp::Gateway>) -> Front {
         .route(&path_of::<__path_asset>(), get(crate::ui::asset))
         .merge(identified)
         .with_state(app.clone());
-    Front::new(app, router)
+    Front::new(app, router, mcp_entry)
 }
 
 /// Runs the server until SIGTERM or SIGINT; reloads on SIGHUP and when the file changes.

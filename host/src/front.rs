@@ -7,8 +7,8 @@
 //!    request then keeps to the end: handlers read the same [`Snapshot`].
 //! 4. The router. Its routes for agents and operators start with [`identify`]: no caller,
 //!    no service. Only readiness, the OAuth client metadata and the dashboard's static
-//!    pages are public. The proxy's requests, the hot path, skip the router: the same
-//!    identity stage is called here, then [`crate::proxy::handle`].
+//!    pages are public. Agents' calls, the hot paths, skip the router: for the proxy's
+//!    routes and `/v1/mcp` the same identity stage is called here, then the handler.
 //! 5. On the way out, a plain-text rejection of the framework or the MCP transport
 //!    becomes the host's JSON error ([`crate::error::json_errors`]), an allowed
 //!    cross-origin page gets its CORS headers, and an answer to HEAD loses its body.
@@ -41,11 +41,31 @@ use crate::state::{App, Snapshot};
 pub struct Front {
     app: Arc<App>,
     router: Router,
+    /// `/v1/mcp`, served past the router as the proxy is.
+    mcp: Arc<crate::mcp::Entry>,
+}
+
+/// The routes of agents' calls, which skip the router ([`Front::pass`]).
+enum Hot {
+    Proxy,
+    Mcp,
+}
+
+impl Hot {
+    fn of(path: &str) -> Option<Self> {
+        if crate::proxy::serves(path) {
+            Some(Self::Proxy)
+        } else if path == crate::mcp::ENDPOINT {
+            Some(Self::Mcp)
+        } else {
+            None
+        }
+    }
 }
 
 impl Front {
-    pub fn new(app: Arc<App>, router: Router) -> Self {
-        Self { app, router }
+    pub fn new(app: Arc<App>, router: Router, mcp: Arc<crate::mcp::Entry>) -> Self {
+        Self { app, router, mcp }
     }
 
     /// Answers one request: every stage in order, then its log line and metrics.
@@ -127,14 +147,23 @@ impl Front {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        let resp = match peer.filter(|_| crate::proxy::serves(path)) {
-            // The proxy's routes go straight to it: the router and its identity layer
-            // would add route matching, a cloned service stack and boxed futures to
-            // the hottest path, for the same two stages called here.
-            Some(peer) => {
+        // Agents' calls go straight to their handler: the router and its identity layer
+        // would add route matching, a cloned service stack and boxed futures to the
+        // hottest paths, for the same two stages called here.
+        let resp = match peer.zip(Hot::of(path)) {
+            Some((peer, Hot::Proxy)) => {
                 let app = self.app.clone();
                 identified(&snapshot, peer, req, async |caller, req| {
                     crate::proxy::handle(app, snapshot.clone(), caller, req).await
+                })
+                .await
+            }
+            Some((peer, Hot::Mcp)) => {
+                let mcp = self.mcp.clone();
+                req.extensions_mut().insert(snapshot.clone());
+                identified(&snapshot, peer, req, async |caller, mut req| {
+                    req.extensions_mut().insert(caller.clone());
+                    crate::mcp::handle(mcp, caller, req).await
                 })
                 .await
             }

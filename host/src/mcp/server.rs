@@ -1659,11 +1659,7 @@ fn session_id(req: &Request) -> Option<String> {
         (status = 202, description = "A notification or response accepted"),
         (status = 404, description = "An unknown or ended session", body = ErrorBody),
     ))]
-pub async fn handle(
-    State(entry): State<Arc<Entry>>,
-    Extension(caller): Extension<Arc<Caller>>,
-    req: Request,
-) -> Response {
+pub async fn handle(entry: Arc<Entry>, caller: Arc<Caller>, req: Request) -> Response {
     if req.method() != http::Method::POST {
         // GET (the stream) and DELETE (the end of a session) carry no request id: their
         // refusals keep the host's error shape ([`crate::error::json_errors`]).
@@ -1750,7 +1746,7 @@ pub async fn handle_one(
         .into_response();
     }
     req.extensions_mut().insert(Scope::One(id.into()));
-    handle(State(entry), Extension(caller), req).await
+    handle(entry, caller, req).await
 }
 
 /// What the transport answers for a session it does not know, so that a session this
