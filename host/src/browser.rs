@@ -187,8 +187,8 @@ fn navigation_target(path: &str) -> bool {
 /// What the defence decided about a request.
 #[must_use]
 pub enum Verdict {
-    /// It goes on to the router (and to identity, on the routes that need a caller);
-    /// its response gets `Cors`.
+    /// It goes on to identity (on the routes that need a caller) and its handler, past
+    /// the router or through it ([`crate::front`]); its response gets `Cors`.
     Pass(Cors),
     /// It is answered here: a refusal, or a preflight's answer.
     Answer(Response),

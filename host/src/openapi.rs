@@ -1,6 +1,8 @@
 //! The HTTP API's OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]`
 //! annotations and served at [`PATH`]. The router takes each route's path from the same
-//! annotation ([`path_of`]), so a documented path and a served one cannot drift apart;
+//! annotation ([`path_of`]), so a documented path and a served one cannot drift apart
+//! (the proxy's and `/v1/mcp`, which the front stages route themselves, are checked by
+//! the e2e test that asks for them);
 //! the e2e tests check the methods by asking the running host, and that
 //! `docs/openapi.json` is what the code generates.
 //!

@@ -768,8 +768,9 @@ impl Report<'_> {
                  check, limits, timeouts, audit or metrics. The {} parses heads in place \
                  (`httparse`), copies the rest and relays `Content-Length` bodies over one \
                  upstream connection per agent connection; the {} is hyper's HTTP/1 server \
-                 and hyper-util's pooled client, as Portcullis has them. Both run a \
-                 single-threaded tokio runtime per core, as Portcullis does",
+                 and hyper-util's pooled client, the crates Portcullis uses, in their \
+                 plainest setup (HTTP/1 only, plain TCP). Both run a single-threaded tokio \
+                 runtime per core, as Portcullis does",
                 TargetKind::Relay.label(),
                 TargetKind::RelayHyper.label()
             );

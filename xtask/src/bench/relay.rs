@@ -6,20 +6,24 @@
 //! allocation), not in the gateway's checks. Whether a Rust gateway *can* match nginx on
 //! these cores, and so whether a purpose-built HTTP layer is worth building, is a
 //! question a measurement answers better than an estimate. This relay is that
-//! measurement: what nginx does per request and nothing more, on the runtime layout
+//! measurement: the least a header-injecting HTTP/1.1 hop does, on the runtime layout
 //! Portcullis already has (a single-threaded tokio runtime per core):
 //!
 //! - parse the request head in place (`httparse`), rewrite the request line and the two
 //!   headers a proxy must (`Host`, the injected `Authorization`), copy the rest;
 //! - one keep-alive upstream connection per agent connection, used inline by the
-//!   connection's own task: no pool, no task hand-off, no channel;
-//! - relay `Content-Length` bodies both ways; anything else (chunked, upgrades) is
-//!   answered 501 and the connection closed.
+//!   connection's own task: no pool, no task hand-off, no channel (a gateway serving
+//!   many connectors and users needs a pool; nginx keeps one per worker);
+//! - relay `Content-Length` bodies both ways, the response's head unparsed but for that
+//!   length (nginx also rewrites hop-by-hop headers); anything else (chunked, upgrades,
+//!   HEAD, 1xx) is answered 501 and the connection closed.
 //!
 //! With `--stack hyper` (`--targets relay-hyper`) the same relay runs on hyper's HTTP/1
-//! server and hyper-util's pooled client instead, as Portcullis does: the difference
-//! between the two rows is what hyper costs, and between the hyper row and Portcullis's,
-//! what the gateway's own work on top of hyper costs.
+//! server and hyper-util's pooled client instead, the crates Portcullis uses, in their
+//! plainest setup: HTTP/1 only (Portcullis's server also detects HTTP/2 and times each
+//! head read), plain TCP (Portcullis's client goes through its TLS connector and checked
+//! resolver). The difference between the two rows is roughly what hyper costs; between
+//! the hyper row and Portcullis's, the gateway's own work and that richer setup.
 //!
 //! It is not a gateway. It has none of Portcullis's rules: no identity, grants, header
 //! hygiene, egress check, limits, timeouts, audit or metrics, and it trusts the
@@ -100,14 +104,20 @@ pub fn run(args: RelayArgs) -> Result<()> {
             let listen = args.listen;
             std::thread::Builder::new()
                 .name(format!("relay-{i}"))
-                .spawn(move || serve_thread(listen, settings, stack))
+                .spawn(move || {
+                    // A thread that cannot serve ends the relay, so the benchmark never
+                    // measures it with fewer threads than cores.
+                    if let Err(e) = serve_thread(listen, settings, stack) {
+                        eprintln!("relay: {e:#}");
+                        std::process::exit(1);
+                    }
+                })
                 .context("starting a relay thread")
         })
         .collect::<Result<_>>()?;
     for t in threads {
-        match t.join() {
-            Ok(r) => r?,
-            Err(_) => bail!("a relay thread panicked"),
+        if t.join().is_err() {
+            bail!("a relay thread panicked");
         }
     }
     Ok(())
@@ -208,10 +218,14 @@ async fn serve(mut agent: TcpStream, settings: &Settings) -> Result<()> {
         let Some(head) = head else {
             return refuse(&mut agent, "501 Not Implemented").await;
         };
-        let ready = (head.len + head.body).min(from_upstream.len());
+        let whole = head
+            .len
+            .checked_add(head.body)
+            .context("a Content-Length past the address space")?;
+        let ready = whole.min(from_upstream.len());
         agent.write_all(&from_upstream[..ready]).await?;
         from_upstream.advance(ready);
-        copy_exact(up, &mut agent, head.len + head.body - ready).await?;
+        copy_exact(up, &mut agent, whole - ready).await?;
     }
 }
 
@@ -229,7 +243,8 @@ fn request_head(
         httparse::Status::Partial => return Ok(None),
         httparse::Status::Complete(len) => len,
     };
-    let (Some(method), Some(path)) = (req.method, req.path) else {
+    // The answer to HEAD declares a length it does not carry: not handled.
+    let (Some(method), Some(path)) = (req.method.filter(|m| *m != "HEAD"), req.path) else {
         return Ok(Some(None));
     };
     let Some(rest) = path.strip_prefix(settings.prefix.as_str()) else {
@@ -266,8 +281,9 @@ fn request_head(
     Ok(Some(Some(Head { len, body })))
 }
 
-/// Parses a response head in `buf`, as [`request_head`] does; a response without a
-/// `Content-Length` is one this relay does not handle.
+/// Parses a response head in `buf`, as [`request_head`] does. 204 and 304 carry no
+/// body whatever they declare; an interim (1xx) response, or one without a
+/// `Content-Length`, is one this relay does not handle.
 fn response_head(buf: &[u8]) -> Result<Option<Option<Head>>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -275,6 +291,11 @@ fn response_head(buf: &[u8]) -> Result<Option<Option<Head>>> {
         httparse::Status::Partial => return Ok(None),
         httparse::Status::Complete(len) => len,
     };
+    match resp.code {
+        Some(100..=199) | None => return Ok(Some(None)),
+        Some(204 | 304) => return Ok(Some(Some(Head { len, body: 0 }))),
+        Some(_) => {}
+    }
     let length = resp
         .headers
         .iter()
@@ -391,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn partial_unprefixed_and_chunked_requests_are_told_apart() {
+    fn partial_unprefixed_chunked_and_head_requests_are_told_apart() {
         let mut out = Vec::new();
         let s = settings();
         assert!(matches!(
@@ -400,6 +421,14 @@ mod tests {
         ));
         assert!(matches!(
             request_head(b"GET /other HTTP/1.1\r\n\r\n", &s, &mut out),
+            Ok(Some(None))
+        ));
+        assert!(matches!(
+            request_head(
+                b"HEAD /v1/connectors/bench/x HTTP/1.1\r\n\r\n",
+                &s,
+                &mut out
+            ),
             Ok(Some(None))
         ));
         assert!(matches!(
@@ -421,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn a_response_needs_a_content_length() {
+    fn a_response_needs_a_content_length_unless_it_carries_no_body() {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let head = response_head(ok)
             .expect("parses")
@@ -432,5 +461,15 @@ mod tests {
             response_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
             Ok(Some(None))
         ));
+        assert!(matches!(
+            response_head(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            Ok(Some(None))
+        ));
+        let not_modified = b"HTTP/1.1 304 Not Modified\r\ncontent-length: 94\r\n\r\n";
+        let head = response_head(not_modified)
+            .expect("parses")
+            .expect("complete")
+            .expect("handled");
+        assert_eq!((head.len, head.body), (not_modified.len(), 0));
     }
 }
