@@ -262,7 +262,7 @@ pub async fn identify(
     .await
 }
 
-/// The identity stage, for the router's identified routes and the proxy's alike: `then`
+/// The identity stage, for the router's identified routes and the [`Hot`] paths alike: `then`
 /// answers for the caller `peer` is identified as, under `snapshot`; a caller that
 /// cannot be identified is refused here.
 async fn identified(

@@ -326,3 +326,33 @@ impl http_body::Body for Capped {
         h
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::serves;
+
+    #[test]
+    fn the_proxy_serves_the_three_forms_of_its_route_and_nothing_else() {
+        for path in [
+            "/v1/connectors/github",
+            "/v1/connectors/github/",
+            "/v1/connectors/github/repos/a/b",
+            "/v1/connectors/github//double",
+            "/v1/connectors/git%68ub/x",
+        ] {
+            assert!(serves(path), "{path}");
+        }
+        // An empty connector ID, or a path that only starts like the prefix, is the
+        // router's (its 404), as it was when the router matched `{id}`.
+        for path in [
+            "/v1/connectors",
+            "/v1/connectors/",
+            "/v1/connectors//github",
+            "/v1/connectorsx/github",
+            "/v1/mcp",
+            "/api/connectors/github",
+        ] {
+            assert!(!serves(path), "{path}");
+        }
+    }
+}
