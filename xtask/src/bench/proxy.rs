@@ -150,6 +150,9 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
         .then(|| super::postgres::start().map_err(|e| format!("{e:#}")));
     super::check_interrupted()?;
     let nginx_bin = wants(TargetKind::Nginx).then(ensure_nginx);
+    // The relays are this very binary (`xtask bench-relay`).
+    let relay_bin = (wants(TargetKind::Relay) || wants(TargetKind::RelayHyper))
+        .then(|| std::env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}")));
     super::check_interrupted()?;
     let nginx_version = nginx_version(&nginx_bin);
 
@@ -232,8 +235,8 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                 };
                 let dir = tmp.path().join(dir);
                 with_child(
-                    &Some(Ok(PathBuf::new())),
-                    |_| start_relay(&dir, upstream.addr, stack),
+                    &relay_bin,
+                    |bin| start_relay(bin, &dir, upstream.addr, stack),
                     &dir.join("stderr.log"),
                     |addr, guard| {
                         let target = proxied_target(kind, addr);
@@ -675,12 +678,16 @@ fn start_nginx(
 
 /// Starts [`super::relay`] from this very binary (`xtask bench-relay`) and waits until
 /// it answers.
-fn start_relay(dir: &Path, upstream: SocketAddr, stack: &str) -> Result<(ChildGuard, SocketAddr)> {
+fn start_relay(
+    bin: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+    stack: &str,
+) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir).context("creating the relay's dir")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let stderr = fs::File::create(dir.join("stderr.log")).context("creating the relay's log")?;
-    let me = std::env::current_exe().context("finding the xtask binary")?;
-    let child = Command::new(me)
+    let child = Command::new(bin)
         .arg("bench-relay")
         .arg("--listen")
         .arg(addr.to_string())
