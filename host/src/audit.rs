@@ -90,6 +90,17 @@ pub enum Outcome {
     Tool(&'static str),
 }
 
+/// As the record's `outcome` reads: `denied`, the status (`"200"`), or the MCP call's.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Denied => f.write_str("denied"),
+            Self::Status(s) => write!(f, "{s}"),
+            Self::Tool(o) => f.write_str(o),
+        }
+    }
+}
+
 impl Audit {
     /// Records to the log.
     pub fn to_log() -> Self {
@@ -149,11 +160,6 @@ impl Audit {
         } else {
             target
         };
-        let outcome: Cow<'static, str> = match outcome {
-            Outcome::Denied => "denied".into(),
-            Outcome::Status(s) => s.to_string().into(),
-            Outcome::Tool(o) => o.into(),
-        };
         self.record(&CallRecord {
             event: "call",
             caller: &caller.login,
@@ -161,8 +167,8 @@ impl Audit {
             connector,
             via: kind,
             target: &target,
-            grant: grant.map(ToString::to_string),
-            outcome: &outcome,
+            grant: grant.map(Text),
+            outcome: Text(outcome),
         });
     }
 
@@ -238,8 +244,18 @@ struct CallRecord<'a> {
     connector: &'a str,
     via: &'static str,
     target: &'a str,
-    grant: Option<String>,
-    outcome: &'a str,
+    grant: Option<Text<&'a GrantRef>>,
+    outcome: Text<Outcome>,
+}
+
+/// A value serialised as its `Display` text, written straight into the record rather
+/// than built as a string first: a call record is written for every proxied request.
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 #[derive(Serialize)]

@@ -71,8 +71,9 @@ impl Front {
         Self { app, router, mcp }
     }
 
-    /// Answers one request: every stage in order, then its log line and metrics.
-    pub async fn call(mut self, mut req: Request) -> Response {
+    /// Answers one request from `peer`: every stage in order, then its log line and
+    /// metrics.
+    pub async fn call(mut self, mut req: Request, peer: SocketAddr) -> Response {
         let started = Instant::now();
         let method = req.method().clone();
         // The request's target (its bytes shared, not copied), for the log line and a
@@ -96,9 +97,11 @@ impl Front {
                 use tracing::Instrument as _;
                 req.extensions_mut()
                     .insert(crate::telemetry::otel::RequestSpan(span.clone()));
-                self.pass(req, &method, path).instrument(span.clone()).await
+                self.pass(req, peer, &method, path)
+                    .instrument(span.clone())
+                    .await
             }
-            None => self.pass(req, &method, path).await,
+            None => self.pass(req, peer, &method, path).await,
         };
         let resp = if method == http::Method::HEAD {
             without_body(resp)
@@ -109,7 +112,7 @@ impl Front {
         let status = resp.status().as_u16();
         let ext = resp.extensions();
         let connector = ext.get::<ConnectorTag>().map_or("", |t| t.0.as_str());
-        let caller = ext.get::<CallerTag>().map_or("", |t| t.0.as_str());
+        let caller = ext.get::<CallerTag>().map_or("", |t| t.0.login.as_str());
         let error = ext.get::<ErrorCode>().map_or("", |e| e.0);
         let upstream_us = ext
             .get::<crate::telemetry::UpstreamTime>()
@@ -172,7 +175,13 @@ impl Front {
     }
 
     /// Stages 2 to 5.
-    async fn pass(&mut self, mut req: Request, method: &http::Method, path: &str) -> Response {
+    async fn pass(
+        &mut self,
+        mut req: Request,
+        peer: SocketAddr,
+        method: &http::Method,
+        path: &str,
+    ) -> Response {
         if let Err(refusal) = crate::limits::check(&req) {
             return refusal.into_response();
         }
@@ -181,16 +190,15 @@ impl Front {
             Verdict::Pass(cors) => cors,
             Verdict::Answer(answer) => return answer,
         };
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
         // The hot paths go straight to their handler: the router and its identity layer
         // would add route matching, extractors, a cloned service stack and several boxed
-        // futures a request, for the same two stages called here (one boxed future).
-        let resp = match peer.zip(Hot::of(path)) {
-            Some((peer, hot)) => self.hot(hot, snapshot, peer, req).await,
+        // futures a request, for the same two stages called here (one boxed future). They
+        // are handed the peer; the router's routes read it from the request, which costs
+        // an allocation or two a request, so only they get it there.
+        let resp = match Hot::of(path) {
+            Some(hot) => self.hot(hot, snapshot, peer, req).await,
             None => {
+                req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(snapshot);
                 match self.router.call(req).await {
                     Ok(resp) => resp,
@@ -235,17 +243,14 @@ pub fn for_connection(
 > + Clone {
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let front = front.clone();
-        async move {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            Ok(front.call(req).await)
-        }
+        async move { Ok(front.call(req.map(axum::body::Body::new), peer).await) }
     })
 }
 
-/// The caller's login, for the request log.
+/// The caller, for the request log's login (shared, not copied: this is on every
+/// identified request).
 #[derive(Clone, Debug)]
-struct CallerTag(String);
+struct CallerTag(Arc<Caller>);
 
 /// Identity before anything else on the routes that need a caller: the middleware of
 /// the router's identified routes. The snapshot is the one the request took at the door.
@@ -273,9 +278,9 @@ async fn identified(
 ) -> Response {
     match snapshot.identity.identify(peer, req.headers()).await {
         Ok(caller) => {
-            let login = caller.login.clone();
+            let tag = CallerTag(caller.clone());
             let mut resp = then(caller, req).await;
-            resp.extensions_mut().insert(CallerTag(login));
+            resp.extensions_mut().insert(tag);
             resp
         }
         Err(IdentityError::Unknown(msg)) => {

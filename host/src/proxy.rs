@@ -230,13 +230,22 @@ fn relay(id: &str, head: bool, idle: Duration, resp: http::Response<UpstreamBody
 /// silent to the caller (the status was already sent) but logged. Once the limit is
 /// reached, one more frame is awaited to tell a body that ended exactly there from one
 /// that was cut.
+///
+/// The idle timer is armed only when the upstream makes the body wait, and re-armed
+/// when it makes it wait again after data: most answers arrive whole with their head and
+/// never need one, and a timer costs an allocation, a clock read and the runtime's timer
+/// wheel on every request.
 struct Capped {
     inner: UpstreamBody,
     left: u64,
     connector: String,
     done: bool,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Armed while the body waits; `None` until it first waits, and again once data
+    /// came (the silence it measured is over).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A timer is kept for reuse once armed, so a slow stream allocates one.
+    spare: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -249,8 +258,26 @@ impl Capped {
             connector: connector.to_owned(),
             done: false,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
+            spare: None,
         }
+    }
+
+    /// Whether the upstream has now been silent for `idle`, arming the timer if the body
+    /// has just started to wait.
+    fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let timer = self.timer.get_or_insert_with(|| {
+            let deadline = tokio::time::Instant::now() + idle;
+            match self.spare.take() {
+                Some(mut t) => {
+                    t.as_mut().reset(deadline);
+                    t
+                }
+                None => Box::pin(tokio::time::sleep_until(deadline)),
+            }
+        });
+        timer.as_mut().poll(cx).is_ready()
     }
 
     fn truncated(&mut self) {
@@ -272,7 +299,7 @@ impl http_body::Body for Capped {
         }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {
-                if self.timer.as_mut().poll(cx).is_ready() {
+                if self.silent_too_long(cx) {
                     self.done = true;
                     tracing::warn!(connector = %self.connector, "upstream went silent mid-response; response abandoned");
                     return Poll::Ready(Some(Err("upstream response timed out".into())));
@@ -286,8 +313,10 @@ impl http_body::Body for Capped {
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(Some(Ok(frame))) => frame,
         };
-        let deadline = tokio::time::Instant::now() + self.idle;
-        self.timer.as_mut().reset(deadline);
+        // Data came: the silence is over; the next wait starts a new one.
+        if let Some(timer) = self.timer.take() {
+            self.spare = Some(timer);
+        }
         // Trailers are metadata of the upstream connection: dropped.
         let Ok(mut data) = frame.into_data() else {
             self.done = true;

@@ -368,3 +368,48 @@ pub fn init_logging() -> anyhow::Result<()> {
         .try_init();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-request series count by their labels, from any thread, and two hosts in one
+    /// process keep their counts apart.
+    #[test]
+    fn per_request_series_count_into_their_own_host() {
+        let ms = Duration::from_millis(1);
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.observe("proxy", "api", 200, ms);
+        b.observe("proxy", "api", 200, ms);
+        a.observe("proxy", "api", 200, ms);
+        a.observe("proxy", "api", 404, ms);
+        a.observe("mcp", "api", 200, ms);
+        a.observe_upstream("api", Some(200), ms);
+        b.observe_upstream("other", Some(503), ms);
+        a.observe_upstream("api", Some(204), ms);
+        a.observe_upstream("api", None, ms);
+        std::thread::scope(|s| {
+            s.spawn(|| a.observe("proxy", "api", 200, ms));
+        });
+        let (a, b) = (a.render(), b.render());
+        for line in [
+            r#"portcullis_requests_total{route="proxy",connector="api",status="200"} 3"#,
+            r#"portcullis_requests_total{route="proxy",connector="api",status="404"} 1"#,
+            r#"portcullis_requests_total{route="mcp",connector="api",status="200"} 1"#,
+            r#"portcullis_upstream_requests_total{connector="api",outcome="2xx"} 2"#,
+            r#"portcullis_upstream_requests_total{connector="api",outcome="error"} 1"#,
+            r#"portcullis_upstream_duration_seconds_count{connector="api"} 3"#,
+        ] {
+            assert!(a.contains(line), "{line} in\n{a}");
+        }
+        assert!(!a.contains(r#"connector="other""#), "{a}");
+        for line in [
+            r#"portcullis_requests_total{route="proxy",connector="api",status="200"} 1"#,
+            r#"portcullis_upstream_requests_total{connector="other",outcome="5xx"} 1"#,
+        ] {
+            assert!(b.contains(line), "{line} in\n{b}");
+        }
+        assert!(!b.contains(r#"outcome="2xx""#), "{b}");
+    }
+}

@@ -5,7 +5,7 @@
 //! is serialised ([`safe_json`]), and its line is laid out as the formatter lays out its
 //! own ([`Style::line`], held to that by the tests below), so the log reads the same.
 
-use std::fmt::Write as _;
+use std::cell::Cell;
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,6 +79,11 @@ impl serde_json::ser::Formatter for Safe {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // DEL is 0x7F and every C1 control is 0xC2 0x80..=0x9F in UTF-8: a fragment
+        // without either byte (nearly all of them) is written as it is.
+        if !fragment.bytes().any(|b| b == 0x7f || b == 0xc2) {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if matches!(c, '\u{7f}'..='\u{9f}') {
@@ -101,24 +106,68 @@ pub enum Precision {
 }
 
 /// `t` in UTC, RFC 3339 (`2026-12-04T23:40:00.123Z`).
+///
+/// Every proxied request writes one or two (its audit record, the log line around it),
+/// so each thread keeps the text of the last second it wrote and only the fraction is
+/// written each time, digit by digit rather than through `core::fmt`.
 pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
+    thread_local! {
+        /// The last second written on this thread, and its text up to the fraction.
+        static SECOND: Cell<(u64, [u8; SECOND_TEXT])> =
+            const { Cell::new((u64::MAX, [0; SECOND_TEXT])) };
+    }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    let text = match SECOND.with(Cell::get) {
+        (cached, text) if cached == secs => text,
+        _ => {
+            let text = second_text(secs);
+            SECOND.with(|c| c.set((secs, text)));
+            text
+        }
+    };
+    let (fraction, digits) = match precision {
+        Precision::Millis => (d.subsec_millis(), 3),
+        Precision::Micros => (d.subsec_micros(), 6),
+    };
+    let mut out = String::with_capacity(SECOND_TEXT + digits + 1);
+    out.extend(text.iter().map(|&b| char::from(b)));
+    let mut fraction_text = [b'0'; 6];
+    let mut rest = fraction;
+    for slot in fraction_text[..digits].iter_mut().rev() {
+        // A digit: always below 10.
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend(fraction_text[..digits].iter().map(|&b| char::from(b)));
+    out.push('Z');
+    out
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS.`.
+const SECOND_TEXT: usize = 20;
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch. Years past 9999 (a clock gone far
+/// wrong) are written as 9999, keeping the text's length.
+fn second_text(secs: u64) -> [u8; SECOND_TEXT] {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days);
-    let mut out = String::with_capacity(27);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-    );
-    let _ = match precision {
-        Precision::Millis => write!(out, "{:03}Z", d.subsec_millis()),
-        Precision::Micros => write!(out, "{:06}Z", d.subsec_micros()),
+    let mut text = *b"0000-00-00T00:00:00.";
+    let mut put = |at: usize, width: usize, value: u64| {
+        let mut v = value;
+        for slot in text[at..at + width].iter_mut().rev() {
+            // A digit: always below 10.
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
     };
-    out
+    put(0, 4, y.min(9999));
+    put(5, 2, m);
+    put(8, 2, day);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    text
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
@@ -237,5 +286,52 @@ mod tests {
         // A leap day.
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(t, Precision::Millis), "2000-02-29T00:00:00.000Z");
+    }
+
+    /// The thread's cached second is used only for that second: times within it differ
+    /// in their fraction alone, and the next second (or one long before) is written anew.
+    #[test]
+    fn times_within_a_second_and_across_seconds_are_each_right() {
+        let at = |micros: u64| UNIX_EPOCH + Duration::from_micros(micros);
+        let second = 1_796_223_845_000_000;
+        assert_eq!(
+            rfc3339(at(second + 7), Precision::Micros),
+            "2026-12-02T15:04:05.000007Z"
+        );
+        assert_eq!(
+            rfc3339(at(second + 999_999), Precision::Micros),
+            "2026-12-02T15:04:05.999999Z"
+        );
+        assert_eq!(
+            rfc3339(at(second + 50_000), Precision::Millis),
+            "2026-12-02T15:04:05.050Z"
+        );
+        assert_eq!(
+            rfc3339(at(second + 1_000_000), Precision::Millis),
+            "2026-12-02T15:04:06.000Z"
+        );
+        // The last second of a year, then the first of the next.
+        assert_eq!(
+            rfc3339(at(1_798_761_599_000_001), Precision::Micros),
+            "2026-12-31T23:59:59.000001Z"
+        );
+        assert_eq!(
+            rfc3339(at(1_798_761_600_000_000), Precision::Millis),
+            "2027-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(at(second), Precision::Millis),
+            "2026-12-02T15:04:05.000Z"
+        );
+    }
+
+    #[test]
+    fn only_del_and_c1_controls_are_escaped_beyond_json() {
+        let json = |s: &str| String::from_utf8(safe_json(&s).expect("json")).expect("utf-8");
+        assert_eq!(json("plain /repos/a"), r#""plain /repos/a""#);
+        // Other non-ASCII text, 0xC2 lead bytes past C1 among it, stays as it is.
+        assert_eq!(json("café ¡ü"), "\"café ¡ü\"");
+        assert_eq!(json("a\u{7f}b\u{85}c\u{9f}"), r#""a\u007fb\u0085c\u009f""#);
+        assert_eq!(json("\u{1b}[31m"), r#""\u001b[31m""#);
     }
 }
