@@ -480,10 +480,10 @@ fn same_shaping(
     base: &url::Url,
     path: &str,
     called: &super::Shaped,
-    routed: types::ShapedRequest,
+    routed: super::routes::Routed,
 ) -> Result<(), String> {
-    let shown = routed.url.clone();
-    let routed = Plugins::check_shaped(plugin, base, routed, None)
+    let shown = routed.url.to_string();
+    let routed = Plugins::check_routed(plugin, base, routed)
         .map_err(|e| format!("the route for {path} gives what the host refuses: {e}"))?;
     let differs = [
         ("URL", routed.url != called.url),

@@ -219,15 +219,14 @@ impl Plugins {
             Some(routes) => routes.shape(&req),
             None => None,
         };
-        let shaped = match routed {
-            Some(shaped) => shaped,
-            None => return self.shape_by_call(plugin, ctx, req, bounds).await,
-        };
-        self.checked(
-            plugin,
-            "shape-request",
-            output::shaped(plugin, bounds, shaped),
-        )
+        match routed {
+            Some(routed) => self.checked(
+                plugin,
+                "shape-request",
+                output::routed(plugin, bounds, routed),
+            ),
+            None => self.shape_by_call(plugin, ctx, req, bounds).await,
+        }
     }
 
     /// [`Plugins::shape`] by a `shape-request` call even where the plugin's routes cover
@@ -533,6 +532,23 @@ impl Plugins {
                 credential_header,
             },
             shaped,
+        )
+    }
+
+    /// Checks a request a route covers the way [`Plugins::shape`] does (for the fixture
+    /// harness).
+    pub(super) fn check_routed(
+        plugin: &Plugin,
+        base: &url::Url,
+        routed: routes::Routed,
+    ) -> Result<Shaped, CallError> {
+        output::routed(
+            plugin,
+            Bounds {
+                base,
+                credential_header: None,
+            },
+            routed,
         )
     }
 }

@@ -101,6 +101,31 @@ pub(super) fn shaped(
     })
 }
 
+/// A request a route covers ([`super::routes::Routed`]), checked by the rules of a
+/// `shape-request` answer: its URL by [`url`]'s (the route's target passed them when it
+/// was declared, and a clean path and a query cannot change its origin, but the rule
+/// stays in one place), its headers by the same policy.
+pub(super) fn routed(
+    plugin: &Plugin,
+    bounds: Bounds<'_>,
+    routed: super::routes::Routed,
+) -> Result<Shaped, CallError> {
+    let raw = routed.url.as_str();
+    if raw.len() > MAX_URL_BYTES {
+        return Err(invalid(
+            plugin,
+            format!("a URL of {} bytes; at most {MAX_URL_BYTES}", raw.len()),
+        ));
+    }
+    allowed(plugin, bounds.base, &routed.url, raw)?;
+    Ok(Shaped {
+        set: headers(plugin, &routed.set_headers, bounds.credential_header)?,
+        url: routed.url,
+        remove: Vec::new(),
+        grant: None,
+    })
+}
+
 /// A request a plugin asked the host to make (a discovery step), checked: the host adds
 /// the credential and sends it.
 #[derive(Debug)]
@@ -351,7 +376,7 @@ pub(super) fn routes(
         headers(plugin, &r.default_headers, bounds.credential_header)?;
         checked.push(super::routes::Route {
             prefix: r.prefix,
-            target: r.target.trim_end_matches('/').to_owned(),
+            target,
             default_headers: r
                 .default_headers
                 .into_iter()
@@ -385,6 +410,13 @@ pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Ur
     }
     let url = url::Url::parse(raw)
         .map_err(|e| invalid(plugin, format!("\"{}\" is not a URL: {e}", clip(raw))))?;
+    allowed(plugin, base, &url, raw)?;
+    Ok(url)
+}
+
+/// The rules of [`url`] for a URL already parsed (`raw` as the plugin wrote it, for
+/// messages).
+fn allowed(plugin: &Plugin, base: &url::Url, url: &url::Url, raw: &str) -> Result<(), CallError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(plugin, "a URL with credentials in it".to_owned()));
     }
@@ -392,7 +424,7 @@ pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Ur
         && url.host() == base.host()
         && url.port_or_known_default() == base.port_or_known_default();
     if same_origin {
-        return Ok(url);
+        return Ok(());
     }
     if url.scheme() != "https" {
         return Err(invalid(plugin, format!("\"{}\" is not https", clip(raw))));
@@ -410,7 +442,7 @@ pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Ur
             ),
         ));
     }
-    Ok(url)
+    Ok(())
 }
 
 /// What a provider's OAuth endpoints need (`oauth-extras`), checked: its headers pass

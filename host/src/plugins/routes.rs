@@ -4,9 +4,9 @@
 //!
 //! A plugin's answer for a context is checked ([`super::output::routes`]) and kept in
 //! the plugin's [`Cache`], which a registry rescan replaces with the plugin. A request a
-//! route covers becomes the `shaped-request` the plugin's `shape-request` would have
-//! returned, and goes through the same output check as one; a path no route covers is
-//! shaped by a call as before.
+//! route covers becomes what the plugin's `shape-request` would have returned
+//! ([`Routed`]), and goes through the same output rules as one
+//! ([`super::output::routed`]); a path no route covers is shaped by a call as before.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,13 +20,22 @@ use super::types;
 /// (their variables differ), so the map is bounded and starts over when full.
 const MAX_CONTEXTS: usize = 4096;
 
-/// A checked route: the prefix it replaces, the URL it puts there (no trailing `/`),
-/// and the headers sent when the agent sent none of that name.
+/// A checked route: the prefix it replaces, the URL it puts there (parsed once, when
+/// the route was checked), and the headers sent when the agent sent none of that name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub(super) prefix: String,
-    pub(super) target: String,
+    /// No query or fragment; a trailing `/` of its path is not doubled.
+    pub(super) target: url::Url,
     pub(super) default_headers: Vec<types::Header>,
+}
+
+/// A request a route covers, shaped: what `shape-request` would have returned, its URL
+/// already parsed. [`super::output::routed`] checks it.
+#[derive(Debug)]
+pub struct Routed {
+    pub url: url::Url,
+    pub set_headers: Vec<types::Header>,
 }
 
 /// A context's routes, longest prefix first (the first match is the longest).
@@ -47,19 +56,22 @@ impl Routes {
     /// What `shape-request` would return for `req`, when a route covers its path: the
     /// matched prefix replaced by the route's target, the query kept, the route's default
     /// headers the agent did not send.
-    pub fn shape(&self, req: &types::OutgoingRequest) -> Option<types::ShapedRequest> {
+    ///
+    /// The target's parsed URL is copied and given the path and query, rather than the
+    /// whole URL written out and parsed again: parsing a host (IDNA) is most of what a
+    /// covered request costs beyond a plain one. The `url` crate parses a path it is given
+    /// as it parses one in a whole URL, so the result is the same.
+    pub fn shape(&self, req: &types::OutgoingRequest) -> Option<Routed> {
         let route = self.0.iter().find(|r| covers(&r.prefix, &req.path))?;
         let rest = &req.path[route.prefix.len()..];
         let query = req.query.as_deref().filter(|q| !q.is_empty());
-        let mut url = String::with_capacity(
-            route.target.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        url.push_str(&route.target);
-        url.push_str(rest);
-        if let Some(q) = query {
-            url.push('?');
-            url.push_str(q);
-        }
+        let base = route.target.path().trim_end_matches('/');
+        let mut path = String::with_capacity(base.len() + rest.len());
+        path.push_str(base);
+        path.push_str(rest);
+        let mut url = route.target.clone();
+        url.set_path(&path);
+        url.set_query(query);
         let set_headers = route
             .default_headers
             .iter()
@@ -70,12 +82,7 @@ impl Routes {
             })
             .cloned()
             .collect();
-        Some(types::ShapedRequest {
-            url,
-            set_headers,
-            remove_headers: Vec::new(),
-            grant: None,
-        })
+        Some(Routed { url, set_headers })
     }
 }
 
@@ -140,7 +147,7 @@ mod tests {
     fn route(prefix: &str, target: &str) -> Route {
         Route {
             prefix: prefix.into(),
-            target: target.into(),
+            target: url::Url::parse(target).expect("url"),
             default_headers: Vec::new(),
         }
     }
@@ -158,7 +165,9 @@ mod tests {
     }
 
     fn url(routes: &Routes, path: &str, query: Option<&str>) -> Option<String> {
-        routes.shape(&req(path, query, &[])).map(|s| s.url)
+        routes
+            .shape(&req(path, query, &[]))
+            .map(|s| s.url.to_string())
     }
 
     #[test]
@@ -184,7 +193,7 @@ mod tests {
         // The prefix itself, and an empty query, add nothing.
         assert_eq!(
             url(&routes, "/gmail", Some("")).as_deref(),
-            Some("https://gmail.googleapis.com")
+            Some("https://gmail.googleapis.com/")
         );
     }
 
