@@ -7,6 +7,8 @@
 //! - `/__status/<code>` → that status (JSON body); `/__text_status/<code>` → that status
 //!   with a plain-text body;
 //! - `/__slow` → headers at once, then 3 chunks 100 ms apart;
+//! - `/__drip/<n>/<gap_ms>/<stall_ms>` → headers at once, `n` chunks each after
+//!   `gap_ms`, then `end` after `stall_ms`;
 //! - `/__redirect_query` → 301 to `/moved/?<the request's query>` (as a trailing-slash
 //!   normaliser would); `/__redirect_requoted` → 301 with the query re-encoded the way
 //!   other servers write it (lower-case percent-hex, `/` left unescaped);
@@ -197,6 +199,9 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
         return (status, format!("upstream says {code}")).into_response();
     }
+    if let Some(spec) = path.strip_prefix("/__drip/") {
+        return drip(spec);
+    }
     if path == "/__slow" {
         let stream = futures_util::stream::iter(0..3).then(|i| async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -205,6 +210,24 @@ async fn handle(State(c): State<Arc<Counters>>, req: Request) -> Response {
         return Response::new(Body::from_stream(stream));
     }
     echo(req).await
+}
+
+/// `/__drip/<n>/<gap_ms>/<stall_ms>`: headers at once, then `n` chunks `dripN;` each
+/// after `gap_ms`, then `end` after `stall_ms` (no length: chunked).
+fn drip(spec: &str) -> Response {
+    let nums: Vec<u64> = spec.split('/').filter_map(|n| n.parse().ok()).collect();
+    let [n, gap, stall] = nums[..] else {
+        return (StatusCode::BAD_REQUEST, "/__drip/<n>/<gap_ms>/<stall_ms>").into_response();
+    };
+    let chunks = futures_util::stream::iter(0..n).then(move |i| async move {
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        Ok::<_, std::io::Error>(Bytes::from(format!("drip{i};")))
+    });
+    let end = futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(stall)).await;
+        Ok::<_, std::io::Error>(Bytes::from_static(b"end"))
+    });
+    Response::new(Body::from_stream(chunks.chain(end)))
 }
 
 async fn echo(req: Request) -> Response {

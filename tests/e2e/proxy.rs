@@ -294,6 +294,74 @@ async fn responses_over_50_mb_are_cut_with_status_200() {
     assert_eq!(body.len(), 1_000_000);
 }
 
+/// Reads a proxied body chunk by chunk: what arrived, and whether it ended cleanly.
+async fn drain(resp: reqwest::Response) -> (String, bool) {
+    let mut resp = resp;
+    let mut got = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => got.extend_from_slice(&c),
+            Ok(None) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+/// An upstream that goes silent for longer than `egress.read_timeout_secs` in the middle
+/// of a response, right after the head or after some data, has its response abandoned
+/// (the caller sees the stream cut, the log says why), while one that keeps sending,
+/// however slowly, is relayed whole even when it takes longer than the timeout in all.
+#[tokio::test]
+async fn a_response_body_silent_past_the_read_timeout_is_cut_a_slow_steady_one_is_not() {
+    let up = Upstream::start().await;
+    let mut config: Value =
+        serde_json::from_str(&loopback_config(bearer(&up), admin_everything())).expect("json");
+    config["egress"]["read_timeout_secs"] = json!(1);
+    let host = Host::start(&config.to_string());
+    let get = |path: &str| {
+        client()
+            .get(host.url(&format!("/v1/connectors/api/{path}")))
+            // Far beyond the proxy's 1 s, far short of the upstream's 60 s stalls: a
+            // cut is the proxy's (the log below says so), not this client giving up.
+            .timeout(std::time::Duration::from_secs(20))
+            .send()
+    };
+
+    // Five chunks 400 ms apart: two seconds in all, never a second of silence.
+    let resp = get("__drip/5/400/0").await.expect("steady");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        drain(resp).await,
+        ("drip0;drip1;drip2;drip3;drip4;end".to_owned(), true)
+    );
+
+    // Silent from the head on (the upstream would answer after 60 s).
+    let resp = get("__drip/0/0/60000").await.expect("head");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the head was relayed before the silence"
+    );
+    assert_eq!(drain(resp).await, (String::new(), false));
+    host.wait_for_log("upstream went silent mid-response").await;
+
+    // Silent after two chunks.
+    let resp = get("__drip/2/50/60000").await.expect("head");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(drain(resp).await, ("drip0;drip1;".to_owned(), false));
+    assert_eq!(
+        host.logs()
+            .matches("upstream went silent mid-response")
+            .count(),
+        2,
+        "both stalls were cut by the proxy"
+    );
+
+    // The connector still works.
+    let resp = get("__drip/1/0/0").await.expect("after");
+    assert_eq!(drain(resp).await, ("drip0;end".to_owned(), true));
+}
+
 #[tokio::test]
 async fn loopback_upstream_refused_by_default_with_502() {
     let up = Upstream::start().await;

@@ -316,7 +316,7 @@ pub(super) fn classification(c: types::Classification) -> types::Classification 
 /// segments without a trailing `/`, `?`, `#` or `//`, and declared once; each target a
 /// URL a shaped request may go to ([`url`]), without query or fragment (the request's
 /// query follows it); default headers any header a plugin may set ([`headers`]). Every
-/// request a route shapes is still checked as a shaped request ([`shaped`]).
+/// request a route shapes is still checked by the rules of a shaped request ([`routed`]).
 pub(super) fn routes(
     plugin: &Plugin,
     bounds: Bounds<'_>,

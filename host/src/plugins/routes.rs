@@ -25,7 +25,8 @@ const MAX_CONTEXTS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub(super) prefix: String,
-    /// No query or fragment; a trailing `/` of its path is not doubled.
+    /// No query or fragment. A trailing `/` of its path is dropped at the join: the
+    /// rest of the request's path brings its own.
     pub(super) target: url::Url,
     pub(super) default_headers: Vec<types::Header>,
 }
@@ -59,8 +60,12 @@ impl Routes {
     ///
     /// The target's parsed URL is copied and given the path and query, rather than the
     /// whole URL written out and parsed again: parsing a host (IDNA) is most of what a
-    /// covered request costs beyond a plain one. The `url` crate parses a path it is given
-    /// as it parses one in a whole URL, so the result is the same.
+    /// covered request costs beyond a plain one. For what reaches it from an agent (a
+    /// cleaned path, a query without `#`) the result is the same as parsing the URL
+    /// written out (a test below holds it to that). A `#` or a control character in a
+    /// plugin tool call's query is sent percent-encoded, as the join without a plugin
+    /// sends it ([`crate::outbound::path::join`]), rather than cut off as a fragment or
+    /// trimmed.
     pub fn shape(&self, req: &types::OutgoingRequest) -> Option<Routed> {
         let route = self.0.iter().find(|r| covers(&r.prefix, &req.path))?;
         let rest = &req.path[route.prefix.len()..];
@@ -195,6 +200,67 @@ mod tests {
             url(&routes, "/gmail", Some("")).as_deref(),
             Some("https://gmail.googleapis.com/")
         );
+    }
+
+    /// A covered request's URL is what writing it out and parsing it gives, for paths and
+    /// queries as agents' requests bring them: encoded separators, a port, an IPv6 host,
+    /// a target path with and without its trailing `/`, the bare prefix.
+    #[test]
+    fn a_covered_url_is_the_url_written_out_and_parsed() {
+        let cases: &[(&str, &str, &str, Option<&str>)] = &[
+            (
+                "/gmail",
+                "https://gmail.googleapis.com",
+                "/gmail/v1/a%2Fb/c%3Fd",
+                Some("q=a%20b&x=%23"),
+            ),
+            ("/gmail", "https://gmail.googleapis.com/", "/gmail", None),
+            (
+                "/gmail",
+                "https://gmail.googleapis.com/",
+                "/gmail/",
+                Some("a"),
+            ),
+            (
+                "",
+                "https://api.example:8443/base/",
+                "/v1/%C3%A9t%C3%A9/",
+                Some("k=v;w"),
+            ),
+            (
+                "/x",
+                "https://[2001:db8::1]:444/p",
+                "/x/y",
+                Some("a=1&b=%2B"),
+            ),
+            (
+                "/ex/jira",
+                "https://api.atlassian.com/ex/jira/c1",
+                "/ex/jira/rest/api/3/search",
+                Some("jql=project%3DX"),
+            ),
+            (
+                "",
+                "http://127.0.0.1:9/api",
+                "/items/42",
+                Some("fields=id,name"),
+            ),
+        ];
+        for &(prefix, target, path, query) in cases {
+            let routes = Routes::new(vec![route(prefix, target)]);
+            let mut written = target.trim_end_matches('/').to_owned();
+            written.push_str(&path[prefix.len()..]);
+            if let Some(q) = query {
+                written.push('?');
+                written.push_str(q);
+            }
+            let parsed = url::Url::parse(&written).expect("written out");
+            assert_eq!(
+                url(&routes, path, query).as_deref(),
+                Some(parsed.as_str()),
+                "{target} {path} {query:?}"
+            );
+        }
     }
 
     #[test]

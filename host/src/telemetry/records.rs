@@ -292,37 +292,43 @@ mod tests {
     /// in their fraction alone, and the next second (or one long before) is written anew.
     #[test]
     fn times_within_a_second_and_across_seconds_are_each_right() {
-        let at = |micros: u64| UNIX_EPOCH + Duration::from_micros(micros);
         let second = 1_796_223_845_000_000;
-        assert_eq!(
-            rfc3339(at(second + 7), Precision::Micros),
-            "2026-12-02T15:04:05.000007Z"
-        );
-        assert_eq!(
-            rfc3339(at(second + 999_999), Precision::Micros),
-            "2026-12-02T15:04:05.999999Z"
-        );
-        assert_eq!(
-            rfc3339(at(second + 50_000), Precision::Millis),
-            "2026-12-02T15:04:05.050Z"
-        );
-        assert_eq!(
-            rfc3339(at(second + 1_000_000), Precision::Millis),
-            "2026-12-02T15:04:06.000Z"
-        );
-        // The last second of a year, then the first of the next.
-        assert_eq!(
-            rfc3339(at(1_798_761_599_000_001), Precision::Micros),
-            "2026-12-31T23:59:59.000001Z"
-        );
-        assert_eq!(
-            rfc3339(at(1_798_761_600_000_000), Precision::Millis),
-            "2027-01-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            rfc3339(at(second), Precision::Millis),
-            "2026-12-02T15:04:05.000Z"
-        );
+        // In order: each case's second follows the thread's cached one or differs from it.
+        let cases = [
+            (second + 7, Precision::Micros, "2026-12-02T15:04:05.000007Z"),
+            (
+                second + 999_999,
+                Precision::Micros,
+                "2026-12-02T15:04:05.999999Z",
+            ),
+            (
+                second + 50_000,
+                Precision::Millis,
+                "2026-12-02T15:04:05.050Z",
+            ),
+            (
+                second + 1_000_000,
+                Precision::Millis,
+                "2026-12-02T15:04:06.000Z",
+            ),
+            // The last second of a year, then the first of the next.
+            (
+                1_798_761_599_000_001,
+                Precision::Micros,
+                "2026-12-31T23:59:59.000001Z",
+            ),
+            (
+                1_798_761_600_000_000,
+                Precision::Millis,
+                "2027-01-01T00:00:00.000Z",
+            ),
+            // Back to a second long before.
+            (second, Precision::Millis, "2026-12-02T15:04:05.000Z"),
+        ];
+        for (micros, precision, want) in cases {
+            let t = UNIX_EPOCH + Duration::from_micros(micros);
+            assert_eq!(rfc3339(t, precision), want, "{micros}");
+        }
     }
 
     #[test]
