@@ -241,11 +241,11 @@ struct Capped {
     connector: String,
     done: bool,
     idle: Duration,
-    /// Armed while the body waits; `None` until it first waits, and again once data
-    /// came (the silence it measured is over).
+    /// Whether the body is waiting on the upstream: the timer runs only then.
+    waiting: bool,
+    /// Made when the body first waits, and reset for every later wait, so a slow
+    /// stream allocates one.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// A timer is kept for reuse once armed, so a slow stream allocates one.
-    spare: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -258,26 +258,25 @@ impl Capped {
             connector: connector.to_owned(),
             done: false,
             idle,
+            waiting: false,
             timer: None,
-            spare: None,
         }
     }
 
     /// Whether the upstream has now been silent for `idle`, arming the timer if the body
     /// has just started to wait.
     fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        let idle = self.idle;
-        let timer = self.timer.get_or_insert_with(|| {
-            let deadline = tokio::time::Instant::now() + idle;
-            match self.spare.take() {
-                Some(mut t) => {
-                    t.as_mut().reset(deadline);
-                    t
-                }
-                None => Box::pin(tokio::time::sleep_until(deadline)),
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + self.idle;
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-        });
-        timer.as_mut().poll(cx).is_ready()
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 
     fn truncated(&mut self) {
@@ -314,9 +313,7 @@ impl http_body::Body for Capped {
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         // Data came: the silence is over; the next wait starts a new one.
-        if let Some(timer) = self.timer.take() {
-            self.spare = Some(timer);
-        }
+        self.waiting = false;
         // Trailers are metadata of the upstream connection: dropped.
         let Ok(mut data) = frame.into_data() else {
             self.done = true;

@@ -295,8 +295,7 @@ async fn responses_over_50_mb_are_cut_with_status_200() {
 }
 
 /// Reads a proxied body chunk by chunk: what arrived, and whether it ended cleanly.
-async fn drain(resp: reqwest::Response) -> (String, bool) {
-    let mut resp = resp;
+async fn drain(mut resp: reqwest::Response) -> (String, bool) {
     let mut got = Vec::new();
     loop {
         match resp.chunk().await {

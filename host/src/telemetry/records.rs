@@ -133,12 +133,7 @@ pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
     let mut out = String::with_capacity(SECOND_TEXT + digits + 1);
     out.extend(text.iter().map(|&b| char::from(b)));
     let mut fraction_text = [b'0'; 6];
-    let mut rest = fraction;
-    for slot in fraction_text[..digits].iter_mut().rev() {
-        // A digit: always below 10.
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
+    put_digits(&mut fraction_text[..digits], fraction.into());
     out.extend(fraction_text[..digits].iter().map(|&b| char::from(b)));
     out.push('Z');
     out
@@ -153,21 +148,22 @@ fn second_text(secs: u64) -> [u8; SECOND_TEXT] {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days);
     let mut text = *b"0000-00-00T00:00:00.";
-    let mut put = |at: usize, width: usize, value: u64| {
-        let mut v = value;
-        for slot in text[at..at + width].iter_mut().rev() {
-            // A digit: always below 10.
-            *slot = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, y.min(9999));
-    put(5, 2, m);
-    put(8, 2, day);
-    put(11, 2, rem / 3600);
-    put(14, 2, rem % 3600 / 60);
-    put(17, 2, rem % 60);
+    put_digits(&mut text[0..4], y.min(9999));
+    put_digits(&mut text[5..7], m);
+    put_digits(&mut text[8..10], day);
+    put_digits(&mut text[11..13], rem / 3600);
+    put_digits(&mut text[14..16], rem % 3600 / 60);
+    put_digits(&mut text[17..19], rem % 60);
     text
+}
+
+/// The last `slots.len()` decimal digits of `value` into `slots`, zero-padded.
+fn put_digits(slots: &mut [u8], mut value: u64) {
+    for slot in slots.iter_mut().rev() {
+        // A digit: always below 10.
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
