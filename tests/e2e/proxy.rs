@@ -359,6 +359,8 @@ async fn a_response_body_silent_past_the_read_timeout_is_cut_a_slow_steady_one_i
     // The connector still works.
     let resp = get("__drip/1/0/0").await.expect("after");
     assert_eq!(drain(resp).await, ("drip0;end".to_owned(), true));
+    // The cuts' log lines name the connector, never its credential.
+    assert!(!host.logs().contains("tok-e2e-123"), "{}", host.logs());
 }
 
 #[tokio::test]
