@@ -474,4 +474,174 @@ mod tests {
         assert!(unsafe_url_reason(&u("https://api.github.com"), false).is_none());
         assert!(unsafe_url_reason(&u("http://localhost/"), true).is_none());
     }
+
+    /// An upstream on loopback answering `<request line target> <Host>`, counting the
+    /// connections it accepted. `/slow` sends one chunk, then stalls.
+    async fn upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use futures_util::StreamExt as _;
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|req: http::Request<InBody>| async move {
+                    let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+                    let text = format!("{} {}", req.uri(), host.unwrap_or("-"));
+                    let stall = req.uri().path() == "/slow";
+                    let chunks = futures_util::stream::iter([text, "!".into()]).then(
+                        move |chunk| async move {
+                            if stall && chunk == "!" {
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                                bytes::Bytes::from(chunk),
+                            ))
+                        },
+                    );
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::StreamBody::new(chunks),
+                    ))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn loopback_allowed() -> Settings {
+        Settings {
+            allow_loopback: true,
+            ..Settings::default()
+        }
+    }
+
+    async fn get(egress: &Egress, url: &str) -> Result<http::Response<InBody>, EgressError> {
+        let url = url::Url::parse(url).expect("url");
+        egress
+            .send(
+                http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                OutBody::empty(),
+            )
+            .await
+    }
+
+    async fn text(resp: http::Response<InBody>) -> String {
+        use http_body_util::BodyExt as _;
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_path_on_the_request_line_and_the_origin_in_host() {
+        let (addr, _) = upstream().await;
+        let egress = Egress::new(&loopback_allowed()).expect("client");
+        let resp = get(&egress, &format!("http://{addr}/a/b?q=1"))
+            .await
+            .expect("answer");
+        assert_eq!(text(resp).await, format!("/a/b?q=1 {addr}!"));
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_unless_an_answer_was_dropped_unread_or_the_rules_changed() {
+        use std::sync::atomic::Ordering;
+        let (addr, accepted) = upstream().await;
+        let egress = Egress::new(&loopback_allowed()).expect("client");
+        for _ in 0..3 {
+            let resp = get(&egress, &format!("http://{addr}/x"))
+                .await
+                .expect("answer");
+            assert_eq!(text(resp).await, format!("/x {addr}!"));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for three requests"
+        );
+
+        // An answer dropped before its end leaves its connection unusable.
+        let mut slow = get(&egress, &format!("http://{addr}/slow"))
+            .await
+            .expect("answer");
+        use http_body_util::BodyExt as _;
+        let first = slow
+            .body_mut()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(first.into_data().expect("data"), format!("/slow {addr}"));
+        drop(slow);
+        let resp = get(&egress, &format!("http://{addr}/x"))
+            .await
+            .expect("answer");
+        assert_eq!(text(resp).await, format!("/x {addr}!"));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the cut connection was not reused"
+        );
+
+        // The same settings again keep the pool; changed ones start an empty one.
+        egress.reconfigure(&loopback_allowed());
+        text(
+            get(&egress, &format!("http://{addr}/x"))
+                .await
+                .expect("answer"),
+        )
+        .await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        egress.reconfigure(&Settings {
+            read_timeout_secs: 30,
+            ..loopback_allowed()
+        });
+        text(
+            get(&egress, &format!("http://{addr}/x"))
+                .await
+                .expect("answer"),
+        )
+        .await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "no connection from the old rules"
+        );
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_by_name_and_by_literal_and_a_closed_port_is_a_connect_error() {
+        let (addr, accepted) = upstream().await;
+        let strict = Egress::new(&Settings::default()).expect("client");
+        // A name is checked after DNS, by the resolver; a literal before the dial.
+        for url in [
+            format!("http://localhost:{}/", addr.port()),
+            format!("http://{addr}/"),
+        ] {
+            let err = get(&strict, &url).await.expect_err("refused");
+            assert!(
+                matches!(&err, EgressError::Refused { reason, .. } if reason.contains("loopback")),
+                "{url}: {err:?}"
+            );
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("address").port()
+        };
+        let egress = Egress::new(&loopback_allowed()).expect("client");
+        let err = get(&egress, &format!("http://127.0.0.1:{port}/"))
+            .await
+            .expect_err("nothing listens there");
+        assert!(matches!(err, EgressError::Connect(_)), "{err:?}");
+    }
 }
