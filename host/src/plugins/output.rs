@@ -417,32 +417,40 @@ pub(super) fn url(plugin: &Plugin, base: &url::Url, raw: &str) -> Result<url::Ur
 /// The rules of [`url`] for a URL already parsed (`raw` as the plugin wrote it, for
 /// messages).
 fn allowed(plugin: &Plugin, base: &url::Url, url: &url::Url, raw: &str) -> Result<(), CallError> {
+    match refusal(&plugin.manifest, base, url, raw) {
+        Some(detail) => Err(invalid(plugin, detail)),
+        None => Ok(()),
+    }
+}
+
+/// Why [`allowed`] refuses `url`, if it does: credentials in it, or neither the
+/// connector's own origin nor https on a host the manifest declares.
+fn refusal(
+    manifest: &super::manifest::Manifest,
+    base: &url::Url,
+    url: &url::Url,
+    raw: &str,
+) -> Option<String> {
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(plugin, "a URL with credentials in it".to_owned()));
+        return Some("a URL with credentials in it".to_owned());
     }
     let same_origin = url.scheme() == base.scheme()
         && url.host() == base.host()
         && url.port_or_known_default() == base.port_or_known_default();
     if same_origin {
-        return Ok(());
+        return None;
     }
     if url.scheme() != "https" {
-        return Err(invalid(plugin, format!("\"{}\" is not https", clip(raw))));
+        return Some(format!("\"{}\" is not https", clip(raw)));
     }
-    if !plugin
-        .manifest
-        .allows_host(url.host_str().unwrap_or_default())
-    {
-        return Err(invalid(
-            plugin,
-            format!(
-                "\"{}\" is outside the provider's declared hosts ({}) and the connector's URL",
-                clip(raw),
-                plugin.manifest.capabilities.allowed_hosts.join(", ")
-            ),
+    if !manifest.allows_host(url.host_str().unwrap_or_default()) {
+        return Some(format!(
+            "\"{}\" is outside the provider's declared hosts ({}) and the connector's URL",
+            clip(raw),
+            manifest.capabilities.allowed_hosts.join(", ")
         ));
     }
-    Ok(())
+    None
 }
 
 /// What a provider's OAuth endpoints need (`oauth-extras`), checked: its headers pass
@@ -605,6 +613,66 @@ mod tests {
         )));
     }
     use crate::config::StaticCredential;
+
+    /// The URL rule of `shape-request` answers and of requests a route covers.
+    #[test]
+    fn a_url_goes_to_the_connectors_origin_or_https_on_a_declared_host_never_with_credentials() {
+        let manifest = crate::plugins::manifest::Manifest::parse(
+            r#"
+schema_version = 1
+id = "acme"
+name = "Acme"
+version = "1.0.0"
+
+[component]
+path = "plugin.wasm"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[capabilities]
+allowed_hosts = ["api.acme.example", "*.files.acme.example"]
+"#,
+            "acme",
+        )
+        .expect("manifest");
+        let base = url::Url::parse("http://proxy.internal:8443/acme/").expect("base");
+        let check = |raw: &str| {
+            let url = url::Url::parse(raw).expect("url");
+            super::refusal(&manifest, &base, &url, raw)
+        };
+        for ok in [
+            "http://proxy.internal:8443/acme/v1/x?q=1",
+            "http://proxy.internal:8443/elsewhere",
+            "https://api.acme.example/v2/items",
+            "https://eu.files.acme.example/f/1",
+        ] {
+            assert_eq!(check(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("https://user:pw@api.acme.example/", "credentials"),
+            ("http://user@proxy.internal:8443/acme/", "credentials"),
+            ("http://api.acme.example/v2", "not https"),
+            ("http://proxy.internal/acme/", "not https"),
+            (
+                "https://proxy.internal:8443/acme/",
+                "outside the provider's declared hosts",
+            ),
+            (
+                "https://evil.example/",
+                "outside the provider's declared hosts",
+            ),
+            (
+                "https://a.b.files.acme.example/",
+                "outside the provider's declared hosts",
+            ),
+            (
+                "https://api.acme.example.evil/",
+                "outside the provider's declared hosts",
+            ),
+        ] {
+            let refused = check(bad).unwrap_or_else(|| panic!("{bad} must be refused"));
+            assert!(refused.contains(why), "{bad}: {refused}");
+        }
+    }
 
     #[test]
     fn a_static_credential_goes_only_where_a_credential_can() {

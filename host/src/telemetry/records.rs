@@ -327,6 +327,38 @@ mod tests {
         }
     }
 
+    /// Each thread keeps its own second: two threads writing in rounds, at once, each
+    /// switching between two seconds of its own every round, never get the other's text.
+    #[test]
+    fn two_threads_writing_different_seconds_at_once_each_get_their_own() {
+        use std::sync::{Arc, Barrier};
+        let turns = Arc::new(Barrier::new(2));
+        let writer = |base: u64, want: [&'static str; 2]| {
+            let turns = turns.clone();
+            std::thread::spawn(move || {
+                for round in 0..4u64 {
+                    turns.wait();
+                    let micros = base + (round % 2) * 1_000_000 + round;
+                    let t = UNIX_EPOCH + Duration::from_micros(micros);
+                    let text = rfc3339(t, Precision::Micros);
+                    let wanted = format!("{}{round:06}Z", want[(round % 2) as usize]);
+                    assert_eq!(text, wanted, "round {round}");
+                    turns.wait();
+                }
+            })
+        };
+        let one = writer(
+            1_796_223_845_000_000,
+            ["2026-12-02T15:04:05.", "2026-12-02T15:04:06."],
+        );
+        let other = writer(
+            1_798_761_599_000_000,
+            ["2026-12-31T23:59:59.", "2027-01-01T00:00:00."],
+        );
+        one.join().expect("first thread");
+        other.join().expect("second thread");
+    }
+
     #[test]
     fn only_del_and_c1_controls_are_escaped_beyond_json() {
         let json = |s: &str| String::from_utf8(safe_json(&s).expect("json")).expect("utf-8");
