@@ -479,12 +479,15 @@ impl Upstream {
     {
         self.state().last_used = Some(Instant::now());
         let s = self.session().await?;
-        match self.answer(&s, op(s.clone())).await? {
+        // Boxed where it is made: the request's future (rmcp's send and wait, about 4 KB)
+        // would otherwise be copied into each layer above it that awaits it, once per
+        // layer and call.
+        match self.answer(&s, Box::pin(op(s.clone()))).await? {
             Err(e) if upstream::worth_retrying(&e, s.flavor()) => {
                 tracing::info!(connector = %self.connector.id, "upstream MCP connection broke ({e}); retrying once on a new session");
                 self.reset(&s).await;
                 let s = self.session().await?;
-                let answer = self.answer(&s, op(s.clone())).await?;
+                let answer = self.answer(&s, Box::pin(op(s.clone()))).await?;
                 answer.map_err(anyhow::Error::from)
             }
             Err(rmcp::service::ServiceError::TransportClosed) => {
