@@ -553,68 +553,41 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_reused_unless_an_answer_was_dropped_unread_or_the_rules_changed() {
-        use std::sync::atomic::Ordering;
+        use http_body_util::BodyExt as _;
         let (addr, accepted) = upstream().await;
         let egress = Egress::new(&loopback_allowed()).expect("client");
-        for _ in 0..3 {
+        // A request read to its end, then how many connections the upstream has seen.
+        let whole = async || {
             let resp = get(&egress, &format!("http://{addr}/x"))
                 .await
                 .expect("answer");
             assert_eq!(text(resp).await, format!("/x {addr}!"));
+            accepted.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        for _ in 0..3 {
+            assert_eq!(whole().await, 1, "one connection for three requests");
         }
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            1,
-            "one connection for three requests"
-        );
 
         // An answer dropped before its end leaves its connection unusable.
         let mut slow = get(&egress, &format!("http://{addr}/slow"))
             .await
             .expect("answer");
-        use http_body_util::BodyExt as _;
-        let first = slow
-            .body_mut()
-            .frame()
-            .await
-            .expect("a frame")
-            .expect("data");
-        assert_eq!(first.into_data().expect("data"), format!("/slow {addr}"));
-        drop(slow);
-        let resp = get(&egress, &format!("http://{addr}/x"))
-            .await
-            .expect("answer");
-        assert_eq!(text(resp).await, format!("/x {addr}!"));
+        let first = slow.body_mut().frame().await.expect("a frame");
         assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            2,
-            "the cut connection was not reused"
+            first.expect("data").into_data().expect("data"),
+            format!("/slow {addr}")
         );
+        drop(slow);
+        assert_eq!(whole().await, 2, "the cut connection was not reused");
 
         // The same settings again keep the pool; changed ones start an empty one.
         egress.reconfigure(&loopback_allowed());
-        text(
-            get(&egress, &format!("http://{addr}/x"))
-                .await
-                .expect("answer"),
-        )
-        .await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(whole().await, 2);
         egress.reconfigure(&Settings {
             read_timeout_secs: 30,
             ..loopback_allowed()
         });
-        text(
-            get(&egress, &format!("http://{addr}/x"))
-                .await
-                .expect("answer"),
-        )
-        .await;
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            3,
-            "no connection from the old rules"
-        );
+        assert_eq!(whole().await, 3, "no connection from the old rules");
     }
 
     #[tokio::test]

@@ -187,11 +187,10 @@ pub fn host_allowed(patterns: &[String], host: &str) -> bool {
     })
 }
 
+/// A good manifest for tests here and of the checks that read one (`acme`, its hosts
+/// `api.acme.example` and `*.acme.example`).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
+pub(crate) const EXAMPLE: &str = r#"
 schema_version = 1
 id = "acme"
 name = "Acme"
@@ -204,6 +203,12 @@ sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
 [capabilities]
 allowed_hosts = ["api.acme.example", "*.acme.example"]
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = EXAMPLE;
 
     #[test]
     fn parses_a_good_manifest() {

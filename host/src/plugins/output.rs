@@ -617,23 +617,9 @@ mod tests {
     /// The URL rule of `shape-request` answers and of requests a route covers.
     #[test]
     fn a_url_goes_to_the_connectors_origin_or_https_on_a_declared_host_never_with_credentials() {
-        let manifest = crate::plugins::manifest::Manifest::parse(
-            r#"
-schema_version = 1
-id = "acme"
-name = "Acme"
-version = "1.0.0"
-
-[component]
-path = "plugin.wasm"
-sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
-
-[capabilities]
-allowed_hosts = ["api.acme.example", "*.files.acme.example"]
-"#,
-            "acme",
-        )
-        .expect("manifest");
+        let manifest =
+            crate::plugins::manifest::Manifest::parse(crate::plugins::manifest::EXAMPLE, "acme")
+                .expect("manifest");
         let base = url::Url::parse("http://proxy.internal:8443/acme/").expect("base");
         let check = |raw: &str| {
             let url = url::Url::parse(raw).expect("url");
@@ -643,7 +629,7 @@ allowed_hosts = ["api.acme.example", "*.files.acme.example"]
             "http://proxy.internal:8443/acme/v1/x?q=1",
             "http://proxy.internal:8443/elsewhere",
             "https://api.acme.example/v2/items",
-            "https://eu.files.acme.example/f/1",
+            "https://eu.acme.example/f/1",
         ] {
             assert_eq!(check(ok), None, "{ok}");
         }
