@@ -329,34 +329,51 @@ mod tests {
 
     /// Each thread keeps its own second: two threads writing in rounds, at once, each
     /// switching between two seconds of its own every round, never get the other's text.
+    /// (The threads only write; the checks run after both ended, so a wrong text fails
+    /// the test instead of leaving the other thread waiting at the barrier.)
     #[test]
     fn two_threads_writing_different_seconds_at_once_each_get_their_own() {
         use std::sync::{Arc, Barrier};
-        let turns = Arc::new(Barrier::new(2));
-        let writer = |base: u64, want: [&'static str; 2]| {
-            let turns = turns.clone();
+        let rounds = Arc::new(Barrier::new(2));
+        let writer = |base: u64| {
+            let rounds = rounds.clone();
             std::thread::spawn(move || {
-                for round in 0..4u64 {
-                    turns.wait();
-                    let micros = base + (round % 2) * 1_000_000 + round;
-                    let t = UNIX_EPOCH + Duration::from_micros(micros);
-                    let text = rfc3339(t, Precision::Micros);
-                    let wanted = format!("{}{round:06}Z", want[(round % 2) as usize]);
-                    assert_eq!(text, wanted, "round {round}");
-                    turns.wait();
-                }
+                (0..4u64)
+                    .map(|round| {
+                        rounds.wait();
+                        let micros = base + (round % 2) * 1_000_000 + round;
+                        rfc3339(
+                            UNIX_EPOCH + Duration::from_micros(micros),
+                            Precision::Micros,
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
         };
-        let one = writer(
-            1_796_223_845_000_000,
-            ["2026-12-02T15:04:05.", "2026-12-02T15:04:06."],
+        let one = writer(1_796_223_845_000_000);
+        let other = writer(1_798_761_599_000_000);
+        let (one, other) = (
+            one.join().expect("first thread"),
+            other.join().expect("second thread"),
         );
-        let other = writer(
-            1_798_761_599_000_000,
-            ["2026-12-31T23:59:59.", "2027-01-01T00:00:00."],
+        assert_eq!(
+            one,
+            [
+                "2026-12-02T15:04:05.000000Z",
+                "2026-12-02T15:04:06.000001Z",
+                "2026-12-02T15:04:05.000002Z",
+                "2026-12-02T15:04:06.000003Z",
+            ]
         );
-        one.join().expect("first thread");
-        other.join().expect("second thread");
+        assert_eq!(
+            other,
+            [
+                "2026-12-31T23:59:59.000000Z",
+                "2027-01-01T00:00:00.000001Z",
+                "2026-12-31T23:59:59.000002Z",
+                "2027-01-01T00:00:00.000003Z",
+            ]
+        );
     }
 
     #[test]
