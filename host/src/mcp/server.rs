@@ -1758,10 +1758,6 @@ fn session_not_found() -> Response {
 /// Sends `req` to the service that keeps its session: requests in a session and
 /// `initialize` to the session-keeping one (recording who opened a new session), the
 /// rest to the stateless one.
-///
-/// rmcp's handling of the request is boxed where it starts: its future is several KB,
-/// and inline it would be copied once more into each future that awaits it (this one,
-/// [`handle`], the front's box), on every request.
 async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -> Response {
     let services = entry.services();
     let scope = req.extensions().get::<Scope>().cloned().unwrap_or_default();
@@ -1824,21 +1820,15 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
             }
             return session_not_found();
         }
-        return Box::pin(services.sessionful.handle(req))
-            .await
-            .map(Body::new);
+        return serve(&services.sessionful, req).await;
     }
     if req.method() != http::Method::POST {
-        return Box::pin(services.sessionful.handle(req))
-            .await
-            .map(Body::new);
+        return serve(&services.sessionful, req).await;
     }
     if !initialize {
-        return Box::pin(services.stateless.handle(req))
-            .await
-            .map(Body::new);
+        return serve(&services.stateless, req).await;
     }
-    let resp = Box::pin(services.sessionful.handle(req)).await;
+    let resp = serve(&services.sessionful, req).await;
     if let Some(id) = resp
         .headers()
         .get("mcp-session-id")
@@ -1854,7 +1844,17 @@ async fn route(entry: &Entry, caller: &Caller, req: Request, initialize: bool) -
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_owned(), (caller.login.clone(), scope));
     }
-    resp.map(Body::new)
+    resp
+}
+
+/// rmcp's handling of `req`, boxed where it starts: its future is several KB, and
+/// inline it would be copied once more into each future that awaits it ([`route`],
+/// [`handle`], the front's box), on every request.
+async fn serve<M: rmcp::transport::streamable_http_server::SessionManager>(
+    service: &StreamableHttpService<Aggregator, M>,
+    req: Request,
+) -> Response {
+    Box::pin(service.handle(req)).await.map(Body::new)
 }
 
 /// JSON-RPC's answer to a body that is not JSON.
@@ -1933,7 +1933,7 @@ mod tests {
         assert!(per_request <= 8 * 1024, "{per_request} bytes");
     }
 
-    /// The HTTP side of a request: rmcp's handling is boxed where it starts ([`route`]),
+    /// The HTTP side of a request: rmcp's handling is boxed where it starts ([`serve`]),
     /// so the futures that await it, the front's boxed one among them, stay small and
     /// are not copied at its size on every request.
     #[test]
