@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, ComponentType, InstancePre, Lift, Linker,
+    Lower, ResourceTable, types::ComponentItem,
+};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     Trap, UpdateDeadline,
@@ -85,12 +88,11 @@ const SINCE_0_1_1_INTERFACES: [&str; 2] = [
     "portcullis:provider/catalog",
 ];
 /// The interfaces 0.1.2 added (see [`since_0_1_2`]); a 0.1.2 plugin exports both.
-const SINCE_0_1_2_INTERFACES: [&str; 2] = [
-    "portcullis:provider/auth-extras",
-    "portcullis:provider/tool-results",
-];
+const SINCE_0_1_2_INTERFACES: [&str; 2] = ["portcullis:provider/auth-extras", TOOL_RESULTS];
+const TOOL_RESULTS: &str = "portcullis:provider/tool-results";
 /// The interface 0.1.3 added (see [`since_0_1_3`]).
-const SINCE_0_1_3_INTERFACES: [&str; 1] = ["portcullis:provider/routes"];
+const SINCE_0_1_3_INTERFACES: [&str; 1] = [ROUTES];
+const ROUTES: &str = "portcullis:provider/routes";
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -277,15 +279,61 @@ impl ResourceLimiter for Limiter {
 
 /// A compiled plugin, ready to instantiate.
 pub struct Prepared {
-    pre: ProviderBasePre<State>,
-    /// The 0.1.1 interfaces, when the plugin exports them.
+    /// Instantiates the plugin for a hook's call: see [`Exports`].
+    pre: InstancePre<State>,
+    exports: Exports,
+    /// bindgen's bindings, for [`Call::Describe`] only. Instantiating through them
+    /// type-checks every function of the base interface, so a plugin whose functions do
+    /// not have the WIT's types is refused at load.
+    base: ProviderBasePre<State>,
+    /// The 0.1.1 interfaces, when the plugin exports them (for `Describe`).
     since_0_1_1: Option<since_0_1_1::Since011Pre<State>>,
-    /// The 0.1.2 interfaces, when the plugin exports them.
+    /// The 0.1.2 interfaces, when the plugin exports them (for `Describe`).
     since_0_1_2: Option<since_0_1_2::Since012Pre<State>>,
-    /// The 0.1.3 interface, when the plugin exports it.
-    since_0_1_3: Option<since_0_1_3::Since013Pre<State>>,
     id: Arc<str>,
     limits: Limits,
+}
+
+/// The functions the hooks call, looked up once when the plugin is prepared. A hook's
+/// call instantiates the plugin and type-checks only the function it runs: bindgen's
+/// instantiation type-checks the base interface's seven functions every time, about a
+/// tenth of a `shape-request` call (docs/benchmarks.md).
+struct Exports {
+    shape_request: ComponentExportIndex,
+    read_token_response: ComponentExportIndex,
+    discover: ComponentExportIndex,
+    classify_response: ComponentExportIndex,
+    list_tools: ComponentExportIndex,
+    build_tool_call: ComponentExportIndex,
+    /// `tool-results.shape-result`, when the plugin exports 0.1.2.
+    shape_result: Option<ComponentExportIndex>,
+    /// `routes.request-routes`, when the plugin exports 0.1.3.
+    request_routes: Option<ComponentExportIndex>,
+}
+
+impl Exports {
+    fn find(
+        engine: &Engine,
+        component: &Component,
+        since_0_1_2: bool,
+        since_0_1_3: bool,
+    ) -> Result<Self, PrepareError> {
+        let base = |name| function(engine, component, PLUGIN_INTERFACE, name);
+        Ok(Self {
+            shape_request: base("shape-request")?,
+            read_token_response: base("read-token-response")?,
+            discover: base("discover")?,
+            classify_response: base("classify-response")?,
+            list_tools: base("list-tools")?,
+            build_tool_call: base("build-tool-call")?,
+            shape_result: since_0_1_2
+                .then(|| function(engine, component, TOOL_RESULTS, "shape-result"))
+                .transpose()?,
+            request_routes: since_0_1_3
+                .then(|| function(engine, component, ROUTES, "request-routes"))
+                .transpose()?,
+        })
+    }
 }
 
 impl Prepared {
@@ -299,7 +347,7 @@ impl Prepared {
 
     /// Whether the plugin exports `routes` (0.1.3).
     pub fn has_routes(&self) -> bool {
-        self.since_0_1_3.is_some()
+        self.exports.request_routes.is_some()
     }
 }
 
@@ -457,16 +505,16 @@ impl Runtime {
             .then(|| since_0_1_2::Since012Pre::new(pre.clone()))
             .transpose()
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let since_0_1_3 = probe(&self.engine, &component, &SINCE_0_1_3_INTERFACES, "0.1.3")?
-            .then(|| since_0_1_3::Since013Pre::new(pre.clone()))
-            .transpose()
-            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
-        let pre = ProviderBasePre::new(pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+        let since_0_1_3 = probe(&self.engine, &component, &SINCE_0_1_3_INTERFACES, "0.1.3")?;
+        let exports = Exports::find(&self.engine, &component, since_0_1_2.is_some(), since_0_1_3)?;
+        let base =
+            ProviderBasePre::new(pre.clone()).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         Ok(Prepared {
             pre,
+            exports,
+            base,
             since_0_1_1,
             since_0_1_2,
-            since_0_1_3,
             id: Arc::from(id),
             limits,
         })
@@ -582,71 +630,77 @@ impl Runtime {
 }
 
 async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Result<Reply> {
-    // A later version's hook needs only that interface's instance.
-    if let Call::RequestRoutes(ctx) = &call {
-        let Some(pre) = &p.since_0_1_3 else {
-            return Err(wasmtime::format_err!(
-                "the plugin does not export routes (WIT 0.1.3)"
-            ));
-        };
-        let i = pre.instantiate_async(&mut *store).await?;
-        return Ok(Reply::RequestRoutes(
-            i.portcullis_provider_routes()
-                .call_request_routes(&mut *store, ctx)
-                .await?,
-        ));
-    }
-    if let Call::ShapeResult(ctx, name, status, body) = &call {
-        let Some(pre) = &p.since_0_1_2 else {
-            return Err(wasmtime::format_err!(
-                "the plugin does not export tool-results (WIT 0.1.2)"
-            ));
-        };
-        let i = pre.instantiate_async(&mut *store).await?;
-        return Ok(Reply::ShapeResult(
-            i.portcullis_provider_tool_results()
-                .call_shape_result(&mut *store, ctx, name, *status, body)
-                .await?,
-        ));
-    }
-    let instance = p.pre.instantiate_async(&mut *store).await?;
-    let g = instance.portcullis_provider_plugin();
+    let e = &p.exports;
     Ok(match call {
-        Call::Describe => Reply::Describe(Box::new(describe(p, store, g).await?)),
+        Call::Describe => Reply::Describe(Box::new(describe(p, store).await?)),
         Call::ShapeRequest(ctx, req) => {
-            Reply::ShapeRequest(g.call_shape_request(&mut *store, &ctx, &req).await?)
+            Reply::ShapeRequest(run_one(p, store, &e.shape_request, (&ctx, &req)).await?)
         }
         Call::ReadTokenResponse(ctx, status, body) => Reply::ReadTokenResponse(
-            g.call_read_token_response(&mut *store, &ctx, status, &body)
-                .await?,
+            run_one(p, store, &e.read_token_response, (&ctx, status, &body)).await?,
         ),
-        Call::Discover(ctx, state, last) => Reply::Discover(
-            g.call_discover(&mut *store, &ctx, &state, last.as_ref())
-                .await?,
-        ),
+        Call::Discover(ctx, state, last) => {
+            Reply::Discover(run_one(p, store, &e.discover, (&ctx, &state, last.as_ref())).await?)
+        }
         Call::ClassifyResponse(ctx, status, headers, body) => Reply::ClassifyResponse(
-            g.call_classify_response(&mut *store, &ctx, status, &headers, &body)
-                .await?,
+            run_one(
+                p,
+                store,
+                &e.classify_response,
+                (&ctx, status, &headers, &body),
+            )
+            .await?,
         ),
-        Call::ListTools(ctx) => Reply::ListTools(g.call_list_tools(&mut *store, &ctx).await?),
-        Call::BuildToolCall(ctx, name, args) => Reply::BuildToolCall(
-            g.call_build_tool_call(&mut *store, &ctx, &name, &args)
-                .await?,
-        ),
-        Call::ShapeResult(..) | Call::RequestRoutes(..) => {
-            return Err(wasmtime::format_err!("answered above"));
+        Call::ListTools(ctx) => Reply::ListTools(run_one(p, store, &e.list_tools, (&ctx,)).await?),
+        Call::BuildToolCall(ctx, name, args) => {
+            Reply::BuildToolCall(run_one(p, store, &e.build_tool_call, (&ctx, &name, &args)).await?)
+        }
+        Call::ShapeResult(ctx, name, status, body) => {
+            let Some(f) = &e.shape_result else {
+                return Err(wasmtime::format_err!(
+                    "the plugin does not export tool-results (WIT 0.1.2)"
+                ));
+            };
+            Reply::ShapeResult(run_one(p, store, f, (&ctx, &name, status, &body)).await?)
+        }
+        Call::RequestRoutes(ctx) => {
+            let Some(f) = &e.request_routes else {
+                return Err(wasmtime::format_err!(
+                    "the plugin does not export routes (WIT 0.1.3)"
+                ));
+            };
+            Reply::RequestRoutes(run_one(p, store, f, (&ctx,)).await?)
         }
     })
 }
 
-/// `defaults()` and the later interfaces' load-time answers. Each later interface gets an
-/// instance of its own binding (they are separate worlds); all share the call's store.
-async fn describe(
+/// Instantiates the plugin in `store` and runs the function at `f`, which returns one
+/// value (every hook does). Only that function is type-checked; a mismatch fails the
+/// call, as bindgen's would.
+async fn run_one<P, R>(
     p: &Prepared,
     store: &mut Store<State>,
-    g: &exports::portcullis::provider::plugin::Guest,
-) -> wasmtime::Result<Description> {
-    let defaults = g.call_defaults(&mut *store).await?;
+    f: &ComponentExportIndex,
+    args: P,
+) -> wasmtime::Result<R>
+where
+    P: ComponentNamedList + Lower + Send + Sync,
+    R: ComponentType + Lift + Send + Sync + 'static,
+{
+    let instance = p.pre.instantiate_async(&mut *store).await?;
+    let f = instance.get_typed_func::<P, (R,)>(&mut *store, f)?;
+    let (r,) = f.call_async(&mut *store, args).await?;
+    Ok(r)
+}
+
+/// `defaults()` and the later interfaces' load-time answers. Each later interface gets an
+/// instance of its own binding (they are separate worlds); all share the call's store.
+async fn describe(p: &Prepared, store: &mut Store<State>) -> wasmtime::Result<Description> {
+    let base = p.base.instantiate_async(&mut *store).await?;
+    let defaults = base
+        .portcullis_provider_plugin()
+        .call_defaults(&mut *store)
+        .await?;
     let (oauth_options, entries) = match &p.since_0_1_1 {
         Some(pre) => {
             let i = pre.instantiate_async(&mut *store).await?;
@@ -696,7 +750,7 @@ fn probe(
 ) -> Result<bool, PrepareError> {
     let (has, lacks): (Vec<&str>, Vec<&str>) = interfaces
         .iter()
-        .partition(|i| exports_interface(engine, component, i));
+        .partition(|i| exported_interface(engine, component, i).is_some());
     match (has.is_empty(), lacks.is_empty()) {
         (true, _) => Ok(false),
         (false, true) => Ok(true),
@@ -915,21 +969,42 @@ impl Drop for Ticker {
     }
 }
 
-/// Reads the WIT version from the component's exports.
-/// Whether `component` exports a 0.1.x version of `interface` (a semver-compatible
-/// match, as wasmtime's lookups make).
-fn exports_interface(engine: &Engine, component: &Component, interface: &str) -> bool {
-    component.component_type().exports(engine).any(|(name, _)| {
-        name.strip_prefix(interface)
-            .and_then(|v| v.strip_prefix('@'))
-            .is_some_and(|v| {
-                let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
-                (parts.next().flatten(), parts.next().flatten())
-                    == (Some(SUPPORTED_MAJOR_MINOR.0), Some(SUPPORTED_MAJOR_MINOR.1))
-            })
-    })
+/// The name under which `component` exports a 0.1.x version of `interface` (a
+/// semver-compatible match, as wasmtime's lookups make), if it does.
+fn exported_interface(engine: &Engine, component: &Component, interface: &str) -> Option<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .find(|(name, _)| {
+            name.strip_prefix(interface)
+                .and_then(|v| v.strip_prefix('@'))
+                .is_some_and(|v| {
+                    let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
+                    (parts.next().flatten(), parts.next().flatten())
+                        == (Some(SUPPORTED_MAJOR_MINOR.0), Some(SUPPORTED_MAJOR_MINOR.1))
+                })
+        })
+        .map(|(name, _)| name.to_owned())
 }
 
+/// The index of function `name` in the plugin's export of `interface`.
+fn function(
+    engine: &Engine,
+    component: &Component,
+    interface: &str,
+    name: &str,
+) -> Result<ComponentExportIndex, PrepareError> {
+    exported_interface(engine, component, interface)
+        .and_then(|i| component.get_export_index(None, i.as_str()))
+        .and_then(|i| component.get_export_index(Some(&i), name))
+        .ok_or_else(|| {
+            PrepareError::Link(format!(
+                "does not export {name} in {interface}; rebuild the plugin with a matching portcullis-sdk"
+            ))
+        })
+}
+
+/// Checks that `component` exports the plugin interface at a WIT version this host runs.
 fn check_wit_version(engine: &Engine, component: &Component) -> Result<(), PrepareError> {
     let ty = component.component_type();
     let mut names = Vec::new();
