@@ -318,7 +318,7 @@ impl Exports {
         since_0_1_2: bool,
         since_0_1_3: bool,
     ) -> Result<Self, PrepareError> {
-        let base = |name| function(engine, component, PLUGIN_INTERFACE, name);
+        let base = functions(engine, component, PLUGIN_INTERFACE);
         Ok(Self {
             shape_request: base("shape-request")?,
             read_token_response: base("read-token-response")?,
@@ -327,10 +327,10 @@ impl Exports {
             list_tools: base("list-tools")?,
             build_tool_call: base("build-tool-call")?,
             shape_result: since_0_1_2
-                .then(|| function(engine, component, TOOL_RESULTS, "shape-result"))
+                .then(|| functions(engine, component, TOOL_RESULTS)("shape-result"))
                 .transpose()?,
             request_routes: since_0_1_3
-                .then(|| function(engine, component, ROUTES, "request-routes"))
+                .then(|| functions(engine, component, ROUTES)("request-routes"))
                 .transpose()?,
         })
     }
@@ -987,21 +987,25 @@ fn exported_interface(engine: &Engine, component: &Component, interface: &str) -
         .map(|(name, _)| name.to_owned())
 }
 
-/// The index of function `name` in the plugin's export of `interface`.
-fn function(
+/// Finds functions by name in the plugin's export of `interface`, which is looked up
+/// once for all of them.
+fn functions<'a>(
     engine: &Engine,
-    component: &Component,
-    interface: &str,
-    name: &str,
-) -> Result<ComponentExportIndex, PrepareError> {
-    exported_interface(engine, component, interface)
-        .and_then(|i| component.get_export_index(None, i.as_str()))
-        .and_then(|i| component.get_export_index(Some(&i), name))
-        .ok_or_else(|| {
-            PrepareError::Link(format!(
-                "does not export {name} in {interface}; rebuild the plugin with a matching portcullis-sdk"
-            ))
-        })
+    component: &'a Component,
+    interface: &'a str,
+) -> impl Fn(&str) -> Result<ComponentExportIndex, PrepareError> + 'a {
+    let exported = exported_interface(engine, component, interface)
+        .and_then(|i| component.get_export_index(None, i.as_str()));
+    move |name| {
+        exported
+            .as_ref()
+            .and_then(|i| component.get_export_index(Some(i), name))
+            .ok_or_else(|| {
+                PrepareError::Link(format!(
+                    "does not export {name} in {interface}; rebuild the plugin with a matching portcullis-sdk"
+                ))
+            })
+    }
 }
 
 /// Checks that `component` exports the plugin interface at a WIT version this host runs.
