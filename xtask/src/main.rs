@@ -52,6 +52,9 @@ enum BenchCommand {
     /// A mixed workload for minutes (proxy, per-user refreshes, MCP, config reloads):
     /// failures and memory over time.
     Soak(bench::soak::SoakArgs),
+    /// Where the gateway's CPU goes on one benchmark path: `perf record` during its
+    /// high-concurrency phase, each sample charged to a layer.
+    Profile(bench::profile::ProfileArgs),
 }
 
 /// Set in the re-executed child so it does not re-execute again; also lets a developer
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
             BenchCommand::Mcp(args) => bench::mcp::run(&root, args),
             BenchCommand::Refresh(args) => bench::refresh::run(&root, args),
             BenchCommand::Soak(args) => bench::soak::run(&root, args),
+            BenchCommand::Profile(args) => bench::profile::run(&root, args),
         },
         Command::BenchRelay(args) => bench::relay::run(args),
     }

@@ -298,6 +298,10 @@ pub fn free_port() -> Result<u16> {
 
 /// Builds the release host (unless `no_build`) and returns its binary path.
 pub fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
+    // `bench profile` built and runs the profiling build instead.
+    if let Some(bin) = super::profile::binary() {
+        return Ok(bin);
+    }
     let bin = super::target_dir(root).join("release").join("portcullis");
     if !no_build {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

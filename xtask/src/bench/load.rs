@@ -469,9 +469,11 @@ async fn run_async(target: &Target, spec: &LoadSpec, servers: &[u32]) -> Result<
     if let Some(at) = spec.start_at {
         tokio::time::sleep_until(at.into()).await;
     }
+    let recorder = super::profile::start(servers, spec.measure.concurrency)?;
     let before = CpuClock::read(servers);
     let (_, mut stats) = run_phase(&target, &uri, senders, &spec.measure).await?;
     stats.cpu = before.per_request(&CpuClock::read(servers), stats.ok);
+    super::profile::finish(recorder, stats.cpu.server_us)?;
     super::check_interrupted()?;
     Ok(stats)
 }

@@ -12,6 +12,7 @@ pub mod load;
 pub mod mcp;
 pub mod plugins;
 mod postgres;
+pub mod profile;
 pub mod proxy;
 pub mod refresh;
 pub mod relay;
