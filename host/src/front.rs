@@ -17,7 +17,7 @@
 //! Each rule lives in its own module; this one only puts them in order. It is one
 //! hand-written service rather than a stack of middleware layers because each layer
 //! costs a boxed future and a cloned service stack per request, several percent of the
-//! proxy's CPU (`docs/benchmarks.md`).
+//! proxy's CPU (`docs/performance-log.md`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

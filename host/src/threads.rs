@@ -11,7 +11,7 @@
 //! work-stealing runtime each hand-off between them could wake a parked worker on
 //! another core, which then looked for work, stole it or went back to sleep. On the
 //! 2-core benchmark machine that was most of an MCP call's CPU at concurrency 1
-//! (docs/benchmarks.md). Here a hand-off inside a connection is a queue push on the
+//! (docs/performance-log.md). Here a hand-off inside a connection is a queue push on the
 //! same thread. What is given up is stealing: a connection stays on its runtime, so
 //! connections are dealt to the runtimes in turn.
 //!
@@ -62,7 +62,7 @@ pub fn current() -> Option<usize> {
 /// by its key, not on the main runtime. A call from a connection on the same runtime
 /// then never leaves its thread, and one from another crosses between two connection
 /// threads, which costs less than waking the work-stealing runtime's workers
-/// (docs/benchmarks.md). Keys spread such work over the runtimes. Empty (the
+/// (docs/performance-log.md). Keys spread such work over the runtimes. Empty (the
 /// default) when there are no connection threads: the work stays where it starts.
 #[derive(Clone, Default)]
 pub struct Homes {

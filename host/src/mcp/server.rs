@@ -1917,7 +1917,7 @@ mod tests {
 
     /// rmcp spawns a task per request whose future holds the largest handler future
     /// inline, and tokio moves it whole into the task. Unboxed, ours made that about
-    /// 40 KB a request (`docs/benchmarks.md`, where the MCP time goes).
+    /// 40 KB a request (`docs/performance-log.md`, its MCP part).
     #[test]
     fn the_task_rmcp_spawns_per_request_stays_small() {
         use rmcp::ServerHandler as H;

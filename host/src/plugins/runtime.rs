@@ -123,7 +123,7 @@ const POOL_SHARE_OF_LIMIT: u64 = 2;
 const DECOMMIT_BATCH: usize = 16;
 /// Bytes of each linear memory reset with `memset` (and kept resident) instead of
 /// `madvise`. Plugins built with the SDK's 64 KiB stack touch little beyond this, so a
-/// reused slot takes no page faults; measured in docs/benchmarks.md.
+/// reused slot takes no page faults; measured in docs/performance-log.md.
 const KEEP_RESIDENT_MEMORY: usize = 256 * 1024;
 const KEEP_RESIDENT_TABLE: usize = 16 * 1024;
 /// Idle pool slots that keep their plugin's memory (and its resident bytes) for the next
@@ -297,7 +297,7 @@ pub struct Prepared {
 /// The functions the hooks call, looked up once when the plugin is prepared. A hook's
 /// call instantiates the plugin and type-checks only the function it runs: bindgen's
 /// instantiation type-checks the base interface's seven functions every time, about a
-/// tenth of a `shape-request` call (docs/benchmarks.md).
+/// tenth of a `shape-request` call (docs/performance-log.md).
 struct Exports {
     shape_request: ComponentExportIndex,
     read_token_response: ComponentExportIndex,
@@ -880,7 +880,7 @@ fn config(sizing: Sizing) -> Config {
 /// holding the pages they freed. A plugin compiles once per version (then it comes from
 /// the cache), so the one-off cost is small (the four verified plugins: about 0.6 s
 /// instead of 0.4 s at a first start). Measured: a gateway that compiled the four
-/// verified plugins at start rests at about 39 MiB, not 57 MiB (docs/benchmarks.md).
+/// verified plugins at start rests at about 39 MiB, not 57 MiB (docs/performance-log.md).
 #[allow(unsafe_code)]
 fn release_freed_memory() {
     // SAFETY: `mi_collect` takes no pointers and only walks the allocator's own state
