@@ -1,9 +1,10 @@
 //! Records the log writes past its general formatter: the audit trail's, when it goes to
 //! the log. Every proxied request writes one, and the formatter walks each message
 //! character by character to escape terminal control sequences, several percent of the
-//! proxy's CPU (`docs/performance-log.md`). Here a record is made terminal-safe once, when it
-//! is serialised ([`safe_json`]), and its line is laid out as the formatter lays out its
-//! own ([`Style::line`], held to that by the tests below), so the log reads the same.
+//! proxy's CPU (`docs/performance-log.md`). Here a record is made terminal-safe once,
+//! when it is serialised ([`safe_json`]), and its line is laid out as the formatter lays
+//! out its own ([`Style::line`], held to that by the tests below), so the log reads the
+//! same.
 
 use std::cell::Cell;
 use std::io;
