@@ -296,32 +296,39 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr().context("free port address")?.port())
 }
 
-/// Builds the release host (unless `no_build`) and returns its binary path.
+/// Builds the release host (unless `no_build`) and returns its binary path; under
+/// `bench profile`, the profiling build it prepared.
 pub fn prepare_portcullis(root: &Path, no_build: bool) -> Result<PathBuf, String> {
-    // `bench profile` built and runs the profiling build instead.
-    if let Some(bin) = super::profile::binary() {
-        return Ok(bin);
+    match super::profile::binary() {
+        Some(bin) => Ok(bin),
+        None => build_portcullis(root, "release", no_build),
     }
-    let bin = super::target_dir(root).join("release").join("portcullis");
+}
+
+/// Builds the host in cargo profile `profile` (unless `no_build`) and returns its
+/// binary path.
+pub fn build_portcullis(root: &Path, profile: &str, no_build: bool) -> Result<PathBuf, String> {
+    let bin = super::target_dir(root).join(profile).join("portcullis");
+    let command = format!("cargo build --profile {profile} -p portcullis");
     if !no_build {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        eprintln!("bench: cargo build --release -p portcullis");
+        eprintln!("bench: {command}");
         let status = super::run_interruptible(
             Command::new(cargo)
-                .args(["build", "--release", "-p", "portcullis"])
+                .args(["build", "--profile", profile, "-p", "portcullis"])
                 .current_dir(root),
-            "cargo build --release -p portcullis",
+            &command,
         )
         .map_err(|e| format!("{e:#}"))?;
         if !status.success() {
             return Err(format!(
-                "`cargo build --release -p portcullis` failed ({status}); see the compiler output above"
+                "`{command}` failed ({status}); see the compiler output above"
             ));
         }
     }
     if !bin.is_file() {
         return Err(format!(
-            "{} does not exist; build it with `cargo build --release -p portcullis` (or drop --no-build)",
+            "{} does not exist; build it with `{command}` (or drop --no-build)",
             bin.display()
         ));
     }

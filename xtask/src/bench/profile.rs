@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Which benchmark path to profile.
@@ -26,7 +27,8 @@ pub enum ProfiledPath {
     Proxy,
     /// A proxied GET shaped by a plugin call (`bench proxy`, `portcullis-plugin-calls`).
     PluginCalls,
-    /// A sessionless `tools/call` through `/v1/mcp` (`bench mcp`, `portcullis`), 32.
+    /// A sessionless `tools/call` through `/v1/mcp` (`bench mcp`, `portcullis`),
+    /// concurrency 32.
     Mcp,
     /// The same call in a session (`bench mcp`, `portcullis-session`).
     McpSession,
@@ -69,7 +71,7 @@ struct Recording {
     data: PathBuf,
     seconds: u64,
     /// Whether a phase has been recorded already (only the first is).
-    taken: Mutex<bool>,
+    taken: AtomicBool,
     /// The gateway's CPU a request over the recorded phase, in µs.
     cpu_us: Mutex<Option<f64>>,
 }
@@ -102,11 +104,9 @@ pub fn start(servers: &[u32], concurrency: usize) -> Result<Option<Recorder>> {
     if concurrency <= 1 || servers.is_empty() {
         return Ok(None);
     }
-    let mut taken = r.taken.lock().unwrap_or_else(|p| p.into_inner());
-    if *taken {
+    if r.taken.swap(true, Ordering::Relaxed) {
         return Ok(None);
     }
-    *taken = true;
     let pids = servers
         .iter()
         .map(u32::to_string)
@@ -170,7 +170,6 @@ const LAYERS: &[(&str, &[&str])] = &[
         "plugin: dropping the store (resetting the slot's memory, tables and image)",
         &[
             "drop_in_place<wasmtime::runtime::store",
-            "as core::ops::drop::Drop>::drop",
             "MemoryImageSlot",
             "decommit",
         ],
@@ -207,13 +206,7 @@ fn charge(frames: &[&str]) -> &'static str {
     if leaf.contains("[kernel.kallsyms]") {
         return KERNEL;
     }
-    // A drop that is not wasmtime's is not the store's: that pattern only counts in it.
-    let matches = |frame: &str, patterns: &[&str]| {
-        patterns.iter().any(|p| {
-            frame.contains(p)
-                && (*p != "as core::ops::drop::Drop>::drop" || frame.contains("wasmtime"))
-        })
-    };
+    let matches = |frame: &str, patterns: &[&str]| patterns.iter().any(|p| frame.contains(p));
     for frame in frames {
         let Some(i) = LAYERS.iter().position(|(_, p)| matches(frame, p)) else {
             continue;
@@ -303,26 +296,8 @@ pub fn run(root: &Path, args: ProfileArgs) -> Result<()> {
                 .context("perf was installed but is not on the PATH; install it by hand")?
         }
     };
-    if !args.no_build {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        eprintln!("bench: cargo build --profile profiling -p portcullis");
-        let status = super::run_interruptible(
-            Command::new(cargo)
-                .args(["build", "--profile", "profiling", "-p", "portcullis"])
-                .current_dir(root),
-            "cargo build --profile profiling -p portcullis",
-        )?;
-        if !status.success() {
-            bail!("`cargo build --profile profiling -p portcullis` failed ({status})");
-        }
-    }
-    let binary = super::target_dir(root).join("profiling").join("portcullis");
-    if !binary.is_file() {
-        bail!(
-            "{} does not exist; build it with `cargo build --profile profiling -p portcullis` (or drop --no-build)",
-            binary.display()
-        );
-    }
+    let binary = super::host::build_portcullis(root, "profiling", args.no_build)
+        .map_err(anyhow::Error::msg)?;
     let tmp = tempfile::Builder::new()
         .prefix("portcullis-profile-")
         .tempdir()
@@ -336,7 +311,7 @@ pub fn run(root: &Path, args: ProfileArgs) -> Result<()> {
         binary,
         data: data.clone(),
         seconds: args.seconds,
-        taken: Mutex::new(false),
+        taken: AtomicBool::new(false),
         cpu_us: Mutex::new(None),
     };
     if RECORDING.set(recording).is_err() {
@@ -360,7 +335,7 @@ pub fn run(root: &Path, args: ProfileArgs) -> Result<()> {
         super::mcp::run(root, With::<super::mcp::McpArgs>::parse_from(line).args)?;
     }
     let r = RECORDING.get().context("the recording was not set up")?;
-    if !*r.taken.lock().unwrap_or_else(|p| p.into_inner()) {
+    if !r.taken.load(Ordering::Relaxed) {
         bail!("the benchmark ended before its high-concurrency phase was recorded");
     }
     eprintln!("bench: reading the samples back (perf script; this takes a minute)");
