@@ -4,7 +4,8 @@
 //! It builds the profiling build (the release build with symbols and line tables), runs
 //! the path's benchmark on it (`bench proxy` or `bench mcp` with one target, docs left
 //! alone), and records the gateway with `perf record` during the first seconds of the
-//! high-concurrency measured phase ([`start`], called by the load loop). Then it reads
+//! high-concurrency measured phase, or of the concurrency-1 one with `--concurrency-one`
+//! ([`start`], called by the load loop). Then it reads
 //! the samples back (`perf script`) and charges each one to a layer: the kernel when the
 //! sample is in it, else the innermost frame that belongs to a layer ([`LAYERS`]), so a
 //! copy, an allocation or a JSON decode counts for whoever asked for it. Each layer's
@@ -61,6 +62,10 @@ pub struct ProfileArgs {
     /// Keep `perf record`'s data in this file (else it goes with the temporary folder).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Record the concurrency-1 phase instead, where a request's latency is measured:
+    /// there the cores idle between requests, so wake-ups weigh more than at load.
+    #[arg(long)]
+    concurrency_one: bool,
 }
 
 /// What `bench profile` asked of the benchmark it runs.
@@ -70,6 +75,8 @@ struct Recording {
     binary: PathBuf,
     data: PathBuf,
     seconds: u64,
+    /// Whether the concurrency-1 phase is recorded, instead of the high-concurrency one.
+    at_one: bool,
     /// Whether a phase has been recorded already (only the first is).
     taken: AtomicBool,
     /// The gateway's CPU a request over the recorded phase, in µs.
@@ -96,12 +103,13 @@ impl Drop for Recorder {
 }
 
 /// Starts recording `servers` for a measured phase at `concurrency`, if `bench profile`
-/// asked for it and no phase has been recorded yet. Only high-concurrency phases are.
+/// asked for it and no phase has been recorded yet. Only phases of the concurrency it
+/// asked for are: above one, or exactly one with `--concurrency-one`.
 pub fn start(servers: &[u32], concurrency: usize) -> Result<Option<Recorder>> {
     let Some(r) = RECORDING.get() else {
         return Ok(None);
     };
-    if concurrency <= 1 || servers.is_empty() {
+    if !records(r.at_one, concurrency) || servers.is_empty() {
         return Ok(None);
     }
     if r.taken.swap(true, Ordering::Relaxed) {
@@ -133,6 +141,12 @@ pub fn start(servers: &[u32], concurrency: usize) -> Result<Option<Recorder>> {
         .context("starting `perf record`")?;
     eprintln!("bench: recording pid {pids} for {} s", r.seconds);
     Ok(Some(Recorder(Some(child))))
+}
+
+/// Whether a phase at `concurrency` is the one asked for: the concurrency-1 phase when
+/// `at_one`, else a high-concurrency one.
+fn records(at_one: bool, concurrency: usize) -> bool {
+    (concurrency == 1) == at_one
 }
 
 /// Waits for the recording to end and keeps the phase's CPU a request (of the measured
@@ -311,6 +325,7 @@ pub fn run(root: &Path, args: ProfileArgs) -> Result<()> {
         binary,
         data: data.clone(),
         seconds: args.seconds,
+        at_one: args.concurrency_one,
         taken: AtomicBool::new(false),
         cpu_us: Mutex::new(None),
     };
@@ -336,7 +351,7 @@ pub fn run(root: &Path, args: ProfileArgs) -> Result<()> {
     }
     let r = RECORDING.get().context("the recording was not set up")?;
     if !r.taken.load(Ordering::Relaxed) {
-        bail!("the benchmark ended before its high-concurrency phase was recorded");
+        bail!("the benchmark ended before the phase to profile was recorded");
     }
     eprintln!("bench: reading the samples back (perf script; this takes a minute)");
     let out = Command::new(perf)
@@ -408,6 +423,14 @@ connections-1  8636
         assert_eq!(of("hyper"), 1);
         assert_eq!(of("plugin: dropping the store"), 1);
         assert_eq!(of("gateway"), 0);
+    }
+
+    #[test]
+    fn the_phase_recorded_is_the_concurrency_asked_for() {
+        assert!(records(false, 64));
+        assert!(!records(false, 1));
+        assert!(records(true, 1));
+        assert!(!records(true, 32));
     }
 
     #[test]

@@ -757,11 +757,13 @@ impl Report<'_> {
             },
             UPSTREAM_BODY.len()
         );
-        let _ = writeln!(
-            s,
-            "- nginx reference: {}, 2 workers, upstream `keepalive 64`, access log off",
-            self.nginx_version.as_deref().unwrap_or("version unknown")
-        );
+        if self.results.iter().any(|r| r.kind == TargetKind::Nginx) {
+            let _ = writeln!(
+                s,
+                "- nginx reference: {}, 2 workers, upstream `keepalive 64`, access log off",
+                self.nginx_version.as_deref().unwrap_or("version unknown")
+            );
+        }
         if self
             .results
             .iter()
