@@ -29,6 +29,15 @@ fn config(connectors: Value, grants: Value, poll_secs: u64) -> String {
     c.to_string()
 }
 
+/// An MCP server that answers only requests carrying `Authorization: Bearer <token>`.
+async fn upstream_with_token(token: &str) -> McpServer {
+    McpServer::start(Expect::Header(
+        "authorization".into(),
+        format!("Bearer {token}"),
+    ))
+    .await
+}
+
 fn everything() -> Value {
     json!([grant("(loopback)", &["**"], true)])
 }
@@ -86,11 +95,7 @@ fn text_of(r: &rmcp::model::CallToolResult) -> String {
 
 #[tokio::test]
 async fn tools_resources_and_templates_are_prefixed_and_forwarded_stripped() {
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer tok-1".into(),
-    ))
-    .await;
+    let up = upstream_with_token("tok-1").await;
     let host = Host::start(&config(
         bearer("notes", &up.url(), "tok-1"),
         everything(),
@@ -186,11 +191,7 @@ async fn tools_resources_and_templates_are_prefixed_and_forwarded_stripped() {
 
 #[tokio::test]
 async fn grants_decide_listing_and_calls_alike() {
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer tok-1".into(),
-    ))
-    .await;
+    let up = upstream_with_token("tok-1").await;
     let grants = json!([grant(
         "(loopback)",
         &[
@@ -315,11 +316,7 @@ async fn aperture_list_connectors_names_what_the_proxy_lets_you_reach() {
 #[tokio::test]
 async fn api_key_and_client_credentials_connectors_list_and_call() {
     let keyed = McpServer::start(Expect::Header("x-api-key".into(), "k-123".into())).await;
-    let cc = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer cc-token".into(),
-    ))
-    .await;
+    let cc = upstream_with_token("cc-token").await;
     let tokens = Fixture::start().await;
     tokens.json(
         "/oauth2/token",
@@ -404,11 +401,7 @@ async fn an_unreachable_server_lists_nothing_then_recovers() {
 
 #[tokio::test]
 async fn a_rejected_credential_leaves_the_list_empty_and_says_why_in_the_log() {
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer right".into(),
-    ))
-    .await;
+    let up = upstream_with_token("right").await;
     let host = Host::start(&config(
         bearer("notes", &up.url(), "wrong"),
         everything(),
@@ -522,11 +515,7 @@ async fn a_tool_the_gateway_has_not_listed_yet_runs_and_misses_cost_one_listing_
 #[tokio::test]
 async fn python_sdk_agent_hears_list_changed_and_gets_large_results() {
     use portcullis_e2e::peers_mcp::python_agent;
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer tok-1".into(),
-    ))
-    .await;
+    let up = upstream_with_token("tok-1").await;
     let host = Host::start(&config(
         bearer("notes", &up.url(), "tok-1"),
         everything(),
@@ -654,11 +643,7 @@ async fn large_results_and_restarted_upstreams() {
 
 #[tokio::test]
 async fn the_seed_curl_request_lists_prefixed_tools_without_a_session() {
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer sk-example-token".into(),
-    ))
-    .await;
+    let up = upstream_with_token("sk-example-token").await;
     let host = Host::start(&config(
         bearer("snowflake", &up.url(), "sk-example-token"),
         everything(),
@@ -938,11 +923,7 @@ async fn a_legacy_server_gets_the_credential_on_every_request_and_never_another_
 
 #[tokio::test]
 async fn an_answer_slower_than_the_read_timeout_fails_and_the_next_call_works() {
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer slow-token".into(),
-    ))
-    .await;
+    let up = upstream_with_token("slow-token").await;
     let mut c: Value = serde_json::from_str(&config(
         bearer("notes", &up.url(), "slow-token"),
         everything(),
@@ -981,11 +962,7 @@ async fn an_answer_slower_than_the_read_timeout_fails_and_the_next_call_works() 
 async fn another_callers_session_id_is_answered_as_unknown() {
     const ALICE: &str = "127.0.0.2";
     const BOB: &str = "127.0.0.3";
-    let up = McpServer::start(Expect::Header(
-        "authorization".into(),
-        "Bearer tok-1".into(),
-    ))
-    .await;
+    let up = upstream_with_token("tok-1").await;
     let whois = Whois::start().await;
     whois.user(ALICE, "alice@example.com", &[], json!({}));
     whois.user(BOB, "bob@example.com", &[], json!({}));
@@ -1069,4 +1046,114 @@ async fn another_callers_session_id_is_answered_as_unknown() {
         .await
         .expect("after");
     assert_eq!(after.status(), 404);
+}
+
+/// A sessionless `tools/call` with nothing in its `_meta` skips rmcp's per-request
+/// service (`mcp::direct`). It must answer exactly as the transport answers the same call
+/// with something in its `_meta`, which rmcp serves: granted, refused, unknown, a tool
+/// that logs while it runs, a malformed request, on both endpoints and under either
+/// protocol-version header. The handler counts both alike.
+#[tokio::test]
+async fn a_sessionless_tool_call_answers_as_rmcps_transport_answers_it() {
+    let up = upstream_with_token("tok-1").await;
+    let grants = json!([grant(
+        "(loopback)",
+        &["notes/tools/echo", "notes/tools/log"],
+        // An admin, for /metrics: the admin API is not a connector grant.
+        true
+    )]);
+    let host = Host::start(&config(bearer("notes", &up.url(), "tok-1"), grants, 60));
+    let post = |path: &str, body: &Value, version: Option<&str>| {
+        let mut req = client()
+            .post(host.url(path))
+            .header("content-type", "application/json")
+            .header("accept", BOTH)
+            .body(body.to_string());
+        if let Some(v) = version {
+            req = req.header("mcp-protocol-version", v);
+        }
+        async move {
+            let resp = req.send().await.expect("post");
+            let status = resp.status().as_u16();
+            let kind = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(resp.headers().get("mcp-session-id").is_none());
+            let body: Value = resp.json().await.expect("a JSON answer");
+            (status, kind, body)
+        }
+    };
+    let call = |id: u32, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": args}})
+    };
+    // Discovery runs in the background: call until the tool is known.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, body) = post(
+            "/v1/mcp",
+            &call(0, "notes_echo", json!({"text": "hi"})),
+            None,
+        )
+        .await;
+        if body["result"].is_object() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counted = |outcome: &'static str| {
+        let host = &host;
+        async move {
+            let metrics = portcullis_e2e::metrics_from(host, "127.0.0.1").await;
+            let series =
+                format!("portcullis_mcp_calls_total{{connector=\"notes\",outcome=\"{outcome}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map_or(0, |n| n.trim().parse::<u64>().expect("a count"))
+        }
+    };
+    let (ok_before, error_before) = (counted("ok").await, counted("error").await);
+    let calls = [
+        ("/v1/mcp", call(1, "notes_echo", json!({"text": "hi"}))),
+        ("/v1/mcp/notes", call(2, "echo", json!({"text": "one"}))),
+        ("/v1/mcp", call(3, "notes_log", json!({}))),
+        ("/v1/mcp", call(4, "notes_secret", json!({}))),
+        ("/v1/mcp", call(5, "nowhere_tool", json!({}))),
+        ("/v1/mcp", call(6, "aperture_list_connectors", json!({}))),
+        (
+            "/v1/mcp",
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": 7}}),
+        ),
+    ];
+    for version in [None, Some("2025-06-18")] {
+        for (path, plain) in &calls {
+            let direct = post(path, plain, version).await;
+            // The same request with a `_meta` entry, which rmcp's transport serves.
+            let mut through_rmcp = plain.clone();
+            if let Some(params) = through_rmcp["params"].as_object_mut() {
+                params.insert("_meta".into(), json!({"example.com/note": "x"}));
+            }
+            let served = post(path, &through_rmcp, version).await;
+            assert_eq!(direct, served, "{path} {plain} ({version:?})");
+            assert_eq!(direct.0, 200, "{:?}", direct.2);
+            assert_eq!(direct.1, "application/json");
+        }
+    }
+    let (_, _, echoed) = post("/v1/mcp", &calls[0].1, None).await;
+    assert_eq!(echoed["id"], 1);
+    assert_eq!(
+        echoed["result"]["content"][0]["text"], "echo: hi",
+        "{echoed}"
+    );
+    let (_, _, refused) = post("/v1/mcp", &calls[3].1, None).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(!up.calls().contains(&"secret".to_owned()), "never reached");
+    // Both ways the handler counts the call: three granted tools that ran and one
+    // refused, each sent four ways, and the two calls just above.
+    assert_eq!(counted("ok").await - ok_before, 3 * 4 + 1);
+    assert_eq!(counted("error").await - error_before, 4 + 1);
 }

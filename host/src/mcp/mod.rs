@@ -15,6 +15,8 @@
 //! - `server`: the rmcp [`rmcp::ServerHandler`] that names, filters and routes, and the
 //!   HTTP entry that serves sessionless requests statelessly and keeps sessions to the
 //!   caller that opened them.
+//! - `direct`: a sessionless `tools/call` that can be sent nothing while it runs, handed
+//!   to the same handler without starting an rmcp service for it.
 //! - `rounds`: multi round-trip requests (2026-07-28): an upstream's question to a
 //!   client without a session goes back in an `InputRequiredResult`, the upstream call
 //!   parked until the client answers with its next round.
@@ -31,6 +33,7 @@
 //! [`visible`] is the one grant decision for listing and for use.
 
 mod builtin;
+mod direct;
 mod legacy;
 mod rounds;
 mod server;

@@ -70,6 +70,12 @@ pub struct Aggregator {
     app: Arc<Gateway>,
 }
 
+impl Aggregator {
+    pub(super) fn new(app: Arc<Gateway>) -> Self {
+        Self { app }
+    }
+}
+
 /// Who is asking, and on which endpoint, from the HTTP request rmcp hands to the handler.
 #[derive(Clone)]
 struct Who {
@@ -1574,7 +1580,7 @@ impl Entry {
         };
         let factory = {
             let app = app.clone();
-            move || Ok(Aggregator { app: app.clone() })
+            move || Ok(Aggregator::new(app.clone()))
         };
         let mut sessionful = settings(true);
         sessionful.session_store = shared.map(|s| {
@@ -1695,6 +1701,19 @@ pub async fn handle(entry: Arc<Entry>, caller: Arc<Caller>, req: Request) -> Res
         }
         // JSON of another shape (a batch, say), or another type: the transport answers.
         Err(_) => Peek::default(),
+    };
+    // Outside a session, the commonest request skips rmcp's per-request service when
+    // nothing can be sent to its client while it runs (`direct`). Boxed, as rmcp's
+    // handling is below: inline, its state would enlarge every request's future.
+    let (parts, bytes) = if peek.method.as_deref() == Some("tools/call")
+        && !parts.headers.contains_key("mcp-session-id")
+    {
+        match Box::pin(super::direct::call(&entry.app, parts, bytes)).await {
+            super::direct::Taken::Answered(resp) => return resp,
+            super::direct::Taken::Not(parts, bytes) => (parts, bytes),
+        }
+    } else {
+        (parts, bytes)
     };
     let initialize = peek.method.as_deref() == Some("initialize");
     let id = peek.id.filter(|id| id.is_string() || id.is_number());
