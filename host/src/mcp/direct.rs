@@ -15,12 +15,12 @@
 //!
 //! Whatever else comes in goes to rmcp's transport unchanged, with the bytes as they
 //! came ([`Taken::Not`]): [`eligible`] takes only requests on which each of the
-//! transport's checks passes by construction (both media types accepted, a JSON body, no
-//! standard `Mcp-*` headers to check against the body, a protocol version it knows and
-//! that neither negotiates per request nor requires those headers), and a body that does
-//! not decode as one `tools/call` request with an empty `_meta` is the transport's to
-//! answer too. Grants, identity and the browser defence are not here: they run in front
-//! of both paths and in the handler.
+//! transport's checks passes by construction (a `Host` it can parse, both media types
+//! accepted, a JSON body, no standard `Mcp-*` headers to check against the body, a
+//! protocol version it knows and that neither negotiates per request nor requires those
+//! headers), and a body that does not decode as one `tools/call` request with an empty
+//! `_meta` is the transport's to answer too. Grants, identity and the browser defence
+//! are not here: they run in front of both paths and in the handler.
 //!
 //! What it saves, in alternating runs of `cargo xtask bench mcp` (docs/performance-log.md,
 //! 2026-12-06 night): about a sixth of the gateway's CPU a call at concurrency 32 (11 of
@@ -86,13 +86,19 @@ pub(super) async fn call(app: &Arc<Gateway>, parts: Parts, body: Bytes) -> Taken
 }
 
 /// Whether every check rmcp's transport makes of a sessionless request's headers passes
-/// for this one without looking at more: it accepts both JSON and an event stream
+/// for this one without looking at more: its `Host` is a well-formed authority (the
+/// transport parses it even with no list of hosts to match; which hosts are allowed is
+/// the browser defence's to decide, in front), it accepts both JSON and an event stream
 /// (listed plainly: a weight or a quoted parameter is left to the transport's parser),
 /// sends JSON, carries no standard `Mcp-*` header (`Mcp-Method`, `Mcp-Name`,
 /// `Mcp-Param-*`, checked against the body from 2026-07-28) nor a session, and names no
 /// protocol version, or one the transport knows from before 2026-07-28 (an unknown one
 /// is refused there; 2026-07-28 negotiates per request).
 pub(super) fn eligible(headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_none_or(|h| http::uri::Authority::try_from(h).is_err()) {
+        return false;
+    }
     let (mut json, mut sse) = (false, false);
     for value in headers.get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else {
@@ -188,6 +194,7 @@ mod tests {
     }
 
     const PLAIN: &[(&str, &str)] = &[
+        ("host", "127.0.0.1:8443"),
         ("accept", "application/json, text/event-stream"),
         ("content-type", "application/json"),
     ];
@@ -203,6 +210,7 @@ mod tests {
         assert!(eligible(&h));
         // The media types in two headers, in other cases, a charset on the body's type.
         assert!(eligible(&headers(&[
+            ("host", "portcullis.example.ts.net"),
             ("accept", "Text/Event-Stream"),
             ("accept", "APPLICATION/JSON"),
             ("content-type", "application/json; charset=utf-8"),
@@ -219,24 +227,21 @@ mod tests {
         // It answers 406 and 415.
         assert!(!eligible(&without("accept")));
         assert!(!eligible(&without("content-type")));
-        assert!(!eligible(&headers(&[
-            ("accept", "application/json"),
-            ("content-type", "application/json"),
-        ])));
-        assert!(!eligible(&headers(&[
-            ("accept", "application/json, text/event-stream"),
-            ("content-type", "text/plain"),
-        ])));
-        // Weights and parameters are its parser's to read (a zero weight refuses).
-        assert!(!eligible(&headers(&[
-            ("accept", "application/json, text/event-stream;q=0"),
-            ("content-type", "application/json"),
-        ])));
         let with = |name: &'static str, value: &'static str| {
             let mut h = headers(PLAIN);
             h.insert(name, HeaderValue::from_static(value));
             h
         };
+        assert!(!eligible(&with("accept", "application/json")));
+        assert!(!eligible(&with("content-type", "text/plain")));
+        // Weights and parameters are its parser's to read (a zero weight refuses).
+        assert!(!eligible(&with(
+            "accept",
+            "application/json, text/event-stream;q=0"
+        )));
+        // A Host it cannot parse is its 400 (over HTTP/2 it reads `:authority` instead).
+        assert!(!eligible(&without("host")));
+        assert!(!eligible(&with("host", "bad host")));
         // Standard headers are checked against the body; sessions are routed there.
         assert!(!eligible(&with("mcp-method", "tools/call")));
         assert!(!eligible(&with("mcp-name", "bench_ping")));
