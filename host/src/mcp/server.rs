@@ -1703,11 +1703,10 @@ pub async fn handle(entry: Arc<Entry>, caller: Arc<Caller>, req: Request) -> Res
         Err(_) => Peek::default(),
     };
     // Outside a session, the commonest request skips rmcp's per-request service when
-    // nothing can be sent to its client while it runs (`direct`). Boxed, as rmcp's
-    // handling is below: inline, its state would enlarge every request's future.
-    let (parts, bytes) = if peek.method.as_deref() == Some("tools/call")
-        && !parts.headers.contains_key("mcp-session-id")
-    {
+    // nothing can be sent to its client while it runs (`direct`, which also leaves
+    // requests in a session to the transport). Boxed, as rmcp's handling is below:
+    // inline, its state would enlarge every request's future.
+    let (parts, bytes) = if peek.method.as_deref() == Some("tools/call") {
         match Box::pin(super::direct::call(&entry.app, parts, bytes)).await {
             super::direct::Taken::Answered(resp) => return resp,
             super::direct::Taken::Not(parts, bytes) => (parts, bytes),

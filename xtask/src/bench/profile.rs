@@ -4,13 +4,13 @@
 //! It builds the profiling build (the release build with symbols and line tables), runs
 //! the path's benchmark on it (`bench proxy` or `bench mcp` with one target, docs left
 //! alone), and records the gateway with `perf record` during the first seconds of the
-//! high-concurrency measured phase, or of the concurrency-1 one with `--concurrency-one`
-//! ([`start`], called by the load loop). Then it reads
-//! the samples back (`perf script`) and charges each one to a layer: the kernel when the
-//! sample is in it, else the innermost frame that belongs to a layer ([`LAYERS`]), so a
-//! copy, an allocation or a JSON decode counts for whoever asked for it. Each layer's
-//! share of the samples, times the CPU a request cost in that phase, is its rough cost
-//! a request.
+//! high-concurrency measured phase, or of the concurrency-1 one with
+//! `--concurrency-one` ([`start`], called by the load loop). Then it reads the samples
+//! back (`perf script`) and charges each one to a layer: the kernel when the sample is
+//! in it, else the innermost frame that belongs to a layer ([`LAYERS`]), so a copy, an
+//! allocation or a JSON decode counts for whoever asked for it. Each layer's share of
+//! the samples, times the CPU a request cost in that phase, is its rough cost a
+//! request.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
