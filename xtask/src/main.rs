@@ -53,7 +53,8 @@ enum BenchCommand {
     /// failures and memory over time.
     Soak(bench::soak::SoakArgs),
     /// Where the gateway's CPU goes on one benchmark path: `perf record` during its
-    /// high-concurrency phase, each sample charged to a layer.
+    /// high-concurrency phase (or its concurrency-1 one), each sample charged to a
+    /// layer.
     Profile(bench::profile::ProfileArgs),
 }
 

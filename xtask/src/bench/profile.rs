@@ -52,8 +52,8 @@ pub struct ProfileArgs {
     /// The path to profile.
     #[arg(value_enum)]
     path: ProfiledPath,
-    /// Seconds recorded, from the start of the high-concurrency measured phase (the
-    /// phase runs five seconds longer, unless its request cap ends it first).
+    /// Seconds recorded, from the start of the measured phase (the phase runs five
+    /// seconds longer, unless its request cap ends it first).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
     seconds: u64,
     /// Do not run `cargo build --profile profiling -p portcullis` first.
