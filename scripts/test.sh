@@ -110,10 +110,11 @@ cargo build --quiet --workspace
 echo "==> cargo test"
 cargo test --workspace
 
-# The `#[portcullis_sdk::provider]` attribute's own tests (hooks derived from the methods,
-# identity from plugin.toml, the mistakes it turns into build errors).
-echo "==> sdk macros"
-(export CARGO_TARGET_DIR="$PWD/target" && cd sdk && cargo test --quiet --lib -p portcullis-sdk-macros)
+# The SDK's own tests (its types as the WIT's: times, routes for older hosts) and the
+# `#[portcullis_sdk::provider]` attribute's (hooks derived from the methods, identity
+# from plugin.toml, the mistakes it turns into build errors).
+echo "==> sdk"
+(export CARGO_TARGET_DIR="$PWD/target" && cd sdk && cargo test --quiet --lib -p portcullis-sdk -p portcullis-sdk-macros)
 
 # The plugin template (sdk/template) is built and its fixtures run by the end-to-end test
 # `template::the_plugin_template_builds_and_passes_its_fixtures`, through the same harness

@@ -372,6 +372,33 @@ pub async fn metrics_from(host: &Host, local: &str) -> String {
     resp.text().await.expect("metrics text")
 }
 
+/// `portcullis_plugin_calls_total` for one plugin, hook and outcome (0 when absent).
+fn plugin_calls(metrics: &str, plugin: &str, hook: &str, outcome: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_plugin_calls_total{"))
+        .filter(|l| {
+            l.contains(&format!("plugin=\"{plugin}\""))
+                && l.contains(&format!("hook=\"{hook}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+/// Fails unless `/metrics` (read from 127.0.0.1) counts, for `plugin`, each `(hook,
+/// outcome, calls)` of `expected`.
+pub async fn assert_plugin_calls(host: &Host, plugin: &str, expected: &[(&str, &str, u64)]) {
+    let metrics = metrics_from(host, "127.0.0.1").await;
+    for &(hook, outcome, calls) in expected {
+        assert_eq!(
+            plugin_calls(&metrics, plugin, hook, outcome),
+            calls,
+            "{plugin} {hook} {outcome}:\n{metrics}"
+        );
+    }
+}
+
 /// The status of `GET url` from 127.0.0.1.
 pub async fn status_of(url: &str) -> u16 {
     get(url).await.status().as_u16()

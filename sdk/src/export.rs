@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::Provider;
 use crate::bindings::exports::portcullis::provider::plugin::Guest;
 use crate::bindings::exports::portcullis::provider::{
-    auth_extras, catalog, oauth_extras, routes, tool_results,
+    auth_extras, catalog, oauth_extras, routes, routes_v2, tool_results,
 };
 use crate::types::{
     Args, Classification, Context, Defaults, Discovery, Header, Hook, OutgoingRequest, PluginError,
@@ -169,8 +169,35 @@ impl<P: Provider> tool_results::Guest for Export<P> {
 
 impl<P: Provider> routes::Guest for Export<P> {
     fn request_routes(ctx: Context) -> Vec<routes::Route> {
+        routes_v1(P::request_routes(&ctx))
+    }
+}
+
+impl<P: Provider> routes_v2::Guest for Export<P> {
+    fn request_routes(ctx: Context) -> Vec<routes_v2::Route> {
         P::request_routes(&ctx)
     }
+}
+
+/// The routes for a host before 0.1.4, or none when one needs what only `routes-v2` says.
+/// None rather than those that fit: a shorter prefix would then cover the paths of a
+/// longer one left out, and shape them differently from `shape_request`.
+fn routes_v1(routes: Vec<crate::Route>) -> Vec<routes::Route> {
+    if !routes.iter().all(crate::Route::fits_v1) {
+        return Vec::new();
+    }
+    routes
+        .into_iter()
+        .map(|r| routes::Route {
+            prefix: r.prefix,
+            target: r.target,
+            default_headers: r
+                .default_headers
+                .into_iter()
+                .map(|d| (d.name, d.value))
+                .collect(),
+        })
+        .collect()
 }
 
 impl<P: Provider> Guest for Export<P> {
@@ -241,5 +268,37 @@ mod tests {
         ));
         let info = token_info(TokenInfo::default().expires_in(Duration::from_secs(7200)));
         assert_eq!(info.expires_in, Some(7200));
+    }
+
+    /// A host before 0.1.4 gets the routes only when 0.1.3 can say all of them.
+    #[test]
+    fn routes_reach_an_older_host_only_when_all_of_them_fit_its_interface() {
+        let plain = || {
+            vec![
+                crate::Route::new("", "https://api.example").default_header("X-Version", "1"),
+                crate::Route::new("/files", "https://files.example"),
+            ]
+        };
+        let v1 = routes_v1(plain());
+        assert_eq!(v1.len(), 2);
+        assert_eq!(v1[0].default_headers, [("x-version".into(), "1".into())]);
+        for wider in [
+            crate::Route::new("/a", "https://a.example").query_param("key", "k"),
+            crate::Route::new("/a", "https://a.example").grant_header("x-t", &[("u", Some("u"))]),
+            crate::Route::new("/a", "https://a.example").default_header_unless(
+                "accept",
+                "x",
+                &["*/*"],
+            ),
+        ] {
+            let mut routes = plain();
+            routes.push(wider.clone());
+            assert!(routes_v1(routes).is_empty(), "{wider:?}");
+        }
+        let slack = crate::Route::new("", "https://slack.com/api")
+            .grant_header("X-Slack-Token", &[("bot", None), ("user", Some("user"))]);
+        let grant = slack.grant_header.expect("grant header");
+        assert_eq!(grant.name, "x-slack-token");
+        assert_eq!(grant.values[1], ("user".into(), Some("user".into())));
     }
 }

@@ -40,8 +40,8 @@
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.3` (`provider`: `plugin`, `oauth-extras`,
-//! `catalog`, `auth-extras`, `tool-results`, `routes`); see `wit/provider.wit`. The SDK's own
+//! The WIT world is `portcullis:provider@0.1.4` (`provider`: `plugin`, `oauth-extras`,
+//! `catalog`, `auth-extras`, `tool-results`, `routes`, `routes-v2`); see `wit/provider.wit`. The SDK's own
 //! types convert to the wire types in [`wit`] at the component boundary.
 
 // Lets the generated bindings name this crate by the path plugin crates use.
@@ -95,7 +95,7 @@ pub mod prelude {
 }
 
 /// The WIT version this SDK builds against.
-pub const WIT_VERSION: &str = "0.1.3";
+pub const WIT_VERSION: &str = "0.1.4";
 
 /// A provider. Implement [`Provider::defaults`] and the hooks your provider needs, and
 /// put [`macro@provider`] on the impl: it exports the type and tells the host which hooks
@@ -124,11 +124,12 @@ pub trait Provider {
         ))
     }
 
-    /// The shaping of [`Provider::shape_request`] that depends only on the path, as
-    /// routes the host applies itself (WIT 0.1.3 `routes`): asked once per connection
+    /// The shaping of [`Provider::shape_request`] that depends only on the path, the
+    /// agent's headers and fixed query parameters, as routes the host applies itself
+    /// (WIT 0.1.3 `routes`, widened in 0.1.4 `routes-v2`): asked once per connection
     /// context, so the requests they cover cost no plugin call. Each route must give
-    /// every path it matches exactly what `shape_request` gives it; the golden-fixture
-    /// harness compares the two for every recorded request. Paths no route matches
+    /// every request it covers exactly what `shape_request` gives it; the golden-fixture
+    /// harness compares the two for every recorded request. Requests no route covers
     /// still go to `shape_request`. The default declares none.
     fn request_routes(_ctx: &Context) -> Vec<Route> {
         Vec::new()

@@ -61,10 +61,16 @@ pub struct Defaults {
 /// plugin never sees it. Exported as `auth-extras` (WIT 0.1.2).
 pub use crate::bindings::exports::portcullis::provider::auth_extras::StaticCredential;
 
-/// A path prefix whose requests the host shapes itself (WIT 0.1.3 `routes`): the prefix is
-/// replaced by `target`, the query follows, and `default_headers` are sent when the agent
-/// sent no header of that name. Returned by [`crate::Provider::request_routes`].
-pub use crate::bindings::exports::portcullis::provider::routes::Route;
+/// A header a [`Route`] sends unless the agent chose its own value.
+pub use crate::bindings::exports::portcullis::provider::routes_v2::DefaultHeader;
+/// The header an agent picks a [`Route`]'s grant with, and each value's grant.
+pub use crate::bindings::exports::portcullis::provider::routes_v2::GrantHeader;
+/// A path prefix whose requests the host shapes itself (WIT 0.1.3 `routes`, widened in
+/// 0.1.4 `routes-v2`): the prefix is replaced by `target`, the query follows (with the
+/// route's own parameters in place of the agent's of those names), default headers are
+/// sent unless the agent chose its own value, and a grant header picks the grant.
+/// Returned by [`crate::Provider::request_routes`].
+pub use crate::bindings::exports::portcullis::provider::routes_v2::Route;
 
 impl Route {
     /// `prefix`: empty (every path) or `/segment[/segment...]` without a trailing `/`;
@@ -74,14 +80,59 @@ impl Route {
             prefix: prefix.to_owned(),
             target: target.to_owned(),
             default_headers: Vec::new(),
+            query: Vec::new(),
+            grant_header: None,
         }
     }
 
     /// Sends `name: value` when the agent's request has no `name` header.
-    pub fn default_header(mut self, name: &str, value: &str) -> Self {
-        self.default_headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    pub fn default_header(self, name: &str, value: &str) -> Self {
+        self.default_header_unless(name, value, &[])
+    }
+
+    /// Sends `name: value` when the agent's request has no `name` header, or its first
+    /// one's value (trimmed) is in `unless`: GitHub's `accept` in place of `*/*`. Needs
+    /// WIT 0.1.4 when `unless` is not empty.
+    pub fn default_header_unless(mut self, name: &str, value: &str, unless: &[&str]) -> Self {
+        self.default_headers.push(DefaultHeader {
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+            unless: unless.iter().map(|u| (*u).to_owned()).collect(),
+        });
         self
+    }
+
+    /// Sets `name=value` in the query of every request the route covers, dropping any
+    /// parameter of that name the agent sent (compared as sent) and empty ones; set
+    /// parameters follow the agent's, in order. Both parts must be letters, digits,
+    /// `-._~!$()*+,;:@/?` and `%`-escapes ([`crate::percent_encode`] makes any text so):
+    /// the host refuses other routes. Needs WIT 0.1.4.
+    pub fn query_param(mut self, name: &str, value: &str) -> Self {
+        self.query.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Lets the agent pick the grant with header `name`, which is removed from every
+    /// request the route covers: each of `values` (the header's first value, trimmed)
+    /// picks its grant (`None`: the first), a request without the header gets the first,
+    /// and one with a value not listed is not covered, so `shape_request` decides. Needs
+    /// WIT 0.1.4.
+    pub fn grant_header(mut self, name: &str, values: &[(&str, Option<&str>)]) -> Self {
+        self.grant_header = Some(GrantHeader {
+            name: name.to_ascii_lowercase(),
+            values: values
+                .iter()
+                .map(|(v, g)| ((*v).to_owned(), g.map(str::to_owned)))
+                .collect(),
+        });
+        self
+    }
+
+    /// Whether 0.1.3's `routes` can say this route (a host before 0.1.4 asks only that).
+    pub(crate) fn fits_v1(&self) -> bool {
+        self.query.is_empty()
+            && self.grant_header.is_none()
+            && self.default_headers.iter().all(|d| d.unless.is_empty())
     }
 }
 

@@ -181,21 +181,104 @@ async fn a_plugin_built_against_wit_0_1_2_still_loads_and_runs() {
     assert!(h.plugin().exports_routes());
 }
 
+/// The plugins of a registry holding only `id`, copied from the entry folder `from`
+/// (the folder lives as long as the returned guard).
+async fn registry_of_one(
+    id: &str,
+    from: &std::path::Path,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<portcullis::plugins::Plugins>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join(id)).expect("entry");
+    for file in ["plugin.toml", "plugin.wasm"] {
+        std::fs::copy(from.join(file), dir.path().join(id).join(file)).expect("copy");
+    }
+    let plugins = portcullis::plugins::Plugins::open(Some(dir.path().into()), None, None)
+        .await
+        .expect("open the registry");
+    (dir, plugins)
+}
+
+/// A component built against 0.1.3 (the Notion plugin before `routes-v2` was added in
+/// 0.1.4) loads on this host, and its 0.1.3 routes still shape its requests without a
+/// call: the API version it declares as a default header is sent, and the agent's own
+/// kept, exactly as its `shape-request` does (its fixtures compare the two).
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_3_still_routes() {
+    use portcullis::plugins::{Bounds, types};
+    let old = workspace().join("tests/fixtures/plugins/notion-wit-0.1.3");
+    let wasm = std::fs::read(old.join("plugin.wasm")).expect("the 0.1.3 component");
+    let has = |needle: &[u8]| wasm.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"portcullis:provider/routes@0.1.3") && !has(b"routes-v2"),
+        "the fixture is a 0.1.3 component"
+    );
+    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
+        .await
+        .expect("a 0.1.3 component loads");
+    assert!(h.plugin().exports_routes());
+    let (_, failed) = run_fixtures(&h, "notion").await;
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+
+    let (_dir, plugins) = registry_of_one("notion", &old).await;
+    let notion = plugins.get("notion").expect("notion loads");
+    let ctx = types::Context {
+        connector: "notion".into(),
+        base_url: "https://api.notion.com".into(),
+        variables: Vec::new(),
+    };
+    let base = url::Url::parse(&ctx.base_url).expect("api_url");
+    let bounds = Bounds {
+        base: &base,
+        credential_header: None,
+    };
+    let req = |headers: &[(&str, &str)]| types::OutgoingRequest {
+        method: types::Method::Get,
+        path: "/v1/users/me".into(),
+        query: None,
+        headers: headers
+            .iter()
+            .map(|(n, v)| ((*n).into(), (*v).into()))
+            .collect(),
+    };
+    assert!(
+        plugins
+            .routes_cover(&notion, &ctx, &req(&[]), bounds)
+            .await
+            .expect("routes")
+    );
+    let routed = plugins
+        .shape(&notion, ctx.clone(), req(&[]), bounds)
+        .await
+        .expect("shaped by the routes");
+    assert_eq!(routed.url.as_str(), "https://api.notion.com/v1/users/me");
+    assert!(
+        routed.set.contains_key("notion-version"),
+        "{:?}",
+        routed.set
+    );
+    assert!(routed.remove.is_empty() && routed.grant.is_none());
+    let theirs = plugins
+        .shape(
+            &notion,
+            ctx,
+            req(&[("Notion-Version", "2025-09-03")]),
+            bounds,
+        )
+        .await
+        .expect("shaped by the routes");
+    assert!(theirs.set.is_empty(), "{:?}", theirs.set);
+}
+
 /// The two ways the plugin benchmark measures: a path Google's routes cover is shaped by
 /// `shape` from the routes and by `shape_by_call` through the plugin, to the same
 /// request.
 #[tokio::test]
 async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
-    use portcullis::plugins::{Bounds, Plugins, types};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let from = workspace().join("registry/google");
-    std::fs::create_dir_all(dir.path().join("google")).expect("entry");
-    for file in ["plugin.toml", "plugin.wasm"] {
-        std::fs::copy(from.join(file), dir.path().join("google").join(file)).expect("copy");
-    }
-    let plugins = Plugins::open(Some(dir.path().into()), None, None)
-        .await
-        .expect("open the registry");
+    use portcullis::plugins::{Bounds, types};
+    let (_dir, plugins) = registry_of_one("google", &workspace().join("registry/google")).await;
     let google = plugins.get("google").expect("google loads");
     let ctx = types::Context {
         connector: "mail".into(),
@@ -963,6 +1046,15 @@ async fn slack_errors_inside_200_are_marked_and_the_token_header_is_not_forwarde
     let (status, code, msg) = error_of(resp).await;
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     assert!(msg.contains("x-slack-token"), "{msg}");
+    assert!(up.seen_at("/auth.test").is_empty());
+    // The plugin's route shaped the others without a call; the value it does not list
+    // went to `shape-request`, which answered with the refusal: the only call.
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "slack",
+        &[("request-routes", "ok", 1), ("shape-request", "ok", 1)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -997,31 +1089,12 @@ async fn google_paths_are_shaped_per_api_and_body_rate_limits_get_retry_after() 
     assert_eq!(resp.headers()["portcullis-upstream-class"], "rate-limited");
     // Both paths are covered by the plugin's routes: one `request-routes` call for the
     // connector, no `shape-request` call.
-    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
-    assert_eq!(
-        plugin_calls(&metrics, "google", "request-routes", "ok"),
-        1,
-        "{metrics}"
-    );
-    assert_eq!(
-        plugin_calls(&metrics, "google", "shape-request", "ok"),
-        0,
-        "{metrics}"
-    );
-}
-
-/// `portcullis_plugin_calls_total` for one plugin, hook and outcome (0 when absent).
-fn plugin_calls(metrics: &str, plugin: &str, hook: &str, outcome: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("portcullis_plugin_calls_total{"))
-        .filter(|l| {
-            l.contains(&format!("plugin=\"{plugin}\""))
-                && l.contains(&format!("hook=\"{hook}\""))
-                && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
-        .sum()
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "google",
+        &[("request-routes", "ok", 1), ("shape-request", "ok", 0)],
+    )
+    .await;
 }
 
 /// Requests a plugin's routes cover are shaped by the host from the routes it asked for
@@ -1039,6 +1112,8 @@ async fn routes_shape_covered_paths_without_a_plugin_call_and_refused_routes_fal
         json!({
             "chaos": bearer_connector("chaos", &up.url(), json!({})),
             "escaperoutes": bearer_connector("chaos", &up.url(), json!({})),
+            "badquery": bearer_connector("chaos", &up.url(), json!({})),
+            "twicegrant": bearer_connector("chaos", &up.url(), json!({})),
         }),
     );
     for _ in 0..3 {
@@ -1078,17 +1153,12 @@ async fn routes_shape_covered_paths_without_a_plugin_call_and_refused_routes_fal
         get_json(&host.url("/v1/connectors/chaos/fine")).await["ok"],
         true
     );
-    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
-    assert_eq!(
-        plugin_calls(&metrics, "chaos", "request-routes", "ok"),
-        1,
-        "{metrics}"
-    );
-    assert_eq!(
-        plugin_calls(&metrics, "chaos", "shape-request", "ok"),
-        1,
-        "{metrics}"
-    );
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "chaos",
+        &[("request-routes", "ok", 1), ("shape-request", "ok", 1)],
+    )
+    .await;
 
     // Refused routes: the request is shaped by a call and still reaches the upstream;
     // the refusal is asked for and counted once.
@@ -1101,24 +1171,40 @@ async fn routes_shape_covered_paths_without_a_plugin_call_and_refused_routes_fal
         "{:?}",
         up.seen()
     );
-    let metrics = portcullis_e2e::metrics_from(&host, "127.0.0.1").await;
-    assert_eq!(
-        plugin_calls(&metrics, "chaos", "request-routes", "ok"),
-        2,
-        "{metrics}"
-    );
-    assert_eq!(
-        plugin_calls(&metrics, "chaos", "request-routes", "invalid"),
-        1,
-        "{metrics}"
-    );
-    assert_eq!(
-        plugin_calls(&metrics, "chaos", "shape-request", "ok"),
-        3,
-        "{metrics}"
-    );
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "chaos",
+        &[
+            ("request-routes", "ok", 2),
+            ("request-routes", "invalid", 1),
+            ("shape-request", "ok", 3),
+        ],
+    )
+    .await;
     host.wait_for_log("outside the provider's declared hosts")
         .await;
+
+    // What WIT 0.1.4 added is checked as strictly: a query parameter that would split
+    // the query, a grant header value listed twice. Each context falls back to calls.
+    for connector in ["badquery", "twicegrant"] {
+        let v = get_json(&host.url(&format!("/v1/connectors/{connector}/routed/a?x=1"))).await;
+        assert_eq!(v["ok"], "a", "{connector}");
+    }
+    let last = up.seen_at("/routed/a");
+    assert!(
+        last[last.len() - 2..]
+            .iter()
+            .all(|s| s.query.as_deref() == Some("x=1")),
+        "{last:?}"
+    );
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "chaos",
+        &[("request-routes", "invalid", 3), ("shape-request", "ok", 5)],
+    )
+    .await;
+    host.wait_for_log("is not letters, digits").await;
+    host.wait_for_log("lists the value \"a\" twice").await;
 }
 
 /// Under a 4 GiB `ulimit -v` the host starts with every verified provider, keeps its

@@ -219,6 +219,15 @@ async fn github_connect_call_tools_rotating_refresh_dead_grant_and_disconnect() 
     let (s, _) = call(&host, "github/user").await;
     assert_ne!(s, 200, "no token after disconnecting");
     assert_eq!(gh.seen_at("/user").len(), 4, "nothing sent without a token");
+
+    // Every request, proxied or a tool's, was shaped by the plugin's routes: asked once
+    // for the connection's context, never a call per request.
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "github",
+        &[("request-routes", "ok", 1), ("shape-request", "ok", 0)],
+    )
+    .await;
 }
 
 /// Linear: comma-separated scopes and PKCE on the authorize URL, one GraphQL endpoint
@@ -1394,6 +1403,13 @@ async fn trello_key_and_token_in_the_query_trimmed_tools_and_a_dead_token() {
     assert_eq!(resp.status().as_u16(), 401);
     let text = resp.text().await.unwrap_or_default();
     assert!(!text.contains("member-token"), "{text}");
+    // The key came from the plugin's route, asked once: no call per request.
+    portcullis_e2e::assert_plugin_calls(
+        &host,
+        "trello",
+        &[("request-routes", "ok", 1), ("shape-request", "ok", 0)],
+    )
+    .await;
 
     // Without the API key the operator is told what to set, not sent upstream.
     let no_key = json!({

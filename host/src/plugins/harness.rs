@@ -55,10 +55,10 @@
 //!   `text`. The host's checks count: URLs off the declared hosts, credential headers,
 //!   tool paths outside the connector, traps, deadlines and memory limits.
 //!
-//! - A `shape_request` case also checks the plugin's routes (WIT 0.1.3): when one covers
-//!   the path, the host would use it instead of calling `shape-request`, so its result
-//!   must be the same (URL, headers, grant), and a route must not cover a path
-//!   `shape-request` refuses.
+//! - A `shape_request` case also checks the plugin's routes (WIT 0.1.3 and 0.1.4): when
+//!   one covers the request, the host would use it instead of calling `shape-request`, so
+//!   its result must be the same (URL, headers set and removed, grant), and a route must
+//!   not cover a request `shape-request` refuses.
 //!
 //! A failing case names the file, the case, the JSON path where the output differs, and
 //! the whole actual output.

@@ -15,8 +15,9 @@
 //! - [`manifest`] reads and checks `plugin.toml`.
 //! - [`runtime`]: engine, per-call store with limits, the generated bindings.
 //! - [`registry`]: scanning the registry folder into a `Catalog`.
-//! - [`routes`]: path-only shaping a plugin declares once per context (WIT 0.1.3),
-//!   applied without a call.
+//! - [`routes`]: shaping by path, the agent's headers and fixed query parameters that a
+//!   plugin declares once per context (WIT 0.1.3, widened in 0.1.4), applied without a
+//!   call.
 //! - [`harness`]: fixtures run through the real runtime (used by the SDK's `testing`).
 
 pub mod harness;

@@ -86,19 +86,23 @@ pub(super) fn shaped(
 ) -> Result<Shaped, CallError> {
     let url = url(plugin, bounds.base, &shaped.url)?;
     let set = headers(plugin, &shaped.set_headers, bounds.credential_header)?;
-    let mut remove = Vec::with_capacity(shaped.remove_headers.len());
-    for name in &shaped.remove_headers {
-        remove
-            .push(HeaderName::try_from(name.as_str()).map_err(|_| {
-                invalid(plugin, format!("\"{}\" is not a header name", clip(name)))
-            })?);
-    }
     Ok(Shaped {
         url,
         set,
-        remove,
+        remove: removed(plugin, &shaped.remove_headers)?,
         grant: shaped.grant,
     })
+}
+
+/// Header names a shaped request removes, parsed.
+fn removed(plugin: &Plugin, names: &[String]) -> Result<Vec<HeaderName>, CallError> {
+    names
+        .iter()
+        .map(|name| {
+            HeaderName::try_from(name.as_str())
+                .map_err(|_| invalid(plugin, format!("\"{}\" is not a header name", clip(name))))
+        })
+        .collect()
 }
 
 /// A request a route covers ([`super::routes::Routed`]), checked by the rules of a
@@ -120,9 +124,9 @@ pub(super) fn routed(
     allowed(plugin, bounds.base, &routed.url, raw)?;
     Ok(Shaped {
         set: headers(plugin, &routed.set_headers, bounds.credential_header)?,
+        remove: removed(plugin, &routed.remove_headers)?,
         url: routed.url,
-        remove: Vec::new(),
-        grant: None,
+        grant: routed.grant,
     })
 }
 
@@ -312,40 +316,33 @@ pub(super) fn classification(c: types::Classification) -> types::Classification 
     }
 }
 
-/// A context's routes (`routes`, WIT 0.1.3), checked: each prefix empty or `/` and
-/// segments without a trailing `/`, `?`, `#` or `//`, and declared once; each target a
-/// URL a shaped request may go to ([`url`]), without query or fragment (the request's
-/// query follows it); default headers any header a plugin may set ([`headers`]). Every
-/// request a route shapes is still checked by the rules of a shaped request ([`routed`]).
+/// A context's routes (`routes`, WIT 0.1.3, or `routes-v2`, 0.1.4), checked: each
+/// prefix empty or `/` and segments without a trailing `/`, `?`, `#` or `//`, and
+/// declared once; each target a URL a shaped request may go to ([`url`]), without query
+/// or fragment (the request's query follows it); default headers any header a plugin
+/// may set ([`headers`]); query parameters that need no encoding ([`query_part`]); a
+/// grant header a valid name whose values are listed once each. Every request a route
+/// shapes is still checked by the rules of a shaped request ([`routed`]).
 pub(super) fn routes(
     plugin: &Plugin,
     bounds: Bounds<'_>,
     declared: Vec<super::runtime::DeclaredRoute>,
 ) -> Result<super::routes::Routes, CallError> {
+    use super::routes::{DefaultHeader, Route};
     if declared.len() > MAX_ROUTES {
         return Err(invalid(
             plugin,
             format!("{} routes declared; at most {MAX_ROUTES}", declared.len()),
         ));
     }
-    let bytes: usize = declared
-        .iter()
-        .map(|r| {
-            r.prefix.len()
-                + r.target.len()
-                + r.default_headers
-                    .iter()
-                    .map(|(n, v)| n.len() + v.len())
-                    .sum::<usize>()
-        })
-        .sum();
+    let bytes: usize = declared.iter().map(route_bytes).sum();
     if bytes > MAX_ROUTES_BYTES {
         return Err(invalid(
             plugin,
             format!("routes of {bytes} bytes declared; at most {MAX_ROUTES_BYTES}"),
         ));
     }
-    let mut checked: Vec<super::routes::Route> = Vec::with_capacity(declared.len());
+    let mut checked: Vec<Route> = Vec::with_capacity(declared.len());
     for r in declared {
         let p = &r.prefix;
         if !route_prefix(p) {
@@ -373,18 +370,117 @@ pub(super) fn routes(
                 ),
             ));
         }
-        headers(plugin, &r.default_headers, bounds.credential_header)?;
-        checked.push(super::routes::Route {
+        let defaults: Vec<types::Header> = r
+            .default_headers
+            .iter()
+            .map(|d| (d.name.clone(), d.value.clone()))
+            .collect();
+        headers(plugin, &defaults, bounds.credential_header)?;
+        for (name, value) in &r.query {
+            if name.is_empty() || !query_part(name) || !query_part(value) {
+                return Err(invalid(
+                    plugin,
+                    format!(
+                        "the route's query parameter \"{}={}\" is not letters, digits, -._~!$()*+,;:@/? and %-escapes (or has no name)",
+                        clip(name),
+                        clip(value)
+                    ),
+                ));
+            }
+        }
+        let grant_header = r
+            .grant_header
+            .map(|g| grant_header(plugin, g))
+            .transpose()?;
+        checked.push(Route {
             prefix: r.prefix,
             target,
             default_headers: r
                 .default_headers
                 .into_iter()
-                .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                .map(|d| DefaultHeader {
+                    name: d.name.to_ascii_lowercase(),
+                    value: d.value,
+                    unless: d.unless,
+                })
                 .collect(),
+            query: r.query,
+            grant_header,
         });
     }
     Ok(super::routes::Routes::new(checked))
+}
+
+/// A route's grant header, checked: a header name, each value listed once.
+fn grant_header(
+    plugin: &Plugin,
+    g: super::runtime::GrantHeader,
+) -> Result<super::routes::GrantHeader, CallError> {
+    HeaderName::try_from(g.name.as_str()).map_err(|_| {
+        invalid(
+            plugin,
+            format!("\"{}\" is not a header name", clip(&g.name)),
+        )
+    })?;
+    let mut values: Vec<(String, Option<String>)> = Vec::with_capacity(g.values.len());
+    for (value, grant) in g.values {
+        if values.iter().any(|(v, _)| *v == value) {
+            return Err(invalid(
+                plugin,
+                format!(
+                    "the grant header \"{}\" lists the value \"{}\" twice",
+                    clip(&g.name),
+                    clip(&value)
+                ),
+            ));
+        }
+        values.push((value, grant));
+    }
+    Ok(super::routes::GrantHeader {
+        name: g.name.to_ascii_lowercase(),
+        values,
+    })
+}
+
+/// What a declared route keeps in memory, for [`MAX_ROUTES_BYTES`].
+fn route_bytes(r: &super::runtime::DeclaredRoute) -> usize {
+    let pairs = |p: &[(String, String)]| p.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+    r.prefix.len()
+        + r.target.len()
+        + r.default_headers
+            .iter()
+            .map(|d| d.name.len() + d.value.len() + d.unless.iter().map(String::len).sum::<usize>())
+            .sum::<usize>()
+        + pairs(&r.query)
+        + r.grant_header.as_ref().map_or(0, |g| {
+            g.name.len()
+                + g.values
+                    .iter()
+                    .map(|(v, grant)| v.len() + grant.as_ref().map_or(0, String::len))
+                    .sum::<usize>()
+        })
+}
+
+/// Whether `s` can stand in a query as it is, neither splitting a parameter (`&`, `=`)
+/// nor changed by the URL parser: letters, digits, `-._~!$()*+,;:@/?` and `%` followed by
+/// two hex digits.
+fn query_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+            }
+            c if c.is_ascii_alphanumeric() || b"-._~!$()*+,;:@/?".contains(&c) => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Whether `p` can be a route prefix: empty (every path), or `/` and segments, without a
@@ -612,6 +708,20 @@ mod tests {
             "a".repeat(super::MAX_URL_BYTES)
         )));
     }
+    /// A route's query parameters are written into the query as they are, so each part
+    /// must neither split a parameter nor be changed by the URL parser.
+    #[test]
+    fn route_query_parts_need_no_encoding() {
+        for good in ["", "key", "a1B2", "-._~!$()*+,;:@/?", "%2F%c3%A9", "v%20"] {
+            assert!(super::query_part(good), "{good:?}");
+        }
+        for bad in [
+            "a&b", "a=b", "a b", "a#b", "%", "%2", "%zz", "é", "a'b", "a\"b", "<", "\n",
+        ] {
+            assert!(!super::query_part(bad), "{bad:?}");
+        }
+    }
+
     use crate::config::StaticCredential;
 
     /// The URL rule of `shape-request` answers and of requests a route covers.

@@ -63,7 +63,7 @@ impl Plugin {
         self.defaults.hooks.contains(&hook)
     }
 
-    /// Whether it can declare routes (exports `routes`, WIT 0.1.3).
+    /// Whether it can declare routes (exports `routes`, WIT 0.1.3, or `routes-v2`, 0.1.4).
     pub fn exports_routes(&self) -> bool {
         self.prepared.has_routes()
     }

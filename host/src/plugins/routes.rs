@@ -1,12 +1,12 @@
-//! Routes (WIT 0.1.3): the shaping of a plugin that depends only on the path, asked
-//! once per connection context and applied here, so the requests they cover cost no
-//! plugin call.
+//! Routes (WIT 0.1.3, widened in 0.1.4): the shaping of a plugin that depends only on
+//! the path, the agent's headers and fixed query parameters, asked once per connection
+//! context and applied here, so the requests they cover cost no plugin call.
 //!
 //! A plugin's answer for a context is checked ([`super::output::routes`]) and kept in
 //! the plugin's [`Cache`], which a registry rescan replaces with the plugin. A request a
 //! route covers becomes what the plugin's `shape-request` would have returned
 //! ([`Routed`]), and goes through the same output rules as one
-//! ([`super::output::routed`]); a path no route covers is shaped by a call as before.
+//! ([`super::output::routed`]); a request no route covers is shaped by a call as before.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,14 +21,34 @@ use super::types;
 const MAX_CONTEXTS: usize = 4096;
 
 /// A checked route: the prefix it replaces, the URL it puts there (parsed once, when
-/// the route was checked), and the headers sent when the agent sent none of that name.
+/// the route was checked), the headers sent unless the agent chose its own, the query
+/// parameters it sets and the header that picks the grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub(super) prefix: String,
     /// No query or fragment. A trailing `/` of its path is dropped at the join: the
     /// rest of the request's path brings its own.
     pub(super) target: url::Url,
-    pub(super) default_headers: Vec<types::Header>,
+    pub(super) default_headers: Vec<DefaultHeader>,
+    /// `name=value` pairs, checked to need no encoding in a query.
+    pub(super) query: Vec<(String, String)>,
+    pub(super) grant_header: Option<GrantHeader>,
+}
+
+/// A header sent unless the agent's request has one of that name whose (trimmed) value
+/// is not in `unless`. The name is lower-case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DefaultHeader {
+    pub(super) name: String,
+    pub(super) value: String,
+    pub(super) unless: Vec<String>,
+}
+
+/// The header an agent picks the grant with (lower-case), and the grant of each value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct GrantHeader {
+    pub(super) name: String,
+    pub(super) values: Vec<(String, Option<String>)>,
 }
 
 /// A request a route covers, shaped: what `shape-request` would have returned, its URL
@@ -37,6 +57,9 @@ pub struct Route {
 pub struct Routed {
     pub url: url::Url,
     pub set_headers: Vec<types::Header>,
+    /// The grant header, when the route has one (lower-case).
+    pub remove_headers: Vec<String>,
+    pub grant: Option<String>,
 }
 
 /// A context's routes, longest prefix first (the first match is the longest).
@@ -54,9 +77,11 @@ impl Routes {
         self.0.is_empty()
     }
 
-    /// What `shape-request` would return for `req`, when a route covers its path: the
-    /// matched prefix replaced by the route's target, the query kept, the route's default
-    /// headers the agent did not send.
+    /// What `shape-request` would return for `req`, when a route covers it: the matched
+    /// prefix replaced by the route's target, the query kept (with the route's own
+    /// parameters in place of the agent's of those names), the route's default headers
+    /// the agent did not choose its own value for, the grant its header picks. A request
+    /// whose grant header has a value the route does not list is not covered.
     ///
     /// The target's parsed URL is copied and given the path and query, rather than the
     /// whole URL written out and parsed again: parsing a host (IDNA) is most of what a
@@ -68,27 +93,85 @@ impl Routes {
     /// trimmed.
     pub fn shape(&self, req: &types::OutgoingRequest) -> Option<Routed> {
         let route = self.0.iter().find(|r| covers(&r.prefix, &req.path))?;
+        let (grant, remove_headers) = match &route.grant_header {
+            None => (None, Vec::new()),
+            Some(g) => (g.grant(&req.headers)?, vec![g.name.clone()]),
+        };
         let rest = &req.path[route.prefix.len()..];
-        let query = req.query.as_deref().filter(|q| !q.is_empty());
         let base = route.target.path().trim_end_matches('/');
         let mut path = String::with_capacity(base.len() + rest.len());
         path.push_str(base);
         path.push_str(rest);
         let mut url = route.target.clone();
         url.set_path(&path);
-        url.set_query(query);
+        let query = req.query.as_deref();
+        if route.query.is_empty() {
+            url.set_query(query.filter(|q| !q.is_empty()));
+        } else {
+            url.set_query(Some(&with_params(query.unwrap_or_default(), &route.query)));
+        }
         let set_headers = route
             .default_headers
             .iter()
-            .filter(|(name, _)| {
-                !req.headers
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|d| match first(&req.headers, &d.name) {
+                None => true,
+                Some(theirs) => d.unless.iter().any(|u| u == theirs.trim()),
             })
-            .cloned()
+            .map(|d| (d.name.clone(), d.value.clone()))
             .collect();
-        Some(Routed { url, set_headers })
+        Some(Routed {
+            url,
+            set_headers,
+            remove_headers,
+            grant,
+        })
     }
+}
+
+impl GrantHeader {
+    /// The grant the request's header picks (none without the header), or `None` when
+    /// its value is not one the route lists.
+    fn grant(&self, headers: &[types::Header]) -> Option<Option<String>> {
+        let Some(value) = first(headers, &self.name) else {
+            return Some(None);
+        };
+        let value = value.trim();
+        self.values
+            .iter()
+            .find(|(v, _)| v == value)
+            .map(|(_, grant)| grant.clone())
+    }
+}
+
+/// The value of the first header named `name` (compared case-insensitively), as the
+/// SDK's `header` reads it.
+fn first<'a>(headers: &'a [types::Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The agent's query without empty parameters and those the route sets (by name as
+/// sent: the part before the first `=`), then the route's as `name=value`.
+fn with_params(query: &str, params: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(query.len() + 32);
+    let theirs = query.split('&').filter(|p| {
+        let name = p.split_once('=').map_or(*p, |(n, _)| n);
+        !p.is_empty() && !params.iter().any(|(set, _)| set == name)
+    });
+    for p in theirs {
+        out.push_str(p);
+        out.push('&');
+    }
+    for (name, value) in params {
+        out.push_str(name);
+        out.push('=');
+        out.push_str(value);
+        out.push('&');
+    }
+    out.pop();
+    out
 }
 
 /// Whether `prefix` covers `path`: every path for the empty prefix, else the path
@@ -154,6 +237,8 @@ mod tests {
             prefix: prefix.into(),
             target: url::Url::parse(target).expect("url"),
             default_headers: Vec::new(),
+            query: Vec::new(),
+            grant_header: None,
         }
     }
 
@@ -275,7 +360,7 @@ mod tests {
     #[test]
     fn default_headers_yield_to_the_agents_own() {
         let routes = Routes::new(vec![Route {
-            default_headers: vec![("notion-version".into(), "2022-06-28".into())],
+            default_headers: vec![default("notion-version", "2022-06-28", &[])],
             ..route("", "https://api.notion.com")
         }]);
         let shaped = routes
@@ -289,6 +374,115 @@ mod tests {
             .shape(&req("/v1/users", None, &[("Notion-Version", "2025-09-03")]))
             .map(|s| s.set_headers);
         assert_eq!(theirs, Some(Vec::new()));
+    }
+
+    fn default(name: &str, value: &str, unless: &[&str]) -> DefaultHeader {
+        DefaultHeader {
+            name: name.into(),
+            value: value.into(),
+            unless: unless.iter().map(|u| (*u).into()).collect(),
+        }
+    }
+
+    /// GitHub's media type: sent without an `accept`, or in place of one that asks for
+    /// nothing in particular (its first, trimmed); an agent's own is kept.
+    #[test]
+    fn a_default_header_replaces_the_values_it_names() {
+        let routes = Routes::new(vec![Route {
+            default_headers: vec![
+                default("accept", "application/vnd.github+json", &["", "*/*"]),
+                default("user-agent", "portcullis", &[]),
+            ],
+            ..route("", "https://api.github.com")
+        }]);
+        let set = |headers: &[(&str, &str)]| {
+            routes
+                .shape(&req("/user", None, headers))
+                .map(|s| s.set_headers)
+                .expect("covered")
+        };
+        let ours = (
+            "accept".to_owned(),
+            "application/vnd.github+json".to_owned(),
+        );
+        let ua = ("user-agent".to_owned(), "portcullis".to_owned());
+        assert_eq!(set(&[]), vec![ours.clone(), ua.clone()]);
+        assert_eq!(set(&[("Accept", " */* ")]), vec![ours.clone(), ua.clone()]);
+        assert_eq!(set(&[("accept", "")]), vec![ours.clone(), ua.clone()]);
+        assert_eq!(
+            set(&[
+                ("accept", "application/vnd.github.raw"),
+                ("User-Agent", "me")
+            ]),
+            Vec::new()
+        );
+        // The first of the agent's headers decides, as the SDK's `header` reads it.
+        assert_eq!(
+            set(&[("accept", "text/plain"), ("accept", "*/*")]),
+            vec![ua.clone()]
+        );
+        assert_eq!(
+            set(&[("accept", "*/*"), ("accept", "text/plain")]),
+            vec![ours, ua]
+        );
+    }
+
+    /// Trello's key: the agent's parameters of that name dropped (as sent, and empty
+    /// ones), the route's appended after the rest, with or without a query.
+    #[test]
+    fn query_parameters_replace_the_agents_of_the_same_name() {
+        let routes = Routes::new(vec![Route {
+            query: vec![("key".into(), "abc123".into()), ("v".into(), "2".into())],
+            ..route("", "https://api.trello.com/1")
+        }]);
+        let cases: &[(Option<&str>, &str)] = &[
+            (None, "key=abc123&v=2"),
+            (Some(""), "key=abc123&v=2"),
+            (Some("fields=name"), "fields=name&key=abc123&v=2"),
+            (
+                Some("key=theirs&fields=name&&key&v=9&keys=1&token=t"),
+                "fields=name&keys=1&token=t&key=abc123&v=2",
+            ),
+            // Compared as sent: an encoded name is not the route's.
+            (Some("k%65y=x"), "k%65y=x&key=abc123&v=2"),
+        ];
+        for &(query, expected) in cases {
+            let shaped = routes
+                .shape(&req("/members/me", query, &[]))
+                .expect("covered");
+            assert_eq!(shaped.url.query(), Some(expected), "{query:?}");
+            assert_eq!(shaped.url.path(), "/1/members/me");
+        }
+    }
+
+    /// Slack's token header: removed, its value picks the grant (none without it), and a
+    /// value the route does not list leaves the request to `shape-request`.
+    #[test]
+    fn a_grant_header_picks_the_grant_or_leaves_the_request_to_the_plugin() {
+        let routes = Routes::new(vec![Route {
+            grant_header: Some(GrantHeader {
+                name: "x-slack-token".into(),
+                values: vec![("bot".into(), None), ("user".into(), Some("user".into()))],
+            }),
+            ..route("", "https://slack.com/api")
+        }]);
+        let grant = |headers: &[(&str, &str)]| {
+            routes
+                .shape(&req("/auth.test", None, headers))
+                .map(|s| (s.grant, s.remove_headers))
+        };
+        let removed = vec!["x-slack-token".to_owned()];
+        assert_eq!(grant(&[]), Some((None, removed.clone())));
+        assert_eq!(
+            grant(&[("x-slack-token", "bot")]),
+            Some((None, removed.clone()))
+        );
+        assert_eq!(
+            grant(&[("X-Slack-Token", " user ")]),
+            Some((Some("user".into()), removed))
+        );
+        assert_eq!(grant(&[("x-slack-token", "admin")]), None);
+        assert_eq!(grant(&[("x-slack-token", "USER")]), None);
     }
 
     #[tokio::test]

@@ -44,7 +44,10 @@ pub use self::portcullis::provider::types;
 pub use exports::portcullis::provider::plugin::Guest;
 pub use since_0_1_1::exports::portcullis::provider::{catalog, oauth_extras};
 pub use since_0_1_2::exports::portcullis::provider::auth_extras;
-pub use since_0_1_3::exports::portcullis::provider::routes::Route as DeclaredRoute;
+pub use since_0_1_3::exports::portcullis::provider::routes::Route as DeclaredRouteV1;
+pub use since_0_1_4::exports::portcullis::provider::routes_v2::{
+    DefaultHeader, GrantHeader, Route as DeclaredRoute,
+};
 
 /// Interfaces added in 0.1.1 (`oauth-extras`, `catalog`), which a plugin built against
 /// 0.1.0 does not export: probed for at load ([`Runtime::prepare`]) and called only
@@ -82,6 +85,17 @@ mod since_0_1_3 {
     });
 }
 
+/// The interface added in 0.1.4 (`routes-v2`), probed for like [`since_0_1_1`].
+mod since_0_1_4 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "since-0-1-4",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        with: { "portcullis:provider/types": super::portcullis::provider::types },
+    });
+}
+
 /// The interfaces 0.1.1 added (see [`since_0_1_1`]); a 0.1.1 plugin exports both.
 const SINCE_0_1_1_INTERFACES: [&str; 2] = [
     "portcullis:provider/oauth-extras",
@@ -93,6 +107,9 @@ const TOOL_RESULTS: &str = "portcullis:provider/tool-results";
 /// The interface 0.1.3 added (see [`since_0_1_3`]).
 const SINCE_0_1_3_INTERFACES: [&str; 1] = [ROUTES];
 const ROUTES: &str = "portcullis:provider/routes";
+/// The interface 0.1.4 added (see [`since_0_1_4`]).
+const SINCE_0_1_4_INTERFACES: [&str; 1] = [ROUTES_V2];
+const ROUTES_V2: &str = "portcullis:provider/routes-v2";
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -307,8 +324,15 @@ struct Exports {
     build_tool_call: ComponentExportIndex,
     /// `tool-results.shape-result`, when the plugin exports 0.1.2.
     shape_result: Option<ComponentExportIndex>,
-    /// `routes.request-routes`, when the plugin exports 0.1.3.
-    request_routes: Option<ComponentExportIndex>,
+    /// Where the plugin's routes come from: `routes-v2` (0.1.4) when it exports it,
+    /// else `routes` (0.1.3).
+    request_routes: Option<RoutesExport>,
+}
+
+/// The `request-routes` a plugin exports, newest first.
+enum RoutesExport {
+    V1(ComponentExportIndex),
+    V2(ComponentExportIndex),
 }
 
 impl Exports {
@@ -317,6 +341,7 @@ impl Exports {
         component: &Component,
         since_0_1_2: bool,
         since_0_1_3: bool,
+        since_0_1_4: bool,
     ) -> Result<Self, PrepareError> {
         let base = functions(engine, component, PLUGIN_INTERFACE);
         Ok(Self {
@@ -329,9 +354,17 @@ impl Exports {
             shape_result: since_0_1_2
                 .then(|| functions(engine, component, TOOL_RESULTS)("shape-result"))
                 .transpose()?,
-            request_routes: since_0_1_3
-                .then(|| functions(engine, component, ROUTES)("request-routes"))
-                .transpose()?,
+            request_routes: if since_0_1_4 {
+                Some(RoutesExport::V2(functions(engine, component, ROUTES_V2)(
+                    "request-routes",
+                )?))
+            } else if since_0_1_3 {
+                Some(RoutesExport::V1(functions(engine, component, ROUTES)(
+                    "request-routes",
+                )?))
+            } else {
+                None
+            },
         })
     }
 }
@@ -345,7 +378,7 @@ impl Prepared {
         self.limits
     }
 
-    /// Whether the plugin exports `routes` (0.1.3).
+    /// Whether the plugin exports `routes` (0.1.3) or `routes-v2` (0.1.4).
     pub fn has_routes(&self) -> bool {
         self.exports.request_routes.is_some()
     }
@@ -364,7 +397,8 @@ pub enum Call {
     BuildToolCall(types::Context, String, String),
     /// `tool-results.shape-result` (0.1.2): context, tool, status, body.
     ShapeResult(types::Context, String, u16, Vec<u8>),
-    /// `routes.request-routes` (0.1.3).
+    /// `routes-v2.request-routes` (0.1.4), or `routes.request-routes` (0.1.3) as
+    /// routes of 0.1.4.
     RequestRoutes(types::Context),
 }
 
@@ -506,7 +540,14 @@ impl Runtime {
             .transpose()
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let since_0_1_3 = probe(&self.engine, &component, &SINCE_0_1_3_INTERFACES, "0.1.3")?;
-        let exports = Exports::find(&self.engine, &component, since_0_1_2.is_some(), since_0_1_3)?;
+        let since_0_1_4 = probe(&self.engine, &component, &SINCE_0_1_4_INTERFACES, "0.1.4")?;
+        let exports = Exports::find(
+            &self.engine,
+            &component,
+            since_0_1_2.is_some(),
+            since_0_1_3,
+            since_0_1_4,
+        )?;
         let base =
             ProviderBasePre::new(pre.clone()).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         Ok(Prepared {
@@ -663,15 +704,38 @@ async fn run(p: &Prepared, store: &mut Store<State>, call: Call) -> wasmtime::Re
             };
             Reply::ShapeResult(run_one(p, store, f, (&ctx, &name, status, &body)).await?)
         }
-        Call::RequestRoutes(ctx) => {
-            let Some(f) = &e.request_routes else {
+        Call::RequestRoutes(ctx) => Reply::RequestRoutes(match &e.request_routes {
+            Some(RoutesExport::V2(f)) => run_one(p, store, f, (&ctx,)).await?,
+            Some(RoutesExport::V1(f)) => {
+                let v1: Vec<DeclaredRouteV1> = run_one(p, store, f, (&ctx,)).await?;
+                v1.into_iter().map(route_of_v1).collect()
+            }
+            None => {
                 return Err(wasmtime::format_err!(
                     "the plugin does not export routes (WIT 0.1.3)"
                 ));
-            };
-            Reply::RequestRoutes(run_one(p, store, f, (&ctx,)).await?)
-        }
+            }
+        }),
     })
+}
+
+/// A 0.1.3 route as 0.1.4 says it: the same route, with nothing of what 0.1.4 added.
+fn route_of_v1(r: DeclaredRouteV1) -> DeclaredRoute {
+    DeclaredRoute {
+        prefix: r.prefix,
+        target: r.target,
+        default_headers: r
+            .default_headers
+            .into_iter()
+            .map(|(name, value)| DefaultHeader {
+                name,
+                value,
+                unless: Vec::new(),
+            })
+            .collect(),
+        query: Vec::new(),
+        grant_header: None,
+    }
 }
 
 /// Instantiates the plugin in `store` and runs the function at `f`, which returns one

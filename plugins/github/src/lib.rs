@@ -35,12 +35,25 @@ struct GitHub;
 const API_VERSION: &str = "2022-11-28";
 /// GitHub requires a User-Agent on every API request.
 const USER_AGENT: &str = "Portcullis";
+/// GitHub's media type, sent when the agent asks for none in particular: without an
+/// `accept`, or with one of these.
+const MEDIA_TYPE: &str = "application/vnd.github+json";
+const ANY_MEDIA_TYPE: &[&str] = &["", "*/*"];
+/// Where GitHub serves GraphQL: below the REST root on github.com.
+const GRAPHQL: &str = "/graphql";
 
 /// Tools' GraphQL documents; variables carry every argument.
 const LIST_REPOS: &str = "query($n: Int!, $after: String) { viewer { repositories(first: $n, after: $after, orderBy: {field: UPDATED_AT, direction: DESC}, affiliations: [OWNER, COLLABORATOR, ORGANIZATION_MEMBER]) { totalCount pageInfo { hasNextPage endCursor } nodes { nameWithOwner description url isPrivate isArchived isFork primaryLanguage { name } stargazerCount updatedAt } } } }";
 const SEARCH: &str = "query($q: String!, $n: Int!, $after: String) { search(query: $q, type: ISSUE, first: $n, after: $after) { issueCount pageInfo { hasNextPage endCursor } nodes { __typename ... on Issue { number title url state createdAt updatedAt author { login } repository { nameWithOwner } labels(first: 10) { nodes { name } } comments { totalCount } } ... on PullRequest { number title url state isDraft createdAt updatedAt author { login } repository { nameWithOwner } labels(first: 10) { nodes { name } } comments { totalCount } } } } }";
 const GET_ISSUE: &str = "query($owner: String!, $repo: String!, $number: Int!, $comments: Int!) { repository(owner: $owner, name: $repo) { issueOrPullRequest(number: $number) { __typename ... on Issue { number title url state body createdAt closedAt author { login } assignees(first: 10) { nodes { login } } labels(first: 20) { nodes { name } } comments(last: $comments) { totalCount nodes { author { login } body createdAt } } } ... on PullRequest { number title url state isDraft body createdAt mergedAt author { login } baseRefName headRefName additions deletions changedFiles assignees(first: 10) { nodes { login } } labels(first: 20) { nodes { name } } comments(last: $comments) { totalCount nodes { author { login } body createdAt } } } } } }";
 const LIST_PULLS: &str = "query($owner: String!, $repo: String!, $states: [PullRequestState!], $n: Int!, $after: String) { repository(owner: $owner, name: $repo) { pullRequests(states: $states, first: $n, after: $after, orderBy: {field: UPDATED_AT, direction: DESC}) { totalCount pageInfo { hasNextPage endCursor } nodes { number title url state isDraft createdAt updatedAt author { login } baseRefName headRefName } } } }";
+
+/// Where GitHub Enterprise Server serves GraphQL: beside its REST root (`/api/v3`), at
+/// `/api/graphql`; `None` on github.com, where it is below the REST root.
+fn graphql_root(base: &str) -> Option<String> {
+    base.strip_suffix("/api/v3")
+        .map(|root| format!("{root}/api"))
+}
 
 #[portcullis_sdk::provider]
 impl Provider for GitHub {
@@ -67,10 +80,13 @@ impl Provider for GitHub {
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
         let base = ctx.base_url.trim_end_matches('/');
-        // GitHub Enterprise Server serves GraphQL beside its REST root, not under it.
-        let shaped = match base.strip_suffix("/api/v3") {
-            Some(root) if req.path == "/graphql" => {
-                ShapedRequest::join(&format!("{root}/api"), &req.path, req.query.as_deref())
+        let below_graphql = req
+            .path
+            .strip_prefix(GRAPHQL)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        let shaped = match graphql_root(base) {
+            Some(root) if below_graphql => {
+                ShapedRequest::join(&root, &req.path, req.query.as_deref())
             }
             _ => ShapedRequest::join(base, &req.path, req.query.as_deref()),
         };
@@ -78,8 +94,8 @@ impl Provider for GitHub {
         // (curl's and most HTTP clients' default) gets GitHub's.
         let mut shaped = shaped;
         let accept = portcullis_sdk::header(&req.headers, "accept").map(str::trim);
-        if matches!(accept, None | Some("" | "*/*")) {
-            shaped = shaped.header("accept", "application/vnd.github+json");
+        if accept.is_none_or(|a| ANY_MEDIA_TYPE.contains(&a)) {
+            shaped = shaped.header("accept", MEDIA_TYPE);
         }
         if portcullis_sdk::header(&req.headers, "x-github-api-version").is_none() {
             shaped = shaped.header("x-github-api-version", API_VERSION);
@@ -89,6 +105,22 @@ impl Provider for GitHub {
             shaped = shaped.header("user-agent", USER_AGENT);
         }
         Ok(shaped)
+    }
+
+    /// `shape_request` as routes: every request shaped by the host, none by a call.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        let base = ctx.base_url.trim_end_matches('/');
+        let route = |prefix: &str, target: &str| {
+            Route::new(prefix, target)
+                .default_header_unless("accept", MEDIA_TYPE, ANY_MEDIA_TYPE)
+                .default_header("x-github-api-version", API_VERSION)
+                .default_header("user-agent", USER_AGENT)
+        };
+        let mut routes = vec![route("", base)];
+        if let Some(root) = graphql_root(base) {
+            routes.push(route(GRAPHQL, &format!("{root}{GRAPHQL}")));
+        }
+        routes
     }
 
     fn read_token_response(

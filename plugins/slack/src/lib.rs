@@ -71,6 +71,15 @@ impl Provider for Slack {
         }
     }
 
+    /// `shape_request` as a route: the host picks the token by the header and refuses
+    /// no value itself (one not listed is left to `shape_request`, which refuses it).
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        vec![
+            Route::new("", &ctx.base_url)
+                .grant_header(TOKEN_HEADER, &[("bot", None), ("user", Some("user"))]),
+        ]
+    }
+
     fn read_token_response(
         _ctx: &Context,
         status: u16,

@@ -27,6 +27,25 @@ struct Trello;
 
 const CARD_FIELDS: &str = "name,desc,due,dueComplete,closed,idList,labels,url,dateLastActivity";
 
+/// The connector's Trello app key (`provider_vars.api_key`), when it is one.
+fn api_key(ctx: &Context) -> Result<&str, PluginError> {
+    let key = ctx
+        .var("api_key")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            PluginError::InvalidInput(
+                "set provider_vars.api_key on the connector to your Trello app's API key"
+                    .to_owned(),
+            )
+        })?;
+    if !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(PluginError::InvalidInput(
+            "provider_vars.api_key is not a Trello API key (letters and digits)".to_owned(),
+        ));
+    }
+    Ok(key)
+}
+
 #[portcullis_sdk::provider]
 impl Provider for Trello {
     fn defaults() -> Defaults {
@@ -42,20 +61,7 @@ impl Provider for Trello {
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
-        let key = ctx
-            .var("api_key")
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                PluginError::InvalidInput(
-                    "set provider_vars.api_key on the connector to your Trello app's API key"
-                        .to_owned(),
-                )
-            })?;
-        if !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(PluginError::InvalidInput(
-                "provider_vars.api_key is not a Trello API key (letters and digits)".to_owned(),
-            ));
-        }
+        let key = api_key(ctx)?;
         // The connector's key, never one the agent put in the query.
         let own = format!("key={key}");
         let query: Vec<&str> = req
@@ -68,6 +74,15 @@ impl Provider for Trello {
             .collect();
         let query = query.join("&");
         Ok(ShapedRequest::join(&ctx.base_url, &req.path, Some(&query)))
+    }
+
+    /// `shape_request` as a route once the connector has a usable key; without one,
+    /// none, so `shape_request` refuses each request and says why.
+    fn request_routes(ctx: &Context) -> Vec<Route> {
+        match api_key(ctx) {
+            Ok(key) => vec![Route::new("", &ctx.base_url).query_param("key", key)],
+            Err(_) => Vec::new(),
+        }
     }
 
     fn classify_response(

@@ -3,9 +3,10 @@
 //! that a failed call leaves later calls unharmed.
 //!
 //! Its routes (WIT 0.1.3) cover `/routed`, shaped as a call shapes it; a connector named
-//! `escaperoutes` gets a route off the declared hosts (the host refuses it and shapes by
-//! calls) and one named `wrongroutes` a route that disagrees with `shape_request` (the
-//! fixture harness fails it).
+//! `escaperoutes` gets a route off the declared hosts, `badquery` one whose query
+//! parameter would split the query and `twicegrant` one whose grant header lists a value
+//! twice (the host refuses each and shapes by calls), and one named `wrongroutes` a route
+//! that disagrees with `shape_request` (the fixture harness fails it).
 //!
 //! Its tools (`leak_header`, `escape`, `fine`) misbehave the same way through
 //! `/v1/mcp`. No hook is listed anywhere: the host calls `tools` because this impl
@@ -74,6 +75,15 @@ impl Provider for Chaos {
         match ctx.connector.as_str() {
             "escaperoutes" => vec![Route::new("/routed", "https://evil.example")],
             "wrongroutes" => vec![Route::new("/routed", &format!("{base}/elsewhere"))],
+            // A parameter that would split the query.
+            "badquery" => {
+                vec![Route::new("/routed", &format!("{base}/routed")).query_param("k", "a&b=c")]
+            }
+            // A value that would pick two grants.
+            "twicegrant" => vec![
+                Route::new("/routed", &format!("{base}/routed"))
+                    .grant_header("x-grant", &[("a", None), ("a", Some("other"))]),
+            ],
             _ => vec![
                 Route::new("/routed", &format!("{base}/routed"))
                     .default_header("x-shaped-by", "chaos-route"),
