@@ -35,7 +35,7 @@
 //! - [`types`]: what hooks take and return, with builders: [`Defaults`], [`Tool`] and
 //!   [`Args`] (JSON as `serde_json::Value`), [`Classification`] and [`TokenInfo`]
 //!   (times as [`std::time::Duration`]), headers through [`WithHeaders`].
-//! - [`url`]: [`join_url`] and [`percent_encode`].
+//! - [`url`]: [`join_url`], [`percent_encode`] and [`form_decode`].
 //! - [`log`]: `info!`, `warn!`, ... into the host's log, tagged with the plugin id.
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
@@ -84,13 +84,13 @@ pub use portcullis::plugins::harness as testing;
 /// - Forgetting the attribute is a build error too (the trait's hook list is missing).
 pub use portcullis_sdk_macros::provider;
 pub use types::*;
-pub use url::{join_url, percent_encode};
+pub use url::{form_decode, join_url, percent_encode};
 
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::Provider;
     pub use crate::types::*;
-    pub use crate::url::{join_url, percent_encode};
+    pub use crate::url::{form_decode, join_url, percent_encode};
     pub use std::time::Duration;
 }
 

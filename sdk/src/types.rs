@@ -69,7 +69,9 @@ pub use crate::bindings::exports::portcullis::provider::routes_v2::GrantHeader;
 /// 0.1.4 `routes-v2`): the prefix is replaced by `target`, the query follows (with the
 /// route's own parameters in place of the agent's of those names), default headers are
 /// sent unless the agent chose its own value, and a grant header picks the grant.
-/// Returned by [`crate::Provider::request_routes`].
+/// Returned by [`crate::Provider::request_routes`]. Build it with the methods below: its
+/// fields are the WIT record's and grow with it (0.1.4 added `query` and
+/// `grant_header`, and gave each default header its `unless`).
 pub use crate::bindings::exports::portcullis::provider::routes_v2::Route;
 
 impl Route {

@@ -1,5 +1,5 @@
-//! URL helpers: joining a base and a path, and percent-encoding a query value or path
-//! segment.
+//! URL helpers: joining a base and a path, percent-encoding a query value or path
+//! segment, and decoding a query part as a form decodes it.
 
 /// `base` + `path` (+ `?query`), with exactly one `/` at the join. The path and query
 /// are kept as they are (already encoded, as the agent wrote them).
@@ -54,4 +54,73 @@ pub(crate) fn push_query_pair(query: &mut Option<String>, name: &str, value: &st
     q.push_str(&percent_encode(name));
     q.push('=');
     q.push_str(&percent_encode(value));
+}
+
+/// Decodes one part of a query (a parameter's name or value) as an HTML form decodes it
+/// and as the host reads a query: `%XX` escapes become bytes, `+` a space, a `%` without
+/// two hex digits stays as it is, and bytes that are not UTF-8 become U+FFFD. Compare a
+/// parameter's name by this when the host must agree with you on which parameter it is
+/// (a route's `query_param` replaces the agent's parameters whose name decodes to its
+/// own).
+///
+/// ```
+/// # use portcullis_sdk::form_decode;
+/// assert_eq!(form_decode("k%65y"), "key");
+/// assert_eq!(form_decode("a+b%2Bc%"), "a b+c%");
+/// ```
+pub fn form_decode(part: &str) -> String {
+    let b = part.as_bytes();
+    let hex = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_decode;
+
+    /// As `url::form_urlencoded` (the host's reading of a query) decodes a part.
+    #[test]
+    fn a_query_part_decodes_as_a_form_decodes_it() {
+        for (part, decoded) in [
+            ("key", "key"),
+            ("k%65y", "key"),
+            ("%6B%65%79", "key"),
+            ("ke+y", "ke y"),
+            ("key%20", "key "),
+            ("%", "%"),
+            ("%2", "%2"),
+            ("%zz", "%zz"),
+            ("a%2Bb", "a+b"),
+            ("%C3%A9", "é"),
+            ("%FF", "\u{FFFD}"),
+        ] {
+            assert_eq!(form_decode(part), decoded, "{part}");
+        }
+    }
 }

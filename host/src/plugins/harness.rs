@@ -473,8 +473,8 @@ impl Harness {
     }
 }
 
-/// Fails unless a route's shaping of `path` is the checked result of `shape-request`:
-/// the same URL, headers, removed headers and grant.
+/// Fails unless a route's shaping of the request for `path` is the checked result of
+/// `shape-request`: the same URL, headers, removed headers and grant.
 fn same_shaping(
     plugin: &Plugin,
     base: &url::Url,

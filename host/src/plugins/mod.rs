@@ -207,7 +207,7 @@ impl Plugins {
     }
 
     /// Shapes one request and checks the result ([`output`]); a result the host refuses
-    /// is logged and counted like a failed call. A path one of the plugin's routes
+    /// is logged and counted like a failed call. A request one of the plugin's routes
     /// covers is shaped here without a call ([`routes`]); any other by `shape-request`.
     pub async fn shape(
         &self,

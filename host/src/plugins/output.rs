@@ -34,9 +34,19 @@ const MAX_TOOL_SCHEMA: usize = 64 * 1024;
 /// Longest text a plugin may report (a classification's reason).
 const MAX_REASON: usize = 1024;
 /// Most routes a plugin may declare for one context, and their total size (prefixes,
-/// targets, headers): a context's routes are kept for as long as the plugin is loaded.
+/// targets, headers, query parameters, grant values, each list entry counted at least
+/// [`ROUTE_ENTRY_BYTES`]): a context's routes are kept for as long as the plugin is
+/// loaded.
 const MAX_ROUTES: usize = 64;
 const MAX_ROUTES_BYTES: usize = 64 * 1024;
+/// What a list entry of a route (a default header, one of its `unless` values, a query
+/// parameter, a grant value) counts for at least, so empty strings are not free.
+const ROUTE_ENTRY_BYTES: usize = 32;
+/// Most entries of each of a route's lists (WIT 0.1.4): each is looked at on every
+/// request the route covers.
+const MAX_ROUTE_UNLESS: usize = 16;
+const MAX_ROUTE_QUERY: usize = 32;
+const MAX_ROUTE_GRANTS: usize = 16;
 /// Longest retry delay a plugin may ask for, in milliseconds.
 const MAX_RETRY_MS: u32 = 2_000;
 
@@ -319,10 +329,11 @@ pub(super) fn classification(c: types::Classification) -> types::Classification 
 /// A context's routes (`routes`, WIT 0.1.3, or `routes-v2`, 0.1.4), checked: each
 /// prefix empty or `/` and segments without a trailing `/`, `?`, `#` or `//`, and
 /// declared once; each target a URL a shaped request may go to ([`url`]), without query
-/// or fragment (the request's query follows it); default headers any header a plugin
-/// may set ([`headers`]); query parameters that need no encoding ([`query_part`]); a
-/// grant header a valid name whose values are listed once each. Every request a route
-/// shapes is still checked by the rules of a shaped request ([`routed`]).
+/// or fragment (the request's query and the route's parameters follow it); default
+/// headers any header a plugin may set ([`headers`]); query parameters named, needing
+/// no encoding ([`query_part`]); a grant header a valid name whose values are listed
+/// once each; each list bounded, and all of it within [`MAX_ROUTES_BYTES`]. Every request
+/// a route shapes is still checked by the rules of a shaped request ([`routed`]).
 pub(super) fn routes(
     plugin: &Plugin,
     bounds: Bounds<'_>,
@@ -376,6 +387,15 @@ pub(super) fn routes(
             .map(|d| (d.name.clone(), d.value.clone()))
             .collect();
         headers(plugin, &defaults, bounds.credential_header)?;
+        for d in &r.default_headers {
+            at_most(
+                plugin,
+                "values a default header replaces",
+                d.unless.len(),
+                MAX_ROUTE_UNLESS,
+            )?;
+        }
+        at_most(plugin, "query parameters", r.query.len(), MAX_ROUTE_QUERY)?;
         for (name, value) in &r.query {
             if name.is_empty() || !query_part(name) || !query_part(value) {
                 return Err(invalid(
@@ -422,6 +442,12 @@ fn grant_header(
             format!("\"{}\" is not a header name", clip(&g.name)),
         )
     })?;
+    at_most(
+        plugin,
+        "grant header values",
+        g.values.len(),
+        MAX_ROUTE_GRANTS,
+    )?;
     let mut values: Vec<(String, Option<String>)> = Vec::with_capacity(g.values.len());
     for (value, grant) in g.values {
         if values.iter().any(|(v, _)| *v == value) {
@@ -442,23 +468,43 @@ fn grant_header(
     })
 }
 
-/// What a declared route keeps in memory, for [`MAX_ROUTES_BYTES`].
+/// What a declared route keeps in memory, for [`MAX_ROUTES_BYTES`]: its strings, each
+/// list entry at least [`ROUTE_ENTRY_BYTES`].
 fn route_bytes(r: &super::runtime::DeclaredRoute) -> usize {
-    let pairs = |p: &[(String, String)]| p.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+    let entry = |bytes: usize| bytes.max(ROUTE_ENTRY_BYTES);
+    let pairs = |p: &[(String, String)]| {
+        p.iter()
+            .map(|(a, b)| entry(a.len() + b.len()))
+            .sum::<usize>()
+    };
     r.prefix.len()
         + r.target.len()
         + r.default_headers
             .iter()
-            .map(|d| d.name.len() + d.value.len() + d.unless.iter().map(String::len).sum::<usize>())
+            .map(|d| {
+                entry(d.name.len() + d.value.len())
+                    + d.unless.iter().map(|u| entry(u.len())).sum::<usize>()
+            })
             .sum::<usize>()
         + pairs(&r.query)
         + r.grant_header.as_ref().map_or(0, |g| {
             g.name.len()
                 + g.values
                     .iter()
-                    .map(|(v, grant)| v.len() + grant.as_ref().map_or(0, String::len))
+                    .map(|(v, grant)| entry(v.len() + grant.as_ref().map_or(0, String::len)))
                     .sum::<usize>()
         })
+}
+
+/// Fails unless a route's list has at most `max` entries.
+fn at_most(plugin: &Plugin, what: &str, len: usize, max: usize) -> Result<(), CallError> {
+    if len > max {
+        return Err(invalid(
+            plugin,
+            format!("a route with {len} {what}; at most {max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `s` can stand in a query as it is, neither splitting a parameter (`&`, `=`)

@@ -152,13 +152,15 @@ fn first<'a>(headers: &'a [types::Header], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The agent's query without empty parameters and those the route sets (by name as
-/// sent: the part before the first `=`), then the route's as `name=value`.
+/// The agent's query without empty parameters and those the route sets, then the
+/// route's as `name=value`. A name is compared as a form decodes it (`%` escapes, `+` as
+/// a space), the way the credential step reads the query when it adds a query
+/// credential: `k%65y=x` is the agent's `key`, which the route replaces.
 fn with_params(query: &str, params: &[(String, String)]) -> String {
     let mut out = String::with_capacity(query.len() + 32);
     let theirs = query.split('&').filter(|p| {
         let name = p.split_once('=').map_or(*p, |(n, _)| n);
-        !p.is_empty() && !params.iter().any(|(set, _)| set == name)
+        !p.is_empty() && !params.iter().any(|(set, _)| decoded_is(name, set))
     });
     for p in theirs {
         out.push_str(p);
@@ -172,6 +174,14 @@ fn with_params(query: &str, params: &[(String, String)]) -> String {
     }
     out.pop();
     out
+}
+
+/// Whether the query name `raw`, form-decoded, is `name`.
+fn decoded_is(raw: &str, name: &str) -> bool {
+    let decoded = url::form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(n, _)| n);
+    decoded.as_deref() == Some(name)
 }
 
 /// Whether `prefix` covers `path`: every path for the empty prefix, else the path
@@ -427,8 +437,9 @@ mod tests {
         );
     }
 
-    /// Trello's key: the agent's parameters of that name dropped (as sent, and empty
-    /// ones), the route's appended after the rest, with or without a query.
+    /// Trello's key: the agent's parameters of that name dropped (decoded as a form
+    /// decodes them, and empty ones), the route's appended after the rest, with or
+    /// without a query.
     #[test]
     fn query_parameters_replace_the_agents_of_the_same_name() {
         let routes = Routes::new(vec![Route {
@@ -443,8 +454,9 @@ mod tests {
                 Some("key=theirs&fields=name&&key&v=9&keys=1&token=t"),
                 "fields=name&keys=1&token=t&key=abc123&v=2",
             ),
-            // Compared as sent: an encoded name is not the route's.
-            (Some("k%65y=x"), "k%65y=x&key=abc123&v=2"),
+            // Compared as a form decodes them: an encoded name is the route's too.
+            (Some("k%65y=x&%6B%65%79&v%3D=1"), "v%3D=1&key=abc123&v=2"),
+            (Some("ke+y=1&key%20=2"), "ke+y=1&key%20=2&key=abc123&v=2"),
         ];
         for &(query, expected) in cases {
             let shaped = routes

@@ -62,14 +62,18 @@ impl Provider for Trello {
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {
         let key = api_key(ctx)?;
-        // The connector's key, never one the agent put in the query.
+        // The connector's key, never one the agent put in the query (its name read as the
+        // host reads it when it adds the token: `k%65y` is `key`).
         let own = format!("key={key}");
         let query: Vec<&str> = req
             .query
             .as_deref()
             .unwrap_or_default()
             .split('&')
-            .filter(|p| !p.is_empty() && *p != "key" && !p.starts_with("key="))
+            .filter(|p| {
+                let name = p.split_once('=').map_or(*p, |(n, _)| n);
+                !p.is_empty() && form_decode(name) != "key"
+            })
             .chain([own.as_str()])
             .collect();
         let query = query.join("&");

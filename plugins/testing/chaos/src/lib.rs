@@ -4,9 +4,11 @@
 //!
 //! Its routes (WIT 0.1.3) cover `/routed`, shaped as a call shapes it; a connector named
 //! `escaperoutes` gets a route off the declared hosts, `badquery` one whose query
-//! parameter would split the query and `twicegrant` one whose grant header lists a value
-//! twice (the host refuses each and shapes by calls), and one named `wrongroutes` a route
-//! that disagrees with `shape_request` (the fixture harness fails it).
+//! parameter would split the query, `manyparams` one setting more parameters than a
+//! route may, `noname` one whose parameter has no name and `twicegrant` one whose grant
+//! header lists a value twice (the host refuses each and shapes by calls), and one named
+//! `wrongroutes` a route that disagrees with `shape_request` (the fixture harness fails
+//! it).
 //!
 //! Its tools (`leak_header`, `escape`, `fine`) misbehave the same way through
 //! `/v1/mcp`. No hook is listed anywhere: the host calls `tools` because this impl
@@ -78,6 +80,15 @@ impl Provider for Chaos {
             // A parameter that would split the query.
             "badquery" => {
                 vec![Route::new("/routed", &format!("{base}/routed")).query_param("k", "a&b=c")]
+            }
+            // More parameters than a route may set, and one without a name.
+            "manyparams" => vec![
+                (0..33).fold(Route::new("/routed", &format!("{base}/routed")), |r, _| {
+                    r.query_param("p", "1")
+                }),
+            ],
+            "noname" => {
+                vec![Route::new("/routed", &format!("{base}/routed")).query_param("", "1")]
             }
             // A value that would pick two grants.
             "twicegrant" => vec![
