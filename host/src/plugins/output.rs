@@ -339,7 +339,7 @@ pub(super) fn routes(
     bounds: Bounds<'_>,
     declared: Vec<super::runtime::DeclaredRoute>,
 ) -> Result<super::routes::Routes, CallError> {
-    use super::routes::{DefaultHeader, Route};
+    use super::routes::{DefaultHeader, QueryParam, Route};
     if declared.len() > MAX_ROUTES {
         return Err(invalid(
             plugin,
@@ -424,7 +424,11 @@ pub(super) fn routes(
                     unless: d.unless,
                 })
                 .collect(),
-            query: r.query,
+            query: r
+                .query
+                .iter()
+                .map(|(name, value)| QueryParam::new(name, value))
+                .collect(),
             grant_header,
         });
     }

@@ -30,8 +30,8 @@ pub struct Route {
     /// rest of the request's path brings its own.
     pub(super) target: url::Url,
     pub(super) default_headers: Vec<DefaultHeader>,
-    /// `name=value` pairs, checked to need no encoding in a query.
-    pub(super) query: Vec<(String, String)>,
+    /// Checked to need no encoding in a query.
+    pub(super) query: Vec<QueryParam>,
     pub(super) grant_header: Option<GrantHeader>,
 }
 
@@ -42,6 +42,24 @@ pub(super) struct DefaultHeader {
     pub(super) name: String,
     pub(super) value: String,
     pub(super) unless: Vec<String>,
+}
+
+/// A query parameter a route sets: `name=value` as written into the query, and the
+/// name as a form decodes it, which the agent's names are compared with (both worked
+/// out once, when the route is checked, not for every request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct QueryParam {
+    pair: String,
+    name: String,
+}
+
+impl QueryParam {
+    pub(super) fn new(name: &str, value: &str) -> Self {
+        Self {
+            pair: format!("{name}={value}"),
+            name: decoded(name).into_owned(),
+        }
+    }
 }
 
 /// The header an agent picks the grant with (lower-case), and the grant of each value.
@@ -156,20 +174,21 @@ fn first<'a>(headers: &'a [types::Header], name: &str) -> Option<&'a str> {
 /// route's as `name=value`. Names are compared as a form decodes them (`%` escapes, `+`
 /// as a space), the way the credential step reads the query when it adds a query
 /// credential: `k%65y=x` is the agent's `key`, which the route replaces.
-fn with_params(query: &str, params: &[(String, String)]) -> String {
+fn with_params(query: &str, params: &[QueryParam]) -> String {
     let mut out = String::with_capacity(query.len() + 32);
     let theirs = query.split('&').filter(|p| {
         let name = p.split_once('=').map_or(*p, |(n, _)| n);
-        !p.is_empty() && !params.iter().any(|(set, _)| decoded(name) == decoded(set))
+        !p.is_empty() && {
+            let name = decoded(name);
+            !params.iter().any(|set| set.name == name)
+        }
     });
     for p in theirs {
         out.push_str(p);
         out.push('&');
     }
-    for (name, value) in params {
-        out.push_str(name);
-        out.push('=');
-        out.push_str(value);
+    for set in params {
+        out.push_str(&set.pair);
         out.push('&');
     }
     out.pop();
@@ -442,7 +461,10 @@ mod tests {
     #[test]
     fn query_parameters_replace_the_agents_of_the_same_name() {
         let routes = Routes::new(vec![Route {
-            query: vec![("key".into(), "abc123".into()), ("%76".into(), "2".into())],
+            query: vec![
+                QueryParam::new("key", "abc123"),
+                QueryParam::new("%76", "2"),
+            ],
             ..route("", "https://api.trello.com/1")
         }]);
         let cases: &[(Option<&str>, &str)] = &[
