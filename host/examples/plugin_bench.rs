@@ -1,8 +1,10 @@
 //! Cost of shaping one request with a provider plugin, two ways: by a plugin call (a
 //! fresh store, instantiate, call, drop), and as the proxy does it (by the plugin's
 //! routes where they cover the path, else by a call; a plugin without a
-//! `shape-request` hook is not asked at all, so that way is not measured for it). Run
-//! by `cargo xtask bench plugins` (release build); prints one JSON object.
+//! `shape-request` hook is not asked at all, so that way is not measured for it). Then
+//! what classifying a successful answer costs as the proxy does it, where the proxy
+//! classifies one at all (by the plugin's ok markers where one matches, else by a call).
+//! Run by `cargo xtask bench plugins` (release build); prints one JSON object.
 //!
 //! `plugin_bench <registry-dir> <plugin-id> <calls-per-level> <concurrency>...`
 
@@ -72,6 +74,26 @@ fn main() -> anyhow::Result<()> {
             credential_header: None,
         };
         let routed = plugins.routes_cover(&plugin, &ctx, &req, bounds).await?;
+        // A successful JSON answer, opening as Slack's do.
+        let answer = Classifying {
+            plugins: plugins.clone(),
+            plugin: plugin.clone(),
+            ctx: ctx.clone(),
+            headers: http::HeaderMap::from_iter([(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            )]),
+            body: br#"{"ok":true,"id":"001xx000003DGb2AAG","name":"Acme","industry":"Energy"}"#,
+        };
+        let classified = if !plugin.has(types::Hook::ClassifyResponse) {
+            "hook"
+        } else if !plugin.classifies(200) {
+            "statuses"
+        } else if plugin.marks_ok(200, answer.body) {
+            "marker"
+        } else {
+            "call"
+        };
         // The proxy asks only a plugin that shapes requests (`outbound`).
         let shapes = plugin.has(types::Hook::ShapeRequest);
         let ways: &[(&str, bool)] = if shapes {
@@ -83,10 +105,23 @@ fn main() -> anyhow::Result<()> {
         for &c in &levels {
             let mut level = serde_json::json!({"concurrency": c});
             for &(way, by_call) in ways {
+                let shape = Shaping {
+                    plugins: plugins.clone(),
+                    plugin: plugin.clone(),
+                    ctx: ctx.clone(),
+                    req: req.clone(),
+                    base: base.clone(),
+                    by_call,
+                };
                 // Warm up (pool slots, caches), then measure.
-                run(&plugins, &plugin, &ctx, &req, by_call, c, calls / 10).await?;
-                let (elapsed, lat) = run(&plugins, &plugin, &ctx, &req, by_call, c, calls).await?;
+                measure(c, calls / 10, shape.clone()).await?;
+                let (elapsed, lat) = measure(c, calls, shape).await?;
                 level[way] = summary(elapsed, lat);
+            }
+            if matches!(classified, "marker" | "call") {
+                measure(c, calls / 10, answer.clone()).await?;
+                let (elapsed, lat) = measure(c, calls, answer.clone()).await?;
+                level["classify"] = summary(elapsed, lat);
             }
             out.push(level);
         }
@@ -97,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 "pooling": plugins.runtime().sizing().pooling,
                 "routes_cover": routed,
                 "shapes_requests": shapes,
+                "classifies_ok": classified,
                 "levels": out,
             })
         );
@@ -116,38 +152,77 @@ fn summary(elapsed: Duration, mut lat: Vec<Duration>) -> serde_json::Value {
     })
 }
 
-/// `calls` shapings over `concurrency` tasks, each by a plugin call (`by_call`) or as
-/// the proxy shapes.
-async fn run(
-    plugins: &Arc<Plugins>,
-    plugin: &Arc<portcullis::plugins::Plugin>,
-    ctx: &types::Context,
-    req: &types::OutgoingRequest,
+/// What is timed: one shaping or one classification.
+trait Timed: Clone + Send + Sync + 'static {
+    fn once(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Shaping `req`, by a plugin call (`by_call`) or as the proxy shapes.
+#[derive(Clone)]
+struct Shaping {
+    plugins: Arc<Plugins>,
+    plugin: Arc<portcullis::plugins::Plugin>,
+    ctx: types::Context,
+    req: types::OutgoingRequest,
+    base: url::Url,
     by_call: bool,
+}
+
+impl Timed for Shaping {
+    async fn once(&self) -> anyhow::Result<()> {
+        let bounds = portcullis::plugins::Bounds {
+            base: &self.base,
+            credential_header: None,
+        };
+        let (ctx, req) = (self.ctx.clone(), self.req.clone());
+        if self.by_call {
+            self.plugins
+                .shape_by_call(&self.plugin, ctx, req, bounds)
+                .await?;
+        } else {
+            self.plugins.shape(&self.plugin, ctx, req, bounds).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Classifying a successful answer as the proxy classifies it.
+#[derive(Clone)]
+struct Classifying {
+    plugins: Arc<Plugins>,
+    plugin: Arc<portcullis::plugins::Plugin>,
+    ctx: types::Context,
+    headers: http::HeaderMap,
+    body: &'static [u8],
+}
+
+impl Timed for Classifying {
+    async fn once(&self) -> anyhow::Result<()> {
+        let class = self
+            .plugins
+            .classify(&self.plugin, &self.ctx, 200, &self.headers, self.body)
+            .await?;
+        anyhow::ensure!(class == types::Classification::Ok, "classified {class:?}");
+        Ok(())
+    }
+}
+
+/// `calls` runs of `each` over `concurrency` tasks, each run timed.
+async fn measure(
     concurrency: usize,
     calls: usize,
+    each: impl Timed,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let started = Instant::now();
     let per_task = calls.div_ceil(concurrency);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (plugins, plugin, ctx, req) =
-            (plugins.clone(), plugin.clone(), ctx.clone(), req.clone());
+        let each = each.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_task);
-            let base = url::Url::parse(&ctx.base_url)?;
             for _ in 0..per_task {
                 let t = Instant::now();
-                let bounds = portcullis::plugins::Bounds {
-                    base: &base,
-                    credential_header: None,
-                };
-                let (ctx, req) = (ctx.clone(), req.clone());
-                if by_call {
-                    plugins.shape_by_call(&plugin, ctx, req, bounds).await?;
-                } else {
-                    plugins.shape(&plugin, ctx, req, bounds).await?;
-                }
+                each.once().await?;
                 lat.push(t.elapsed());
                 // Interleave with the other tasks, as requests waiting on I/O would.
                 tokio::task::yield_now().await;

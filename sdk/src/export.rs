@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::Provider;
 use crate::bindings::exports::portcullis::provider::plugin::Guest;
 use crate::bindings::exports::portcullis::provider::{
-    auth_extras, catalog, oauth_extras, routes, routes_v2, tool_results,
+    auth_extras, catalog, classify_markers, oauth_extras, routes, routes_v2, tool_results,
 };
 use crate::types::{
     Args, Classification, Context, Defaults, Discovery, Header, Hook, OutgoingRequest, PluginError,
@@ -52,6 +52,7 @@ fn defaults<P: Provider>() -> wit::ProviderDefaults {
         refresh_url: _,
         static_credential: _,
         url_inputs: _,
+        ok_markers: _,
     } = P::defaults();
     wit::ProviderDefaults {
         id: who.id.to_owned(),
@@ -146,6 +147,12 @@ impl<P: Provider> auth_extras::Guest for Export<P> {
             static_credential: d.static_credential,
             url_inputs: d.url_inputs,
         }
+    }
+}
+
+impl<P: Provider> classify_markers::Guest for Export<P> {
+    fn ok_markers() -> Vec<classify_markers::OkMarker> {
+        P::defaults().ok_markers
     }
 }
 

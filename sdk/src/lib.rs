@@ -40,9 +40,10 @@
 //! - `testing` (feature `harness`, native only): build the component and run it through
 //!   the real host runtime against recorded fixtures.
 //!
-//! The WIT world is `portcullis:provider@0.1.4` (`provider`: `plugin`, `oauth-extras`,
-//! `catalog`, `auth-extras`, `tool-results`, `routes`, `routes-v2`); see `wit/provider.wit`. The SDK's own
-//! types convert to the wire types in [`wit`] at the component boundary.
+//! The WIT world is `portcullis:provider@0.1.5` (`provider`: `plugin`, `oauth-extras`,
+//! `catalog`, `auth-extras`, `tool-results`, `routes`, `routes-v2`, `classify-markers`);
+//! see `wit/provider.wit`. The SDK's own types convert to the wire types in [`wit`] at
+//! the component boundary.
 
 // Lets the generated bindings name this crate by the path plugin crates use.
 extern crate self as portcullis_sdk;
@@ -95,7 +96,7 @@ pub mod prelude {
 }
 
 /// The WIT version this SDK builds against.
-pub const WIT_VERSION: &str = "0.1.4";
+pub const WIT_VERSION: &str = "0.1.5";
 
 /// A provider. Implement [`Provider::defaults`] and the hooks your provider needs, and
 /// put [`macro@provider`] on the impl: it exports the type and tells the host which hooks

@@ -54,7 +54,16 @@ pub struct Defaults {
     pub static_credential: Option<StaticCredential>,
     /// Inputs that fill `{name}` in the OAuth URLs (WIT `auth-extras`).
     pub url_inputs: Vec<String>,
+    /// Answers the host calls `ok` without a `classify_response` call (WIT
+    /// `classify-markers`).
+    pub ok_markers: Vec<OkMarker>,
 }
+
+/// An answer the host calls `ok` itself, without calling `classify_response`: its status
+/// is in `statuses` and its body opens with `member` set to `value` (the first member of
+/// a JSON object). Exported as `classify-markers` (WIT 0.1.5). Added with
+/// [`Defaults::ok_when`].
+pub use crate::bindings::exports::portcullis::provider::classify_markers::OkMarker;
 
 /// How a token the operator pastes (a bot token, a personal access token) is sent:
 /// `Authorization(scheme)`, `Header(name)` or `Query(name)`. The host injects it; the
@@ -188,6 +197,7 @@ impl Defaults {
             refresh_url: None,
             static_credential: None,
             url_inputs: Vec::new(),
+            ok_markers: Vec::new(),
         }
     }
 
@@ -271,6 +281,38 @@ impl Defaults {
     /// How much of a response body `classify_response` sees.
     pub fn classify_body_bytes(mut self, bytes: u32) -> Self {
         self.classify_body_bytes = bytes;
+        self
+    }
+
+    /// Answers with a status in `statuses` whose JSON body opens with `member` set to
+    /// `value` are `ok`, and the host says so without calling `classify_response` (WIT
+    /// 0.1.5 `classify-markers`): Slack's `.ok_when([200..=299], "ok", true)` saves a
+    /// call on every successful answer. `value` is compared as the provider writes it: a
+    /// boolean, null, an integer or a string without escapes (the host refuses a marker
+    /// with any other value when it loads the plugin).
+    ///
+    /// The host reads the body's first member and nothing else: not the headers, not a
+    /// later member of the same name, not whether the rest is well-formed JSON or was
+    /// cut off at [`Defaults::classify_body_bytes`]. So `classify_response` must call
+    /// `ok` every answer whose first member matches, whatever follows; the fixture
+    /// harness checks each recorded answer a marker matches, and fails a plugin with
+    /// markers but no `classify_response` case that one matches. The statuses must be
+    /// among those [`Defaults::classify_statuses`] sends to `classify_response`. A host
+    /// before 0.1.5 calls the plugin as before.
+    pub fn ok_when(
+        mut self,
+        statuses: impl IntoIterator<Item = RangeInclusive<u16>>,
+        member: &str,
+        value: impl Into<Value>,
+    ) -> Self {
+        self.ok_markers.push(OkMarker {
+            statuses: statuses
+                .into_iter()
+                .map(|r| (*r.start(), *r.end()))
+                .collect(),
+            member: member.to_owned(),
+            value: value.into().to_string(),
+        });
         self
     }
 }
@@ -850,6 +892,29 @@ mod tests {
             Err(PluginError::InvalidInput(m)) => m,
             other => panic!("expected invalid input, got {other:?}"),
         }
+    }
+
+    /// A marker's value goes to the host as the JSON text a provider writes, which the
+    /// host compares byte for byte.
+    #[test]
+    fn ok_markers_carry_their_value_as_json_text() {
+        let d = Defaults::new("https://api.example.com")
+            .ok_when([200..=299], "ok", true)
+            .ok_when([200..=200, 204..=204], "status", "success")
+            .ok_when([200..=200], "code", 0);
+        let written: Vec<_> = d
+            .ok_markers
+            .iter()
+            .map(|m| (m.statuses.clone(), m.member.as_str(), m.value.as_str()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                (vec![(200, 299)], "ok", "true"),
+                (vec![(200, 200), (204, 204)], "status", "\"success\""),
+                (vec![(200, 200)], "code", "0"),
+            ]
+        );
     }
 
     #[test]

@@ -484,6 +484,39 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
     );
 }
 
+/// Ok markers that no recorded answer tests fail a plugin's fixtures: nothing would then
+/// check that `classify-response` calls the answers they match `ok`. Slack's fixtures
+/// without the answers written as Slack writes them (`ok` first) have only answers whose
+/// JSON objects are sent with their members sorted, which its marker never matches.
+#[tokio::test]
+async fn the_fixture_harness_fails_ok_markers_that_no_recorded_answer_tests() {
+    let entry = workspace().join("registry/slack");
+    let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
+        .await
+        .expect("load");
+    let fixtures = workspace().join("plugins/slack/fixtures");
+    let dir = tempfile::tempdir().expect("dir");
+    for file in ["api.json", "tokens.json"] {
+        let text = std::fs::read_to_string(fixtures.join(file)).expect("fixture");
+        let mut fixture: Value = serde_json::from_str(&text).expect("JSON");
+        let cases = fixture["cases"].as_array_mut().expect("cases");
+        cases.retain(|c| !c["classify_response"]["body"].is_string());
+        std::fs::write(dir.path().join(file), fixture.to_string()).expect("write");
+    }
+    let results = h.run_dir(dir.path()).await.expect("fixtures run");
+    let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{results:#?}");
+    assert_eq!(failed[0].name, "ok markers");
+    let why = failed[0].failure.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("no classify_response case matches one") && why.contains("string"),
+        "{why}"
+    );
+    // With them, nothing fails.
+    let results = h.run_dir(&fixtures).await.expect("fixtures run");
+    assert!(results.iter().all(|r| r.failure.is_none()), "{results:#?}");
+}
+
 /// A route that gives a path something else than `shape-request` does fails the fixture
 /// that shapes such a path, and so does a route over a path the plugin refuses.
 #[tokio::test]
@@ -1144,10 +1177,13 @@ async fn slack_errors_inside_200_are_marked_and_the_token_header_is_not_forwarde
         200,
         json!({"ok": false, "error": "channel_not_found"}),
     );
-    up.json(
+    // As Slack writes it: `ok` first, which the plugin's ok marker recognises.
+    up.on(
         "/conversations.list",
-        200,
-        json!({"ok": true, "channels": [{"id": "C1", "name": "general"}], "response_metadata": {"next_cursor": ""}}),
+        vec![Canned {
+            body: r#"{"ok":true,"channels":[{"id":"C1","name":"general"}],"response_metadata":{"next_cursor":""}}"#.into(),
+            ..Canned::json(200, Value::Null)
+        }],
     );
     up.on(
         "/users.list",
@@ -1212,11 +1248,17 @@ async fn slack_errors_inside_200_are_marked_and_the_token_header_is_not_forwarde
     assert!(msg.contains("x-slack-token"), "{msg}");
     assert!(up.seen_at("/auth.test").is_empty());
     // The plugin's route shaped the others without a call; the value it does not list
-    // went to `shape-request`, which answered with the refusal: the only call.
+    // went to `shape-request`, which answered with the refusal: the only call. The
+    // `ok:false` and the 429 answers were classified by calls; the successful one by the
+    // plugin's ok marker, without one.
     portcullis_e2e::assert_plugin_calls(
         &host,
         "slack",
-        &[("request-routes", "ok", 1), ("shape-request", "ok", 1)],
+        &[
+            ("request-routes", "ok", 1),
+            ("shape-request", "ok", 1),
+            ("classify-response", "ok", 2),
+        ],
     )
     .await;
 }

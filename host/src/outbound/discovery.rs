@@ -214,7 +214,7 @@ impl Outbound {
                         .map_err(|e| e.to_string())?;
                     let (parts, body) = resp.into_parts();
                     let headers =
-                        super::wit_headers(&crate::headers::from_upstream(&parts.headers));
+                        crate::plugins::wit_headers(&crate::headers::from_upstream(&parts.headers));
                     let (body, rest) = UpstreamBody::stream(body)
                         .read_prefix(DISCOVERY_BODY_BYTES, idle)
                         .await;

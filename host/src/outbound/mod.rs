@@ -274,7 +274,7 @@ impl Outbound {
             method: wit_method(method).unwrap_or(types::Method::Get),
             path: format!("/{path}"),
             query,
-            headers: wit_headers(headers),
+            headers: crate::plugins::wit_headers(headers),
         };
         let bounds = Bounds {
             base: &base,
@@ -439,10 +439,10 @@ impl Outbound {
                 self.plugins
                     .classify(
                         &plugin,
-                        ctx.clone(),
+                        &ctx,
                         parts.status.as_u16(),
-                        wit_headers(&parts.headers),
-                        prefix[..prefix.len().min(limit)].to_vec(),
+                        &parts.headers,
+                        &prefix[..prefix.len().min(limit)],
                     )
                     .await
                     .unwrap_or(Classification::Ok)
@@ -639,16 +639,4 @@ fn mark(id: &str, class: &Classification, headers: &mut HeaderMap) {
         }
         tracing::info!(connector = id, class = name, "upstream reported: {why}");
     }
-}
-
-fn wit_headers(headers: &HeaderMap) -> Vec<types::Header> {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
 }

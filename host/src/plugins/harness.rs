@@ -36,7 +36,7 @@
 //!
 //! | Key | Input | Output |
 //! |---|---|---|
-//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...), `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras`, `entries` from `catalog`, and from `auth-extras` `refresh_url`, `static_auth` (the `auth` of a connector holding the provider's static credential, secret empty) and `url_inputs`, and `shaped_results` from `tool-results` |
+//! | `defaults` | `true` | the provider defaults as the host holds them (`id`, `display_name`, `description`, `api_url`, `oauth`, `inputs`, `hooks`, `classify_statuses`, ...), `oauth_requests`: `{"body": "form" or "json", "headers": [[n, v]]}` from `oauth-extras`, `entries` from `catalog`, and from `auth-extras` `refresh_url`, `static_auth` (the `auth` of a connector holding the provider's static credential, secret empty) and `url_inputs`, `shaped_results` from `tool-results`, and `ok_markers` (`[{"statuses", "member", "value"}]`) from `classify-markers` |
 //! | `shape_request` | `{"method": "Get", "path", "query", "headers": [[n, v]]}` | `{"Ok": {"url", "set_headers", "remove_headers", "grant"}}` |
 //! | `read_token_response` | `{"status", "body"}`, the provider's raw JSON: the harness redacts tokens as the host does | `{"result": {"Ok": {"variables", "expires_in"}}}` (or `"Err"` with `{"InvalidGrant": text}` or `{"Provider": text}`) and `"grants"`: the tokens the host read at the declared pointers |
 //! | `discover` | `{"responses": [{"status", "headers", "body"}, ...]}`, replayed in order | `{"requests": [{"method", "url", "grant"}], "outcome": ...}`, the outcome `{"Done": vars}`, `{"Choose": selection}` or `{"Failed": text}` |
@@ -59,6 +59,11 @@
 //!   one covers the request, the host would use it instead of calling `shape-request`, so
 //!   its result must be the same (URL, headers set and removed, grant), and a route must
 //!   not cover a request `shape-request` refuses.
+//! - A `classify_response` case gives the plugin the body cut to `classify-body-bytes`,
+//!   as the host does, and also checks the plugin's ok markers (WIT 0.1.5): when one
+//!   matches the answer, the host calls it `ok` without asking the plugin, so the plugin
+//!   must call it `ok` too. [`Harness::run_dir`] fails a plugin with markers that no
+//!   case matches.
 //!
 //! A failing case names the file, the case, the JSON path where the output differs, and
 //! the whole actual output.
@@ -78,6 +83,9 @@ use super::{DiscoveryOutcome, Plugin, Plugins, types};
 pub struct Harness {
     plugins: Arc<Plugins>,
     plugin: Arc<Plugin>,
+    /// `classify_response` cases one of the plugin's ok markers matched, so that a
+    /// marker no recorded answer tests is reported ([`Harness::run_dir`]).
+    marked: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +238,7 @@ impl Harness {
         Ok(Self {
             plugins,
             plugin: Arc::new(plugin),
+            marked: Default::default(),
         })
     }
 
@@ -252,6 +261,18 @@ impl Harness {
         let mut results = Vec::new();
         for f in files {
             results.extend(self.run_file(&f).await?);
+        }
+        if !self.plugin.ok_markers.is_empty()
+            && self.marked.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            results.push(CaseResult {
+                file: dir.to_owned(),
+                name: "ok markers".to_owned(),
+                failure: Some(
+                    "the plugin declares ok markers but no classify_response case matches one, so nothing checks that classify-response agrees: add a case whose body is a string opening as the marker says (a body written as a JSON object is sent with its members sorted)"
+                        .to_owned(),
+                ),
+            });
         }
         Ok(results)
     }
@@ -329,6 +350,17 @@ impl Harness {
             defaults["url_inputs"] = json!(plugin.url_inputs);
             // What `tool-results` reshapes.
             defaults["shaped_results"] = json!(plugin.shaped_results);
+            defaults["ok_markers"] = plugin
+                .ok_markers
+                .iter()
+                .map(|m| {
+                    json!({
+                        "statuses": m.statuses,
+                        "member": m.member,
+                        "value": String::from_utf8_lossy(&m.value),
+                    })
+                })
+                .collect();
             return Ok(defaults);
         }
         if let Some(req) = &case.shape_request {
@@ -419,16 +451,23 @@ impl Harness {
             return Ok(json!({"requests": requests, "outcome": outcome}));
         }
         if let Some(c) = &case.classify_response {
+            let body = body_bytes(&c.body);
+            let seen = &body[..body.len().min(plugin.defaults.classify_body_bytes as usize)];
+            let marked = plugin.marks_ok(c.status, seen);
+            if marked {
+                self.marked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let class = p
-                .classify_response(
-                    plugin,
-                    ctx,
-                    c.status,
-                    c.headers.clone(),
-                    body_bytes(&c.body),
-                )
+                .classify_response(plugin, ctx, c.status, c.headers.clone(), seen.to_vec())
                 .await
                 .map_err(e)?;
+            if marked && class != types::Classification::Ok {
+                return Err(format!(
+                    "an ok marker calls this answer ok without asking the plugin, but classify-response calls it {}",
+                    to_json(&class)
+                ));
+            }
             return Ok(to_json(&class));
         }
         if case.list_tools == Some(true) {

@@ -18,10 +18,13 @@
 //! - [`routes`]: shaping by path, the agent's headers and fixed query parameters that a
 //!   plugin declares once per context (WIT 0.1.3, widened in 0.1.4), applied without a
 //!   call.
+//! - [`markers`]: answers a plugin calls `ok` by their first member (WIT 0.1.5), so the
+//!   host classifies them without a call.
 //! - [`harness`]: fixtures run through the real runtime (used by the SDK's `testing`).
 
 pub mod harness;
 pub mod manifest;
+pub mod markers;
 pub mod output;
 pub mod registry;
 pub mod routes;
@@ -387,18 +390,29 @@ impl Plugins {
         }
     }
 
-    /// What a response means, with the plugin's delay and texts bounded.
+    /// What an answer means (`body`: the first bytes the plugin wants of it), with the
+    /// plugin's delay and texts bounded. An answer one of the plugin's ok markers
+    /// matches is `ok` without a call ([`markers`]).
     pub async fn classify(
         &self,
         plugin: &Plugin,
-        ctx: types::Context,
+        ctx: &types::Context,
         status: u16,
-        headers: Vec<types::Header>,
-        body: Vec<u8>,
+        headers: &http::HeaderMap,
+        body: &[u8],
     ) -> Result<types::Classification, CallError> {
-        self.classify_response(plugin, ctx, status, headers, body)
-            .await
-            .map(output::classification)
+        if plugin.marks_ok(status, body) {
+            return Ok(types::Classification::Ok);
+        }
+        self.classify_response(
+            plugin,
+            ctx.clone(),
+            status,
+            wit_headers(headers),
+            body.to_vec(),
+        )
+        .await
+        .map(output::classification)
     }
 
     /// The raw hook; everything outside `plugins` gets [`Plugins::classify`].
@@ -641,6 +655,20 @@ pub fn wit_method(m: &http::Method) -> Option<types::Method> {
         http::Method::OPTIONS => types::Method::Options,
         _ => return None,
     })
+}
+
+/// Headers as a plugin is given them: lower-case names, values as text (bytes that are
+/// not UTF-8 replaced).
+pub fn wit_headers(headers: &http::HeaderMap) -> Vec<types::Header> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The tokens of one grant, read by the host from a token response.

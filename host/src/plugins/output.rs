@@ -47,6 +47,12 @@ const ROUTE_ENTRY_BYTES: usize = 32;
 const MAX_ROUTE_UNLESS: usize = 16;
 const MAX_ROUTE_QUERY: usize = 32;
 const MAX_ROUTE_GRANTS: usize = 16;
+/// Most ok markers a plugin may declare (WIT 0.1.5), status ranges in each, and the
+/// longest member name and value: each marker is looked at on every answer it could
+/// match.
+const MAX_OK_MARKERS: usize = 8;
+const MAX_MARKER_STATUSES: usize = 8;
+pub(super) const MAX_MARKER_TEXT: usize = 64;
 /// Longest retry delay a plugin may ask for, in milliseconds.
 const MAX_RETRY_MS: u32 = 2_000;
 
@@ -671,6 +677,103 @@ pub(super) fn static_credential(
     })
 }
 
+/// The answers the plugin calls `ok` by their first member (`classify-markers`),
+/// checked: the plugin classifies answers and sees some of their body, each marker's
+/// statuses are ranges within 100-599, its member a plain name and its value a JSON
+/// scalar written without escapes, all bounded.
+pub(super) fn ok_markers(
+    defaults: &types::ProviderDefaults,
+    declared: &[super::runtime::DeclaredOkMarker],
+) -> Result<Vec<super::markers::OkMarker>, String> {
+    if declared.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !defaults.hooks.contains(&types::Hook::ClassifyResponse) || defaults.classify_body_bytes == 0
+    {
+        return Err(
+            "ok markers need the classify-response hook and a classify-body-bytes above 0: a marker reads the body the plugin would be given"
+                .to_owned(),
+        );
+    }
+    if declared.len() > MAX_OK_MARKERS {
+        return Err(format!(
+            "{} ok markers; at most {MAX_OK_MARKERS}",
+            declared.len()
+        ));
+    }
+    declared.iter().map(|m| ok_marker(defaults, m)).collect()
+}
+
+fn ok_marker(
+    defaults: &types::ProviderDefaults,
+    m: &super::runtime::DeclaredOkMarker,
+) -> Result<super::markers::OkMarker, String> {
+    let what = format!("the ok marker for \"{}\"", clip(&m.member));
+    if m.statuses.is_empty() || m.statuses.len() > MAX_MARKER_STATUSES {
+        return Err(format!(
+            "{what} has {} status ranges; 1 to {MAX_MARKER_STATUSES}",
+            m.statuses.len()
+        ));
+    }
+    if let Some((lo, hi)) = m
+        .statuses
+        .iter()
+        .find(|(lo, hi)| !(100 <= *lo && lo <= hi && *hi <= 599))
+    {
+        return Err(format!(
+            "{what} has the status range {lo}-{hi}; ranges run from low to high within 100-599"
+        ));
+    }
+    // A marker for a status `classify-statuses` keeps from the plugin would never be
+    // looked at: a mistake the author should hear of.
+    let classified = &defaults.classify_statuses;
+    if let Some(status) = (!classified.is_empty())
+        .then(|| {
+            m.statuses
+                .iter()
+                .flat_map(|&(lo, hi)| lo..=hi)
+                .find(|s| !super::markers::in_ranges(classified, *s))
+        })
+        .flatten()
+    {
+        return Err(format!(
+            "{what} covers status {status}, which classify-statuses does not send to classify-response"
+        ));
+    }
+    let plain = |c: char| c != '"' && c != '\\' && !c.is_control();
+    if m.member.is_empty() || m.member.len() > MAX_MARKER_TEXT || !m.member.chars().all(plain) {
+        return Err(format!(
+            "{what}: a member name is 1 to {MAX_MARKER_TEXT} bytes without '\"', '\\' or control characters"
+        ));
+    }
+    let scalar = match serde_json::from_str::<serde_json::Value>(&m.value) {
+        Ok(serde_json::Value::String(_)) => !m.value.contains('\\'),
+        Ok(v) => !v.is_object() && !v.is_array(),
+        Err(_) => false,
+    };
+    // The body is compared with the text byte for byte, so the text must be as compact
+    // as a value in a body can be.
+    if !scalar || m.value.len() > MAX_MARKER_TEXT || m.value.trim() != m.value {
+        return Err(format!(
+            "{what}: the value \"{}\" is not a JSON scalar as a provider writes it (true, false, null, a number, or a string without escapes; at most {MAX_MARKER_TEXT} bytes)",
+            clip(&m.value)
+        ));
+    }
+    // The shortest body that opens with the marker: `{"member":value}`.
+    let shortest = m.member.len() + m.value.len() + 5;
+    if (defaults.classify_body_bytes as usize) < shortest {
+        return Err(format!(
+            "{what} needs at least {shortest} bytes of the body; classify-body-bytes is {}",
+            defaults.classify_body_bytes
+        ));
+    }
+    Ok(super::markers::OkMarker {
+        statuses: m.statuses.clone(),
+        member: m.member.as_str().into(),
+        value: m.value.as_bytes().into(),
+    })
+}
+
 /// Headers a plugin wants sent: valid, bounded, and allowed by the header policy.
 pub(super) fn headers(
     plugin: &Plugin,
@@ -769,6 +872,115 @@ mod tests {
             "a&b", "a=b", "a b", "a#b", "%", "%2", "%zz", "é", "a'b", "a\"b", "<", "\n",
         ] {
             assert!(!super::query_part(bad), "{bad:?}");
+        }
+    }
+
+    /// What a marker may say (WIT 0.1.5), and that a plugin that cannot honour one is
+    /// told why at load.
+    #[test]
+    fn ok_markers_are_plain_names_scalar_values_and_bounded_status_ranges() {
+        use super::super::runtime::{DeclaredOkMarker, types};
+        let defaults = |hooks: Vec<types::Hook>, bytes: u32| types::ProviderDefaults {
+            hooks,
+            classify_body_bytes: bytes,
+            ..super::super::registry::example_defaults()
+        };
+        let classifies = defaults(vec![types::Hook::ClassifyResponse], 1024);
+        let marker = |statuses: &[(u16, u16)], member: &str, value: &str| DeclaredOkMarker {
+            statuses: statuses.to_vec(),
+            member: member.into(),
+            value: value.into(),
+        };
+        for value in [
+            "true",
+            "false",
+            "null",
+            "0",
+            "-1.5e3",
+            "\"success\"",
+            "\"\"",
+        ] {
+            let m = marker(&[(200, 299), (304, 304)], "ok", value);
+            let checked = super::ok_markers(&classifies, std::slice::from_ref(&m));
+            assert!(checked.is_ok(), "{value}: {checked:?}");
+        }
+        assert_eq!(
+            super::ok_markers(&defaults(Vec::new(), 0), &[]),
+            Ok(Vec::new())
+        );
+        let refused = |d: &types::ProviderDefaults, markers: &[DeclaredOkMarker], why: &str| {
+            let err = super::ok_markers(d, markers).expect_err(why);
+            assert!(err.contains(why), "{err:?} should say {why:?}");
+        };
+        let ok = marker(&[(200, 299)], "ok", "true");
+        refused(
+            &defaults(Vec::new(), 1024),
+            std::slice::from_ref(&ok),
+            "classify-response hook",
+        );
+        refused(
+            &defaults(vec![types::Hook::ClassifyResponse], 0),
+            std::slice::from_ref(&ok),
+            "above 0",
+        );
+        refused(&classifies, &vec![ok; 9], "at most 8");
+        for statuses in [&[][..], &[(200, 299); 9]] {
+            refused(
+                &classifies,
+                &[marker(statuses, "ok", "true")],
+                "status ranges; 1 to 8",
+            );
+        }
+        let errors_only = types::ProviderDefaults {
+            classify_statuses: vec![(400, 599)],
+            ..classifies.clone()
+        };
+        refused(
+            &errors_only,
+            &[marker(&[(200, 299)], "ok", "true")],
+            "covers status 200, which classify-statuses does not send",
+        );
+        assert!(super::ok_markers(&errors_only, &[marker(&[(404, 404)], "ok", "true")]).is_ok());
+        let short = types::ProviderDefaults {
+            classify_body_bytes: 10,
+            ..classifies.clone()
+        };
+        refused(
+            &short,
+            &[marker(&[(200, 200)], "ok", "true")],
+            "needs at least 11 bytes of the body; classify-body-bytes is 10",
+        );
+        for range in [(99, 200), (200, 600), (300, 200)] {
+            refused(
+                &classifies,
+                &[marker(&[range], "ok", "true")],
+                "within 100-599",
+            );
+        }
+        for member in ["", "o\"k", "o\\k", "o\nk", &"m".repeat(65)] {
+            refused(
+                &classifies,
+                &[marker(&[(200, 200)], member, "true")],
+                "a member name",
+            );
+        }
+        for value in [
+            "",
+            "True",
+            " true",
+            "true ",
+            "{}",
+            "[true]",
+            "\"a\\\"b\"",
+            "\"\\u0041\"",
+            "tru",
+            &format!("\"{}\"", "v".repeat(63)),
+        ] {
+            refused(
+                &classifies,
+                &[marker(&[(200, 200)], "ok", value)],
+                "not a JSON scalar",
+            );
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Plugin {
     pub(super) prepared: Prepared,
     /// Its routes per context (`routes`, checked), asked at a context's first request.
     pub(super) routes: super::routes::Cache,
+    /// The answers it calls `ok` by their first member (`classify-markers`, checked).
+    pub(super) ok_markers: Vec<super::markers::OkMarker>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -128,11 +130,13 @@ impl Plugin {
     pub fn classifies(&self, status: u16) -> bool {
         self.has(types::Hook::ClassifyResponse)
             && (self.defaults.classify_statuses.is_empty()
-                || self
-                    .defaults
-                    .classify_statuses
-                    .iter()
-                    .any(|(lo, hi)| (*lo..=*hi).contains(&status)))
+                || super::markers::in_ranges(&self.defaults.classify_statuses, status))
+    }
+
+    /// Whether one of its ok markers (`classify-markers`) calls the answer `ok` without
+    /// a call; `body` is the first bytes the plugin would be given.
+    pub fn marks_ok(&self, status: u16, body: &[u8]) -> bool {
+        self.ok_markers.iter().any(|m| m.matches(status, body))
     }
 }
 
@@ -264,6 +268,8 @@ pub async fn load(
         .transpose()
         .map_err(|why| format!("auth-extras static-credential: {why}"))?;
     check_placeholders(&described.defaults, &auth.url_inputs)?;
+    let ok_markers = super::output::ok_markers(&described.defaults, &described.ok_markers)
+        .map_err(|why| format!("classify-markers: {why}"))?;
     let mut plugin = Plugin {
         manifest,
         defaults: described.defaults,
@@ -274,6 +280,7 @@ pub async fn load(
         url_inputs: auth.url_inputs,
         shaped_results: check_shaped(&described.shaped_results)?,
         routes: super::routes::Cache::default(),
+        ok_markers,
         sha256,
         prepared,
     };
@@ -479,6 +486,24 @@ fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), Strin
     Ok(())
 }
 
+/// Defaults of a made-up provider with no OAuth, inputs or hooks, for tests to vary.
+#[cfg(test)]
+pub(super) fn example_defaults() -> types::ProviderDefaults {
+    types::ProviderDefaults {
+        id: "acme".into(),
+        display_name: "Acme".into(),
+        description: String::new(),
+        docs_url: None,
+        api_url: "https://api.acme.example".into(),
+        mcp_url: None,
+        oauth: None,
+        inputs: Vec::new(),
+        hooks: Vec::new(),
+        classify_body_bytes: 0,
+        classify_statuses: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::runtime::catalog::Entry;
@@ -525,12 +550,6 @@ mod tests {
     #[test]
     fn oauth_url_placeholders_must_be_declared_url_inputs() {
         let mut d = types::ProviderDefaults {
-            id: "acme".into(),
-            display_name: "Acme".into(),
-            description: String::new(),
-            docs_url: None,
-            api_url: "https://api.acme.example".into(),
-            mcp_url: None,
             oauth: Some(types::OauthDefaults {
                 authorization_url: "https://api.acme.example/{tenant}/authorize".into(),
                 token_url: "https://api.acme.example/{tenant}/token".into(),
@@ -553,9 +572,7 @@ mod tests {
                 description: String::new(),
                 default_value: Some("common".into()),
             }],
-            hooks: vec![],
-            classify_body_bytes: 0,
-            classify_statuses: vec![],
+            ..example_defaults()
         };
         let tenant = vec!["tenant".to_owned()];
         assert_eq!(check_placeholders(&d, &tenant), Ok(()));

@@ -48,6 +48,7 @@ pub use since_0_1_3::exports::portcullis::provider::routes::Route as DeclaredRou
 pub use since_0_1_4::exports::portcullis::provider::routes_v2::{
     DefaultHeader, GrantHeader, Route as DeclaredRoute,
 };
+pub use since_0_1_5::exports::portcullis::provider::classify_markers::OkMarker as DeclaredOkMarker;
 
 /// Interfaces added in 0.1.1 (`oauth-extras`, `catalog`), which a plugin built against
 /// 0.1.0 does not export: probed for at load ([`Runtime::prepare`]) and called only
@@ -96,6 +97,16 @@ mod since_0_1_4 {
     });
 }
 
+/// The interface added in 0.1.5 (`classify-markers`), probed for like [`since_0_1_1`].
+mod since_0_1_5 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "since-0-1-5",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
 /// The interfaces 0.1.1 added (see [`since_0_1_1`]); a 0.1.1 plugin exports both.
 const SINCE_0_1_1_INTERFACES: [&str; 2] = [
     "portcullis:provider/oauth-extras",
@@ -110,6 +121,8 @@ const ROUTES: &str = "portcullis:provider/routes";
 /// The interface 0.1.4 added (see [`since_0_1_4`]).
 const SINCE_0_1_4_INTERFACES: [&str; 1] = [ROUTES_V2];
 const ROUTES_V2: &str = "portcullis:provider/routes-v2";
+/// The interface 0.1.5 added (see [`since_0_1_5`]).
+const SINCE_0_1_5_INTERFACES: [&str; 1] = ["portcullis:provider/classify-markers"];
 
 /// The WIT package and interface every plugin must export, and the versions this host
 /// runs. Within 0.x only the same minor is compatible.
@@ -307,6 +320,8 @@ pub struct Prepared {
     since_0_1_1: Option<since_0_1_1::Since011Pre<State>>,
     /// The 0.1.2 interfaces, when the plugin exports them (for `Describe`).
     since_0_1_2: Option<since_0_1_2::Since012Pre<State>>,
+    /// The 0.1.5 interface, when the plugin exports it (for `Describe`).
+    since_0_1_5: Option<since_0_1_5::Since015Pre<State>>,
     id: Arc<str>,
     limits: Limits,
 }
@@ -432,6 +447,8 @@ pub struct Description {
     pub auth_options: Option<auth_extras::AuthOptions>,
     /// `tool-results.shaped()` (0.1.2); empty before.
     pub shaped_results: Vec<String>,
+    /// `classify-markers.ok-markers()` (0.1.5); empty before.
+    pub ok_markers: Vec<DeclaredOkMarker>,
 }
 
 /// What the call returned (one variant per [`Call`]).
@@ -541,6 +558,10 @@ impl Runtime {
             .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let since_0_1_3 = probe(&self.engine, &component, &SINCE_0_1_3_INTERFACES, "0.1.3")?;
         let since_0_1_4 = probe(&self.engine, &component, &SINCE_0_1_4_INTERFACES, "0.1.4")?;
+        let since_0_1_5 = probe(&self.engine, &component, &SINCE_0_1_5_INTERFACES, "0.1.5")?
+            .then(|| since_0_1_5::Since015Pre::new(pre.clone()))
+            .transpose()
+            .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
         let exports = Exports::find(
             &self.engine,
             &component,
@@ -556,6 +577,7 @@ impl Runtime {
             base,
             since_0_1_1,
             since_0_1_2,
+            since_0_1_5,
             id: Arc::from(id),
             limits,
         })
@@ -613,7 +635,9 @@ impl Runtime {
         // (without a pool, where there may be fewer permits, one each is enough).
         let instances = match call {
             Call::Describe => {
-                1 + u32::from(p.since_0_1_1.is_some()) + u32::from(p.since_0_1_2.is_some())
+                1 + u32::from(p.since_0_1_1.is_some())
+                    + u32::from(p.since_0_1_2.is_some())
+                    + u32::from(p.since_0_1_5.is_some())
             }
             _ => 1,
         }
@@ -758,7 +782,9 @@ where
 }
 
 /// `defaults()` and the later interfaces' load-time answers. Each later interface gets an
-/// instance of its own binding (they are separate worlds); all share the call's store.
+/// instance of its own binding (they are separate worlds); all share the call's store,
+/// so a plugin of every version takes four instances (and permits) and up to four times
+/// its memory cap here, once, at load.
 async fn describe(p: &Prepared, store: &mut Store<State>) -> wasmtime::Result<Description> {
     let base = p.base.instantiate_async(&mut *store).await?;
     let defaults = base
@@ -795,12 +821,23 @@ async fn describe(p: &Prepared, store: &mut Store<State>) -> wasmtime::Result<De
         }
         None => (None, Vec::new()),
     };
+    let ok_markers = match &p.since_0_1_5 {
+        Some(pre) => {
+            pre.instantiate_async(&mut *store)
+                .await?
+                .portcullis_provider_classify_markers()
+                .call_ok_markers(&mut *store)
+                .await?
+        }
+        None => Vec::new(),
+    };
     Ok(Description {
         defaults,
         oauth_options,
         entries,
         auth_options,
         shaped_results,
+        ok_markers,
     })
 }
 

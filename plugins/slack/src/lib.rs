@@ -10,7 +10,8 @@
 //!   the user token (`xoxp`) under `authed_user`, each with its own scope and, with
 //!   rotation on, its own refresh token (single use) and 12-hour expiry.
 //! - Errors come as HTTP 200 with `{"ok": false, "error": "..."}`; rate limits as 429
-//!   with `Retry-After`.
+//!   with `Retry-After`. Successful answers open with `"ok": true`, so the host
+//!   recognises them by that marker and classifies them without a call.
 //! - Requests choose their token: the bot token by default; an agent sends
 //!   `X-Slack-Token: user` for the user token (the header is not forwarded).
 
@@ -57,6 +58,9 @@ impl Provider for Slack {
             .mcp_url("https://mcp.slack.com/mcp")
             .oauth(oauth)
             .classify_body_bytes(16 * 1024)
+            // Every successful answer opens with `"ok":true`: the host calls it ok
+            // without asking `classify_response`, which would say the same.
+            .ok_when([200..=299], "ok", true)
     }
 
     fn shape_request(ctx: &Context, req: OutgoingRequest) -> Result<ShapedRequest, PluginError> {

@@ -1,11 +1,12 @@
 //! `cargo xtask bench plugins`: the cost of shaping a request with each verified
 //! provider plugin at concurrency 1 and 64, by a plugin call (fresh store, instantiate,
 //! `shape-request`, drop) and as the proxy shapes it (by the plugin's routes where they
-//! cover the path); then the gateway at rest with the four plugins of the resting-memory
+//! cover the path), and of classifying a successful answer as the proxy does; then the gateway at rest with the four plugins of the resting-memory
 //! aim, at a first start and from the compiled-code cache. Runs
 //! `host/examples/plugin_bench.rs` and the gateway in release and writes the `plugins`
 //! section of docs/benchmarks.md. The proxy-level cost (throughput with and without a
-//! plugin) is the `portcullis-plugin` target of `bench proxy`.
+//! plugin) is measured by the `portcullis-plugin` and `portcullis-slack` targets of
+//! `bench proxy`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -59,16 +60,19 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
          allocator, copy-on-write image) + `shape-request` + drop. As the proxy shapes = \
          by the plugin's routes where they cover the request (`routes` below: a prefix \
          match, no call), else by a call; a plugin without a `shape-request` hook is not \
-         asked at all. The request is a GET with a query. {} shapings \
-         per row and way after a warm-up; concurrent tasks yield between them. In-process, \
-         no network.\n",
+         asked at all. The request is a GET with a query. A 200 answer = how the proxy \
+         classifies a successful JSON answer: not at all where the plugin's \
+         `classify-statuses` leave 200 out or it has no `classify-response` hook, by its ok \
+         marker where one matches (WIT 0.1.5, no call), else by a call; timed where it is \
+         classified. {} shapings (and classifications) per row and way after a warm-up; \
+         concurrent tasks yield between them. In-process, no network.\n",
         args.calls
     );
     let _ = writeln!(
         md,
-        "| Provider | concurrency | a call: calls/s | p50 µs | p99 µs | mean µs | as the proxy shapes | calls/s | p50 µs |"
+        "| Provider | concurrency | a call: calls/s | p50 µs | p99 µs | mean µs | as the proxy shapes | calls/s | p50 µs | a 200 answer | p50 µs |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
     for id in crate::plugins::providers(root)? {
         let out = Command::new(&bin)
             .current_dir(root)
@@ -90,6 +94,12 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         } else {
             "a call"
         };
+        let answer = match v["classifies_ok"].as_str() {
+            Some("hook") => "not classified (no `classify-response` hook)",
+            Some("statuses") => "not classified (`classify-statuses`)",
+            Some("marker") => "ok marker",
+            _ => "a call",
+        };
         for l in v["levels"].as_array().into_iter().flatten() {
             let f = |w: &str, k: &str| l[w][k].as_f64().unwrap_or(f64::NAN);
             // Not measured where the proxy makes no call: shown as a dash, not as NaN.
@@ -101,9 +111,14 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
             } else {
                 ("—".to_owned(), "—".to_owned())
             };
+            let classify_p50 = if l["classify"].is_object() {
+                format!("{:.2}", f("classify", "p50_us"))
+            } else {
+                "—".to_owned()
+            };
             let _ = writeln!(
                 md,
-                "| {id} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {way} | {proxy_rate} | {proxy_p50} |",
+                "| {id} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {way} | {proxy_rate} | {proxy_p50} | {answer} | {classify_p50} |",
                 l["concurrency"],
                 f("call", "calls_per_sec"),
                 f("call", "p50_us"),
@@ -111,7 +126,7 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
                 f("call", "mean_us"),
             );
             eprintln!(
-                "bench: {id} c={}: a call p50 {:.1} µs; as the proxy shapes ({way}) p50 {proxy_p50} µs",
+                "bench: {id} c={}: a call p50 {:.1} µs; as the proxy shapes ({way}) p50 {proxy_p50} µs; a 200 answer ({answer}) p50 {classify_p50} µs",
                 l["concurrency"],
                 f("call", "p50_us"),
             );

@@ -38,8 +38,9 @@ use super::postgres::Postgres;
 use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 
 /// Fixed upstream response (~100 bytes of JSON): small enough that the benchmark
-/// measures proxy overhead, not body copying.
-const UPSTREAM_BODY: &str = r#"{"id":42,"name":"portcullis-bench","ok":true,"items":[1,2,3,4,5],"note":"fixed upstream body"}"#;
+/// measures proxy overhead, not body copying. It opens with `"ok":true`, as Slack's
+/// answers do, so the Slack plugin's ok marker applies to it.
+const UPSTREAM_BODY: &str = r#"{"ok":true,"id":42,"name":"portcullis-bench","items":[1,2,3,4,5],"note":"fixed upstream body"}"#;
 /// Secret Portcullis and nginx inject; the upstream counts requests carrying it.
 const SECRET: &str = "bench-secret-token";
 /// Path below the connector prefix that is requested through the proxies.
@@ -62,7 +63,7 @@ pub struct ProxyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,portcullis,portcullis-plugin,portcullis-plugin-calls,portcullis-postgres,portcullis-replicas,nginx,relay,relay-hyper"
+        default_value = "direct,portcullis,portcullis-plugin,portcullis-slack,portcullis-plugin-calls,portcullis-postgres,portcullis-replicas,nginx,relay,relay-hyper"
     )]
     targets: Vec<TargetKind>,
 }
@@ -75,6 +76,10 @@ enum TargetKind {
     /// Portcullis with the connector shaped by a verified provider plugin (Google), whose
     /// routes (WIT 0.1.3) cover every path.
     PortcullisPlugin,
+    /// Portcullis with the connector of the Slack plugin, which classifies every answer
+    /// (Slack reports failures inside HTTP 200): shaped by its routes (WIT 0.1.4), the
+    /// answers classified by its ok marker (WIT 0.1.5), each without a call.
+    PortcullisSlack,
     /// The same plugin as built before routes (WIT 0.1.2): a plugin call per request, as
     /// for providers whose shaping depends on more than the path.
     PortcullisPluginCalls,
@@ -97,6 +102,7 @@ impl TargetKind {
             TargetKind::Direct => "direct (no proxy)",
             TargetKind::Portcullis => "Portcullis",
             TargetKind::PortcullisPlugin => "Portcullis + provider plugin",
+            TargetKind::PortcullisSlack => "Portcullis + Slack plugin",
             TargetKind::PortcullisPluginCalls => "Portcullis + provider plugin, a call per request",
             TargetKind::PortcullisPostgres => "Portcullis on PostgreSQL",
             TargetKind::PortcullisReplicas => "3 Portcullis replicas on PostgreSQL",
@@ -137,6 +143,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
     // produce numbers (useful while the host is under construction).
     let portcullis_bin = if wants(TargetKind::Portcullis)
         || wants(TargetKind::PortcullisPlugin)
+        || wants(TargetKind::PortcullisSlack)
         || wants(TargetKind::PortcullisPluginCalls)
         || wants(TargetKind::PortcullisPostgres)
         || wants(TargetKind::PortcullisReplicas)
@@ -178,20 +185,26 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
             }
             TargetKind::Portcullis
             | TargetKind::PortcullisPlugin
+            | TargetKind::PortcullisSlack
             | TargetKind::PortcullisPluginCalls => {
                 let dir = tmp.path().join(format!("{kind:?}").to_lowercase());
-                let registry = match kind {
-                    TargetKind::PortcullisPlugin => Some(Ok(root.join("registry"))),
+                let plugin = match kind {
+                    TargetKind::PortcullisPlugin => Some((Ok(root.join("registry")), "google")),
+                    TargetKind::PortcullisSlack => Some((Ok(root.join("registry")), "slack")),
                     TargetKind::PortcullisPluginCalls => {
-                        Some(google_without_routes(root, tmp.path()))
+                        Some((google_without_routes(root, tmp.path()), "google"))
                     }
                     _ => None,
                 };
                 with_child(
                     &portcullis_bin,
                     |bin| {
-                        let registry = registry.transpose()?;
-                        start_portcullis(bin, &dir, upstream.addr, registry.as_deref())
+                        let plugin = match plugin {
+                            Some((registry, provider)) => Some((registry?, provider)),
+                            None => None,
+                        };
+                        let plugin = plugin.as_ref().map(|(r, p)| (r.as_path(), *p));
+                        start_portcullis(bin, &dir, upstream.addr, plugin)
                     },
                     &dir.join("stderr.log"),
                     |addr, guard| {
@@ -273,6 +286,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
             TargetKind::Direct,
             TargetKind::Portcullis,
             TargetKind::PortcullisPlugin,
+            TargetKind::PortcullisSlack,
             TargetKind::PortcullisPluginCalls,
             TargetKind::PortcullisPostgres,
             TargetKind::PortcullisReplicas,
@@ -493,20 +507,22 @@ fn on_postgres<M>(
 /// The master key every replica shares (any 32 bytes; the benchmark's vault is empty).
 const REPLICA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+/// A Portcullis in `dir` whose connector points at `upstream`, made from `plugin`'s
+/// provider (a registry and a provider id in it) when one is given.
 fn start_portcullis(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
-    registry: Option<&Path>,
+    plugin: Option<(&Path, &str)>,
 ) -> Result<(ChildGuard, SocketAddr)> {
-    start_portcullis_with(bin, dir, upstream, registry, &[])
+    start_portcullis_with(bin, dir, upstream, plugin, &[])
 }
 
 fn start_portcullis_with(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
-    registry: Option<&Path>,
+    plugin: Option<(&Path, &str)>,
     env: &[(&str, String)],
 ) -> Result<(ChildGuard, SocketAddr)> {
     let mut connector = json!({
@@ -514,9 +530,10 @@ fn start_portcullis_with(
         "url": format!("http://{upstream}"),
         "auth": {"type": "bearer_token", "secret": SECRET},
     });
-    if registry.is_some() {
-        connector["provider"] = json!("google");
-    }
+    let registry = plugin.map(|(registry, provider)| {
+        connector["provider"] = json!(provider);
+        registry
+    });
     let config = json!({
         "identity": {"mode": "loopback"},
         "egress": {"allow_loopback": true},
@@ -862,6 +879,11 @@ impl Report<'_> {
             (
                 TargetKind::PortcullisPlugin,
                 "Google plugin shaping every request through its routes",
+            ),
+            (
+                TargetKind::PortcullisSlack,
+                "Slack plugin shaping every request through its routes and classifying every \
+                 answer by its ok marker",
             ),
             (
                 TargetKind::PortcullisPluginCalls,
