@@ -198,11 +198,9 @@ struct Classifying {
 
 impl Timed for Classifying {
     async fn once(&self) -> anyhow::Result<()> {
-        let class = self
-            .plugins
+        self.plugins
             .classify(&self.plugin, &self.ctx, 200, &self.headers, self.body)
             .await?;
-        anyhow::ensure!(class == types::Classification::Ok, "classified {class:?}");
         Ok(())
     }
 }

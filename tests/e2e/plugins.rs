@@ -487,7 +487,7 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
 /// Ok markers that no recorded answer tests fail a plugin's fixtures: nothing would then
 /// check that `classify-response` calls the answers they match `ok`. Slack's fixtures
 /// without the answers written as Slack writes them (`ok` first) have only answers whose
-/// JSON objects are sent with their members sorted, which its marker never matches.
+/// JSON objects are sent with their members sorted, which its marker does not match.
 #[tokio::test]
 async fn the_fixture_harness_fails_ok_markers_that_no_recorded_answer_tests() {
     let entry = workspace().join("registry/slack");
@@ -509,7 +509,8 @@ async fn the_fixture_harness_fails_ok_markers_that_no_recorded_answer_tests() {
     assert_eq!(failed[0].name, "ok markers");
     let why = failed[0].failure.as_deref().unwrap_or_default();
     assert!(
-        why.contains("no classify_response case matches one") && why.contains("string"),
+        why.contains("no classify_response case matches the ok marker for \"ok\"")
+            && why.contains("string"),
         "{why}"
     );
     // With them, nothing fails.

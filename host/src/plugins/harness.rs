@@ -62,7 +62,7 @@
 //! - A `classify_response` case gives the plugin the body cut to `classify-body-bytes`,
 //!   as the host does, and also checks the plugin's ok markers (WIT 0.1.5): when one
 //!   matches the answer, the host calls it `ok` without asking the plugin, so the plugin
-//!   must call it `ok` too. [`Harness::run_dir`] fails a plugin with markers that no
+//!   must call it `ok` too. [`Harness::run_dir`] fails a plugin with a marker that no
 //!   case matches.
 //!
 //! A failing case names the file, the case, the JSON path where the output differs, and
@@ -71,6 +71,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
@@ -83,9 +84,10 @@ use super::{DiscoveryOutcome, Plugin, Plugins, types};
 pub struct Harness {
     plugins: Arc<Plugins>,
     plugin: Arc<Plugin>,
-    /// `classify_response` cases one of the plugin's ok markers matched, so that a
-    /// marker no recorded answer tests is reported ([`Harness::run_dir`]).
-    marked: std::sync::atomic::AtomicUsize,
+    /// For each of the plugin's ok markers, whether a `classify_response` case of the
+    /// current [`Harness::run_dir`] matched it, so that one no recorded answer tests is
+    /// reported.
+    marked: Vec<AtomicBool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,9 +238,13 @@ impl Harness {
             .await
             .map_err(anyhow::Error::msg)?;
         Ok(Self {
+            marked: plugin
+                .ok_markers
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             plugins,
             plugin: Arc::new(plugin),
-            marked: Default::default(),
         })
     }
 
@@ -258,21 +264,24 @@ impl Harness {
         if files.is_empty() {
             bail!("no *.json fixtures in {}", dir.display());
         }
+        for m in &self.marked {
+            m.store(false, Ordering::Relaxed);
+        }
         let mut results = Vec::new();
         for f in files {
             results.extend(self.run_file(&f).await?);
         }
-        if !self.plugin.ok_markers.is_empty()
-            && self.marked.load(std::sync::atomic::Ordering::Relaxed) == 0
-        {
-            results.push(CaseResult {
-                file: dir.to_owned(),
-                name: "ok markers".to_owned(),
-                failure: Some(
-                    "the plugin declares ok markers but no classify_response case matches one, so nothing checks that classify-response agrees: add a case whose body is a string opening as the marker says (a body written as a JSON object is sent with its members sorted)"
-                        .to_owned(),
-                ),
-            });
+        for (marker, matched) in self.plugin.ok_markers.iter().zip(&self.marked) {
+            if !matched.load(Ordering::Relaxed) {
+                results.push(CaseResult {
+                    file: dir.to_owned(),
+                    name: "ok markers".to_owned(),
+                    failure: Some(format!(
+                        "no classify_response case matches the ok marker for \"{}\", so nothing checks that classify-response agrees with it: add a case whose body is a string opening as the marker says (a body written as a JSON object is sent with its members sorted)",
+                        marker.member
+                    )),
+                });
+            }
         }
         Ok(results)
     }
@@ -453,10 +462,12 @@ impl Harness {
         if let Some(c) = &case.classify_response {
             let body = body_bytes(&c.body);
             let seen = &body[..body.len().min(plugin.defaults.classify_body_bytes as usize)];
-            let marked = plugin.marks_ok(c.status, seen);
-            if marked {
-                self.marked
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut marked = false;
+            for (marker, matched) in plugin.ok_markers.iter().zip(&self.marked) {
+                if marker.matches(c.status, seen) {
+                    matched.store(true, Ordering::Relaxed);
+                    marked = true;
+                }
             }
             let class = p
                 .classify_response(plugin, ctx, c.status, c.headers.clone(), seen.to_vec())

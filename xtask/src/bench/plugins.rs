@@ -1,8 +1,9 @@
 //! `cargo xtask bench plugins`: the cost of shaping a request with each verified
 //! provider plugin at concurrency 1 and 64, by a plugin call (fresh store, instantiate,
 //! `shape-request`, drop) and as the proxy shapes it (by the plugin's routes where they
-//! cover the path), and of classifying a successful answer as the proxy does; then the gateway at rest with the four plugins of the resting-memory
-//! aim, at a first start and from the compiled-code cache. Runs
+//! cover the path), and of classifying a successful answer as the proxy does; then the
+//! gateway at rest with the four plugins of the resting-memory aim, at a first start
+//! and from the compiled-code cache. Runs
 //! `host/examples/plugin_bench.rs` and the gateway in release and writes the `plugins`
 //! section of docs/benchmarks.md. The proxy-level cost (throughput with and without a
 //! plugin) is measured by the `portcullis-plugin` and `portcullis-slack` targets of

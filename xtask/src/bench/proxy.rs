@@ -209,7 +209,12 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
                     &dir.join("stderr.log"),
                     |addr, guard| {
                         let target = proxied_target(kind, addr);
-                        measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)
+                        let measured =
+                            measure(&target, &upstream, Some(guard), &spec_c1, &spec_high)?;
+                        if kind == TargetKind::PortcullisSlack {
+                            no_classify_calls(addr, "slack")?;
+                        }
+                        Ok(measured)
                     },
                 )
             }
@@ -449,10 +454,30 @@ async fn serve_upstream(
     }
 }
 
-/// Starts Portcullis with one HTTP connector to the upstream. With `registry`, the
-/// connector names the Google provider plugin: every request is shaped by it (the bench
-/// path is no Google API, so the URL stays the same; today's plugin routes it, the 0.1.2
-/// one is called) and error statuses would be classified.
+/// Fails unless the gateway at `addr` classified every answer of `plugin`'s connector
+/// without a `classify-response` call (by its ok marker), as the row's label says: a
+/// change to the upstream's body or to the plugin would otherwise time a call per
+/// answer under that label.
+fn no_classify_calls(addr: SocketAddr, plugin: &str) -> Result<()> {
+    let (status, body) = load::probe(addr, "/metrics")?;
+    let text = String::from_utf8_lossy(&body);
+    let calls: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("portcullis_plugin_calls_total{")
+                && l.contains(&format!("plugin=\"{plugin}\""))
+                && l.contains("hook=\"classify-response\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    if status != StatusCode::OK || calls > 0 {
+        bail!(
+            "the {plugin} plugin's ok marker was to classify every answer without a call, but /metrics answered {status} with {calls} classify-response calls"
+        );
+    }
+    Ok(())
+}
+
 /// `replicas` Portcullis processes sharing the vault in `postgres`, each in a folder of
 /// its own below `dir`; `measure` gets the target spread over all of them and the first
 /// one's guard (its memory is reported).
