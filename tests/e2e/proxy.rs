@@ -417,6 +417,69 @@ async fn upstream_statuses_pass_through() {
     }
 }
 
+/// The gateway answers in its own HTTP version whatever the upstream speaks: an
+/// HTTP/1.0 upstream's answer reaches an HTTP/1.1 agent as HTTP/1.1, and the agent's
+/// connection stays open for the next request.
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_in_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let connectors = json!({"old": {"protocol": "http", "url": format!("http://{addr}")}});
+    let host = Host::start(&loopback_config(connectors, admin_everything()));
+    let stream = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = http::Request::get("/v1/connectors/old/x")
+            .header("host", host.addr.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("the connection is still open");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_11);
+        assert!(
+            resp.headers()
+                .get("connection")
+                .is_none_or(|v| v != "close"),
+            "{:?}",
+            resp.headers()
+        );
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+}
+
 #[tokio::test]
 async fn every_seed_http_connector_behaves_as_documented() {
     // The seed documents' examples, verbatim except that `url` points at the local

@@ -527,6 +527,10 @@ impl Outbound {
         class: Classification,
     ) -> Reply {
         parts.headers = crate::headers::from_upstream(&parts.headers);
+        // The gateway answers in its own HTTP version (RFC 9110 §6.2), not the
+        // upstream's: an HTTP/1.0 upstream's version would make the agent's keep-alive
+        // connection an HTTP/1.0 one, closed after this answer.
+        parts.version = http::Version::default();
         mark(&c.id, &class, &mut parts.headers);
         c.credential.scrub_response(&c.id, &mut parts.headers);
         Reply {
