@@ -295,8 +295,8 @@ impl Defaults {
     /// later member of the same name, not whether the rest is well-formed JSON or was
     /// cut off at [`Defaults::classify_body_bytes`]. So `classify_response` must call
     /// `ok` every answer whose first member matches, whatever follows; the fixture
-    /// harness checks each recorded answer a marker matches, and fails a plugin with
-    /// markers but no `classify_response` case that one matches. The statuses must be
+    /// harness checks each recorded answer a marker matches, and fails a plugin with a
+    /// marker that no `classify_response` case matches. The statuses must be
     /// among those [`Defaults::classify_statuses`] sends to `classify_response`. A host
     /// before 0.1.5 calls the plugin as before.
     pub fn ok_when(
