@@ -454,25 +454,27 @@ async fn serve_upstream(
     }
 }
 
-/// Fails unless the gateway at `addr` classified every answer of `plugin`'s connector
-/// without a `classify-response` call (by its ok marker), as the row's label says: a
-/// change to the upstream's body or to the plugin would otherwise time a call per
-/// answer under that label.
+/// Fails unless the gateway at `addr` used `plugin` (its routes were asked for) and
+/// classified every answer of its connector without a `classify-response` call (by its
+/// ok marker), as the row's label says: a change to the upstream's body or to the plugin
+/// would otherwise time a call per answer, or no plugin at all, under that label.
 fn no_classify_calls(addr: SocketAddr, plugin: &str) -> Result<()> {
     let (status, body) = load::probe(addr, "/metrics")?;
     let text = String::from_utf8_lossy(&body);
-    let calls: u64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("portcullis_plugin_calls_total{")
-                && l.contains(&format!("plugin=\"{plugin}\""))
-                && l.contains("hook=\"classify-response\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    if status != StatusCode::OK || calls > 0 {
+    let calls = |hook: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("portcullis_plugin_calls_total{")
+                    && l.contains(&format!("plugin=\"{plugin}\""))
+                    && l.contains(&format!("hook=\"{hook}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (routes, classified) = (calls("request-routes"), calls("classify-response"));
+    if status != StatusCode::OK || routes == 0 || classified > 0 {
         bail!(
-            "the {plugin} plugin's ok marker was to classify every answer without a call, but /metrics answered {status} with {calls} classify-response calls"
+            "the {plugin} plugin was to shape every request by its routes and classify every answer by its ok marker, but /metrics answered {status} with {routes} request-routes and {classified} classify-response calls"
         );
     }
     Ok(())
