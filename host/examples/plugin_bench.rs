@@ -174,13 +174,15 @@ impl Timed for Shaping {
             base: &self.base,
             credential_header: None,
         };
-        let (ctx, req) = (self.ctx.clone(), self.req.clone());
+        let req = self.req.clone();
         if self.by_call {
             self.plugins
-                .shape_by_call(&self.plugin, ctx, req, bounds)
+                .shape_by_call(&self.plugin, self.ctx.clone(), req, bounds)
                 .await?;
         } else {
-            self.plugins.shape(&self.plugin, ctx, req, bounds).await?;
+            self.plugins
+                .shape(&self.plugin, &self.ctx, req, bounds)
+                .await?;
         }
         Ok(())
     }

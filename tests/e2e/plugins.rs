@@ -95,13 +95,18 @@ async fn run_fixtures(h: &Harness, id: &str) -> (usize, Vec<String>) {
     (results.len(), failed)
 }
 
+/// The fixture harness of a registry entry folder (its `plugin.wasm` and `plugin.toml`).
+async fn harness_of(entry: &std::path::Path) -> Harness {
+    Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:#}", entry.display()))
+}
+
 #[tokio::test]
 async fn every_provider_passes_its_golden_fixtures_through_the_real_runtime() {
     for id in &verified_providers() {
         let entry = workspace().join("registry").join(id);
-        let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
-            .await
-            .unwrap_or_else(|e| panic!("{id}: {e:#}"));
+        let h = harness_of(&entry).await;
         let (cases, failed) = run_fixtures(&h, id).await;
         assert!(cases >= 8, "{id}: only {cases} cases");
         assert!(failed.is_empty(), "{id}:\n{}", failed.join("\n"));
@@ -120,9 +125,7 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads_and_runs() {
             .any(|w| w == b"portcullis:provider/plugin@0.1.0"),
         "the fixture is a 0.1.0 component"
     );
-    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
-        .await
-        .expect("a 0.1.0 component loads");
+    let h = harness_of(&old).await;
     assert!(!h.plugin().oauth_style.json);
     assert!(h.plugin().oauth_style.headers.is_empty());
     assert!(h.plugin().entries.is_empty());
@@ -143,9 +146,7 @@ async fn a_plugin_built_against_wit_0_1_1_still_loads_and_runs() {
             .any(|w| w == b"portcullis:provider/plugin@0.1.1"),
         "the fixture is a 0.1.1 component"
     );
-    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
-        .await
-        .expect("a 0.1.1 component loads");
+    let h = harness_of(&old).await;
     let p = h.plugin();
     assert!(p.oauth_style.json, "0.1.1's oauth-extras still read");
     assert!(p.refresh_url.is_none());
@@ -167,17 +168,13 @@ async fn a_plugin_built_against_wit_0_1_2_still_loads_and_runs() {
             .any(|w| w == b"portcullis:provider/plugin@0.1.2"),
         "the fixture is a 0.1.2 component"
     );
-    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
-        .await
-        .expect("a 0.1.2 component loads");
+    let h = harness_of(&old).await;
     assert!(!h.plugin().exports_routes());
     assert!(!h.plugin().entries.is_empty(), "0.1.1's catalog still read");
     let (_, failed) = run_fixtures(&h, "google").await;
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     let current = workspace().join("registry/google");
-    let h = Harness::load(&current.join("plugin.wasm"), &current.join("plugin.toml"))
-        .await
-        .expect("load");
+    let h = harness_of(&current).await;
     assert!(h.plugin().exports_routes());
 }
 
@@ -215,9 +212,7 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
         has(b"portcullis:provider/routes@0.1.3") && !has(b"routes-v2"),
         "the fixture is a 0.1.3 component"
     );
-    let h = Harness::load(&old.join("plugin.wasm"), &old.join("plugin.toml"))
-        .await
-        .expect("a 0.1.3 component loads");
+    let h = harness_of(&old).await;
     assert!(h.plugin().exports_routes());
     let (_, failed) = run_fixtures(&h, "notion").await;
     assert!(failed.is_empty(), "{}", failed.join("\n"));
@@ -250,7 +245,7 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
             .expect("routes")
     );
     let routed = plugins
-        .shape(&notion, ctx.clone(), req(&[]), bounds)
+        .shape(&notion, &ctx, req(&[]), bounds)
         .await
         .expect("shaped by the routes");
     assert_eq!(routed.url.as_str(), "https://api.notion.com/v1/users/me");
@@ -263,7 +258,7 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
     let theirs = plugins
         .shape(
             &notion,
-            ctx,
+            &ctx,
             req(&[("Notion-Version", "2025-09-03")]),
             bounds,
         )
@@ -303,7 +298,7 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
             .expect("routes")
     );
     let routed = plugins
-        .shape(&google, ctx.clone(), req.clone(), bounds)
+        .shape(&google, &ctx, req.clone(), bounds)
         .await
         .expect("shaped by the routes");
     let called = plugins
@@ -467,7 +462,7 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
             assert!(by_routes, "{id}: no route covers {req:?}");
             covered += 1;
             let routed = plugins
-                .shape(&plugin, ctx.clone(), req.clone(), bounds)
+                .shape(&plugin, &ctx, req.clone(), bounds)
                 .await
                 .expect("shaped by the routes");
             let what = format!("{id} {base_url} {req:?}");
@@ -491,9 +486,7 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
 #[tokio::test]
 async fn the_fixture_harness_fails_ok_markers_that_no_recorded_answer_tests() {
     let entry = workspace().join("registry/slack");
-    let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
-        .await
-        .expect("load");
+    let h = harness_of(&entry).await;
     let fixtures = workspace().join("plugins/slack/fixtures");
     let dir = tempfile::tempdir().expect("dir");
     for file in ["api.json", "tokens.json"] {
@@ -555,9 +548,7 @@ async fn the_fixture_harness_fails_routes_that_disagree_with_shape_request() {
 #[tokio::test]
 async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
     let entry = workspace().join("registry/salesforce");
-    let h = Harness::load(&entry.join("plugin.wasm"), &entry.join("plugin.toml"))
-        .await
-        .expect("load");
+    let h = harness_of(&entry).await;
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(
         dir.path().join("wrong.json"),

@@ -56,6 +56,9 @@ enum BenchCommand {
     /// high-concurrency phase (or its concurrency-1 one), each sample charged to a
     /// layer.
     Profile(bench::profile::ProfileArgs),
+    /// Instructions the gateway executes in user space for a proxied request, with and
+    /// without a provider plugin, counted under valgrind's callgrind tool.
+    Instructions(bench::instructions::InstructionsArgs),
 }
 
 /// Set in the re-executed child so it does not re-execute again; also lets a developer
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
             BenchCommand::Refresh(args) => bench::refresh::run(&root, args),
             BenchCommand::Soak(args) => bench::soak::run(&root, args),
             BenchCommand::Profile(args) => bench::profile::run(&root, args),
+            BenchCommand::Instructions(args) => bench::instructions::run(&root, args),
         },
         Command::BenchRelay(args) => bench::relay::run(args),
     }

@@ -43,21 +43,66 @@ impl UpstreamBody {
     }
 
     /// Reads up to `limit` bytes (waiting at most `idle` for each piece). Returns them and
-    /// what is left: `None` when the body ended within them.
+    /// what is left: `None` when the body ended within them. The first piece is kept as
+    /// it came, not copied: a short answer is one piece.
     pub async fn read_prefix(mut self, limit: usize, idle: Duration) -> (Bytes, Option<Self>) {
-        let mut buf = bytes::BytesMut::new();
-        while buf.len() <= limit {
+        let mut read = Prefix::default();
+        while read.len() <= limit {
             match tokio::time::timeout(idle, self.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        buf.extend_from_slice(&data);
+                        read.push(data);
                     }
                 }
-                Ok(Some(Err(_))) | Err(_) => return (buf.freeze(), Some(self)),
-                Ok(None) => return (buf.freeze(), None),
+                Ok(Some(Err(_))) | Err(_) => return (read.bytes(), Some(self)),
+                Ok(None) => return (read.bytes(), None),
             }
         }
-        (buf.freeze(), Some(self))
+        (read.bytes(), Some(self))
+    }
+}
+
+/// The pieces [`UpstreamBody::read_prefix`] read: the first as it came, and once a
+/// second one arrives, all of them copied together.
+#[derive(Default)]
+enum Prefix {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(bytes::BytesMut),
+}
+
+impl Prefix {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(b) => b.len(),
+            Self::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(data),
+            Self::One(first) => {
+                let mut all = bytes::BytesMut::with_capacity(first.len() + data.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                Self::Many(all)
+            }
+            Self::Many(mut all) => {
+                all.extend_from_slice(&data);
+                Self::Many(all)
+            }
+        };
+    }
+
+    fn bytes(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(b) => b.freeze(),
+        }
     }
 }
 
@@ -94,5 +139,28 @@ impl http_body::Body for UpstreamBody {
         }
         h.set_lower(h.lower() + extra);
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_of_one_piece_is_that_piece_and_of_more_all_of_them_in_order() {
+        assert!(Prefix::default().bytes().is_empty());
+        let one = Bytes::from_static(b"{\"ok\":true}");
+        let mut read = Prefix::default();
+        read.push(one.clone());
+        assert_eq!(read.len(), one.len());
+        let kept = read.bytes();
+        assert_eq!(kept, one);
+        assert_eq!(kept.as_ptr(), one.as_ptr(), "not copied");
+        let mut read = Prefix::default();
+        for piece in ["{\"ok\"", ":tr", "ue}"] {
+            read.push(Bytes::from_static(piece.as_bytes()));
+        }
+        assert_eq!(read.len(), 11);
+        assert_eq!(read.bytes(), Bytes::from_static(b"{\"ok\":true}"));
     }
 }

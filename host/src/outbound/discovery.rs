@@ -85,9 +85,21 @@ impl Outbound {
         plugin: &Plugin,
     ) -> Option<types::Context> {
         let base = match &connector.url {
-            Some(u) => u.to_string(),
-            None => url::Url::parse(&plugin.defaults.api_url).ok()?.to_string(),
+            Some(u) => std::borrow::Cow::Borrowed(u),
+            None => std::borrow::Cow::Owned(url::Url::parse(&plugin.defaults.api_url).ok()?),
         };
+        Some(self.context_at(connector, user, plugin, &base))
+    }
+
+    /// [`Outbound::plugin_context`] with the connector's base URL already resolved: it is
+    /// built for every request a plugin shapes, so nothing is done twice.
+    fn context_at(
+        &self,
+        connector: &Connector,
+        user: Option<&str>,
+        plugin: &Plugin,
+        base: &url::Url,
+    ) -> types::Context {
         let mut variables: Vec<(String, String)> = plugin
             .defaults
             .inputs
@@ -99,15 +111,15 @@ impl Outbound {
         if let (Some(pu), Some(user)) = (connector.per_user(), user) {
             variables.extend(self.connections.variables(pu, user));
         }
-        Some(types::Context {
+        types::Context {
             connector: connector.id.clone(),
-            base_url: base,
+            base_url: base.as_str().to_owned(),
             variables,
-        })
+        }
     }
 
-    /// The connection's variables for the plugin: [`Outbound::plugin_context`] plus what
-    /// discovery found (run once and cached).
+    /// The connection's variables for the plugin: [`Outbound::plugin_context`] at `base`
+    /// plus what discovery found (run once and cached).
     pub(super) async fn context(
         &self,
         connector: &Connector,
@@ -118,15 +130,7 @@ impl Outbound {
         let id = connector.id.as_str();
         // A per-user connection's variables come from that user's token responses.
         let user = connector.per_user().and(user);
-        let mut ctx = self
-            .plugin_context(connector, user, plugin)
-            .ok_or_else(|| {
-                Error::connector(ApiError::bad_gateway(
-                    "connector_misconfigured",
-                    format!("connector \"{id}\" has no usable url"),
-                ))
-            })?;
-        ctx.base_url = base.to_string();
+        let mut ctx = self.context_at(connector, user, plugin, base);
         if !plugin.has(Hook::Discover) {
             return Ok(ctx);
         }

@@ -272,7 +272,7 @@ impl Outbound {
         }
         let req = types::OutgoingRequest {
             method: wit_method(method).unwrap_or(types::Method::Get),
-            path: format!("/{path}"),
+            path: ["/", path].concat(),
             query,
             headers: crate::plugins::wit_headers(headers),
         };
@@ -282,7 +282,7 @@ impl Outbound {
         };
         let shaped = self
             .plugins
-            .shape(&p, ctx.clone(), req, bounds)
+            .shape(&p, &ctx, req, bounds)
             .await
             .map_err(|e| Error::plugin(&c.id, &e))?;
         shaped.apply_headers(headers);

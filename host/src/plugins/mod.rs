@@ -215,11 +215,11 @@ impl Plugins {
     pub async fn shape(
         &self,
         plugin: &Plugin,
-        ctx: types::Context,
+        ctx: &types::Context,
         req: types::OutgoingRequest,
         bounds: Bounds<'_>,
     ) -> Result<Shaped, CallError> {
-        let routed = match self.routes(plugin, &ctx, bounds).await? {
+        let routed = match self.routes(plugin, ctx, bounds).await? {
             Some(routes) => routes.shape(&req),
             None => None,
         };
@@ -229,7 +229,8 @@ impl Plugins {
                 "shape-request",
                 output::routed(plugin, bounds, routed),
             ),
-            None => self.shape_by_call(plugin, ctx, req, bounds).await,
+            // Only a call needs the context of its own (routes run for every request).
+            None => self.shape_by_call(plugin, ctx.clone(), req, bounds).await,
         }
     }
 

@@ -140,7 +140,8 @@ pub(super) fn routed(
     allowed(plugin, bounds.base, &routed.url, raw)?;
     Ok(Shaped {
         set: headers(plugin, &routed.set_headers, bounds.credential_header)?,
-        remove: removed(plugin, &routed.remove_headers)?,
+        // Parsed when the route was checked ([`grant_header`]).
+        remove: routed.remove_headers,
         url: routed.url,
         grant: routed.grant,
     })
@@ -446,7 +447,7 @@ fn grant_header(
     plugin: &Plugin,
     g: super::runtime::GrantHeader,
 ) -> Result<super::routes::GrantHeader, CallError> {
-    HeaderName::try_from(g.name.as_str()).map_err(|_| {
+    let name = HeaderName::try_from(g.name.as_str()).map_err(|_| {
         invalid(
             plugin,
             format!("\"{}\" is not a header name", clip(&g.name)),
@@ -472,10 +473,7 @@ fn grant_header(
         }
         values.push((value, grant));
     }
-    Ok(super::routes::GrantHeader {
-        name: g.name.to_ascii_lowercase(),
-        values,
-    })
+    Ok(super::routes::GrantHeader { name, values })
 }
 
 /// What a declared route keeps in memory, for [`MAX_ROUTES_BYTES`]: its strings, each

@@ -62,10 +62,10 @@ impl QueryParam {
     }
 }
 
-/// The header an agent picks the grant with (lower-case), and the grant of each value.
+/// The header an agent picks the grant with, and the grant of each value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct GrantHeader {
-    pub(super) name: String,
+    pub(super) name: http::HeaderName,
     pub(super) values: Vec<(String, Option<String>)>,
 }
 
@@ -75,8 +75,8 @@ pub(super) struct GrantHeader {
 pub struct Routed {
     pub url: url::Url,
     pub set_headers: Vec<types::Header>,
-    /// The grant header, when the route has one (lower-case).
-    pub remove_headers: Vec<String>,
+    /// The grant header, when the route has one.
+    pub remove_headers: Vec<http::HeaderName>,
     pub grant: Option<String>,
 }
 
@@ -150,7 +150,7 @@ impl GrantHeader {
     /// The grant the request's header picks (none without the header), or `None` when
     /// its value is not one the route lists.
     fn grant(&self, headers: &[types::Header]) -> Option<Option<String>> {
-        let Some(value) = first(headers, &self.name) else {
+        let Some(value) = first(headers, self.name.as_str()) else {
             return Some(None);
         };
         let value = value.trim();
@@ -216,12 +216,19 @@ fn covers(prefix: &str, path: &str) -> bool {
 /// requests that arrive meanwhile wait for that answer instead of asking again.
 #[derive(Debug, Default)]
 pub struct Cache {
-    by_context: Mutex<HashMap<Key, Arc<OnceCell<Arc<Routes>>>>>,
+    /// Hashed with foldhash (seeded per process, only minimally resistant to chosen
+    /// collisions): SipHash cost a routed request more than the rest of the lookup, and
+    /// the map is bounded ([`MAX_CONTEXTS`]), its keys set by config and providers.
+    by_context: Mutex<HashMap<types::Context, Asked, foldhash::fast::RandomState>>,
 }
+
+/// A context's routes, once asked for.
+type Asked = Arc<OnceCell<Arc<Routes>>>;
 
 impl Cache {
     /// The routes for `ctx`, from `ask` the first time. An `ask` that fails is not kept:
-    /// the next request asks again.
+    /// the next request asks again. The context is looked up as it is and copied only
+    /// when it is new: this runs for every request a plugin's routes shape.
     pub async fn get_or_ask<F, Fut, E>(
         &self,
         ctx: &types::Context,
@@ -231,29 +238,22 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Routes, E>>,
     {
-        let key = key(ctx);
         let cell = {
             let mut map = self.by_context.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_CONTEXTS && !map.contains_key(&key) {
-                map.clear();
+            match map.get(ctx) {
+                Some(cell) => cell.clone(),
+                None => {
+                    if map.len() >= MAX_CONTEXTS {
+                        map.clear();
+                    }
+                    map.entry(ctx.clone()).or_default().clone()
+                }
             }
-            map.entry(key).or_default().clone()
         };
         cell.get_or_try_init(|| async { ask().await.map(Arc::new) })
             .await
             .cloned()
     }
-}
-
-/// A context as a map key: exactly the parts a plugin's routes may depend on.
-type Key = (String, String, Vec<types::Variable>);
-
-fn key(ctx: &types::Context) -> Key {
-    (
-        ctx.connector.clone(),
-        ctx.base_url.clone(),
-        ctx.variables.clone(),
-    )
 }
 
 #[cfg(test)]
@@ -495,7 +495,7 @@ mod tests {
     fn a_grant_header_picks_the_grant_or_leaves_the_request_to_the_plugin() {
         let routes = Routes::new(vec![Route {
             grant_header: Some(GrantHeader {
-                name: "x-slack-token".into(),
+                name: http::HeaderName::from_static("x-slack-token"),
                 values: vec![("bot".into(), None), ("user".into(), Some("user".into()))],
             }),
             ..route("", "https://slack.com/api")
@@ -505,7 +505,7 @@ mod tests {
                 .shape(&req("/auth.test", None, headers))
                 .map(|s| (s.grant, s.remove_headers))
         };
-        let removed = vec!["x-slack-token".to_owned()];
+        let removed = vec![http::HeaderName::from_static("x-slack-token")];
         assert_eq!(grant(&[]), Some((None, removed.clone())));
         assert_eq!(
             grant(&[("x-slack-token", "bot")]),

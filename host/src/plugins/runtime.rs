@@ -37,7 +37,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "provider-base",
     exports: { default: async },
-    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    // `Eq` and `Hash`: a context is the key of a plugin's routes (`routes::Cache`).
+    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash],
 });
 
 pub use self::portcullis::provider::types;

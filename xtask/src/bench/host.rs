@@ -354,6 +354,19 @@ pub fn spawn_portcullis(
     registry: Option<&Path>,
     env: &[(&str, String)],
 ) -> Result<(ChildGuard, SocketAddr)> {
+    spawn_portcullis_within(bin, dir, config, registry, env, READY_TIMEOUT)
+}
+
+/// [`spawn_portcullis`], waiting up to `ready` for `/healthz` (a program started under a
+/// tool such as valgrind starts many times slower).
+pub fn spawn_portcullis_within(
+    bin: &Path,
+    dir: &Path,
+    config: &serde_json::Value,
+    registry: Option<&Path>,
+    env: &[(&str, String)],
+    ready: Duration,
+) -> Result<(ChildGuard, SocketAddr)> {
     fs::create_dir_all(dir.join("data")).context("creating portcullis data dir")?;
     let config_path = config_path(dir);
     if let Some(folder) = config_path.parent() {
@@ -392,7 +405,7 @@ pub fn spawn_portcullis(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut guard = ChildGuard::new("portcullis", child, "TERM");
-    wait_ready(&mut guard, "portcullis", addr, "/healthz", true)
+    wait_ready_within(&mut guard, "portcullis", addr, "/healthz", true, ready)
         .map_err(|e| with_log_tail(e, &dir.join("stderr.log")))?;
     let ready_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     thread::sleep(IDLE_SETTLE);

@@ -198,6 +198,10 @@ pub struct Stats {
     pub last_error: Option<String>,
     /// CPU time spent per successful request during the phase.
     pub cpu: CpuPerRequest,
+    /// Instructions the program measured executed in user space over the phase, when
+    /// counted ([`run_counted`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u64>,
 }
 
 /// CPU time (user + system) per successful request of a measured phase, in µs: what a
@@ -278,7 +282,19 @@ pub fn run(target: &Target, spec: &LoadSpec) -> Result<Stats> {
 /// the measured phase reported per request.
 fn run_charging(target: &Target, spec: &LoadSpec, servers: &[u32]) -> Result<Stats> {
     let rt = build_runtime(spec.client_threads)?;
-    rt.block_on(run_async(target, spec, servers))
+    rt.block_on(run_async(target, spec, servers, None))
+}
+
+/// [`run`], with the instructions the program under `counter` executed over the
+/// measured phase (zeroed just before its first request, read just after its last
+/// answer, on the connections the warm-up opened) in [`Stats::instructions`].
+pub fn run_counted(
+    target: &Target,
+    spec: &LoadSpec,
+    counter: &super::callgrind::Counter,
+) -> Result<Stats> {
+    let rt = build_runtime(spec.client_threads)?;
+    rt.block_on(run_async(target, spec, &[], Some(counter)))
 }
 
 /// Runs the concurrency-1 phase, then the high-concurrency one, against `target`,
@@ -450,7 +466,12 @@ struct WorkerOut {
     last_error: Option<String>,
 }
 
-async fn run_async(target: &Target, spec: &LoadSpec, servers: &[u32]) -> Result<Stats> {
+async fn run_async(
+    target: &Target,
+    spec: &LoadSpec,
+    servers: &[u32],
+    counter: Option<&super::callgrind::Counter>,
+) -> Result<Stats> {
     let uri: Uri = target
         .path
         .parse()
@@ -470,9 +491,15 @@ async fn run_async(target: &Target, spec: &LoadSpec, servers: &[u32]) -> Result<
         tokio::time::sleep_until(at.into()).await;
     }
     let recorder = super::profile::start(servers, spec.measure.concurrency)?;
+    if let Some(counter) = counter {
+        counter.zero()?;
+    }
     let before = CpuClock::read(servers);
     let (_, mut stats) = run_phase(&target, &uri, senders, &spec.measure).await?;
     stats.cpu = before.per_request(&CpuClock::read(servers), stats.ok);
+    if let Some(counter) = counter {
+        stats.instructions = Some(counter.read()?);
+    }
     super::profile::finish(recorder, stats.cpu.server_us)?;
     super::check_interrupted()?;
     Ok(stats)
@@ -551,6 +578,7 @@ async fn run_phase(
         max_us: us(total.max()),
         last_error: out.last_error,
         cpu: CpuPerRequest::default(),
+        instructions: None,
     };
     Ok((senders, stats))
 }

@@ -6,8 +6,10 @@
 //! (which set a flag that the load loops and waits poll, so the stack unwinds through
 //! the guards instead of the process dying with children left behind).
 
+mod callgrind;
 mod contextforge;
 pub mod host;
+pub mod instructions;
 pub mod load;
 pub mod mcp;
 pub mod plugins;
@@ -496,18 +498,31 @@ impl LoadArgs {
             fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
             eprintln!("bench: wrote {}", out.display());
         }
-        if self.no_docs || (complete && failures.is_empty()) {
-            update_docs(root, section, markdown, self.no_docs)?;
-        } else {
-            eprintln!(
-                "bench: docs/benchmarks.md not updated (needs every target measured successfully)"
-            );
-        }
-        if !failures.is_empty() {
-            bail!("some targets failed:\n  {}", failures.join("\n  "));
-        }
-        Ok(())
+        publish(root, section, markdown, self.no_docs, failures, complete)
     }
+}
+
+/// Writes `markdown` into docs/benchmarks.md when every target ran and none failed
+/// (unless `no_docs`), then fails if any target did.
+pub fn publish(
+    root: &Path,
+    section: &str,
+    markdown: &str,
+    no_docs: bool,
+    failures: &[String],
+    complete: bool,
+) -> Result<()> {
+    if no_docs || (complete && failures.is_empty()) {
+        update_docs(root, section, markdown, no_docs)?;
+    } else {
+        eprintln!(
+            "bench: docs/benchmarks.md not updated (needs every target measured successfully)"
+        );
+    }
+    if !failures.is_empty() {
+        bail!("some targets failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
 }
 
 /// Measurements for one target, or why it could not be measured.

@@ -40,11 +40,11 @@ use super::{ChildGuard, LoadArgs, MachineInfo, ServerThread};
 /// Fixed upstream response (~100 bytes of JSON): small enough that the benchmark
 /// measures proxy overhead, not body copying. It opens with `"ok":true`, as Slack's
 /// answers do, so the Slack plugin's ok marker applies to it.
-const UPSTREAM_BODY: &str = r#"{"ok":true,"id":42,"name":"portcullis-bench","items":[1,2,3,4,5],"note":"fixed upstream body"}"#;
+pub(super) const UPSTREAM_BODY: &str = r#"{"ok":true,"id":42,"name":"portcullis-bench","items":[1,2,3,4,5],"note":"fixed upstream body"}"#;
 /// Secret Portcullis and nginx inject; the upstream counts requests carrying it.
 const SECRET: &str = "bench-secret-token";
 /// Path below the connector prefix that is requested through the proxies.
-const UPSTREAM_PATH: &str = "/items/42?fields=id,name";
+pub(super) const UPSTREAM_PATH: &str = "/items/42?fields=id,name";
 pub(super) const CONNECTOR_PREFIX: &str = "/v1/connectors/bench";
 
 /// Options for `cargo xtask bench proxy`.
@@ -70,7 +70,7 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-enum TargetKind {
+pub(super) enum TargetKind {
     Direct,
     Portcullis,
     /// Portcullis with the connector shaped by a verified provider plugin (Google), whose
@@ -97,7 +97,7 @@ enum TargetKind {
 }
 
 impl TargetKind {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct (no proxy)",
             TargetKind::Portcullis => "Portcullis",
@@ -188,14 +188,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
             | TargetKind::PortcullisSlack
             | TargetKind::PortcullisPluginCalls => {
                 let dir = tmp.path().join(format!("{kind:?}").to_lowercase());
-                let plugin = match kind {
-                    TargetKind::PortcullisPlugin => Some((Ok(root.join("registry")), "google")),
-                    TargetKind::PortcullisSlack => Some((Ok(root.join("registry")), "slack")),
-                    TargetKind::PortcullisPluginCalls => {
-                        Some((google_without_routes(root, tmp.path()), "google"))
-                    }
-                    _ => None,
-                };
+                let plugin = provider_of(kind, root, tmp.path());
                 with_child(
                     &portcullis_bin,
                     |bin| {
@@ -310,7 +303,7 @@ pub fn run(root: &Path, args: ProxyArgs) -> Result<()> {
     )
 }
 
-fn proxied_target(kind: TargetKind, addr: SocketAddr) -> Target {
+pub(super) fn proxied_target(kind: TargetKind, addr: SocketAddr) -> Target {
     Target::get(
         kind.label(),
         addr,
@@ -391,14 +384,14 @@ impl Counters {
 
 /// The loopback upstream: a hyper HTTP/1.1 server on its own thread (see
 /// [`ServerThread`]).
-struct Upstream {
-    addr: SocketAddr,
+pub(super) struct Upstream {
+    pub(super) addr: SocketAddr,
     counters: Arc<Counters>,
     _server: ServerThread,
 }
 
 impl Upstream {
-    fn start(threads: usize) -> Result<Self> {
+    pub(super) fn start(threads: usize) -> Result<Self> {
         let counters = Arc::new(Counters::default());
         let c = Arc::clone(&counters);
         let server = ServerThread::start("bench-upstream", threads, move |listener, shutdown| {
@@ -458,7 +451,7 @@ async fn serve_upstream(
 /// classified every answer of its connector without a `classify-response` call (by its
 /// ok marker), as the row's label says: a change to the upstream's body or to the plugin
 /// would otherwise time a call per answer, or no plugin at all, under that label.
-fn no_classify_calls(addr: SocketAddr, plugin: &str) -> Result<()> {
+pub(super) fn no_classify_calls(addr: SocketAddr, plugin: &str) -> Result<()> {
     let (status, body) = load::probe(addr, "/metrics")?;
     let text = String::from_utf8_lossy(&body);
     let calls = |hook: &str| -> u64 {
@@ -536,7 +529,7 @@ const REPLICA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// A Portcullis in `dir` whose connector points at `upstream`, made from `plugin`'s
 /// provider (a registry and a provider id in it) when one is given.
-fn start_portcullis(
+pub(super) fn start_portcullis(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
@@ -552,6 +545,16 @@ fn start_portcullis_with(
     plugin: Option<(&Path, &str)>,
     env: &[(&str, String)],
 ) -> Result<(ChildGuard, SocketAddr)> {
+    let (config, registry) = portcullis_config(upstream, plugin);
+    spawn_portcullis(bin, dir, &config, registry, env)
+}
+
+/// The config of a Portcullis target whose connector points at `upstream` (made from
+/// `plugin`'s provider when one is given), and the registry it loads plugins from.
+pub(super) fn portcullis_config<'r>(
+    upstream: SocketAddr,
+    plugin: Option<(&'r Path, &str)>,
+) -> (serde_json::Value, Option<&'r Path>) {
     let mut connector = json!({
         "protocol": "http",
         "url": format!("http://{upstream}"),
@@ -570,7 +573,23 @@ fn start_portcullis_with(
             "app": {"tailscale.com/cap/aperture": [{"role": "admin"}, {"connectors": ["bench/**"]}]},
         }],
     });
-    spawn_portcullis(bin, dir, &config, registry, env)
+    (config, registry)
+}
+
+/// The registry and provider a Portcullis target's connector is made from, if any: the
+/// verified registry's Google or Slack plugin, or the Google plugin before routes (in a
+/// registry of its own below `tmp`).
+pub(super) fn provider_of(
+    kind: TargetKind,
+    root: &Path,
+    tmp: &Path,
+) -> Option<(Result<PathBuf>, &'static str)> {
+    match kind {
+        TargetKind::PortcullisPlugin => Some((Ok(root.join("registry")), "google")),
+        TargetKind::PortcullisSlack => Some((Ok(root.join("registry")), "slack")),
+        TargetKind::PortcullisPluginCalls => Some((google_without_routes(root, tmp), "google")),
+        _ => None,
+    }
 }
 
 /// A registry holding only the Google plugin as built against WIT 0.1.2, before routes
