@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use hyper::StatusCode;
 
 use super::callgrind::{Counter, Tools};
 use super::host::{build_portcullis, prepare_portcullis, spawn_portcullis_within, with_log_tail};
@@ -153,11 +152,10 @@ pub fn run(root: &Path, args: InstructionsArgs) -> Result<()> {
     )
 }
 
-/// Counts one target: the Portcullis started natively first, to check it answers as
-/// it should, then the same Portcullis under callgrind, both phases counted. (The
-/// compiled-code cache the first start fills does not serve the second: wasmtime keys
+/// Counts one target: its Portcullis started under callgrind, checked to answer as the
+/// upstream does, both phases counted. (It compiles its plugin there: wasmtime keys
 /// compiled code by the CPU features it finds, and valgrind hides some, AVX-512 among
-/// them, so the start under callgrind compiles its plugin again.)
+/// them, so no cache a native start filled would serve it.)
 fn count(
     root: &Path,
     bin: &Path,
@@ -175,12 +173,6 @@ fn count(
     };
     let plugin = plugin.as_ref().map(|(r, p)| (r.as_path(), *p));
     let log = dir.join("stderr.log");
-    let (mut guard, addr) = proxy::start_portcullis(bin, &dir, upstream.addr, plugin)?;
-    let target = proxy::proxied_target(kind.proxy(), addr);
-    let answered = check_answer(&target);
-    guard.stop();
-    answered.map_err(|e| with_log_tail(e, &log))?;
-
     let wrapper = tools.wrapper(&dir, bin)?;
     let (config, registry) = proxy::portcullis_config(upstream.addr, plugin);
     let (mut guard, addr) = spawn_portcullis_within(
@@ -194,7 +186,7 @@ fn count(
     let counter = tools.counter(&dir, guard.pid());
     let target = proxy::proxied_target(kind.proxy(), addr);
     let counted = (|| -> Result<Count> {
-        check_answer(&target)?;
+        proxy::check_answer(&target)?;
         let at_one = per_request(&target, &counter, 1, args.requests)?;
         let high = usize::try_from(args.concurrency_high).unwrap_or(64);
         let at_high = per_request(&target, &counter, high, args.requests)?;
@@ -279,19 +271,6 @@ fn with_timeout(manifest: &str, ms: i64) -> String {
         out.push(format!("\n[limits]\n{setting}"));
     }
     out.join("\n") + "\n"
-}
-
-/// Fails unless the target answers with the upstream's fixed body.
-fn check_answer(target: &Target) -> Result<()> {
-    let (status, body) = load::probe_target(target)?;
-    if status != StatusCode::OK || body != proxy::UPSTREAM_BODY.as_bytes() {
-        bail!(
-            "GET {} answered {status} with {:?}, not 200 with the upstream's fixed body",
-            target.path,
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        );
-    }
-    Ok(())
 }
 
 /// One phase of `requests` at `concurrency`, after half as many to warm the connections

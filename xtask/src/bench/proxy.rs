@@ -321,15 +321,7 @@ fn measure(
     spec_high: &LoadSpec,
 ) -> Result<Measured> {
     let before = upstream.counters.snapshot();
-    let (status, body) = load::probe(target.addr, &target.path)?;
-    if status != StatusCode::OK || body != UPSTREAM_BODY.as_bytes() {
-        bail!(
-            "GET {} via {} returned {status} with body {:?} (expected 200 and the upstream's fixed body)",
-            target.path,
-            target.name,
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        );
-    }
+    check_answer(target)?;
     let after = upstream.counters.snapshot();
     let auth_injected = proxy
         .is_some()
@@ -353,6 +345,21 @@ fn measure(
         upstream_connections: load_end.connections - load_start.connections,
         at_rest,
     })
+}
+
+/// Fails unless `target` answers a probe exactly as the upstream does: 200 with its
+/// fixed body.
+pub(super) fn check_answer(target: &Target) -> Result<()> {
+    let (status, body) = load::probe(target.addr, &target.path)?;
+    if status != StatusCode::OK || body != UPSTREAM_BODY.as_bytes() {
+        bail!(
+            "GET {} via {} returned {status} with body {:?} (expected 200 and the upstream's fixed body)",
+            target.path,
+            target.name,
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    Ok(())
 }
 
 /// Counters kept by the upstream: they show whether a proxy injected the token and
@@ -529,7 +536,7 @@ const REPLICA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// A Portcullis in `dir` whose connector points at `upstream`, made from `plugin`'s
 /// provider (a registry and a provider id in it) when one is given.
-pub(super) fn start_portcullis(
+fn start_portcullis(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
