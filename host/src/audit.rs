@@ -19,11 +19,10 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
-use serde::Serialize;
 
 use crate::policy::{Caller, GrantRef};
 use crate::telemetry::lines::{Lines, Refused};
-use crate::telemetry::records::{Precision, rfc3339, safe_json};
+use crate::telemetry::records::{Precision, Record, decimal};
 
 /// Longest target (path, tool name, resource URI) recorded: they come from requests, and
 /// a refused request is recorded too.
@@ -90,14 +89,21 @@ pub enum Outcome {
     Tool(&'static str),
 }
 
-/// As the record's `outcome` reads: `denied`, the status (`"200"`), or the MCP call's.
+impl Outcome {
+    /// As the record's `outcome` reads: `denied`, the status (`"200"`, written into
+    /// `digits`), or the MCP call's.
+    fn text(self, digits: &mut [u8; 5]) -> &str {
+        match self {
+            Self::Denied => "denied",
+            Self::Status(s) => decimal(s, digits),
+            Self::Tool(o) => o,
+        }
+    }
+}
+
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Denied => f.write_str("denied"),
-            Self::Status(s) => write!(f, "{s}"),
-            Self::Tool(o) => f.write_str(o),
-        }
+        f.write_str(self.text(&mut [0; 5]))
     }
 }
 
@@ -142,7 +148,7 @@ impl Audit {
         outcome: Outcome,
     ) {
         let (kind, target): (_, Cow<'_, str>) = match via {
-            Via::Proxy { method, path } => ("proxy", format!("{method} /{path}").into()),
+            Via::Proxy { method, path } => ("proxy", [method, " /", path].concat().into()),
             Via::Tool { name } => ("tool", name.into()),
             Via::Prompt { name } => ("prompt", name.into()),
             // A URI's query and fragment may carry values: left out, as for paths.
@@ -160,51 +166,49 @@ impl Audit {
         } else {
             target
         };
-        self.record(&CallRecord {
-            event: "call",
-            caller: &caller.login,
-            node: caller.node.as_deref(),
-            connector,
-            via: kind,
-            target: &target,
-            grant: grant.map(Text),
-            outcome: Text(outcome),
-        });
+        let mut r = Self::start("call", caller);
+        r.str("connector", connector)
+            .str("via", kind)
+            .str("target", &target);
+        match grant {
+            Some(g) => r.display("grant", g),
+            None => r.null("grant"),
+        };
+        r.str("outcome", outcome.text(&mut [0; 5]));
+        self.write(r);
     }
 
     /// An admin change: `action` (`config.save`, `secret.set`, …), and what it touched
     /// (config paths, secret names; never values).
     pub fn admin(&self, caller: &Caller, action: &str, changed: &[String]) {
-        self.record(&AdminRecord {
-            event: "admin",
-            caller: &caller.login,
-            node: caller.node.as_deref(),
-            action,
-            changed,
-        });
+        let mut r = Self::start("admin", caller);
+        r.str("action", action).strs("changed", changed);
+        self.write(r);
     }
 
     /// A user's own connection to a per-user connector made or removed.
     pub fn connection(&self, caller: &Caller, connector: &str, action: &str) {
-        self.record(&ConnectionRecord {
-            event: "connection",
-            caller: &caller.login,
-            node: caller.node.as_deref(),
-            connector,
-            action,
-        });
+        let mut r = Self::start("connection", caller);
+        r.str("connector", connector).str("action", action);
+        self.write(r);
     }
 
-    fn record(&self, fields: &impl Serialize) {
-        let line = Line {
-            time: rfc3339(SystemTime::now(), Precision::Millis),
-            trace_id: crate::telemetry::otel::current_trace_id(),
-            fields,
-        };
-        // Terminal-safe, so the log can take it as it is.
-        let Ok(mut text) = safe_json(&line) else {
-            return;
-        };
+    /// A record's first fields: when, the trace of the request it records (with traces
+    /// on), the event, and who.
+    fn start(event: &str, caller: &Caller) -> Record {
+        let mut r = Record::default();
+        r.time("time", SystemTime::now(), Precision::Millis);
+        if let Some(trace) = crate::telemetry::otel::current_trace_id() {
+            r.str("trace_id", &trace);
+        }
+        r.str("event", event)
+            .str("caller", &caller.login)
+            .opt_str("node", caller.node.as_deref());
+        r
+    }
+
+    fn write(&self, record: Record) {
+        let mut text = record.finish();
         match &self.sink {
             Sink::Log => {
                 if let Ok(text) = std::str::from_utf8(&text) {
@@ -223,57 +227,6 @@ impl Audit {
             }
         }
     }
-}
-
-/// One line of the trail: when, the trace of the request it records (with traces on),
-/// then the record's own fields.
-#[derive(Serialize)]
-struct Line<'a, T> {
-    time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<String>,
-    #[serde(flatten)]
-    fields: &'a T,
-}
-
-#[derive(Serialize)]
-struct CallRecord<'a> {
-    event: &'static str,
-    caller: &'a str,
-    node: Option<&'a str>,
-    connector: &'a str,
-    via: &'static str,
-    target: &'a str,
-    grant: Option<Text<&'a GrantRef>>,
-    outcome: Text<Outcome>,
-}
-
-/// A value serialised as its `Display` text, written straight into the record rather
-/// than built as a string first: a call record is written for every proxied request.
-struct Text<T>(T);
-
-impl<T: std::fmt::Display> Serialize for Text<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-#[derive(Serialize)]
-struct AdminRecord<'a> {
-    event: &'static str,
-    caller: &'a str,
-    node: Option<&'a str>,
-    action: &'a str,
-    changed: &'a [String],
-}
-
-#[derive(Serialize)]
-struct ConnectionRecord<'a> {
-    event: &'static str,
-    caller: &'a str,
-    node: Option<&'a str>,
-    connector: &'a str,
-    action: &'a str,
 }
 
 impl Audit {

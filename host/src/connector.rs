@@ -19,6 +19,8 @@ pub struct Connector {
     pub provider: Option<String>,
     /// The connector's `provider_vars`, passed to its plugin.
     pub provider_vars: Vec<(String, String)>,
+    /// Its series in the host's upstream metrics, kept once found.
+    pub meters: crate::telemetry::UpstreamMeters,
 }
 
 impl Connector {
@@ -42,6 +44,7 @@ impl Connector {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            meters: Default::default(),
         })
     }
 

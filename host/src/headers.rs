@@ -56,22 +56,27 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn filtered(headers: &HeaderMap, strip: impl Fn(&str) -> bool) -> HeaderMap {
+/// Removes the hop-by-hop set, what `Connection` names, and what `also` says, in place:
+/// most messages lose nothing, and then nothing is copied. What stays may change order;
+/// the order of fields with different names carries no meaning (RFC 9110 §5.3), and
+/// several fields of one name keep theirs.
+fn strip(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
     let named = connection_named(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
+    let doomed = |name: &HeaderName| {
         let n = name.as_str();
-        if !(HOP_BY_HOP.contains(&n) || named.contains(name) || strip(n)) {
-            out.append(name.clone(), value.clone());
-        }
+        HOP_BY_HOP.contains(&n) || named.contains(name) || also(n)
+    };
+    // One at a time, each with all its fields: a message has a handful of headers and
+    // loses one or two, so searching again costs less than collecting them.
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(name);
     }
-    out
 }
 
 /// A caller's headers as they may go upstream: without credentials, identity and
 /// forwarding headers, `Host`, `Expect` and the hop-by-hop set.
-pub fn from_caller(incoming: &HeaderMap) -> HeaderMap {
-    filtered(incoming, caller_only)
+pub fn from_caller(headers: &mut HeaderMap) {
+    strip(headers, caller_only)
 }
 
 /// An upstream's headers as the caller may see them. The host is one origin for many
@@ -89,8 +94,8 @@ pub fn from_caller(incoming: &HeaderMap) -> HeaderMap {
 ///   an upstream serves, opened from a link in a tailnet user's browser, renders without
 ///   scripts and without the origin, so it cannot call the admin API as that user;
 /// - no hop-by-hop headers.
-pub fn from_upstream(upstream: &HeaderMap) -> HeaderMap {
-    let mut headers = filtered(upstream, |n| {
+pub fn from_upstream(headers: &mut HeaderMap) {
+    strip(headers, |n| {
         n.starts_with("access-control-")
             || matches!(
                 n,
@@ -114,7 +119,6 @@ pub fn from_upstream(upstream: &HeaderMap) -> HeaderMap {
         http::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers
 }
 
 /// Why a plugin may not set `name`, or `None` if it may. `credential` is the header the
@@ -153,8 +157,11 @@ mod tests {
 
     use super::*;
 
+    /// Sorted: what stays may change order.
     fn names(h: &HeaderMap) -> Vec<&str> {
-        h.keys().map(HeaderName::as_str).collect()
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -183,7 +190,9 @@ mod tests {
             ("accept", "application/json"),
             ("x-request-id", "abc"),
         ]);
-        assert_eq!(names(&from_caller(&h)), vec!["accept", "x-request-id"]);
+        let mut h = h;
+        from_caller(&mut h);
+        assert_eq!(names(&h), vec!["accept", "x-request-id"]);
     }
 
     #[test]
@@ -200,18 +209,38 @@ mod tests {
             ("clear-site-data", "\"*\""),
             ("access-control-allow-origin", "*"),
         ]);
-        let out = from_upstream(&h);
+        let mut out = h;
+        from_upstream(&mut out);
         assert_eq!(
             names(&out),
             vec![
+                "content-security-policy",
                 "content-type",
                 "location",
-                "content-security-policy",
                 "x-content-type-options"
             ]
         );
         assert_eq!(out["content-security-policy"], "sandbox");
         assert_eq!(out["x-content-type-options"], "nosniff");
+    }
+
+    /// Every field of a removed name goes; several fields of a kept name stay, in order.
+    #[test]
+    fn repeated_fields_go_together_or_stay_in_order() {
+        let mut h = map(&[
+            ("link", "<a>; rel=next"),
+            ("set-cookie", "a=1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("link", "<b>; rel=prev"),
+            ("set-cookie", "b=2"),
+            ("x-hop", "2"),
+            ("link", "<c>; rel=last"),
+        ]);
+        from_upstream(&mut h);
+        assert!(!h.contains_key("set-cookie") && !h.contains_key("x-hop"));
+        let links: Vec<_> = h.get_all("link").iter().collect();
+        assert_eq!(links, ["<a>; rel=next", "<b>; rel=prev", "<c>; rel=last"]);
     }
 
     #[test]

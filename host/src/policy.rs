@@ -122,8 +122,9 @@ enum Rule {
 /// segments (for "anything in this category" and "anything on this connector").
 #[derive(Debug, Clone)]
 struct GlobRule {
-    /// The pattern as written, for the audit log's "under which grant".
-    pattern: Box<str>,
+    /// The pattern as written, for the audit log's "under which grant" (shared with
+    /// each [`GrantRef`], not copied: one is made for every granted request).
+    pattern: Arc<str>,
     whole: GlobMatcher,
     /// For a pattern ending in `/**`, its prefix: `**` matches zero segments too
     /// (`github/proxy/**` covers `github/proxy` itself).
@@ -400,7 +401,7 @@ pub enum GrantSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRef {
     pub source: GrantSource,
-    pub pattern: String,
+    pub pattern: Arc<str>,
 }
 
 impl std::fmt::Display for GrantRef {
@@ -455,8 +456,8 @@ impl Access<'_> {
             .map(|(source, rule)| GrantRef {
                 source,
                 pattern: match rule {
-                    Rule::Glob(g) => g.pattern.to_string(),
-                    Rule::Label(l) => format!("label:{l}"),
+                    Rule::Glob(g) => g.pattern.clone(),
+                    Rule::Label(l) => format!("label:{l}").into(),
                 },
             })
     }

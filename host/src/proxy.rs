@@ -177,7 +177,8 @@ async fn forward(
             "connector \"{id}\" is an MCP connector; reach it through /v1/mcp"
         )));
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    crate::headers::from_caller(&mut parts.headers);
     // A request without a body can be sent again (after a 401, or when the provider
     // says "retry"); the caller's body otherwise streams through as it is, with its
     // Content-Length if it had one. HTTP/2 bodies carry no length header, so the body
@@ -194,7 +195,7 @@ async fn forward(
                 path: path.forward,
                 query: parts.uri.query().map(str::to_owned),
             },
-            headers: crate::headers::from_caller(&parts.headers),
+            headers: parts.headers,
             body: if bodiless {
                 Payload::Empty
             } else {

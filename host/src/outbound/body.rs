@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body::Frame;
 use http_body_util::BodyExt as _;
 
@@ -48,7 +49,12 @@ impl UpstreamBody {
     pub async fn read_prefix(mut self, limit: usize, idle: Duration) -> (Bytes, Option<Self>) {
         let mut read = Prefix::default();
         while read.len() <= limit {
-            match tokio::time::timeout(idle, self.frame()).await {
+            // A piece already here (a short answer comes with its head) needs no timer.
+            let next = match self.frame().now_or_never() {
+                Some(next) => Ok(next),
+                None => tokio::time::timeout(idle, self.frame()).await,
+            };
+            match next {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         read.push(data);
@@ -162,5 +168,20 @@ mod tests {
         }
         assert_eq!(read.len(), 11);
         assert_eq!(read.bytes(), Bytes::from_static(b"{\"ok\":true}"));
+    }
+
+    /// A body already at hand is read without waiting, up to the limit and no further.
+    #[tokio::test]
+    async fn a_body_at_hand_is_read_up_to_the_limit() {
+        let idle = Duration::from_secs(30);
+        let body = UpstreamBody::new(Bytes::from_static(b"{\"ok\":true}"), None);
+        let (read, rest) = body.read_prefix(64, idle).await;
+        assert_eq!(read, Bytes::from_static(b"{\"ok\":true}"));
+        assert!(rest.is_none(), "the body ended within the limit");
+        let body = UpstreamBody::new(Bytes::from_static(b"0123456789"), None);
+        let (read, rest) = body.read_prefix(4, idle).await;
+        assert_eq!(read, Bytes::from_static(b"0123456789"));
+        let rest = rest.expect("read past the limit: the rest is handed on");
+        assert!(rest.collect().await.expect("rest").to_bytes().is_empty());
     }
 }

@@ -84,16 +84,13 @@ impl Outbound {
         user: Option<&str>,
         plugin: &Plugin,
     ) -> Option<types::Context> {
-        let base = match &connector.url {
-            Some(u) => std::borrow::Cow::Borrowed(u),
-            None => std::borrow::Cow::Owned(url::Url::parse(&plugin.defaults.api_url).ok()?),
-        };
+        let base = super::base_url(connector, Some(plugin)).ok()?;
         Some(self.context_at(connector, user, plugin, &base))
     }
 
     /// [`Outbound::plugin_context`] with the connector's base URL already resolved: it is
     /// built for every request a plugin shapes, so nothing is done twice.
-    fn context_at(
+    pub(super) fn context_at(
         &self,
         connector: &Connector,
         user: Option<&str>,
@@ -216,9 +213,9 @@ impl Outbound {
                         .deliver(auth, req.method, &req.url, req.headers, body)
                         .await
                         .map_err(|e| e.to_string())?;
-                    let (parts, body) = resp.into_parts();
-                    let headers =
-                        crate::plugins::wit_headers(&crate::headers::from_upstream(&parts.headers));
+                    let (mut parts, body) = resp.into_parts();
+                    crate::headers::from_upstream(&mut parts.headers);
+                    let headers = crate::plugins::wit_headers(&parts.headers);
                     let (body, rest) = UpstreamBody::stream(body)
                         .read_prefix(DISCOVERY_BODY_BYTES, idle)
                         .await;

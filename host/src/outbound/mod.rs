@@ -393,7 +393,8 @@ impl Outbound {
             crate::telemetry::otel::finish_client_span(span, status);
         }
         let elapsed = started.elapsed();
-        self.metrics.observe_upstream(&c.id, status, elapsed);
+        self.metrics
+            .observe_upstream(&c.meters, &c.id, status, elapsed);
         sent.map(|mut resp| {
             // For the request log line of the request this answer is relayed to.
             resp.extensions_mut()
@@ -526,7 +527,7 @@ impl Outbound {
         body: UpstreamBody,
         class: Classification,
     ) -> Reply {
-        parts.headers = crate::headers::from_upstream(&parts.headers);
+        crate::headers::from_upstream(&mut parts.headers);
         // The gateway answers in its own HTTP version (RFC 9110 §6.2), not the
         // upstream's: an HTTP/1.0 upstream's version would make the agent's keep-alive
         // connection an HTTP/1.0 one, closed after this answer.
@@ -552,9 +553,7 @@ impl Outbound {
         arguments: &serde_json::Value,
     ) -> Result<Reply, Error> {
         let base = base_url(c, Some(plugin))?;
-        let ctx = self
-            .plugin_context(c, Some(user), plugin)
-            .ok_or_else(|| misconfigured(&c.id))?;
+        let ctx = self.context_at(c, Some(user), plugin, &base);
         let bounds = Bounds {
             base: &base,
             credential_header: c.credential.header_name(),

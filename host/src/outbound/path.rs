@@ -1,6 +1,8 @@
 //! The path of a request below a connector: what is forwarded, and what grants are
 //! checked against. The HTTP proxy and plugin tool calls both clean their paths here.
 
+use std::borrow::Cow;
+
 use crate::error::ApiError;
 
 /// A request path, cleaned: what is forwarded, and what grants are checked against.
@@ -31,18 +33,20 @@ pub fn normalize_path(path: &str) -> Result<CleanPath, ApiError> {
         return Err(bad("backslash"));
     }
     let trailing = path.ends_with('/');
-    let mut forward = Vec::new();
-    let mut grant: Vec<String> = Vec::new();
+    // Both are built in place: a path is cleaned on every proxied request, and most
+    // segments hold nothing to decode, so they are borrowed rather than copied.
+    let mut forward = String::with_capacity(path.len() + 1);
+    let mut grant = String::with_capacity(path.len());
     for seg in path.split('/').filter(|s| !s.is_empty()) {
-        let mut decoded = seg.to_owned();
+        let mut decoded = Cow::Borrowed(seg);
         for _ in 0..3 {
-            let next = percent_encoding::percent_decode_str(&decoded)
-                .decode_utf8_lossy()
-                .into_owned();
-            if next == decoded {
+            // Borrowed back when no `%XX` was decoded: the segment is fully decoded.
+            let Cow::Owned(next) =
+                percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy()
+            else {
                 break;
-            }
-            decoded = next;
+            };
+            decoded = Cow::Owned(next);
         }
         if decoded.contains('\0') {
             return Err(bad("NUL byte"));
@@ -53,25 +57,32 @@ pub fn normalize_path(path: &str) -> Result<CleanPath, ApiError> {
                 return Err(bad("path traversal"));
             }
             if !part.is_empty() {
-                grant.push(part.to_owned());
+                if !grant.is_empty() {
+                    grant.push('/');
+                }
+                grant.push_str(part);
             }
         }
-        forward.push(seg);
+        if !forward.is_empty() {
+            forward.push('/');
+        }
+        forward.push_str(seg);
     }
-    let mut forward = forward.join("/");
     if trailing && !forward.is_empty() {
         forward.push('/');
     }
-    Ok(CleanPath {
-        forward,
-        grant: grant.join("/"),
-    })
+    Ok(CleanPath { forward, grant })
 }
 
 /// `base` + `/` + `path` (+ `?query`), with exactly one slash at the join.
+/// The base's own query, if it has one, is replaced.
 pub fn join(base: &url::Url, path: &str, query: Option<&str>) -> url::Url {
     let mut url = base.clone();
-    let joined = format!("{}/{}", base.path().trim_end_matches('/'), path);
+    let base_path = base.path().trim_end_matches('/');
+    let mut joined = String::with_capacity(base_path.len() + 1 + path.len());
+    joined.push_str(base_path);
+    joined.push('/');
+    joined.push_str(path);
     url.set_path(&joined);
     url.set_query(query);
     url
@@ -143,5 +154,15 @@ mod tests {
             "https://api.example.com/user"
         );
         assert_eq!(join(&b, "", None).as_str(), "https://api.example.com/");
+        // A query in the base URL is replaced by the request's, or dropped without one.
+        let b = url::Url::parse("https://api.example.com/v2?key=base").expect("url");
+        assert_eq!(
+            join(&b, "items", Some("page=2")).as_str(),
+            "https://api.example.com/v2/items?page=2"
+        );
+        assert_eq!(
+            join(&b, "items", None).as_str(),
+            "https://api.example.com/v2/items"
+        );
     }
 }

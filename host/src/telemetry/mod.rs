@@ -9,7 +9,7 @@ pub mod lines;
 pub mod otel;
 pub mod records;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -59,6 +59,22 @@ pub struct ConnectorLabels {
 pub struct ConnectorOutcomeLabels {
     pub connector: String,
     pub outcome: &'static str,
+}
+
+/// An upstream answer's outcome label, by [`UpstreamMeters::requests`]'s index.
+const UPSTREAM_OUTCOMES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
+/// One connector's upstream series, each found in its family the first time it is
+/// used and then kept: finding a series by its labels copies the connector's id and
+/// hashes it, on every request the connector sends. A connector belongs to one host's
+/// snapshot, so these are that host's series; a new snapshot's connector finds the same
+/// series again.
+#[derive(Debug, Default)]
+pub struct UpstreamMeters {
+    /// `upstream_requests`, by outcome ([`UPSTREAM_OUTCOMES`]).
+    requests: [OnceLock<Counter>; 5],
+    /// `upstream_duration_seconds`.
+    duration: OnceLock<Histogram>,
 }
 
 /// The host's metrics, registered once per process in their own registry (no globals,
@@ -202,24 +218,40 @@ impl Metrics {
         })
     }
 
-    /// One request sent upstream: its answer's status class, or `error` without one.
-    pub fn observe_upstream(&self, connector: &str, status: Option<u16>, elapsed: Duration) {
+    /// One request sent upstream by `connector`: its answer's status class, or `error`
+    /// without one. `meters` are the connector's own ([`UpstreamMeters`]).
+    pub fn observe_upstream(
+        &self,
+        meters: &UpstreamMeters,
+        connector: &str,
+        status: Option<u16>,
+        elapsed: Duration,
+    ) {
         let outcome = match status {
-            Some(200..=299) => "2xx",
-            Some(300..=399) => "3xx",
-            Some(400..=499) => "4xx",
-            Some(_) => "5xx",
-            None => "error",
+            Some(200..=299) => 0,
+            Some(300..=399) => 1,
+            Some(400..=499) => 2,
+            Some(_) => 3,
+            None => 4,
         };
-        self.upstream_requests
-            .get_or_create(&ConnectorOutcomeLabels {
-                connector: connector.to_owned(),
-                outcome,
+        meters.requests[outcome]
+            .get_or_init(|| {
+                self.upstream_requests
+                    .get_or_create(&ConnectorOutcomeLabels {
+                        connector: connector.to_owned(),
+                        outcome: UPSTREAM_OUTCOMES[outcome],
+                    })
+                    .clone()
             })
             .inc();
-        self.upstream_duration
-            .get_or_create(&ConnectorLabels {
-                connector: connector.to_owned(),
+        meters
+            .duration
+            .get_or_init(|| {
+                self.upstream_duration
+                    .get_or_create(&ConnectorLabels {
+                        connector: connector.to_owned(),
+                    })
+                    .clone()
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -274,7 +306,7 @@ pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=off";
 /// The log's writer, for [`flush_log`] and [`log_audit`], and how its lines look.
 static LOG: std::sync::OnceLock<(lines::Lines, records::Style)> = std::sync::OnceLock::new();
 
-/// Logs an audit record (JSON from [`records::safe_json`]) as an INFO line `audit {...}`,
+/// Logs an audit record (JSON from [`records::Record`]) as an INFO line `audit {...}`,
 /// queued straight to the log's writer: the general formatter would re-escape it
 /// character by character, on every proxied request. Before [`init_logging`] (tests
 /// that use the library alone), through `tracing` like any line.
@@ -385,10 +417,13 @@ mod tests {
         a.observe("proxy", "api", 200, ms);
         a.observe("proxy", "api", 404, ms);
         a.observe("mcp", "api", 200, ms);
-        a.observe_upstream("api", Some(200), ms);
-        b.observe_upstream("other", Some(503), ms);
-        a.observe_upstream("api", Some(204), ms);
-        a.observe_upstream("api", None, ms);
+        let (api, other) = (UpstreamMeters::default(), UpstreamMeters::default());
+        a.observe_upstream(&api, "api", Some(200), ms);
+        b.observe_upstream(&other, "other", Some(503), ms);
+        a.observe_upstream(&api, "api", Some(204), ms);
+        a.observe_upstream(&api, "api", None, ms);
+        // A new snapshot's connector counts into the same series.
+        a.observe_upstream(&UpstreamMeters::default(), "api", Some(201), ms);
         std::thread::scope(|s| {
             s.spawn(|| a.observe("proxy", "api", 200, ms));
         });
@@ -397,9 +432,9 @@ mod tests {
             r#"portcullis_requests_total{route="proxy",connector="api",status="200"} 3"#,
             r#"portcullis_requests_total{route="proxy",connector="api",status="404"} 1"#,
             r#"portcullis_requests_total{route="mcp",connector="api",status="200"} 1"#,
-            r#"portcullis_upstream_requests_total{connector="api",outcome="2xx"} 2"#,
+            r#"portcullis_upstream_requests_total{connector="api",outcome="2xx"} 3"#,
             r#"portcullis_upstream_requests_total{connector="api",outcome="error"} 1"#,
-            r#"portcullis_upstream_duration_seconds_count{connector="api"} 3"#,
+            r#"portcullis_upstream_duration_seconds_count{connector="api"} 4"#,
         ] {
             assert!(a.contains(line), "{line} in\n{a}");
         }

@@ -2,12 +2,11 @@
 //! the log. Every proxied request writes one, and the formatter walks each message
 //! character by character to escape terminal control sequences, several percent of the
 //! proxy's CPU (`docs/performance-log.md`). Here a record is made terminal-safe once,
-//! when it is serialised ([`safe_json`]), and its line is laid out as the formatter lays
-//! out its own ([`Style::line`], held to that by the tests below), so the log reads the
-//! same.
+//! when it is written ([`Record`]), and its line is laid out as the formatter lays out its
+//! own ([`Style::line`], held to that by the tests below), so the log reads the same.
 
 use std::cell::Cell;
-use std::io;
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -22,7 +21,6 @@ pub(super) struct Style {
 impl Style {
     /// One INFO line at `now` whose message is `{label} {record}`, newline included.
     pub(super) fn line(self, now: SystemTime, label: &str, record: &str) -> Vec<u8> {
-        let time = rfc3339(now, Precision::Micros);
         let mut out = Vec::with_capacity(record.len() + label.len() + 64);
         if self.json {
             #[derive(Serialize)]
@@ -36,7 +34,7 @@ impl Style {
             let _ = serde_json::to_writer(
                 &mut out,
                 &Json {
-                    timestamp: &time,
+                    timestamp: &rfc3339(now, Precision::Micros),
                     level: "INFO",
                     message: &message,
                 },
@@ -44,10 +42,10 @@ impl Style {
         } else if self.ansi {
             // Dimmed time, green level: the formatter's colours.
             out.extend_from_slice(b"\x1b[2m");
-            out.extend_from_slice(time.as_bytes());
+            write_rfc3339(&mut out, now, Precision::Micros);
             out.extend_from_slice(b"\x1b[0m \x1b[32m INFO\x1b[0m ");
         } else {
-            out.extend_from_slice(time.as_bytes());
+            write_rfc3339(&mut out, now, Precision::Micros);
             out.extend_from_slice(b"  INFO ");
         }
         if !self.json {
@@ -60,41 +58,176 @@ impl Style {
     }
 }
 
-/// `value` as JSON holding no character a terminal acts on. serde_json already escapes
-/// the C0 controls (ESC among them); DEL and the C1 controls (U+0080 to U+009F, which
-/// some terminals take as escape sequences too) are escaped here, so a record can be
-/// written to the log or a file as it is and still be valid JSON.
-pub fn safe_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(256);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, Safe);
-    value.serialize(&mut ser)?;
-    Ok(out)
+/// A record: one JSON object, written field by field, holding no character a terminal
+/// acts on, so it can go to the log or a file as it is. The audit trail writes one for
+/// every proxied request; written by serde (a flattened struct, each string scanned byte
+/// by byte twice, for JSON's escapes and then the terminal's), a record and its line cost
+/// about a twelfth of the gateway's instructions a request, written this way under half
+/// of that (docs/performance-log.md).
+#[derive(Debug)]
+pub struct Record(Vec<u8>);
+
+impl Default for Record {
+    fn default() -> Self {
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        Self(out)
+    }
 }
 
-/// serde_json's compact layout, with DEL and C1 controls escaped in strings.
-struct Safe;
-
-impl serde_json::ser::Formatter for Safe {
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
-        // DEL is 0x7F and every C1 control is 0xC2 0x80..=0x9F in UTF-8: a fragment
-        // without either byte (nearly all of them) is written as it is.
-        if !fragment.bytes().any(|b| b == 0x7f || b == 0xc2) {
-            return writer.write_all(fragment.as_bytes());
+impl Record {
+    /// A field's key: a name in the code, plain ASCII, so written as it is.
+    fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(plain(key.as_bytes()), "{key:?} needs no escaping");
+        if self.0.len() > 1 {
+            self.0.push(b',');
         }
-        let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            if matches!(c, '\u{7f}'..='\u{9f}') {
-                writer.write_all(&fragment.as_bytes()[start..i])?;
-                write!(writer, "\\u{:04x}", u32::from(c))?;
-                start = i + c.len_utf8();
+        self.0.push(b'"');
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+        &mut self.0
+    }
+
+    /// `"key":"value"`.
+    pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
+        let out = self.key(key);
+        out.push(b'"');
+        escape_into(out, value);
+        out.push(b'"');
+        self
+    }
+
+    /// `"key":"value"`, or `"key":null` without one.
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self.null(key),
+        }
+    }
+
+    /// `"key":null`.
+    pub fn null(&mut self, key: &'static str) -> &mut Self {
+        self.key(key).extend_from_slice(b"null");
+        self
+    }
+
+    /// `"key":"…"` with `value`'s `Display` text, written into the record as it is
+    /// formatted rather than built as a string first.
+    pub fn display(&mut self, key: &'static str, value: impl fmt::Display) -> &mut Self {
+        use fmt::Write as _;
+        let out = self.key(key);
+        out.push(b'"');
+        // Writing into a Vec cannot fail; a `Display` that fails leaves its text short.
+        let _ = write!(Escaping(out), "{value}");
+        out.push(b'"');
+        self
+    }
+
+    /// `"key":["…",…]`.
+    pub fn strs(&mut self, key: &'static str, values: &[String]) -> &mut Self {
+        let out = self.key(key);
+        out.push(b'[');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            escape_into(out, v);
+            out.push(b'"');
+        }
+        out.push(b']');
+        self
+    }
+
+    /// `"key":"2026-12-04T23:40:00.123Z"`: `t` as [`rfc3339`] writes it.
+    pub fn time(&mut self, key: &'static str, t: SystemTime, precision: Precision) -> &mut Self {
+        let out = self.key(key);
+        out.push(b'"');
+        write_rfc3339(out, t, precision);
+        out.push(b'"');
+        self
+    }
+
+    /// The object's text, closed.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.push(b'}');
+        self.0
+    }
+}
+
+/// A `fmt::Write` that escapes as it writes, for [`Record::display`].
+struct Escaping<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
+}
+
+/// `text` as the inside of a JSON string holding no character a terminal acts on: JSON's
+/// own escapes (`"`, `\`, every C0 control, ESC among them, as serde_json writes them),
+/// and DEL and the C1 controls (U+0080 to U+009F, which some terminals take as escape
+/// sequences too) as `\u00XX`. The one place records are made safe for a terminal.
+fn escape_into(out: &mut Vec<u8>, text: &str) {
+    // Nearly every string in a record is printable ASCII, copied as it is.
+    if plain(text.as_bytes()) {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let short: Option<&[u8]> = match c {
+            '"' => Some(b"\\\""),
+            '\\' => Some(b"\\\\"),
+            '\n' => Some(b"\\n"),
+            '\r' => Some(b"\\r"),
+            '\t' => Some(b"\\t"),
+            '\u{8}' => Some(b"\\b"),
+            '\u{c}' => Some(b"\\f"),
+            '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&text.as_bytes()[start..i]);
+        start = i + c.len_utf8();
+        match short {
+            Some(short) => out.extend_from_slice(short),
+            None => {
+                // Below U+00A0: two hex digits.
+                let n = u32::from(c) as usize;
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[n >> 4], HEX[n & 0xf]]);
             }
         }
-        writer.write_all(&fragment.as_bytes()[start..])
     }
+    out.extend_from_slice(&text.as_bytes()[start..]);
+}
+
+/// Whether `bytes` are all printable ASCII other than `"` and `\\`: nothing in them is
+/// escaped. Eight bytes at a time (a byte below 0x20, one of the two, or one from DEL up,
+/// which any non-ASCII character has, found in a word by carry-free arithmetic), as
+/// [`escape_into`] asks it of every string in every record.
+fn plain(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// Whether any byte of `v` is zero.
+    fn any_zero(v: u64) -> bool {
+        v.wrapping_sub(ONES) & !v & HIGH != 0
+    }
+    let needs_escape = |v: u64| {
+        // A byte below 0x20 (exact for a word whose bytes are all below 0x80, which the
+        // last test covers otherwise).
+        v.wrapping_sub(ONES * 0x20) & !v & HIGH != 0
+            || any_zero(v ^ (ONES * u64::from(b'"')))
+            || any_zero(v ^ (ONES * u64::from(b'\\')))
+            // A byte of 0x7F or above: adding one sets its top bit, or it had it.
+            || (v.wrapping_add(ONES) | v) & HIGH != 0
+    };
+    let (words, rest) = bytes.as_chunks::<8>();
+    !words.iter().any(|w| needs_escape(u64::from_ne_bytes(*w)))
+        && rest
+            .iter()
+            .all(|&b| (b' '..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// How finely [`rfc3339`] writes the fraction of a second.
@@ -107,11 +240,19 @@ pub enum Precision {
 }
 
 /// `t` in UTC, RFC 3339 (`2026-12-04T23:40:00.123Z`).
+pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
+    let mut out = Vec::with_capacity(SECOND_TEXT + 7);
+    write_rfc3339(&mut out, t, precision);
+    // Digits, dashes, colons, `T`, `.` and `Z`: ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`rfc3339`], written onto `out`.
 ///
 /// Every proxied request writes one or two (its audit record, the log line around it),
 /// so each thread keeps the text of the last second it wrote and only the fraction is
 /// written each time, digit by digit rather than through `core::fmt`.
-pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
+pub fn write_rfc3339(out: &mut Vec<u8>, t: SystemTime, precision: Precision) {
     thread_local! {
         /// The last second written on this thread, and its text up to the fraction.
         static SECOND: Cell<(u64, [u8; SECOND_TEXT])> =
@@ -131,13 +272,11 @@ pub fn rfc3339(t: SystemTime, precision: Precision) -> String {
         Precision::Millis => (d.subsec_millis(), 3),
         Precision::Micros => (d.subsec_micros(), 6),
     };
-    let mut out = String::with_capacity(SECOND_TEXT + digits + 1);
-    out.extend(text.iter().map(|&b| char::from(b)));
-    let mut fraction_text = [b'0'; 6];
+    let mut fraction_text = [b'0'; 7];
     put_digits(&mut fraction_text[..digits], fraction.into());
-    out.extend(fraction_text[..digits].iter().map(|&b| char::from(b)));
-    out.push('Z');
-    out
+    fraction_text[digits] = b'Z';
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&fraction_text[..=digits]);
 }
 
 /// Length of `YYYY-MM-DDTHH:MM:SS.`.
@@ -156,6 +295,18 @@ fn second_text(secs: u64) -> [u8; SECOND_TEXT] {
     put_digits(&mut text[14..16], rem % 3600 / 60);
     put_digits(&mut text[17..19], rem % 60);
     text
+}
+
+/// `n` in decimal, written into `digits` (a status, in a record written for every
+/// request, without `core::fmt`).
+pub fn decimal(n: u16, digits: &mut [u8; 5]) -> &str {
+    put_digits(digits, n.into());
+    let first = digits
+        .iter()
+        .position(|&d| d != b'0')
+        .unwrap_or(digits.len() - 1);
+    // Digits only: ASCII.
+    std::str::from_utf8(&digits[first..]).unwrap_or_default()
 }
 
 /// The last `slots.len()` decimal digits of `value` into `slots`, zero-padded.
@@ -184,6 +335,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -223,11 +375,11 @@ mod tests {
 
     #[test]
     fn a_record_line_reads_as_the_log_formatter_writes_it() {
-        let record = String::from_utf8(
-            safe_json(&serde_json::json!({"event": "call", "target": "GET /a\u{1b}[31m\u{85}é"}))
-                .expect("json"),
-        )
-        .expect("utf-8");
+        let mut record = Record::default();
+        record
+            .str("event", "call")
+            .str("target", "GET /a\u{1b}[31m\u{85}é");
+        let record = String::from_utf8(record.finish()).expect("utf-8");
         for style in [
             Style {
                 json: false,
@@ -258,8 +410,10 @@ mod tests {
 
     #[test]
     fn records_carry_no_character_a_terminal_acts_on_and_stay_json() {
-        let value = serde_json::json!({"a": "x\u{1b}y\u{7f}z\u{85}\u{9f}\u{a0}é\"q\n"});
-        let text = String::from_utf8(safe_json(&value).expect("json")).expect("utf-8");
+        let value = "x\u{1b}y\u{7f}z\u{85}\u{9f}\u{a0}é\"q\n";
+        let mut record = Record::default();
+        record.str("a", value);
+        let text = String::from_utf8(record.finish()).expect("utf-8");
         assert_eq!(
             text,
             "{\"a\":\"x\\u001by\\u007fz\\u0085\\u009f\u{a0}é\\\"q\\n\"}"
@@ -267,7 +421,117 @@ mod tests {
         assert!(!text.chars().any(|c| c.is_control()));
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&text).expect("parses"),
-            value
+            serde_json::json!({ "a": value })
+        );
+    }
+
+    /// Every character up to U+02FF, alone and among others, and text beyond: escaped
+    /// exactly as serde_json escapes JSON (plus DEL and the C1 controls), read back
+    /// unchanged, with no control character left in the text.
+    #[test]
+    fn every_string_is_escaped_as_json_and_terminal_safe() {
+        let mut samples: Vec<String> = (0..=0x2ff_u32)
+            .filter_map(char::from_u32)
+            .flat_map(|c| [c.to_string(), format!("a{c}b{c}{c}")])
+            .collect();
+        samples.extend(
+            [
+                "",
+                "plain/ascii-path_1",
+                "GET /repos/a/b",
+                "\u{1b}[2J\u{9b}31m",
+                "émoji 🦀 \u{2028}\u{2029} \u{feff}",
+                "quote \" and \\ backslash",
+            ]
+            .map(str::to_owned),
+        );
+        for sample in &samples {
+            let mut record = Record::default();
+            record
+                .str("s", sample)
+                .display("d", sample)
+                .strs("l", std::slice::from_ref(sample));
+            let text = String::from_utf8(record.finish()).expect("utf-8");
+            assert!(!text.chars().any(char::is_control), "{sample:?}: {text}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&text).expect("parses"),
+                serde_json::json!({ "s": sample, "d": sample, "l": [sample] }),
+                "{sample:?}"
+            );
+            // serde_json's own text, but for the controls it leaves as they are.
+            let mut theirs = serde_json::to_string(sample).expect("json");
+            for c in ('\u{7f}'..='\u{9f}').rev() {
+                theirs = theirs.replace(c, &format!("\\u{:04x}", u32::from(c)));
+            }
+            let mut ours = Record::default();
+            ours.str("s", sample);
+            assert_eq!(
+                String::from_utf8(ours.finish()).expect("utf-8"),
+                format!("{{\"s\":{theirs}}}")
+            );
+        }
+    }
+
+    /// The word-at-a-time test says what a byte-by-byte one says, for every byte at
+    /// every place of words and of the bytes after them.
+    #[test]
+    fn plain_text_is_found_a_word_at_a_time_as_byte_by_byte() {
+        let by_byte = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        };
+        for len in [1, 7, 8, 9, 16, 21] {
+            for at in 0..len {
+                for b in 0..=u8::MAX {
+                    // Around the odd byte, bytes next to each edge of the plain range.
+                    for fill in [b'a', 0x20, 0x7e, b'!', b'#', b'[', b']'] {
+                        let mut bytes = vec![fill; len];
+                        bytes[at] = b;
+                        assert_eq!(plain(&bytes), by_byte(&bytes), "{bytes:?}");
+                    }
+                }
+            }
+        }
+        assert!(plain(b""));
+        // Bytes that borrow or carry between neighbours in the word arithmetic.
+        for word in [
+            [0x00, 0x01, 0x20, 0x21, 0x7f, 0x80, 0xff, 0x1f],
+            [0xff; 8],
+            [0x7f; 8],
+        ] {
+            assert_eq!(plain(&word), by_byte(&word), "{word:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 200, 404, 999, 1000, 65_535] {
+            assert_eq!(decimal(n, &mut [0; 5]), n.to_string());
+        }
+    }
+
+    #[test]
+    fn a_record_holds_its_fields_in_order() {
+        let mut record = Record::default();
+        record
+            .time("time", UNIX_EPOCH, Precision::Millis)
+            .str("event", "admin")
+            .opt_str("node", None)
+            .opt_str("caller", Some("ada"))
+            .null("grant")
+            .display("outcome", 200)
+            .strs("changed", &["a.b".to_owned(), "c".to_owned()])
+            .strs("none", &[]);
+        assert_eq!(
+            String::from_utf8(record.finish()).expect("utf-8"),
+            "{\"time\":\"1970-01-01T00:00:00.000Z\",\"event\":\"admin\",\"node\":null,\
+             \"caller\":\"ada\",\"grant\":null,\"outcome\":\"200\",\"changed\":[\"a.b\",\"c\"],\
+             \"none\":[]}"
+        );
+        assert_eq!(
+            String::from_utf8(Record::default().finish()).expect("utf-8"),
+            "{}"
         );
     }
 
@@ -379,11 +643,15 @@ mod tests {
 
     #[test]
     fn only_del_and_c1_controls_are_escaped_beyond_json() {
-        let json = |s: &str| String::from_utf8(safe_json(&s).expect("json")).expect("utf-8");
-        assert_eq!(json("plain /repos/a"), r#""plain /repos/a""#);
+        let json = |s: &str| {
+            let mut out = Vec::new();
+            escape_into(&mut out, s);
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert_eq!(json("plain /repos/a"), "plain /repos/a");
         // Other non-ASCII text, 0xC2 lead bytes past C1 among it, stays as it is.
-        assert_eq!(json("café ¡ü"), "\"café ¡ü\"");
-        assert_eq!(json("a\u{7f}b\u{85}c\u{9f}"), r#""a\u007fb\u0085c\u009f""#);
-        assert_eq!(json("\u{1b}[31m"), r#""\u001b[31m""#);
+        assert_eq!(json("café ¡ü"), "café ¡ü");
+        assert_eq!(json("a\u{7f}b\u{85}c\u{9f}"), r#"a\u007fb\u0085c\u009f"#);
+        assert_eq!(json("\u{1b}[31m"), r#"\u001b[31m"#);
     }
 }
