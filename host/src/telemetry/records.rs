@@ -62,7 +62,7 @@ impl Style {
 /// acts on, so it can go to the log or a file as it is. The audit trail writes one for
 /// every proxied request; written by serde (a flattened struct, each string scanned byte
 /// by byte twice, for JSON's escapes and then the terminal's), a record and its line cost
-/// about a twelfth of the gateway's instructions a request, written this way under half
+/// about an eighth of the gateway's instructions a request, written this way under half
 /// of that (docs/performance-log.md).
 #[derive(Debug)]
 pub struct Record(Vec<u8>);
