@@ -101,12 +101,6 @@ impl Outcome {
     }
 }
 
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.text(&mut [0; 5]))
-    }
-}
-
 impl Audit {
     /// Records to the log.
     pub fn to_log() -> Self {
