@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::plugins::{Plugins, types};
+use portcullis::plugins::{Outgoing, Plugins, types};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -59,21 +59,28 @@ fn main() -> anyhow::Result<()> {
             base_url: plugin.defaults.api_url.clone(),
             variables,
         };
-        let req = types::OutgoingRequest {
-            method: types::Method::Get,
+        let req = Request {
             path: "/sobjects/Account/001xx000003DGb2AAG".into(),
             query: Some("fields=Name,Industry".into()),
-            headers: vec![
-                ("accept".into(), "application/json".into()),
-                ("user-agent".into(), "bench/1".into()),
-            ],
+            headers: http::HeaderMap::from_iter([
+                (
+                    http::header::ACCEPT,
+                    http::HeaderValue::from_static("application/json"),
+                ),
+                (
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static("bench/1"),
+                ),
+            ]),
         };
         let base = url::Url::parse(&ctx.base_url)?;
         let bounds = portcullis::plugins::Bounds {
             base: &base,
             credential_header: None,
         };
-        let routed = plugins.routes_cover(&plugin, &ctx, &req, bounds).await?;
+        let routed = plugins
+            .routes_cover(&plugin, &ctx, &req.outgoing(), bounds)
+            .await?;
         // A successful JSON answer, opening as Slack's do.
         let answer = Classifying {
             plugins: plugins.clone(),
@@ -157,13 +164,34 @@ trait Timed: Clone + Send + Sync + 'static {
     fn once(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// The request shaped: a GET with an agent's usual headers.
+#[derive(Clone)]
+struct Request {
+    path: String,
+    query: Option<String>,
+    headers: http::HeaderMap,
+}
+
+impl Request {
+    /// As the proxy hands it to the plugin stage (path and query its own, the headers
+    /// the request's).
+    fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            method: types::Method::Get,
+            path: self.path.clone(),
+            query: self.query.clone(),
+            headers: &self.headers,
+        }
+    }
+}
+
 /// Shaping `req`, by a plugin call (`by_call`) or as the proxy shapes.
 #[derive(Clone)]
 struct Shaping {
     plugins: Arc<Plugins>,
     plugin: Arc<portcullis::plugins::Plugin>,
     ctx: types::Context,
-    req: types::OutgoingRequest,
+    req: Request,
     base: url::Url,
     by_call: bool,
 }
@@ -174,10 +202,10 @@ impl Timed for Shaping {
             base: &self.base,
             credential_header: None,
         };
-        let req = self.req.clone();
+        let req = self.req.outgoing();
         if self.by_call {
             self.plugins
-                .shape_by_call(&self.plugin, self.ctx.clone(), req, bounds)
+                .shape_by_call(&self.plugin, self.ctx.clone(), req.into_wit(), bounds)
                 .await?;
         } else {
             self.plugins

@@ -165,7 +165,7 @@ impl Audit {
             .str("via", kind)
             .str("target", &target);
         match grant {
-            Some(g) => r.display("grant", g),
+            Some(g) => r.str("grant", g.as_str()),
             None => r.null("grant"),
         };
         r.str("outcome", outcome.text(&mut [0; 5]));

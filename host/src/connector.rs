@@ -19,8 +19,10 @@ pub struct Connector {
     pub provider: Option<String>,
     /// The connector's `provider_vars`, passed to its plugin.
     pub provider_vars: Vec<(String, String)>,
-    /// Its series in the host's upstream metrics, kept once found.
-    pub meters: crate::telemetry::UpstreamMeters,
+    /// Its series in the host's metrics, kept once found.
+    pub meters: crate::telemetry::ConnectorMeters,
+    /// Its plugin's context, where it is the same on every request.
+    pub plugin_context: crate::plugins::KeptContext,
 }
 
 impl Connector {
@@ -45,6 +47,7 @@ impl Connector {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             meters: Default::default(),
+            plugin_context: Default::default(),
         })
     }
 

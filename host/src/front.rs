@@ -37,6 +37,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::identity::{Caller, IdentityError};
 use crate::proxy::ConnectorTag;
 use crate::state::{App, Snapshot};
+use crate::telemetry::Route;
 
 /// The host's HTTP surface: the front stages around the router.
 #[derive(Clone)]
@@ -81,6 +82,7 @@ impl Front {
         let uri = req.uri().clone();
         let path = uri.path();
         let route = route_of(path);
+        let route_name = route.as_str();
         // Only built when the request log is on: this runs on every request.
         let header_names = tracing::enabled!(tracing::Level::INFO).then(|| {
             req.headers()
@@ -91,7 +93,8 @@ impl Front {
         });
         // The path without its query (which may carry an API key), cut to keep lines short.
         let logged_path = &path[..path.char_indices().nth(200).map_or(path.len(), |(i, _)| i)];
-        let span = crate::telemetry::otel::server_span(&method, route, logged_path, req.headers());
+        let span =
+            crate::telemetry::otel::server_span(&method, route_name, logged_path, req.headers());
         let resp = match &span {
             Some(span) => {
                 use tracing::Instrument as _;
@@ -111,19 +114,21 @@ impl Front {
         let elapsed = started.elapsed();
         let status = resp.status().as_u16();
         let ext = resp.extensions();
-        let connector = ext.get::<ConnectorTag>().map_or("", |t| t.0.as_str());
+        let tag = ext.get::<ConnectorTag>();
+        let connector = tag.map_or("", |t| t.0.id.as_str());
         let caller = ext.get::<CallerTag>().map_or("", |t| t.0.login.as_str());
         let error = ext.get::<ErrorCode>().map_or("", |e| e.0);
         let upstream_us = ext
             .get::<crate::telemetry::UpstreamTime>()
             .map(|t| t.0.as_micros() as u64);
         if let Some(span) = &span {
-            crate::telemetry::otel::finish_server_span(span, route, connector, status);
+            crate::telemetry::otel::finish_server_span(span, route_name, connector, status);
         }
-        self.app.metrics.observe(route, connector, status, elapsed);
-        if route != "healthz" {
+        let meters = tag.map(|t| (connector, &t.0.meters));
+        self.app.metrics.observe(route, meters, status, elapsed);
+        if route != Route::Healthz {
             tracing::info!(
-                route,
+                route = route_name,
                 path = logged_path,
                 connector,
                 caller,
@@ -296,26 +301,26 @@ async fn identified(
 }
 
 /// The route family of `path`, for metrics and the log.
-fn route_of(path: &str) -> &'static str {
+fn route_of(path: &str) -> Route {
     if path.starts_with(crate::proxy::PREFIX) || path.starts_with("/v1/connectors") {
-        "proxy"
+        Route::Proxy
     } else if path == crate::mcp::ENDPOINT
         || path
             .strip_prefix(crate::mcp::ENDPOINT)
             .is_some_and(|rest| rest.starts_with('/'))
     {
-        "mcp"
+        Route::Mcp
     } else if path == "/healthz" {
-        "healthz"
+        Route::Healthz
     } else if path == "/metrics" {
-        "metrics"
+        Route::Metrics
     } else if path.starts_with("/api/") {
-        "api"
+        Route::Api
     } else if path.starts_with("/aperture/auth/") {
-        "callback"
+        Route::Callback
     } else if path == "/" || path == "/ui" || path.starts_with(crate::ui::ROOT) {
-        "ui"
+        Route::Ui
     } else {
-        "other"
+        Route::Other
     }
 }

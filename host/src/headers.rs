@@ -7,6 +7,7 @@
 //! are the whole rule.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, not the message,
 /// so they are removed in both directions.
@@ -46,14 +47,13 @@ fn host_only(name: &str) -> bool {
 }
 
 /// The headers a `Connection` header names: hop-by-hop for this message only.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect()
 }
 
 /// Removes the hop-by-hop set, what `Connection` names, and what `also` says, in place:
@@ -63,8 +63,8 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 /// `Connection` lists: each listed name is looked up once, not compared with every
 /// header (a sender chooses how many it lists).
 fn strip(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
-    let mut doomed: Vec<HeaderName> = connection_named(headers)
-        .into_iter()
+    // Kept on the stack for the few a message usually loses (a caller's `Host`).
+    let mut doomed: SmallVec<[HeaderName; 4]> = connection_named(headers)
         .filter(|name| headers.contains_key(name))
         .collect();
     doomed.extend(

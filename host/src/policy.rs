@@ -72,7 +72,7 @@ impl Capabilities {
                     role = role.max(cap.role);
                     read_metrics |= cap.read_metrics;
                     for p in patterns_of(&cap) {
-                        match compile_pattern(&p) {
+                        match compile_pattern(&p, GrantSource::TailnetPolicy) {
                             Ok(rule) => rules.push(rule),
                             Err(PatternError(why)) => {
                                 tracing::warn!(
@@ -115,16 +115,26 @@ pub const BUILTIN_CONNECTORS: &[(&str, &[&str])] = &[("aperture", &["system"])];
 #[derive(Debug, Clone)]
 enum Rule {
     Glob(Box<GlobRule>),
-    Label(String),
+    Label { name: String, grant: GrantRef },
+}
+
+impl Rule {
+    /// What the audit log names as the grant when this rule allows something.
+    fn grant(&self) -> &GrantRef {
+        match self {
+            Self::Glob(g) => &g.grant,
+            Self::Label { grant, .. } => grant,
+        }
+    }
 }
 
 /// A `connectorID/category/resource` pattern, compiled whole and by its first two
 /// segments (for "anything in this category" and "anything on this connector").
 #[derive(Debug, Clone)]
 struct GlobRule {
-    /// The pattern as written, for the audit log's "under which grant" (shared with
-    /// each [`GrantRef`], not copied: one is made for every granted request).
-    pattern: Arc<str>,
+    /// Where the pattern came from and the pattern as written, for the audit log's
+    /// "under which grant".
+    grant: GrantRef,
     whole: GlobMatcher,
     /// For a pattern ending in `/**`, its prefix: `**` matches zero segments too
     /// (`github/proxy/**` covers `github/proxy` itself).
@@ -171,12 +181,15 @@ impl Segment {
 #[derive(Debug)]
 pub struct PatternError(pub String);
 
-fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
+fn compile_pattern(p: &str, source: GrantSource) -> Result<Rule, PatternError> {
     if let Some(label) = p.strip_prefix("label:") {
         if label.is_empty() {
             return Err(PatternError("\"label:\" needs a label name".into()));
         }
-        return Ok(Rule::Label(label.to_owned()));
+        return Ok(Rule::Label {
+            name: label.to_owned(),
+            grant: GrantRef::new(source, p),
+        });
     }
     let segs: Vec<&str> = p.split('/').collect();
     if segs.iter().any(|s| s.is_empty()) {
@@ -212,7 +225,7 @@ fn compile_pattern(p: &str) -> Result<Rule, PatternError> {
         _ => None,
     };
     Ok(Rule::Glob(Box::new(GlobRule {
-        pattern: p.into(),
+        grant: GrantRef::new(source, p),
         whole: compile(p)?,
         prefix,
         connector: Segment::compile(segs[0]),
@@ -229,8 +242,6 @@ fn named_connector(p: &str) -> Option<&str> {
 
 #[derive(Debug)]
 struct CompiledGrant {
-    /// Position in the config's `grants`.
-    index: usize,
     src: Vec<String>,
     role: Option<Role>,
     read_metrics: bool,
@@ -293,16 +304,12 @@ impl Policy {
         {
             access.role = access.role.max(g.role);
             access.read_metrics |= g.read_metrics;
-            access
-                .granted
-                .push((GrantSource::Config(g.index), &g.rules));
+            access.granted.push(&g.rules);
         }
         // Policy-file grants, delivered by whois and compiled with the identity.
         access.role = access.role.max(caller.caps.role);
         access.read_metrics |= caller.caps.read_metrics;
-        access
-            .granted
-            .push((GrantSource::TailnetPolicy, &caller.caps.rules));
+        access.granted.push(&caller.caps.rules);
         access
     }
 }
@@ -315,7 +322,6 @@ fn compile_grant(
     diags: &mut Diagnostics,
 ) -> CompiledGrant {
     let mut out = CompiledGrant {
-        index,
         src: g.src.clone(),
         role: None,
         read_metrics: false,
@@ -326,9 +332,9 @@ fn compile_grant(
         out.read_metrics |= cap.read_metrics;
         for p in patterns_of(cap) {
             let here = at.index(j).key("connectors");
-            match compile_pattern(&p) {
+            match compile_pattern(&p, GrantSource::Config(index)) {
                 Ok(rule) => {
-                    if let Rule::Label(l) = &rule {
+                    if let Rule::Label { name: l, .. } = &rule {
                         if !labels.values().any(|ls| ls.contains(l)) {
                             diags.warn(
                                 &here,
@@ -392,24 +398,37 @@ fn src_matches(src: &str, caller: &Caller) -> bool {
 /// Where a grant comes from: the config's `grants` (by position) or the tailnet policy
 /// file (delivered with the caller's identity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantSource {
+enum GrantSource {
     Config(usize),
     TailnetPolicy,
 }
 
-/// The grant and pattern that allowed something: `grants[0] github/**`.
+/// The grant and pattern that allowed something, as the audit log names it:
+/// `grants[0] github/**`, `tailnet policy github/**`. Written once, when the rule is
+/// compiled, and shared by every request the rule allows (each granted request's
+/// record carries one).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrantRef {
-    pub source: GrantSource,
-    pub pattern: Arc<str>,
+pub struct GrantRef(Arc<str>);
+
+impl GrantRef {
+    fn new(source: GrantSource, pattern: &str) -> Self {
+        Self(
+            match source {
+                GrantSource::Config(i) => format!("grants[{i}] {pattern}"),
+                GrantSource::TailnetPolicy => format!("tailnet policy {pattern}"),
+            }
+            .into(),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Display for GrantRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.source {
-            GrantSource::Config(i) => write!(f, "grants[{i}] {}", self.pattern),
-            GrantSource::TailnetPolicy => write!(f, "tailnet policy {}", self.pattern),
-        }
+        f.write_str(&self.0)
     }
 }
 
@@ -419,14 +438,14 @@ pub struct Access<'p> {
     role: Option<Role>,
     read_metrics: bool,
     /// Rules of the config grants that matched, borrowed from the policy, and the
-    /// caller's own, borrowed from the caller; each with where it came from.
-    granted: Vec<(GrantSource, &'p [Rule])>,
+    /// caller's own, borrowed from the caller (each rule names its grant).
+    granted: Vec<&'p [Rule]>,
     labels: &'p HashMap<String, Vec<String>>,
 }
 
 impl Access<'_> {
     fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.granted.iter().flat_map(|(_, r)| r.iter())
+        self.granted.iter().flat_map(|r| r.iter())
     }
 
     pub fn is_admin(&self) -> bool {
@@ -453,23 +472,12 @@ impl Access<'_> {
     /// log; `None` when nothing does.
     pub fn grant_for(&self, connector: &str, category: &str, resource: &str) -> Option<GrantRef> {
         self.matching(connector, category, resource)
-            .map(|(source, rule)| GrantRef {
-                source,
-                pattern: match rule {
-                    Rule::Glob(g) => g.pattern.clone(),
-                    Rule::Label(l) => format!("label:{l}").into(),
-                },
-            })
+            .map(|rule| rule.grant().clone())
     }
 
-    /// The first rule that allows `resource`, with where it came from. (No allocation
-    /// beyond the name being matched: [`Self::allows`] runs on every request.)
-    fn matching(
-        &self,
-        connector: &str,
-        category: &str,
-        resource: &str,
-    ) -> Option<(GrantSource, &Rule)> {
+    /// The first rule that allows `resource`. (No allocation beyond the name being
+    /// matched: [`Self::allows`] runs on every request.)
+    fn matching(&self, connector: &str, category: &str, resource: &str) -> Option<&Rule> {
         let mut full = String::with_capacity(connector.len() + category.len() + resource.len() + 2);
         full.push_str(connector);
         full.push('/');
@@ -486,18 +494,16 @@ impl Access<'_> {
             }
         }
         let whole = &full[..whole_len];
-        self.granted.iter().find_map(|(source, rules)| {
-            rules.iter().find_map(|r| {
-                let matched = match r {
-                    Rule::Glob(g) => {
-                        g.whole.is_match(&full)
-                            || g.whole.is_match(whole)
-                            || g.prefix.as_ref().is_some_and(|p| p.is_match(&full))
-                    }
-                    Rule::Label(l) => self.labels.get(connector).is_some_and(|ls| ls.contains(l)),
-                };
-                matched.then_some((*source, r))
-            })
+        self.rules().find(|r| match r {
+            Rule::Glob(g) => {
+                g.whole.is_match(&full)
+                    || g.whole.is_match(whole)
+                    || g.prefix.as_ref().is_some_and(|p| p.is_match(&full))
+            }
+            Rule::Label { name, .. } => self
+                .labels
+                .get(connector)
+                .is_some_and(|ls| ls.contains(name)),
         })
     }
 
@@ -512,7 +518,7 @@ impl Access<'_> {
                     g.connector.matches(connector)
                         && g.category.as_ref().is_some_and(|c| c.matches(category))
                 }
-                Rule::Label(_) => false,
+                Rule::Label { .. } => false,
             })
     }
 
@@ -522,7 +528,7 @@ impl Access<'_> {
             || self.rules().any(|r| match r {
                 // e.g. "github/proxy/repos/**" grants something on github.
                 Rule::Glob(g) => g.connector.literal() == Some(connector),
-                Rule::Label(_) => false,
+                Rule::Label { .. } => false,
             })
     }
 }

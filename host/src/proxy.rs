@@ -47,9 +47,10 @@ const ALLOWED: &[Method] = &[
     Method::OPTIONS,
 ];
 
-/// Which connector a response belongs to, for the request log and metrics.
+/// Which connector a response belongs to, for the request log and metrics (its id and
+/// its kept series).
 #[derive(Debug, Clone)]
-pub struct ConnectorTag(pub String);
+pub struct ConnectorTag(pub Arc<crate::connector::Connector>);
 
 /// Whether `path` is the proxy's: `/v1/connectors/<id>`, `/v1/connectors/<id>/` or
 /// `/v1/connectors/<id>/<path>` with a non-empty `<id>`. [`crate::front`] sends these
@@ -129,7 +130,7 @@ pub async fn handle(
         );
     }
     resp.extensions_mut()
-        .insert(ConnectorTag(connector.id.clone()));
+        .insert(ConnectorTag(connector.clone()));
     resp
 }
 

@@ -204,7 +204,7 @@ async fn registry_of_one(
 /// kept, exactly as its `shape-request` does (its fixtures compare the two).
 #[tokio::test]
 async fn a_plugin_built_against_wit_0_1_3_still_routes() {
-    use portcullis::plugins::{Bounds, types};
+    use portcullis::plugins::{Bounds, Outgoing, types};
     let old = workspace().join("tests/fixtures/plugins/notion-wit-0.1.3");
     let wasm = std::fs::read(old.join("plugin.wasm")).expect("the 0.1.3 component");
     let has = |needle: &[u8]| wasm.windows(needle.len()).any(|w| w == needle);
@@ -229,23 +229,21 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
         base: &base,
         credential_header: None,
     };
-    let req = |headers: &[(&str, &str)]| types::OutgoingRequest {
+    let req = |headers| Outgoing {
         method: types::Method::Get,
         path: "/v1/users/me".into(),
         query: None,
-        headers: headers
-            .iter()
-            .map(|(n, v)| ((*n).into(), (*v).into()))
-            .collect(),
+        headers,
     };
+    let none = http::HeaderMap::new();
     assert!(
         plugins
-            .routes_cover(&notion, &ctx, &req(&[]), bounds)
+            .routes_cover(&notion, &ctx, &req(&none), bounds)
             .await
             .expect("routes")
     );
     let routed = plugins
-        .shape(&notion, &ctx, req(&[]), bounds)
+        .shape(&notion, &ctx, req(&none), bounds)
         .await
         .expect("shaped by the routes");
     assert_eq!(routed.url.as_str(), "https://api.notion.com/v1/users/me");
@@ -255,13 +253,12 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
         routed.set
     );
     assert!(routed.remove.is_empty() && routed.grant.is_none());
+    let theirs_set = http::HeaderMap::from_iter([(
+        http::HeaderName::from_static("notion-version"),
+        http::HeaderValue::from_static("2025-09-03"),
+    )]);
     let theirs = plugins
-        .shape(
-            &notion,
-            &ctx,
-            req(&[("Notion-Version", "2025-09-03")]),
-            bounds,
-        )
+        .shape(&notion, &ctx, req(&theirs_set), bounds)
         .await
         .expect("shaped by the routes");
     assert!(theirs.set.is_empty(), "{:?}", theirs.set);
@@ -272,7 +269,7 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
 /// request.
 #[tokio::test]
 async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
-    use portcullis::plugins::{Bounds, types};
+    use portcullis::plugins::{Bounds, Outgoing, types};
     let (_dir, plugins) = registry_of_one("google", &workspace().join("registry/google")).await;
     let google = plugins.get("google").expect("google loads");
     let ctx = types::Context {
@@ -280,11 +277,15 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
         base_url: "https://gmail.googleapis.com".into(),
         variables: Vec::new(),
     };
-    let req = types::OutgoingRequest {
+    let headers = http::HeaderMap::from_iter([(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    )]);
+    let req = Outgoing {
         method: types::Method::Get,
         path: "/gmail/v1/users/me/messages".into(),
         query: Some("maxResults=5".into()),
-        headers: vec![("accept".into(), "application/json".into())],
+        headers: &headers,
     };
     let base = url::Url::parse(&ctx.base_url).expect("api_url");
     let bounds = Bounds {
@@ -302,7 +303,7 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
         .await
         .expect("shaped by the routes");
     let called = plugins
-        .shape_by_call(&google, ctx, req, bounds)
+        .shape_by_call(&google, ctx, req.into_wit(), bounds)
         .await
         .expect("shaped by a call");
     assert_eq!(routed.url, called.url);
@@ -323,7 +324,7 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
 /// must come out the same, and a request the call refuses must not be covered.
 #[tokio::test]
 async fn routes_agree_with_shape_request_on_made_up_requests() {
-    use portcullis::plugins::{Bounds, types};
+    use portcullis::plugins::{Bounds, Outgoing, types};
 
     /// xorshift64: the same cases on every run, no dependency.
     struct Dice(u64);
@@ -435,21 +436,28 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
             credential_header: None,
         };
         for _ in 0..400 {
-            let headers = (0..*dice.pick(&[0usize, 1, 2, 3, 4]))
-                .map(|_| ((*dice.pick(&names)).into(), (*dice.pick(&values)).into()))
+            let headers: http::HeaderMap = (0..*dice.pick(&[0usize, 1, 2, 3, 4]))
+                .map(|_| {
+                    let (name, value): (&&str, &&'static str) =
+                        (dice.pick(&names), dice.pick(&values));
+                    (
+                        http::HeaderName::try_from(*name).expect("name"),
+                        http::HeaderValue::from_static(value),
+                    )
+                })
                 .collect();
-            let req = types::OutgoingRequest {
+            let req = Outgoing {
                 method: *dice.pick(&methods),
                 path: (*dice.pick(&paths)).into(),
                 query: dice.pick(&queries).map(Into::into),
-                headers,
+                headers: &headers,
             };
             let by_routes = plugins
                 .routes_cover(&plugin, &ctx, &req, bounds)
                 .await
                 .expect("routes");
             let called = plugins
-                .shape_by_call(&plugin, ctx.clone(), req.clone(), bounds)
+                .shape_by_call(&plugin, ctx.clone(), req.clone().into_wit(), bounds)
                 .await;
             let Ok(called) = called else {
                 assert!(

@@ -410,8 +410,8 @@ fn tagged(
     result: Result<Json<serde_json::Value>, ApiError>,
 ) -> Response {
     let mut resp = result.map_or_else(IntoResponse::into_response, IntoResponse::into_response);
-    if snapshot.connectors.contains_key(id) {
-        resp.extensions_mut().insert(ConnectorTag(id.to_owned()));
+    if let Some(c) = snapshot.connectors.get(id) {
+        resp.extensions_mut().insert(ConnectorTag(c.clone()));
     }
     resp
 }
@@ -469,8 +469,8 @@ pub async fn callback(
         app.audit.connection(&caller, &id, "connected");
         app.connected(caller.clone(), &id);
     }
-    if snapshot.connectors.contains_key(&id) {
-        resp.extensions_mut().insert(ConnectorTag(id));
+    if let Some(c) = snapshot.connectors.get(&id) {
+        resp.extensions_mut().insert(ConnectorTag(c.clone()));
     }
     resp
 }

@@ -45,10 +45,15 @@ impl UpstreamBody {
 
     /// Reads up to `limit` bytes (waiting at most `idle` for each piece). Returns them and
     /// what is left: `None` when the body ended within them. The first piece is kept as
-    /// it came, not copied: a short answer is one piece.
+    /// it came, not copied: a short answer is one piece, and once its declared length
+    /// has come the body is not asked for an end it already reached.
     pub async fn read_prefix(mut self, limit: usize, idle: Duration) -> (Bytes, Option<Self>) {
+        use http_body::Body as _;
         let mut read = Prefix::default();
         while read.len() <= limit {
+            if self.is_end_stream() {
+                return (read.bytes(), None);
+            }
             // A piece already here (a short answer comes with its head) needs no timer.
             let next = match self.frame().now_or_never() {
                 Some(next) => Ok(next),

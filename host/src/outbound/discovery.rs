@@ -85,7 +85,7 @@ impl Outbound {
         plugin: &Plugin,
     ) -> Option<types::Context> {
         let base = super::base_url(connector, Some(plugin)).ok()?;
-        Some(self.context_at(connector, user, plugin, &base))
+        Some(self.context_at(connector, user, plugin, base))
     }
 
     /// [`Outbound::plugin_context`] with the connector's base URL already resolved: it is
@@ -116,21 +116,27 @@ impl Outbound {
     }
 
     /// The connection's variables for the plugin: [`Outbound::plugin_context`] at `base`
-    /// plus what discovery found (run once and cached).
+    /// plus what discovery found (run once and cached). Without a user's variables or a
+    /// discovery it is the same on every request, and kept with the connector.
     pub(super) async fn context(
         &self,
         connector: &Connector,
         user: Option<&str>,
         plugin: &Arc<Plugin>,
         base: &url::Url,
-    ) -> Result<types::Context, Error> {
+    ) -> Result<Arc<types::Context>, Error> {
         let id = connector.id.as_str();
         // A per-user connection's variables come from that user's token responses.
         let user = connector.per_user().and(user);
-        let mut ctx = self.context_at(connector, user, plugin, base);
         if !plugin.has(Hook::Discover) {
-            return Ok(ctx);
+            return Ok(match user {
+                None => connector
+                    .plugin_context
+                    .get_or_build(plugin, || self.context_at(connector, None, plugin, base)),
+                Some(_) => Arc::new(self.context_at(connector, user, plugin, base)),
+            });
         }
+        let mut ctx = self.context_at(connector, user, plugin, base);
         let key = format!("{id}\n{}\n{:?}\n{user:?}", ctx.base_url, ctx.variables);
         let outcome = self
             .discoveries
@@ -154,7 +160,7 @@ impl Outbound {
         match outcome? {
             DiscoveryOutcome::Done(vars) => {
                 ctx.variables.extend(vars);
-                Ok(ctx)
+                Ok(Arc::new(ctx))
             }
             DiscoveryOutcome::Choose(sel) => {
                 let options: Vec<String> = sel

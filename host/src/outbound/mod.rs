@@ -136,7 +136,7 @@ impl std::fmt::Debug for Outbound {
 }
 
 /// A plugin and the context its hooks get for this call.
-type Classifier = (Arc<Plugin>, types::Context);
+type Classifier = (Arc<Plugin>, Arc<types::Context>);
 
 /// Whose credential a request carries: the connector's, for `user`, the token `grant`.
 #[derive(Clone, Copy)]
@@ -258,35 +258,37 @@ impl Outbound {
     ) -> Result<(url::Url, Option<String>, Option<Classifier>), Error> {
         let plugin = self.plugin(c)?;
         let base = base_url(c, plugin.as_deref())?;
-        let Some(p) = plugin.filter(|p| p.has(Hook::ShapeRequest) || p.has(Hook::ClassifyResponse))
+        let Some(p) = plugin
+            .as_ref()
+            .filter(|p| p.has(Hook::ShapeRequest) || p.has(Hook::ClassifyResponse))
         else {
-            return Ok((path::join(&base, path, query.as_deref()), None, None));
+            return Ok((path::join(base, path, query.as_deref()), None, None));
         };
-        let ctx = self.context(c, user, &p, &base).await?;
+        let ctx = self.context(c, user, p, base).await?;
         if !p.has(Hook::ShapeRequest) {
             return Ok((
-                path::join(&base, path, query.as_deref()),
+                path::join(base, path, query.as_deref()),
                 None,
-                Some((p, ctx)),
+                Some((p.clone(), ctx)),
             ));
         }
-        let req = types::OutgoingRequest {
+        let req = crate::plugins::Outgoing {
             method: wit_method(method).unwrap_or(types::Method::Get),
             path: ["/", path].concat(),
             query,
-            headers: crate::plugins::wit_headers(headers),
+            headers,
         };
         let bounds = Bounds {
-            base: &base,
+            base,
             credential_header: c.credential.header_name(),
         };
         let shaped = self
             .plugins
-            .shape(&p, &ctx, req, bounds)
+            .shape(p, &ctx, req, bounds)
             .await
             .map_err(|e| Error::plugin(&c.id, &e))?;
         shaped.apply_headers(headers);
-        Ok((shaped.url, shaped.grant, Some((p, ctx))))
+        Ok((shaped.url, shaped.grant, Some((p.clone(), ctx))))
     }
 
     /// Credential and egress stages, with the one rule for a rejected credential (a 403
@@ -553,9 +555,9 @@ impl Outbound {
         arguments: &serde_json::Value,
     ) -> Result<Reply, Error> {
         let base = base_url(c, Some(plugin))?;
-        let ctx = self.context_at(c, Some(user), plugin, &base);
+        let ctx = self.context_at(c, Some(user), plugin, base);
         let bounds = Bounds {
-            base: &base,
+            base,
             credential_header: c.credential.header_name(),
         };
         let call = self
@@ -590,17 +592,10 @@ impl Outbound {
 }
 
 /// The connector's `url`, else its provider's default API URL.
-fn base_url<'c>(c: &'c Connector, plugin: Option<&Plugin>) -> Result<Cow<'c, url::Url>, Error> {
+fn base_url<'a>(c: &'a Connector, plugin: Option<&'a Plugin>) -> Result<&'a url::Url, Error> {
     match (&c.url, plugin) {
-        (Some(u), _) => Ok(Cow::Borrowed(u)),
-        (None, Some(p)) => url::Url::parse(&p.defaults.api_url)
-            .map(Cow::Owned)
-            .map_err(|e| {
-                Error::connector(ApiError::bad_gateway(
-                    "connector_misconfigured",
-                    e.to_string(),
-                ))
-            }),
+        (Some(u), _) => Ok(u),
+        (None, Some(p)) => Ok(&p.api_url),
         (None, None) => Err(misconfigured(&c.id)),
     }
 }

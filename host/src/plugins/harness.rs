@@ -388,7 +388,7 @@ impl Harness {
                     .map_err(|err| {
                         format!("the plugin's routes for this context are refused: {err}")
                     })?
-                    .shape(req),
+                    .shape(&req.path, req.query.as_deref(), req.headers.as_slice()),
                 false => None,
             };
             let called = p.shape_request(plugin, ctx, req.clone()).await;

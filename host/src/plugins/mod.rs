@@ -216,11 +216,11 @@ impl Plugins {
         &self,
         plugin: &Plugin,
         ctx: &types::Context,
-        req: types::OutgoingRequest,
+        req: Outgoing<'_>,
         bounds: Bounds<'_>,
     ) -> Result<Shaped, CallError> {
         let routed = match self.routes(plugin, ctx, bounds).await? {
-            Some(routes) => routes.shape(&req),
+            Some(routes) => req.routed(&routes),
             None => None,
         };
         match routed {
@@ -230,7 +230,10 @@ impl Plugins {
                 output::routed(plugin, bounds, routed),
             ),
             // Only a call needs the context of its own (routes run for every request).
-            None => self.shape_by_call(plugin, ctx.clone(), req, bounds).await,
+            None => {
+                self.shape_by_call(plugin, ctx.clone(), req.into_wit(), bounds)
+                    .await
+            }
         }
     }
 
@@ -258,13 +261,13 @@ impl Plugins {
         &self,
         plugin: &Plugin,
         ctx: &types::Context,
-        req: &types::OutgoingRequest,
+        req: &Outgoing<'_>,
         bounds: Bounds<'_>,
     ) -> Result<bool, CallError> {
         Ok(self
             .routes(plugin, ctx, bounds)
             .await?
-            .is_some_and(|routes| routes.shape(req).is_some()))
+            .is_some_and(|routes| req.routed(&routes).is_some()))
     }
 
     /// The plugin's routes for `ctx`: asked at the context's first request (once, while
@@ -658,6 +661,70 @@ pub fn wit_method(m: &http::Method) -> Option<types::Method> {
     })
 }
 
+/// A connector's plugin context, kept once built where it is the same on every request
+/// (a shared connection whose plugin discovers nothing; the outbound pipeline decides):
+/// building it copies the connector's id, base URL and variables, and the plugin's
+/// routes are then found by hashing it, on every request the plugin shapes. Kept per
+/// plugin: a registry rescan that replaces the plugin builds it again. A connector
+/// belongs to one config snapshot, so a new config starts with none.
+pub type KeptContext = Kept<Plugin, types::Context>;
+
+/// A value kept for one owner (a plugin), built again for another.
+#[derive(Debug)]
+pub struct Kept<O, V>(arc_swap::ArcSwapOption<(std::sync::Weak<O>, Arc<V>)>);
+
+impl<O, V> Default for Kept<O, V> {
+    fn default() -> Self {
+        Self(arc_swap::ArcSwapOption::empty())
+    }
+}
+
+impl<O, V> Kept<O, V> {
+    /// The value kept for `owner`, or the one `build` makes, kept from now on.
+    pub fn get_or_build(&self, owner: &Arc<O>, build: impl FnOnce() -> V) -> Arc<V> {
+        // The weak pointer keeps the old owner's allocation, so a new owner can never
+        // sit at the address a kept value names.
+        if let Some(kept) = &*self.0.load()
+            && std::ptr::eq(kept.0.as_ptr(), Arc::as_ptr(owner))
+        {
+            return kept.1.clone();
+        }
+        let value = Arc::new(build());
+        self.0
+            .store(Some(Arc::new((Arc::downgrade(owner), value.clone()))));
+        value
+    }
+}
+
+/// An agent's request as a plugin shapes it ([`Plugins::shape`]): what `shape-request`
+/// is given, its headers still the request's own map. A request one of the plugin's
+/// routes covers is shaped from them as they are; they are converted into the plugin
+/// interface's list ([`wit_headers`]) only for a call.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub method: types::Method,
+    /// The path as it goes upstream, with its leading `/`.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl Outgoing<'_> {
+    fn routed(&self, routes: &routes::Routes) -> Option<routes::Routed> {
+        routes.shape(&self.path, self.query.as_deref(), self.headers)
+    }
+
+    /// The request as `shape-request` is given it.
+    pub fn into_wit(self) -> types::OutgoingRequest {
+        types::OutgoingRequest {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            headers: wit_headers(self.headers),
+        }
+    }
+}
+
 /// Headers as a plugin is given them: lower-case names, values as text (bytes that are
 /// not UTF-8 replaced).
 pub fn wit_headers(headers: &http::HeaderMap) -> Vec<types::Header> {
@@ -934,6 +1001,32 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A kept value is built once for its owner, again for a new owner (a plugin a
+    /// rescan loaded in its place), and never handed to an owner it was not built for.
+    #[test]
+    fn a_kept_value_belongs_to_the_owner_it_was_built_for() {
+        let kept: Kept<String, u32> = Kept::default();
+        let (first, second) = (Arc::new("first".to_owned()), Arc::new("second".to_owned()));
+        let mut builds = 0;
+        let mut get = |owner: &Arc<String>, value: u32| {
+            *kept.get_or_build(owner, || {
+                builds += 1;
+                value
+            })
+        };
+        assert_eq!(get(&first, 1), 1);
+        assert_eq!(get(&first, 2), 1, "kept");
+        assert_eq!(get(&second, 3), 3, "another owner builds its own");
+        assert_eq!(get(&first, 4), 4, "and the first builds again");
+        // An owner dropped and another made in its place is another owner, even at
+        // the same address: the kept weak pointer holds the old allocation.
+        drop(first);
+        let third = Arc::new("third".to_owned());
+        assert_eq!(get(&third, 5), 5);
+        assert_eq!(get(&third, 6), 5);
+        assert_eq!(builds, 4);
+    }
 
     fn grant(name: &str, prefix: &str, required: bool) -> types::TokenGrant {
         types::TokenGrant {

@@ -23,6 +23,10 @@ pub const MAX_CLASSIFY_BYTES: u32 = 64 * 1024;
 pub struct Plugin {
     pub manifest: Manifest,
     pub defaults: types::ProviderDefaults,
+    /// `defaults.api_url`, parsed when the plugin loaded (checked: https on one of its
+    /// `allowed_hosts`): the base URL of a connector that sets none, for every request
+    /// it sends.
+    pub api_url: url::Url,
     /// How its OAuth endpoints want requests (`oauth-extras`, checked); the form when
     /// the plugin does not say.
     pub oauth_style: crate::oauth::RequestStyle,
@@ -244,7 +248,7 @@ pub async fn load(
             ));
         }
     };
-    check_defaults(&manifest, &described.defaults)?;
+    let api_url = check_defaults(&manifest, &described.defaults)?;
     check_entries(&manifest, &described.entries)?;
     // A plugin built before 0.1.2 said nothing: the earlier behaviour.
     let auth = described
@@ -255,10 +259,7 @@ pub async fn load(
             url_inputs: Vec::new(),
         });
     let refresh_url = match &auth.refresh_url {
-        Some(raw) => {
-            check_url(&manifest, "auth-extras refresh-url", raw)?;
-            url::Url::parse(raw).ok()
-        }
+        Some(raw) => Some(check_url(&manifest, "auth-extras refresh-url", raw)?),
         None => None,
     };
     let static_credential = auth
@@ -273,6 +274,7 @@ pub async fn load(
     let mut plugin = Plugin {
         manifest,
         defaults: described.defaults,
+        api_url,
         oauth_style: crate::oauth::RequestStyle::default(),
         entries: described.entries,
         refresh_url,
@@ -292,7 +294,7 @@ pub async fn load(
 }
 
 /// A URL a plugin declares: https, on one of the manifest's `allowed_hosts`.
-fn check_url(m: &Manifest, what: &str, raw: &str) -> Result<(), String> {
+fn check_url(m: &Manifest, what: &str, raw: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("{what} \"{raw}\" is not a URL: {e}"))?;
     if url.scheme() != "https" {
         return Err(format!("{what} \"{raw}\" must use https"));
@@ -303,7 +305,7 @@ fn check_url(m: &Manifest, what: &str, raw: &str) -> Result<(), String> {
             "{what} host \"{host}\" is not in the manifest's allowed_hosts"
         ));
     }
-    Ok(())
+    Ok(url)
 }
 
 /// `{name}` placeholders in the OAuth URLs: only in the authorization and token URLs,
@@ -439,14 +441,15 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// `defaults()` must agree with the manifest: same id, every URL https on a declared host.
-fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), String> {
+/// Returns the API URL, parsed.
+fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<url::Url, String> {
     if d.id != m.id {
         return Err(format!(
             "defaults().id is \"{}\" but plugin.toml says \"{}\"",
             d.id, m.id
         ));
     }
-    let mut urls = vec![("api-url", d.api_url.as_str())];
+    let mut urls = Vec::new();
     if let Some(u) = &d.mcp_url {
         urls.push(("mcp-url", u));
     }
@@ -474,6 +477,7 @@ fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), Strin
             }
         }
     }
+    let api_url = check_url(m, "defaults().api-url", &d.api_url)?;
     for (field, raw) in urls {
         check_url(m, &format!("defaults().{field}"), raw)?;
     }
@@ -483,7 +487,7 @@ fn check_defaults(m: &Manifest, d: &types::ProviderDefaults) -> Result<(), Strin
             d.classify_body_bytes
         ));
     }
-    Ok(())
+    Ok(api_url)
 }
 
 /// Defaults of a made-up provider with no OAuth, inputs or hooks, for tests to vary.

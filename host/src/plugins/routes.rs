@@ -8,6 +8,7 @@
 //! ([`Routed`]), and goes through the same output rules as one
 //! ([`super::output::routed`]); a request no route covers is shaped by a call as before.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -71,7 +72,7 @@ pub(super) struct GrantHeader {
 
 /// A request a route covers, shaped: what `shape-request` would have returned, its URL
 /// already parsed. [`super::output::routed`] checks it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Routed {
     pub url: url::Url,
     pub set_headers: Vec<types::Header>,
@@ -95,7 +96,7 @@ impl Routes {
         self.0.is_empty()
     }
 
-    /// What `shape-request` would return for `req`, when a route covers it: the matched
+    /// What `shape-request` would return for a request, when a route covers it: the matched
     /// prefix replaced by the route's target, the query kept (with the route's own
     /// parameters in place of the agent's of those names), the route's default headers
     /// the agent did not choose its own value for, the grant its header picks. A request
@@ -109,20 +110,26 @@ impl Routes {
     /// plugin tool call's query is sent percent-encoded, as the join without a plugin
     /// sends it ([`crate::outbound::path::join`]), rather than cut off as a fragment or
     /// trimmed.
-    pub fn shape(&self, req: &types::OutgoingRequest) -> Option<Routed> {
-        let route = self.0.iter().find(|r| covers(&r.prefix, &req.path))?;
+    ///
+    /// `path` is the request's path as it goes upstream, with its leading `/`.
+    pub fn shape<H: Headers + ?Sized>(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &H,
+    ) -> Option<Routed> {
+        let route = self.0.iter().find(|r| covers(&r.prefix, path))?;
         let (grant, remove_headers) = match &route.grant_header {
             None => (None, Vec::new()),
-            Some(g) => (g.grant(&req.headers)?, vec![g.name.clone()]),
+            Some(g) => (g.grant(headers)?, vec![g.name.clone()]),
         };
-        let rest = &req.path[route.prefix.len()..];
+        let rest = &path[route.prefix.len()..];
         let base = route.target.path().trim_end_matches('/');
         let mut path = String::with_capacity(base.len() + rest.len());
         path.push_str(base);
         path.push_str(rest);
         let mut url = route.target.clone();
         url.set_path(&path);
-        let query = req.query.as_deref();
         if route.query.is_empty() {
             url.set_query(query.filter(|q| !q.is_empty()));
         } else {
@@ -131,7 +138,7 @@ impl Routes {
         let set_headers = route
             .default_headers
             .iter()
-            .filter(|d| match first(&req.headers, &d.name) {
+            .filter(|d| match headers.first(&d.name) {
                 None => true,
                 Some(theirs) => d.unless.iter().any(|u| u == theirs.trim()),
             })
@@ -149,8 +156,8 @@ impl Routes {
 impl GrantHeader {
     /// The grant the request's header picks (none without the header), or `None` when
     /// its value is not one the route lists.
-    fn grant(&self, headers: &[types::Header]) -> Option<Option<String>> {
-        let Some(value) = first(headers, self.name.as_str()) else {
+    fn grant<H: Headers + ?Sized>(&self, headers: &H) -> Option<Option<String>> {
+        let Some(value) = headers.first(self.name.as_str()) else {
             return Some(None);
         };
         let value = value.trim();
@@ -161,13 +168,28 @@ impl GrantHeader {
     }
 }
 
-/// The value of the first header named `name` (compared case-insensitively), as the
-/// SDK's `header` reads it.
-fn first<'a>(headers: &'a [types::Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+/// The agent's headers as a route reads them: the value of the first header named
+/// `name` (compared case-insensitively), as the SDK's `header` reads it, with bytes that
+/// are not UTF-8 replaced as a plugin is given them ([`super::wit_headers`]). The proxy
+/// reads the request's own map, so a request a route covers converts none of its
+/// headers; the harness reads the plugin interface's list.
+pub trait Headers {
+    fn first(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+impl Headers for [types::Header] {
+    fn first(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
+    }
+}
+
+impl Headers for http::HeaderMap {
+    fn first(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+    }
 }
 
 /// The agent's query without empty parameters and those the route sets, then the
@@ -270,22 +292,47 @@ mod tests {
         }
     }
 
-    fn req(path: &str, query: Option<&str>, headers: &[(&str, &str)]) -> types::OutgoingRequest {
-        types::OutgoingRequest {
-            method: types::Method::Get,
-            path: path.into(),
-            query: query.map(Into::into),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).into(), (*v).into()))
-                .collect(),
-        }
+    /// `routes` shaping a request with `headers`, given as the proxy gives them (the
+    /// request's map) and as the harness does (the plugin interface's list): both must
+    /// shape it the same.
+    fn shape(
+        routes: &Routes,
+        path: &str,
+        query: Option<&str>,
+        headers: &[(&str, &[u8])],
+    ) -> Option<Routed> {
+        let map: http::HeaderMap = headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    http::HeaderName::try_from(*n).expect("name"),
+                    http::HeaderValue::from_bytes(v).expect("value"),
+                )
+            })
+            .collect();
+        let list = crate::plugins::wit_headers(&map);
+        let shaped = routes.shape(path, query, &map);
+        assert_eq!(
+            shaped,
+            routes.shape(path, query, list.as_slice()),
+            "{headers:?}"
+        );
+        shaped
+    }
+
+    /// [`shape`] with text values.
+    fn shape_text(
+        routes: &Routes,
+        path: &str,
+        query: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Option<Routed> {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        shape(routes, path, query, &headers)
     }
 
     fn url(routes: &Routes, path: &str, query: Option<&str>) -> Option<String> {
-        routes
-            .shape(&req(path, query, &[]))
-            .map(|s| s.url.to_string())
+        shape_text(routes, path, query, &[]).map(|s| s.url.to_string())
     }
 
     #[test]
@@ -391,17 +438,27 @@ mod tests {
             default_headers: vec![default("notion-version", "2022-06-28", &[])],
             ..route("", "https://api.notion.com")
         }]);
-        let shaped = routes
-            .shape(&req("/v1/users", None, &[]))
-            .map(|s| s.set_headers);
+        let shaped = shape_text(&routes, "/v1/users", None, &[]).map(|s| s.set_headers);
         assert_eq!(
             shaped,
             Some(vec![("notion-version".into(), "2022-06-28".into())])
         );
-        let theirs = routes
-            .shape(&req("/v1/users", None, &[("Notion-Version", "2025-09-03")]))
-            .map(|s| s.set_headers);
+        let theirs = shape_text(
+            &routes,
+            "/v1/users",
+            None,
+            &[("Notion-Version", "2025-09-03")],
+        )
+        .map(|s| s.set_headers);
         assert_eq!(theirs, Some(Vec::new()));
+        // The same from the plugin interface's list, its name as a fixture may write it.
+        let list: Vec<types::Header> = vec![("Notion-Version".into(), "2025-09-03".into())];
+        assert_eq!(
+            routes
+                .shape("/v1/users", None, list.as_slice())
+                .map(|s| s.set_headers),
+            Some(Vec::new())
+        );
     }
 
     fn default(name: &str, value: &str, unless: &[&str]) -> DefaultHeader {
@@ -424,8 +481,7 @@ mod tests {
             ..route("", "https://api.github.com")
         }]);
         let set = |headers: &[(&str, &str)]| {
-            routes
-                .shape(&req("/user", None, headers))
+            shape_text(&routes, "/user", None, headers)
                 .map(|s| s.set_headers)
                 .expect("covered")
         };
@@ -481,9 +537,7 @@ mod tests {
             (Some("ke+y=1&key%20=2"), "ke+y=1&key%20=2&key=abc123&%76=2"),
         ];
         for &(query, expected) in cases {
-            let shaped = routes
-                .shape(&req("/members/me", query, &[]))
-                .expect("covered");
+            let shaped = shape_text(&routes, "/members/me", query, &[]).expect("covered");
             assert_eq!(shaped.url.query(), Some(expected), "{query:?}");
             assert_eq!(shaped.url.path(), "/1/members/me");
         }
@@ -501,9 +555,7 @@ mod tests {
             ..route("", "https://slack.com/api")
         }]);
         let grant = |headers: &[(&str, &str)]| {
-            routes
-                .shape(&req("/auth.test", None, headers))
-                .map(|s| (s.grant, s.remove_headers))
+            shape_text(&routes, "/auth.test", None, headers).map(|s| (s.grant, s.remove_headers))
         };
         let removed = vec![http::HeaderName::from_static("x-slack-token")];
         assert_eq!(grant(&[]), Some((None, removed.clone())));
@@ -517,6 +569,37 @@ mod tests {
         );
         assert_eq!(grant(&[("x-slack-token", "admin")]), None);
         assert_eq!(grant(&[("x-slack-token", "USER")]), None);
+        // The plugin interface's list as a fixture writes it: names in any case.
+        let list: Vec<types::Header> = vec![
+            ("Accept".into(), "*/*".into()),
+            ("X-Slack-Token".into(), " user ".into()),
+        ];
+        assert_eq!(
+            routes
+                .shape("/auth.test", None, list.as_slice())
+                .map(|s| s.grant),
+            Some(Some("user".into()))
+        );
+        // The first of several decides, read the same from the map and the list.
+        assert_eq!(
+            grant(&[("x-slack-token", "admin"), ("x-slack-token", "bot")]),
+            None
+        );
+        assert_eq!(
+            grant(&[("x-slack-token", "bot"), ("x-slack-token", "admin")]),
+            Some((None, vec![http::HeaderName::from_static("x-slack-token")]))
+        );
+        // A value that is not UTF-8 is read with its bytes replaced, as a plugin is
+        // given it: no listed value, so not covered.
+        assert_eq!(
+            shape(
+                &routes,
+                "/auth.test",
+                None,
+                &[("x-slack-token", b"us\xe9r")]
+            ),
+            None
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ pub mod lines;
 pub mod otel;
 pub mod records;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -61,20 +61,76 @@ pub struct ConnectorOutcomeLabels {
     pub outcome: &'static str,
 }
 
-/// An upstream answer's outcome label, by [`UpstreamMeters::requests`]'s index.
+/// An upstream answer's outcome label, by [`ConnectorMeters::upstream`]'s index.
 const UPSTREAM_OUTCOMES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
 
-/// One connector's upstream series, each found in its family the first time it is
-/// used and then kept: finding a series by its labels copies the connector's id and
-/// hashes it, on every request the connector sends. A connector belongs to one host's
-/// snapshot, so these are that host's series; a new snapshot's connector finds the same
-/// series again.
+/// What a request was for, as the request log and metrics name it. `Other` stays last
+/// ([`Route::COUNT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Proxy,
+    Mcp,
+    Api,
+    Healthz,
+    Metrics,
+    Callback,
+    Ui,
+    Other,
+}
+
+impl Route {
+    const COUNT: usize = Self::Other as usize + 1;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Mcp => "mcp",
+            Self::Api => "api",
+            Self::Healthz => "healthz",
+            Self::Metrics => "metrics",
+            Self::Callback => "callback",
+            Self::Ui => "ui",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Most `(route, status)` request series a connector keeps ([`ConnectorMeters`]); any
+/// further one is looked up by its labels on each request.
+const MAX_KEPT_STATUSES: usize = 32;
+
+/// One connector's series, each found in its family the first time it is used and then
+/// kept: finding a series by its labels copies the connector's id and hashes it, on
+/// every request the connector serves. A connector belongs to one host's snapshot, so
+/// these are that host's series; a new snapshot's connector finds the same series again.
 #[derive(Debug, Default)]
-pub struct UpstreamMeters {
+pub struct ConnectorMeters {
     /// `upstream_requests`, by outcome ([`UPSTREAM_OUTCOMES`]).
-    requests: [OnceLock<Counter>; 5],
+    upstream: [OnceLock<Counter>; 5],
     /// `upstream_duration_seconds`.
-    duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    /// `requests`, by route and status: the few a connector's answers have.
+    requests: Mutex<Vec<(Route, u16, Counter)>>,
+}
+
+impl ConnectorMeters {
+    /// Counts a request in the `requests` series of `(route, status)`: kept, or found by
+    /// `find` (and kept while fewer than [`MAX_KEPT_STATUSES`] are).
+    fn count_request(&self, route: Route, status: u16, find: impl FnOnce() -> Counter) {
+        let mut kept = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.iter().find(|(r, s, _)| *r == route && *s == status) {
+            Some((_, _, series)) => {
+                series.inc();
+            }
+            None => {
+                let series = find();
+                series.inc();
+                if kept.len() < MAX_KEPT_STATUSES {
+                    kept.push((route, status, series));
+                }
+            }
+        }
+    }
 }
 
 /// The host's metrics, registered once per process in their own registry (no globals,
@@ -83,6 +139,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram>,
+    /// `duration`'s series by route, kept once found (every request has one).
+    route_duration: [OnceLock<Histogram>; Route::COUNT],
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub token_requests: Family<OutcomeLabels, Counter>,
     pub plugin_calls: Family<PluginLabels, Counter>,
@@ -205,6 +263,7 @@ impl Metrics {
             registry,
             requests,
             duration,
+            route_duration: Default::default(),
             config_reloads,
             token_requests,
             plugin_calls,
@@ -219,10 +278,10 @@ impl Metrics {
     }
 
     /// One request sent upstream by `connector`: its answer's status class, or `error`
-    /// without one. `meters` are the connector's own ([`UpstreamMeters`]).
+    /// without one. `meters` are the connector's own ([`ConnectorMeters`]).
     pub fn observe_upstream(
         &self,
-        meters: &UpstreamMeters,
+        meters: &ConnectorMeters,
         connector: &str,
         status: Option<u16>,
         elapsed: Duration,
@@ -234,7 +293,7 @@ impl Metrics {
             Some(_) => 3,
             None => 4,
         };
-        meters.requests[outcome]
+        meters.upstream[outcome]
             .get_or_init(|| {
                 self.upstream_requests
                     .get_or_create(&ConnectorOutcomeLabels {
@@ -245,7 +304,7 @@ impl Metrics {
             })
             .inc();
         meters
-            .duration
+            .upstream_duration
             .get_or_init(|| {
                 self.upstream_duration
                     .get_or_create(&ConnectorLabels {
@@ -273,17 +332,41 @@ impl Metrics {
             .set(i64::from(up));
     }
 
-    pub fn observe(&self, route: &'static str, connector: &str, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                connector: connector.to_owned(),
-                status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+    /// One request answered on `route`, for `connector` (its id and series) when it used
+    /// one.
+    pub fn observe(
+        &self,
+        route: Route,
+        connector: Option<(&str, &ConnectorMeters)>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let count = || {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.as_str(),
+                    connector: connector.map_or("", |(id, _)| id).to_owned(),
+                    status,
+                })
+                .clone()
+        };
+        match connector {
+            Some((_, meters)) => meters.count_request(route, status, count),
+            None => {
+                count().inc();
+            }
+        }
+        let find = || {
+            self.duration
+                .get_or_create(&RouteLabels {
+                    route: route.as_str(),
+                })
+                .clone()
+        };
+        match self.route_duration.get(route as usize) {
+            Some(kept) => kept.get_or_init(find).observe(elapsed.as_secs_f64()),
+            None => find().observe(elapsed.as_secs_f64()),
+        }
     }
 
     /// The Prometheus text exposition.
@@ -412,26 +495,38 @@ mod tests {
         let ms = Duration::from_millis(1);
         let a = Metrics::new();
         let b = Metrics::new();
-        a.observe("proxy", "api", 200, ms);
-        b.observe("proxy", "api", 200, ms);
-        a.observe("proxy", "api", 200, ms);
-        a.observe("proxy", "api", 404, ms);
-        a.observe("mcp", "api", 200, ms);
-        let (api, other) = (UpstreamMeters::default(), UpstreamMeters::default());
+        let (api, other) = (ConnectorMeters::default(), ConnectorMeters::default());
+        a.observe(Route::Proxy, Some(("api", &api)), 200, ms);
+        b.observe(Route::Proxy, Some(("api", &other)), 200, ms);
+        a.observe(Route::Proxy, Some(("api", &api)), 200, ms);
+        a.observe(Route::Proxy, Some(("api", &api)), 404, ms);
+        a.observe(Route::Mcp, Some(("api", &api)), 200, ms);
+        a.observe(Route::Healthz, None, 200, ms);
         a.observe_upstream(&api, "api", Some(200), ms);
         b.observe_upstream(&other, "other", Some(503), ms);
         a.observe_upstream(&api, "api", Some(204), ms);
         a.observe_upstream(&api, "api", None, ms);
         // A new snapshot's connector counts into the same series.
-        a.observe_upstream(&UpstreamMeters::default(), "api", Some(201), ms);
+        a.observe_upstream(&ConnectorMeters::default(), "api", Some(201), ms);
+        a.observe(
+            Route::Proxy,
+            Some(("api", &ConnectorMeters::default())),
+            200,
+            ms,
+        );
         std::thread::scope(|s| {
-            s.spawn(|| a.observe("proxy", "api", 200, ms));
+            s.spawn(|| a.observe(Route::Proxy, Some(("api", &api)), 200, ms));
         });
         let (a, b) = (a.render(), b.render());
         for line in [
-            r#"portcullis_requests_total{route="proxy",connector="api",status="200"} 3"#,
+            // Kept by one connector's meters, found again by a new snapshot's, and
+            // counted from another thread.
+            r#"portcullis_requests_total{route="proxy",connector="api",status="200"} 4"#,
             r#"portcullis_requests_total{route="proxy",connector="api",status="404"} 1"#,
             r#"portcullis_requests_total{route="mcp",connector="api",status="200"} 1"#,
+            r#"portcullis_requests_total{route="healthz",connector="",status="200"} 1"#,
+            r#"portcullis_request_duration_seconds_count{route="proxy"} 5"#,
+            r#"portcullis_request_duration_seconds_count{route="healthz"} 1"#,
             r#"portcullis_upstream_requests_total{connector="api",outcome="2xx"} 3"#,
             r#"portcullis_upstream_requests_total{connector="api",outcome="error"} 1"#,
             r#"portcullis_upstream_duration_seconds_count{connector="api"} 4"#,
@@ -446,5 +541,30 @@ mod tests {
             assert!(b.contains(line), "{line} in\n{b}");
         }
         assert!(!b.contains(r#"outcome="2xx""#), "{b}");
+    }
+
+    /// A connector whose answers have more statuses than it keeps series for still
+    /// counts every one, into its own series.
+    #[test]
+    fn statuses_past_the_kept_ones_count_too() {
+        let metrics = Metrics::new();
+        let meters = ConnectorMeters::default();
+        let statuses = 200..200 + 2 * MAX_KEPT_STATUSES as u16;
+        for _ in 0..3 {
+            for status in statuses.clone() {
+                metrics.observe(Route::Proxy, Some(("api", &meters)), status, Duration::ZERO);
+            }
+        }
+        let text = metrics.render();
+        for status in statuses {
+            let line = format!(
+                r#"portcullis_requests_total{{route="proxy",connector="api",status="{status}"}} 3"#
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            meters.requests.lock().expect("not poisoned").len(),
+            MAX_KEPT_STATUSES
+        );
     }
 }

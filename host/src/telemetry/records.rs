@@ -6,7 +6,6 @@
 //! own ([`Style::line`], held to that by the tests below), so the log reads the same.
 
 use std::cell::Cell;
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -111,18 +110,6 @@ impl Record {
         self
     }
 
-    /// `"key":"…"` with `value`'s `Display` text, written into the record as it is
-    /// formatted rather than built as a string first.
-    pub fn display(&mut self, key: &'static str, value: impl fmt::Display) -> &mut Self {
-        use fmt::Write as _;
-        let out = self.key(key);
-        out.push(b'"');
-        // Writing into a Vec cannot fail; a `Display` that fails leaves its text short.
-        let _ = write!(Escaping(out), "{value}");
-        out.push(b'"');
-        self
-    }
-
     /// `"key":["…",…]`.
     pub fn strs(&mut self, key: &'static str, values: &[String]) -> &mut Self {
         let out = self.key(key);
@@ -152,16 +139,6 @@ impl Record {
     pub fn finish(mut self) -> Vec<u8> {
         self.0.push(b'}');
         self.0
-    }
-}
-
-/// A `fmt::Write` that escapes as it writes, for [`Record::display`].
-struct Escaping<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for Escaping<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        escape_into(self.0, s);
-        Ok(())
     }
 }
 
@@ -449,13 +426,12 @@ mod tests {
             let mut record = Record::default();
             record
                 .str("s", sample)
-                .display("d", sample)
                 .strs("l", std::slice::from_ref(sample));
             let text = String::from_utf8(record.finish()).expect("utf-8");
             assert!(!text.chars().any(char::is_control), "{sample:?}: {text}");
             assert_eq!(
                 serde_json::from_str::<serde_json::Value>(&text).expect("parses"),
-                serde_json::json!({ "s": sample, "d": sample, "l": [sample] }),
+                serde_json::json!({ "s": sample, "l": [sample] }),
                 "{sample:?}"
             );
             // serde_json's own text, but for the controls it leaves as they are.
@@ -520,7 +496,7 @@ mod tests {
             .opt_str("node", None)
             .opt_str("caller", Some("ada"))
             .null("grant")
-            .display("outcome", 200)
+            .str("outcome", "200")
             .strs("changed", &["a.b".to_owned(), "c".to_owned()])
             .strs("none", &[]);
         assert_eq!(
