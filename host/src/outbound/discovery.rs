@@ -89,7 +89,8 @@ impl Outbound {
     }
 
     /// [`Outbound::plugin_context`] with the connector's base URL already resolved: it is
-    /// built for every request a plugin shapes, so nothing is done twice.
+    /// built for each request a plugin shapes (unless kept on the connector,
+    /// [`Outbound::context`]), so nothing is done twice.
     pub(super) fn context_at(
         &self,
         connector: &Connector,
@@ -129,12 +130,15 @@ impl Outbound {
         // A per-user connection's variables come from that user's token responses.
         let user = connector.per_user().and(user);
         if !plugin.has(Hook::Discover) {
-            return Ok(match user {
+            let ctx = match user {
                 None => connector
                     .plugin_context
                     .get_or_build(plugin, || self.context_at(connector, None, plugin, base)),
                 Some(_) => Arc::new(self.context_at(connector, user, plugin, base)),
-            });
+            };
+            // Kept for the base every request of this connector and plugin resolves.
+            debug_assert_eq!(ctx.base_url, base.as_str());
+            return Ok(ctx);
         }
         let mut ctx = self.context_at(connector, user, plugin, base);
         let key = format!("{id}\n{}\n{:?}\n{user:?}", ctx.base_url, ctx.variables);

@@ -662,9 +662,9 @@ pub fn wit_method(m: &http::Method) -> Option<types::Method> {
 }
 
 /// A connector's plugin context, kept once built where it is the same on every request
-/// (a shared connection whose plugin discovers nothing; the outbound pipeline decides):
-/// building it copies the connector's id, base URL and variables, and the plugin's
-/// routes are then found by hashing it, on every request the plugin shapes. Kept per
+/// (no user's variables in it and a plugin that discovers nothing, as on a shared
+/// connection; the outbound pipeline decides): building it copies the connector's id,
+/// base URL and variables, on every request the plugin shapes or classifies. Kept per
 /// plugin: a registry rescan that replaces the plugin builds it again. A connector
 /// belongs to one config snapshot, so a new config starts with none.
 pub type KeptContext = Kept<Plugin, types::Context>;
