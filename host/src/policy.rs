@@ -426,12 +426,6 @@ impl GrantRef {
     }
 }
 
-impl std::fmt::Display for GrantRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// One caller's effective access.
 #[derive(Debug, Clone)]
 pub struct Access<'p> {
@@ -744,8 +738,9 @@ mod tests {
         let mut c = user("a@x", &[]);
         c.caps = Capabilities::compile(vec![serde_json::json!({"connectors": ["local/**"]})]);
         let a = p.access(&c);
-        let named =
-            |conn: &str, cat: &str, res: &str| a.grant_for(conn, cat, res).map(|g| g.to_string());
+        let named = |conn: &str, cat: &str, res: &str| {
+            a.grant_for(conn, cat, res).map(|g| g.as_str().to_owned())
+        };
         assert_eq!(
             named("github", "proxy", "repos/a"),
             Some("grants[1] github/proxy/repos/**".into())
