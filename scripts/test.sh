@@ -11,6 +11,19 @@ cd "$(dirname "$0")/.."
 
 fail() { echo "scripts/test.sh: $*" >&2; exit 1; }
 
+# A step that fails for want of disk or memory (a linker killed, a write refused) says so
+# only deep inside a long compiler message: on any failure, the last lines printed say
+# what the machine had left. A run from a fresh clone fills target/ with about 5 GB.
+machine_state() {
+  local status=$?
+  if [ "$status" != 0 ]; then
+    echo "scripts/test.sh: failed (exit $status); disk and memory left at that point:" >&2
+    df -h . "${TMPDIR:-/tmp}" >&2 || true
+    free -m >&2 || true
+  fi
+}
+trap machine_state EXIT
+
 command -v cargo >/dev/null || fail "cargo is not installed; install Rust with rustup (https://rustup.rs)"
 
 # Node.js >= 20.19 runs the oidc-provider test peer (a real OAuth 2.0 server).
