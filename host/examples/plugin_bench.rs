@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::plugins::{Outgoing, Plugins, types};
+use portcullis::plugins::{ConnectionContext, Outgoing, Plugins, types};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,8 +78,10 @@ fn main() -> anyhow::Result<()> {
             base: &base,
             credential_header: None,
         };
+        // As a shared connection's requests have it: kept, its routes noted once found.
+        let kept = Arc::new(ConnectionContext::from(ctx.clone()));
         let routed = plugins
-            .routes_cover(&plugin, &ctx, &req.outgoing(), bounds)
+            .routes_cover(&plugin, &kept, &req.outgoing(), bounds)
             .await?;
         // A successful JSON answer, opening as Slack's do.
         let answer = Classifying {
@@ -115,7 +117,7 @@ fn main() -> anyhow::Result<()> {
                 let shape = Shaping {
                     plugins: plugins.clone(),
                     plugin: plugin.clone(),
-                    ctx: ctx.clone(),
+                    ctx: kept.clone(),
                     req: req.clone(),
                     base: base.clone(),
                     by_call,
@@ -178,7 +180,7 @@ impl Request {
     fn outgoing(&self) -> Outgoing<'_> {
         Outgoing {
             method: types::Method::Get,
-            path: self.path.clone(),
+            path: self.path.strip_prefix('/').unwrap_or(&self.path),
             query: self.query.clone(),
             headers: &self.headers,
         }
@@ -190,7 +192,7 @@ impl Request {
 struct Shaping {
     plugins: Arc<Plugins>,
     plugin: Arc<portcullis::plugins::Plugin>,
-    ctx: types::Context,
+    ctx: Arc<ConnectionContext>,
     req: Request,
     base: url::Url,
     by_call: bool,
@@ -205,7 +207,7 @@ impl Timed for Shaping {
         let req = self.req.outgoing();
         if self.by_call {
             self.plugins
-                .shape_by_call(&self.plugin, self.ctx.clone(), req.into_wit(), bounds)
+                .shape_by_call(&self.plugin, self.ctx.wit.clone(), req.into_wit(), bounds)
                 .await?;
         } else {
             self.plugins

@@ -310,10 +310,11 @@ impl Egress {
 
     /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals).
     pub fn check_url(&self, url: &url::Url) -> Result<(), EgressError> {
-        let host = url.host_str().unwrap_or_default().to_owned();
+        // Copied only for a refusal: this runs for every request sent.
+        let host = || url.host_str().unwrap_or_default().to_owned();
         if !matches!(url.scheme(), "http" | "https") {
             return Err(EgressError::Refused {
-                host,
+                host: host(),
                 reason: format!("a {}: URL", url.scheme()),
             });
         }
@@ -326,7 +327,7 @@ impl Egress {
             && let Some(reason) = refusal_reason(ip, self.current.load().settings.allow_loopback)
         {
             return Err(EgressError::Refused {
-                host,
+                host: host(),
                 reason: reason.into(),
             });
         }

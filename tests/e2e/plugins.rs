@@ -204,7 +204,7 @@ async fn registry_of_one(
 /// kept, exactly as its `shape-request` does (its fixtures compare the two).
 #[tokio::test]
 async fn a_plugin_built_against_wit_0_1_3_still_routes() {
-    use portcullis::plugins::{Bounds, Outgoing, types};
+    use portcullis::plugins::{Bounds, ConnectionContext, Outgoing, types};
     let old = workspace().join("tests/fixtures/plugins/notion-wit-0.1.3");
     let wasm = std::fs::read(old.join("plugin.wasm")).expect("the 0.1.3 component");
     let has = |needle: &[u8]| wasm.windows(needle.len()).any(|w| w == needle);
@@ -225,13 +225,14 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
         variables: Vec::new(),
     };
     let base = url::Url::parse(&ctx.base_url).expect("api_url");
+    let ctx = ConnectionContext::from(ctx);
     let bounds = Bounds {
         base: &base,
         credential_header: None,
     };
     let req = |headers| Outgoing {
         method: types::Method::Get,
-        path: "/v1/users/me".into(),
+        path: "v1/users/me",
         query: None,
         headers,
     };
@@ -269,7 +270,7 @@ async fn a_plugin_built_against_wit_0_1_3_still_routes() {
 /// request.
 #[tokio::test]
 async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
-    use portcullis::plugins::{Bounds, Outgoing, types};
+    use portcullis::plugins::{Bounds, ConnectionContext, Outgoing, types};
     let (_dir, plugins) = registry_of_one("google", &workspace().join("registry/google")).await;
     let google = plugins.get("google").expect("google loads");
     let ctx = types::Context {
@@ -283,11 +284,12 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
     )]);
     let req = Outgoing {
         method: types::Method::Get,
-        path: "/gmail/v1/users/me/messages".into(),
+        path: "gmail/v1/users/me/messages",
         query: Some("maxResults=5".into()),
         headers: &headers,
     };
     let base = url::Url::parse(&ctx.base_url).expect("api_url");
+    let ctx = ConnectionContext::from(ctx);
     let bounds = Bounds {
         base: &base,
         credential_header: None,
@@ -303,7 +305,7 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
         .await
         .expect("shaped by the routes");
     let called = plugins
-        .shape_by_call(&google, ctx, req.into_wit(), bounds)
+        .shape_by_call(&google, ctx.wit, req.into_wit(), bounds)
         .await
         .expect("shaped by a call");
     assert_eq!(routed.url, called.url);
@@ -316,6 +318,73 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
     assert_eq!(routed.grant, called.grant);
 }
 
+/// A connection's context notes the routes its plugin declared for it, so a kept
+/// context's requests skip the route cache; the note is the plugin's it was found for.
+/// The same context shaped by another plugin (a rescan's, here Notion's after Google's)
+/// finds that plugin's routes, as a fresh context does.
+#[tokio::test]
+async fn a_context_notes_routes_for_the_plugin_that_declared_them() {
+    use portcullis::plugins::{Bounds, ConnectionContext, Outgoing, types};
+    let (_g, google_plugins) =
+        registry_of_one("google", &workspace().join("registry/google")).await;
+    let google = google_plugins.get("google").expect("google loads");
+    let (_n, notion_plugins) =
+        registry_of_one("notion", &workspace().join("registry/notion")).await;
+    let notion = notion_plugins.get("notion").expect("notion loads");
+    let wit = types::Context {
+        connector: "shared".into(),
+        base_url: "https://api.notion.com/".into(),
+        variables: Vec::new(),
+    };
+    let base = url::Url::parse(&wit.base_url).expect("base");
+    let bounds = Bounds {
+        base: &base,
+        credential_header: None,
+    };
+    let none = http::HeaderMap::new();
+    let req = Outgoing {
+        method: types::Method::Get,
+        path: "v1/users/me",
+        query: None,
+        headers: &none,
+    };
+    let ctx = ConnectionContext::from(wit.clone());
+    // Google's routes for this context are found first and noted on it.
+    let by_google = google_plugins
+        .shape(&google, &ctx, req.clone(), bounds)
+        .await
+        .expect("shaped by google's routes");
+    assert!(!by_google.set.contains_key("notion-version"));
+    let fresh = ConnectionContext::from(wit);
+    for _ in 0..2 {
+        let shaped = notion_plugins
+            .shape(&notion, &ctx, req.clone(), bounds)
+            .await
+            .expect("shaped");
+        let again = notion_plugins
+            .shape(&notion, &fresh, req.clone(), bounds)
+            .await
+            .expect("shaped");
+        // Notion's routes (its API version sent), not the note Google's left.
+        assert!(
+            shaped.set.contains_key("notion-version"),
+            "{:?}",
+            shaped.set
+        );
+        assert_eq!(shaped.url.as_str(), "https://api.notion.com/v1/users/me");
+        assert_eq!((shaped.url, shaped.set), (again.url, again.set));
+    }
+    // And Google's note is still Google's: the same shaping as before.
+    let by_google_again = google_plugins
+        .shape(&google, &ctx, req, bounds)
+        .await
+        .expect("shaped by google's routes");
+    assert_eq!(
+        (by_google.url, by_google.set),
+        (by_google_again.url, by_google_again.set)
+    );
+}
+
 /// GitHub's, Slack's and Trello's routes stand in for their `shape-request` on every
 /// request they cover, beyond the recorded fixtures: a few thousand requests made up
 /// from the awkward parts of each rule (header names in any case, repeated, padded or
@@ -324,7 +393,7 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
 /// must come out the same, and a request the call refuses must not be covered.
 #[tokio::test]
 async fn routes_agree_with_shape_request_on_made_up_requests() {
-    use portcullis::plugins::{Bounds, Outgoing, types};
+    use portcullis::plugins::{Bounds, ConnectionContext, Outgoing, types};
 
     /// xorshift64: the same cases on every run, no dependency.
     struct Dice(u64);
@@ -431,6 +500,7 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
                 .collect(),
         };
         let base = url::Url::parse(base_url).expect("base");
+        let ctx = ConnectionContext::from(ctx);
         let bounds = Bounds {
             base: &base,
             credential_header: None,
@@ -448,7 +518,8 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
                 .collect();
             let req = Outgoing {
                 method: *dice.pick(&methods),
-                path: (*dice.pick(&paths)).into(),
+                // Below the connector, as the pipeline has it: no leading `/`.
+                path: &dice.pick(&paths)[1..],
                 query: dice.pick(&queries).map(Into::into),
                 headers: &headers,
             };
@@ -457,7 +528,7 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
                 .await
                 .expect("routes");
             let called = plugins
-                .shape_by_call(&plugin, ctx.clone(), req.clone().into_wit(), bounds)
+                .shape_by_call(&plugin, ctx.wit.clone(), req.clone().into_wit(), bounds)
                 .await;
             let Ok(called) = called else {
                 assert!(

@@ -14,7 +14,7 @@ use super::{Error, Outbound, UpstreamBody};
 use crate::connector::Connector;
 use crate::error::ApiError;
 use crate::health::Check;
-use crate::plugins::{DiscoveryOutcome, Plugin, types};
+use crate::plugins::{ConnectionContext, DiscoveryOutcome, Plugin, types};
 use types::Hook;
 
 /// Largest discovery response handed to a plugin.
@@ -125,19 +125,19 @@ impl Outbound {
         user: Option<&str>,
         plugin: &Arc<Plugin>,
         base: &url::Url,
-    ) -> Result<Arc<types::Context>, Error> {
+    ) -> Result<Arc<ConnectionContext>, Error> {
         let id = connector.id.as_str();
         // A per-user connection's variables come from that user's token responses.
         let user = connector.per_user().and(user);
         if !plugin.has(Hook::Discover) {
             let ctx = match user {
-                None => connector
-                    .plugin_context
-                    .get_or_build(plugin, || self.context_at(connector, None, plugin, base)),
-                Some(_) => Arc::new(self.context_at(connector, user, plugin, base)),
+                None => connector.plugin_context.get_or_build(plugin, || {
+                    self.context_at(connector, None, plugin, base).into()
+                }),
+                Some(_) => Arc::new(self.context_at(connector, user, plugin, base).into()),
             };
             // Kept for the base every request of this connector and plugin resolves.
-            debug_assert_eq!(ctx.base_url, base.as_str());
+            debug_assert_eq!(ctx.wit.base_url, base.as_str());
             return Ok(ctx);
         }
         let mut ctx = self.context_at(connector, user, plugin, base);
@@ -164,7 +164,7 @@ impl Outbound {
         match outcome? {
             DiscoveryOutcome::Done(vars) => {
                 ctx.variables.extend(vars);
-                Ok(Arc::new(ctx))
+                Ok(Arc::new(ctx.into()))
             }
             DiscoveryOutcome::Choose(sel) => {
                 let options: Vec<String> = sel

@@ -136,7 +136,7 @@ impl std::fmt::Debug for Outbound {
 }
 
 /// A plugin and the context its hooks get for this call.
-type Classifier = (Arc<Plugin>, Arc<types::Context>);
+type Classifier = (Arc<Plugin>, Arc<crate::plugins::ConnectionContext>);
 
 /// Whose credential a request carries: the connector's, for `user`, the token `grant`.
 #[derive(Clone, Copy)]
@@ -274,7 +274,7 @@ impl Outbound {
         }
         let req = crate::plugins::Outgoing {
             method: wit_method(method).unwrap_or(types::Method::Get),
-            path: ["/", path].concat(),
+            path,
             query,
             headers,
         };
@@ -442,7 +442,7 @@ impl Outbound {
                 self.plugins
                     .classify(
                         &plugin,
-                        &ctx,
+                        &ctx.wit,
                         parts.status.as_u16(),
                         &parts.headers,
                         &prefix[..prefix.len().min(limit)],

@@ -388,7 +388,12 @@ impl Harness {
                     .map_err(|err| {
                         format!("the plugin's routes for this context are refused: {err}")
                     })?
-                    .shape(&req.path, req.query.as_deref(), req.headers.as_slice()),
+                    .shape(
+                        // The interface's path starts with the `/` the pipeline's lacks.
+                        req.path.strip_prefix('/').unwrap_or(&req.path),
+                        req.query.as_deref(),
+                        req.headers.as_slice(),
+                    ),
                 false => None,
             };
             let called = p.shape_request(plugin, ctx, req.clone()).await;

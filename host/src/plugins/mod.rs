@@ -31,7 +31,7 @@ pub mod routes;
 pub mod runtime;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -215,7 +215,7 @@ impl Plugins {
     pub async fn shape(
         &self,
         plugin: &Plugin,
-        ctx: &types::Context,
+        ctx: &ConnectionContext,
         req: Outgoing<'_>,
         bounds: Bounds<'_>,
     ) -> Result<Shaped, CallError> {
@@ -231,7 +231,7 @@ impl Plugins {
             ),
             // Only a call needs the context of its own (routes run for every request).
             None => {
-                self.shape_by_call(plugin, ctx.clone(), req.into_wit(), bounds)
+                self.shape_by_call(plugin, ctx.wit.clone(), req.into_wit(), bounds)
                     .await
             }
         }
@@ -260,7 +260,7 @@ impl Plugins {
     pub async fn routes_cover(
         &self,
         plugin: &Plugin,
-        ctx: &types::Context,
+        ctx: &ConnectionContext,
         req: &Outgoing<'_>,
         bounds: Bounds<'_>,
     ) -> Result<bool, CallError> {
@@ -274,20 +274,25 @@ impl Plugins {
     /// the requests that arrive meanwhile wait) and kept with the plugin. `None` when it
     /// declares none, or when its answer was refused or its call failed: the plugin
     /// answers a context the same way every time, so that context is shaped by calls
-    /// from then on. A busy runtime fails the request, as for any plugin call.
+    /// from then on. A busy runtime fails the request, as for any plugin call. Once
+    /// found, they are also noted on `ctx` ([`ConnectionContext`]).
     async fn routes(
         &self,
         plugin: &Plugin,
-        ctx: &types::Context,
+        ctx: &ConnectionContext,
         bounds: Bounds<'_>,
     ) -> Result<Option<Arc<routes::Routes>>, CallError> {
         if !plugin.exports_routes() {
             return Ok(None);
         }
+        if let Some(found) = ctx.routes_for(plugin) {
+            return Ok(found.clone());
+        }
+        let ctx_wit = &ctx.wit;
         let routes = plugin
             .routes
-            .get_or_ask(ctx, || async {
-                match self.declared_routes(plugin, ctx, bounds).await {
+            .get_or_ask(ctx_wit, || async {
+                match self.declared_routes(plugin, ctx_wit, bounds).await {
                     Err(busy @ CallError::Busy { .. }) => Err(busy),
                     // Logged and counted where it failed.
                     Err(_) => Ok(routes::Routes::default()),
@@ -295,7 +300,9 @@ impl Plugins {
                 }
             })
             .await?;
-        Ok((!routes.is_empty()).then_some(routes))
+        let found = (!routes.is_empty()).then_some(routes);
+        ctx.note_routes(plugin, found.clone());
+        Ok(found)
     }
 
     /// Asks for the routes of `ctx` and checks them ([`output::routes`]); a failure is
@@ -664,10 +671,49 @@ pub fn wit_method(m: &http::Method) -> Option<types::Method> {
 /// A connector's plugin context, kept once built where it is the same on every request
 /// (no user's variables in it and a plugin that discovers nothing, as on a shared
 /// connection; the outbound pipeline decides): building it copies the connector's id,
-/// base URL and variables, on every request the plugin shapes or classifies. Kept per
-/// plugin: a registry rescan that replaces the plugin builds it again. A connector
-/// belongs to one config snapshot, so a new config starts with none.
-pub type KeptContext = Kept<Plugin, types::Context>;
+/// base URL and variables, on every request the plugin shapes or classifies, and a
+/// context built anew finds its routes by hashing and comparing it. Kept per plugin: a
+/// registry rescan that replaces the plugin builds it again. A connector belongs to one
+/// config snapshot, so a new config starts with none.
+pub type KeptContext = Kept<Plugin, ConnectionContext>;
+
+/// A plugin's context as the outbound pipeline holds it for one plugin: what the plugin
+/// is given, and the routes it declared for it once [`Plugins::shape`] has found them.
+/// Kept with a connector ([`KeptContext`]), it spares each of its requests the lookup
+/// in the plugin's route cache.
+#[derive(Debug)]
+pub struct ConnectionContext {
+    pub wit: types::Context,
+    /// The plugin they were found for (its address) and the routes. A kept context keeps
+    /// its plugin allocated ([`Kept`]), and one built for a request lives as long as
+    /// the request's hold on its plugin, so the address names that plugin; given
+    /// another, the routes are looked up in that plugin's cache as for a new context.
+    routes: OnceLock<(usize, Option<Arc<routes::Routes>>)>,
+}
+
+impl From<types::Context> for ConnectionContext {
+    fn from(wit: types::Context) -> Self {
+        Self {
+            wit,
+            routes: OnceLock::new(),
+        }
+    }
+}
+
+impl ConnectionContext {
+    fn routes_for(&self, plugin: &Plugin) -> Option<&Option<Arc<routes::Routes>>> {
+        self.routes
+            .get()
+            .filter(|(owner, _)| *owner == std::ptr::from_ref(plugin) as usize)
+            .map(|(_, routes)| routes)
+    }
+
+    fn note_routes(&self, plugin: &Plugin, routes: Option<Arc<routes::Routes>>) {
+        let _ = self
+            .routes
+            .set((std::ptr::from_ref(plugin) as usize, routes));
+    }
+}
 
 /// A value kept for one owner (a plugin), built again for another.
 #[derive(Debug)]
@@ -703,22 +749,23 @@ impl<O, V> Kept<O, V> {
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
     pub method: types::Method,
-    /// The path as it goes upstream, with its leading `/`.
-    pub path: String,
+    /// The path below the connector as it goes upstream, without a leading `/`; a
+    /// plugin is given it with one.
+    pub path: &'a str,
     pub query: Option<String>,
     pub headers: &'a http::HeaderMap,
 }
 
 impl Outgoing<'_> {
     fn routed(&self, routes: &routes::Routes) -> Option<routes::Routed> {
-        routes.shape(&self.path, self.query.as_deref(), self.headers)
+        routes.shape(self.path, self.query.as_deref(), self.headers)
     }
 
     /// The request as `shape-request` is given it.
     pub fn into_wit(self) -> types::OutgoingRequest {
         types::OutgoingRequest {
             method: self.method,
-            path: self.path,
+            path: ["/", self.path].concat(),
             query: self.query,
             headers: wit_headers(self.headers),
         }

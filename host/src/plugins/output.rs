@@ -419,18 +419,26 @@ pub(super) fn routes(
             .grant_header
             .map(|g| grant_header(plugin, g))
             .transpose()?;
+        let mut default_headers = Vec::with_capacity(r.default_headers.len());
+        for d in r.default_headers {
+            // Lower-case, as a header map keeps names; `headers` above has refused any
+            // name that does not parse.
+            let name = HeaderName::try_from(d.name.as_str()).map_err(|_| {
+                invalid(
+                    plugin,
+                    format!("\"{}\" is not a header name", clip(&d.name)),
+                )
+            })?;
+            default_headers.push(DefaultHeader {
+                name,
+                value: d.value,
+                unless: d.unless,
+            });
+        }
         checked.push(Route {
             prefix: r.prefix,
             target,
-            default_headers: r
-                .default_headers
-                .into_iter()
-                .map(|d| DefaultHeader {
-                    name: d.name.to_ascii_lowercase(),
-                    value: d.value,
-                    unless: d.unless,
-                })
-                .collect(),
+            default_headers,
             query: r
                 .query
                 .iter()

@@ -37,10 +37,12 @@ pub struct Route {
 }
 
 /// A header sent unless the agent's request has one of that name whose (trimmed) value
-/// is not in `unless`. The name is lower-case.
+/// is not in `unless`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DefaultHeader {
-    pub(super) name: String,
+    /// Parsed when the route is checked, so the agent's header is found without parsing
+    /// the name again on every request.
+    pub(super) name: http::HeaderName,
     pub(super) value: String,
     pub(super) unless: Vec<String>,
 }
@@ -111,7 +113,9 @@ impl Routes {
     /// sends it ([`crate::outbound::path::join`]), rather than cut off as a fragment or
     /// trimmed.
     ///
-    /// `path` is the request's path as it goes upstream, with its leading `/`.
+    /// `path` is the request's path below the connector as it goes upstream, without
+    /// the leading `/` the plugin interface gives it (the pipeline's cleaned path: a
+    /// routed request copies it once, into its URL).
     pub fn shape<H: Headers + ?Sized>(
         &self,
         path: &str,
@@ -123,10 +127,15 @@ impl Routes {
             None => (None, Vec::new()),
             Some(g) => (g.grant(headers)?, vec![g.name.clone()]),
         };
-        let rest = &path[route.prefix.len()..];
+        // A prefix is empty or starts with the `/` that `path` lacks ([`covers`]).
+        let (slash, rest) = match route.prefix.len() {
+            0 => ("/", path),
+            n => ("", &path[n - 1..]),
+        };
         let base = route.target.path().trim_end_matches('/');
-        let mut path = String::with_capacity(base.len() + rest.len());
+        let mut path = String::with_capacity(base.len() + slash.len() + rest.len());
         path.push_str(base);
+        path.push_str(slash);
         path.push_str(rest);
         let mut url = route.target.clone();
         url.set_path(&path);
@@ -142,7 +151,7 @@ impl Routes {
                 None => true,
                 Some(theirs) => d.unless.iter().any(|u| u == theirs.trim()),
             })
-            .map(|d| (d.name.clone(), d.value.clone()))
+            .map(|d| (d.name.as_str().to_owned(), d.value.clone()))
             .collect();
         Some(Routed {
             url,
@@ -157,7 +166,7 @@ impl GrantHeader {
     /// The grant the request's header picks (none without the header), or `None` when
     /// its value is not one the route lists.
     fn grant<H: Headers + ?Sized>(&self, headers: &H) -> Option<Option<String>> {
-        let Some(value) = headers.first(self.name.as_str()) else {
+        let Some(value) = headers.first(&self.name) else {
             return Some(None);
         };
         let value = value.trim();
@@ -174,19 +183,19 @@ impl GrantHeader {
 /// reads the request's own map, so a request a route covers converts none of its
 /// headers; the harness reads the plugin interface's list.
 pub trait Headers {
-    fn first(&self, name: &str) -> Option<Cow<'_, str>>;
+    fn first(&self, name: &http::HeaderName) -> Option<Cow<'_, str>>;
 }
 
 impl Headers for [types::Header] {
-    fn first(&self, name: &str) -> Option<Cow<'_, str>> {
+    fn first(&self, name: &http::HeaderName) -> Option<Cow<'_, str>> {
         self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
             .map(|(_, v)| Cow::Borrowed(v.as_str()))
     }
 }
 
 impl Headers for http::HeaderMap {
-    fn first(&self, name: &str) -> Option<Cow<'_, str>> {
+    fn first(&self, name: &http::HeaderName) -> Option<Cow<'_, str>> {
         self.get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()))
     }
@@ -224,13 +233,17 @@ fn decoded(raw: &str) -> std::borrow::Cow<'_, str> {
         .map_or(std::borrow::Cow::Borrowed(""), |(name, _)| name)
 }
 
-/// Whether `prefix` covers `path`: every path for the empty prefix, else the path
-/// itself or anything below it (`/gmail` covers `/gmail/v1`, not `/gmailx`).
+/// Whether a route's `prefix` covers `path` (no leading `/`): every path for the empty
+/// prefix, else the path itself or anything below it (`/gmail` covers `gmail` and
+/// `gmail/v1`, not `gmailx`).
 fn covers(prefix: &str, path: &str) -> bool {
-    prefix.is_empty()
-        || path
-            .strip_prefix(prefix)
+    if prefix.is_empty() {
+        return true;
+    }
+    prefix.strip_prefix('/').is_some_and(|p| {
+        path.strip_prefix(p)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// One plugin's routes per context. A context is the connector, its base URL and its
@@ -311,6 +324,8 @@ mod tests {
             })
             .collect();
         let list = crate::plugins::wit_headers(&map);
+        // Written as the plugin interface gives a path; shaped as the pipeline has it.
+        let path = path.strip_prefix('/').expect("a path starting with /");
         let shaped = routes.shape(path, query, &map);
         assert_eq!(
             shaped,
@@ -455,7 +470,7 @@ mod tests {
         let list: Vec<types::Header> = vec![("Notion-Version".into(), "2025-09-03".into())];
         assert_eq!(
             routes
-                .shape("/v1/users", None, list.as_slice())
+                .shape("v1/users", None, list.as_slice())
                 .map(|s| s.set_headers),
             Some(Vec::new())
         );
@@ -463,7 +478,7 @@ mod tests {
 
     fn default(name: &str, value: &str, unless: &[&str]) -> DefaultHeader {
         DefaultHeader {
-            name: name.into(),
+            name: http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
             value: value.into(),
             unless: unless.iter().map(|u| (*u).into()).collect(),
         }
@@ -576,7 +591,7 @@ mod tests {
         ];
         assert_eq!(
             routes
-                .shape("/auth.test", None, list.as_slice())
+                .shape("auth.test", None, list.as_slice())
                 .map(|s| s.grant),
             Some(Some("user".into()))
         );
