@@ -142,10 +142,13 @@ impl Outbound {
         }
         let mut ctx = self.context_at(connector, user, plugin, base);
         let key = format!("{id}\n{}\n{:?}\n{user:?}", ctx.base_url, ctx.variables);
-        let outcome = self
-            .discoveries
-            .get_or_run(key, || self.discover(connector, user, plugin, base, &ctx))
-            .await;
+        // Boxed, as a plugin's call is ([`crate::plugins::Plugins`]): discovery's
+        // requests and calls would otherwise size every request's pipeline future.
+        let outcome = Box::pin(
+            self.discoveries
+                .get_or_run(key, || self.discover(connector, user, plugin, base, &ctx)),
+        )
+        .await;
         let report = match &outcome {
             Ok(DiscoveryOutcome::Done(_)) => Ok(None),
             Ok(DiscoveryOutcome::Choose(sel)) => Err(format!(

@@ -462,9 +462,10 @@ impl Outbound {
                     "provider asked for a retry; retrying once"
                 );
                 tokio::time::sleep(wait).await;
-                (resp, sent) = self
-                    .deliver(auth, method.clone(), url, headers, body)
-                    .await?;
+                // Boxed, as the resend below: inline, this rare second delivery would
+                // double the size of every request's pipeline future.
+                (resp, sent) =
+                    Box::pin(self.deliver(auth, method.clone(), url, headers, body)).await?;
                 continue;
             }
             if let Classification::Reauth(_) = &class {
@@ -636,5 +637,23 @@ fn mark(id: &str, class: &Classification, headers: &mut HeaderMap) {
             headers.insert(UPSTREAM_ERROR, v);
         }
         tracing::info!(connector = id, class = name, "upstream reported: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request's pipeline future is moved whole into its box ([`Outbound::send`]),
+    /// so what only some requests do (a plugin call, a discovery, a provider's retry) is
+    /// boxed where it starts, and the common path's future stays small.
+    #[test]
+    fn the_pipeline_future_stays_small() {
+        fn size<F: Future>(_: impl Fn(&'static Outbound, Exchange<'static>) -> F) -> usize {
+            size_of::<F>()
+        }
+        // About 2.8 KB in a debug build; 5.5 KB with those inline.
+        let stages = size(Outbound::stages);
+        assert!(stages <= 4096, "{stages} bytes");
     }
 }

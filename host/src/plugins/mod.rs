@@ -30,7 +30,9 @@ pub mod registry;
 pub mod routes;
 pub mod runtime;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -524,7 +526,14 @@ impl Plugins {
     async fn call(&self, plugin: &Plugin, call: Call) -> Result<Reply, CallError> {
         let hook = call.hook();
         let started = std::time::Instant::now();
-        let result = self.runtime.call(&plugin.prepared, call).await;
+        // Boxed: the sandbox's call is kilobytes of future, and held inline it would
+        // size every future that can reach a call (the outbound pipeline's, through
+        // shaping and classifying), which are moved whole into their boxes on every
+        // request, most of which make no call. Its type erased here, where it is proven
+        // `Send` once, not again inside every future that holds it.
+        let call: Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send + '_>> =
+            Box::pin(self.runtime.call(&plugin.prepared, call));
+        let result = call.await;
         if let Some(m) = &self.metrics {
             m.plugin_duration
                 .get_or_create(&crate::telemetry::PluginHookLabels {
