@@ -207,7 +207,7 @@ impl Timed for Shaping {
         let req = self.req.outgoing();
         if self.by_call {
             self.plugins
-                .shape_by_call(&self.plugin, self.ctx.wit.clone(), req.into_wit(), bounds)
+                .shape_by_call(&self.plugin, self.ctx.wit().clone(), req.into_wit(), bounds)
                 .await?;
         } else {
             self.plugins

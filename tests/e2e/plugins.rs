@@ -305,7 +305,7 @@ async fn shaping_by_routes_and_by_a_call_give_the_same_request() {
         .await
         .expect("shaped by the routes");
     let called = plugins
-        .shape_by_call(&google, ctx.wit, req.into_wit(), bounds)
+        .shape_by_call(&google, ctx.wit().clone(), req.into_wit(), bounds)
         .await
         .expect("shaped by a call");
     assert_eq!(routed.url, called.url);
@@ -528,7 +528,7 @@ async fn routes_agree_with_shape_request_on_made_up_requests() {
                 .await
                 .expect("routes");
             let called = plugins
-                .shape_by_call(&plugin, ctx.wit.clone(), req.clone().into_wit(), bounds)
+                .shape_by_call(&plugin, ctx.wit().clone(), req.clone().into_wit(), bounds)
                 .await;
             let Ok(called) = called else {
                 assert!(

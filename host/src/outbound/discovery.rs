@@ -137,18 +137,20 @@ impl Outbound {
                 Some(_) => Arc::new(self.context_at(connector, user, plugin, base).into()),
             };
             // Kept for the base every request of this connector and plugin resolves.
-            debug_assert_eq!(ctx.wit.base_url, base.as_str());
+            debug_assert_eq!(ctx.wit().base_url, base.as_str());
             return Ok(ctx);
         }
         let mut ctx = self.context_at(connector, user, plugin, base);
         let key = format!("{id}\n{}\n{:?}\n{user:?}", ctx.base_url, ctx.variables);
-        // Boxed, as a plugin's call is ([`crate::plugins::Plugins`]): discovery's
-        // requests and calls would otherwise size every request's pipeline future.
-        let outcome = Box::pin(
-            self.discoveries
-                .get_or_run(key, || self.discover(connector, user, plugin, base, &ctx)),
-        )
-        .await;
+        // The discovery boxed, as a plugin's call is ([`crate::plugins::Plugins`]): its
+        // requests and calls would otherwise size every request's pipeline future. Only
+        // a discovery that runs allocates; a found one is read as before.
+        let outcome = self
+            .discoveries
+            .get_or_run(key, || {
+                Box::pin(self.discover(connector, user, plugin, base, &ctx))
+            })
+            .await;
         let report = match &outcome {
             Ok(DiscoveryOutcome::Done(_)) => Ok(None),
             Ok(DiscoveryOutcome::Choose(sel)) => Err(format!(

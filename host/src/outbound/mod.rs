@@ -442,7 +442,7 @@ impl Outbound {
                 self.plugins
                     .classify(
                         &plugin,
-                        &ctx.wit,
+                        ctx.wit(),
                         parts.status.as_u16(),
                         &parts.headers,
                         &prefix[..prefix.len().min(limit)],

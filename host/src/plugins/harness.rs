@@ -380,6 +380,14 @@ impl Harness {
             };
             // What the plugin's routes make of the request, if one covers it: it must be
             // what `shape-request` makes of it, since the host uses the route instead.
+            // The host's path always starts with `/`: a fixture's without one would
+            // compare routes and `shape-request` on a request the host never makes.
+            let Some(below) = req.path.strip_prefix('/') else {
+                return Err(format!(
+                    "shape_request.path \"{}\" must start with \"/\", as every path the host gives does",
+                    req.path
+                ));
+            };
             // Routes the host refuses fail the case: the plugin would lose them silently.
             let routed = match plugin.exports_routes() {
                 true => p
@@ -388,12 +396,7 @@ impl Harness {
                     .map_err(|err| {
                         format!("the plugin's routes for this context are refused: {err}")
                     })?
-                    .shape(
-                        // The interface's path starts with the `/` the pipeline's lacks.
-                        req.path.strip_prefix('/').unwrap_or(&req.path),
-                        req.query.as_deref(),
-                        req.headers.as_slice(),
-                    ),
+                    .shape(below, req.query.as_deref(), req.headers.as_slice()),
                 false => None,
             };
             let called = p.shape_request(plugin, ctx, req.clone()).await;

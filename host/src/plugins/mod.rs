@@ -692,12 +692,12 @@ pub type KeptContext = Kept<Plugin, ConnectionContext>;
 /// in the plugin's route cache.
 #[derive(Debug)]
 pub struct ConnectionContext {
-    pub wit: types::Context,
-    /// The plugin they were found for (its address) and the routes. A kept context keeps
-    /// its plugin allocated ([`Kept`]), and one built for a request lives as long as
-    /// the request's hold on its plugin, so the address names that plugin; given
-    /// another, the routes are looked up in that plugin's cache as for a new context.
-    routes: OnceLock<(usize, Option<Arc<routes::Routes>>)>,
+    /// Read-only once built: the routes noted are this context's.
+    wit: types::Context,
+    /// The plugin they were found for (which load of it) and the routes. Given another
+    /// plugin (a rescan's), the routes are looked up in that plugin's cache as for a
+    /// new context.
+    routes: OnceLock<(u64, Option<Arc<routes::Routes>>)>,
 }
 
 impl From<types::Context> for ConnectionContext {
@@ -710,17 +710,20 @@ impl From<types::Context> for ConnectionContext {
 }
 
 impl ConnectionContext {
+    /// What the plugin is given.
+    pub fn wit(&self) -> &types::Context {
+        &self.wit
+    }
+
     fn routes_for(&self, plugin: &Plugin) -> Option<&Option<Arc<routes::Routes>>> {
         self.routes
             .get()
-            .filter(|(owner, _)| *owner == std::ptr::from_ref(plugin) as usize)
+            .filter(|(load, _)| *load == plugin.load)
             .map(|(_, routes)| routes)
     }
 
     fn note_routes(&self, plugin: &Plugin, routes: Option<Arc<routes::Routes>>) {
-        let _ = self
-            .routes
-            .set((std::ptr::from_ref(plugin) as usize, routes));
+        let _ = self.routes.set((plugin.load, routes));
     }
 }
 

@@ -112,13 +112,13 @@ pub(super) fn shaped(
 
 /// Header names a shaped request removes, parsed.
 fn removed(plugin: &Plugin, names: &[String]) -> Result<Vec<HeaderName>, CallError> {
-    names
-        .iter()
-        .map(|name| {
-            HeaderName::try_from(name.as_str())
-                .map_err(|_| invalid(plugin, format!("\"{}\" is not a header name", clip(name))))
-        })
-        .collect()
+    names.iter().map(|name| header_name(plugin, name)).collect()
+}
+
+/// A header name a plugin gave, parsed (lower-case, as a header map keeps names).
+fn header_name(plugin: &Plugin, name: &str) -> Result<HeaderName, CallError> {
+    HeaderName::try_from(name)
+        .map_err(|_| invalid(plugin, format!("\"{}\" is not a header name", clip(name))))
 }
 
 /// A request a route covers ([`super::routes::Routed`]), checked by the rules of a
@@ -421,16 +421,9 @@ pub(super) fn routes(
             .transpose()?;
         let mut default_headers = Vec::with_capacity(r.default_headers.len());
         for d in r.default_headers {
-            // Lower-case, as a header map keeps names; `headers` above has refused any
-            // name that does not parse.
-            let name = HeaderName::try_from(d.name.as_str()).map_err(|_| {
-                invalid(
-                    plugin,
-                    format!("\"{}\" is not a header name", clip(&d.name)),
-                )
-            })?;
             default_headers.push(DefaultHeader {
-                name,
+                // `headers` above has refused any name that does not parse.
+                name: header_name(plugin, &d.name)?,
                 value: d.value,
                 unless: d.unless,
             });
@@ -455,12 +448,7 @@ fn grant_header(
     plugin: &Plugin,
     g: super::runtime::GrantHeader,
 ) -> Result<super::routes::GrantHeader, CallError> {
-    let name = HeaderName::try_from(g.name.as_str()).map_err(|_| {
-        invalid(
-            plugin,
-            format!("\"{}\" is not a header name", clip(&g.name)),
-        )
-    })?;
+    let name = header_name(plugin, &g.name)?;
     at_most(
         plugin,
         "grant header values",
@@ -794,8 +782,7 @@ pub(super) fn headers(
     }
     let mut set = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let name = HeaderName::try_from(name.as_str())
-            .map_err(|_| invalid(plugin, format!("\"{}\" is not a header name", clip(name))))?;
+        let name = header_name(plugin, name)?;
         if let Some(why) = crate::headers::refused_from_plugin(&name, credential_header) {
             return Err(invalid(plugin, why));
         }

@@ -19,6 +19,9 @@ const MAX_COMPONENT_BYTES: u64 = 32 << 20;
 /// Largest response-body prefix a plugin may ask to classify.
 pub const MAX_CLASSIFY_BYTES: u32 = 64 * 1024;
 
+/// Numbers each plugin loaded ([`Plugin::load`]).
+static NEXT_LOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A loaded provider.
 pub struct Plugin {
     pub manifest: Manifest,
@@ -47,6 +50,10 @@ pub struct Plugin {
     pub(super) prepared: Prepared,
     /// Its routes per context (`routes`, checked), asked at a context's first request.
     pub(super) routes: super::routes::Cache,
+    /// Which load of a plugin this is, unique in the process: what a context's noted
+    /// routes name their plugin by ([`super::ConnectionContext`]), where an address
+    /// could be reused by a rescan's new plugin.
+    pub(super) load: u64,
     /// The answers it calls `ok` by their first member (`classify-markers`, checked).
     pub(super) ok_markers: Vec<super::markers::OkMarker>,
 }
@@ -282,6 +289,7 @@ pub async fn load(
         url_inputs: auth.url_inputs,
         shaped_results: check_shaped(&described.shaped_results)?,
         routes: super::routes::Cache::default(),
+        load: NEXT_LOAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ok_markers,
         sha256,
         prepared,

@@ -122,15 +122,13 @@ impl Routes {
         query: Option<&str>,
         headers: &H,
     ) -> Option<Routed> {
-        let route = self.0.iter().find(|r| covers(&r.prefix, path))?;
+        let (route, slash, rest) = self
+            .0
+            .iter()
+            .find_map(|r| covers(&r.prefix, path).map(|(slash, rest)| (r, slash, rest)))?;
         let (grant, remove_headers) = match &route.grant_header {
             None => (None, Vec::new()),
             Some(g) => (g.grant(headers)?, vec![g.name.clone()]),
-        };
-        // A prefix is empty or starts with the `/` that `path` lacks ([`covers`]).
-        let (slash, rest) = match route.prefix.len() {
-            0 => ("/", path),
-            n => ("", &path[n - 1..]),
         };
         let base = route.target.path().trim_end_matches('/');
         let mut path = String::with_capacity(base.len() + slash.len() + rest.len());
@@ -235,15 +233,15 @@ fn decoded(raw: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether a route's `prefix` covers `path` (no leading `/`): every path for the empty
 /// prefix, else the path itself or anything below it (`/gmail` covers `gmail` and
-/// `gmail/v1`, not `gmailx`).
-fn covers(prefix: &str, path: &str) -> bool {
+/// `gmail/v1`, not `gmailx`). What follows the prefix, with the `/` that joins it to the
+/// route's target: the whole path after a `/` for the empty prefix, else the rest (empty
+/// or starting with its own `/`).
+fn covers<'p>(prefix: &str, path: &'p str) -> Option<(&'static str, &'p str)> {
     if prefix.is_empty() {
-        return true;
+        return Some(("/", path));
     }
-    prefix.strip_prefix('/').is_some_and(|p| {
-        path.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    let rest = path.strip_prefix(prefix.strip_prefix('/')?)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(("", rest))
 }
 
 /// One plugin's routes per context. A context is the connector, its base URL and its
@@ -420,6 +418,8 @@ mod tests {
                 "/items/42",
                 Some("fields=id,name"),
             ),
+            // The connector's root, below the empty prefix.
+            ("", "https://api.example/base/", "/", None),
         ];
         for &(prefix, target, path, query) in cases {
             let routes = Routes::new(vec![route(prefix, target)]);

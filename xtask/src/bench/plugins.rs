@@ -60,8 +60,9 @@ pub fn run(root: &Path, args: PluginsArgs) -> Result<()> {
         "- A call = fresh `Store` + instantiate from the pre-linked component (pooling \
          allocator, copy-on-write image) + `shape-request` + drop. As the proxy shapes = \
          by the plugin's routes where they cover the request (`routes` below: a prefix \
-         match, no call), else by a call; a plugin without a `shape-request` hook is not \
-         asked at all. The request is a GET with a query. A 200 answer = how the proxy \
+         match, no call; for a shared connection's kept context, which notes its routes \
+         once found, where a user's context finds them in the plugin's route cache), else \
+         by a call; a plugin without a `shape-request` hook is not asked at all. The request is a GET with a query. A 200 answer = how the proxy \
          classifies a successful JSON answer: not at all where the plugin's \
          `classify-statuses` leave 200 out or it has no `classify-response` hook, by its ok \
          marker where one matches (WIT 0.1.5, no call), else by a call; timed where it is \
