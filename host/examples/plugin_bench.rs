@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
             variables,
         };
         let req = Request {
-            path: "/sobjects/Account/001xx000003DGb2AAG".into(),
+            path: "sobjects/Account/001xx000003DGb2AAG".into(),
             query: Some("fields=Name,Industry".into()),
             headers: http::HeaderMap::from_iter([
                 (
@@ -169,6 +169,7 @@ trait Timed: Clone + Send + Sync + 'static {
 /// The request shaped: a GET with an agent's usual headers.
 #[derive(Clone)]
 struct Request {
+    /// Below the connector, without a leading `/`, as the pipeline has it.
     path: String,
     query: Option<String>,
     headers: http::HeaderMap,
@@ -180,7 +181,7 @@ impl Request {
     fn outgoing(&self) -> Outgoing<'_> {
         Outgoing {
             method: types::Method::Get,
-            path: self.path.strip_prefix('/').unwrap_or(&self.path),
+            path: &self.path,
             query: self.query.clone(),
             headers: &self.headers,
         }
