@@ -624,6 +624,37 @@ async fn the_fixture_harness_fails_routes_that_disagree_with_shape_request() {
     );
 }
 
+/// The host always gives `shape-request` a path starting with `/`; a fixture whose path
+/// lacks it fails with that rule, rather than comparing routes on a request the host
+/// never makes.
+#[tokio::test]
+async fn the_fixture_harness_refuses_a_path_without_its_slash() {
+    let h = Harness::load(
+        &test_plugin("chaos"),
+        &workspace().join("plugins/testing/chaos/plugin.toml"),
+    )
+    .await
+    .expect("load");
+    let dir = tempfile::tempdir().expect("dir");
+    let ctx = json!({"connector": "chaos", "base_url": "https://chaos.invalid", "variables": []});
+    std::fs::write(
+        dir.path().join("slash.json"),
+        json!({"cases": [
+            {"name": "no slash", "context": ctx,
+             "shape_request": {"method": "Get", "path": "routed/x", "query": null, "headers": []},
+             "expect": {"Ok": {"url": "https://chaos.invalid/routed/x"}}},
+        ]})
+        .to_string(),
+    )
+    .expect("write");
+    let results = h.run_dir(dir.path()).await.expect("run");
+    let why = results[0].failure.as_deref().expect("must fail");
+    assert!(
+        why.contains(r#"shape_request.path "routed/x" must start with "/""#),
+        "{why}"
+    );
+}
+
 #[tokio::test]
 async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
     let entry = workspace().join("registry/salesforce");
