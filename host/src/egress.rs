@@ -308,8 +308,9 @@ impl Egress {
         self.current.load().read_timeout
     }
 
-    /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals).
-    pub fn check_url(&self, url: &url::Url) -> Result<(), EgressError> {
+    /// Checks the parts of `url` that the resolver cannot see (scheme, IP literals),
+    /// under the `settings` the request is sent with (loaded once by [`Egress::send`]).
+    fn check_url(url: &url::Url, settings: &Settings) -> Result<(), EgressError> {
         // Copied only for a refusal: this runs for every request sent.
         let host = || url.host_str().unwrap_or_default().to_owned();
         if !matches!(url.scheme(), "http" | "https") {
@@ -324,7 +325,7 @@ impl Egress {
             _ => None,
         };
         if let Some(ip) = literal
-            && let Some(reason) = refusal_reason(ip, self.current.load().settings.allow_loopback)
+            && let Some(reason) = refusal_reason(ip, settings.allow_loopback)
         {
             return Err(EgressError::Refused {
                 host: host(),
@@ -344,7 +345,7 @@ impl Egress {
         body: OutBody,
     ) -> Result<http::Response<InBody>, EgressError> {
         let current = self.current.load_full();
-        self.check_url(url)?;
+        Self::check_url(url, &current.settings)?;
         let host = url.host_str().unwrap_or_default();
         let uri = http::Uri::try_from(url.as_str()).map_err(|e| EgressError::Other {
             host: host.to_owned(),
@@ -479,6 +480,13 @@ mod tests {
     /// An upstream on loopback answering `<request line target> <Host>`, counting the
     /// connections it accepted. `/slow` sends one chunk, then stalls.
     async fn upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        upstream_keeping(true).await
+    }
+
+    /// [`upstream`], closing each connection after its first answer unless `keep_alive`.
+    async fn upstream_keeping(
+        keep_alive: bool,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         use futures_util::StreamExt as _;
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -510,6 +518,7 @@ mod tests {
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
                 );
             }
@@ -589,6 +598,19 @@ mod tests {
             ..loopback_allowed()
         });
         assert_eq!(whole().await, 3, "no connection from the old rules");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_after_its_answer_is_not_taken_again() {
+        let (addr, accepted) = upstream_keeping(false).await;
+        let egress = Egress::new(&loopback_allowed()).expect("client");
+        for n in 1..=3 {
+            let resp = get(&egress, &format!("http://{addr}/x"))
+                .await
+                .expect("answer");
+            assert_eq!(text(resp).await, format!("/x {addr}!"));
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n);
+        }
     }
 
     #[tokio::test]
