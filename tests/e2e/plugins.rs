@@ -102,6 +102,27 @@ async fn harness_of(entry: &std::path::Path) -> Harness {
         .unwrap_or_else(|e| panic!("{}: {e:#}", entry.display()))
 }
 
+/// The fixture harness of the `chaos` test plugin.
+async fn chaos_harness() -> Harness {
+    Harness::load(
+        &test_plugin("chaos"),
+        &workspace().join("plugins/testing/chaos/plugin.toml"),
+    )
+    .await
+    .expect("load")
+}
+
+/// Runs `cases` through `h` as one fixture file, in a folder of its own.
+async fn run_cases(h: &Harness, cases: Value) -> Vec<portcullis::plugins::harness::CaseResult> {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("cases.json"),
+        json!({ "cases": cases }).to_string(),
+    )
+    .expect("write");
+    h.run_dir(dir.path()).await.expect("run")
+}
+
 #[tokio::test]
 async fn every_provider_passes_its_golden_fixtures_through_the_real_runtime() {
     for id in &verified_providers() {
@@ -594,28 +615,20 @@ async fn the_fixture_harness_fails_ok_markers_that_no_recorded_answer_tests() {
 /// that shapes such a path, and so does a route over a path the plugin refuses.
 #[tokio::test]
 async fn the_fixture_harness_fails_routes_that_disagree_with_shape_request() {
-    let h = Harness::load(
-        &test_plugin("chaos"),
-        &workspace().join("plugins/testing/chaos/plugin.toml"),
-    )
-    .await
-    .expect("load");
-    let dir = tempfile::tempdir().expect("dir");
+    let h = chaos_harness().await;
     let ctx = |connector: &str| json!({"connector": connector, "base_url": "https://chaos.invalid", "variables": []});
     let routed = json!({"method": "Get", "path": "/routed/x", "query": "a=1", "headers": []});
-    std::fs::write(
-        dir.path().join("routes.json"),
-        json!({"cases": [
+    let results = run_cases(
+        &h,
+        json!([
             {"name": "agreeing route", "context": ctx("chaos"), "shape_request": routed,
              "expect": {"Ok": {"url": "https://chaos.invalid/routed/x?a=1",
                                 "set_headers": [["x-shaped-by", "chaos-route"]]}}},
             {"name": "disagreeing route", "context": ctx("wrongroutes"), "shape_request": routed,
              "expect": {"Ok": {"url": "https://chaos.invalid/routed/x?a=1"}}},
-        ]})
-        .to_string(),
+        ]),
     )
-    .expect("write");
-    let results = h.run_dir(dir.path()).await.expect("run");
+    .await;
     assert!(results[0].failure.is_none(), "{results:?}");
     let why = results[1].failure.as_deref().expect("must fail");
     assert!(
@@ -629,25 +642,17 @@ async fn the_fixture_harness_fails_routes_that_disagree_with_shape_request() {
 /// never makes.
 #[tokio::test]
 async fn the_fixture_harness_refuses_a_path_without_its_slash() {
-    let h = Harness::load(
-        &test_plugin("chaos"),
-        &workspace().join("plugins/testing/chaos/plugin.toml"),
-    )
-    .await
-    .expect("load");
-    let dir = tempfile::tempdir().expect("dir");
+    let h = chaos_harness().await;
     let ctx = json!({"connector": "chaos", "base_url": "https://chaos.invalid", "variables": []});
-    std::fs::write(
-        dir.path().join("slash.json"),
-        json!({"cases": [
+    let results = run_cases(
+        &h,
+        json!([
             {"name": "no slash", "context": ctx,
              "shape_request": {"method": "Get", "path": "routed/x", "query": null, "headers": []},
              "expect": {"Ok": {"url": "https://chaos.invalid/routed/x"}}},
-        ]})
-        .to_string(),
+        ]),
     )
-    .expect("write");
-    let results = h.run_dir(dir.path()).await.expect("run");
+    .await;
     let why = results[0].failure.as_deref().expect("must fail");
     assert!(
         why.contains(r#"shape_request.path "routed/x" must start with "/""#),
@@ -659,19 +664,16 @@ async fn the_fixture_harness_refuses_a_path_without_its_slash() {
 async fn a_fixture_that_expects_the_wrong_thing_fails_with_a_readable_reason() {
     let entry = workspace().join("registry/salesforce");
     let h = harness_of(&entry).await;
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("wrong.json"),
-        json!({"cases": [
+    let results = run_cases(
+        &h,
+        json!([
             {"name": "wrong version", "context": {"connector": "s", "base_url": "https://x.my.salesforce.com", "variables": []},
              "shape_request": {"method": "Get", "path": "/limits", "query": null, "headers": []},
              "expect": {"Ok": {"url": "https://x.my.salesforce.com/services/data/v1.0/limits"}}},
             {"name": "no hook", "expect": "Ok"}
-        ]})
-        .to_string(),
+        ]),
     )
-    .expect("write");
-    let results = h.run_dir(dir.path()).await.expect("run");
+    .await;
     let why = results[0].failure.as_deref().expect("must fail");
     assert!(why.contains("at /Ok/url") && why.contains("v63.0"), "{why}");
     assert!(
