@@ -253,6 +253,7 @@ impl Lane {
                     }
                 };
                 INDEX.with(|index| index.set(Some(i)));
+                runtime.spawn(keep_a_timer_due());
                 let _ = built_tx.send(Ok(runtime.handle().clone()));
                 // A single-threaded runtime runs its tasks here, while this waits.
                 let grace = runtime.block_on(stop_rx).unwrap_or(Duration::ZERO);
@@ -269,6 +270,33 @@ impl Lane {
             stop,
             ended,
         })
+    }
+}
+
+/// How far ahead a connection runtime always has a timer due (see [`keep_a_timer_due`]):
+/// well under the server's wait for a request head
+/// ([`crate::limits::HEADER_READ_TIMEOUT`]), the timer a kept-alive connection sets
+/// after every answer. An egress read timeout configured below it still wakes the
+/// driver when its timer is set, as every such timer did before.
+const TIMER_DUE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Keeps a timer due within [`TIMER_DUE_WITHIN`] on the runtime it runs on, so that
+/// setting a request's timers does not wake that runtime's own thread.
+///
+/// tokio's time driver plans its next wake-up when its thread goes to sleep, and a
+/// timer set for earlier than that plan wakes the driver (a write to its `eventfd`,
+/// and the next wait for events returning at once), even when the timer is set on
+/// the driver's own thread while it is awake. Under load a connection thread often
+/// went to sleep with only the upstream waits' timers set (the egress read timeout,
+/// 300 s by default), and each connection that then started waiting for its next
+/// request head set the server's 30 s header timer before that plan: about three in
+/// ten proxied requests paid that wake-up at concurrency 64, every one at concurrency
+/// 1 (docs/performance-log.md). With a timer always due sooner than any a request
+/// sets, the plan is never later than a new timer. At rest it wakes each connection
+/// thread once per period.
+async fn keep_a_timer_due() {
+    loop {
+        tokio::time::sleep(TIMER_DUE_WITHIN).await;
     }
 }
 
@@ -322,6 +350,53 @@ mod tests {
         assert_ne!(seen[0].1, seen[1].1, "two threads took turns");
         assert_eq!(seen[0].1, seen[2].1);
         threads.stop(Duration::from_secs(5)).await;
+    }
+
+    /// The `write` system calls this thread has made (Linux's per-thread I/O counters).
+    fn writes_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscw:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a syscw line")
+    }
+
+    /// Polls `f` once (which sets a timer), whether it is still pending.
+    fn pending_once(f: std::pin::Pin<&mut impl Future>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx).is_pending()
+    }
+
+    /// A connection that starts waiting for its next request head sets the server's
+    /// header timer. On a connection thread that last slept with only a long timer set
+    /// (a request waiting on its upstream), that must not wake the thread's own driver
+    /// (a write to its `eventfd`): [`keep_a_timer_due`] keeps an earlier timer.
+    #[tokio::test]
+    async fn setting_a_request_timer_does_not_wake_the_threads_own_driver() {
+        for flavor in [Flavor::SingleThreaded, Flavor::OneWorker] {
+            let threads = ConnectionThreads::start(1, flavor).expect("threads start");
+            let (told, mut writes) = mpsc::unbounded_channel();
+            threads.run(async move {
+                let upstream_wait = tokio::time::sleep(Duration::from_secs(300));
+                tokio::pin!(upstream_wait);
+                let set = pending_once(upstream_wait.as_mut());
+                // The thread sleeps, and once this timer has fired, the driver plans its
+                // next wake-up from the timers still set.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let before = writes_by_this_thread();
+                let header = tokio::time::sleep(crate::limits::HEADER_READ_TIMEOUT);
+                tokio::pin!(header);
+                let set = set && pending_once(header.as_mut());
+                let _ = told.send((set, writes_by_this_thread() - before));
+            });
+            let (set, writes) = writes.recv().await.expect("the job reports");
+            assert!(set, "{flavor:?}: both timers are set");
+            assert_eq!(
+                writes, 0,
+                "{flavor:?}: setting the timer wrote to the eventfd"
+            );
+            threads.stop(Duration::from_secs(5)).await;
+        }
     }
 
     /// A request that waits in place (a vault call on PostgreSQL) holds only itself:
