@@ -276,24 +276,25 @@ impl Lane {
 /// How far ahead a connection runtime always has a timer due (see [`keep_a_timer_due`]):
 /// well under the server's wait for a request head
 /// ([`crate::limits::HEADER_READ_TIMEOUT`]), the timer a kept-alive connection sets
-/// after every answer. An egress read timeout configured below it still wakes the
-/// driver when its timer is set, as every such timer did before.
+/// after every answer. A request's timer set for less than this (an egress read
+/// timeout configured that low, a provider's retry delay) can still wake the driver.
 const TIMER_DUE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Keeps a timer due within [`TIMER_DUE_WITHIN`] on the runtime it runs on, so that
 /// setting a request's timers does not wake that runtime's own thread.
 ///
-/// tokio's time driver plans its next wake-up when its thread goes to sleep, and a
-/// timer set for earlier than that plan wakes the driver (a write to its `eventfd`,
-/// and the next wait for events returning at once), even when the timer is set on
-/// the driver's own thread while it is awake. Under load a connection thread often
-/// went to sleep with only the upstream waits' timers set (the egress read timeout,
-/// 300 s by default), and each connection that then started waiting for its next
-/// request head set the server's 30 s header timer before that plan: about three in
-/// ten proxied requests paid that wake-up at concurrency 64, every one at concurrency
-/// 1 (docs/performance-log.md). With a timer always due sooner than any a request
-/// sets, the plan is never later than a new timer. At rest it wakes each connection
-/// thread once per period.
+/// tokio's time driver plans its next wake-up from its timer wheel when its thread goes
+/// to sleep and after timers fire, and a timer set for earlier than that plan wakes the
+/// driver (a write to its `eventfd`; on an idle thread, the next wait for events also
+/// returns at once), even when the timer is set on the driver's own thread while it
+/// is awake. A connection thread often slept with only its requests' upstream waits
+/// set (the egress read timeout, 300 s by default), so every connection that then
+/// finished an answer and set the server's 30 s header timer woke it: about three in
+/// ten proxied requests at concurrency 64, every one at concurrency 1
+/// (docs/performance-log.md). With this timer set, the plan is never later than 10 s
+/// ahead, except in the moment between its firing and its being set again. The price:
+/// at rest each period wakes the thread about three times, as the timer moves down the
+/// wheel's levels.
 async fn keep_a_timer_due() {
     loop {
         tokio::time::sleep(TIMER_DUE_WITHIN).await;
@@ -353,6 +354,7 @@ mod tests {
     }
 
     /// The `write` system calls this thread has made (Linux's per-thread I/O counters).
+    #[cfg(target_os = "linux")]
     fn writes_by_this_thread() -> u64 {
         let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
         io.lines()
@@ -361,7 +363,8 @@ mod tests {
             .expect("a syscw line")
     }
 
-    /// Polls `f` once (which sets a timer), whether it is still pending.
+    /// Polls `f` once (which sets its timer) and returns whether it is still pending.
+    #[cfg(target_os = "linux")]
     fn pending_once(f: std::pin::Pin<&mut impl Future>) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         f.poll(&mut cx).is_pending()
@@ -371,6 +374,7 @@ mod tests {
     /// header timer. On a connection thread that last slept with only a long timer set
     /// (a request waiting on its upstream), that must not wake the thread's own driver
     /// (a write to its `eventfd`): [`keep_a_timer_due`] keeps an earlier timer.
+    #[cfg(target_os = "linux")] // counted from /proc; the eventfd is Linux's too
     #[tokio::test]
     async fn setting_a_request_timer_does_not_wake_the_threads_own_driver() {
         for flavor in [Flavor::SingleThreaded, Flavor::OneWorker] {
