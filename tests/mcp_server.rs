@@ -15,9 +15,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
+    InitializeRequestParams, InitializeResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer};
 use rmcp::transport::StreamableHttpServerConfig;
@@ -51,7 +52,11 @@ struct Shared {
     peers: Mutex<Vec<Peer<RoleServer>>>,
     /// `tools/call` requests received, by tool name.
     calls: Mutex<Vec<String>>,
+    /// The client address (TCP connection) each `tools/call` came on.
+    call_peers: Mutex<Vec<Option<SocketAddr>>>,
     requests: AtomicUsize,
+    /// `initialize` requests answered: one per session opened with the server.
+    initializes: AtomicUsize,
     /// `tools/list` requests answered.
     tool_lists: AtomicUsize,
     rejected: AtomicUsize,
@@ -83,6 +88,16 @@ impl rmcp::ServerHandler for Handler {
                 .enable_resources()
                 .build(),
         )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        self.shared.initializes.fetch_add(1, Ordering::SeqCst);
+        cx.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
     }
 
     async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
@@ -141,6 +156,12 @@ impl rmcp::ServerHandler for Handler {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = req.name.to_string();
         self.shared.calls.lock().expect("lock").push(name.clone());
+        let peer = cx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>())
+            .map(|c| c.0);
+        self.shared.call_peers.lock().expect("lock").push(peer);
         let arg = |k: &str| req.arguments.as_ref().and_then(|a| a.get(k)).cloned();
         let subject = cx
             .extensions
@@ -311,10 +332,22 @@ pub struct McpServer {
     shared: Arc<Shared>,
     task: Option<tokio::task::JoinHandle<()>>,
     cancel: tokio_util::sync::CancellationToken,
+    /// Names no session at `initialize` and keeps none: each request stands alone.
+    stateless: bool,
 }
 
 impl McpServer {
     pub async fn start(expect: Expect) -> McpServer {
+        Self::start_as(expect, false).await
+    }
+
+    /// A server that names no session (`Mcp-Session-Id`) at `initialize` and serves every
+    /// request on its own, as a stateless deployment behind a load balancer does.
+    pub async fn start_stateless(expect: Expect) -> McpServer {
+        Self::start_as(expect, true).await
+    }
+
+    async fn start_as(expect: Expect, stateless: bool) -> McpServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -324,6 +357,7 @@ impl McpServer {
             shared: Arc::default(),
             task: None,
             cancel: tokio_util::sync::CancellationToken::new(),
+            stateless,
         };
         s.serve(listener);
         s
@@ -340,7 +374,9 @@ impl McpServer {
                 })
             },
             Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default().with_cancellation_token(cancel.child_token()),
+            StreamableHttpServerConfig::default()
+                .with_legacy_session_mode(!self.stateless)
+                .with_cancellation_token(cancel.child_token()),
         );
         let app =
             axum::Router::new()
@@ -350,6 +386,7 @@ impl McpServer {
                     check,
                 ));
         self.task = Some(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { cancel.cancelled().await })
                 .await;
@@ -391,6 +428,11 @@ impl McpServer {
         self.shared.calls.lock().expect("lock").clone()
     }
 
+    /// The client address (TCP connection) of each `tools/call` so far, in order.
+    pub fn call_peers(&self) -> Vec<Option<SocketAddr>> {
+        self.shared.call_peers.lock().expect("lock").clone()
+    }
+
     /// Adds tool `name` (it answers "`name` ran") without telling anyone, as a server
     /// that does not send `list_changed`, or whose notice is still on its way.
     pub fn add_tool_unannounced(&self, name: &str) {
@@ -399,6 +441,11 @@ impl McpServer {
             .lock()
             .expect("lock")
             .push(name.to_owned());
+    }
+
+    /// How many `initialize` requests the server has answered: the sessions opened with it.
+    pub fn initializes(&self) -> usize {
+        self.shared.initializes.load(Ordering::SeqCst)
     }
 
     /// How many `tools/list` requests the server has answered.

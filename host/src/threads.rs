@@ -62,8 +62,10 @@ pub fn current() -> Option<usize> {
 /// by its key, not on the main runtime. A call from a connection on the same runtime
 /// then never leaves its thread, and one from another crosses between two connection
 /// threads, which costs less than waking the work-stealing runtime's workers
-/// (docs/performance-log.md). Keys spread such work over the runtimes. Empty (the
-/// default) when there are no connection threads: the work stays where it starts.
+/// (docs/performance-log.md); with a server that names no session, the other threads
+/// open sessions of their own (`mcp::per_thread`). Keys spread such work over the
+/// runtimes. Empty (the default) when there are no connection threads: the work stays
+/// where it starts.
 #[derive(Clone, Default)]
 pub struct Homes {
     runtimes: Arc<[Handle]>,
@@ -76,14 +78,27 @@ impl Homes {
     /// The runtime `key` lives on, the same for the same key for the life of the
     /// process; `None` without connection threads.
     pub fn for_key(&self, key: &str) -> Option<&Handle> {
-        if self.runtimes.is_empty() || self.stopped.load(Ordering::Acquire) {
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        self.runtimes.get(self.index_of(key)?)
+    }
+
+    /// The index (as [`current`] numbers the runtimes) of the runtime `key` lives on;
+    /// `None` without connection threads.
+    pub fn index_of(&self, key: &str) -> Option<usize> {
+        if self.runtimes.is_empty() {
             return None;
         }
         let mut h = std::hash::DefaultHasher::new();
         key.hash(&mut h);
         // The remainder is below the runtime count, a `usize`.
-        let i = (h.finish() % self.runtimes.len() as u64) as usize;
-        self.runtimes.get(i)
+        Some((h.finish() % self.runtimes.len() as u64) as usize)
+    }
+
+    /// How many connection runtimes there are (0 without connection threads).
+    pub fn count(&self) -> usize {
+        self.runtimes.len()
     }
 
     /// Runs `work` on `key`'s runtime and waits for it there, or here without
@@ -472,8 +487,14 @@ mod tests {
             let first = at(key).await;
             assert!(first.is_some(), "{key} ran on a connection thread");
             assert_eq!(at(key).await, first, "{key} moved");
+            assert_eq!(
+                homes.index_of(key),
+                first,
+                "{key}'s index names its runtime"
+            );
             seen.insert(first);
         }
+        assert_eq!(homes.count(), 2);
         assert_eq!(
             seen.len(),
             2,
@@ -481,6 +502,7 @@ mod tests {
         );
         let none = Homes::default();
         assert!(none.for_key("github").is_none());
+        assert_eq!((none.index_of("github"), none.count()), (None, 0));
         let here = none
             .run("github", async { Ok(current()) })
             .await

@@ -1157,3 +1157,122 @@ async fn a_sessionless_tool_call_answers_as_rmcps_transport_answers_it() {
     assert_eq!(counted("ok").await - ok_before, 3 * 4 + 1);
     assert_eq!(counted("error").await - error_before, 4 + 1);
 }
+
+/// A server that names no session at `initialize` gets a session of its own from each
+/// connection thread, and calls from a thread then go out on that thread's own upstream
+/// connection (the egress pools are per thread); a server that names sessions keeps
+/// exactly one, whatever thread its calls come from (a second would split its state).
+/// Every call reaches the upstream once, and after the stateless server restarts, calls
+/// from every thread still go through. (On a one-core machine the host has one
+/// connection thread, and both servers have one session.)
+#[tokio::test]
+async fn a_stateless_server_gets_a_session_per_connection_thread_a_stateful_one_only_one() {
+    let mut lean = McpServer::start_stateless(Expect::Nothing).await;
+    let kept = McpServer::start(Expect::Nothing).await;
+    let connectors = json!({
+        "lean": {"protocol": "mcp", "url": lean.url()},
+        "kept": {"protocol": "mcp", "url": kept.url()},
+    });
+    let host = Host::start(&config(connectors, everything(), 600));
+    // The host serves connections on one thread per core, dealt in turn.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Each call on a connection of its own (a fresh client).
+    let call = |name: &'static str, text: String| {
+        let host = &host;
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": name, "arguments": {"text": text}}});
+            let resp = client()
+                .post(host.url("/v1/mcp"))
+                .header("content-type", "application/json")
+                .header("accept", BOTH)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(resp.status(), 200);
+            let answer: Value = resp.json().await.expect("a JSON answer");
+            answer["result"]["content"][0]["text"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("no text in {answer}"))
+        }
+    };
+    let sent = std::cell::Cell::new(0);
+    // `n` calls to each server, each server's back to back: with nothing else connecting,
+    // `threads` calls in a row come from every connection thread once.
+    let both = |n: usize| {
+        let call = &call;
+        let start = sent.get();
+        sent.set(start + n);
+        async move {
+            for tool in ["lean_echo", "kept_echo"] {
+                for i in start..start + n {
+                    assert_eq!(
+                        call(tool, format!("{i}")).await,
+                        format!("echo: {i}"),
+                        "{tool}"
+                    );
+                }
+            }
+        }
+    };
+    // Discovery runs in the background: until both catalogs are in.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (a, b) = (
+            call("lean_echo", "x".into()).await,
+            call("kept_echo", "x".into()).await,
+        );
+        if (a == "echo: x" && b == "echo: x") || Instant::now() > deadline {
+            assert_eq!((a.as_str(), b.as_str()), ("echo: x", "echo: x"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warm_up = lean.calls().len();
+    // A thread's own session opens in the background on its first call.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lean.initializes() < threads && Instant::now() < deadline {
+        both(threads).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        lean.initializes(),
+        threads,
+        "one session per connection thread"
+    );
+    let opened = lean.call_peers().len();
+    both(8 * threads).await;
+    assert_eq!(
+        lean.initializes(),
+        threads,
+        "no more sessions once each thread has one"
+    );
+    // One shared session would send every call from its own thread's pool: one kept-alive
+    // connection for calls made one at a time. (At least: a pool may open another.)
+    let peers: std::collections::HashSet<_> = lean.call_peers()[opened..]
+        .iter()
+        .map(|p| p.expect("the server saw the caller's address"))
+        .collect();
+    assert!(
+        peers.len() >= threads,
+        "the calls went out on each thread's own connection: {peers:?}"
+    );
+    assert_eq!(
+        kept.initializes(),
+        1,
+        "a server that names sessions keeps one"
+    );
+    assert_eq!(
+        lean.calls().len(),
+        warm_up + sent.get(),
+        "every call reached the stateless server exactly once"
+    );
+
+    // The server restarts: its connections break, and calls on every thread still work.
+    lean.stop().await;
+    lean.restart().await;
+    both(4 * threads).await;
+    assert_eq!(kept.initializes(), 1);
+}

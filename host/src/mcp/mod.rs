@@ -8,6 +8,8 @@
 //! - [`upstream`]: one [`upstream::Session`] per shared connector, or per (user,
 //!   connector) for per-user OAuth. Streamable HTTP first; a server that refuses it
 //!   with a 4xx gets `legacy`, the HTTP+SSE transport of MCP 2024-11-05.
+//! - `per_thread`: with a server that names no session, a session of its own on each
+//!   connection thread, so calls do not cross to the shared session's thread.
 //! - `catalog` (this file): [`Hub`] keeps the upstreams and their catalogs. Shared
 //!   connectors are discovered in the background (at start, on reload, every
 //!   `mcp.poll_interval_secs`, and at once on the upstream's `list_changed`); per-user ones
@@ -35,6 +37,7 @@
 mod builtin;
 mod direct;
 mod legacy;
+mod per_thread;
 mod rounds;
 mod server;
 mod sessions;
@@ -220,6 +223,17 @@ fn upstream_key(c: &Connector) -> Option<String> {
 /// callers of a server that hangs wait this long, not the whole read timeout.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Ends `s` unless a call still holds it (the last holder's drop then ends it).
+async fn close(s: Arc<Session>) {
+    if let Ok(s) = Arc::try_unwrap(s) {
+        s.close().await;
+    }
+}
+
+/// How long calls on a connection thread whose own session with a server that names no
+/// session could not be opened keep to the shared session before another is tried.
+const PER_THREAD_RETRY: Duration = Duration::from_secs(30);
+
 /// Least time between two listings an upstream gets because a caller named something its
 /// catalog lacks (see [`Upstream::find_listed`]).
 const RELIST_ON_MISS: Duration = Duration::from_secs(1);
@@ -256,6 +270,10 @@ pub struct Upstream {
     /// per-user view), so sessions spread over the connection threads.
     homes: crate::threads::Homes,
     home: String,
+    /// The index of the home's connection thread.
+    home_index: Option<usize>,
+    /// With a server that names no session: a session on each other connection thread.
+    per_thread: per_thread::PerThread<Session>,
 }
 
 /// The live session, and the transport to try first when opening the next one.
@@ -322,9 +340,11 @@ impl Upstream {
             relisting: tokio::sync::Mutex::default(),
             logs: hub.logs.clone(),
             task: Mutex::new(None),
+            home_index: app.homes.index_of(&home),
             home,
             user: user.map(Into::into),
             health: app.health.clone(),
+            per_thread: per_thread::PerThread::new(app.homes.count(), PER_THREAD_RETRY),
             homes: app.homes.clone(),
         }))
     }
@@ -365,12 +385,80 @@ impl Upstream {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live session, opened now if there is none or it broke.
+    /// The session for a call from here: this connection thread's own, with a server
+    /// that names no session (`per_thread`), once it is open; else the shared one,
+    /// opened now if there is none or it broke.
     async fn session(&self) -> anyhow::Result<Arc<Session>> {
+        if let Some(own) = self.per_thread.here(self.home_index) {
+            return Ok(own);
+        }
+        let shared = self.shared_session().await?;
+        if shared.stateless() {
+            self.per_thread.open_here(self.home_index, || {
+                let (http, listener) = self.session_parts();
+                let (url, id) = (self.url.clone(), self.connector.id.clone());
+                Box::pin(async move {
+                    Session::open_stateless(http, &url, listener)
+                        .await
+                        .inspect_err(|e| {
+                            tracing::info!(
+                                connector = %id,
+                                "could not open a session of this connection thread's own with the MCP server; calls here use the shared session for {} s: {e:#}",
+                                PER_THREAD_RETRY.as_secs()
+                            )
+                        })
+                })
+            });
+        }
+        Ok(shared)
+    }
+
+    /// The shared session, opened now if there is none or it broke.
+    async fn shared_session(&self) -> anyhow::Result<Arc<Session>> {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.live.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
+        let (http, listener) = self.session_parts();
+        // Boxed: opening is rare, and its large future would otherwise sit inline in
+        // every call's future, which rmcp's tasks copy on each request.
+        // Opened on its home connection thread, where its tasks then run for every
+        // caller (`threads::Homes`).
+        let (url, flavor) = (self.url.clone(), slot.flavor);
+        let open = Box::pin(self.homes.run(&self.home, async move {
+            Session::open(http, &url, listener, flavor).await
+        }));
+        let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "the MCP server did not complete the initialize handshake within {} s",
+                OPEN_TIMEOUT.as_secs()
+            )),
+        };
+        let s = match opened {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                // The server may have changed transport: start from streamable HTTP again.
+                slot.flavor = Flavor::Streamable;
+                return Err(e.context("could not open a session with the MCP server"));
+            }
+        };
+        slot.flavor = s.flavor();
+        slot.live = Some(s.clone());
+        drop(slot);
+        // A server that now names a session keeps its state there: the threads' own
+        // sessions would split it.
+        if !s.stateless() {
+            for own in self.per_thread.take_all() {
+                tokio::spawn(close(own));
+            }
+        }
+        self.subscribe_again(&s);
+        Ok(s)
+    }
+
+    /// A new session's HTTP client and listener, reporting to this upstream.
+    fn session_parts(&self) -> (UpstreamHttp, Listener) {
         let wake = self.wake.clone();
         let (logs, connector, user) = (
             self.logs.clone(),
@@ -401,34 +489,7 @@ impl Upstream {
         );
         let mut http = self.http.clone();
         http.unrelayed = Some(unrelayed);
-        // Boxed: opening is rare, and its large future would otherwise sit inline in
-        // every call's future, which rmcp's tasks copy on each request.
-        // Opened on its home connection thread, where its tasks then run for every
-        // caller (`threads::Homes`).
-        let (url, flavor) = (self.url.clone(), slot.flavor);
-        let open = Box::pin(self.homes.run(&self.home, async move {
-            Session::open(http, &url, listener, flavor).await
-        }));
-        let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!(
-                "the MCP server did not complete the initialize handshake within {} s",
-                OPEN_TIMEOUT.as_secs()
-            )),
-        };
-        let s = match opened {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                // The server may have changed transport: start from streamable HTTP again.
-                slot.flavor = Flavor::Streamable;
-                return Err(e.context("could not open a session with the MCP server"));
-            }
-        };
-        slot.flavor = s.flavor();
-        slot.live = Some(s.clone());
-        drop(slot);
-        self.subscribe_again(&s);
-        Ok(s)
+        (http, listener)
     }
 
     /// Subscriptions belong to a session: a new one subscribes to every URI that still
@@ -455,8 +516,12 @@ impl Upstream {
         });
     }
 
-    /// Forgets `broken` (if it is still the current session) so the next use reconnects.
+    /// Forgets `broken` (if it is still the current session, shared or a thread's own)
+    /// so the next use reconnects.
     async fn reset(&self, broken: &Arc<Session>) {
+        if self.per_thread.forget(broken) {
+            return;
+        }
         let mut slot = self.session.lock().await;
         if slot.live.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
             slot.live = None;
@@ -464,10 +529,9 @@ impl Upstream {
     }
 
     async fn close(&self) {
-        if let Some(s) = self.session.lock().await.live.take()
-            && let Ok(s) = Arc::try_unwrap(s)
-        {
-            s.close().await;
+        let shared = self.session.lock().await.live.take();
+        for s in shared.into_iter().chain(self.per_thread.take_all()) {
+            close(s).await;
         }
     }
 
@@ -567,7 +631,9 @@ impl Upstream {
                     }
                     st.failing = Some(why);
                 }
+                // Whichever session failed, every one starts again.
                 self.session.lock().await.live.take();
+                drop(self.per_thread.take_all());
                 Listing::default()
             }
         };

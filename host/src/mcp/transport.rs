@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -62,13 +62,24 @@ pub struct UpstreamHttp {
     pub(super) connector: Arc<Connector>,
     /// The user whose token a per-user connector's messages carry.
     user: Option<Arc<str>>,
-    /// Set while a session is being opened: the status of a 4xx answer to `initialize`
-    /// other than an authorization failure, which marks a server without streamable
-    /// HTTP (the specification's cue to try the legacy HTTP+SSE transport).
-    pub(super) init_refused: Option<Arc<AtomicU16>>,
+    /// Where a session being opened notes what the server answered its `initialize`.
+    pub(super) init: Option<Arc<InitAnswer>>,
     /// Where a session counts the log messages it reads about calls (see
     /// [`super::upstream::Unrelayed`]).
     pub(super) unrelayed: Option<Arc<Unrelayed>>,
+}
+
+/// What a streamable-HTTP server answered a session's `initialize`, noted while the
+/// session opens.
+#[derive(Default)]
+pub(super) struct InitAnswer {
+    /// The status of a 4xx answer other than an authorization failure, which marks a
+    /// server without streamable HTTP (the specification's cue to try the legacy
+    /// HTTP+SSE transport); 0 for none.
+    pub refused: AtomicU16,
+    /// A successful answer named no session (no `Mcp-Session-Id`): the server cannot
+    /// tell one session of ours from another. False until such an answer is seen.
+    pub named_no_session: AtomicBool,
 }
 
 type Upstream<E> = Result<E, StreamableHttpError<UpstreamError>>;
@@ -79,7 +90,7 @@ impl UpstreamHttp {
             outbound,
             connector,
             user,
-            init_refused: None,
+            init: None,
             unrelayed: None,
         }
     }
@@ -410,12 +421,6 @@ impl StreamableHttpClient for UpstreamHttp {
             .await
             .map_err(StreamableHttpError::Client)?;
         let status = resp.status();
-        if let Some(refused) = &self.init_refused
-            && other_transport(status.as_u16())
-            && is_initialize(&message)
-        {
-            refused.store(status.as_u16(), Ordering::Relaxed);
-        }
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Ok(StreamableHttpPostResponse::Accepted);
         }
@@ -423,6 +428,15 @@ impl StreamableHttpClient for UpstreamHttp {
             return Err(StreamableHttpError::SessionExpired);
         }
         let session = session_header(resp.headers());
+        if let Some(init) = &self.init
+            && is_initialize(&message)
+        {
+            if other_transport(status.as_u16()) {
+                init.refused.store(status.as_u16(), Ordering::Relaxed);
+            }
+            init.named_no_session
+                .store(status.is_success() && session.is_none(), Ordering::Relaxed);
+        }
         let json = is_type(resp.headers(), "application/json");
         if !status.is_success() {
             if json && !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {

@@ -3,7 +3,7 @@
 //! MCP 2024-11-05.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rmcp::ServiceExt as _;
@@ -35,7 +35,9 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
 use super::legacy::LegacySse;
-use super::transport::{MAX_MESSAGE_BYTES, UpstreamError, UpstreamHttp, other_transport};
+use super::transport::{
+    InitAnswer, MAX_MESSAGE_BYTES, UpstreamError, UpstreamHttp, other_transport,
+};
 
 /// Receives the upstream's notifications for one session.
 #[derive(Clone)]
@@ -850,6 +852,9 @@ pub enum Flavor {
 pub struct Session {
     service: RunningService<RoleClient, Listener>,
     flavor: Flavor,
+    /// The server named no session at `initialize` (streamable HTTP only), so it cannot
+    /// tell this session from another of ours (`super::per_thread`).
+    stateless: bool,
 }
 
 /// A connector's catalog as its upstream lists it (names not yet prefixed).
@@ -895,6 +900,31 @@ impl Session {
             .map_err(|second| anyhow::anyhow!("{preferred:?}: {e:#}; {other:?}: {second:#}"))
     }
 
+    /// Opens another session with a server whose shared session named none
+    /// (`super::per_thread`): streamable HTTP only, and refused (the session closed again)
+    /// if the server names one this time.
+    pub async fn open_stateless(
+        http: UpstreamHttp,
+        url: &url::Url,
+        listener: Listener,
+    ) -> anyhow::Result<Self> {
+        let open = Self::open_as(Flavor::Streamable, &http, url, listener);
+        let s = tokio::time::timeout(super::OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the MCP server did not complete the initialize handshake within {} s",
+                    super::OPEN_TIMEOUT.as_secs()
+                )
+            })?
+            .0?;
+        if !s.stateless {
+            s.close().await;
+            anyhow::bail!("the MCP server named a session this time");
+        }
+        Ok(s)
+    }
+
     /// One attempt; on failure, also the status that says the server may speak the
     /// other flavour.
     async fn open_as(
@@ -907,16 +937,26 @@ impl Session {
             |e: rmcp::service::ClientInitializeError| anyhow::anyhow!("{}", describe_init(&e));
         match flavor {
             Flavor::Streamable => {
-                let refused = Arc::new(AtomicU16::new(0));
+                let answer = Arc::new(InitAnswer::default());
                 let mut probe = http.clone();
-                probe.init_refused = Some(refused.clone());
+                probe.init = Some(answer.clone());
                 let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                     .max_sse_event_size(MAX_MESSAGE_BYTES);
                 let transport = StreamableHttpClientTransport::with_client(probe, config);
                 match listener.serve(transport).await {
-                    Ok(service) => (Ok(Self { service, flavor }), None),
+                    Ok(service) => {
+                        let stateless = answer.named_no_session.load(Ordering::Relaxed);
+                        (
+                            Ok(Self {
+                                service,
+                                flavor,
+                                stateless,
+                            }),
+                            None,
+                        )
+                    }
                     Err(e) => {
-                        let status = refused.load(Ordering::Relaxed);
+                        let status = answer.refused.load(Ordering::Relaxed);
                         (Err(init(e)), (status != 0).then_some(status))
                     }
                 }
@@ -930,7 +970,14 @@ impl Session {
                     Err(e) => return (Err(e.into()), None),
                 };
                 match listener.serve(transport).await {
-                    Ok(service) => (Ok(Self { service, flavor }), None),
+                    Ok(service) => (
+                        Ok(Self {
+                            service,
+                            flavor,
+                            stateless: false,
+                        }),
+                        None,
+                    ),
                     Err(e) => (Err(init(e)), None),
                 }
             }
@@ -940,6 +987,12 @@ impl Session {
     /// The flavour this session speaks.
     pub fn flavor(&self) -> Flavor {
         self.flavor
+    }
+
+    /// Whether the server named no session at `initialize`, so it cannot tell this
+    /// session from another of ours.
+    pub fn stateless(&self) -> bool {
+        self.stateless
     }
 
     /// Lists everything the upstream offers, following cursors. An upstream without
@@ -1099,6 +1152,16 @@ impl Session {
 
     pub async fn close(self) {
         let _ = self.service.cancel().await;
+    }
+}
+
+impl super::per_thread::Closable for Session {
+    fn is_closed(&self) -> bool {
+        Session::is_closed(self)
+    }
+
+    fn close(self) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(Session::close(self))
     }
 }
 
