@@ -223,6 +223,21 @@ fn upstream_key(c: &Connector) -> Option<String> {
 /// callers of a server that hangs wait this long, not the whole read timeout.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `opening` (a session's `initialize` handshake) if it completes within
+/// [`OPEN_TIMEOUT`].
+async fn within_open_timeout<T>(
+    opening: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the MCP server did not complete the initialize handshake within {} s",
+                OPEN_TIMEOUT.as_secs()
+            ))
+        })
+}
+
 /// Ends `s` unless a call still holds it (the last holder's drop then ends it).
 async fn close(s: Arc<Session>) {
     if let Ok(s) = Arc::try_unwrap(s) {
@@ -428,14 +443,7 @@ impl Upstream {
         let open = Box::pin(self.homes.run(&self.home, async move {
             Session::open(http, &url, listener, flavor).await
         }));
-        let opened = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!(
-                "the MCP server did not complete the initialize handshake within {} s",
-                OPEN_TIMEOUT.as_secs()
-            )),
-        };
-        let s = match opened {
+        let s = match within_open_timeout(open).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 // The server may have changed transport: start from streamable HTTP again.

@@ -80,7 +80,7 @@ impl<S: Closable> PerThread<S> {
     /// This connection thread's own session, if it is open and not broken. Never on
     /// `home` (the shared session's thread) or off the connection threads.
     pub(super) fn here(&self, home: Option<usize>) -> Option<Arc<S>> {
-        let slot = self.slot_here(home)?;
+        let (_, slot) = self.slot_here(home)?;
         match &*slot {
             Slot::Live(s) if !s.is_closed() => Some(s.clone()),
             _ => None,
@@ -95,10 +95,7 @@ impl<S: Closable> PerThread<S> {
         home: Option<usize>,
         open: impl FnOnce() -> BoxFuture<'static, anyhow::Result<S>>,
     ) {
-        let Some(i) = crate::threads::current() else {
-            return;
-        };
-        let Some(mut slot) = self.slot_here(home) else {
+        let Some((i, mut slot)) = self.slot_here(home) else {
             return;
         };
         match &*slot {
@@ -119,9 +116,13 @@ impl<S: Closable> PerThread<S> {
         tokio::spawn(opening.run(open()));
     }
 
-    fn slot_here(&self, home: Option<usize>) -> Option<std::sync::MutexGuard<'_, Slot<S>>> {
+    /// This connection thread's index and slot; none on `home` or off the threads.
+    fn slot_here(
+        &self,
+        home: Option<usize>,
+    ) -> Option<(usize, std::sync::MutexGuard<'_, Slot<S>>)> {
         let i = crate::threads::current().filter(|&i| Some(i) != home)?;
-        self.slots.slot(i)
+        Some((i, self.slots.slot(i)?))
     }
 
     /// Forgets `broken` if it is one of these sessions, so its thread opens another;

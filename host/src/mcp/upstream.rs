@@ -908,16 +908,12 @@ impl Session {
         url: &url::Url,
         listener: Listener,
     ) -> anyhow::Result<Self> {
-        let open = Self::open_as(Flavor::Streamable, &http, url, listener);
-        let s = tokio::time::timeout(super::OPEN_TIMEOUT, open)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the MCP server did not complete the initialize handshake within {} s",
-                    super::OPEN_TIMEOUT.as_secs()
-                )
-            })?
-            .0?;
+        let open = async {
+            Self::open_as(Flavor::Streamable, &http, url, listener)
+                .await
+                .0
+        };
+        let s = super::within_open_timeout(open).await?;
         if !s.stateless {
             s.close().await;
             anyhow::bail!("the MCP server named a session this time");
